@@ -1,0 +1,28 @@
+//! `communesync-bench`: benchmark suites that print one JSON line per figure
+//! (`{"bench":"...","value":N,"unit":"..."}`) followed by a readable table.
+//!
+//! `cargo run --release -p communesync-bench -- store` runs the device-store suite.
+
+mod report;
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "communesync benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    suite: Suite,
+}
+
+#[derive(Subcommand)]
+enum Suite {
+    /// Device store: create, update, open, queries, search, size, memory.
+    Store(store::StoreArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().suite {
+        Suite::Store(args) => store::run(&args),
+    }
+}

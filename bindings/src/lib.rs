@@ -1,0 +1,1 @@
+//! Kotlin and Swift bindings for communesync (uniffi): filled by the bindings issue.

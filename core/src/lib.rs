@@ -1,0 +1,25 @@
+//! # communesync-core
+//!
+//! The offline-first engine that commune tablets and the provincial server are built on:
+//!
+//! - [`record`]: applications and citizen requests as Automerge documents mapped from typed
+//!   structs, with a status workflow, surfaced conflicts and a readable history;
+//! - [`catalogue`]: the province's procedure catalogue and the working-day calendar that gives
+//!   statutory due dates;
+//! - [`search`]: text folding for Vietnamese (diacritics and đ → d) used by full-text search;
+//! - [`store`]: the durable, encrypted device store on SQLite, with projections for queries.
+//!
+//! Nothing here starts a runtime or opens a socket: I/O sits behind the store and, later, the
+//! transport trait.
+
+pub mod catalogue;
+pub mod clock;
+pub mod error;
+pub mod record;
+pub mod search;
+pub mod store;
+
+pub use error::{Error, Result};
+
+#[cfg(feature = "sample")]
+pub mod sample;

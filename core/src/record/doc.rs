@@ -1,0 +1,502 @@
+//! [`RecordDoc`]: the Automerge document of one record.
+//!
+//! Every edit is one Automerge change whose message names the officer and the fields it touched
+//! (`{"o":"officer","f":["status"]}`), whose actor is the device and whose time is the device
+//! clock: that is the record's history. Correctness never depends on that time; history is
+//! ordered causally.
+
+use automerge::transaction::Transactable;
+use automerge::{
+    ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
+};
+use autosurgeon::{Reconcile, hydrate, reconcile};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::types::{Application, CitizenRequest, DeviceId, Record, RecordId, RecordKind};
+use crate::{Error, Result};
+
+/// One record's Automerge document.
+#[derive(Debug)]
+pub struct RecordDoc {
+    id: RecordId,
+    kind: RecordKind,
+    doc: AutoCommit,
+}
+
+/// A single-valued field that holds concurrent different values after a merge.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    /// Dotted path of the field (`status`, `applicant.phone`, `fees[0].paid`).
+    pub field: String,
+    /// The competing values; the first is the one reads currently show.
+    pub values: Vec<ConflictCandidate>,
+}
+
+/// One of the competing values of a conflict, with who wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictCandidate {
+    /// The value.
+    pub value: ConflictValue,
+    /// Device that wrote it.
+    pub device: Option<Uuid>,
+    /// Officer that wrote it.
+    pub officer: Option<String>,
+}
+
+/// A scalar value as it appears in a conflict or a resolution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConflictValue {
+    /// No value (an unset optional field).
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A whole number.
+    Int(i64),
+    /// A text value.
+    Str(String),
+}
+
+impl ConflictValue {
+    fn from_scalar(s: &ScalarValue) -> Self {
+        match s {
+            ScalarValue::Null => ConflictValue::Null,
+            ScalarValue::Boolean(b) => ConflictValue::Bool(*b),
+            ScalarValue::Int(i) | ScalarValue::Timestamp(i) => ConflictValue::Int(*i),
+            ScalarValue::Uint(u) => ConflictValue::Int(i64::try_from(*u).unwrap_or(i64::MAX)),
+            ScalarValue::Str(s) => ConflictValue::Str(s.to_string()),
+            other => ConflictValue::Str(other.to_string()),
+        }
+    }
+
+    /// Written with the same scalar type as the value it replaces, so typed reads keep working.
+    fn to_scalar_like(&self, like: &ScalarValue) -> ScalarValue {
+        match (self, like) {
+            (ConflictValue::Null, _) => ScalarValue::Null,
+            (ConflictValue::Bool(b), _) => ScalarValue::Boolean(*b),
+            (ConflictValue::Int(i), ScalarValue::Uint(_)) => match u64::try_from(*i) {
+                Ok(u) => ScalarValue::Uint(u),
+                Err(_) => ScalarValue::Int(*i),
+            },
+            (ConflictValue::Int(i), ScalarValue::Timestamp(_)) => ScalarValue::Timestamp(*i),
+            (ConflictValue::Int(i), _) => ScalarValue::Int(*i),
+            (ConflictValue::Str(s), _) => ScalarValue::Str(s.as_str().into()),
+        }
+    }
+}
+
+/// One change in a record's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    /// Hex hash of the Automerge change.
+    pub hash: String,
+    /// Device that made it (its Automerge actor).
+    pub device: Option<Uuid>,
+    /// Officer signed in when it was made.
+    pub officer: String,
+    /// The device's clock at the time, ms since epoch (may be wrong: informative only).
+    pub device_time: i64,
+    /// Fields it touched (`created` for the first change).
+    pub fields: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ChangeMessage {
+    #[serde(rename = "o")]
+    officer: String,
+    #[serde(rename = "f")]
+    fields: Vec<String>,
+}
+
+/// The Automerge actor of a device: its 16 id bytes.
+pub fn actor_for(device: DeviceId) -> ActorId {
+    ActorId::from(device.0.as_bytes().as_slice())
+}
+
+impl RecordDoc {
+    /// A new document holding `record`, committed as one change by `officer`.
+    pub fn create(record: &Record, device: DeviceId, officer: &str, now_ms: i64) -> Result<Self> {
+        let mut doc = AutoCommit::new().with_actor(actor_for(device));
+        match record {
+            Record::Application(a) => reconcile(&mut doc, a)?,
+            Record::CitizenRequest(r) => reconcile(&mut doc, r)?,
+        }
+        let mut this = RecordDoc {
+            id: record.id(),
+            kind: record.kind(),
+            doc,
+        };
+        this.commit(officer, vec!["created".to_owned()], now_ms);
+        Ok(this)
+    }
+
+    /// Loads a document from saved bytes (a snapshot followed by any incremental chunks).
+    pub fn load(id: RecordId, kind: RecordKind, bytes: &[u8], device: DeviceId) -> Result<Self> {
+        let doc = AutoCommit::load(bytes)
+            .map_err(|e| Error::Corrupt {
+                id,
+                reason: e.to_string(),
+            })?
+            .with_actor(actor_for(device));
+        let this = RecordDoc { id, kind, doc };
+        // A document that does not hydrate as its kind is as corrupt as one that does not decode.
+        this.record().map_err(|e| Error::Corrupt {
+            id,
+            reason: e.to_string(),
+        })?;
+        Ok(this)
+    }
+
+    /// The record id.
+    pub fn id(&self) -> RecordId {
+        self.id
+    }
+
+    /// The record kind.
+    pub fn kind(&self) -> RecordKind {
+        self.kind
+    }
+
+    /// The typed record as the document currently reads.
+    pub fn record(&self) -> Result<Record> {
+        let bad = |e: autosurgeon::HydrateError| Error::Corrupt {
+            id: self.id,
+            reason: e.to_string(),
+        };
+        Ok(match self.kind {
+            RecordKind::Application => Record::Application(hydrate(&self.doc).map_err(bad)?),
+            RecordKind::CitizenRequest => Record::CitizenRequest(hydrate(&self.doc).map_err(bad)?),
+        })
+    }
+
+    /// The application, or [`Error::WrongKind`].
+    pub fn application(&self) -> Result<Application> {
+        match self.record()? {
+            Record::Application(a) => Ok(a),
+            Record::CitizenRequest(_) => Err(self.wrong_kind(RecordKind::Application)),
+        }
+    }
+
+    /// The citizen request, or [`Error::WrongKind`].
+    pub fn citizen_request(&self) -> Result<CitizenRequest> {
+        match self.record()? {
+            Record::CitizenRequest(r) => Ok(r),
+            Record::Application(_) => Err(self.wrong_kind(RecordKind::CitizenRequest)),
+        }
+    }
+
+    fn wrong_kind(&self, expected: RecordKind) -> Error {
+        Error::WrongKind {
+            id: self.id,
+            expected,
+            actual: self.kind,
+        }
+    }
+
+    /// Writes `after` over `before` (both read from this document) as one change, recording the
+    /// top-level fields that differ. Returns `false` when nothing changed (no change is made).
+    pub fn edit<T: Reconcile + Serialize>(
+        &mut self,
+        before: &T,
+        after: &T,
+        officer: &str,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let fields = changed_fields(before, after)?;
+        if fields.is_empty() {
+            return Ok(false);
+        }
+        if let Err(e) = reconcile(&mut self.doc, after) {
+            self.doc.rollback();
+            return Err(e.into());
+        }
+        self.commit(officer, fields, now_ms);
+        Ok(true)
+    }
+
+    fn commit(&mut self, officer: &str, fields: Vec<String>, now_ms: i64) {
+        let message = ChangeMessage {
+            officer: officer.to_owned(),
+            fields,
+        };
+        // Serialising two strings cannot fail; an empty message would only lose the author.
+        let message = serde_json::to_string(&message).unwrap_or_default();
+        self.doc.commit_with(
+            automerge::transaction::CommitOptions::default()
+                .with_message(message)
+                .with_time(now_ms),
+        );
+    }
+
+    /// Fields with concurrent different values, in document order.
+    pub fn conflicts(&mut self) -> Vec<Conflict> {
+        let mut found = Vec::new();
+        let mut paths = Vec::new();
+        collect_conflict_paths(&self.doc, &ROOT, String::new(), &mut paths);
+        for (field, values) in paths {
+            let mut candidates: Vec<ConflictCandidate> = values
+                .into_iter()
+                .map(|(value, opid)| {
+                    let (device, officer) = self.author_of_op(&opid);
+                    ConflictCandidate {
+                        value,
+                        device,
+                        officer,
+                    }
+                })
+                .collect();
+            // Automerge lists concurrent values by op id; the winner (what reads show) is last.
+            candidates.reverse();
+            found.push(Conflict {
+                field,
+                values: candidates,
+            });
+        }
+        found
+    }
+
+    fn author_of_op(&mut self, opid: &automerge::ObjId) -> (Option<Uuid>, Option<String>) {
+        let Some(hash) = self.doc.hash_for_opid(opid) else {
+            return (None, None);
+        };
+        let Some(change) = self.doc.get_change_by_hash(&hash) else {
+            return (None, None);
+        };
+        let device = Uuid::from_slice(change.actor_id().to_bytes()).ok();
+        let officer = change
+            .message()
+            .and_then(|m| serde_json::from_str::<ChangeMessage>(m).ok())
+            .map(|m| m.officer);
+        (device, officer)
+    }
+
+    /// Settles the conflict on `field` with `value`, as one change by `officer`. The value must
+    /// keep the record valid (a status must be a status name, and so on).
+    pub fn resolve(
+        &mut self,
+        field: &str,
+        value: &ConflictValue,
+        officer: &str,
+        now_ms: i64,
+    ) -> Result<()> {
+        if !self.conflicts().iter().any(|c| c.field == field) {
+            return Err(Error::invalid(field, "there is no conflict on this field"));
+        }
+        let (obj, prop) = resolve_path(&self.doc, field)?;
+        let current = match self.doc.get(&obj, prop.clone())? {
+            Some((Value::Scalar(s), _)) => s.into_owned(),
+            _ => return Err(Error::invalid(field, "not a single-valued field")),
+        };
+        self.doc.put(&obj, prop, value.to_scalar_like(&current))?;
+        if let Err(e) = self.record() {
+            self.doc.rollback();
+            return Err(Error::invalid(
+                field,
+                format!("value does not fit the field: {e}"),
+            ));
+        }
+        self.commit(officer, vec![field.to_owned()], now_ms);
+        Ok(())
+    }
+
+    /// Every change, in causal order (parents before children).
+    pub fn history(&mut self) -> Vec<HistoryEntry> {
+        self.doc
+            .get_changes(&[])
+            .into_iter()
+            .map(|change| {
+                let message = change
+                    .message()
+                    .and_then(|m| serde_json::from_str::<ChangeMessage>(m).ok());
+                let (officer, fields) = match message {
+                    Some(m) => (m.officer, m.fields),
+                    None => (String::new(), Vec::new()),
+                };
+                HistoryEntry {
+                    hash: change.hash().to_string(),
+                    device: Uuid::from_slice(change.actor_id().to_bytes()).ok(),
+                    officer,
+                    device_time: change.timestamp(),
+                    fields,
+                }
+            })
+            .collect()
+    }
+
+    /// Current heads.
+    pub fn heads(&mut self) -> Vec<ChangeHash> {
+        self.doc.get_heads()
+    }
+
+    /// The whole document, compressed.
+    pub fn save(&mut self) -> Vec<u8> {
+        self.doc.save()
+    }
+
+    /// The changes made since `heads`, as an incremental chunk for [`RecordDoc::load`].
+    pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
+        self.doc.save_after(heads)
+    }
+
+    /// Raw changes the holder of `heads` lacks (what a sync peer needs).
+    pub fn changes_since(&mut self, heads: &[ChangeHash]) -> Vec<automerge::Change> {
+        self.doc.get_changes(heads)
+    }
+
+    /// Applies changes from another replica. Bytes that do not decode are refused before anything
+    /// is applied; the result must still be a valid record of this kind.
+    pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<()> {
+        let decoded = changes
+            .iter()
+            .map(|bytes| {
+                automerge::Change::from_bytes(bytes.clone()).map_err(|e| Error::Corrupt {
+                    id: self.id,
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let before = self.doc.get_heads();
+        self.doc.apply_changes(decoded)?;
+        if let Err(e) = self.record() {
+            // Back to what we had: a fork at the old heads is the document without the changes.
+            self.doc = self
+                .doc
+                .fork_at(&before)?
+                .with_actor(self.doc.get_actor().clone());
+            return Err(e);
+        }
+        Ok(())
+    }
+}
+
+/// Names of the fields that differ between two values, one level deep into nested maps.
+fn changed_fields<T: Serialize>(before: &T, after: &T) -> Result<Vec<String>> {
+    let to_json = |v: &T| serde_json::to_value(v).map_err(|e| Error::Document(e.to_string()));
+    let (before, after) = (to_json(before)?, to_json(after)?);
+    let (serde_json::Value::Object(b), serde_json::Value::Object(a)) = (before, after) else {
+        return Ok(Vec::new());
+    };
+    let mut fields = Vec::new();
+    for (key, new) in &a {
+        let old = b.get(key);
+        if old == Some(new) {
+            continue;
+        }
+        match (old, new) {
+            (Some(serde_json::Value::Object(o)), serde_json::Value::Object(n)) => {
+                for (sub, nv) in n {
+                    if o.get(sub) != Some(nv) {
+                        fields.push(format!("{key}.{sub}"));
+                    }
+                }
+            }
+            _ => fields.push(key.clone()),
+        }
+    }
+    Ok(fields)
+}
+
+fn collect_conflict_paths(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    prefix: String,
+    out: &mut Vec<(String, Vec<(ConflictValue, ObjId)>)>,
+) {
+    let Some(obj_type) = doc.object_type(obj).ok() else {
+        return;
+    };
+    match obj_type {
+        ObjType::Map | ObjType::Table => {
+            for key in doc.keys(obj) {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                visit(doc, obj, automerge::Prop::Map(key), path, out);
+            }
+        }
+        ObjType::List => {
+            for index in 0..doc.length(obj) {
+                let path = format!("{prefix}[{index}]");
+                visit(doc, obj, automerge::Prop::Seq(index), path, out);
+            }
+        }
+        // Text merges character by character: never a conflict.
+        ObjType::Text => {}
+    }
+}
+
+fn visit(
+    doc: &AutoCommit,
+    obj: &ObjId,
+    prop: automerge::Prop,
+    path: String,
+    out: &mut Vec<(String, Vec<(ConflictValue, ObjId)>)>,
+) {
+    let Ok(values) = doc.get_all(obj, prop) else {
+        return;
+    };
+    let scalars: Vec<(ConflictValue, ObjId)> = values
+        .iter()
+        .filter_map(|(v, id)| match v {
+            Value::Scalar(s) => Some((ConflictValue::from_scalar(s), id.clone())),
+            Value::Object(_) => None,
+        })
+        .collect();
+    let distinct = {
+        let mut seen: Vec<&ConflictValue> = Vec::new();
+        for (v, _) in &scalars {
+            if !seen.contains(&v) {
+                seen.push(v);
+            }
+        }
+        seen.len()
+    };
+    if distinct > 1 {
+        out.push((path.clone(), scalars));
+    }
+    // Descend into the winning object, if the winner is one.
+    if let Some((Value::Object(_), child)) = values.last() {
+        collect_conflict_paths(doc, child, path, out);
+    }
+}
+
+/// Finds the object and property a dotted path (`applicant.phone`, `fees[0].paid`) points at.
+fn resolve_path(doc: &AutoCommit, path: &str) -> Result<(ObjId, automerge::Prop)> {
+    let bad = || Error::invalid(path, "no such field");
+    let mut steps: Vec<automerge::Prop> = Vec::new();
+    for part in path.split('.') {
+        let (name, rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        if name.is_empty() {
+            return Err(bad());
+        }
+        steps.push(automerge::Prop::Map(name.to_owned()));
+        let mut rest = rest;
+        while let Some(stripped) = rest.strip_prefix('[') {
+            let end = stripped.find(']').ok_or_else(bad)?;
+            let index: usize = stripped[..end].parse().map_err(|_| bad())?;
+            steps.push(automerge::Prop::Seq(index));
+            rest = &stripped[end + 1..];
+        }
+        if !rest.is_empty() {
+            return Err(bad());
+        }
+    }
+    let (last, parents) = steps.split_last().ok_or_else(bad)?;
+    let mut obj = ROOT;
+    for step in parents {
+        match doc.get(&obj, step.clone())? {
+            Some((Value::Object(_), id)) => obj = id,
+            _ => return Err(bad()),
+        }
+    }
+    Ok((obj, last.clone()))
+}
+
+#[cfg(test)]
+mod tests;

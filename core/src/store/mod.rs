@@ -1,0 +1,736 @@
+//! The device store: records, projections and search in one SQLite file, encrypted with SQLCipher.
+//!
+//! Contract:
+//! - One edit is one SQLite transaction that writes the Automerge change, the query projection,
+//!   the search index and the outbox mark together. A crash or kill at any instant leaves a store
+//!   that opens and holds every committed edit (WAL journal).
+//! - Documents load on demand into a bounded LRU cache; nothing loads every record.
+//! - An edit that fails (bad input, full disk) leaves the file and the cache as they were.
+//! - Each document is a snapshot plus incremental change chunks; after [`StoreConfig::compact_after`]
+//!   chunks they are folded into a new snapshot in the same transaction.
+
+mod projection;
+mod query;
+pub(crate) mod schema;
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use automerge::ChangeHash;
+use lru::LruCache;
+use rusqlite::{Connection, OptionalExtension, Transaction, params};
+
+pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
+pub use schema::SCHEMA_VERSION;
+
+use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
+use crate::clock::{Clock, SystemClock};
+use crate::record::{
+    Application, Author, CitizenRequest, Conflict, ConflictValue, DeviceId, HistoryEntry,
+    NewApplication, NewCitizenRequest, Record, RecordDoc, RecordId, RecordKind, RequestStatus,
+    Status,
+};
+use crate::{Error, Result};
+
+/// A 256-bit key for SQLCipher, from the platform keystore. Used raw: no key derivation at open.
+#[derive(Clone, PartialEq, Eq)]
+pub struct EncryptionKey([u8; 32]);
+
+impl EncryptionKey {
+    /// Wraps 32 key bytes.
+    pub fn new(bytes: [u8; 32]) -> Self {
+        EncryptionKey(bytes)
+    }
+    /// From a slice, which must be 32 bytes long.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self> {
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::invalid("encryption key", "must be exactly 32 bytes"))?;
+        Ok(EncryptionKey(bytes))
+    }
+}
+
+impl std::fmt::Debug for EncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EncryptionKey(..)")
+    }
+}
+
+/// How hard a commit tries to survive power loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// WAL with `synchronous=NORMAL`: survives a crash or kill of the app at any instant; a power
+    /// cut may lose the last commits but never corrupts. Android's own default for WAL.
+    #[default]
+    Normal,
+    /// `synchronous=FULL`: every commit is on disk before it returns (one more fsync per edit).
+    Full,
+}
+
+/// Everything needed to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// Path of the SQLite file.
+    pub path: PathBuf,
+    /// SQLCipher key; `None` opens an unencrypted file (servers, tests).
+    pub key: Option<EncryptionKey>,
+    /// How many documents stay loaded in memory at most.
+    pub cache_capacity: NonZeroUsize,
+    /// Incremental chunks per document before they are folded into a snapshot.
+    pub compact_after: u32,
+    /// Durability of commits.
+    pub durability: Durability,
+    /// Upper bound on the file size, in bytes (a quota that leaves room for the rest of the
+    /// tablet); writes beyond it fail with [`Error::StorageFull`].
+    pub max_size_bytes: Option<u64>,
+}
+
+impl StoreConfig {
+    /// Defaults for `path`: unencrypted, 256 cached documents, compaction after 4 chunks.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreConfig {
+            path: path.into(),
+            key: None,
+            cache_capacity: NonZeroUsize::new(256).unwrap_or(NonZeroUsize::MIN),
+            compact_after: 4,
+            durability: Durability::Normal,
+            max_size_bytes: None,
+        }
+    }
+
+    /// With an encryption key.
+    pub fn encrypted(mut self, key: EncryptionKey) -> Self {
+        self.key = Some(key);
+        self
+    }
+}
+
+struct Loaded {
+    rowid: i64,
+    doc: RecordDoc,
+    /// Heads of what is on disk: the next incremental chunk is everything after them.
+    saved_heads: Vec<ChangeHash>,
+}
+
+/// The durable local store of one device.
+pub struct DeviceStore {
+    conn: Connection,
+    device: DeviceId,
+    cache: LruCache<RecordId, Loaded>,
+    calendar: WorkingCalendar,
+    clock: Arc<dyn Clock>,
+    compact_after: u32,
+}
+
+impl std::fmt::Debug for DeviceStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceStore")
+            .field("device", &self.device)
+            .field("cached", &self.cache.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const META_DEVICE_ID: &str = "device_id";
+const SQLITE_PAGE_SIZE: u64 = 4096;
+
+impl DeviceStore {
+    /// Opens (creating if needed) the store at `config.path`, migrating it to the current schema.
+    pub fn open(config: StoreConfig) -> Result<Self> {
+        Self::open_with_clock(config, Arc::new(SystemClock))
+    }
+
+    /// Like [`DeviceStore::open`] with a given clock.
+    pub fn open_with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
+        let mut conn = Connection::open(&config.path)?;
+        if let Some(key) = &config.key {
+            let hex = hex::encode(key.0);
+            conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+            let cipher: Option<String> = conn
+                .query_row("PRAGMA cipher_version", [], |row| row.get(0))
+                .optional()?;
+            if cipher.is_none_or(|v| v.is_empty()) {
+                return Err(Error::EncryptionUnavailable);
+            }
+        }
+        // The first read decrypts page 1: a wrong key (or a plain file opened with a key, or the
+        // reverse) fails here with SQLITE_NOTADB, which maps to Error::WrongKey.
+        conn.query_row("SELECT count(*) FROM sqlite_master", [], |row| {
+            row.get::<_, i64>(0)
+        })?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(
+            None,
+            "synchronous",
+            match config.durability {
+                Durability::Normal => "NORMAL",
+                Durability::Full => "FULL",
+            },
+        )?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        schema::migrate(&mut conn)?;
+        if let Some(bytes) = config.max_size_bytes {
+            let pages = (bytes / SQLITE_PAGE_SIZE).max(16);
+            conn.pragma_update(None, "max_page_count", pages)?;
+        }
+
+        let device = match conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_DEVICE_ID],
+                |row| row.get::<_, Vec<u8>>(0),
+            )
+            .optional()?
+        {
+            Some(bytes) => uuid::Uuid::from_slice(&bytes).map(DeviceId).map_err(|e| {
+                Error::Storage(rusqlite::Error::InvalidParameterName(e.to_string()))
+            })?,
+            None => {
+                let device = DeviceId::new();
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES (?1, ?2)",
+                    params![META_DEVICE_ID, device.0.as_bytes().as_slice()],
+                )?;
+                device
+            }
+        };
+        let calendar = load_calendar(&conn)?;
+        Ok(DeviceStore {
+            conn,
+            device,
+            cache: LruCache::new(config.cache_capacity),
+            calendar,
+            clock,
+            compact_after: config.compact_after.max(1),
+        })
+    }
+
+    /// This device's id (also the Automerge actor of its edits).
+    pub fn device_id(&self) -> DeviceId {
+        self.device
+    }
+
+    /// The clock edits are stamped with.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Documents currently loaded in memory.
+    pub fn cached_documents(&self) -> usize {
+        self.cache.len()
+    }
+
+    /// `PRAGMA integrity_check`: `"ok"` for a healthy file.
+    pub fn integrity_check(&self) -> Result<String> {
+        Ok(self
+            .conn
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))?)
+    }
+
+    // ----- catalogue -------------------------------------------------------------------------
+
+    /// Adds or replaces procedures of the catalogue (reference data from the province).
+    pub fn import_catalogue(&mut self, procedures: &[Procedure]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for p in procedures {
+            if p.code.trim().is_empty() {
+                return Err(Error::invalid("procedure.code", "must not be empty"));
+            }
+            tx.execute(
+                "INSERT OR REPLACE INTO procedures(code, name, processing_days, withdrawal_allowed)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![p.code, p.name, p.processing_days, p.withdrawal_allowed],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Replaces the public holiday list.
+    pub fn set_holidays(&mut self, days: &[CivilDate]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM holidays", [])?;
+        for day in days {
+            tx.execute(
+                "INSERT OR IGNORE INTO holidays(day) VALUES (?1)",
+                [day.to_string()],
+            )?;
+        }
+        tx.commit()?;
+        self.calendar = WorkingCalendar::new(days.iter().copied());
+        Ok(())
+    }
+
+    /// One procedure of the catalogue.
+    pub fn procedure(&self, code: &str) -> Result<Procedure> {
+        self.conn
+            .query_row(
+                "SELECT code, name, processing_days, withdrawal_allowed FROM procedures WHERE code = ?1",
+                [code],
+                |row| {
+                    Ok(Procedure {
+                        code: row.get(0)?,
+                        name: row.get(1)?,
+                        processing_days: row.get(2)?,
+                        withdrawal_allowed: row.get(3)?,
+                    })
+                },
+            )
+            .optional()?
+            .ok_or_else(|| Error::UnknownProcedure(code.to_owned()))
+    }
+
+    /// The working-day calendar in force.
+    pub fn calendar(&self) -> &WorkingCalendar {
+        &self.calendar
+    }
+
+    // ----- creating ------------------------------------------------------------------------
+
+    /// Records a new application received by `officer`; its due date follows the procedure's
+    /// statutory working days.
+    pub fn create_application(
+        &mut self,
+        officer: &str,
+        new: NewApplication,
+    ) -> Result<Application> {
+        validate_officer(officer)?;
+        let procedure = self.procedure(&new.procedure_code)?;
+        let now = self.clock.now_ms();
+        let received_at = new.received_at.unwrap_or(now);
+        let due_at = self.calendar.add_working_days(
+            CivilDate::from_unix_millis(received_at)?,
+            procedure.processing_days,
+        );
+        let app = Application {
+            id: RecordId::new(),
+            commune_code: new.commune_code,
+            procedure_code: new.procedure_code,
+            applicant: new.applicant,
+            received_at,
+            due_at,
+            documents: new.documents,
+            fees: new.fees,
+            status: Status::Received,
+            assignee: new.assignee,
+            notes: new.notes,
+            created_by: Author {
+                device: self.device.0,
+                officer: officer.to_owned(),
+            },
+        };
+        validate_application(&app)?;
+        self.insert(Record::Application(app.clone()), officer, now)?;
+        Ok(app)
+    }
+
+    /// Records a new citizen request.
+    pub fn create_citizen_request(
+        &mut self,
+        officer: &str,
+        new: NewCitizenRequest,
+    ) -> Result<CitizenRequest> {
+        validate_officer(officer)?;
+        let now = self.clock.now_ms();
+        let request = CitizenRequest {
+            id: RecordId::new(),
+            commune_code: new.commune_code,
+            category: new.category,
+            village: new.village,
+            description: new.description,
+            reporter_name: new.reporter_name,
+            reporter_contact: new.reporter_contact,
+            received_at: new.received_at.unwrap_or(now),
+            status: RequestStatus::Received,
+            assignee: new.assignee,
+            notes: new.notes,
+            created_by: Author {
+                device: self.device.0,
+                officer: officer.to_owned(),
+            },
+        };
+        validate_request(&request)?;
+        self.insert(Record::CitizenRequest(request.clone()), officer, now)?;
+        Ok(request)
+    }
+
+    fn insert(&mut self, record: Record, officer: &str, now: i64) -> Result<()> {
+        let id = record.id();
+        let mut doc = RecordDoc::create(&record, self.device, officer, now)?;
+        let snapshot = doc.save();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO documents(id, kind, snapshot, chunk_count) VALUES (?1, ?2, ?3, 0)",
+            params![id.as_bytes().as_slice(), record.kind().code(), snapshot],
+        )?;
+        let rowid = tx.last_insert_rowid();
+        projection::write(&tx, rowid, &record, false)?;
+        mark_outbox(&tx, rowid)?;
+        tx.commit()?;
+        let saved_heads = doc.heads();
+        self.cache.put(
+            id,
+            Loaded {
+                rowid,
+                doc,
+                saved_heads,
+            },
+        );
+        Ok(())
+    }
+
+    // ----- reading ---------------------------------------------------------------------------
+
+    /// Any record by id.
+    pub fn get(&mut self, id: RecordId) -> Result<Record> {
+        self.loaded(id)?.doc.record()
+    }
+
+    /// An application by id.
+    pub fn get_application(&mut self, id: RecordId) -> Result<Application> {
+        self.loaded(id)?.doc.application()
+    }
+
+    /// A citizen request by id.
+    pub fn get_citizen_request(&mut self, id: RecordId) -> Result<CitizenRequest> {
+        self.loaded(id)?.doc.citizen_request()
+    }
+
+    /// Fields of the record that hold concurrent different values.
+    pub fn conflicts(&mut self, id: RecordId) -> Result<Vec<Conflict>> {
+        Ok(self.loaded(id)?.doc.conflicts())
+    }
+
+    /// Every change to the record: who, when (device time) and which fields.
+    pub fn history(&mut self, id: RecordId) -> Result<Vec<HistoryEntry>> {
+        Ok(self.loaded(id)?.doc.history())
+    }
+
+    /// Whether a record with this id exists.
+    pub fn contains(&self, id: RecordId) -> Result<bool> {
+        Ok(self.rowid_of(id)?.is_some())
+    }
+
+    // ----- editing ---------------------------------------------------------------------------
+
+    /// Changes an application with `edit`, as one change by `officer`. The id, commune,
+    /// creator and receipt time cannot change; a status change must follow the workflow; the due
+    /// date follows a change of procedure.
+    pub fn update_application(
+        &mut self,
+        id: RecordId,
+        officer: &str,
+        edit: impl FnOnce(&mut Application),
+    ) -> Result<Application> {
+        validate_officer(officer)?;
+        let before = self.get_application(id)?;
+        let mut after = before.clone();
+        edit(&mut after);
+        if after.id != before.id
+            || after.commune_code != before.commune_code
+            || after.created_by != before.created_by
+            || after.received_at != before.received_at
+        {
+            return Err(Error::invalid(
+                "application",
+                "id, commune, creator and receipt time cannot be changed",
+            ));
+        }
+        if after.status != before.status {
+            let procedure = self.procedure(&before.procedure_code)?;
+            before
+                .status
+                .check_transition(after.status, procedure.withdrawal_allowed)?;
+        }
+        if after.procedure_code != before.procedure_code {
+            let procedure = self.procedure(&after.procedure_code)?;
+            after.due_at = self.calendar.add_working_days(
+                CivilDate::from_unix_millis(after.received_at)?,
+                procedure.processing_days,
+            );
+        } else if after.due_at != before.due_at {
+            return Err(Error::invalid(
+                "due_at",
+                "follows the procedure; it cannot be set",
+            ));
+        }
+        validate_application(&after)?;
+        self.write(id, officer, |doc, officer, now| {
+            doc.edit(&before, &after, officer, now)
+        })?;
+        Ok(after)
+    }
+
+    /// Moves an application to `to`, if the workflow allows it.
+    pub fn transition(&mut self, id: RecordId, officer: &str, to: Status) -> Result<Application> {
+        self.update_application(id, officer, |app| app.status = to)
+    }
+
+    /// Changes a citizen request with `edit`, as one change by `officer`.
+    pub fn update_citizen_request(
+        &mut self,
+        id: RecordId,
+        officer: &str,
+        edit: impl FnOnce(&mut CitizenRequest),
+    ) -> Result<CitizenRequest> {
+        validate_officer(officer)?;
+        let before = self.get_citizen_request(id)?;
+        let mut after = before.clone();
+        edit(&mut after);
+        if after.id != before.id
+            || after.commune_code != before.commune_code
+            || after.created_by != before.created_by
+            || after.received_at != before.received_at
+        {
+            return Err(Error::invalid(
+                "citizen_request",
+                "id, commune, creator and receipt time cannot be changed",
+            ));
+        }
+        if after.status != before.status {
+            before.status.check_transition(after.status)?;
+        }
+        validate_request(&after)?;
+        self.write(id, officer, |doc, officer, now| {
+            doc.edit(&before, &after, officer, now)
+        })?;
+        Ok(after)
+    }
+
+    /// Settles a conflict on `field` with `value`.
+    pub fn resolve(
+        &mut self,
+        id: RecordId,
+        officer: &str,
+        field: &str,
+        value: &ConflictValue,
+    ) -> Result<Record> {
+        validate_officer(officer)?;
+        self.write(id, officer, |doc, officer, now| {
+            doc.resolve(field, value, officer, now).map(|()| true)
+        })?;
+        self.get(id)
+    }
+
+    /// Runs `edit` on the loaded document and persists what it changed in one transaction. On any
+    /// failure the document is dropped from the cache, so memory never holds an unsaved change.
+    fn write(
+        &mut self,
+        id: RecordId,
+        officer: &str,
+        edit: impl FnOnce(&mut RecordDoc, &str, i64) -> Result<bool>,
+    ) -> Result<()> {
+        let now = self.clock.now_ms();
+        let compact_after = self.compact_after;
+        self.loaded(id)?;
+        let Some(loaded) = self.cache.get_mut(&id) else {
+            return Err(Error::NotFound(id));
+        };
+        let result = edit(&mut loaded.doc, officer, now).and_then(|changed| {
+            if changed {
+                persist(&mut self.conn, loaded, compact_after, true)
+            } else {
+                Ok(())
+            }
+        });
+        if result.is_err() {
+            self.cache.pop(&id);
+        }
+        result
+    }
+
+    fn rowid_of(&self, id: RecordId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT rowid FROM documents WHERE id = ?1",
+                [id.as_bytes().as_slice()],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    fn loaded(&mut self, id: RecordId) -> Result<&mut Loaded> {
+        if !self.cache.contains(&id) {
+            let loaded = load_document(&self.conn, id, self.device)?;
+            self.cache.put(id, loaded);
+        }
+        self.cache.get_mut(&id).ok_or(Error::NotFound(id))
+    }
+
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+fn load_calendar(conn: &Connection) -> Result<WorkingCalendar> {
+    let mut stmt = conn.prepare("SELECT day FROM holidays ORDER BY day")?;
+    let days = stmt
+        .query_map([], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let days = days
+        .iter()
+        .map(|d| d.parse())
+        .collect::<Result<Vec<CivilDate>>>()?;
+    Ok(WorkingCalendar::new(days))
+}
+
+fn load_document(conn: &Connection, id: RecordId, device: DeviceId) -> Result<Loaded> {
+    let (rowid, kind, mut bytes): (i64, i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT rowid, kind, snapshot FROM documents WHERE id = ?1",
+            [id.as_bytes().as_slice()],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+        )
+        .optional()?
+        .ok_or(Error::NotFound(id))?;
+    let kind = RecordKind::from_code(kind).ok_or_else(|| Error::Corrupt {
+        id,
+        reason: format!("unknown record kind {kind}"),
+    })?;
+    let mut stmt =
+        conn.prepare_cached("SELECT bytes FROM document_chunks WHERE doc = ?1 ORDER BY seq")?;
+    let chunks = stmt.query_map([rowid], |row| row.get::<_, Vec<u8>>(0))?;
+    for chunk in chunks {
+        bytes.extend_from_slice(&chunk?);
+    }
+    let mut doc = RecordDoc::load(id, kind, &bytes, device)?;
+    let saved_heads = doc.heads();
+    Ok(Loaded {
+        rowid,
+        doc,
+        saved_heads,
+    })
+}
+
+/// Writes what changed in `loaded` since its saved heads, with projection, search and (for
+/// local edits) the outbox mark, in one transaction.
+fn persist(
+    conn: &mut Connection,
+    loaded: &mut Loaded,
+    compact_after: u32,
+    local: bool,
+) -> Result<()> {
+    let record = loaded.doc.record()?;
+    let has_conflicts = !loaded.doc.conflicts().is_empty();
+    let tx = conn.transaction()?;
+    let chunk_count: u32 = tx.query_row(
+        "SELECT chunk_count FROM documents WHERE rowid = ?1",
+        [loaded.rowid],
+        |row| row.get(0),
+    )?;
+    if chunk_count + 1 >= compact_after {
+        let snapshot = loaded.doc.save();
+        tx.execute("DELETE FROM document_chunks WHERE doc = ?1", [loaded.rowid])?;
+        tx.execute(
+            "UPDATE documents SET snapshot = ?2, chunk_count = 0 WHERE rowid = ?1",
+            params![loaded.rowid, snapshot],
+        )?;
+    } else {
+        let chunk = loaded.doc.save_after(&loaded.saved_heads);
+        tx.execute(
+            "INSERT INTO document_chunks(doc, seq, bytes) VALUES (?1, ?2, ?3)",
+            params![loaded.rowid, chunk_count + 1, chunk],
+        )?;
+        tx.execute(
+            "UPDATE documents SET chunk_count = ?2 WHERE rowid = ?1",
+            params![loaded.rowid, chunk_count + 1],
+        )?;
+    }
+    projection::write(&tx, loaded.rowid, &record, has_conflicts)?;
+    if local {
+        mark_outbox(&tx, loaded.rowid)?;
+    }
+    tx.commit()?;
+    loaded.saved_heads = loaded.doc.heads();
+    Ok(())
+}
+
+fn mark_outbox(tx: &Transaction<'_>, rowid: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO outbox(doc, local_seq) VALUES (?1, 1)
+         ON CONFLICT(doc) DO UPDATE SET local_seq = local_seq + 1",
+        [rowid],
+    )?;
+    Ok(())
+}
+
+fn validate_officer(officer: &str) -> Result<()> {
+    if officer.trim().is_empty() || officer.len() > 128 {
+        return Err(Error::invalid("officer", "must be 1 to 128 bytes"));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()> {
+    if required && value.trim().is_empty() {
+        return Err(Error::invalid(field, "must not be empty"));
+    }
+    if value.len() > max {
+        return Err(Error::invalid(field, format!("longer than {max} bytes")));
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        return Err(Error::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+fn validate_application(app: &Application) -> Result<()> {
+    check_text("commune_code", &app.commune_code, 64, true)?;
+    check_text("procedure_code", &app.procedure_code, 64, true)?;
+    check_text("applicant.name", &app.applicant.name, 200, true)?;
+    check_text("applicant.address", &app.applicant.address, 500, false)?;
+    check_text("applicant.village", &app.applicant.village, 200, false)?;
+    let id = &app.applicant.id_number;
+    let id_ok = id.is_empty()
+        || ((id.len() == 9 || id.len() == 12) && id.chars().all(|c| c.is_ascii_digit()));
+    if !id_ok {
+        return Err(Error::invalid(
+            "applicant.id_number",
+            "must be 12 digits (citizen identity card) or 9 digits (old identity card)",
+        ));
+    }
+    let phone = &app.applicant.phone;
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
+    if !phone.is_empty()
+        && (!(9..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()))
+    {
+        return Err(Error::invalid("applicant.phone", "must be 9 to 15 digits"));
+    }
+    if let Some(assignee) = &app.assignee {
+        check_text("assignee", assignee, 128, true)?;
+    }
+    check_text("notes", &app.notes, 64 * 1024, false)?;
+    if app.documents.len() > 100 || app.fees.len() > 50 {
+        return Err(Error::invalid("documents", "too many entries"));
+    }
+    for doc in &app.documents {
+        check_text("documents.name", &doc.name, 500, true)?;
+    }
+    for fee in &app.fees {
+        check_text("fees.name", &fee.name, 200, true)?;
+    }
+    Ok(())
+}
+
+fn validate_request(request: &CitizenRequest) -> Result<()> {
+    check_text("commune_code", &request.commune_code, 64, true)?;
+    check_text("category", &request.category, 64, true)?;
+    check_text("village", &request.village, 200, false)?;
+    check_text("description", &request.description, 16 * 1024, true)?;
+    check_text("reporter_name", &request.reporter_name, 200, false)?;
+    check_text("reporter_contact", &request.reporter_contact, 200, false)?;
+    if let Some(assignee) = &request.assignee {
+        check_text("assignee", assignee, 128, true)?;
+    }
+    check_text("notes", &request.notes, 64 * 1024, false)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,3 @@
+//! `communesync`: the provincial server and operator CLI.
+
+fn main() {}
