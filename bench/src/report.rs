@@ -38,8 +38,8 @@ impl Report {
     pub fn table(&self, title: &str) -> usize {
         println!("\n{title}");
         println!(
-            "{:<34} {:>14} {:<6} {:>12}  {}",
-            "figure", "value", "unit", "target", ""
+            "{:<34} {:>14} {:<6} {:>12}",
+            "figure", "value", "unit", "target"
         );
         let mut missed = 0;
         for f in &self.figures {

@@ -195,7 +195,8 @@ fn invalid_values_are_refused_and_change_nothing() {
     let app = store
         .create_application(OFFICER, new_app("Cà Thị Lả", "Bản Pa Pốm"))
         .unwrap();
-    let cases: Vec<Box<dyn Fn(&mut Application)>> = vec![
+    type Edit = Box<dyn Fn(&mut Application)>;
+    let cases: Vec<Edit> = vec![
         Box::new(|a| a.applicant.phone = "12ab".into()),
         Box::new(|a| a.applicant.id_number = "123".into()),
         Box::new(|a| a.applicant.name = "  ".into()),
