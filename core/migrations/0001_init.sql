@@ -10,7 +10,9 @@ CREATE TABLE documents (
     id          BLOB NOT NULL UNIQUE,
     kind        INTEGER NOT NULL,
     snapshot    BLOB NOT NULL,
-    chunk_count INTEGER NOT NULL DEFAULT 0
+    chunk_count INTEGER NOT NULL DEFAULT 0,
+    -- Digest of the folded text in search_index, to skip re-indexing when it did not change.
+    search_digest INTEGER NOT NULL DEFAULT 0
 );
 
 CREATE TABLE document_chunks (

@@ -358,15 +358,47 @@ impl RecordDoc {
             .collect::<Result<Vec<_>>>()?;
         let before = self.doc.get_heads();
         self.doc.apply_changes(decoded)?;
-        if let Err(e) = self.record() {
+        let check = if self.doc.get_missing_deps(&[]).is_empty() {
+            self.record().map(|_| ())
+        } else {
+            Err(Error::invalid(
+                "changes",
+                "they depend on changes that were not received",
+            ))
+        };
+        if let Err(e) = check {
             // Back to what we had: a fork at the old heads is the document without the changes.
-            self.doc = self
-                .doc
-                .fork_at(&before)?
-                .with_actor(self.doc.get_actor().clone());
+            let actor = self.doc.get_actor().clone();
+            self.doc = self.doc.fork_at(&before)?.with_actor(actor);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// A document built from another replica's changes (a record this device has not seen).
+    pub fn from_changes(
+        id: RecordId,
+        kind: RecordKind,
+        changes: &[Vec<u8>],
+        device: DeviceId,
+    ) -> Result<Self> {
+        let mut this = RecordDoc {
+            id,
+            kind,
+            doc: AutoCommit::new().with_actor(actor_for(device)),
+        };
+        this.apply_changes(changes)?;
+        if this.doc.get_heads().is_empty() {
+            return Err(Error::invalid(
+                "changes",
+                "no changes given for a new record",
+            ));
+        }
+        let record = this.record()?;
+        if record.id() != id {
+            return Err(Error::invalid("changes", "they belong to another record"));
+        }
+        Ok(this)
     }
 }
 

@@ -9,6 +9,7 @@
 //! - Each document is a snapshot plus incremental change chunks; after [`StoreConfig::compact_after`]
 //!   chunks they are folded into a new snapshot in the same transaction.
 
+mod checkpoint;
 mod projection;
 mod query;
 pub(crate) mod schema;
@@ -121,6 +122,7 @@ pub struct DeviceStore {
     calendar: WorkingCalendar,
     clock: Arc<dyn Clock>,
     compact_after: u32,
+    checkpointer: checkpoint::Checkpointer,
 }
 
 impl std::fmt::Debug for DeviceStore {
@@ -145,8 +147,7 @@ impl DeviceStore {
     pub fn open_with_clock(config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self> {
         let mut conn = Connection::open(&config.path)?;
         if let Some(key) = &config.key {
-            let hex = hex::encode(key.0);
-            conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+            apply_key(&conn, key)?;
             let cipher: Option<String> = conn
                 .query_row("PRAGMA cipher_version", [], |row| row.get(0))
                 .optional()?;
@@ -197,6 +198,10 @@ impl DeviceStore {
             }
         };
         let calendar = load_calendar(&conn)?;
+        // Checkpoints move WAL pages into the database and fsync: done by a background thread so
+        // that no edit pays for one. The writer's own autocheckpoint stays as a safety net.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        let checkpointer = checkpoint::Checkpointer::start(&config)?;
         Ok(DeviceStore {
             conn,
             device,
@@ -204,6 +209,7 @@ impl DeviceStore {
             calendar,
             clock,
             compact_after: config.compact_after.max(1),
+            checkpointer,
         })
     }
 
@@ -361,14 +367,19 @@ impl DeviceStore {
         let mut doc = RecordDoc::create(&record, self.device, officer, now)?;
         let snapshot = doc.save();
         let tx = self.conn.transaction()?;
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO documents(id, kind, snapshot, chunk_count) VALUES (?1, ?2, ?3, 0)",
-            params![id.as_bytes().as_slice(), record.kind().code(), snapshot],
-        )?;
+        )?
+        .execute(params![
+            id.as_bytes().as_slice(),
+            record.kind().code(),
+            snapshot
+        ])?;
         let rowid = tx.last_insert_rowid();
         projection::write(&tx, rowid, &record, false)?;
         mark_outbox(&tx, rowid)?;
         tx.commit()?;
+        self.checkpointer.committed();
         let saved_heads = doc.heads();
         self.cache.put(
             id,
@@ -457,7 +468,8 @@ impl DeviceStore {
             ));
         }
         validate_application(&after)?;
-        self.write(id, officer, |doc, officer, now| {
+        let known = Record::Application(after.clone());
+        self.write(id, officer, Some(&known), |doc, officer, now| {
             doc.edit(&before, &after, officer, now)
         })?;
         Ok(after)
@@ -493,7 +505,8 @@ impl DeviceStore {
             before.status.check_transition(after.status)?;
         }
         validate_request(&after)?;
-        self.write(id, officer, |doc, officer, now| {
+        let known = Record::CitizenRequest(after.clone());
+        self.write(id, officer, Some(&known), |doc, officer, now| {
             doc.edit(&before, &after, officer, now)
         })?;
         Ok(after)
@@ -508,7 +521,7 @@ impl DeviceStore {
         value: &ConflictValue,
     ) -> Result<Record> {
         validate_officer(officer)?;
-        self.write(id, officer, |doc, officer, now| {
+        self.write(id, officer, None, |doc, officer, now| {
             doc.resolve(field, value, officer, now).map(|()| true)
         })?;
         self.get(id)
@@ -516,10 +529,12 @@ impl DeviceStore {
 
     /// Runs `edit` on the loaded document and persists what it changed in one transaction. On any
     /// failure the document is dropped from the cache, so memory never holds an unsaved change.
+    /// `known` is the record as the edit leaves it, when the caller has it (saves a hydration).
     fn write(
         &mut self,
         id: RecordId,
         officer: &str,
+        known: Option<&Record>,
         edit: impl FnOnce(&mut RecordDoc, &str, i64) -> Result<bool>,
     ) -> Result<()> {
         let now = self.clock.now_ms();
@@ -530,7 +545,9 @@ impl DeviceStore {
         };
         let result = edit(&mut loaded.doc, officer, now).and_then(|changed| {
             if changed {
-                persist(&mut self.conn, loaded, compact_after, true)
+                persist(&mut self.conn, loaded, compact_after, Origin::Local(known))?;
+                self.checkpointer.committed();
+                Ok(())
             } else {
                 Ok(())
             }
@@ -539,6 +556,68 @@ impl DeviceStore {
             self.cache.pop(&id);
         }
         result
+    }
+
+    // ----- changes from other replicas ------------------------------------------------------
+
+    /// Applies changes that came from another replica (the server or a peer) to record `id`,
+    /// creating it when this device has not seen it. The changes must decode, have all their
+    /// dependencies and leave a valid record of `kind`; otherwise nothing is stored. Concurrent
+    /// values they bring show up in [`DeviceStore::conflicts`].
+    pub fn apply_remote_changes(
+        &mut self,
+        id: RecordId,
+        kind: RecordKind,
+        changes: &[Vec<u8>],
+    ) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        if self.rowid_of(id)?.is_none() {
+            let mut doc = RecordDoc::from_changes(id, kind, changes, self.device)?;
+            let record = doc.record()?;
+            let snapshot = doc.save();
+            let tx = self.conn.transaction()?;
+            tx.prepare_cached(
+                "INSERT INTO documents(id, kind, snapshot, chunk_count) VALUES (?1, ?2, ?3, 0)",
+            )?
+            .execute(params![id.as_bytes().as_slice(), kind.code(), snapshot])?;
+            let rowid = tx.last_insert_rowid();
+            projection::write(&tx, rowid, &record, !doc.conflicts().is_empty())?;
+            tx.commit()?;
+            self.checkpointer.committed();
+            return Ok(());
+        }
+        let compact_after = self.compact_after;
+        self.loaded(id)?;
+        let Some(loaded) = self.cache.get_mut(&id) else {
+            return Err(Error::NotFound(id));
+        };
+        if loaded.doc.kind() != kind {
+            return Err(Error::WrongKind {
+                id,
+                expected: kind,
+                actual: loaded.doc.kind(),
+            });
+        }
+        let before = loaded.saved_heads.clone();
+        let result = loaded.doc.apply_changes(changes).and_then(|()| {
+            if loaded.doc.heads() == before {
+                Ok(())
+            } else {
+                persist(&mut self.conn, loaded, compact_after, Origin::Remote)
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.checkpointer.committed();
+                Ok(())
+            }
+            Err(err) => {
+                self.cache.pop(&id);
+                Err(err)
+            }
+        }
     }
 
     fn rowid_of(&self, id: RecordId) -> Result<Option<i64>> {
@@ -563,6 +642,13 @@ impl DeviceStore {
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }
+}
+
+/// Gives SQLCipher the raw key (no key derivation: the key comes from the platform keystore).
+pub(crate) fn apply_key(conn: &Connection, key: &EncryptionKey) -> Result<()> {
+    let hex = hex::encode(key.0);
+    conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+    Ok(())
 }
 
 fn load_calendar(conn: &Connection) -> Result<WorkingCalendar> {
@@ -605,42 +691,58 @@ fn load_document(conn: &Connection, id: RecordId, device: DeviceId) -> Result<Lo
     })
 }
 
+/// Where the changes being persisted come from.
+pub(crate) enum Origin<'a> {
+    /// An edit on this device; the record as it now reads, if the caller has it.
+    Local(Option<&'a Record>),
+    /// Changes from another replica (they may bring conflicts).
+    Remote,
+}
+
 /// Writes what changed in `loaded` since its saved heads, with projection, search and (for
 /// local edits) the outbox mark, in one transaction.
 fn persist(
     conn: &mut Connection,
     loaded: &mut Loaded,
     compact_after: u32,
-    local: bool,
+    origin: Origin<'_>,
 ) -> Result<()> {
-    let record = loaded.doc.record()?;
-    let has_conflicts = !loaded.doc.conflicts().is_empty();
+    let hydrated;
+    let record = match origin {
+        Origin::Local(Some(record)) => record,
+        Origin::Local(None) | Origin::Remote => {
+            hydrated = loaded.doc.record()?;
+            &hydrated
+        }
+    };
     let tx = conn.transaction()?;
-    let chunk_count: u32 = tx.query_row(
-        "SELECT chunk_count FROM documents WHERE rowid = ?1",
-        [loaded.rowid],
-        |row| row.get(0),
-    )?;
+    // A local edit cannot create a conflict, only settle one: walk the document only when the
+    // projection says it had conflicts, or when the changes come from elsewhere.
+    let has_conflicts = match origin {
+        Origin::Local(_) => {
+            projection::has_conflicts(&tx, loaded.rowid, record)?
+                && !loaded.doc.conflicts().is_empty()
+        }
+        Origin::Remote => !loaded.doc.conflicts().is_empty(),
+    };
+    let chunk_count: u32 = tx
+        .prepare_cached("SELECT chunk_count FROM documents WHERE rowid = ?1")?
+        .query_row([loaded.rowid], |row| row.get(0))?;
     if chunk_count + 1 >= compact_after {
         let snapshot = loaded.doc.save();
-        tx.execute("DELETE FROM document_chunks WHERE doc = ?1", [loaded.rowid])?;
-        tx.execute(
-            "UPDATE documents SET snapshot = ?2, chunk_count = 0 WHERE rowid = ?1",
-            params![loaded.rowid, snapshot],
-        )?;
+        tx.prepare_cached("DELETE FROM document_chunks WHERE doc = ?1")?
+            .execute([loaded.rowid])?;
+        tx.prepare_cached("UPDATE documents SET snapshot = ?2, chunk_count = 0 WHERE rowid = ?1")?
+            .execute(params![loaded.rowid, snapshot])?;
     } else {
         let chunk = loaded.doc.save_after(&loaded.saved_heads);
-        tx.execute(
-            "INSERT INTO document_chunks(doc, seq, bytes) VALUES (?1, ?2, ?3)",
-            params![loaded.rowid, chunk_count + 1, chunk],
-        )?;
-        tx.execute(
-            "UPDATE documents SET chunk_count = ?2 WHERE rowid = ?1",
-            params![loaded.rowid, chunk_count + 1],
-        )?;
+        tx.prepare_cached("INSERT INTO document_chunks(doc, seq, bytes) VALUES (?1, ?2, ?3)")?
+            .execute(params![loaded.rowid, chunk_count + 1, chunk])?;
+        tx.prepare_cached("UPDATE documents SET chunk_count = ?2 WHERE rowid = ?1")?
+            .execute(params![loaded.rowid, chunk_count + 1])?;
     }
-    projection::write(&tx, loaded.rowid, &record, has_conflicts)?;
-    if local {
+    projection::write(&tx, loaded.rowid, record, has_conflicts)?;
+    if matches!(origin, Origin::Local(_)) {
         mark_outbox(&tx, loaded.rowid)?;
     }
     tx.commit()?;
@@ -649,11 +751,11 @@ fn persist(
 }
 
 fn mark_outbox(tx: &Transaction<'_>, rowid: i64) -> Result<()> {
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO outbox(doc, local_seq) VALUES (?1, 1)
          ON CONFLICT(doc) DO UPDATE SET local_seq = local_seq + 1",
-        [rowid],
-    )?;
+    )?
+    .execute([rowid])?;
     Ok(())
 }
 

@@ -1,36 +1,108 @@
-//! Projection rows and the search index, written in the same transaction as each change.
+//! Projection rows and the search index, written in the same transaction as each change, and
+//! only where they differ from what is there (most edits touch notes, not indexed columns).
 
-use rusqlite::{Transaction, params};
+use std::hash::{Hash, Hasher};
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{OptionalExtension, Transaction, params_from_iter};
 
 use crate::Result;
 use crate::record::Record;
 use crate::search::fold;
 
+/// Writes the projection row and the search entry of `record` where they changed.
 pub(super) fn write(
     tx: &Transaction<'_>,
     rowid: i64,
     record: &Record,
     has_conflicts: bool,
 ) -> Result<()> {
-    let body = match record {
-        Record::Application(app) => {
-            tx.execute(
-                "INSERT OR REPLACE INTO applications(doc, commune_code, procedure_code, status,
-                    village, assignee, applicant_name, received_at, due_at, has_conflicts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    rowid,
-                    app.commune_code,
-                    app.procedure_code,
-                    app.status.as_str(),
-                    app.applicant.village,
-                    app.assignee,
-                    app.applicant.name,
-                    app.received_at,
-                    app.due_at.to_string(),
-                    has_conflicts,
-                ],
-            )?;
+    let (table, columns, values, body) = row_of(rowid, record, has_conflicts);
+    let select = format!("SELECT {} FROM {table} WHERE doc = ?1", columns.join(", "));
+    let current: Option<Vec<SqlValue>> = tx
+        .prepare_cached(&select)?
+        .query_row([rowid], |row| {
+            (0..columns.len())
+                .map(|i| row.get::<_, SqlValue>(i))
+                .collect()
+        })
+        .optional()?;
+    if current.as_ref() != Some(&values) {
+        let placeholders: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+        let updates: Vec<String> = columns
+            .iter()
+            .skip(1)
+            .map(|c| format!("{c} = excluded.{c}"))
+            .collect();
+        let upsert = format!(
+            "INSERT INTO {table}({}) VALUES ({}) ON CONFLICT(doc) DO UPDATE SET {}",
+            columns.join(", "),
+            placeholders.join(", "),
+            updates.join(", ")
+        );
+        tx.prepare_cached(&upsert)?
+            .execute(params_from_iter(values.iter()))?;
+    }
+
+    let digest = digest(&body);
+    let indexed: i64 = tx
+        .prepare_cached("SELECT search_digest FROM documents WHERE rowid = ?1")?
+        .query_row([rowid], |row| row.get(0))?;
+    if indexed != digest {
+        tx.prepare_cached("INSERT OR REPLACE INTO search_index(rowid, body) VALUES (?1, ?2)")?
+            .execute(rusqlite::params![rowid, body])?;
+        tx.prepare_cached("UPDATE documents SET search_digest = ?2 WHERE rowid = ?1")?
+            .execute(rusqlite::params![rowid, digest])?;
+    }
+    Ok(())
+}
+
+/// Whether the projection currently flags unresolved conflicts.
+pub(super) fn has_conflicts(tx: &Transaction<'_>, rowid: i64, record: &Record) -> Result<bool> {
+    let table = match record {
+        Record::Application(_) => "applications",
+        Record::CitizenRequest(_) => "citizen_requests",
+    };
+    Ok(tx
+        .prepare_cached(&format!("SELECT has_conflicts FROM {table} WHERE doc = ?1"))?
+        .query_row([rowid], |row| row.get::<_, bool>(0))
+        .optional()?
+        .unwrap_or(false))
+}
+
+type Row = (&'static str, Vec<&'static str>, Vec<SqlValue>, String);
+
+fn row_of(rowid: i64, record: &Record, has_conflicts: bool) -> Row {
+    let text = |s: &str| SqlValue::Text(s.to_owned());
+    let opt = |s: &Option<String>| s.as_deref().map_or(SqlValue::Null, text);
+    let flag = SqlValue::Integer(i64::from(has_conflicts));
+    match record {
+        Record::Application(app) => (
+            "applications",
+            vec![
+                "doc",
+                "commune_code",
+                "procedure_code",
+                "status",
+                "village",
+                "assignee",
+                "applicant_name",
+                "received_at",
+                "due_at",
+                "has_conflicts",
+            ],
+            vec![
+                SqlValue::Integer(rowid),
+                text(&app.commune_code),
+                text(&app.procedure_code),
+                text(app.status.as_str()),
+                text(&app.applicant.village),
+                opt(&app.assignee),
+                text(&app.applicant.name),
+                SqlValue::Integer(app.received_at),
+                SqlValue::Text(app.due_at.to_string()),
+                flag,
+            ],
             fold(&format!(
                 "{} {} {} {} {}",
                 app.applicant.name,
@@ -38,34 +110,43 @@ pub(super) fn write(
                 app.applicant.phone,
                 app.applicant.village,
                 app.notes
-            ))
-        }
-        Record::CitizenRequest(req) => {
-            tx.execute(
-                "INSERT OR REPLACE INTO citizen_requests(doc, commune_code, category, status,
-                    village, assignee, reporter_name, received_at, has_conflicts)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![
-                    rowid,
-                    req.commune_code,
-                    req.category,
-                    req.status.as_str(),
-                    req.village,
-                    req.assignee,
-                    req.reporter_name,
-                    req.received_at,
-                    has_conflicts,
-                ],
-            )?;
+            )),
+        ),
+        Record::CitizenRequest(req) => (
+            "citizen_requests",
+            vec![
+                "doc",
+                "commune_code",
+                "category",
+                "status",
+                "village",
+                "assignee",
+                "reporter_name",
+                "received_at",
+                "has_conflicts",
+            ],
+            vec![
+                SqlValue::Integer(rowid),
+                text(&req.commune_code),
+                text(&req.category),
+                text(req.status.as_str()),
+                text(&req.village),
+                opt(&req.assignee),
+                text(&req.reporter_name),
+                SqlValue::Integer(req.received_at),
+                flag,
+            ],
             fold(&format!(
                 "{} {} {} {}",
                 req.reporter_name, req.village, req.description, req.notes
-            ))
-        }
-    };
-    tx.execute(
-        "INSERT OR REPLACE INTO search_index(rowid, body) VALUES (?1, ?2)",
-        params![rowid, body],
-    )?;
-    Ok(())
+            )),
+        ),
+    }
+}
+
+/// A stable 63-bit digest (never 0, the column's "not indexed" default).
+fn digest(body: &str) -> i64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    (hasher.finish() >> 1) as i64 | 1
 }

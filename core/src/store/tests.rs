@@ -679,20 +679,17 @@ fn concurrent_edits_from_two_stores_surface_and_resolve_conflicts() {
     on_b.status = Status::Rejected;
     doc_b.edit(&app, &on_b, "minh", 5).unwrap();
     a.transition(app.id, OFFICER, Status::InProgress).unwrap();
-    // Bring b's change into a's store the way sync will: through the document and persist().
+    // Bring b's change into a's store the way sync will.
     let changes: Vec<Vec<u8>> = doc_b
         .changes_since(&doc_a.heads())
         .into_iter()
         .map(|mut c| c.bytes().into_owned())
         .collect();
-    {
-        let loaded = a.loaded(app.id).unwrap();
-        loaded.doc.apply_changes(&changes).unwrap();
-    }
-    let compact_after = a.compact_after;
-    let loaded = a.cache.get_mut(&app.id).unwrap();
-    persist(&mut a.conn, loaded, compact_after, false).unwrap();
-    let _ = doc_a.heads();
+    a.apply_remote_changes(app.id, RecordKind::Application, &changes)
+        .unwrap();
+    // Applying the same changes again is a no-op.
+    a.apply_remote_changes(app.id, RecordKind::Application, &changes)
+        .unwrap();
 
     let conflicts = a.conflicts(app.id).unwrap();
     assert_eq!(
@@ -727,4 +724,61 @@ fn concurrent_edits_from_two_stores_surface_and_resolve_conflicts() {
     let history = a.history(app.id).unwrap();
     assert_eq!(history.last().unwrap().fields, vec!["status"]);
     assert_eq!(history.len(), 4);
+}
+
+#[test]
+fn remote_changes_create_records_and_bad_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open_config(StoreConfig::new(dir.path().join("a.db")));
+    let mut b = open_config(StoreConfig::new(dir.path().join("b.db")));
+    let app = a
+        .create_application(OFFICER, new_app("Tòng Văn Sinh", "Bản Ten"))
+        .unwrap();
+    a.transition(app.id, OFFICER, Status::InProgress).unwrap();
+    let mut doc = load_document(a.connection(), app.id, a.device_id())
+        .unwrap()
+        .doc;
+    let changes: Vec<Vec<u8>> = doc
+        .changes_since(&[])
+        .into_iter()
+        .map(|mut c| c.bytes().into_owned())
+        .collect();
+    assert_eq!(changes.len(), 2);
+
+    // The second change alone lacks its dependency: refused, nothing stored.
+    let err = b
+        .apply_remote_changes(app.id, RecordKind::Application, &changes[1..])
+        .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+    assert!(!b.contains(app.id).unwrap());
+    // Garbage is refused.
+    let err = b
+        .apply_remote_changes(app.id, RecordKind::Application, &[b"junk".to_vec()])
+        .unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // The wrong kind is refused.
+    assert!(
+        b.apply_remote_changes(app.id, RecordKind::CitizenRequest, &changes)
+            .is_err()
+    );
+    assert!(!b.contains(app.id).unwrap());
+
+    b.apply_remote_changes(app.id, RecordKind::Application, &changes)
+        .unwrap();
+    assert_eq!(
+        b.get_application(app.id).unwrap().status,
+        Status::InProgress
+    );
+    assert_eq!(b.search("tong van sinh", 10).unwrap().len(), 1);
+    // Remote changes are not local edits: nothing to push back.
+    assert_eq!(count(&b, "outbox"), 0);
+    // History keeps the author's device and officer.
+    let history = b.history(app.id).unwrap();
+    assert_eq!(history[0].device, Some(a.device_id().0));
+    // Changes for a different record id are refused.
+    let other = RecordId::new();
+    assert!(
+        b.apply_remote_changes(other, RecordKind::Application, &changes)
+            .is_err()
+    );
 }
