@@ -3,6 +3,7 @@
 //!
 //! `cargo run --release -p communesync-bench -- store` runs the device-store suite.
 
+mod dictionary;
 mod report;
 mod store;
 
@@ -19,10 +20,13 @@ struct Cli {
 enum Suite {
     /// Device store: create, update, open, queries, search, size, memory.
     Store(store::StoreArgs),
+    /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
+    Dictionary(dictionary::DictionaryArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Store(args) => store::run(&args),
+        Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

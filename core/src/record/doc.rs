@@ -334,6 +334,11 @@ impl RecordDoc {
         self.doc.save()
     }
 
+    /// The whole document without Automerge's own column compression (for a better compressor).
+    pub fn save_uncompressed(&mut self) -> Vec<u8> {
+        self.doc.save_nocompress()
+    }
+
     /// The changes made since `heads`, as an incremental chunk for [`RecordDoc::load`].
     pub fn save_after(&mut self, heads: &[ChangeHash]) -> Vec<u8> {
         self.doc.save_after(heads)

@@ -10,6 +10,7 @@
 //!   chunks they are folded into a new snapshot in the same transaction.
 
 mod checkpoint;
+mod codec;
 mod projection;
 mod query;
 pub(crate) mod schema;
@@ -123,6 +124,7 @@ pub struct DeviceStore {
     clock: Arc<dyn Clock>,
     compact_after: u32,
     checkpointer: checkpoint::Checkpointer,
+    codec: codec::DocCodec,
 }
 
 impl std::fmt::Debug for DeviceStore {
@@ -210,6 +212,7 @@ impl DeviceStore {
             clock,
             compact_after: config.compact_after.max(1),
             checkpointer,
+            codec: codec::DocCodec::new()?,
         })
     }
 
@@ -365,7 +368,7 @@ impl DeviceStore {
     fn insert(&mut self, record: Record, officer: &str, now: i64) -> Result<()> {
         let id = record.id();
         let mut doc = RecordDoc::create(&record, self.device, officer, now)?;
-        let snapshot = doc.save();
+        let snapshot = self.codec.encode(&doc.save_uncompressed())?;
         let tx = self.conn.transaction()?;
         tx.prepare_cached(
             "INSERT INTO documents(id, kind, snapshot, chunk_count) VALUES (?1, ?2, ?3, 0)",
@@ -545,7 +548,13 @@ impl DeviceStore {
         };
         let result = edit(&mut loaded.doc, officer, now).and_then(|changed| {
             if changed {
-                persist(&mut self.conn, loaded, compact_after, Origin::Local(known))?;
+                persist(
+                    &mut self.conn,
+                    &mut self.codec,
+                    loaded,
+                    compact_after,
+                    Origin::Local(known),
+                )?;
                 self.checkpointer.committed();
                 Ok(())
             } else {
@@ -576,7 +585,7 @@ impl DeviceStore {
         if self.rowid_of(id)?.is_none() {
             let mut doc = RecordDoc::from_changes(id, kind, changes, self.device)?;
             let record = doc.record()?;
-            let snapshot = doc.save();
+            let snapshot = self.codec.encode(&doc.save_uncompressed())?;
             let tx = self.conn.transaction()?;
             tx.prepare_cached(
                 "INSERT INTO documents(id, kind, snapshot, chunk_count) VALUES (?1, ?2, ?3, 0)",
@@ -605,7 +614,13 @@ impl DeviceStore {
             if loaded.doc.heads() == before {
                 Ok(())
             } else {
-                persist(&mut self.conn, loaded, compact_after, Origin::Remote)
+                persist(
+                    &mut self.conn,
+                    &mut self.codec,
+                    loaded,
+                    compact_after,
+                    Origin::Remote,
+                )
             }
         });
         match result {
@@ -633,7 +648,7 @@ impl DeviceStore {
 
     fn loaded(&mut self, id: RecordId) -> Result<&mut Loaded> {
         if !self.cache.contains(&id) {
-            let loaded = load_document(&self.conn, id, self.device)?;
+            let loaded = load_document(&self.conn, &mut self.codec, id, self.device)?;
             self.cache.put(id, loaded);
         }
         self.cache.get_mut(&id).ok_or(Error::NotFound(id))
@@ -663,8 +678,13 @@ fn load_calendar(conn: &Connection) -> Result<WorkingCalendar> {
     Ok(WorkingCalendar::new(days))
 }
 
-fn load_document(conn: &Connection, id: RecordId, device: DeviceId) -> Result<Loaded> {
-    let (rowid, kind, mut bytes): (i64, i64, Vec<u8>) = conn
+fn load_document(
+    conn: &Connection,
+    codec: &mut codec::DocCodec,
+    id: RecordId,
+    device: DeviceId,
+) -> Result<Loaded> {
+    let (rowid, kind, snapshot): (i64, i64, Vec<u8>) = conn
         .query_row(
             "SELECT rowid, kind, snapshot FROM documents WHERE id = ?1",
             [id.as_bytes().as_slice()],
@@ -678,9 +698,12 @@ fn load_document(conn: &Connection, id: RecordId, device: DeviceId) -> Result<Lo
     })?;
     let mut stmt =
         conn.prepare_cached("SELECT bytes FROM document_chunks WHERE doc = ?1 ORDER BY seq")?;
+    let corrupt = |reason: String| Error::Corrupt { id, reason };
+    let mut bytes = Vec::with_capacity(snapshot.len() * 3);
+    codec.decode_into(&snapshot, &mut bytes).map_err(corrupt)?;
     let chunks = stmt.query_map([rowid], |row| row.get::<_, Vec<u8>>(0))?;
     for chunk in chunks {
-        bytes.extend_from_slice(&chunk?);
+        codec.decode_into(&chunk?, &mut bytes).map_err(corrupt)?;
     }
     let mut doc = RecordDoc::load(id, kind, &bytes, device)?;
     let saved_heads = doc.heads();
@@ -703,6 +726,7 @@ pub(crate) enum Origin<'a> {
 /// local edits) the outbox mark, in one transaction.
 fn persist(
     conn: &mut Connection,
+    codec: &mut codec::DocCodec,
     loaded: &mut Loaded,
     compact_after: u32,
     origin: Origin<'_>,
@@ -729,13 +753,13 @@ fn persist(
         .prepare_cached("SELECT chunk_count FROM documents WHERE rowid = ?1")?
         .query_row([loaded.rowid], |row| row.get(0))?;
     if chunk_count + 1 >= compact_after {
-        let snapshot = loaded.doc.save();
+        let snapshot = codec.encode(&loaded.doc.save_uncompressed())?;
         tx.prepare_cached("DELETE FROM document_chunks WHERE doc = ?1")?
             .execute([loaded.rowid])?;
         tx.prepare_cached("UPDATE documents SET snapshot = ?2, chunk_count = 0 WHERE rowid = ?1")?
             .execute(params![loaded.rowid, snapshot])?;
     } else {
-        let chunk = loaded.doc.save_after(&loaded.saved_heads);
+        let chunk = codec.encode(&loaded.doc.save_after(&loaded.saved_heads))?;
         tx.prepare_cached("INSERT INTO document_chunks(doc, seq, bytes) VALUES (?1, ?2, ?3)")?
             .execute(params![loaded.rowid, chunk_count + 1, chunk])?;
         tx.prepare_cached("UPDATE documents SET chunk_count = ?2 WHERE rowid = ?1")?

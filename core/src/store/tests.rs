@@ -665,9 +665,14 @@ fn concurrent_edits_from_two_stores_surface_and_resolve_conflicts() {
     let app = a
         .create_application(OFFICER, new_app("Nguyễn Thị Hương", "Bản Phăng"))
         .unwrap();
-    let mut doc_a = load_document(a.connection(), app.id, a.device_id())
-        .unwrap()
-        .doc;
+    let mut doc_a = load_document(
+        &a.conn,
+        &mut codec::DocCodec::new().unwrap(),
+        app.id,
+        a.device_id(),
+    )
+    .unwrap()
+    .doc;
     let mut doc_b = RecordDoc::load(
         app.id,
         RecordKind::Application,
@@ -735,9 +740,14 @@ fn remote_changes_create_records_and_bad_ones_change_nothing() {
         .create_application(OFFICER, new_app("Tòng Văn Sinh", "Bản Ten"))
         .unwrap();
     a.transition(app.id, OFFICER, Status::InProgress).unwrap();
-    let mut doc = load_document(a.connection(), app.id, a.device_id())
-        .unwrap()
-        .doc;
+    let mut doc = load_document(
+        &a.conn,
+        &mut codec::DocCodec::new().unwrap(),
+        app.id,
+        a.device_id(),
+    )
+    .unwrap()
+    .doc;
     let changes: Vec<Vec<u8>> = doc
         .changes_since(&[])
         .into_iter()
