@@ -567,6 +567,22 @@ impl DeviceStore {
         result
     }
 
+    /// Current Automerge heads of a record.
+    pub fn heads(&mut self, id: RecordId) -> Result<Vec<ChangeHash>> {
+        Ok(self.loaded(id)?.doc.heads())
+    }
+
+    /// The record's raw Automerge changes that a replica at `heads` lacks (all of them for `&[]`).
+    pub fn changes_since(&mut self, id: RecordId, heads: &[ChangeHash]) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .loaded(id)?
+            .doc
+            .changes_since(heads)
+            .into_iter()
+            .map(|mut change| change.bytes().into_owned())
+            .collect())
+    }
+
     // ----- changes from other replicas ------------------------------------------------------
 
     /// Applies changes that came from another replica (the server or a peer) to record `id`,

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test of communesync: formatting and lints, Rust unit and integration tests (real
+# SQLite/SQLCipher files, SIGKILLed writer processes), and a smoke run of each benchmark suite.
+# Installs what it needs by itself; safe to run on a fresh Debian machine with only Rust.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "Rust tests"
+cargo test --workspace
+
+step "benchmark smoke run (small sizes; the figures in README come from full runs)"
+cargo run -q -p communesync-bench -- store --records 200 --edits 2 > target/bench-smoke-store.txt
+grep -q '"bench":"store.bytes_per_record"' target/bench-smoke-store.txt
+
+step "all tests passed"

@@ -1,0 +1,6 @@
+//! # communesync-server
+//!
+//! The provincial server: an axum service over one storage trait with two backends (SQLite, the
+//! embedded default, and PostgreSQL), plus the operator CLI and the demo.
+
+pub mod storage;

@@ -1,0 +1,1 @@
+//! Server storage: filled by the storage work.
