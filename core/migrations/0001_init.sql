@@ -41,6 +41,9 @@ CREATE INDEX applications_by_village   ON applications(village, received_at);
 CREATE INDEX applications_by_assignee  ON applications(assignee, received_at);
 CREATE INDEX applications_by_due       ON applications(due_at);
 CREATE INDEX applications_by_received  ON applications(received_at);
+-- Overdue and due-soon lists read only open applications.
+CREATE INDEX applications_open_by_due  ON applications(due_at)
+    WHERE status IN ('received', 'in_progress', 'supplement_requested');
 
 CREATE TABLE citizen_requests (
     doc           INTEGER PRIMARY KEY REFERENCES documents(rowid) ON DELETE CASCADE,

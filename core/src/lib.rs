@@ -14,7 +14,9 @@
 
 pub mod catalogue;
 pub mod clock;
+pub mod codec;
 pub mod error;
+pub mod protocol;
 pub mod record;
 pub mod search;
 pub mod store;

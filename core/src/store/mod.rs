@@ -10,10 +10,10 @@
 //!   chunks they are folded into a new snapshot in the same transaction.
 
 mod checkpoint;
-mod codec;
 mod projection;
 mod query;
 pub(crate) mod schema;
+mod sync_state;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -25,9 +25,11 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
 pub use schema::SCHEMA_VERSION;
+pub use sync_state::{PendingDoc, PullDoc, PullReport};
 
 use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
 use crate::clock::{Clock, SystemClock};
+use crate::codec::DocCodec;
 use crate::record::{
     Application, Author, CitizenRequest, Conflict, ConflictValue, DeviceId, HistoryEntry,
     NewApplication, NewCitizenRequest, Record, RecordDoc, RecordId, RecordKind, RequestStatus,
@@ -124,7 +126,7 @@ pub struct DeviceStore {
     clock: Arc<dyn Clock>,
     compact_after: u32,
     checkpointer: checkpoint::Checkpointer,
-    codec: codec::DocCodec,
+    codec: DocCodec,
 }
 
 impl std::fmt::Debug for DeviceStore {
@@ -212,7 +214,7 @@ impl DeviceStore {
             clock,
             compact_after: config.compact_after.max(1),
             checkpointer,
-            codec: codec::DocCodec::new()?,
+            codec: DocCodec::new()?,
         })
     }
 
@@ -696,7 +698,7 @@ fn load_calendar(conn: &Connection) -> Result<WorkingCalendar> {
 
 fn load_document(
     conn: &Connection,
-    codec: &mut codec::DocCodec,
+    codec: &mut DocCodec,
     id: RecordId,
     device: DeviceId,
 ) -> Result<Loaded> {
@@ -742,7 +744,23 @@ pub(crate) enum Origin<'a> {
 /// local edits) the outbox mark, in one transaction.
 fn persist(
     conn: &mut Connection,
-    codec: &mut codec::DocCodec,
+    codec: &mut DocCodec,
+    loaded: &mut Loaded,
+    compact_after: u32,
+    origin: Origin<'_>,
+) -> Result<()> {
+    let tx = conn.transaction()?;
+    write_changes(&tx, codec, loaded, compact_after, origin)?;
+    tx.commit()?;
+    loaded.saved_heads = loaded.doc.heads();
+    Ok(())
+}
+
+/// The body of [`persist`], inside the caller's transaction. The caller sets `saved_heads` once
+/// the transaction has committed.
+fn write_changes(
+    tx: &Transaction<'_>,
+    codec: &mut DocCodec,
     loaded: &mut Loaded,
     compact_after: u32,
     origin: Origin<'_>,
@@ -755,12 +773,11 @@ fn persist(
             &hydrated
         }
     };
-    let tx = conn.transaction()?;
     // A local edit cannot create a conflict, only settle one: walk the document only when the
     // projection says it had conflicts, or when the changes come from elsewhere.
     let has_conflicts = match origin {
         Origin::Local(_) => {
-            projection::has_conflicts(&tx, loaded.rowid, record)?
+            projection::has_conflicts(tx, loaded.rowid, record)?
                 && !loaded.doc.conflicts().is_empty()
         }
         Origin::Remote => !loaded.doc.conflicts().is_empty(),
@@ -781,12 +798,10 @@ fn persist(
         tx.prepare_cached("UPDATE documents SET chunk_count = ?2 WHERE rowid = ?1")?
             .execute(params![loaded.rowid, chunk_count + 1])?;
     }
-    projection::write(&tx, loaded.rowid, record, has_conflicts)?;
+    projection::write(tx, loaded.rowid, record, has_conflicts)?;
     if matches!(origin, Origin::Local(_)) {
-        mark_outbox(&tx, loaded.rowid)?;
+        mark_outbox(tx, loaded.rowid)?;
     }
-    tx.commit()?;
-    loaded.saved_heads = loaded.doc.heads();
     Ok(())
 }
 

@@ -174,16 +174,24 @@ impl DeviceStore {
             SortBy::ApplicantName => "a.applicant_name",
         };
         let direction = if query.descending { "DESC" } else { "ASC" };
+        // Overdue and due-soon lists: the planner, without statistics, prefers the status index
+        // and sorts tens of thousands of rows; the partial index of open applications by due
+        // date answers both the count and the page directly.
+        let table = if query.open_only && query.status.is_none() && query.sort == SortBy::DueAt {
+            "applications a INDEXED BY applications_open_by_due"
+        } else {
+            "applications a"
+        };
 
         let total: u64 = self.connection().query_row(
-            &format!("SELECT count(*) FROM applications a {filter}"),
+            &format!("SELECT count(*) FROM {table} {filter}"),
             rusqlite::params_from_iter(args.iter()),
             |row| row.get(0),
         )?;
         let sql = format!(
             "SELECT d.id, a.procedure_code, a.applicant_name, a.village, a.status, a.assignee,
                     a.received_at, a.due_at, a.has_conflicts
-             FROM applications a JOIN documents d ON d.rowid = a.doc
+             FROM {table} JOIN documents d ON d.rowid = a.doc
              {filter}
              ORDER BY {column} {direction}, a.doc {direction}
              LIMIT {limit} OFFSET {offset}",

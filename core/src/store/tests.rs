@@ -667,7 +667,7 @@ fn concurrent_edits_from_two_stores_surface_and_resolve_conflicts() {
         .unwrap();
     let mut doc_a = load_document(
         &a.conn,
-        &mut codec::DocCodec::new().unwrap(),
+        &mut DocCodec::new().unwrap(),
         app.id,
         a.device_id(),
     )
@@ -742,7 +742,7 @@ fn remote_changes_create_records_and_bad_ones_change_nothing() {
     a.transition(app.id, OFFICER, Status::InProgress).unwrap();
     let mut doc = load_document(
         &a.conn,
-        &mut codec::DocCodec::new().unwrap(),
+        &mut DocCodec::new().unwrap(),
         app.id,
         a.device_id(),
     )
@@ -791,4 +791,103 @@ fn remote_changes_create_records_and_bad_ones_change_nothing() {
         b.apply_remote_changes(other, RecordKind::Application, &changes)
             .is_err()
     );
+}
+
+#[test]
+fn outbox_batches_acknowledgements_and_pulls_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open_config(StoreConfig::new(dir.path().join("a.db")));
+    let mut b = open_config(StoreConfig::new(dir.path().join("b.db")));
+    let ids: Vec<_> = (0..3)
+        .map(|i| {
+            a.create_application(OFFICER, new_app(&format!("Người {i}"), "Bản"))
+                .unwrap()
+                .id
+        })
+        .collect();
+    assert_eq!(a.pending_count().unwrap(), 3);
+    // A tiny byte budget still yields one document per batch.
+    assert_eq!(a.pending_push(1).unwrap().len(), 1);
+    let batch = a.pending_push(1 << 20).unwrap();
+    assert_eq!(batch.len(), 3);
+
+    // An edit made while the batch is in flight keeps its document in the outbox.
+    a.transition(ids[0], OFFICER, Status::InProgress).unwrap();
+    a.acknowledge_push(&batch).unwrap();
+    assert_eq!(a.pending_count().unwrap(), 1);
+    let next = a.pending_push(1 << 20).unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].id, ids[0]);
+    assert_eq!(
+        next[0].changes.len(),
+        1,
+        "only the change after the acknowledged heads"
+    );
+
+    // The server lost the base: the whole history goes next time.
+    a.forget_server_heads(&[ids[0]]).unwrap();
+    assert_eq!(a.pending_push(1 << 20).unwrap()[0].changes.len(), 2);
+    let all = a.pending_push(1 << 20).unwrap();
+    a.acknowledge_push(&all).unwrap();
+    assert_eq!(a.pending_count().unwrap(), 0);
+
+    // b pulls everything, with one corrupt document in the batch.
+    let mut pulled: Vec<PullDoc> = ids
+        .iter()
+        .map(|id| PullDoc {
+            id: *id,
+            kind: RecordKind::Application,
+            changes: a.changes_since(*id, &[]).unwrap(),
+            received_at: 5,
+        })
+        .collect();
+    pulled.push(PullDoc {
+        id: RecordId::new(),
+        kind: RecordKind::Application,
+        changes: vec![b"junk".to_vec()],
+        received_at: 5,
+    });
+    let report = b.apply_pull(&pulled, 17).unwrap();
+    assert_eq!(
+        (report.created, report.updated, report.rejected.len()),
+        (3, 0, 1)
+    );
+    assert_eq!(b.sync_cursor().unwrap(), 17);
+    assert_eq!(
+        b.get_application(ids[0]).unwrap().status,
+        Status::InProgress
+    );
+    // Pulled records are not b's own edits and the server has them: nothing to push.
+    assert_eq!(b.pending_count().unwrap(), 0);
+    // Applying the same batch again changes nothing.
+    let again = b.apply_pull(&pulled[..3], 17).unwrap();
+    assert_eq!((again.created, again.updated), (0, 0));
+    assert_eq!(b.history(ids[0]).unwrap().len(), 2);
+
+    // An edit on b after the pull pushes only b's change.
+    b.transition(ids[1], "minh", Status::InProgress).unwrap();
+    let from_b = b.pending_push(1 << 20).unwrap();
+    assert_eq!(from_b.len(), 1);
+    assert_eq!(from_b[0].changes.len(), 1);
+}
+
+#[test]
+fn the_catalogue_arrives_as_versioned_reference_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DeviceStore::open(StoreConfig::new(dir.path().join("c.db"))).unwrap();
+    assert_eq!(store.catalogue_version().unwrap(), 0);
+    let json = r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1}],"holidays":["2026-12-31"]}"#;
+    store.apply_catalogue(3, json).unwrap();
+    assert_eq!(store.catalogue_version().unwrap(), 3);
+    assert!(store.procedure("1.001193").unwrap().withdrawal_allowed);
+    assert!(
+        !store
+            .calendar()
+            .is_working_day("2026-12-31".parse().unwrap())
+    );
+    assert!(matches!(
+        store.apply_catalogue(4, "{"),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert_eq!(store.catalogue_version().unwrap(), 3);
 }

@@ -1,4 +1,6 @@
-//! Stored document bytes, compressed with zstd and a dictionary.
+//! Document and message bytes, compressed with zstd and a dictionary.
+//!
+//! Used for rows in the device store and for sync request and response bodies.
 //!
 //! A record document is small (1-2 KB) and every one repeats the same structure: field names,
 //! column headers, status names. Compressed alone it barely shrinks; with a dictionary trained on
@@ -12,21 +14,28 @@
 use crate::{Error, Result};
 
 /// The dictionary every new row is written with.
-const DICTIONARY_V1: &[u8] = include_bytes!("../../dict/records-v1.zdict");
+const DICTIONARY_V1: &[u8] = include_bytes!("../dict/records-v1.zdict");
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 /// Upper bound on one decoded document or chunk: a corrupt or hostile frame cannot make us
 /// allocate more than this.
 const MAX_DECODED: usize = 64 * 1024 * 1024;
 const LEVEL: i32 = 9;
 
-/// Compressor and decompressor with the dictionary loaded once.
-pub(crate) struct DocCodec {
+/// Compressor and decompressor with the dictionary loaded once. Not `Sync`: one per thread.
+pub struct DocCodec {
     compressor: zstd::bulk::Compressor<'static>,
     decompressor: zstd::bulk::Decompressor<'static>,
 }
 
+impl std::fmt::Debug for DocCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DocCodec")
+    }
+}
+
 impl DocCodec {
-    pub(crate) fn new() -> Result<Self> {
+    /// A codec with the current dictionary.
+    pub fn new() -> Result<Self> {
         let io = |e: std::io::Error| Error::Document(format!("zstd: {e}"));
         let (compressor, decompressor) = if DICTIONARY_V1.is_empty() {
             (
@@ -45,15 +54,16 @@ impl DocCodec {
         })
     }
 
-    /// Compresses Automerge bytes for storage.
-    pub(crate) fn encode(&mut self, bytes: &[u8]) -> Result<Vec<u8>> {
+    /// Compresses bytes (one zstd frame that records its size).
+    pub fn encode(&mut self, bytes: &[u8]) -> Result<Vec<u8>> {
         self.compressor
             .compress(bytes)
             .map_err(|e| Error::Document(format!("zstd: {e}")))
     }
 
-    /// Appends the Automerge bytes of a stored row to `out`.
-    pub(crate) fn decode_into(
+    /// Appends the Automerge bytes of a stored row to `out` (rows without the zstd magic are
+    /// raw Automerge bytes, appended as they are).
+    pub fn decode_into(
         &mut self,
         stored: &[u8],
         out: &mut Vec<u8>,
@@ -62,19 +72,38 @@ impl DocCodec {
             out.extend_from_slice(stored);
             return Ok(());
         }
-        let size = zstd::zstd_safe::get_frame_content_size(stored)
+        let decoded = self.decode_frame(stored, MAX_DECODED)?;
+        out.extend_from_slice(&decoded);
+        Ok(())
+    }
+
+    /// Decompresses one frame that must declare its size, at most `limit` bytes: a hostile
+    /// frame (a decompression bomb, a lie about its size) is an error, never a large allocation.
+    pub fn decode_frame(
+        &mut self,
+        frame: &[u8],
+        limit: usize,
+    ) -> std::result::Result<Vec<u8>, String> {
+        if !frame.starts_with(&ZSTD_MAGIC) {
+            return Err("not a zstd frame".to_owned());
+        }
+        let size = zstd::zstd_safe::get_frame_content_size(frame)
             .map_err(|_| "bad zstd frame header".to_owned())?
             .ok_or_else(|| "zstd frame without content size".to_owned())?;
         let size = usize::try_from(size).unwrap_or(usize::MAX);
-        if size > MAX_DECODED {
-            return Err(format!("stored document claims {size} bytes"));
+        if size > limit {
+            return Err(format!(
+                "frame declares {size} bytes, more than the {limit} allowed"
+            ));
         }
         let decoded = self
             .decompressor
-            .decompress(stored, size)
+            .decompress(frame, size)
             .map_err(|e| format!("zstd: {e}"))?;
-        out.extend_from_slice(&decoded);
-        Ok(())
+        if decoded.len() != size {
+            return Err("frame is shorter than it declares".to_owned());
+        }
+        Ok(decoded)
     }
 }
 

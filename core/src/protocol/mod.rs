@@ -1,0 +1,306 @@
+//! The sync wire format, version 1 (spec: `docs/PROTOCOL.md`).
+//!
+//! One request moves many documents: the tablet pushes the changes the server lacks and pulls the
+//! commune's change feed after its cursor, in the same round trip. Bodies are postcard-encoded
+//! messages in one zstd frame compressed with the record dictionary ([`crate::codec`]). Decoding
+//! is bounded: a body may not declare more than [`Limits::max_body`] decoded bytes, and counts of
+//! documents and changes are checked before anything is applied.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::DocCodec;
+use crate::record::{RecordId, RecordKind};
+
+/// Protocol version spoken by this build.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Content type of sync bodies.
+pub const CONTENT_TYPE: &str = "application/x-communesync-v1";
+
+/// A document's changes pushed by a tablet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PushDoc {
+    /// Record id.
+    pub id: RecordId,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Raw Automerge changes, each one whole.
+    pub changes: Vec<Vec<u8>>,
+}
+
+/// What the tablet wants from the feed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PullRequest {
+    /// The last feed position the tablet has applied (0 at first).
+    pub cursor: u64,
+    /// Upper bound on change bytes in the response.
+    pub max_bytes: u32,
+}
+
+/// A sync request: push and pull in one round trip.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRequest {
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u16,
+    /// The tablet's clock (ms since epoch), informative only.
+    pub device_time: i64,
+    /// Changes the server lacks, by document.
+    pub push: Vec<PushDoc>,
+    /// Feed to pull, if any.
+    pub pull: Option<PullRequest>,
+    /// Version of the procedure catalogue the tablet has (0 = none).
+    pub catalogue_version: u64,
+}
+
+/// Changes of one document from the feed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDoc {
+    /// Record id.
+    pub id: RecordId,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Raw Automerge changes in feed order.
+    pub changes: Vec<Vec<u8>>,
+    /// Server receive time of the newest of them (ms since epoch, server clock).
+    pub received_at: i64,
+}
+
+/// The province's reference data, sent when the tablet's version is older.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogueUpdate {
+    /// Version number.
+    pub version: u64,
+    /// JSON: `{"procedures":[...],"holidays":["YYYY-MM-DD",...]}`.
+    pub json: String,
+}
+
+/// The server's answer to a [`SyncRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// [`PROTOCOL_VERSION`].
+    pub protocol: u16,
+    /// The server's clock (ms since epoch).
+    pub server_time: i64,
+    /// Pushed documents whose changes are all stored (new or already there).
+    pub accepted: Vec<RecordId>,
+    /// Pushed documents whose changes depend on changes the server lacks: the tablet should send
+    /// their whole history.
+    pub missing_deps: Vec<RecordId>,
+    /// Feed changes after the request's cursor, minus the tablet's own.
+    pub feed: Vec<FeedDoc>,
+    /// Cursor to send next time (covers everything examined, including the tablet's own changes).
+    pub next_cursor: u64,
+    /// Whether more of the feed is waiting.
+    pub more: bool,
+    /// Newer reference data, if any.
+    pub catalogue: Option<CatalogueUpdate>,
+}
+
+/// Bounds on what a peer may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Compressed body size.
+    pub max_compressed: usize,
+    /// Decoded body size.
+    pub max_body: usize,
+    /// Documents per request.
+    pub max_docs: usize,
+    /// Changes per document per request.
+    pub max_changes_per_doc: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_compressed: 8 * 1024 * 1024,
+            max_body: 32 * 1024 * 1024,
+            max_docs: 20_000,
+            max_changes_per_doc: 10_000,
+        }
+    }
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WireError {
+    /// Over a size or count limit.
+    #[error("too large: {0}")]
+    TooLarge(String),
+    /// Not a valid body.
+    #[error("malformed body: {0}")]
+    Malformed(String),
+    /// A protocol version this build does not speak.
+    #[error("unsupported protocol version {0} (this server speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u16),
+}
+
+fn encode<T: Serialize>(codec: &mut DocCodec, message: &T) -> crate::Result<Vec<u8>> {
+    let bytes = postcard::to_stdvec(message).map_err(|e| crate::Error::Document(e.to_string()))?;
+    codec.encode(&bytes)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(
+    codec: &mut DocCodec,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<T, WireError> {
+    if body.len() > limits.max_compressed {
+        return Err(WireError::TooLarge(format!("{} byte body", body.len())));
+    }
+    let bytes = codec.decode_frame(body, limits.max_body).map_err(|e| {
+        if e.contains("more than") {
+            WireError::TooLarge(e)
+        } else {
+            WireError::Malformed(e)
+        }
+    })?;
+    let (message, rest) =
+        postcard::take_from_bytes::<T>(&bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(WireError::Malformed("trailing bytes".into()));
+    }
+    Ok(message)
+}
+
+impl SyncRequest {
+    /// Encodes and compresses.
+    pub fn encode(&self, codec: &mut DocCodec) -> crate::Result<Vec<u8>> {
+        encode(codec, self)
+    }
+
+    /// Decompresses and decodes within `limits`, then checks the version and counts.
+    pub fn decode(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
+        let request: SyncRequest = decode(codec, body, limits)?;
+        if request.protocol != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion(request.protocol));
+        }
+        if request.push.len() > limits.max_docs {
+            return Err(WireError::TooLarge(format!(
+                "{} documents",
+                request.push.len()
+            )));
+        }
+        if let Some(doc) = request
+            .push
+            .iter()
+            .find(|doc| doc.changes.len() > limits.max_changes_per_doc)
+        {
+            return Err(WireError::TooLarge(format!(
+                "{} changes for document {}",
+                doc.changes.len(),
+                doc.id
+            )));
+        }
+        Ok(request)
+    }
+}
+
+impl SyncResponse {
+    /// Encodes and compresses.
+    pub fn encode(&self, codec: &mut DocCodec) -> crate::Result<Vec<u8>> {
+        encode(codec, self)
+    }
+
+    /// Decompresses and decodes within `limits`.
+    pub fn decode(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
+        let response: SyncResponse = decode(codec, body, limits)?;
+        if response.protocol != PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion(response.protocol));
+        }
+        Ok(response)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> SyncRequest {
+        SyncRequest {
+            protocol: PROTOCOL_VERSION,
+            device_time: 1,
+            push: vec![PushDoc {
+                id: RecordId::new(),
+                kind: RecordKind::Application,
+                changes: vec![vec![1, 2, 3]; 3],
+            }],
+            pull: Some(PullRequest {
+                cursor: 42,
+                max_bytes: 1 << 16,
+            }),
+            catalogue_version: 3,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let mut codec = DocCodec::new().unwrap();
+        let req = request();
+        let body = req.encode(&mut codec).unwrap();
+        assert_eq!(
+            SyncRequest::decode(&mut codec, &body, &Limits::default()).unwrap(),
+            req
+        );
+    }
+
+    #[test]
+    fn an_empty_sync_is_small() {
+        let mut codec = DocCodec::new().unwrap();
+        let req = SyncRequest {
+            push: vec![],
+            ..request()
+        };
+        assert!(req.encode(&mut codec).unwrap().len() < 64);
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_reasons() {
+        let mut codec = DocCodec::new().unwrap();
+        let limits = Limits::default();
+        let body = request().encode(&mut codec).unwrap();
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, b"garbage", &limits),
+            Err(WireError::Malformed(_))
+        ));
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, &body[..body.len() - 2], &limits),
+            Err(WireError::Malformed(_))
+        ));
+        let tight = Limits {
+            max_body: 10,
+            ..limits
+        };
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, &body, &tight),
+            Err(WireError::TooLarge(_))
+        ));
+        let few = Limits {
+            max_changes_per_doc: 2,
+            ..limits
+        };
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, &body, &few),
+            Err(WireError::TooLarge(_))
+        ));
+        let v2 = SyncRequest {
+            protocol: 2,
+            ..request()
+        };
+        let body = v2.encode(&mut codec).unwrap();
+        assert_eq!(
+            SyncRequest::decode(&mut codec, &body, &limits),
+            Err(WireError::UnsupportedVersion(2))
+        );
+    }
+
+    #[test]
+    fn a_decompression_bomb_is_refused_without_allocating_it() {
+        let mut codec = DocCodec::new().unwrap();
+        let bomb = codec.encode(&vec![0u8; 64 * 1024 * 1024]).unwrap();
+        assert!(bomb.len() < 64 * 1024);
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, &bomb, &Limits::default()),
+            Err(WireError::TooLarge(_))
+        ));
+    }
+}

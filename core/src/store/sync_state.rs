@@ -1,0 +1,354 @@
+//! What the sync client needs from the store: the outbox in size-bounded batches, the heads the
+//! server acknowledged per document, and pulled batches applied atomically with the feed cursor.
+//!
+//! Invariants: a document leaves the outbox only when the server has acknowledged every change
+//! made up to the push (an edit during the round trip keeps it there); a pulled batch and the
+//! cursor after it commit in one transaction, so a sync cut at any byte resumes from the last
+//! applied batch and applies nothing twice (Automerge ignores changes it already has anyway).
+
+use automerge::ChangeHash;
+use rusqlite::{OptionalExtension, params};
+
+use super::{DeviceStore, Origin, load_document, write_changes};
+use crate::catalogue::{CivilDate, Procedure};
+use crate::record::{RecordDoc, RecordId, RecordKind};
+use crate::{Error, Result};
+
+const META_CURSOR: &str = "sync_cursor";
+const META_CATALOGUE_VERSION: &str = "catalogue_version";
+const META_LAST_SYNC: &str = "last_sync_at";
+
+/// A document with changes the server has not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingDoc {
+    /// Record id.
+    pub id: RecordId,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Raw Automerge changes after the acknowledged heads.
+    pub changes: Vec<Vec<u8>>,
+    /// The document's heads when the batch was taken: acknowledged as a whole.
+    pub heads: Vec<ChangeHash>,
+    local_seq: i64,
+}
+
+/// One document's changes from the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PullDoc {
+    /// Record id.
+    pub id: RecordId,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Raw Automerge changes.
+    pub changes: Vec<Vec<u8>>,
+    /// Server receive time of the newest change (ms, server clock).
+    pub received_at: i64,
+}
+
+/// What applying a pulled batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PullReport {
+    /// Documents created on this device.
+    pub created: usize,
+    /// Existing documents that changed.
+    pub updated: usize,
+    /// Documents whose changes were refused (corrupt, incomplete, another kind), with the reason.
+    /// The rest of the batch is applied; these are reported, not retried forever.
+    pub rejected: Vec<(RecordId, String)>,
+    /// Documents that now hold conflicts.
+    pub conflicted: Vec<RecordId>,
+}
+
+fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
+    heads.iter().flat_map(|h| h.0).collect()
+}
+
+fn decode_heads(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(Error::invalid(
+            "server_heads",
+            "not a list of 32-byte hashes",
+        ));
+    }
+    bytes
+        .chunks_exact(32)
+        .map(|chunk| {
+            ChangeHash::try_from(chunk).map_err(|e| Error::invalid("server_heads", e.to_string()))
+        })
+        .collect()
+}
+
+impl DeviceStore {
+    /// Documents with unacknowledged changes, oldest first, up to about `max_bytes` of changes
+    /// (always at least one document when any is pending).
+    pub fn pending_push(&mut self, max_bytes: usize) -> Result<Vec<PendingDoc>> {
+        type Row = (Vec<u8>, i64, i64, Option<Vec<u8>>);
+        let rows: Vec<Row> = {
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT d.id, d.kind, o.local_seq, s.heads FROM outbox o
+                 JOIN documents d ON d.rowid = o.doc
+                 LEFT JOIN server_heads s ON s.doc = o.doc
+                 ORDER BY o.doc LIMIT 5000",
+            )?;
+            stmt.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        for (id, kind, local_seq, acked) in rows {
+            let id = RecordId::from_slice(&id)
+                .ok_or_else(|| Error::invalid("id", "bad id bytes in store"))?;
+            let kind = RecordKind::from_code(kind)
+                .ok_or_else(|| Error::invalid("kind", "bad kind in store"))?;
+            let acked = match acked {
+                Some(bytes) => decode_heads(&bytes)?,
+                None => Vec::new(),
+            };
+            let heads = self.heads(id)?;
+            let changes = self.changes_since(id, &acked)?;
+            let size: usize = changes.iter().map(Vec::len).sum();
+            if !batch.is_empty() && bytes + size > max_bytes {
+                break;
+            }
+            bytes += size;
+            batch.push(PendingDoc {
+                id,
+                kind,
+                changes,
+                heads,
+                local_seq,
+            });
+        }
+        Ok(batch)
+    }
+
+    /// How many documents have changes the server has not acknowledged.
+    pub fn pending_count(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))?)
+    }
+
+    /// Records that the server stored these documents' changes up to the heads they were taken
+    /// at. A document edited since stays in the outbox.
+    pub fn acknowledge_push(&mut self, acked: &[PendingDoc]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for doc in acked {
+            let Some(rowid): Option<i64> = tx
+                .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
+                .query_row([doc.id.as_bytes().as_slice()], |row| row.get(0))
+                .optional()?
+            else {
+                continue;
+            };
+            tx.prepare_cached("INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)")?
+                .execute(params![rowid, encode_heads(&doc.heads)])?;
+            tx.prepare_cached("DELETE FROM outbox WHERE doc = ?1 AND local_seq = ?2")?
+                .execute(params![rowid, doc.local_seq])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Forgets what the server acknowledged for these documents (the server said it lacks
+    /// their dependencies): the next push sends their whole history.
+    pub fn forget_server_heads(&mut self, ids: &[RecordId]) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for id in ids {
+            tx.prepare_cached(
+                "DELETE FROM server_heads WHERE doc = (SELECT rowid FROM documents WHERE id = ?1)",
+            )?
+            .execute([id.as_bytes().as_slice()])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The feed position up to which pulled changes are applied.
+    pub fn sync_cursor(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_CURSOR],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    }
+
+    /// Server time of the last completed sync, if any.
+    pub fn last_sync_at(&self) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_LAST_SYNC],
+                |row| row.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records a completed sync (server time).
+    pub fn set_last_sync_at(&mut self, server_time: i64) -> Result<()> {
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+            params![META_LAST_SYNC, server_time],
+        )?;
+        Ok(())
+    }
+
+    /// Applies one pulled batch and moves the cursor to `next_cursor`, in one transaction.
+    pub fn apply_pull(&mut self, docs: &[PullDoc], next_cursor: u64) -> Result<PullReport> {
+        let mut report = PullReport::default();
+        let device = self.device;
+        let compact_after = self.compact_after;
+        // Pulled documents are written through the transaction, not the cache: drop any cached
+        // copy first so that a failed batch leaves nothing stale in memory.
+        for doc in docs {
+            self.cache.pop(&doc.id);
+        }
+        let tx = self.conn.transaction()?;
+        for pulled in docs {
+            let existing: Option<i64> = tx
+                .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
+                .query_row([pulled.id.as_bytes().as_slice()], |row| row.get(0))
+                .optional()?;
+            let outcome = match existing {
+                None => {
+                    match RecordDoc::from_changes(pulled.id, pulled.kind, &pulled.changes, device) {
+                        Ok(mut doc) => {
+                            let record = doc.record()?;
+                            let snapshot = self.codec.encode(&doc.save_uncompressed())?;
+                            tx.prepare_cached(
+                            "INSERT INTO documents(id, kind, snapshot, chunk_count, last_pulled_at)
+                             VALUES (?1, ?2, ?3, 0, ?4)",
+                        )?
+                        .execute(params![
+                            pulled.id.as_bytes().as_slice(),
+                            pulled.kind.code(),
+                            snapshot,
+                            pulled.received_at
+                        ])?;
+                            let rowid = tx.last_insert_rowid();
+                            let conflicted = !doc.conflicts().is_empty();
+                            super::projection::write(&tx, rowid, &record, conflicted)?;
+                            tx.prepare_cached(
+                                "INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)",
+                            )?
+                            .execute(params![rowid, encode_heads(&doc.heads())])?;
+                            report.created += 1;
+                            if conflicted {
+                                report.conflicted.push(pulled.id);
+                            }
+                            Ok(())
+                        }
+                        Err(err) => Err(err),
+                    }
+                }
+                Some(rowid) => {
+                    let mut loaded = load_document(&tx, &mut self.codec, pulled.id, device)?;
+                    if loaded.doc.kind() != pulled.kind {
+                        Err(Error::WrongKind {
+                            id: pulled.id,
+                            expected: pulled.kind,
+                            actual: loaded.doc.kind(),
+                        })
+                    } else {
+                        match loaded.doc.apply_changes(&pulled.changes) {
+                            Ok(()) if loaded.doc.heads() == loaded.saved_heads => Ok(()),
+                            Ok(()) => {
+                                write_changes(
+                                    &tx,
+                                    &mut self.codec,
+                                    &mut loaded,
+                                    compact_after,
+                                    Origin::Remote,
+                                )?;
+                                tx.prepare_cached(
+                                    "UPDATE documents SET last_pulled_at = ?2 WHERE rowid = ?1",
+                                )?
+                                .execute(params![rowid, pulled.received_at])?;
+                                // Without local edits pending, the server now has exactly what we have.
+                                let pending: bool = tx
+                                    .prepare_cached(
+                                        "SELECT EXISTS(SELECT 1 FROM outbox WHERE doc = ?1)",
+                                    )?
+                                    .query_row([rowid], |row| row.get(0))?;
+                                if !pending {
+                                    tx.prepare_cached(
+                                        "INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)",
+                                    )?
+                                    .execute(params![rowid, encode_heads(&loaded.doc.heads())])?;
+                                }
+                                report.updated += 1;
+                                if !loaded.doc.conflicts().is_empty() {
+                                    report.conflicted.push(pulled.id);
+                                }
+                                Ok(())
+                            }
+                            Err(err) => Err(err),
+                        }
+                    }
+                }
+            };
+            match outcome {
+                Ok(()) => {}
+                // Bad data from the network is reported and skipped; storage failures abort.
+                Err(
+                    err @ (Error::Corrupt { .. }
+                    | Error::InvalidInput { .. }
+                    | Error::WrongKind { .. }),
+                ) => {
+                    report.rejected.push((pulled.id, err.to_string()));
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
+            .execute(params![
+                META_CURSOR,
+                i64::try_from(next_cursor).unwrap_or(i64::MAX)
+            ])?;
+        tx.commit()?;
+        self.checkpointer.committed();
+        Ok(report)
+    }
+
+    /// Version of the procedure catalogue this device holds (0 = none from the province yet).
+    pub fn catalogue_version(&self) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_CATALOGUE_VERSION],
+                |row| row.get::<_, i64>(0),
+            )
+            .optional()?
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    }
+
+    /// Installs the province's reference data (`{"procedures":[...],"holidays":[...]}`).
+    pub fn apply_catalogue(&mut self, version: u64, json: &str) -> Result<()> {
+        #[derive(serde::Deserialize)]
+        struct Catalogue {
+            procedures: Vec<Procedure>,
+            #[serde(default)]
+            holidays: Vec<CivilDate>,
+        }
+        let catalogue: Catalogue =
+            serde_json::from_str(json).map_err(|e| Error::invalid("catalogue", e.to_string()))?;
+        self.import_catalogue(&catalogue.procedures)?;
+        self.set_holidays(&catalogue.holidays)?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+            params![
+                META_CATALOGUE_VERSION,
+                i64::try_from(version).unwrap_or(i64::MAX)
+            ],
+        )?;
+        Ok(())
+    }
+}
