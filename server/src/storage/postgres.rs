@@ -1,0 +1,800 @@
+//! The PostgreSQL backend, for one or several stateless server replicas sharing one database:
+//! tokio-postgres over a deadpool pool. Migrations run at connect time in one transaction under
+//! an advisory lock, so replicas starting together apply them once.
+//!
+//! Concurrency rules (why the feed never skips a late commit: see the comment on `ingest`):
+//! writes run at READ COMMITTED and take row locks in one global order — commune counter rows
+//! (by code), new document registrations (by id), the device row, the province counter row — so
+//! concurrent ingests never deadlock; feed pages are read in a READ ONLY REPEATABLE READ
+//! transaction (one snapshot for the row scan and the byte fetch).
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use communesync_core::record::{DeviceId, RecordId, RecordKind};
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::{IsolationLevel, NoTls, Row};
+
+use super::plan::{self, FeedRowMeta};
+use super::{
+    Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome,
+    Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits, hash32,
+    join_deps, record_id, record_kind, to_i64, to_u64,
+};
+
+/// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Key of the advisory lock that serializes migrations across replicas ("cmnsync").
+const MIGRATION_LOCK: i64 = 0x0063_6d6e_7379_6e63;
+
+/// Connections per replica unless told otherwise.
+pub const DEFAULT_POOL_SIZE: usize = 16;
+
+impl From<tokio_postgres::Error> for StorageError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        match error.as_db_error() {
+            Some(db) => StorageError::Backend(format!(
+                "postgres: {} ({}): {}",
+                db.severity(),
+                db.code().code(),
+                db.message()
+            )),
+            None => StorageError::Backend(format!("postgres: {error}")),
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StorageError {
+    fn from(error: deadpool_postgres::PoolError) -> Self {
+        StorageError::Backend(format!("postgres pool: {error}"))
+    }
+}
+
+/// Server storage in a PostgreSQL database, shareable by several server processes.
+#[derive(Clone)]
+pub struct PostgresStorage {
+    pool: Pool,
+}
+
+impl PostgresStorage {
+    /// Connects with [`DEFAULT_POOL_SIZE`] connections and applies migrations.
+    pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_with_pool_size(url, DEFAULT_POOL_SIZE).await
+    }
+
+    /// Connects with at most `max_connections` pooled connections (`postgres://` URL or
+    /// key=value string) and applies migrations. A schema newer than [`SCHEMA_VERSION`] is
+    /// refused. Connections are plain TCP or unix socket (no TLS).
+    pub async fn connect_with_pool_size(url: &str, max_connections: usize) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StorageError::backend(format!("postgres: bad url: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(max_connections.max(1))
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(Duration::from_secs(30)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .build()
+            .map_err(|e| StorageError::backend(format!("postgres pool: {e}")))?;
+        let storage = PostgresStorage { pool };
+        let mut client = storage.client().await?;
+        migrate(&mut client).await?;
+        Ok(storage)
+    }
+
+    async fn client(&self) -> Result<Object> {
+        Ok(self.pool.get().await?)
+    }
+}
+
+/// Applies pending migrations in one transaction holding an advisory lock: replicas that start
+/// together wait for the first and then find nothing to do.
+async fn migrate(client: &mut Object) -> Result<()> {
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    BIGINT PRIMARY KEY,
+             applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+         )",
+    )
+    .await?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0)::bigint FROM schema_migrations",
+            &[],
+        )
+        .await?
+        .get(0);
+    if current > SCHEMA_VERSION {
+        return Err(StorageError::backend(format!(
+            "postgres: schema version {current} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&version],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn kind_code(kind: RecordKind) -> i16 {
+    // Codes are 1 and 2; the conversion cannot fail for a known kind.
+    i16::try_from(kind.code()).unwrap_or(i16::MAX)
+}
+
+fn device_from_row(row: &Row) -> Result<Device> {
+    let id: &[u8] = row.try_get(0)?;
+    Ok(Device {
+        id: device_id(id)?,
+        scope: Scope::from_commune(row.try_get(1)?),
+        label: row.try_get(2)?,
+        revoked: row.try_get(3)?,
+    })
+}
+
+const FEED_META_COMMUNE: &str =
+    "SELECT seq, COALESCE(device = $3, false), octet_length(bytes)::bigint
+     FROM changes WHERE commune = $1 AND seq > $2 ORDER BY seq LIMIT $4";
+const FEED_ITEMS_COMMUNE: &str = "SELECT c.seq, c.doc, d.kind, c.device, c.received_at, c.bytes
+     FROM changes c JOIN documents d ON d.id = c.doc
+     WHERE c.commune = $1 AND c.seq > $2 AND c.seq <= $3 AND ($4::bytea IS NULL OR c.device <> $4)
+     ORDER BY c.seq";
+const FEED_META_PROVINCE: &str =
+    "SELECT gseq, COALESCE(device = $2, false), octet_length(bytes)::bigint
+     FROM changes WHERE gseq > $1 ORDER BY gseq LIMIT $3";
+const FEED_ITEMS_PROVINCE: &str = "SELECT c.gseq, c.doc, d.kind, c.device, c.received_at, c.bytes
+     FROM changes c JOIN documents d ON d.id = c.doc
+     WHERE c.gseq > $1 AND c.gseq <= $2 AND ($3::bytea IS NULL OR c.device <> $3)
+     ORDER BY c.gseq";
+
+// Ingest statements, in the order they run (see `ingest`).
+const INGEST_LOCK_COMMUNE: &str = "SELECT 1 FROM communes WHERE code = $1 FOR NO KEY UPDATE";
+const INGEST_REGISTRATIONS: &str = "SELECT id, commune, kind FROM documents WHERE id = ANY($1)";
+const INGEST_STORED_HASHES: &str = "SELECT c.doc, c.hash
+     FROM UNNEST($1::bytea[], $2::bytea[]) AS t (doc, hash)
+     JOIN changes c ON c.doc = t.doc AND c.hash = t.hash";
+const INGEST_REGISTER: &str =
+    "INSERT INTO documents (id, commune, kind, registered_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (id) DO NOTHING";
+const INGEST_REGISTRATION: &str = "SELECT commune, kind FROM documents WHERE id = $1";
+const INGEST_DEVICE: &str =
+    "UPDATE devices SET last_sync_at = $2, changes_pushed = changes_pushed + $3
+     WHERE id = $1 AND NOT revoked";
+const INGEST_ALLOCATE_SEQ: &str =
+    "UPDATE communes SET feed_seq = feed_seq + $2 WHERE code = $1 RETURNING feed_seq";
+const INGEST_ALLOCATE_GSEQ: &str =
+    "UPDATE feed_counter SET seq = seq + $1 WHERE id = 1 RETURNING seq";
+const INGEST_CHANGES: &str =
+    "INSERT INTO changes (commune, seq, gseq, doc, hash, device, received_at, deps, bytes)
+     SELECT t.commune, t.seq, t.gseq, t.doc, t.hash, $1::bytea, $2::bigint, t.deps, t.bytes
+     FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bytea[], $8::bytea[],
+                 $9::bytea[]) AS t (commune, seq, gseq, doc, hash, deps, bytes)";
+
+#[async_trait]
+impl ServerStorage for PostgresStorage {
+    async fn create_commune(&self, code: &str, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO communes (code, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&code, &name],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn list_communes(&self) -> Result<Vec<Commune>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT code, name FROM communes ORDER BY code", &[])
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Commune {
+                    code: row.try_get(0)?,
+                    name: row.try_get(1)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn create_enrollment_code(
+        &self,
+        scope: &Scope,
+        code_hash: [u8; 32],
+        expires_at: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        let commune = scope.commune();
+        // One statement: the commune check and the insert see the same snapshot, and the
+        // foreign key guards against a commune deleted meanwhile.
+        let row = client
+            .query_one(
+                "WITH ok AS (
+                     SELECT $2::text IS NULL OR EXISTS (SELECT 1 FROM communes WHERE code = $2) AS ok
+                 ), ins AS (
+                     INSERT INTO enrollment_codes (code_hash, commune, expires_at)
+                     SELECT $1, $2, $3 FROM ok WHERE ok.ok
+                     ON CONFLICT DO NOTHING RETURNING 1
+                 )
+                 SELECT (SELECT ok FROM ok), (SELECT count(*) FROM ins)",
+                &[&code_hash.as_slice(), &commune, &expires_at],
+            )
+            .await?;
+        let commune_ok: bool = row.try_get(0)?;
+        let inserted: i64 = row.try_get(1)?;
+        if !commune_ok {
+            return Err(StorageError::NotFound);
+        }
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn enroll(
+        &self,
+        code_hash: [u8; 32],
+        device: DeviceId,
+        token_hash: [u8; 32],
+        label: &str,
+        now: i64,
+    ) -> Result<Device> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Consuming is one conditional UPDATE. A concurrent enroll with the same code blocks on
+        // the row lock and, once the winner commits, re-evaluates `used_at IS NULL` on the new
+        // row version: false, so exactly one wins.
+        let row = tx
+            .query_opt(
+                "UPDATE enrollment_codes SET used_at = $2
+                 WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
+                 RETURNING commune",
+                &[&code_hash.as_slice(), &now],
+            )
+            .await?;
+        let Some(row) = row else {
+            return Err(StorageError::InvalidEnrollmentCode);
+        };
+        let commune: Option<String> = row.try_get(0)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &device.0.as_bytes().as_slice(),
+                    &token_hash.as_slice(),
+                    &commune,
+                    &label,
+                    &now,
+                ],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists); // dropping tx rolls back: code unused
+        }
+        tx.commit().await?;
+        Ok(Device {
+            id: device,
+            scope: Scope::from_commune(commune),
+            label: label.to_owned(),
+            revoked: false,
+        })
+    }
+
+    async fn authenticate(&self, token_hash: [u8; 32]) -> Result<Option<Device>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached(
+                        "SELECT id, commune, label, revoked FROM devices WHERE token_hash = $1",
+                    )
+                    .await?,
+                &[&token_hash.as_slice()],
+            )
+            .await?;
+        row.as_ref().map(device_from_row).transpose()
+    }
+
+    async fn revoke_device(&self, id: DeviceId) -> Result<()> {
+        let client = self.client().await?;
+        let updated = client
+            .execute(
+                "UPDATE devices SET revoked = true WHERE id = $1",
+                &[&id.0.as_bytes().as_slice()],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
+    async fn list_devices(&self, scope: Option<&Scope>) -> Result<Vec<DeviceInfo>> {
+        let client = self.client().await?;
+        // $1: 0 every device, 1 province devices, 2 devices of commune $2.
+        let (mode, commune): (i32, Option<&str>) = match scope {
+            None => (0, None),
+            Some(Scope::Province) => (1, None),
+            Some(Scope::Commune(code)) => (2, Some(code.as_str())),
+        };
+        let rows = client
+            .query(
+                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed
+                 FROM devices
+                 WHERE $1::int = 0 OR ($1::int = 1 AND commune IS NULL) OR commune = $2
+                 ORDER BY enrolled_at, id",
+                &[&mode, &commune],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceInfo {
+                    device: device_from_row(row)?,
+                    enrolled_at: row.try_get(4)?,
+                    last_sync_at: row.try_get(5)?,
+                    changes_pushed: to_u64(row.try_get(6)?),
+                })
+            })
+            .collect()
+    }
+
+    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str) -> Result<()> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO admin_tokens (token_hash, label) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                &[&token_hash.as_slice(), &label],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn authenticate_admin(&self, token_hash: [u8; 32]) -> Result<bool> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT 1 FROM admin_tokens WHERE token_hash = $1",
+                &[&token_hash.as_slice()],
+            )
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn record_enrollment_failure(
+        &self,
+        source: &str,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<u32> {
+        let client = self.client().await?;
+        // A row whose window has ended means the same as no row: prune them. Two autocommit
+        // statements; each is atomic on its own and either order against a concurrent failure
+        // of the same source ends with a correct count (the upsert's row lock serializes them).
+        client
+            .execute(
+                "DELETE FROM enrollment_failures WHERE window_end <= $1",
+                &[&now],
+            )
+            .await?;
+        let row = client
+            .query_one(
+                "INSERT INTO enrollment_failures AS f (source, window_end, failures)
+                 VALUES ($1, $3, 1)
+                 ON CONFLICT (source) DO UPDATE SET
+                   failures = CASE WHEN f.window_end <= $2 THEN 1 ELSE f.failures + 1 END,
+                   window_end = CASE WHEN f.window_end <= $2 THEN $3 ELSE f.window_end END
+                 RETURNING failures",
+                &[&source, &now, &now.saturating_add(window_ms.max(1))],
+            )
+            .await?;
+        let failures: i64 = row.try_get(0)?;
+        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+    }
+
+    async fn enrollment_failures(&self, source: &str, now: i64, _window_ms: i64) -> Result<u32> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT failures FROM enrollment_failures WHERE source = $1 AND window_end > $2",
+                &[&source, &now],
+            )
+            .await?;
+        let failures: i64 = match row {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+    }
+
+    // Why the feed never skips a change: a reader pages with "everything after the highest seq
+    // I have seen". If seq numbers were handed out by a plain SEQUENCE, transaction A could take
+    // seq 5, B take seq 6 and commit first; a reader would see 6, move its cursor to 6, and
+    // never see 5 when A commits a moment later. Here a commune's numbers are allocated by
+    // `UPDATE communes SET feed_seq = feed_seq + n`, under that row's lock, which this
+    // transaction takes first (`FOR NO KEY UPDATE`: it does not block other writers' foreign-key
+    // checks) and holds until commit. The next ingest into the commune cannot allocate before
+    // this one has committed (or rolled back, returning the numbers), so seq order is commit
+    // order, and any snapshot that shows seq n shows every seq below it. The province-wide
+    // `gseq` follows the same rule with the `feed_counter` row, locked last (just before the
+    // insert) so that it is held only briefly.
+    async fn ingest(
+        &self,
+        device: &Device,
+        docs: Vec<IncomingDoc>,
+        now: i64,
+    ) -> Result<IngestOutcome> {
+        // Device scope and the batch's own consistency need no I/O.
+        plan::check_scope(device, &docs, &Registrations::new())?;
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+
+        // 1. Lock the communes' counter rows, in code order (no deadlocks between ingests).
+        //    Taking them first serializes ingests per commune, so the reads below (READ
+        //    COMMITTED: each statement sees everything committed before it) see every change
+        //    that earlier ingests of these communes stored.
+        let mut communes: Vec<&str> = docs.iter().map(|doc| doc.commune.as_str()).collect();
+        communes.sort_unstable();
+        communes.dedup();
+        let lock = tx.prepare_cached(INGEST_LOCK_COMMUNE).await?;
+        for commune in &communes {
+            if tx.query_opt(&lock, &[commune]).await?.is_none() {
+                let doc = docs
+                    .iter()
+                    .find(|doc| doc.commune == *commune)
+                    .map_or_else(RecordId::default, |doc| doc.id);
+                return Err(StorageError::OutOfScope { doc });
+            }
+        }
+
+        // 2. Registrations and the full scope check.
+        let ids: Vec<&[u8]> = docs
+            .iter()
+            .map(|doc| doc.id.as_bytes().as_slice())
+            .collect();
+        let mut registered = Registrations::new();
+        for row in tx
+            .query(&tx.prepare_cached(INGEST_REGISTRATIONS).await?, &[&ids])
+            .await?
+        {
+            let id: &[u8] = row.try_get(0)?;
+            let kind: i16 = row.try_get(2)?;
+            registered.insert(record_id(id)?, (row.try_get(1)?, record_kind(kind.into())?));
+        }
+        plan::check_scope(device, &docs, &registered)?;
+
+        // 3. Which of the hashes the batch names are stored.
+        let named = plan::hashes_named(&docs);
+        let named_docs: Vec<&[u8]> = named
+            .iter()
+            .map(|(doc, _)| doc.as_bytes().as_slice())
+            .collect();
+        let named_hashes: Vec<&[u8]> = named.iter().map(|(_, hash)| hash.as_slice()).collect();
+        let mut stored: HashMap<RecordId, HashSet<[u8; 32]>> = HashMap::new();
+        for row in tx
+            .query(
+                &tx.prepare_cached(INGEST_STORED_HASHES).await?,
+                &[&named_docs, &named_hashes],
+            )
+            .await?
+        {
+            let doc: &[u8] = row.try_get(0)?;
+            let hash: &[u8] = row.try_get(1)?;
+            stored
+                .entry(record_id(doc)?)
+                .or_default()
+                .insert(hash32(hash)?);
+        }
+        let mut plan = plan::plan_ingest(docs, stored, &registered);
+
+        // 4. Register new documents, in id order. A concurrent ingest into another commune may
+        //    have registered the same id meanwhile: then it is out of scope here.
+        plan.register.sort_by_key(|(id, _, _)| *id);
+        let register = tx.prepare_cached(INGEST_REGISTER).await?;
+        for (id, commune, kind) in &plan.register {
+            let inserted = tx
+                .execute(
+                    &register,
+                    &[&id.as_bytes().as_slice(), commune, &kind_code(*kind), &now],
+                )
+                .await?;
+            if inserted == 0 {
+                let row = tx
+                    .query_one(INGEST_REGISTRATION, &[&id.as_bytes().as_slice()])
+                    .await?;
+                let (their_commune, their_kind): (String, i16) = (row.try_get(0)?, row.try_get(1)?);
+                if &their_commune != commune || their_kind != kind_code(*kind) {
+                    return Err(StorageError::OutOfScope { doc: *id });
+                }
+            }
+        }
+
+        // 5. The device: unknown or revoked by now means nothing is stored.
+        let total = plan.changes.len() as i64;
+        let updated = tx
+            .execute(
+                &tx.prepare_cached(INGEST_DEVICE).await?,
+                &[&device.id.0.as_bytes().as_slice(), &now, &total],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(StorageError::NotFound);
+        }
+
+        // 6. Allocate feed numbers under the locks (see above) and insert.
+        if total > 0 {
+            let mut next_seq: HashMap<String, i64> = HashMap::new();
+            for (commune, count) in plan.counts_by_commune() {
+                let count = to_i64(count);
+                let last: i64 = tx
+                    .query_one(
+                        &tx.prepare_cached(INGEST_ALLOCATE_SEQ).await?,
+                        &[&commune, &count],
+                    )
+                    .await?
+                    .try_get(0)?;
+                next_seq.insert(commune, last - count + 1);
+            }
+            let last_gseq: i64 = tx
+                .query_one(&tx.prepare_cached(INGEST_ALLOCATE_GSEQ).await?, &[&total])
+                .await?
+                .try_get(0)?;
+
+            let capacity = plan.changes.len();
+            let mut communes = Vec::with_capacity(capacity);
+            let mut seqs = Vec::with_capacity(capacity);
+            let mut gseqs = Vec::with_capacity(capacity);
+            let mut docs = Vec::with_capacity(capacity);
+            let mut hashes = Vec::with_capacity(capacity);
+            let mut deps = Vec::with_capacity(capacity);
+            let mut bytes = Vec::with_capacity(capacity);
+            // Province positions follow batch order, like commune positions.
+            for (gseq, change) in (last_gseq - total + 1..).zip(&plan.changes) {
+                let seq = next_seq
+                    .get_mut(&change.commune)
+                    .ok_or_else(|| StorageError::backend("no seq allocated for a commune"))?;
+                communes.push(change.commune.as_str());
+                seqs.push(*seq);
+                gseqs.push(gseq);
+                docs.push(change.doc.as_bytes().as_slice());
+                hashes.push(change.hash.as_slice());
+                deps.push(join_deps(&change.deps));
+                bytes.push(change.bytes.as_slice());
+                *seq += 1;
+            }
+            tx.execute(
+                &tx.prepare_cached(INGEST_CHANGES).await?,
+                &[
+                    &device.id.0.as_bytes().as_slice(),
+                    &now,
+                    &communes,
+                    &seqs,
+                    &gseqs,
+                    &docs,
+                    &hashes,
+                    &deps,
+                    &bytes,
+                ],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(IngestOutcome {
+            stored: to_u64(total),
+            duplicates: plan.duplicates,
+            missing_deps: plan.missing_deps,
+        })
+    }
+
+    async fn feed(
+        &self,
+        scope: &Scope,
+        after: u64,
+        exclude_device: Option<DeviceId>,
+        max_bytes: usize,
+        max_items: usize,
+    ) -> Result<FeedPage> {
+        let (max_items, scan_limit) = feed_limits(max_items);
+        let exclude = exclude_device.map(|d| d.0.as_bytes().to_vec());
+        let after_i = to_i64(after);
+        let fetch = i64::try_from(scan_limit + 1).unwrap_or(i64::MAX);
+        let mut client = self.client().await?;
+        // One snapshot for both statements. (Rows at or below a seen seq are already committed,
+        // so READ COMMITTED would return the same rows; REPEATABLE READ makes it evident.)
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let meta = match scope {
+            Scope::Commune(code) => {
+                tx.query(
+                    &tx.prepare_cached(FEED_META_COMMUNE).await?,
+                    &[code, &after_i, &exclude, &fetch],
+                )
+                .await?
+            }
+            Scope::Province => {
+                tx.query(
+                    &tx.prepare_cached(FEED_META_PROVINCE).await?,
+                    &[&after_i, &exclude, &fetch],
+                )
+                .await?
+            }
+        };
+        let rows = meta
+            .iter()
+            .map(|row| {
+                Ok(FeedRowMeta {
+                    seq: to_u64(row.try_get(0)?),
+                    excluded: row.try_get(1)?,
+                    size: to_u64(row.try_get(2)?),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cut = plan::cut_page(&rows, after, max_bytes, max_items, scan_limit);
+        let mut items = Vec::with_capacity(cut.items);
+        if cut.items > 0 {
+            let upto = to_i64(cut.next_cursor);
+            let rows = match scope {
+                Scope::Commune(code) => {
+                    tx.query(
+                        &tx.prepare_cached(FEED_ITEMS_COMMUNE).await?,
+                        &[code, &after_i, &upto, &exclude],
+                    )
+                    .await?
+                }
+                Scope::Province => {
+                    tx.query(
+                        &tx.prepare_cached(FEED_ITEMS_PROVINCE).await?,
+                        &[&after_i, &upto, &exclude],
+                    )
+                    .await?
+                }
+            };
+            for row in rows {
+                let doc: &[u8] = row.try_get(1)?;
+                let kind: i16 = row.try_get(2)?;
+                let device: &[u8] = row.try_get(3)?;
+                items.push(FeedItem {
+                    seq: to_u64(row.try_get(0)?),
+                    doc: record_id(doc)?,
+                    kind: record_kind(kind.into())?,
+                    device: device_id(device)?,
+                    received_at: row.try_get(4)?,
+                    bytes: row.try_get(5)?,
+                });
+            }
+        }
+        tx.commit().await?;
+        if items.len() != cut.items {
+            return Err(StorageError::backend(
+                "feed page changed within one snapshot",
+            ));
+        }
+        Ok(FeedPage {
+            items,
+            next_cursor: cut.next_cursor,
+            more: cut.more,
+        })
+    }
+
+    async fn doc_changes(&self, doc: RecordId) -> Result<Vec<Vec<u8>>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached("SELECT bytes FROM changes WHERE doc = $1 ORDER BY seq")
+                    .await?,
+                &[&doc.as_bytes().as_slice()],
+            )
+            .await?;
+        rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT commune, kind FROM documents WHERE id = $1")
+                    .await?,
+                &[&doc.as_bytes().as_slice()],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => {
+                let kind: i16 = row.try_get(1)?;
+                Ok(Some((row.try_get(0)?, record_kind(kind.into())?)))
+            }
+        }
+    }
+
+    async fn put_catalogue(&self, json: &str) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_one(
+                "INSERT INTO catalogue AS c (id, version, json) VALUES (1, 1, $1)
+                 ON CONFLICT (id) DO UPDATE SET version = c.version + 1, json = EXCLUDED.json
+                 RETURNING version",
+                &[&json],
+            )
+            .await?;
+        Ok(to_u64(row.try_get(0)?))
+    }
+
+    async fn catalogue(&self) -> Result<Option<(u64, String)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                &client
+                    .prepare_cached("SELECT version, json FROM catalogue WHERE id = 1")
+                    .await?,
+                &[],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some((to_u64(row.try_get(0)?), row.try_get(1)?))),
+        }
+    }
+
+    async fn stats(&self) -> Result<Vec<CommuneStats>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT c.code,
+                   (SELECT count(*) FROM documents d WHERE d.commune = c.code),
+                   (SELECT count(*) FROM changes x WHERE x.commune = c.code),
+                   (SELECT count(*) FROM devices v WHERE v.commune = c.code AND NOT v.revoked),
+                   (SELECT x.received_at FROM changes x WHERE x.commune = c.code
+                    ORDER BY x.seq DESC LIMIT 1)
+                 FROM communes c ORDER BY c.code",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(CommuneStats {
+                    code: row.try_get(0)?,
+                    documents: to_u64(row.try_get(1)?),
+                    changes: to_u64(row.try_get(2)?),
+                    devices: to_u64(row.try_get(3)?),
+                    last_change_at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+}

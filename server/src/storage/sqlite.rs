@@ -1,0 +1,742 @@
+//! The embedded backend: one SQLite file in WAL mode. Writes go through one connection behind a
+//! mutex and run in `BEGIN IMMEDIATE` transactions, so they are serialized (also against another
+//! process on the same file) and feed numbers are allocated in commit order trivially. Reads use
+//! a small pool of read-only connections, each feed page inside one read transaction (one WAL
+//! snapshot). Every call runs on tokio's blocking pool, never on a runtime thread.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use communesync_core::record::{DeviceId, RecordId, RecordKind};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use super::plan::{self, FeedRowMeta};
+use super::{
+    Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome,
+    Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits, join_deps,
+    record_id, record_kind, to_i64, to_u64,
+};
+
+/// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 4;
+
+/// How long a statement waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<rusqlite::Error> for StorageError {
+    fn from(error: rusqlite::Error) -> Self {
+        StorageError::Backend(format!("sqlite: {error}"))
+    }
+}
+
+/// Server storage in one SQLite file.
+#[derive(Clone)]
+pub struct SqliteStorage {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    /// Idle read connections; `None` for an in-memory database, whose reads share the writer.
+    readers: Option<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+/// A poisoned lock only means another call panicked; its transaction was rolled back when its
+/// guard dropped, so the connection is still consistent.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SqliteStorage {
+    /// Opens (creating if needed) the database at `path` (`:memory:` for a private in-memory
+    /// one), sets WAL mode and applies migrations. A schema newer than
+    /// [`SCHEMA_VERSION`] is refused.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .map_err(StorageError::backend)?
+    }
+
+    fn open_blocking(path: PathBuf) -> Result<Self> {
+        let memory = path.as_os_str() == ":memory:";
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        if !memory {
+            let mode: String =
+                conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(StorageError::backend(format!(
+                    "sqlite: could not enable WAL (journal_mode = {mode})"
+                )));
+            }
+        }
+        // A change acknowledged to a tablet must survive a power cut: the tablet will never
+        // send it again.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        migrate(&mut conn)?;
+        Ok(SqliteStorage {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(conn),
+                readers: (!memory).then(|| Mutex::new(Vec::new())),
+                path,
+            }),
+        })
+    }
+
+    /// Runs `f` with the writer connection on the blocking pool.
+    async fn write<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&mut lock(&inner.writer)))
+            .await
+            .map_err(StorageError::backend)?
+    }
+
+    /// Runs `f` with a read-only connection on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(readers) = &inner.readers else {
+                return f(&mut lock(&inner.writer));
+            };
+            let idle = lock(readers).pop();
+            let mut conn = match idle {
+                Some(conn) => conn,
+                None => open_reader(&inner.path)?,
+            };
+            let result = f(&mut conn);
+            // A failed read may have left the connection mid-transaction: do not reuse it.
+            if result.is_ok() && conn.is_autocommit() {
+                let mut idle = lock(readers);
+                if idle.len() < MAX_IDLE_READERS {
+                    idle.push(conn);
+                }
+            }
+            result
+        })
+        .await
+        .map_err(StorageError::backend)?
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "query_only", true)?;
+    Ok(conn)
+}
+
+/// Brings the file up to [`SCHEMA_VERSION`], one transaction per migration.
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if current > SCHEMA_VERSION {
+        return Err(StorageError::backend(format!(
+            "sqlite: schema version {current} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the write lock.
+        let now: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+        if now < version {
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", version)?;
+        }
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+fn device_parts(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(Vec<u8>, Option<String>, String, bool)> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+}
+
+fn device_from_parts(parts: (Vec<u8>, Option<String>, String, bool)) -> Result<Device> {
+    let (id, commune, label, revoked) = parts;
+    Ok(Device {
+        id: device_id(&id)?,
+        scope: Scope::from_commune(commune),
+        label,
+        revoked,
+    })
+}
+
+fn ingest_blocking(
+    conn: &mut Connection,
+    device: &Device,
+    docs: Vec<IncomingDoc>,
+    now: i64,
+) -> Result<IngestOutcome> {
+    // Device scope and the batch's own consistency need no I/O.
+    plan::check_scope(device, &docs, &Registrations::new())?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+
+    let mut communes_checked = HashSet::new();
+    for doc in &docs {
+        if communes_checked.insert(doc.commune.as_str()) {
+            let exists = tx
+                .prepare_cached("SELECT 1 FROM communes WHERE code = ?1")?
+                .exists(params![doc.commune])?;
+            if !exists {
+                return Err(StorageError::OutOfScope { doc: doc.id });
+            }
+        }
+    }
+
+    let mut registered = Registrations::new();
+    {
+        let mut select = tx.prepare_cached("SELECT commune, kind FROM documents WHERE id = ?1")?;
+        for doc in &docs {
+            if registered.contains_key(&doc.id) {
+                continue;
+            }
+            let row: Option<(String, i64)> = select
+                .query_row(params![doc.id.as_bytes()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            if let Some((commune, kind)) = row {
+                registered.insert(doc.id, (commune, record_kind(kind)?));
+            }
+        }
+    }
+    plan::check_scope(device, &docs, &registered)?;
+
+    let mut stored: HashMap<RecordId, HashSet<[u8; 32]>> = HashMap::new();
+    {
+        let mut exists = tx.prepare_cached("SELECT 1 FROM changes WHERE doc = ?1 AND hash = ?2")?;
+        for (doc, hash) in plan::hashes_named(&docs) {
+            if exists.exists(params![doc.as_bytes(), hash])? {
+                stored.entry(doc).or_default().insert(hash);
+            }
+        }
+    }
+    let plan = plan::plan_ingest(docs, stored, &registered);
+
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO documents (id, commune, kind, registered_at) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for (id, commune, kind) in &plan.register {
+            insert.execute(params![id.as_bytes(), commune, kind.code(), now])?;
+        }
+    }
+
+    // Single writer: allocation order is commit order without further care.
+    let mut next_seq: HashMap<String, i64> = HashMap::new();
+    for (commune, count) in plan.counts_by_commune() {
+        let count = to_i64(count);
+        let last: i64 = tx.query_row(
+            "UPDATE communes SET feed_seq = feed_seq + ?2 WHERE code = ?1 RETURNING feed_seq",
+            params![commune, count],
+            |row| row.get(0),
+        )?;
+        next_seq.insert(commune, last - count + 1);
+    }
+    let total = plan.changes.len() as i64;
+    let first_gseq = if total > 0 {
+        let last: i64 = tx.query_row(
+            "UPDATE feed_counter SET seq = seq + ?1 WHERE id = 1 RETURNING seq",
+            params![total],
+            |row| row.get(0),
+        )?;
+        last - total + 1
+    } else {
+        0
+    };
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO changes (commune, seq, gseq, doc, hash, device, received_at, deps, bytes)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for (gseq, change) in (first_gseq..).zip(&plan.changes) {
+            let seq = next_seq
+                .get_mut(&change.commune)
+                .ok_or_else(|| StorageError::backend("no seq allocated for a commune"))?;
+            insert.execute(params![
+                change.commune,
+                *seq,
+                gseq,
+                change.doc.as_bytes(),
+                change.hash,
+                device.id.0.as_bytes(),
+                now,
+                join_deps(&change.deps),
+                change.bytes,
+            ])?;
+            *seq += 1;
+        }
+    }
+
+    let updated = tx.execute(
+        "UPDATE devices SET last_sync_at = ?2, changes_pushed = changes_pushed + ?3
+         WHERE id = ?1 AND revoked = 0",
+        params![device.id.0.as_bytes(), now, total],
+    )?;
+    if updated == 0 {
+        return Err(StorageError::NotFound);
+    }
+    tx.commit()?;
+    Ok(IngestOutcome {
+        stored: to_u64(total),
+        duplicates: plan.duplicates,
+        missing_deps: plan.missing_deps,
+    })
+}
+
+fn feed_blocking(
+    conn: &mut Connection,
+    scope: &Scope,
+    after: u64,
+    exclude: Option<DeviceId>,
+    max_bytes: usize,
+    max_items: usize,
+) -> Result<FeedPage> {
+    let (max_items, scan_limit) = feed_limits(max_items);
+    let exclude = exclude.map(|d| d.0.as_bytes().to_vec());
+    // `?1` is the commune, NULL for the province feed; the province feed pages by gseq.
+    let (commune, position, filter) = match scope {
+        Scope::Commune(code) => (Some(code.as_str()), "c.seq", "c.commune = ?1"),
+        Scope::Province => (None, "c.gseq", "?1 IS NULL"),
+    };
+    // One read transaction: both queries see the same WAL snapshot.
+    let tx = conn.transaction()?;
+    let rows: Vec<FeedRowMeta> = {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {position}, COALESCE(c.device = ?3, 0), length(c.bytes) FROM changes c
+             WHERE {filter} AND {position} > ?2 ORDER BY {position} LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![commune, to_i64(after), exclude, (scan_limit + 1) as i64],
+            |row| {
+                Ok(FeedRowMeta {
+                    seq: to_u64(row.get(0)?),
+                    excluded: row.get(1)?,
+                    size: to_u64(row.get(2)?),
+                })
+            },
+        )?;
+        rows.collect::<rusqlite::Result<_>>()?
+    };
+    let cut = plan::cut_page(&rows, after, max_bytes, max_items, scan_limit);
+    let mut items = Vec::with_capacity(cut.items);
+    if cut.items > 0 {
+        let mut stmt = tx.prepare_cached(&format!(
+            "SELECT {position}, c.doc, d.kind, c.device, c.received_at, c.bytes
+             FROM changes c JOIN documents d ON d.id = c.doc
+             WHERE {filter} AND {position} > ?2 AND {position} <= ?3
+               AND (?4 IS NULL OR c.device <> ?4)
+             ORDER BY {position}"
+        ))?;
+        let mut rows = stmt.query(params![
+            commune,
+            to_i64(after),
+            to_i64(cut.next_cursor),
+            exclude
+        ])?;
+        while let Some(row) = rows.next()? {
+            let doc: Vec<u8> = row.get(1)?;
+            let device: Vec<u8> = row.get(3)?;
+            items.push(FeedItem {
+                seq: to_u64(row.get(0)?),
+                doc: record_id(&doc)?,
+                kind: record_kind(row.get(2)?)?,
+                device: device_id(&device)?,
+                received_at: row.get(4)?,
+                bytes: row.get(5)?,
+            });
+        }
+    }
+    tx.commit()?;
+    if items.len() != cut.items {
+        return Err(StorageError::backend(
+            "feed page changed within one snapshot",
+        ));
+    }
+    Ok(FeedPage {
+        items,
+        next_cursor: cut.next_cursor,
+        more: cut.more,
+    })
+}
+
+#[async_trait]
+impl ServerStorage for SqliteStorage {
+    async fn create_commune(&self, code: &str, name: &str) -> Result<()> {
+        let (code, name) = (code.to_owned(), name.to_owned());
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO communes (code, name) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![code, name],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_communes(&self) -> Result<Vec<Commune>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached("SELECT code, name FROM communes ORDER BY code")?;
+            let rows = stmt.query_map([], |row| {
+                Ok(Commune {
+                    code: row.get(0)?,
+                    name: row.get(1)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn create_enrollment_code(
+        &self,
+        scope: &Scope,
+        code_hash: [u8; 32],
+        expires_at: i64,
+    ) -> Result<()> {
+        let commune = scope.commune().map(str::to_owned);
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(commune) = &commune {
+                let exists = tx
+                    .prepare_cached("SELECT 1 FROM communes WHERE code = ?1")?
+                    .exists(params![commune])?;
+                if !exists {
+                    return Err(StorageError::NotFound);
+                }
+            }
+            let inserted = tx.execute(
+                "INSERT INTO enrollment_codes (code_hash, commune, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+                params![code_hash, commune, expires_at],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enroll(
+        &self,
+        code_hash: [u8; 32],
+        device: DeviceId,
+        token_hash: [u8; 32],
+        label: &str,
+        now: i64,
+    ) -> Result<Device> {
+        let label = label.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Consuming is one conditional UPDATE: used or expired codes do not match.
+            let commune: Option<Option<String>> = tx
+                .query_row(
+                    "UPDATE enrollment_codes SET used_at = ?2
+                     WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+                     RETURNING commune",
+                    params![code_hash, now],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(commune) = commune else {
+                return Err(StorageError::InvalidEnrollmentCode);
+            };
+            let inserted = tx.execute(
+                "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+                params![device.0.as_bytes(), token_hash, commune, label, now],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists); // rolls back: the code stays unused
+            }
+            tx.commit()?;
+            Ok(Device {
+                id: device,
+                scope: Scope::from_commune(commune),
+                label,
+                revoked: false,
+            })
+        })
+        .await
+    }
+
+    async fn authenticate(&self, token_hash: [u8; 32]) -> Result<Option<Device>> {
+        self.read(move |conn| {
+            let parts = conn
+                .prepare_cached(
+                    "SELECT id, commune, label, revoked FROM devices WHERE token_hash = ?1",
+                )?
+                .query_row(params![token_hash], device_parts)
+                .optional()?;
+            parts.map(device_from_parts).transpose()
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, id: DeviceId) -> Result<()> {
+        self.write(move |conn| {
+            let updated = conn.execute(
+                "UPDATE devices SET revoked = 1 WHERE id = ?1",
+                params![id.0.as_bytes()],
+            )?;
+            if updated == 0 {
+                return Err(StorageError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_devices(&self, scope: Option<&Scope>) -> Result<Vec<DeviceInfo>> {
+        let scope = scope.cloned();
+        self.read(move |conn| {
+            // ?1: 0 every device, 1 province devices, 2 devices of commune ?2.
+            let (mode, commune) = match &scope {
+                None => (0, None),
+                Some(Scope::Province) => (1, None),
+                Some(Scope::Commune(code)) => (2, Some(code.as_str())),
+            };
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed
+                 FROM devices WHERE ?1 = 0 OR (?1 = 1 AND commune IS NULL) OR commune = ?2
+                 ORDER BY enrolled_at, id",
+            )?;
+            let mut rows = stmt.query(params![mode, commune])?;
+            let mut devices = Vec::new();
+            while let Some(row) = rows.next()? {
+                devices.push(DeviceInfo {
+                    device: device_from_parts(device_parts(row)?)?,
+                    enrolled_at: row.get(4)?,
+                    last_sync_at: row.get(5)?,
+                    changes_pushed: to_u64(row.get(6)?),
+                });
+            }
+            Ok(devices)
+        })
+        .await
+    }
+
+    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str) -> Result<()> {
+        let label = label.to_owned();
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO admin_tokens (token_hash, label) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                params![token_hash, label],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn authenticate_admin(&self, token_hash: [u8; 32]) -> Result<bool> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached("SELECT 1 FROM admin_tokens WHERE token_hash = ?1")?
+                .exists(params![token_hash])?)
+        })
+        .await
+    }
+
+    async fn record_enrollment_failure(
+        &self,
+        source: &str,
+        now: i64,
+        window_ms: i64,
+    ) -> Result<u32> {
+        let source = source.to_owned();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // A row whose window has ended means the same as no row: prune them all.
+            tx.execute(
+                "DELETE FROM enrollment_failures WHERE window_end <= ?1",
+                params![now],
+            )?;
+            let failures: i64 = tx.query_row(
+                "INSERT INTO enrollment_failures (source, window_end, failures)
+                 VALUES (?1, ?3, 1)
+                 ON CONFLICT (source) DO UPDATE SET
+                   failures = CASE WHEN window_end <= ?2 THEN 1 ELSE failures + 1 END,
+                   window_end = CASE WHEN window_end <= ?2 THEN ?3 ELSE window_end END
+                 RETURNING failures",
+                params![source, now, now.saturating_add(window_ms.max(1))],
+                |row| row.get(0),
+            )?;
+            tx.commit()?;
+            Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn enrollment_failures(&self, source: &str, now: i64, _window_ms: i64) -> Result<u32> {
+        let source = source.to_owned();
+        self.read(move |conn| {
+            let failures: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT failures FROM enrollment_failures WHERE source = ?1 AND window_end > ?2",
+                )?
+                .query_row(params![source, now], |row| row.get(0))
+                .optional()?;
+            Ok(u32::try_from(failures.unwrap_or(0)).unwrap_or(u32::MAX))
+        })
+        .await
+    }
+
+    async fn ingest(
+        &self,
+        device: &Device,
+        docs: Vec<IncomingDoc>,
+        now: i64,
+    ) -> Result<IngestOutcome> {
+        let device = device.clone();
+        self.write(move |conn| ingest_blocking(conn, &device, docs, now))
+            .await
+    }
+
+    async fn feed(
+        &self,
+        scope: &Scope,
+        after: u64,
+        exclude_device: Option<DeviceId>,
+        max_bytes: usize,
+        max_items: usize,
+    ) -> Result<FeedPage> {
+        let scope = scope.clone();
+        self.read(move |conn| {
+            feed_blocking(conn, &scope, after, exclude_device, max_bytes, max_items)
+        })
+        .await
+    }
+
+    async fn doc_changes(&self, doc: RecordId) -> Result<Vec<Vec<u8>>> {
+        self.read(move |conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 ORDER BY seq")?;
+            let rows = stmt.query_map(params![doc.as_bytes()], |row| row.get(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>> {
+        self.read(move |conn| {
+            let row: Option<(String, i64)> = conn
+                .prepare_cached("SELECT commune, kind FROM documents WHERE id = ?1")?
+                .query_row(params![doc.as_bytes()], |row| {
+                    Ok((row.get(0)?, row.get(1)?))
+                })
+                .optional()?;
+            row.map(|(commune, kind)| Ok((commune, record_kind(kind)?)))
+                .transpose()
+        })
+        .await
+    }
+
+    async fn put_catalogue(&self, json: &str) -> Result<u64> {
+        let json = json.to_owned();
+        self.write(move |conn| {
+            let version: i64 = conn.query_row(
+                "INSERT INTO catalogue (id, version, json) VALUES (1, 1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET version = version + 1, json = excluded.json
+                 RETURNING version",
+                params![json],
+                |row| row.get(0),
+            )?;
+            Ok(to_u64(version))
+        })
+        .await
+    }
+
+    async fn catalogue(&self) -> Result<Option<(u64, String)>> {
+        self.read(|conn| {
+            let row: Option<(i64, String)> = conn
+                .prepare_cached("SELECT version, json FROM catalogue WHERE id = 1")?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(version, json)| (to_u64(version), json)))
+        })
+        .await
+    }
+
+    async fn stats(&self) -> Result<Vec<CommuneStats>> {
+        self.read(|conn| {
+            let tx = conn.transaction()?;
+            let stats = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT c.code,
+                       (SELECT count(*) FROM documents d WHERE d.commune = c.code),
+                       (SELECT count(*) FROM changes x WHERE x.commune = c.code),
+                       (SELECT count(*) FROM devices v WHERE v.commune = c.code AND v.revoked = 0),
+                       (SELECT x.received_at FROM changes x WHERE x.commune = c.code
+                        ORDER BY x.seq DESC LIMIT 1)
+                     FROM communes c ORDER BY c.code",
+                )?;
+                let rows = stmt.query_map([], |row| {
+                    Ok(CommuneStats {
+                        code: row.get(0)?,
+                        documents: to_u64(row.get(1)?),
+                        changes: to_u64(row.get(2)?),
+                        devices: to_u64(row.get(3)?),
+                        last_change_at: row.get(4)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            tx.commit()?;
+            Ok(stats)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        drop(SqliteStorage::open(&path).await.unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+            .unwrap();
+        drop(conn);
+        let err = SqliteStorage::open(&path).await.err().unwrap();
+        assert!(matches!(err, StorageError::Backend(m) if m.contains("newer")));
+    }
+}

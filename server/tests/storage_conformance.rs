@@ -1,0 +1,1401 @@
+//! Storage conformance suite: one set of test functions, each taking a [`Fixture`] (a fresh
+//! storage and the URL to open more handles on it, i.e. more "server replicas"), run by the
+//! `conformance!` macro once on SQLite (a temp file) and once on PostgreSQL (a fresh database
+//! per test, created from `COMMUNESYNC_TEST_DATABASE_URL` and dropped afterwards).
+//!
+//! Without `COMMUNESYNC_TEST_DATABASE_URL`, the PostgreSQL tests print a skip note, except when
+//! `CI` is set: then they fail, because CI must run them. To run them locally:
+//!
+//! ```text
+//! eval "$(scripts/toolchains/postgres.sh start /tmp/pgtest 55440)"
+//! COMMUNESYNC_TEST_DATABASE_URL=$DATABASE_URL cargo test -p communesync-server --test storage_conformance
+//! scripts/toolchains/postgres.sh stop /tmp/pgtest
+//! ```
+
+// The workspace denies `unwrap` outside tests; clippy only sees `#[test]` functions as tests,
+// and the suite's test bodies are plain async functions called by the generated `#[test]`s.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use communesync_core::record::{DeviceId, RecordId, RecordKind};
+use communesync_server::storage::{
+    self, Device, FeedItem, IncomingChange, IncomingDoc, Scope, ServerStorage, StorageError,
+};
+use sha2::{Digest, Sha256};
+
+const NOW: i64 = 1_790_000_000_000;
+const HOUR: i64 = 3_600_000;
+const DB_URL_VAR: &str = "COMMUNESYNC_TEST_DATABASE_URL";
+
+// --- fixtures ---------------------------------------------------------------------------------
+
+/// A fresh, migrated storage and the URL it was opened from.
+struct Fixture {
+    url: String,
+    storage: Arc<dyn ServerStorage>,
+    _cleanup: Cleanup,
+}
+
+#[allow(dead_code)] // the fields are held for their Drop
+enum Cleanup {
+    Sqlite(tempfile::TempDir),
+    Postgres(PgDatabase),
+}
+
+impl Fixture {
+    fn s(&self) -> &dyn ServerStorage {
+        self.storage.as_ref()
+    }
+
+    /// Another handle on the same database, as a second server process would have.
+    async fn replica(&self) -> Arc<dyn ServerStorage> {
+        storage::open(&self.url).await.expect("open a replica")
+    }
+}
+
+async fn sqlite_fixture() -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let url = format!("sqlite:{}", dir.path().join("server.db").display());
+    let storage = storage::open(&url).await.expect("open sqlite");
+    Fixture {
+        url,
+        storage,
+        _cleanup: Cleanup::Sqlite(dir),
+    }
+}
+
+async fn postgres_fixture() -> Option<Fixture> {
+    let db = PgDatabase::create().await?;
+    let storage = storage::open(&db.url).await.expect("open postgres");
+    Some(Fixture {
+        url: db.url.clone(),
+        storage,
+        _cleanup: Cleanup::Postgres(db),
+    })
+}
+
+/// The server URL for PostgreSQL tests, or `None` (with a note) when they are to be skipped.
+fn postgres_base_url() -> Option<String> {
+    match std::env::var(DB_URL_VAR) {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{DB_URL_VAR} is not set but CI is: the PostgreSQL storage conformance tests \
+                     must run in CI. Start a server with \
+                     `eval \"$(scripts/toolchains/postgres.sh start DIR)\"` and set \
+                     {DB_URL_VAR}=$DATABASE_URL."
+                );
+            }
+            eprintln!(
+                "note: skipping a PostgreSQL storage conformance test: {DB_URL_VAR} is not set \
+                 (see the header of server/tests/storage_conformance.rs)"
+            );
+            None
+        }
+    }
+}
+
+/// A database created for one test and dropped (even if the test panics) when this drops.
+struct PgDatabase {
+    base: String,
+    name: String,
+    url: String,
+}
+
+static PG_DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+impl PgDatabase {
+    async fn create() -> Option<PgDatabase> {
+        let base = postgres_base_url()?;
+        let name = format!(
+            "cs_conformance_{}_{}",
+            std::process::id(),
+            PG_DATABASES.fetch_add(1, Ordering::Relaxed)
+        );
+        let client = pg_admin(&base).await;
+        // Two statements: CREATE DATABASE cannot run inside the implicit transaction of a
+        // multi-statement query.
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .await
+            .expect("drop a stale test database");
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create a test database");
+        let url = with_database(&base, &name);
+        Some(PgDatabase { base, name, url })
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let (base, name) = (self.base.clone(), self.name.clone());
+        // Drop runs inside the test's runtime (or while unwinding): use a runtime of our own.
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            runtime.block_on(async move {
+                pg_admin(&base)
+                    .await
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("note: could not drop test database {}", self.name);
+        }
+    }
+}
+
+async fn pg_admin(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to {DB_URL_VAR} ({url}): {e}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// `url` with its database name replaced by `name` (query parameters kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (main, query) = match url.split_once('?') {
+        Some((main, query)) => (main, Some(query)),
+        None => (url, None),
+    };
+    let scheme_end = main.find("://").map_or(0, |i| i + 3);
+    let authority_end = main[scheme_end..]
+        .find('/')
+        .map_or(main.len(), |i| scheme_end + i);
+    let mut out = format!("{}/{}", &main[..authority_end], name);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Runs every listed test function on both backends.
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let fixture = super::sqlite_fixture().await;
+                    super::$test(&fixture).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $test() {
+                    let Some(fixture) = super::postgres_fixture().await else { return };
+                    super::$test(&fixture).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    communes,
+    enrollment_is_single_use,
+    enrollment_expiry_unknown_and_conflicts,
+    concurrent_enrollments_one_wins,
+    authentication_and_revocation,
+    device_listing,
+    admin_tokens,
+    enrollment_failure_counting,
+    ingest_registers_and_dedupes,
+    ingest_missing_deps_skips_only_that_doc,
+    out_of_scope_rejects_the_whole_batch,
+    kind_mismatch_is_out_of_scope,
+    feed_order_and_exclusion,
+    feed_cursor_advances_past_excluded_changes,
+    feed_byte_and_item_bounds,
+    province_scope,
+    catalogue_versions,
+    stats,
+    reopen_keeps_data,
+    concurrent_ingest_feed_never_skips,
+);
+
+// --- helpers ----------------------------------------------------------------------------------
+
+fn sha(data: impl AsRef<[u8]>) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
+/// A fake change: storage never decodes bytes, it trusts hash and deps.
+fn change(tag: &str, deps: &[&str]) -> IncomingChange {
+    IncomingChange {
+        hash: sha(tag),
+        deps: deps.iter().map(sha).collect(),
+        bytes: tag.as_bytes().to_vec(),
+    }
+}
+
+fn doc(id: RecordId, commune: &str, changes: Vec<IncomingChange>) -> IncomingDoc {
+    IncomingDoc {
+        id,
+        kind: RecordKind::Application,
+        commune: commune.to_owned(),
+        changes,
+    }
+}
+
+/// A chain of `n` changes `prefix-0 <- prefix-1 <- ...` with `size`-byte bodies.
+fn chain(prefix: &str, n: usize, size: usize) -> Vec<IncomingChange> {
+    (0..n)
+        .map(|i| {
+            let tag = format!("{prefix}-{i}");
+            let deps: Vec<String> = if i == 0 {
+                Vec::new()
+            } else {
+                vec![format!("{prefix}-{}", i - 1)]
+            };
+            let mut c = change(&tag, &deps.iter().map(String::as_str).collect::<Vec<_>>());
+            c.bytes.resize(size.max(c.bytes.len()), b'.');
+            c
+        })
+        .collect()
+}
+
+static TOKENS: AtomicUsize = AtomicUsize::new(0);
+
+/// Enrolls a new device in `scope`; returns it and its token hash.
+async fn enroll(s: &dyn ServerStorage, scope: Scope, label: &str) -> (Device, [u8; 32]) {
+    let n = TOKENS.fetch_add(1, Ordering::Relaxed);
+    let code = sha(format!("code-{n}-{label}"));
+    let token = sha(format!("token-{n}-{label}"));
+    s.create_enrollment_code(&scope, code, NOW + HOUR)
+        .await
+        .expect("create code");
+    let device = s
+        .enroll(code, DeviceId::new(), token, label, NOW)
+        .await
+        .expect("enroll");
+    (device, token)
+}
+
+async fn communes_c1_c2(s: &dyn ServerStorage) {
+    s.create_commune("c1", "Xã Mường Phăng").await.expect("c1");
+    s.create_commune("c2", "Xã Nà Tấu").await.expect("c2");
+}
+
+/// Every item of a scope's feed, paging with small pages (bounded).
+async fn read_all(
+    s: &dyn ServerStorage,
+    scope: &Scope,
+    exclude: Option<DeviceId>,
+) -> Vec<FeedItem> {
+    let mut cursor = 0;
+    let mut items = Vec::new();
+    for _ in 0..10_000 {
+        let page = s
+            .feed(scope, cursor, exclude, 1 << 20, 3)
+            .await
+            .expect("feed");
+        assert!(page.next_cursor >= cursor, "cursor went back");
+        items.extend(page.items);
+        cursor = page.next_cursor;
+        if !page.more {
+            return items;
+        }
+    }
+    panic!("feed did not end");
+}
+
+fn bodies(items: &[FeedItem]) -> Vec<String> {
+    items
+        .iter()
+        .map(|i| {
+            String::from_utf8_lossy(&i.bytes)
+                .trim_end_matches('.')
+                .to_owned()
+        })
+        .collect()
+}
+
+fn is_out_of_scope(result: Result<impl std::fmt::Debug, StorageError>, doc: RecordId) -> bool {
+    matches!(result, Err(StorageError::OutOfScope { doc: d }) if d == doc)
+}
+
+// --- tests ------------------------------------------------------------------------------------
+
+async fn communes(f: &Fixture) {
+    let s = f.s();
+    assert!(s.list_communes().await.unwrap().is_empty());
+    s.create_commune("c2", "Xã Nà Tấu").await.unwrap();
+    s.create_commune("c1", "Xã Mường Phăng").await.unwrap();
+    assert!(matches!(
+        s.create_commune("c1", "again").await,
+        Err(StorageError::AlreadyExists)
+    ));
+    let list = s.list_communes().await.unwrap();
+    let codes: Vec<_> = list
+        .iter()
+        .map(|c| (c.code.as_str(), c.name.as_str()))
+        .collect();
+    assert_eq!(codes, [("c1", "Xã Mường Phăng"), ("c2", "Xã Nà Tấu")]);
+    // A code for a commune that does not exist.
+    assert!(matches!(
+        s.create_enrollment_code(&Scope::Commune("nope".into()), sha("x"), NOW + HOUR)
+            .await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+async fn enrollment_is_single_use(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let scope = Scope::Commune("c1".into());
+    s.create_enrollment_code(&scope, sha("code"), NOW + HOUR)
+        .await
+        .unwrap();
+    let id = DeviceId::new();
+    let device = s
+        .enroll(sha("code"), id, sha("token"), "Tablet 1", NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        device,
+        Device {
+            id,
+            scope: scope.clone(),
+            label: "Tablet 1".into(),
+            revoked: false
+        }
+    );
+    assert!(matches!(
+        s.enroll(
+            sha("code"),
+            DeviceId::new(),
+            sha("token2"),
+            "Tablet 2",
+            NOW + 1
+        )
+        .await,
+        Err(StorageError::InvalidEnrollmentCode)
+    ));
+    // Used from another replica too.
+    let replica = f.replica().await;
+    assert!(matches!(
+        replica
+            .enroll(
+                sha("code"),
+                DeviceId::new(),
+                sha("token3"),
+                "Tablet 3",
+                NOW + 2
+            )
+            .await,
+        Err(StorageError::InvalidEnrollmentCode)
+    ));
+    assert_eq!(s.list_devices(None).await.unwrap().len(), 1);
+}
+
+async fn enrollment_expiry_unknown_and_conflicts(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let c1 = Scope::Commune("c1".into());
+    s.create_enrollment_code(&c1, sha("short"), NOW + 10)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_enrollment_code(&c1, sha("short"), NOW + 10).await,
+        Err(StorageError::AlreadyExists)
+    ));
+    // Valid strictly before expires_at.
+    assert!(matches!(
+        s.enroll(sha("short"), DeviceId::new(), sha("t1"), "late", NOW + 10)
+            .await,
+        Err(StorageError::InvalidEnrollmentCode)
+    ));
+    assert!(matches!(
+        s.enroll(sha("unknown"), DeviceId::new(), sha("t1"), "x", NOW)
+            .await,
+        Err(StorageError::InvalidEnrollmentCode)
+    ));
+    // A province code enrolls a province device.
+    s.create_enrollment_code(&Scope::Province, sha("prov"), NOW + HOUR)
+        .await
+        .unwrap();
+    let province = s
+        .enroll(
+            sha("prov"),
+            DeviceId::new(),
+            sha("t-prov"),
+            "Sở Nội vụ",
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(province.scope, Scope::Province);
+    // A taken device id or token hash fails and leaves the code usable.
+    s.create_enrollment_code(&c1, sha("fresh"), NOW + HOUR)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.enroll(sha("fresh"), province.id, sha("t-other"), "dup id", NOW)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    assert!(matches!(
+        s.enroll(
+            sha("fresh"),
+            DeviceId::new(),
+            sha("t-prov"),
+            "dup token",
+            NOW
+        )
+        .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    let ok = s
+        .enroll(sha("fresh"), DeviceId::new(), sha("t-new"), "ok", NOW)
+        .await
+        .unwrap();
+    assert_eq!(ok.scope, c1);
+}
+
+async fn concurrent_enrollments_one_wins(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let replicas = [f.replica().await, f.replica().await, f.replica().await];
+    let scope = Scope::Commune("c1".into());
+    for round in 0..5 {
+        let code = sha(format!("race-{round}"));
+        s.create_enrollment_code(&scope, code, NOW + HOUR)
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let replica = replicas[i % replicas.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                replica
+                    .enroll(
+                        code,
+                        DeviceId::new(),
+                        sha(format!("race-{round}-{i}")),
+                        "t",
+                        NOW,
+                    )
+                    .await
+            }));
+        }
+        let mut won = 0;
+        for task in tasks {
+            match task.await.unwrap() {
+                Ok(_) => won += 1,
+                Err(StorageError::InvalidEnrollmentCode) => {}
+                Err(e) => panic!("unexpected error: {e}"),
+            }
+        }
+        assert_eq!(won, 1, "round {round}: exactly one enrollment wins");
+    }
+    assert_eq!(s.list_devices(None).await.unwrap().len(), 5);
+}
+
+async fn authentication_and_revocation(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, token) = enroll(s, Scope::Commune("c1".into()), "Tablet").await;
+    assert_eq!(s.authenticate(token).await.unwrap(), Some(device.clone()));
+    assert_eq!(s.authenticate(sha("nobody")).await.unwrap(), None);
+
+    let d = RecordId::new();
+    s.ingest(&device, vec![doc(d, "c1", chain("a", 1, 0))], NOW)
+        .await
+        .unwrap();
+
+    s.revoke_device(device.id).await.unwrap();
+    s.revoke_device(device.id).await.unwrap(); // idempotent
+    let seen = s.authenticate(token).await.unwrap().unwrap();
+    assert!(seen.revoked);
+    assert!(matches!(
+        s.revoke_device(DeviceId::new()).await,
+        Err(StorageError::NotFound)
+    ));
+    // A device revoked after authentication stores nothing.
+    assert!(matches!(
+        s.ingest(&device, vec![doc(d, "c1", chain("a", 2, 0))], NOW + 1)
+            .await,
+        Err(StorageError::NotFound)
+    ));
+    assert_eq!(s.doc_changes(d).await.unwrap().len(), 1);
+}
+
+async fn device_listing(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(s, Scope::Commune("c2".into()), "b").await;
+    let (p, _) = enroll(s, Scope::Province, "p").await;
+    let ids = |list: Vec<storage::DeviceInfo>| -> HashSet<DeviceId> {
+        list.into_iter().map(|i| i.device.id).collect()
+    };
+    assert_eq!(
+        ids(s.list_devices(None).await.unwrap()),
+        HashSet::from([a.id, b.id, p.id])
+    );
+    assert_eq!(
+        ids(s
+            .list_devices(Some(&Scope::Commune("c1".into())))
+            .await
+            .unwrap()),
+        HashSet::from([a.id])
+    );
+    assert_eq!(
+        ids(s.list_devices(Some(&Scope::Province)).await.unwrap()),
+        HashSet::from([p.id])
+    );
+
+    let info = s
+        .list_devices(Some(&Scope::Commune("c1".into())))
+        .await
+        .unwrap();
+    assert_eq!(info[0].enrolled_at, NOW);
+    assert_eq!(info[0].last_sync_at, None);
+    assert_eq!(info[0].changes_pushed, 0);
+    s.ingest(
+        &a,
+        vec![doc(RecordId::new(), "c1", chain("x", 3, 0))],
+        NOW + 5,
+    )
+    .await
+    .unwrap();
+    // A sync that stores nothing still counts as a sync.
+    s.ingest(&a, vec![], NOW + 7).await.unwrap();
+    let info = s
+        .list_devices(Some(&Scope::Commune("c1".into())))
+        .await
+        .unwrap();
+    assert_eq!(info[0].last_sync_at, Some(NOW + 7));
+    assert_eq!(info[0].changes_pushed, 3);
+    s.revoke_device(a.id).await.unwrap();
+    let info = s
+        .list_devices(Some(&Scope::Commune("c1".into())))
+        .await
+        .unwrap();
+    assert!(info[0].device.revoked);
+}
+
+async fn admin_tokens(f: &Fixture) {
+    let s = f.s();
+    assert!(!s.authenticate_admin(sha("admin")).await.unwrap());
+    s.create_admin_token(sha("admin"), "operator")
+        .await
+        .unwrap();
+    assert!(s.authenticate_admin(sha("admin")).await.unwrap());
+    assert!(!s.authenticate_admin(sha("other")).await.unwrap());
+    assert!(matches!(
+        s.create_admin_token(sha("admin"), "again").await,
+        Err(StorageError::AlreadyExists)
+    ));
+    // A device token is not an admin token.
+    s.create_commune("c1", "c1").await.unwrap();
+    let (_, token) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    assert!(!s.authenticate_admin(token).await.unwrap());
+}
+
+async fn enrollment_failure_counting(f: &Fixture) {
+    let s = f.s();
+    let replica = f.replica().await;
+    let window = 60_000;
+    assert_eq!(
+        s.enrollment_failures("10.0.0.1", NOW, window)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.record_enrollment_failure("10.0.0.1", NOW, window)
+            .await
+            .unwrap(),
+        1
+    );
+    // Replicas share the counter.
+    assert_eq!(
+        replica
+            .record_enrollment_failure("10.0.0.1", NOW + 10, window)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        s.record_enrollment_failure("10.0.0.1", NOW + 20, window)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        s.record_enrollment_failure("10.0.0.2", NOW + 20, window)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        s.enrollment_failures("10.0.0.1", NOW + 30, window)
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        replica
+            .enrollment_failures("10.0.0.1", NOW + 30, window)
+            .await
+            .unwrap(),
+        3
+    );
+    // After the window: forgotten, and a new window starts.
+    assert_eq!(
+        s.enrollment_failures("10.0.0.1", NOW + window, window)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        s.record_enrollment_failure("10.0.0.1", NOW + window + 1, window)
+            .await
+            .unwrap(),
+        1
+    );
+    // Concurrent failures from several replicas are all counted.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let handle = if i % 2 == 0 {
+            f.storage.clone()
+        } else {
+            replica.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            handle
+                .record_enrollment_failure("10.0.0.3", NOW + 100, window)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut counts = Vec::new();
+    for task in tasks {
+        counts.push(task.await.unwrap());
+    }
+    counts.sort_unstable();
+    assert_eq!(counts, (1..=20).collect::<Vec<u32>>());
+}
+
+async fn ingest_registers_and_dedupes(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, _) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    let a = RecordId::new();
+    let b = RecordId::new();
+    assert_eq!(s.doc_registration(a).await.unwrap(), None);
+    assert!(s.doc_changes(a).await.unwrap().is_empty());
+
+    let mut citizen = doc(b, "c1", chain("b", 1, 0));
+    citizen.kind = RecordKind::CitizenRequest;
+    let out = s
+        .ingest(&device, vec![doc(a, "c1", chain("a", 3, 0)), citizen], NOW)
+        .await
+        .unwrap();
+    assert_eq!((out.stored, out.duplicates), (4, 0));
+    assert!(out.missing_deps.is_empty());
+    assert_eq!(
+        s.doc_registration(a).await.unwrap(),
+        Some(("c1".into(), RecordKind::Application))
+    );
+    assert_eq!(
+        s.doc_registration(b).await.unwrap(),
+        Some(("c1".into(), RecordKind::CitizenRequest))
+    );
+
+    // Resending everything plus one new change; one change twice in the batch.
+    let mut changes = chain("a", 4, 0);
+    changes.push(change("a-3", &["a-2"]));
+    let out = s
+        .ingest(&device, vec![doc(a, "c1", changes)], NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!((out.stored, out.duplicates), (1, 4));
+    let stored: Vec<String> = s
+        .doc_changes(a)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|b| String::from_utf8(b).unwrap())
+        .collect();
+    assert_eq!(stored, ["a-0", "a-1", "a-2", "a-3"]);
+    let info = s.list_devices(None).await.unwrap();
+    assert_eq!(info[0].changes_pushed, 5);
+    assert_eq!(info[0].last_sync_at, Some(NOW + 1));
+
+    // The feed carries the device and the server receive time.
+    let items = read_all(s, &Scope::Commune("c1".into()), None).await;
+    assert_eq!(items.len(), 5);
+    assert!(items.iter().all(|i| i.device == device.id));
+    assert_eq!(items[4].received_at, NOW + 1);
+    assert_eq!(items[3].kind, RecordKind::CitizenRequest);
+}
+
+async fn ingest_missing_deps_skips_only_that_doc(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, _) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    let (a, b, c) = (RecordId::new(), RecordId::new(), RecordId::new());
+    s.ingest(&device, vec![doc(c, "c1", chain("c", 1, 0))], NOW)
+        .await
+        .unwrap();
+
+    let batch = vec![
+        // Deps satisfied earlier in the batch.
+        doc(a, "c1", chain("a", 2, 0)),
+        // "b-0" is missing: the whole doc is skipped, even its first (fine) change.
+        doc(b, "c1", vec![change("b-x", &[]), change("b-1", &["b-0"])]),
+        // Dep satisfied by a stored change.
+        doc(c, "c1", vec![change("c-1", &["c-0"])]),
+    ];
+    let out = s.ingest(&device, batch, NOW + 1).await.unwrap();
+    assert_eq!(out.stored, 3);
+    assert_eq!(out.missing_deps, vec![b]);
+    assert_eq!(s.doc_changes(a).await.unwrap().len(), 2);
+    assert_eq!(s.doc_changes(c).await.unwrap().len(), 2);
+    assert!(s.doc_changes(b).await.unwrap().is_empty());
+    assert_eq!(s.doc_registration(b).await.unwrap(), None);
+
+    // The client resends b's full history.
+    let out = s
+        .ingest(
+            &device,
+            vec![doc(
+                b,
+                "c1",
+                vec![
+                    change("b-0", &[]),
+                    change("b-x", &[]),
+                    change("b-1", &["b-0"]),
+                ],
+            )],
+            NOW + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!((out.stored, out.missing_deps.len()), (3, 0));
+    let info = s.list_devices(None).await.unwrap();
+    assert_eq!(info[0].changes_pushed, 7);
+}
+
+async fn out_of_scope_rejects_the_whole_batch(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (d1, _) = enroll(s, Scope::Commune("c1".into()), "c1 tablet").await;
+    let (d2, _) = enroll(s, Scope::Commune("c2".into()), "c2 tablet").await;
+    let (province, _) = enroll(s, Scope::Province, "province").await;
+    let x = RecordId::new();
+    s.ingest(&d1, vec![doc(x, "c1", chain("x", 1, 0))], NOW)
+        .await
+        .unwrap();
+    let before = read_all(s, &Scope::Province, None).await.len();
+
+    // A c2 tablet pushes a fresh doc and x, claiming x is in c2: x is registered to c1.
+    let y = RecordId::new();
+    let result = s
+        .ingest(
+            &d2,
+            vec![
+                doc(y, "c2", chain("y", 2, 0)),
+                doc(x, "c2", chain("x", 2, 0)),
+            ],
+            NOW + 1,
+        )
+        .await;
+    assert!(is_out_of_scope(result, x));
+    // A c2 tablet pushes into c1.
+    let result = s
+        .ingest(
+            &d2,
+            vec![
+                doc(y, "c2", chain("y", 2, 0)),
+                doc(x, "c1", chain("x", 2, 0)),
+            ],
+            NOW + 1,
+        )
+        .await;
+    assert!(is_out_of_scope(result, x));
+    // A commune that does not exist (even for the province).
+    let z = RecordId::new();
+    let result = s
+        .ingest(&province, vec![doc(z, "c9", chain("z", 1, 0))], NOW + 1)
+        .await;
+    assert!(is_out_of_scope(result, z));
+    // One doc twice in a batch with two communes.
+    let result = s
+        .ingest(
+            &province,
+            vec![
+                doc(z, "c1", chain("z", 1, 0)),
+                doc(z, "c2", chain("z", 2, 0)),
+            ],
+            NOW + 1,
+        )
+        .await;
+    assert!(is_out_of_scope(result, z));
+
+    // Nothing changed.
+    assert_eq!(s.doc_registration(y).await.unwrap(), None);
+    assert_eq!(s.doc_registration(z).await.unwrap(), None);
+    assert_eq!(s.doc_changes(x).await.unwrap().len(), 1);
+    assert_eq!(read_all(s, &Scope::Province, None).await.len(), before);
+    let d2_info = s
+        .list_devices(Some(&Scope::Commune("c2".into())))
+        .await
+        .unwrap();
+    assert_eq!(d2_info[0].last_sync_at, None);
+    assert_eq!(d2_info[0].changes_pushed, 0);
+
+    // The province may push into any commune, c2 tablets into c2.
+    s.ingest(
+        &province,
+        vec![
+            doc(x, "c1", chain("x", 2, 0)),
+            doc(z, "c2", chain("z", 1, 0)),
+        ],
+        NOW + 2,
+    )
+    .await
+    .unwrap();
+    s.ingest(&d2, vec![doc(y, "c2", chain("y", 1, 0))], NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(s.doc_changes(x).await.unwrap().len(), 2);
+}
+
+async fn kind_mismatch_is_out_of_scope(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, _) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    let x = RecordId::new();
+    s.ingest(&device, vec![doc(x, "c1", chain("x", 1, 0))], NOW)
+        .await
+        .unwrap();
+    let fresh = RecordId::new();
+    let mut wrong = doc(x, "c1", chain("x", 2, 0));
+    wrong.kind = RecordKind::CitizenRequest;
+    let result = s
+        .ingest(
+            &device,
+            vec![doc(fresh, "c1", chain("f", 1, 0)), wrong],
+            NOW + 1,
+        )
+        .await;
+    assert!(is_out_of_scope(result, x));
+    assert_eq!(s.doc_changes(x).await.unwrap().len(), 1);
+    assert_eq!(s.doc_registration(fresh).await.unwrap(), None);
+    assert_eq!(
+        s.doc_registration(x).await.unwrap(),
+        Some(("c1".into(), RecordKind::Application))
+    );
+}
+
+async fn feed_order_and_exclusion(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let c1 = Scope::Commune("c1".into());
+    let (d1, _) = enroll(s, c1.clone(), "d1").await;
+    let (d2, _) = enroll(s, c1.clone(), "d2").await;
+    let (other, _) = enroll(s, Scope::Commune("c2".into()), "other").await;
+    let (a, b) = (RecordId::new(), RecordId::new());
+    s.ingest(&d1, vec![doc(a, "c1", chain("a", 3, 0))], NOW)
+        .await
+        .unwrap();
+    s.ingest(
+        &other,
+        vec![doc(RecordId::new(), "c2", chain("o", 2, 0))],
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.ingest(&d2, vec![doc(b, "c1", chain("b", 2, 0))], NOW + 1)
+        .await
+        .unwrap();
+    s.ingest(&d1, vec![doc(a, "c1", chain("a", 4, 0))], NOW + 2)
+        .await
+        .unwrap();
+
+    let page = s.feed(&c1, 0, None, 1 << 20, 100).await.unwrap();
+    assert_eq!(
+        page.items.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6],
+        "a commune's feed numbers are its own, without gaps"
+    );
+    assert_eq!(
+        bodies(&page.items),
+        ["a-0", "a-1", "a-2", "b-0", "b-1", "a-3"]
+    );
+    assert_eq!((page.next_cursor, page.more), (6, false));
+    assert_eq!(page.items[3].doc, b);
+    assert_eq!(page.items[3].device, d2.id);
+
+    // d2 does not get its own changes back.
+    let page = s.feed(&c1, 0, Some(d2.id), 1 << 20, 100).await.unwrap();
+    assert_eq!(bodies(&page.items), ["a-0", "a-1", "a-2", "a-3"]);
+    assert_eq!((page.next_cursor, page.more), (6, false));
+    // From a cursor.
+    let page = s.feed(&c1, 3, Some(d1.id), 1 << 20, 100).await.unwrap();
+    assert_eq!(bodies(&page.items), ["b-0", "b-1"]);
+    assert_eq!((page.next_cursor, page.more), (6, false));
+    // After the end: nothing, cursor kept.
+    let page = s.feed(&c1, 6, None, 1 << 20, 100).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!((page.next_cursor, page.more), (6, false));
+    // A commune with nothing, and one that does not exist.
+    let page = s
+        .feed(&Scope::Commune("c9".into()), 0, None, 100, 100)
+        .await
+        .unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!((page.next_cursor, page.more), (0, false));
+    let c2 = s
+        .feed(&Scope::Commune("c2".into()), 0, None, 1 << 20, 100)
+        .await
+        .unwrap();
+    assert_eq!(bodies(&c2.items), ["o-0", "o-1"]);
+}
+
+async fn feed_cursor_advances_past_excluded_changes(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let c1 = Scope::Commune("c1".into());
+    let (d1, _) = enroll(s, c1.clone(), "d1").await;
+    let (d2, _) = enroll(s, c1.clone(), "d2").await;
+    s.ingest(&d2, vec![doc(RecordId::new(), "c1", chain("b", 1, 0))], NOW)
+        .await
+        .unwrap();
+    s.ingest(&d1, vec![doc(RecordId::new(), "c1", chain("a", 5, 0))], NOW)
+        .await
+        .unwrap();
+    // d1 reads: one item of d2, then only its own changes, which still move its cursor.
+    let page = s.feed(&c1, 0, Some(d1.id), 1 << 20, 1).await.unwrap();
+    assert_eq!(bodies(&page.items), ["b-0"]);
+    assert_eq!((page.next_cursor, page.more), (6, false));
+    let page = s.feed(&c1, 1, Some(d1.id), 1 << 20, 10).await.unwrap();
+    assert!(page.items.is_empty());
+    assert_eq!((page.next_cursor, page.more), (6, false));
+    // With a later change of d2, the page stops right after it.
+    s.ingest(&d2, vec![doc(RecordId::new(), "c1", chain("c", 1, 0))], NOW)
+        .await
+        .unwrap();
+    s.ingest(&d1, vec![doc(RecordId::new(), "c1", chain("d", 1, 0))], NOW)
+        .await
+        .unwrap();
+    let page = s.feed(&c1, 6, Some(d1.id), 1 << 20, 1).await.unwrap();
+    assert_eq!(bodies(&page.items), ["c-0"]);
+    // It may step over d1's seq 8 (excluded) after reaching max_items: those cost nothing.
+    assert!(page.next_cursor == 7 || page.next_cursor == 8);
+    assert_eq!(page.more, page.next_cursor == 7);
+}
+
+async fn feed_byte_and_item_bounds(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let c1 = Scope::Commune("c1".into());
+    let (d1, _) = enroll(s, c1.clone(), "d1").await;
+    // Ten changes of 100 bytes.
+    s.ingest(
+        &d1,
+        vec![doc(RecordId::new(), "c1", chain("a", 10, 100))],
+        NOW,
+    )
+    .await
+    .unwrap();
+    let page = s.feed(&c1, 0, None, 250, 100).await.unwrap();
+    assert_eq!(page.items.len(), 2);
+    assert!(page.items.iter().all(|i| i.bytes.len() == 100));
+    assert_eq!((page.next_cursor, page.more), (2, true));
+    let page = s.feed(&c1, 0, None, 300, 100).await.unwrap();
+    assert_eq!(page.items.len(), 3, "exactly max_bytes fits");
+    // Always at least one item, even bigger than max_bytes.
+    let page = s.feed(&c1, 2, None, 10, 100).await.unwrap();
+    assert_eq!(bodies(&page.items), ["a-2"]);
+    assert_eq!((page.next_cursor, page.more), (3, true));
+    // Item bound.
+    let page = s.feed(&c1, 0, None, 1 << 20, 4).await.unwrap();
+    assert_eq!(
+        (page.items.len(), page.next_cursor, page.more),
+        (4, 4, true)
+    );
+    // max_items 0 means 1.
+    let page = s.feed(&c1, 0, None, 1 << 20, 0).await.unwrap();
+    assert_eq!(page.items.len(), 1);
+    // The last page says there is no more.
+    let page = s.feed(&c1, 7, None, 1 << 20, 3).await.unwrap();
+    assert_eq!(
+        (page.items.len(), page.next_cursor, page.more),
+        (3, 10, false)
+    );
+    // Paging with a byte bound visits everything once, in order.
+    let mut cursor = 0;
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        let page = s.feed(&c1, cursor, None, 150, 100).await.unwrap();
+        seen.extend(page.items.iter().map(|i| i.seq));
+        cursor = page.next_cursor;
+        if !page.more {
+            break;
+        }
+    }
+    assert_eq!(seen, (1..=10).collect::<Vec<u64>>());
+}
+
+async fn province_scope(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (d1, _) = enroll(s, Scope::Commune("c1".into()), "d1").await;
+    let (d2, _) = enroll(s, Scope::Commune("c2".into()), "d2").await;
+    let (province, _) = enroll(s, Scope::Province, "province").await;
+    s.ingest(&d1, vec![doc(RecordId::new(), "c1", chain("a", 2, 0))], NOW)
+        .await
+        .unwrap();
+    s.ingest(&d2, vec![doc(RecordId::new(), "c2", chain("b", 3, 0))], NOW)
+        .await
+        .unwrap();
+    s.ingest(
+        &province,
+        vec![
+            doc(RecordId::new(), "c2", chain("p", 1, 0)),
+            doc(RecordId::new(), "c1", chain("q", 1, 0)),
+        ],
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.ingest(&d1, vec![doc(RecordId::new(), "c1", chain("c", 1, 0))], NOW)
+        .await
+        .unwrap();
+
+    // The province feed: every commune, in one order (commit order), its own positions.
+    let all = read_all(s, &Scope::Province, None).await;
+    assert_eq!(
+        bodies(&all),
+        ["a-0", "a-1", "b-0", "b-1", "b-2", "p-0", "q-0", "c-0"]
+    );
+    assert_eq!(
+        all.iter().map(|i| i.seq).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<u64>>()
+    );
+    let page = s
+        .feed(&Scope::Province, 0, Some(province.id), 1 << 20, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        bodies(&page.items),
+        ["a-0", "a-1", "b-0", "b-1", "b-2", "c-0"]
+    );
+    assert_eq!((page.next_cursor, page.more), (8, false));
+    let page = s.feed(&Scope::Province, 5, None, 1 << 20, 2).await.unwrap();
+    assert_eq!(bodies(&page.items), ["p-0", "q-0"]);
+    assert_eq!((page.next_cursor, page.more), (7, true));
+
+    // Commune feeds number on their own.
+    let c1 = read_all(s, &Scope::Commune("c1".into()), None).await;
+    assert_eq!(bodies(&c1), ["a-0", "a-1", "q-0", "c-0"]);
+    assert_eq!(c1.iter().map(|i| i.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    let c2 = read_all(s, &Scope::Commune("c2".into()), None).await;
+    assert_eq!(bodies(&c2), ["b-0", "b-1", "b-2", "p-0"]);
+}
+
+async fn catalogue_versions(f: &Fixture) {
+    let s = f.s();
+    assert_eq!(s.catalogue().await.unwrap(), None);
+    assert_eq!(s.put_catalogue(r#"{"procedures":[]}"#).await.unwrap(), 1);
+    let v2 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh"}]}"#;
+    assert_eq!(s.put_catalogue(v2).await.unwrap(), 2);
+    assert_eq!(s.catalogue().await.unwrap(), Some((2, v2.to_owned())));
+    let replica = f.replica().await;
+    assert_eq!(replica.put_catalogue("{}").await.unwrap(), 3);
+    assert_eq!(s.catalogue().await.unwrap(), Some((3, "{}".to_owned())));
+}
+
+async fn stats(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    s.create_commune("c3", "Xã Thanh Nưa").await.unwrap();
+    let (d1, _) = enroll(s, Scope::Commune("c1".into()), "d1").await;
+    let (gone, _) = enroll(s, Scope::Commune("c1".into()), "gone").await;
+    enroll(s, Scope::Commune("c2".into()), "d2").await;
+    enroll(s, Scope::Province, "province").await;
+    s.revoke_device(gone.id).await.unwrap();
+    s.ingest(
+        &d1,
+        vec![
+            doc(RecordId::new(), "c1", chain("a", 2, 0)),
+            doc(RecordId::new(), "c1", chain("b", 1, 0)),
+        ],
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.ingest(
+        &d1,
+        vec![doc(RecordId::new(), "c1", chain("c", 1, 0))],
+        NOW + 9,
+    )
+    .await
+    .unwrap();
+    let stats = s.stats().await.unwrap();
+    let by_code: HashMap<&str, _> = stats.iter().map(|st| (st.code.as_str(), st)).collect();
+    assert_eq!(
+        stats.iter().map(|st| st.code.as_str()).collect::<Vec<_>>(),
+        ["c1", "c2", "c3"]
+    );
+    let c1 = by_code["c1"];
+    assert_eq!((c1.documents, c1.changes, c1.devices), (3, 4, 1));
+    assert_eq!(c1.last_change_at, Some(NOW + 9));
+    let c2 = by_code["c2"];
+    assert_eq!(
+        (c2.documents, c2.changes, c2.devices, c2.last_change_at),
+        (0, 0, 1, None)
+    );
+    let c3 = by_code["c3"];
+    assert_eq!(
+        (c3.documents, c3.changes, c3.devices, c3.last_change_at),
+        (0, 0, 0, None)
+    );
+}
+
+async fn reopen_keeps_data(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, token) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    let a = RecordId::new();
+    s.ingest(&device, vec![doc(a, "c1", chain("a", 2, 0))], NOW)
+        .await
+        .unwrap();
+    // Several replicas starting at once on a migrated database.
+    let mut opens = Vec::new();
+    for _ in 0..4 {
+        let url = f.url.clone();
+        opens.push(tokio::spawn(async move { storage::open(&url).await }));
+    }
+    for open in opens {
+        let replica = open.await.unwrap().expect("reopen");
+        assert_eq!(
+            replica.authenticate(token).await.unwrap(),
+            Some(device.clone())
+        );
+        assert_eq!(replica.doc_changes(a).await.unwrap().len(), 2);
+        assert_eq!(replica.list_communes().await.unwrap().len(), 2);
+    }
+}
+
+/// The "never skip a late commit" property, under real concurrency.
+///
+/// Writers on three replicas (separate connection pools, so separate connections and
+/// transactions) push many small batches into one commune while readers page the commune feed
+/// and the province feed with their cursors, as tablets do. At the end each reader must have
+/// seen every change exactly once, in strictly increasing position order.
+///
+/// Why this catches a naive implementation: if positions came from a plain SEQUENCE (or
+/// `max(seq) + 1` without a lock held to commit), two ingests could take 41 and 42 and commit
+/// 42 first. A reader paging in between sees 42, sets its cursor to 42 and never asks for 41
+/// again, so 41 is missing from what it saw and the final comparison fails. With dozens of
+/// overlapping transactions and readers polling continuously, such an inversion happens within
+/// a few batches (verified by swapping the allocation for `nextval` while writing this test).
+/// Positions allocated under a row lock held until commit make the inversion impossible.
+async fn concurrent_ingest_feed_never_skips(f: &Fixture) {
+    const WRITERS: usize = 8;
+    const BATCHES: usize = 25;
+    const DOCS_PER_BATCH: usize = 3;
+
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let replicas = [f.replica().await, f.replica().await, f.replica().await];
+    let mut devices = Vec::new();
+    for w in 0..WRITERS {
+        devices.push(
+            enroll(s, Scope::Commune("c1".into()), &format!("w{w}"))
+                .await
+                .0,
+        );
+    }
+    let (noise, _) = enroll(s, Scope::Commune("c2".into()), "noise").await;
+
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for (i, scope) in [Scope::Commune("c1".into()), Scope::Province]
+        .into_iter()
+        .enumerate()
+    {
+        let reader = replicas[i % replicas.len()].clone();
+        let done = done.clone();
+        readers.push(tokio::spawn(async move {
+            let mut cursor = 0;
+            let mut seen: Vec<FeedItem> = Vec::new();
+            let mut pages = 0usize;
+            loop {
+                pages += 1;
+                assert!(pages < 200_000, "reader did not finish");
+                // Read `done` before the page: a page read after all writers finished that says
+                // "no more" proves the reader has everything.
+                let finished = done.load(Ordering::SeqCst);
+                let page = reader
+                    .feed(&scope, cursor, None, 64 * 1024, 5)
+                    .await
+                    .expect("feed");
+                assert!(page.next_cursor >= cursor);
+                seen.extend(page.items);
+                cursor = page.next_cursor;
+                if finished && !page.more {
+                    return (scope, seen);
+                }
+                if !page.more {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+
+    let mut writers = Vec::new();
+    for (w, device) in devices.into_iter().enumerate() {
+        let replica = replicas[w % replicas.len()].clone();
+        writers.push(tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            for batch in 0..BATCHES {
+                let docs: Vec<IncomingDoc> = (0..DOCS_PER_BATCH)
+                    .map(|d| {
+                        let changes = chain(&format!("w{w}-b{batch}-d{d}"), 1 + (w + d) % 3, 0);
+                        pushed.extend(changes.iter().map(|c| c.bytes.clone()));
+                        doc(RecordId::new(), "c1", changes)
+                    })
+                    .collect();
+                let out = replica.ingest(&device, docs, NOW).await.expect("ingest");
+                assert!(out.missing_deps.is_empty());
+            }
+            pushed
+        }));
+    }
+    // Some traffic in another commune, interleaved in the province feed.
+    let noise_writer = {
+        let replica = replicas[2].clone();
+        tokio::spawn(async move {
+            let mut pushed = Vec::new();
+            for batch in 0..BATCHES {
+                let changes = chain(&format!("noise-{batch}"), 2, 0);
+                pushed.extend(changes.iter().map(|c| c.bytes.clone()));
+                replica
+                    .ingest(&noise, vec![doc(RecordId::new(), "c2", changes)], NOW)
+                    .await
+                    .expect("ingest noise");
+            }
+            pushed
+        })
+    };
+
+    let mut c1_pushed = BTreeSet::new();
+    for writer in writers {
+        for bytes in writer.await.expect("writer") {
+            assert!(c1_pushed.insert(bytes), "test bug: duplicate change body");
+        }
+    }
+    let noise_pushed: BTreeSet<Vec<u8>> = noise_writer.await.expect("noise").into_iter().collect();
+    done.store(true, Ordering::SeqCst);
+
+    for reader in readers {
+        let (scope, seen) = tokio::time::timeout(Duration::from_secs(120), reader)
+            .await
+            .expect("reader finished in time")
+            .expect("reader");
+        let expected: BTreeSet<Vec<u8>> = match scope {
+            Scope::Commune(_) => c1_pushed.clone(),
+            Scope::Province => c1_pushed.union(&noise_pushed).cloned().collect(),
+        };
+        for pair in seen.windows(2) {
+            assert!(
+                pair[0].seq < pair[1].seq,
+                "{scope:?}: positions out of order: {} then {}",
+                pair[0].seq,
+                pair[1].seq
+            );
+        }
+        let seen_bodies: BTreeSet<Vec<u8>> = seen.iter().map(|i| i.bytes.clone()).collect();
+        assert_eq!(
+            seen_bodies.len(),
+            seen.len(),
+            "{scope:?}: a change was seen twice"
+        );
+        let missing = expected.difference(&seen_bodies).count();
+        assert_eq!(
+            missing,
+            0,
+            "{scope:?}: the reader never saw {missing} of {} changes (skipped by its cursor)",
+            expected.len()
+        );
+        assert_eq!(seen.len(), expected.len(), "{scope:?}: unexpected changes");
+    }
+}
+
+// --- PostgreSQL only: migrations under several replicas --------------------------------------
+
+/// Replicas starting together on an empty database: the advisory lock makes one migrate and the
+/// others wait and find nothing to do (without it, concurrent `CREATE TABLE`s fail).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn postgres_replicas_migrate_concurrently() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let opens: Vec<_> = (0..6)
+        .map(|_| {
+            let url = db.url.clone();
+            tokio::spawn(async move { storage::open(&url).await.map(|_| ()) })
+        })
+        .collect();
+    for open in opens {
+        open.await.unwrap().expect("concurrent first open");
+    }
+    let versions: Vec<i64> = pg_admin(&db.url)
+        .await
+        .query(
+            "SELECT version FROM schema_migrations ORDER BY version",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=storage::postgres::SCHEMA_VERSION).collect::<Vec<_>>()
+    );
+}
+
+/// A database migrated by a newer build is refused, not damaged.
+#[tokio::test]
+async fn postgres_refuses_a_newer_schema() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    storage::open(&db.url).await.expect("first open");
+    pg_admin(&db.url)
+        .await
+        .execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&(storage::postgres::SCHEMA_VERSION + 1)],
+        )
+        .await
+        .unwrap();
+    match storage::open(&db.url).await {
+        Err(StorageError::Backend(message)) => assert!(message.contains("newer"), "{message}"),
+        Err(other) => panic!("unexpected error: {other}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}
