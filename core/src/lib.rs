@@ -20,6 +20,7 @@ pub mod protocol;
 pub mod record;
 pub mod search;
 pub mod store;
+pub mod sync;
 
 pub use error::{Error, Result};
 

@@ -1,0 +1,799 @@
+//! The sync client: rounds of push-and-pull against the provincial server, with retries.
+//!
+//! Contract: [`SyncClient::sync`] runs rounds until nothing is left (or
+//! [`SyncConfig::max_rounds`]): each round is one [`SyncRequest`] that pushes one size-bounded
+//! outbox batch and pulls one size-bounded feed batch after the store's cursor. A sync with
+//! nothing to do is exactly one request. Each request is retried on transport errors and on
+//! 429/500/502/503/504 with exponential backoff and full jitter (honouring `Retry-After`), at most
+//! [`SyncConfig::max_attempts`] times; any other refusal ends the sync with a [`SyncError`] that
+//! says what to do about it.
+//!
+//! A sync cut at any instant (network, crash, kill) loses nothing and applies nothing twice:
+//! - pushed documents leave the outbox only after a 200 whose body decoded, and only up to the
+//!   heads they were taken at; when a response is lost the same changes are sent again, and the
+//!   server, which stores changes by hash, accepts them again without storing them twice;
+//! - a pulled batch and the cursor after it commit in one SQLite transaction, so a cut before
+//!   the commit means the same batch is pulled again, and a cut after means it is not; Automerge
+//!   ignores changes it already has in any case;
+//! - acknowledgement and pull are separate transactions, and either order of a crash between
+//!   them is one of the two cases above.
+//!
+//! The store lock is never held across an `.await`: each round reads the store, releases it,
+//! talks to the server, then takes it again to apply the answer. Local edits can go on during a
+//! sync; an edit made while its document's batch is in flight keeps the document in the outbox.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::transport::{HttpRequest, HttpResponse, Transport, TransportError};
+use crate::codec::DocCodec;
+use crate::protocol::{
+    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
+    WireError,
+};
+use crate::record::{DeviceId, RecordId};
+use crate::store::{DeviceStore, PendingDoc, PullDoc};
+
+/// Path of the sync endpoint below the server's base URL.
+pub const SYNC_PATH: &str = "/v1/sync";
+/// Path of the enrollment endpoint below the server's base URL.
+pub const ENROLL_PATH: &str = "/v1/enroll";
+
+/// Tunables of [`SyncClient`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Upper bound on the change bytes pushed per request (at least one document is always
+    /// sent). Default 256 KiB: about 20 s at 2G speed, short enough to get through between drops.
+    pub push_batch_bytes: usize,
+    /// Upper bound on the change bytes the server sends back per request. Default 512 KiB.
+    pub pull_batch_bytes: u32,
+    /// Attempts per request, the first included. Default 6.
+    pub max_attempts: u32,
+    /// Upper bound of the random wait before the first retry, doubled for each next one.
+    /// Default 1 s.
+    pub initial_backoff: Duration,
+    /// Cap of the wait between attempts. A `Retry-After` longer than this ends the sync instead
+    /// of keeping the caller waiting: the background policy will come back later. Default 60 s.
+    pub max_backoff: Duration,
+    /// Upper bound on rounds in one sync, against a server that always says `more`.
+    /// Default 10 000.
+    pub max_rounds: u32,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            push_batch_bytes: 256 * 1024,
+            pull_batch_bytes: 512 * 1024,
+            max_attempts: 6,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            max_rounds: 10_000,
+        }
+    }
+}
+
+/// What one sync did. Serializes to JSON for the device CLI and the app's diagnostics.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SyncReport {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Bytes sent in completed exchanges (request lines, headers and bodies).
+    pub bytes_up: u64,
+    /// Bytes received in completed exchanges (status lines, headers and bodies).
+    pub bytes_down: u64,
+    /// Wall time of the sync, in seconds.
+    pub seconds: f64,
+    /// Documents the server acknowledged (a document acknowledged in two rounds counts twice).
+    pub pushed_docs: u64,
+    /// Changes in the acknowledged documents.
+    pub pushed_changes: u64,
+    /// Documents created or changed on this device by pulled changes.
+    pub pulled_docs: u64,
+    /// Changes received in the feed for documents that were not rejected.
+    pub pulled_changes: u64,
+    /// Documents that hold conflicts after a pull (each counted once).
+    pub conflicts: u64,
+    /// Pulled documents refused by the store (corrupt, incomplete, wrong kind).
+    pub rejected: u64,
+    /// Attempts that were repeats of a failed one.
+    pub retries: u64,
+    /// Documents still waiting to be pushed when the sync ended.
+    pub pending_docs: u64,
+}
+
+/// What a sync is about to do next, as reported in [`SyncProgress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncPhase {
+    /// Local changes remain to be pushed.
+    Pushing,
+    /// The server has more of the feed to send.
+    Pulling,
+    /// That was the last request.
+    Done,
+}
+
+/// Progress of a running sync, reported after every completed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SyncProgress {
+    /// What comes next.
+    pub phase: SyncPhase,
+    /// HTTP requests sent so far, retries included.
+    pub requests: u64,
+    /// Bytes sent so far.
+    pub bytes_up: u64,
+    /// Bytes received so far.
+    pub bytes_down: u64,
+    /// Documents acknowledged by the server so far.
+    pub pushed_docs: u64,
+    /// Documents created or changed by pulls so far.
+    pub pulled_docs: u64,
+    /// Documents still waiting to be pushed.
+    pub pending_docs: u64,
+}
+
+/// Why a sync or an enrollment failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The server could not be reached, or the link kept failing, after every attempt.
+    #[error("offline: {0}")]
+    Offline(String),
+    /// The server does not know this token (or the enrollment code is wrong or used): enroll
+    /// again.
+    #[error("the server does not accept this device's credential")]
+    Unauthorized,
+    /// The province revoked this device.
+    #[error("this device has been revoked by the province")]
+    Revoked,
+    /// The request touched records outside this device's scope.
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// The server refused the request and retrying the same request will not help.
+    #[error("the server refused the request ({status} {code}): {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// Error code from the body (`malformed`, `too_large`, `rate_limited`, ...).
+        code: String,
+        /// The server's explanation.
+        message: String,
+    },
+    /// The server failed on every attempt.
+    #[error("server error: {0}")]
+    Server(String),
+    /// The server's answer is not a valid body.
+    #[error("bad response from the server: {0}")]
+    Protocol(#[from] WireError),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] crate::Error),
+}
+
+/// Where an enrolled device may read and write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// One commune, by code.
+    Commune(String),
+    /// The whole province.
+    Province,
+}
+
+/// The credential the server issues at enrollment. Keep `token` in the platform keystore.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The device the credential is bound to.
+    pub device_id: DeviceId,
+    /// Secret bearer token for [`SyncClient`].
+    pub token: String,
+    /// Where the device may read and write.
+    pub scope: Scope,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("device_id", &self.device_id)
+            .field("token", &"<redacted>")
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Enrolls this device with a one-time code from the province and returns its credential.
+///
+/// A person is waiting, so transport failures and 5xx are retried only briefly (3 attempts,
+/// waits of at most 1 s then 2 s). A wrong or used code is [`SyncError::Unauthorized`]; too many
+/// tries is [`SyncError::Rejected`] with code `rate_limited` (not retried).
+pub async fn enroll<T: Transport>(
+    transport: &T,
+    code: &str,
+    device_id: DeviceId,
+    label: &str,
+) -> Result<Credentials, SyncError> {
+    #[derive(Serialize)]
+    struct EnrollRequest<'a> {
+        code: &'a str,
+        device_id: DeviceId,
+        label: &'a str,
+    }
+    let body = serde_json::to_vec(&EnrollRequest {
+        code,
+        device_id,
+        label,
+    })
+    .map_err(|e| crate::Error::Document(e.to_string()))?;
+    let retry = RetryPolicy {
+        max_attempts: 3,
+        initial_backoff: Duration::from_secs(1),
+        max_backoff: Duration::from_secs(4),
+        retry_rate_limited: false,
+    };
+    let mut counters = Counters::default();
+    let response = exchange(
+        transport,
+        &retry,
+        HttpRequest {
+            path: ENROLL_PATH.to_owned(),
+            bearer: None,
+            content_type: "application/json".to_owned(),
+            body,
+        },
+        &mut counters,
+    )
+    .await?;
+    serde_json::from_slice(&response.body)
+        .map_err(|e| SyncError::Protocol(WireError::Malformed(format!("enrollment response: {e}"))))
+}
+
+/// Syncs one device store with the server over a [`Transport`].
+pub struct SyncClient<T: Transport> {
+    transport: T,
+    store: Arc<Mutex<DeviceStore>>,
+    token: String,
+    config: SyncConfig,
+    codec: Mutex<DocCodec>,
+    limits: Limits,
+    /// Held for a whole sync: two syncs of one store at once would race on the cursor.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl<T: Transport> std::fmt::Debug for SyncClient<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncClient")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T: Transport> SyncClient<T> {
+    /// A client for `store`, authenticating with the device `token` from [`enroll`].
+    pub fn new(
+        transport: T,
+        store: Arc<Mutex<DeviceStore>>,
+        token: impl Into<String>,
+        config: SyncConfig,
+    ) -> Result<Self, SyncError> {
+        Ok(SyncClient {
+            transport,
+            store,
+            token: token.into(),
+            config,
+            codec: Mutex::new(DocCodec::new()?),
+            limits: Limits::default(),
+            running: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The store this client syncs.
+    pub fn store(&self) -> &Arc<Mutex<DeviceStore>> {
+        &self.store
+    }
+
+    /// The transport.
+    pub fn transport(&self) -> &T {
+        &self.transport
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SyncConfig {
+        &self.config
+    }
+
+    /// Pushes every pending change and pulls the feed until nothing is left, reporting progress
+    /// after each request. A second call while one runs waits for it, then runs (cheaply).
+    ///
+    /// Needs a tokio runtime with timers (for the waits between retries); it starts none.
+    pub async fn sync(
+        &self,
+        progress: &(dyn Fn(SyncProgress) + Send + Sync),
+    ) -> Result<SyncReport, SyncError> {
+        let _running = self.running.lock().await;
+        let started = Instant::now();
+        let retry = RetryPolicy {
+            max_attempts: self.config.max_attempts,
+            initial_backoff: self.config.initial_backoff,
+            max_backoff: self.config.max_backoff,
+            retry_rate_limited: true,
+        };
+        let mut counters = Counters::default();
+        let mut report = SyncReport::default();
+        // Documents the server said it lacked the base of, already sent whole in this sync:
+        // a second "missing deps" for one of them is not progress (a server bug, not a loop).
+        let mut sent_whole: HashSet<RecordId> = HashSet::new();
+        let mut conflicted: HashSet<RecordId> = HashSet::new();
+        let mut rounds = 0u32;
+        loop {
+            rounds += 1;
+            // Read what to send; the store lock is released at the end of this block.
+            let (mut batch, request) = {
+                let mut store = self.lock_store();
+                let mut batch = store.pending_push(self.config.push_batch_bytes)?;
+                let cursor = store.sync_cursor()?;
+                let request = SyncRequest {
+                    protocol: PROTOCOL_VERSION,
+                    device_time: store.clock().now_ms(),
+                    // The changes move into the request; the batch keeps what the
+                    // acknowledgement needs (id, heads, outbox sequence).
+                    push: batch
+                        .iter_mut()
+                        .map(|doc| PushDoc {
+                            id: doc.id,
+                            kind: doc.kind,
+                            changes: std::mem::take(&mut doc.changes),
+                        })
+                        .collect(),
+                    pull: Some(PullRequest {
+                        cursor,
+                        max_bytes: self.config.pull_batch_bytes,
+                    }),
+                    catalogue_version: store.catalogue_version()?,
+                };
+                (batch, request)
+            };
+            let change_counts: Vec<u64> = request
+                .push
+                .iter()
+                .map(|doc| doc.changes.len() as u64)
+                .collect();
+            let cursor_sent = request.pull.map_or(0, |pull| pull.cursor);
+            let body = request.encode(&mut self.lock_codec())?;
+            drop(request);
+
+            let http = exchange(
+                &self.transport,
+                &retry,
+                HttpRequest {
+                    path: SYNC_PATH.to_owned(),
+                    bearer: Some(self.token.clone()),
+                    content_type: CONTENT_TYPE.to_owned(),
+                    body,
+                },
+                &mut counters,
+            )
+            .await;
+            let http = match http {
+                Ok(http) => http,
+                Err(err) => {
+                    tracing::info!(%err, rounds, "sync failed");
+                    return Err(err);
+                }
+            };
+            let response = SyncResponse::decode(&mut self.lock_codec(), &http.body, &self.limits)?;
+            drop(http);
+
+            // Only documents of this batch can be acknowledged or resent whole, whatever the
+            // server lists; "missing deps" wins over "accepted" if a server says both.
+            let missing: HashSet<RecordId> = response.missing_deps.iter().copied().collect();
+            let accepted: HashSet<RecordId> = response
+                .accepted
+                .iter()
+                .copied()
+                .filter(|id| !missing.contains(id))
+                .collect();
+            let batch_was_empty = batch.is_empty();
+            let mut acked: Vec<PendingDoc> = Vec::new();
+            let mut resend_whole: Vec<RecordId> = Vec::new();
+            for (doc, changes) in batch.drain(..).zip(change_counts) {
+                if accepted.contains(&doc.id) {
+                    report.pushed_changes += changes;
+                    acked.push(doc);
+                } else if missing.contains(&doc.id) {
+                    resend_whole.push(doc.id);
+                }
+            }
+            let pushed_any = !acked.is_empty();
+            let mut newly_whole = false;
+            for id in &resend_whole {
+                newly_whole |= sent_whole.insert(*id);
+            }
+            let pull_moved = response.next_cursor != cursor_sent || !response.feed.is_empty();
+            let feed_changes: Vec<(RecordId, u64)> = response
+                .feed
+                .iter()
+                .map(|doc| (doc.id, doc.changes.len() as u64))
+                .collect();
+            let pulled: Vec<PullDoc> = response
+                .feed
+                .into_iter()
+                .map(|doc| PullDoc {
+                    id: doc.id,
+                    kind: doc.kind,
+                    changes: doc.changes,
+                    received_at: doc.received_at,
+                })
+                .collect();
+
+            // Apply the answer; the store lock is released at the end of this block.
+            let (pull_report, pending) = {
+                let mut store = self.lock_store();
+                store.acknowledge_push(&acked)?;
+                // They stay in the outbox; the next round sends their whole history.
+                store.forget_server_heads(&resend_whole)?;
+                let pull_report = store.apply_pull(&pulled, response.next_cursor)?;
+                if let Some(catalogue) = &response.catalogue {
+                    match store.apply_catalogue(catalogue.version, &catalogue.json) {
+                        Ok(()) => {}
+                        // A bad catalogue from the server must not stop records from syncing:
+                        // the old one stays in force.
+                        Err(err @ crate::Error::InvalidInput { .. }) => {
+                            tracing::warn!(%err, version = catalogue.version, "catalogue refused");
+                        }
+                        Err(err) => return Err(err.into()),
+                    }
+                }
+                store.set_last_sync_at(response.server_time)?;
+                (pull_report, store.pending_count()?)
+            };
+
+            report.pushed_docs += acked.len() as u64;
+            let rejected: HashSet<RecordId> =
+                pull_report.rejected.iter().map(|(id, _)| *id).collect();
+            for (id, reason) in &pull_report.rejected {
+                tracing::warn!(%id, reason, "pulled document refused");
+            }
+            report.pulled_changes += feed_changes
+                .iter()
+                .filter(|(id, _)| !rejected.contains(id))
+                .map(|(_, n)| n)
+                .sum::<u64>();
+            report.pulled_docs += (pull_report.created + pull_report.updated) as u64;
+            report.rejected += pull_report.rejected.len() as u64;
+            conflicted.extend(pull_report.conflicted.iter().copied());
+            report.conflicts = conflicted.len() as u64;
+            report.pending_docs = pending;
+            counters.copy_to(&mut report);
+
+            // Go on while the server has more feed (and the cursor moves), or while pushes
+            // remain and this round moved them forward. A new edit after a pull-only round is
+            // new work too.
+            let push_progress = pushed_any || newly_whole || batch_was_empty;
+            let more_push = pending > 0 && push_progress;
+            let more_pull = response.more && pull_moved;
+            let go_on = (more_push || more_pull) && rounds < self.config.max_rounds;
+            if (more_push || more_pull) && !go_on {
+                tracing::warn!(rounds, "sync stopped at the round limit");
+            }
+            let phase = if !go_on {
+                SyncPhase::Done
+            } else if more_push {
+                SyncPhase::Pushing
+            } else {
+                SyncPhase::Pulling
+            };
+            progress(SyncProgress {
+                phase,
+                requests: report.requests,
+                bytes_up: report.bytes_up,
+                bytes_down: report.bytes_down,
+                pushed_docs: report.pushed_docs,
+                pulled_docs: report.pulled_docs,
+                pending_docs: pending,
+            });
+            if !go_on {
+                report.seconds = started.elapsed().as_secs_f64();
+                tracing::info!(?report, "sync done");
+                return Ok(report);
+            }
+        }
+    }
+
+    fn lock_store(&self) -> MutexGuard<'_, DeviceStore> {
+        // Every store write is one SQLite transaction: a panic in another holder rolled it back,
+        // so the store behind a poisoned lock is consistent.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_codec(&self) -> MutexGuard<'_, DocCodec> {
+        // The codec holds no state between calls.
+        self.codec.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// How one request is retried.
+#[derive(Debug, Clone, Copy)]
+struct RetryPolicy {
+    max_attempts: u32,
+    initial_backoff: Duration,
+    max_backoff: Duration,
+    /// Whether a 429 is retried (after its `Retry-After`).
+    retry_rate_limited: bool,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    requests: u64,
+    retries: u64,
+    bytes_up: u64,
+    bytes_down: u64,
+}
+
+impl Counters {
+    fn copy_to(&self, report: &mut SyncReport) {
+        report.requests = self.requests;
+        report.retries = self.retries;
+        report.bytes_up = self.bytes_up;
+        report.bytes_down = self.bytes_down;
+    }
+}
+
+/// Sends `req` until a 2xx arrives, an error that retrying cannot fix, or the attempts run out.
+async fn exchange<T: Transport>(
+    transport: &T,
+    retry: &RetryPolicy,
+    req: HttpRequest,
+    counters: &mut Counters,
+) -> Result<HttpResponse, SyncError> {
+    let max_attempts = retry.max_attempts.max(1);
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        counters.requests += 1;
+        let (error, retry_after) = match transport.send(req.clone()).await {
+            Ok(response) => {
+                counters.bytes_up += response.bytes_sent;
+                counters.bytes_down += response.bytes_received;
+                if (200..300).contains(&response.status) {
+                    return Ok(response);
+                }
+                let error = error_from_response(&response);
+                let retryable = match response.status {
+                    500 | 502 | 503 | 504 => true,
+                    429 => retry.retry_rate_limited,
+                    _ => false,
+                };
+                if !retryable {
+                    return Err(error);
+                }
+                (error, response.retry_after)
+            }
+            Err(TransportError::ResponseTooLarge { limit }) => {
+                return Err(SyncError::Protocol(WireError::TooLarge(format!(
+                    "response larger than {limit} bytes"
+                ))));
+            }
+            Err(err) if !err.is_retryable() => return Err(SyncError::Offline(err.to_string())),
+            Err(err) => (SyncError::Offline(err.to_string()), None),
+        };
+        if attempt >= max_attempts {
+            return Err(error);
+        }
+        let Some(delay) = retry_delay(
+            attempt,
+            retry.initial_backoff,
+            retry.max_backoff,
+            retry_after,
+            rand::random::<f64>(),
+        ) else {
+            // The server asks for a longer pause than a sync should wait for.
+            return Err(error);
+        };
+        tracing::debug!(%error, attempt, ?delay, "retrying");
+        counters.retries += 1;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// The wait after failed attempt number `attempt` (1 for the first): "full jitter", a uniform
+/// draw (`unit` in [0, 1]) below `initial × 2^(attempt−1)` capped at `max`, so that tablets
+/// that failed together do not come back together. A `Retry-After` is honoured: the wait is at
+/// least that long, plus a draw below `initial`. `None` when `Retry-After` exceeds `max`.
+pub(crate) fn retry_delay(
+    attempt: u32,
+    initial: Duration,
+    max: Duration,
+    retry_after: Option<Duration>,
+    unit: f64,
+) -> Option<Duration> {
+    let unit = if unit.is_nan() {
+        0.0
+    } else {
+        unit.clamp(0.0, 1.0)
+    };
+    match retry_after {
+        Some(asked) if asked > max => None,
+        Some(asked) => Some(asked.saturating_add(initial.min(max).mul_f64(unit))),
+        None => {
+            let doublings = attempt.saturating_sub(1).min(31);
+            let ceiling = initial.saturating_mul(1u32 << doublings).min(max);
+            Some(ceiling.mul_f64(unit))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+    #[serde(default)]
+    message: String,
+}
+
+/// The error a non-2xx response stands for.
+fn error_from_response(response: &HttpResponse) -> SyncError {
+    let status = response.status;
+    let (code, message) = match serde_json::from_slice::<ErrorBody>(&response.body) {
+        Ok(body) => (body.error, body.message),
+        // Not the server's JSON: a proxy, a captive portal, a load balancer.
+        Err(_) => {
+            let text = &response.body[..response.body.len().min(200)];
+            (
+                format!("http_{status}"),
+                String::from_utf8_lossy(text).into_owned(),
+            )
+        }
+    };
+    match (status, code.as_str()) {
+        (401, _) => SyncError::Unauthorized,
+        (403, "revoked") => SyncError::Revoked,
+        (403, _) => SyncError::Forbidden(message),
+        (500..=599, _) => SyncError::Server(format!("{status} {code}: {message}")),
+        _ => SyncError::Rejected {
+            status,
+            code,
+            message,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn backoff_is_full_jitter_below_a_doubling_capped_ceiling() {
+        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let ceilings = [1, 2, 4, 8, 16, 32, 60, 60, 60];
+        for (i, ceiling) in ceilings.iter().enumerate() {
+            let attempt = i as u32 + 1;
+            let ceiling = Duration::from_secs(*ceiling);
+            assert_eq!(
+                retry_delay(attempt, initial, max, None, 0.0),
+                Some(Duration::ZERO)
+            );
+            assert_eq!(retry_delay(attempt, initial, max, None, 1.0), Some(ceiling));
+            for _ in 0..200 {
+                let delay = retry_delay(attempt, initial, max, None, rand::random()).unwrap();
+                assert!(delay <= ceiling, "attempt {attempt}: {delay:?}");
+            }
+        }
+        // Spread: draws are not all the same.
+        let draws: HashSet<Duration> = (0..50)
+            .map(|_| retry_delay(3, initial, max, None, rand::random()).unwrap())
+            .collect();
+        assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn backoff_survives_absurd_inputs() {
+        for attempt in [0, 1, 31, 32, 33, 1000, u32::MAX] {
+            for unit in [f64::NAN, -1.0, 0.5, 2.0, f64::INFINITY] {
+                let delay =
+                    retry_delay(attempt, Duration::MAX, Duration::from_secs(60), None, unit)
+                        .unwrap();
+                assert!(delay <= Duration::from_secs(60));
+                let delay = retry_delay(attempt, 500 * MS, Duration::ZERO, None, unit).unwrap();
+                assert_eq!(delay, Duration::ZERO);
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_cap() {
+        let (initial, max) = (Duration::from_secs(1), Duration::from_secs(60));
+        let asked = Some(Duration::from_secs(30));
+        for _ in 0..100 {
+            let delay = retry_delay(1, initial, max, asked, rand::random()).unwrap();
+            assert!(delay >= Duration::from_secs(30) && delay <= Duration::from_secs(31));
+        }
+        assert_eq!(
+            retry_delay(1, initial, max, Some(Duration::ZERO), 0.0),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            retry_delay(1, initial, max, Some(Duration::from_secs(61)), 0.5),
+            None
+        );
+    }
+
+    fn response(status: u16, body: &str) -> HttpResponse {
+        HttpResponse {
+            status,
+            body: body.as_bytes().to_vec(),
+            retry_after: None,
+            bytes_sent: 0,
+            bytes_received: 0,
+        }
+    }
+
+    #[test]
+    fn error_bodies_map_to_errors() {
+        let json = |code: &str| format!(r#"{{"error":"{code}","message":"because"}}"#);
+        assert!(matches!(
+            error_from_response(&response(401, &json("unauthorized"))),
+            SyncError::Unauthorized
+        ));
+        assert!(matches!(
+            error_from_response(&response(403, &json("revoked"))),
+            SyncError::Revoked
+        ));
+        assert!(matches!(
+            error_from_response(&response(403, &json("forbidden"))),
+            SyncError::Forbidden(m) if m == "because"
+        ));
+        assert!(matches!(
+            error_from_response(&response(413, &json("too_large"))),
+            SyncError::Rejected { status: 413, code, .. } if code == "too_large"
+        ));
+        assert!(matches!(
+            error_from_response(&response(429, &json("rate_limited"))),
+            SyncError::Rejected { status: 429, code, .. } if code == "rate_limited"
+        ));
+        assert!(matches!(
+            error_from_response(&response(503, &json("unavailable"))),
+            SyncError::Server(m) if m.contains("unavailable")
+        ));
+        // A proxy's HTML page.
+        assert!(matches!(
+            error_from_response(&response(502, "<html>Bad Gateway</html>")),
+            SyncError::Server(m) if m.contains("http_502") && m.contains("Bad Gateway")
+        ));
+        assert!(matches!(
+            error_from_response(&response(400, "")),
+            SyncError::Rejected { status: 400, code, .. } if code == "http_400"
+        ));
+    }
+
+    #[test]
+    fn scope_and_credentials_use_the_server_json() {
+        let commune: Credentials = serde_json::from_str(
+            r#"{"device_id":"6f1c0e4e-8d1a-4a53-9a51-7a0e2f6c1b11","token":"t0k","scope":{"commune":"DB-MUONGPHANG"}}"#,
+        )
+        .unwrap();
+        assert_eq!(commune.scope, Scope::Commune("DB-MUONGPHANG".into()));
+        assert!(!format!("{commune:?}").contains("t0k"));
+        let province: Credentials = serde_json::from_str(
+            r#"{"device_id":"6f1c0e4e-8d1a-4a53-9a51-7a0e2f6c1b11","token":"t","scope":"province"}"#,
+        )
+        .unwrap();
+        assert_eq!(province.scope, Scope::Province);
+    }
+
+    #[test]
+    fn the_report_serializes_for_the_cli() {
+        let json = serde_json::to_value(SyncReport {
+            requests: 2,
+            ..SyncReport::default()
+        })
+        .unwrap();
+        assert_eq!(json["requests"], 2);
+        assert_eq!(json["seconds"], 0.0);
+        assert_eq!(serde_json::to_value(SyncPhase::Pulling).unwrap(), "pulling");
+    }
+}

@@ -1,0 +1,26 @@
+//! Sync between a tablet and the provincial server (protocol v1 over HTTPS).
+//!
+//! Contract: [`SyncClient::sync`] brings a [`DeviceStore`](crate::store::DeviceStore) and the
+//! server up to date with each other in rounds of size-bounded, idempotent batches, so that a
+//! sync interrupted at any instant resumes where it stopped, loses nothing and applies nothing
+//! twice; [`enroll`] turns a one-time code into a device credential; [`BackgroundPolicy`] says
+//! when the platform should sync next. The HTTP exchange sits behind [`Transport`] (reqwest with
+//! rustls in production, feature `http`); nothing here starts a runtime, and the only runtime
+//! service used is tokio's timer, for the waits between retries.
+//!
+//! - [`transport`]: one HTTP exchange, as data in and data out;
+//! - [`client`]: rounds, retries with backoff, errors, progress and the report;
+//! - [`policy`]: the background schedule, a pure function.
+
+pub mod client;
+pub mod policy;
+pub mod transport;
+
+pub use client::{
+    Credentials, ENROLL_PATH, SYNC_PATH, Scope, SyncClient, SyncConfig, SyncError, SyncPhase,
+    SyncProgress, SyncReport, enroll,
+};
+pub use policy::{BackgroundPolicy, PolicyError, PolicyInput, SyncDecision};
+pub use transport::{HttpRequest, HttpResponse, Transport, TransportError};
+#[cfg(feature = "http")]
+pub use transport::{ReqwestConfig, ReqwestTransport};

@@ -1,0 +1,864 @@
+//! `SyncClient` against an in-process scripted server: a [`Transport`] that applies requests to a
+//! second `DeviceStore` acting as a minimal hub, with faults injected between client and hub.
+//! (Real HTTP end to end, through the poor-link emulator, is tested in `tests/`.)
+
+// Helpers outside `#[test]` functions unwrap too: here a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use communesync_core::catalogue::Procedure;
+use communesync_core::clock::ManualClock;
+use communesync_core::codec::DocCodec;
+use communesync_core::protocol::{
+    CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, SyncRequest, SyncResponse,
+};
+use communesync_core::record::{Applicant, DeviceId, NewApplication, RecordId, RecordKind};
+use communesync_core::store::{DeviceStore, StoreConfig};
+use communesync_core::sync::{
+    HttpRequest, HttpResponse, Scope, SyncClient, SyncConfig, SyncError, SyncPhase, SyncProgress,
+    Transport, TransportError, enroll,
+};
+
+const OFFICER: &str = "lan.nguyen";
+const COMMUNE: &str = "DB-MUONGPHANG";
+const MONDAY_9AM: i64 = 1_795_399_200_000;
+
+// ----- the scripted hub ------------------------------------------------------------------------
+
+/// What the hub does to the next request instead of (or besides) answering it.
+enum Fault {
+    /// The connection fails before the hub sees the request.
+    Transport,
+    /// The hub answers with this status and error code, without processing the request.
+    Status(u16, &'static str, Option<Duration>),
+    /// The hub processes the request and commits, then the response is lost on the way back.
+    LoseResponse,
+    /// Runs before the hub processes the request (while the client waits for the answer).
+    Hook(Box<dyn FnOnce() + Send>),
+}
+
+struct FeedEntry {
+    doc: RecordId,
+    kind: RecordKind,
+    change: Vec<u8>,
+    origin: DeviceId,
+}
+
+struct HubState {
+    _dir: tempfile::TempDir,
+    store: DeviceStore,
+    codec: DocCodec,
+    tokens: HashMap<String, DeviceId>,
+    revoked: HashSet<String>,
+    codes: HashSet<String>,
+    feed: Vec<FeedEntry>,
+    faults: VecDeque<Fault>,
+    /// Requests that reached the transport (faulted ones included).
+    requests: u64,
+    catalogue: Option<(u64, String)>,
+    clock: i64,
+}
+
+#[derive(Clone)]
+struct Hub(Arc<Mutex<HubState>>);
+
+impl Hub {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DeviceStore::open(StoreConfig::new(dir.path().join("hub.db"))).unwrap();
+        Hub(Arc::new(Mutex::new(HubState {
+            _dir: dir,
+            store,
+            codec: DocCodec::new().unwrap(),
+            tokens: HashMap::new(),
+            revoked: HashSet::new(),
+            codes: HashSet::new(),
+            feed: Vec::new(),
+            faults: VecDeque::new(),
+            requests: 0,
+            catalogue: None,
+            clock: MONDAY_9AM + 3_600_000,
+        })))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, HubState> {
+        self.0.lock().unwrap()
+    }
+
+    fn register(&self, device: DeviceId) -> String {
+        let token = format!("tok-{device}");
+        self.state().tokens.insert(token.clone(), device);
+        token
+    }
+
+    fn fault(&self, fault: Fault) {
+        self.state().faults.push_back(fault);
+    }
+
+    fn requests(&self) -> u64 {
+        self.state().requests
+    }
+
+    fn feed_len(&self) -> usize {
+        self.state().feed.len()
+    }
+
+    /// The hub lost everything (restored from an old backup), tokens excepted.
+    fn lose_data(&self) {
+        let mut state = self.state();
+        let dir = tempfile::tempdir().unwrap();
+        state.store = DeviceStore::open(StoreConfig::new(dir.path().join("hub.db"))).unwrap();
+        state._dir = dir;
+        state.feed.clear();
+    }
+
+    fn handle(&self, req: HttpRequest) -> Result<HttpResponse, TransportError> {
+        let mut state = self.state();
+        state.requests += 1;
+        let mut lose = false;
+        match state.faults.pop_front() {
+            None => {}
+            Some(Fault::Transport) => {
+                return Err(TransportError::Interrupted(
+                    "connection reset by peer".into(),
+                ));
+            }
+            Some(Fault::Status(status, code, retry_after)) => {
+                return Ok(HttpResponse {
+                    retry_after,
+                    ..error(status, code)
+                });
+            }
+            Some(Fault::LoseResponse) => lose = true,
+            Some(Fault::Hook(hook)) => {
+                drop(state);
+                hook();
+                state = self.state();
+            }
+        }
+        let response = match req.path.as_str() {
+            "/v1/sync" => state.sync(&req),
+            "/v1/enroll" => state.enroll(&req),
+            _ => error(404, "not_found"),
+        };
+        if lose {
+            return Err(TransportError::Interrupted(
+                "connection cut mid-body".into(),
+            ));
+        }
+        Ok(response)
+    }
+}
+
+fn error(status: u16, code: &str) -> HttpResponse {
+    let body = format!(r#"{{"error":"{code}","message":"scripted {code}"}}"#).into_bytes();
+    HttpResponse {
+        status,
+        bytes_sent: 300,
+        bytes_received: 120 + body.len() as u64,
+        body,
+        retry_after: None,
+    }
+}
+
+fn ok(body: Vec<u8>, sent: usize) -> HttpResponse {
+    HttpResponse {
+        status: 200,
+        bytes_sent: 300 + sent as u64,
+        bytes_received: 120 + body.len() as u64,
+        body,
+        retry_after: None,
+    }
+}
+
+impl HubState {
+    fn sync(&mut self, req: &HttpRequest) -> HttpResponse {
+        assert_eq!(req.content_type, "application/x-communesync-v1");
+        let token = req.bearer.clone().unwrap_or_default();
+        if self.revoked.contains(&token) {
+            return error(403, "revoked");
+        }
+        let Some(&device) = self.tokens.get(&token) else {
+            return error(401, "unauthorized");
+        };
+        let request = SyncRequest::decode(&mut self.codec, &req.body, &Limits::default()).unwrap();
+        assert_eq!(request.protocol, PROTOCOL_VERSION);
+        let mut accepted = Vec::new();
+        let mut missing_deps = Vec::new();
+        for doc in &request.push {
+            let before = if self.store.contains(doc.id).unwrap() {
+                self.store.heads(doc.id).unwrap()
+            } else {
+                Vec::new()
+            };
+            match self
+                .store
+                .apply_remote_changes(doc.id, doc.kind, &doc.changes)
+            {
+                Ok(()) => {
+                    for change in self.store.changes_since(doc.id, &before).unwrap() {
+                        self.feed.push(FeedEntry {
+                            doc: doc.id,
+                            kind: doc.kind,
+                            change,
+                            origin: device,
+                        });
+                    }
+                    accepted.push(doc.id);
+                }
+                Err(communesync_core::Error::InvalidInput { reason, .. })
+                    if reason.contains("depend on") =>
+                {
+                    missing_deps.push(doc.id);
+                }
+                Err(err) => panic!("hub refused {}: {err}", doc.id),
+            }
+        }
+        let pull = request.pull.unwrap();
+        let mut feed: Vec<FeedDoc> = Vec::new();
+        let mut index: HashMap<RecordId, usize> = HashMap::new();
+        let mut bytes = 0usize;
+        let mut next_cursor = pull.cursor;
+        for (i, entry) in self
+            .feed
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(pull.cursor).unwrap())
+        {
+            if entry.origin != device {
+                if bytes > 0 && bytes + entry.change.len() > pull.max_bytes as usize {
+                    break;
+                }
+                bytes += entry.change.len();
+                let at = *index.entry(entry.doc).or_insert_with(|| {
+                    feed.push(FeedDoc {
+                        id: entry.doc,
+                        kind: entry.kind,
+                        changes: Vec::new(),
+                        received_at: self.clock,
+                    });
+                    feed.len() - 1
+                });
+                feed[at].changes.push(entry.change.clone());
+            }
+            next_cursor = i as u64 + 1;
+        }
+        let catalogue = self
+            .catalogue
+            .as_ref()
+            .filter(|(version, _)| *version > request.catalogue_version)
+            .map(|(version, json)| CatalogueUpdate {
+                version: *version,
+                json: json.clone(),
+            });
+        self.clock += 1000;
+        let response = SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            server_time: self.clock,
+            accepted,
+            missing_deps,
+            feed,
+            next_cursor,
+            more: (next_cursor as usize) < self.feed.len(),
+            catalogue,
+        };
+        ok(response.encode(&mut self.codec).unwrap(), req.body.len())
+    }
+
+    fn enroll(&mut self, req: &HttpRequest) -> HttpResponse {
+        assert_eq!(req.content_type, "application/json");
+        assert!(req.bearer.is_none());
+        let body: serde_json::Value = serde_json::from_slice(&req.body).unwrap();
+        let code = body["code"].as_str().unwrap();
+        assert!(!body["label"].as_str().unwrap().is_empty());
+        if !self.codes.remove(code) {
+            return error(401, "unauthorized");
+        }
+        let device: DeviceId = serde_json::from_value(body["device_id"].clone()).unwrap();
+        let token = format!("secret-{device}");
+        self.tokens.insert(token.clone(), device);
+        let body = serde_json::json!({
+            "device_id": device,
+            "token": token,
+            "scope": {"commune": COMMUNE},
+        });
+        ok(serde_json::to_vec(&body).unwrap(), req.body.len())
+    }
+}
+
+impl Transport for Hub {
+    fn send(
+        &self,
+        req: HttpRequest,
+    ) -> impl Future<Output = Result<HttpResponse, TransportError>> + Send {
+        let hub = self.clone();
+        async move {
+            // Let other tasks run, as a real exchange would.
+            tokio::task::yield_now().await;
+            hub.handle(req)
+        }
+    }
+}
+
+// ----- tablets ---------------------------------------------------------------------------------
+
+struct Tablet {
+    _dir: tempfile::TempDir,
+    store: Arc<Mutex<DeviceStore>>,
+    client: SyncClient<Hub>,
+}
+
+fn fast() -> SyncConfig {
+    SyncConfig {
+        initial_backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(50),
+        ..SyncConfig::default()
+    }
+}
+
+fn tablet(hub: &Hub, config: SyncConfig) -> Tablet {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(MONDAY_9AM);
+    let mut store =
+        DeviceStore::open_with_clock(StoreConfig::new(dir.path().join("t.db")), Arc::new(clock))
+            .unwrap();
+    store
+        .import_catalogue(&[Procedure {
+            code: "1.001193".into(),
+            name: "Đăng ký khai sinh".into(),
+            processing_days: 3,
+            withdrawal_allowed: true,
+        }])
+        .unwrap();
+    let token = hub.register(store.device_id());
+    let store = Arc::new(Mutex::new(store));
+    let client = SyncClient::new(hub.clone(), store.clone(), token, config).unwrap();
+    Tablet {
+        _dir: dir,
+        store,
+        client,
+    }
+}
+
+/// Text that Automerge's own compression cannot shrink much, so batch sizes are predictable.
+fn notes(seed: u64, len: usize) -> String {
+    const SYLLABLES: &[&str] = &[
+        "ban", "muong", "phang", "che", "can", "nga", "hoa", "sinh", "tong", "lo", "vi", "ca",
+        "giang", "sung", "mua", "thao", "ly", "pom", "chu", "pao",
+    ];
+    let mut x = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+    let mut out = String::new();
+    while out.len() < len {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        out.push_str(SYLLABLES[(x >> 33) as usize % SYLLABLES.len()]);
+        out.push(' ');
+    }
+    out
+}
+
+impl Tablet {
+    fn create(&self, n: usize, notes_len: usize) -> Vec<RecordId> {
+        let mut store = self.store.lock().unwrap();
+        (0..n)
+            .map(|i| {
+                store
+                    .create_application(
+                        OFFICER,
+                        NewApplication {
+                            commune_code: COMMUNE.into(),
+                            procedure_code: "1.001193".into(),
+                            applicant: Applicant {
+                                name: format!("Lò Thị Hương {i}"),
+                                village: "Bản Phăng".into(),
+                                ..Default::default()
+                            },
+                            notes: notes(i as u64 + notes_len as u64 * 1000, notes_len),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap()
+                    .id
+            })
+            .collect()
+    }
+
+    async fn sync(&self) -> Result<communesync_core::sync::SyncReport, SyncError> {
+        self.client.sync(&|_| {}).await
+    }
+
+    fn pending(&self) -> u64 {
+        self.store.lock().unwrap().pending_count().unwrap()
+    }
+
+    fn heads(&self, id: RecordId) -> Vec<automerge::ChangeHash> {
+        self.store.lock().unwrap().heads(id).unwrap()
+    }
+
+    fn history_len(&self, id: RecordId) -> usize {
+        self.store.lock().unwrap().history(id).unwrap().len()
+    }
+}
+
+/// How many batches `pending_push` makes of documents of these sizes (greedy, at least one
+/// document per batch).
+fn batches(sizes: &[usize], budget: usize) -> u64 {
+    let (mut count, mut bytes) = (0u64, 0usize);
+    for &size in sizes {
+        if count == 0 || (bytes > 0 && bytes + size > budget) {
+            count += 1;
+            bytes = 0;
+        }
+        bytes += size;
+    }
+    count
+}
+
+fn assert_no_duplicates_in_feed(hub: &Hub) {
+    let state = hub.state();
+    let unique: HashSet<&Vec<u8>> = state.feed.iter().map(|e| &e.change).collect();
+    assert_eq!(unique.len(), state.feed.len(), "a change was stored twice");
+}
+
+// ----- tests -----------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn first_sync_pushes_in_size_bounded_batches_and_an_idle_sync_is_one_request() {
+    let hub = Hub::new();
+    let budget = 8 * 1024;
+    let a = tablet(
+        &hub,
+        SyncConfig {
+            push_batch_bytes: budget,
+            ..fast()
+        },
+    );
+    let ids = a.create(40, 1500);
+    let sizes: Vec<usize> = a
+        .store
+        .lock()
+        .unwrap()
+        .pending_push(usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|doc| doc.changes.iter().map(Vec::len).sum())
+        .collect();
+    let total: usize = sizes.iter().sum();
+    let expected = batches(&sizes, budget);
+    // Documents of about equal size pack into ceil(total / budget) batches, give or take the
+    // space a whole document cannot fill at the end of each batch.
+    assert!(expected >= total.div_ceil(budget) as u64);
+    assert!(expected <= total.div_ceil(budget - sizes.iter().max().unwrap()) as u64);
+
+    let report = a.sync().await.unwrap();
+    assert_eq!(report.requests, expected, "{report:?}");
+    assert_eq!(hub.requests(), expected);
+    assert_eq!(report.pushed_docs, 40);
+    assert_eq!(report.pushed_changes, 40);
+    assert_eq!((report.retries, report.pending_docs), (0, 0));
+    assert!(report.bytes_up > total as u64 / 3, "{report:?}");
+    assert_eq!(a.pending(), 0);
+    for id in &ids {
+        assert_eq!(hub.state().store.heads(*id).unwrap(), a.heads(*id));
+    }
+
+    let idle = a.sync().await.unwrap();
+    assert_eq!(idle.requests, 1, "{idle:?}");
+    assert_eq!(hub.requests(), expected + 1);
+    assert_eq!((idle.pushed_docs, idle.pulled_docs), (0, 0));
+    assert!(idle.bytes_up < 1024, "an idle sync is small: {idle:?}");
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_a_bounded_number_of_times() {
+    let hub = Hub::new();
+    let a = tablet(
+        &hub,
+        SyncConfig {
+            max_attempts: 4,
+            ..fast()
+        },
+    );
+    a.create(3, 100);
+
+    hub.fault(Fault::Transport);
+    hub.fault(Fault::Status(503, "unavailable", None));
+    hub.fault(Fault::Status(500, "internal", None));
+    let report = a.sync().await.unwrap();
+    assert_eq!((report.requests, report.retries), (4, 3), "{report:?}");
+    assert_eq!(report.pushed_docs, 3);
+    assert_eq!(a.pending(), 0);
+
+    // A server that stays down: exactly max_attempts, then an error, and nothing is lost.
+    a.create(2, 100);
+    let before = hub.requests();
+    for _ in 0..10 {
+        hub.fault(Fault::Status(503, "unavailable", None));
+    }
+    let err = a.sync().await.unwrap_err();
+    assert!(
+        matches!(&err, SyncError::Server(m) if m.contains("unavailable")),
+        "{err}"
+    );
+    assert_eq!(hub.requests() - before, 4);
+    assert_eq!(a.pending(), 2);
+
+    // No network at all.
+    hub.state().faults.clear();
+    let before = hub.requests();
+    for _ in 0..10 {
+        hub.fault(Fault::Transport);
+    }
+    let err = a.sync().await.unwrap_err();
+    assert!(matches!(err, SyncError::Offline(_)), "{err}");
+    assert_eq!(hub.requests() - before, 4);
+    assert_eq!(a.pending(), 2);
+
+    hub.state().faults.clear();
+    let report = a.sync().await.unwrap();
+    assert_eq!((report.requests, report.pushed_docs), (1, 2));
+}
+
+#[tokio::test]
+async fn rate_limits_are_honoured_or_end_the_sync() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    a.create(1, 100);
+    hub.fault(Fault::Status(
+        429,
+        "rate_limited",
+        Some(Duration::from_millis(40)),
+    ));
+    let started = Instant::now();
+    let report = a.sync().await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(40));
+    assert_eq!((report.requests, report.retries), (2, 1));
+
+    // Asked to wait longer than max_backoff: give up at once, the scheduler comes back later.
+    a.create(1, 100);
+    let before = hub.requests();
+    hub.fault(Fault::Status(
+        429,
+        "rate_limited",
+        Some(Duration::from_secs(600)),
+    ));
+    let err = a.sync().await.unwrap_err();
+    assert!(
+        matches!(&err, SyncError::Rejected { status: 429, code, .. } if code == "rate_limited"),
+        "{err}"
+    );
+    assert_eq!(hub.requests() - before, 1);
+    assert_eq!(a.pending(), 1);
+}
+
+#[tokio::test]
+async fn refusals_are_not_retried() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    a.create(2, 100);
+
+    let cases: Vec<(u16, &'static str)> = vec![
+        (400, "malformed"),
+        (403, "forbidden"),
+        (413, "too_large"),
+        (415, "unsupported_media_type"),
+    ];
+    for (status, code) in cases {
+        let before = hub.requests();
+        hub.fault(Fault::Status(status, code, None));
+        let err = a.sync().await.unwrap_err();
+        assert_eq!(hub.requests() - before, 1, "{status} was retried");
+        match (status, err) {
+            (403, SyncError::Forbidden(message)) => assert_eq!(message, "scripted forbidden"),
+            (
+                _,
+                SyncError::Rejected {
+                    status: s, code: c, ..
+                },
+            ) => {
+                assert_eq!((s, c.as_str()), (status, code));
+            }
+            (_, err) => panic!("{status}: {err}"),
+        }
+    }
+
+    // Revoked by the province.
+    let token = hub
+        .state()
+        .tokens
+        .iter()
+        .find(|(_, d)| **d == a.store.lock().unwrap().device_id())
+        .map(|(t, _)| t.clone())
+        .unwrap();
+    hub.state().revoked.insert(token.clone());
+    let before = hub.requests();
+    assert!(matches!(a.sync().await, Err(SyncError::Revoked)));
+    assert_eq!(hub.requests() - before, 1);
+
+    // Unknown to the server.
+    hub.state().revoked.clear();
+    hub.state().tokens.remove(&token);
+    let before = hub.requests();
+    assert!(matches!(a.sync().await, Err(SyncError::Unauthorized)));
+    assert_eq!(hub.requests() - before, 1);
+    assert_eq!(a.pending(), 2, "nothing was acknowledged");
+}
+
+#[tokio::test]
+async fn a_response_lost_after_the_server_applied_it_is_resent_without_duplicates() {
+    let hub = Hub::new();
+    let once = SyncConfig {
+        max_attempts: 1,
+        ..fast()
+    };
+    let a = tablet(&hub, once.clone());
+    let b = tablet(
+        &hub,
+        SyncConfig {
+            pull_batch_bytes: 2048,
+            ..once
+        },
+    );
+    let from_a = a.create(5, 600);
+    let from_b = b.create(2, 600);
+
+    // The hub stores a's push, the answer never arrives.
+    hub.fault(Fault::LoseResponse);
+    assert!(matches!(a.sync().await, Err(SyncError::Offline(_))));
+    assert_eq!(a.pending(), 5, "unacknowledged work stays in the outbox");
+    let feed = hub.feed_len();
+    assert_eq!(feed, 5);
+    let report = a.sync().await.unwrap();
+    assert_eq!((report.requests, report.pushed_docs), (1, 5));
+    assert_eq!(
+        hub.feed_len(),
+        feed,
+        "the resent changes were not stored twice"
+    );
+
+    // b's push is stored and a's feed sent, the answer is lost: b resends and re-pulls.
+    hub.fault(Fault::LoseResponse);
+    assert!(matches!(b.sync().await, Err(SyncError::Offline(_))));
+    assert_eq!(b.store.lock().unwrap().sync_cursor().unwrap(), 0);
+    assert!(!b.store.lock().unwrap().contains(from_a[0]).unwrap());
+    let report = b.sync().await.unwrap();
+    assert_eq!(report.pushed_docs, 2);
+    assert_eq!(report.pulled_docs, 5);
+    assert!(report.requests > 1, "small pull batches: {report:?}");
+
+    // Lost answers inside one sync are retried with the same batch.
+    let retrying = tablet(&hub, fast());
+    let from_c = retrying.create(1, 100);
+    hub.fault(Fault::LoseResponse);
+    hub.fault(Fault::LoseResponse);
+    let report = retrying.sync().await.unwrap();
+    assert_eq!(report.retries, 2);
+    assert_eq!(report.pulled_docs, 7);
+
+    a.sync().await.unwrap();
+    b.sync().await.unwrap();
+    assert_no_duplicates_in_feed(&hub);
+    assert_eq!(hub.feed_len(), 8);
+    for id in from_a.iter().chain(&from_b).chain(&from_c) {
+        let heads = hub.state().store.heads(*id).unwrap();
+        assert_eq!(a.heads(*id), heads);
+        assert_eq!(b.heads(*id), heads);
+        assert_eq!(retrying.heads(*id), heads);
+        assert_eq!(a.history_len(*id), 1);
+        assert_eq!(b.history_len(*id), 1);
+    }
+    assert_eq!((a.pending(), b.pending(), retrying.pending()), (0, 0, 0));
+}
+
+#[tokio::test]
+async fn changes_from_another_device_arrive_and_conflicts_are_counted() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let b = tablet(
+        &hub,
+        SyncConfig {
+            pull_batch_bytes: 4096,
+            ..fast()
+        },
+    );
+    hub.state().catalogue = Some((
+        2,
+        r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":5}],"holidays":["2026-12-31"]}"#.into(),
+    ));
+    let ids = a.create(20, 800);
+    a.sync().await.unwrap();
+
+    // b pulls a's records over several feed batches.
+    let report = b.sync().await.unwrap();
+    assert_eq!((report.pulled_docs, report.pulled_changes), (20, 20));
+    assert!(report.requests >= 4, "{report:?}");
+    assert_eq!((report.conflicts, report.rejected), (0, 0));
+    assert_eq!(b.store.lock().unwrap().catalogue_version().unwrap(), 2);
+    assert_eq!(
+        b.store
+            .lock()
+            .unwrap()
+            .procedure("1.001193")
+            .unwrap()
+            .processing_days,
+        5
+    );
+    assert!(b.store.lock().unwrap().last_sync_at().unwrap().is_some());
+
+    // Both assign the same application to different officers while apart.
+    let id = ids[0];
+    let assign = |t: &Tablet, who: &str| {
+        t.store
+            .lock()
+            .unwrap()
+            .update_application(id, OFFICER, |app| app.assignee = Some(who.into()))
+            .unwrap();
+    };
+    assign(&a, "lan.nguyen");
+    assign(&b, "minh.lo");
+    a.sync().await.unwrap();
+    let report = b.sync().await.unwrap();
+    assert_eq!(report.pushed_docs, 1);
+    assert_eq!((report.pulled_docs, report.pulled_changes), (1, 1));
+    assert_eq!(report.conflicts, 1, "{report:?}");
+    assert!(!b.store.lock().unwrap().conflicts(id).unwrap().is_empty());
+
+    let report = a.sync().await.unwrap();
+    assert_eq!((report.pulled_docs, report.conflicts), (1, 1));
+    assert_eq!(a.heads(id), b.heads(id));
+    assert_eq!(a.heads(id), hub.state().store.heads(id).unwrap());
+    assert_no_duplicates_in_feed(&hub);
+}
+
+#[tokio::test]
+async fn progress_is_reported_after_every_request_with_growing_counters() {
+    let hub = Hub::new();
+    let a = tablet(
+        &hub,
+        SyncConfig {
+            push_batch_bytes: 6 * 1024,
+            ..fast()
+        },
+    );
+    a.create(30, 1500);
+    hub.fault(Fault::Transport);
+    let seen: Mutex<Vec<SyncProgress>> = Mutex::new(Vec::new());
+    let report = a
+        .client
+        .sync(&|p| seen.lock().unwrap().push(p))
+        .await
+        .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(seen.len() >= 5, "{seen:?}");
+    assert_eq!(seen.len() as u64, report.requests - report.retries);
+    for pair in seen.windows(2) {
+        let (before, after) = (pair[0], pair[1]);
+        assert!(after.requests > before.requests);
+        assert!(after.bytes_up > before.bytes_up);
+        assert!(after.bytes_down > before.bytes_down);
+        assert!(after.pushed_docs > before.pushed_docs);
+        assert!(after.pending_docs < before.pending_docs);
+        assert_eq!(before.phase, SyncPhase::Pushing);
+    }
+    let last = seen.last().unwrap();
+    assert_eq!(last.phase, SyncPhase::Done);
+    assert_eq!(
+        (
+            last.requests,
+            last.bytes_up,
+            last.pushed_docs,
+            last.pending_docs
+        ),
+        (report.requests, report.bytes_up, 30, 0)
+    );
+}
+
+#[tokio::test]
+async fn documents_the_server_lacks_the_base_of_are_sent_whole() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let ids = a.create(3, 200);
+    a.sync().await.unwrap();
+    hub.lose_data();
+    a.store
+        .lock()
+        .unwrap()
+        .update_application(ids[1], OFFICER, |app| app.notes.push_str(" Đã bổ sung."))
+        .unwrap();
+    let report = a.sync().await.unwrap();
+    // Round 1: the lone new change is refused for missing dependencies; round 2: whole history.
+    assert_eq!(report.requests, 2, "{report:?}");
+    assert_eq!((report.pushed_docs, report.pushed_changes), (1, 2));
+    assert_eq!(hub.state().store.heads(ids[1]).unwrap(), a.heads(ids[1]));
+    assert_eq!(a.pending(), 0);
+}
+
+#[tokio::test]
+async fn edits_during_a_sync_go_out_in_the_same_sync_and_the_store_stays_usable() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let ids = a.create(2, 200);
+    let store = a.store.clone();
+    let id = ids[0];
+    hub.fault(Fault::Hook(Box::new(move || {
+        // The client must not hold the store while it waits for the server.
+        let mut store = store.try_lock().expect("store locked across an await");
+        store
+            .update_application(id, OFFICER, |app| app.assignee = Some("minh.lo".into()))
+            .unwrap();
+    })));
+    let report = a.sync().await.unwrap();
+    assert_eq!(report.requests, 2, "{report:?}");
+    assert_eq!(report.pushed_docs, 3);
+    assert_eq!(a.pending(), 0);
+    assert_eq!(hub.state().store.heads(id).unwrap(), a.heads(id));
+}
+
+#[tokio::test]
+async fn sync_futures_can_be_spawned() {
+    fn assert_send<F: Send>(_: &F) {}
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let future = a.client.sync(&|_| {});
+    assert_send(&future);
+    drop(future);
+}
+
+#[tokio::test]
+async fn enrollment_turns_a_one_time_code_into_a_credential() {
+    let hub = Hub::new();
+    hub.state().codes.insert("7QK-2M9".into());
+    let device = DeviceId::new();
+    let credentials = enroll(&hub, "7QK-2M9", device, "Máy tính bảng 1")
+        .await
+        .unwrap();
+    assert_eq!(credentials.device_id, device);
+    assert_eq!(credentials.scope, Scope::Commune(COMMUNE.into()));
+    assert_eq!(hub.state().tokens.get(&credentials.token), Some(&device));
+
+    // The code was used up.
+    assert!(matches!(
+        enroll(&hub, "7QK-2M9", DeviceId::new(), "Máy 2").await,
+        Err(SyncError::Unauthorized)
+    ));
+    // Too many tries: refused at once, no retry.
+    let before = hub.requests();
+    hub.fault(Fault::Status(
+        429,
+        "rate_limited",
+        Some(Duration::from_secs(1)),
+    ));
+    let err = enroll(&hub, "whatever", DeviceId::new(), "Máy 3")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SyncError::Rejected { status: 429, code, .. } if code == "rate_limited"),
+        "{err}"
+    );
+    assert_eq!(hub.requests() - before, 1);
+}
