@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of communesync: formatting and lints, Rust unit and integration tests (real
-# SQLite/SQLCipher files, SIGKILLed writer processes), and a smoke run of each benchmark suite.
+# SQLite/SQLCipher files, SIGKILLed writer processes, a private PostgreSQL on 127.0.0.1, HTTP on
+# loopback), and a smoke run of each benchmark suite.
 # Installs what it needs by itself; safe to run on a fresh Debian machine with only Rust.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,7 +14,14 @@ cargo fmt --all -- --check
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-step "Rust tests"
+step "PostgreSQL for the server backend tests"
+PG_DIR="$PWD/target/pg-test"
+rm -rf "$PG_DIR"
+eval "$(scripts/toolchains/postgres.sh start "$PG_DIR")"
+trap 'scripts/toolchains/postgres.sh stop "$PG_DIR" >/dev/null 2>&1 || true' EXIT
+export COMMUNESYNC_TEST_DATABASE_URL="$DATABASE_URL"
+
+step "Rust tests (SQLite and PostgreSQL)"
 cargo test --workspace
 
 step "benchmark smoke run (small sizes; the figures in README come from full runs)"

@@ -3,4 +3,6 @@
 //! The provincial server: an axum service over one storage trait with two backends (SQLite, the
 //! embedded default, and PostgreSQL), plus the operator CLI and the demo.
 
+pub mod http;
+pub mod link;
 pub mod storage;

@@ -1,10 +1,20 @@
 //! `communesync`: the provincial server and operator CLI.
 //!
-//! `communesync demo` runs the offline-intake demo on a local encrypted store.
+//! - `communesync serve`: the server, on an embedded SQLite file by default or PostgreSQL.
+//! - `communesync admin ...`: communes, enrollment codes, devices, revocation, stats.
+//! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod demo;
 
-use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use communesync_core::clock::{Clock, SystemClock};
+use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_server::storage::{self, Scope};
 
 #[derive(Parser)]
 #[command(
@@ -19,12 +29,217 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the provincial server.
+    Serve(ServeArgs),
+    /// Operator tasks on the server's database.
+    Admin(AdminArgs),
     /// Offline intake on two tablets, queries, search, a concurrent edit and its resolution.
     Demo(demo::DemoArgs),
 }
 
+#[derive(Args)]
+struct Database {
+    /// `sqlite:PATH` (default, embedded) or `postgres://user@host:port/db`.
+    #[arg(
+        long,
+        env = "COMMUNESYNC_DATABASE",
+        default_value = "sqlite:communesync-server.db"
+    )]
+    database: String,
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    db: Database,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8480")]
+    listen: SocketAddr,
+    /// Where to write the operator token created at first start.
+    #[arg(long, default_value = "communesync-admin-token")]
+    admin_token_file: PathBuf,
+}
+
+#[derive(Args)]
+struct AdminArgs {
+    #[command(flatten)]
+    db: Database,
+    #[command(subcommand)]
+    task: AdminTask,
+}
+
+#[derive(Subcommand)]
+enum AdminTask {
+    /// Create a commune.
+    CreateCommune {
+        /// Administrative code.
+        code: String,
+        /// Display name.
+        name: String,
+    },
+    /// Issue a one-time enrollment code for a commune's tablet (or a province account).
+    IssueCode {
+        /// The commune; omit with --province.
+        #[arg(long, required_unless_present = "province")]
+        commune: Option<String>,
+        /// A province account (reads every commune).
+        #[arg(long)]
+        province: bool,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 72)]
+        ttl_hours: u64,
+    },
+    /// List devices with their last sync.
+    Devices {
+        /// Only this commune's.
+        #[arg(long)]
+        commune: Option<String>,
+    },
+    /// Revoke a device: its next request is refused.
+    Revoke {
+        /// Device id.
+        device: uuid::Uuid,
+    },
+    /// Records, changes and devices per commune.
+    Stats,
+    /// Create another operator token (printed once).
+    NewAdminToken {
+        /// Who it is for.
+        #[arg(long, default_value = "operator")]
+        label: String,
+    },
+    /// Publish the procedure catalogue (JSON file) to every tablet.
+    PutCatalogue {
+        /// `{"procedures":[...],"holidays":[...]}`.
+        file: PathBuf,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Admin(args) => runtime.block_on(admin(args)),
         Command::Demo(args) => demo::run(&args),
     }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let storage = storage::open(&args.db.database)
+        .await
+        .with_context(|| format!("opening {}", args.db.database))?;
+    if !args.admin_token_file.exists() {
+        let token = http::new_token();
+        storage
+            .create_admin_token(http::hash_secret(&token), "bootstrap")
+            .await?;
+        write_secret(&args.admin_token_file, &token)?;
+        tracing::info!(file = %args.admin_token_file.display(), "operator token written");
+    }
+    let state = AppState::new(storage, ServerConfig::default());
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
+    axum::serve(
+        listener,
+        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{}@{}", &url[..scheme + 3], user, &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn write_secret(path: &PathBuf, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{secret}")?;
+    Ok(())
+}
+
+async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    let storage = storage::open(&args.db.database)
+        .await
+        .with_context(|| format!("opening {}", args.db.database))?;
+    let now = SystemClock.now_ms();
+    match args.task {
+        AdminTask::CreateCommune { code, name } => {
+            storage.create_commune(&code, &name).await?;
+            println!("{}", serde_json::json!({ "created": code }));
+        }
+        AdminTask::IssueCode {
+            commune,
+            province,
+            ttl_hours,
+        } => {
+            let scope = match (province, commune) {
+                (true, _) => Scope::Province,
+                (false, Some(code)) => Scope::Commune(code),
+                (false, None) => anyhow::bail!("give --commune CODE or --province"),
+            };
+            let ttl = Duration::from_secs(ttl_hours.clamp(1, 24 * 30) * 3600);
+            let (code, expires_at) =
+                http::issue_enrollment_code(storage.as_ref(), &scope, ttl, now).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "code": code, "expires_at": expires_at })
+            );
+        }
+        AdminTask::Devices { commune } => {
+            for device in http::list_devices(storage.as_ref(), commune).await? {
+                println!("{}", serde_json::to_string(&device)?);
+            }
+        }
+        AdminTask::Revoke { device } => {
+            storage
+                .revoke_device(communesync_core::record::DeviceId(device))
+                .await?;
+            println!("{}", serde_json::json!({ "revoked": device }));
+        }
+        AdminTask::Stats => {
+            for line in http::stats(storage.as_ref()).await? {
+                println!("{}", serde_json::to_string(&line)?);
+            }
+        }
+        AdminTask::NewAdminToken { label } => {
+            let token = http::new_token();
+            storage
+                .create_admin_token(http::hash_secret(&token), &label)
+                .await?;
+            println!("{token}");
+        }
+        AdminTask::PutCatalogue { file } => {
+            let json = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            http::validate_catalogue(&json).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            let version = storage.put_catalogue(&json).await?;
+            println!("{}", serde_json::json!({ "catalogue_version": version }));
+        }
+    }
+    Ok(())
 }

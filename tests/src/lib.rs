@@ -1,1 +1,120 @@
-//! Support code for the end-to-end tests.
+//! Support for the end-to-end tests: a real provincial server on 127.0.0.1 (in-process axum over
+//! real storage, SQLite by default or the PostgreSQL named by `COMMUNESYNC_TEST_DATABASE_URL`),
+//! with helpers to create communes and enrollment codes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_server::storage::{self, Scope, ServerStorage};
+use tokio::task::JoinHandle;
+
+/// A running server.
+pub struct TestServer {
+    /// Where it listens (127.0.0.1).
+    pub addr: SocketAddr,
+    /// Its storage, for assertions and operator tasks.
+    pub storage: Arc<dyn ServerStorage>,
+    /// An operator token.
+    pub admin_token: String,
+    task: JoinHandle<()>,
+}
+
+impl TestServer {
+    /// Starts a server on `database` (`sqlite:PATH` or `postgres://...`).
+    pub async fn start(database: &str) -> anyhow::Result<Self> {
+        Self::start_with(database, ServerConfig::default(), None).await
+    }
+
+    /// Starts a server with a configuration, on a given address (to restart on the same port).
+    pub async fn start_with(
+        database: &str,
+        config: ServerConfig,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let storage = storage::open(database).await?;
+        let admin_token = http::new_token();
+        storage
+            .create_admin_token(http::hash_secret(&admin_token), "tests")
+            .await?;
+        let listener = match addr {
+            Some(addr) => bind_retrying(addr).await?,
+            None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+        };
+        let addr = listener.local_addr()?;
+        let app = http::router(AppState::new(storage.clone(), config))
+            .into_make_service_with_connect_info::<SocketAddr>();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(TestServer {
+            addr,
+            storage,
+            admin_token,
+            task,
+        })
+    }
+
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Creates a commune and returns `n` fresh enrollment codes for it.
+    pub async fn commune_with_codes(&self, code: &str, n: usize) -> anyhow::Result<Vec<String>> {
+        match self.storage.create_commune(code, code).await {
+            Ok(()) | Err(storage::StorageError::AlreadyExists) => {}
+            Err(err) => return Err(err.into()),
+        }
+        let mut codes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let (code, _) = http::issue_enrollment_code(
+                self.storage.as_ref(),
+                &Scope::Commune(code.to_owned()),
+                Duration::from_secs(3600),
+                now_ms(),
+            )
+            .await?;
+            codes.push(code);
+        }
+        Ok(codes)
+    }
+
+    /// Stops serving (connections in flight are dropped, as in a crash of the process).
+    pub fn stop(self) -> (SocketAddr, Arc<dyn ServerStorage>) {
+        self.task.abort();
+        (self.addr, self.storage.clone())
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn bind_retrying(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut last = None;
+    for _ in 0..50 {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) => {
+                last = Some(err);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("bind failed"), Into::into))
+}
+
+/// Server clock now, ms.
+pub fn now_ms() -> i64 {
+    use communesync_core::clock::Clock;
+    communesync_core::clock::SystemClock.now_ms()
+}
+
+/// A SQLite database URL for a file in `dir`.
+pub fn sqlite_url(dir: &std::path::Path, name: &str) -> String {
+    format!("sqlite:{}", dir.join(name).display())
+}
