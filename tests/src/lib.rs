@@ -118,3 +118,33 @@ pub fn now_ms() -> i64 {
 pub fn sqlite_url(dir: &std::path::Path, name: &str) -> String {
     format!("sqlite:{}", dir.join(name).display())
 }
+
+/// The databases every server test runs on: a SQLite file in `dir`, and a fresh PostgreSQL
+/// database when `COMMUNESYNC_TEST_DATABASE_URL` names a server (the test command starts one).
+/// Under CI, a missing PostgreSQL is an error, not a skip.
+pub async fn test_databases(dir: &std::path::Path, name: &str) -> anyhow::Result<Vec<String>> {
+    let mut urls = vec![sqlite_url(dir, &format!("{name}.db"))];
+    match std::env::var("COMMUNESYNC_TEST_DATABASE_URL") {
+        Ok(base) => urls.push(fresh_postgres_database(&base, name).await?),
+        Err(_) if std::env::var_os("CI").is_some() => {
+            anyhow::bail!("CI must run the PostgreSQL tests: set COMMUNESYNC_TEST_DATABASE_URL")
+        }
+        Err(_) => eprintln!("note: COMMUNESYNC_TEST_DATABASE_URL unset, PostgreSQL skipped"),
+    }
+    Ok(urls)
+}
+
+/// Creates an empty database next to the one `base` names and returns its URL.
+pub async fn fresh_postgres_database(base: &str, name: &str) -> anyhow::Result<String> {
+    let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let suffix: u32 = rand::random();
+    let db = format!("e2e_{}_{suffix:08x}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+    client.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    drop(client);
+    driver.abort();
+    let (prefix, _) = base
+        .rsplit_once('/')
+        .ok_or_else(|| anyhow::anyhow!("database URL without a database name"))?;
+    Ok(format!("{prefix}/{db}"))
+}

@@ -1,0 +1,534 @@
+//! Tablets and the provincial server over real HTTP on 127.0.0.1, on SQLite and PostgreSQL:
+//! convergence, conflicts, cuts at many byte offsets, a server restart, credentials, scopes and
+//! hostile bodies.
+
+use std::sync::{Arc, Mutex};
+
+use communesync_core::record::{ConflictValue, DeviceId, RecordId, Status};
+use communesync_core::sample::SampleData;
+use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
+use communesync_server::link::{Cut, LinkProfile, PoorLink};
+use communesync_tests::{TestServer, test_databases};
+
+const COMMUNE_A: &str = "DB-MUONGPHANG";
+const COMMUNE_B: &str = "DB-NATAU";
+
+struct Tablet {
+    client: SyncClient<ReqwestTransport>,
+    store: Arc<Mutex<DeviceStore>>,
+    device: DeviceId,
+}
+
+fn fast() -> SyncConfig {
+    SyncConfig {
+        initial_backoff: std::time::Duration::from_millis(20),
+        max_backoff: std::time::Duration::from_millis(200),
+        max_attempts: 3,
+        ..SyncConfig::default()
+    }
+}
+
+async fn tablet(
+    dir: &std::path::Path,
+    name: &str,
+    url: &str,
+    code: &str,
+    config: SyncConfig,
+) -> Tablet {
+    let mut store = DeviceStore::open(
+        StoreConfig::new(dir.join(format!("{name}.db"))).encrypted(EncryptionKey::new([3; 32])),
+    )
+    .unwrap();
+    store.import_catalogue(&SampleData::catalogue()).unwrap();
+    let device = store.device_id();
+    let transport = ReqwestTransport::new(url).unwrap();
+    let credentials = enroll(&transport, code, device, name).await.unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let client = SyncClient::new(transport, store.clone(), credentials.token, config).unwrap();
+    Tablet {
+        client,
+        store,
+        device,
+    }
+}
+
+impl Tablet {
+    fn with<T>(&self, f: impl FnOnce(&mut DeviceStore) -> T) -> T {
+        f(&mut self.store.lock().unwrap())
+    }
+    async fn sync(&self) -> Result<communesync_core::sync::SyncReport, SyncError> {
+        self.client.sync(&|_| {}).await
+    }
+    fn intake(&self, sample: &mut SampleData, commune: &str, n: usize) -> Vec<RecordId> {
+        self.with(|s| {
+            (0..n)
+                .map(|_| {
+                    s.create_application("officer", sample.application(commune, None))
+                        .unwrap()
+                        .id
+                })
+                .collect()
+        })
+    }
+    fn count(&self) -> u64 {
+        self.with(|s| s.counts_by_status().unwrap().iter().map(|c| c.count).sum())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tablets_converge_and_conflicts_surface_on_every_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "converge").await.unwrap() {
+        let server = TestServer::start(&url).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
+        let other = server.commune_with_codes(COMMUNE_B, 1).await.unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let lan = tablet(sub.path(), "lan", &server.url(), &codes[0], fast()).await;
+        let minh = tablet(sub.path(), "minh", &server.url(), &codes[1], fast()).await;
+        let natau = tablet(sub.path(), "natau", &server.url(), &other[0], fast()).await;
+        let mut sample = SampleData::new(1);
+
+        let ids = lan.intake(&mut sample, COMMUNE_A, 40);
+        minh.intake(&mut sample, COMMUNE_A, 10);
+        natau.intake(&mut sample, COMMUNE_B, 5);
+        lan.sync().await.unwrap();
+        minh.sync().await.unwrap();
+        natau.sync().await.unwrap();
+        let report = lan.sync().await.unwrap();
+        assert_eq!(report.pulled_docs, 10, "{url}");
+        assert_eq!(
+            (lan.count(), minh.count(), natau.count()),
+            (50, 50, 5),
+            "{url}"
+        );
+
+        // Nothing to do: one request.
+        let idle = lan.sync().await.unwrap();
+        assert_eq!(idle.requests, 1, "{url}");
+        assert!(idle.bytes_up + idle.bytes_down < 1024, "{url}: {idle:?}");
+
+        // The same application edited on both tablets while offline.
+        let id = ids[0];
+        lan.with(|s| {
+            s.update_application(id, "lan", |a| {
+                a.assignee = Some("lan".into());
+                a.notes.push_str(" [lan]");
+            })
+        })
+        .unwrap();
+        minh.with(|s| {
+            s.update_application(id, "minh", |a| {
+                a.assignee = Some("minh".into());
+                a.notes.insert_str(0, "[minh] ");
+            })
+        })
+        .unwrap();
+        lan.sync().await.unwrap();
+        let report = minh.sync().await.unwrap();
+        assert_eq!(report.conflicts, 1, "{url}");
+        lan.sync().await.unwrap();
+        for t in [&lan, &minh] {
+            let app = t.with(|s| s.get_application(id)).unwrap();
+            assert!(
+                app.notes.starts_with("[minh] ") && app.notes.ends_with(" [lan]"),
+                "{url}: {}",
+                app.notes
+            );
+            let conflicts = t.with(|s| s.conflicts(id)).unwrap();
+            assert_eq!(conflicts.len(), 1, "{url}");
+            assert_eq!(conflicts[0].field, "assignee");
+        }
+        minh.with(|s| s.resolve(id, "minh", "assignee", &ConflictValue::Str("lan".into())))
+            .unwrap();
+        minh.sync().await.unwrap();
+        lan.sync().await.unwrap();
+        assert!(lan.with(|s| s.conflicts(id)).unwrap().is_empty(), "{url}");
+        assert_eq!(
+            lan.with(|s| s.get_application(id)).unwrap(),
+            minh.with(|s| s.get_application(id)).unwrap()
+        );
+        let history = lan.with(|s| s.history(id)).unwrap();
+        assert_eq!(history.len(), 4, "{url}");
+        assert!(
+            history
+                .iter()
+                .any(|h| h.device == Some(minh.device.0) && h.officer == "minh")
+        );
+
+        // Nothing of commune A ever reached commune B's tablet.
+        assert_eq!(natau.count(), 5, "{url}");
+        assert!(!natau.with(|s| s.contains(id)).unwrap());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "cuts").await.unwrap() {
+        let server = TestServer::start(&url).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
+        // A fast but shaped link: shaped directions cut at exact offsets.
+        let link = PoorLink::start(
+            server.addr,
+            LinkProfile::loopback().with_rates(4_000_000, 4_000_000),
+        )
+        .await
+        .unwrap();
+        let link_url = format!("http://{}", link.addr());
+        let sub = tempfile::tempdir().unwrap();
+        let config = SyncConfig {
+            push_batch_bytes: 16 * 1024,
+            pull_batch_bytes: 16 * 1024,
+            max_attempts: 1,
+            ..fast()
+        };
+        let a = tablet(sub.path(), "a", &link_url, &codes[0], config.clone()).await;
+        let b = tablet(sub.path(), "b", &link_url, &codes[1], config).await;
+        let mut sample = SampleData::new(2);
+        let ids = a.intake(&mut sample, COMMUNE_A, 60);
+        for (i, id) in ids.iter().enumerate().take(20) {
+            a.with(|s| s.transition(*id, "a", Status::InProgress))
+                .unwrap();
+            if i % 2 == 0 {
+                a.with(|s| s.update_application(*id, "a", |x| x.notes.push_str(" Đã xác minh.")))
+                    .unwrap();
+            }
+        }
+
+        // Push: cut the upstream at many offsets; every attempt fails, some after the server
+        // stored a batch (the response is lost), then a clean sync finishes the job.
+        let mut failures = 0;
+        for offset in (0..40_000u64).step_by(1_733) {
+            // Pooled keep-alive connections would dodge the cut: drop them first.
+            link.cut_active();
+            link.cut_next(Cut::upstream(offset));
+            if a.sync().await.is_err() {
+                failures += 1;
+            }
+        }
+        // Pull on b: cut the downstream at many offsets.
+        for offset in (0..40_000u64).step_by(2_111) {
+            link.cut_active();
+            link.cut_next(Cut::downstream(offset));
+            if b.sync().await.is_err() {
+                failures += 1;
+            }
+        }
+        assert!(
+            failures > 20,
+            "{url}: cuts did not interrupt syncs ({failures})"
+        );
+        link.clear_pending_cuts();
+        a.sync().await.unwrap();
+        b.sync().await.unwrap();
+        assert_eq!(a.with(|s| s.pending_count()).unwrap(), 0);
+        assert_eq!(b.count(), 60, "{url}");
+        for id in &ids {
+            let (on_a, on_b) = (
+                a.with(|s| s.get_application(*id)).unwrap(),
+                b.with(|s| s.get_application(*id)).unwrap(),
+            );
+            assert_eq!(on_a, on_b, "{url}");
+            // Applied once: the history on b has exactly a's changes.
+            assert_eq!(
+                a.with(|s| s.history(*id)).unwrap(),
+                b.with(|s| s.history(*id)).unwrap()
+            );
+        }
+        // The server holds each change once: 60 creations, 20 transitions, 10 note edits.
+        let stats = server.storage.stats().await.unwrap();
+        let commune = stats.iter().find(|s| s.code == COMMUNE_A).unwrap();
+        assert_eq!((commune.documents, commune.changes), (60, 90), "{url}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_mid_sync_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = communesync_tests::sqlite_url(dir.path(), "restart.db");
+    let server = TestServer::start(&url).await.unwrap();
+    let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
+    let sub = tempfile::tempdir().unwrap();
+    let config = SyncConfig {
+        push_batch_bytes: 8 * 1024,
+        max_attempts: 1,
+        ..fast()
+    };
+    let a = tablet(sub.path(), "a", &server.url(), &codes[0], config).await;
+    let mut sample = SampleData::new(3);
+    a.intake(&mut sample, COMMUNE_A, 80);
+    let (addr, storage) = server.stop();
+    drop(storage);
+    let err = a.sync().await.unwrap_err();
+    assert!(matches!(err, SyncError::Offline(_)), "{err}");
+    let server = TestServer::start_with(&url, Default::default(), Some(addr))
+        .await
+        .unwrap();
+    let report = a.sync().await.unwrap();
+    assert_eq!(a.with(|s| s.pending_count()).unwrap(), 0);
+    assert_eq!(report.pushed_docs, 80);
+    let stats = server.storage.stats().await.unwrap();
+    assert_eq!(
+        stats
+            .iter()
+            .find(|s| s.code == COMMUNE_A)
+            .unwrap()
+            .documents,
+        80
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_checked_and_revocation_is_immediate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&communesync_tests::sqlite_url(dir.path(), "auth.db"))
+        .await
+        .unwrap();
+    let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
+    let transport = ReqwestTransport::new(&server.url()).unwrap();
+    assert!(matches!(
+        enroll(&transport, "WRONG-CODE-0000", DeviceId::new(), "x").await,
+        Err(SyncError::Unauthorized)
+    ));
+    let sub = tempfile::tempdir().unwrap();
+    let a = tablet(sub.path(), "a", &server.url(), &codes[0], fast()).await;
+    // A code works once.
+    assert!(matches!(
+        enroll(&transport, &codes[0], DeviceId::new(), "again").await,
+        Err(SyncError::Unauthorized)
+    ));
+    a.sync().await.unwrap();
+
+    // A wrong token.
+    let store = Arc::new(Mutex::new(
+        DeviceStore::open(StoreConfig::new(sub.path().join("x.db"))).unwrap(),
+    ));
+    let stranger = SyncClient::new(
+        ReqwestTransport::new(&server.url()).unwrap(),
+        store,
+        "f".repeat(64),
+        fast(),
+    )
+    .unwrap();
+    assert!(matches!(
+        stranger.sync(&|_| {}).await,
+        Err(SyncError::Unauthorized)
+    ));
+
+    server.storage.revoke_device(a.device).await.unwrap();
+    let mut sample = SampleData::new(4);
+    a.intake(&mut sample, COMMUNE_A, 1);
+    assert!(matches!(a.sync().await, Err(SyncError::Revoked)));
+    let stats = server.storage.stats().await.unwrap();
+    assert_eq!(
+        stats
+            .iter()
+            .find(|s| s.code == COMMUNE_A)
+            .unwrap()
+            .documents,
+        0
+    );
+
+    // Guessing codes is rate-limited per source.
+    let mut limited = false;
+    for _ in 0..15 {
+        match enroll(&transport, "GUES-SGUE-SSSS", DeviceId::new(), "x").await {
+            Err(SyncError::Rejected { status: 429, .. }) => {
+                limited = true;
+                break;
+            }
+            Err(SyncError::Unauthorized) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(limited, "no rate limit after 15 wrong codes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_cannot_write_or_read_another_communes_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&communesync_tests::sqlite_url(dir.path(), "scope.db"))
+        .await
+        .unwrap();
+    let a_codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
+    let b_codes = server.commune_with_codes(COMMUNE_B, 1).await.unwrap();
+    let sub = tempfile::tempdir().unwrap();
+    let a = tablet(sub.path(), "a", &server.url(), &a_codes[0], fast()).await;
+    let b = tablet(sub.path(), "b", &server.url(), &b_codes[0], fast()).await;
+    let mut sample = SampleData::new(5);
+    let a_ids = a.intake(&mut sample, COMMUNE_A, 3);
+    a.sync().await.unwrap();
+
+    // b creates a record claiming commune A: refused, nothing stored.
+    b.intake(&mut sample, COMMUNE_A, 1);
+    let err = b.sync().await.unwrap_err();
+    assert!(matches!(err, SyncError::Forbidden(_)), "{err}");
+    let stats = server.storage.stats().await.unwrap();
+    assert_eq!(
+        stats
+            .iter()
+            .find(|s| s.code == COMMUNE_A)
+            .unwrap()
+            .documents,
+        3
+    );
+    assert!(
+        stats
+            .iter()
+            .find(|s| s.code == COMMUNE_B)
+            .is_none_or(|s| s.documents == 0)
+    );
+
+    // b obtains a copy of an A record (a lost tablet's data, say) and pushes an edit to it.
+    let changes = a.with(|s| s.changes_since(a_ids[0], &[])).unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    let c = tablet(
+        fresh.path(),
+        "c",
+        &server.url(),
+        &server.commune_with_codes(COMMUNE_B, 1).await.unwrap()[0],
+        fast(),
+    )
+    .await;
+    c.with(|s| {
+        s.apply_remote_changes(
+            a_ids[0],
+            communesync_core::record::RecordKind::Application,
+            &changes,
+        )?;
+        s.transition(a_ids[0], "c", Status::Rejected).map(|_| ())
+    })
+    .unwrap();
+    assert!(matches!(c.sync().await, Err(SyncError::Forbidden(_))));
+    assert_eq!(
+        a.with(|s| s.get_application(a_ids[0])).unwrap().status,
+        Status::Received
+    );
+    a.sync().await.unwrap();
+    assert_eq!(
+        a.with(|s| s.get_application(a_ids[0])).unwrap().status,
+        Status::Received
+    );
+    // And B's feed never carried A's records.
+    assert!(!b.with(|s| s.contains(a_ids[1])).unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothing() {
+    use communesync_core::codec::DocCodec;
+    use communesync_core::protocol::{CONTENT_TYPE, PROTOCOL_VERSION, PushDoc, SyncRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(&communesync_tests::sqlite_url(dir.path(), "bad.db"))
+        .await
+        .unwrap();
+    let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
+    let transport = ReqwestTransport::new(&server.url()).unwrap();
+    let token = enroll(&transport, &codes[0], DeviceId::new(), "raw")
+        .await
+        .unwrap()
+        .token;
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>, content_type: &'static str| {
+        http.post(format!("{}/v1/sync", server.url()))
+            .bearer_auth(&token)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let mut codec = DocCodec::new().unwrap();
+    let sub = tempfile::tempdir().unwrap();
+    let mut store = DeviceStore::open(StoreConfig::new(sub.path().join("s.db"))).unwrap();
+    store.import_catalogue(&SampleData::catalogue()).unwrap();
+    let app = store
+        .create_application("x", SampleData::new(6).application(COMMUNE_A, None))
+        .unwrap();
+    let changes = store.changes_since(app.id, &[]).unwrap();
+    let good = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        device_time: 0,
+        push: vec![PushDoc {
+            id: app.id,
+            kind: communesync_core::record::RecordKind::Application,
+            changes: changes.clone(),
+        }],
+        pull: None,
+        catalogue_version: 0,
+    }
+    .encode(&mut codec)
+    .unwrap();
+    let mut corrupt_change = changes[0].clone();
+    let mid = corrupt_change.len() / 2;
+    corrupt_change[mid] ^= 0xff;
+    let corrupt = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        device_time: 0,
+        push: vec![PushDoc {
+            id: app.id,
+            kind: communesync_core::record::RecordKind::Application,
+            changes: vec![corrupt_change],
+        }],
+        pull: None,
+        catalogue_version: 0,
+    }
+    .encode(&mut codec)
+    .unwrap();
+    let bomb = codec.encode(&vec![0u8; 100 * 1024 * 1024]).unwrap();
+    let cases: Vec<(&str, Vec<u8>, &'static str, u16, &str)> = vec![
+        ("garbage", b"hello".to_vec(), CONTENT_TYPE, 400, "malformed"),
+        (
+            "truncated",
+            good[..good.len() / 2].to_vec(),
+            CONTENT_TYPE,
+            400,
+            "malformed",
+        ),
+        ("corrupt change", corrupt, CONTENT_TYPE, 400, "malformed"),
+        (
+            "wrong content type",
+            good.clone(),
+            "application/json",
+            415,
+            "unsupported_media_type",
+        ),
+        ("decompression bomb", bomb, CONTENT_TYPE, 413, "too_large"),
+        (
+            "oversized",
+            vec![0x28; 9 * 1024 * 1024],
+            CONTENT_TYPE,
+            413,
+            "too_large",
+        ),
+    ];
+    for (name, body, content_type, status, code) in cases {
+        let response = post(body, content_type).await.unwrap();
+        assert_eq!(response.status().as_u16(), status, "{name}");
+        let text = response.text().await.unwrap();
+        assert!(
+            text.contains(&format!("\"error\":\"{code}\"")),
+            "{name}: {text}"
+        );
+    }
+    let stats = server.storage.stats().await.unwrap();
+    assert_eq!(
+        stats.iter().find(|s| s.code == COMMUNE_A).unwrap().changes,
+        0
+    );
+    // The good body still goes through, and replaying it changes nothing more.
+    for _ in 0..2 {
+        assert_eq!(
+            post(good.clone(), CONTENT_TYPE)
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+            200
+        );
+    }
+    let stats = server.storage.stats().await.unwrap();
+    assert_eq!(
+        stats.iter().find(|s| s.code == COMMUNE_A).unwrap().changes,
+        1
+    );
+}
