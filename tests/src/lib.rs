@@ -139,8 +139,13 @@ pub async fn fresh_postgres_database(base: &str, name: &str) -> anyhow::Result<S
     let (client, connection) = tokio_postgres::connect(base, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     let suffix: u32 = rand::random();
-    let db = format!("e2e_{}_{suffix:08x}", name.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
-    client.batch_execute(&format!("CREATE DATABASE {db}")).await?;
+    let db = format!(
+        "e2e_{}_{suffix:08x}",
+        name.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await?;
     drop(client);
     driver.abort();
     let (prefix, _) = base

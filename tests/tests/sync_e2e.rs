@@ -2,6 +2,9 @@
 //! convergence, conflicts, cuts at many byte offsets, a server restart, credentials, scopes and
 //! hostile bodies.
 
+// Test code: a failed step should stop the test where it happened.
+#![allow(clippy::unwrap_used)]
+
 use std::sync::{Arc, Mutex};
 
 use communesync_core::record::{ConflictValue, DeviceId, RecordId, Status};
