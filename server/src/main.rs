@@ -5,6 +5,7 @@
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod demo;
+mod device;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -33,7 +34,9 @@ enum Command {
     Serve(ServeArgs),
     /// Operator tasks on the server's database.
     Admin(AdminArgs),
-    /// Offline intake on two tablets, queries, search, a concurrent edit and its resolution.
+    /// A tablet's store: enroll, import, sync, list, export.
+    Device(device::DeviceArgs),
+    /// The server with tablets in two communes syncing over an emulated 2G link.
     Demo(demo::DemoArgs),
 }
 
@@ -133,6 +136,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Admin(args) => runtime.block_on(admin(args)),
+        Command::Device(args) => runtime.block_on(device::run(args)),
         Command::Demo(args) => demo::run(&args),
     }
 }

@@ -1,0 +1,206 @@
+//! `communesync device`: a tablet's store from the command line, for operators and tests.
+//!
+//! The store is encrypted with the key in `COMMUNESYNC_STORE_KEY` (64 hex digits), as a tablet's
+//! would be with the platform keystore's key; without it the store is unencrypted. The device
+//! credential is kept next to the store in `<store>.credential.json` (mode 0600).
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context;
+use clap::Subcommand;
+use communesync_core::record::NewApplication;
+use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::sync::{Credentials, ReqwestTransport, SyncClient, SyncConfig, enroll};
+use serde::{Deserialize, Serialize};
+
+#[derive(clap::Args)]
+pub struct DeviceArgs {
+    /// The tablet's store file.
+    #[arg(long)]
+    store: PathBuf,
+    #[command(subcommand)]
+    task: DeviceTask,
+}
+
+#[derive(Subcommand)]
+enum DeviceTask {
+    /// Exchange a one-time code for this device's credential.
+    Enroll {
+        /// Server base URL.
+        #[arg(long)]
+        server: String,
+        /// The code the province issued.
+        #[arg(long)]
+        code: String,
+        /// A label for operators.
+        #[arg(long, default_value = "tablet")]
+        label: String,
+    },
+    /// Import applications, one JSON object per line (a commune's existing register).
+    Import {
+        /// JSON lines file (`-` for standard input).
+        file: PathBuf,
+        /// Officer recorded as their creator.
+        #[arg(long, default_value = "import")]
+        officer: String,
+    },
+    /// Sync with the server; prints a JSON summary.
+    Sync,
+    /// List applications (JSON lines).
+    List {
+        /// Only this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Export every record as JSON lines.
+    Export,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedCredential {
+    server: String,
+    credentials: Credentials,
+}
+
+fn credential_path(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".credential.json");
+    PathBuf::from(name)
+}
+
+fn open(path: &Path) -> anyhow::Result<DeviceStore> {
+    let config = StoreConfig::new(path);
+    let config = match std::env::var("COMMUNESYNC_STORE_KEY") {
+        Ok(hex_key) => {
+            let bytes = hex::decode(hex_key.trim()).context("COMMUNESYNC_STORE_KEY is not hex")?;
+            config.encrypted(EncryptionKey::from_slice(&bytes)?)
+        }
+        Err(_) => config,
+    };
+    Ok(DeviceStore::open(config)?)
+}
+
+pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    match args.task {
+        DeviceTask::Enroll {
+            server,
+            code,
+            label,
+        } => {
+            let store = open(&args.store)?;
+            let transport = ReqwestTransport::new(&server)?;
+            let credentials = enroll(&transport, &code, store.device_id(), &label).await?;
+            let saved = SavedCredential {
+                server,
+                credentials,
+            };
+            let path = credential_path(&args.store);
+            write_private(&path, &serde_json::to_vec_pretty(&saved)?)?;
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({ "device_id": saved.credentials.device_id, "scope": saved.credentials.scope })
+            )?;
+        }
+        DeviceTask::Import { file, officer } => {
+            let mut store = open(&args.store)?;
+            let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(std::io::BufReader::new(
+                    std::fs::File::open(&file)
+                        .with_context(|| format!("opening {}", file.display()))?,
+                ))
+            };
+            let (mut imported, mut refused) = (0u64, 0u64);
+            for (number, line) in reader.lines().enumerate() {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let result = serde_json::from_str::<NewApplication>(&line)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|new| Ok(store.create_application(&officer, new)?));
+                match result {
+                    Ok(_) => imported += 1,
+                    Err(err) => {
+                        refused += 1;
+                        eprintln!("line {}: {err}", number + 1);
+                    }
+                }
+            }
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({ "imported": imported, "refused": refused })
+            )?;
+        }
+        DeviceTask::Sync => {
+            let path = credential_path(&args.store);
+            let saved: SavedCredential =
+                serde_json::from_slice(&std::fs::read(&path).with_context(|| {
+                    format!("no credential at {}: enroll first", path.display())
+                })?)?;
+            let store = Arc::new(Mutex::new(open(&args.store)?));
+            let client = SyncClient::new(
+                ReqwestTransport::new(&saved.server)?,
+                store,
+                saved.credentials.token,
+                SyncConfig::default(),
+            )?;
+            let report = client.sync(&|_| {}).await?;
+            writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
+        }
+        DeviceTask::List { status, limit } => {
+            let store = open(&args.store)?;
+            let status = status.map(|s| s.parse()).transpose()?;
+            let page = store.query_applications(&ApplicationQuery {
+                status,
+                limit,
+                descending: true,
+                ..Default::default()
+            })?;
+            for item in page.items {
+                writeln!(stdout, "{}", serde_json::to_string(&item)?)?;
+            }
+        }
+        DeviceTask::Export => {
+            let mut store = open(&args.store)?;
+            let mut offset = 0;
+            loop {
+                let page = store.query_applications(&ApplicationQuery {
+                    limit: 500,
+                    offset,
+                    ..Default::default()
+                })?;
+                for item in &page.items {
+                    writeln!(stdout, "{}", serde_json::to_string(&store.get(item.id)?)?)?;
+                }
+                match page.next_offset {
+                    Some(next) => offset = next,
+                    None => break,
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(bytes)?;
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! The `communesync` binary as operators use it: `serve`, `admin`, and `device` on two tablets,
+//! over real HTTP on 127.0.0.1.
+
+#![allow(clippy::unwrap_used)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_communesync");
+
+fn run(args: &[&str], dir: &std::path::Path) -> serde_json::Value {
+    let output = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let last = stdout.lines().last().unwrap_or("null");
+    serde_json::from_str(last).unwrap_or(serde_json::Value::String(stdout))
+}
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn operators_enroll_import_sync_and_export_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("sqlite:{}", dir.path().join("province.db").display());
+    run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "create-commune",
+            "DB-MUONGPHANG",
+            "Xã Mường Phăng",
+        ],
+        dir.path(),
+    );
+    let code_a = run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "issue-code",
+            "--commune",
+            "DB-MUONGPHANG",
+        ],
+        dir.path(),
+    );
+    let code_b = run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "issue-code",
+            "--commune",
+            "DB-MUONGPHANG",
+        ],
+        dir.path(),
+    );
+
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let _server = Server(
+        Command::new(BIN)
+            .args(["serve", "--database", &db, "--listen", &listen])
+            .current_dir(dir.path())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&listen).is_err() {
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(dir.path().join("communesync-admin-token").exists());
+    let url = format!("http://{listen}");
+
+    let a = dir.path().join("a.db").display().to_string();
+    let b = dir.path().join("b.db").display().to_string();
+    let enrolled = run(
+        &[
+            "device",
+            "--store",
+            &a,
+            "enroll",
+            "--server",
+            &url,
+            "--code",
+            code_a["code"].as_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(enrolled["scope"]["commune"], "DB-MUONGPHANG");
+    run(
+        &[
+            "device",
+            "--store",
+            &b,
+            "enroll",
+            "--server",
+            &url,
+            "--code",
+            code_b["code"].as_str().unwrap(),
+        ],
+        dir.path(),
+    );
+
+    // The catalogue arrives with the first sync; then a register is imported.
+    let catalogue = dir.path().join("catalogue.json");
+    std::fs::write(
+        &catalogue,
+        r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1}],"holidays":[]}"#,
+    )
+    .unwrap();
+    run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "put-catalogue",
+            catalogue.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    run(&["device", "--store", &a, "sync"], dir.path());
+    let register = dir.path().join("register.jsonl");
+    let mut lines = String::new();
+    for i in 0..25 {
+        lines.push_str(&format!(
+            r#"{{"commune_code":"DB-MUONGPHANG","procedure_code":"1.001193","applicant":{{"name":"Nguyễn Văn {i}","id_number":"","phone":"","address":"","village":"Bản Phăng"}}}}"#
+        ));
+        lines.push('\n');
+    }
+    lines.push_str("{\"not\": \"an application\"}\n");
+    std::fs::write(&register, lines).unwrap();
+    let imported = run(
+        &[
+            "device",
+            "--store",
+            &a,
+            "import",
+            register.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        (imported["imported"].as_u64(), imported["refused"].as_u64()),
+        (Some(25), Some(1))
+    );
+
+    let report = run(&["device", "--store", &a, "sync"], dir.path());
+    assert_eq!(report["pushed_docs"], 25);
+    let report = run(&["device", "--store", &b, "sync"], dir.path());
+    assert_eq!(report["pulled_docs"], 25);
+    let idle = run(&["device", "--store", &b, "sync"], dir.path());
+    assert_eq!(idle["requests"], 1);
+
+    let exported = Command::new(BIN)
+        .args(["device", "--store", &b, "export"])
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    let records: Vec<serde_json::Value> = String::from_utf8(exported.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 25);
+    assert!(records.iter().all(|r| r["kind"] == "application"));
+
+    let devices = Command::new(BIN)
+        .args(["admin", "--database", &db, "devices"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(devices.stdout).unwrap().lines().count(),
+        2
+    );
+    let device_a = enrolled["device_id"].as_str().unwrap();
+    run(
+        &["admin", "--database", &db, "revoke", device_a],
+        dir.path(),
+    );
+    let refused = Command::new(BIN)
+        .args(["device", "--store", &a, "sync"])
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("revoked"));
+}
