@@ -444,16 +444,21 @@ impl DeviceStore {
         let before = self.get_application(id)?;
         let mut after = before.clone();
         edit(&mut after);
-        if after.id != before.id
-            || after.commune_code != before.commune_code
-            || after.created_by != before.created_by
-            || after.received_at != before.received_at
-        {
-            return Err(Error::invalid(
-                "application",
-                "id, commune, creator and receipt time cannot be changed",
-            ));
-        }
+        check_identity_kept(
+            "application",
+            (
+                before.id,
+                &before.commune_code,
+                &before.created_by,
+                before.received_at,
+            ),
+            (
+                after.id,
+                &after.commune_code,
+                &after.created_by,
+                after.received_at,
+            ),
+        )?;
         if after.status != before.status {
             let procedure = self.procedure(&before.procedure_code)?;
             before
@@ -496,16 +501,21 @@ impl DeviceStore {
         let before = self.get_citizen_request(id)?;
         let mut after = before.clone();
         edit(&mut after);
-        if after.id != before.id
-            || after.commune_code != before.commune_code
-            || after.created_by != before.created_by
-            || after.received_at != before.received_at
-        {
-            return Err(Error::invalid(
-                "citizen_request",
-                "id, commune, creator and receipt time cannot be changed",
-            ));
-        }
+        check_identity_kept(
+            "citizen_request",
+            (
+                before.id,
+                &before.commune_code,
+                &before.created_by,
+                before.received_at,
+            ),
+            (
+                after.id,
+                &after.commune_code,
+                &after.created_by,
+                after.received_at,
+            ),
+        )?;
         if after.status != before.status {
             before.status.check_transition(after.status)?;
         }
@@ -812,6 +822,21 @@ fn mark_outbox(tx: &Transaction<'_>, rowid: i64) -> Result<()> {
     )?
     .execute([rowid])?;
     Ok(())
+}
+
+/// What makes a record that record: id, commune (its sync scope), creator and receipt time.
+type Identity<'a> = (RecordId, &'a str, &'a Author, i64);
+
+/// An edit may change anything but a record's identity.
+fn check_identity_kept(kind: &str, before: Identity<'_>, after: Identity<'_>) -> Result<()> {
+    if before == after {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            kind,
+            "id, commune, creator and receipt time cannot be changed",
+        ))
+    }
 }
 
 fn validate_officer(officer: &str) -> Result<()> {
