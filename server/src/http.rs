@@ -471,10 +471,15 @@ async fn sync(
             missing.extend(outcome.missing_deps);
         }
     }
-    let accepted = pushed
+    let accepted: Vec<RecordId> = pushed
         .into_iter()
         .filter(|id| !missing.contains(id))
         .collect();
+    let still_pending = request.pending_docs + missing.len() as u64;
+    state
+        .storage
+        .record_device_status(device.id, still_pending, now)
+        .await?;
 
     // Pull: the scope's feed after the cursor, minus this device's own changes.
     let (feed, next_cursor, more) = match request.pull {
@@ -766,6 +771,10 @@ pub struct DeviceOut {
     pub last_sync_at: Option<i64>,
     /// Changes pushed and stored.
     pub changes_pushed: u64,
+    /// Documents waiting on the device at its last sync.
+    pub pending_docs: Option<u64>,
+    /// Last authenticated sync (server ms).
+    pub last_seen_at: Option<i64>,
 }
 
 /// Devices for operators; shared by the HTTP API and the CLI.
@@ -786,6 +795,8 @@ pub async fn list_devices(
             enrolled_at: info.enrolled_at,
             last_sync_at: info.last_sync_at,
             changes_pushed: info.changes_pushed,
+            pending_docs: info.pending_docs,
+            last_seen_at: info.last_seen_at,
         })
         .collect())
 }

@@ -192,9 +192,17 @@ fn operators_enroll_import_sync_and_export_with_the_cli() {
         .args(["admin", "--database", &db, "devices"])
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8(devices.stdout).unwrap().lines().count(),
-        2
+    let devices: Vec<serde_json::Value> = String::from_utf8(devices.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(devices.len(), 2);
+    // Each tablet reported its waiting documents at its last sync.
+    assert!(
+        devices
+            .iter()
+            .all(|d| d["pending_docs"] == 0 && d["last_seen_at"].is_i64())
     );
     let device_a = enrolled["device_id"].as_str().unwrap();
     run(

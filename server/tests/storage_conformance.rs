@@ -582,6 +582,21 @@ async fn device_listing(f: &Fixture) {
         .unwrap();
     assert_eq!(info[0].last_sync_at, Some(NOW + 7));
     assert_eq!(info[0].changes_pushed, 3);
+    assert_eq!((info[0].pending_docs, info[0].last_seen_at), (None, None));
+    // What the device reports at each sync is what operators see.
+    s.record_device_status(a.id, 12, NOW + 8).await.unwrap();
+    s.record_device_status(a.id, 4, NOW + 9).await.unwrap();
+    s.record_device_status(DeviceId::new(), 1, NOW + 9)
+        .await
+        .unwrap();
+    let info = s
+        .list_devices(Some(&Scope::Commune("c1".into())))
+        .await
+        .unwrap();
+    assert_eq!(
+        (info[0].pending_docs, info[0].last_seen_at),
+        (Some(4), Some(NOW + 9))
+    );
     s.revoke_device(a.id).await.unwrap();
     let info = s
         .list_devices(Some(&Scope::Commune("c1".into())))

@@ -49,6 +49,9 @@ pub struct SyncRequest {
     pub pull: Option<PullRequest>,
     /// Version of the procedure catalogue the tablet has (0 = none).
     pub catalogue_version: u64,
+    /// Documents the tablet still holds unacknowledged besides this request's batch (shown to
+    /// operators).
+    pub pending_docs: u64,
 }
 
 /// Changes of one document from the feed.
@@ -229,6 +232,7 @@ mod tests {
                 max_bytes: 1 << 16,
             }),
             catalogue_version: 3,
+            pending_docs: 0,
         }
     }
 

@@ -353,6 +353,7 @@ impl<T: Transport> SyncClient<T> {
                         max_bytes: self.config.pull_batch_bytes,
                     }),
                     catalogue_version: store.catalogue_version()?,
+                    pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
                 };
                 (batch, request)
             };

@@ -119,6 +119,10 @@ pub struct DeviceInfo {
     pub last_sync_at: Option<i64>,
     /// How many changes it has pushed that were stored (duplicates excluded).
     pub changes_pushed: u64,
+    /// Documents waiting on the device, as it last reported.
+    pub pending_docs: Option<u64>,
+    /// Last authenticated sync, pushes or not (server time, ms).
+    pub last_seen_at: Option<i64>,
 }
 
 /// A commune (scope of records and devices).
@@ -313,6 +317,15 @@ pub trait ServerStorage: Send + Sync + 'static {
         max_bytes: usize,
         max_items: usize,
     ) -> Result<FeedPage>;
+
+    /// Records what a device reported at a sync: documents still waiting on it, and the time.
+    /// Unknown devices are ignored (the sync itself was refused).
+    async fn record_device_status(
+        &self,
+        device: DeviceId,
+        pending_docs: u64,
+        now: i64,
+    ) -> Result<()>;
 
     /// Every stored change of a document, in storage (feed) order; empty if unknown.
     async fn doc_changes(&self, doc: RecordId) -> Result<Vec<Vec<u8>>>;

@@ -24,7 +24,10 @@ use super::{
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_device_status.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -347,7 +350,8 @@ impl ServerStorage for PostgresStorage {
         };
         let rows = client
             .query(
-                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed
+                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed,
+                        pending_docs, last_seen_at
                  FROM devices
                  WHERE $1::int = 0 OR ($1::int = 1 AND commune IS NULL) OR commune = $2
                  ORDER BY enrolled_at, id",
@@ -361,9 +365,31 @@ impl ServerStorage for PostgresStorage {
                     enrolled_at: row.try_get(4)?,
                     last_sync_at: row.try_get(5)?,
                     changes_pushed: to_u64(row.try_get(6)?),
+                    pending_docs: row.try_get::<_, Option<i64>>(7)?.map(to_u64),
+                    last_seen_at: row.try_get(8)?,
                 })
             })
             .collect()
+    }
+
+    async fn record_device_status(
+        &self,
+        device: DeviceId,
+        pending_docs: u64,
+        now: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE devices SET pending_docs = $2, last_seen_at = $3 WHERE id = $1",
+                &[
+                    &device.0.as_bytes().as_slice(),
+                    &i64::try_from(pending_docs).unwrap_or(i64::MAX),
+                    &now,
+                ],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn create_admin_token(&self, token_hash: [u8; 32], label: &str) -> Result<()> {

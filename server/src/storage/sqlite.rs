@@ -21,7 +21,10 @@ use super::{
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_device_status.sql"),
+];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -529,7 +532,8 @@ impl ServerStorage for SqliteStorage {
                 Some(Scope::Commune(code)) => (2, Some(code.as_str())),
             };
             let mut stmt = conn.prepare_cached(
-                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed
+                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed,
+                        pending_docs, last_seen_at
                  FROM devices WHERE ?1 = 0 OR (?1 = 1 AND commune IS NULL) OR commune = ?2
                  ORDER BY enrolled_at, id",
             )?;
@@ -541,9 +545,31 @@ impl ServerStorage for SqliteStorage {
                     enrolled_at: row.get(4)?,
                     last_sync_at: row.get(5)?,
                     changes_pushed: to_u64(row.get(6)?),
+                    pending_docs: row.get::<_, Option<i64>>(7)?.map(to_u64),
+                    last_seen_at: row.get(8)?,
                 });
             }
             Ok(devices)
+        })
+        .await
+    }
+
+    async fn record_device_status(
+        &self,
+        device: DeviceId,
+        pending_docs: u64,
+        now: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE devices SET pending_docs = ?2, last_seen_at = ?3 WHERE id = ?1",
+                params![
+                    device.0.as_bytes().as_slice(),
+                    i64::try_from(pending_docs).unwrap_or(i64::MAX),
+                    now
+                ],
+            )?;
+            Ok(())
         })
         .await
     }
