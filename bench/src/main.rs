@@ -1,11 +1,14 @@
 //! `communesync-bench`: benchmark suites that print one JSON line per figure
 //! (`{"bench":"...","value":N,"unit":"..."}`) followed by a readable table.
 //!
-//! `cargo run --release -p communesync-bench -- store` runs the device-store suite.
+//! `cargo run --release -p communesync-bench -- store` runs the device-store suite;
+//! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
+//! `cargo build --release -p communesync-server` first).
 
 mod dictionary;
 mod report;
 mod store;
+mod sync;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +23,8 @@ struct Cli {
 enum Suite {
     /// Device store: create, update, open, queries, search, size, memory.
     Store(store::StoreArgs),
+    /// Sync: tablets and the server over HTTP on SQLite and PostgreSQL (bytes, time, memory).
+    Sync(sync::SyncArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -27,6 +32,7 @@ enum Suite {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Store(args) => store::run(&args),
+        Suite::Sync(args) => sync::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

@@ -16,7 +16,8 @@ pub struct Report {
 }
 
 impl Report {
-    /// Records and prints a figure. `target` is `("<", 5.0)` for "below 5".
+    /// Records and prints a figure. `target` is `("<", 5.0)` for "below 5" (also `"<="` and
+    /// `"=="`).
     pub fn add(
         &mut self,
         bench: &str,
@@ -48,6 +49,10 @@ impl Report {
                 Some(("<=", t)) => (
                     format!("<= {t}"),
                     if f.value <= t { "ok" } else { "MISSED" },
+                ),
+                Some(("==", t)) => (
+                    format!("== {t}"),
+                    if f.value == t { "ok" } else { "MISSED" },
                 ),
                 Some((op, t)) => (format!("{op} {t}"), "?"),
                 None => (String::new(), ""),
@@ -88,7 +93,21 @@ pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
 
 /// Peak resident set size of this process so far, in MB (Linux `VmHWM`).
 pub fn peak_rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    peak_rss_mb_of(None)
+}
+
+/// `/proc/<pid>/<file>`, or `/proc/self/<file>` for `None`.
+fn proc_file(pid: Option<u32>, file: &str) -> String {
+    match pid {
+        Some(pid) => format!("/proc/{pid}/{file}"),
+        None => format!("/proc/self/{file}"),
+    }
+}
+
+/// Peak resident set size of process `pid` (`None`: this one) since it started or since the
+/// last [`reset_peak_rss`], in MB (Linux `VmHWM`).
+pub fn peak_rss_mb_of(pid: Option<u32>) -> f64 {
+    std::fs::read_to_string(proc_file(pid, "status"))
         .ok()
         .and_then(|status| {
             status
@@ -99,4 +118,10 @@ pub fn peak_rss_mb() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// Resets the peak resident set size of process `pid` (`None`: this one) to its current RSS
+/// (Linux 4.0+: `5` written to `/proc/<pid>/clear_refs`). Returns whether the kernel took it.
+pub fn reset_peak_rss(pid: Option<u32>) -> bool {
+    std::fs::write(proc_file(pid, "clear_refs"), "5").is_ok()
 }

@@ -1,0 +1,971 @@
+//! The sync suite: a tablet and the provincial server over HTTP, on SQLite and PostgreSQL.
+//!
+//! Every process is the real one, and separate, so each side's memory can be measured:
+//!
+//! - the **server** is the `communesync serve` binary (package `communesync-server`, found next
+//!   to this executable), started as a child process on a fresh database; its communes and
+//!   enrollment codes come from `communesync admin`;
+//! - each **tablet** is a child process of this benchmark (`sync --tablet-process STORE`) that
+//!   owns an encrypted [`DeviceStore`] and a [`SyncClient`] over [`ReqwestTransport`], and takes
+//!   its orders as JSON lines on stdin (answering on stdout);
+//! - this process runs the [`PoorLink`] proxies the tablets talk through: its counters see every
+//!   byte of every connection in both directions, HTTP headers included.
+//!
+//! Peak RSS is Linux `VmHWM`, reset before every phase by writing `5` to
+//! `/proc/<pid>/clear_refs`, so each figure is the peak of that phase alone (when the kernel
+//! refuses the reset, the figures are cumulative and the table title says so).
+//!
+//! Scenarios, in order, on one fresh server database per backend:
+//! - S1: tablet A creates N applications offline, then syncs to the empty server;
+//! - S2: A edits 200 (status change, a note line appended) and creates 50, then syncs;
+//! - S3: A syncs again with nothing to do;
+//! - S4: a fresh tablet B of the same commune enrolls and pulls everything;
+//! - S2 on 2G: A makes another S2-sized round of edits and syncs through an emulated EDGE link.
+//!
+//! The reference is the same records (B's copy after S4) as JSON lines, gzip default level.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use communesync_core::record::{RecordId, Status};
+use communesync_core::sample::SampleData;
+use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_server::link::{LinkProfile, PoorLink};
+use serde_json::{Value, json};
+
+use crate::report::{Report, peak_rss_mb_of, reset_peak_rss};
+
+#[derive(clap::Args)]
+pub struct SyncArgs {
+    /// Server storage to run the scenarios on. PostgreSQL comes from
+    /// `COMMUNESYNC_BENCH_DATABASE_URL`, or a private cluster started (and stopped) by the bench.
+    #[arg(long, value_enum, default_value_t = Backends::Both)]
+    database: Backends,
+    /// Applications tablet A creates offline before its first sync.
+    #[arg(long, default_value_t = 10_000)]
+    records: usize,
+    /// Applications edited in S2 (and in S2 on 2G).
+    #[arg(long, default_value_t = 200)]
+    edits: usize,
+    /// Applications created in S2 (and in S2 on 2G).
+    #[arg(long, default_value_t = 50)]
+    creates: usize,
+    /// The `communesync` server binary (default: next to this executable).
+    #[arg(long)]
+    server_bin: Option<PathBuf>,
+    /// Internal: run as a tablet process on this store, driven over stdin/stdout.
+    #[arg(long, hide = true)]
+    tablet_process: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Backends {
+    Sqlite,
+    Postgres,
+    Both,
+}
+
+const COMMUNE: &str = "DB-MUONGPHANG";
+const COMMUNE_NAME: &str = "Xã Mường Phăng";
+const OFFICER: &str = "can.bo.mot.cua";
+/// Environment variable naming a PostgreSQL server to create the bench database in.
+const PG_ENV: &str = "COMMUNESYNC_BENCH_DATABASE_URL";
+
+pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
+    if let Some(store) = &args.tablet_process {
+        return tablet::main(store);
+    }
+    let server_bin = server_binary(args)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let backends: &[&str] = match args.database {
+        Backends::Sqlite => &["sqlite"],
+        Backends::Postgres => &["postgres"],
+        Backends::Both => &["sqlite", "postgres"],
+    };
+    // Declared first so that it outlives everything using it, and stops on any exit.
+    let mut cluster: Option<PgCluster> = None;
+    let mut missed = 0;
+    for backend in backends {
+        let dir = tempfile::tempdir()?;
+        let url = match *backend {
+            "sqlite" => format!("sqlite:{}", dir.path().join("server.db").display()),
+            _ => {
+                let base = match std::env::var(PG_ENV) {
+                    Ok(url) => url,
+                    Err(_) => {
+                        let started = PgCluster::start()?;
+                        let url = started.url.clone();
+                        cluster = Some(started);
+                        url
+                    }
+                };
+                runtime
+                    .block_on(communesync_tests::fresh_postgres_database(
+                        &base,
+                        "bench_sync",
+                    ))
+                    .context("creating the bench database")?
+            }
+        };
+        missed += run_backend(&runtime, &server_bin, backend, &url, dir.path(), args)?;
+    }
+    drop(cluster);
+    if missed > 0 {
+        eprintln!("{missed} target(s) missed");
+    }
+    Ok(())
+}
+
+/// What one phase cost, seen from the link, the tablet and the server.
+struct Phase {
+    seconds: f64,
+    link_up: u64,
+    link_down: u64,
+    requests: f64,
+    report_up: f64,
+    report_down: f64,
+    client_rss: f64,
+    server_rss: f64,
+    /// CPU time (user + system) of the tablet process(es) and of the server process.
+    client_cpu: f64,
+    server_cpu: f64,
+    /// The sync report of the phase's sync, as JSON.
+    sync: Value,
+}
+
+impl Phase {
+    fn bytes(&self) -> u64 {
+        self.link_up + self.link_down
+    }
+}
+
+/// Targets of one phase's figures.
+#[derive(Default)]
+struct Targets {
+    seconds: Option<(&'static str, f64)>,
+    requests: Option<(&'static str, f64)>,
+    bytes: Option<(&'static str, f64)>,
+}
+
+fn run_backend(
+    runtime: &tokio::runtime::Runtime,
+    server_bin: &Path,
+    backend: &str,
+    url: &str,
+    dir: &Path,
+    args: &SyncArgs,
+) -> anyhow::Result<usize> {
+    let load_before = load_average();
+    eprintln!("[{backend}] preparing the server database ...");
+    admin(server_bin, url, &["create-commune", COMMUNE, COMMUNE_NAME])?;
+    let code_a = issue_code(server_bin, url)?;
+    let code_b = issue_code(server_bin, url)?;
+    let server = Server::start(server_bin, url, dir)?;
+    let (link, slow) = runtime.block_on(async {
+        anyhow::Ok((
+            PoorLink::start(server.addr, LinkProfile::loopback()).await?,
+            PoorLink::start(server.addr, LinkProfile::edge_2g()).await?,
+        ))
+    })?;
+    let link_url = format!("http://{}", link.addr());
+    let slow_url = format!("http://{}", slow.addr());
+    let mut rss_reset_ok = true;
+    let mut report = Report::default();
+    let prefix = format!("sync.{backend}");
+
+    let mut a = Tablet::spawn(&dir.join("tablet-a.db"))?;
+    a.call(json!({"op": "enroll", "url": link_url, "code": code_a, "label": "tablet A"}))?;
+    eprintln!(
+        "[{backend}] tablet A: {} applications offline ...",
+        args.records
+    );
+    a.call(json!({"op": "intake", "n": args.records, "seed": 1}))?;
+
+    eprintln!(
+        "[{backend}] S1: first sync of {} applications ...",
+        args.records
+    );
+    let s1 = measure(&link, &server, &mut rss_reset_ok, |ops| {
+        ops.push(a.call(json!({"op": "sync", "url": link_url}))?);
+        Ok(())
+    })?;
+    ensure_pushed(&s1, args.records, "S1")?;
+    add_phase(
+        &mut report,
+        &format!("{prefix}.s1"),
+        &s1,
+        Targets {
+            seconds: Some(("<", 3.0)),
+            ..Targets::default()
+        },
+    );
+
+    eprintln!(
+        "[{backend}] S2: {} edits and {} new ...",
+        args.edits, args.creates
+    );
+    let edit = json!({"op": "edit", "edits": args.edits, "creates": args.creates});
+    a.call(edit.clone())?;
+    let s2 = measure(&link, &server, &mut rss_reset_ok, |ops| {
+        ops.push(a.call(json!({"op": "sync", "url": link_url}))?);
+        Ok(())
+    })?;
+    ensure_pushed(&s2, args.edits.min(args.records) + args.creates, "S2")?;
+    add_phase(
+        &mut report,
+        &format!("{prefix}.s2"),
+        &s2,
+        Targets {
+            requests: Some(("<=", 2.0)),
+            bytes: Some(("<=", 60_000.0)),
+            ..Targets::default()
+        },
+    );
+
+    eprintln!("[{backend}] S3: nothing to do ...");
+    let s3 = measure(&link, &server, &mut rss_reset_ok, |ops| {
+        ops.push(a.call(json!({"op": "sync", "url": link_url}))?);
+        Ok(())
+    })?;
+    add_phase(
+        &mut report,
+        &format!("{prefix}.s3"),
+        &s3,
+        Targets {
+            requests: Some(("==", 1.0)),
+            bytes: Some(("<", 1_000.0)),
+            ..Targets::default()
+        },
+    );
+
+    let total = args.records + args.creates;
+    eprintln!("[{backend}] S4: tablet B enrolls and pulls {total} ...");
+    let mut b = Tablet::spawn(&dir.join("tablet-b.db"))?;
+    let s4 = measure(&link, &server, &mut rss_reset_ok, |ops| {
+        ops.push(
+            b.call(json!({"op": "enroll", "url": link_url, "code": code_b, "label": "tablet B"}))?,
+        );
+        ops.push(b.call(json!({"op": "sync", "url": link_url}))?);
+        Ok(())
+    })?;
+    // `pulled_docs` counts a document once per feed batch it came in (an edited one twice):
+    // the distinct count is checked on B's store below.
+    let pulled = number(&s4.sync, "pulled_docs");
+    anyhow::ensure!(
+        pulled >= total as f64,
+        "S4 pulled {pulled} documents, expected at least {total}"
+    );
+    // S4 counts the enrollment: one more request than the sync's own.
+    add_phase(
+        &mut report,
+        &format!("{prefix}.s4"),
+        &s4,
+        Targets {
+            seconds: Some(("<", 3.0)),
+            ..Targets::default()
+        },
+    );
+
+    eprintln!("[{backend}] reference: gzip of the records as JSON lines ...");
+    let reference = b.call(json!({"op": "reference"}))?;
+    b.quit()?;
+    let records = number(&reference, "records");
+    anyhow::ensure!(
+        records == total as f64,
+        "tablet B holds {records} applications, expected {total}"
+    );
+    let gzip = number(&reference, "gzip_bytes");
+    report.add(
+        &format!("{prefix}.ref.json_bytes"),
+        number(&reference, "json_bytes"),
+        "bytes",
+        None,
+    );
+    report.add(&format!("{prefix}.ref.gzip_bytes"), gzip, "bytes", None);
+    report.add(
+        &format!("{prefix}.s1.bytes_vs_gzip"),
+        s1.bytes() as f64 / gzip,
+        "x",
+        Some(("<=", 1.5)),
+    );
+    report.add(
+        &format!("{prefix}.s4.bytes_vs_gzip"),
+        s4.bytes() as f64 / gzip,
+        "x",
+        Some(("<=", 1.5)),
+    );
+
+    eprintln!("[{backend}] S2 again through an emulated 2G link ...");
+    a.call(edit)?;
+    let s2_2g = measure(&slow, &server, &mut rss_reset_ok, |ops| {
+        ops.push(a.call(json!({"op": "sync", "url": slow_url}))?);
+        Ok(())
+    })?;
+    ensure_pushed(&s2_2g, args.edits.min(total) + args.creates, "S2 on 2G")?;
+    a.quit()?;
+    add_phase(
+        &mut report,
+        &format!("{prefix}.s2_2g"),
+        &s2_2g,
+        Targets {
+            seconds: Some(("<", 10.0)),
+            ..Targets::default()
+        },
+    );
+    let phases = [&s1, &s2, &s3, &s4, &s2_2g];
+    report.add(
+        &format!("{prefix}.client_peak_rss"),
+        phases.iter().map(|p| p.client_rss).fold(0.0, f64::max),
+        "MB",
+        Some(("<", 150.0)),
+    );
+    report.add(
+        &format!("{prefix}.server_peak_rss"),
+        phases.iter().map(|p| p.server_rss).fold(0.0, f64::max),
+        "MB",
+        None,
+    );
+    drop(server);
+
+    let rss = if rss_reset_ok {
+        "peak RSS = VmHWM of that phase alone (reset via /proc/PID/clear_refs)"
+    } else {
+        "peak RSS = CUMULATIVE VmHWM since process start (the kernel refused clear_refs)"
+    };
+    let backend_note = if backend == "postgres" {
+        "server RSS excludes PostgreSQL's own processes"
+    } else {
+        "SQLite file in a temp dir"
+    };
+    let missed = report.table(&format!(
+        "sync on {backend}: {n} applications (+{c} new, {e} edited in S2); tablet = child process \
+         (SQLCipher store, reqwest), server = `communesync serve` child process ({backend_note}); \
+         tablet <-> PoorLink (loopback, or EDGE 12.5 kB/s each way + 200 ms one way for s2_2g) <-> \
+         server\n  bytes/bytes_up/bytes_down = link counters, every byte incl. HTTP headers; \
+         rep_bytes_* = SyncReport's own counts; s4 = enroll + sync (requests: sync only); \
+         {rss}; *_cpu = user+system CPU of that process in the phase; KB = 1000 bytes\n  load average (1/5/15 min) before: {load_before}, after: {}",
+        load_average(),
+        n = args.records,
+        c = args.creates,
+        e = args.edits,
+    ));
+    Ok(missed)
+}
+
+/// Checks that a phase's sync pushed `expected` documents.
+fn ensure_pushed(phase: &Phase, expected: usize, what: &str) -> anyhow::Result<()> {
+    let pushed = number(&phase.sync, "pushed_docs");
+    let pending = number(&phase.sync, "pending_docs");
+    anyhow::ensure!(
+        pushed == expected as f64 && pending == 0.0,
+        "{what}: pushed {pushed} documents ({pending} left), expected {expected}"
+    );
+    Ok(())
+}
+
+fn add_phase(report: &mut Report, prefix: &str, phase: &Phase, targets: Targets) {
+    report.add(
+        &format!("{prefix}.seconds"),
+        phase.seconds,
+        "s",
+        targets.seconds,
+    );
+    report.add(
+        &format!("{prefix}.requests"),
+        phase.requests,
+        "",
+        targets.requests,
+    );
+    report.add(
+        &format!("{prefix}.bytes"),
+        phase.bytes() as f64,
+        "bytes",
+        targets.bytes,
+    );
+    report.add(
+        &format!("{prefix}.bytes_up"),
+        phase.link_up as f64,
+        "bytes",
+        None,
+    );
+    report.add(
+        &format!("{prefix}.bytes_down"),
+        phase.link_down as f64,
+        "bytes",
+        None,
+    );
+    report.add(
+        &format!("{prefix}.rep_bytes_up"),
+        phase.report_up,
+        "bytes",
+        None,
+    );
+    report.add(
+        &format!("{prefix}.rep_bytes_down"),
+        phase.report_down,
+        "bytes",
+        None,
+    );
+    report.add(
+        &format!("{prefix}.client_rss"),
+        phase.client_rss,
+        "MB",
+        Some(("<", 150.0)),
+    );
+    report.add(
+        &format!("{prefix}.server_rss"),
+        phase.server_rss,
+        "MB",
+        None,
+    );
+    report.add(&format!("{prefix}.client_cpu"), phase.client_cpu, "s", None);
+    report.add(&format!("{prefix}.server_cpu"), phase.server_cpu, "s", None);
+}
+
+/// Runs `run` (which sends orders to tablets and collects their answers) and measures it at the
+/// link and at the server.
+fn measure(
+    link: &PoorLink,
+    server: &Server,
+    rss_reset_ok: &mut bool,
+    run: impl FnOnce(&mut Vec<Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<Phase> {
+    let (up, down) = settled(link);
+    *rss_reset_ok &= reset_peak_rss(Some(server.pid));
+    let server_cpu = cpu_seconds(Some(server.pid));
+    let mut answers = Vec::new();
+    run(&mut answers)?;
+    let (up_after, down_after) = settled(link);
+    let server_cpu = cpu_seconds(Some(server.pid)) - server_cpu;
+    let sync = answers
+        .iter()
+        .rev()
+        .find_map(|a| a.get("report").cloned())
+        .ok_or_else(|| anyhow!("no sync in this phase"))?;
+    *rss_reset_ok &= answers
+        .iter()
+        .all(|a| a.get("rss_reset").and_then(Value::as_bool) == Some(true));
+    Ok(Phase {
+        seconds: answers.iter().map(|a| number(a, "seconds")).sum(),
+        link_up: up_after - up,
+        link_down: down_after - down,
+        requests: number(&sync, "requests"),
+        report_up: number(&sync, "bytes_up"),
+        report_down: number(&sync, "bytes_down"),
+        client_rss: answers
+            .iter()
+            .map(|a| number(a, "peak_rss_mb"))
+            .fold(0.0, f64::max),
+        server_rss: peak_rss_mb_of(Some(server.pid)),
+        client_cpu: answers.iter().map(|a| number(a, "cpu_seconds")).sum(),
+        server_cpu,
+        sync,
+    })
+}
+
+/// The link's counters once they stopped moving: the proxy counts a chunk just after writing
+/// it, so the tablet may have read its answer a moment before the count.
+fn settled(link: &PoorLink) -> (u64, u64) {
+    let mut last = (link.bytes_up(), link.bytes_down());
+    loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let now = (link.bytes_up(), link.bytes_down());
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+}
+
+/// CPU time (user + system, all threads) of process `pid` (`None`: this one) so far, in
+/// seconds, from `/proc/<pid>/stat` (in USER_HZ = 100 ticks per second on Linux).
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|stat| {
+            // Fields after the command name (which may hold spaces): state is field 3, utime 14,
+            // stime 15.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+            Some((ticks(11)? + ticks(12)?) / 100.0)
+        })
+        .unwrap_or(f64::NAN)
+}
+
+fn number(value: &Value, key: &str) -> f64 {
+    value.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+// ----- the server ---------------------------------------------------------------------------
+
+fn server_binary(args: &SyncArgs) -> anyhow::Result<PathBuf> {
+    let path = match &args.server_bin {
+        Some(path) => path.clone(),
+        None => {
+            let exe = std::env::current_exe()?;
+            exe.parent()
+                .ok_or_else(|| anyhow!("executable without a directory"))?
+                .join("communesync")
+        }
+    };
+    if !path.is_file() {
+        let profile = if cfg!(debug_assertions) {
+            ""
+        } else {
+            " --release"
+        };
+        bail!(
+            "server binary {} not found: run `cargo build{profile} -p communesync-server` first \
+             (or pass --server-bin)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs `communesync admin --database URL <task...>` and returns its last line of output.
+fn admin(bin: &Path, url: &str, task: &[&str]) -> anyhow::Result<Value> {
+    let output = Command::new(bin)
+        .args(["admin", "--database", url])
+        .args(task)
+        .env("RUST_LOG", "warn")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    if !output.status.success() {
+        bail!(
+            "communesync admin {task:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let stdout = String::from_utf8(output.stdout)?;
+    let line = stdout
+        .lines()
+        .last()
+        .ok_or_else(|| anyhow!("communesync admin {task:?} printed nothing"))?;
+    serde_json::from_str(line).with_context(|| format!("communesync admin output {line:?}"))
+}
+
+fn issue_code(bin: &Path, url: &str) -> anyhow::Result<String> {
+    let answer = admin(bin, url, &["issue-code", "--commune", COMMUNE])?;
+    answer
+        .get("code")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| anyhow!("issue-code printed no code: {answer}"))
+}
+
+/// `communesync serve` as a child process; killed when dropped.
+struct Server {
+    child: Child,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(bin: &Path, url: &str, dir: &Path) -> anyhow::Result<Server> {
+        // A port the kernel just handed out and released: free unless someone races for it.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let log_path = dir.join("server.log");
+        let log = std::fs::File::create(&log_path)?;
+        let child = Command::new(bin)
+            .arg("serve")
+            .args(["--database", url])
+            .args(["--listen", &addr.to_string()])
+            .arg("--admin-token-file")
+            .arg(dir.join("admin-token"))
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id();
+        let mut server = Server { child, pid, addr };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if std::net::TcpStream::connect(addr).is_ok() {
+                return Ok(server);
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "the server exited ({status}) before listening: {}",
+                    std::fs::read_to_string(&log_path).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not listen on {addr} within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A private PostgreSQL cluster started with `scripts/toolchains/postgres.sh`, stopped when
+/// dropped.
+struct PgCluster {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    url: String,
+}
+
+impl PgCluster {
+    fn script() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/toolchains/postgres.sh")
+    }
+
+    fn start() -> anyhow::Result<PgCluster> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        // As root the cluster runs as another user, which must be able to reach the data dir.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let data = dir.path().join("pg");
+        eprintln!(
+            "{PG_ENV} unset: starting a private PostgreSQL in {}",
+            data.display()
+        );
+        let output = Command::new(Self::script())
+            .arg("start")
+            .arg(&data)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running scripts/toolchains/postgres.sh")?;
+        // From here on, dropping the value stops whatever was started.
+        let mut cluster = PgCluster {
+            _dir: dir,
+            data,
+            url: String::new(),
+        };
+        if !output.status.success() {
+            bail!("postgres.sh start failed ({})", output.status);
+        }
+        let stdout = String::from_utf8(output.stdout)?;
+        cluster.url = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("DATABASE_URL="))
+            .ok_or_else(|| anyhow!("postgres.sh start printed no DATABASE_URL: {stdout}"))?
+            .to_owned();
+        Ok(cluster)
+    }
+}
+
+impl Drop for PgCluster {
+    fn drop(&mut self) {
+        let stopped = Command::new(Self::script())
+            .arg("stop")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .status();
+        if !matches!(stopped, Ok(status) if status.success()) {
+            eprintln!(
+                "warning: could not stop PostgreSQL in {}",
+                self.data.display()
+            );
+        }
+    }
+}
+
+// ----- tablets ------------------------------------------------------------------------------
+
+/// A tablet child process; killed if dropped without [`Tablet::quit`].
+struct Tablet {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Tablet {
+    fn spawn(store: &Path) -> anyhow::Result<Tablet> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("sync")
+            .arg("--tablet-process")
+            .arg(store)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting a tablet process")?;
+        let stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("tablet without stdin"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("tablet without stdout"))?;
+        Ok(Tablet {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    /// Sends one order and waits for its answer.
+    fn call(&mut self, order: Value) -> anyhow::Result<Value> {
+        writeln!(self.stdin, "{order}")?;
+        self.stdin.flush()?;
+        let mut line = String::new();
+        if self.stdout.read_line(&mut line)? == 0 {
+            bail!("the tablet process died during {order}");
+        }
+        let answer: Value = serde_json::from_str(&line)?;
+        if let Some(error) = answer.get("error") {
+            bail!("tablet: {order}: {error}");
+        }
+        Ok(answer)
+    }
+
+    fn quit(mut self) -> anyhow::Result<()> {
+        self.call(json!({"op": "quit"}))?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "tablet process ended with {status}");
+        Ok(())
+    }
+}
+
+impl Drop for Tablet {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The tablet side: a device store and its sync clients, one order per line on stdin.
+mod tablet {
+    use super::*;
+
+    struct State {
+        store: Arc<Mutex<DeviceStore>>,
+        token: Option<String>,
+        /// One client (and connection pool) per server URL.
+        clients: HashMap<String, SyncClient<ReqwestTransport>>,
+        ids: Vec<RecordId>,
+        sample: SampleData,
+        edit_rounds: usize,
+    }
+
+    pub fn main(path: &Path) -> anyhow::Result<()> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let mut store =
+            DeviceStore::open(StoreConfig::new(path).encrypted(EncryptionKey::new([7; 32])))?;
+        store.import_catalogue(&SampleData::catalogue())?;
+        store.set_holidays(&SampleData::holidays())?;
+        let mut state = State {
+            store: Arc::new(Mutex::new(store)),
+            token: None,
+            clients: HashMap::new(),
+            ids: Vec::new(),
+            sample: SampleData::new(1),
+            edit_rounds: 0,
+        };
+        let stdin = std::io::stdin();
+        let mut stdout = std::io::stdout();
+        for line in stdin.lock().lines() {
+            let order: Value = serde_json::from_str(&line?)?;
+            let op = order.get("op").and_then(Value::as_str).unwrap_or_default();
+            if op == "quit" {
+                writeln!(stdout, "{}", json!({"ok": true}))?;
+                stdout.flush()?;
+                break;
+            }
+            let rss_reset = reset_peak_rss(None);
+            let cpu = cpu_seconds(None);
+            let started = Instant::now();
+            let answer = match runtime.block_on(state.handle(op, &order)) {
+                Ok(mut answer) => {
+                    answer["seconds"] = json!(started.elapsed().as_secs_f64());
+                    answer["peak_rss_mb"] = json!(peak_rss_mb_of(None));
+                    answer["rss_reset"] = json!(rss_reset);
+                    answer["cpu_seconds"] = json!(cpu_seconds(None) - cpu);
+                    answer
+                }
+                Err(err) => json!({"error": format!("{err:#}")}),
+            };
+            writeln!(stdout, "{answer}")?;
+            stdout.flush()?;
+        }
+        Ok(())
+    }
+
+    fn text<'a>(order: &'a Value, key: &str) -> anyhow::Result<&'a str> {
+        order
+            .get(key)
+            .and_then(Value::as_str)
+            .ok_or_else(|| anyhow!("order without {key}"))
+    }
+
+    fn count(order: &Value, key: &str) -> anyhow::Result<usize> {
+        order
+            .get(key)
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .ok_or_else(|| anyhow!("order without {key}"))
+    }
+
+    /// The status an edit moves an application to, along the workflow.
+    fn next_status(status: Status) -> Option<Status> {
+        match status {
+            Status::Received | Status::SupplementRequested => Some(Status::InProgress),
+            Status::InProgress => Some(Status::Ready),
+            Status::Ready => Some(Status::Returned),
+            _ => None,
+        }
+    }
+
+    impl State {
+        fn store(&self) -> std::sync::MutexGuard<'_, DeviceStore> {
+            self.store.lock().unwrap_or_else(PoisonError::into_inner)
+        }
+
+        fn client(&mut self, url: &str) -> anyhow::Result<&SyncClient<ReqwestTransport>> {
+            if !self.clients.contains_key(url) {
+                let token = self
+                    .token
+                    .clone()
+                    .ok_or_else(|| anyhow!("sync before enrollment"))?;
+                let client = SyncClient::new(
+                    ReqwestTransport::new(url)?,
+                    self.store.clone(),
+                    token,
+                    SyncConfig::default(),
+                )?;
+                self.clients.insert(url.to_owned(), client);
+            }
+            self.clients
+                .get(url)
+                .ok_or_else(|| anyhow!("no client for {url}"))
+        }
+
+        async fn handle(&mut self, op: &str, order: &Value) -> anyhow::Result<Value> {
+            match op {
+                "enroll" => {
+                    let url = text(order, "url")?;
+                    let transport = ReqwestTransport::new(url)?;
+                    let device = self.store().device_id();
+                    let credentials = enroll(
+                        &transport,
+                        text(order, "code")?,
+                        device,
+                        text(order, "label")?,
+                    )
+                    .await?;
+                    // The sync goes through the same client, hence the same connection.
+                    let client = SyncClient::new(
+                        transport,
+                        self.store.clone(),
+                        credentials.token.clone(),
+                        SyncConfig::default(),
+                    )?;
+                    self.token = Some(credentials.token);
+                    self.clients.insert(url.to_owned(), client);
+                    Ok(json!({"ok": true}))
+                }
+                "intake" => {
+                    let n = count(order, "n")?;
+                    self.sample = SampleData::new(order["seed"].as_u64().unwrap_or(1));
+                    let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+                    for _ in 0..n {
+                        let app = store
+                            .create_application(OFFICER, self.sample.application(COMMUNE, None))?;
+                        self.ids.push(app.id);
+                    }
+                    Ok(json!({"created": n}))
+                }
+                "edit" => {
+                    let edits = count(order, "edits")?.min(self.ids.len());
+                    let creates = count(order, "creates")?;
+                    let start = self.edit_rounds * edits;
+                    let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+                    for k in 0..edits {
+                        let id = self.ids[(start + k) % self.ids.len()];
+                        let status = store.get_application(id)?.status;
+                        if let Some(to) = next_status(status) {
+                            store.transition(id, OFFICER, to)?;
+                        }
+                        let line = self.sample.note_line();
+                        store.update_application(id, OFFICER, |a| {
+                            a.notes.push(' ');
+                            a.notes.push_str(&line);
+                        })?;
+                    }
+                    for _ in 0..creates {
+                        let app = store
+                            .create_application(OFFICER, self.sample.application(COMMUNE, None))?;
+                        self.ids.push(app.id);
+                    }
+                    self.edit_rounds += 1;
+                    Ok(json!({"edited": edits, "created": creates}))
+                }
+                "sync" => {
+                    let client = self.client(text(order, "url")?)?;
+                    let report = client.sync(&|_| {}).await?;
+                    Ok(json!({"report": serde_json::to_value(&report)?}))
+                }
+                "reference" => {
+                    use flate2::Compression;
+                    use flate2::write::GzEncoder;
+                    let mut store = self.store();
+                    let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
+                    let (mut records, mut json_bytes) = (0u64, 0u64);
+                    let mut offset = 0;
+                    loop {
+                        let page = store.query_applications(&ApplicationQuery {
+                            limit: 500,
+                            offset,
+                            ..Default::default()
+                        })?;
+                        for row in &page.items {
+                            let mut line = serde_json::to_vec(&store.get_application(row.id)?)?;
+                            line.push(b'\n');
+                            gzip.write_all(&line)?;
+                            records += 1;
+                            json_bytes += line.len() as u64;
+                        }
+                        match page.next_offset {
+                            Some(next) => offset = next,
+                            None => break,
+                        }
+                    }
+                    let gzip_bytes = gzip.finish()?.len();
+                    Ok(json!({
+                        "records": records,
+                        "json_bytes": json_bytes,
+                        "gzip_bytes": gzip_bytes,
+                    }))
+                }
+                other => bail!("unknown order {other:?}"),
+            }
+        }
+    }
+}
