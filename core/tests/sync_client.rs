@@ -461,7 +461,9 @@ async fn first_sync_pushes_in_size_bounded_batches_and_an_idle_sync_is_one_reque
     assert_eq!(report.pushed_docs, 40);
     assert_eq!(report.pushed_changes, 40);
     assert_eq!((report.retries, report.pending_docs), (0, 0));
-    assert!(report.bytes_up > total as u64 / 3, "{report:?}");
+    // Bodies are counted (and compressed: uncompressed changes shrink well with the dictionary).
+    assert!(report.bytes_up > total as u64 / 20, "{report:?}");
+    assert!(report.bytes_up < total as u64, "{report:?}");
     assert_eq!(a.pending(), 0);
     for id in &ids {
         assert_eq!(hub.state().store.heads(*id).unwrap(), a.heads(*id));

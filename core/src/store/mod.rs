@@ -591,7 +591,10 @@ impl DeviceStore {
             .doc
             .changes_since(heads)
             .into_iter()
-            .map(|mut change| change.bytes().into_owned())
+            // Uncompressed: the wire compresses whole batches with the record dictionary, which
+            // finds far more to share across documents than Automerge's per-change deflate
+            // leaves (measured: 864 → 130 bytes per new application). Same change, same hash.
+            .map(|change| change.raw_bytes().to_vec())
             .collect())
     }
 
