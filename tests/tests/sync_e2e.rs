@@ -434,7 +434,12 @@ async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothi
         .await
         .unwrap()
         .token;
-    let http = reqwest::Client::new();
+    // A fresh connection per request: the server closes a connection after refusing a body it
+    // did not read (413), and a pooled keep-alive connection would race that close.
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let post = |body: Vec<u8>, content_type: &'static str| {
         http.post(format!("{}/v1/sync", server.url()))
             .bearer_auth(&token)
