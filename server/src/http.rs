@@ -572,9 +572,7 @@ fn validate_push(
         let mut all = history;
         all.extend(doc.changes.iter().cloned());
         let record = match RecordDoc::from_changes(doc.id, doc.kind, &all, actor) {
-            Ok(record_doc) => record_doc
-                .record()
-                .map_err(|e| ApiError::malformed(format!("record {} is not valid: {e}", doc.id)))?,
+            Ok((_, record)) => record,
             Err(communesync_core::Error::InvalidInput { field, .. }) if field == "changes" => {
                 // Depends on changes the server has never seen: ask for the whole history.
                 missing.push(doc.id);

@@ -350,8 +350,9 @@ impl RecordDoc {
     }
 
     /// Applies changes from another replica. Bytes that do not decode are refused before anything
-    /// is applied; the result must still be a valid record of this kind.
-    pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<()> {
+    /// is applied; the result must still be a valid record of this kind, which is returned (it
+    /// was read to check that, so callers need not read it again).
+    pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<Record> {
         let decoded = changes
             .iter()
             .map(|bytes| {
@@ -364,46 +365,48 @@ impl RecordDoc {
         let before = self.doc.get_heads();
         self.doc.apply_changes(decoded)?;
         let check = if self.doc.get_missing_deps(&[]).is_empty() {
-            self.record().map(|_| ())
+            self.record()
         } else {
             Err(Error::invalid(
                 "changes",
                 "they depend on changes that were not received",
             ))
         };
-        if let Err(e) = check {
-            // Back to what we had: a fork at the old heads is the document without the changes.
-            let actor = self.doc.get_actor().clone();
-            self.doc = self.doc.fork_at(&before)?.with_actor(actor);
-            return Err(e);
+        match check {
+            Ok(record) => Ok(record),
+            Err(e) => {
+                // Back to what we had: a fork at the old heads is the document without the changes.
+                let actor = self.doc.get_actor().clone();
+                self.doc = self.doc.fork_at(&before)?.with_actor(actor);
+                Err(e)
+            }
         }
-        Ok(())
     }
 
-    /// A document built from another replica's changes (a record this device has not seen).
+    /// A document built from another replica's changes (a record this device has not seen), with
+    /// the record it holds.
     pub fn from_changes(
         id: RecordId,
         kind: RecordKind,
         changes: &[Vec<u8>],
         device: DeviceId,
-    ) -> Result<Self> {
+    ) -> Result<(Self, Record)> {
         let mut this = RecordDoc {
             id,
             kind,
             doc: AutoCommit::new().with_actor(actor_for(device)),
         };
-        this.apply_changes(changes)?;
+        let record = this.apply_changes(changes)?;
         if this.doc.get_heads().is_empty() {
             return Err(Error::invalid(
                 "changes",
                 "no changes given for a new record",
             ));
         }
-        let record = this.record()?;
         if record.id() != id {
             return Err(Error::invalid("changes", "they belong to another record"));
         }
-        Ok(this)
+        Ok((this, record))
     }
 }
 

@@ -614,8 +614,7 @@ impl DeviceStore {
             return Ok(());
         }
         if self.rowid_of(id)?.is_none() {
-            let mut doc = RecordDoc::from_changes(id, kind, changes, self.device)?;
-            let record = doc.record()?;
+            let (mut doc, record) = RecordDoc::from_changes(id, kind, changes, self.device)?;
             let snapshot = self.codec.encode(&doc.save_uncompressed())?;
             let tx = self.conn.transaction()?;
             tx.prepare_cached(
@@ -641,7 +640,7 @@ impl DeviceStore {
             });
         }
         let before = loaded.saved_heads.clone();
-        let result = loaded.doc.apply_changes(changes).and_then(|()| {
+        let result = loaded.doc.apply_changes(changes).and_then(|_| {
             if loaded.doc.heads() == before {
                 Ok(())
             } else {

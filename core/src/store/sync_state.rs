@@ -219,8 +219,7 @@ impl DeviceStore {
             let outcome = match existing {
                 None => {
                     match RecordDoc::from_changes(pulled.id, pulled.kind, &pulled.changes, device) {
-                        Ok(mut doc) => {
-                            let record = doc.record()?;
+                        Ok((mut doc, record)) => {
                             let snapshot = self.codec.encode(&doc.save_uncompressed())?;
                             tx.prepare_cached(
                             "INSERT INTO documents(id, kind, snapshot, chunk_count, last_pulled_at)
@@ -258,8 +257,8 @@ impl DeviceStore {
                         })
                     } else {
                         match loaded.doc.apply_changes(&pulled.changes) {
-                            Ok(()) if loaded.doc.heads() == loaded.saved_heads => Ok(()),
-                            Ok(()) => {
+                            Ok(_) if loaded.doc.heads() == loaded.saved_heads => Ok(()),
+                            Ok(_) => {
                                 write_changes(
                                     &tx,
                                     &mut self.codec,
