@@ -31,4 +31,12 @@ cargo build -q -p communesync-server
 cargo run -q -p communesync-bench -- sync --records 200 --database sqlite > target/bench-smoke-sync.txt
 grep -q '"bench":"sync.sqlite.s3.requests"' target/bench-smoke-sync.txt
 
+# Further suites, each a script of its own (bindings on Kotlin and Swift, fuzzing, ...): they run in
+# name order, with PostgreSQL still up and COMMUNESYNC_TEST_DATABASE_URL set.
+for suite in scripts/test.d/*.sh; do
+  [ -e "$suite" ] || continue
+  step "$suite"
+  bash "$suite"
+done
+
 step "all tests passed"
