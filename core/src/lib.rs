@@ -16,6 +16,7 @@ pub mod catalogue;
 pub mod clock;
 pub mod codec;
 pub mod error;
+pub mod import;
 pub mod protocol;
 pub mod record;
 pub mod search;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Subcommand;
-use communesync_core::record::NewApplication;
+use communesync_core::import::parse_import_line;
 use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
 use communesync_core::sync::{Credentials, ReqwestTransport, SyncClient, SyncConfig, enroll};
 use serde::{Deserialize, Serialize};
@@ -121,12 +121,11 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             let (mut imported, mut refused) = (0u64, 0u64);
             for (number, line) in reader.lines().enumerate() {
                 let line = line?;
-                if line.trim().is_empty() {
-                    continue;
-                }
-                let result = serde_json::from_str::<NewApplication>(&line)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|new| Ok(store.create_application(&officer, new)?));
+                let result = match parse_import_line(&line) {
+                    Ok(None) => continue,
+                    Ok(Some(new)) => store.create_application(&officer, new),
+                    Err(err) => Err(err),
+                };
                 match result {
                     Ok(_) => imported += 1,
                     Err(err) => {
