@@ -489,7 +489,7 @@ fn settled(link: &PoorLink) -> (u64, u64) {
 
 /// CPU time (user + system, all threads) of process `pid` (`None`: this one) so far, in
 /// seconds, from `/proc/<pid>/stat` (in USER_HZ = 100 ticks per second on Linux).
-fn cpu_seconds(pid: Option<u32>) -> f64 {
+pub(crate) fn cpu_seconds(pid: Option<u32>) -> f64 {
     let path = match pid {
         Some(pid) => format!("/proc/{pid}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -511,7 +511,7 @@ fn number(value: &Value, key: &str) -> f64 {
     value.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
 }
 
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
@@ -576,14 +576,14 @@ fn issue_code(bin: &Path, url: &str) -> anyhow::Result<String> {
 }
 
 /// `communesync serve` as a child process; killed when dropped.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    pid: u32,
-    addr: SocketAddr,
+    pub(crate) pid: u32,
+    pub(crate) addr: SocketAddr,
 }
 
 impl Server {
-    fn start(bin: &Path, url: &str, dir: &Path) -> anyhow::Result<Server> {
+    pub(crate) fn start(bin: &Path, url: &str, dir: &Path) -> anyhow::Result<Server> {
         // A port the kernel just handed out and released: free unless someone races for it.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let log_path = dir.join("server.log");
@@ -630,10 +630,10 @@ impl Drop for Server {
 
 /// A private PostgreSQL cluster started with `scripts/toolchains/postgres.sh`, stopped when
 /// dropped.
-struct PgCluster {
+pub(crate) struct PgCluster {
     _dir: tempfile::TempDir,
     data: PathBuf,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PgCluster {
@@ -641,7 +641,7 @@ impl PgCluster {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/toolchains/postgres.sh")
     }
 
-    fn start() -> anyhow::Result<PgCluster> {
+    pub(crate) fn start() -> anyhow::Result<PgCluster> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
         // As root the cluster runs as another user, which must be able to reach the data dir.
