@@ -29,12 +29,15 @@ use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, PushDoc, SyncRequest,
     SyncResponse, WireError,
 };
-use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, RecordKind};
+use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, decode_changes};
 use rand::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::storage::{Device, IncomingChange, IncomingDoc, Scope, ServerStorage, StorageError};
+use crate::storage::{
+    Device, IncomingChange, IncomingDoc, KnownDoc, Scope, ServerStorage, StorageError,
+};
 
 /// Tunables of the HTTP layer.
 #[derive(Debug, Clone)]
@@ -439,13 +442,7 @@ async fn sync(
     let pushed: Vec<RecordId> = request.push.iter().map(|d| d.id).collect();
     let mut missing: Vec<RecordId> = Vec::new();
     if !request.push.is_empty() {
-        let mut known = HashMap::new();
-        for doc in &request.push {
-            if let Some(registration) = state.storage.doc_registration(doc.id).await? {
-                let stored = state.storage.doc_changes(doc.id).await?;
-                known.insert(doc.id, (registration, stored));
-            }
-        }
+        let known = state.storage.known_docs(&pushed).await?;
         let scope = device.scope.clone();
         let actor = state.actor;
         let push = request.push;
@@ -523,92 +520,123 @@ async fn sync(
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
 }
 
-type Known = HashMap<RecordId, ((String, RecordKind), Vec<Vec<u8>>)>;
+/// What validating one pushed document concluded.
+enum Validated {
+    /// Store these changes.
+    Store(IncomingDoc),
+    /// The server lacks their dependencies: ask for the whole history.
+    MissingDeps(RecordId),
+}
 
 /// Checks pushed documents against the device's scope and what the server holds. Returns the
-/// documents to store and those whose history the server lacks.
+/// documents to store and those whose history the server lacks. Documents are independent, so
+/// they are checked in parallel; the first refusal (in batch order) refuses the batch.
 fn validate_push(
     push: Vec<PushDoc>,
     scope: &Scope,
-    known: Known,
+    known: HashMap<RecordId, KnownDoc>,
     actor: DeviceId,
 ) -> Result<(Vec<IncomingDoc>, Vec<RecordId>), ApiError> {
-    let mut incoming = Vec::with_capacity(push.len());
+    let validated = push
+        .into_par_iter()
+        .map(|doc| {
+            let stored = known.get(&doc.id);
+            validate_doc(doc, scope, stored, actor)
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let mut incoming = Vec::with_capacity(validated.len());
     let mut missing = Vec::new();
-    for doc in push {
-        let mut changes = Vec::with_capacity(doc.changes.len());
-        for bytes in &doc.changes {
-            let change = automerge::Change::from_bytes(bytes.clone()).map_err(|e| {
-                ApiError::malformed(format!("record {}: a change does not decode: {e}", doc.id))
-            })?;
-            changes.push(IncomingChange {
-                hash: change.hash().0,
-                deps: change.deps().iter().map(|d| d.0).collect(),
-                bytes: bytes.clone(),
-            });
+    for outcome in validated {
+        match outcome {
+            Validated::Store(doc) => incoming.push(doc),
+            Validated::MissingDeps(id) => missing.push(id),
         }
-        let (commune, history) = match known.get(&doc.id) {
-            Some(((commune, kind), stored)) => {
-                if *kind != doc.kind {
-                    return Err(ApiError::forbidden(format!(
-                        "record {} is a {kind}, not a {}",
-                        doc.id, doc.kind
-                    )));
-                }
-                (Some(commune.clone()), stored.clone())
+    }
+    Ok((incoming, missing))
+}
+
+fn validate_doc(
+    doc: PushDoc,
+    scope: &Scope,
+    known: Option<&KnownDoc>,
+    actor: DeviceId,
+) -> Result<Validated, ApiError> {
+    let mut changes = Vec::with_capacity(doc.changes.len());
+    let mut decoded = Vec::with_capacity(doc.changes.len());
+    for bytes in doc.changes {
+        let change = automerge::Change::from_bytes(bytes.clone()).map_err(|e| {
+            ApiError::malformed(format!("record {}: a change does not decode: {e}", doc.id))
+        })?;
+        changes.push(IncomingChange {
+            hash: change.hash().0,
+            deps: change.deps().iter().map(|d| d.0).collect(),
+            bytes,
+        });
+        decoded.push(change);
+    }
+    let commune = match known {
+        Some(stored) => {
+            if stored.kind != doc.kind {
+                return Err(ApiError::forbidden(format!(
+                    "record {} is a {}, not a {}",
+                    doc.id, stored.kind, doc.kind
+                )));
             }
-            None => (None, Vec::new()),
-        };
-        if let (Some(commune), Some(own)) = (&commune, scope.commune())
-            && commune != own
-        {
+            Some(stored.commune.clone())
+        }
+        None => None,
+    };
+    if let (Some(commune), Some(own)) = (&commune, scope.commune())
+        && commune != own
+    {
+        return Err(ApiError::forbidden(format!(
+            "record {} is outside this device's commune",
+            doc.id
+        )));
+    }
+    // The record after these changes must be a valid record of its kind, in the commune it is
+    // registered to (or, when new, in the device's commune).
+    let mut all = match known {
+        Some(stored) => decode_changes(doc.id, &stored.changes)
+            .map_err(|e| ApiError::internal(format!("stored history of {}: {e}", doc.id)))?,
+        None => Vec::new(),
+    };
+    all.extend(decoded);
+    let record = match RecordDoc::from_decoded(Some(doc.id), doc.kind, all, actor) {
+        Ok((_, record)) => record,
+        Err(communesync_core::Error::InvalidInput { field, .. }) if field == "changes" => {
+            // Depends on changes the server has never seen: ask for the whole history.
+            return Ok(Validated::MissingDeps(doc.id));
+        }
+        Err(e) => {
+            return Err(ApiError::malformed(format!("record {}: {e}", doc.id)));
+        }
+    };
+    let record_commune = match &record {
+        Record::Application(a) => a.commune_code.clone(),
+        Record::CitizenRequest(r) => r.commune_code.clone(),
+    };
+    match (&commune, scope.commune()) {
+        (Some(registered), _) if *registered != record_commune => {
             return Err(ApiError::forbidden(format!(
-                "record {} is outside this device's commune",
+                "record {} cannot move to another commune",
                 doc.id
             )));
         }
-        // The record after these changes must be a valid record of its kind, in the commune it
-        // is registered to (or, when new, in the device's commune).
-        let mut all = history;
-        all.extend(doc.changes.iter().cloned());
-        let record = match RecordDoc::from_changes(doc.id, doc.kind, &all, actor) {
-            Ok((_, record)) => record,
-            Err(communesync_core::Error::InvalidInput { field, .. }) if field == "changes" => {
-                // Depends on changes the server has never seen: ask for the whole history.
-                missing.push(doc.id);
-                continue;
-            }
-            Err(e) => {
-                return Err(ApiError::malformed(format!("record {}: {e}", doc.id)));
-            }
-        };
-        let record_commune = match &record {
-            Record::Application(a) => a.commune_code.clone(),
-            Record::CitizenRequest(r) => r.commune_code.clone(),
-        };
-        match (&commune, scope.commune()) {
-            (Some(registered), _) if *registered != record_commune => {
-                return Err(ApiError::forbidden(format!(
-                    "record {} cannot move to another commune",
-                    doc.id
-                )));
-            }
-            (None, Some(own)) if own != record_commune => {
-                return Err(ApiError::forbidden(format!(
-                    "record {} belongs to commune {record_commune}, not {own}",
-                    doc.id
-                )));
-            }
-            _ => {}
+        (None, Some(own)) if own != record_commune => {
+            return Err(ApiError::forbidden(format!(
+                "record {} belongs to commune {record_commune}, not {own}",
+                doc.id
+            )));
         }
-        incoming.push(IncomingDoc {
-            id: doc.id,
-            kind: doc.kind,
-            commune: commune.unwrap_or(record_commune),
-            changes,
-        });
+        _ => {}
     }
-    Ok((incoming, missing))
+    Ok(Validated::Store(IncomingDoc {
+        id: doc.id,
+        kind: doc.kind,
+        commune: commune.unwrap_or(record_commune),
+        changes,
+    }))
 }
 
 /// Groups feed items by document, in order of first appearance (order within a document kept).

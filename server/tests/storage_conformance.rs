@@ -754,6 +754,19 @@ async fn ingest_registers_and_dedupes(f: &Fixture) {
     assert_eq!(info[0].changes_pushed, 5);
     assert_eq!(info[0].last_sync_at, Some(NOW + 1));
 
+    // The batched lookup agrees with the one-by-one reads, ignores unknown ids and repeats.
+    let unknown = RecordId::new();
+    let known = s.known_docs(&[a, unknown, b, a]).await.unwrap();
+    assert_eq!(known.len(), 2);
+    assert!(!known.contains_key(&unknown));
+    for id in [a, b] {
+        let (commune, kind) = s.doc_registration(id).await.unwrap().unwrap();
+        let entry = &known[&id];
+        assert_eq!((&entry.commune, entry.kind), (&commune, kind));
+        assert_eq!(entry.changes, s.doc_changes(id).await.unwrap());
+    }
+    assert!(s.known_docs(&[]).await.unwrap().is_empty());
+
     // The feed carries the device and the server receive time.
     let items = read_all(s, &Scope::Commune("c1".into()), None).await;
     assert_eq!(items.len(), 5);

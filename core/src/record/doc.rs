@@ -353,17 +353,14 @@ impl RecordDoc {
     /// is applied; the result must still be a valid record of this kind, which is returned (it
     /// was read to check that, so callers need not read it again).
     pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<Record> {
-        let decoded = changes
-            .iter()
-            .map(|bytes| {
-                automerge::Change::from_bytes(bytes.clone()).map_err(|e| Error::Corrupt {
-                    id: self.id,
-                    reason: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let decoded = decode_changes(self.id, changes)?;
+        self.apply_decoded(decoded)
+    }
+
+    /// [`RecordDoc::apply_changes`] for changes already decoded.
+    pub fn apply_decoded(&mut self, changes: Vec<automerge::Change>) -> Result<Record> {
         let before = self.doc.get_heads();
-        self.doc.apply_changes(decoded)?;
+        self.doc.apply_changes(changes)?;
         let check = if self.doc.get_missing_deps(&[]).is_empty() {
             self.record()
         } else {
@@ -391,23 +388,53 @@ impl RecordDoc {
         changes: &[Vec<u8>],
         device: DeviceId,
     ) -> Result<(Self, Record)> {
+        let decoded = decode_changes(id, changes)?;
+        Self::from_decoded(Some(id), kind, decoded, device)
+    }
+
+    /// [`RecordDoc::from_changes`] for changes already decoded. With `expected` `None`, the id
+    /// is the one the record holds (a peer may leave it out when it sends a whole history).
+    pub fn from_decoded(
+        expected: Option<RecordId>,
+        kind: RecordKind,
+        changes: Vec<automerge::Change>,
+        device: DeviceId,
+    ) -> Result<(Self, Record)> {
         let mut this = RecordDoc {
-            id,
+            id: expected.unwrap_or(RecordId(Uuid::nil())),
             kind,
             doc: AutoCommit::new().with_actor(actor_for(device)),
         };
-        let record = this.apply_changes(changes)?;
-        if this.doc.get_heads().is_empty() {
+        if changes.is_empty() {
             return Err(Error::invalid(
                 "changes",
                 "no changes given for a new record",
             ));
         }
-        if record.id() != id {
-            return Err(Error::invalid("changes", "they belong to another record"));
+        let record = this.apply_decoded(changes)?;
+        match expected {
+            Some(id) if record.id() != id => {
+                Err(Error::invalid("changes", "they belong to another record"))
+            }
+            _ => {
+                this.id = record.id();
+                Ok((this, record))
+            }
         }
-        Ok((this, record))
     }
+}
+
+/// Decodes raw changes of record `id`; any that does not decode is [`Error::Corrupt`].
+pub fn decode_changes(id: RecordId, changes: &[Vec<u8>]) -> Result<Vec<automerge::Change>> {
+    changes
+        .iter()
+        .map(|bytes| {
+            automerge::Change::from_bytes(bytes.clone()).map_err(|e| Error::Corrupt {
+                id,
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Names of the fields that differ between two values, one level deep into nested maps.

@@ -149,6 +149,17 @@ pub struct CommuneStats {
     pub last_change_at: Option<i64>,
 }
 
+/// A document the server holds: where it is registered and its stored changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KnownDoc {
+    /// Commune it is registered to.
+    pub commune: String,
+    /// Its kind.
+    pub kind: RecordKind,
+    /// Every stored change, in storage (feed) order.
+    pub changes: Vec<Vec<u8>>,
+}
+
 /// One Automerge change pushed by a device, already decoded and validated by the HTTP layer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IncomingChange {
@@ -332,6 +343,11 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// The commune and kind a document is registered with, if it is.
     async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>>;
+
+    /// What the server holds of each of `docs` that it knows (registration and every stored
+    /// change, in storage order), in one round trip: what validating a pushed batch needs.
+    /// Unknown ids are absent from the map; duplicates in `docs` are harmless.
+    async fn known_docs(&self, docs: &[RecordId]) -> Result<HashMap<RecordId, KnownDoc>>;
 
     /// Replaces the province catalogue (reference data, JSON) and returns its new version
     /// (1, 2, ...).

@@ -19,8 +19,8 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use super::plan::{self, FeedRowMeta};
 use super::{
     Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome,
-    Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits, hash32,
-    join_deps, record_id, record_kind, to_i64, to_u64,
+    KnownDoc, Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits,
+    hash32, join_deps, record_id, record_kind, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -179,10 +179,14 @@ const INGEST_REGISTRATIONS: &str = "SELECT id, commune, kind FROM documents WHER
 const INGEST_STORED_HASHES: &str = "SELECT c.doc, c.hash
      FROM UNNEST($1::bytea[], $2::bytea[]) AS t (doc, hash)
      JOIN changes c ON c.doc = t.doc AND c.hash = t.hash";
-const INGEST_REGISTER: &str =
-    "INSERT INTO documents (id, commune, kind, registered_at) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (id) DO NOTHING";
-const INGEST_REGISTRATION: &str = "SELECT commune, kind FROM documents WHERE id = $1";
+const KNOWN_REGISTRATIONS: &str = "SELECT id, commune, kind FROM documents WHERE id = ANY($1)";
+const KNOWN_CHANGES: &str = "SELECT doc, bytes FROM changes WHERE doc = ANY($1) ORDER BY doc, seq";
+const INGEST_REGISTER: &str = "INSERT INTO documents (id, commune, kind, registered_at)
+     SELECT t.id, t.commune, t.kind, $4::bigint
+     FROM UNNEST($1::bytea[], $2::text[], $3::smallint[]) AS t (id, commune, kind)
+     ORDER BY t.id
+     ON CONFLICT (id) DO NOTHING
+     RETURNING id";
 const INGEST_DEVICE: &str =
     "UPDATE devices SET last_sync_at = $2, changes_pushed = changes_pushed + $3
      WHERE id = $1 AND NOT revoked";
@@ -546,21 +550,53 @@ impl ServerStorage for PostgresStorage {
         // 4. Register new documents, in id order. A concurrent ingest into another commune may
         //    have registered the same id meanwhile: then it is out of scope here.
         plan.register.sort_by_key(|(id, _, _)| *id);
-        let register = tx.prepare_cached(INGEST_REGISTER).await?;
-        for (id, commune, kind) in &plan.register {
-            let inserted = tx
-                .execute(
-                    &register,
-                    &[&id.as_bytes().as_slice(), commune, &kind_code(*kind), &now],
+        if !plan.register.is_empty() {
+            let ids: Vec<&[u8]> = plan
+                .register
+                .iter()
+                .map(|(id, _, _)| id.as_bytes().as_slice())
+                .collect();
+            let communes: Vec<&str> = plan.register.iter().map(|(_, c, _)| c.as_str()).collect();
+            let kinds: Vec<i16> = plan
+                .register
+                .iter()
+                .map(|(_, _, k)| kind_code(*k))
+                .collect();
+            let inserted: HashSet<RecordId> = tx
+                .query(
+                    &tx.prepare_cached(INGEST_REGISTER).await?,
+                    &[&ids, &communes, &kinds, &now],
                 )
-                .await?;
-            if inserted == 0 {
-                let row = tx
-                    .query_one(INGEST_REGISTRATION, &[&id.as_bytes().as_slice()])
-                    .await?;
-                let (their_commune, their_kind): (String, i16) = (row.try_get(0)?, row.try_get(1)?);
-                if &their_commune != commune || their_kind != kind_code(*kind) {
-                    return Err(StorageError::OutOfScope { doc: *id });
+                .await?
+                .iter()
+                .map(|row| record_id(row.try_get(0)?))
+                .collect::<Result<_>>()?;
+            if inserted.len() < plan.register.len() {
+                let raced: Vec<&[u8]> = plan
+                    .register
+                    .iter()
+                    .filter(|(id, _, _)| !inserted.contains(id))
+                    .map(|(id, _, _)| id.as_bytes().as_slice())
+                    .collect();
+                let mut theirs: HashMap<RecordId, (String, i16)> = HashMap::new();
+                for row in tx
+                    .query(&tx.prepare_cached(INGEST_REGISTRATIONS).await?, &[&raced])
+                    .await?
+                {
+                    theirs.insert(
+                        record_id(row.try_get(0)?)?,
+                        (row.try_get(1)?, row.try_get(2)?),
+                    );
+                }
+                for (id, commune, kind) in &plan.register {
+                    if inserted.contains(id) {
+                        continue;
+                    }
+                    match theirs.get(id) {
+                        Some((their_commune, their_kind))
+                            if their_commune == commune && *their_kind == kind_code(*kind) => {}
+                        _ => return Err(StorageError::OutOfScope { doc: *id }),
+                    }
                 }
             }
         }
@@ -766,6 +802,47 @@ impl ServerStorage for PostgresStorage {
                 Ok(Some((row.try_get(0)?, record_kind(kind.into())?)))
             }
         }
+    }
+
+    async fn known_docs(&self, docs: &[RecordId]) -> Result<HashMap<RecordId, KnownDoc>> {
+        let ids: Vec<&[u8]> = docs.iter().map(|doc| doc.as_bytes().as_slice()).collect();
+        let mut client = self.client().await?;
+        // One snapshot for both reads, so changes and registrations agree.
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let mut known = HashMap::new();
+        for row in tx
+            .query(&tx.prepare_cached(KNOWN_REGISTRATIONS).await?, &[&ids])
+            .await?
+        {
+            let id: &[u8] = row.try_get(0)?;
+            let kind: i16 = row.try_get(2)?;
+            known.insert(
+                record_id(id)?,
+                KnownDoc {
+                    commune: row.try_get(1)?,
+                    kind: record_kind(kind.into())?,
+                    changes: Vec::new(),
+                },
+            );
+        }
+        if !known.is_empty() {
+            for row in tx
+                .query(&tx.prepare_cached(KNOWN_CHANGES).await?, &[&ids])
+                .await?
+            {
+                let id: &[u8] = row.try_get(0)?;
+                if let Some(doc) = known.get_mut(&record_id(id)?) {
+                    doc.changes.push(row.try_get(1)?);
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(known)
     }
 
     async fn put_catalogue(&self, json: &str) -> Result<u64> {

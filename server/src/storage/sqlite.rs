@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::plan::{self, FeedRowMeta};
 use super::{
     Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome,
-    Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits, join_deps,
-    record_id, record_kind, to_i64, to_u64,
+    KnownDoc, Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits,
+    join_deps, record_id, record_kind, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -688,6 +688,48 @@ impl ServerStorage for SqliteStorage {
                 .optional()?;
             row.map(|(commune, kind)| Ok((commune, record_kind(kind)?)))
                 .transpose()
+        })
+        .await
+    }
+
+    async fn known_docs(&self, docs: &[RecordId]) -> Result<HashMap<RecordId, KnownDoc>> {
+        let docs = docs.to_vec();
+        self.read(move |conn| {
+            // One snapshot for the whole batch: in-process lookups are cheap one by one.
+            let tx = conn.transaction()?;
+            let mut known = HashMap::new();
+            {
+                let mut registration =
+                    tx.prepare_cached("SELECT commune, kind FROM documents WHERE id = ?1")?;
+                let mut changes =
+                    tx.prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 ORDER BY seq")?;
+                for doc in docs {
+                    if known.contains_key(&doc) {
+                        continue;
+                    }
+                    let row: Option<(String, i64)> = registration
+                        .query_row(params![doc.as_bytes()], |row| {
+                            Ok((row.get(0)?, row.get(1)?))
+                        })
+                        .optional()?;
+                    let Some((commune, kind)) = row else {
+                        continue;
+                    };
+                    let changes = changes
+                        .query_map(params![doc.as_bytes()], |row| row.get(0))?
+                        .collect::<rusqlite::Result<_>>()?;
+                    known.insert(
+                        doc,
+                        KnownDoc {
+                            commune,
+                            kind: record_kind(kind)?,
+                            changes,
+                        },
+                    );
+                }
+            }
+            tx.finish()?;
+            Ok(known)
         })
         .await
     }
