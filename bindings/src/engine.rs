@@ -1,0 +1,441 @@
+//! [`Engine`]: one device store and its sync client, as the app sees them.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use communesync_core::catalogue::CivilDate;
+use communesync_core::clock::{Clock, SystemClock};
+use communesync_core::record::{DeviceId, RecordId};
+use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+
+use crate::error::{CommuneSyncError, ErrorKind};
+use crate::observer::{ChangeEvent, ChangeOrigin, Event, ObserverHandle, Observers, SyncObserver};
+use crate::policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
+use crate::types::*;
+
+type Result<T, E = CommuneSyncError> = std::result::Result<T, E>;
+
+/// What the engine remembers about syncing, in memory (the credential lives in the platform
+/// keystore, the sync cursor and outbox in the store).
+#[derive(Default)]
+struct SyncState {
+    credential: Option<DeviceCredential>,
+    client: Option<Arc<SyncClient<ReqwestTransport>>>,
+    running: u32,
+    last_success_ms: Option<i64>,
+    consecutive_failures: u32,
+    last_error: Option<(ErrorKind, String)>,
+    last_report: Option<SyncReport>,
+}
+
+/// The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
+/// history, enrollment and sync. Open one per store file and share it; every method is safe to
+/// call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
+#[derive(uniffi::Object)]
+pub struct Engine {
+    store: Arc<Mutex<DeviceStore>>,
+    device_id: DeviceId,
+    server_url: String,
+    policy: BackgroundPolicy,
+    clock: SystemClock,
+    state: Mutex<SyncState>,
+    observers: Arc<Observers>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("device_id", &self.device_id)
+            .field("server_url", &self.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+#[uniffi::export(async_runtime = "tokio")]
+impl Engine {
+    /// Opens (creating if needed) the encrypted store at `config.store_path`. Fails with
+    /// `InvalidInput` for a key that is not 32 bytes or a credential of another device, and with
+    /// `Storage` for a wrong key or an unreadable file.
+    #[uniffi::constructor]
+    pub fn open(config: EngineConfig) -> Result<Arc<Self>> {
+        let key = EncryptionKey::from_slice(&config.encryption_key)?;
+        if config.server_url.trim().is_empty() {
+            return Err(CommuneSyncError::invalid("server_url: must not be empty"));
+        }
+        let store = DeviceStore::open(StoreConfig::new(&config.store_path).encrypted(key))?;
+        let device_id = store.device_id();
+        if let Some(credential) = &config.credential {
+            check_credential(device_id, credential)?;
+        }
+        Ok(Arc::new(Engine {
+            store: Arc::new(Mutex::new(store)),
+            device_id,
+            server_url: config.server_url,
+            policy: config.background_policy.unwrap_or_default(),
+            clock: SystemClock,
+            state: Mutex::new(SyncState {
+                credential: config.credential,
+                ..SyncState::default()
+            }),
+            observers: Arc::new(Observers::default()),
+        }))
+    }
+
+    /// This device's id (fixed when the store is created; enrollment binds it to a commune).
+    pub fn device_id(&self) -> String {
+        self.device_id.to_string()
+    }
+
+    // ----- enrollment and sync ---------------------------------------------------------------
+
+    /// Exchanges a one-time enrollment code from the province for this device's credential.
+    /// The engine uses it from now on; store it in the platform keystore and pass it in
+    /// `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+    pub async fn enroll(&self, code: String, label: String) -> Result<DeviceCredential> {
+        let transport = self.transport()?;
+        let credentials = enroll(&transport, code.trim(), self.device_id, &label).await?;
+        let credential = DeviceCredential::from(credentials);
+        check_credential(self.device_id, &credential)?;
+        let mut state = self.state();
+        state.credential = Some(credential.clone());
+        state.client = None;
+        state.consecutive_failures = 0;
+        state.last_error = None;
+        Ok(credential)
+    }
+
+    /// The credential in use, if the device is enrolled.
+    pub fn credential(&self) -> Option<DeviceCredential> {
+        self.state().credential.clone()
+    }
+
+    /// Pushes local changes and pulls colleagues' until both sides are up to date; observers
+    /// get progress after each request. A sync cut at any point resumes where it stopped and
+    /// loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
+    /// not enrolled, `Revoked`, or `Offline` after the retries.
+    pub async fn sync_now(&self) -> Result<SyncReport> {
+        let client = {
+            let mut state = self.state();
+            let client = match (&state.client, &state.credential) {
+                (Some(client), _) => Ok(client.clone()),
+                (None, Some(credential)) => self.transport().and_then(|transport| {
+                    Ok(Arc::new(SyncClient::new(
+                        transport,
+                        self.store.clone(),
+                        credential.token.clone(),
+                        SyncConfig::default(),
+                    )?))
+                }),
+                (None, None) => Err(CommuneSyncError::Unauthorized(
+                    "this device is not enrolled: enroll with a code first".into(),
+                )),
+            };
+            match client {
+                Ok(client) => {
+                    state.client = Some(client.clone());
+                    state.running += 1;
+                    client
+                }
+                Err(err) => {
+                    record_failure(&mut state, &err);
+                    return Err(err);
+                }
+            }
+        };
+        let observers = self.observers.clone();
+        let pulled_seen = AtomicU64::new(0);
+        let result = client
+            .sync(&|progress| {
+                let progress = SyncProgress::from(progress);
+                observers.emit(Event::Progress(progress));
+                let before = pulled_seen.swap(progress.pulled_docs, Ordering::Relaxed);
+                if progress.pulled_docs > before {
+                    observers.emit(Event::Changed(ChangeEvent {
+                        origin: ChangeOrigin::Sync,
+                        record_ids: Vec::new(),
+                        changed_count: progress.pulled_docs - before,
+                    }));
+                }
+            })
+            .await
+            .map(SyncReport::from)
+            .map_err(CommuneSyncError::from);
+        let mut state = self.state();
+        state.running = state.running.saturating_sub(1);
+        match &result {
+            Ok(report) => {
+                state.last_success_ms = Some(self.clock.now_ms());
+                state.consecutive_failures = 0;
+                state.last_error = None;
+                state.last_report = Some(report.clone());
+            }
+            Err(err) => record_failure(&mut state, err),
+        }
+        result
+    }
+
+    /// A snapshot of the sync state.
+    pub fn sync_status(&self) -> Result<SyncStatus> {
+        let (pending_changes, last_server_sync_ms) = {
+            let store = self.store();
+            (store.pending_count()?, store.last_sync_at()?)
+        };
+        let state = self.state();
+        Ok(SyncStatus {
+            device_id: self.device_id.to_string(),
+            enrolled: state.credential.is_some(),
+            syncing: state.running > 0,
+            pending_changes,
+            last_server_sync_ms,
+            last_success_ms: state.last_success_ms,
+            consecutive_failures: state.consecutive_failures,
+            last_error_kind: state.last_error.as_ref().map(|(kind, _)| *kind),
+            last_error: state
+                .last_error
+                .as_ref()
+                .map(|(_, message)| message.clone()),
+            last_report: state.last_report.clone(),
+        })
+    }
+
+    /// The facts the background policy decides on, from this engine's state. The last success
+    /// is the one of this process, else the server time of the last sync kept in the store.
+    pub fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
+        let status = self.sync_status()?;
+        Ok(PolicyInput {
+            pending_changes: status.pending_changes,
+            last_success_ms: status.last_success_ms.or(status.last_server_sync_ms),
+            consecutive_failures: status.consecutive_failures,
+            metered,
+            now_ms: self.clock.now_ms(),
+            last_error: status.last_error_kind,
+        })
+    }
+
+    /// When the next background sync should run, by this engine's policy and state. The
+    /// WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
+    /// what it says; not enrolled is `Stop`.
+    pub fn next_sync_after(&self, metered: bool) -> Result<SyncDecision> {
+        if self.state().credential.is_none() {
+            return Ok(SyncDecision::Stop);
+        }
+        Ok(next_sync_after(
+            self.policy_input(metered)?,
+            Some(self.policy),
+        ))
+    }
+
+    /// Starts delivering sync progress and record changes to `observer`, until
+    /// [`ObserverHandle::stop`] or until the engine is closed.
+    pub fn observe(&self, observer: Arc<dyn SyncObserver>) -> Result<Arc<ObserverHandle>> {
+        self.observers.add(observer).map(Arc::new)
+    }
+
+    // ----- applications ----------------------------------------------------------------------
+
+    /// Records a new application received by `officer` (offline is fine). The procedure must be
+    /// in the catalogue, which arrives with the first sync.
+    pub fn create_application(&self, officer: String, new: NewApplication) -> Result<Application> {
+        let app = self.store().create_application(&officer, new.into())?;
+        self.changed(app.id);
+        Ok(app.into())
+    }
+
+    /// An application by id.
+    pub fn get_application(&self, id: String) -> Result<Application> {
+        let id = parse_id(&id)?;
+        Ok(self.store().get_application(id)?.into())
+    }
+
+    /// Changes the fields set in `update`, as one change by `officer`. A status change must
+    /// follow the workflow from the current status (else `Conflict`).
+    pub fn update_application(
+        &self,
+        officer: String,
+        id: String,
+        update: ApplicationUpdate,
+    ) -> Result<Application> {
+        let id = parse_id(&id)?;
+        let app = self
+            .store()
+            .update_application(id, &officer, |app| update.apply(app))?;
+        self.changed(id);
+        Ok(app.into())
+    }
+
+    /// Applications matching `query`, one page.
+    pub fn query_applications(&self, query: ApplicationQuery) -> Result<ApplicationPage> {
+        let query = query.try_into()?;
+        Ok(self.store().query_applications(&query)?.into())
+    }
+
+    /// Open applications past their due date (today in Vietnam), most overdue first.
+    pub fn overdue(&self, limit: u32, offset: u32) -> Result<ApplicationPage> {
+        Ok(self
+            .store()
+            .overdue(CivilDate::today(), limit, offset)?
+            .into())
+    }
+
+    /// Open applications due within `working_days` working days from today (not yet overdue).
+    pub fn due_soon(&self, working_days: u32, limit: u32, offset: u32) -> Result<ApplicationPage> {
+        Ok(self
+            .store()
+            .due_soon(CivilDate::today(), working_days, limit, offset)?
+            .into())
+    }
+
+    /// How many applications are in each status (every status listed, with 0 when none).
+    pub fn counts_by_status(&self) -> Result<Vec<StatusCount>> {
+        Ok(self
+            .store()
+            .counts_by_status()?
+            .into_iter()
+            .map(|c| StatusCount {
+                status: c.status.into(),
+                count: c.count,
+            })
+            .collect())
+    }
+
+    /// One procedure of the catalogue (`InvalidInput` if unknown).
+    pub fn procedure(&self, code: String) -> Result<Procedure> {
+        Ok(self.store().procedure(&code)?.into())
+    }
+
+    // ----- citizen requests ------------------------------------------------------------------
+
+    /// Records a new citizen request.
+    pub fn create_citizen_request(
+        &self,
+        officer: String,
+        new: NewCitizenRequest,
+    ) -> Result<CitizenRequest> {
+        let request = self.store().create_citizen_request(&officer, new.into())?;
+        self.changed(request.id);
+        Ok(request.into())
+    }
+
+    /// A citizen request by id.
+    pub fn get_citizen_request(&self, id: String) -> Result<CitizenRequest> {
+        let id = parse_id(&id)?;
+        Ok(self.store().get_citizen_request(id)?.into())
+    }
+
+    /// Changes the fields set in `update`, as one change by `officer`.
+    pub fn update_citizen_request(
+        &self,
+        officer: String,
+        id: String,
+        update: CitizenRequestUpdate,
+    ) -> Result<CitizenRequest> {
+        let id = parse_id(&id)?;
+        let request = self
+            .store()
+            .update_citizen_request(id, &officer, |r| update.apply(r))?;
+        self.changed(id);
+        Ok(request.into())
+    }
+
+    // ----- any record ------------------------------------------------------------------------
+
+    /// Any record by id.
+    pub fn get_record(&self, id: String) -> Result<Record> {
+        let id = parse_id(&id)?;
+        Ok(self.store().get(id)?.into())
+    }
+
+    /// Records whose names, notes, phone, id number or village contain every word of `text`,
+    /// ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
+    /// the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
+    pub fn search(&self, text: String, limit: u32) -> Result<Vec<SearchHit>> {
+        Ok(self
+            .store()
+            .search(&text, limit)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Fields of the record holding concurrent different values after a sync.
+    pub fn conflicts(&self, id: String) -> Result<Vec<Conflict>> {
+        let id = parse_id(&id)?;
+        Ok(self
+            .store()
+            .conflicts(id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Settles the conflict on `field` with `value` (usually one of the candidates), as one
+    /// change by `officer`; returns the record as it now reads.
+    pub fn resolve(
+        &self,
+        officer: String,
+        id: String,
+        field: String,
+        value: ConflictValue,
+    ) -> Result<Record> {
+        let id = parse_id(&id)?;
+        let record = self.store().resolve(id, &officer, &field, &value.into())?;
+        self.changed(id);
+        Ok(record.into())
+    }
+
+    /// Every change to the record, in causal order: who (device, officer), when (device clock)
+    /// and which fields.
+    pub fn history(&self, id: String) -> Result<Vec<HistoryEntry>> {
+        let id = parse_id(&id)?;
+        Ok(self
+            .store()
+            .history(id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+}
+
+impl Engine {
+    fn store(&self) -> MutexGuard<'_, DeviceStore> {
+        // Every store write is one SQLite transaction: a panic in another holder rolled it back,
+        // so the store behind a poisoned lock is consistent.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn state(&self) -> MutexGuard<'_, SyncState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn transport(&self) -> Result<ReqwestTransport> {
+        ReqwestTransport::new(&self.server_url)
+            .map_err(|e| CommuneSyncError::invalid(format!("server_url: {e}")))
+    }
+
+    fn changed(&self, id: RecordId) {
+        self.observers.emit(Event::Changed(ChangeEvent {
+            origin: ChangeOrigin::Local,
+            record_ids: vec![id.to_string()],
+            changed_count: 1,
+        }));
+    }
+}
+
+fn record_failure(state: &mut SyncState, err: &CommuneSyncError) {
+    state.consecutive_failures = state.consecutive_failures.saturating_add(1);
+    state.last_error = Some((err.kind(), err.to_string()));
+}
+
+fn check_credential(device: DeviceId, credential: &DeviceCredential) -> Result<()> {
+    if credential.device_id != device.to_string() {
+        return Err(CommuneSyncError::invalid(format!(
+            "credential: issued to device {}, but this store is device {device}",
+            credential.device_id
+        )));
+    }
+    if credential.token.is_empty() {
+        return Err(CommuneSyncError::invalid("credential: empty token"));
+    }
+    Ok(())
+}

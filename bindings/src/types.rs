@@ -1,0 +1,1081 @@
+//! Records that cross the FFI, mirroring the core types: ids as strings, times as milliseconds
+//! since the Unix epoch, civil dates (Vietnam) as `YYYY-MM-DD` strings, statuses as enums.
+
+use communesync_core::catalogue::{CivilDate, Procedure as CoreProcedure};
+use communesync_core::record::{
+    self as core, ConflictValue as CoreConflictValue, RecordId, RecordKind as CoreRecordKind,
+    RequestStatus as CoreRequestStatus, Status as CoreStatus,
+};
+use communesync_core::store::{self as store};
+use communesync_core::sync::{
+    self as sync, Credentials, Scope, SyncPhase as CorePhase, SyncProgress as CoreProgress,
+};
+
+use crate::error::CommuneSyncError;
+
+type Result<T, E = CommuneSyncError> = std::result::Result<T, E>;
+
+pub(crate) fn parse_id(id: &str) -> Result<RecordId> {
+    id.parse().map_err(CommuneSyncError::from)
+}
+
+fn parse_date(field: &str, value: &str) -> Result<CivilDate> {
+    value
+        .parse()
+        .map_err(|e| CommuneSyncError::invalid(format!("{field}: {e}")))
+}
+
+// ----- configuration and credential ------------------------------------------------------------
+
+/// Everything needed to open an [`Engine`](crate::Engine).
+#[derive(Debug, Clone, uniffi::Record)]
+pub struct EngineConfig {
+    /// Path of the store file (created if missing), in the app's private storage.
+    pub store_path: String,
+    /// The 32-byte SQLCipher key, from the Android Keystore / iOS Keychain. The store is always
+    /// encrypted; the same key must be given at every open.
+    pub encryption_key: Vec<u8>,
+    /// Base URL of the provincial server (`https://sync.example.vn`).
+    pub server_url: String,
+    /// The credential from [`Engine::enroll`](crate::Engine::enroll), kept by the app in the
+    /// platform keystore; `None` before enrollment.
+    #[uniffi(default)]
+    pub credential: Option<DeviceCredential>,
+    /// When to sync in the background; `None` for the defaults suited to 2G.
+    #[uniffi(default)]
+    pub background_policy: Option<crate::BackgroundPolicy>,
+}
+
+/// The device credential issued at enrollment. The token is a secret: keep the whole record in
+/// the platform keystore and pass it back in [`EngineConfig::credential`] at every open.
+#[derive(Clone, PartialEq, Eq, uniffi::Record)]
+pub struct DeviceCredential {
+    /// The device (store) it is bound to.
+    pub device_id: String,
+    /// Bearer token for sync.
+    pub token: String,
+    /// The commune whose records the device reads and writes; `None` for a province account.
+    pub commune_code: Option<String>,
+}
+
+impl std::fmt::Debug for DeviceCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceCredential")
+            .field("device_id", &self.device_id)
+            .field("token", &"<redacted>")
+            .field("commune_code", &self.commune_code)
+            .finish()
+    }
+}
+
+impl From<Credentials> for DeviceCredential {
+    fn from(c: Credentials) -> Self {
+        DeviceCredential {
+            device_id: c.device_id.to_string(),
+            token: c.token,
+            commune_code: match c.scope {
+                Scope::Commune(code) => Some(code),
+                Scope::Province => None,
+            },
+        }
+    }
+}
+
+// ----- statuses and kinds ------------------------------------------------------------------------
+
+/// Status of an application: received → in progress ⇄ supplement requested, in progress →
+/// ready → returned; rejected and withdrawn end an open application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum ApplicationStatus {
+    /// Received, not yet processed.
+    Received,
+    /// Being processed.
+    InProgress,
+    /// Waiting for the applicant's missing papers.
+    SupplementRequested,
+    /// The result is ready to hand over.
+    Ready,
+    /// Handed to the applicant (final).
+    Returned,
+    /// Refused (final).
+    Rejected,
+    /// Withdrawn by the applicant (final).
+    Withdrawn,
+}
+
+impl From<CoreStatus> for ApplicationStatus {
+    fn from(s: CoreStatus) -> Self {
+        match s {
+            CoreStatus::Received => Self::Received,
+            CoreStatus::InProgress => Self::InProgress,
+            CoreStatus::SupplementRequested => Self::SupplementRequested,
+            CoreStatus::Ready => Self::Ready,
+            CoreStatus::Returned => Self::Returned,
+            CoreStatus::Rejected => Self::Rejected,
+            CoreStatus::Withdrawn => Self::Withdrawn,
+        }
+    }
+}
+
+impl From<ApplicationStatus> for CoreStatus {
+    fn from(s: ApplicationStatus) -> Self {
+        match s {
+            ApplicationStatus::Received => Self::Received,
+            ApplicationStatus::InProgress => Self::InProgress,
+            ApplicationStatus::SupplementRequested => Self::SupplementRequested,
+            ApplicationStatus::Ready => Self::Ready,
+            ApplicationStatus::Returned => Self::Returned,
+            ApplicationStatus::Rejected => Self::Rejected,
+            ApplicationStatus::Withdrawn => Self::Withdrawn,
+        }
+    }
+}
+
+/// Status of a citizen request: received → in progress → resolved → closed, or rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum RequestStatus {
+    /// Raised, not yet looked at.
+    Received,
+    /// Someone is working on it.
+    InProgress,
+    /// Answered or fixed; waiting for the citizen's confirmation.
+    Resolved,
+    /// Closed (final).
+    Closed,
+    /// Not within the commune's remit (final).
+    Rejected,
+}
+
+impl From<CoreRequestStatus> for RequestStatus {
+    fn from(s: CoreRequestStatus) -> Self {
+        match s {
+            CoreRequestStatus::Received => Self::Received,
+            CoreRequestStatus::InProgress => Self::InProgress,
+            CoreRequestStatus::Resolved => Self::Resolved,
+            CoreRequestStatus::Closed => Self::Closed,
+            CoreRequestStatus::Rejected => Self::Rejected,
+        }
+    }
+}
+
+impl From<RequestStatus> for CoreRequestStatus {
+    fn from(s: RequestStatus) -> Self {
+        match s {
+            RequestStatus::Received => Self::Received,
+            RequestStatus::InProgress => Self::InProgress,
+            RequestStatus::Resolved => Self::Resolved,
+            RequestStatus::Closed => Self::Closed,
+            RequestStatus::Rejected => Self::Rejected,
+        }
+    }
+}
+
+/// The two kinds of record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum RecordKind {
+    /// An application for an administrative procedure.
+    Application,
+    /// A citizen's request or feedback.
+    CitizenRequest,
+}
+
+impl From<CoreRecordKind> for RecordKind {
+    fn from(k: CoreRecordKind) -> Self {
+        match k {
+            CoreRecordKind::Application => Self::Application,
+            CoreRecordKind::CitizenRequest => Self::CitizenRequest,
+        }
+    }
+}
+
+// ----- records -----------------------------------------------------------------------------------
+
+/// Who made a change: the device and the officer signed in on it.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Author {
+    /// Device id.
+    pub device_id: String,
+    /// Officer (staff account).
+    pub officer: String,
+}
+
+/// The person who applies.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Applicant {
+    /// Full name with diacritics ("Nguyễn Thị Hương").
+    pub name: String,
+    /// Citizen identity number (12 digits, or 9 for an old card), or empty.
+    #[uniffi(default)]
+    pub id_number: String,
+    /// Phone number (9 to 15 digits, optional leading `+`), or empty.
+    #[uniffi(default)]
+    pub phone: String,
+    /// Street address or hamlet.
+    #[uniffi(default)]
+    pub address: String,
+    /// Village (bản) or residential group.
+    #[uniffi(default)]
+    pub village: String,
+}
+
+impl From<core::Applicant> for Applicant {
+    fn from(a: core::Applicant) -> Self {
+        Applicant {
+            name: a.name,
+            id_number: a.id_number,
+            phone: a.phone,
+            address: a.address,
+            village: a.village,
+        }
+    }
+}
+
+impl From<Applicant> for core::Applicant {
+    fn from(a: Applicant) -> Self {
+        core::Applicant {
+            name: a.name,
+            id_number: a.id_number,
+            phone: a.phone,
+            address: a.address,
+            village: a.village,
+        }
+    }
+}
+
+/// A paper received with an application.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ReceivedDocument {
+    /// What it is ("Tờ khai đăng ký khai sinh").
+    pub name: String,
+    /// Copies received.
+    #[uniffi(default = 1)]
+    pub copies: u32,
+    /// Whether the original was shown.
+    #[uniffi(default)]
+    pub original: bool,
+}
+
+/// A fee for the procedure, in đồng.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Fee {
+    /// What it is for.
+    pub name: String,
+    /// Amount in Vietnamese đồng.
+    pub amount_vnd: u64,
+    /// Whether it is paid.
+    #[uniffi(default)]
+    pub paid: bool,
+}
+
+fn documents_to_core(docs: Vec<ReceivedDocument>) -> Vec<core::ReceivedDocument> {
+    docs.into_iter()
+        .map(|d| core::ReceivedDocument {
+            name: d.name,
+            copies: d.copies,
+            original: d.original,
+        })
+        .collect()
+}
+
+fn fees_to_core(fees: Vec<Fee>) -> Vec<core::Fee> {
+    fees.into_iter()
+        .map(|f| core::Fee {
+            name: f.name,
+            amount_vnd: f.amount_vnd,
+            paid: f.paid,
+        })
+        .collect()
+}
+
+/// An application for an administrative procedure.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Application {
+    /// Record id (a UUID).
+    pub id: String,
+    /// Commune it belongs to.
+    pub commune_code: String,
+    /// Procedure code from the catalogue.
+    pub procedure_code: String,
+    /// The applicant.
+    pub applicant: Applicant,
+    /// When it was received, ms since the epoch (device clock at intake).
+    pub received_at_ms: i64,
+    /// Statutory due date in Vietnam, `YYYY-MM-DD`.
+    pub due_date: String,
+    /// Papers received.
+    pub documents: Vec<ReceivedDocument>,
+    /// Fees.
+    pub fees: Vec<Fee>,
+    /// Workflow status.
+    pub status: ApplicationStatus,
+    /// Officer handling it.
+    pub assignee: Option<String>,
+    /// Free-text notes (concurrent edits merge character by character).
+    pub notes: String,
+    /// Who created it.
+    pub created_by: Author,
+}
+
+impl From<core::Application> for Application {
+    fn from(a: core::Application) -> Self {
+        Application {
+            id: a.id.to_string(),
+            commune_code: a.commune_code,
+            procedure_code: a.procedure_code,
+            applicant: a.applicant.into(),
+            received_at_ms: a.received_at,
+            due_date: a.due_at.to_string(),
+            documents: a
+                .documents
+                .into_iter()
+                .map(|d| ReceivedDocument {
+                    name: d.name,
+                    copies: d.copies,
+                    original: d.original,
+                })
+                .collect(),
+            fees: a
+                .fees
+                .into_iter()
+                .map(|f| Fee {
+                    name: f.name,
+                    amount_vnd: f.amount_vnd,
+                    paid: f.paid,
+                })
+                .collect(),
+            status: a.status.into(),
+            assignee: a.assignee,
+            notes: a.notes,
+            created_by: author(a.created_by),
+        }
+    }
+}
+
+fn author(a: core::Author) -> Author {
+    Author {
+        device_id: a.device.to_string(),
+        officer: a.officer,
+    }
+}
+
+/// What an officer enters for a new application; the engine sets id, due date and status.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NewApplication {
+    /// Commune it belongs to (the device's commune).
+    pub commune_code: String,
+    /// Procedure code from the catalogue (which arrives with the first sync).
+    pub procedure_code: String,
+    /// The applicant.
+    pub applicant: Applicant,
+    /// Receipt time in ms since the epoch; `None` for now.
+    #[uniffi(default)]
+    pub received_at_ms: Option<i64>,
+    /// Papers received.
+    #[uniffi(default)]
+    pub documents: Vec<ReceivedDocument>,
+    /// Fees.
+    #[uniffi(default)]
+    pub fees: Vec<Fee>,
+    /// Officer handling it.
+    #[uniffi(default)]
+    pub assignee: Option<String>,
+    /// Initial notes.
+    #[uniffi(default)]
+    pub notes: String,
+}
+
+impl From<NewApplication> for core::NewApplication {
+    fn from(n: NewApplication) -> Self {
+        core::NewApplication {
+            commune_code: n.commune_code,
+            procedure_code: n.procedure_code,
+            applicant: n.applicant.into(),
+            received_at: n.received_at_ms,
+            documents: documents_to_core(n.documents),
+            fees: fees_to_core(n.fees),
+            assignee: n.assignee,
+            notes: n.notes,
+        }
+    }
+}
+
+/// Changes to an application: only the fields that are set change (so an edit never writes
+/// back stale values of fields it did not touch).
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct ApplicationUpdate {
+    /// New procedure (the due date follows).
+    #[uniffi(default)]
+    pub procedure_code: Option<String>,
+    /// New applicant details.
+    #[uniffi(default)]
+    pub applicant: Option<Applicant>,
+    /// New list of papers.
+    #[uniffi(default)]
+    pub documents: Option<Vec<ReceivedDocument>>,
+    /// New list of fees.
+    #[uniffi(default)]
+    pub fees: Option<Vec<Fee>>,
+    /// New status (must follow the workflow).
+    #[uniffi(default)]
+    pub status: Option<ApplicationStatus>,
+    /// New assignee.
+    #[uniffi(default)]
+    pub assignee: Option<String>,
+    /// Removes the assignee (wins over `assignee`).
+    #[uniffi(default)]
+    pub unassign: bool,
+    /// New notes (stored as the smallest text edit, so concurrent note edits merge).
+    #[uniffi(default)]
+    pub notes: Option<String>,
+}
+
+impl ApplicationUpdate {
+    pub(crate) fn apply(self, app: &mut core::Application) {
+        if let Some(v) = self.procedure_code {
+            app.procedure_code = v;
+        }
+        if let Some(v) = self.applicant {
+            app.applicant = v.into();
+        }
+        if let Some(v) = self.documents {
+            app.documents = documents_to_core(v);
+        }
+        if let Some(v) = self.fees {
+            app.fees = fees_to_core(v);
+        }
+        if let Some(v) = self.status {
+            app.status = v.into();
+        }
+        if let Some(v) = self.assignee {
+            app.assignee = Some(v);
+        }
+        if self.unassign {
+            app.assignee = None;
+        }
+        if let Some(v) = self.notes {
+            app.notes = v;
+        }
+    }
+}
+
+/// A citizen's request or feedback.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct CitizenRequest {
+    /// Record id (a UUID).
+    pub id: String,
+    /// Commune it belongs to.
+    pub commune_code: String,
+    /// Category code (`road`, `land`, `social_welfare`, `feedback`, ...).
+    pub category: String,
+    /// Village where it was raised.
+    pub village: String,
+    /// What the citizen asks or reports.
+    pub description: String,
+    /// Reporter's name.
+    pub reporter_name: String,
+    /// Reporter's contact.
+    pub reporter_contact: String,
+    /// When it was received, ms since the epoch (device clock).
+    pub received_at_ms: i64,
+    /// Workflow status.
+    pub status: RequestStatus,
+    /// Officer handling it.
+    pub assignee: Option<String>,
+    /// Free-text notes.
+    pub notes: String,
+    /// Who created it.
+    pub created_by: Author,
+}
+
+impl From<core::CitizenRequest> for CitizenRequest {
+    fn from(r: core::CitizenRequest) -> Self {
+        CitizenRequest {
+            id: r.id.to_string(),
+            commune_code: r.commune_code,
+            category: r.category,
+            village: r.village,
+            description: r.description,
+            reporter_name: r.reporter_name,
+            reporter_contact: r.reporter_contact,
+            received_at_ms: r.received_at,
+            status: r.status.into(),
+            assignee: r.assignee,
+            notes: r.notes,
+            created_by: author(r.created_by),
+        }
+    }
+}
+
+/// What an officer enters for a new citizen request.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct NewCitizenRequest {
+    /// Commune it belongs to.
+    pub commune_code: String,
+    /// Category code.
+    pub category: String,
+    /// What the citizen asks or reports.
+    pub description: String,
+    /// Village where it was raised.
+    #[uniffi(default)]
+    pub village: String,
+    /// Reporter's name.
+    #[uniffi(default)]
+    pub reporter_name: String,
+    /// Reporter's contact.
+    #[uniffi(default)]
+    pub reporter_contact: String,
+    /// Receipt time in ms since the epoch; `None` for now.
+    #[uniffi(default)]
+    pub received_at_ms: Option<i64>,
+    /// Officer handling it.
+    #[uniffi(default)]
+    pub assignee: Option<String>,
+    /// Initial notes.
+    #[uniffi(default)]
+    pub notes: String,
+}
+
+impl From<NewCitizenRequest> for core::NewCitizenRequest {
+    fn from(n: NewCitizenRequest) -> Self {
+        core::NewCitizenRequest {
+            commune_code: n.commune_code,
+            category: n.category,
+            village: n.village,
+            description: n.description,
+            reporter_name: n.reporter_name,
+            reporter_contact: n.reporter_contact,
+            received_at: n.received_at_ms,
+            assignee: n.assignee,
+            notes: n.notes,
+        }
+    }
+}
+
+/// Changes to a citizen request: only the fields that are set change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct CitizenRequestUpdate {
+    /// New category.
+    #[uniffi(default)]
+    pub category: Option<String>,
+    /// New village.
+    #[uniffi(default)]
+    pub village: Option<String>,
+    /// New description.
+    #[uniffi(default)]
+    pub description: Option<String>,
+    /// New reporter name.
+    #[uniffi(default)]
+    pub reporter_name: Option<String>,
+    /// New reporter contact.
+    #[uniffi(default)]
+    pub reporter_contact: Option<String>,
+    /// New status (must follow the workflow).
+    #[uniffi(default)]
+    pub status: Option<RequestStatus>,
+    /// New assignee.
+    #[uniffi(default)]
+    pub assignee: Option<String>,
+    /// Removes the assignee (wins over `assignee`).
+    #[uniffi(default)]
+    pub unassign: bool,
+    /// New notes.
+    #[uniffi(default)]
+    pub notes: Option<String>,
+}
+
+impl CitizenRequestUpdate {
+    pub(crate) fn apply(self, r: &mut core::CitizenRequest) {
+        if let Some(v) = self.category {
+            r.category = v;
+        }
+        if let Some(v) = self.village {
+            r.village = v;
+        }
+        if let Some(v) = self.description {
+            r.description = v;
+        }
+        if let Some(v) = self.reporter_name {
+            r.reporter_name = v;
+        }
+        if let Some(v) = self.reporter_contact {
+            r.reporter_contact = v;
+        }
+        if let Some(v) = self.status {
+            r.status = v.into();
+        }
+        if let Some(v) = self.assignee {
+            r.assignee = Some(v);
+        }
+        if self.unassign {
+            r.assignee = None;
+        }
+        if let Some(v) = self.notes {
+            r.notes = v;
+        }
+    }
+}
+
+/// Either kind of record.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Record {
+    /// An application.
+    Application {
+        /// The application.
+        application: Application,
+    },
+    /// A citizen request.
+    CitizenRequest {
+        /// The request.
+        request: CitizenRequest,
+    },
+}
+
+impl From<core::Record> for Record {
+    fn from(r: core::Record) -> Self {
+        match r {
+            core::Record::Application(a) => Record::Application {
+                application: a.into(),
+            },
+            core::Record::CitizenRequest(r) => Record::CitizenRequest { request: r.into() },
+        }
+    }
+}
+
+/// One procedure of the province's catalogue.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Procedure {
+    /// National procedure code (`1.001193`).
+    pub code: String,
+    /// Name ("Đăng ký khai sinh").
+    pub name: String,
+    /// Statutory processing time in working days.
+    pub processing_days: u32,
+    /// Whether an applicant may withdraw once received.
+    pub withdrawal_allowed: bool,
+}
+
+impl From<CoreProcedure> for Procedure {
+    fn from(p: CoreProcedure) -> Self {
+        Procedure {
+            code: p.code,
+            name: p.name,
+            processing_days: p.processing_days,
+            withdrawal_allowed: p.withdrawal_allowed,
+        }
+    }
+}
+
+// ----- conflicts and history ---------------------------------------------------------------------
+
+/// A single value as it appears in a conflict or a resolution.
+#[derive(Debug, Clone, PartialEq, uniffi::Enum)]
+pub enum ConflictValue {
+    /// No value (an unset optional field).
+    Empty,
+    /// A yes/no value.
+    Flag {
+        /// The value.
+        value: bool,
+    },
+    /// A whole number.
+    Number {
+        /// The value.
+        value: i64,
+    },
+    /// A text value (statuses are their snake_case names: `in_progress`).
+    Text {
+        /// The value.
+        value: String,
+    },
+}
+
+impl From<CoreConflictValue> for ConflictValue {
+    fn from(v: CoreConflictValue) -> Self {
+        match v {
+            CoreConflictValue::Null => Self::Empty,
+            CoreConflictValue::Bool(value) => Self::Flag { value },
+            CoreConflictValue::Int(value) => Self::Number { value },
+            CoreConflictValue::Str(value) => Self::Text { value },
+        }
+    }
+}
+
+impl From<ConflictValue> for CoreConflictValue {
+    fn from(v: ConflictValue) -> Self {
+        match v {
+            ConflictValue::Empty => Self::Null,
+            ConflictValue::Flag { value } => Self::Bool(value),
+            ConflictValue::Number { value } => Self::Int(value),
+            ConflictValue::Text { value } => Self::Str(value),
+        }
+    }
+}
+
+/// One of the competing values of a conflict, with who wrote it.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct ConflictCandidate {
+    /// The value.
+    pub value: ConflictValue,
+    /// Device that wrote it.
+    pub device_id: Option<String>,
+    /// Officer who wrote it.
+    pub officer: Option<String>,
+}
+
+/// A field that holds concurrent different values after a sync; a person picks one with
+/// [`Engine::resolve`](crate::Engine::resolve).
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct Conflict {
+    /// Dotted path of the field (`status`, `assignee`, `applicant.phone`).
+    pub field: String,
+    /// The competing values; the first is the one reads currently show.
+    pub values: Vec<ConflictCandidate>,
+}
+
+impl From<core::Conflict> for Conflict {
+    fn from(c: core::Conflict) -> Self {
+        Conflict {
+            field: c.field,
+            values: c
+                .values
+                .into_iter()
+                .map(|v| ConflictCandidate {
+                    value: v.value.into(),
+                    device_id: v.device.map(|d| d.to_string()),
+                    officer: v.officer,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One change in a record's history.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryEntry {
+    /// Hex hash of the change.
+    pub hash: String,
+    /// Device that made it.
+    pub device_id: Option<String>,
+    /// Officer signed in at the time.
+    pub officer: String,
+    /// The device's clock at the time, ms since the epoch (informative: device clocks drift).
+    pub device_time_ms: i64,
+    /// Fields it touched (`created` for the first change).
+    pub fields: Vec<String>,
+}
+
+impl From<core::HistoryEntry> for HistoryEntry {
+    fn from(h: core::HistoryEntry) -> Self {
+        HistoryEntry {
+            hash: h.hash,
+            device_id: h.device.map(|d| d.to_string()),
+            officer: h.officer,
+            device_time_ms: h.device_time,
+            fields: h.fields,
+        }
+    }
+}
+
+// ----- queries -------------------------------------------------------------------------------
+
+/// Sort order of an application query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, uniffi::Enum)]
+pub enum SortBy {
+    /// By receipt time.
+    #[default]
+    ReceivedAt,
+    /// By statutory due date.
+    DueDate,
+    /// By applicant name.
+    ApplicantName,
+}
+
+/// Filters, order and page of an application list. Unset filters match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, uniffi::Record)]
+pub struct ApplicationQuery {
+    /// Only this status.
+    #[uniffi(default)]
+    pub status: Option<ApplicationStatus>,
+    /// Only open applications (received, in progress, supplement requested).
+    #[uniffi(default)]
+    pub open_only: bool,
+    /// Only this procedure.
+    #[uniffi(default)]
+    pub procedure_code: Option<String>,
+    /// Only this village.
+    #[uniffi(default)]
+    pub village: Option<String>,
+    /// Only this assignee.
+    #[uniffi(default)]
+    pub assignee: Option<String>,
+    /// Due on or after this date (`YYYY-MM-DD`).
+    #[uniffi(default)]
+    pub due_from: Option<String>,
+    /// Due on or before this date (`YYYY-MM-DD`).
+    #[uniffi(default)]
+    pub due_until: Option<String>,
+    /// Received at or after (ms since the epoch).
+    #[uniffi(default)]
+    pub received_from_ms: Option<i64>,
+    /// Received before (ms since the epoch).
+    #[uniffi(default)]
+    pub received_until_ms: Option<i64>,
+    /// Only records with unresolved conflicts.
+    #[uniffi(default)]
+    pub with_conflicts: bool,
+    /// Sort key (`None`: by receipt time).
+    #[uniffi(default)]
+    pub sort: Option<SortBy>,
+    /// Latest first.
+    #[uniffi(default)]
+    pub descending: bool,
+    /// Page size, 1 to 500 (0 means 50).
+    #[uniffi(default)]
+    pub limit: u32,
+    /// Rows to skip (the previous page's `next_offset`).
+    #[uniffi(default)]
+    pub offset: u32,
+}
+
+impl TryFrom<ApplicationQuery> for store::ApplicationQuery {
+    type Error = CommuneSyncError;
+    fn try_from(q: ApplicationQuery) -> Result<Self> {
+        Ok(store::ApplicationQuery {
+            status: q.status.map(Into::into),
+            open_only: q.open_only,
+            procedure_code: q.procedure_code,
+            village: q.village,
+            assignee: q.assignee,
+            due_from: q.due_from.map(|d| parse_date("due_from", &d)).transpose()?,
+            due_until: q
+                .due_until
+                .map(|d| parse_date("due_until", &d))
+                .transpose()?,
+            received_from: q.received_from_ms,
+            received_until: q.received_until_ms,
+            with_conflicts: q.with_conflicts,
+            sort: match q.sort.unwrap_or_default() {
+                SortBy::ReceivedAt => store::SortBy::ReceivedAt,
+                SortBy::DueDate => store::SortBy::DueAt,
+                SortBy::ApplicantName => store::SortBy::ApplicantName,
+            },
+            descending: q.descending,
+            limit: q.limit,
+            offset: q.offset,
+        })
+    }
+}
+
+/// One row of an application list.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ApplicationSummary {
+    /// Record id.
+    pub id: String,
+    /// Procedure code.
+    pub procedure_code: String,
+    /// Applicant's name.
+    pub applicant_name: String,
+    /// Village.
+    pub village: String,
+    /// Status.
+    pub status: ApplicationStatus,
+    /// Assignee.
+    pub assignee: Option<String>,
+    /// Receipt time, ms since the epoch.
+    pub received_at_ms: i64,
+    /// Due date, `YYYY-MM-DD`.
+    pub due_date: String,
+    /// Whether a field holds concurrent values (see [`Engine::conflicts`](crate::Engine::conflicts)).
+    pub has_conflicts: bool,
+}
+
+/// One page of an application list.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ApplicationPage {
+    /// The rows.
+    pub items: Vec<ApplicationSummary>,
+    /// Rows matching in all.
+    pub total: u64,
+    /// Offset of the next page, if there is one.
+    pub next_offset: Option<u32>,
+}
+
+impl From<store::Page<store::ApplicationSummary>> for ApplicationPage {
+    fn from(p: store::Page<store::ApplicationSummary>) -> Self {
+        ApplicationPage {
+            items: p
+                .items
+                .into_iter()
+                .map(|s| ApplicationSummary {
+                    id: s.id.to_string(),
+                    procedure_code: s.procedure_code,
+                    applicant_name: s.applicant_name,
+                    village: s.village,
+                    status: s.status.into(),
+                    assignee: s.assignee,
+                    received_at_ms: s.received_at,
+                    due_date: s.due_at.to_string(),
+                    has_conflicts: s.has_conflicts,
+                })
+                .collect(),
+            total: p.total,
+            next_offset: p.next_offset,
+        }
+    }
+}
+
+/// Applications in one status.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct StatusCount {
+    /// The status.
+    pub status: ApplicationStatus,
+    /// How many applications are in it.
+    pub count: u64,
+}
+
+/// A full-text search result.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SearchHit {
+    /// Record id.
+    pub id: String,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Applicant's or reporter's name.
+    pub title: String,
+    /// Status name (`received`, `in_progress`, ...).
+    pub status: String,
+}
+
+impl From<store::SearchHit> for SearchHit {
+    fn from(h: store::SearchHit) -> Self {
+        SearchHit {
+            id: h.id.to_string(),
+            kind: h.kind.into(),
+            title: h.title,
+            status: h.status,
+        }
+    }
+}
+
+// ----- sync ----------------------------------------------------------------------------------
+
+/// What a sync does next, in [`SyncProgress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SyncPhase {
+    /// Local changes remain to be pushed.
+    Pushing,
+    /// The server has more to send.
+    Pulling,
+    /// That was the last request.
+    Done,
+}
+
+/// Progress of a running sync, after each completed request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct SyncProgress {
+    /// What comes next.
+    pub phase: SyncPhase,
+    /// Requests sent so far (retries included).
+    pub requests: u64,
+    /// Bytes sent so far.
+    pub bytes_up: u64,
+    /// Bytes received so far.
+    pub bytes_down: u64,
+    /// Documents the server acknowledged so far.
+    pub pushed_docs: u64,
+    /// Documents created or changed by pulls so far.
+    pub pulled_docs: u64,
+    /// Documents still waiting to be pushed.
+    pub pending_docs: u64,
+}
+
+impl From<CoreProgress> for SyncProgress {
+    fn from(p: CoreProgress) -> Self {
+        SyncProgress {
+            phase: match p.phase {
+                CorePhase::Pushing => SyncPhase::Pushing,
+                CorePhase::Pulling => SyncPhase::Pulling,
+                CorePhase::Done => SyncPhase::Done,
+            },
+            requests: p.requests,
+            bytes_up: p.bytes_up,
+            bytes_down: p.bytes_down,
+            pushed_docs: p.pushed_docs,
+            pulled_docs: p.pulled_docs,
+            pending_docs: p.pending_docs,
+        }
+    }
+}
+
+/// What one sync did.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncReport {
+    /// HTTP requests sent, retries included.
+    pub requests: u64,
+    /// Bytes sent.
+    pub bytes_up: u64,
+    /// Bytes received.
+    pub bytes_down: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Documents the server acknowledged.
+    pub pushed_docs: u64,
+    /// Changes in them.
+    pub pushed_changes: u64,
+    /// Documents created or changed on this device by the pull.
+    pub pulled_docs: u64,
+    /// Changes pulled.
+    pub pulled_changes: u64,
+    /// Documents holding conflicts after the pull.
+    pub conflicts: u64,
+    /// Pulled documents the store refused.
+    pub rejected: u64,
+    /// Repeated attempts.
+    pub retries: u64,
+    /// Documents still waiting to be pushed.
+    pub pending_docs: u64,
+}
+
+impl From<sync::SyncReport> for SyncReport {
+    fn from(r: sync::SyncReport) -> Self {
+        SyncReport {
+            requests: r.requests,
+            bytes_up: r.bytes_up,
+            bytes_down: r.bytes_down,
+            seconds: r.seconds,
+            pushed_docs: r.pushed_docs,
+            pushed_changes: r.pushed_changes,
+            pulled_docs: r.pulled_docs,
+            pulled_changes: r.pulled_changes,
+            conflicts: r.conflicts,
+            rejected: r.rejected,
+            retries: r.retries,
+            pending_docs: r.pending_docs,
+        }
+    }
+}
+
+/// A snapshot of the engine's sync state, for a status bar or a diagnostics screen.
+#[derive(Debug, Clone, PartialEq, uniffi::Record)]
+pub struct SyncStatus {
+    /// This device's id.
+    pub device_id: String,
+    /// Whether the engine holds a credential.
+    pub enrolled: bool,
+    /// Whether a sync is running now.
+    pub syncing: bool,
+    /// Records with changes the server has not acknowledged.
+    pub pending_changes: u64,
+    /// Server time of the last successful sync (ms since the epoch), kept in the store.
+    pub last_server_sync_ms: Option<i64>,
+    /// Device time of the last successful sync in this process.
+    pub last_success_ms: Option<i64>,
+    /// Syncs that failed since the last success (in this process).
+    pub consecutive_failures: u32,
+    /// What the last sync failed with, if it failed.
+    pub last_error_kind: Option<crate::ErrorKind>,
+    /// Its message.
+    pub last_error: Option<String>,
+    /// The last sync's report, if one succeeded in this process.
+    pub last_report: Option<SyncReport>,
+}
