@@ -382,7 +382,8 @@ impl DeviceStore {
         ])?;
         let rowid = tx.last_insert_rowid();
         projection::write(&tx, rowid, &record, false)?;
-        mark_outbox(&tx, rowid)?;
+        let created = doc.changes_since(&[]);
+        mark_outbox(&tx, &mut self.codec, rowid, &created)?;
         tx.commit()?;
         self.checkpointer.committed();
         let saved_heads = doc.heads();
@@ -812,17 +813,49 @@ fn write_changes(
     }
     projection::write(tx, loaded.rowid, record, has_conflicts)?;
     if matches!(origin, Origin::Local(_)) {
-        mark_outbox(tx, loaded.rowid)?;
+        let edit = loaded.doc.changes_since(&loaded.saved_heads);
+        mark_outbox(tx, codec, loaded.rowid, &edit)?;
     }
     Ok(())
 }
 
-fn mark_outbox(tx: &Transaction<'_>, rowid: i64) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO outbox(doc, local_seq) VALUES (?1, 1)
-         ON CONFLICT(doc) DO UPDATE SET local_seq = local_seq + 1",
-    )?
-    .execute([rowid])?;
+/// Counts a local edit of document `rowid` in the outbox and keeps its changes for the push.
+fn mark_outbox(
+    tx: &Transaction<'_>,
+    codec: &mut DocCodec,
+    rowid: i64,
+    changes: &[automerge::Change],
+) -> Result<()> {
+    let local_seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO outbox(doc, local_seq) VALUES (?1, 1)
+             ON CONFLICT(doc) DO UPDATE SET local_seq = local_seq + 1
+             RETURNING local_seq",
+        )?
+        .query_row([rowid], |row| row.get(0))?;
+    // One edit is one change; should an edit ever make several, they share its outbox number
+    // and are kept as one entry in causal order.
+    let mut bytes = Vec::new();
+    let mut last = None;
+    for change in changes {
+        let raw = change.raw_bytes();
+        let len = u32::try_from(raw.len())
+            .map_err(|_| Error::invalid("changes", "a change of more than 4 GiB"))?;
+        bytes.extend_from_slice(&len.to_le_bytes());
+        bytes.extend_from_slice(raw);
+        last = Some(change.hash());
+    }
+    if let Some(hash) = last {
+        tx.prepare_cached(
+            "INSERT INTO outbox_changes(doc, local_seq, hash, change) VALUES (?1, ?2, ?3, ?4)",
+        )?
+        .execute(params![
+            rowid,
+            local_seq,
+            hash.0.as_slice(),
+            codec.encode(&bytes)?
+        ])?;
+    }
     Ok(())
 }
 

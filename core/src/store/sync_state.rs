@@ -81,33 +81,52 @@ fn decode_heads(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
 impl DeviceStore {
     /// Documents with unacknowledged changes, oldest first, up to about `max_bytes` of changes
     /// (always at least one document when any is pending).
+    ///
+    /// The changes of local edits are read as they were kept at edit time; a document is loaded
+    /// only when the server asked for its whole history (or the store predates that bookkeeping).
     pub fn pending_push(&mut self, max_bytes: usize) -> Result<Vec<PendingDoc>> {
-        type Row = (Vec<u8>, i64, i64, Option<Vec<u8>>);
+        type Row = (i64, Vec<u8>, i64, i64, bool, Option<Vec<u8>>);
         let rows: Vec<Row> = {
             let mut stmt = self.conn.prepare_cached(
-                "SELECT d.id, d.kind, o.local_seq, s.heads FROM outbox o
+                "SELECT o.doc, d.id, d.kind, o.local_seq, o.whole, s.heads FROM outbox o
                  JOIN documents d ON d.rowid = o.doc
                  LEFT JOIN server_heads s ON s.doc = o.doc
                  ORDER BY o.doc LIMIT 5000",
             )?;
             stmt.query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                ))
             })?
             .collect::<rusqlite::Result<_>>()?
         };
         let mut batch = Vec::new();
         let mut bytes = 0usize;
-        for (id, kind, local_seq, acked) in rows {
+        for (rowid, id, kind, local_seq, whole, acked) in rows {
             let id = RecordId::from_slice(&id)
                 .ok_or_else(|| Error::invalid("id", "bad id bytes in store"))?;
             let kind = RecordKind::from_code(kind)
                 .ok_or_else(|| Error::invalid("kind", "bad kind in store"))?;
-            let acked = match acked {
-                Some(bytes) => decode_heads(&bytes)?,
-                None => Vec::new(),
+            let kept = if whole {
+                None
+            } else {
+                self.kept_changes(id, rowid, local_seq)?
             };
-            let heads = self.heads(id)?;
-            let changes = self.changes_since(id, &acked)?;
+            let (changes, heads) = match kept {
+                Some(kept) => kept,
+                None => {
+                    let acked = match acked {
+                        Some(bytes) => decode_heads(&bytes)?,
+                        None => Vec::new(),
+                    };
+                    (self.changes_since(id, &acked)?, self.heads(id)?)
+                }
+            };
             let size: usize = changes.iter().map(Vec::len).sum();
             if !batch.is_empty() && bytes + size > max_bytes {
                 break;
@@ -122,6 +141,55 @@ impl DeviceStore {
             });
         }
         Ok(batch)
+    }
+
+    /// The changes kept for a document's local edits up to `local_seq`, and the hash of the
+    /// newest (every earlier local edit is among its ancestors: a device's edits are
+    /// sequential). `None` when none are kept.
+    fn kept_changes(
+        &mut self,
+        id: RecordId,
+        rowid: i64,
+        local_seq: i64,
+    ) -> Result<Option<(Vec<Vec<u8>>, Vec<ChangeHash>)>> {
+        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+            .conn
+            .prepare_cached(
+                "SELECT hash, change FROM outbox_changes WHERE doc = ?1 AND local_seq <= ?2
+                 ORDER BY local_seq",
+            )?
+            .query_map(params![rowid, local_seq], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(None);
+        };
+        let corrupt = |reason: String| Error::Corrupt { id, reason };
+        let head = ChangeHash::try_from(last.as_slice())
+            .map_err(|e| corrupt(format!("outbox hash: {e}")))?;
+        let mut changes = Vec::new();
+        let mut buffer = Vec::new();
+        for (_, stored) in &rows {
+            buffer.clear();
+            self.codec
+                .decode_into(stored, &mut buffer)
+                .map_err(|e| corrupt(format!("outbox change: {e}")))?;
+            let mut rest = buffer.as_slice();
+            while !rest.is_empty() {
+                let (len, tail) = rest
+                    .split_first_chunk::<4>()
+                    .ok_or_else(|| corrupt("outbox change: truncated length".into()))?;
+                let len = u32::from_le_bytes(*len) as usize;
+                if tail.len() < len {
+                    return Err(corrupt("outbox change: truncated".into()));
+                }
+                let (change, tail) = tail.split_at(len);
+                changes.push(change.to_vec());
+                rest = tail;
+            }
+        }
+        Ok(Some((changes, vec![head])))
     }
 
     /// How many documents have changes the server has not acknowledged.
@@ -147,6 +215,12 @@ impl DeviceStore {
                 .execute(params![rowid, encode_heads(&doc.heads)])?;
             tx.prepare_cached("DELETE FROM outbox WHERE doc = ?1 AND local_seq = ?2")?
                 .execute(params![rowid, doc.local_seq])?;
+            // Edited since the batch was taken: the newer edits stay, on top of what the server
+            // now has.
+            tx.prepare_cached("UPDATE outbox SET whole = 0 WHERE doc = ?1")?
+                .execute([rowid])?;
+            tx.prepare_cached("DELETE FROM outbox_changes WHERE doc = ?1 AND local_seq <= ?2")?
+                .execute(params![rowid, doc.local_seq])?;
         }
         tx.commit()?;
         Ok(())
@@ -159,6 +233,10 @@ impl DeviceStore {
         for id in ids {
             tx.prepare_cached(
                 "DELETE FROM server_heads WHERE doc = (SELECT rowid FROM documents WHERE id = ?1)",
+            )?
+            .execute([id.as_bytes().as_slice()])?;
+            tx.prepare_cached(
+                "UPDATE outbox SET whole = 1 WHERE doc = (SELECT rowid FROM documents WHERE id = ?1)",
             )?
             .execute([id.as_bytes().as_slice()])?;
         }

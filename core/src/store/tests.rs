@@ -872,6 +872,45 @@ fn outbox_batches_acknowledgements_and_pulls_round_trip() {
 }
 
 #[test]
+fn pushed_changes_are_the_kept_edits_and_older_stores_fall_back_to_the_document() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open_config(StoreConfig::new(dir.path().join("a.db")));
+    let id = a
+        .create_application(OFFICER, new_app("Lò Thị Hoa", "Bản Mé"))
+        .unwrap()
+        .id;
+    a.transition(id, OFFICER, Status::InProgress).unwrap();
+    a.update_application(id, OFFICER, |app| app.notes.push_str(" Đã gọi điện."))
+        .unwrap();
+    // Three edits kept at edit time: exactly the document's history, in order, with its heads.
+    let batch = a.pending_push(1 << 20).unwrap();
+    assert_eq!(batch[0].changes, a.changes_since(id, &[]).unwrap());
+    assert_eq!(batch[0].heads, a.heads(id).unwrap());
+    assert_eq!(count(&a, "outbox_changes"), 3);
+    a.acknowledge_push(&batch).unwrap();
+    assert_eq!(count(&a, "outbox_changes"), 0);
+
+    // A store written before the kept changes existed has outbox entries without them: the
+    // push reads the document from the acknowledged heads instead.
+    a.transition(id, OFFICER, Status::Ready).unwrap();
+    a.conn.execute("DELETE FROM outbox_changes", []).unwrap();
+    let acked = batch[0].heads.clone();
+    let fallback = a.pending_push(1 << 20).unwrap();
+    assert_eq!(fallback[0].changes, a.changes_since(id, &acked).unwrap());
+    assert_eq!(fallback[0].changes.len(), 1);
+
+    // Kept bytes that do not decode are a typed error, not a panic or a silent skip.
+    a.transition(id, OFFICER, Status::Returned).unwrap();
+    a.conn
+        .execute("UPDATE outbox_changes SET change = x'28b52ffd0000'", [])
+        .unwrap();
+    assert!(matches!(
+        a.pending_push(1 << 20),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+#[test]
 fn the_catalogue_arrives_as_versioned_reference_data() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = DeviceStore::open(StoreConfig::new(dir.path().join("c.db"))).unwrap();
