@@ -59,6 +59,9 @@ pub struct PullReport {
     pub conflicted: Vec<RecordId>,
 }
 
+/// Raw changes and the heads they lead to.
+type KeptChanges = (Vec<Vec<u8>>, Vec<ChangeHash>);
+
 fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
     heads.iter().flat_map(|h| h.0).collect()
 }
@@ -151,7 +154,7 @@ impl DeviceStore {
         id: RecordId,
         rowid: i64,
         local_seq: i64,
-    ) -> Result<Option<(Vec<Vec<u8>>, Vec<ChangeHash>)>> {
+    ) -> Result<Option<KeptChanges>> {
         let rows: Vec<(Vec<u8>, Vec<u8>)> = self
             .conn
             .prepare_cached(
