@@ -1016,3 +1016,86 @@ async fn records_no_tablet_could_write_are_refused() {
         assert_eq!(s.state().await, before);
     }
 }
+
+/// A change Automerge 0.12 panicked on (an operation naming an actor past the change's actor
+/// table; found by the `changes` fuzz target, see `core/tests/fuzz_regressions.rs`), pushed on
+/// top of a record the server holds: a 400 like any other bad change, not a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "panic_change").await.unwrap() {
+        let sub = tempfile::tempdir().unwrap();
+        let s = setup(&url, sub.path()).await;
+        // The fuzz target's base application, stored on the server.
+        let id = RecordId(uuid::Uuid::from_bytes([7; 16]));
+        let base = Application {
+            id,
+            commune_code: COMMUNE.into(),
+            procedure_code: "1.001193".into(),
+            applicant: Applicant {
+                name: "Lò Thị Hương".into(),
+                village: "Bản Phăng".into(),
+                ..Applicant::default()
+            },
+            received_at: 1_750_000_000_000,
+            due_at: "2025-06-17".parse().unwrap(),
+            documents: Vec::new(),
+            fees: Vec::new(),
+            status: Status::Received,
+            assignee: None,
+            notes: "Đã nhận hồ sơ.".into(),
+            created_by: Author {
+                device: uuid::Uuid::from_bytes([1; 16]),
+                officer: "lan".into(),
+            },
+        };
+        let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
+        let mut doc = RecordDoc::create(&Record::Application(base), device, "lan", 0).unwrap();
+        let creation: Vec<Vec<u8>> = doc
+            .changes_since(&[])
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let push = |changes: Vec<Vec<u8>>| {
+            sync_body(vec![PushDoc {
+                id,
+                kind: RecordKind::Application,
+                changes,
+            }])
+        };
+        let (status, _) = s
+            .post(
+                "/v1/sync",
+                Some(&s.token),
+                Some(CONTENT_TYPE),
+                push(creation),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}");
+        let before = s.state().await;
+        let hex = concat!(
+            "856f4a8369d4573e01df0101880ccbdb7f164e5007f0f6275fa2ea1cb510a4ace51c32a04bf7ae4df375",
+            "54c310010101010101010101010101010101010222052e7b226f223a226d696e68222c2266223a5b2261",
+            "737369676e6565222c226e6f746573222c22737461747573225d7d000c0104020411041307151334024202",
+            "560e572070047102730300020d0000020d0900020d0000027e21030b017e067374617475730861737369",
+            "676e6565000d020d0f017eb6014603167f3602167f360616696e5f70726f67726573736d696e027e2103",
+            "0b017e06737461747573086e672e02010d0002020d0000",
+        );
+        let change: Vec<u8> = (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+            .collect();
+        let (status, text) = s
+            .post(
+                "/v1/sync",
+                Some(&s.token),
+                Some(CONTENT_TYPE),
+                push(vec![change]),
+            )
+            .await;
+        assert_eq!(status, 400, "{url}: {text}");
+        assert!(text.contains("\"error\":\"malformed\""), "{url}: {text}");
+        s.healthy().await;
+        assert_eq!(s.state().await, before, "{url}");
+    }
+}

@@ -360,14 +360,23 @@ impl RecordDoc {
     /// [`RecordDoc::apply_changes`] for changes already decoded.
     pub fn apply_decoded(&mut self, changes: Vec<automerge::Change>) -> Result<Record> {
         let before = self.doc.get_heads();
-        self.doc.apply_changes(changes)?;
-        let check = if self.doc.get_missing_deps(&[]).is_empty() {
-            self.record()
-        } else {
-            Err(Error::invalid(
+        // Automerge 0.12 panics on some well-formed but inconsistent changes (an operation naming
+        // an actor past the change's actor table, found by fuzzing): from the network that is
+        // bad input, not a crash of the server or the app.
+        let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.doc.apply_changes(changes)
+        }));
+        let check = match applied {
+            Ok(Ok(())) if self.doc.get_missing_deps(&[]).is_empty() => self.record(),
+            Ok(Ok(())) => Err(Error::invalid(
                 "changes",
                 "they depend on changes that were not received",
-            ))
+            )),
+            Ok(Err(e)) => Err(e.into()),
+            Err(_) => Err(Error::Corrupt {
+                id: self.id,
+                reason: "changes that cannot be applied".to_owned(),
+            }),
         };
         match check {
             Ok(record) => Ok(record),
