@@ -2,6 +2,8 @@
 //! real storage, SQLite by default or the PostgreSQL named by `COMMUNESYNC_TEST_DATABASE_URL`),
 //! with helpers to create communes and enrollment codes.
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
