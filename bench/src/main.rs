@@ -3,9 +3,11 @@
 //!
 //! `cargo run --release -p communesync-bench -- store` runs the device-store suite;
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
-//! `cargo build --release -p communesync-server` first).
+//! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
+//! (the same).
 
 mod dictionary;
+mod load;
 mod report;
 mod store;
 mod sync;
@@ -25,6 +27,9 @@ enum Suite {
     Store(store::StoreArgs),
     /// Sync: tablets and the server over HTTP on SQLite and PostgreSQL (bytes, time, memory).
     Sync(sync::SyncArgs),
+    /// Load: 45 communes x 8 tablets doing a day's work and syncing at once, on SQLite and
+    /// PostgreSQL (syncs/s, latency, server memory, errors, lost changes).
+    Load(load::LoadArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -33,6 +38,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
         Suite::Store(args) => store::run(&args),
         Suite::Sync(args) => sync::run(&args),
+        Suite::Load(args) => load::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }
