@@ -6,6 +6,8 @@ CREATE TABLE outbox_changes (
     -- local_seq N removes the changes up to N.
     local_seq INTEGER NOT NULL,
     hash      BLOB NOT NULL,
+    -- 1 when the entry starts with the document's first change (no dependencies).
+    root      INTEGER NOT NULL,
     -- The change, compressed with the record dictionary (crate::codec).
     change    BLOB NOT NULL,
     PRIMARY KEY (doc, local_seq)

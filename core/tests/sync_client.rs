@@ -16,7 +16,9 @@ use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
     CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, SyncRequest, SyncResponse,
 };
-use communesync_core::record::{Applicant, DeviceId, NewApplication, RecordId, RecordKind};
+use communesync_core::record::{
+    Applicant, DeviceId, NewApplication, RecordDoc, RecordId, RecordKind, decode_changes,
+};
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{
     HttpRequest, HttpResponse, Scope, SyncClient, SyncConfig, SyncError, SyncPhase, SyncProgress,
@@ -187,35 +189,37 @@ impl HubState {
         };
         let request = SyncRequest::decode(&mut self.codec, &req.body, &Limits::default()).unwrap();
         assert_eq!(request.protocol, PROTOCOL_VERSION);
-        let mut accepted = Vec::new();
         let mut missing_deps = Vec::new();
-        for doc in &request.push {
-            let before = if self.store.contains(doc.id).unwrap() {
-                self.store.heads(doc.id).unwrap()
+        for (position, doc) in request.push.iter().enumerate() {
+            // A whole history may come without id: the record holds it.
+            let id = doc.id.unwrap_or_else(|| {
+                let changes = decode_changes(RecordId::new(), &doc.changes).unwrap();
+                let (_, record) =
+                    RecordDoc::from_decoded(None, doc.kind, changes, DeviceId::new()).unwrap();
+                record.id()
+            });
+            let before = if self.store.contains(id).unwrap() {
+                self.store.heads(id).unwrap()
             } else {
                 Vec::new()
             };
-            match self
-                .store
-                .apply_remote_changes(doc.id, doc.kind, &doc.changes)
-            {
+            match self.store.apply_remote_changes(id, doc.kind, &doc.changes) {
                 Ok(()) => {
-                    for change in self.store.changes_since(doc.id, &before).unwrap() {
+                    for change in self.store.changes_since(id, &before).unwrap() {
                         self.feed.push(FeedEntry {
-                            doc: doc.id,
+                            doc: id,
                             kind: doc.kind,
                             change,
                             origin: device,
                         });
                     }
-                    accepted.push(doc.id);
                 }
                 Err(communesync_core::Error::InvalidInput { reason, .. })
                     if reason.contains("depend on") =>
                 {
-                    missing_deps.push(doc.id);
+                    missing_deps.push(u32::try_from(position).unwrap());
                 }
-                Err(err) => panic!("hub refused {}: {err}", doc.id),
+                Err(err) => panic!("hub refused {id}: {err}"),
             }
         }
         let pull = request.pull.unwrap();
@@ -236,10 +240,11 @@ impl HubState {
                 bytes += entry.change.len();
                 let at = *index.entry(entry.doc).or_insert_with(|| {
                     feed.push(FeedDoc {
-                        id: entry.doc,
+                        id: Some(entry.doc),
                         kind: entry.kind,
                         changes: Vec::new(),
-                        received_at: self.clock,
+                        // One receive time for the page: the first carries it, the rest add 0.
+                        received_delta: if feed.is_empty() { self.clock } else { 0 },
                     });
                     feed.len() - 1
                 });
@@ -259,7 +264,6 @@ impl HubState {
         let response = SyncResponse {
             protocol: PROTOCOL_VERSION,
             server_time: self.clock,
-            accepted,
             missing_deps,
             feed,
             next_cursor,
@@ -428,13 +432,48 @@ fn assert_no_duplicates_in_feed(hub: &Hub) {
 // ----- tests -----------------------------------------------------------------------------------
 
 #[tokio::test]
+async fn batches_grow_on_a_link_that_takes_them_and_nothing_is_lost() {
+    let hub = Hub::new();
+    let start = 4 * 1024;
+    let a = tablet(
+        &hub,
+        SyncConfig {
+            push_batch_bytes: start,
+            max_push_batch_bytes: 64 * 1024,
+            // Every exchange counts as fast, however busy the machine.
+            target_request_time: Duration::from_secs(3600),
+            ..fast()
+        },
+    );
+    a.create(60, 1500);
+    let sizes: Vec<usize> = a
+        .store
+        .lock()
+        .unwrap()
+        .pending_push(usize::MAX)
+        .unwrap()
+        .iter()
+        .map(|doc| doc.changes.iter().map(Vec::len).sum())
+        .collect();
+    let fixed = batches(&sizes, start);
+    let report = a.sync().await.unwrap();
+    assert_eq!((report.pushed_docs, report.pending_docs), (60, 0));
+    // Windows of 4, 8, 16, 32, 64, 64... KiB instead of 4 KiB each time.
+    assert!(report.requests < fixed / 2, "{report:?} vs {fixed} fixed");
+    assert_eq!(hub.state().feed.len(), 60);
+    assert_no_duplicates_in_feed(&hub);
+}
+
+#[tokio::test]
 async fn first_sync_pushes_in_size_bounded_batches_and_an_idle_sync_is_one_request() {
     let hub = Hub::new();
     let budget = 8 * 1024;
     let a = tablet(
         &hub,
         SyncConfig {
+            // A fixed size: no room to grow.
             push_batch_bytes: budget,
+            max_push_batch_bytes: budget,
             ..fast()
         },
     );
@@ -685,6 +724,7 @@ async fn changes_from_another_device_arrive_and_conflicts_are_counted() {
         &hub,
         SyncConfig {
             pull_batch_bytes: 4096,
+            max_pull_batch_bytes: 4096,
             ..fast()
         },
     );

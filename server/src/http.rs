@@ -29,7 +29,7 @@ use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, PushDoc, SyncRequest,
     SyncResponse, WireError,
 };
-use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, decode_changes};
+use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, RecordKind, decode_changes};
 use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -439,20 +439,31 @@ async fn sync(
     let now = state.clock.now_ms();
 
     // Push: validate everything, then store the batch in one transaction.
-    let pushed: Vec<RecordId> = request.push.iter().map(|d| d.id).collect();
-    let mut missing: Vec<RecordId> = Vec::new();
+    let mut missing: Vec<u32> = Vec::new();
     if !request.push.is_empty() {
-        let known = state.storage.known_docs(&pushed).await?;
+        // Decoding, and building the documents sent whole (which name no id), runs first; then
+        // one storage read for what the server holds of them all; then the checks against it.
+        let push = request.push;
+        let prepared = blocking(move || prepare_push(push)).await?;
+        let ids: Vec<RecordId> = prepared.iter().filter_map(|doc| doc.id).collect();
+        let known = state.storage.known_docs(&ids).await?;
         let scope = device.scope.clone();
         let actor = state.actor;
-        let push = request.push;
         let (incoming, unresolved) =
-            blocking(move || validate_push(push, &scope, known, actor)).await?;
-        missing.extend(unresolved);
+            blocking(move || validate_push(prepared, &scope, &known, actor)).await?;
+        missing.extend(unresolved.iter().map(|(position, _)| *position));
         if !incoming.is_empty() {
+            let positions: Vec<(RecordId, u32)> = incoming
+                .iter()
+                .map(|(position, doc)| (doc.id, *position))
+                .collect();
             let outcome = state
                 .storage
-                .ingest(&device, incoming, now)
+                .ingest(
+                    &device,
+                    incoming.into_iter().map(|(_, doc)| doc).collect(),
+                    now,
+                )
                 .await
                 .map_err(|e| {
                     match e {
@@ -465,13 +476,16 @@ async fn sync(
                         other => other.into(),
                     }
                 })?;
-            missing.extend(outcome.missing_deps);
+            missing.extend(
+                positions
+                    .iter()
+                    .filter(|(id, _)| outcome.missing_deps.contains(id))
+                    .map(|(_, position)| *position),
+            );
         }
+        missing.sort_unstable();
+        missing.dedup();
     }
-    let accepted: Vec<RecordId> = pushed
-        .into_iter()
-        .filter(|id| !missing.contains(id))
-        .collect();
     let still_pending = request.pending_docs + missing.len() as u64;
     state
         .storage
@@ -507,7 +521,6 @@ async fn sync(
     let response = SyncResponse {
         protocol: PROTOCOL_VERSION,
         server_time: now,
-        accepted,
         missing_deps: missing,
         feed,
         next_cursor,
@@ -520,27 +533,91 @@ async fn sync(
     Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
 }
 
+/// A pushed document once decoded.
+struct Prepared {
+    /// Position in the request's push.
+    position: u32,
+    /// The id sent, or read from the record when the document came whole without one (`None`
+    /// when that record could not be read: `fresh` says why).
+    id: Option<RecordId>,
+    sent_id: bool,
+    kind: RecordKind,
+    changes: Vec<IncomingChange>,
+    /// The decoded changes, for documents not built yet.
+    decoded: Vec<automerge::Change>,
+    /// For a document sent whole: the record its changes alone make.
+    fresh: Option<Result<Record, communesync_core::Error>>,
+}
+
+/// Decodes every pushed document and builds those sent whole without an id (to learn it), in
+/// parallel. A change that does not decode refuses the batch.
+fn prepare_push(push: Vec<PushDoc>) -> Result<Vec<Prepared>, ApiError> {
+    push.into_par_iter()
+        .enumerate()
+        .map(|(position, doc)| {
+            let position =
+                u32::try_from(position).map_err(|_| ApiError::malformed("too many documents"))?;
+            let mut changes = Vec::with_capacity(doc.changes.len());
+            let mut decoded = Vec::with_capacity(doc.changes.len());
+            for bytes in doc.changes {
+                let change = automerge::Change::from_bytes(bytes.clone()).map_err(|e| {
+                    ApiError::malformed(format!(
+                        "pushed document {position}: a change does not decode: {e}"
+                    ))
+                })?;
+                changes.push(IncomingChange {
+                    hash: change.hash().0,
+                    deps: change.deps().iter().map(|d| d.0).collect(),
+                    bytes,
+                });
+                decoded.push(change);
+            }
+            let (id, fresh, decoded) = match doc.id {
+                Some(id) => (Some(id), None, decoded),
+                None => {
+                    let built =
+                        RecordDoc::from_decoded(None, doc.kind, decoded, DeviceId::default())
+                            .map(|(_, record)| record);
+                    (built.as_ref().ok().map(Record::id), Some(built), Vec::new())
+                }
+            };
+            Ok(Prepared {
+                position,
+                id,
+                sent_id: doc.id.is_some(),
+                kind: doc.kind,
+                changes,
+                decoded,
+                fresh,
+            })
+        })
+        .collect()
+}
+
 /// What validating one pushed document concluded.
 enum Validated {
     /// Store these changes.
-    Store(IncomingDoc),
+    Store(u32, IncomingDoc),
     /// The server lacks their dependencies: ask for the whole history.
-    MissingDeps(RecordId),
+    MissingDeps(u32, Option<RecordId>),
 }
 
-/// Checks pushed documents against the device's scope and what the server holds. Returns the
-/// documents to store and those whose history the server lacks. Documents are independent, so
-/// they are checked in parallel; the first refusal (in batch order) refuses the batch.
+type Positioned<T> = Vec<(u32, T)>;
+
+/// Checks prepared documents against the device's scope and what the server holds. Returns the
+/// documents to store and those whose history the server lacks, with their positions.
+/// Documents are independent, so they are checked in parallel; the first refusal (in batch
+/// order) refuses the batch.
 fn validate_push(
-    push: Vec<PushDoc>,
+    prepared: Vec<Prepared>,
     scope: &Scope,
-    known: HashMap<RecordId, KnownDoc>,
+    known: &HashMap<RecordId, KnownDoc>,
     actor: DeviceId,
-) -> Result<(Vec<IncomingDoc>, Vec<RecordId>), ApiError> {
-    let validated = push
+) -> Result<(Positioned<IncomingDoc>, Positioned<Option<RecordId>>), ApiError> {
+    let validated = prepared
         .into_par_iter()
         .map(|doc| {
-            let stored = known.get(&doc.id);
+            let stored = doc.id.and_then(|id| known.get(&id));
             validate_doc(doc, scope, stored, actor)
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
@@ -548,38 +625,30 @@ fn validate_push(
     let mut missing = Vec::new();
     for outcome in validated {
         match outcome {
-            Validated::Store(doc) => incoming.push(doc),
-            Validated::MissingDeps(id) => missing.push(id),
+            Validated::Store(position, doc) => incoming.push((position, doc)),
+            Validated::MissingDeps(position, id) => missing.push((position, id)),
         }
     }
     Ok((incoming, missing))
 }
 
 fn validate_doc(
-    doc: PushDoc,
+    doc: Prepared,
     scope: &Scope,
     known: Option<&KnownDoc>,
     actor: DeviceId,
 ) -> Result<Validated, ApiError> {
-    let mut changes = Vec::with_capacity(doc.changes.len());
-    let mut decoded = Vec::with_capacity(doc.changes.len());
-    for bytes in doc.changes {
-        let change = automerge::Change::from_bytes(bytes.clone()).map_err(|e| {
-            ApiError::malformed(format!("record {}: a change does not decode: {e}", doc.id))
-        })?;
-        changes.push(IncomingChange {
-            hash: change.hash().0,
-            deps: change.deps().iter().map(|d| d.0).collect(),
-            bytes,
-        });
-        decoded.push(change);
-    }
+    let position = doc.position;
+    let name = match doc.id {
+        Some(id) => format!("record {id}"),
+        None => format!("pushed document {position}"),
+    };
     let commune = match known {
         Some(stored) => {
             if stored.kind != doc.kind {
                 return Err(ApiError::forbidden(format!(
-                    "record {} is a {}, not a {}",
-                    doc.id, stored.kind, doc.kind
+                    "{name} is a {}, not a {}",
+                    stored.kind, doc.kind
                 )));
             }
             Some(stored.commune.clone())
@@ -590,28 +659,50 @@ fn validate_doc(
         && commune != own
     {
         return Err(ApiError::forbidden(format!(
-            "record {} is outside this device's commune",
-            doc.id
+            "{name} is outside this device's commune"
         )));
     }
     // The record after these changes must be a valid record of its kind, in the commune it is
     // registered to (or, when new, in the device's commune).
-    let mut all = match known {
-        Some(stored) => decode_changes(doc.id, &stored.changes)
-            .map_err(|e| ApiError::internal(format!("stored history of {}: {e}", doc.id)))?,
-        None => Vec::new(),
+    let built = match (doc.fresh, known) {
+        // Sent whole and new to the server: built already.
+        (Some(fresh), None) => fresh,
+        (fresh, _) => {
+            let id = doc.id.unwrap_or_default();
+            let mut all = match known {
+                Some(stored) => decode_changes(id, &stored.changes)
+                    .map_err(|e| ApiError::internal(format!("stored history of {id}: {e}")))?,
+                None => Vec::new(),
+            };
+            if fresh.is_some() {
+                // Sent whole but known here: its changes go on top of the stored ones.
+                let bytes: Vec<Vec<u8>> = doc.changes.iter().map(|c| c.bytes.clone()).collect();
+                all.extend(
+                    decode_changes(id, &bytes)
+                        .map_err(|e| ApiError::malformed(format!("{name}: {e}")))?,
+                );
+            } else {
+                all.extend(doc.decoded);
+            }
+            RecordDoc::from_decoded(doc.id, doc.kind, all, actor).map(|(_, record)| record)
+        }
     };
-    all.extend(decoded);
-    let record = match RecordDoc::from_decoded(Some(doc.id), doc.kind, all, actor) {
-        Ok((_, record)) => record,
+    let record = match built {
+        Ok(record) => record,
         Err(communesync_core::Error::InvalidInput { field, .. }) if field == "changes" => {
             // Depends on changes the server has never seen: ask for the whole history.
-            return Ok(Validated::MissingDeps(doc.id));
+            return Ok(Validated::MissingDeps(position, doc.id));
         }
         Err(e) => {
-            return Err(ApiError::malformed(format!("record {}: {e}", doc.id)));
+            return Err(ApiError::malformed(format!("{name}: {e}")));
         }
     };
+    let id = record.id();
+    if doc.sent_id && doc.id != Some(id) {
+        return Err(ApiError::malformed(format!(
+            "{name}: the changes belong to another record"
+        )));
+    }
     let record_commune = match &record {
         Record::Application(a) => a.commune_code.clone(),
         Record::CitizenRequest(r) => r.commune_code.clone(),
@@ -619,48 +710,61 @@ fn validate_doc(
     match (&commune, scope.commune()) {
         (Some(registered), _) if *registered != record_commune => {
             return Err(ApiError::forbidden(format!(
-                "record {} cannot move to another commune",
-                doc.id
+                "record {id} cannot move to another commune"
             )));
         }
         (None, Some(own)) if own != record_commune => {
             return Err(ApiError::forbidden(format!(
-                "record {} belongs to commune {record_commune}, not {own}",
-                doc.id
+                "record {id} belongs to commune {record_commune}, not {own}"
             )));
         }
         _ => {}
     }
-    Ok(Validated::Store(IncomingDoc {
-        id: doc.id,
-        kind: doc.kind,
-        commune: commune.unwrap_or(record_commune),
-        changes,
-    }))
+    Ok(Validated::Store(
+        position,
+        IncomingDoc {
+            id,
+            kind: doc.kind,
+            commune: commune.unwrap_or(record_commune),
+            changes: doc.changes,
+        },
+    ))
 }
 
 /// Groups feed items by document, in order of first appearance (order within a document kept).
+/// A document whose changes start with its first one goes without id (the record holds it);
+/// receive times go as differences from the previous document's.
 fn group_feed(items: Vec<crate::storage::FeedItem>) -> Vec<FeedDoc> {
-    let mut docs: Vec<FeedDoc> = Vec::new();
+    let mut docs: Vec<(FeedDoc, i64)> = Vec::new();
     let mut index: HashMap<RecordId, usize> = HashMap::new();
     for item in items {
         match index.get(&item.doc) {
             Some(&i) => {
-                docs[i].changes.push(item.bytes);
-                docs[i].received_at = docs[i].received_at.max(item.received_at);
+                docs[i].0.changes.push(item.bytes);
+                docs[i].1 = docs[i].1.max(item.received_at);
             }
             None => {
                 index.insert(item.doc, docs.len());
-                docs.push(FeedDoc {
-                    id: item.doc,
-                    kind: item.kind,
-                    changes: vec![item.bytes],
-                    received_at: item.received_at,
-                });
+                docs.push((
+                    FeedDoc {
+                        id: (!item.root).then_some(item.doc),
+                        kind: item.kind,
+                        changes: vec![item.bytes],
+                        received_delta: 0,
+                    },
+                    item.received_at,
+                ));
             }
         }
     }
-    docs
+    let mut previous = 0i64;
+    docs.into_iter()
+        .map(|(mut doc, received_at)| {
+            doc.received_delta = received_at.saturating_sub(previous);
+            previous = received_at;
+            doc
+        })
+        .collect()
 }
 
 // ----- admin -------------------------------------------------------------------------------------

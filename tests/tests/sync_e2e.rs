@@ -459,7 +459,7 @@ async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothi
         protocol: PROTOCOL_VERSION,
         device_time: 0,
         push: vec![PushDoc {
-            id: app.id,
+            id: Some(app.id),
             kind: communesync_core::record::RecordKind::Application,
             changes: changes.clone(),
         }],
@@ -476,7 +476,7 @@ async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothi
         protocol: PROTOCOL_VERSION,
         device_time: 0,
         push: vec![PushDoc {
-            id: app.id,
+            id: Some(app.id),
             kind: communesync_core::record::RecordKind::Application,
             changes: vec![corrupt_change],
         }],

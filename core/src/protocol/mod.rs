@@ -19,8 +19,9 @@ pub const CONTENT_TYPE: &str = "application/x-communesync-v1";
 /// A document's changes pushed by a tablet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushDoc {
-    /// Record id.
-    pub id: RecordId,
+    /// Record id; left out (`None`) when `changes` is the document's whole history, whose first
+    /// change writes the id into the record (16 incompressible bytes saved per new record).
+    pub id: Option<RecordId>,
     /// Record kind.
     pub kind: RecordKind,
     /// Raw Automerge changes, each one whole.
@@ -57,14 +58,17 @@ pub struct SyncRequest {
 /// Changes of one document from the feed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedDoc {
-    /// Record id.
-    pub id: RecordId,
+    /// Record id; left out (`None`) when `changes` start with the document's first change, which
+    /// writes the id into the record.
+    pub id: Option<RecordId>,
     /// Record kind.
     pub kind: RecordKind,
     /// Raw Automerge changes in feed order.
     pub changes: Vec<Vec<u8>>,
-    /// Server receive time of the newest of them (ms since epoch, server clock).
-    pub received_at: i64,
+    /// Server receive time of the newest of them (ms since epoch, server clock), as the
+    /// difference from the previous feed document's (from 0 for the first): documents stored by
+    /// one push share a time, so this is mostly a zero byte.
+    pub received_delta: i64,
 }
 
 /// The province's reference data, sent when the tablet's version is older.
@@ -83,11 +87,10 @@ pub struct SyncResponse {
     pub protocol: u16,
     /// The server's clock (ms since epoch).
     pub server_time: i64,
-    /// Pushed documents whose changes are all stored (new or already there).
-    pub accepted: Vec<RecordId>,
-    /// Pushed documents whose changes depend on changes the server lacks: the tablet should send
-    /// their whole history.
-    pub missing_deps: Vec<RecordId>,
+    /// Positions in the request's `push` of the documents whose changes depend on changes the
+    /// server lacks: the tablet should send their whole history. Every other pushed document is
+    /// stored (its changes are new or were already there).
+    pub missing_deps: Vec<u32>,
     /// Feed changes after the request's cursor, minus the tablet's own.
     pub feed: Vec<FeedDoc>,
     /// Cursor to send next time (covers everything examined, including the tablet's own changes).
@@ -139,7 +142,7 @@ pub enum WireError {
 
 fn encode<T: Serialize>(codec: &mut DocCodec, message: &T) -> crate::Result<Vec<u8>> {
     let bytes = postcard::to_stdvec(message).map_err(|e| crate::Error::Document(e.to_string()))?;
-    codec.encode(&bytes)
+    codec.encode_message(&bytes)
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(
@@ -183,15 +186,15 @@ impl SyncRequest {
                 request.push.len()
             )));
         }
-        if let Some(doc) = request
+        if let Some((position, doc)) = request
             .push
             .iter()
-            .find(|doc| doc.changes.len() > limits.max_changes_per_doc)
+            .enumerate()
+            .find(|(_, doc)| doc.changes.len() > limits.max_changes_per_doc)
         {
             return Err(WireError::TooLarge(format!(
-                "{} changes for document {}",
+                "{} changes for pushed document {position}",
                 doc.changes.len(),
-                doc.id
             )));
         }
         Ok(request)
@@ -223,7 +226,7 @@ mod tests {
             protocol: PROTOCOL_VERSION,
             device_time: 1,
             push: vec![PushDoc {
-                id: RecordId::new(),
+                id: Some(RecordId::new()),
                 kind: RecordKind::Application,
                 changes: vec![vec![1, 2, 3]; 3],
             }],

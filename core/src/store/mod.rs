@@ -845,14 +845,19 @@ fn mark_outbox(
         bytes.extend_from_slice(raw);
         last = Some(change.hash());
     }
+    let root = changes
+        .first()
+        .is_some_and(|change| change.deps().is_empty());
     if let Some(hash) = last {
         tx.prepare_cached(
-            "INSERT INTO outbox_changes(doc, local_seq, hash, change) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO outbox_changes(doc, local_seq, hash, root, change)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
         )?
         .execute(params![
             rowid,
             local_seq,
             hash.0.as_slice(),
+            root,
             codec.encode(&bytes)?
         ])?;
     }

@@ -9,8 +9,11 @@
 use automerge::ChangeHash;
 use rusqlite::{OptionalExtension, params};
 
+use rayon::prelude::*;
+
 use super::{DeviceStore, Origin, load_document, write_changes};
 use crate::catalogue::{CivilDate, Procedure};
+use crate::codec::DocCodec;
 use crate::record::{RecordDoc, RecordId, RecordKind};
 use crate::{Error, Result};
 
@@ -29,14 +32,17 @@ pub struct PendingDoc {
     pub changes: Vec<Vec<u8>>,
     /// The document's heads when the batch was taken: acknowledged as a whole.
     pub heads: Vec<ChangeHash>,
+    /// Whether `changes` start with the document's first change (the whole history): the
+    /// receiver then learns the id from the record itself.
+    pub whole: bool,
     local_seq: i64,
 }
 
 /// One document's changes from the feed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullDoc {
-    /// Record id.
-    pub id: RecordId,
+    /// Record id; `None` when `changes` are the whole history (the record holds its id).
+    pub id: Option<RecordId>,
     /// Record kind.
     pub kind: RecordKind,
     /// Raw Automerge changes.
@@ -57,10 +63,116 @@ pub struct PullReport {
     pub rejected: Vec<(RecordId, String)>,
     /// Documents that now hold conflicts.
     pub conflicted: Vec<RecordId>,
+    /// Changes in the rejected documents.
+    pub rejected_changes: u64,
 }
 
-/// Raw changes and the heads they lead to.
-type KeptChanges = (Vec<Vec<u8>>, Vec<ChangeHash>);
+/// Raw changes, the heads they lead to, and whether they start with the document's first change.
+type KeptChanges = (Vec<Vec<u8>>, Vec<ChangeHash>, bool);
+
+/// A pulled document this device did not have, built off the store.
+struct Built {
+    id: RecordId,
+    record: crate::record::Record,
+    conflicted: bool,
+    heads: Vec<ChangeHash>,
+    snapshot: Vec<u8>,
+}
+
+thread_local! {
+    static CODEC: std::cell::RefCell<Option<DocCodec>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Builds a pulled document from its changes (on any thread: touches no store).
+fn build(pulled: &PullDoc, device: crate::record::DeviceId) -> Result<Built> {
+    let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
+    let changes = crate::record::decode_changes(id, &pulled.changes)?;
+    let (mut doc, record) = RecordDoc::from_decoded(pulled.id, pulled.kind, changes, device)?;
+    let conflicted = !doc.conflicts().is_empty();
+    let heads = doc.heads();
+    let snapshot = CODEC.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let codec = match slot.as_mut() {
+            Some(codec) => codec,
+            None => slot.insert(DocCodec::new()?),
+        };
+        codec.encode(&doc.save_uncompressed())
+    })?;
+    Ok(Built {
+        id: record.id(),
+        record,
+        conflicted,
+        heads,
+        snapshot,
+    })
+}
+
+/// Merges pulled changes into record `id` (row `rowid`), which this device has.
+#[allow(clippy::too_many_arguments)]
+fn merge_pulled(
+    tx: &rusqlite::Transaction<'_>,
+    codec: &mut DocCodec,
+    device: crate::record::DeviceId,
+    compact_after: u32,
+    rowid: i64,
+    id: RecordId,
+    pulled: &PullDoc,
+    report: &mut PullReport,
+) -> Result<()> {
+    let mut loaded = load_document(tx, codec, id, device)?;
+    if loaded.doc.kind() != pulled.kind {
+        return Err(Error::WrongKind {
+            id,
+            expected: pulled.kind,
+            actual: loaded.doc.kind(),
+        });
+    }
+    loaded.doc.apply_changes(&pulled.changes)?;
+    if loaded.doc.heads() == loaded.saved_heads {
+        return Ok(());
+    }
+    write_changes(tx, codec, &mut loaded, compact_after, Origin::Remote)?;
+    tx.prepare_cached("UPDATE documents SET last_pulled_at = ?2 WHERE rowid = ?1")?
+        .execute(params![rowid, pulled.received_at])?;
+    // Without local edits pending, the server now has exactly what we have.
+    let pending: bool = tx
+        .prepare_cached("SELECT EXISTS(SELECT 1 FROM outbox WHERE doc = ?1)")?
+        .query_row([rowid], |row| row.get(0))?;
+    if !pending {
+        tx.prepare_cached("INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)")?
+            .execute(params![rowid, encode_heads(&loaded.doc.heads())])?;
+    }
+    report.updated += 1;
+    if !loaded.doc.conflicts().is_empty() {
+        report.conflicted.push(id);
+    }
+    Ok(())
+}
+
+fn rowid_of_in(tx: &rusqlite::Transaction<'_>, id: RecordId) -> Result<Option<i64>> {
+    Ok(tx
+        .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
+        .query_row([id.as_bytes().as_slice()], |row| row.get(0))
+        .optional()?)
+}
+
+fn insert_pulled(tx: &rusqlite::Transaction<'_>, built: &Built, pulled: &PullDoc) -> Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO documents(id, kind, snapshot, chunk_count, last_pulled_at)
+         VALUES (?1, ?2, ?3, 0, ?4)",
+    )?
+    .execute(params![
+        built.id.as_bytes().as_slice(),
+        pulled.kind.code(),
+        built.snapshot,
+        pulled.received_at
+    ])?;
+    let rowid = tx.last_insert_rowid();
+    super::projection::write(tx, rowid, &built.record, built.conflicted)?;
+    tx.prepare_cached("INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)")?
+        .execute(params![rowid, encode_heads(&built.heads)])?;
+    Ok(())
+}
 
 fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
     heads.iter().flat_map(|h| h.0).collect()
@@ -120,14 +232,15 @@ impl DeviceStore {
             } else {
                 self.kept_changes(id, rowid, local_seq)?
             };
-            let (changes, heads) = match kept {
+            let (changes, heads, whole) = match kept {
                 Some(kept) => kept,
                 None => {
                     let acked = match acked {
                         Some(bytes) => decode_heads(&bytes)?,
                         None => Vec::new(),
                     };
-                    (self.changes_since(id, &acked)?, self.heads(id)?)
+                    let whole = acked.is_empty();
+                    (self.changes_since(id, &acked)?, self.heads(id)?, whole)
                 }
             };
             let size: usize = changes.iter().map(Vec::len).sum();
@@ -140,6 +253,7 @@ impl DeviceStore {
                 kind,
                 changes,
                 heads,
+                whole,
                 local_seq,
             });
         }
@@ -155,25 +269,26 @@ impl DeviceStore {
         rowid: i64,
         local_seq: i64,
     ) -> Result<Option<KeptChanges>> {
-        let rows: Vec<(Vec<u8>, Vec<u8>)> = self
+        let rows: Vec<(Vec<u8>, bool, Vec<u8>)> = self
             .conn
             .prepare_cached(
-                "SELECT hash, change FROM outbox_changes WHERE doc = ?1 AND local_seq <= ?2
+                "SELECT hash, root, change FROM outbox_changes WHERE doc = ?1 AND local_seq <= ?2
                  ORDER BY local_seq",
             )?
             .query_map(params![rowid, local_seq], |row| {
-                Ok((row.get(0)?, row.get(1)?))
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?))
             })?
             .collect::<rusqlite::Result<_>>()?;
-        let Some((last, _)) = rows.last() else {
+        let (Some((_, whole, _)), Some((last, _, _))) = (rows.first(), rows.last()) else {
             return Ok(None);
         };
+        let whole = *whole;
         let corrupt = |reason: String| Error::Corrupt { id, reason };
         let head = ChangeHash::try_from(last.as_slice())
             .map_err(|e| corrupt(format!("outbox hash: {e}")))?;
         let mut changes = Vec::new();
         let mut buffer = Vec::new();
-        for (_, stored) in &rows {
+        for (_, _, stored) in &rows {
             buffer.clear();
             self.codec
                 .decode_into(stored, &mut buffer)
@@ -192,7 +307,7 @@ impl DeviceStore {
                 rest = tail;
             }
         }
-        Ok(Some((changes, vec![head])))
+        Ok(Some((changes, vec![head], whole)))
     }
 
     /// How many documents have changes the server has not acknowledged.
@@ -288,91 +403,72 @@ impl DeviceStore {
         let compact_after = self.compact_after;
         // Pulled documents are written through the transaction, not the cache: drop any cached
         // copy first so that a failed batch leaves nothing stale in memory.
-        for doc in docs {
-            self.cache.pop(&doc.id);
+        for id in docs.iter().filter_map(|doc| doc.id) {
+            self.cache.pop(&id);
         }
+        // Documents this device does not have are built from their changes in parallel (the
+        // costly part: decoding, applying and reading the record, then the snapshot); documents
+        // it has are merged one by one in the transaction below.
+        let mut known = Vec::with_capacity(docs.len());
+        for doc in docs {
+            known.push(match doc.id {
+                Some(id) => self.rowid_of(id)?.is_some(),
+                None => false,
+            });
+        }
+        let built: Vec<Option<Result<Built>>> = docs
+            .par_iter()
+            .zip(&known)
+            .map(|(pulled, known)| (!known).then(|| build(pulled, device)))
+            .collect();
+
         let tx = self.conn.transaction()?;
-        for pulled in docs {
-            let existing: Option<i64> = tx
-                .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
-                .query_row([pulled.id.as_bytes().as_slice()], |row| row.get(0))
-                .optional()?;
-            let outcome = match existing {
-                None => {
-                    match RecordDoc::from_changes(pulled.id, pulled.kind, &pulled.changes, device) {
-                        Ok((mut doc, record)) => {
-                            let snapshot = self.codec.encode(&doc.save_uncompressed())?;
-                            tx.prepare_cached(
-                            "INSERT INTO documents(id, kind, snapshot, chunk_count, last_pulled_at)
-                             VALUES (?1, ?2, ?3, 0, ?4)",
-                        )?
-                        .execute(params![
-                            pulled.id.as_bytes().as_slice(),
-                            pulled.kind.code(),
-                            snapshot,
-                            pulled.received_at
-                        ])?;
-                            let rowid = tx.last_insert_rowid();
-                            let conflicted = !doc.conflicts().is_empty();
-                            super::projection::write(&tx, rowid, &record, conflicted)?;
-                            tx.prepare_cached(
-                                "INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)",
-                            )?
-                            .execute(params![rowid, encode_heads(&doc.heads())])?;
+        for (pulled, built) in docs.iter().zip(built) {
+            let outcome = match built {
+                Some(Ok(built)) => {
+                    let existing: Option<i64> = tx
+                        .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
+                        .query_row([built.id.as_bytes().as_slice()], |row| row.get(0))
+                        .optional()?;
+                    match existing {
+                        None => {
+                            insert_pulled(&tx, &built, pulled)?;
                             report.created += 1;
-                            if conflicted {
-                                report.conflicted.push(pulled.id);
+                            if built.conflicted {
+                                report.conflicted.push(built.id);
                             }
                             Ok(())
                         }
-                        Err(err) => Err(err),
+                        // A whole history for a record this device has: merge it.
+                        Some(rowid) => merge_pulled(
+                            &tx,
+                            &mut self.codec,
+                            device,
+                            compact_after,
+                            rowid,
+                            built.id,
+                            pulled,
+                            &mut report,
+                        ),
                     }
                 }
-                Some(rowid) => {
-                    let mut loaded = load_document(&tx, &mut self.codec, pulled.id, device)?;
-                    if loaded.doc.kind() != pulled.kind {
-                        Err(Error::WrongKind {
-                            id: pulled.id,
-                            expected: pulled.kind,
-                            actual: loaded.doc.kind(),
-                        })
-                    } else {
-                        match loaded.doc.apply_changes(&pulled.changes) {
-                            Ok(_) if loaded.doc.heads() == loaded.saved_heads => Ok(()),
-                            Ok(_) => {
-                                write_changes(
-                                    &tx,
-                                    &mut self.codec,
-                                    &mut loaded,
-                                    compact_after,
-                                    Origin::Remote,
-                                )?;
-                                tx.prepare_cached(
-                                    "UPDATE documents SET last_pulled_at = ?2 WHERE rowid = ?1",
-                                )?
-                                .execute(params![rowid, pulled.received_at])?;
-                                // Without local edits pending, the server now has exactly what we have.
-                                let pending: bool = tx
-                                    .prepare_cached(
-                                        "SELECT EXISTS(SELECT 1 FROM outbox WHERE doc = ?1)",
-                                    )?
-                                    .query_row([rowid], |row| row.get(0))?;
-                                if !pending {
-                                    tx.prepare_cached(
-                                        "INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)",
-                                    )?
-                                    .execute(params![rowid, encode_heads(&loaded.doc.heads())])?;
-                                }
-                                report.updated += 1;
-                                if !loaded.doc.conflicts().is_empty() {
-                                    report.conflicted.push(pulled.id);
-                                }
-                                Ok(())
-                            }
-                            Err(err) => Err(err),
-                        }
-                    }
-                }
+                Some(Err(err)) => Err(err),
+                None => match pulled.id {
+                    Some(id) => match rowid_of_in(&tx, id)? {
+                        Some(rowid) => merge_pulled(
+                            &tx,
+                            &mut self.codec,
+                            device,
+                            compact_after,
+                            rowid,
+                            id,
+                            pulled,
+                            &mut report,
+                        ),
+                        None => Err(Error::NotFound(id)),
+                    },
+                    None => Err(Error::invalid("id", "a pulled document without id")),
+                },
             };
             match outcome {
                 Ok(()) => {}
@@ -382,7 +478,9 @@ impl DeviceStore {
                     | Error::InvalidInput { .. }
                     | Error::WrongKind { .. }),
                 ) => {
-                    report.rejected.push((pulled.id, err.to_string()));
+                    let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
+                    report.rejected.push((id, err.to_string()));
+                    report.rejected_changes += pulled.changes.len() as u64;
                 }
                 Err(err) => return Err(err),
             }

@@ -45,11 +45,23 @@ pub const ENROLL_PATH: &str = "/v1/enroll";
 /// Tunables of [`SyncClient`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SyncConfig {
-    /// Upper bound on the change bytes pushed per request (at least one document is always
-    /// sent). Default 256 KiB: about 20 s at 2G speed, short enough to get through between drops.
+    /// Change bytes pushed in the first request (at least one document is always sent); later
+    /// batches adapt to the link, see [`SyncConfig::target_request_time`]. Default 256 KiB: a
+    /// few seconds at 2G speed once compressed, short enough to get through between drops.
     pub push_batch_bytes: usize,
-    /// Upper bound on the change bytes the server sends back per request. Default 512 KiB.
+    /// Change bytes asked of the server in the first request; adapts like pushes. Default
+    /// 512 KiB.
     pub pull_batch_bytes: u32,
+    /// Upper bound for adapted push batches. Default 4 MiB: on a fast link, larger batches
+    /// compress better (the record changes of a batch share most of their structure).
+    pub max_push_batch_bytes: usize,
+    /// Upper bound for adapted pull batches (the server applies its own cap too). Default 4 MiB.
+    pub max_pull_batch_bytes: u32,
+    /// Batches double after an exchange faster than half this and halve after one slower than
+    /// twice this or after a failed attempt, so that a request on a poor link stays short enough
+    /// to get through between drops while a good link moves large, well-compressed batches.
+    /// Default 4 s.
+    pub target_request_time: Duration,
     /// Attempts per request, the first included. Default 6.
     pub max_attempts: u32,
     /// Upper bound of the random wait before the first retry, doubled for each next one.
@@ -68,6 +80,9 @@ impl Default for SyncConfig {
         SyncConfig {
             push_batch_bytes: 256 * 1024,
             pull_batch_bytes: 512 * 1024,
+            max_push_batch_bytes: 4 * 1024 * 1024,
+            max_pull_batch_bytes: 4 * 1024 * 1024,
+            target_request_time: Duration::from_secs(4),
             max_attempts: 6,
             initial_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
@@ -261,6 +276,47 @@ pub struct SyncClient<T: Transport> {
     limits: Limits,
     /// Held for a whole sync: two syncs of one store at once would race on the cursor.
     running: tokio::sync::Mutex<()>,
+    /// Current push and pull batch sizes, adapted to the link across syncs.
+    windows: Mutex<(Window, Window)>,
+}
+
+/// A batch size that grows on a link that takes it and shrinks on one that does not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    current: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Window {
+    /// A window starting at `initial`, adapting between a floor (16 KiB, or `initial` if
+    /// smaller) and `max` (or `initial` if larger).
+    pub(crate) fn new(initial: u64, max: u64) -> Self {
+        let min = initial.clamp(1, 16 * 1024);
+        Window {
+            current: initial.max(1),
+            min,
+            max: max.max(initial).max(1),
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.current
+    }
+
+    /// After an exchange that needed no retry and took `took`.
+    pub(crate) fn succeeded(&mut self, took: Duration, target: Duration) {
+        if took < target / 2 {
+            self.current = self.current.saturating_mul(2).min(self.max);
+        } else if took > target.saturating_mul(2) {
+            self.shrink();
+        }
+    }
+
+    /// After a failed attempt (a cut, a timeout, a server error).
+    pub(crate) fn shrink(&mut self) {
+        self.current = (self.current / 2).max(self.min);
+    }
 }
 
 impl<T: Transport> std::fmt::Debug for SyncClient<T> {
@@ -283,10 +339,20 @@ impl<T: Transport> SyncClient<T> {
             transport,
             store,
             token: token.into(),
-            config,
             codec: Mutex::new(DocCodec::new()?),
             limits: Limits::default(),
             running: tokio::sync::Mutex::new(()),
+            windows: Mutex::new((
+                Window::new(
+                    config.push_batch_bytes as u64,
+                    config.max_push_batch_bytes as u64,
+                ),
+                Window::new(
+                    u64::from(config.pull_batch_bytes),
+                    u64::from(config.max_pull_batch_bytes),
+                ),
+            )),
+            config,
         })
     }
 
@@ -331,9 +397,14 @@ impl<T: Transport> SyncClient<T> {
         loop {
             rounds += 1;
             // Read what to send; the store lock is released at the end of this block.
+            let (push_window, pull_window) = {
+                let windows = self.lock_windows();
+                (windows.0.get(), windows.1.get())
+            };
             let (mut batch, request) = {
                 let mut store = self.lock_store();
-                let mut batch = store.pending_push(self.config.push_batch_bytes)?;
+                let mut batch =
+                    store.pending_push(usize::try_from(push_window).unwrap_or(usize::MAX))?;
                 let cursor = store.sync_cursor()?;
                 let request = SyncRequest {
                     protocol: PROTOCOL_VERSION,
@@ -343,14 +414,15 @@ impl<T: Transport> SyncClient<T> {
                     push: batch
                         .iter_mut()
                         .map(|doc| PushDoc {
-                            id: doc.id,
+                            // A whole history carries the id in its first change.
+                            id: (!doc.whole).then_some(doc.id),
                             kind: doc.kind,
                             changes: std::mem::take(&mut doc.changes),
                         })
                         .collect(),
                     pull: Some(PullRequest {
                         cursor,
-                        max_bytes: self.config.pull_batch_bytes,
+                        max_bytes: u32::try_from(pull_window).unwrap_or(u32::MAX),
                     }),
                     catalogue_version: store.catalogue_version()?,
                     pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
@@ -366,6 +438,8 @@ impl<T: Transport> SyncClient<T> {
             let body = request.encode(&mut self.lock_codec())?;
             drop(request);
 
+            let sent_at = Instant::now();
+            let retries_before = counters.retries;
             let http = exchange(
                 &self.transport,
                 &retry,
@@ -381,31 +455,44 @@ impl<T: Transport> SyncClient<T> {
             let http = match http {
                 Ok(http) => http,
                 Err(err) => {
+                    let mut windows = self.lock_windows();
+                    windows.0.shrink();
+                    windows.1.shrink();
                     tracing::info!(%err, rounds, "sync failed");
                     return Err(err);
                 }
             };
+            {
+                let took = sent_at.elapsed();
+                let target = self.config.target_request_time;
+                let mut windows = self.lock_windows();
+                if counters.retries > retries_before {
+                    windows.0.shrink();
+                    windows.1.shrink();
+                } else {
+                    windows.0.succeeded(took, target);
+                    windows.1.succeeded(took, target);
+                }
+            }
             let response = SyncResponse::decode(&mut self.lock_codec(), &http.body, &self.limits)?;
             drop(http);
 
-            // Only documents of this batch can be acknowledged or resent whole, whatever the
-            // server lists; "missing deps" wins over "accepted" if a server says both.
-            let missing: HashSet<RecordId> = response.missing_deps.iter().copied().collect();
-            let accepted: HashSet<RecordId> = response
-                .accepted
+            // Every pushed document is stored but those the server lists, by position in the
+            // batch, as lacking their base (positions past the batch mean nothing).
+            let missing: HashSet<usize> = response
+                .missing_deps
                 .iter()
-                .copied()
-                .filter(|id| !missing.contains(id))
+                .filter_map(|&i| usize::try_from(i).ok())
                 .collect();
             let batch_was_empty = batch.is_empty();
             let mut acked: Vec<PendingDoc> = Vec::new();
             let mut resend_whole: Vec<RecordId> = Vec::new();
-            for (doc, changes) in batch.drain(..).zip(change_counts) {
-                if accepted.contains(&doc.id) {
+            for (position, (doc, changes)) in batch.drain(..).zip(change_counts).enumerate() {
+                if missing.contains(&position) {
+                    resend_whole.push(doc.id);
+                } else {
                     report.pushed_changes += changes;
                     acked.push(doc);
-                } else if missing.contains(&doc.id) {
-                    resend_whole.push(doc.id);
                 }
             }
             let pushed_any = !acked.is_empty();
@@ -414,19 +501,23 @@ impl<T: Transport> SyncClient<T> {
                 newly_whole |= sent_whole.insert(*id);
             }
             let pull_moved = response.next_cursor != cursor_sent || !response.feed.is_empty();
-            let feed_changes: Vec<(RecordId, u64)> = response
+            let feed_changes: u64 = response
                 .feed
                 .iter()
-                .map(|doc| (doc.id, doc.changes.len() as u64))
-                .collect();
+                .map(|doc| doc.changes.len() as u64)
+                .sum();
+            let mut received_at = 0i64;
             let pulled: Vec<PullDoc> = response
                 .feed
                 .into_iter()
-                .map(|doc| PullDoc {
-                    id: doc.id,
-                    kind: doc.kind,
-                    changes: doc.changes,
-                    received_at: doc.received_at,
+                .map(|doc| {
+                    received_at = received_at.saturating_add(doc.received_delta);
+                    PullDoc {
+                        id: doc.id,
+                        kind: doc.kind,
+                        changes: doc.changes,
+                        received_at,
+                    }
                 })
                 .collect();
 
@@ -453,16 +544,10 @@ impl<T: Transport> SyncClient<T> {
             };
 
             report.pushed_docs += acked.len() as u64;
-            let rejected: HashSet<RecordId> =
-                pull_report.rejected.iter().map(|(id, _)| *id).collect();
             for (id, reason) in &pull_report.rejected {
                 tracing::warn!(%id, reason, "pulled document refused");
             }
-            report.pulled_changes += feed_changes
-                .iter()
-                .filter(|(id, _)| !rejected.contains(id))
-                .map(|(_, n)| n)
-                .sum::<u64>();
+            report.pulled_changes += feed_changes.saturating_sub(pull_report.rejected_changes);
             report.pulled_docs += (pull_report.created + pull_report.updated) as u64;
             report.rejected += pull_report.rejected.len() as u64;
             conflicted.extend(pull_report.conflicted.iter().copied());
@@ -502,6 +587,11 @@ impl<T: Transport> SyncClient<T> {
                 return Ok(report);
             }
         }
+    }
+
+    fn lock_windows(&self) -> MutexGuard<'_, (Window, Window)> {
+        // Two sizes, always valid: a panic elsewhere cannot leave them half-written.
+        self.windows.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn lock_store(&self) -> MutexGuard<'_, DeviceStore> {
@@ -689,6 +779,33 @@ mod tests {
             .map(|_| retry_delay(3, initial, max, None, rand::random()).unwrap())
             .collect();
         assert!(draws.len() > 10);
+    }
+
+    #[test]
+    fn batch_windows_grow_on_a_fast_link_and_shrink_on_a_poor_one() {
+        let target = Duration::from_secs(4);
+        let mut window = Window::new(256 * 1024, 4 * 1024 * 1024);
+        // Fast exchanges double it up to the cap.
+        for _ in 0..10 {
+            window.succeeded(Duration::from_millis(100), target);
+        }
+        assert_eq!(window.get(), 4 * 1024 * 1024);
+        // Within [target/2, 2·target] it holds.
+        window.succeeded(Duration::from_secs(3), target);
+        assert_eq!(window.get(), 4 * 1024 * 1024);
+        // Slow exchanges and failures halve it, down to the floor.
+        window.succeeded(Duration::from_secs(9), target);
+        assert_eq!(window.get(), 2 * 1024 * 1024);
+        for _ in 0..20 {
+            window.shrink();
+        }
+        assert_eq!(window.get(), 16 * 1024);
+        // A start below the floor is its own floor; a cap below the start is the start.
+        let mut small = Window::new(2048, 1024);
+        small.shrink();
+        assert_eq!(small.get(), 2048);
+        small.succeeded(Duration::ZERO, target);
+        assert_eq!(small.get(), 2048);
     }
 
     #[test]

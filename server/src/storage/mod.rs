@@ -211,6 +211,8 @@ pub struct FeedItem {
     pub device: DeviceId,
     /// Server receive time (ms).
     pub received_at: i64,
+    /// Whether this is the document's first change (it depends on none).
+    pub root: bool,
 }
 
 /// One page of the feed.

@@ -161,14 +161,16 @@ fn device_from_row(row: &Row) -> Result<Device> {
 const FEED_META_COMMUNE: &str =
     "SELECT seq, COALESCE(device = $3, false), octet_length(bytes)::bigint
      FROM changes WHERE commune = $1 AND seq > $2 ORDER BY seq LIMIT $4";
-const FEED_ITEMS_COMMUNE: &str = "SELECT c.seq, c.doc, d.kind, c.device, c.received_at, c.bytes
+const FEED_ITEMS_COMMUNE: &str = "SELECT c.seq, c.doc, d.kind, c.device, c.received_at, c.bytes,
+            octet_length(c.deps) = 0
      FROM changes c JOIN documents d ON d.id = c.doc
      WHERE c.commune = $1 AND c.seq > $2 AND c.seq <= $3 AND ($4::bytea IS NULL OR c.device <> $4)
      ORDER BY c.seq";
 const FEED_META_PROVINCE: &str =
     "SELECT gseq, COALESCE(device = $2, false), octet_length(bytes)::bigint
      FROM changes WHERE gseq > $1 ORDER BY gseq LIMIT $3";
-const FEED_ITEMS_PROVINCE: &str = "SELECT c.gseq, c.doc, d.kind, c.device, c.received_at, c.bytes
+const FEED_ITEMS_PROVINCE: &str = "SELECT c.gseq, c.doc, d.kind, c.device, c.received_at, c.bytes,
+            octet_length(c.deps) = 0
      FROM changes c JOIN documents d ON d.id = c.doc
      WHERE c.gseq > $1 AND c.gseq <= $2 AND ($3::bytea IS NULL OR c.device <> $3)
      ORDER BY c.gseq";
@@ -756,6 +758,7 @@ impl ServerStorage for PostgresStorage {
                     device: device_id(device)?,
                     received_at: row.try_get(4)?,
                     bytes: row.try_get(5)?,
+                    root: row.try_get(6)?,
                 });
             }
         }

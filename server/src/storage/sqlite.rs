@@ -352,7 +352,8 @@ fn feed_blocking(
     let mut items = Vec::with_capacity(cut.items);
     if cut.items > 0 {
         let mut stmt = tx.prepare_cached(&format!(
-            "SELECT {position}, c.doc, d.kind, c.device, c.received_at, c.bytes
+            "SELECT {position}, c.doc, d.kind, c.device, c.received_at, c.bytes,
+                    length(c.deps) = 0
              FROM changes c JOIN documents d ON d.id = c.doc
              WHERE {filter} AND {position} > ?2 AND {position} <= ?3
                AND (?4 IS NULL OR c.device <> ?4)
@@ -374,6 +375,7 @@ fn feed_blocking(
                 device: device_id(&device)?,
                 received_at: row.get(4)?,
                 bytes: row.get(5)?,
+                root: row.get(6)?,
             });
         }
     }
