@@ -181,17 +181,23 @@ enum Op {
     Sync { tablet: usize, faulty: bool },
 }
 
+/// A record number: mostly the first few records, so that tablets edit the same ones
+/// concurrently and conflicts arise.
+fn record() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 0..3usize, 1 => 0..64usize]
+}
+
 fn op(tablets: usize) -> impl Strategy<Value = Op> {
     let t = 0..tablets;
     prop_oneof![
         3 => (t.clone(), any::<bool>()).prop_map(|(tablet, request)| Op::Create { tablet, request }),
-        3 => (t.clone(), 0..64usize, any::<u8>())
+        3 => (t.clone(), record(), any::<u8>())
             .prop_map(|(tablet, record, at)| Op::Note { tablet, record, at }),
-        2 => (t.clone(), 0..64usize, 0..5u8)
+        2 => (t.clone(), record(), 0..5u8)
             .prop_map(|(tablet, record, who)| Op::Assign { tablet, record, who }),
-        2 => (t.clone(), 0..64usize, 0..7u8)
+        2 => (t.clone(), record(), 0..7u8)
             .prop_map(|(tablet, record, to)| Op::Transition { tablet, record, to }),
-        1 => (t.clone(), 0..64usize).prop_map(|(tablet, record)| Op::Resolve { tablet, record }),
+        1 => (t.clone(), record()).prop_map(|(tablet, record)| Op::Resolve { tablet, record }),
         4 => (t, prop::bool::weighted(0.7)).prop_map(|(tablet, faulty)| Op::Sync { tablet, faulty }),
     ]
 }
