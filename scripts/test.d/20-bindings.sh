@@ -5,6 +5,7 @@
 # `communesync serve` on 127.0.0.1, and compiles the README's Kotlin and Swift examples.
 #
 # Run alone: bash scripts/test.d/20-bindings.sh   (needs root for the Swift chroot, like CI)
+# BINDINGS_TEST_ONLY=kotlin or =swift runs one language only (while working on it; CI runs both).
 # Toolchains are cached under target/toolchains; this suite's files under target/bindings-test.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -21,7 +22,11 @@ SERVER_PID=
 WATCHER_PID=
 SWIFT_WORK=
 cleanup() {
-    [ -n "$WATCHER_PID" ] && kill "$WATCHER_PID" 2>/dev/null && wait "$WATCHER_PID" 2>/dev/null
+    set +e   # a failing kill or wait must not end the cleanup (and leave the server running)
+    if [ -n "$WATCHER_PID" ]; then
+        kill "$WATCHER_PID" 2>/dev/null
+        wait "$WATCHER_PID" 2>/dev/null
+    fi
     if [ -n "$SERVER_PID" ]; then
         kill "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
@@ -112,13 +117,18 @@ start_revoke_watcher() { # HOOKS
     WATCHER_PID=$!
 }
 stop_revoke_watcher() {
+    [ -n "$WATCHER_PID" ] || return 0
     kill "$WATCHER_PID" 2>/dev/null || true
     wait "$WATCHER_PID" 2>/dev/null || true
     WATCHER_PID=
 }
 issue_code() { admin issue-code --commune "$1" | json_field code; }
 
+ONLY=${BINDINGS_TEST_ONLY:-}
+KOTLIN_COMPILE_S=- SWIFT_COMPILE_S=-
+
 # --- Kotlin on a plain JVM -----------------------------------------------------------------------
+if [ "$ONLY" != swift ]; then
 KT=$WORK/kotlin
 mkdir -p "$KT/readme" "$KT/hooks"
 readme_blocks kotlin "$KT/readme/ReadmeExamples.kt.body"
@@ -144,3 +154,80 @@ COMMUNESYNC_WORK_DIR=$KT/stores COMMUNESYNC_HOOK_DIR=$KT/hooks \
 stop_revoke_watcher
 grep -E '^kotlin story:' "$KT/story.log" >&2
 stamp "Kotlin story ran in $((SECONDS - t0)) s"
+fi
+
+# --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
+if [ "$ONLY" != kotlin ]; then
+# The README's Swift examples are ios/Tests/CommuneSyncTests/ReadmeExamples.swift verbatim (so that
+# `swift test` on a Mac compiles them too); check they match, then compile that file.
+readme_blocks swift "$WORK/readme.swift"
+diff -u ios/Tests/CommuneSyncTests/ReadmeExamples.swift "$WORK/readme.swift" >&2 \
+    || die "README's Swift examples differ from ios/Tests/CommuneSyncTests/ReadmeExamples.swift"
+SWIFT_WORK=$SWIFT_ROOT/$SWIFT_SUBDIR
+IN=/$SWIFT_SUBDIR                       # the same directory, as the chroot sees it
+rm -rf --one-file-system "$SWIFT_WORK"
+mkdir -p "$SWIFT_WORK/lib" "$SWIFT_WORK/ffi" "$SWIFT_WORK/module" "$SWIFT_WORK/tests" "$SWIFT_WORK/hooks"
+cp "$TARGET_DIR/debug/libcommunesync_ffi.so" "$SWIFT_WORK/lib/"
+# The engine's HTTPS transport loads the system's root certificates when it is built (even for
+# the http:// test server); the minimal chroot has none, so lend it the host's bundle.
+CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
+[ -f "$CA_BUNDLE" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q ca-certificates >&2 \
+    || die "no $CA_BUNDLE on this machine and apt-get install ca-certificates failed"
+cp "$CA_BUNDLE" "$SWIFT_WORK/ca-certificates.crt"
+cp "$WORK/gen/swift/CommuneSyncFFI.h" "$WORK/gen/swift/CommuneSyncFFI.modulemap" "$SWIFT_WORK/ffi/"
+cp "$WORK/gen/swift/CommuneSync.swift" "$SWIFT_WORK/module/"
+for f in ios/Sources/CommuneSync/*.swift; do
+    [ "$(basename "$f")" = CommuneSync.swift ] || cp "$f" "$SWIFT_WORK/module/"
+done
+cp ios/Tests/CommuneSyncTests/*.swift "$SWIFT_WORK/tests/"
+cat > "$SWIFT_WORK/tests/StoryMain.swift" <<'SWIFT'
+import Foundation
+
+@main
+struct StoryMain {
+    static func main() async {
+        let failures = await EndToEndStory.run()
+        for failure in failures { print("  - \(failure)") }
+        exit(failures.isEmpty ? 0 : 1)
+    }
+}
+SWIFT
+chmod -R a+rX "$SWIFT_WORK"
+# Chroot paths of the files of a host directory under $SWIFT_WORK.
+in_chroot() { local f; for f in "$SWIFT_WORK/$1"/*.swift; do printf '%s\n' "$IN/$1/$(basename "$f")"; done; }
+mapfile -t MODULE_SOURCES < <(in_chroot module)
+mapfile -t TEST_SOURCES < <(in_chroot tests)
+swift_run() { SWIFT_LD_LIBRARY_PATH=$IN/lib scripts/toolchains/swift.sh run "$@"; }
+FFI_FLAGS=(-I "$IN/ffi" -Xcc "-fmodule-map-file=$IN/ffi/CommuneSyncFFI.modulemap" -module-cache-path "$IN/module-cache")
+t0=$SECONDS
+# The package's library target: generated Swift + the hand-written layer, as module CommuneSync.
+swift_run swiftc -parse-as-library -emit-library -emit-module -module-name CommuneSync \
+    -emit-module-path "$IN/lib/CommuneSync.swiftmodule" "${FFI_FLAGS[@]}" \
+    -L "$IN/lib" -lcommunesync_ffi -Xlinker -rpath -Xlinker "$IN/lib" \
+    "${MODULE_SOURCES[@]}" -o "$IN/lib/libCommuneSync.so" 2> >(grep -v 'warning:' >&2) \
+    || die "compiling the CommuneSync module failed"
+# The test target: the story, the README examples and a main, against `import CommuneSync`.
+swift_run swiftc -parse-as-library -I "$IN/lib" "${FFI_FLAGS[@]}" \
+    -L "$IN/lib" -lCommuneSync -lcommunesync_ffi \
+    "${TEST_SOURCES[@]}" -o "$IN/run-story" 2> >(grep -v 'warning:' >&2) \
+    || die "compiling the Swift story failed"
+SWIFT_COMPILE_S=$((SECONDS - t0))
+stamp "Swift compiled in ${SWIFT_COMPILE_S} s"
+start_revoke_watcher "$SWIFT_WORK/hooks"
+t0=$SECONDS
+code_a=$(issue_code DB-NATAU)
+code_b=$(issue_code DB-NATAU)
+# The chroot shares the host's network namespace: 127.0.0.1 is the same server.
+swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNESYNC_COMMUNE=DB-NATAU \
+    COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" \
+    COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
+    SSL_CERT_FILE="$IN/ca-certificates.crt" \
+    LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
+    timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
+    || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
+stop_revoke_watcher
+grep -E '^swift story:' "$WORK/swift-story.log" >&2
+stamp "Swift story ran in $((SECONDS - t0)) s"
+fi
+
+log "bindings suite passed in $((SECONDS - t_start)) s (Kotlin compile ${KOTLIN_COMPILE_S} s, Swift compile ${SWIFT_COMPILE_S} s)"

@@ -1,0 +1,340 @@
+// The end-to-end story of the bindings in Swift, against a real `communesync serve` started by
+// scripts/test.d/20-bindings.sh (on Linux: compiled with swiftc in the trixie chroot and run with
+// StoryMain.swift; in Xcode: run by EndToEndTests.swift when the same environment is set).
+// The same story runs in Kotlin (android/src/test/kotlin/org/communesync/EndToEndStory.kt).
+import CommuneSync
+import Foundation
+
+/// Collects checks; the story fails when one fails.
+final class Checks: @unchecked Sendable {
+    private(set) var count = 0
+    private(set) var failures: [String] = []
+
+    func expect(_ what: String, _ ok: Bool) {
+        count += 1
+        if ok {
+            print("ok   \(what)")
+        } else {
+            print("FAIL \(what)")
+            failures.append(what)
+        }
+    }
+
+    func expectError(_ what: String, _ kind: ErrorKind, _ body: () throws -> Void) {
+        do {
+            try body()
+            expect("\(what) (no error was raised)", false)
+        } catch let error as CommuneSyncError {
+            expect("\(what) -> \(error)", error.kind == kind && !error.message.isEmpty)
+        } catch {
+            expect("\(what) -> unexpected \(error)", false)
+        }
+    }
+
+    func expectError(_ what: String, _ kind: ErrorKind, _ body: () async throws -> Void) async {
+        do {
+            try await body()
+            expect("\(what) (no error was raised)", false)
+        } catch let error as CommuneSyncError {
+            expect("\(what) -> \(error)", error.kind == kind && !error.message.isEmpty)
+        } catch {
+            expect("\(what) -> unexpected \(error)", false)
+        }
+    }
+}
+
+extension CommuneSyncError {
+    var kind: ErrorKind {
+        switch self {
+        case .Offline: return .offline
+        case .Unauthorized: return .unauthorized
+        case .Revoked: return .revoked
+        case .InvalidInput: return .invalidInput
+        case .NotFound: return .notFound
+        case .Conflict: return .conflict
+        case .Storage: return .storage
+        }
+    }
+
+    var message: String {
+        switch self {
+        case .Offline(let m), .Unauthorized(let m), .Revoked(let m), .InvalidInput(let m),
+             .NotFound(let m), .Conflict(let m), .Storage(let m):
+            return m
+        }
+    }
+}
+
+/// Events seen by an observer, from the engine's observer thread.
+final class EventLog: @unchecked Sendable {
+    private let lock = NSLock()
+    private var events: [EngineEvent] = []
+
+    func append(_ event: EngineEvent) {
+        lock.lock(); defer { lock.unlock() }
+        events.append(event)
+    }
+
+    var progress: [SyncProgress] {
+        lock.lock(); defer { lock.unlock() }
+        return events.compactMap { if case .progress(let p) = $0 { return p } else { return nil } }
+    }
+
+    var changes: [ChangeEvent] {
+        lock.lock(); defer { lock.unlock() }
+        return events.compactMap { if case .changed(let c) = $0 { return c } else { return nil } }
+    }
+}
+
+/// An observer implemented directly (without the AsyncStream helper).
+final class CountingObserver: SyncObserver, @unchecked Sendable {
+    let log = EventLog()
+    func onProgress(progress: SyncProgress) { log.append(.progress(progress)) }
+    func onChanged(event: ChangeEvent) { log.append(.changed(event)) }
+}
+
+/// Polls `cond` every 50 ms for at most `seconds`.
+func waitFor(_ seconds: Double, _ cond: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if cond() { return true }
+        try? await Task.sleep(nanoseconds: 50_000_000)
+    }
+    return cond()
+}
+
+enum EndToEndStory {
+    static func env(_ name: String) throws -> String {
+        guard let value = ProcessInfo.processInfo.environment[name] else {
+            throw CommuneSyncError.InvalidInput(message: "\(name) is not set")
+        }
+        return value
+    }
+
+    /// Runs the story; returns the failed checks (empty when all passed).
+    static func run() async -> [String] {
+        let checks = Checks()
+        do {
+            try await story(checks)
+        } catch {
+            checks.expect("unexpected error: \(error)", false)
+        }
+        print(checks.failures.isEmpty
+            ? "swift story: all \(checks.count) checks passed"
+            : "swift story: \(checks.failures.count) of \(checks.count) checks FAILED")
+        return checks.failures
+    }
+
+    static func story(_ c: Checks) async throws {
+        let server = try env("COMMUNESYNC_SERVER_URL")
+        let commune = try env("COMMUNESYNC_COMMUNE")
+        let work = URL(fileURLWithPath: try env("COMMUNESYNC_WORK_DIR"))
+        let hooks = URL(fileURLWithPath: try env("COMMUNESYNC_HOOK_DIR"))
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+        let key = Data((0..<32).map { UInt8(($0 * 7 + 1) & 0xff) })
+        func config(_ name: String, _ credential: DeviceCredential? = nil, key: Data = key) -> EngineConfig {
+            EngineConfig(storePath: work.appendingPathComponent("\(name).db").path,
+                         encryptionKey: key, serverUrl: server, credential: credential)
+        }
+
+        // --- opening and the errors an app acts on, before enrollment ---
+        c.expectError("a 3-byte key is refused", .invalidInput) {
+            _ = try Engine.open(config: config("bad", key: Data([1, 2, 3])))
+        }
+        var a = try Engine.open(config: config("tablet-a"))
+        let b = try Engine.open(config: config("tablet-b"))
+        c.expect("two stores, two device ids", a.deviceId() != b.deviceId())
+        await c.expectError("sync before enrolling", .unauthorized) { _ = try await a.syncNow() }
+        c.expect("not enrolled: the policy says stop", try a.nextSyncAfter(metered: false) == .stop)
+        await c.expectError("enroll with a bad code", .unauthorized) {
+            _ = try await a.enroll(code: "NOT-A-CODE", label: "tablet A")
+        }
+
+        // --- observing tablet A through the AsyncStream helper ---
+        let events = EventLog()
+        let stream = try a.events()
+        let collector = Task { for await event in stream { events.append(event) } }
+
+        // --- enrollment ---
+        let credA = try await a.enroll(code: try env("COMMUNESYNC_CODE_A"), label: "Máy tính bảng A")
+        let credB = try await b.enroll(code: try env("COMMUNESYNC_CODE_B"), label: "Máy tính bảng B")
+        c.expect("A enrolled in \(commune)", credA.communeCode == commune && credA.deviceId == a.deviceId())
+        c.expect("B enrolled in \(commune)", credB.communeCode == commune && credB.deviceId == b.deviceId())
+        c.expect("the engine keeps the credential", a.credential() == credA)
+        let first = try await a.syncNow()
+        c.expect("first sync of A: nothing pushed", first.pushedDocs == 0 && first.requests >= 1)
+        c.expect("the catalogue came with it", try a.procedure(code: "1.001193").name == "Đăng ký khai sinh")
+
+        // --- offline intake with Vietnamese text ---
+        let huong = try a.createApplication(officer: "can-bo.lan", new: NewApplication(
+            communeCode: commune, procedureCode: "1.001193",
+            applicant: Applicant(name: "Nguyễn Thị Hương", phone: "0912345678", village: "Bản Phăng"),
+            documents: [ReceivedDocument(name: "Tờ khai đăng ký khai sinh", copies: 1, original: true)],
+            fees: [Fee(name: "Lệ phí", amountVnd: 8000)],
+            notes: "Giấy chứng sinh bản chính"))
+        let duc = try a.createApplication(officer: "can-bo.lan", new: NewApplication(
+            communeCode: commune, procedureCode: "1.001193",
+            applicant: Applicant(name: "Đặng Văn Đức", village: "Bản Co Mị")))
+        let road = try a.createCitizenRequest(officer: "can-bo.lan", new: NewCitizenRequest(
+            communeCode: commune, category: "road",
+            description: "Đường vào bản Phăng bị sạt lở sau mưa lũ",
+            village: "Bản Phăng", reporterName: "Lò Văn Khánh"))
+        c.expect("new applications are received, with a due date",
+                 huong.status == .received && huong.dueDate.count == 10 && huong.dueDate.split(separator: "-").count == 3)
+        c.expect("Vietnamese text round-trips",
+                 try a.getApplication(id: huong.id).applicant.name == "Nguyễn Thị Hương"
+                    && a.getCitizenRequest(id: road.id).description.hasPrefix("Đường vào bản"))
+        c.expect("3 records wait for the server", try a.syncStatus().pendingChanges == 3)
+        let page1 = try a.queryApplications(query: ApplicationQuery(status: .received, sort: .applicantName, limit: 1))
+        let page2 = try a.queryApplications(query: ApplicationQuery(
+            status: .received, sort: .applicantName, limit: 1, offset: page1.nextOffset ?? 0))
+        c.expect("pagination: 2 in all, one per page",
+                 page1.total == 2 && page1.items.count == 1 && page1.nextOffset == 1 && page2.nextOffset == nil)
+        c.expect("the two pages hold both applications",
+                 Set((page1.items + page2.items).map { $0.applicantName }) == ["Đặng Văn Đức", "Nguyễn Thị Hương"])
+        c.expect("counts by status", try a.countsByStatus().first { $0.status == .received }?.count == 2)
+        c.expect("nothing overdue yet", try a.overdue(limit: 10, offset: 0).total == 0)
+        c.expect("due soon (1 working day procedure)", try a.dueSoon(workingDays: 5, limit: 50, offset: 0).total == 2)
+        c.expectError("a malformed date in a query", .invalidInput) {
+            _ = try a.queryApplications(query: ApplicationQuery(dueFrom: "23/11/2026"))
+        }
+
+        // --- sync: A pushes, B sees them ---
+        let pushed = try await a.syncNow()
+        c.expect("A pushed 3 records", pushed.pushedDocs == 3 && pushed.pendingDocs == 0)
+        let pulled = try await b.syncNow()
+        c.expect("B pulled 3 records", pulled.pulledDocs == 3)
+        c.expect("B reads the application", try b.getApplication(id: huong.id).applicant.name == "Nguyễn Thị Hương")
+        c.expect("B reads the request", try b.getCitizenRequest(id: road.id).reporterName == "Lò Văn Khánh")
+        c.expect("search without diacritics: nguyen thi huong",
+                 try b.search(text: "nguyen thi huong", limit: 10).map { $0.id } == [huong.id])
+        c.expect("search without diacritics: dang van duc (đ -> d)",
+                 try b.search(text: "dang van duc", limit: 10).map { $0.id } == [duc.id])
+        c.expect("search a request by prefix: sat l",
+                 try b.search(text: "sat l", limit: 10).contains { $0.id == road.id && $0.kind == .citizenRequest })
+
+        // --- concurrent edits of one field -> a conflict ---
+        _ = try a.updateApplication(officer: "can-bo.lan", id: huong.id, update: ApplicationUpdate(assignee: "Lò Văn Minh"))
+        _ = try b.updateApplication(officer: "can-bo.tuan", id: huong.id, update: ApplicationUpdate(assignee: "Quàng Thị Lan"))
+        _ = try await a.syncNow()
+        let bSync = try await b.syncNow()
+        _ = try await a.syncNow()
+        c.expect("B's sync reports the conflict", bSync.conflicts == 1)
+        let assigneeConflict = try b.conflicts(id: huong.id).first { $0.field == "assignee" }
+        c.expect("B sees both values of assignee",
+                 Set(assigneeConflict?.values.map { $0.value } ?? [])
+                    == [.text(value: "Lò Văn Minh"), .text(value: "Quàng Thị Lan")])
+        c.expect("each value says who wrote it",
+                 Set(assigneeConflict?.values.compactMap { $0.officer } ?? []) == ["can-bo.lan", "can-bo.tuan"])
+        c.expect("A sees the same conflict",
+                 try a.conflicts(id: huong.id).contains { $0.field == "assignee" && $0.values.count == 2 })
+        c.expect("query: records with conflicts",
+                 try a.queryApplications(query: ApplicationQuery(withConflicts: true)).items.map { $0.id } == [huong.id])
+
+        // --- resolve, and the resolution travels ---
+        let resolved = try b.resolve(officer: "can-bo.tuan", id: huong.id, field: "assignee",
+                                     value: .text(value: "Quàng Thị Lan"))
+        if case .application(let app) = resolved {
+            c.expect("resolve returns the record", app.assignee == "Quàng Thị Lan")
+        } else {
+            c.expect("resolve returns the application", false)
+        }
+        c.expect("no conflict left on B", try b.conflicts(id: huong.id).isEmpty)
+        _ = try await b.syncNow()
+        _ = try await a.syncNow()
+        c.expect("A has the resolution",
+                 try a.getApplication(id: huong.id).assignee == "Quàng Thị Lan" && a.conflicts(id: huong.id).isEmpty)
+
+        // --- history ---
+        let history = try a.history(id: huong.id)
+        c.expect("history: created, two edits, the resolution", history.count == 4 && history.first?.fields == ["created"])
+        c.expect("history names officers and devices",
+                 Set(history.map { $0.officer }) == ["can-bo.lan", "can-bo.tuan"]
+                    && Set(history.compactMap { $0.deviceId }) == [a.deviceId(), b.deviceId()])
+        c.expect("history: assignee edited 3 times", history.filter { $0.fields.contains("assignee") }.count == 3)
+
+        // --- workflow and lookups ---
+        let inProgress = try a.updateApplication(officer: "can-bo.lan", id: duc.id, update: ApplicationUpdate(
+            status: .inProgress, notes: "Đã chuyển bộ phận tư pháp"))
+        c.expect("status moves along the workflow", inProgress.status == .inProgress && inProgress.assignee == nil)
+        c.expectError("in progress -> returned skips a step", .conflict) {
+            _ = try a.updateApplication(officer: "can-bo.lan", id: duc.id, update: ApplicationUpdate(status: .returned))
+        }
+        c.expectError("an unknown id", .notFound) { _ = try a.getApplication(id: "018f0000-0000-7000-8000-000000000000") }
+        c.expectError("a request read as an application", .notFound) { _ = try a.getApplication(id: road.id) }
+        c.expectError("a malformed id", .invalidInput) { _ = try a.getApplication(id: "not-an-id") }
+        c.expectError("an unknown procedure", .invalidInput) {
+            _ = try a.createApplication(officer: "can-bo.lan", new: NewApplication(
+                communeCode: commune, procedureCode: "9.999999", applicant: Applicant(name: "Vi Thị Mai")))
+        }
+        c.expectError("a bad phone number", .invalidInput) {
+            var applicant = huong.applicant
+            applicant.phone = "12"
+            _ = try a.updateApplication(officer: "can-bo.lan", id: huong.id, update: ApplicationUpdate(applicant: applicant))
+        }
+
+        // --- status and background policy ---
+        _ = try await a.syncNow()
+        let status = try a.syncStatus()
+        c.expect("status: enrolled, idle, nothing pending, a report",
+                 status.enrolled && !status.syncing && status.pendingChanges == 0 && status.lastReport != nil && status.lastError == nil)
+        let next = try a.nextSyncAfter(metered: false)
+        if case .after(let delayMs) = next {
+            c.expect("after a sync with nothing pending: in about an hour (\(delayMs) ms)", (3_500_000...3_600_000).contains(delayMs))
+        } else {
+            c.expect("after a sync with nothing pending: a delay, not \(next)", false)
+        }
+        c.expect("delaySeconds helper", next.delaySeconds.map { $0 > 3000 } ?? false && SyncDecision.stop.delaySeconds == nil)
+        c.expect("the free policy function: never synced -> run",
+                 nextSyncAfter(input: PolicyInput(pendingChanges: 0, lastSuccessMs: nil, consecutiveFailures: 0,
+                                                  metered: false, nowMs: 0, lastError: nil), policy: nil) == .run)
+
+        // --- progress callbacks ---
+        c.expect("progress callbacks arrived", await waitFor(10) { events.progress.contains { $0.phase == .done } })
+        c.expect("progress counted pushed records", events.progress.contains { $0.pushedDocs == 3 })
+        c.expect("change events: local edits with ids",
+                 events.changes.contains { $0.origin == .local && $0.recordIds == [huong.id] })
+        c.expect("change events: pulled records", events.changes.contains { $0.origin == .sync && $0.changedCount > 0 })
+        collector.cancel()
+        let direct = CountingObserver()
+        let handle = try a.observe(observer: direct)
+        _ = try a.updateApplication(officer: "can-bo.lan", id: duc.id, update: ApplicationUpdate(
+            notes: "Đã chuyển bộ phận tư pháp, chờ xác minh"))
+        _ = try await a.syncNow()
+        c.expect("a direct observer gets progress",
+                 await waitFor(10) { direct.log.progress.contains { $0.phase == .done && $0.pushedDocs == 1 } })
+        c.expect("observer handle is active", handle.isActive())
+        handle.stop()
+        c.expect("observer handle stopped", !handle.isActive())
+
+        // --- reopening with the stored credential; wrong key; someone else's credential ---
+        a = try Engine.open(config: config("tablet-a", credA))
+        c.expect("reopened: records are there", try a.getApplication(id: huong.id).assignee == "Quàng Thị Lan")
+        c.expect("reopened: syncs with the stored credential", try await a.syncNow().requests >= 1)
+        c.expectError("the wrong key", .storage) {
+            _ = try Engine.open(config: config("tablet-a", key: Data(repeating: 9, count: 32)))
+        }
+        c.expectError("another device's credential", .invalidInput) {
+            _ = try Engine.open(config: config("tablet-a", credB))
+        }
+
+        // --- revocation ---
+        let request = hooks.appendingPathComponent("revoke-request")
+        try b.deviceId().write(to: hooks.appendingPathComponent("revoke-request.tmp"), atomically: true, encoding: .utf8)
+        try FileManager.default.moveItem(at: hooks.appendingPathComponent("revoke-request.tmp"), to: request)
+        c.expect("the operator revoked B", await waitFor(30) {
+            FileManager.default.fileExists(atPath: hooks.appendingPathComponent("revoke-done").path)
+        })
+        await c.expectError("B syncs after revocation", .revoked) { _ = try await b.syncNow() }
+        c.expect("revoked: the policy says stop", try b.nextSyncAfter(metered: false) == .stop)
+        c.expect("revoked: the status says so",
+                 try b.syncStatus().lastErrorKind == .revoked && b.syncStatus().consecutiveFailures == 1)
+        c.expect("A still syncs", try await a.syncNow().requests >= 1)
+
+        // --- the README's example, run for real ---
+        let fromReadme = try await intakeAndSync(engine: a, commune: commune)
+        c.expect("the README example takes an application and syncs it", fromReadme.pushedDocs == 1)
+        let viaIo = try await a.io { try $0.search(text: "vi thi mai", limit: 5) }
+        c.expect("io helper runs store calls", viaIo.count == 1)
+    }
+}

@@ -1,0 +1,15 @@
+// XCTest entry for `swift test` / Xcode: runs the end-to-end story when a test server is
+// configured (COMMUNESYNC_SERVER_URL and the codes, as scripts/test.d/20-bindings.sh sets them);
+// skipped otherwise. On Linux CI the story runs through StoryMain.swift instead (no XCTest there).
+#if canImport(XCTest)
+import XCTest
+
+final class EndToEndTests: XCTestCase {
+    func testStory() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["COMMUNESYNC_SERVER_URL"] == nil,
+                      "no test server configured")
+        let failures = await EndToEndStory.run()
+        XCTAssertEqual(failures, [])
+    }
+}
+#endif
