@@ -458,7 +458,7 @@ async fn batches_grow_on_a_link_that_takes_them_and_nothing_is_lost() {
     let fixed = batches(&sizes, start);
     let report = a.sync().await.unwrap();
     assert_eq!((report.pushed_docs, report.pending_docs), (60, 0));
-    // Windows of 4, 8, 16, 32, 64, 64... KiB instead of 4 KiB each time.
+    // Windows of 4, 16, 64, 64... KiB instead of 4 KiB each time.
     assert!(report.requests < fixed / 2, "{report:?} vs {fixed} fixed");
     assert_eq!(hub.state().feed.len(), 60);
     assert_no_duplicates_in_feed(&hub);
@@ -784,6 +784,7 @@ async fn progress_is_reported_after_every_request_with_growing_counters() {
         &hub,
         SyncConfig {
             push_batch_bytes: 6 * 1024,
+            max_push_batch_bytes: 6 * 1024,
             ..fast()
         },
     );

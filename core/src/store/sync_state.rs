@@ -87,8 +87,14 @@ thread_local! {
 fn build(pulled: &PullDoc, device: crate::record::DeviceId) -> Result<Built> {
     let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
     let changes = crate::record::decode_changes(id, &pulled.changes)?;
+    // A chain of changes, each on top of the one before, has no concurrent writes to conflict:
+    // walking the document for conflicts is then skipped (most pulled records are one change).
+    let chain = changes.iter().enumerate().all(|(i, change)| match i {
+        0 => change.deps().is_empty(),
+        _ => change.deps() == [changes[i - 1].hash()],
+    });
     let (mut doc, record) = RecordDoc::from_decoded(pulled.id, pulled.kind, changes, device)?;
-    let conflicted = !doc.conflicts().is_empty();
+    let conflicted = !chain && !doc.conflicts().is_empty();
     let heads = doc.heads();
     let snapshot = CODEC.with(|cell| {
         let mut slot = cell.borrow_mut();

@@ -57,8 +57,8 @@ pub struct SyncConfig {
     pub max_push_batch_bytes: usize,
     /// Upper bound for adapted pull batches (the server applies its own cap too). Default 4 MiB.
     pub max_pull_batch_bytes: u32,
-    /// Batches double after an exchange faster than half this and halve after one slower than
-    /// twice this or after a failed attempt, so that a request on a poor link stays short enough
+    /// Batches grow after an exchange faster than half this (×2, or ×4 under an eighth) and halve
+    /// after one slower than twice this or after a failed attempt, so that a request on a poor link stays short enough
     /// to get through between drops while a good link moves large, well-compressed batches.
     /// Default 4 s.
     pub target_request_time: Duration,
@@ -304,9 +304,13 @@ impl Window {
         self.current
     }
 
-    /// After an exchange that needed no retry and took `took`.
+    /// After an exchange that needed no retry and took `took`: ×4 when far under the target
+    /// (a fast link reaches large, well-compressed batches in a couple of requests), ×2 when
+    /// under half of it, ÷2 when over twice it.
     pub(crate) fn succeeded(&mut self, took: Duration, target: Duration) {
-        if took < target / 2 {
+        if took < target / 8 {
+            self.current = self.current.saturating_mul(4).min(self.max);
+        } else if took < target / 2 {
             self.current = self.current.saturating_mul(2).min(self.max);
         } else if took > target.saturating_mul(2) {
             self.shrink();
@@ -785,7 +789,11 @@ mod tests {
     fn batch_windows_grow_on_a_fast_link_and_shrink_on_a_poor_one() {
         let target = Duration::from_secs(4);
         let mut window = Window::new(256 * 1024, 4 * 1024 * 1024);
-        // Fast exchanges double it up to the cap.
+        // Fast exchanges double it, very fast ones quadruple it, up to the cap.
+        window.succeeded(Duration::from_secs(1), target);
+        assert_eq!(window.get(), 512 * 1024);
+        window.succeeded(Duration::from_millis(100), target);
+        assert_eq!(window.get(), 2 * 1024 * 1024);
         for _ in 0..10 {
             window.succeeded(Duration::from_millis(100), target);
         }
