@@ -439,3 +439,187 @@ fn check_credential(device: DeviceId, credential: &DeviceCredential) -> Result<(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use communesync_core::catalogue::Procedure as CoreProcedure;
+
+    use super::*;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn config(dir: &tempfile::TempDir) -> EngineConfig {
+        let path = dir.path().join("tablet.db");
+        // The catalogue normally arrives with the first sync.
+        let mut store =
+            DeviceStore::open(StoreConfig::new(&path).encrypted(EncryptionKey::new(KEY))).unwrap();
+        store
+            .import_catalogue(&[CoreProcedure {
+                code: "1.001193".into(),
+                name: "Đăng ký khai sinh".into(),
+                processing_days: 1,
+                withdrawal_allowed: true,
+            }])
+            .unwrap();
+        drop(store);
+        EngineConfig {
+            store_path: path.display().to_string(),
+            encryption_key: KEY.to_vec(),
+            server_url: "http://127.0.0.1:9".into(),
+            credential: None,
+            background_policy: None,
+        }
+    }
+
+    fn new_application(name: &str) -> NewApplication {
+        NewApplication {
+            commune_code: "DB-MUONGPHANG".into(),
+            procedure_code: "1.001193".into(),
+            applicant: Applicant {
+                name: name.into(),
+                id_number: String::new(),
+                phone: String::new(),
+                address: String::new(),
+                village: "Bản Phăng".into(),
+            },
+            received_at_ms: None,
+            documents: Vec::new(),
+            fees: Vec::new(),
+            assignee: Some("Lò Văn Minh".into()),
+            notes: String::new(),
+        }
+    }
+
+    struct Forward(Mutex<mpsc::Sender<ChangeEvent>>);
+
+    impl SyncObserver for Forward {
+        fn on_progress(&self, _: SyncProgress) {}
+        fn on_changed(&self, event: ChangeEvent) {
+            let _ = self.0.lock().unwrap().send(event);
+        }
+    }
+
+    #[test]
+    fn edits_queries_and_events_go_through_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(config(&dir)).unwrap();
+        let (tx, rx) = mpsc::channel();
+        let handle = engine.observe(Arc::new(Forward(Mutex::new(tx)))).unwrap();
+
+        let app = engine
+            .create_application("can-bo.lan".into(), new_application("Nguyễn Thị Hương"))
+            .unwrap();
+        let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(event.origin, ChangeOrigin::Local);
+        assert_eq!(event.record_ids, vec![app.id.clone()]);
+
+        // A patch changes only what it sets: the assignee stays.
+        let edited = engine
+            .update_application(
+                "can-bo.lan".into(),
+                app.id.clone(),
+                ApplicationUpdate {
+                    notes: Some("Giấy chứng sinh".into()),
+                    ..ApplicationUpdate::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(edited.assignee.as_deref(), Some("Lò Văn Minh"));
+        assert_eq!(edited.notes, "Giấy chứng sinh");
+        let unassigned = engine
+            .update_application(
+                "can-bo.lan".into(),
+                app.id.clone(),
+                ApplicationUpdate {
+                    unassign: true,
+                    ..ApplicationUpdate::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(unassigned.assignee, None);
+        assert_eq!(engine.history(app.id.clone()).unwrap().len(), 3);
+        assert!(engine.conflicts(app.id.clone()).unwrap().is_empty());
+
+        let page = engine
+            .query_applications(ApplicationQuery {
+                status: Some(ApplicationStatus::Received),
+                ..ApplicationQuery::default()
+            })
+            .unwrap();
+        assert_eq!((page.total, page.items[0].id.clone()), (1, app.id.clone()));
+        assert_eq!(
+            engine.search("nguyen thi".into(), 10).unwrap()[0].id,
+            app.id
+        );
+
+        // One event per edit, in order.
+        for _ in 0..2 {
+            let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+            assert_eq!(event.record_ids, vec![app.id.clone()]);
+        }
+        handle.stop();
+        assert!(!handle.is_active());
+        engine
+            .create_application("can-bo.lan".into(), new_application("Đặng Văn Đức"))
+            .unwrap();
+        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    }
+
+    #[test]
+    fn errors_are_the_cases_an_app_acts_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bad_key = config(&dir);
+        bad_key.encryption_key = vec![1, 2, 3];
+        assert!(matches!(
+            Engine::open(bad_key),
+            Err(CommuneSyncError::InvalidInput(_))
+        ));
+        let mut wrong_key = config(&dir);
+        wrong_key.encryption_key = vec![8; 32];
+        assert!(matches!(
+            Engine::open(wrong_key),
+            Err(CommuneSyncError::Storage(_))
+        ));
+        let mut foreign = config(&dir);
+        foreign.credential = Some(DeviceCredential {
+            device_id: DeviceId::new().to_string(),
+            token: "t".into(),
+            commune_code: None,
+        });
+        assert!(matches!(
+            Engine::open(foreign),
+            Err(CommuneSyncError::InvalidInput(_))
+        ));
+
+        let engine = Engine::open(config(&dir)).unwrap();
+        assert!(matches!(
+            engine.get_application("not-an-id".into()),
+            Err(CommuneSyncError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            engine.get_application(RecordId::new().to_string()),
+            Err(CommuneSyncError::NotFound(_))
+        ));
+        let app = engine
+            .create_application("can-bo.lan".into(), new_application("Vi Thị Mai"))
+            .unwrap();
+        assert!(matches!(
+            engine.update_application(
+                "can-bo.lan".into(),
+                app.id,
+                ApplicationUpdate {
+                    status: Some(ApplicationStatus::Returned),
+                    ..ApplicationUpdate::default()
+                }
+            ),
+            Err(CommuneSyncError::Conflict(_))
+        ));
+        // Not enrolled: nothing to schedule, and the status says so.
+        assert_eq!(engine.next_sync_after(false).unwrap(), SyncDecision::Stop);
+        let status = engine.sync_status().unwrap();
+        assert!(!status.enrolled && status.pending_changes == 1);
+    }
+}
