@@ -15,8 +15,10 @@
 //!   conflict flags match the typed records, and full-text search finds exactly the records
 //!   whose text holds a word.
 //!
-//! `PROPTEST_CASES=N` runs more cases (default 32, well under a minute in debug). Failing cases
-//! found so far are kept as regression tests at the end of this file.
+//! The server runs on SQLite, and on PostgreSQL for a quarter of the cases when
+//! `COMMUNESYNC_TEST_DATABASE_URL` is set (required under CI). `PROPTEST_CASES=N` runs more cases
+//! (default 32, well under a minute in debug). Failing cases found so far are kept as regression
+//! tests at the end of this file.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
@@ -253,9 +255,19 @@ fn fast_config() -> SyncConfig {
     }
 }
 
-async fn run_case(tablets: usize, seed: u64, ops: &[Op]) -> Result<String, TestCaseError> {
+async fn run_case(
+    tablets: usize,
+    seed: u64,
+    ops: &[Op],
+    postgres: Option<&str>,
+) -> Result<String, TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
-    let url = communesync_tests::sqlite_url(dir.path(), "server.db");
+    let url = match postgres {
+        Some(base) => communesync_tests::fresh_postgres_database(base, "convergence")
+            .await
+            .unwrap(),
+        None => communesync_tests::sqlite_url(dir.path(), "server.db"),
+    };
     let server = TestServer::start(&url).await.unwrap();
     let codes = server.commune_with_codes(COMMUNE, tablets).await.unwrap();
     let counts = Arc::new(FaultCounts::default());
@@ -749,7 +761,37 @@ proptest! {
 
     #[test]
     fn replicas_converge_through_a_faulty_network((tablets, seed, ops) in case()) {
-        let summary = runtime().block_on(run_case(tablets, seed, &ops))?;
+        let summary = runtime().block_on(run_case(tablets, seed, &ops, None))?;
         eprintln!("{tablets} tablets + server: {summary}");
+    }
+}
+
+/// The PostgreSQL server storage, when the test command provides one (required under CI).
+fn postgres() -> Option<String> {
+    let url = std::env::var("COMMUNESYNC_TEST_DATABASE_URL").ok();
+    assert!(
+        url.is_some() || std::env::var_os("CI").is_none(),
+        "CI must run the PostgreSQL tests: set COMMUNESYNC_TEST_DATABASE_URL"
+    );
+    url
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // A quarter of the SQLite cases (each creates a database); PROPTEST_CASES sets both.
+        cases: cases().div_ceil(4),
+        max_shrink_iters: 64,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn replicas_converge_through_a_faulty_network_on_postgres((tablets, seed, ops) in case()) {
+        let Some(base) = postgres() else {
+            eprintln!("note: COMMUNESYNC_TEST_DATABASE_URL unset, PostgreSQL skipped");
+            return Ok(());
+        };
+        let summary = runtime().block_on(run_case(tablets, seed, &ops, Some(&base)))?;
+        eprintln!("postgres, {tablets} tablets + server: {summary}");
     }
 }
