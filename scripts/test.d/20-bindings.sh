@@ -35,6 +35,7 @@ cleanup() {
     return 0
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT HUP   # so that the EXIT trap runs (and stops the server) when killed
 
 # --- toolchains (cached; a fresh machine builds them here) ---------------------------------------
 eval "$(scripts/toolchains/kotlin.sh)"
