@@ -68,3 +68,53 @@ fn a_change_with_an_out_of_range_actor_index_is_refused() {
     // And as the first changes of a record nobody has seen.
     assert!(RecordDoc::from_changes(id, RecordKind::Application, &[input], device).is_err());
 }
+
+/// Splits a `changes` target input: flags, record id, then (u16 little-endian length, bytes).
+fn split_input(input: &[u8]) -> (u8, RecordId, Vec<Vec<u8>>) {
+    let id = RecordId(uuid::Uuid::from_slice(&input[1..17]).unwrap());
+    let mut rest = &input[17..];
+    let mut changes = Vec::new();
+    while rest.len() >= 2 {
+        let len = usize::from(u16::from_le_bytes([rest[0], rest[1]]));
+        let take = len.min(rest.len() - 2);
+        changes.push(rest[2..2 + take].to_vec());
+        rest = &rest[2 + take..];
+    }
+    (input[0], id, changes)
+}
+
+/// FINDING (open), `changes` target, crash-b0c37f11: changes that `RecordDoc::from_changes`
+/// accepts (they apply, no dependency is missing, the record hydrates) but whose change graph
+/// Automerge 0.12 cannot walk: `history()` (and any `get_changes`, so `changes_since` and a push)
+/// then panics in `collector.rs` with `MissingDep`. Pushed by a hostile tablet, the server stores
+/// the record, and every tablet of the commune that pulls it panics when it shows the history or
+/// pushes an edit of it. Fix to decide: check `get_changes` once after applying remote changes
+/// (under `catch_unwind`, as `apply_decoded` does), at some cost on every pull. The fuzz target
+/// tolerates this one panic until then, so that the test command stays green.
+#[test]
+#[ignore = "finding: accepted changes whose history Automerge cannot walk"]
+fn accepted_changes_always_have_a_readable_history() {
+    let input = from_hex(concat!(
+        "0a01a206ebe93c707ebfa099fe6fee635df001856f4a834ab6207101e50300101d7c5071a39d4493bbdfa1bf",
+        "f822cf240101bcd2afb7a0341b7b226f223a226c616e222c2266223a5b2263726561746564225d7d00080104",
+        "02041589013401420a561757e6017002000c0a00000c0204720861737369676e65650863617465676f72790c",
+        "636f6d6d756e655f636f64650a637265617465645f62790b6465736372697074696f6e026964056e6f746573",
+        "0b72656365697665645f6174107265706f727465725f636f6e746163740d7265706f727465725f6e616d6506",
+        "7374617475730776696c6c61676506646576696365076f6666696365720e03017f0002017f040701720046d6",
+        "0100960ac6040064a601e6018601b602c60436726f616444422d4d554f4e475048414e47c490c6b0e1bb9d6e",
+        "672076c3a06f2062e1baa36e2062e1bb8b2073e1baa174206ce1bb9f20736175206dc6b061206ce1bb9b6e2c",
+        "207865206d20c3a16b7968c3b46e6720c4916920c491c6b0e1bba3632e30316132303665622d653933632d37",
+        "3037652d626661302d393966653666656536333564bcd2afb7a0343039343737313533313856c5a9204d696e",
+        "682044c3ad6e68726563656976656442e1baa36e204e6f6f6e67204c75e1bb916e6731643763353037312d61",
+        "3339642d343439332d626264662d6131626666383232636632346c616e0e00",
+    ));
+    let (flags, id, changes) = split_input(&input);
+    assert_eq!(flags & 2, 2, "a citizen request");
+    let device = DeviceId(uuid::Uuid::from_bytes([9; 16]));
+    if let Ok((mut doc, _)) =
+        RecordDoc::from_changes(id, RecordKind::CitizenRequest, &changes, device)
+    {
+        let history = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.history()));
+        assert!(history.is_ok(), "accepted, but its history cannot be read");
+    }
+}
