@@ -9,7 +9,8 @@
 # without AddressSanitizer: the code under test is safe Rust, and the stable toolchain suffices.
 #
 # FUZZ_SECONDS=N  seconds per target; FUZZ_TARGETS="wire import"  a subset; FUZZ_OUT=DIR  build,
-# corpus and artifacts elsewhere than target/fuzz.
+# corpus and artifacts elsewhere than target/fuzz; FUZZ_SEED=N  libFuzzer's seed (default 1, so
+# that a fresh clone, as in CI, replays the same exploration; 0 draws a new one each run).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT="$PWD"
@@ -38,7 +39,7 @@ for target in $TARGETS; do
   # Corpus dir first (grows, kept under target/ between runs), then the read-only seeds.
   "$OUT/build/$HOST/release/$target" "$corpus" "tests/fuzz/seeds/$target" \
     -max_total_time="$SECONDS_PER_TARGET" -timeout=10 -rss_limit_mb=2048 -malloc_limit_mb=1024 \
-    -max_len=65536 -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1
+    -max_len=65536 -seed="${FUZZ_SEED:-1}" -print_final_stats=1 -artifact_prefix="$artifacts/" >"$log" 2>&1
   rc=$?
   set -e
   runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
