@@ -30,6 +30,7 @@ use communesync_core::protocol::{
     SyncResponse, WireError,
 };
 use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, RecordKind, decode_changes};
+use communesync_core::store::validate_record;
 use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -703,6 +704,10 @@ fn validate_doc(
             "{name}: the changes belong to another record"
         )));
     }
+    // The field rules a tablet's own edits obey (a device that encodes records itself must not
+    // get a 4 MB name or terminal escapes into every tablet of the commune).
+    validate_record(&record, known.is_some())
+        .map_err(|e| ApiError::malformed(format!("record {id}: {e}")))?;
     let record_commune = match &record {
         Record::Application(a) => a.commune_code.clone(),
         Record::CitizenRequest(r) => r.commune_code.clone(),

@@ -953,16 +953,15 @@ async fn replayed_requests_change_nothing_more() {
     }
 }
 
-/// FINDING (open): the server checks that a pushed record hydrates and stays in its commune,
+/// FINDING (fixed): the server checked that a pushed record hydrates and stays in its commune,
 /// but not the field rules the device store enforces (`validate_application`: lengths, control
 /// characters, identity number and phone formats, required names). An enrolled device that
 /// encodes records itself stores a 4 MB name, terminal escapes or an empty name, and every
 /// tablet of the commune pulls them. Fix: expose the store's validation from core and run it in
 /// the server's push validation (for existing records, with the notes length relaxed: notes are
 /// text that merges, so two valid concurrent edits can exceed a per-edit cap, and refusing the
-/// merge would wedge the batch). Run with `--ignored` to reproduce.
+/// merge would wedge the batch). Now `validate_record` runs in the push validation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finding: the server does not apply the store's field validation to pushed records"]
 async fn records_no_tablet_could_write_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for url in test_databases(dir.path(), "forged").await.unwrap() {

@@ -902,6 +902,42 @@ fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()
     Ok(())
 }
 
+/// Checks a record against the field rules every edit on a device obeys (lengths, control
+/// characters, identity number and phone formats, required fields), for records that arrive
+/// from elsewhere (the server checks pushed records with it). With `merged`, the notes may be
+/// longer than one edit allows: notes are text that merges, and two valid concurrent additions
+/// can pass the cap together; refusing their merge would wedge the sync.
+pub fn validate_record(record: &Record, merged: bool) -> Result<()> {
+    let relax = |notes: &str| -> Result<()> {
+        if merged {
+            check_text("notes", notes, MAX_MERGED_NOTES, false)
+        } else {
+            Ok(())
+        }
+    };
+    match record {
+        Record::Application(app) if merged => {
+            relax(&app.notes)?;
+            validate_application(&Application {
+                notes: String::new(),
+                ..app.clone()
+            })
+        }
+        Record::Application(app) => validate_application(app),
+        Record::CitizenRequest(request) if merged => {
+            relax(&request.notes)?;
+            validate_request(&CitizenRequest {
+                notes: String::new(),
+                ..request.clone()
+            })
+        }
+        Record::CitizenRequest(request) => validate_request(request),
+    }
+}
+
+/// Notes reached by merging concurrent edits may grow past one edit's cap up to this.
+const MAX_MERGED_NOTES: usize = 1024 * 1024;
+
 fn validate_application(app: &Application) -> Result<()> {
     check_text("commune_code", &app.commune_code, 64, true)?;
     check_text("procedure_code", &app.procedure_code, 64, true)?;
