@@ -20,6 +20,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -35,6 +36,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::storage::{
     Device, IncomingChange, IncomingDoc, KnownDoc, Scope, ServerStorage, StorageError,
@@ -51,6 +53,9 @@ pub struct ServerConfig {
     pub enroll_failures_allowed: u32,
     /// Length of the enrollment rate-limit window.
     pub enroll_window: Duration,
+    /// A request body that sends nothing for this long is dropped (a slow 2G link still sends
+    /// something every few seconds; a client holding a connection open with nothing does not).
+    pub body_idle_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +65,7 @@ impl Default for ServerConfig {
             max_pull_bytes: 4 * 1024 * 1024,
             enroll_failures_allowed: 10,
             enroll_window: Duration::from_secs(15 * 60),
+            body_idle_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -111,7 +117,34 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/stats", get(admin_stats))
         .route("/v1/admin/catalogue", put(admin_put_catalogue))
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))
+        .layer(middleware::from_fn(move |request, next| {
+            refuse_declared_oversize(body_limit, request, next)
+        }))
         .with_state(state)
+}
+
+/// Answers 413 at once to a request that declares a body over the limit, before anything reads
+/// it (otherwise the body extractor would wait for bytes that may never come).
+async fn refuse_declared_oversize(
+    limit: usize,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    match declared {
+        Some(length) if length > u64::try_from(limit).unwrap_or(u64::MAX) => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("body of {length} bytes declared, at most {limit} accepted"),
+        )
+        .into_response(),
+        _ => next.run(request).await,
+    }
 }
 
 // ----- errors ------------------------------------------------------------------------------------
@@ -197,6 +230,16 @@ impl From<StorageError> for ApiError {
             ),
             StorageError::OutOfScope { doc } => {
                 Self::forbidden(format!("record {doc} is outside this device's commune"))
+            }
+            StorageError::Full(detail) => {
+                tracing::error!(%detail, "storage full");
+                let mut err = Self::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    "storage_full",
+                    "the server's storage is full; nothing was stored, try again later",
+                );
+                err.retry_after = Some(300);
+                err
             }
             other => Self::internal(other),
         }

@@ -7,7 +7,7 @@
 //!   batches applied before it; reopened with room, the store is intact and the sync completes.
 //! - Server: its SQLite file on a small tmpfs mounted by the test (real `ENOSPC`; needs root or
 //!   CAP_SYS_ADMIN, otherwise the test says so and skips that part unless
-//!   `COMMUNESYNC_REQUIRE_TMPFS` is set). Pushes that do not fit fail with a 5xx after the
+//!   `COMMUNESYNC_REQUIRE_TMPFS` is set). Pushes that do not fit fail with 507 storage_full after the
 //!   client's retries; nothing the tablet counts as acknowledged is missing and no record is
 //!   half-stored; after the tmpfs grows, the same tablet's next sync pushes the rest and a second
 //!   tablet pulls everything.
@@ -312,9 +312,10 @@ async fn a_full_server_disk_refuses_pushes_cleanly_and_sync_resumes_when_space_r
     disk.resize(used + 96);
     intake(800, &mut sample);
     let err = a.client.sync(&|_| {}).await.unwrap_err();
+    // Named as what it is (507 storage_full), not a generic internal error.
     assert!(
-        matches!(&err, SyncError::Server(message) if message.starts_with("50")),
-        "expected a 5xx from the server, got {err:?}"
+        matches!(&err, SyncError::Server(message) if message.starts_with("507 storage_full")),
+        "expected 507 storage_full from the server, got {err:?}"
     );
     let pending = a.store.lock().unwrap().pending_count().unwrap();
     assert!(pending > 0, "everything fitted");

@@ -59,6 +59,10 @@ pub enum StorageError {
         /// The first document found out of scope.
         doc: RecordId,
     },
+    /// The disk under the database is full: nothing of the operation was stored, and it can be
+    /// retried once space returns.
+    #[error("storage full: {0}")]
+    Full(String),
     /// Anything else from the database or the runtime (I/O, corrupt rows, a schema newer than
     /// this build).
     #[error("storage backend: {0}")]

@@ -41,6 +41,10 @@ pub const DEFAULT_POOL_SIZE: usize = 16;
 impl From<tokio_postgres::Error> for StorageError {
     fn from(error: tokio_postgres::Error) -> Self {
         match error.as_db_error() {
+            // disk_full
+            Some(db) if db.code().code() == "53100" => {
+                StorageError::Full(format!("postgres: {}", db.message()))
+            }
             Some(db) => StorageError::Backend(format!(
                 "postgres: {} ({}): {}",
                 db.severity(),

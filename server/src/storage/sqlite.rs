@@ -37,7 +37,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<rusqlite::Error> for StorageError {
     fn from(error: rusqlite::Error) -> Self {
-        StorageError::Backend(format!("sqlite: {error}"))
+        match error.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => StorageError::Full(format!("sqlite: {error}")),
+            _ => StorageError::Backend(format!("sqlite: {error}")),
+        }
     }
 }
 
