@@ -83,7 +83,8 @@ fn split_input(input: &[u8]) -> (u8, RecordId, Vec<Vec<u8>>) {
     (input[0], id, changes)
 }
 
-/// FINDING (open), `changes` target, crash-b0c37f11: changes that `RecordDoc::from_changes`
+/// FINDING (fixed: `apply_decoded` now refuses changes whose graph cannot be walked), `changes`
+/// target, crash-b0c37f11: changes that `RecordDoc::from_changes`
 /// accepts (they apply, no dependency is missing, the record hydrates) but whose change graph
 /// Automerge 0.12 cannot walk: `history()` (and any `get_changes`, so `changes_since` and a push)
 /// then panics in `collector.rs` with `MissingDep`. Pushed by a hostile tablet, the server stores
@@ -92,7 +93,6 @@ fn split_input(input: &[u8]) -> (u8, RecordId, Vec<Vec<u8>>) {
 /// (under `catch_unwind`, as `apply_decoded` does), at some cost on every pull. The fuzz target
 /// tolerates this one panic until then, so that the test command stays green.
 #[test]
-#[ignore = "finding: accepted changes whose history Automerge cannot walk"]
 fn accepted_changes_always_have_a_readable_history() {
     let input = from_hex(concat!(
         "0a01a206ebe93c707ebfa099fe6fee635df001856f4a834ab6207101e50300101d7c5071a39d4493bbdfa1bf",
@@ -111,10 +111,15 @@ fn accepted_changes_always_have_a_readable_history() {
     let (flags, id, changes) = split_input(&input);
     assert_eq!(flags & 2, 2, "a citizen request");
     let device = DeviceId(uuid::Uuid::from_bytes([9; 16]));
-    if let Ok((mut doc, _)) =
-        RecordDoc::from_changes(id, RecordKind::CitizenRequest, &changes, device)
-    {
-        let history = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.history()));
-        assert!(history.is_ok(), "accepted, but its history cannot be read");
+    match RecordDoc::from_changes(id, RecordKind::CitizenRequest, &changes, device) {
+        Ok((mut doc, _)) => {
+            let history = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.history()));
+            assert!(history.is_ok(), "accepted, but its history cannot be read");
+        }
+        // Refused as it should be: a clear error, not a panic later.
+        Err(err) => assert!(
+            matches!(err, communesync_core::Error::Corrupt { .. }),
+            "{err}"
+        ),
     }
 }

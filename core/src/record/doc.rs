@@ -366,12 +366,27 @@ impl RecordDoc {
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.doc.apply_changes(changes)
         }));
+        // It also accepts some changes whose graph it then cannot walk (`get_changes` panics
+        // with `MissingDep`, found by fuzzing): the history and every later push of the record
+        // would panic, so such changes are refused here, once, for the cost of listing them.
+        let missing_deps =
+            matches!(applied, Ok(Ok(()))) && !self.doc.get_missing_deps(&[]).is_empty();
+        let walkable = !matches!(applied, Ok(Ok(())))
+            || missing_deps
+            || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.doc.get_changes(&before).len()
+            }))
+            .is_ok();
         let check = match applied {
-            Ok(Ok(())) if self.doc.get_missing_deps(&[]).is_empty() => self.record(),
-            Ok(Ok(())) => Err(Error::invalid(
+            Ok(Ok(())) if missing_deps => Err(Error::invalid(
                 "changes",
                 "they depend on changes that were not received",
             )),
+            Ok(Ok(())) if !walkable => Err(Error::Corrupt {
+                id: self.id,
+                reason: "changes whose history cannot be read".to_owned(),
+            }),
+            Ok(Ok(())) => self.record(),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(Error::Corrupt {
                 id: self.id,
@@ -381,9 +396,14 @@ impl RecordDoc {
         match check {
             Ok(record) => Ok(record),
             Err(e) => {
-                // Back to what we had: a fork at the old heads is the document without the changes.
+                // Back to what we had: a fork at the old heads is the document without the changes
+                // (and an empty document when there were none).
                 let actor = self.doc.get_actor().clone();
-                self.doc = self.doc.fork_at(&before)?.with_actor(actor);
+                self.doc = if before.is_empty() {
+                    AutoCommit::new().with_actor(actor)
+                } else {
+                    self.doc.fork_at(&before)?.with_actor(actor)
+                };
                 Err(e)
             }
         }

@@ -92,26 +92,16 @@ fn store() -> &'static Mutex<DeviceStore> {
     })
 }
 
-thread_local! {
-    /// Set when the panic under way is the known open one (see below).
-    static KNOWN_PANIC: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
 /// libfuzzer-sys aborts at any panic, even one the code under test catches. Core catches
 /// Automerge's panics on inconsistent changes (`RecordDoc::apply_decoded`) and refuses the
-/// input: let those unwind to it. One more is known and open: changes `from_changes` accepts but
-/// whose history Automerge cannot walk (`MissingDep` in `collector.rs`, reproduced by the ignored
-/// `core/tests/fuzz_regressions.rs::accepted_changes_always_have_a_readable_history`); it is
-/// tolerated so that the test command stays green until it is fixed. Any other panic, including
-/// an Automerge panic that escapes core, aborts: a crash.
+/// input: let those unwind to it (changes whose history Automerge cannot walk included, found
+/// here and fixed: `core/tests/fuzz_regressions.rs::accepted_changes_always_have_a_readable_history`).
+/// Any panic that escapes core, Automerge's included, aborts: a crash.
 fn let_core_catch_automerge_panics() {
     let abort = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         if let Some(at) = info.location().filter(|l| l.file().contains("/automerge-")) {
             let message = info.payload_as_str().unwrap_or("");
-            if at.file().ends_with("collector.rs") && message.contains("MissingDep") {
-                KNOWN_PANIC.with(|k| k.set(true));
-            }
             if std::env::var_os("FUZZ_BACKTRACE").is_some() {
                 eprintln!("automerge panicked at {at}: {message}");
                 eprintln!("{}", std::backtrace::Backtrace::force_capture());
@@ -123,8 +113,7 @@ fn let_core_catch_automerge_panics() {
 }
 
 fuzz_target!(init: let_core_catch_automerge_panics(), |data: &[u8]| {
-    KNOWN_PANIC.with(|k| k.set(false));
-    if std::panic::catch_unwind(|| run(data)).is_err() && !KNOWN_PANIC.with(|k| k.get()) {
+    if std::panic::catch_unwind(|| run(data)).is_err() {
         std::process::abort();
     }
 });
