@@ -3,7 +3,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use communesync_core::catalogue::CivilDate;
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
@@ -199,13 +198,18 @@ impl Engine {
         })
     }
 
-    /// The facts the background policy decides on, from this engine's state. The last success
-    /// is the one of this process, else the server time of the last sync kept in the store.
+    /// The facts the background policy decides on, from this engine's state, all on the device
+    /// clock. The last success is the one of this process, else the server time of the last sync
+    /// kept in the store, brought to the device clock by the offset learnt then (a tablet whose
+    /// clock is years behind would otherwise see its last sync in the future and never sync).
     pub fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
         let status = self.sync_status()?;
+        let offset = self.store().clock_offset_ms();
         Ok(PolicyInput {
             pending_changes: status.pending_changes,
-            last_success_ms: status.last_success_ms.or(status.last_server_sync_ms),
+            last_success_ms: status
+                .last_success_ms
+                .or(status.last_server_sync_ms.map(|t| t.saturating_sub(offset))),
             consecutive_failures: status.consecutive_failures,
             metered,
             now_ms: self.clock.now_ms(),
@@ -272,18 +276,16 @@ impl Engine {
 
     /// Open applications past their due date (today in Vietnam), most overdue first.
     pub fn overdue(&self, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        Ok(self
-            .store()
-            .overdue(CivilDate::today(), limit, offset)?
-            .into())
+        let store = self.store();
+        let today = store.today()?;
+        Ok(store.overdue(today, limit, offset)?.into())
     }
 
     /// Open applications due within `working_days` working days from today (not yet overdue).
     pub fn due_soon(&self, working_days: u32, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        Ok(self
-            .store()
-            .due_soon(CivilDate::today(), working_days, limit, offset)?
-            .into())
+        let store = self.store();
+        let today = store.today()?;
+        Ok(store.due_soon(today, working_days, limit, offset)?.into())
     }
 
     /// How many applications are in each status (every status listed, with 0 when none).

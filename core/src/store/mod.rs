@@ -127,6 +127,8 @@ pub struct DeviceStore {
     compact_after: u32,
     checkpointer: checkpoint::Checkpointer,
     codec: DocCodec,
+    /// What to add to the device clock to get the server's (learnt at each sync; 0 before).
+    clock_offset_ms: i64,
 }
 
 impl std::fmt::Debug for DeviceStore {
@@ -139,6 +141,7 @@ impl std::fmt::Debug for DeviceStore {
 }
 
 const META_DEVICE_ID: &str = "device_id";
+const META_CLOCK_OFFSET: &str = "clock_offset_ms";
 const SQLITE_PAGE_SIZE: u64 = 4096;
 
 impl DeviceStore {
@@ -202,6 +205,14 @@ impl DeviceStore {
             }
         };
         let calendar = load_calendar(&conn)?;
+        let clock_offset_ms: i64 = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_CLOCK_OFFSET],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
         // Checkpoints move WAL pages into the database and fsync: done by a background thread so
         // that no edit pays for one. The writer's own autocheckpoint stays as a safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
@@ -215,6 +226,7 @@ impl DeviceStore {
             compact_after: config.compact_after.max(1),
             checkpointer,
             codec: DocCodec::new()?,
+            clock_offset_ms,
         })
     }
 
@@ -226,6 +238,36 @@ impl DeviceStore {
     /// The clock edits are stamped with.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
+    }
+
+    /// The time now as best known (ms since the epoch): the device clock corrected by the offset
+    /// to the server's clock learnt at the last sync. A tablet whose clock is years wrong still
+    /// receives applications today and computes their due dates from today.
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms().saturating_add(self.clock_offset_ms)
+    }
+
+    /// Today in Vietnam, as [`DeviceStore::now_ms`] knows it.
+    pub fn today(&self) -> Result<CivilDate> {
+        CivilDate::from_unix_millis(self.now_ms())
+    }
+
+    /// The offset from the device clock to the server's, as last learnt.
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.clock_offset_ms
+    }
+
+    /// Records the offset from the device clock to the server's (the sync client does, at each
+    /// sync). Kept across restarts: a tablet offline for days keeps the correction.
+    pub fn set_clock_offset(&mut self, offset_ms: i64) -> Result<()> {
+        if offset_ms != self.clock_offset_ms {
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+                params![META_CLOCK_OFFSET, offset_ms],
+            )?;
+            self.clock_offset_ms = offset_ms;
+        }
+        Ok(())
     }
 
     /// Documents currently loaded in memory.
@@ -310,7 +352,8 @@ impl DeviceStore {
         validate_officer(officer)?;
         let procedure = self.procedure(&new.procedure_code)?;
         let now = self.clock.now_ms();
-        let received_at = new.received_at.unwrap_or(now);
+        // Receipt (and so the due date) by the corrected time: the device clock may be wrong.
+        let received_at = new.received_at.unwrap_or_else(|| self.now_ms());
         let due_at = self.calendar.add_working_days(
             CivilDate::from_unix_millis(received_at)?,
             procedure.processing_days,
@@ -353,7 +396,7 @@ impl DeviceStore {
             description: new.description,
             reporter_name: new.reporter_name,
             reporter_contact: new.reporter_contact,
-            received_at: new.received_at.unwrap_or(now),
+            received_at: new.received_at.unwrap_or_else(|| self.now_ms()),
             status: RequestStatus::Received,
             assignee: new.assignee,
             notes: new.notes,

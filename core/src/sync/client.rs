@@ -281,6 +281,17 @@ pub struct SyncClient<T: Transport> {
     windows: Mutex<(Window, Window)>,
 }
 
+/// The correction from the device clock to the server's, from one exchange: none within a
+/// minute (clocks that close are trusted as they are, and the round trip blurs the rest).
+pub(crate) fn clock_offset(server_ms: i64, device_ms: i64) -> i64 {
+    let offset = server_ms.saturating_sub(device_ms);
+    if offset.saturating_abs() < 60_000 {
+        0
+    } else {
+        offset
+    }
+}
+
 /// A batch size that grows on a link that takes it and shrinks on one that does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
@@ -440,6 +451,7 @@ impl<T: Transport> SyncClient<T> {
                 .map(|doc| doc.changes.len() as u64)
                 .collect();
             let cursor_sent = request.pull.map_or(0, |pull| pull.cursor);
+            let device_time_sent = request.device_time;
             let body = request.encode(&mut self.lock_codec())?;
             drop(request);
 
@@ -545,6 +557,13 @@ impl<T: Transport> SyncClient<T> {
                     }
                 }
                 store.set_last_sync_at(response.server_time)?;
+                // The server's clock at the middle of the exchange against ours: a tablet whose
+                // clock is wrong stamps receipts (and due dates) by the server's time instead.
+                let half_trip = i64::try_from(sent_at.elapsed().as_millis() / 2).unwrap_or(0);
+                store.set_clock_offset(clock_offset(
+                    response.server_time,
+                    device_time_sent.saturating_add(half_trip),
+                ))?;
                 (pull_report, store.pending_count()?)
             };
 
@@ -815,6 +834,19 @@ mod tests {
         assert_eq!(small.get(), 2048);
         small.succeeded(Duration::ZERO, target);
         assert_eq!(small.get(), 2048);
+    }
+
+    #[test]
+    fn clock_offsets_ignore_small_drift_and_survive_extremes() {
+        assert_eq!(clock_offset(1_000_000, 990_000), 0);
+        assert_eq!(clock_offset(1_000_000, 1_050_000), 0);
+        let seven_years = 7 * 365 * 86_400_000;
+        assert_eq!(
+            clock_offset(1_000_000, 1_000_000 + seven_years),
+            -seven_years
+        );
+        assert_eq!(clock_offset(i64::MAX, i64::MIN), i64::MAX);
+        assert_eq!(clock_offset(0, i64::MAX), -i64::MAX);
     }
 
     #[test]

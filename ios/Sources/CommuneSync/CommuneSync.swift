@@ -713,8 +713,10 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func overdue(limit: UInt32, offset: UInt32) throws  -> ApplicationPage
     
     /**
-     * The facts the background policy decides on, from this engine's state. The last success
-     * is the one of this process, else the server time of the last sync kept in the store.
+     * The facts the background policy decides on, from this engine's state, all on the device
+     * clock. The last success is the one of this process, else the server time of the last sync
+     * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
+     * clock is years behind would otherwise see its last sync in the future and never sync).
      */
     func policyInput(metered: Bool) throws  -> PolicyInput
     
@@ -1049,8 +1051,10 @@ open func overdue(limit: UInt32, offset: UInt32)throws  -> ApplicationPage  {
 }
     
     /**
-     * The facts the background policy decides on, from this engine's state. The last success
-     * is the one of this process, else the server time of the last sync kept in the store.
+     * The facts the background policy decides on, from this engine's state, all on the device
+     * clock. The last success is the one of this process, else the server time of the last sync
+     * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
+     * clock is years behind would otherwise see its last sync in the future and never sync).
      */
 open func policyInput(metered: Bool)throws  -> PolicyInput  {
     return try  FfiConverterTypePolicyInput_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
@@ -6437,7 +6441,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 22559) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 26268) {
+    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 16972) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 10616) {

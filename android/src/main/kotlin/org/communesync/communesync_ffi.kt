@@ -1032,7 +1032,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_overdue() and 0xFFFF) != 22559) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 26268) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 16972) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure() and 0xFFFF) != 10616) {
@@ -1679,8 +1679,10 @@ public interface EngineInterface {
     fun `overdue`(`limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage
     
     /**
-     * The facts the background policy decides on, from this engine's state. The last success
-     * is the one of this process, else the server time of the last sync kept in the store.
+     * The facts the background policy decides on, from this engine's state, all on the device
+     * clock. The last success is the one of this process, else the server time of the last sync
+     * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
+     * clock is years behind would otherwise see its last sync in the future and never sync).
      */
     fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput
     
@@ -2127,8 +2129,10 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
-     * The facts the background policy decides on, from this engine's state. The last success
-     * is the one of this process, else the server time of the last sync kept in the store.
+     * The facts the background policy decides on, from this engine's state, all on the device
+     * clock. The last success is the one of this process, else the server time of the last sync
+     * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
+     * clock is years behind would otherwise see its last sync in the future and never sync).
      */
     @Throws(CommuneSyncException::class)override fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput {
             return FfiConverterTypePolicyInput.lift(
