@@ -25,10 +25,11 @@ step "Rust tests (SQLite and PostgreSQL)"
 cargo test --workspace
 
 step "benchmark smoke run (small sizes; the figures in README come from full runs)"
-cargo run -q -p communesync-bench -- store --records 200 --edits 2 > target/bench-smoke-store.txt
+# Every target of the workspace, as the test build had them (same features: nothing rebuilt).
+cargo build -q --workspace --all-targets
+target/debug/communesync-bench store --records 200 --edits 2 > target/bench-smoke-store.txt
 grep -q '"bench":"store.bytes_per_record"' target/bench-smoke-store.txt
-cargo build -q -p communesync-server
-cargo run -q -p communesync-bench -- sync --records 200 --database sqlite > target/bench-smoke-sync.txt
+target/debug/communesync-bench sync --records 200 --database sqlite > target/bench-smoke-sync.txt
 grep -q '"bench":"sync.sqlite.s3.requests"' target/bench-smoke-sync.txt
 
 # Further suites, each a script of its own (bindings on Kotlin and Swift, fuzzing, ...): they run in

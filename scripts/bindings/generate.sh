@@ -30,7 +30,10 @@ PACKAGED=(
 # generate OUT: build the cdylib and the bindgen, then generate both languages into OUT.
 generate() {
     local out=$1
-    (cd "$ROOT" && cargo build -q -p communesync-ffi --lib --bin uniffi-bindgen)
+    # The whole workspace with every target: the same feature set as `cargo test --workspace`,
+    # so after the test build this compiles only the bindgen binary (a `-p` build would unify
+    # features differently and rebuild much of the dependency tree).
+    (cd "$ROOT" && cargo build -q --workspace --all-targets)
     local lib=$TARGET_DIR/debug/libcommunesync_ffi.so
     [ -f "$lib" ] || die "no $lib after the build"
     rm -rf "$out/kotlin" "$out/swift"

@@ -44,7 +44,8 @@ eval "$(scripts/toolchains/swift.sh)"
 stamp "toolchains ready"
 
 # --- build and regenerate ----------------------------------------------------------------------
-cargo build -q -p communesync-server --bin communesync
+# Same feature set as the test build (see scripts/bindings/generate.sh): nothing rebuilt.
+cargo build -q --workspace --all-targets
 rm -rf "$WORK"
 mkdir -p "$WORK/gen" "$WORK/hooks"
 scripts/bindings/generate.sh "$WORK/gen"

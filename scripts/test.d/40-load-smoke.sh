@@ -12,10 +12,11 @@ if [ -n "${COMMUNESYNC_TEST_DATABASE_URL:-}" ]; then
   database=both
   export COMMUNESYNC_BENCH_DATABASE_URL="$COMMUNESYNC_TEST_DATABASE_URL"
 fi
-cargo build -q -p communesync-server
+# Same feature set as the test build: nothing rebuilt (a `-p` build would rebuild much).
+cargo build -q --workspace --all-targets
 mkdir -p target
 out=target/bench-smoke-load.txt
-cargo run -q -p communesync-bench -- load --communes 3 --tablets 2 --database "$database" \
+target/debug/communesync-bench load --communes 3 --tablets 2 --database "$database" \
   --seconds 120 > "$out"
 backends=sqlite
 [ "$database" = both ] && backends="sqlite postgres"

@@ -2,8 +2,8 @@
 //! (`communesync serve`) that they SIGKILL and restart on the same database, and what they need to
 //! compare the server's database with tablets afterwards.
 //!
-//! The binary is built with `cargo build -p communesync-server` on first use (a no-op when it is
-//! fresh), so a test run always exercises the sources under test. `cargo test` releases the build
+//! The binary is built with `cargo build --workspace --all-targets` on first use (a no-op when
+//! it is fresh), so a test run always exercises the sources under test. `cargo test` releases the build
 //! lock before it runs tests, so this nested build does not wait on its parent.
 
 use std::collections::{HashMap, HashSet};
@@ -44,14 +44,10 @@ fn build_binary() -> anyhow::Result<PathBuf> {
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut build = Command::new(cargo);
         build
-            .args([
-                "build",
-                "-q",
-                "-p",
-                "communesync-server",
-                "--bin",
-                "communesync",
-            ])
+            // The whole workspace with every target: the feature set of `cargo test
+            // --workspace`, so within it this is a no-op (a `-p` build would unify features
+            // differently and rebuild much of the dependency tree).
+            .args(["build", "-q", "--workspace", "--all-targets"])
             .current_dir(&workspace);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
