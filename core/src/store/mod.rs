@@ -710,14 +710,7 @@ impl DeviceStore {
     }
 
     fn rowid_of(&self, id: RecordId) -> Result<Option<i64>> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT rowid FROM documents WHERE id = ?1",
-                [id.as_bytes().as_slice()],
-                |row| row.get(0),
-            )
-            .optional()?)
+        rowid_in(&self.conn, id)
     }
 
     fn loaded(&mut self, id: RecordId) -> Result<&mut Loaded> {
@@ -750,6 +743,15 @@ fn load_calendar(conn: &Connection) -> Result<WorkingCalendar> {
         .map(|d| d.parse())
         .collect::<Result<Vec<CivilDate>>>()?;
     Ok(WorkingCalendar::new(days))
+}
+
+/// The row of record `id` in `documents`, if this store has it (on a connection or inside a
+/// transaction).
+fn rowid_in(conn: &Connection, id: RecordId) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
+        .query_row([id.as_bytes().as_slice()], |row| row.get(0))
+        .optional()?)
 }
 
 fn load_document(

@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, params};
 
 use rayon::prelude::*;
 
-use super::{DeviceStore, Origin, load_document, write_changes};
+use super::{DeviceStore, Origin, load_document, rowid_in, write_changes};
 use crate::catalogue::{CivilDate, Procedure};
 use crate::codec::DocCodec;
 use crate::record::{RecordDoc, RecordId, RecordKind};
@@ -153,13 +153,6 @@ fn merge_pulled(
         report.conflicted.push(id);
     }
     Ok(())
-}
-
-fn rowid_of_in(tx: &rusqlite::Transaction<'_>, id: RecordId) -> Result<Option<i64>> {
-    Ok(tx
-        .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
-        .query_row([id.as_bytes().as_slice()], |row| row.get(0))
-        .optional()?)
 }
 
 fn insert_pulled(tx: &rusqlite::Transaction<'_>, built: &Built, pulled: &PullDoc) -> Result<()> {
@@ -328,11 +321,7 @@ impl DeviceStore {
     pub fn acknowledge_push(&mut self, acked: &[PendingDoc]) -> Result<()> {
         let tx = self.conn.transaction()?;
         for doc in acked {
-            let Some(rowid): Option<i64> = tx
-                .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
-                .query_row([doc.id.as_bytes().as_slice()], |row| row.get(0))
-                .optional()?
-            else {
+            let Some(rowid) = rowid_in(&tx, doc.id)? else {
                 continue;
             };
             tx.prepare_cached("INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)")?
@@ -432,11 +421,7 @@ impl DeviceStore {
         for (pulled, built) in docs.iter().zip(built) {
             let outcome = match built {
                 Some(Ok(built)) => {
-                    let existing: Option<i64> = tx
-                        .prepare_cached("SELECT rowid FROM documents WHERE id = ?1")?
-                        .query_row([built.id.as_bytes().as_slice()], |row| row.get(0))
-                        .optional()?;
-                    match existing {
+                    match rowid_in(&tx, built.id)? {
                         None => {
                             insert_pulled(&tx, &built, pulled)?;
                             report.created += 1;
@@ -460,7 +445,7 @@ impl DeviceStore {
                 }
                 Some(Err(err)) => Err(err),
                 None => match pulled.id {
-                    Some(id) => match rowid_of_in(&tx, id)? {
+                    Some(id) => match rowid_in(&tx, id)? {
                         Some(rowid) => merge_pulled(
                             &tx,
                             &mut self.codec,
