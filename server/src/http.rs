@@ -488,11 +488,11 @@ async fn sync(
         // Decoding, and building the documents sent whole (which name no id), runs first; then
         // one storage read for what the server holds of them all; then the checks against it.
         let push = request.push;
-        let prepared = blocking(move || prepare_push(push)).await?;
+        let actor = state.actor;
+        let prepared = blocking(move || prepare_push(push, actor)).await?;
         let ids: Vec<RecordId> = prepared.iter().filter_map(|doc| doc.id).collect();
         let known = state.storage.known_docs(&ids).await?;
         let scope = device.scope.clone();
-        let actor = state.actor;
         let (incoming, unresolved) =
             blocking(move || validate_push(prepared, &scope, &known, actor)).await?;
         missing.extend(unresolved.iter().map(|(position, _)| *position));
@@ -595,7 +595,7 @@ struct Prepared {
 
 /// Decodes every pushed document and builds those sent whole without an id (to learn it), in
 /// parallel. A change that does not decode refuses the batch.
-fn prepare_push(push: Vec<PushDoc>) -> Result<Vec<Prepared>, ApiError> {
+fn prepare_push(push: Vec<PushDoc>, actor: DeviceId) -> Result<Vec<Prepared>, ApiError> {
     push.into_par_iter()
         .enumerate()
         .map(|(position, doc)| {
@@ -619,9 +619,8 @@ fn prepare_push(push: Vec<PushDoc>) -> Result<Vec<Prepared>, ApiError> {
             let (id, fresh, decoded) = match doc.id {
                 Some(id) => (Some(id), None, decoded),
                 None => {
-                    let built =
-                        RecordDoc::from_decoded(None, doc.kind, decoded, DeviceId::default())
-                            .map(|(_, record)| record);
+                    let built = RecordDoc::from_decoded(None, doc.kind, decoded, actor)
+                        .map(|(_, record)| record);
                     (built.as_ref().ok().map(Record::id), Some(built), Vec::new())
                 }
             };
