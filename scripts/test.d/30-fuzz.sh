@@ -20,6 +20,21 @@ OUT="${FUZZ_OUT:-$ROOT/target/fuzz}"
 HOST="$(rustc -vV | sed -n 's/^host: //p')"
 mkdir -p "$OUT"
 
+# SQLCipher needs OpenSSL: link the static one the workspace build has made already instead of
+# building the vendored copy a second time (half of the suite's cold build). Any workspace
+# build will do (OpenSSL is C, built without the coverage flags); none found: vendored again.
+OPENSSL_BUILT=""
+for dir in $(ls -dt "${CARGO_TARGET_DIR:-$ROOT/target}"/*/build/openssl-sys-*/out/openssl-build/install 2>/dev/null); do
+  if [ -f "$dir/include/openssl/opensslv.h" ] && { [ -f "$dir/lib/libcrypto.a" ] || [ -f "$dir/lib64/libcrypto.a" ]; }; then
+    OPENSSL_BUILT="$dir"
+    break
+  fi
+done
+if [ -n "$OPENSSL_BUILT" ]; then
+  export OPENSSL_NO_VENDOR=1 OPENSSL_STATIC=1 OPENSSL_DIR="$OPENSSL_BUILT"
+  echo "fuzz build: OpenSSL from $OPENSSL_BUILT" >&2
+fi
+
 export CARGO_TARGET_DIR="$OUT/build"
 # Flags only for the target crates: with --target, build scripts and proc macros stay plain.
 export RUSTFLAGS="-Cpasses=sancov-module -Cllvm-args=-sanitizer-coverage-level=4 \
