@@ -17,7 +17,7 @@ use communesync_core::protocol::{
     CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
-    Applicant, DeviceId, NewApplication, RecordDoc, RecordId, RecordKind, decode_changes,
+    Applicant, DeviceId, NewApplication, RecordDoc, RecordId, RecordKind, Source, decode_changes,
 };
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{
@@ -194,8 +194,14 @@ impl HubState {
             // A whole history may come without id: the record holds it.
             let id = doc.id.unwrap_or_else(|| {
                 let changes = decode_changes(RecordId::new(), &doc.changes).unwrap();
-                let (_, record) =
-                    RecordDoc::from_decoded(None, doc.kind, changes, DeviceId::new()).unwrap();
+                let (_, record) = RecordDoc::from_decoded(
+                    None,
+                    doc.kind,
+                    changes,
+                    DeviceId::new(),
+                    Source::Untrusted,
+                )
+                .unwrap();
                 record.id()
             });
             let before = if self.store.contains(id).unwrap() {

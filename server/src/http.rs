@@ -30,7 +30,9 @@ use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, PushDoc, SyncRequest,
     SyncResponse, WireError,
 };
-use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, RecordKind, decode_changes};
+use communesync_core::record::{
+    DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, decode_changes,
+};
 use communesync_core::store::validate_record;
 use rand::Rng;
 use rayon::prelude::*;
@@ -619,8 +621,9 @@ fn prepare_push(push: Vec<PushDoc>, actor: DeviceId) -> Result<Vec<Prepared>, Ap
             let (id, fresh, decoded) = match doc.id {
                 Some(id) => (Some(id), None, decoded),
                 None => {
-                    let built = RecordDoc::from_decoded(None, doc.kind, decoded, actor)
-                        .map(|(_, record)| record);
+                    let built =
+                        RecordDoc::from_decoded(None, doc.kind, decoded, actor, Source::Untrusted)
+                            .map(|(_, record)| record);
                     (built.as_ref().ok().map(Record::id), Some(built), Vec::new())
                 }
             };
@@ -727,7 +730,8 @@ fn validate_doc(
             } else {
                 all.extend(doc.decoded);
             }
-            RecordDoc::from_decoded(doc.id, doc.kind, all, actor).map(|(_, record)| record)
+            RecordDoc::from_decoded(doc.id, doc.kind, all, actor, Source::Untrusted)
+                .map(|(_, record)| record)
         }
     };
     let record = match built {

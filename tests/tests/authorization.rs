@@ -15,7 +15,7 @@ use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
     CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
 };
-use communesync_core::record::{DeviceId, RecordDoc, RecordId, RecordKind, decode_changes};
+use communesync_core::record::{DeviceId, RecordDoc, RecordId, RecordKind, Source, decode_changes};
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
@@ -357,8 +357,14 @@ fn feed_ids(body: &[u8]) -> Vec<RecordId> {
         .map(|d| {
             d.id.unwrap_or_else(|| {
                 let changes = decode_changes(RecordId::new(), &d.changes).unwrap();
-                let (_, record) =
-                    RecordDoc::from_decoded(None, d.kind, changes, DeviceId::new()).unwrap();
+                let (_, record) = RecordDoc::from_decoded(
+                    None,
+                    d.kind,
+                    changes,
+                    DeviceId::new(),
+                    Source::Untrusted,
+                )
+                .unwrap();
                 record.id()
             })
         })

@@ -29,7 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use communesync_core::record::{
-    ConflictValue, DeviceId, Record, RecordDoc, RecordId, RecordKind, RequestStatus, Status,
+    ConflictValue, DeviceId, Record, RecordDoc, RecordId, RecordKind, RequestStatus, Source, Status,
 };
 use communesync_core::sample::SampleData;
 use communesync_core::store::{ApplicationQuery, DeviceStore, StoreConfig};
@@ -512,8 +512,9 @@ async fn check(
     for &(id, kind) in &ledger.records {
         // The server's stored changes build the reference document.
         let stored = server.storage.doc_changes(id).await.unwrap();
-        let (mut reference, record) = RecordDoc::from_changes(id, kind, &stored, server_actor)
-            .map_err(|e| TestCaseError::fail(format!("server copy of {id}: {e}")))?;
+        let (mut reference, record) =
+            RecordDoc::from_changes(id, kind, &stored, server_actor, Source::Untrusted)
+                .map_err(|e| TestCaseError::fail(format!("server copy of {id}: {e}")))?;
         let heads = reference.heads();
         let conflicts = reference.conflicts();
         for (i, t) in replicas.iter().enumerate() {
@@ -589,7 +590,9 @@ async fn check(
         let mut all = BTreeSet::new();
         for &(id, kind) in &ledger.records {
             let stored = server.storage.doc_changes(id).await.unwrap();
-            let (mut doc, _) = RecordDoc::from_changes(id, kind, &stored, server_actor).unwrap();
+            let (mut doc, _) =
+                RecordDoc::from_changes(id, kind, &stored, server_actor, Source::Untrusted)
+                    .unwrap();
             all.extend(doc.history().into_iter().map(|h| h.hash));
         }
         all

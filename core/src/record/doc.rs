@@ -5,6 +5,8 @@
 //! clock: that is the record's history. Correctness never depends on that time; history is
 //! ordered causally.
 
+use std::collections::HashSet;
+
 use automerge::transaction::Transactable;
 use automerge::{
     ActorId, AutoCommit, ChangeHash, ObjId, ObjType, ROOT, ReadDoc, ScalarValue, Value,
@@ -15,6 +17,17 @@ use uuid::Uuid;
 
 use super::types::{Application, CitizenRequest, DeviceId, Record, RecordId, RecordKind};
 use crate::{Error, Result};
+
+/// Where remote changes come from, which decides how much of them is checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Any replica, perhaps hostile (what the server receives, or a file from another device):
+    /// besides decoding, applying and reading as a valid record, the changes must read back from
+    /// the document as they were sent, which costs rebuilding them.
+    Untrusted,
+    /// The province server's feed: the server checked all that when the changes were pushed.
+    Server,
+}
 
 /// One record's Automerge document.
 #[derive(Debug)]
@@ -352,39 +365,53 @@ impl RecordDoc {
     /// Applies changes from another replica. Bytes that do not decode are refused before anything
     /// is applied; the result must still be a valid record of this kind, which is returned (it
     /// was read to check that, so callers need not read it again).
-    pub fn apply_changes(&mut self, changes: &[Vec<u8>]) -> Result<Record> {
+    pub fn apply_changes(&mut self, changes: &[Vec<u8>], source: Source) -> Result<Record> {
         let decoded = decode_changes(self.id, changes)?;
-        self.apply_decoded(decoded)
+        self.apply_decoded(decoded, source)
     }
 
     /// [`RecordDoc::apply_changes`] for changes already decoded.
-    pub fn apply_decoded(&mut self, changes: Vec<automerge::Change>) -> Result<Record> {
+    pub fn apply_decoded(
+        &mut self,
+        changes: Vec<automerge::Change>,
+        source: Source,
+    ) -> Result<Record> {
         let before = self.doc.get_heads();
+        let sent: HashSet<ChangeHash> = match source {
+            Source::Untrusted => changes.iter().map(automerge::Change::hash).collect(),
+            Source::Server => HashSet::new(),
+        };
         // Automerge 0.12 panics on some well-formed but inconsistent changes (an operation naming
         // an actor past the change's actor table, found by fuzzing): from the network that is
         // bad input, not a crash of the server or the app.
         let applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             self.doc.apply_changes(changes)
         }));
-        // It also accepts some changes whose graph it then cannot walk (`get_changes` panics
-        // with `MissingDep`, found by fuzzing): the history and every later push of the record
-        // would panic, so such changes are refused here, once, for the cost of listing them.
         let missing_deps =
             matches!(applied, Ok(Ok(()))) && !self.doc.get_missing_deps(&[]).is_empty();
-        let walkable = !matches!(applied, Ok(Ok(())))
+        // Automerge keeps operations, not the bytes received, and rebuilds changes from them for
+        // the history and every later push. A change it accepts but rebuilds differently (a
+        // non-canonical encoding, found by fuzzing) would get another hash there, which later
+        // changes do not depend on: it is refused, once, where changes enter (the server checks
+        // every push; its feed is then trusted). In debug builds the rebuild panics instead.
+        let rebuilt_as_sent = !matches!(applied, Ok(Ok(())))
             || missing_deps
+            || source == Source::Server
             || std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                self.doc.get_changes(&before).len()
+                self.doc
+                    .get_changes(&before)
+                    .iter()
+                    .all(|change| sent.contains(&change.hash()))
             }))
-            .is_ok();
+            .unwrap_or(false);
         let check = match applied {
             Ok(Ok(())) if missing_deps => Err(Error::invalid(
                 "changes",
                 "they depend on changes that were not received",
             )),
-            Ok(Ok(())) if !walkable => Err(Error::Corrupt {
+            Ok(Ok(())) if !rebuilt_as_sent => Err(Error::Corrupt {
                 id: self.id,
-                reason: "changes whose history cannot be read".to_owned(),
+                reason: "changes that do not read back as they were sent".to_owned(),
             }),
             Ok(Ok(())) => self.record(),
             Ok(Err(e)) => Err(e.into()),
@@ -416,9 +443,10 @@ impl RecordDoc {
         kind: RecordKind,
         changes: &[Vec<u8>],
         device: DeviceId,
+        source: Source,
     ) -> Result<(Self, Record)> {
         let decoded = decode_changes(id, changes)?;
-        Self::from_decoded(Some(id), kind, decoded, device)
+        Self::from_decoded(Some(id), kind, decoded, device, source)
     }
 
     /// [`RecordDoc::from_changes`] for changes already decoded. With `expected` `None`, the id
@@ -428,6 +456,7 @@ impl RecordDoc {
         kind: RecordKind,
         changes: Vec<automerge::Change>,
         device: DeviceId,
+        source: Source,
     ) -> Result<(Self, Record)> {
         let mut this = RecordDoc {
             id: expected.unwrap_or(RecordId(Uuid::nil())),
@@ -440,7 +469,7 @@ impl RecordDoc {
                 "no changes given for a new record",
             ));
         }
-        let record = this.apply_decoded(changes)?;
+        let record = this.apply_decoded(changes, source)?;
         match expected {
             Some(id) if record.id() != id => {
                 Err(Error::invalid("changes", "they belong to another record"))

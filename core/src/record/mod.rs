@@ -10,6 +10,6 @@ pub mod doc;
 mod types;
 mod workflow;
 
-pub use doc::{Conflict, ConflictValue, HistoryEntry, RecordDoc, decode_changes};
+pub use doc::{Conflict, ConflictValue, HistoryEntry, RecordDoc, Source, decode_changes};
 pub use types::*;
 pub use workflow::{RequestStatus, Status};

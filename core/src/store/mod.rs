@@ -33,7 +33,7 @@ use crate::codec::DocCodec;
 use crate::record::{
     Application, Author, CitizenRequest, Conflict, ConflictValue, DeviceId, HistoryEntry,
     NewApplication, NewCitizenRequest, Record, RecordDoc, RecordId, RecordKind, RequestStatus,
-    Status,
+    Source, Status,
 };
 use crate::{Error, Result};
 
@@ -658,7 +658,8 @@ impl DeviceStore {
             return Ok(());
         }
         if self.rowid_of(id)?.is_none() {
-            let (mut doc, record) = RecordDoc::from_changes(id, kind, changes, self.device)?;
+            let (mut doc, record) =
+                RecordDoc::from_changes(id, kind, changes, self.device, Source::Untrusted)?;
             let snapshot = self.codec.encode(&doc.save_uncompressed())?;
             let tx = self.conn.transaction()?;
             tx.prepare_cached(
@@ -684,19 +685,22 @@ impl DeviceStore {
             });
         }
         let before = loaded.saved_heads.clone();
-        let result = loaded.doc.apply_changes(changes).and_then(|_| {
-            if loaded.doc.heads() == before {
-                Ok(())
-            } else {
-                persist(
-                    &mut self.conn,
-                    &mut self.codec,
-                    loaded,
-                    compact_after,
-                    Origin::Remote,
-                )
-            }
-        });
+        let result = loaded
+            .doc
+            .apply_changes(changes, Source::Untrusted)
+            .and_then(|_| {
+                if loaded.doc.heads() == before {
+                    Ok(())
+                } else {
+                    persist(
+                        &mut self.conn,
+                        &mut self.codec,
+                        loaded,
+                        compact_after,
+                        Origin::Remote,
+                    )
+                }
+            });
         match result {
             Ok(()) => {
                 self.checkpointer.committed();

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::{DeviceStore, Origin, load_document, rowid_in, write_changes};
 use crate::catalogue::{CivilDate, Procedure};
 use crate::codec::DocCodec;
-use crate::record::{RecordDoc, RecordId, RecordKind};
+use crate::record::{RecordDoc, RecordId, RecordKind, Source};
 use crate::{Error, Result};
 
 const META_CURSOR: &str = "sync_cursor";
@@ -93,7 +93,8 @@ fn build(pulled: &PullDoc, device: crate::record::DeviceId) -> Result<Built> {
         0 => change.deps().is_empty(),
         _ => change.deps() == [changes[i - 1].hash()],
     });
-    let (mut doc, record) = RecordDoc::from_decoded(pulled.id, pulled.kind, changes, device)?;
+    let (mut doc, record) =
+        RecordDoc::from_decoded(pulled.id, pulled.kind, changes, device, Source::Server)?;
     let conflicted = !chain && !doc.conflicts().is_empty();
     let heads = doc.heads();
     let snapshot = CODEC.with(|cell| {
@@ -133,7 +134,7 @@ fn merge_pulled(
             actual: loaded.doc.kind(),
         });
     }
-    loaded.doc.apply_changes(&pulled.changes)?;
+    loaded.doc.apply_changes(&pulled.changes, Source::Server)?;
     if loaded.doc.heads() == loaded.saved_heads {
         return Ok(());
     }

@@ -13,7 +13,8 @@
 use std::sync::{Mutex, OnceLock};
 
 use communesync_core::record::{
-    Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
+    Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Source,
+    Status,
 };
 use communesync_core::store::{DeviceStore, StoreConfig};
 use libfuzzer_sys::fuzz_target;
@@ -145,7 +146,9 @@ fn run(data: &[u8]) {
     let device = DeviceId(uuid_from(&[9; 16]));
     let id = if flags & 4 == 0 {
         let id = RecordId(uuid_from(&id_bytes));
-        if let Ok((mut doc, record)) = RecordDoc::from_changes(id, kind, &changes, device) {
+        if let Ok((mut doc, record)) =
+            RecordDoc::from_changes(id, kind, &changes, device, Source::Untrusted)
+        {
             assert_eq!(record.id(), id);
             assert_eq!(doc.record().expect("accepted record reads"), record);
             let _ = doc.conflicts();
@@ -161,7 +164,7 @@ fn run(data: &[u8]) {
         let mut doc = RecordDoc::load(*id, RecordKind::Application, saved, device).expect("base");
         let before = doc.record().expect("base reads");
         let heads = doc.heads();
-        match doc.apply_changes(&changes) {
+        match doc.apply_changes(&changes, Source::Untrusted) {
             Ok(record) => {
                 assert_eq!(doc.record().expect("accepted record reads"), record);
                 let _ = doc.conflicts();

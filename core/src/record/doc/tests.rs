@@ -39,7 +39,7 @@ fn merge(into: &mut RecordDoc, from: &mut RecordDoc) {
         .into_iter()
         .map(|mut c| c.bytes().into_owned())
         .collect();
-    into.apply_changes(&changes).unwrap();
+    into.apply_changes(&changes, Source::Untrusted).unwrap();
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn corrupt_bytes_are_a_typed_error() {
     let mut doc = RecordDoc::create(&Record::Application(sample(dev)), dev, "lan", 1).unwrap();
     let before = doc.application().unwrap();
     let err = doc
-        .apply_changes(&[vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]])
+        .apply_changes(&[vec![0x85, 0x6f, 0x4a, 0x83, 1, 2, 3]], Source::Untrusted)
         .unwrap_err();
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
     assert_eq!(doc.application().unwrap(), before);
