@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -456,11 +456,13 @@ async fn blocking<T: Send + 'static>(
 
 async fn sync(
     State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
-    let device = authenticate_device(&state, &headers).await?;
-    let content_type = headers
+    // Credentials and content type before the body: a request refused anyway is not read (an
+    // unauthenticated client cannot make the server buffer megabytes, or wait for them).
+    let device = authenticate_device(&state, request.headers()).await?;
+    let content_type = request
+        .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
@@ -471,7 +473,7 @@ async fn sync(
             format!("expected {CONTENT_TYPE}"),
         ));
     }
-    let body = body.map_err(|e| {
+    let body = Bytes::from_request(request, &state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large")
         } else {

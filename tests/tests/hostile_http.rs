@@ -560,6 +560,27 @@ async fn a_huge_declared_length_is_refused_before_any_body_arrives() {
     assert!(hung.is_empty(), "{hung:#?}");
 }
 
+/// A sync with wrong credentials is answered 401 from its headers: the server neither waits for
+/// nor buffers its body (here one that never comes; the body idle timeout is the default 30 s,
+/// well past `try_raw`'s 10 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_with_wrong_credentials_is_refused_before_its_body_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = communesync_tests::sqlite_url(dir.path(), "unread.db");
+    let server = TestServer::start(&url).await.unwrap();
+    let before = server.storage.stats().await.unwrap();
+    for auth in ["Authorization: Bearer not-a-token\r\n", ""] {
+        let head = format!(
+            "POST /v1/sync HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: {CONTENT_TYPE}\r\n\
+             Content-Length: 1000000\r\n\r\n"
+        );
+        let status = try_raw(server.addr, &head, &[0x28, 0xb5, 0x2f, 0xfd])
+            .unwrap_or_else(|err| panic!("{auth:?}: {err}"));
+        assert_eq!(status, Some(401), "{auth:?}");
+    }
+    assert_eq!(server.storage.stats().await.unwrap(), before);
+}
+
 /// A body that stops arriving (within the declared length) is dropped after the idle timeout
 /// with a 4xx, instead of holding the connection and its task for as long as the client likes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
