@@ -96,14 +96,35 @@ enum Ended {
     Finished(String),
 }
 
-/// Starts `command`, waits `delay`, SIGKILLs it if it still runs.
-async fn run_and_kill(mut command: Command, delay: Duration) -> Ended {
+/// Changes the server has stored, all communes.
+async fn stored_changes(server: &TestServer) -> u64 {
+    let stats = server.storage.stats().await.unwrap();
+    stats.iter().map(|s| s.changes).sum()
+}
+
+/// Starts `command` and SIGKILLs it after `delay` if it still runs, or as soon as `server`
+/// holds more than `stored_before` changes when that is given (a kill just after the server
+/// committed a batch of this sync, so that partial progress is seen whatever the machine's
+/// speed).
+async fn run_and_kill(
+    mut command: Command,
+    delay: Duration,
+    after_a_commit: Option<(&TestServer, u64)>,
+) -> Ended {
     let mut child: Child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(delay).await;
+    let deadline = Instant::now() + delay;
+    while Instant::now() < deadline && child.try_wait().unwrap().is_none() {
+        if let Some((server, before)) = after_a_commit
+            && stored_changes(server).await > before
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     if child.try_wait().unwrap().is_none() {
         // The process may still end on its own between `try_wait` and the signal (a zombie
         // ignores SIGKILL): then it counts as finished, like one that ended before the delay.
@@ -267,7 +288,7 @@ async fn tablet_sigkills_mid_sync_resume_and_converge() {
             let mut import = device(&binary, &a);
             import.arg("import").arg(&more);
             let delay = Duration::from_millis(rng.random_range(50..2000));
-            if let Ended::Killed = run_and_kill(import, delay).await {
+            if let Ended::Killed = run_and_kill(import, delay, None).await {
                 import_kills += 1;
             }
             check_store(&a);
@@ -285,7 +306,10 @@ async fn tablet_sigkills_mid_sync_resume_and_converge() {
         let mut sync = device(&binary, store);
         sync.arg("sync");
         let delay = Duration::from_millis(rng.random_range(100..2500));
-        let killed = match run_and_kill(sync, delay).await {
+        // Every other sync of A is killed right after the server commits one of its batches
+        // (or at its delay, whichever comes first); the others at a random delay only.
+        let after_a_commit = (run % 4 == 0).then_some((&server, server_changes));
+        let killed = match run_and_kill(sync, delay, after_a_commit).await {
             Ended::Killed => {
                 sync_kills += 1;
                 true
@@ -303,8 +327,7 @@ async fn tablet_sigkills_mid_sync_resume_and_converge() {
             b_done = !killed;
         }
         let (ids, _) = check_store(store);
-        let stats = server.storage.stats().await.unwrap();
-        let changes: u64 = stats.iter().map(|s| s.changes).sum();
+        let changes = stored_changes(&server).await;
         assert!(changes >= server_changes, "the server lost changes");
         if is_a {
             if killed && changes > server_changes {
