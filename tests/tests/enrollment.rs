@@ -16,6 +16,7 @@ use communesync_core::protocol::{CONTENT_TYPE, PROTOCOL_VERSION, PullRequest, Sy
 use communesync_core::record::DeviceId;
 use communesync_server::http::{self, ServerConfig};
 use communesync_server::storage::Scope;
+use communesync_tests::process::communesync_binary;
 use communesync_tests::{TestServer, now_ms, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -103,7 +104,9 @@ async fn guessing_is_rate_limited_even_for_the_right_code_until_the_window_ends(
     for url in test_databases(dir.path(), "ratelimit").await.unwrap() {
         let config = ServerConfig {
             enroll_failures_allowed: 3,
-            enroll_window: Duration::from_secs(2),
+            // Wide enough that the three failures and the blocked try fall in one window on a
+            // loaded machine; the test then waits for its end.
+            enroll_window: Duration::from_secs(5),
             ..ServerConfig::default()
         };
         let server = TestServer::start_with(&url, config, None).await.unwrap();
@@ -118,7 +121,7 @@ async fn guessing_is_rate_limited_even_for_the_right_code_until_the_window_ends(
         assert_eq!(blocked.status().as_u16(), 429, "{url}");
         assert_eq!(
             blocked.headers()["retry-after"].to_str().unwrap(),
-            "2",
+            "5",
             "{url}"
         );
         assert!(blocked.text().await.unwrap().contains("rate_limited"));
@@ -255,30 +258,6 @@ async fn codes_and_tokens_are_stored_only_as_hashes() {
     }
 }
 
-/// The `communesync` binary of this build profile, built first if needed (a no-op when fresh).
-fn communesync_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-    let binary = profile_dir.join("communesync");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "communesync-server",
-            "--bin",
-            "communesync",
-        ])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."));
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    assert!(build.status().unwrap().success(), "building communesync");
-    binary
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_secret_reaches_the_server_log() {
     let dir = tempfile::tempdir().unwrap();
@@ -289,7 +268,7 @@ async fn no_secret_reaches_the_server_log() {
     let log_path = dir.path().join("server.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let token_file = dir.path().join("admin-token");
-    let mut child = Command::new(communesync_binary())
+    let mut child = Command::new(communesync_binary().unwrap())
         .args([
             "serve",
             "--database",
