@@ -21,6 +21,7 @@ pub struct TestServer {
     /// An operator token.
     pub admin_token: String,
     task: JoinHandle<()>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestServer {
@@ -47,14 +48,20 @@ impl TestServer {
         let addr = listener.local_addr()?;
         let app = http::router(AppState::new(storage.clone(), config))
             .into_make_service_with_connect_info::<SocketAddr>();
+        let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await;
         });
         Ok(TestServer {
             addr,
             storage,
             admin_token,
             task,
+            shutdown: Some(shutdown),
         })
     }
 
@@ -83,8 +90,14 @@ impl TestServer {
         Ok(codes)
     }
 
-    /// Stops serving (connections in flight are dropped, as in a crash of the process).
-    pub fn stop(self) -> (SocketAddr, Arc<dyn ServerStorage>) {
+    /// Stops serving: the listener closes and so does every connection (a kept-alive idle one
+    /// at once), so that clients find nobody at the address until a restart. A connection
+    /// still busy after 10 s is dropped.
+    pub async fn stop(mut self) -> (SocketAddr, Arc<dyn ServerStorage>) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.task).await;
         self.task.abort();
         (self.addr, self.storage.clone())
     }

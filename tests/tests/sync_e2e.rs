@@ -263,7 +263,7 @@ async fn a_server_restart_mid_sync_loses_nothing() {
     let a = tablet(sub.path(), "a", &server.url(), &codes[0], config).await;
     let mut sample = SampleData::new(3);
     a.intake(&mut sample, COMMUNE_A, 80);
-    let (addr, storage) = server.stop();
+    let (addr, storage) = server.stop().await;
     drop(storage);
     let err = a.sync().await.unwrap_err();
     assert!(matches!(err, SyncError::Offline(_)), "{err}");
