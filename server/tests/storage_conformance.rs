@@ -1286,7 +1286,9 @@ async fn concurrent_ingest_feed_never_skips(f: &Fixture) {
                     return (scope, seen);
                 }
                 if !page.more {
-                    tokio::task::yield_now().await;
+                    // Caught up: wait a little for the writers (a bare yield spun through the
+                    // page cap on a machine with slow fsync).
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
             }
         }));
