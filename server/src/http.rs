@@ -296,6 +296,16 @@ pub fn hash_enrollment_code(code: &str) -> [u8; 32] {
     hash_secret(&normalized)
 }
 
+/// A body its extractor refused: over the limit (413, like the early check of a declared
+/// length) or malformed (400).
+fn refused_body(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large")
+    } else {
+        ApiError::malformed(text)
+    }
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)?
@@ -390,7 +400,7 @@ async fn enroll(
         err.retry_after = Some(state.config.enroll_window.as_secs());
         return Err(err);
     }
-    let Json(request) = body.map_err(|e| ApiError::malformed(e.body_text()))?;
+    let Json(request) = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
     if request.code.len() > 64 || request.label.len() > 200 {
         return Err(ApiError::malformed("code or label too long"));
     }
@@ -473,13 +483,9 @@ async fn sync(
             format!("expected {CONTENT_TYPE}"),
         ));
     }
-    let body = Bytes::from_request(request, &state).await.map_err(|e| {
-        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "body too large")
-        } else {
-            ApiError::malformed(e.body_text())
-        }
-    })?;
+    let body = Bytes::from_request(request, &state)
+        .await
+        .map_err(|e| refused_body(e.status(), e.body_text()))?;
     let limits = state.config.limits;
     let request =
         blocking(move || with_codec(|codec| Ok(SyncRequest::decode(codec, &body, &limits)?)))
@@ -854,7 +860,7 @@ async fn admin_create_commune(
     body: Result<Json<NewCommune>, axum::extract::rejection::JsonRejection>,
 ) -> Result<StatusCode, ApiError> {
     authenticate_admin(&state, &headers).await?;
-    let Json(new) = body.map_err(|e| ApiError::malformed(e.body_text()))?;
+    let Json(new) = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
     check_code(&new.code)?;
     if new.name.trim().is_empty() || new.name.len() > 200 {
         return Err(ApiError::malformed("commune name must be 1-200 bytes"));
@@ -918,7 +924,7 @@ async fn admin_issue_code(
     body: Result<Json<IssueCode>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<IssuedCode>, ApiError> {
     authenticate_admin(&state, &headers).await?;
-    let Json(request) = body.map_err(|e| ApiError::malformed(e.body_text()))?;
+    let Json(request) = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
     if request.ttl_hours == 0 || request.ttl_hours > 24 * 30 {
         return Err(ApiError::malformed("ttl_hours must be 1 to 720"));
     }
@@ -1054,9 +1060,10 @@ struct CatalogueVersion {
 async fn admin_put_catalogue(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<CatalogueVersion>, ApiError> {
     authenticate_admin(&state, &headers).await?;
+    let body = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
     let json = std::str::from_utf8(&body).map_err(|e| ApiError::malformed(e.to_string()))?;
     validate_catalogue(json)?;
     let version = state.storage.put_catalogue(json).await?;
