@@ -31,7 +31,7 @@ use communesync_core::protocol::{
     SyncResponse, WireError,
 };
 use communesync_core::record::{
-    DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, decode_changes,
+    DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, decode_change, decode_changes,
 };
 use communesync_core::store::validate_record;
 use rand::Rng;
@@ -614,7 +614,7 @@ fn prepare_push(push: Vec<PushDoc>, actor: DeviceId) -> Result<Vec<Prepared>, Ap
             let mut changes = Vec::with_capacity(doc.changes.len());
             let mut decoded = Vec::with_capacity(doc.changes.len());
             for bytes in doc.changes {
-                let change = automerge::Change::from_bytes(bytes.clone()).map_err(|e| {
+                let change = decode_change(&bytes).map_err(|e| {
                     ApiError::malformed(format!(
                         "pushed document {position}: a change does not decode: {e}"
                     ))

@@ -1156,5 +1156,29 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
         assert!(text.contains("\"error\":\"malformed\""), "{url}: {text}");
         s.healthy().await;
         assert_eq!(s.state().await, before, "{url}");
+
+        // A change Automerge panics on while decoding it (operation counters past u32), sent
+        // as a new record's whole history: 400 as well (was 500). The fuzz input: flags, record
+        // id, then (u16 little-endian length, change) pairs.
+        let input = include_bytes!("../fuzz/seeds/changes/crash-operation-counter-overflow");
+        let mut rest = &input[17..];
+        let mut changes = Vec::new();
+        while rest.len() >= 2 {
+            let len = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
+            changes.push(rest[2..2 + len].to_vec());
+            rest = &rest[2 + len..];
+        }
+        let body = sync_body(vec![PushDoc {
+            id: None,
+            kind: RecordKind::Application,
+            changes,
+        }]);
+        let (status, text) = s
+            .post("/v1/sync", Some(&s.token), Some(CONTENT_TYPE), body)
+            .await;
+        assert_eq!(status, 400, "{url}: {text}");
+        assert!(text.contains("\"error\":\"malformed\""), "{url}: {text}");
+        s.healthy().await;
+        assert_eq!(s.state().await, before, "{url}");
     }
 }

@@ -10,6 +10,8 @@ pub mod doc;
 mod types;
 mod workflow;
 
-pub use doc::{Conflict, ConflictValue, HistoryEntry, RecordDoc, Source, decode_changes};
+pub use doc::{
+    Conflict, ConflictValue, HistoryEntry, RecordDoc, Source, decode_change, decode_changes,
+};
 pub use types::*;
 pub use workflow::{RequestStatus, Status};
