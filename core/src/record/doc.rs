@@ -177,9 +177,10 @@ impl RecordDoc {
             id: self.id,
             reason: e.to_string(),
         };
+        let doc = super::read::MapCached::new(&self.doc);
         Ok(match self.kind {
-            RecordKind::Application => Record::Application(hydrate(&self.doc).map_err(bad)?),
-            RecordKind::CitizenRequest => Record::CitizenRequest(hydrate(&self.doc).map_err(bad)?),
+            RecordKind::Application => Record::Application(hydrate(&doc).map_err(bad)?),
+            RecordKind::CitizenRequest => Record::CitizenRequest(hydrate(&doc).map_err(bad)?),
         })
     }
 

@@ -7,6 +7,7 @@
 //! fields as [`Conflict`]s and lists the history of changes with who made them.
 
 pub mod doc;
+mod read;
 mod types;
 mod workflow;
 
