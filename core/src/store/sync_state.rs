@@ -67,6 +67,10 @@ pub struct PullReport {
     pub rejected_changes: u64,
 }
 
+/// Pulled documents built at a time: large enough to keep every core busy, small enough for
+/// the writes of one chunk to overlap the build of the next.
+pub(super) const PULL_CHUNK: usize = 256;
+
 /// Raw changes, the heads they lead to, and whether they start with the document's first change.
 type KeptChanges = (Vec<Vec<u8>>, Vec<ChangeHash>, bool);
 
@@ -152,6 +156,69 @@ fn merge_pulled(
     report.updated += 1;
     if !loaded.doc.conflicts().is_empty() {
         report.conflicted.push(id);
+    }
+    Ok(())
+}
+
+/// Writes one pulled document in the pull's transaction: inserts it when built off the store
+/// and new here, merges it otherwise. Bad data from the network is reported in `report` and
+/// skipped; storage failures are errors.
+#[allow(clippy::too_many_arguments)]
+fn write_pulled(
+    tx: &rusqlite::Transaction<'_>,
+    codec: &mut DocCodec,
+    device: crate::record::DeviceId,
+    compact_after: u32,
+    pulled: &PullDoc,
+    built: Option<Result<Built>>,
+    report: &mut PullReport,
+) -> Result<()> {
+    let outcome = match built {
+        Some(Ok(built)) => {
+            match rowid_in(tx, built.id)? {
+                None => {
+                    insert_pulled(tx, &built, pulled)?;
+                    report.created += 1;
+                    if built.conflicted {
+                        report.conflicted.push(built.id);
+                    }
+                    Ok(())
+                }
+                // A whole history for a record this device has: merge it.
+                Some(rowid) => merge_pulled(
+                    tx,
+                    codec,
+                    device,
+                    compact_after,
+                    rowid,
+                    built.id,
+                    pulled,
+                    report,
+                ),
+            }
+        }
+        Some(Err(err)) => Err(err),
+        None => match pulled.id {
+            Some(id) => match rowid_in(tx, id)? {
+                Some(rowid) => {
+                    merge_pulled(tx, codec, device, compact_after, rowid, id, pulled, report)
+                }
+                None => Err(Error::NotFound(id)),
+            },
+            None => Err(Error::invalid("id", "a pulled document without id")),
+        },
+    };
+    match outcome {
+        Ok(()) => {}
+        // Bad data from the network is reported and skipped; storage failures abort.
+        Err(
+            err @ (Error::Corrupt { .. } | Error::InvalidInput { .. } | Error::WrongKind { .. }),
+        ) => {
+            let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
+            report.rejected.push((id, err.to_string()));
+            report.rejected_changes += pulled.changes.len() as u64;
+        }
+        Err(err) => return Err(err),
     }
     Ok(())
 }
@@ -412,70 +479,45 @@ impl DeviceStore {
                 None => false,
             });
         }
-        let built: Vec<Option<Result<Built>>> = docs
-            .par_iter()
-            .zip(&known)
-            .map(|(pulled, known)| (!known).then(|| build(pulled, device)))
+        // Built in chunks: the next chunk is built (on the rayon pool) while this thread writes
+        // the current one, so the serial writes overlap the parallel builds.
+        let chunks: Vec<(&[PullDoc], &[bool])> = docs
+            .chunks(PULL_CHUNK)
+            .zip(known.chunks(PULL_CHUNK))
             .collect();
+        let build_chunk = |(docs, known): (&[PullDoc], &[bool])| -> Vec<Option<Result<Built>>> {
+            docs.par_iter()
+                .zip(known)
+                .map(|(pulled, known)| (!known).then(|| build(pulled, device)))
+                .collect()
+        };
+        let mut next = chunks.first().map(|chunk| build_chunk(*chunk));
 
         let tx = self.conn.transaction()?;
-        for (pulled, built) in docs.iter().zip(built) {
-            let outcome = match built {
-                Some(Ok(built)) => {
-                    match rowid_in(&tx, built.id)? {
-                        None => {
-                            insert_pulled(&tx, &built, pulled)?;
-                            report.created += 1;
-                            if built.conflicted {
-                                report.conflicted.push(built.id);
-                            }
-                            Ok(())
-                        }
-                        // A whole history for a record this device has: merge it.
-                        Some(rowid) => merge_pulled(
-                            &tx,
-                            &mut self.codec,
-                            device,
-                            compact_after,
-                            rowid,
-                            built.id,
-                            pulled,
-                            &mut report,
-                        ),
-                    }
-                }
-                Some(Err(err)) => Err(err),
-                None => match pulled.id {
-                    Some(id) => match rowid_in(&tx, id)? {
-                        Some(rowid) => merge_pulled(
-                            &tx,
-                            &mut self.codec,
-                            device,
-                            compact_after,
-                            rowid,
-                            id,
-                            pulled,
-                            &mut report,
-                        ),
-                        None => Err(Error::NotFound(id)),
-                    },
-                    None => Err(Error::invalid("id", "a pulled document without id")),
-                },
+        for (index, (chunk, _)) in chunks.iter().enumerate() {
+            let built = next.take().unwrap_or_default();
+            let following = chunks.get(index + 1).copied();
+            let (written, following) = std::thread::scope(|scope| {
+                let builder = following.map(|chunk| scope.spawn(move || build_chunk(chunk)));
+                let written = chunk.iter().zip(built).try_for_each(|(pulled, built)| {
+                    write_pulled(
+                        &tx,
+                        &mut self.codec,
+                        device,
+                        compact_after,
+                        pulled,
+                        built,
+                        &mut report,
+                    )
+                });
+                (written, builder.map(std::thread::ScopedJoinHandle::join))
+            });
+            next = match following {
+                Some(Ok(built)) => Some(built),
+                Some(Err(panic)) => std::panic::resume_unwind(panic),
+                None => None,
             };
-            match outcome {
-                Ok(()) => {}
-                // Bad data from the network is reported and skipped; storage failures abort.
-                Err(
-                    err @ (Error::Corrupt { .. }
-                    | Error::InvalidInput { .. }
-                    | Error::WrongKind { .. }),
-                ) => {
-                    let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
-                    report.rejected.push((id, err.to_string()));
-                    report.rejected_changes += pulled.changes.len() as u64;
-                }
-                Err(err) => return Err(err),
-            }
+            written?;
         }
         tx.prepare_cached("INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)")?
             .execute(params![

@@ -874,6 +874,87 @@ fn outbox_batches_acknowledgements_and_pulls_round_trip() {
 }
 
 #[test]
+fn a_pull_of_many_chunks_writes_every_document_once_or_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open_config(StoreConfig::new(dir.path().join("a.db")));
+    let mut b = open_config(StoreConfig::new(dir.path().join("b.db")));
+    // Enough documents for several build chunks; b already has every seventh one, at an older
+    // state (the pull merges those), and one document late in the batch is corrupt.
+    let total = 2 * super::sync_state::PULL_CHUNK + 37;
+    let ids: Vec<_> = (0..total)
+        .map(|i| {
+            a.create_application(OFFICER, new_app(&format!("Người {i}"), "Bản"))
+                .unwrap()
+                .id
+        })
+        .collect();
+    for id in ids.iter().step_by(7) {
+        let changes = a.changes_since(*id, &[]).unwrap();
+        b.apply_remote_changes(*id, RecordKind::Application, &changes)
+            .unwrap();
+        a.transition(*id, OFFICER, Status::InProgress).unwrap();
+    }
+    let mut pulled: Vec<PullDoc> = ids
+        .iter()
+        .map(|id| PullDoc {
+            id: Some(*id),
+            kind: RecordKind::Application,
+            changes: a.changes_since(*id, &[]).unwrap(),
+            received_at: 9,
+        })
+        .collect();
+    let corrupt = RecordId::new();
+    pulled.insert(
+        total - 3,
+        PullDoc {
+            id: Some(corrupt),
+            kind: RecordKind::Application,
+            changes: vec![b"junk".to_vec()],
+            received_at: 9,
+        },
+    );
+    let known = ids.iter().step_by(7).count();
+    let before = count(&b, "documents");
+
+    // A storage failure in the middle (a full disk) rolls the whole batch back, cursor included.
+    b.conn
+        .execute_batch(&format!(
+            "CREATE TEMP TRIGGER fail AFTER INSERT ON main.documents
+             WHEN (SELECT count(*) FROM main.documents) > {}
+             BEGIN SELECT RAISE(ABORT, 'disk full'); END;",
+            known + super::sync_state::PULL_CHUNK + 10
+        ))
+        .unwrap();
+    assert!(b.apply_pull(&pulled, 40).is_err());
+    assert_eq!(count(&b, "documents"), before);
+    assert_eq!(count(&b, "applications"), before);
+    assert_eq!(b.sync_cursor().unwrap(), 0);
+    b.conn.execute_batch("DROP TRIGGER fail").unwrap();
+
+    let report = b.apply_pull(&pulled, 40).unwrap();
+    assert_eq!(
+        (report.created, report.updated, report.rejected.len()),
+        (total - known, known, 1)
+    );
+    assert_eq!(report.rejected[0].0, corrupt);
+    assert_eq!(b.sync_cursor().unwrap(), 40);
+    assert_eq!(count(&b, "documents"), i64::try_from(total).unwrap());
+    for (i, id) in ids.iter().enumerate() {
+        let app = b.get_application(*id).unwrap();
+        assert_eq!(app.applicant.name, format!("Người {i}"));
+        let expected = if i % 7 == 0 {
+            Status::InProgress
+        } else {
+            Status::Received
+        };
+        assert_eq!(app.status, expected, "record {i}");
+    }
+    // Again: nothing new.
+    let again = b.apply_pull(&pulled, 40).unwrap();
+    assert_eq!((again.created, again.updated), (0, 0));
+}
+
+#[test]
 fn pushed_changes_are_the_kept_edits_and_older_stores_fall_back_to_the_document() {
     let dir = tempfile::tempdir().unwrap();
     let mut a = open_config(StoreConfig::new(dir.path().join("a.db")));
