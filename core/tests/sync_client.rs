@@ -784,6 +784,129 @@ async fn changes_from_another_device_arrive_and_conflicts_are_counted() {
 }
 
 #[tokio::test]
+async fn a_long_pull_asks_for_the_next_page_while_applying_one_and_a_failure_keeps_what_was_applied()
+ {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let pages = SyncConfig {
+        pull_batch_bytes: 4096,
+        max_pull_batch_bytes: 4096,
+        ..fast()
+    };
+    let ids = a.create(24, 1500);
+    a.sync().await.unwrap();
+
+    // A clean pull of many pages: one request per page, nothing extra for the pages fetched
+    // ahead, every record once.
+    let b = tablet(&hub, pages.clone());
+    let before = hub.requests();
+    let report = b.sync().await.unwrap();
+    assert_eq!(report.pulled_docs, 24, "{report:?}");
+    assert!(report.requests >= 6, "{report:?}");
+    assert_eq!(hub.requests() - before, report.requests);
+    for id in &ids {
+        assert_eq!(b.heads(*id), a.heads(*id));
+        assert_eq!(b.history_len(*id), 1);
+    }
+
+    // The third request (sent while the second page is applied) is refused: the sync fails,
+    // the two pages before it stay applied with the cursor after them, and the next sync
+    // pulls the rest from there.
+    let c = tablet(&hub, pages);
+    hub.fault(Fault::Hook(Box::new(|| {})));
+    hub.fault(Fault::Hook(Box::new(|| {})));
+    hub.fault(Fault::Status(400, "malformed", None));
+    let err = c.sync().await.unwrap_err();
+    assert!(
+        matches!(err, SyncError::Rejected { status: 400, .. }),
+        "{err}"
+    );
+    let (have, cursor) = {
+        let store = c.store.lock().unwrap();
+        let have = ids
+            .iter()
+            .filter(|id| store.contains(**id).unwrap())
+            .count();
+        (have, store.sync_cursor().unwrap())
+    };
+    assert!(
+        have >= 2 && have < ids.len(),
+        "{have} records after two pages"
+    );
+    assert_eq!(cursor, have as u64, "the cursor is after the applied pages");
+    let report = c.sync().await.unwrap();
+    assert_eq!(report.pulled_docs as usize, ids.len() - have, "{report:?}");
+    for id in &ids {
+        assert_eq!(c.heads(*id), a.heads(*id));
+        assert_eq!(c.history_len(*id), 1);
+    }
+}
+
+#[tokio::test]
+async fn the_next_page_is_asked_for_while_one_is_applied_and_dropped_when_that_fails() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let ids = a.create(12, 3000);
+    a.sync().await.unwrap();
+
+    // A tablet whose disk is full: its store holds what it has but cannot grow (a quota below
+    // the file's size stops it at its size).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.db");
+    let device = {
+        let store = DeviceStore::open(StoreConfig::new(&path)).unwrap();
+        store.device_id()
+    };
+    let open = |quota: Option<u64>| {
+        let mut config = StoreConfig::new(&path);
+        config.max_size_bytes = quota;
+        Arc::new(Mutex::new(DeviceStore::open(config).unwrap()))
+    };
+    let token = hub.register(device);
+    let pages = SyncConfig {
+        pull_batch_bytes: 4096,
+        max_pull_batch_bytes: 4096,
+        ..fast()
+    };
+    let store = open(Some(0));
+    let client = SyncClient::new(hub.clone(), store.clone(), token.clone(), pages.clone()).unwrap();
+    let before = hub.requests();
+    let err = client.sync(&|_| {}).await.unwrap_err();
+    assert!(
+        matches!(err, SyncError::Store(communesync_core::Error::StorageFull)),
+        "{err}"
+    );
+    // Each page is one record here (3 KB of notes against a 4 KB window). The pages before the
+    // full disk stay applied with the cursor after them; the page that did not fit is not kept;
+    // and the page after it had already been asked for while it was being applied (it is
+    // dropped unread): one request more than the pages tried.
+    let have = {
+        let store = store.lock().unwrap();
+        let have = ids
+            .iter()
+            .filter(|id| store.contains(**id).unwrap())
+            .count();
+        assert_eq!(store.sync_cursor().unwrap(), have as u64);
+        have
+    };
+    assert!(have < ids.len(), "the quota never filled");
+    assert_eq!(hub.requests() - before, have as u64 + 2);
+    drop(client);
+    drop(store);
+
+    // Space returns: the pull goes on from the cursor and gets every record once.
+    let store = open(None);
+    let client = SyncClient::new(hub.clone(), store.clone(), token, pages).unwrap();
+    let report = client.sync(&|_| {}).await.unwrap();
+    assert_eq!(report.pulled_docs as usize, ids.len() - have, "{report:?}");
+    let mut store = store.lock().unwrap();
+    for id in &ids {
+        assert_eq!(store.heads(*id).unwrap(), a.heads(*id));
+        assert_eq!(store.history(*id).unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
 async fn progress_is_reported_after_every_request_with_growing_counters() {
     let hub = Hub::new();
     let a = tablet(

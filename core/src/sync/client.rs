@@ -19,8 +19,12 @@
 //!   them is one of the two cases above.
 //!
 //! The store lock is never held across an `.await`: each round reads the store, releases it,
-//! talks to the server, then takes it again to apply the answer. Local edits can go on during a
-//! sync; an edit made while its document's batch is in flight keeps the document in the outbox.
+//! talks to the server, then takes it again to apply the answer. When a round pushed nothing and
+//! the feed goes on (a new tablet pulling its commune), the next round's request goes out while
+//! the answer is applied on a blocking thread: pages are still applied one at a time, in order,
+//! each with the cursor after it, and a page fetched ahead of a failed apply is dropped unread.
+//! Local edits can go on during a sync; an edit made while its document's batch is in flight keeps
+//! the document in the outbox.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -31,11 +35,11 @@ use serde::{Deserialize, Serialize};
 use super::transport::{HttpRequest, HttpResponse, Transport, TransportError};
 use crate::codec::DocCodec;
 use crate::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
-    WireError,
+    CONTENT_TYPE, CatalogueUpdate, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
+    SyncResponse, WireError,
 };
 use crate::record::{DeviceId, RecordId};
-use crate::store::{DeviceStore, PendingDoc, PullDoc};
+use crate::store::{DeviceStore, PendingDoc, PullDoc, PullReport};
 
 /// Path of the sync endpoint below the server's base URL.
 pub const SYNC_PATH: &str = "/v1/sync";
@@ -410,65 +414,40 @@ impl<T: Transport> SyncClient<T> {
         let mut sent_whole: HashSet<RecordId> = HashSet::new();
         let mut conflicted: HashSet<RecordId> = HashSet::new();
         let mut rounds = 0u32;
+        // The next round's exchange when it was made while this round's answer was applied.
+        let mut ahead: Option<Sent> = None;
         loop {
             rounds += 1;
-            // Read what to send; the store lock is released at the end of this block.
-            let (push_window, pull_window) = {
-                let windows = self.lock_windows();
-                (windows.0.get(), windows.1.get())
+            let sent = match ahead.take() {
+                Some(sent) => sent,
+                None => {
+                    let prepared = self.prepare()?;
+                    let sent_at = Instant::now();
+                    let retries_before = counters.retries;
+                    let http =
+                        exchange(&self.transport, &retry, prepared.request, &mut counters).await;
+                    Sent {
+                        batch: prepared.batch,
+                        change_counts: prepared.change_counts,
+                        cursor_sent: prepared.cursor_sent,
+                        device_time_sent: prepared.device_time_sent,
+                        sent_at,
+                        took: sent_at.elapsed(),
+                        retried: counters.retries > retries_before,
+                        http,
+                    }
+                }
             };
-            let (mut batch, request) = {
-                let mut store = self.lock_store();
-                let mut batch =
-                    store.pending_push(usize::try_from(push_window).unwrap_or(usize::MAX))?;
-                let cursor = store.sync_cursor()?;
-                let request = SyncRequest {
-                    protocol: PROTOCOL_VERSION,
-                    device_time: store.clock().now_ms(),
-                    // The changes move into the request; the batch keeps what the
-                    // acknowledgement needs (id, heads, outbox sequence).
-                    push: batch
-                        .iter_mut()
-                        .map(|doc| PushDoc {
-                            // A whole history carries the id in its first change.
-                            id: (!doc.whole).then_some(doc.id),
-                            kind: doc.kind,
-                            changes: std::mem::take(&mut doc.changes),
-                        })
-                        .collect(),
-                    pull: Some(PullRequest {
-                        cursor,
-                        max_bytes: u32::try_from(pull_window).unwrap_or(u32::MAX),
-                    }),
-                    catalogue_version: store.catalogue_version()?,
-                    pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
-                };
-                (batch, request)
-            };
-            let change_counts: Vec<u64> = request
-                .push
-                .iter()
-                .map(|doc| doc.changes.len() as u64)
-                .collect();
-            let cursor_sent = request.pull.map_or(0, |pull| pull.cursor);
-            let device_time_sent = request.device_time;
-            let body = request.encode(&mut self.lock_codec())?;
-            drop(request);
-
-            let sent_at = Instant::now();
-            let retries_before = counters.retries;
-            let http = exchange(
-                &self.transport,
-                &retry,
-                HttpRequest {
-                    path: SYNC_PATH.to_owned(),
-                    bearer: Some(self.token.clone()),
-                    content_type: CONTENT_TYPE.to_owned(),
-                    body,
-                },
-                &mut counters,
-            )
-            .await;
+            let Sent {
+                mut batch,
+                change_counts,
+                cursor_sent,
+                device_time_sent,
+                sent_at,
+                took,
+                retried,
+                http,
+            } = sent;
             let http = match http {
                 Ok(http) => http,
                 Err(err) => {
@@ -480,10 +459,9 @@ impl<T: Transport> SyncClient<T> {
                 }
             };
             {
-                let took = sent_at.elapsed();
                 let target = self.config.target_request_time;
                 let mut windows = self.lock_windows();
-                if counters.retries > retries_before {
+                if retried {
                     windows.0.shrink();
                     windows.1.shrink();
                 } else {
@@ -538,36 +516,57 @@ impl<T: Transport> SyncClient<T> {
                 })
                 .collect();
 
-            // Apply the answer; the store lock is released at the end of this block.
-            let (pull_report, pending) = {
-                let mut store = self.lock_store();
-                store.acknowledge_push(&acked)?;
-                // They stay in the outbox; the next round sends their whole history.
-                store.forget_server_heads(&resend_whole)?;
-                let pull_report = store.apply_pull(&pulled, response.next_cursor)?;
-                if let Some(catalogue) = &response.catalogue {
-                    match store.apply_catalogue(catalogue.version, &catalogue.json) {
-                        Ok(()) => {}
-                        // A bad catalogue from the server must not stop records from syncing:
-                        // the old one stays in force.
-                        Err(err @ crate::Error::InvalidInput { .. }) => {
-                            tracing::warn!(%err, version = catalogue.version, "catalogue refused");
-                        }
-                        Err(err) => return Err(err.into()),
-                    }
-                }
-                store.set_last_sync_at(response.server_time)?;
+            // Nothing was pushed and the feed goes on: the next page is asked for while this one
+            // is applied (on a blocking thread). Pages are still applied in order, each with its
+            // cursor; an exchange ahead of a failed apply is dropped unread.
+            let fetch_ahead =
+                batch_was_empty && response.more && pull_moved && rounds < self.config.max_rounds;
+            let acked_docs = acked.len() as u64;
+            let half_trip = i64::try_from(sent_at.elapsed().as_millis() / 2).unwrap_or(0);
+            let catalogue_sent = response.catalogue.as_ref().map(|c| c.version);
+            let answer = Answer {
+                acked,
+                resend_whole,
+                pulled,
+                next_cursor: response.next_cursor,
+                catalogue: response.catalogue,
+                server_time: response.server_time,
                 // The server's clock at the middle of the exchange against ours: a tablet whose
                 // clock is wrong stamps receipts (and due dates) by the server's time instead.
-                let half_trip = i64::try_from(sent_at.elapsed().as_millis() / 2).unwrap_or(0);
-                store.set_clock_offset(clock_offset(
-                    response.server_time,
-                    device_time_sent.saturating_add(half_trip),
-                ))?;
-                (pull_report, store.pending_count()?)
+                device_time_at_server: device_time_sent.saturating_add(half_trip),
             };
+            let applied = if fetch_ahead {
+                let prepared = self.prepare_pull(answer.next_cursor, catalogue_sent)?;
+                let store = Arc::clone(&self.store);
+                let applying = tokio::task::spawn_blocking(move || answer.apply(&store));
+                let sent_at = Instant::now();
+                let retries_before = counters.retries;
+                let http = exchange(&self.transport, &retry, prepared.request, &mut counters).await;
+                ahead = Some(Sent {
+                    batch: Vec::new(),
+                    change_counts: Vec::new(),
+                    cursor_sent: prepared.cursor_sent,
+                    device_time_sent: prepared.device_time_sent,
+                    sent_at,
+                    took: sent_at.elapsed(),
+                    retried: counters.retries > retries_before,
+                    http,
+                });
+                match applying.await {
+                    Ok(applied) => applied,
+                    Err(err) => match err.try_into_panic() {
+                        Ok(panic) => std::panic::resume_unwind(panic),
+                        Err(err) => Err(SyncError::Store(crate::Error::Document(format!(
+                            "applying a pulled batch: {err}"
+                        )))),
+                    },
+                }
+            } else {
+                answer.apply(&self.store)
+            };
+            let (pull_report, pending) = applied?;
 
-            report.pushed_docs += acked.len() as u64;
+            report.pushed_docs += acked_docs;
             for (id, reason) in &pull_report.rejected {
                 tracing::warn!(%id, reason, "pulled document refused");
             }
@@ -613,6 +612,93 @@ impl<T: Transport> SyncClient<T> {
         }
     }
 
+    /// Reads the next round from the store (one outbox batch and the feed after the cursor) and
+    /// encodes it; the store lock is released before encoding.
+    fn prepare(&self) -> Result<Prepared, SyncError> {
+        let (push_window, pull_window) = {
+            let windows = self.lock_windows();
+            (windows.0.get(), windows.1.get())
+        };
+        let (batch, request) = {
+            let mut store = self.lock_store();
+            let mut batch =
+                store.pending_push(usize::try_from(push_window).unwrap_or(usize::MAX))?;
+            let cursor = store.sync_cursor()?;
+            let request = SyncRequest {
+                protocol: PROTOCOL_VERSION,
+                device_time: store.clock().now_ms(),
+                // The changes move into the request; the batch keeps what the acknowledgement
+                // needs (id, heads, outbox sequence).
+                push: batch
+                    .iter_mut()
+                    .map(|doc| PushDoc {
+                        // A whole history carries the id in its first change.
+                        id: (!doc.whole).then_some(doc.id),
+                        kind: doc.kind,
+                        changes: std::mem::take(&mut doc.changes),
+                    })
+                    .collect(),
+                pull: Some(PullRequest {
+                    cursor,
+                    max_bytes: u32::try_from(pull_window).unwrap_or(u32::MAX),
+                }),
+                catalogue_version: store.catalogue_version()?,
+                pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
+            };
+            (batch, request)
+        };
+        let change_counts = request
+            .push
+            .iter()
+            .map(|doc| doc.changes.len() as u64)
+            .collect();
+        self.encode(request, batch, change_counts)
+    }
+
+    /// A round that only pulls the feed after `cursor`, to send while the page before it is
+    /// applied. `catalogue` is the version that page brings, if any (not installed yet).
+    fn prepare_pull(&self, cursor: u64, catalogue: Option<u64>) -> Result<Prepared, SyncError> {
+        let pull_window = self.lock_windows().1.get();
+        let request = {
+            let store = self.lock_store();
+            SyncRequest {
+                protocol: PROTOCOL_VERSION,
+                device_time: store.clock().now_ms(),
+                push: Vec::new(),
+                pull: Some(PullRequest {
+                    cursor,
+                    max_bytes: u32::try_from(pull_window).unwrap_or(u32::MAX),
+                }),
+                catalogue_version: store.catalogue_version()?.max(catalogue.unwrap_or(0)),
+                pending_docs: store.pending_count()?,
+            }
+        };
+        self.encode(request, Vec::new(), Vec::new())
+    }
+
+    fn encode(
+        &self,
+        request: SyncRequest,
+        batch: Vec<PendingDoc>,
+        change_counts: Vec<u64>,
+    ) -> Result<Prepared, SyncError> {
+        let cursor_sent = request.pull.map_or(0, |pull| pull.cursor);
+        let device_time_sent = request.device_time;
+        let body = request.encode(&mut self.lock_codec())?;
+        Ok(Prepared {
+            batch,
+            change_counts,
+            cursor_sent,
+            device_time_sent,
+            request: HttpRequest {
+                path: SYNC_PATH.to_owned(),
+                bearer: Some(self.token.clone()),
+                content_type: CONTENT_TYPE.to_owned(),
+                body,
+            },
+        })
+    }
+
     fn lock_windows(&self) -> MutexGuard<'_, (Window, Window)> {
         // Two sizes, always valid: a panic elsewhere cannot leave them half-written.
         self.windows.lock().unwrap_or_else(PoisonError::into_inner)
@@ -627,6 +713,69 @@ impl<T: Transport> SyncClient<T> {
     fn lock_codec(&self) -> MutexGuard<'_, DocCodec> {
         // The codec holds no state between calls.
         self.codec.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// A round ready to send.
+struct Prepared {
+    /// What the acknowledgement needs of the pushed documents (their changes are in `request`).
+    batch: Vec<PendingDoc>,
+    /// Changes per pushed document.
+    change_counts: Vec<u64>,
+    cursor_sent: u64,
+    device_time_sent: i64,
+    request: HttpRequest,
+}
+
+/// A round sent, with how its exchange ended.
+struct Sent {
+    batch: Vec<PendingDoc>,
+    change_counts: Vec<u64>,
+    cursor_sent: u64,
+    device_time_sent: i64,
+    sent_at: Instant,
+    /// How long the exchange took, retries included.
+    took: Duration,
+    /// Whether it needed a retry.
+    retried: bool,
+    http: Result<HttpResponse, SyncError>,
+}
+
+/// What a round's answer changes in the store.
+struct Answer {
+    acked: Vec<PendingDoc>,
+    resend_whole: Vec<RecordId>,
+    pulled: Vec<PullDoc>,
+    next_cursor: u64,
+    catalogue: Option<CatalogueUpdate>,
+    server_time: i64,
+    /// This device's clock when the server answered (half way through the exchange).
+    device_time_at_server: i64,
+}
+
+impl Answer {
+    /// Applies the answer and returns the pull's report and the documents still pending. Takes
+    /// the store lock (on a blocking thread when the next exchange is under way).
+    fn apply(&self, store: &Mutex<DeviceStore>) -> Result<(PullReport, u64), SyncError> {
+        let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+        store.acknowledge_push(&self.acked)?;
+        // They stay in the outbox; the next round sends their whole history.
+        store.forget_server_heads(&self.resend_whole)?;
+        let pull_report = store.apply_pull(&self.pulled, self.next_cursor)?;
+        if let Some(catalogue) = &self.catalogue {
+            match store.apply_catalogue(catalogue.version, &catalogue.json) {
+                Ok(()) => {}
+                // A bad catalogue from the server must not stop records from syncing: the old
+                // one stays in force.
+                Err(err @ crate::Error::InvalidInput { .. }) => {
+                    tracing::warn!(%err, version = catalogue.version, "catalogue refused");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        store.set_last_sync_at(self.server_time)?;
+        store.set_clock_offset(clock_offset(self.server_time, self.device_time_at_server))?;
+        Ok((pull_report, store.pending_count()?))
     }
 }
 
