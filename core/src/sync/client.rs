@@ -394,7 +394,8 @@ impl<T: Transport> SyncClient<T> {
     /// Pushes every pending change and pulls the feed until nothing is left, reporting progress
     /// after each request. A second call while one runs waits for it, then runs (cheaply).
     ///
-    /// Needs a tokio runtime with timers (for the waits between retries); it starts none.
+    /// Needs a tokio runtime with timers (for the waits between retries) and its blocking pool (a
+    /// page of a long pull is applied there while the next one is fetched); it starts none.
     pub async fn sync(
         &self,
         progress: &(dyn Fn(SyncProgress) + Send + Sync),
