@@ -423,20 +423,7 @@ impl<T: Transport> SyncClient<T> {
                 Some(sent) => sent,
                 None => {
                     let prepared = self.prepare()?;
-                    let sent_at = Instant::now();
-                    let retries_before = counters.retries;
-                    let http =
-                        exchange(&self.transport, &retry, prepared.request, &mut counters).await;
-                    Sent {
-                        batch: prepared.batch,
-                        change_counts: prepared.change_counts,
-                        cursor_sent: prepared.cursor_sent,
-                        device_time_sent: prepared.device_time_sent,
-                        sent_at,
-                        took: sent_at.elapsed(),
-                        retried: counters.retries > retries_before,
-                        http,
-                    }
+                    self.send(prepared, &retry, &mut counters).await
                 }
             };
             let Sent {
@@ -540,19 +527,7 @@ impl<T: Transport> SyncClient<T> {
                 let prepared = self.prepare_pull(answer.next_cursor, catalogue_sent)?;
                 let store = Arc::clone(&self.store);
                 let applying = tokio::task::spawn_blocking(move || answer.apply(&store));
-                let sent_at = Instant::now();
-                let retries_before = counters.retries;
-                let http = exchange(&self.transport, &retry, prepared.request, &mut counters).await;
-                ahead = Some(Sent {
-                    batch: Vec::new(),
-                    change_counts: Vec::new(),
-                    cursor_sent: prepared.cursor_sent,
-                    device_time_sent: prepared.device_time_sent,
-                    sent_at,
-                    took: sent_at.elapsed(),
-                    retried: counters.retries > retries_before,
-                    http,
-                });
+                ahead = Some(self.send(prepared, &retry, &mut counters).await);
                 match applying.await {
                     Ok(applied) => applied,
                     Err(err) => match err.try_into_panic() {
@@ -610,6 +585,23 @@ impl<T: Transport> SyncClient<T> {
                 tracing::info!(?report, "sync done");
                 return Ok(report);
             }
+        }
+    }
+
+    /// Sends a prepared round (with retries) and keeps what its answer needs.
+    async fn send(&self, prepared: Prepared, retry: &RetryPolicy, counters: &mut Counters) -> Sent {
+        let sent_at = Instant::now();
+        let retries_before = counters.retries;
+        let http = exchange(&self.transport, retry, prepared.request, counters).await;
+        Sent {
+            batch: prepared.batch,
+            change_counts: prepared.change_counts,
+            cursor_sent: prepared.cursor_sent,
+            device_time_sent: prepared.device_time_sent,
+            sent_at,
+            took: sent_at.elapsed(),
+            retried: counters.retries > retries_before,
+            http,
         }
     }
 
