@@ -427,10 +427,13 @@ impl<T: Transport> SyncClient<T> {
                 }
             };
             let Sent {
-                mut batch,
-                change_counts,
-                cursor_sent,
-                device_time_sent,
+                round:
+                    Round {
+                        mut batch,
+                        change_counts,
+                        cursor_sent,
+                        device_time_sent,
+                    },
                 sent_at,
                 took,
                 retried,
@@ -594,10 +597,7 @@ impl<T: Transport> SyncClient<T> {
         let retries_before = counters.retries;
         let http = exchange(&self.transport, retry, prepared.request, counters).await;
         Sent {
-            batch: prepared.batch,
-            change_counts: prepared.change_counts,
-            cursor_sent: prepared.cursor_sent,
-            device_time_sent: prepared.device_time_sent,
+            round: prepared.round,
             sent_at,
             took: sent_at.elapsed(),
             retried: counters.retries > retries_before,
@@ -679,10 +679,12 @@ impl<T: Transport> SyncClient<T> {
         let device_time_sent = request.device_time;
         let body = request.encode(&mut self.lock_codec())?;
         Ok(Prepared {
-            batch,
-            change_counts,
-            cursor_sent,
-            device_time_sent,
+            round: Round {
+                batch,
+                change_counts,
+                cursor_sent,
+                device_time_sent,
+            },
             request: HttpRequest {
                 path: SYNC_PATH.to_owned(),
                 bearer: Some(self.token.clone()),
@@ -709,23 +711,25 @@ impl<T: Transport> SyncClient<T> {
     }
 }
 
-/// A round ready to send.
-struct Prepared {
-    /// What the acknowledgement needs of the pushed documents (their changes are in `request`).
+/// What handling a round's answer needs of what the round sent.
+struct Round {
+    /// What the acknowledgement needs of the pushed documents (their changes went in the body).
     batch: Vec<PendingDoc>,
     /// Changes per pushed document.
     change_counts: Vec<u64>,
     cursor_sent: u64,
     device_time_sent: i64,
+}
+
+/// A round ready to send.
+struct Prepared {
+    round: Round,
     request: HttpRequest,
 }
 
 /// A round sent, with how its exchange ended.
 struct Sent {
-    batch: Vec<PendingDoc>,
-    change_counts: Vec<u64>,
-    cursor_sent: u64,
-    device_time_sent: i64,
+    round: Round,
     sent_at: Instant,
     /// How long the exchange took, retries included.
     took: Duration,
