@@ -1,4 +1,4 @@
-//! [`MapCached`]: a document reader for `autosurgeon` that reads each map once.
+//! [`MapCached`]: a document reader for `autosurgeon` that reads each map and list once.
 //!
 //! `autosurgeon` hydrates a struct field by field and a list element by element, and every `get`
 //! on an Automerge 0.12 document seeks through the operations of the object: most of reading a
@@ -23,7 +23,7 @@ enum Entries {
     List(Vec<Entry>),
 }
 
-/// A document read through a per-map cache: one per read of a whole record (the cache is not
+/// A document read through a per-object cache: one per read of a whole record (the cache is not
 /// updated by later edits).
 pub(crate) struct MapCached<'d, D> {
     doc: &'d D,
