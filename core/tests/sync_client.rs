@@ -330,6 +330,15 @@ fn fast() -> SyncConfig {
     }
 }
 
+/// [`fast`] with feed pages of about 4 KB: a few records each, so a pull takes many requests.
+fn small_pages() -> SyncConfig {
+    SyncConfig {
+        pull_batch_bytes: 4096,
+        max_pull_batch_bytes: 4096,
+        ..fast()
+    }
+}
+
 fn tablet(hub: &Hub, config: SyncConfig) -> Tablet {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(MONDAY_9AM);
@@ -726,14 +735,7 @@ async fn a_response_lost_after_the_server_applied_it_is_resent_without_duplicate
 async fn changes_from_another_device_arrive_and_conflicts_are_counted() {
     let hub = Hub::new();
     let a = tablet(&hub, fast());
-    let b = tablet(
-        &hub,
-        SyncConfig {
-            pull_batch_bytes: 4096,
-            max_pull_batch_bytes: 4096,
-            ..fast()
-        },
-    );
+    let b = tablet(&hub, small_pages());
     hub.state().catalogue = Some((
         2,
         r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":5}],"holidays":["2026-12-31"]}"#.into(),
@@ -788,11 +790,7 @@ async fn a_long_pull_asks_for_the_next_page_while_applying_one_and_a_failure_kee
  {
     let hub = Hub::new();
     let a = tablet(&hub, fast());
-    let pages = SyncConfig {
-        pull_batch_bytes: 4096,
-        max_pull_batch_bytes: 4096,
-        ..fast()
-    };
+    let pages = small_pages();
     let ids = a.create(24, 1500);
     a.sync().await.unwrap();
 
@@ -863,11 +861,7 @@ async fn the_next_page_is_asked_for_while_one_is_applied_and_dropped_when_that_f
         Arc::new(Mutex::new(DeviceStore::open(config).unwrap()))
     };
     let token = hub.register(device);
-    let pages = SyncConfig {
-        pull_batch_bytes: 4096,
-        max_pull_batch_bytes: 4096,
-        ..fast()
-    };
+    let pages = small_pages();
     let store = open(Some(0));
     let client = SyncClient::new(hub.clone(), store.clone(), token.clone(), pages.clone()).unwrap();
     let before = hub.requests();
