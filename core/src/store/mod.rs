@@ -282,6 +282,30 @@ impl DeviceStore {
             .query_row("PRAGMA integrity_check", [], |row| row.get(0))?)
     }
 
+    /// Bytes of the database that hold data: its pages less the free ones. Rows deleted (changes
+    /// the server acknowledged, folded chunks) leave free pages that later writes reuse; the file
+    /// keeps its size.
+    pub fn used_bytes(&self) -> Result<u64> {
+        // SQLCipher answers `page_size` as text (its `cipher_page_size`), SQLite as an integer.
+        let pragma = |name: &str| -> Result<u64> {
+            let value: rusqlite::types::Value =
+                self.conn
+                    .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))?;
+            match value {
+                rusqlite::types::Value::Integer(n) => {
+                    u64::try_from(n).map_err(|_| Error::invalid(name, format!("negative: {n}")))
+                }
+                rusqlite::types::Value::Text(text) => text
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::invalid(name, format!("not a number: {text}"))),
+                other => Err(Error::invalid(name, format!("not a number: {other:?}"))),
+            }
+        };
+        let pages = pragma("page_count")?.saturating_sub(pragma("freelist_count")?);
+        Ok(pages.saturating_mul(pragma("page_size")?))
+    }
+
     // ----- catalogue -------------------------------------------------------------------------
 
     /// Adds or replaces procedures of the catalogue (reference data from the province).

@@ -1013,3 +1013,55 @@ fn the_catalogue_arrives_as_versioned_reference_data() {
     ));
     assert_eq!(store.catalogue_version().unwrap(), 3);
 }
+
+#[test]
+fn acknowledged_changes_free_their_space_in_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = StoreConfig::new(dir.path().join("plain.db"));
+    let encrypted =
+        StoreConfig::new(dir.path().join("encrypted.db")).encrypted(EncryptionKey::new([9; 32]));
+    for config in [plain, encrypted] {
+        acknowledged_changes_free_their_space(config);
+    }
+}
+
+fn acknowledged_changes_free_their_space(config: StoreConfig) {
+    let mut store = open_config(config);
+    let empty = store.used_bytes().unwrap();
+    for i in 0..300 {
+        let id = store
+            .create_application(OFFICER, new_app(&format!("Người {i}"), "Bản"))
+            .unwrap()
+            .id;
+        store.transition(id, OFFICER, Status::InProgress).unwrap();
+    }
+    let unsynced = store.used_bytes().unwrap();
+    assert!(
+        unsynced > empty,
+        "{unsynced} bytes after 300 records, {empty} before"
+    );
+    let pages: u64 = store
+        .connection()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(unsynced % pages.max(1), 0, "whole pages");
+    assert!(unsynced <= pages * 65_536);
+
+    // The server acknowledges everything: the kept changes are deleted, their pages are free.
+    for _ in 0..300 {
+        let batch = store.pending_push(64 * 1024).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        store.acknowledge_push(&batch).unwrap();
+    }
+    assert_eq!(store.pending_count().unwrap(), 0);
+    assert_eq!(count(&store, "outbox_changes"), 0);
+    let synced = store.used_bytes().unwrap();
+    assert!(
+        synced < unsynced,
+        "{synced} bytes in use after the acknowledgement, {unsynced} before"
+    );
+    // Every record is still there.
+    assert_eq!(count(&store, "documents"), 300);
+}
