@@ -29,6 +29,7 @@ step "benchmark smoke run (small sizes; the figures in README come from full run
 cargo build -q --workspace --all-targets
 target/debug/communesync-bench store --records 200 --edits 2 > target/bench-smoke-store.txt
 grep -q '"bench":"store.bytes_per_record"' target/bench-smoke-store.txt
+grep -q '"bench":"store.bytes_per_record_synced"' target/bench-smoke-store.txt
 target/debug/communesync-bench sync --records 200 --database sqlite > target/bench-smoke-sync.txt
 grep -q '"bench":"sync.sqlite.s3.requests"' target/bench-smoke-sync.txt
 
