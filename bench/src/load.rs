@@ -37,7 +37,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::report::{Report, peak_rss_mb, peak_rss_mb_of, percentile};
-use crate::sync::{PgCluster, Server, cpu_seconds, load_average};
+use crate::sync::{Backends, Databases, Server, cpu_seconds, load_average};
 
 #[derive(clap::Args)]
 pub struct LoadArgs {
@@ -71,14 +71,6 @@ pub struct LoadArgs {
     server_bin: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Backends {
-    Sqlite,
-    Postgres,
-    Both,
-}
-
-const PG_ENV: &str = "COMMUNESYNC_BENCH_DATABASE_URL";
 /// The settle phase may take at most this long.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -92,35 +84,11 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let backends: &[&str] = match args.database {
-        Backends::Sqlite => &["sqlite"],
-        Backends::Postgres => &["postgres"],
-        Backends::Both => &["sqlite", "postgres"],
-    };
-    let mut cluster: Option<PgCluster> = None;
+    let mut databases = Databases::default();
     let mut failures = Vec::new();
-    for backend in backends {
+    for backend in args.database.names() {
         let dir = tempfile::tempdir()?;
-        let url = match *backend {
-            "sqlite" => format!("sqlite:{}", dir.path().join("server.db").display()),
-            _ => {
-                let base = match std::env::var(PG_ENV) {
-                    Ok(url) => url,
-                    Err(_) => {
-                        let started = PgCluster::start()?;
-                        let url = started.url.clone();
-                        cluster = Some(started);
-                        url
-                    }
-                };
-                runtime
-                    .block_on(communesync_tests::fresh_postgres_database(
-                        &base,
-                        "bench_load",
-                    ))
-                    .context("creating the bench database")?
-            }
-        };
+        let url = databases.url(&runtime, backend, dir.path(), "bench_load")?;
         let failed = runtime.block_on(run_backend(&server_bin, backend, &url, dir.path(), args))?;
         if failed > 0 {
             failures.push(format!(
@@ -128,7 +96,7 @@ pub fn run(args: &LoadArgs) -> anyhow::Result<()> {
             ));
         }
     }
-    drop(cluster);
+    drop(databases);
     if !failures.is_empty() {
         bail!("load: {}", failures.join("; "));
     }

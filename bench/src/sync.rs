@@ -65,17 +65,29 @@ pub struct SyncArgs {
     tablet_process: Option<PathBuf>,
 }
 
+/// Server storage a bench runs on.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Backends {
+pub(crate) enum Backends {
     Sqlite,
     Postgres,
     Both,
 }
 
+impl Backends {
+    /// The backends to run, in order.
+    pub(crate) fn names(self) -> &'static [&'static str] {
+        match self {
+            Backends::Sqlite => &["sqlite"],
+            Backends::Postgres => &["postgres"],
+            Backends::Both => &["sqlite", "postgres"],
+        }
+    }
+}
+
 const COMMUNE: &str = "DB-MUONGPHANG";
 const COMMUNE_NAME: &str = "Xã Mường Phăng";
 const OFFICER: &str = "can.bo.mot.cua";
-/// Environment variable naming a PostgreSQL server to create the bench database in.
+/// Environment variable naming a PostgreSQL server to create the bench databases in.
 const PG_ENV: &str = "COMMUNESYNC_BENCH_DATABASE_URL";
 
 pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
@@ -87,39 +99,15 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let backends: &[&str] = match args.database {
-        Backends::Sqlite => &["sqlite"],
-        Backends::Postgres => &["postgres"],
-        Backends::Both => &["sqlite", "postgres"],
-    };
     // Declared first so that it outlives everything using it, and stops on any exit.
-    let mut cluster: Option<PgCluster> = None;
+    let mut databases = Databases::default();
     let mut missed = 0;
-    for backend in backends {
+    for backend in args.database.names() {
         let dir = tempfile::tempdir()?;
-        let url = match *backend {
-            "sqlite" => format!("sqlite:{}", dir.path().join("server.db").display()),
-            _ => {
-                let base = match std::env::var(PG_ENV) {
-                    Ok(url) => url,
-                    Err(_) => {
-                        let started = PgCluster::start()?;
-                        let url = started.url.clone();
-                        cluster = Some(started);
-                        url
-                    }
-                };
-                runtime
-                    .block_on(communesync_tests::fresh_postgres_database(
-                        &base,
-                        "bench_sync",
-                    ))
-                    .context("creating the bench database")?
-            }
-        };
+        let url = databases.url(&runtime, backend, dir.path(), "bench_sync")?;
         missed += run_backend(&runtime, &server_bin, backend, &url, dir.path(), args)?;
     }
-    drop(cluster);
+    drop(databases);
     if missed > 0 {
         eprintln!("{missed} target(s) missed");
     }
@@ -628,12 +616,44 @@ impl Drop for Server {
     }
 }
 
+/// Where a bench's server keeps its data: a SQLite file in the backend's directory, or a fresh
+/// PostgreSQL database on the server `COMMUNESYNC_BENCH_DATABASE_URL` names, else on a private
+/// cluster started at first use and stopped when this is dropped.
+#[derive(Default)]
+pub(crate) struct Databases {
+    cluster: Option<PgCluster>,
+}
+
+impl Databases {
+    /// The `--database` URL for `backend` ("sqlite" or "postgres"); `name` is the PostgreSQL
+    /// database, created anew.
+    pub(crate) fn url(
+        &mut self,
+        runtime: &tokio::runtime::Runtime,
+        backend: &str,
+        dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<String> {
+        if backend == "sqlite" {
+            return Ok(format!("sqlite:{}", dir.join("server.db").display()));
+        }
+        let base = match (std::env::var(PG_ENV), &self.cluster) {
+            (Ok(url), _) => url,
+            (Err(_), Some(cluster)) => cluster.url.clone(),
+            (Err(_), None) => self.cluster.insert(PgCluster::start()?).url.clone(),
+        };
+        runtime
+            .block_on(communesync_tests::fresh_postgres_database(&base, name))
+            .context("creating the bench database")
+    }
+}
+
 /// A private PostgreSQL cluster started with `scripts/toolchains/postgres.sh`, stopped when
 /// dropped.
-pub(crate) struct PgCluster {
+struct PgCluster {
     _dir: tempfile::TempDir,
     data: PathBuf,
-    pub(crate) url: String,
+    url: String,
 }
 
 impl PgCluster {
@@ -641,7 +661,7 @@ impl PgCluster {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/toolchains/postgres.sh")
     }
 
-    pub(crate) fn start() -> anyhow::Result<PgCluster> {
+    fn start() -> anyhow::Result<PgCluster> {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir()?;
         // As root the cluster runs as another user, which must be able to reach the data dir.
