@@ -142,7 +142,6 @@ impl std::fmt::Debug for DeviceStore {
 
 const META_DEVICE_ID: &str = "device_id";
 const META_CLOCK_OFFSET: &str = "clock_offset_ms";
-const SQLITE_PAGE_SIZE: u64 = 4096;
 
 impl DeviceStore {
     /// Opens (creating if needed) the store at `config.path`, migrating it to the current schema.
@@ -180,7 +179,8 @@ impl DeviceStore {
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         schema::migrate(&mut conn)?;
         if let Some(bytes) = config.max_size_bytes {
-            let pages = (bytes / SQLITE_PAGE_SIZE).max(16);
+            let page_size = pragma_number(&conn, "page_size")?.max(1);
+            let pages = (bytes / page_size).max(16);
             conn.pragma_update(None, "max_page_count", pages)?;
         }
 
@@ -286,24 +286,9 @@ impl DeviceStore {
     /// the server acknowledged, folded chunks) leave free pages that later writes reuse; the file
     /// keeps its size.
     pub fn used_bytes(&self) -> Result<u64> {
-        // SQLCipher answers `page_size` as text (its `cipher_page_size`), SQLite as an integer.
-        let pragma = |name: &str| -> Result<u64> {
-            let value: rusqlite::types::Value =
-                self.conn
-                    .query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))?;
-            match value {
-                rusqlite::types::Value::Integer(n) => {
-                    u64::try_from(n).map_err(|_| Error::invalid(name, format!("negative: {n}")))
-                }
-                rusqlite::types::Value::Text(text) => text
-                    .trim()
-                    .parse()
-                    .map_err(|_| Error::invalid(name, format!("not a number: {text}"))),
-                other => Err(Error::invalid(name, format!("not a number: {other:?}"))),
-            }
-        };
-        let pages = pragma("page_count")?.saturating_sub(pragma("freelist_count")?);
-        Ok(pages.saturating_mul(pragma("page_size")?))
+        let pages = pragma_number(&self.conn, "page_count")?
+            .saturating_sub(pragma_number(&self.conn, "freelist_count")?);
+        Ok(pages.saturating_mul(pragma_number(&self.conn, "page_size")?))
     }
 
     // ----- catalogue -------------------------------------------------------------------------
@@ -935,6 +920,23 @@ fn mark_outbox(
         ])?;
     }
     Ok(())
+}
+
+/// A numeric pragma's value. SQLCipher answers `page_size` as text (its `cipher_page_size`),
+/// SQLite as an integer.
+fn pragma_number(conn: &Connection, name: &str) -> Result<u64> {
+    let value: rusqlite::types::Value =
+        conn.query_row(&format!("PRAGMA {name}"), [], |row| row.get(0))?;
+    match value {
+        rusqlite::types::Value::Integer(n) => {
+            u64::try_from(n).map_err(|_| Error::invalid(name, format!("negative: {n}")))
+        }
+        rusqlite::types::Value::Text(text) => text
+            .trim()
+            .parse()
+            .map_err(|_| Error::invalid(name, format!("not a number: {text}"))),
+        other => Err(Error::invalid(name, format!("not a number: {other:?}"))),
+    }
 }
 
 /// What makes a record that record: id, commune (its sync scope), creator and receipt time.
