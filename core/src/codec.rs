@@ -64,11 +64,23 @@ impl DocCodec {
         } else {
             zstd::bulk::Decompressor::with_dictionary(DICTIONARY_V1)
         };
+        // Message frames carry zstd's content checksum (4 bytes), which decompression verifies:
+        // changes travel without their own checksums (`protocol::chunk`), so a body damaged on
+        // the way is still refused as a whole. Stored rows need none (SQLCipher authenticates
+        // every page).
+        let checksummed = |mut compressor: zstd::bulk::Compressor<'static>| {
+            compressor.set_parameter(zstd::zstd_safe::CParameter::ChecksumFlag(true))?;
+            Ok::<_, std::io::Error>(compressor)
+        };
         Ok(DocCodec {
             compressor: compressor(ROW_LEVEL).map_err(io)?,
-            message: compressor(MESSAGE_LEVEL).map_err(io)?,
+            message: compressor(MESSAGE_LEVEL)
+                .and_then(checksummed)
+                .map_err(io)?,
             decompressor: decompressor.map_err(io)?,
-            large: zstd::bulk::Compressor::new(LARGE_LEVEL).map_err(io)?,
+            large: zstd::bulk::Compressor::new(LARGE_LEVEL)
+                .and_then(checksummed)
+                .map_err(io)?,
             plain: zstd::bulk::Decompressor::new().map_err(io)?,
         })
     }

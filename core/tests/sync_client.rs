@@ -179,7 +179,7 @@ fn ok(body: Vec<u8>, sent: usize) -> HttpResponse {
 
 impl HubState {
     fn sync(&mut self, req: &HttpRequest) -> HttpResponse {
-        assert_eq!(req.content_type, "application/x-communesync-v1");
+        assert_eq!(req.content_type, "application/x-communesync-v2");
         let token = req.bearer.clone().unwrap_or_default();
         if self.revoked.contains(&token) {
             return error(403, "revoked");

@@ -1,10 +1,13 @@
-//! The sync wire format, version 1 (spec: `docs/PROTOCOL.md`).
+//! The sync wire format, version 2 (spec: `docs/PROTOCOL.md`).
 //!
 //! One request moves many documents: the tablet pushes the changes the server lacks and pulls the
 //! commune's change feed after its cursor, in the same round trip. Bodies are postcard-encoded
 //! messages in one zstd frame compressed with the record dictionary ([`crate::codec`]). Decoding
 //! is bounded: a body may not declare more than [`Limits::max_body`] decoded bytes, and counts of
-//! documents and changes are checked before anything is applied.
+//! documents and changes are checked before anything is applied. Changes travel without the
+//! magic bytes and checksum of their chunk, which the receiver restores ([`chunk`]).
+
+mod chunk;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,9 +15,9 @@ use crate::codec::DocCodec;
 use crate::record::{RecordId, RecordKind};
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Content type of sync bodies.
-pub const CONTENT_TYPE: &str = "application/x-communesync-v1";
+pub const CONTENT_TYPE: &str = "application/x-communesync-v2";
 
 /// A document's changes pushed by a tablet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,7 +27,9 @@ pub struct PushDoc {
     pub id: Option<RecordId>,
     /// Record kind.
     pub kind: RecordKind,
-    /// Raw Automerge changes, each one whole.
+    /// Raw Automerge changes, each one whole (a chunk as `Change::raw_bytes` gives it); they
+    /// travel without the chunk's magic bytes and checksum.
+    #[serde(with = "chunk")]
     pub changes: Vec<Vec<u8>>,
 }
 
@@ -63,7 +68,9 @@ pub struct FeedDoc {
     pub id: Option<RecordId>,
     /// Record kind.
     pub kind: RecordKind,
-    /// Raw Automerge changes in feed order.
+    /// Raw Automerge changes in feed order, each one whole; they travel without the chunk's magic
+    /// bytes and checksum.
+    #[serde(with = "chunk")]
     pub changes: Vec<Vec<u8>>,
     /// Server receive time of the newest of them (ms since epoch, server clock), as the
     /// difference from the previous feed document's (from 0 for the first): documents stored by
@@ -221,6 +228,14 @@ impl SyncResponse {
 mod tests {
     use super::*;
 
+    /// A real change: changes travel as Automerge chunks.
+    fn change(value: &str) -> Vec<u8> {
+        let mut doc = automerge::AutoCommit::new();
+        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "k", value)
+            .expect("put");
+        doc.get_changes(&[])[0].raw_bytes().to_vec()
+    }
+
     fn request() -> SyncRequest {
         SyncRequest {
             protocol: PROTOCOL_VERSION,
@@ -228,7 +243,7 @@ mod tests {
             push: vec![PushDoc {
                 id: Some(RecordId::new()),
                 kind: RecordKind::Application,
-                changes: vec![vec![1, 2, 3]; 3],
+                changes: vec![change("a"), change("b"), change("c")],
             }],
             pull: Some(PullRequest {
                 cursor: 42,
@@ -248,6 +263,57 @@ mod tests {
             SyncRequest::decode(&mut codec, &body, &Limits::default()).unwrap(),
             req
         );
+    }
+
+    #[test]
+    fn changes_travel_without_magic_and_checksum() {
+        let req = request();
+        let on_wire = postcard::to_stdvec(&req).unwrap();
+        let whole: usize = req.push[0].changes.iter().map(Vec::len).sum();
+        let as_v1 = postcard::to_stdvec(&(
+            req.protocol,
+            req.device_time,
+            vec![(
+                req.push[0].id,
+                req.push[0].kind,
+                req.push[0].changes.clone(),
+            )],
+            req.pull,
+            req.catalogue_version,
+            req.pending_docs,
+        ))
+        .unwrap();
+        assert!(whole > 24);
+        assert_eq!(as_v1.len() - on_wire.len(), 3 * 8);
+        let back: SyncRequest = postcard::from_bytes(&on_wire).unwrap();
+        assert_eq!(back, req);
+        // Not a change chunk: nothing to send.
+        let junk = SyncRequest {
+            push: vec![PushDoc {
+                changes: vec![b"not a change".to_vec()],
+                ..req.push[0].clone()
+            }],
+            ..req
+        };
+        assert!(junk.encode(&mut DocCodec::new().unwrap()).is_err());
+    }
+
+    #[test]
+    fn a_body_damaged_on_the_way_is_refused_not_misread() {
+        // Changes carry no checksum of their own on the wire: the frame's covers them.
+        let mut codec = DocCodec::new().unwrap();
+        let req = request();
+        let body = req.encode(&mut codec).unwrap();
+        let mut refused = 0;
+        for position in 12..body.len() {
+            let mut damaged = body.clone();
+            damaged[position] ^= 0x20;
+            match SyncRequest::decode(&mut codec, &damaged, &Limits::default()) {
+                Ok(decoded) => panic!("byte {position} damaged, read as {decoded:?}"),
+                Err(_) => refused += 1,
+            }
+        }
+        assert!(refused > 100);
     }
 
     #[test]
@@ -289,14 +355,14 @@ mod tests {
             SyncRequest::decode(&mut codec, &body, &few),
             Err(WireError::TooLarge(_))
         ));
-        let v2 = SyncRequest {
-            protocol: 2,
+        let next = SyncRequest {
+            protocol: PROTOCOL_VERSION + 1,
             ..request()
         };
-        let body = v2.encode(&mut codec).unwrap();
+        let body = next.encode(&mut codec).unwrap();
         assert_eq!(
             SyncRequest::decode(&mut codec, &body, &limits),
-            Err(WireError::UnsupportedVersion(2))
+            Err(WireError::UnsupportedVersion(PROTOCOL_VERSION + 1))
         );
     }
 

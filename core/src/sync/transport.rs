@@ -429,7 +429,7 @@ mod tests {
             .send(HttpRequest {
                 path: "/v1/sync".into(),
                 bearer: Some("t0k".into()),
-                content_type: "application/x-communesync-v1".into(),
+                content_type: "application/x-communesync-v2".into(),
                 body: vec![7u8; 1000],
             })
             .await
@@ -441,7 +441,7 @@ mod tests {
             "{head}"
         );
         assert!(head.contains("authorization: bearer t0k\r\n"));
-        assert!(head.contains("content-type: application/x-communesync-v1\r\n"));
+        assert!(head.contains("content-type: application/x-communesync-v2\r\n"));
         assert!(
             !head.contains("accept-encoding"),
             "no transparent compression"
@@ -459,7 +459,7 @@ mod tests {
         let request = || HttpRequest {
             path: "/v1/sync".into(),
             bearer: None,
-            content_type: "application/x-communesync-v1".into(),
+            content_type: "application/x-communesync-v2".into(),
             body: vec![1, 2, 3],
         };
         // Nobody listens.
