@@ -108,27 +108,21 @@ impl<'de> serde::Deserialize<'de> for Restored {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::tests::change;
 
     #[test]
     fn a_change_survives_the_round_trip_and_still_decodes() {
-        let mut doc = automerge::AutoCommit::new();
-        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "k", "v")
-            .expect("put");
-        let change = doc.get_changes(&[])[0].raw_bytes().to_vec();
+        let change = change("v");
         let wire = strip(&change).expect("a change chunk");
         assert_eq!(wire.len(), change.len() - HEADER);
         let back = restore(wire);
         assert_eq!(back, change);
-        let decoded = automerge::Change::from_bytes(back).expect("decodes");
-        assert_eq!(decoded.hash(), doc.get_changes(&[])[0].hash());
+        assert!(automerge::Change::from_bytes(back).is_ok());
     }
 
     #[test]
     fn a_tampered_wire_form_fails_automerge_s_own_checks() {
-        let mut doc = automerge::AutoCommit::new();
-        automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "k", "v")
-            .expect("put");
-        let change = doc.get_changes(&[])[0].raw_bytes().to_vec();
+        let change = change("v");
         let mut wire = strip(&change).expect("a change chunk").to_vec();
         // A longer length than the data: the restored chunk is consistent but truncated.
         wire[1] = wire[1].wrapping_add(1);

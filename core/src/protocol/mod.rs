@@ -229,7 +229,7 @@ mod tests {
     use super::*;
 
     /// A real change: changes travel as Automerge chunks.
-    fn change(value: &str) -> Vec<u8> {
+    pub(super) fn change(value: &str) -> Vec<u8> {
         let mut doc = automerge::AutoCommit::new();
         automerge::transaction::Transactable::put(&mut doc, automerge::ROOT, "k", value)
             .expect("put");
