@@ -451,6 +451,8 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             Some("application/octet-stream"),
             Some("application/x-communesync-v2; charset=utf-8"),
             Some("APPLICATION/X-COMMUNESYNC-V2"),
+            // A tablet still speaking protocol version 1.
+            Some("application/x-communesync-v1"),
             Some("application/json"),
         ] {
             let (got, text) = s
