@@ -17,6 +17,7 @@ pub mod clock;
 pub mod codec;
 pub mod error;
 pub mod import;
+pub mod integrity;
 pub mod protocol;
 pub mod record;
 pub mod search;

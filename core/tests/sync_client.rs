@@ -179,7 +179,7 @@ fn ok(body: Vec<u8>, sent: usize) -> HttpResponse {
 
 impl HubState {
     fn sync(&mut self, req: &HttpRequest) -> HttpResponse {
-        assert_eq!(req.content_type, "application/x-communesync-v2");
+        assert_eq!(req.content_type, "application/x-communesync-v3");
         let token = req.bearer.clone().unwrap_or_default();
         if self.revoked.contains(&token) {
             return error(403, "revoked");
@@ -271,6 +271,7 @@ impl HubState {
             protocol: PROTOCOL_VERSION,
             server_time: self.clock,
             missing_deps,
+            refused: Vec::new(),
             feed,
             next_cursor,
             more: (next_cursor as usize) < self.feed.len(),

@@ -119,6 +119,11 @@ fn main() {
         protocol: PROTOCOL_VERSION,
         server_time: 1_750_000_000_000,
         missing_deps: vec![1],
+        refused: vec![communesync_core::protocol::Refused {
+            position: 0,
+            code: "sequence".to_owned(),
+            message: "change 3 of its author does not follow its author's change 1".to_owned(),
+        }],
         feed: vec![FeedDoc {
             id: Some(app.id),
             kind: RecordKind::Application,

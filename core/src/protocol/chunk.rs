@@ -61,9 +61,12 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<u8>
         }
 
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            // The length comes from the peer: never reserve by it (limits are checked later).
+            // The length comes from the peer: never reserve by it; each change is counted
+            // against the decode's limits before it is read.
             let mut changes = Vec::new();
+            super::bounded::check_claimed_changes::<A::Error>(seq.size_hint())?;
             while let Some(Restored(chunk)) = seq.next_element()? {
+                super::bounded::count_change::<A::Error>(changes.len())?;
                 changes.push(chunk);
             }
             Ok(changes)

@@ -1,12 +1,19 @@
-//! The sync wire format, version 2 (spec: `docs/PROTOCOL.md`).
+//! The sync wire format, version 3 (spec: `docs/PROTOCOL.md`), and version 2 for an overlap.
 //!
 //! One request moves many documents: the tablet pushes the changes the server lacks and pulls the
 //! commune's change feed after its cursor, in the same round trip. Bodies are postcard-encoded
 //! messages in one zstd frame compressed with the record dictionary ([`crate::codec`]). Decoding
 //! is bounded: a body may not declare more than [`Limits::max_body`] decoded bytes, and counts of
-//! documents and changes are checked before anything is applied. Changes travel without the
-//! magic bytes and checksum of their chunk, which the receiver restores ([`chunk`]).
+//! documents and changes are checked while decoding, before anything is allocated for them
+//! ([`bounded`]). Changes travel without the magic bytes and checksum of their chunk, which the
+//! receiver restores ([`chunk`]).
+//!
+//! Version 3 answers each pushed document with its own verdict ([`SyncResponse::refused`]): a
+//! refused document is set aside by the tablet and every other one flows. A server speaking 3
+//! still accepts version 2 requests for an overlap period ([`PREVIOUS_PROTOCOL_VERSION`]) and
+//! answers them in version 2's layout; older versions get "upgrade required".
 
+mod bounded;
 mod chunk;
 
 use serde::{Deserialize, Serialize};
@@ -15,9 +22,14 @@ use crate::codec::DocCodec;
 use crate::record::{RecordId, RecordKind};
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Content type of sync bodies.
-pub const CONTENT_TYPE: &str = "application/x-communesync-v2";
+pub const CONTENT_TYPE: &str = "application/x-communesync-v3";
+/// The version before: a server still accepts it (tablets not yet upgraded keep syncing) and
+/// answers in its layout, without per-document verdicts.
+pub const PREVIOUS_PROTOCOL_VERSION: u16 = 2;
+/// Content type of [`PREVIOUS_PROTOCOL_VERSION`] bodies.
+pub const PREVIOUS_CONTENT_TYPE: &str = "application/x-communesync-v2";
 
 /// A document's changes pushed by a tablet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,7 +61,8 @@ pub struct SyncRequest {
     pub protocol: u16,
     /// The tablet's clock (ms since epoch), informative only.
     pub device_time: i64,
-    /// Changes the server lacks, by document.
+    /// Changes the server lacks, by document. At most one entry per record.
+    #[serde(deserialize_with = "bounded::push_docs")]
     pub push: Vec<PushDoc>,
     /// Feed to pull, if any.
     pub pull: Option<PullRequest>,
@@ -87,6 +100,19 @@ pub struct CatalogueUpdate {
     pub json: String,
 }
 
+/// Why the server refused one pushed document (protocol 3). The tablet sets the document aside
+/// (quarantine) with this reason; every other document of the request was handled normally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refused {
+    /// Position of the document in the request's `push`.
+    pub position: u32,
+    /// Machine-readable reason, one of [`crate::integrity::RefusalCode`]'s names (a string, so
+    /// that a newer server's codes reach an older tablet intact).
+    pub code: String,
+    /// Readable explanation for the app and operators.
+    pub message: String,
+}
+
 /// The server's answer to a [`SyncRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncResponse {
@@ -98,7 +124,13 @@ pub struct SyncResponse {
     /// server lacks: the tablet should send their whole history. Every other pushed document is
     /// stored (its changes are new or were already there).
     pub missing_deps: Vec<u32>,
-    /// Feed changes after the request's cursor, minus the tablet's own.
+    /// Documents of the push that were refused, each with its reason; the others were stored
+    /// (or are listed in `missing_deps`).
+    #[serde(deserialize_with = "bounded::refused")]
+    pub refused: Vec<Refused>,
+    /// Feed changes after the request's cursor, minus the tablet's own (unless the server saw
+    /// that the tablet lost them: a store restored from a backup gets its own changes back).
+    #[serde(deserialize_with = "bounded::feed_docs")]
     pub feed: Vec<FeedDoc>,
     /// Cursor to send next time (covers everything examined, including the tablet's own changes).
     pub next_cursor: u64,
@@ -106,6 +138,20 @@ pub struct SyncResponse {
     pub more: bool,
     /// Newer reference data, if any.
     pub catalogue: Option<CatalogueUpdate>,
+}
+
+/// [`SyncResponse`] as protocol 2 lays it out (no per-document verdicts): what a server
+/// answers a tablet that has not upgraded yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SyncResponseV2 {
+    protocol: u16,
+    server_time: i64,
+    missing_deps: Vec<u32>,
+    #[serde(deserialize_with = "bounded::feed_docs")]
+    feed: Vec<FeedDoc>,
+    next_cursor: u64,
+    more: bool,
+    catalogue: Option<CatalogueUpdate>,
 }
 
 /// Bounds on what a peer may send.
@@ -119,6 +165,8 @@ pub struct Limits {
     pub max_docs: usize,
     /// Changes per document per request.
     pub max_changes_per_doc: usize,
+    /// Changes in one request, all documents together.
+    pub max_changes: usize,
 }
 
 impl Default for Limits {
@@ -128,6 +176,7 @@ impl Default for Limits {
             max_body: 32 * 1024 * 1024,
             max_docs: 20_000,
             max_changes_per_doc: 10_000,
+            max_changes: 100_000,
         }
     }
 }
@@ -145,6 +194,11 @@ pub enum WireError {
     /// A protocol version this build does not speak.
     #[error("unsupported protocol version {0} (this server speaks {PROTOCOL_VERSION})")]
     UnsupportedVersion(u16),
+    /// A protocol version older than any this build accepts: the peer must upgrade.
+    #[error(
+        "protocol version {0} is no longer accepted (this server speaks {PREVIOUS_PROTOCOL_VERSION} and {PROTOCOL_VERSION}); upgrade the app"
+    )]
+    UpgradeRequired(u16),
 }
 
 fn encode<T: Serialize>(codec: &mut DocCodec, message: &T) -> crate::Result<Vec<u8>> {
@@ -167,8 +221,11 @@ fn decode<T: for<'de> Deserialize<'de>>(
             WireError::Malformed(e)
         }
     })?;
-    let (message, rest) =
-        postcard::take_from_bytes::<T>(&bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
+    let (message, rest) = bounded::with_limits(limits, || postcard::take_from_bytes::<T>(&bytes))
+        .map_err(|e| match bounded::take_overflow() {
+        Some(what) => WireError::TooLarge(what),
+        None => WireError::Malformed(e.to_string()),
+    })?;
     if !rest.is_empty() {
         return Err(WireError::Malformed("trailing bytes".into()));
     }
@@ -181,46 +238,93 @@ impl SyncRequest {
         encode(codec, self)
     }
 
-    /// Decompresses and decodes within `limits`, then checks the version and counts.
+    /// Decompresses and decodes within `limits` (counts are checked while decoding), then checks
+    /// the version: [`PROTOCOL_VERSION`] and [`PREVIOUS_PROTOCOL_VERSION`] are accepted.
     pub fn decode(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
         let request: SyncRequest = decode(codec, body, limits)?;
-        if request.protocol != PROTOCOL_VERSION {
-            return Err(WireError::UnsupportedVersion(request.protocol));
-        }
-        if request.push.len() > limits.max_docs {
-            return Err(WireError::TooLarge(format!(
-                "{} documents",
-                request.push.len()
-            )));
-        }
-        if let Some((position, doc)) = request
-            .push
-            .iter()
-            .enumerate()
-            .find(|(_, doc)| doc.changes.len() > limits.max_changes_per_doc)
-        {
-            return Err(WireError::TooLarge(format!(
-                "{} changes for pushed document {position}",
-                doc.changes.len(),
-            )));
-        }
+        check_version(request.protocol)?;
         Ok(request)
     }
 }
 
+/// Whether a request of `protocol` is accepted.
+fn check_version(protocol: u16) -> Result<(), WireError> {
+    match protocol {
+        PROTOCOL_VERSION | PREVIOUS_PROTOCOL_VERSION => Ok(()),
+        older if older < PREVIOUS_PROTOCOL_VERSION => Err(WireError::UpgradeRequired(older)),
+        newer => Err(WireError::UnsupportedVersion(newer)),
+    }
+}
+
+/// The content type of bodies of `protocol`.
+pub fn content_type_of(protocol: u16) -> &'static str {
+    if protocol == PREVIOUS_PROTOCOL_VERSION {
+        PREVIOUS_CONTENT_TYPE
+    } else {
+        CONTENT_TYPE
+    }
+}
+
+/// The protocol a content type names, if this build speaks it.
+pub fn protocol_of_content_type(content_type: &str) -> Option<u16> {
+    match content_type {
+        CONTENT_TYPE => Some(PROTOCOL_VERSION),
+        PREVIOUS_CONTENT_TYPE => Some(PREVIOUS_PROTOCOL_VERSION),
+        _ => None,
+    }
+}
+
 impl SyncResponse {
-    /// Encodes and compresses.
+    /// Encodes and compresses, in the layout of `self.protocol` (a version 2 response leaves
+    /// `refused` out: the server answers such a request whole, see `docs/PROTOCOL.md`).
     pub fn encode(&self, codec: &mut DocCodec) -> crate::Result<Vec<u8>> {
-        encode(codec, self)
+        if self.protocol == PREVIOUS_PROTOCOL_VERSION {
+            encode(
+                codec,
+                &SyncResponseV2 {
+                    protocol: self.protocol,
+                    server_time: self.server_time,
+                    missing_deps: self.missing_deps.clone(),
+                    feed: self.feed.clone(),
+                    next_cursor: self.next_cursor,
+                    more: self.more,
+                    catalogue: self.catalogue.clone(),
+                },
+            )
+        } else {
+            encode(codec, self)
+        }
     }
 
-    /// Decompresses and decodes within `limits`.
+    /// Decompresses and decodes within `limits` (a version 3 response).
     pub fn decode(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
         let response: SyncResponse = decode(codec, body, limits)?;
         if response.protocol != PROTOCOL_VERSION {
             return Err(WireError::UnsupportedVersion(response.protocol));
         }
         Ok(response)
+    }
+
+    /// Decompresses and decodes a version 2 response (what an old client reads; tests).
+    pub fn decode_v2(
+        codec: &mut DocCodec,
+        body: &[u8],
+        limits: &Limits,
+    ) -> Result<Self, WireError> {
+        let v2: SyncResponseV2 = decode(codec, body, limits)?;
+        if v2.protocol != PREVIOUS_PROTOCOL_VERSION {
+            return Err(WireError::UnsupportedVersion(v2.protocol));
+        }
+        Ok(SyncResponse {
+            protocol: v2.protocol,
+            server_time: v2.server_time,
+            missing_deps: v2.missing_deps,
+            refused: Vec::new(),
+            feed: v2.feed,
+            next_cursor: v2.next_cursor,
+            more: v2.more,
+            catalogue: v2.catalogue,
+        })
     }
 }
 

@@ -184,6 +184,21 @@ impl RecordDoc {
         })
     }
 
+    /// The typed record as the document read at `heads` (which must be changes it holds): the
+    /// record as one change found it, or left it.
+    pub fn record_at(&self, heads: &[ChangeHash]) -> Result<Record> {
+        let bad = |e: autosurgeon::HydrateError| Error::Corrupt {
+            id: self.id,
+            reason: e.to_string(),
+        };
+        let at = super::read::AtHeads::new(&self.doc, heads);
+        let doc = super::read::MapCached::new(&at);
+        Ok(match self.kind {
+            RecordKind::Application => Record::Application(hydrate(&doc).map_err(bad)?),
+            RecordKind::CitizenRequest => Record::CitizenRequest(hydrate(&doc).map_err(bad)?),
+        })
+    }
+
     /// The application, or [`Error::WrongKind`].
     pub fn application(&self) -> Result<Application> {
         match self.record()? {

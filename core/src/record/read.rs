@@ -133,3 +133,76 @@ impl<D: ReadDoc> ReadDoc for MapCached<'_, D> {
         self.doc.is_empty()
     }
 }
+
+/// A document read as it was at `heads` (a past state, or one branch of a merge), for
+/// `autosurgeon`: every read forwards to Automerge's `*_at` form. Reading a record this way
+/// costs about what reading it now does, without forking the document.
+pub(crate) struct AtHeads<'d> {
+    doc: &'d automerge::AutoCommit,
+    heads: Vec<ChangeHash>,
+}
+
+impl<'d> AtHeads<'d> {
+    pub(crate) fn new(doc: &'d automerge::AutoCommit, heads: &[ChangeHash]) -> Self {
+        AtHeads {
+            doc,
+            heads: heads.to_vec(),
+        }
+    }
+}
+
+impl ReadDoc for AtHeads<'_> {
+    type Parents<'a>
+        = automerge::Parents<'a>
+    where
+        Self: 'a;
+
+    fn get_heads(&self) -> Vec<ChangeHash> {
+        self.heads.clone()
+    }
+
+    fn get<P: Into<Prop>>(
+        &self,
+        obj: &ObjId,
+        prop: P,
+    ) -> Result<Option<(Value<'_>, ObjId)>, AutomergeError> {
+        automerge::ReadDoc::get_at(self.doc, obj, prop, &self.heads)
+    }
+
+    fn object_type<O: AsRef<ObjId>>(&self, obj: O) -> Option<ObjType> {
+        automerge::ReadDoc::object_type(self.doc, obj).ok()
+    }
+
+    fn map_range<'a, O, R>(&'a self, obj: O, range: R) -> MapRange<'a>
+    where
+        R: RangeBounds<String> + 'a,
+        O: AsRef<ObjId>,
+        R: RangeBounds<String>,
+    {
+        automerge::ReadDoc::map_range_at(self.doc, obj, range, &self.heads)
+    }
+
+    fn list_range<O: AsRef<ObjId>, R: RangeBounds<usize>>(
+        &self,
+        obj: O,
+        range: R,
+    ) -> ListRange<'_> {
+        automerge::ReadDoc::list_range_at(self.doc, obj, range, &self.heads)
+    }
+
+    fn length<O: AsRef<ObjId>>(&self, obj: O) -> usize {
+        automerge::ReadDoc::length_at(self.doc, obj, &self.heads)
+    }
+
+    fn text<O: AsRef<ObjId>>(&self, obj: O) -> Result<String, AutomergeError> {
+        automerge::ReadDoc::text_at(self.doc, obj, &self.heads)
+    }
+
+    fn parents<O: AsRef<ObjId>>(&self, obj: O) -> Result<Self::Parents<'_>, AutomergeError> {
+        automerge::ReadDoc::parents_at(self.doc, obj, &self.heads)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.heads.is_empty()
+    }
+}

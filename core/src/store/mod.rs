@@ -30,6 +30,7 @@ pub use sync_state::{PendingDoc, PullDoc, PullReport};
 use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::DocCodec;
+use crate::integrity::{RuleContext, check_creation, check_edit, check_officer};
 use crate::record::{
     Application, Author, CitizenRequest, Conflict, ConflictValue, DeviceId, HistoryEntry,
     NewApplication, NewCitizenRequest, Record, RecordDoc, RecordId, RecordKind, RequestStatus,
@@ -358,7 +359,7 @@ impl DeviceStore {
         officer: &str,
         new: NewApplication,
     ) -> Result<Application> {
-        validate_officer(officer)?;
+        check_officer(officer)?;
         let procedure = self.procedure(&new.procedure_code)?;
         let now = self.clock.now_ms();
         // Receipt (and so the due date) by the corrected time: the device clock may be wrong.
@@ -384,9 +385,13 @@ impl DeviceStore {
                 officer: officer.to_owned(),
             },
         };
-        validate_application(&app)?;
-        self.insert(Record::Application(app.clone()), officer, now)?;
-        Ok(app)
+        let record = Record::Application(app);
+        check_creation(&record, &self.rules(&|_| None))?;
+        self.insert(record.clone(), officer, now)?;
+        match record {
+            Record::Application(app) => Ok(app),
+            Record::CitizenRequest(_) => Err(Error::Document("kind changed".to_owned())),
+        }
     }
 
     /// Records a new citizen request.
@@ -395,7 +400,7 @@ impl DeviceStore {
         officer: &str,
         new: NewCitizenRequest,
     ) -> Result<CitizenRequest> {
-        validate_officer(officer)?;
+        check_officer(officer)?;
         let now = self.clock.now_ms();
         let request = CitizenRequest {
             id: RecordId::new(),
@@ -414,9 +419,13 @@ impl DeviceStore {
                 officer: officer.to_owned(),
             },
         };
-        validate_request(&request)?;
-        self.insert(Record::CitizenRequest(request.clone()), officer, now)?;
-        Ok(request)
+        let record = Record::CitizenRequest(request);
+        check_creation(&record, &self.rules(&|_| None))?;
+        self.insert(record.clone(), officer, now)?;
+        match record {
+            Record::CitizenRequest(request) => Ok(request),
+            Record::Application(_) => Err(Error::Document("kind changed".to_owned())),
+        }
     }
 
     fn insert(&mut self, record: Record, officer: &str, now: i64) -> Result<()> {
@@ -493,44 +502,29 @@ impl DeviceStore {
         officer: &str,
         edit: impl FnOnce(&mut Application),
     ) -> Result<Application> {
-        validate_officer(officer)?;
+        check_officer(officer)?;
         let before = self.get_application(id)?;
         let mut after = before.clone();
         edit(&mut after);
-        check_identity_kept(
-            "application",
-            (
-                before.id,
-                &before.commune_code,
-                &before.created_by,
-                before.received_at,
-            ),
-            (
-                after.id,
-                &after.commune_code,
-                &after.created_by,
-                after.received_at,
-            ),
-        )?;
-        if after.status != before.status {
-            let procedure = self.procedure(&before.procedure_code)?;
-            before
-                .status
-                .check_transition(after.status, procedure.withdrawal_allowed)?;
-        }
         if after.procedure_code != before.procedure_code {
             let procedure = self.procedure(&after.procedure_code)?;
             after.due_at = self.calendar.add_working_days(
                 CivilDate::from_unix_millis(after.received_at)?,
                 procedure.processing_days,
             );
-        } else if after.due_at != before.due_at {
-            return Err(Error::invalid(
-                "due_at",
-                "follows the procedure; it cannot be set",
-            ));
         }
-        validate_application(&after)?;
+        // A status change needs the procedure's withdrawal rule (an unknown procedure is an
+        // error here, where the catalogue should have it).
+        let withdrawal = if after.status != before.status {
+            Some(self.procedure(&before.procedure_code)?.withdrawal_allowed)
+        } else {
+            None
+        };
+        check_edit(
+            &Record::Application(before.clone()),
+            &Record::Application(after.clone()),
+            &self.rules(&|_| withdrawal),
+        )?;
         let known = Record::Application(after.clone());
         self.write(id, officer, Some(&known), |doc, officer, now| {
             doc.edit(&before, &after, officer, now)
@@ -550,29 +544,15 @@ impl DeviceStore {
         officer: &str,
         edit: impl FnOnce(&mut CitizenRequest),
     ) -> Result<CitizenRequest> {
-        validate_officer(officer)?;
+        check_officer(officer)?;
         let before = self.get_citizen_request(id)?;
         let mut after = before.clone();
         edit(&mut after);
-        check_identity_kept(
-            "citizen_request",
-            (
-                before.id,
-                &before.commune_code,
-                &before.created_by,
-                before.received_at,
-            ),
-            (
-                after.id,
-                &after.commune_code,
-                &after.created_by,
-                after.received_at,
-            ),
+        check_edit(
+            &Record::CitizenRequest(before.clone()),
+            &Record::CitizenRequest(after.clone()),
+            &self.rules(&|_| None),
         )?;
-        if after.status != before.status {
-            before.status.check_transition(after.status)?;
-        }
-        validate_request(&after)?;
         let known = Record::CitizenRequest(after.clone());
         self.write(id, officer, Some(&known), |doc, officer, now| {
             doc.edit(&before, &after, officer, now)
@@ -588,7 +568,7 @@ impl DeviceStore {
         field: &str,
         value: &ConflictValue,
     ) -> Result<Record> {
-        validate_officer(officer)?;
+        check_officer(officer)?;
         self.write(id, officer, None, |doc, officer, now| {
             doc.resolve(field, value, officer, now).map(|()| true)
         })?;
@@ -732,6 +712,16 @@ impl DeviceStore {
             self.cache.put(id, loaded);
         }
         self.cache.get_mut(&id).ok_or(Error::NotFound(id))
+    }
+
+    /// The rule context of this device's own edits.
+    fn rules<'a>(&'a self, withdrawal: &'a dyn Fn(&str) -> Option<bool>) -> RuleContext<'a> {
+        RuleContext {
+            device: self.device,
+            commune: None,
+            now_ms: self.now_ms(),
+            withdrawal_allowed: withdrawal,
+        }
     }
 
     pub(crate) fn connection(&self) -> &Connection {
@@ -937,132 +927,6 @@ fn pragma_number(conn: &Connection, name: &str) -> Result<u64> {
             .map_err(|_| Error::invalid(name, format!("not a number: {text}"))),
         other => Err(Error::invalid(name, format!("not a number: {other:?}"))),
     }
-}
-
-/// What makes a record that record: id, commune (its sync scope), creator and receipt time.
-type Identity<'a> = (RecordId, &'a str, &'a Author, i64);
-
-/// An edit may change anything but a record's identity.
-fn check_identity_kept(kind: &str, before: Identity<'_>, after: Identity<'_>) -> Result<()> {
-    if before == after {
-        Ok(())
-    } else {
-        Err(Error::invalid(
-            kind,
-            "id, commune, creator and receipt time cannot be changed",
-        ))
-    }
-}
-
-fn validate_officer(officer: &str) -> Result<()> {
-    if officer.trim().is_empty() || officer.len() > 128 {
-        return Err(Error::invalid("officer", "must be 1 to 128 bytes"));
-    }
-    Ok(())
-}
-
-fn check_text(field: &str, value: &str, max: usize, required: bool) -> Result<()> {
-    if required && value.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty"));
-    }
-    if value.len() > max {
-        return Err(Error::invalid(field, format!("longer than {max} bytes")));
-    }
-    if value
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(Error::invalid(field, "contains control characters"));
-    }
-    Ok(())
-}
-
-/// Checks a record against the field rules every edit on a device obeys (lengths, control
-/// characters, identity number and phone formats, required fields), for records that arrive
-/// from elsewhere (the server checks pushed records with it). With `merged`, the notes may be
-/// longer than one edit allows: notes are text that merges, and two valid concurrent additions
-/// can pass the cap together; refusing their merge would wedge the sync.
-pub fn validate_record(record: &Record, merged: bool) -> Result<()> {
-    let relax = |notes: &str| -> Result<()> {
-        if merged {
-            check_text("notes", notes, MAX_MERGED_NOTES, false)
-        } else {
-            Ok(())
-        }
-    };
-    match record {
-        Record::Application(app) if merged => {
-            relax(&app.notes)?;
-            validate_application(&Application {
-                notes: String::new(),
-                ..app.clone()
-            })
-        }
-        Record::Application(app) => validate_application(app),
-        Record::CitizenRequest(request) if merged => {
-            relax(&request.notes)?;
-            validate_request(&CitizenRequest {
-                notes: String::new(),
-                ..request.clone()
-            })
-        }
-        Record::CitizenRequest(request) => validate_request(request),
-    }
-}
-
-/// Notes reached by merging concurrent edits may grow past one edit's cap up to this.
-const MAX_MERGED_NOTES: usize = 1024 * 1024;
-
-fn validate_application(app: &Application) -> Result<()> {
-    check_text("commune_code", &app.commune_code, 64, true)?;
-    check_text("procedure_code", &app.procedure_code, 64, true)?;
-    check_text("applicant.name", &app.applicant.name, 200, true)?;
-    check_text("applicant.address", &app.applicant.address, 500, false)?;
-    check_text("applicant.village", &app.applicant.village, 200, false)?;
-    let id = &app.applicant.id_number;
-    let id_ok = id.is_empty()
-        || ((id.len() == 9 || id.len() == 12) && id.chars().all(|c| c.is_ascii_digit()));
-    if !id_ok {
-        return Err(Error::invalid(
-            "applicant.id_number",
-            "must be 12 digits (citizen identity card) or 9 digits (old identity card)",
-        ));
-    }
-    let phone = &app.applicant.phone;
-    let digits = phone.strip_prefix('+').unwrap_or(phone);
-    if !phone.is_empty()
-        && (!(9..=15).contains(&digits.len()) || !digits.chars().all(|c| c.is_ascii_digit()))
-    {
-        return Err(Error::invalid("applicant.phone", "must be 9 to 15 digits"));
-    }
-    if let Some(assignee) = &app.assignee {
-        check_text("assignee", assignee, 128, true)?;
-    }
-    check_text("notes", &app.notes, 64 * 1024, false)?;
-    if app.documents.len() > 100 || app.fees.len() > 50 {
-        return Err(Error::invalid("documents", "too many entries"));
-    }
-    for doc in &app.documents {
-        check_text("documents.name", &doc.name, 500, true)?;
-    }
-    for fee in &app.fees {
-        check_text("fees.name", &fee.name, 200, true)?;
-    }
-    Ok(())
-}
-
-fn validate_request(request: &CitizenRequest) -> Result<()> {
-    check_text("commune_code", &request.commune_code, 64, true)?;
-    check_text("category", &request.category, 64, true)?;
-    check_text("village", &request.village, 200, false)?;
-    check_text("description", &request.description, 16 * 1024, true)?;
-    check_text("reporter_name", &request.reporter_name, 200, false)?;
-    check_text("reporter_contact", &request.reporter_contact, 200, false)?;
-    if let Some(assignee) = &request.assignee {
-        check_text("assignee", assignee, 128, true)?;
-    }
-    check_text("notes", &request.notes, 64 * 1024, false)?;
-    Ok(())
 }
 
 #[cfg(test)]

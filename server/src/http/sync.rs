@@ -8,13 +8,13 @@ use axum::extract::{FromRequest, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
+use communesync_core::integrity::rules::validate_fields;
 use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, FeedDoc, PROTOCOL_VERSION, PushDoc, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
     DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, decode_change, decode_changes,
 };
-use communesync_core::store::validate_record;
 use rayon::prelude::*;
 
 use super::{ApiError, AppState, authenticate_device, refused_body};
@@ -160,6 +160,7 @@ pub(super) async fn sync(
         protocol: PROTOCOL_VERSION,
         server_time: now,
         missing_deps: missing,
+        refused: Vec::new(),
         feed,
         next_cursor,
         more,
@@ -344,8 +345,9 @@ fn validate_doc(
     }
     // The field rules a tablet's own edits obey (a device that encodes records itself must not
     // get a 4 MB name or terminal escapes into every tablet of the commune).
-    validate_record(&record, known.is_some())
-        .map_err(|e| ApiError::malformed(format!("record {id}: {e}")))?;
+    if known.is_none() {
+        validate_fields(&record).map_err(|e| ApiError::malformed(format!("record {id}: {e}")))?;
+    }
     let record_commune = match &record {
         Record::Application(a) => a.commune_code.clone(),
         Record::CitizenRequest(r) => r.commune_code.clone(),

@@ -1,0 +1,262 @@
+//! The shape of a record's history: who wrote each change, in what order, on top of what.
+//!
+//! [`HistoryIndex`] holds, for every change of one record, the sequence number of each author's
+//! latest change among its ancestors (a vector clock) and its highest operation counter. With it
+//! a pushed change is checked in time proportional to the number of authors of the record:
+//! - its author (Automerge actor) is the device that pushed it;
+//! - it is the record's only root (a change without dependencies) or depends on known changes;
+//! - its sequence number is its author's previous one plus one, and it builds on that previous
+//!   change (an author's changes form one chain: two changes with one author and one sequence
+//!   number would make Automerge refuse the second on every replica that sees both);
+//! - its operation counters start past those of everything it depends on (Automerge's op ids
+//!   stay unique).
+//!
+//! Sizes are bounded: dependencies per change, authors per record, message bytes.
+
+use std::collections::HashMap;
+
+use automerge::ChangeHash;
+
+use super::{Refusal, RefusalCode};
+use crate::record::DeviceId;
+
+/// Most dependencies one change may name (an honest change names the heads it saw: a few).
+pub const MAX_DEPS: usize = 256;
+/// Most authors (devices) one record may have.
+pub const MAX_AUTHORS: usize = 256;
+/// Longest change message (officer and fields touched, as JSON).
+pub const MAX_MESSAGE: usize = 4 * 1024;
+
+/// What the checks read of one change.
+#[derive(Debug, Clone)]
+pub struct ChangeMeta {
+    /// Its hash.
+    pub hash: ChangeHash,
+    /// Its Automerge actor.
+    pub actor: Vec<u8>,
+    /// Its sequence number among its actor's changes (from 1).
+    pub seq: u64,
+    /// Counter of its first operation.
+    pub start_op: u64,
+    /// Counter of its last operation (`start_op - 1` for a change without operations).
+    pub max_op: u64,
+    /// The changes it depends on.
+    pub deps: Vec<ChangeHash>,
+    /// Bytes of its message.
+    pub message_len: usize,
+}
+
+impl ChangeMeta {
+    /// The metadata of a decoded change.
+    pub fn of(change: &automerge::Change) -> Self {
+        ChangeMeta {
+            hash: change.hash(),
+            actor: change.actor_id().to_bytes().to_vec(),
+            seq: change.seq(),
+            start_op: change.start_op().get(),
+            max_op: change.max_op(),
+            deps: change.deps().to_vec(),
+            message_len: change.message().map_or(0, |m| m.len()),
+        }
+    }
+}
+
+/// What [`HistoryIndex::admit`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A new change, checked and indexed.
+    Added,
+    /// A change the record already has.
+    Known,
+    /// It depends on changes the index does not hold (the sender should send the whole history).
+    MissingDeps,
+}
+
+struct Node {
+    /// Sequence number of each author's latest change among this change and its ancestors, by
+    /// author index (shorter when later authors are absent: their entry is 0).
+    clock: Vec<u64>,
+    max_op: u64,
+}
+
+/// The history of one record, as vector clocks.
+#[derive(Default)]
+pub struct HistoryIndex {
+    authors: Vec<Vec<u8>>,
+    nodes: HashMap<ChangeHash, Node>,
+    /// Highest sequence number of each author, by author index.
+    latest: Vec<u64>,
+    root: Option<ChangeHash>,
+}
+
+impl HistoryIndex {
+    /// An empty history (a record not created yet).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the record has this change.
+    pub fn contains(&self, hash: &ChangeHash) -> bool {
+        self.nodes.contains_key(hash)
+    }
+
+    /// Changes indexed.
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Whether no change is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Indexes a change accepted before (a stored one), given after its dependencies, checking
+    /// only what indexing needs. A stored history this does not accept is damaged.
+    pub fn add_stored(&mut self, meta: &ChangeMeta) -> Result<(), Refusal> {
+        match self.index(meta)? {
+            Admission::MissingDeps => Err(Refusal::new(
+                RefusalCode::Malformed,
+                "a stored change depends on a change that is not stored",
+            )),
+            Admission::Added | Admission::Known => Ok(()),
+        }
+    }
+
+    /// Checks a change pushed by `pusher` against the history and indexes it if it passes.
+    pub fn admit(&mut self, meta: &ChangeMeta, pusher: DeviceId) -> Result<Admission, Refusal> {
+        if self.contains(&meta.hash) {
+            return Ok(Admission::Known);
+        }
+        if meta.actor.as_slice() != pusher.0.as_bytes().as_slice() {
+            return Err(Refusal::new(
+                RefusalCode::NotAttributed,
+                "a change is signed with another device's identity (its author must be the device that pushes it)",
+            ));
+        }
+        if meta.message_len > MAX_MESSAGE {
+            return Err(Refusal::new(
+                RefusalCode::TooLarge,
+                format!("a change message over {MAX_MESSAGE} bytes"),
+            ));
+        }
+        if meta.deps.is_empty() && self.root.is_some() {
+            return Err(Refusal::new(
+                RefusalCode::SecondRoot,
+                "a second first change (one without dependencies) in a record that has one",
+            ));
+        }
+        self.index(meta)
+    }
+
+    /// Checks the order of `meta` against its dependencies and indexes it.
+    fn index(&mut self, meta: &ChangeMeta) -> Result<Admission, Refusal> {
+        if self.contains(&meta.hash) {
+            return Ok(Admission::Known);
+        }
+        if meta.deps.len() > MAX_DEPS {
+            return Err(Refusal::new(
+                RefusalCode::TooLarge,
+                format!("a change with more than {MAX_DEPS} dependencies"),
+            ));
+        }
+        if meta.deps.iter().any(|dep| !self.nodes.contains_key(dep)) {
+            return Ok(Admission::MissingDeps);
+        }
+        if meta.deps.is_empty() && self.root.is_some() {
+            return Err(Refusal::new(
+                RefusalCode::SecondRoot,
+                "a second first change in a record that has one",
+            ));
+        }
+        let author = match self.authors.iter().position(|a| *a == meta.actor) {
+            Some(index) => index,
+            None if self.authors.len() >= MAX_AUTHORS => {
+                return Err(Refusal::new(
+                    RefusalCode::TooLarge,
+                    format!("a record with more than {MAX_AUTHORS} authors"),
+                ));
+            }
+            None => {
+                self.authors.push(meta.actor.clone());
+                self.latest.push(0);
+                self.authors.len() - 1
+            }
+        };
+        let mut clock = vec![0u64; self.authors.len()];
+        let mut deps_max_op = 0;
+        for dep in &meta.deps {
+            if let Some(node) = self.nodes.get(dep) {
+                for (entry, seq) in clock.iter_mut().zip(&node.clock) {
+                    *entry = (*entry).max(*seq);
+                }
+                deps_max_op = deps_max_op.max(node.max_op);
+            }
+        }
+        let previous = self.latest.get(author).copied().unwrap_or(0);
+        if meta.seq != previous.saturating_add(1) || clock.get(author).copied() != Some(previous) {
+            return Err(Refusal::new(
+                RefusalCode::Sequence,
+                format!(
+                    "change {} of its author does not follow its author's change {previous}",
+                    meta.seq
+                ),
+            ));
+        }
+        if meta.start_op <= deps_max_op || meta.max_op.saturating_add(1) < meta.start_op {
+            return Err(Refusal::new(
+                RefusalCode::Sequence,
+                "a change whose operation counters do not follow its dependencies",
+            ));
+        }
+        if let Some(entry) = clock.get_mut(author) {
+            *entry = meta.seq;
+        }
+        if let Some(latest) = self.latest.get_mut(author) {
+            *latest = meta.seq;
+        }
+        if meta.deps.is_empty() {
+            self.root = Some(meta.hash);
+        }
+        self.nodes.insert(
+            meta.hash,
+            Node {
+                clock,
+                max_op: meta.max_op,
+            },
+        );
+        Ok(Admission::Added)
+    }
+}
+
+/// The changes of `metas` in an order where each comes after those of its dependencies that are
+/// among them (their order otherwise kept); `None` if they depend on each other in a cycle,
+/// which hashes make impossible for real changes.
+pub fn causal_order(metas: &[ChangeMeta]) -> Option<Vec<usize>> {
+    let position: HashMap<ChangeHash, usize> =
+        metas.iter().enumerate().map(|(i, m)| (m.hash, i)).collect();
+    let mut waiting_on = vec![0usize; metas.len()];
+    let mut dependents: Vec<Vec<usize>> = vec![Vec::new(); metas.len()];
+    for (i, meta) in metas.iter().enumerate() {
+        for dep in &meta.deps {
+            if let Some(&d) = position.get(dep)
+                && d != i
+            {
+                waiting_on[i] += 1;
+                dependents[d].push(i);
+            }
+        }
+    }
+    let mut ready: std::collections::VecDeque<usize> =
+        (0..metas.len()).filter(|&i| waiting_on[i] == 0).collect();
+    let mut order = Vec::with_capacity(metas.len());
+    while let Some(i) = ready.pop_front() {
+        order.push(i);
+        for &next in &dependents[i] {
+            waiting_on[next] -= 1;
+            if waiting_on[next] == 0 {
+                ready.push_back(next);
+            }
+        }
+    }
+    (order.len() == metas.len()).then_some(order)
+}

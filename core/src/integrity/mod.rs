@@ -1,0 +1,33 @@
+//! Integrity: the rules every record and every change obey, defined once, checked twice.
+//!
+//! A commune's dossier is a legal record, and an enrolled tablet can be buggy, old, stolen or
+//! hostile. So every rule a device enforces on its own edits is a pure function here
+//! ([`rules`]), which the device store calls before it commits an edit and the server calls
+//! again for every pushed change, against the record as it was at that change's own
+//! dependencies ([`check_pushed`]). Nothing the server accepts is refused on a device, and the
+//! reverse.
+//!
+//! What the server checks per pushed change:
+//! - attribution: its Automerge actor is the device that pushed it ([`history`]);
+//! - shape: exactly one root change per record (its first); each author's changes numbered 1, 2,
+//!   3... each building on the previous; operation counters past its dependencies'; bounded
+//!   dependencies, authors and message;
+//! - the record rules ([`rules`]): a new record is valid, in the device's commune, created by
+//!   that device, received, not received in the future; an edit keeps id, kind, commune,
+//!   receipt time, creator and due date (except with the procedure), follows the status
+//!   workflow, and makes no field break its rule or limit (a field already over a limit by a
+//!   merge never makes the record uneditable).
+//!
+//! A refusal ([`Refusal`]) carries a stable code ([`RefusalCode`]) and a message: the server
+//! answers it per document, and the tablet sets that document aside (quarantine) while every
+//! other one flows.
+
+mod check;
+pub mod history;
+mod refusal;
+pub mod rules;
+
+pub use check::{Verdict, check_pushed};
+pub use history::{Admission, ChangeMeta, HistoryIndex};
+pub use refusal::{Refusal, RefusalCode};
+pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer};

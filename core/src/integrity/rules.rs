@@ -1,0 +1,383 @@
+//! The record rules: what a new record must be, and what one change may do to a record.
+//!
+//! Each rule is a pure function of the record before a change, the record after it and who makes
+//! it ([`RuleContext`]). The device store calls them before it commits an edit; the server calls
+//! them for every pushed change, with the record as it was at that change's own dependencies
+//! (`integrity::history`). So a change one side accepts the other accepts too.
+//!
+//! Limits on sizes follow one principle: a change may not make a field break its limit, but a
+//! field already over it (text that two tablets added to concurrently and that merged past the
+//! cap, a value written before a rule existed) never makes the record uneditable: a change that
+//! does not make it worse is accepted.
+
+use crate::catalogue::CivilDate;
+use crate::record::{Application, CitizenRequest, DeviceId, Record, RequestStatus, Status};
+use crate::{Error, Result};
+
+use super::{Refusal, RefusalCode};
+
+/// A record's receipt time may be ahead of the checker's clock by at most this much (device
+/// clocks drift; a receipt dated next year is not drift).
+pub const MAX_CLOCK_AHEAD_MS: i64 = 2 * 24 * 3600 * 1000;
+/// Longest officer name a change may carry.
+pub const MAX_OFFICER: usize = 128;
+/// Longest notes one change may leave (notes merge: concurrent additions may pass it together).
+pub const MAX_NOTES: usize = 64 * 1024;
+/// Most received papers an application lists.
+pub const MAX_DOCUMENTS: usize = 100;
+/// Most fees an application lists.
+pub const MAX_FEES: usize = 50;
+
+/// Who makes a change, and what the checker knows.
+pub struct RuleContext<'a> {
+    /// The device making the change (on the server: the authenticated device that pushed it).
+    pub device: DeviceId,
+    /// The commune the device is enrolled in; `None` for a province account or a device not yet
+    /// enrolled.
+    pub commune: Option<&'a str>,
+    /// The checker's clock (ms since epoch).
+    pub now_ms: i64,
+    /// Whether the procedure with this code may be withdrawn; `None` when the checker does not
+    /// know the procedure (then withdrawal is not refused: the other side checked it).
+    pub withdrawal_allowed: &'a dyn Fn(&str) -> Option<bool>,
+}
+
+/// A broken rule: the code the server answers and the error the device store returns.
+#[derive(Debug)]
+pub struct Violation {
+    /// Why, for the wire.
+    pub code: RefusalCode,
+    /// Why, as the store's error.
+    pub error: Error,
+}
+
+impl Violation {
+    fn new(code: RefusalCode, error: Error) -> Self {
+        Violation { code, error }
+    }
+
+    fn field(code: RefusalCode, field: &str, reason: impl Into<String>) -> Self {
+        Violation::new(code, Error::invalid(field, reason))
+    }
+
+    /// As a refusal of a pushed document.
+    pub fn refusal(&self) -> Refusal {
+        Refusal::new(self.code.clone(), self.error.to_string())
+    }
+}
+
+impl From<Violation> for Error {
+    fn from(violation: Violation) -> Self {
+        violation.error
+    }
+}
+
+/// Checks the officer name a change carries.
+pub fn check_officer(officer: &str) -> Result<()> {
+    if officer.trim().is_empty() || officer.len() > MAX_OFFICER {
+        return Err(Error::invalid(
+            "officer",
+            format!("must be 1 to {MAX_OFFICER} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a new record, as its first change makes it.
+pub fn check_creation(
+    record: &Record,
+    ctx: &RuleContext<'_>,
+) -> std::result::Result<(), Violation> {
+    if let Some(problem) = field_problems(record).into_iter().next() {
+        return Err(problem.violation());
+    }
+    let (commune, creator, received_at, initial) = match record {
+        Record::Application(a) => (
+            &a.commune_code,
+            a.created_by.device,
+            a.received_at,
+            a.status == Status::Received,
+        ),
+        Record::CitizenRequest(r) => (
+            &r.commune_code,
+            r.created_by.device,
+            r.received_at,
+            r.status == RequestStatus::Received,
+        ),
+    };
+    if let Some(own) = ctx.commune
+        && own != commune
+    {
+        return Err(Violation::field(
+            RefusalCode::NotYours,
+            "commune_code",
+            format!("this device is enrolled in commune {own}, not {commune}"),
+        ));
+    }
+    if creator != ctx.device.0 {
+        return Err(Violation::field(
+            RefusalCode::NotAttributed,
+            "created_by",
+            "a record names the device that created it",
+        ));
+    }
+    if !initial {
+        return Err(Violation::field(
+            RefusalCode::IllegalTransition,
+            "status",
+            "a new record starts as received",
+        ));
+    }
+    if received_at > ctx.now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+        return Err(Violation::field(
+            RefusalCode::InvalidField,
+            "received_at",
+            "a record cannot be received in the future",
+        ));
+    }
+    if let Record::Application(app) = record {
+        let received = CivilDate::from_unix_millis(app.received_at)
+            .map_err(|e| Violation::new(RefusalCode::InvalidField, e))?;
+        if app.due_at < received {
+            return Err(Violation::field(
+                RefusalCode::InvalidField,
+                "due_at",
+                "cannot be before the receipt",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks one change: `before` is the record the change was made on, `after` the record it
+/// leaves. Both must be of the same kind.
+pub fn check_edit(
+    before: &Record,
+    after: &Record,
+    ctx: &RuleContext<'_>,
+) -> std::result::Result<(), Violation> {
+    match (before, after) {
+        (Record::Application(b), Record::Application(a)) => check_application_edit(b, a, ctx)?,
+        (Record::CitizenRequest(b), Record::CitizenRequest(a)) => check_request_edit(b, a)?,
+        _ => {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "kind",
+                "a record keeps its kind",
+            ));
+        }
+    }
+    let before_problems = field_problems(before);
+    for problem in field_problems(after) {
+        // Not made worse by this change: the field was already over its limit (or already
+        // broke its rule) at least as much before it.
+        let excused = before_problems
+            .iter()
+            .any(|b| b.field == problem.field && b.size >= problem.size);
+        if !excused {
+            return Err(problem.violation());
+        }
+    }
+    Ok(())
+}
+
+fn immutable(kind: &str) -> Violation {
+    Violation::field(
+        RefusalCode::ImmutableField,
+        kind,
+        "id, commune, creator and receipt time cannot be changed",
+    )
+}
+
+fn check_application_edit(
+    before: &Application,
+    after: &Application,
+    ctx: &RuleContext<'_>,
+) -> std::result::Result<(), Violation> {
+    if before.id != after.id
+        || before.commune_code != after.commune_code
+        || before.created_by != after.created_by
+        || before.received_at != after.received_at
+    {
+        return Err(immutable("application"));
+    }
+    // The due date follows the procedure (a change of procedure recomputes it); a legal
+    // extension will be its own event.
+    if after.due_at != before.due_at && after.procedure_code == before.procedure_code {
+        return Err(Violation::field(
+            RefusalCode::ImmutableField,
+            "due_at",
+            "follows the procedure; it cannot be set",
+        ));
+    }
+    if after.status != before.status {
+        let allowed = (ctx.withdrawal_allowed)(&before.procedure_code).unwrap_or(true);
+        before
+            .status
+            .check_transition(after.status, allowed)
+            .map_err(|e| Violation::new(RefusalCode::IllegalTransition, e))?;
+    }
+    Ok(())
+}
+
+fn check_request_edit(
+    before: &CitizenRequest,
+    after: &CitizenRequest,
+) -> std::result::Result<(), Violation> {
+    if before.id != after.id
+        || before.commune_code != after.commune_code
+        || before.created_by != after.created_by
+        || before.received_at != after.received_at
+    {
+        return Err(immutable("citizen_request"));
+    }
+    if after.status != before.status {
+        before
+            .status
+            .check_transition(after.status)
+            .map_err(|e| Violation::new(RefusalCode::IllegalTransition, e))?;
+    }
+    Ok(())
+}
+
+/// A field that breaks its rule, with a size to tell whether a change made it worse.
+struct FieldProblem {
+    field: &'static str,
+    reason: String,
+    /// Bytes or entries for a limit; 0 for a rule of form.
+    size: usize,
+    code: RefusalCode,
+}
+
+impl FieldProblem {
+    fn violation(&self) -> Violation {
+        Violation::field(self.code.clone(), self.field, self.reason.clone())
+    }
+}
+
+/// Every field of `record` that breaks its rule, in field order.
+fn field_problems(record: &Record) -> Vec<FieldProblem> {
+    let mut problems = Vec::new();
+    match record {
+        Record::Application(app) => application_problems(app, &mut problems),
+        Record::CitizenRequest(request) => request_problems(request, &mut problems),
+    }
+    problems
+}
+
+fn text(out: &mut Vec<FieldProblem>, field: &'static str, value: &str, max: usize, required: bool) {
+    if required && value.trim().is_empty() {
+        out.push(FieldProblem {
+            field,
+            reason: "must not be empty".to_owned(),
+            size: 0,
+            code: RefusalCode::InvalidField,
+        });
+    }
+    if value.len() > max {
+        out.push(FieldProblem {
+            field,
+            reason: format!("longer than {max} bytes"),
+            size: value.len(),
+            code: RefusalCode::TooLarge,
+        });
+    }
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
+        out.push(FieldProblem {
+            field,
+            reason: "contains control characters".to_owned(),
+            size: 0,
+            code: RefusalCode::InvalidField,
+        });
+    }
+}
+
+fn form(out: &mut Vec<FieldProblem>, field: &'static str, ok: bool, reason: &str) {
+    if !ok {
+        out.push(FieldProblem {
+            field,
+            reason: reason.to_owned(),
+            size: 0,
+            code: RefusalCode::InvalidField,
+        });
+    }
+}
+
+fn count(out: &mut Vec<FieldProblem>, field: &'static str, len: usize, max: usize) {
+    if len > max {
+        out.push(FieldProblem {
+            field,
+            reason: format!("more than {max} entries"),
+            size: len,
+            code: RefusalCode::TooLarge,
+        });
+    }
+}
+
+fn application_problems(app: &Application, out: &mut Vec<FieldProblem>) {
+    text(out, "commune_code", &app.commune_code, 64, true);
+    text(out, "procedure_code", &app.procedure_code, 64, true);
+    text(out, "applicant.name", &app.applicant.name, 200, true);
+    text(out, "applicant.address", &app.applicant.address, 500, false);
+    text(out, "applicant.village", &app.applicant.village, 200, false);
+    let id = &app.applicant.id_number;
+    form(
+        out,
+        "applicant.id_number",
+        id.is_empty()
+            || ((id.len() == 9 || id.len() == 12) && id.chars().all(|c| c.is_ascii_digit())),
+        "must be 12 digits (citizen identity card) or 9 digits (old identity card)",
+    );
+    let phone = &app.applicant.phone;
+    let digits = phone.strip_prefix('+').unwrap_or(phone);
+    form(
+        out,
+        "applicant.phone",
+        phone.is_empty()
+            || ((9..=15).contains(&digits.len()) && digits.chars().all(|c| c.is_ascii_digit())),
+        "must be 9 to 15 digits",
+    );
+    if let Some(assignee) = &app.assignee {
+        text(out, "assignee", assignee, 128, true);
+    }
+    text(out, "notes", &app.notes, MAX_NOTES, false);
+    count(out, "documents", app.documents.len(), MAX_DOCUMENTS);
+    count(out, "fees", app.fees.len(), MAX_FEES);
+    for doc in &app.documents {
+        text(out, "documents.name", &doc.name, 500, true);
+    }
+    for fee in &app.fees {
+        text(out, "fees.name", &fee.name, 200, true);
+    }
+}
+
+fn request_problems(request: &CitizenRequest, out: &mut Vec<FieldProblem>) {
+    text(out, "commune_code", &request.commune_code, 64, true);
+    text(out, "category", &request.category, 64, true);
+    text(out, "village", &request.village, 200, false);
+    text(out, "description", &request.description, 16 * 1024, true);
+    text(out, "reporter_name", &request.reporter_name, 200, false);
+    text(
+        out,
+        "reporter_contact",
+        &request.reporter_contact,
+        200,
+        false,
+    );
+    if let Some(assignee) = &request.assignee {
+        text(out, "assignee", assignee, 128, true);
+    }
+    text(out, "notes", &request.notes, MAX_NOTES, false);
+}
+
+/// Checks a record's fields on their own (what a record arriving whole from elsewhere must
+/// satisfy): the first field that breaks its rule.
+pub fn validate_fields(record: &Record) -> Result<()> {
+    match field_problems(record).into_iter().next() {
+        Some(problem) => Err(problem.violation().error),
+        None => Ok(()),
+    }
+}
