@@ -18,7 +18,7 @@ pub enum Verdict {
         /// Positions of the new changes, dependencies first.
         new: Vec<usize>,
         /// The record once they are applied.
-        record: Option<Record>,
+        record: Option<Box<Record>>,
     },
     /// Some change depends on changes neither stored nor pushed: the whole history is needed.
     MissingDeps,
@@ -134,6 +134,6 @@ pub fn check_pushed(
     }
     Verdict::Accepted {
         new,
-        record: Some(record),
+        record: Some(Box::new(record)),
     }
 }
