@@ -719,7 +719,6 @@ impl DeviceStore {
         RuleContext {
             device: self.device,
             commune: None,
-            now_ms: self.now_ms(),
             withdrawal_allowed: withdrawal,
         }
     }

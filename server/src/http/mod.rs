@@ -15,6 +15,7 @@
 mod admin;
 mod enroll;
 mod error;
+mod push;
 mod secrets;
 mod sync;
 
@@ -25,6 +26,7 @@ pub use enroll::ApiScope;
 pub use error::ApiError;
 pub use secrets::{hash_enrollment_code, hash_secret, new_enrollment_code, new_token};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +38,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::protocol::Limits;
-use communesync_core::record::DeviceId;
+use serde::Deserialize;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::storage::{Device, ServerStorage};
@@ -74,8 +76,8 @@ pub struct AppState {
     pub(crate) storage: Arc<dyn ServerStorage>,
     pub(crate) config: ServerConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    /// The server's own Automerge actor (it never edits; it only validates).
-    pub(crate) actor: DeviceId,
+    /// The catalogue's withdrawal rule per procedure, parsed once per catalogue version.
+    withdrawal: std::sync::Mutex<Option<(u64, Arc<HashMap<String, bool>>)>>,
 }
 
 impl AppState {
@@ -94,8 +96,46 @@ impl AppState {
             storage,
             config,
             clock,
-            actor: DeviceId::new(),
+            withdrawal: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether each procedure of the catalogue may be withdrawn (what the workflow rule needs),
+    /// parsed from the catalogue when its version changes.
+    pub(crate) fn withdrawal_rules(
+        &self,
+        catalogue: Option<&(u64, String)>,
+    ) -> Arc<HashMap<String, bool>> {
+        let Some((version, json)) = catalogue else {
+            return Arc::new(HashMap::new());
+        };
+        let mut cached = self
+            .withdrawal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, rules)) = cached.as_ref()
+            && at == version
+        {
+            return rules.clone();
+        }
+        #[derive(Deserialize)]
+        struct Catalogue {
+            procedures: Vec<communesync_core::catalogue::Procedure>,
+        }
+        let rules: HashMap<String, bool> = match serde_json::from_str::<Catalogue>(json) {
+            Ok(catalogue) => catalogue
+                .procedures
+                .into_iter()
+                .map(|p| (p.code, p.withdrawal_allowed))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "the stored catalogue does not parse");
+                HashMap::new()
+            }
+        };
+        let rules = Arc::new(rules);
+        *cached = Some((*version, rules.clone()));
+        rules
     }
 }
 
