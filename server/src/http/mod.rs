@@ -71,13 +71,16 @@ impl Default for ServerConfig {
     }
 }
 
+/// Whether each procedure may be withdrawn, by code.
+pub(crate) type WithdrawalRules = Arc<HashMap<String, bool>>;
+
 /// Shared state of the handlers.
 pub struct AppState {
     pub(crate) storage: Arc<dyn ServerStorage>,
     pub(crate) config: ServerConfig,
     pub(crate) clock: Arc<dyn Clock>,
     /// The catalogue's withdrawal rule per procedure, parsed once per catalogue version.
-    withdrawal: std::sync::Mutex<Option<(u64, Arc<HashMap<String, bool>>)>>,
+    withdrawal: std::sync::Mutex<Option<(u64, WithdrawalRules)>>,
 }
 
 impl AppState {
@@ -105,7 +108,7 @@ impl AppState {
     pub(crate) fn withdrawal_rules(
         &self,
         catalogue: Option<&(u64, String)>,
-    ) -> Arc<HashMap<String, bool>> {
+    ) -> WithdrawalRules {
         let Some((version, json)) = catalogue else {
             return Arc::new(HashMap::new());
         };
