@@ -31,3 +31,6 @@ pub use check::{Verdict, check_pushed};
 pub use history::{Admission, ChangeMeta, HistoryIndex};
 pub use refusal::{Refusal, RefusalCode};
 pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer};
+
+#[cfg(test)]
+mod tests;

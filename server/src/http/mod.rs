@@ -105,10 +105,7 @@ impl AppState {
 
     /// Whether each procedure of the catalogue may be withdrawn (what the workflow rule needs),
     /// parsed from the catalogue when its version changes.
-    pub(crate) fn withdrawal_rules(
-        &self,
-        catalogue: Option<&(u64, String)>,
-    ) -> WithdrawalRules {
+    pub(crate) fn withdrawal_rules(&self, catalogue: Option<&(u64, String)>) -> WithdrawalRules {
         let Some((version, json)) = catalogue else {
             return Arc::new(HashMap::new());
         };
