@@ -117,6 +117,9 @@ impl Hostile {
     }
 }
 
+/// An edit of a record, as a test case holds it.
+type Edit = Box<dyn FnOnce(&mut Application)>;
+
 /// The record as the server holds it, opened as `actor` would to edit it.
 async fn server_copy(server: &TestServer, id: RecordId, actor: DeviceId) -> RecordDoc {
     let changes = server.storage.doc_changes(id).await.unwrap();
@@ -196,7 +199,7 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
             under_colleagues_name,
             "not_attributed",
         )];
-        let own_edits: Vec<(&str, Box<dyn FnOnce(&mut Application)>, &str)> = vec![
+        let own_edits: Vec<(&str, Edit, &str)> = vec![
             (
                 "a status that skips the workflow",
                 Box::new(|a| a.status = Status::Returned),
