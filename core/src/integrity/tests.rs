@@ -34,6 +34,9 @@ fn sample(device: DeviceId) -> Application {
     }
 }
 
+/// An edit of a record, as a test case holds it.
+type Edit = Box<dyn FnOnce(&mut Application)>;
+
 fn no_withdrawal(_: &str) -> Option<bool> {
     Some(false)
 }
@@ -144,7 +147,7 @@ fn the_record_rules_hold_per_change() {
     let tablet = DeviceId::new();
     let mut doc = created(tablet);
     let root = all_changes(&mut doc);
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Application)>, RefusalCode)> = vec![
+    let cases: Vec<(&str, Edit, RefusalCode)> = vec![
         (
             "received -> returned",
             Box::new(|a| a.status = Status::Returned),
