@@ -94,9 +94,10 @@ pub fn check_pushed(
         }
         Err(e) => return malformed(e.to_string()),
     };
-    let Some(doc) = doc else {
+    let Some(mut doc) = doc else {
         return malformed("no document".to_owned());
     };
+    let final_heads = doc.heads();
     if let Some(id) = id
         && record.id() != id
     {
@@ -119,9 +120,15 @@ pub fn check_pushed(
                 Err(e) => return malformed(format!("the record before a change: {e}")),
             }
         };
-        let after = match doc.record_at(&[meta.hash]) {
-            Ok(record) => record,
-            Err(e) => return malformed(format!("the record after a change: {e}")),
+        // The record after the change: the document as it now reads when the change is its
+        // only head (one new record, or the last of a chain), else read at that change.
+        let after = if final_heads.as_slice() == [meta.hash] {
+            record.clone()
+        } else {
+            match doc.record_at(&[meta.hash]) {
+                Ok(record) => record,
+                Err(e) => return malformed(format!("the record after a change: {e}")),
+            }
         };
         let checked = match &before {
             None => check_creation(&after, ctx),
