@@ -403,3 +403,92 @@ async fn one_record_named_thousands_of_times_is_refused_before_any_work() {
         assert!(text.contains("more than once"), "{url}: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_of_a_push_stops_when_its_client_goes_away() {
+    use std::io::Write;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = communesync_tests::sqlite_url(dir.path(), "abandoned");
+    let storage = communesync_server::storage::open(&url).await.unwrap();
+    storage
+        .create_commune(COMMUNE, "Mường Phăng")
+        .await
+        .unwrap();
+    let (code, _) = communesync_server::http::issue_enrollment_code(
+        storage.as_ref(),
+        &communesync_server::storage::Scope::Commune(COMMUNE.into()),
+        std::time::Duration::from_secs(3600),
+        communesync_tests::now_ms(),
+    )
+    .await
+    .unwrap();
+    let state = communesync_server::http::AppState::new(
+        storage.clone(),
+        communesync_server::http::ServerConfig::default(),
+    );
+    let app = communesync_server::http::router(state.clone())
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let hostile = Hostile::enroll(&format!("http://{addr}"), &code).await;
+
+    // A push that takes the server a while: thousands of valid new records.
+    let mut sample = SampleData::new(9);
+    let template = {
+        let mut store =
+            DeviceStore::open(StoreConfig::new(dir.path().join("template.db"))).unwrap();
+        store.import_catalogue(&SampleData::catalogue()).unwrap();
+        store
+            .create_application("lan", sample.application(COMMUNE, None))
+            .unwrap()
+    };
+    let push: Vec<PushDoc> = (0..6_000)
+        .map(|_| {
+            let mut app = Application {
+                id: RecordId::new(),
+                ..template.clone()
+            };
+            app.created_by.device = hostile.device.0;
+            crafted_record(&app, hostile.device)
+        })
+        .collect();
+    let body = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        device_time: 0,
+        push,
+        pull: None,
+        catalogue_version: 0,
+        pending_docs: 0,
+    }
+    .encode(&mut DocCodec::new().unwrap())
+    .unwrap();
+    // Sent whole, then the client is gone before any answer.
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        socket,
+        "POST /v1/sync HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\n\r\n",
+        hostile.token,
+        body.len()
+    )
+    .unwrap();
+    socket.write_all(&body).unwrap();
+    socket.flush().unwrap();
+    drop(socket);
+    let mut waited = 0;
+    while state.abandoned_syncs() == 0 && waited < 300 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(
+        state.abandoned_syncs(),
+        1,
+        "the server never saw the client leave"
+    );
+    // Stopped before storing: nothing of the push is there.
+    let stats = storage.stats().await.unwrap();
+    assert_eq!(stats[0].documents, 0, "{stats:?}");
+}

@@ -81,6 +81,8 @@ pub struct AppState {
     pub(crate) clock: Arc<dyn Clock>,
     /// The catalogue's withdrawal rule per procedure, parsed once per catalogue version.
     withdrawal: std::sync::Mutex<Option<(u64, WithdrawalRules)>>,
+    /// Syncs whose client went away before the answer (their work was stopped).
+    pub(crate) abandoned: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl AppState {
@@ -100,7 +102,13 @@ impl AppState {
             config,
             clock,
             withdrawal: std::sync::Mutex::new(None),
+            abandoned: Arc::default(),
         })
+    }
+
+    /// Syncs abandoned by their client before the answer; their remaining work was stopped.
+    pub fn abandoned_syncs(&self) -> u64 {
+        self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether each procedure of the catalogue may be withdrawn (what the workflow rule needs),

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
 use communesync_core::protocol::PushDoc;
@@ -30,26 +30,37 @@ impl Cancel {
         self.0.load(Ordering::Relaxed)
     }
 
-    /// A guard that cancels when dropped: held by the request's future, which axum drops when
-    /// the connection closes.
-    pub(super) fn guard(&self) -> CancelOnDrop {
-        CancelOnDrop(self.clone())
+    /// A guard that cancels when dropped (and counts it in `abandoned`): held by the request's
+    /// future, which is dropped when the connection closes.
+    pub(super) fn guard(&self, abandoned: Arc<AtomicU64>) -> CancelOnDrop {
+        CancelOnDrop {
+            cancel: self.clone(),
+            abandoned,
+            armed: true,
+        }
     }
 }
 
 /// Cancels its [`Cancel`] when dropped, unless disarmed.
-pub(super) struct CancelOnDrop(Cancel);
+pub(super) struct CancelOnDrop {
+    cancel: Cancel,
+    abandoned: Arc<AtomicU64>,
+    armed: bool,
+}
 
 impl CancelOnDrop {
     /// The request finished: nothing to cancel.
-    pub(super) fn disarm(self) {
-        std::mem::forget(self);
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
     }
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        (self.0).0.store(true, Ordering::Relaxed);
+        if self.armed {
+            self.cancel.0.store(true, Ordering::Relaxed);
+            self.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -52,7 +52,7 @@ pub(super) async fn sync(
     // Everything blocking this request starts stops when the client goes away (axum drops this
     // future when the connection closes, and the guard with it).
     let cancel = Cancel::default();
-    let guard = cancel.guard();
+    let guard = cancel.guard(state.abandoned.clone());
     let answer = sync_inner(state, request, cancel).await;
     guard.disarm();
     answer
