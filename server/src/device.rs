@@ -2,7 +2,10 @@
 //!
 //! The store is encrypted with the key in `COMMUNESYNC_STORE_KEY` (64 hex digits), as a tablet's
 //! would be with the platform keystore's key; without it the store is unencrypted. The device
-//! credential is kept next to the store in `<store>.credential.json` (mode 0600).
+//! credential is kept next to the store in `<store>.credential.json` (mode 0600). Enrolling a
+//! store that already has a credential (with a re-enrollment code from the province) replaces
+//! it atomically: the store keeps its device id and its unsynced work, which the next sync
+//! pushes.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -191,15 +194,25 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `bytes` to `path` (mode 0600) atomically: a crash leaves the old file or the new one,
+/// never a credential cut in half.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    // A leftover from a crash may have another mode: `mode` applies only to a new file.
+    let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
     file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -216,4 +216,154 @@ fn operators_enroll_import_sync_and_export_with_the_cli() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("revoked"));
+
+    // Revoked by mistake while it held unsynced work: the operator issues a re-enrollment code
+    // and the same store enrolls again, keeping its id; its outbox then flows.
+    let register = dir.path().join("later.jsonl");
+    std::fs::write(
+        &register,
+        r#"{"commune_code":"DB-MUONGPHANG","procedure_code":"1.001193","applicant":{"name":"Lò Thị Xuân","id_number":"","phone":"","address":"","village":"Bản Phăng"}}"#,
+    )
+    .unwrap();
+    run(
+        &[
+            "device",
+            "--store",
+            &a,
+            "import",
+            register.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let reenroll = run(
+        &["admin", "--database", &db, "reenroll-code", device_a],
+        dir.path(),
+    );
+    assert_eq!(reenroll["device_id"], device_a);
+    let again = run(
+        &[
+            "device",
+            "--store",
+            &a,
+            "enroll",
+            "--server",
+            &url,
+            "--code",
+            reenroll["code"].as_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(again["device_id"], device_a);
+    let report = run(&["device", "--store", &a, "sync"], dir.path());
+    assert_eq!(report["pushed_docs"], 1);
+    let report = run(&["device", "--store", &b, "sync"], dir.path());
+    assert_eq!(report["pulled_docs"], 1);
+
+    // Revocation with a wipe order.
+    let device_b = devices
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .find(|id| *id != device_a)
+        .unwrap();
+    let wiped = run(
+        &["admin", "--database", &db, "revoke", device_b, "--wipe"],
+        dir.path(),
+    );
+    assert_eq!(wiped["wipe"], true);
+    let listed = json_lines(&["admin", "--database", &db, "devices"], dir.path());
+    let b_listed = listed.iter().find(|d| d["id"] == device_b).unwrap();
+    assert_eq!(
+        (b_listed["revoked"].as_bool(), b_listed["wiped"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(listed.iter().all(|d| d["refused_docs"] == 0));
+    assert!(json_lines(&["admin", "--database", &db, "refusals"], dir.path()).is_empty());
+    assert!(
+        json_lines(
+            &["admin", "--database", &db, "refusals", "--device", device_a],
+            dir.path()
+        )
+        .is_empty()
+    );
+
+    // Operator tokens: listed without secrets, revocable, never the last one.
+    let token = std::fs::read_to_string(dir.path().join("communesync-admin-token")).unwrap();
+    let tokens = json_lines(&["admin", "--database", &db, "tokens"], dir.path());
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["label"], "bootstrap");
+    assert!(
+        !serde_json::to_string(&tokens)
+            .unwrap()
+            .contains(token.trim())
+    );
+    let bootstrap = tokens[0]["id"].as_u64().unwrap().to_string();
+    let last = Command::new(BIN)
+        .args(["admin", "--database", &db, "revoke-token", &bootstrap])
+        .output()
+        .unwrap();
+    assert!(!last.status.success());
+    assert!(String::from_utf8_lossy(&last.stderr).contains("last active operator token"));
+    run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "new-admin-token",
+            "--label",
+            "spare",
+        ],
+        dir.path(),
+    );
+    run(
+        &["admin", "--database", &db, "revoke-token", &bootstrap],
+        dir.path(),
+    );
+    let tokens = json_lines(&["admin", "--database", &db, "tokens"], dir.path());
+    assert!(tokens[0]["revoked_at"].is_i64() && tokens[1]["revoked_at"].is_null());
+    let refused = raw_get(&listen, "/v1/admin/stats", token.trim());
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+
+    // The server's database is readable by its user only.
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("province.db{suffix}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+/// Every stdout line of a command, as JSON.
+fn json_lines(args: &[&str], dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let output = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A GET with a bearer token over a plain socket; the response head.
+fn raw_get(addr: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
 }

@@ -39,7 +39,7 @@ impl TestServer {
         let storage = storage::open(database).await?;
         let admin_token = http::new_token();
         storage
-            .create_admin_token(http::hash_secret(&admin_token), "tests")
+            .create_admin_token(http::hash_secret(&admin_token), "tests", now_ms())
             .await?;
         let listener = match addr {
             Some(addr) => bind_retrying(addr).await?,

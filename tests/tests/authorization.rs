@@ -1,5 +1,5 @@
 //! The authorization matrix over real HTTP on 127.0.0.1, on SQLite and PostgreSQL: every route of
-//! the router (the list is checked against `server/src/http.rs`) called by every kind of caller
+//! the router (the list is checked against `server/src/http/mod.rs`) called by every kind of caller
 //! (none, a wrong token, a revoked device, a device of another commune, a device of the
 //! commune, a province account, an operator) gets exactly the status it should; refused calls
 //! change nothing; and no record of another commune reaches a caller through any path: the feed,
@@ -36,6 +36,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/enrollment-codes"),
     ("GET", "/v1/admin/devices"),
     ("POST", "/v1/admin/devices/{id}/revoke"),
+    ("POST", "/v1/admin/devices/{id}/reenroll-code"),
+    ("GET", "/v1/admin/devices/{id}/refusals"),
+    ("GET", "/v1/admin/tokens"),
+    ("POST", "/v1/admin/tokens/{id}/revoke"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
 ];
@@ -123,6 +127,8 @@ struct World {
     /// Device ids: own-commune tablet, other-commune tablet, a spare device for the revoke cell.
     own_device: DeviceId,
     spare_device: DeviceId,
+    /// An operator token nobody uses, for the token revocation cell.
+    spare_token: u64,
     a_ids: Vec<RecordId>,
     b_ids: Vec<RecordId>,
     a_names: Vec<String>,
@@ -209,6 +215,11 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
     let own_device = own.store().lock().unwrap().device_id();
     let spare_device = spare.store().lock().unwrap().device_id();
     drop(province);
+    let spare_token = server
+        .storage
+        .create_admin_token(http::hash_secret(&http::new_token()), "spare", now_ms())
+        .await
+        .unwrap();
     let tokens = vec![
         (Caller::Nobody, None),
         (Caller::WrongToken, Some("0123456789abcdef".repeat(4))),
@@ -228,6 +239,7 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
         tokens,
         own_device,
         spare_device,
+        spare_token,
         a_ids,
         b_ids,
         a_names,
@@ -266,7 +278,11 @@ impl World {
 
     /// Calls `method path` as `caller` with the request that route expects.
     async fn call(&self, caller: Caller, method: &str, path: &str) -> Answer {
-        let path = path.replace("{id}", &self.spare_device.to_string());
+        let path = if path.starts_with("/v1/admin/tokens/") {
+            path.replace("{id}", &self.spare_token.to_string())
+        } else {
+            path.replace("{id}", &self.spare_device.to_string())
+        };
         let url = format!("{}{path}", self.server.url());
         let mut request = match method {
             "GET" => self.http.get(&url),
@@ -311,12 +327,20 @@ impl World {
             .into_iter()
             .map(|d| (d.device, d.changes_pushed))
             .collect();
+        let tokens: Vec<_> = storage
+            .list_admin_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.revoked_at))
+            .collect();
         format!(
-            "{:?}\n{:?}\n{:?}\n{:?}",
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
             storage.list_communes().await.unwrap(),
             devices,
             storage.catalogue().await.unwrap(),
-            storage.stats().await.unwrap()
+            storage.stats().await.unwrap(),
+            tokens
         )
     }
 }
@@ -338,6 +362,7 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
             Operator => match (method, admin) {
                 ("POST", "/v1/admin/communes") => 201,
                 ("POST", "/v1/admin/devices/{id}/revoke") => 204,
+                ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
                 _ => 200,
             },
             _ => 401,
@@ -472,6 +497,13 @@ async fn every_caller_gets_exactly_its_access_on_every_route() {
         assert!(
             spare.device.revoked,
             "{url}: the operator's revoke did nothing"
+        );
+        let tokens = w.server.storage.list_admin_tokens().await.unwrap();
+        assert!(
+            tokens
+                .iter()
+                .any(|t| t.id == w.spare_token && t.revoked_at.is_some()),
+            "{url}: the operator's token revocation did nothing"
         );
         assert!(
             devices

@@ -309,6 +309,22 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
                     && !m.contains(&foreign.id.to_string())),
             "{url}: {messages:?}"
         );
+        // Operators see the device's refused documents, one row per record with its latest
+        // reason.
+        let seen = server.storage.refusals(Some(hostile.device)).await.unwrap();
+        let mut latest: Vec<(RecordId, &str)> = Vec::new();
+        for (_, doc, code) in &cases {
+            let id = doc.id.unwrap();
+            latest.retain(|(other, _)| *other != id);
+            latest.push((id, code));
+        }
+        assert_eq!(seen.len(), latest.len(), "{url}: {seen:?}");
+        for (id, code) in latest {
+            assert!(
+                seen.iter().any(|r| r.doc == id && r.code == code),
+                "{url}: {id} {code} not shown to operators: {seen:?}"
+            );
+        }
         // The good records are stored; the colleague's record is exactly as it was.
         for id in &goods {
             assert!(

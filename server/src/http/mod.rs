@@ -1,9 +1,10 @@
 //! The provincial server's HTTP API (axum).
 //!
-//! - `POST /v1/enroll` (JSON): a one-time code for a device credential bound to a scope.
+//! - `POST /v1/enroll` (JSON): a one-time code for a device credential bound to a scope, or a
+//!   re-enrollment code for a new credential of an existing device.
 //! - `POST /v1/sync` (wire v2, `docs/PROTOCOL.md`): push and pull in one round trip.
-//! - `/v1/admin/...` (JSON, operator token): communes, enrollment codes, devices, revocation,
-//!   stats, catalogue.
+//! - `/v1/admin/...` (JSON, operator token): communes, enrollment and re-enrollment codes,
+//!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
 //! - `GET /v1/health`.
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
@@ -13,15 +14,20 @@
 //! never logged.
 
 mod admin;
+mod admin_tokens;
+pub mod client_addr;
 mod enroll;
+pub mod enroll_limit;
 mod error;
 mod push;
 mod secrets;
 mod sync;
 
 pub use admin::{
-    DeviceOut, StatsOut, issue_enrollment_code, list_devices, stats, validate_catalogue,
+    DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
+    refusals, stats, validate_catalogue,
 };
+pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use enroll::ApiScope;
 pub use error::ApiError;
 pub use secrets::{hash_enrollment_code, hash_secret, new_enrollment_code, new_token};
@@ -50,10 +56,24 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Upper bound on feed bytes in one response, whatever the client asks.
     pub max_pull_bytes: usize,
-    /// Failed enrollments allowed per source address and window.
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed: a request
+    /// from one of them counts under the right-most forwarded address that is not a trusted
+    /// proxy (see [`client_addr`]). Empty (the default): the header is ignored and every request
+    /// counts under its TCP peer, so behind a proxy all tablets would share the proxy's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Enrollment attempts per source address and window evaluated at once (a successful one is
+    /// given back, so in effect: failures). Past it the source is throttled, not locked out: see
+    /// [`enroll_limit`].
     pub enroll_failures_allowed: u32,
-    /// Length of the enrollment rate-limit window.
+    /// Length of the enrollment attempt-counting window.
     pub enroll_window: Duration,
+    /// A throttled source's attempts are evaluated one at a time, each after this delay.
+    pub enroll_throttle_delay: Duration,
+    /// Attempts of one throttled source that may wait (the one being evaluated included); more
+    /// get 429 with `Retry-After`.
+    pub enroll_throttle_queue: usize,
+    /// Throttled attempts that may wait in this replica, all sources together; more get 429.
+    pub enroll_throttle_total: usize,
     /// A request body that sends nothing for this long is dropped (a slow 2G link still sends
     /// something every few seconds; a client holding a connection open with nothing does not).
     pub body_idle_timeout: Duration,
@@ -64,8 +84,12 @@ impl Default for ServerConfig {
         ServerConfig {
             limits: Limits::default(),
             max_pull_bytes: 4 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
             enroll_failures_allowed: 10,
             enroll_window: Duration::from_secs(15 * 60),
+            enroll_throttle_delay: Duration::from_secs(2),
+            enroll_throttle_queue: 4,
+            enroll_throttle_total: 256,
             body_idle_timeout: Duration::from_secs(30),
         }
     }
@@ -83,6 +107,8 @@ pub struct AppState {
     withdrawal: std::sync::Mutex<Option<(u64, WithdrawalRules)>>,
     /// Syncs whose client went away before the answer (their work was stopped).
     pub(crate) abandoned: Arc<std::sync::atomic::AtomicU64>,
+    /// Lanes of throttled enrollment sources.
+    pub(crate) enroll_throttle: enroll_limit::Throttle,
 }
 
 impl AppState {
@@ -103,6 +129,7 @@ impl AppState {
             clock,
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
+            enroll_throttle: enroll_limit::Throttle::default(),
         })
     }
 
@@ -161,6 +188,19 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/enrollment-codes", post(admin::admin_issue_code))
         .route("/v1/admin/devices", get(admin::admin_list_devices))
         .route("/v1/admin/devices/{id}/revoke", post(admin::admin_revoke))
+        .route(
+            "/v1/admin/devices/{id}/reenroll-code",
+            post(admin::admin_reenroll_code),
+        )
+        .route(
+            "/v1/admin/devices/{id}/refusals",
+            get(admin::admin_device_refusals),
+        )
+        .route("/v1/admin/tokens", get(admin_tokens::admin_list_tokens))
+        .route(
+            "/v1/admin/tokens/{id}/revoke",
+            post(admin_tokens::admin_revoke_token),
+        )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -224,6 +264,13 @@ pub(crate) async fn authenticate_device(
         .authenticate(hash_secret(token))
         .await?
         .ok_or_else(ApiError::unauthorized)?;
+    if device.wiped {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wiped",
+            "this device was revoked and must erase its data",
+        ));
+    }
     if device.revoked {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -234,14 +281,15 @@ pub(crate) async fn authenticate_device(
     Ok(device)
 }
 
+/// Checks the operator token of a request; returns its id.
 pub(crate) async fn authenticate_admin(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    if state.storage.authenticate_admin(hash_secret(token)).await? {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    state
+        .storage
+        .authenticate_admin(hash_secret(token), state.clock.now_ms())
+        .await?
+        .ok_or_else(ApiError::unauthorized)
 }

@@ -98,6 +98,11 @@ impl Decoded {
     pub(super) fn id(&self) -> Option<RecordId> {
         self.id
     }
+
+    /// Its position in the push.
+    pub(super) fn position(&self) -> u32 {
+        self.position
+    }
 }
 
 /// Who pushes and what the checker knows: the pieces of a [`RuleContext`].

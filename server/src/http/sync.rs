@@ -17,7 +17,7 @@ use communesync_core::record::RecordId;
 
 use super::push::{Cancel, Cancelled, Decoded, DocVerdict, Pusher, decode_push, judge};
 use super::{ApiError, AppState, authenticate_device, refused_body};
-use crate::storage::StorageError;
+use crate::storage::{RefusalRow, StorageError};
 
 thread_local! {
     static CODEC: std::cell::RefCell<Option<DocCodec>> = const { std::cell::RefCell::new(None) };
@@ -135,6 +135,10 @@ async fn sync_inner(
             .await?
         };
         let ids: Vec<RecordId> = decoded.iter().filter_map(Decoded::id).collect();
+        let id_at: HashMap<u32, RecordId> = decoded
+            .iter()
+            .filter_map(|doc| Some((doc.position(), doc.id()?)))
+            .collect();
         let known = state.storage.known_docs(&ids).await?;
         let verdicts = {
             let cancel = cancel.clone();
@@ -160,8 +164,21 @@ async fn sync_inner(
                 }),
             }
         }
+        // Operators see each device's refused documents (those whose id could be read); a
+        // document accepted since is cleared.
         if !refused.is_empty() {
             tracing::warn!(device = %device.id, refused = refused.len(), first = %refused[0].message, "pushed documents refused");
+            let rows: Vec<RefusalRow> = refused
+                .iter()
+                .filter_map(|r| {
+                    Some(RefusalRow {
+                        doc: *id_at.get(&r.position)?,
+                        code: r.code.clone(),
+                        message: r.message.clone(),
+                    })
+                })
+                .collect();
+            state.storage.record_refusals(device.id, &rows, now).await?;
         }
         // Protocol 2 has no per-document verdicts: a refusal refuses its whole request, as it
         // always did, and nothing is stored.
@@ -187,6 +204,7 @@ async fn sync_inner(
             return Err(cancelled());
         }
         if !incoming.is_empty() {
+            let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
             let outcome = state
                 .storage
                 .ingest(&device, incoming, now)
@@ -208,6 +226,7 @@ async fn sync_inner(
                     .filter(|(id, _)| outcome.missing_deps.contains(id))
                     .map(|(_, position)| *position),
             );
+            state.storage.clear_refusals(device.id, &accepted).await?;
         }
         missing.sort_unstable();
         missing.dedup();
@@ -220,22 +239,27 @@ async fn sync_inner(
         .record_device_status(device.id, still_pending, now)
         .await?;
 
-    // Pull: the scope's feed after the cursor, minus this device's own changes.
+    // Pull: the scope's feed after the cursor, minus this device's own changes, unless the
+    // device asks from before a cursor it was already given: a store restored from an older
+    // backup (or one whose last answer was lost) then gets its own changes back too; applying
+    // changes a store already has changes nothing.
     let (feed, next_cursor, more) = match request.pull {
         Some(pull) => {
             let max_bytes = usize::try_from(pull.max_bytes)
                 .unwrap_or(usize::MAX)
                 .clamp(1, state.config.max_pull_bytes);
+            let issued = state.storage.cursor_issued(device.id).await?;
+            let exclude = (pull.cursor >= issued).then_some(device.id);
             let page = state
                 .storage
-                .feed(
-                    &device.scope,
-                    pull.cursor,
-                    Some(device.id),
-                    max_bytes,
-                    usize::MAX,
-                )
+                .feed(&device.scope, pull.cursor, exclude, max_bytes, usize::MAX)
                 .await?;
+            if page.next_cursor != issued {
+                state
+                    .storage
+                    .set_cursor_issued(device.id, page.next_cursor)
+                    .await?;
+            }
             (group_feed(page.items), page.next_cursor, page.more)
         }
         None => (Vec::new(), 0, false),
