@@ -127,6 +127,12 @@ enum AdminTask {
         #[arg(long)]
         device: Option<uuid::Uuid>,
     },
+    /// A record's history: each change's claims (author, officer, device time, fields) beside
+    /// the server's facts (the device that pushed it, when it was stored), as JSON lines.
+    History {
+        /// Record id.
+        record: uuid::Uuid,
+    },
     /// List operator tokens (id, label, times; never the token).
     Tokens,
     /// Revoke an operator token (not the last active one).
@@ -281,6 +287,12 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminTask::Refusals { device } => {
             for refusal in http::refusals(storage.as_ref(), device.map(DeviceId)).await? {
                 println!("{}", serde_json::to_string(&refusal)?);
+            }
+        }
+        AdminTask::History { record } => {
+            let id = communesync_core::record::RecordId(record);
+            for change in http::record_history(storage.as_ref(), id).await? {
+                println!("{}", serde_json::to_string(&change)?);
             }
         }
         AdminTask::Tokens => {

@@ -40,6 +40,7 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/devices/{id}/refusals"),
     ("GET", "/v1/admin/tokens"),
     ("POST", "/v1/admin/tokens/{id}/revoke"),
+    ("GET", "/v1/admin/records/{id}/history"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
 ];
@@ -363,6 +364,8 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
                 ("POST", "/v1/admin/communes") => 201,
                 ("POST", "/v1/admin/devices/{id}/revoke") => 204,
                 ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
+                // The matrix names no record: an unknown one.
+                ("GET", "/v1/admin/records/{id}/history") => 404,
                 _ => 200,
             },
             _ => 401,
@@ -436,13 +439,16 @@ async fn every_caller_gets_exactly_its_access_on_every_route() {
                     assert_eq!(leak, None, "{url}: {caller:?} {method} {path}");
                 }
                 if *path == "/v1/sync" && answer.status == 200 {
-                    // The feed carries exactly the caller's scope, minus its own changes.
+                    // The feed carries exactly the caller's scope. These tablets synced before
+                    // and now ask from cursor 0, before the cursor they were given: the server
+                    // takes them for a store restored from an older backup and sends their own
+                    // changes back too (a tablet asking from its cursor gets none of its own:
+                    // `recovery.rs`).
                     let mut got = feed_ids(&answer.body);
                     got.sort();
                     let mut want: Vec<RecordId> = match caller {
-                        // Its own records are its own changes: the feed leaves them out.
-                        Caller::OwnCommune => w.a_ids[3..].to_vec(),
-                        Caller::OtherCommune => Vec::new(),
+                        Caller::OwnCommune => w.a_ids.clone(),
+                        Caller::OtherCommune => w.b_ids.clone(),
                         Caller::Province => [w.a_ids.clone(), w.b_ids.clone()].concat(),
                         _ => unreachable!(),
                     };

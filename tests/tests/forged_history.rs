@@ -346,6 +346,25 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
             "{url}"
         );
 
+        // Operators read the record's history: each change's claims beside the server's facts.
+        let history: Vec<communesync_server::http::HistoryOut> = reqwest::Client::new()
+            .get(format!("{}/v1/admin/records/{}/history", server.url(), app.id))
+            .bearer_auth(&server.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(history.len(), stored_before.len(), "{url}");
+        for change in &history {
+            assert_eq!(change.pushed_by, colleague.device.0, "{url}");
+            assert_eq!(change.author, Some(colleague.device.0), "{url}");
+            assert!(change.attributed && change.received_at > 0, "{url}");
+            assert_eq!(change.officer, "lan");
+        }
+        assert_eq!(history[1].fields, vec!["status".to_owned()]);
+
         // The honest tablets go on: the colleague edits and syncs, a newly enrolled tablet
         // pulls everything, and both read the same record.
         colleague.with(|s| s.transition(app.id, "lan", Status::Ready).unwrap());

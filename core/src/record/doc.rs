@@ -127,6 +127,26 @@ pub fn actor_for(device: DeviceId) -> ActorId {
     ActorId::from(device.0.as_bytes().as_slice())
 }
 
+/// What one change says of itself: its author (actor), the officer and the fields its message
+/// names, and the device clock when it was made. All of it is the device's claim; the server's
+/// facts (who pushed it, when it arrived) are kept beside it where it is stored.
+pub fn describe_change(change: &automerge::Change) -> HistoryEntry {
+    let message = change
+        .message()
+        .and_then(|m| serde_json::from_str::<ChangeMessage>(m).ok());
+    let (officer, fields) = match message {
+        Some(m) => (m.officer, m.fields),
+        None => (String::new(), Vec::new()),
+    };
+    HistoryEntry {
+        hash: change.hash().to_string(),
+        device: Uuid::from_slice(change.actor_id().to_bytes()).ok(),
+        officer,
+        device_time: change.timestamp(),
+        fields,
+    }
+}
+
 impl RecordDoc {
     /// A new document holding `record`, committed as one change by `officer`.
     pub fn create(record: &Record, device: DeviceId, officer: &str, now_ms: i64) -> Result<Self> {

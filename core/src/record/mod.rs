@@ -13,6 +13,7 @@ mod workflow;
 
 pub use doc::{
     Conflict, ConflictValue, HistoryEntry, RecordDoc, Source, decode_change, decode_changes,
+    describe_change,
 };
 pub use types::*;
 pub use workflow::{RequestStatus, Status};

@@ -14,6 +14,7 @@
 //! never logged.
 
 mod admin;
+mod admin_records;
 mod admin_tokens;
 pub mod client_addr;
 mod enroll;
@@ -27,6 +28,7 @@ pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use enroll::ApiScope;
 pub use error::ApiError;
@@ -200,6 +202,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/admin/tokens/{id}/revoke",
             post(admin_tokens::admin_revoke_token),
+        )
+        .route(
+            "/v1/admin/records/{id}/history",
+            get(admin_records::admin_record_history),
         )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))

@@ -220,6 +220,17 @@ pub struct CommuneStats {
     pub last_change_at: Option<i64>,
 }
 
+/// A stored change with the server's facts about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChange {
+    /// The encoded change, as stored.
+    pub bytes: Vec<u8>,
+    /// The device that pushed it (authenticated).
+    pub pushed_by: DeviceId,
+    /// When the server stored it (server ms).
+    pub received_at: i64,
+}
+
 /// A document the server holds: where it is registered and its stored changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KnownDoc {
@@ -479,6 +490,9 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// Every stored change of a document, in storage (feed) order; empty if unknown.
     async fn doc_changes(&self, doc: RecordId) -> Result<Vec<Vec<u8>>>;
+
+    /// [`ServerStorage::doc_changes`] with who pushed each change and when it was stored.
+    async fn doc_history(&self, doc: RecordId) -> Result<Vec<StoredChange>>;
 
     /// The commune and kind a document is registered with, if it is.
     async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>>;

@@ -20,8 +20,9 @@ use super::plan::{self, FeedRowMeta};
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
     IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits, hash32,
-    join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
+    to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -1107,6 +1108,30 @@ impl ServerStorage for PostgresStorage {
             )
             .await?;
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    async fn doc_history(&self, doc: RecordId) -> Result<Vec<StoredChange>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT device, received_at, bytes FROM changes WHERE doc = $1 ORDER BY seq",
+                    )
+                    .await?,
+                &[&doc.as_bytes().as_slice()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let device: Vec<u8> = row.try_get(0)?;
+                Ok(StoredChange {
+                    pushed_by: device_id(&device)?,
+                    received_at: row.try_get(1)?,
+                    bytes: row.try_get(2)?,
+                })
+            })
+            .collect()
     }
 
     async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>> {

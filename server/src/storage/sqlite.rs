@@ -19,8 +19,9 @@ use super::plan::{self, FeedRowMeta};
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
     IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits, join_deps,
-    last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
+    to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -1055,6 +1056,31 @@ impl ServerStorage for SqliteStorage {
                 conn.prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 ORDER BY seq")?;
             let rows = stmt.query_map(params![doc.as_bytes()], |row| row.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn doc_history(&self, doc: RecordId) -> Result<Vec<StoredChange>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT device, received_at, bytes FROM changes WHERE doc = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![doc.as_bytes()], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (device, received_at, bytes) = row?;
+                Ok(StoredChange {
+                    bytes,
+                    pushed_by: device_id(&device)?,
+                    received_at,
+                })
+            })
+            .collect()
         })
         .await
     }
