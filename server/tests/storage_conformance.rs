@@ -225,6 +225,7 @@ conformance!(
     refusals_are_bounded_per_device,
     cursor_issued_is_stored_as_given,
     ingest_registers_and_dedupes,
+    doc_history_keeps_who_pushed_and_when,
     ingest_missing_deps_skips_only_that_doc,
     out_of_scope_rejects_the_whole_batch,
     kind_mismatch_is_out_of_scope,
@@ -1286,6 +1287,39 @@ async fn ingest_registers_and_dedupes(f: &Fixture) {
     assert!(items.iter().all(|i| i.device == device.id));
     assert_eq!(items[4].received_at, NOW + 1);
     assert_eq!(items[3].kind, RecordKind::CitizenRequest);
+}
+
+async fn doc_history_keeps_who_pushed_and_when(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (first, _) = enroll(s, Scope::Commune("c1".into()), "t1").await;
+    let (second, _) = enroll(s, Scope::Commune("c1".into()), "t2").await;
+    let a = RecordId::new();
+    let changes = chain("h", 3, 0);
+    s.ingest(&first, vec![doc(a, "c1", changes[..2].to_vec())], NOW)
+        .await
+        .unwrap();
+    s.ingest(&second, vec![doc(a, "c1", changes[2..].to_vec())], NOW + 5)
+        .await
+        .unwrap();
+    // A replay stores nothing and changes no fact.
+    s.ingest(&second, vec![doc(a, "c1", changes[..1].to_vec())], NOW + 9)
+        .await
+        .unwrap();
+    let history = s.doc_history(a).await.unwrap();
+    let facts: Vec<(Vec<u8>, DeviceId, i64)> = history
+        .into_iter()
+        .map(|c| (c.bytes, c.pushed_by, c.received_at))
+        .collect();
+    assert_eq!(
+        facts,
+        vec![
+            (changes[0].bytes.clone(), first.id, NOW),
+            (changes[1].bytes.clone(), first.id, NOW),
+            (changes[2].bytes.clone(), second.id, NOW + 5),
+        ]
+    );
+    assert!(s.doc_history(RecordId::new()).await.unwrap().is_empty());
 }
 
 async fn ingest_missing_deps_skips_only_that_doc(f: &Fixture) {

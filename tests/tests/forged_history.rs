@@ -348,7 +348,11 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
 
         // Operators read the record's history: each change's claims beside the server's facts.
         let history: Vec<communesync_server::http::HistoryOut> = reqwest::Client::new()
-            .get(format!("{}/v1/admin/records/{}/history", server.url(), app.id))
+            .get(format!(
+                "{}/v1/admin/records/{}/history",
+                server.url(),
+                app.id
+            ))
             .bearer_auth(&server.admin_token)
             .send()
             .await
