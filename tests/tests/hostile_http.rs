@@ -1,9 +1,12 @@
 //! Hostile input at the HTTP level, over real HTTP on 127.0.0.1, on SQLite and PostgreSQL:
 //! huge declared lengths, chunked floods, lying and bombing frames, oversized counts, wrong and
 //! missing content types, invalid UTF-8, deeply nested and overlong JSON, bad headers, replayed
-//! requests, and records that no tablet could have written. Each gets a clear 4xx (the protocol's
-//! JSON error where the server's own handlers answer), no panic, no state change, and the
-//! server keeps serving. `sync_e2e.rs` already covers garbage, truncated and corrupt bodies, a
+//! requests, and records that no tablet could have written. What is wrong with a whole request
+//! (credentials, content type, protocol version, a body that does not decode or is over a limit,
+//! a record named twice) gets a clear 4xx (the protocol's JSON error where the server's own
+//! handlers answer) and changes nothing; what is wrong with one pushed document is refused for
+//! that document alone (200, its position and reason in `refused`), a good document beside it is
+//! stored. No panic, and the server keeps serving. `sync_e2e.rs` already covers garbage, truncated and corrupt bodies, a
 //! 100 MiB bomb and a plain 9 MiB body; they are not repeated here.
 
 // Test code: a failed step should stop the test where it happened.
@@ -691,6 +694,32 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
                 .await;
             tried += 1;
         }
+        // One record twice, once sent whole without its id (the server reads the id from the
+        // record): the first is stored, the second refused as a duplicate.
+        let whole = s.fresh_doc();
+        let (status, body) = s
+            .post_raw(
+                "/v1/sync",
+                Some(&s.token),
+                Some(CONTENT_TYPE),
+                sync_body(vec![
+                    PushDoc {
+                        id: None,
+                        ..whole.clone()
+                    },
+                    whole.clone(),
+                ]),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}");
+        let response = SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &limits).unwrap();
+        assert_eq!(refusals(&response), vec![(1, "duplicate")], "{url}");
+        assert_eq!(
+            s.stored_changes(whole.id.unwrap()).await,
+            Some(whole.changes.len()),
+            "{url}"
+        );
+        tried += 1;
         // Changes of one record sent under another id: never stored, never acknowledged.
         // FINDING (open): the server answers it as lacking its base (`missing_deps`), which
         // asks the tablet for a whole history it already sent, instead of refusing it as
