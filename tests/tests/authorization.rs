@@ -125,15 +125,15 @@ struct World {
     /// Device ids: own-commune tablet, other-commune tablet, a spare device for the revoke cell.
     own_device: DeviceId,
     spare_device: DeviceId,
+    a_ids: Vec<RecordId>,
+    b_ids: Vec<RecordId>,
+    a_names: Vec<String>,
+    b_names: Vec<String>,
     /// The stores of the own-commune, other-commune and province devices: what they push by
     /// hand is made there, so that it is their own (attributed to them).
     own_store: Arc<Mutex<DeviceStore>>,
     other_store: Arc<Mutex<DeviceStore>>,
     province_store: Arc<Mutex<DeviceStore>>,
-    a_ids: Vec<RecordId>,
-    b_ids: Vec<RecordId>,
-    a_names: Vec<String>,
-    b_names: Vec<String>,
 }
 
 async fn tablet(
@@ -199,6 +199,7 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
     let (revoked, revoked_token) = tablet(dir, "revoked", &server, &a_codes[1]).await;
     let (spare, _) = tablet(dir, "spare", &server, &a_codes[2]).await;
     let (province, province_token) = tablet(dir, "province", &server, &province_code).await;
+    let province_store = province.store().clone();
     let mut sample = SampleData::new(11);
     let (a_ids, a_names) = intake(&own, &mut sample, COMMUNE_A, 3);
     let (b_ids, b_names) = intake(&other, &mut sample, COMMUNE_B, 2);
@@ -215,6 +216,7 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
     a_names.append(&mut a_more_names);
     let own_device = own.store().lock().unwrap().device_id();
     let spare_device = spare.store().lock().unwrap().device_id();
+    drop(province);
     let tokens = vec![
         (Caller::Nobody, None),
         (Caller::WrongToken, Some("0123456789abcdef".repeat(4))),
@@ -234,13 +236,13 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
         tokens,
         own_device,
         spare_device,
-        own_store: own.store().clone(),
-        other_store: other.store().clone(),
-        province_store: province.store().clone(),
         a_ids,
         b_ids,
         a_names,
         b_names,
+        own_store: own.store().clone(),
+        other_store: other.store().clone(),
+        province_store,
     }
 }
 
@@ -796,6 +798,25 @@ async fn writes_are_confined_to_the_callers_scope_and_errors_leak_nothing() {
             assert_eq!(held(&w, doc.id.unwrap()).await, None, "{url}");
         }
 
+        // Where commune B's tablet is in its feed now (it asks from there below, as a tablet
+        // does: from the cursor it was last given).
+        let response = w
+            .http
+            .post(format!("{}/v1/sync", w.server.url()))
+            .header("content-type", CONTENT_TYPE)
+            .bearer_auth(w.token(OtherCommune).unwrap())
+            .body(pull_body(Vec::new()))
+            .send()
+            .await
+            .unwrap();
+        let b_cursor = SyncResponse::decode(
+            &mut DocCodec::new().unwrap(),
+            &response.bytes().await.unwrap(),
+            &Limits::default(),
+        )
+        .unwrap()
+        .next_cursor;
+
         // Allowed writes: the commune's own tablet edits its record and creates one; the
         // province account may write in any commune.
         let new_a = created(own, &mut sample, COMMUNE_A);
@@ -831,12 +852,22 @@ async fn writes_are_confined_to_the_callers_scope_and_errors_leak_nothing() {
             );
         }
         // Commune B's tablet now pulls B's new record and nothing of A.
+        let mut pull = SyncRequest::decode(
+            &mut DocCodec::new().unwrap(),
+            &pull_body(Vec::new()),
+            &Limits::default(),
+        )
+        .unwrap();
+        pull.pull = Some(PullRequest {
+            cursor: b_cursor,
+            max_bytes: 4 * 1024 * 1024,
+        });
         let response = w
             .http
             .post(format!("{}/v1/sync", w.server.url()))
             .header("content-type", CONTENT_TYPE)
             .bearer_auth(w.token(OtherCommune).unwrap())
-            .body(pull_body(Vec::new()))
+            .body(pull.encode(&mut DocCodec::new().unwrap()).unwrap())
             .send()
             .await
             .unwrap();
