@@ -720,11 +720,8 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             "{url}"
         );
         tried += 1;
-        // Changes of one record sent under another id: never stored, never acknowledged.
-        // FINDING (open): the server answers it as lacking its base (`missing_deps`), which
-        // asks the tablet for a whole history it already sent, instead of refusing it as
-        // malformed (`check_pushed` maps every `changes` error of `RecordDoc::from_decoded`,
-        // "they belong to another record" included, to `MissingDeps`).
+        // Changes of one record sent under another id: never stored, never acknowledged, and
+        // refused as malformed (the history is all there: asking for it again would loop).
         let (response, position) = s
             .pushed_beside_a_good_one(
                 &format!("{url}: changes of another record id"),
@@ -735,11 +732,10 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
                 true,
             )
             .await;
-        assert!(
-            refusals(&response) == vec![(position, "malformed")]
-                || (response.refused.is_empty() && response.missing_deps == vec![position]),
-            "{url}: changes of another record id: {:?} {:?}",
-            response.refused,
+        assert_eq!(
+            refusals(&response),
+            vec![(position, "malformed")],
+            "{url}: changes of another record id: {:?}",
             response.missing_deps
         );
         tried += 1;
@@ -874,15 +870,9 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
 }
 
 /// A new record pushed without any change: nothing to store, so it must not be acknowledged
-/// either (refused as malformed, or listed as lacking its history, as before protocol 3): a
-/// tablet told it is stored would stop sending a record the province never got.
-///
-/// FINDING (open): protocol 3 answers it 200 with no refusal and no `missing_deps`, i.e.
-/// acknowledged (`check_pushed` returns `Accepted { new: [], record: None }` for a record the
-/// server does not hold and no change, which the server answers as "nothing new"). Ignored until
-/// the server refuses it; run with `--ignored`.
+/// either: a tablet told it is stored would stop sending a record the province never got. It
+/// is refused as malformed (it was acknowledged in the first cut of protocol 3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "open finding: the server acknowledges a new record pushed without changes"]
 async fn a_new_record_without_changes_is_not_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     for url in test_databases(dir.path(), "empty_record").await.unwrap() {
@@ -900,11 +890,10 @@ async fn a_new_record_without_changes_is_not_acknowledged() {
                 false,
             )
             .await;
-        assert!(
-            refusals(&response) == vec![(position, "malformed")]
-                || (response.refused.is_empty() && response.missing_deps == vec![position]),
-            "{url}: a new record without changes acknowledged: {:?} {:?}",
-            response.refused,
+        assert_eq!(
+            refusals(&response),
+            vec![(position, "malformed")],
+            "{url}: a new record without changes: {:?}",
             response.missing_deps
         );
         assert_eq!(

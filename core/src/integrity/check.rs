@@ -43,6 +43,9 @@ pub fn check_pushed(
 ) -> Verdict {
     let malformed =
         |message: String| Verdict::Refused(Refusal::new(RefusalCode::Malformed, message));
+    if stored.is_empty() && pushed.is_empty() {
+        return malformed("a new record without any change".to_owned());
+    }
     let mut index = HistoryIndex::new();
     for change in &stored {
         index.add_stored(&ChangeMeta::of(change));
@@ -85,11 +88,10 @@ pub fn check_pushed(
             },
         ),
     };
+    // The index found every dependency: whatever Automerge refuses now is malformed (changes of
+    // another record, an inconsistent change...).
     let record = match applied {
         Ok(record) => record,
-        Err(crate::Error::InvalidInput { field, .. }) if field == "changes" => {
-            return Verdict::MissingDeps;
-        }
         Err(e) => return malformed(e.to_string()),
     };
     let Some(mut doc) = doc else {

@@ -260,7 +260,11 @@ async fn sync_inner(
                     .set_cursor_issued(device.id, page.next_cursor)
                     .await?;
             }
-            (group_feed(page.items), page.next_cursor, page.more)
+            // A document that starts with its first change goes without its id (the record
+            // holds it), which a tablet takes for a record it does not have; its own records
+            // it does have: they go with their ids.
+            let ids = exclude.is_none();
+            (group_feed(page.items, ids), page.next_cursor, page.more)
         }
         None => (Vec::new(), 0, false),
     };
@@ -327,9 +331,9 @@ fn cancelled() -> ApiError {
 }
 
 /// Groups feed items by document, in order of first appearance (order within a document kept).
-/// A document whose changes start with its first one goes without id (the record holds it);
-/// receive times go as differences from the previous document's.
-fn group_feed(items: Vec<crate::storage::FeedItem>) -> Vec<FeedDoc> {
+/// A document whose changes start with its first one goes without id (the record holds it)
+/// unless `always_ids`; receive times go as differences from the previous document's.
+fn group_feed(items: Vec<crate::storage::FeedItem>, always_ids: bool) -> Vec<FeedDoc> {
     let mut docs: Vec<(FeedDoc, i64)> = Vec::new();
     let mut index: HashMap<RecordId, usize> = HashMap::new();
     for item in items {
@@ -342,7 +346,7 @@ fn group_feed(items: Vec<crate::storage::FeedItem>) -> Vec<FeedDoc> {
                 index.insert(item.doc, docs.len());
                 docs.push((
                     FeedDoc {
-                        id: (!item.root).then_some(item.doc),
+                        id: (always_ids || !item.root).then_some(item.doc),
                         kind: item.kind,
                         changes: vec![item.bytes],
                         received_delta: 0,
