@@ -115,6 +115,8 @@ async fn sync_inner(
 
     // Push: a verdict per document; what passes is stored in one transaction.
     let mut missing: Vec<u32> = Vec::new();
+    // Records this request pushes: the device holds them (see the pull below).
+    let mut pushed_ids: std::collections::HashSet<RecordId> = std::collections::HashSet::new();
     let mut refused: Vec<Refused> = Vec::new();
     if !request.push.is_empty() {
         let pusher = Pusher {
@@ -135,6 +137,7 @@ async fn sync_inner(
             .await?
         };
         let ids: Vec<RecordId> = decoded.iter().filter_map(Decoded::id).collect();
+        pushed_ids.extend(ids.iter().copied());
         let id_at: HashMap<u32, RecordId> = decoded
             .iter()
             .filter_map(|doc| Some((doc.position(), doc.id()?)))
@@ -241,8 +244,10 @@ async fn sync_inner(
 
     // Pull: the scope's feed after the cursor, minus this device's own changes, unless the
     // device asks from before a cursor it was already given: a store restored from an older
-    // backup (or one whose last answer was lost) then gets its own changes back too; applying
-    // changes a store already has changes nothing.
+    // backup then gets back its own changes of records it does not push in this request (a
+    // device whose last answer was lost asks from before too, but pushes again what that
+    // request pushed, so it is not sent its own changes back). Applying changes a store already
+    // has changes nothing.
     let (feed, next_cursor, more) = match request.pull {
         Some(pull) => {
             let max_bytes = usize::try_from(pull.max_bytes)
@@ -250,10 +255,14 @@ async fn sync_inner(
                 .clamp(1, state.config.max_pull_bytes);
             let issued = state.storage.cursor_issued(device.id).await?;
             let exclude = (pull.cursor >= issued).then_some(device.id);
-            let page = state
+            let mut page = state
                 .storage
                 .feed(&device.scope, pull.cursor, exclude, max_bytes, usize::MAX)
                 .await?;
+            if exclude.is_none() {
+                page.items
+                    .retain(|item| item.device != device.id || !pushed_ids.contains(&item.doc));
+            }
             if page.next_cursor != issued {
                 state
                     .storage
