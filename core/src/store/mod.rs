@@ -338,6 +338,9 @@ impl DeviceStore {
         {
             return Err(Error::invalid("commune_code", "must not be empty"));
         }
+        if commune == self.enrolled_commune.as_deref() {
+            return Ok(0);
+        }
         let now = self.now_ms();
         let tx = self.conn.transaction()?;
         let set_aside = match commune {

@@ -616,14 +616,22 @@ pub(super) fn set_aside_other_communes(
         )?
         .query_map([commune], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    let mut set_aside = 0;
     for (id, kind, other) in &strays {
         let message = format!(
             "created for commune {other} before this device enrolled in commune {commune}: \
              copy it as a new record of {commune}, or discard it"
         );
-        upsert_outgoing(tx, id, *kind, "not_yours", &message, now_ms)?;
+        // Already set aside (by the server's refusal, say): left as it is.
+        set_aside += tx
+            .prepare_cached(
+                "INSERT INTO quarantine(record_id, kind, direction, code, message, first_at, last_at)
+                 VALUES (?1, ?2, 'outgoing', 'not_yours', ?3, ?4, ?4)
+                 ON CONFLICT(record_id, direction) DO NOTHING",
+            )?
+            .execute(params![id, kind, bounded(&message, MAX_MESSAGE), now_ms])?;
     }
-    Ok(strays.len())
+    Ok(set_aside)
 }
 
 fn upsert_outgoing(

@@ -299,6 +299,9 @@ fn records_of_another_commune_are_refused_on_the_device_and_fixed_by_a_copy() {
     // Enrollment sets them aside at once: they never reach the server.
     assert_eq!(a.set_enrolled_commune(Some(COMMUNE)).unwrap(), 2);
     assert_eq!(a.enrolled_commune(), Some(COMMUNE));
+    // Recorded again (at every open with the credential): nothing more is set aside or counted.
+    assert_eq!(a.set_enrolled_commune(Some(COMMUNE)).unwrap(), 0);
+    assert!(a.quarantined().unwrap().iter().all(|e| e.attempts == 1));
     assert_eq!(pending_ids(&mut a), vec![ours]);
     let listed = a.quarantined().unwrap();
     assert_eq!(listed.len(), 2);
