@@ -1,15 +1,17 @@
 //! [`Engine`]: one device store and its sync client, as the app sees them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
 
 use crate::error::{CommuneSyncError, ErrorKind};
-use crate::observer::{ChangeEvent, ChangeOrigin, Event, ObserverHandle, Observers, SyncObserver};
+use crate::observer::{
+    ChangeEvent, ChangeOrigin, Event, ObserverHandle, Observers, SyncObserver, WipeEvent,
+};
 use crate::policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
 use crate::types::*;
 
@@ -34,7 +36,10 @@ struct SyncState {
 #[derive(uniffi::Object)]
 pub struct Engine {
     store: Arc<Mutex<DeviceStore>>,
+    /// Set once the store was wiped on the province's order: every call fails from then on.
+    wiped: AtomicBool,
     device_id: DeviceId,
+    store_path: String,
     server_url: String,
     policy: BackgroundPolicy,
     clock: SystemClock,
@@ -62,14 +67,21 @@ impl Engine {
         if config.server_url.trim().is_empty() {
             return Err(CommuneSyncError::invalid("server_url: must not be empty"));
         }
-        let store = DeviceStore::open(StoreConfig::new(&config.store_path).encrypted(key))?;
+        let mut store_config = StoreConfig::new(&config.store_path).encrypted(key);
+        store_config.app_version = config.app_version.clone();
+        let mut store = DeviceStore::open(store_config)?;
         let device_id = store.device_id();
         if let Some(credential) = &config.credential {
             check_credential(device_id, credential)?;
+            // The credential's scope is authoritative (a store enrolled before the scope was
+            // recorded learns it here).
+            store.set_enrolled_commune(credential.commune_code.as_deref())?;
         }
         Ok(Arc::new(Engine {
             store: Arc::new(Mutex::new(store)),
+            wiped: AtomicBool::new(false),
             device_id,
+            store_path: config.store_path,
             server_url: config.server_url,
             policy: config.background_policy.unwrap_or_default(),
             clock: SystemClock,
@@ -91,11 +103,20 @@ impl Engine {
     /// Exchanges a one-time enrollment code from the province for this device's credential.
     /// The engine uses it from now on; store it in the platform keystore and pass it in
     /// `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+    /// The commune it binds the device to is recorded: records of other communes can no longer
+    /// be created or edited, and those created before (offline, with another commune's code) are
+    /// set aside in the quarantine at once.
     pub async fn enroll(&self, code: String, label: String) -> Result<DeviceCredential> {
+        self.check_not_wiped()?;
         let transport = self.transport()?;
         let credentials = enroll(&transport, code.trim(), self.device_id, &label).await?;
         let credential = DeviceCredential::from(credentials);
         check_credential(self.device_id, &credential)?;
+        // The server has enrolled the device: the credential must reach the app whatever
+        // happens here. A scope not recorded now is recorded before the next sync.
+        let _ = self
+            .store()?
+            .set_enrolled_commune(credential.commune_code.as_deref());
         let mut state = self.state();
         state.credential = Some(credential.clone());
         state.client = None;
@@ -111,14 +132,20 @@ impl Engine {
 
     /// Pushes local changes and pulls colleagues' until both sides are up to date; observers
     /// get progress after each request. A sync cut at any point resumes where it stopped and
-    /// loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
-    /// not enrolled, `Revoked`, or `Offline` after the retries.
+    /// loses nothing. A second call while one runs waits for it. Records the server refuses are
+    /// set aside in the quarantine (`SyncReport.refused`) and do not fail the sync. Fails with
+    /// `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
+    /// accepts this version of the app, `Wiped` when the province ordered the device wiped (the
+    /// engine then destroys the store and tells the observers), or `Offline` after the retries.
     pub async fn sync_now(&self) -> Result<SyncReport> {
+        self.check_not_wiped()?;
         let client = {
             let mut state = self.state();
             let client = match (&state.client, &state.credential) {
                 (Some(client), _) => Ok(client.clone()),
                 (None, Some(credential)) => self.transport().and_then(|transport| {
+                    self.store()?
+                        .set_enrolled_commune(credential.commune_code.as_deref())?;
                     Ok(Arc::new(SyncClient::new(
                         transport,
                         self.store.clone(),
@@ -157,9 +184,13 @@ impl Engine {
                     }));
                 }
             })
-            .await
-            .map(SyncReport::from)
-            .map_err(CommuneSyncError::from);
+            .await;
+        drop(client);
+        let result = match result {
+            Ok(report) => Ok(SyncReport::from(report)),
+            Err(SyncError::Wiped(message)) => Err(self.wipe(&message)),
+            Err(err) => Err(CommuneSyncError::from(err)),
+        };
         let mut state = self.state();
         state.running = state.running.saturating_sub(1);
         match &result {
@@ -176,9 +207,15 @@ impl Engine {
 
     /// A snapshot of the sync state.
     pub fn sync_status(&self) -> Result<SyncStatus> {
-        let (pending_changes, last_server_sync_ms) = {
-            let store = self.store();
-            (store.pending_count()?, store.last_sync_at()?)
+        let (pending_changes, quarantined, enrolled_commune, upgrade_required, last_server_sync_ms) = {
+            let store = self.store()?;
+            (
+                store.pending_count()?,
+                store.quarantined_count()?,
+                store.enrolled_commune().map(str::to_owned),
+                store.upgrade_required()?,
+                store.last_sync_at()?,
+            )
         };
         let state = self.state();
         Ok(SyncStatus {
@@ -186,6 +223,9 @@ impl Engine {
             enrolled: state.credential.is_some(),
             syncing: state.running > 0,
             pending_changes,
+            quarantined,
+            enrolled_commune,
+            upgrade_required,
             last_server_sync_ms,
             last_success_ms: state.last_success_ms,
             consecutive_failures: state.consecutive_failures,
@@ -202,18 +242,28 @@ impl Engine {
     /// clock. The last success is the one of this process, else the server time of the last sync
     /// kept in the store, brought to the device clock by the offset learnt then (a tablet whose
     /// clock is years behind would otherwise see its last sync in the future and never sync).
+    /// "Upgrade required" is kept in the store for the version of the app that got it, so the
+    /// policy stops across restarts until another version opens the store.
     pub fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
         let status = self.sync_status()?;
-        let offset = self.store().clock_offset_ms();
+        let offset = self.store()?.clock_offset_ms();
+        let (consecutive_failures, last_error) = if status.upgrade_required {
+            (
+                status.consecutive_failures.max(1),
+                Some(ErrorKind::UpgradeRequired),
+            )
+        } else {
+            (status.consecutive_failures, status.last_error_kind)
+        };
         Ok(PolicyInput {
             pending_changes: status.pending_changes,
             last_success_ms: status
                 .last_success_ms
                 .or(status.last_server_sync_ms.map(|t| t.saturating_sub(offset))),
-            consecutive_failures: status.consecutive_failures,
+            consecutive_failures,
             metered,
             now_ms: self.clock.now_ms(),
-            last_error: status.last_error_kind,
+            last_error,
         })
     }
 
@@ -221,7 +271,7 @@ impl Engine {
     /// WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
     /// what it says; not enrolled is `Stop`.
     pub fn next_sync_after(&self, metered: bool) -> Result<SyncDecision> {
-        if self.state().credential.is_none() {
+        if self.state().credential.is_none() || self.wiped.load(Ordering::SeqCst) {
             return Ok(SyncDecision::Stop);
         }
         Ok(next_sync_after(
@@ -241,7 +291,7 @@ impl Engine {
     /// Records a new application received by `officer` (offline is fine). The procedure must be
     /// in the catalogue, which arrives with the first sync.
     pub fn create_application(&self, officer: String, new: NewApplication) -> Result<Application> {
-        let app = self.store().create_application(&officer, new.into())?;
+        let app = self.store()?.create_application(&officer, new.into())?;
         self.changed(app.id);
         Ok(app.into())
     }
@@ -249,7 +299,7 @@ impl Engine {
     /// An application by id.
     pub fn get_application(&self, id: String) -> Result<Application> {
         let id = parse_id(&id)?;
-        Ok(self.store().get_application(id)?.into())
+        Ok(self.store()?.get_application(id)?.into())
     }
 
     /// Changes the fields set in `update`, as one change by `officer`. A status change must
@@ -262,7 +312,7 @@ impl Engine {
     ) -> Result<Application> {
         let id = parse_id(&id)?;
         let app = self
-            .store()
+            .store()?
             .update_application(id, &officer, |app| update.apply(app))?;
         self.changed(id);
         Ok(app.into())
@@ -271,19 +321,19 @@ impl Engine {
     /// Applications matching `query`, one page.
     pub fn query_applications(&self, query: ApplicationQuery) -> Result<ApplicationPage> {
         let query = query.try_into()?;
-        Ok(self.store().query_applications(&query)?.into())
+        Ok(self.store()?.query_applications(&query)?.into())
     }
 
     /// Open applications past their due date (today in Vietnam), most overdue first.
     pub fn overdue(&self, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        let store = self.store();
+        let store = self.store()?;
         let today = store.today()?;
         Ok(store.overdue(today, limit, offset)?.into())
     }
 
     /// Open applications due within `working_days` working days from today (not yet overdue).
     pub fn due_soon(&self, working_days: u32, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        let store = self.store();
+        let store = self.store()?;
         let today = store.today()?;
         Ok(store.due_soon(today, working_days, limit, offset)?.into())
     }
@@ -291,7 +341,7 @@ impl Engine {
     /// How many applications are in each status (every status listed, with 0 when none).
     pub fn counts_by_status(&self) -> Result<Vec<StatusCount>> {
         Ok(self
-            .store()
+            .store()?
             .counts_by_status()?
             .into_iter()
             .map(|c| StatusCount {
@@ -303,7 +353,7 @@ impl Engine {
 
     /// One procedure of the catalogue (`InvalidInput` if unknown).
     pub fn procedure(&self, code: String) -> Result<Procedure> {
-        Ok(self.store().procedure(&code)?.into())
+        Ok(self.store()?.procedure(&code)?.into())
     }
 
     // ----- citizen requests ------------------------------------------------------------------
@@ -314,7 +364,7 @@ impl Engine {
         officer: String,
         new: NewCitizenRequest,
     ) -> Result<CitizenRequest> {
-        let request = self.store().create_citizen_request(&officer, new.into())?;
+        let request = self.store()?.create_citizen_request(&officer, new.into())?;
         self.changed(request.id);
         Ok(request.into())
     }
@@ -322,7 +372,7 @@ impl Engine {
     /// A citizen request by id.
     pub fn get_citizen_request(&self, id: String) -> Result<CitizenRequest> {
         let id = parse_id(&id)?;
-        Ok(self.store().get_citizen_request(id)?.into())
+        Ok(self.store()?.get_citizen_request(id)?.into())
     }
 
     /// Changes the fields set in `update`, as one change by `officer`.
@@ -334,7 +384,7 @@ impl Engine {
     ) -> Result<CitizenRequest> {
         let id = parse_id(&id)?;
         let request = self
-            .store()
+            .store()?
             .update_citizen_request(id, &officer, |r| update.apply(r))?;
         self.changed(id);
         Ok(request.into())
@@ -345,7 +395,7 @@ impl Engine {
     /// Any record by id.
     pub fn get_record(&self, id: String) -> Result<Record> {
         let id = parse_id(&id)?;
-        Ok(self.store().get(id)?.into())
+        Ok(self.store()?.get(id)?.into())
     }
 
     /// Records whose names, notes, phone, id number or village contain every word of `text`,
@@ -353,7 +403,7 @@ impl Engine {
     /// the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
     pub fn search(&self, text: String, limit: u32) -> Result<Vec<SearchHit>> {
         Ok(self
-            .store()
+            .store()?
             .search(&text, limit)?
             .into_iter()
             .map(Into::into)
@@ -364,7 +414,7 @@ impl Engine {
     pub fn conflicts(&self, id: String) -> Result<Vec<Conflict>> {
         let id = parse_id(&id)?;
         Ok(self
-            .store()
+            .store()?
             .conflicts(id)?
             .into_iter()
             .map(Into::into)
@@ -381,18 +431,81 @@ impl Engine {
         value: ConflictValue,
     ) -> Result<Record> {
         let id = parse_id(&id)?;
-        let record = self.store().resolve(id, &officer, &field, &value.into())?;
+        let record = self.store()?.resolve(id, &officer, &field, &value.into())?;
         self.changed(id);
         Ok(record.into())
     }
 
-    /// Every change to the record, in causal order: who (device, officer), when (device clock)
-    /// and which fields.
+    /// Every change to the record, in causal order: who (device, officer), when (device clock,
+    /// and the server's receive time once it has the change) and which fields.
     pub fn history(&self, id: String) -> Result<Vec<HistoryEntry>> {
         let id = parse_id(&id)?;
         Ok(self
-            .store()
+            .store()?
             .history(id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    // ----- quarantine ------------------------------------------------------------------------
+
+    /// The commune this device enrolled in (`None` before enrollment or for a province account).
+    pub fn enrolled_commune(&self) -> Result<Option<String>> {
+        Ok(self.store()?.enrolled_commune().map(str::to_owned))
+    }
+
+    /// Records set aside, oldest first: pushed records the server refused (with its reason)
+    /// and pulled records this version of the app cannot read. Every other record keeps syncing.
+    pub fn quarantined(&self) -> Result<Vec<QuarantinedRecord>> {
+        Ok(self
+            .store()?
+            .quarantined()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Takes a record out of the quarantine: a refused one goes back to the outbox (the next
+    /// sync pushes it, with any edit made since: for a reason that was transient, fixed by an
+    /// edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
+    /// Returns whether it left the quarantine. `NotFound` when it is not quarantined.
+    pub fn retry_quarantined(&self, id: String) -> Result<bool> {
+        let id = parse_id(&id)?;
+        let left = self.store()?.retry_quarantined(id)?;
+        if left {
+            self.changed(id);
+        }
+        Ok(left)
+    }
+
+    /// Discards a quarantined record as `officer` decided, for `reason` (written to the audit
+    /// log): a refused record loses this device's changes the server never acknowledged (the
+    /// record itself goes if the server never had it); an incoming one loses its kept data.
+    pub fn discard_quarantined(&self, officer: String, id: String, reason: String) -> Result<()> {
+        let id = parse_id(&id)?;
+        self.store()?.discard_quarantined(id, &officer, &reason)?;
+        self.changed(id);
+        Ok(())
+    }
+
+    /// The fix for a refused record whose history the server cannot accept (created with
+    /// another commune's code, an immutable field changed): a new record with the same content,
+    /// for this device's commune, at the same status, created by `officer`; the old one is
+    /// discarded with an audit entry naming the copy. Returns the new record.
+    pub fn copy_quarantined_as_new(&self, officer: String, id: String) -> Result<Record> {
+        let id = parse_id(&id)?;
+        let copy = self.store()?.copy_quarantined_as_new(id, &officer)?;
+        self.changed(id);
+        self.changed(copy.id());
+        Ok(copy.into())
+    }
+
+    /// What officers decided about quarantined records, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .store()?
+            .audit_log()?
             .into_iter()
             .map(Into::into)
             .collect())
@@ -400,10 +513,55 @@ impl Engine {
 }
 
 impl Engine {
-    fn store(&self) -> MutexGuard<'_, DeviceStore> {
+    fn store(&self) -> Result<MutexGuard<'_, DeviceStore>> {
+        self.check_not_wiped()?;
         // Every store write is one SQLite transaction: a panic in another holder rolled it back,
         // so the store behind a poisoned lock is consistent.
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+        Ok(self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn check_not_wiped(&self) -> Result<()> {
+        if self.wiped.load(Ordering::SeqCst) {
+            return Err(CommuneSyncError::Wiped(
+                "this device's store was wiped on the province's order".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Destroys the store on the province's order: forgets the credential and the sync client,
+    /// closes and deletes the store's files, then tells the observers. Returns the error the
+    /// caller reports.
+    fn wipe(&self, message: &str) -> CommuneSyncError {
+        self.wiped.store(true, Ordering::SeqCst);
+        {
+            let mut state = self.state();
+            state.credential = None;
+            state.client = None;
+        }
+        let deleted = self
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .wipe();
+        // Told even when a file could not be deleted: the app must know, and delete the rest.
+        let (deleted_files, message) = match deleted {
+            Ok(paths) => (
+                paths.iter().map(|p| p.display().to_string()).collect(),
+                message.to_owned(),
+            ),
+            Err(err) => (
+                Vec::new(),
+                format!("{message} (the wipe is incomplete: {err})"),
+            ),
+        };
+        self.observers.emit(Event::Wiped(WipeEvent {
+            device_id: self.device_id.to_string(),
+            store_path: self.store_path.clone(),
+            deleted_files,
+            message: message.clone(),
+        }));
+        CommuneSyncError::Wiped(message)
     }
 
     fn state(&self) -> MutexGuard<'_, SyncState> {
@@ -448,6 +606,7 @@ mod tests {
     use std::time::Duration;
 
     use communesync_core::catalogue::Procedure as CoreProcedure;
+    use communesync_core::store;
 
     use super::*;
 
@@ -473,6 +632,7 @@ mod tests {
             server_url: "http://127.0.0.1:9".into(),
             credential: None,
             background_policy: None,
+            app_version: None,
         }
     }
 
@@ -502,6 +662,304 @@ mod tests {
         fn on_changed(&self, event: ChangeEvent) {
             let _ = self.0.lock().unwrap().send(event);
         }
+        fn on_wiped(&self, _: WipeEvent) {}
+    }
+
+    struct WipeWatcher(Mutex<mpsc::Sender<WipeEvent>>);
+
+    impl SyncObserver for WipeWatcher {
+        fn on_progress(&self, _: SyncProgress) {}
+        fn on_changed(&self, _: ChangeEvent) {}
+        fn on_wiped(&self, event: WipeEvent) {
+            let _ = self.0.lock().unwrap().send(event);
+        }
+    }
+
+    /// A server on 127.0.0.1 that enrolls any code into `commune` and answers each sync with
+    /// the next of `syncs` (status, JSON body): the error cases a real server gives in the
+    /// end-to-end tests. Returns its URL and a handle that yields the paths it served.
+    fn scripted_server(
+        commune: &'static str,
+        syncs: Vec<(u16, &'static str)>,
+    ) -> (String, std::thread::JoinHandle<Vec<String>>) {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let mut served = Vec::new();
+            let mut syncs = syncs.into_iter();
+            // One enrollment and the scripted syncs, each on its own connection.
+            for _ in 0..=syncs.len() {
+                let (stream, _) = listener.accept().unwrap();
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut request_line = String::new();
+                reader.read_line(&mut request_line).unwrap();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if line == "\r\n" || line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let path = request_line.split(' ').nth(1).unwrap().to_owned();
+                let (status, answer) = if path == "/v1/enroll" {
+                    let body = String::from_utf8(body).unwrap();
+                    let at = body.find("\"device_id\":\"").unwrap() + 13;
+                    let device = &body[at..at + 36];
+                    (
+                        200,
+                        format!(
+                            r#"{{"device_id":"{device}","token":"t0k","scope":{{"commune":"{commune}"}}}}"#
+                        ),
+                    )
+                } else {
+                    let (status, body) = syncs.next().unwrap();
+                    (status, body.to_owned())
+                };
+                served.push(path);
+                let mut stream = reader.into_inner();
+                write!(
+                    stream,
+                    "HTTP/1.1 {status} Scripted\r\nContent-Type: application/json\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                )
+                .unwrap();
+            }
+            served
+        });
+        (url, handle)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_wipe_order_destroys_the_store_and_tells_the_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, server) = scripted_server(
+            "DB-MUONGPHANG",
+            vec![(403, r#"{"error":"wiped","message":"stolen tablet"}"#)],
+        );
+        let engine = Engine::open(EngineConfig {
+            server_url: url,
+            ..config(&dir)
+        })
+        .unwrap();
+        let (tx, rx) = mpsc::channel();
+        engine
+            .observe(Arc::new(WipeWatcher(Mutex::new(tx))))
+            .unwrap();
+        let app = engine
+            .create_application("can-bo.lan".into(), new_application("Hà Thị Nga"))
+            .unwrap();
+        let runtime = runtime();
+        runtime
+            .block_on(engine.enroll("7QK-2M9".into(), "tablet".into()))
+            .unwrap();
+
+        let err = runtime.block_on(engine.sync_now()).unwrap_err();
+        assert!(
+            matches!(&err, CommuneSyncError::Wiped(m) if m.contains("stolen tablet")),
+            "{err}"
+        );
+        assert_eq!(server.join().unwrap(), vec!["/v1/enroll", "/v1/sync"]);
+        let path = dir.path().join("tablet.db");
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            assert!(
+                !std::path::Path::new(&name).exists(),
+                "{suffix} left behind"
+            );
+        }
+        let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(event.device_id, engine.device_id());
+        assert_eq!(event.store_path, path.display().to_string());
+        assert!(event.deleted_files.contains(&path.display().to_string()));
+        assert!(event.message.contains("stolen tablet"));
+        // Nothing works on a wiped engine, and nothing is scheduled.
+        assert!(matches!(
+            engine.get_application(app.id),
+            Err(CommuneSyncError::Wiped(_))
+        ));
+        assert!(matches!(
+            runtime.block_on(engine.sync_now()),
+            Err(CommuneSyncError::Wiped(_))
+        ));
+        assert_eq!(engine.credential(), None);
+        assert_eq!(engine.next_sync_after(false).unwrap(), SyncDecision::Stop);
+        drop(engine);
+        assert!(!path.exists(), "closing the engine wrote nothing back");
+    }
+
+    #[test]
+    fn upgrade_required_stops_background_syncs_until_the_app_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, server) = scripted_server(
+            "DB-MUONGPHANG",
+            vec![(
+                426,
+                r#"{"error":"upgrade_required","message":"protocol 2 is no longer accepted"}"#,
+            )],
+        );
+        let open = |app_version: &str, credential: Option<DeviceCredential>| {
+            Engine::open(EngineConfig {
+                server_url: url.clone(),
+                app_version: Some(app_version.into()),
+                credential,
+                ..config(&dir)
+            })
+            .unwrap()
+        };
+        let engine = open("1.0", None);
+        let runtime = runtime();
+        let credential = runtime
+            .block_on(engine.enroll("7QK-2M9".into(), "tablet".into()))
+            .unwrap();
+        assert_eq!(credential.commune_code.as_deref(), Some("DB-MUONGPHANG"));
+        let err = runtime.block_on(engine.sync_now()).unwrap_err();
+        assert!(
+            matches!(&err, CommuneSyncError::UpgradeRequired(m) if m.contains("protocol 2")),
+            "{err}"
+        );
+        assert_eq!(server.join().unwrap().len(), 2);
+        assert_eq!(engine.next_sync_after(false).unwrap(), SyncDecision::Stop);
+        let status = engine.sync_status().unwrap();
+        assert!(status.upgrade_required);
+        assert_eq!(status.last_error_kind, Some(ErrorKind::UpgradeRequired));
+        drop(engine);
+
+        // Restarted, the same version still stops; another version schedules again.
+        let engine = open("1.0", Some(credential.clone()));
+        assert_eq!(engine.next_sync_after(false).unwrap(), SyncDecision::Stop);
+        drop(engine);
+        let engine = open("1.1", Some(credential));
+        assert!(!engine.sync_status().unwrap().upgrade_required);
+        assert_ne!(engine.next_sync_after(false).unwrap(), SyncDecision::Stop);
+    }
+
+    #[test]
+    fn quarantined_records_are_listed_fixed_and_audited_through_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, server) = scripted_server("DB-MUONGPHANG", Vec::new());
+        let engine = Engine::open(EngineConfig {
+            server_url: url,
+            ..config(&dir)
+        })
+        .unwrap();
+        // Offline, before enrollment, two records typed with another commune's code.
+        let other = |name: &str| NewApplication {
+            commune_code: "DB-NATAU".into(),
+            ..new_application(name)
+        };
+        let stray = engine
+            .create_application("can-bo.lan".into(), other("Lò Văn Khánh"))
+            .unwrap();
+        let twice = engine
+            .create_application("can-bo.lan".into(), other("Lò Văn Khánh"))
+            .unwrap();
+        let ours = engine
+            .create_application("can-bo.lan".into(), new_application("Cầm Thị Lả"))
+            .unwrap();
+        runtime()
+            .block_on(engine.enroll("7QK-2M9".into(), "tablet".into()))
+            .unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            engine.enrolled_commune().unwrap().as_deref(),
+            Some("DB-MUONGPHANG")
+        );
+        let listed = engine.quarantined().unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|q| (q.record_id.clone(), q.code.as_str(), q.direction))
+                .collect::<Vec<_>>(),
+            vec![
+                (stray.id.clone(), "not_yours", QuarantineDirection::Outgoing),
+                (twice.id.clone(), "not_yours", QuarantineDirection::Outgoing)
+            ]
+        );
+        let status = engine.sync_status().unwrap();
+        assert_eq!((status.pending_changes, status.quarantined), (1, 2));
+        assert!(matches!(
+            engine.create_application("can-bo.lan".into(), other("Vi Thị Mai")),
+            Err(CommuneSyncError::InvalidInput(m)) if m.contains("DB-MUONGPHANG")
+        ));
+
+        let copy = match engine
+            .copy_quarantined_as_new("can-bo.minh".into(), stray.id.clone())
+            .unwrap()
+        {
+            Record::Application { application } => application,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(copy.commune_code, "DB-MUONGPHANG");
+        assert_eq!(copy.applicant, stray.applicant);
+        assert!(matches!(
+            engine.get_application(stray.id.clone()),
+            Err(CommuneSyncError::NotFound(_))
+        ));
+        engine
+            .discard_quarantined(
+                "can-bo.minh".into(),
+                twice.id.clone(),
+                "entered twice".into(),
+            )
+            .unwrap();
+        assert!(engine.quarantined().unwrap().is_empty());
+        let log = engine.audit_log().unwrap();
+        assert_eq!(
+            log.iter()
+                .map(|e| (e.action, e.record_id.clone(), e.reason.as_str()))
+                .collect::<Vec<_>>()[1],
+            (AuditAction::Discarded, twice.id.clone(), "entered twice")
+        );
+        assert_eq!(log[0].action, AuditAction::CopiedAsNew);
+        assert_eq!(log[0].replacement_id.as_deref(), Some(copy.id.as_str()));
+        assert_eq!(log[0].officer, "can-bo.minh");
+
+        // A refusal from the server: retried when the app decides.
+        engine
+            .store
+            .lock()
+            .unwrap()
+            .quarantine_refused(&[store::RefusedDoc {
+                id: ours.id.parse().unwrap(),
+                kind: communesync_core::record::RecordKind::Application,
+                code: "too_large".into(),
+                message: "notes over the limit".into(),
+            }])
+            .unwrap();
+        assert_eq!(engine.sync_status().unwrap().pending_changes, 1);
+        assert!(engine.retry_quarantined(ours.id.clone()).unwrap());
+        assert_eq!(engine.sync_status().unwrap().pending_changes, 2);
+        assert!(matches!(
+            engine.retry_quarantined(ours.id),
+            Err(CommuneSyncError::NotFound(_))
+        ));
+        // History: no server time before the server has the change.
+        assert_eq!(
+            engine.history(copy.id).unwrap()[0].server_received_at_ms,
+            None
+        );
     }
 
     #[test]
