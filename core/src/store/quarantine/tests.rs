@@ -3,11 +3,12 @@ use std::sync::Arc;
 use automerge::ReadDoc;
 use automerge::transaction::Transactable;
 
+use super::decisions::{application_path, request_path};
 use super::*;
 use crate::catalogue::Procedure;
 use crate::clock::ManualClock;
-use crate::record::{Applicant, Status};
-use crate::store::{PendingDoc, StoreConfig};
+use crate::record::{Applicant, NewApplication, NewCitizenRequest, Record, RequestStatus, Status};
+use crate::store::{PendingDoc, PullDoc, PullReport, StoreConfig};
 
 const OFFICER: &str = "lan.nguyen";
 const COMMUNE: &str = "DB-MUONGPHANG";
