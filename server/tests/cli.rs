@@ -367,3 +367,146 @@ fn raw_get(addr: &str, path: &str, token: &str) -> String {
     let _ = stream.read_to_string(&mut response);
     response
 }
+
+/// Runs `device --store STORE quarantine ARGS...` and returns its JSON lines.
+fn quarantine(store: &str, args: &[&str], dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let output = Command::new(BIN)
+        .args(["device", "--store", store, "quarantine"])
+        .args(args)
+        .current_dir(dir)
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_device_quarantine_is_listed_and_settled_from_the_cli() {
+    use communesync_core::record::{NewCitizenRequest, RecordKind};
+    use communesync_core::store::{DeviceStore, EncryptionKey, RefusedDoc, StoreConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let store_arg = path.display().to_string();
+    // A tablet that typed requests for another commune before it enrolled, and one the server
+    // refused.
+    let (strays, refused) = {
+        let mut store =
+            DeviceStore::open(StoreConfig::new(&path).encrypted(EncryptionKey::new([0x11; 32])))
+                .unwrap();
+        let mut request = |commune: &str, description: &str| {
+            store
+                .create_citizen_request(
+                    "can-bo.lan",
+                    NewCitizenRequest {
+                        commune_code: commune.into(),
+                        category: "road".into(),
+                        description: description.into(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .id
+        };
+        let strays = [
+            request("DB-NATAU", "Đường sạt lở"),
+            request("DB-NATAU", "Cầu treo hỏng"),
+        ];
+        let own = request("DB-MUONGPHANG", "Đèn đường hỏng");
+        assert_eq!(
+            store.set_enrolled_commune(Some("DB-MUONGPHANG")).unwrap(),
+            2
+        );
+        store
+            .quarantine_refused(&[RefusedDoc {
+                id: own,
+                kind: RecordKind::CitizenRequest,
+                code: "too_large".into(),
+                message: "notes: longer than 65536 bytes".into(),
+            }])
+            .unwrap();
+        (strays, own)
+    };
+
+    let listed = quarantine(&store_arg, &[], dir.path());
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|r| r["direction"] == "outgoing"));
+    let reason = |id: &communesync_core::record::RecordId| {
+        listed
+            .iter()
+            .find(|r| r["record_id"] == id.to_string())
+            .map(|r| (r["code"].clone(), r["attempts"].clone()))
+            .unwrap()
+    };
+    assert_eq!(reason(&strays[0]), ("not_yours".into(), 1.into()));
+    assert_eq!(reason(&refused), ("too_large".into(), 1.into()));
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["message"].as_str().is_some_and(|m| !m.is_empty()))
+    );
+
+    let retried = quarantine(&store_arg, &["retry", &refused.to_string()], dir.path());
+    assert_eq!(retried[0]["left_quarantine"], true);
+    let copied = quarantine(
+        &store_arg,
+        &[
+            "copy-as-new",
+            &strays[0].to_string(),
+            "--officer",
+            "can-bo.minh",
+        ],
+        dir.path(),
+    );
+    assert_eq!(copied[0]["record"]["commune_code"], "DB-MUONGPHANG");
+    assert_eq!(copied[0]["record"]["description"], "Đường sạt lở");
+    quarantine(
+        &store_arg,
+        &[
+            "discard",
+            &strays[1].to_string(),
+            "--officer",
+            "can-bo.minh",
+            "--reason",
+            "nhập trùng",
+        ],
+        dir.path(),
+    );
+    assert!(quarantine(&store_arg, &[], dir.path()).is_empty());
+    let audit = quarantine(&store_arg, &["audit"], dir.path());
+    assert_eq!(audit.len(), 2);
+    assert_eq!(
+        (audit[0]["action"].clone(), audit[1]["action"].clone()),
+        ("copied_as_new".into(), "discarded".into())
+    );
+    assert_eq!(audit[1]["reason"], "nhập trùng");
+    assert_eq!(audit[1]["officer"], "can-bo.minh");
+
+    // A discard needs a reason, and only a quarantined record can be discarded.
+    let refuse = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(["device", "--store", &store_arg, "quarantine"])
+            .args(args)
+            .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let id = refused.to_string();
+    assert!(refuse(&["discard", &id, "--officer", "can-bo.minh"]).contains("--reason"));
+    assert!(
+        refuse(&["discard", &id, "--officer", "can-bo.minh", "--reason", "x"])
+            .contains("no record")
+    );
+    assert!(refuse(&["retry", "not-an-id"]).contains("id"));
+}

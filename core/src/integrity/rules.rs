@@ -78,6 +78,19 @@ pub fn check_officer(officer: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a record of `commune` is the device's to write: a device enrolled in a commune
+/// writes that commune's records only (a province account, `ctx.commune == None`, any).
+pub fn check_scope(commune: &str, ctx: &RuleContext<'_>) -> std::result::Result<(), Violation> {
+    match ctx.commune {
+        Some(own) if own != commune => Err(Violation::field(
+            RefusalCode::NotYours,
+            "commune_code",
+            format!("this device is enrolled in commune {own}, not {commune}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a new record, as its first change makes it.
 pub fn check_creation(
     record: &Record,
@@ -101,15 +114,7 @@ pub fn check_creation(
             r.status == RequestStatus::Received,
         ),
     };
-    if let Some(own) = ctx.commune
-        && own != commune
-    {
-        return Err(Violation::field(
-            RefusalCode::NotYours,
-            "commune_code",
-            format!("this device is enrolled in commune {own}, not {commune}"),
-        ));
-    }
+    check_scope(commune, ctx)?;
     if creator != ctx.device.0 {
         return Err(Violation::field(
             RefusalCode::NotAttributed,
@@ -145,6 +150,11 @@ pub fn check_edit(
     after: &Record,
     ctx: &RuleContext<'_>,
 ) -> std::result::Result<(), Violation> {
+    let commune = match before {
+        Record::Application(b) => &b.commune_code,
+        Record::CitizenRequest(b) => &b.commune_code,
+    };
+    check_scope(commune, ctx)?;
     match (before, after) {
         (Record::Application(b), Record::Application(a)) => check_application_edit(b, a, ctx)?,
         (Record::CitizenRequest(b), Record::CitizenRequest(a)) => check_request_edit(b, a)?,
