@@ -555,6 +555,12 @@ impl DeviceStore {
             super::quarantine::Keeper::new(&tx, now_ms, &build_id, self.quarantine_bounds)?;
         for (index, (chunk, _)) in chunks.iter().enumerate() {
             let built = next.take().unwrap_or_default();
+            // A document sent whole without its id may be one this device has (its own
+            // records, sent back to a store restored from a backup): it is merged below, so no
+            // cached copy may outlive the write.
+            for built in built.iter().flatten().flatten() {
+                self.cache.pop(&built.id);
+            }
             let following = chunks.get(index + 1).copied();
             let (written, following) = std::thread::scope(|scope| {
                 let builder = following.map(|chunk| scope.spawn(move || build_chunk(chunk)));
