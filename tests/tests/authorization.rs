@@ -1,5 +1,5 @@
 //! The authorization matrix over real HTTP on 127.0.0.1, on SQLite and PostgreSQL: every route of
-//! the router (the list is checked against `server/src/http.rs`) called by every kind of caller
+//! the router (the list is checked against `server/src/http/mod.rs`) called by every kind of caller
 //! (none, a wrong token, a revoked device, a device of another commune, a device of the
 //! commune, a province account, an operator) gets exactly the status it should; refused calls
 //! change nothing; and no record of another commune reaches a caller through any path: the feed,
@@ -40,10 +40,10 @@ const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/v1/admin/catalogue"),
 ];
 
-/// The (method, path) pairs that `router()` in `server/src/http.rs` registers, read from its
+/// The (method, path) pairs that `router()` in `server/src/http/mod.rs` registers, read from its
 /// source: a route added there without a row in the matrix fails the test.
 fn routes_in_router_source() -> Vec<(String, String)> {
-    let source = include_str!("../../server/src/http.rs");
+    let source = include_str!("../../server/src/http/mod.rs");
     let start = source.find("pub fn router(").unwrap();
     let body = &source[start..];
     let body = &body[..body.find("\n}\n").unwrap()];
