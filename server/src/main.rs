@@ -15,6 +15,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
 
 #[derive(Parser)]
@@ -61,6 +62,16 @@ struct ServeArgs {
     /// Where to write the operator token created at first start.
     #[arg(long, default_value = "communesync-admin-token")]
     admin_token_file: PathBuf,
+    /// Connections served at once; more wait in the listen queue (lowered to fit the open-file
+    /// limit).
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a whole request head; then its connection is closed.
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    #[arg(long, default_value_t = ServeConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
 }
 
 #[derive(Args)]
@@ -153,18 +164,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         write_secret(&args.admin_token_file, &token)?;
         tracing::info!(file = %args.admin_token_file.display(), "operator token written");
     }
+    let serve_config = ServeConfig {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        ..ServeConfig::default()
+    };
     let state = AppState::new(storage, ServerConfig::default());
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = communesync_server::serve::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
-    axum::serve(
+    communesync_server::serve::serve(
         listener,
-        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        http::router(state),
+        serve_config,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
     .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }
 
 /// A database URL without its password, for logs.

@@ -84,6 +84,19 @@ impl ServerProcess {
         addr: Option<SocketAddr>,
         dir: &Path,
     ) -> anyhow::Result<ServerProcess> {
+        Self::start_configured(binary, database, addr, dir, &[], None)
+    }
+
+    /// [`ServerProcess::start`] with more `serve` arguments, and with the child's open-file limit
+    /// (soft and hard) set to `open_files` before it starts, as a system may start it.
+    pub fn start_configured(
+        binary: &Path,
+        database: &str,
+        addr: Option<SocketAddr>,
+        dir: &Path,
+        args: &[&str],
+        open_files: Option<u64>,
+    ) -> anyhow::Result<ServerProcess> {
         let addr = match addr {
             Some(addr) => addr,
             // A port the kernel just handed out and released: free unless someone races for it.
@@ -94,16 +107,28 @@ impl ServerProcess {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("serve")
             .args(["--database", database])
             .args(["--listen", &addr.to_string()])
             .arg("--admin-token-file")
             .arg(dir.join("admin-token"))
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
+            .stderr(log_file);
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; it allocates only on an error path that
+            // cannot be taken on Linux (RLIMIT_NOFILE is supported).
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut server = ServerProcess { child, addr, log };
