@@ -6,6 +6,8 @@
 //!   complete within this long of the connection's opening (the first request) or of its first
 //!   byte (later ones); otherwise the connection is closed without an answer. A socket that never
 //!   sends anything is closed after it.
+//! - A request head over 16 KiB is refused (431), so a connection holds at most that much of
+//!   its peer's unread bytes.
 //! - **Idle timeout** ([`ServeConfig::idle_timeout`], default 60 s): a kept-alive connection with
 //!   no request in progress and no byte moving either way for this long is closed; so is one whose
 //!   client stops reading a response for this long.
@@ -87,6 +89,11 @@ pub struct OpenFileLimit {
     /// Hard limit.
     pub hard: u64,
 }
+
+/// Most a connection buffers of what it reads (hyper's default is about 400 KiB): a request head
+/// larger than this is refused (431). A tablet's head is under a kilobyte; 4,096 connections
+/// each filling this hold 64 MiB. Bodies stream through it in reads of this size.
+const READ_BUFFER_LIMIT: usize = 16 * 1024;
 
 /// Places in the kernel's queue of connections not yet accepted, as [`bind`] asks for them
 /// (Linux caps it at `net.core.somaxconn`, 4,096 by default). The standard library's and tokio's
@@ -229,7 +236,37 @@ async fn serve_connection(
     mut closing: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let activity = Arc::new(Activity::new());
+    let opened = Instant::now();
+    // Nothing of hyper's exists until the peer sends something (its buffers take 16 KiB per
+    // connection at once): a socket that never does costs only this task (about 1.5 KB) until
+    // the header timeout closes it.
+    let mut first = [0u8; 1];
+    tokio::select! {
+        // A peek, not `readable()`: readiness can be reported before any byte is there.
+        peeked = stream.peek(&mut first) => {
+            if !matches!(peeked, Ok(n) if n > 0) {
+                return;
+            }
+        }
+        () = tokio::time::sleep_until(opened + config.header_timeout) => {
+            tracing::debug!(%peer, "connection closed: nothing sent within the header timeout");
+            return;
+        }
+        _ = closing.wait_for(|closing| *closing) => return,
+    }
+    Box::pin(serve_http(stream, peer, router, config, closing, opened)).await;
+}
+
+/// HTTP on a connection whose peer has sent something (or closed).
+async fn serve_http(
+    stream: TcpStream,
+    peer: SocketAddr,
+    router: Router,
+    config: ServeConfig,
+    mut closing: watch::Receiver<bool>,
+    opened: Instant,
+) {
+    let activity = Arc::new(Activity::new(opened));
     let io = TokioIo::new(WatchedIo {
         inner: stream,
         activity: activity.clone(),
@@ -258,6 +295,7 @@ async fn serve_connection(
     let mut conn = pin!(
         hyper::server::conn::http1::Builder::new()
             .keep_alive(true)
+            .max_buf_size(READ_BUFFER_LIMIT)
             .serve_connection(io, service)
     );
     let mut shutting_down = *closing.borrow();
@@ -322,8 +360,8 @@ struct ActivityState {
 }
 
 impl Activity {
-    fn new() -> Self {
-        let now = Instant::now();
+    /// A connection opened at `now`, waiting for its first request head.
+    fn new(now: Instant) -> Self {
         Activity {
             state: Mutex::new(ActivityState {
                 handlers: 0,

@@ -153,8 +153,9 @@ fn push_sync_body(store: &mut DeviceStore) -> Vec<u8> {
 
 /// A socket that never sends a byte, and one that sends a request head a byte at a time, are
 /// both closed once the header timeout has passed (and not before); a kept-alive connection is
-/// allowed the longer idle timeout between requests, then closed too. Before `serve.rs` the server
-/// had neither timeout: all three stayed open for as long as the clients liked.
+/// allowed the longer idle timeout between requests, then closed too; a head over 16 KiB is
+/// refused. Before `serve.rs` the server had neither timeout (all three stayed open for as long
+/// as the clients liked) and buffered heads of up to ~400 KiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_and_slow_heads_are_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
@@ -221,6 +222,24 @@ async fn idle_sockets_and_slow_heads_are_closed_after_the_header_timeout() {
             served.elapsed() >= Duration::from_millis(2950),
             "closed early"
         );
+
+        // Heads up to 16 KiB are read; a larger one is refused, not buffered.
+        for (junk, allowed) in [
+            (8 * 1024, [Some(200), Some(200)]),
+            (32 * 1024, [None, Some(431)]),
+        ] {
+            let mut stream = connect(addr);
+            let head = format!(
+                "GET /v1/health HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
+                "j".repeat(junk)
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let status = read_response(&mut stream, Duration::from_secs(5));
+            assert!(
+                allowed.contains(&status),
+                "{junk} bytes of header: {status:?}"
+            );
+        }
 
         // The server still serves.
         let mut fresh = connect(addr);
@@ -330,6 +349,12 @@ async fn idle_sockets_past_the_open_file_limit_do_not_stop_a_tablet_sync() {
         client.sync(&|_| {}).await
     })
     .await;
+    // The server turns idle sockets over (without a header timeout it never closes one): let the
+    // attacker see it (bounded) before it stops.
+    let seen = Instant::now() + Duration::from_secs(10);
+    while reopened.load(Ordering::SeqCst) == 0 && Instant::now() < seen {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stop.store(true, Ordering::SeqCst);
     let still_open = attacker.join().unwrap();
     let report = outcome
@@ -349,8 +374,7 @@ async fn idle_sockets_past_the_open_file_limit_do_not_stop_a_tablet_sync() {
          the server closed them, {still_open} open at the end)",
         started.elapsed(),
     );
-    // The server turned sockets over (without the header timeout it closes none).
-    assert!(reopened > 0);
+    assert!(reopened > 0, "the server closed none of the idle sockets");
 }
 
 /// A body sent a byte every 200 ms (never idle long enough for the 30 s idle timeout) is dropped
