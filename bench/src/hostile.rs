@@ -387,6 +387,21 @@ async fn attack(
     let pid = server.pid;
     let rss_before = rss_mb_of(Some(pid));
     let reset = reset_peak_rss(Some(pid));
+    // Sampled, so that a server that dies (its /proc entry gone) still has a figure: the last
+    // peak seen before.
+    let peak_kb = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let peak_kb = peak_kb.clone();
+        tokio::spawn(async move {
+            loop {
+                let mb = peak_rss_mb_of(Some(pid));
+                if mb.is_finite() {
+                    peak_kb.fetch_max((mb * 1024.0) as u64, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
     let tally = Arc::new(Tally::default());
     let deadline = Instant::now() + Duration::from_secs(args.seconds);
     let mut tasks = JoinSet::new();
@@ -450,7 +465,12 @@ async fn attack(
         }
         tokio::time::sleep(Duration::from_millis(args.honest_pause_ms)).await;
     }
-    let rss_peak = peak_rss_mb_of(Some(pid));
+    let last = peak_rss_mb_of(Some(pid));
+    if last.is_finite() {
+        peak_kb.fetch_max((last * 1024.0) as u64, Ordering::SeqCst);
+    }
+    sampler.abort();
+    let rss_peak = peak_kb.load(Ordering::SeqCst) as f64 / 1024.0;
     server_exit = server_exit.or_else(|| server.exited());
     tasks.abort_all();
     while tasks.join_next().await.is_some() {}
@@ -465,6 +485,7 @@ async fn attack(
     }
     let mut report = Report::default();
     report.add("hostile.server_rss_before", rss_before, "MB", None);
+    // Of a server that died, the last peak sampled before.
     report.add("hostile.server_rss_peak", rss_peak, "MB", None);
     report.add(
         "hostile.server_rss_increase",
@@ -665,6 +686,10 @@ async fn hostile_worker(
         };
         if Instant::now() < deadline {
             tally.answer(shape, status);
+        }
+        if status.is_none() {
+            // Refused or cut: do not spin (a dead server refuses at once).
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 }
