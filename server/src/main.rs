@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use communesync_core::clock::{Clock, SystemClock};
-use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
 use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
 
@@ -72,6 +72,12 @@ struct ServeArgs {
     /// Seconds a kept-alive connection may stay idle between requests.
     #[arg(long, default_value_t = ServeConfig::default().idle_timeout.as_secs())]
     idle_timeout_secs: u64,
+    /// Requests a device may send at once; then `--device-rate` per second (beyond: 429).
+    #[arg(long, default_value_t = DeviceRateLimit::default().burst)]
+    device_burst: u32,
+    /// Requests per second a device may send on average.
+    #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
+    device_rate: f64,
 }
 
 #[derive(Args)]
@@ -170,7 +176,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         ..ServeConfig::default()
     };
-    let state = AppState::new(storage, ServerConfig::default());
+    let config = ServerConfig {
+        device_rate: DeviceRateLimit {
+            burst: args.device_burst,
+            per_second: args.device_rate,
+        },
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(storage, config);
     let listener = communesync_server::serve::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
     communesync_server::serve::serve(

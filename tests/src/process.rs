@@ -66,6 +66,10 @@ fn build_binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// `serve` arguments for a per-device request rate high enough never to be met, as
+/// [`crate::unlimited_rate_config`]: the fault tests sync in tight loops.
+pub const UNLIMITED_RATE: &[&str] = &["--device-burst", "1000000", "--device-rate", "1000000"];
+
 /// `communesync serve` as a child process on a database; SIGKILLed when dropped.
 pub struct ServerProcess {
     child: Child,
@@ -75,16 +79,17 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the server on `database` and waits until it accepts connections. `addr` reuses an
-    /// address (a restart); `None` takes a free port. Its log goes to `dir/server.log` (appended,
-    /// so a restart keeps the history) and its operator token to `dir/admin-token`.
+    /// Starts the server on `database` (with [`UNLIMITED_RATE`]) and waits until it accepts
+    /// connections. `addr` reuses an address (a restart); `None` takes a free port. Its log goes
+    /// to `dir/server.log` (appended, so a restart keeps the history) and its operator token to
+    /// `dir/admin-token`.
     pub fn start(
         binary: &Path,
         database: &str,
         addr: Option<SocketAddr>,
         dir: &Path,
     ) -> anyhow::Result<ServerProcess> {
-        Self::start_configured(binary, database, addr, dir, &[], None)
+        Self::start_configured(binary, database, addr, dir, UNLIMITED_RATE, None)
     }
 
     /// [`ServerProcess::start`] with more `serve` arguments, and with the child's open-file limit
