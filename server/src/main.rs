@@ -16,7 +16,8 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::DeviceId;
-use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
+use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
 
 #[derive(Parser)]
@@ -67,6 +68,22 @@ struct ServeArgs {
     /// enrollment limits; repeat for several. Without it the header is ignored.
     #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR", value_parser = http::client_addr::parse_trusted_proxy)]
     trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections served at once; more wait in the listen queue (lowered to fit the open-file
+    /// limit).
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a whole request head; then its connection is closed.
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    #[arg(long, default_value_t = ServeConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+    /// Requests a device may send at once; then `--device-rate` per second (beyond: 429).
+    #[arg(long, default_value_t = DeviceRateLimit::default().burst)]
+    device_burst: u32,
+    /// Requests per second a device may send on average.
+    #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
+    device_rate: f64,
 }
 
 #[derive(Args)]
@@ -190,22 +207,48 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         write_secret(&args.admin_token_file, &token)?;
         tracing::info!(file = %args.admin_token_file.display(), "operator token written");
     }
+    let serve_config = ServeConfig {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        ..ServeConfig::default()
+    };
     let config = ServerConfig {
         trusted_proxies: args.trusted_proxies,
+        device_rate: DeviceRateLimit {
+            burst: args.device_burst,
+            per_second: args.device_rate,
+        },
         ..ServerConfig::default()
     };
     let state = AppState::new(storage, config);
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let listener = communesync_server::serve::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
-    axum::serve(
+    communesync_server::serve::serve(
         listener,
-        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        http::router(state),
+        serve_config,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
     .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }
 
 /// A database URL without its password, for logs.

@@ -466,13 +466,16 @@ async fn the_work_of_a_push_stops_when_its_client_goes_away() {
         storage.clone(),
         communesync_server::http::ServerConfig::default(),
     );
-    let app = communesync_server::http::router(state.clone())
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    // The server's own accept loop, as `communesync serve` runs it.
+    let app = communesync_server::http::router(state.clone());
+    let listener = communesync_server::serve::bind(([127, 0, 0, 1], 0).into()).unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    tokio::spawn(communesync_server::serve::serve(
+        listener,
+        app,
+        communesync_server::serve::ServeConfig::default(),
+        std::future::pending(),
+    ));
     let hostile = Hostile::enroll(&format!("http://{addr}"), &code).await;
 
     // A push that takes the server a while: thousands of valid new records.

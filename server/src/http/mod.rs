@@ -11,16 +11,19 @@
 //! credentials, protocol version, counts, that every change decodes, that a new record is a valid
 //! record of the device's commune and an existing one stays one. A refused request gets a 4xx with
 //! `{"error": code, "message": text}` and changes nothing. Secrets are only ever stored hashed and
-//! never logged.
+//! never logged. A request body slower than a floor is dropped with 408 (`body_rate`), and each
+//! device has a request rate limit (`rate`).
 
 mod admin;
 mod admin_records;
 mod admin_tokens;
+mod body_rate;
 pub mod client_addr;
 mod enroll;
 pub mod enroll_limit;
 mod error;
 mod push;
+mod rate;
 mod secrets;
 mod sync;
 
@@ -30,8 +33,10 @@ pub use admin::{
 };
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
+pub use body_rate::MinBodyRate;
 pub use enroll::ApiScope;
 pub use error::ApiError;
+pub use rate::DeviceRateLimit;
 pub use secrets::{hash_enrollment_code, hash_secret, new_enrollment_code, new_token};
 
 use std::collections::HashMap;
@@ -76,9 +81,16 @@ pub struct ServerConfig {
     pub enroll_throttle_queue: usize,
     /// Throttled attempts that may wait in this replica, all sources together; more get 429.
     pub enroll_throttle_total: usize,
-    /// A request body that sends nothing for this long is dropped (a slow 2G link still sends
-    /// something every few seconds; a client holding a connection open with nothing does not).
+    /// A request body that sends nothing for this long is dropped with 408 (a slow 2G link still
+    /// sends something every few seconds; a client holding a connection open with nothing does
+    /// not). Default 30 s.
     pub body_idle_timeout: Duration,
+    /// A request body slower than this is dropped with 408, even if it never stops entirely.
+    /// Default 1 KiB per 15 s (about 68 bytes/s), far below the worst honest 2G link.
+    pub min_body_rate: MinBodyRate,
+    /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
+    /// a burst of 20, then 5 per second.
+    pub device_rate: DeviceRateLimit,
 }
 
 impl Default for ServerConfig {
@@ -93,6 +105,8 @@ impl Default for ServerConfig {
             enroll_throttle_queue: 4,
             enroll_throttle_total: 256,
             body_idle_timeout: Duration::from_secs(30),
+            min_body_rate: MinBodyRate::default(),
+            device_rate: DeviceRateLimit::default(),
         }
     }
 }
@@ -111,6 +125,8 @@ pub struct AppState {
     pub(crate) abandoned: Arc<std::sync::atomic::AtomicU64>,
     /// Lanes of throttled enrollment sources.
     pub(crate) enroll_throttle: enroll_limit::Throttle,
+    /// Request buckets of the devices.
+    pub(crate) device_limiter: rate::DeviceLimiter,
 }
 
 impl AppState {
@@ -127,6 +143,7 @@ impl AppState {
     ) -> Arc<Self> {
         Arc::new(AppState {
             storage,
+            device_limiter: rate::DeviceLimiter::new(config.device_rate),
             config,
             clock,
             withdrawal: std::sync::Mutex::new(None),
@@ -176,9 +193,10 @@ impl AppState {
     }
 }
 
-/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// The router; serve it with [`crate::serve::serve`] (handlers need `ConnectInfo<SocketAddr>`).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_compressed;
+    let min_body_rate = state.config.min_body_rate;
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enroll", post(enroll::enroll))
@@ -210,6 +228,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside the idle timeout's layer, so that its body sees that timeout's error too.
+        .layer(middleware::from_fn(move |request, next| {
+            body_rate::enforce(min_body_rate, request, next)
+        }))
         .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))
         .layer(middleware::from_fn(move |request, next| {
             refuse_declared_oversize(body_limit, request, next)
@@ -284,6 +306,10 @@ pub(crate) async fn authenticate_device(
             "this device was revoked",
         ));
     }
+    state
+        .device_limiter
+        .check(device.id, std::time::Instant::now())
+        .map_err(rate::rate_limited)?;
     Ok(device)
 }
 
