@@ -32,6 +32,9 @@ grep -q '"bench":"store.bytes_per_record"' target/bench-smoke-store.txt
 grep -q '"bench":"store.bytes_per_record_synced"' target/bench-smoke-store.txt
 target/debug/communesync-bench sync --records 200 --database sqlite > target/bench-smoke-sync.txt
 grep -q '"bench":"sync.sqlite.s3.requests"' target/bench-smoke-sync.txt
+target/debug/communesync-bench hostile --seconds 3 --idle 100 --concurrency 2 \
+  --bomb-docs 100000 --repeats 200 > target/bench-smoke-hostile.txt
+grep -q '"bench":"hostile.honest_sync_p99"' target/bench-smoke-hostile.txt
 
 # Further suites, each a script of its own (bindings on Kotlin and Swift, fuzzing, ...): they run in
 # name order, with PostgreSQL still up and COMMUNESYNC_TEST_DATABASE_URL set.

@@ -4,9 +4,11 @@
 //! `cargo run --release -p communesync-bench -- store` runs the device-store suite;
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
-//! (the same).
+//! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
+//! while an honest tablet syncs (the same).
 
 mod dictionary;
+mod hostile;
 mod load;
 mod report;
 mod store;
@@ -30,6 +32,9 @@ enum Suite {
     /// Load: 45 communes x 8 tablets doing a day's work and syncing at once, on SQLite and
     /// PostgreSQL (syncs/s, latency, server memory, errors, lost changes).
     Load(load::LoadArgs),
+    /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
+    /// the server while an honest tablet syncs (server memory, honest latency and failures).
+    Hostile(hostile::HostileArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -39,6 +44,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Store(args) => store::run(&args),
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
+        Suite::Hostile(args) => hostile::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

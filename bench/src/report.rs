@@ -120,6 +120,22 @@ pub fn peak_rss_mb_of(pid: Option<u32>) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// Resident set size of process `pid` (`None`: this one) now, in MB (Linux `VmRSS`).
+pub fn rss_mb_of(pid: Option<u32>) -> f64 {
+    status_kb(pid, "VmRSS:").map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+fn status_kb(pid: Option<u32>, field: &str) -> Option<f64> {
+    std::fs::read_to_string(proc_file(pid, "status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// Resets the peak resident set size of process `pid` (`None`: this one) to its current RSS
 /// (Linux 4.0+: `5` written to `/proc/<pid>/clear_refs`). Returns whether the kernel took it.
 pub fn reset_peak_rss(pid: Option<u32>) -> bool {

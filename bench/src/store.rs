@@ -257,7 +257,7 @@ pub fn run(args: &StoreArgs) -> anyhow::Result<()> {
         if batch.is_empty() {
             break;
         }
-        store.acknowledge_push(&batch)?;
+        store.acknowledge_push(&batch, 0)?;
     }
     anyhow::ensure!(store.pending_count()? == 0, "the outbox did not empty");
     report.add(

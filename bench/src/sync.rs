@@ -94,7 +94,7 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
     if let Some(store) = &args.tablet_process {
         return tablet::main(store);
     }
-    let server_bin = server_binary(args)?;
+    let server_bin = server_binary(args.server_bin.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -507,9 +507,10 @@ pub(crate) fn load_average() -> String {
 
 // ----- the server ---------------------------------------------------------------------------
 
-fn server_binary(args: &SyncArgs) -> anyhow::Result<PathBuf> {
-    let path = match &args.server_bin {
-        Some(path) => path.clone(),
+/// The `communesync` binary: `configured`, else the one next to this executable.
+pub(crate) fn server_binary(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let path = match configured {
+        Some(path) => path.to_owned(),
         None => {
             let exe = std::env::current_exe()?;
             exe.parent()
@@ -572,11 +573,23 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(bin: &Path, url: &str, dir: &Path) -> anyhow::Result<Server> {
+        Self::start_limited(bin, url, dir, None)
+    }
+
+    /// [`Server::start`] with the child's address space limited to `address_space` bytes
+    /// (`RLIMIT_AS`), so that a server without bounds fails alone instead of taking the machine.
+    pub(crate) fn start_limited(
+        bin: &Path,
+        url: &str,
+        dir: &Path,
+        address_space: Option<u64>,
+    ) -> anyhow::Result<Server> {
         // A port the kernel just handed out and released: free unless someone races for it.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path)?;
-        let child = Command::new(bin)
+        let mut command = Command::new(bin);
+        command
             .arg("serve")
             .args(["--database", url])
             .args(["--listen", &addr.to_string()])
@@ -585,7 +598,17 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        if let Some(bytes) = address_space {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; it allocates only on an error path that
+            // cannot be taken on Linux (RLIMIT_AS is supported).
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::AS, bytes, bytes));
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let pid = child.id();
@@ -606,6 +629,13 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+}
+
+impl Server {
+    /// How the server ended, if it has.
+    pub(crate) fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 

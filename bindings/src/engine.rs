@@ -1,15 +1,17 @@
 //! [`Engine`]: one device store and its sync client, as the app sees them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
 
 use crate::error::{CommuneSyncError, ErrorKind};
-use crate::observer::{ChangeEvent, ChangeOrigin, Event, ObserverHandle, Observers, SyncObserver};
+use crate::observer::{
+    ChangeEvent, ChangeOrigin, Event, ObserverHandle, Observers, SyncObserver, WipeEvent,
+};
 use crate::policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
 use crate::types::*;
 
@@ -34,7 +36,10 @@ struct SyncState {
 #[derive(uniffi::Object)]
 pub struct Engine {
     store: Arc<Mutex<DeviceStore>>,
+    /// Set once the store was wiped on the province's order: every call fails from then on.
+    wiped: AtomicBool,
     device_id: DeviceId,
+    store_path: String,
     server_url: String,
     policy: BackgroundPolicy,
     clock: SystemClock,
@@ -62,14 +67,21 @@ impl Engine {
         if config.server_url.trim().is_empty() {
             return Err(CommuneSyncError::invalid("server_url: must not be empty"));
         }
-        let store = DeviceStore::open(StoreConfig::new(&config.store_path).encrypted(key))?;
+        let mut store_config = StoreConfig::new(&config.store_path).encrypted(key);
+        store_config.app_version = config.app_version.clone();
+        let mut store = DeviceStore::open(store_config)?;
         let device_id = store.device_id();
         if let Some(credential) = &config.credential {
             check_credential(device_id, credential)?;
+            // The credential's scope is authoritative (a store enrolled before the scope was
+            // recorded learns it here).
+            store.set_enrolled_commune(credential.commune_code.as_deref())?;
         }
         Ok(Arc::new(Engine {
             store: Arc::new(Mutex::new(store)),
+            wiped: AtomicBool::new(false),
             device_id,
+            store_path: config.store_path,
             server_url: config.server_url,
             policy: config.background_policy.unwrap_or_default(),
             clock: SystemClock,
@@ -91,11 +103,20 @@ impl Engine {
     /// Exchanges a one-time enrollment code from the province for this device's credential.
     /// The engine uses it from now on; store it in the platform keystore and pass it in
     /// `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+    /// The commune it binds the device to is recorded: records of other communes can no longer
+    /// be created or edited, and those created before (offline, with another commune's code) are
+    /// set aside in the quarantine at once.
     pub async fn enroll(&self, code: String, label: String) -> Result<DeviceCredential> {
+        self.check_not_wiped()?;
         let transport = self.transport()?;
         let credentials = enroll(&transport, code.trim(), self.device_id, &label).await?;
         let credential = DeviceCredential::from(credentials);
         check_credential(self.device_id, &credential)?;
+        // The server has enrolled the device: the credential must reach the app whatever
+        // happens here. A scope not recorded now is recorded before the next sync.
+        let _ = self
+            .store()?
+            .set_enrolled_commune(credential.commune_code.as_deref());
         let mut state = self.state();
         state.credential = Some(credential.clone());
         state.client = None;
@@ -111,14 +132,20 @@ impl Engine {
 
     /// Pushes local changes and pulls colleagues' until both sides are up to date; observers
     /// get progress after each request. A sync cut at any point resumes where it stopped and
-    /// loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
-    /// not enrolled, `Revoked`, or `Offline` after the retries.
+    /// loses nothing. A second call while one runs waits for it. Records the server refuses are
+    /// set aside in the quarantine (`SyncReport.refused`) and do not fail the sync. Fails with
+    /// `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
+    /// accepts this version of the app, `Wiped` when the province ordered the device wiped (the
+    /// engine then destroys the store and tells the observers), or `Offline` after the retries.
     pub async fn sync_now(&self) -> Result<SyncReport> {
+        self.check_not_wiped()?;
         let client = {
             let mut state = self.state();
             let client = match (&state.client, &state.credential) {
                 (Some(client), _) => Ok(client.clone()),
                 (None, Some(credential)) => self.transport().and_then(|transport| {
+                    self.store()?
+                        .set_enrolled_commune(credential.commune_code.as_deref())?;
                     Ok(Arc::new(SyncClient::new(
                         transport,
                         self.store.clone(),
@@ -157,9 +184,13 @@ impl Engine {
                     }));
                 }
             })
-            .await
-            .map(SyncReport::from)
-            .map_err(CommuneSyncError::from);
+            .await;
+        drop(client);
+        let result = match result {
+            Ok(report) => Ok(SyncReport::from(report)),
+            Err(SyncError::Wiped(message)) => Err(self.wipe(&message)),
+            Err(err) => Err(CommuneSyncError::from(err)),
+        };
         let mut state = self.state();
         state.running = state.running.saturating_sub(1);
         match &result {
@@ -176,9 +207,15 @@ impl Engine {
 
     /// A snapshot of the sync state.
     pub fn sync_status(&self) -> Result<SyncStatus> {
-        let (pending_changes, last_server_sync_ms) = {
-            let store = self.store();
-            (store.pending_count()?, store.last_sync_at()?)
+        let (pending_changes, quarantined, enrolled_commune, upgrade_required, last_server_sync_ms) = {
+            let store = self.store()?;
+            (
+                store.pending_count()?,
+                store.quarantined_count()?,
+                store.enrolled_commune().map(str::to_owned),
+                store.upgrade_required()?,
+                store.last_sync_at()?,
+            )
         };
         let state = self.state();
         Ok(SyncStatus {
@@ -186,6 +223,9 @@ impl Engine {
             enrolled: state.credential.is_some(),
             syncing: state.running > 0,
             pending_changes,
+            quarantined,
+            enrolled_commune,
+            upgrade_required,
             last_server_sync_ms,
             last_success_ms: state.last_success_ms,
             consecutive_failures: state.consecutive_failures,
@@ -202,18 +242,28 @@ impl Engine {
     /// clock. The last success is the one of this process, else the server time of the last sync
     /// kept in the store, brought to the device clock by the offset learnt then (a tablet whose
     /// clock is years behind would otherwise see its last sync in the future and never sync).
+    /// "Upgrade required" is kept in the store for the version of the app that got it, so the
+    /// policy stops across restarts until another version opens the store.
     pub fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
         let status = self.sync_status()?;
-        let offset = self.store().clock_offset_ms();
+        let offset = self.store()?.clock_offset_ms();
+        let (consecutive_failures, last_error) = if status.upgrade_required {
+            (
+                status.consecutive_failures.max(1),
+                Some(ErrorKind::UpgradeRequired),
+            )
+        } else {
+            (status.consecutive_failures, status.last_error_kind)
+        };
         Ok(PolicyInput {
             pending_changes: status.pending_changes,
             last_success_ms: status
                 .last_success_ms
                 .or(status.last_server_sync_ms.map(|t| t.saturating_sub(offset))),
-            consecutive_failures: status.consecutive_failures,
+            consecutive_failures,
             metered,
             now_ms: self.clock.now_ms(),
-            last_error: status.last_error_kind,
+            last_error,
         })
     }
 
@@ -221,7 +271,7 @@ impl Engine {
     /// WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
     /// what it says; not enrolled is `Stop`.
     pub fn next_sync_after(&self, metered: bool) -> Result<SyncDecision> {
-        if self.state().credential.is_none() {
+        if self.state().credential.is_none() || self.wiped.load(Ordering::SeqCst) {
             return Ok(SyncDecision::Stop);
         }
         Ok(next_sync_after(
@@ -241,7 +291,7 @@ impl Engine {
     /// Records a new application received by `officer` (offline is fine). The procedure must be
     /// in the catalogue, which arrives with the first sync.
     pub fn create_application(&self, officer: String, new: NewApplication) -> Result<Application> {
-        let app = self.store().create_application(&officer, new.into())?;
+        let app = self.store()?.create_application(&officer, new.into())?;
         self.changed(app.id);
         Ok(app.into())
     }
@@ -249,7 +299,7 @@ impl Engine {
     /// An application by id.
     pub fn get_application(&self, id: String) -> Result<Application> {
         let id = parse_id(&id)?;
-        Ok(self.store().get_application(id)?.into())
+        Ok(self.store()?.get_application(id)?.into())
     }
 
     /// Changes the fields set in `update`, as one change by `officer`. A status change must
@@ -262,7 +312,7 @@ impl Engine {
     ) -> Result<Application> {
         let id = parse_id(&id)?;
         let app = self
-            .store()
+            .store()?
             .update_application(id, &officer, |app| update.apply(app))?;
         self.changed(id);
         Ok(app.into())
@@ -271,19 +321,19 @@ impl Engine {
     /// Applications matching `query`, one page.
     pub fn query_applications(&self, query: ApplicationQuery) -> Result<ApplicationPage> {
         let query = query.try_into()?;
-        Ok(self.store().query_applications(&query)?.into())
+        Ok(self.store()?.query_applications(&query)?.into())
     }
 
     /// Open applications past their due date (today in Vietnam), most overdue first.
     pub fn overdue(&self, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        let store = self.store();
+        let store = self.store()?;
         let today = store.today()?;
         Ok(store.overdue(today, limit, offset)?.into())
     }
 
     /// Open applications due within `working_days` working days from today (not yet overdue).
     pub fn due_soon(&self, working_days: u32, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        let store = self.store();
+        let store = self.store()?;
         let today = store.today()?;
         Ok(store.due_soon(today, working_days, limit, offset)?.into())
     }
@@ -291,7 +341,7 @@ impl Engine {
     /// How many applications are in each status (every status listed, with 0 when none).
     pub fn counts_by_status(&self) -> Result<Vec<StatusCount>> {
         Ok(self
-            .store()
+            .store()?
             .counts_by_status()?
             .into_iter()
             .map(|c| StatusCount {
@@ -303,7 +353,7 @@ impl Engine {
 
     /// One procedure of the catalogue (`InvalidInput` if unknown).
     pub fn procedure(&self, code: String) -> Result<Procedure> {
-        Ok(self.store().procedure(&code)?.into())
+        Ok(self.store()?.procedure(&code)?.into())
     }
 
     // ----- citizen requests ------------------------------------------------------------------
@@ -314,7 +364,7 @@ impl Engine {
         officer: String,
         new: NewCitizenRequest,
     ) -> Result<CitizenRequest> {
-        let request = self.store().create_citizen_request(&officer, new.into())?;
+        let request = self.store()?.create_citizen_request(&officer, new.into())?;
         self.changed(request.id);
         Ok(request.into())
     }
@@ -322,7 +372,7 @@ impl Engine {
     /// A citizen request by id.
     pub fn get_citizen_request(&self, id: String) -> Result<CitizenRequest> {
         let id = parse_id(&id)?;
-        Ok(self.store().get_citizen_request(id)?.into())
+        Ok(self.store()?.get_citizen_request(id)?.into())
     }
 
     /// Changes the fields set in `update`, as one change by `officer`.
@@ -334,7 +384,7 @@ impl Engine {
     ) -> Result<CitizenRequest> {
         let id = parse_id(&id)?;
         let request = self
-            .store()
+            .store()?
             .update_citizen_request(id, &officer, |r| update.apply(r))?;
         self.changed(id);
         Ok(request.into())
@@ -345,7 +395,7 @@ impl Engine {
     /// Any record by id.
     pub fn get_record(&self, id: String) -> Result<Record> {
         let id = parse_id(&id)?;
-        Ok(self.store().get(id)?.into())
+        Ok(self.store()?.get(id)?.into())
     }
 
     /// Records whose names, notes, phone, id number or village contain every word of `text`,
@@ -353,7 +403,7 @@ impl Engine {
     /// the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
     pub fn search(&self, text: String, limit: u32) -> Result<Vec<SearchHit>> {
         Ok(self
-            .store()
+            .store()?
             .search(&text, limit)?
             .into_iter()
             .map(Into::into)
@@ -364,7 +414,7 @@ impl Engine {
     pub fn conflicts(&self, id: String) -> Result<Vec<Conflict>> {
         let id = parse_id(&id)?;
         Ok(self
-            .store()
+            .store()?
             .conflicts(id)?
             .into_iter()
             .map(Into::into)
@@ -381,18 +431,81 @@ impl Engine {
         value: ConflictValue,
     ) -> Result<Record> {
         let id = parse_id(&id)?;
-        let record = self.store().resolve(id, &officer, &field, &value.into())?;
+        let record = self.store()?.resolve(id, &officer, &field, &value.into())?;
         self.changed(id);
         Ok(record.into())
     }
 
-    /// Every change to the record, in causal order: who (device, officer), when (device clock)
-    /// and which fields.
+    /// Every change to the record, in causal order: who (device, officer), when (device clock,
+    /// and the server's receive time once it has the change) and which fields.
     pub fn history(&self, id: String) -> Result<Vec<HistoryEntry>> {
         let id = parse_id(&id)?;
         Ok(self
-            .store()
+            .store()?
             .history(id)?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    // ----- quarantine ------------------------------------------------------------------------
+
+    /// The commune this device enrolled in (`None` before enrollment or for a province account).
+    pub fn enrolled_commune(&self) -> Result<Option<String>> {
+        Ok(self.store()?.enrolled_commune().map(str::to_owned))
+    }
+
+    /// Records set aside, oldest first: pushed records the server refused (with its reason)
+    /// and pulled records this version of the app cannot read. Every other record keeps syncing.
+    pub fn quarantined(&self) -> Result<Vec<QuarantinedRecord>> {
+        Ok(self
+            .store()?
+            .quarantined()?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Takes a record out of the quarantine: a refused one goes back to the outbox (the next
+    /// sync pushes it, with any edit made since: for a reason that was transient, fixed by an
+    /// edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
+    /// Returns whether it left the quarantine. `NotFound` when it is not quarantined.
+    pub fn retry_quarantined(&self, id: String) -> Result<bool> {
+        let id = parse_id(&id)?;
+        let left = self.store()?.retry_quarantined(id)?;
+        if left {
+            self.changed(id);
+        }
+        Ok(left)
+    }
+
+    /// Discards a quarantined record as `officer` decided, for `reason` (written to the audit
+    /// log): a refused record loses this device's changes the server never acknowledged (the
+    /// record itself goes if the server never had it); an incoming one loses its kept data.
+    pub fn discard_quarantined(&self, officer: String, id: String, reason: String) -> Result<()> {
+        let id = parse_id(&id)?;
+        self.store()?.discard_quarantined(id, &officer, &reason)?;
+        self.changed(id);
+        Ok(())
+    }
+
+    /// The fix for a refused record whose history the server cannot accept (created with
+    /// another commune's code, an immutable field changed): a new record with the same content,
+    /// for this device's commune, at the same status, created by `officer`; the old one is
+    /// discarded with an audit entry naming the copy. Returns the new record.
+    pub fn copy_quarantined_as_new(&self, officer: String, id: String) -> Result<Record> {
+        let id = parse_id(&id)?;
+        let copy = self.store()?.copy_quarantined_as_new(id, &officer)?;
+        self.changed(id);
+        self.changed(copy.id());
+        Ok(copy.into())
+    }
+
+    /// What officers decided about quarantined records, oldest first.
+    pub fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        Ok(self
+            .store()?
+            .audit_log()?
             .into_iter()
             .map(Into::into)
             .collect())
@@ -400,10 +513,55 @@ impl Engine {
 }
 
 impl Engine {
-    fn store(&self) -> MutexGuard<'_, DeviceStore> {
+    fn store(&self) -> Result<MutexGuard<'_, DeviceStore>> {
+        self.check_not_wiped()?;
         // Every store write is one SQLite transaction: a panic in another holder rolled it back,
         // so the store behind a poisoned lock is consistent.
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+        Ok(self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn check_not_wiped(&self) -> Result<()> {
+        if self.wiped.load(Ordering::SeqCst) {
+            return Err(CommuneSyncError::Wiped(
+                "this device's store was wiped on the province's order".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Destroys the store on the province's order: forgets the credential and the sync client,
+    /// closes and deletes the store's files, then tells the observers. Returns the error the
+    /// caller reports.
+    fn wipe(&self, message: &str) -> CommuneSyncError {
+        self.wiped.store(true, Ordering::SeqCst);
+        {
+            let mut state = self.state();
+            state.credential = None;
+            state.client = None;
+        }
+        let deleted = self
+            .store
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .wipe();
+        // Told even when a file could not be deleted: the app must know, and delete the rest.
+        let (deleted_files, message) = match deleted {
+            Ok(paths) => (
+                paths.iter().map(|p| p.display().to_string()).collect(),
+                message.to_owned(),
+            ),
+            Err(err) => (
+                Vec::new(),
+                format!("{message} (the wipe is incomplete: {err})"),
+            ),
+        };
+        self.observers.emit(Event::Wiped(WipeEvent {
+            device_id: self.device_id.to_string(),
+            store_path: self.store_path.clone(),
+            deleted_files,
+            message: message.clone(),
+        }));
+        CommuneSyncError::Wiped(message)
     }
 
     fn state(&self) -> MutexGuard<'_, SyncState> {
@@ -443,185 +601,4 @@ fn check_credential(device: DeviceId, credential: &DeviceCredential) -> Result<(
 }
 
 #[cfg(test)]
-mod tests {
-    use std::sync::mpsc;
-    use std::time::Duration;
-
-    use communesync_core::catalogue::Procedure as CoreProcedure;
-
-    use super::*;
-
-    const KEY: [u8; 32] = [7; 32];
-
-    fn config(dir: &tempfile::TempDir) -> EngineConfig {
-        let path = dir.path().join("tablet.db");
-        // The catalogue normally arrives with the first sync.
-        let mut store =
-            DeviceStore::open(StoreConfig::new(&path).encrypted(EncryptionKey::new(KEY))).unwrap();
-        store
-            .import_catalogue(&[CoreProcedure {
-                code: "1.001193".into(),
-                name: "Đăng ký khai sinh".into(),
-                processing_days: 1,
-                withdrawal_allowed: true,
-            }])
-            .unwrap();
-        drop(store);
-        EngineConfig {
-            store_path: path.display().to_string(),
-            encryption_key: KEY.to_vec(),
-            server_url: "http://127.0.0.1:9".into(),
-            credential: None,
-            background_policy: None,
-        }
-    }
-
-    fn new_application(name: &str) -> NewApplication {
-        NewApplication {
-            commune_code: "DB-MUONGPHANG".into(),
-            procedure_code: "1.001193".into(),
-            applicant: Applicant {
-                name: name.into(),
-                id_number: String::new(),
-                phone: String::new(),
-                address: String::new(),
-                village: "Bản Phăng".into(),
-            },
-            received_at_ms: None,
-            documents: Vec::new(),
-            fees: Vec::new(),
-            assignee: Some("Lò Văn Minh".into()),
-            notes: String::new(),
-        }
-    }
-
-    struct Forward(Mutex<mpsc::Sender<ChangeEvent>>);
-
-    impl SyncObserver for Forward {
-        fn on_progress(&self, _: SyncProgress) {}
-        fn on_changed(&self, event: ChangeEvent) {
-            let _ = self.0.lock().unwrap().send(event);
-        }
-    }
-
-    #[test]
-    fn edits_queries_and_events_go_through_the_engine() {
-        let dir = tempfile::tempdir().unwrap();
-        let engine = Engine::open(config(&dir)).unwrap();
-        let (tx, rx) = mpsc::channel();
-        let handle = engine.observe(Arc::new(Forward(Mutex::new(tx)))).unwrap();
-
-        let app = engine
-            .create_application("can-bo.lan".into(), new_application("Nguyễn Thị Hương"))
-            .unwrap();
-        let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        assert_eq!(event.origin, ChangeOrigin::Local);
-        assert_eq!(event.record_ids, vec![app.id.clone()]);
-
-        // A patch changes only what it sets: the assignee stays.
-        let edited = engine
-            .update_application(
-                "can-bo.lan".into(),
-                app.id.clone(),
-                ApplicationUpdate {
-                    notes: Some("Giấy chứng sinh".into()),
-                    ..ApplicationUpdate::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(edited.assignee.as_deref(), Some("Lò Văn Minh"));
-        assert_eq!(edited.notes, "Giấy chứng sinh");
-        let unassigned = engine
-            .update_application(
-                "can-bo.lan".into(),
-                app.id.clone(),
-                ApplicationUpdate {
-                    unassign: true,
-                    ..ApplicationUpdate::default()
-                },
-            )
-            .unwrap();
-        assert_eq!(unassigned.assignee, None);
-        assert_eq!(engine.history(app.id.clone()).unwrap().len(), 3);
-        assert!(engine.conflicts(app.id.clone()).unwrap().is_empty());
-
-        let page = engine
-            .query_applications(ApplicationQuery {
-                status: Some(ApplicationStatus::Received),
-                ..ApplicationQuery::default()
-            })
-            .unwrap();
-        assert_eq!((page.total, page.items[0].id.clone()), (1, app.id.clone()));
-        assert_eq!(
-            engine.search("nguyen thi".into(), 10).unwrap()[0].id,
-            app.id
-        );
-
-        // One event per edit, in order.
-        for _ in 0..2 {
-            let event = rx.recv_timeout(Duration::from_secs(5)).unwrap();
-            assert_eq!(event.record_ids, vec![app.id.clone()]);
-        }
-        handle.stop();
-        assert!(!handle.is_active());
-        engine
-            .create_application("can-bo.lan".into(), new_application("Đặng Văn Đức"))
-            .unwrap();
-        assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
-    }
-
-    #[test]
-    fn errors_are_the_cases_an_app_acts_on() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut bad_key = config(&dir);
-        bad_key.encryption_key = vec![1, 2, 3];
-        assert!(matches!(
-            Engine::open(bad_key),
-            Err(CommuneSyncError::InvalidInput(_))
-        ));
-        let mut wrong_key = config(&dir);
-        wrong_key.encryption_key = vec![8; 32];
-        assert!(matches!(
-            Engine::open(wrong_key),
-            Err(CommuneSyncError::Storage(_))
-        ));
-        let mut foreign = config(&dir);
-        foreign.credential = Some(DeviceCredential {
-            device_id: DeviceId::new().to_string(),
-            token: "t".into(),
-            commune_code: None,
-        });
-        assert!(matches!(
-            Engine::open(foreign),
-            Err(CommuneSyncError::InvalidInput(_))
-        ));
-
-        let engine = Engine::open(config(&dir)).unwrap();
-        assert!(matches!(
-            engine.get_application("not-an-id".into()),
-            Err(CommuneSyncError::InvalidInput(_))
-        ));
-        assert!(matches!(
-            engine.get_application(RecordId::new().to_string()),
-            Err(CommuneSyncError::NotFound(_))
-        ));
-        let app = engine
-            .create_application("can-bo.lan".into(), new_application("Vi Thị Mai"))
-            .unwrap();
-        assert!(matches!(
-            engine.update_application(
-                "can-bo.lan".into(),
-                app.id,
-                ApplicationUpdate {
-                    status: Some(ApplicationStatus::Returned),
-                    ..ApplicationUpdate::default()
-                }
-            ),
-            Err(CommuneSyncError::Conflict(_))
-        ));
-        // Not enrolled: nothing to schedule, and the status says so.
-        assert_eq!(engine.next_sync_after(false).unwrap(), SyncDecision::Stop);
-        let status = engine.sync_status().unwrap();
-        assert!(!status.enrolled && status.pending_changes == 1);
-    }
-}
+mod tests;

@@ -19,6 +19,15 @@ pub enum CommuneSyncError {
     /// The province revoked this device: stop syncing; an operator must enroll it again.
     #[error("revoked: {0}")]
     Revoked(String),
+    /// The province revoked this device and ordered it wiped: the engine has destroyed the
+    /// store (observers got `on_wiped`). Delete the key and the credential from the keystore;
+    /// every later call of this engine fails with this error.
+    #[error("wiped: {0}")]
+    Wiped(String),
+    /// The server no longer accepts this version of the app: nothing syncs until the app is
+    /// upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
+    #[error("upgrade required: {0}")]
+    UpgradeRequired(String),
     /// A value the engine does not accept (a field, an id, a date, a key); the message names it.
     #[error("invalid input: {0}")]
     InvalidInput(String),
@@ -43,6 +52,10 @@ pub enum ErrorKind {
     Unauthorized,
     /// See [`CommuneSyncError::Revoked`].
     Revoked,
+    /// See [`CommuneSyncError::Wiped`].
+    Wiped,
+    /// See [`CommuneSyncError::UpgradeRequired`].
+    UpgradeRequired,
     /// See [`CommuneSyncError::InvalidInput`].
     InvalidInput,
     /// See [`CommuneSyncError::NotFound`].
@@ -60,6 +73,8 @@ impl CommuneSyncError {
             CommuneSyncError::Offline(_) => ErrorKind::Offline,
             CommuneSyncError::Unauthorized(_) => ErrorKind::Unauthorized,
             CommuneSyncError::Revoked(_) => ErrorKind::Revoked,
+            CommuneSyncError::Wiped(_) => ErrorKind::Wiped,
+            CommuneSyncError::UpgradeRequired(_) => ErrorKind::UpgradeRequired,
             CommuneSyncError::InvalidInput(_) => ErrorKind::InvalidInput,
             CommuneSyncError::NotFound(_) => ErrorKind::NotFound,
             CommuneSyncError::Conflict(_) => ErrorKind::Conflict,
@@ -99,6 +114,8 @@ impl From<SyncError> for CommuneSyncError {
             SyncError::Rejected { status: 429, .. } => CommuneSyncError::Offline(message),
             SyncError::Unauthorized => CommuneSyncError::Unauthorized(message),
             SyncError::Revoked => CommuneSyncError::Revoked(message),
+            SyncError::Wiped(_) => CommuneSyncError::Wiped(message),
+            SyncError::UpgradeRequired(_) => CommuneSyncError::UpgradeRequired(message),
             SyncError::Forbidden(_) | SyncError::Rejected { .. } => {
                 CommuneSyncError::InvalidInput(message)
             }
@@ -147,6 +164,14 @@ mod tests {
         assert_eq!(
             CommuneSyncError::from(SyncError::Revoked).kind(),
             ErrorKind::Revoked
+        );
+        assert_eq!(
+            CommuneSyncError::from(SyncError::Wiped("stolen".into())).kind(),
+            ErrorKind::Wiped
+        );
+        assert_eq!(
+            CommuneSyncError::from(SyncError::UpgradeRequired("protocol 2".into())).kind(),
+            ErrorKind::UpgradeRequired
         );
         let limited = SyncError::Rejected {
             status: 429,

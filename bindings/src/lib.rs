@@ -22,7 +22,7 @@ pub mod types;
 
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
-pub use observer::{ChangeEvent, ChangeOrigin, ObserverHandle, SyncObserver};
+pub use observer::{ChangeEvent, ChangeOrigin, ObserverHandle, SyncObserver, WipeEvent};
 pub use policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
 pub use types::*;
 

@@ -30,6 +30,21 @@ pub struct ChangeEvent {
     pub changed_count: u64,
 }
 
+/// The province ordered this device wiped, and the engine did it: the store file (and its
+/// `-wal`, `-shm`) is deleted and every later call fails with `CommuneSyncError.Wiped`. The app
+/// deletes the key and the credential from the keystore and shows the officer what happened.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct WipeEvent {
+    /// The device that was wiped.
+    pub device_id: String,
+    /// The store that was destroyed.
+    pub store_path: String,
+    /// The files deleted.
+    pub deleted_files: Vec<String>,
+    /// The server's message.
+    pub message: String,
+}
+
 /// Implemented by the app to follow syncs and changes. Methods are called on a background
 /// thread owned by the engine, one event at a time and in order; post to the UI thread yourself
 /// (the Kotlin `Engine.events()` Flow and the Swift `AsyncStream` helpers do this).
@@ -39,12 +54,15 @@ pub trait SyncObserver: Send + Sync {
     fn on_progress(&self, progress: SyncProgress);
     /// After records changed, locally or by a sync.
     fn on_changed(&self, event: ChangeEvent);
+    /// After the engine destroyed the store on the province's order (the last event).
+    fn on_wiped(&self, event: WipeEvent);
 }
 
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     Progress(SyncProgress),
     Changed(ChangeEvent),
+    Wiped(WipeEvent),
 }
 
 /// The engine's list of observers.
@@ -75,6 +93,7 @@ impl Observers {
                     let _ = catch_unwind(AssertUnwindSafe(|| match event {
                         Event::Progress(p) => observer.on_progress(p),
                         Event::Changed(c) => observer.on_changed(c),
+                        Event::Wiped(w) => observer.on_wiped(w),
                     }));
                 }
             })

@@ -95,7 +95,7 @@ pub enum SyncDecision {
         /// The delay in milliseconds (never zero).
         delay_ms: u64,
     },
-    /// Do not sync again until a person acts (the device must be enrolled again).
+    /// Do not sync again until a person acts (enroll the device again, or upgrade the app).
     Stop,
 }
 
@@ -113,6 +113,8 @@ pub fn next_sync_after(input: PolicyInput, policy: Option<BackgroundPolicy>) -> 
         last_error: input.last_error.map(|kind| match kind {
             ErrorKind::Unauthorized => PolicyError::Unauthorized,
             ErrorKind::Revoked => PolicyError::Revoked,
+            ErrorKind::Wiped => PolicyError::Wiped,
+            ErrorKind::UpgradeRequired => PolicyError::UpgradeRequired,
             _ => PolicyError::Other,
         }),
     };
@@ -149,6 +151,19 @@ mod tests {
             ..input()
         };
         assert_eq!(next_sync_after(revoked, None), SyncDecision::Stop);
+        for kind in [ErrorKind::UpgradeRequired, ErrorKind::Wiped] {
+            let stopped = PolicyInput {
+                last_error: Some(kind),
+                consecutive_failures: 1,
+                pending_changes: 3,
+                ..input()
+            };
+            assert_eq!(
+                next_sync_after(stopped, None),
+                SyncDecision::Stop,
+                "{kind:?}"
+            );
+        }
         let failed = PolicyInput {
             last_error: Some(ErrorKind::Offline),
             consecutive_failures: 2,

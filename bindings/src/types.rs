@@ -6,7 +6,7 @@ use communesync_core::record::{
     self as core, ConflictValue as CoreConflictValue, RecordId, RecordKind as CoreRecordKind,
     RequestStatus as CoreRequestStatus, Status as CoreStatus,
 };
-use communesync_core::store::{self as store};
+use communesync_core::store::{self as store, quarantine};
 use communesync_core::sync::{
     self as sync, Credentials, Scope, SyncPhase as CorePhase, SyncProgress as CoreProgress,
 };
@@ -44,6 +44,12 @@ pub struct EngineConfig {
     /// When to sync in the background; `None` for the defaults suited to 2G.
     #[uniffi(default)]
     pub background_policy: Option<crate::BackgroundPolicy>,
+    /// The app's version (Android `versionName`, iOS `CFBundleShortVersionString`). After the
+    /// server answered "upgrade required", background syncs stop until the engine is opened by
+    /// another version of the app (or of this library); a new version also tries again the
+    /// pulled records an older one could not read.
+    #[uniffi(default)]
+    pub app_version: Option<String>,
 }
 
 /// The device credential issued at enrollment. The token is a secret: keep the whole record in
@@ -762,6 +768,9 @@ pub struct HistoryEntry {
     pub device_time_ms: i64,
     /// Fields it touched (`created` for the first change).
     pub fields: Vec<String>,
+    /// When the server received it, ms since the epoch (server clock): the server's fact beside
+    /// the device's claim. `None` until the server has acknowledged it.
+    pub server_received_at_ms: Option<i64>,
 }
 
 impl From<core::HistoryEntry> for HistoryEntry {
@@ -772,6 +781,130 @@ impl From<core::HistoryEntry> for HistoryEntry {
             officer: h.officer,
             device_time_ms: h.device_time,
             fields: h.fields,
+            server_received_at_ms: h.server_received_at,
+        }
+    }
+}
+
+// ----- quarantine ----------------------------------------------------------------------------
+
+/// Which way a quarantined record was going.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum QuarantineDirection {
+    /// Pushed by this device and refused by the server: its local changes wait for a decision.
+    Outgoing,
+    /// Pulled from the server and not readable by this version of the app: kept, and tried
+    /// again by the next version.
+    Incoming,
+}
+
+impl From<quarantine::Direction> for QuarantineDirection {
+    fn from(d: quarantine::Direction) -> Self {
+        match d {
+            quarantine::Direction::Outgoing => Self::Outgoing,
+            quarantine::Direction::Incoming => Self::Incoming,
+        }
+    }
+}
+
+/// A record set aside: every other record keeps syncing. Outgoing ones can be retried
+/// ([`Engine::retry_quarantined`](crate::Engine::retry_quarantined)), discarded or copied as a
+/// new record.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct QuarantinedRecord {
+    /// Record id (for an incoming record whose id could not be read, one made from its data:
+    /// `id_known` is false).
+    pub record_id: String,
+    /// Whether `record_id` is the record's own id.
+    pub id_known: bool,
+    /// Record kind.
+    pub kind: RecordKind,
+    /// Refused on the way out, or unreadable on the way in.
+    pub direction: QuarantineDirection,
+    /// Why, for programs: the server's refusal code (`not_yours`, `immutable_field`,
+    /// `illegal_transition`, `second_root`, `sequence`, `not_attributed`, `invalid_field`,
+    /// `too_large`, `malformed`, `duplicate`, or a newer one) for outgoing records;
+    /// `unreadable`, `missing_dependencies`, `wrong_kind` or `invalid` for incoming ones.
+    pub code: String,
+    /// Why, for people (English; apps show their own text per code).
+    pub message: String,
+    /// When it was first set aside, ms since the epoch (device clock corrected by the server's).
+    pub first_at_ms: i64,
+    /// When it was last refused or tried.
+    pub last_at_ms: i64,
+    /// Times refused (outgoing) or tried (incoming).
+    pub attempts: u32,
+    /// Incoming: whether its data is kept (false beyond the quarantine's bound).
+    pub changes_kept: bool,
+}
+
+impl From<quarantine::QuarantinedRecord> for QuarantinedRecord {
+    fn from(q: quarantine::QuarantinedRecord) -> Self {
+        QuarantinedRecord {
+            record_id: q.record_id.to_string(),
+            id_known: q.id_known,
+            kind: q.kind.into(),
+            direction: q.direction.into(),
+            code: q.code,
+            message: q.message,
+            first_at_ms: q.first_at,
+            last_at_ms: q.last_at,
+            attempts: q.attempts,
+            changes_kept: q.changes_kept,
+        }
+    }
+}
+
+/// What an officer did about a quarantined record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum AuditAction {
+    /// Discarded.
+    Discarded,
+    /// Replaced by a new record with the same content.
+    CopiedAsNew,
+}
+
+/// One entry of the audit log of quarantine decisions: who, when, what, why.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AuditEntry {
+    /// When, ms since the epoch (device clock corrected by the server's).
+    pub at_ms: i64,
+    /// The officer who decided.
+    pub officer: String,
+    /// What was done.
+    pub action: AuditAction,
+    /// The quarantined record.
+    pub record_id: String,
+    /// Its kind.
+    pub kind: RecordKind,
+    /// Which way it had been going.
+    pub direction: QuarantineDirection,
+    /// The code it was quarantined with.
+    pub code: String,
+    /// The message it was quarantined with.
+    pub message: String,
+    /// The officer's reason.
+    pub reason: String,
+    /// For a copy: the new record's id.
+    pub replacement_id: Option<String>,
+}
+
+impl From<quarantine::AuditEntry> for AuditEntry {
+    fn from(a: quarantine::AuditEntry) -> Self {
+        AuditEntry {
+            at_ms: a.at,
+            officer: a.officer,
+            action: match a.action {
+                quarantine::AuditAction::Discarded => AuditAction::Discarded,
+                quarantine::AuditAction::CopiedAsNew => AuditAction::CopiedAsNew,
+            },
+            record_id: a.record_id.to_string(),
+            kind: a.kind.into(),
+            direction: a.direction.into(),
+            code: a.code,
+            message: a.message,
+            reason: a.reason,
+            replacement_id: a.replacement.map(|id| id.to_string()),
         }
     }
 }
@@ -1028,8 +1161,12 @@ pub struct SyncReport {
     pub pulled_changes: u64,
     /// Documents holding conflicts after the pull.
     pub conflicts: u64,
-    /// Pulled documents the store refused.
+    /// Pulled records this version of the app could not read: kept in the quarantine.
     pub rejected: u64,
+    /// Pushed records the server refused in this sync: set aside in the quarantine.
+    pub refused: u64,
+    /// Records in the quarantine after the sync (both directions).
+    pub quarantined: u64,
     /// Repeated attempts.
     pub retries: u64,
     /// Documents still waiting to be pushed.
@@ -1049,6 +1186,8 @@ impl From<sync::SyncReport> for SyncReport {
             pulled_changes: r.pulled_changes,
             conflicts: r.conflicts,
             rejected: r.rejected,
+            refused: r.refused,
+            quarantined: r.quarantined,
             retries: r.retries,
             pending_docs: r.pending_docs,
         }
@@ -1064,8 +1203,14 @@ pub struct SyncStatus {
     pub enrolled: bool,
     /// Whether a sync is running now.
     pub syncing: bool,
-    /// Records with changes the server has not acknowledged.
+    /// Records with changes the server has not acknowledged and that go out with the next sync.
     pub pending_changes: u64,
+    /// Records set aside in the quarantine (see [`Engine::quarantined`](crate::Engine::quarantined)).
+    pub quarantined: u64,
+    /// The commune the device enrolled in (`None` before enrollment or for a province account).
+    pub enrolled_commune: Option<String>,
+    /// Whether the server refused this version of the app: upgrade it.
+    pub upgrade_required: bool,
     /// Server time of the last successful sync (ms since the epoch), kept in the store.
     pub last_server_sync_ms: Option<i64>,
     /// Device time of the last successful sync in this process.

@@ -69,6 +69,14 @@ pub enum Error {
         /// Newest version this build knows.
         supported: i64,
     },
+    /// A file of the store could not be handled outside SQLite (deleting it at a wipe).
+    #[error("store file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What the system said.
+        reason: String,
+    },
     /// Any other SQLite failure.
     #[error("storage error: {0}")]
     Storage(#[source] rusqlite::Error),

@@ -14,15 +14,16 @@ use communesync_core::catalogue::Procedure;
 use communesync_core::clock::ManualClock;
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, SyncRequest, SyncResponse,
+    CatalogueUpdate, FeedDoc, Limits, PROTOCOL_VERSION, Refused, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
     Applicant, DeviceId, NewApplication, RecordDoc, RecordId, RecordKind, Source, decode_changes,
 };
-use communesync_core::store::{DeviceStore, StoreConfig};
+use communesync_core::store::{DeviceStore, Direction, StoreConfig};
 use communesync_core::sync::{
-    HttpRequest, HttpResponse, Scope, SyncClient, SyncConfig, SyncError, SyncPhase, SyncProgress,
-    Transport, TransportError, enroll,
+    BackgroundPolicy, HttpRequest, HttpResponse, PolicyError, PolicyInput, Scope, SyncClient,
+    SyncConfig, SyncDecision, SyncError, SyncPhase, SyncProgress, Transport, TransportError,
+    enroll,
 };
 
 const OFFICER: &str = "lan.nguyen";
@@ -56,6 +57,12 @@ struct HubState {
     codec: DocCodec,
     tokens: HashMap<String, DeviceId>,
     revoked: HashSet<String>,
+    /// Tokens of devices the province ordered wiped.
+    wiped: HashSet<String>,
+    /// Records whose pushes the hub refuses, with the code it answers.
+    refuse: HashMap<RecordId, &'static str>,
+    /// Documents pushed in the last sync request.
+    last_push: Vec<RecordId>,
     codes: HashSet<String>,
     feed: Vec<FeedEntry>,
     faults: VecDeque<Fault>,
@@ -78,6 +85,9 @@ impl Hub {
             codec: DocCodec::new().unwrap(),
             tokens: HashMap::new(),
             revoked: HashSet::new(),
+            wiped: HashSet::new(),
+            refuse: HashMap::new(),
+            last_push: Vec::new(),
             codes: HashSet::new(),
             feed: Vec::new(),
             faults: VecDeque::new(),
@@ -181,6 +191,9 @@ impl HubState {
     fn sync(&mut self, req: &HttpRequest) -> HttpResponse {
         assert_eq!(req.content_type, "application/x-communesync-v3");
         let token = req.bearer.clone().unwrap_or_default();
+        if self.wiped.contains(&token) {
+            return error(403, "wiped");
+        }
         if self.revoked.contains(&token) {
             return error(403, "revoked");
         }
@@ -190,6 +203,8 @@ impl HubState {
         let request = SyncRequest::decode(&mut self.codec, &req.body, &Limits::default()).unwrap();
         assert_eq!(request.protocol, PROTOCOL_VERSION);
         let mut missing_deps = Vec::new();
+        let mut refused = Vec::new();
+        self.last_push.clear();
         for (position, doc) in request.push.iter().enumerate() {
             // A whole history may come without id: the record holds it.
             let id = doc.id.unwrap_or_else(|| {
@@ -204,6 +219,15 @@ impl HubState {
                 .unwrap();
                 record.id()
             });
+            self.last_push.push(id);
+            if let Some(code) = self.refuse.get(&id) {
+                refused.push(Refused {
+                    position: u32::try_from(position).unwrap(),
+                    code: (*code).to_owned(),
+                    message: format!("scripted {code}"),
+                });
+                continue;
+            }
             let before = if self.store.contains(id).unwrap() {
                 self.store.heads(id).unwrap()
             } else {
@@ -271,7 +295,7 @@ impl HubState {
             protocol: PROTOCOL_VERSION,
             server_time: self.clock,
             missing_deps,
-            refused: Vec::new(),
+            refused,
             feed,
             next_cursor,
             more: (next_cursor as usize) < self.feed.len(),
@@ -1028,4 +1052,215 @@ async fn enrollment_turns_a_one_time_code_into_a_credential() {
         "{err}"
     );
     assert_eq!(hub.requests() - before, 1);
+}
+
+// ----- one bad record never stops a sync ------------------------------------------------------
+
+/// A change a newer app made on top of `changes`: a top-level `key` this build reads as part of
+/// the record (here a status value it does not know).
+fn newer_app_change(changes: &[Vec<u8>], key: &str, value: &str) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::AutoCommit::new();
+    for change in changes {
+        doc.load_incremental(change).unwrap();
+    }
+    let heads = doc.get_heads();
+    doc.put(automerge::ROOT, key, value).unwrap();
+    doc.commit();
+    doc.get_changes(&heads)[0].raw_bytes().to_vec()
+}
+
+fn token_of(hub: &Hub, tablet: &Tablet) -> String {
+    let device = tablet.store.lock().unwrap().device_id();
+    hub.state()
+        .tokens
+        .iter()
+        .find(|(_, d)| **d == device)
+        .map(|(t, _)| t.clone())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_refused_document_is_set_aside_and_everything_else_flows_both_ways() {
+    let hub = Hub::new();
+    let b = tablet(&hub, fast());
+    let from_b = b.create(3, 200);
+    b.sync().await.unwrap();
+    // Small batches: the refused record goes alone in a round of its own.
+    let a = tablet(
+        &hub,
+        SyncConfig {
+            push_batch_bytes: 1,
+            max_push_batch_bytes: 1,
+            ..fast()
+        },
+    );
+    let ids = a.create(5, 200);
+    hub.state().refuse.insert(ids[0], "immutable_field");
+    hub.state().refuse.insert(ids[3], "not_attributed");
+
+    let report = a.sync().await.unwrap();
+    assert_eq!(
+        (report.pushed_docs, report.refused, report.quarantined),
+        (3, 2, 2),
+        "{report:?}"
+    );
+    assert_eq!(
+        (report.pulled_docs, report.pending_docs),
+        (3, 0),
+        "{report:?}"
+    );
+    for id in &from_b {
+        assert_eq!(a.heads(*id), b.heads(*id));
+    }
+    for id in [ids[1], ids[2], ids[4]] {
+        assert_eq!(hub.state().store.heads(id).unwrap(), a.heads(id));
+    }
+    assert!(!hub.state().store.contains(ids[0]).unwrap());
+    let listed = a.store.lock().unwrap().quarantined().unwrap();
+    let codes: Vec<(RecordId, &str)> = listed
+        .iter()
+        .map(|e| (e.record_id, e.code.as_str()))
+        .collect();
+    assert_eq!(
+        codes,
+        vec![(ids[0], "immutable_field"), (ids[3], "not_attributed")]
+    );
+    assert_eq!(listed[0].message, "scripted immutable_field");
+    assert_eq!(listed[0].direction, Direction::Outgoing);
+    // The server's receive time is in the history of what it acknowledged.
+    let received = a.store.lock().unwrap().history(ids[1]).unwrap()[0].server_received_at;
+    assert!(received.is_some_and(|t| t > MONDAY_9AM), "{received:?}");
+    let pulled = a.store.lock().unwrap().history(from_b[0]).unwrap()[0].server_received_at;
+    assert!(pulled.is_some(), "pulled changes carry the feed's time");
+
+    // An edit of a refused record is kept, and not pushed behind the app's back.
+    a.store
+        .lock()
+        .unwrap()
+        .update_application(ids[0], OFFICER, |app| app.notes.push_str(" Đã sửa."))
+        .unwrap();
+    let before = hub.requests();
+    let report = a.sync().await.unwrap();
+    assert_eq!(
+        (report.requests, report.pushed_docs, report.refused),
+        (1, 0, 0)
+    );
+    assert_eq!(hub.requests() - before, 1);
+    assert!(hub.state().last_push.is_empty());
+    assert_eq!(report.quarantined, 2);
+
+    // Once the app retries (the server's reason went away), it goes with the edit.
+    hub.state().refuse.remove(&ids[0]);
+    assert!(a.store.lock().unwrap().retry_quarantined(ids[0]).unwrap());
+    let report = a.sync().await.unwrap();
+    assert_eq!(
+        (report.pushed_docs, report.pushed_changes),
+        (1, 2),
+        "{report:?}"
+    );
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(hub.state().store.heads(ids[0]).unwrap(), a.heads(ids[0]));
+    assert_eq!(hub.state().store.history(ids[0]).unwrap().len(), 2);
+    assert_no_duplicates_in_feed(&hub);
+}
+
+#[tokio::test]
+async fn a_pulled_document_this_build_cannot_read_is_kept_and_tried_again_by_the_next_build() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let ids = a.create(3, 200);
+    a.sync().await.unwrap();
+    // A newer app gave one record a status this build does not know.
+    let base = a.store.lock().unwrap().changes_since(ids[1], &[]).unwrap();
+    let newer = newer_app_change(&base, "status", "archived");
+    hub.state().feed.push(FeedEntry {
+        doc: ids[1],
+        kind: RecordKind::Application,
+        change: newer.clone(),
+        origin: DeviceId::new(),
+    });
+    let later = a.create(1, 200);
+    a.sync().await.unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let open = |app_version: Option<&str>| {
+        let mut config = StoreConfig::new(&path);
+        config.app_version = app_version.map(str::to_owned);
+        Arc::new(Mutex::new(DeviceStore::open(config).unwrap()))
+    };
+    let store = open(Some("1.0"));
+    let token = hub.register(store.lock().unwrap().device_id());
+    let client = SyncClient::new(hub.clone(), store.clone(), token.clone(), fast()).unwrap();
+    let report = client.sync(&|_| {}).await.unwrap();
+    // The record is there as the feed's first change left it; its unreadable change is kept,
+    // the cursor moved past it, and the record created after it arrived.
+    assert_eq!((report.rejected, report.quarantined), (1, 1), "{report:?}");
+    assert_eq!(
+        store.lock().unwrap().sync_cursor().unwrap(),
+        hub.feed_len() as u64
+    );
+    assert!(store.lock().unwrap().contains(later[0]).unwrap());
+    let entry = store.lock().unwrap().quarantined().unwrap()[0].clone();
+    assert_eq!(
+        (
+            entry.record_id,
+            entry.direction,
+            entry.code.as_str(),
+            entry.attempts
+        ),
+        (ids[1], Direction::Incoming, "unreadable", 1)
+    );
+    // The same build does not try again in vain at every sync.
+    client.sync(&|_| {}).await.unwrap();
+    assert_eq!(store.lock().unwrap().quarantined().unwrap()[0].attempts, 1);
+    drop(client);
+    drop(store);
+
+    // An upgraded app tries again at its first sync.
+    let store = open(Some("1.1"));
+    let client = SyncClient::new(hub.clone(), store.clone(), token, fast()).unwrap();
+    let report = client.sync(&|_| {}).await.unwrap();
+    assert_eq!(report.quarantined, 1);
+    assert_eq!(store.lock().unwrap().quarantined().unwrap()[0].attempts, 2);
+}
+
+#[tokio::test]
+async fn upgrade_required_and_wiped_are_errors_of_their_own() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    a.create(2, 100);
+
+    let before = hub.requests();
+    hub.fault(Fault::Status(426, "upgrade_required", None));
+    let err = a.sync().await.unwrap_err();
+    assert!(
+        matches!(&err, SyncError::UpgradeRequired(m) if m.contains("upgrade_required")),
+        "{err}"
+    );
+    assert_eq!(hub.requests() - before, 1, "not retried");
+    assert_eq!(PolicyError::from(&err), PolicyError::UpgradeRequired);
+    assert!(a.store.lock().unwrap().upgrade_required().unwrap());
+    assert_eq!(a.pending(), 2, "nothing was acknowledged");
+    let policy = BackgroundPolicy::default().next_sync_after(&PolicyInput {
+        pending_changes: 2,
+        consecutive_failures: 1,
+        last_error: Some(PolicyError::from(&err)),
+        ..PolicyInput::default()
+    });
+    assert_eq!(policy, SyncDecision::Stop);
+    // A sync that goes through (the server was upgraded back, say) clears it.
+    a.sync().await.unwrap();
+    assert!(!a.store.lock().unwrap().upgrade_required().unwrap());
+
+    a.create(1, 100);
+    let token = token_of(&hub, &a);
+    hub.state().wiped.insert(token);
+    let before = hub.requests();
+    let err = a.sync().await.unwrap_err();
+    assert!(matches!(err, SyncError::Wiped(_)), "{err}");
+    assert_eq!(hub.requests() - before, 1, "not retried");
+    assert_eq!(PolicyError::from(&err), PolicyError::Wiped);
+    assert_eq!(a.pending(), 1);
 }

@@ -257,6 +257,13 @@ typedef void (*UniffiCallbackInterfaceSyncObserverMethod1)(uint64_t, RustBuffer,
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_SYNC_OBSERVER_METHOD2
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_SYNC_OBSERVER_METHOD2
+typedef void (*UniffiCallbackInterfaceSyncObserverMethod2)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SYNC_OBSERVER
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SYNC_OBSERVER
 typedef struct UniffiVTableCallbackInterfaceSyncObserver {
@@ -264,6 +271,7 @@ typedef struct UniffiVTableCallbackInterfaceSyncObserver {
     UniffiCallbackInterfaceClone _Nonnull uniffiClone;
     UniffiCallbackInterfaceSyncObserverMethod0 _Nonnull onProgress;
     UniffiCallbackInterfaceSyncObserverMethod1 _Nonnull onChanged;
+    UniffiCallbackInterfaceSyncObserverMethod2 _Nonnull onWiped;
 } UniffiVTableCallbackInterfaceSyncObserver;
 
 #endif
@@ -282,9 +290,19 @@ void uniffi_communesync_ffi_fn_free_engine(uint64_t handle, RustCallStatus *_Non
 uint64_t uniffi_communesync_ffi_fn_constructor_engine_open(RustBuffer config, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_AUDIT_LOG
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_AUDIT_LOG
+RustBuffer uniffi_communesync_ffi_fn_method_engine_audit_log(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CONFLICTS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CONFLICTS
 RustBuffer uniffi_communesync_ffi_fn_method_engine_conflicts(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COPY_QUARANTINED_AS_NEW
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COPY_QUARANTINED_AS_NEW
+RustBuffer uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(uint64_t ptr, RustBuffer officer, RustBuffer id, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COUNTS_BY_STATUS
@@ -312,6 +330,11 @@ RustBuffer uniffi_communesync_ffi_fn_method_engine_credential(uint64_t ptr, Rust
 RustBuffer uniffi_communesync_ffi_fn_method_engine_device_id(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DISCARD_QUARANTINED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DISCARD_QUARANTINED
+void uniffi_communesync_ffi_fn_method_engine_discard_quarantined(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer reason, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DUE_SOON
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DUE_SOON
 RustBuffer uniffi_communesync_ffi_fn_method_engine_due_soon(uint64_t ptr, uint32_t working_days, uint32_t limit, uint32_t offset, RustCallStatus *_Nonnull out_status
@@ -320,6 +343,11 @@ RustBuffer uniffi_communesync_ffi_fn_method_engine_due_soon(uint64_t ptr, uint32
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLL
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLL
 uint64_t uniffi_communesync_ffi_fn_method_engine_enroll(uint64_t ptr, RustBuffer code, RustBuffer label
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLLED_COMMUNE
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLLED_COMMUNE
+RustBuffer uniffi_communesync_ffi_fn_method_engine_enrolled_commune(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_APPLICATION
@@ -367,6 +395,11 @@ RustBuffer uniffi_communesync_ffi_fn_method_engine_policy_input(uint64_t ptr, in
 RustBuffer uniffi_communesync_ffi_fn_method_engine_procedure(uint64_t ptr, RustBuffer code, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUARANTINED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUARANTINED
+RustBuffer uniffi_communesync_ffi_fn_method_engine_quarantined(uint64_t ptr, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUERY_APPLICATIONS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUERY_APPLICATIONS
 RustBuffer uniffi_communesync_ffi_fn_method_engine_query_applications(uint64_t ptr, RustBuffer query, RustCallStatus *_Nonnull out_status
@@ -375,6 +408,11 @@ RustBuffer uniffi_communesync_ffi_fn_method_engine_query_applications(uint64_t p
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RESOLVE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RESOLVE
 RustBuffer uniffi_communesync_ffi_fn_method_engine_resolve(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer field, RustBuffer value, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RETRY_QUARANTINED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RETRY_QUARANTINED
+int8_t uniffi_communesync_ffi_fn_method_engine_retry_quarantined(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_SEARCH
@@ -445,6 +483,11 @@ void uniffi_communesync_ffi_fn_method_syncobserver_on_progress(uint64_t ptr, Rus
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_SYNCOBSERVER_ON_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_SYNCOBSERVER_ON_CHANGED
 void uniffi_communesync_ffi_fn_method_syncobserver_on_changed(uint64_t ptr, RustBuffer event, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_SYNCOBSERVER_ON_WIPED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_SYNCOBSERVER_ON_WIPED
+void uniffi_communesync_ffi_fn_method_syncobserver_on_wiped(uint64_t ptr, RustBuffer event, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_NEXT_SYNC_AFTER
@@ -718,9 +761,21 @@ uint16_t uniffi_communesync_ffi_checksum_func_next_sync_after(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_AUDIT_LOG
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_AUDIT_LOG
+uint16_t uniffi_communesync_ffi_checksum_method_engine_audit_log(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_CONFLICTS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_CONFLICTS
 uint16_t uniffi_communesync_ffi_checksum_method_engine_conflicts(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_COPY_QUARANTINED_AS_NEW
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_COPY_QUARANTINED_AS_NEW
+uint16_t uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new(void
     
 );
 #endif
@@ -754,6 +809,12 @@ uint16_t uniffi_communesync_ffi_checksum_method_engine_device_id(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DISCARD_QUARANTINED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DISCARD_QUARANTINED
+uint16_t uniffi_communesync_ffi_checksum_method_engine_discard_quarantined(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DUE_SOON
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DUE_SOON
 uint16_t uniffi_communesync_ffi_checksum_method_engine_due_soon(void
@@ -763,6 +824,12 @@ uint16_t uniffi_communesync_ffi_checksum_method_engine_due_soon(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_ENROLL
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_ENROLL
 uint16_t uniffi_communesync_ffi_checksum_method_engine_enroll(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_ENROLLED_COMMUNE
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_ENROLLED_COMMUNE
+uint16_t uniffi_communesync_ffi_checksum_method_engine_enrolled_commune(void
     
 );
 #endif
@@ -820,6 +887,12 @@ uint16_t uniffi_communesync_ffi_checksum_method_engine_procedure(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_QUARANTINED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_QUARANTINED
+uint16_t uniffi_communesync_ffi_checksum_method_engine_quarantined(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_QUERY_APPLICATIONS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_QUERY_APPLICATIONS
 uint16_t uniffi_communesync_ffi_checksum_method_engine_query_applications(void
@@ -829,6 +902,12 @@ uint16_t uniffi_communesync_ffi_checksum_method_engine_query_applications(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_RESOLVE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_RESOLVE
 uint16_t uniffi_communesync_ffi_checksum_method_engine_resolve(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_RETRY_QUARANTINED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_RETRY_QUARANTINED
+uint16_t uniffi_communesync_ffi_checksum_method_engine_retry_quarantined(void
     
 );
 #endif
@@ -883,6 +962,12 @@ uint16_t uniffi_communesync_ffi_checksum_method_syncobserver_on_progress(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCOBSERVER_ON_CHANGED
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCOBSERVER_ON_CHANGED
 uint16_t uniffi_communesync_ffi_checksum_method_syncobserver_on_changed(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCOBSERVER_ON_WIPED
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCOBSERVER_ON_WIPED
+uint16_t uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped(void
     
 );
 #endif

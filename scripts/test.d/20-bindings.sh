@@ -2,7 +2,9 @@
 # The bindings suite: regenerates the Kotlin and Swift bindings from the current build, fails if
 # they differ from the packaged copies, then runs the same end-to-end story in Kotlin (plain JVM)
 # and in Swift (Linux, in the trixie chroot of scripts/toolchains/swift.sh) against a real
-# `communesync serve` on 127.0.0.1, and compiles the README's Kotlin and Swift examples.
+# `communesync serve` on 127.0.0.1, and compiles the README's Kotlin and Swift examples. The
+# stories' integrity part (quarantine, "upgrade required", wipe) runs against `scripted-server`
+# (tests/src/bin/scripted_server.rs), which refuses documents and gives those answers on purpose.
 #
 # Run alone: bash scripts/test.d/20-bindings.sh   (needs root for the Swift chroot, like CI)
 # BINDINGS_TEST_ONLY=kotlin or =swift runs one language only (while working on it; CI runs both).
@@ -19,6 +21,7 @@ t_start=$SECONDS
 stamp() { log "$1 (${2:-$((SECONDS - t_start))} s since start)"; }
 
 SERVER_PID=
+SCRIPTED_PID=
 WATCHER_PID=
 SWIFT_WORK=
 cleanup() {
@@ -30,6 +33,10 @@ cleanup() {
     if [ -n "$SERVER_PID" ]; then
         kill "$SERVER_PID" 2>/dev/null || true
         wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [ -n "$SCRIPTED_PID" ]; then
+        kill "$SCRIPTED_PID" 2>/dev/null || true
+        wait "$SCRIPTED_PID" 2>/dev/null || true
     fi
     [ -n "$SWIFT_WORK" ] && rm -rf --one-file-system "$SWIFT_WORK"
     return 0
@@ -99,6 +106,17 @@ done
 (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null || die "server did not listen on 127.0.0.1:$PORT within 20 s"
 export COMMUNESYNC_SERVER_URL=http://127.0.0.1:$PORT
 stamp "server listening on $COMMUNESYNC_SERVER_URL"
+
+SCRIPTED_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$TARGET_DIR/debug/scripted-server" "127.0.0.1:$SCRIPTED_PORT" >"$WORK/scripted.log" 2>&1 &
+SCRIPTED_PID=$!
+for _ in $(seq 200); do   # at most 20 s
+    if (exec 3<>"/dev/tcp/127.0.0.1/$SCRIPTED_PORT") 2>/dev/null; then break; fi
+    kill -0 "$SCRIPTED_PID" 2>/dev/null || { cat "$WORK/scripted.log" >&2; die "scripted server exited"; }
+    sleep 0.1
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$SCRIPTED_PORT") 2>/dev/null || die "scripted server did not listen within 20 s"
+export COMMUNESYNC_SCRIPTED_URL=http://127.0.0.1:$SCRIPTED_PORT
 
 # The operator side of the story: a test asks for a revocation by writing a device id to
 # HOOKS/revoke-request; this watcher runs `communesync admin revoke` and answers revoke-done.
@@ -221,6 +239,7 @@ code_a=$(issue_code DB-NATAU)
 code_b=$(issue_code DB-NATAU)
 # The chroot shares the host's network namespace: 127.0.0.1 is the same server.
 swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNESYNC_COMMUNE=DB-NATAU \
+    COMMUNESYNC_SCRIPTED_URL="$COMMUNESYNC_SCRIPTED_URL" \
     COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
     SSL_CERT_FILE="$IN/ca-certificates.crt" \

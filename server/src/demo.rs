@@ -2,7 +2,6 @@
 //! communes taking applications offline, the same application edited on two tablets, and every
 //! tablet syncing through an emulated 2G link that cuts connections; then what converged.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, Stor
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncProgress, enroll};
 use communesync_server::http::{self, AppState, ServerConfig};
 use communesync_server::link::{Cut, LinkProfile, PoorLink};
+use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
 
 #[derive(clap::Args)]
@@ -86,13 +86,15 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         "holidays": SampleData::holidays(),
     });
     storage.put_catalogue(&catalogue.to_string()).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = communesync_server::serve::bind(([127, 0, 0, 1], 0).into())?;
     let server_addr = listener.local_addr()?;
-    let app = http::router(AppState::new(storage.clone(), ServerConfig::default()))
-        .into_make_service_with_connect_info::<SocketAddr>();
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let app = http::router(AppState::new(storage.clone(), ServerConfig::default()));
+    let server = tokio::spawn(communesync_server::serve::serve(
+        listener,
+        app,
+        ServeConfig::default(),
+        std::future::pending(),
+    ));
     println!("province server listening on http://{server_addr} (embedded SQLite)");
 
     let profile = if args.fast {

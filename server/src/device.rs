@@ -2,7 +2,10 @@
 //!
 //! The store is encrypted with the key in `COMMUNESYNC_STORE_KEY` (64 hex digits), as a tablet's
 //! would be with the platform keystore's key; without it the store is unencrypted. The device
-//! credential is kept next to the store in `<store>.credential.json` (mode 0600).
+//! credential is kept next to the store in `<store>.credential.json` (mode 0600). Enrolling a
+//! store that already has a credential (with a re-enrollment code from the province) replaces
+//! it atomically: the store keeps its device id and its unsynced work, which the next sync
+//! pushes.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -11,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Subcommand;
 use communesync_core::import::parse_import_line;
+use communesync_core::record::RecordId;
 use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
 use communesync_core::sync::{Credentials, ReqwestTransport, SyncClient, SyncConfig, enroll};
 use serde::{Deserialize, Serialize};
@@ -59,6 +63,45 @@ enum DeviceTask {
     },
     /// Export every record as JSON lines.
     Export,
+    /// List the records set aside (refused by the server, or pulled and not readable), as JSON
+    /// lines with their reason; or act on one.
+    Quarantine {
+        #[command(subcommand)]
+        action: Option<QuarantineAction>,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineAction {
+    /// Put a refused record back in the outbox (the next sync pushes it), or try an unreadable
+    /// one again now.
+    Retry {
+        /// Record id.
+        id: RecordId,
+    },
+    /// Discard a quarantined record: its unsynced local changes go (and the record itself if the
+    /// server never had it). Written to the audit log.
+    Discard {
+        /// Record id.
+        id: RecordId,
+        /// The officer who decides.
+        #[arg(long)]
+        officer: String,
+        /// Why (kept in the audit log).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Replace a refused record by a new one with the same content for this device's commune;
+    /// the old one is discarded (audit log).
+    CopyAsNew {
+        /// Record id.
+        id: RecordId,
+        /// The officer who decides (creator of the copy).
+        #[arg(long)]
+        officer: String,
+    },
+    /// The audit log of quarantine decisions, as JSON lines.
+    Audit,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -93,9 +136,12 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             code,
             label,
         } => {
-            let store = open(&args.store)?;
+            let mut store = open(&args.store)?;
             let transport = ReqwestTransport::new(&server)?;
             let credentials = enroll(&transport, &code, store.device_id(), &label).await?;
+            // Records of another commune are refused from now on (and those typed before are
+            // set aside in the quarantine).
+            store.set_enrolled_commune(credentials.commune())?;
             let saved = SavedCredential {
                 server,
                 credentials,
@@ -146,7 +192,10 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 serde_json::from_slice(&std::fs::read(&path).with_context(|| {
                     format!("no credential at {}: enroll first", path.display())
                 })?)?;
-            let store = Arc::new(Mutex::new(open(&args.store)?));
+            let mut store = open(&args.store)?;
+            // A store enrolled before the scope was recorded learns it from the credential.
+            store.set_enrolled_commune(saved.credentials.commune())?;
+            let store = Arc::new(Mutex::new(store));
             let client = SyncClient::new(
                 ReqwestTransport::new(&saved.server)?,
                 store,
@@ -187,19 +236,68 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        DeviceTask::Quarantine { action } => {
+            let mut store = open(&args.store)?;
+            match action {
+                None => {
+                    for record in store.quarantined()? {
+                        writeln!(stdout, "{}", serde_json::to_string(&record)?)?;
+                    }
+                }
+                Some(QuarantineAction::Retry { id }) => {
+                    let left = store.retry_quarantined(id)?;
+                    writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::json!({ "record_id": id, "left_quarantine": left })
+                    )?;
+                }
+                Some(QuarantineAction::Discard {
+                    id,
+                    officer,
+                    reason,
+                }) => {
+                    store.discard_quarantined(id, &officer, &reason)?;
+                    writeln!(stdout, "{}", serde_json::json!({ "discarded": id }))?;
+                }
+                Some(QuarantineAction::CopyAsNew { id, officer }) => {
+                    let copy = store.copy_quarantined_as_new(id, &officer)?;
+                    writeln!(
+                        stdout,
+                        "{}",
+                        serde_json::json!({ "copied": id, "record": copy })
+                    )?;
+                }
+                Some(QuarantineAction::Audit) => {
+                    for entry in store.audit_log()? {
+                        writeln!(stdout, "{}", serde_json::to_string(&entry)?)?;
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
 
+/// Writes `bytes` to `path` (mode 0600) atomically: a crash leaves the old file or the new one,
+/// never a credential cut in half.
 fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    let temporary = PathBuf::from(temporary);
+    // A leftover from a crash may have another mode: `mode` applies only to a new file.
+    let _ = std::fs::remove_file(&temporary);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
+        .open(&temporary)
+        .with_context(|| format!("writing {}", temporary.display()))?;
     file.write_all(bytes)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `communesync`: the provincial server and operator CLI.
 //!
 //! - `communesync serve`: the server, on an embedded SQLite file by default or PostgreSQL.
-//! - `communesync admin ...`: communes, enrollment codes, devices, revocation, stats.
+//! - `communesync admin ...`: communes, enrollment and re-enrollment codes, devices, revocation
+//!   (with wipe), refused documents, operator tokens, stats.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod demo;
@@ -14,7 +15,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use communesync_core::clock::{Clock, SystemClock};
-use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_core::record::DeviceId;
+use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
+use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
 
 #[derive(Parser)]
@@ -61,6 +64,26 @@ struct ServeArgs {
     /// Where to write the operator token created at first start.
     #[arg(long, default_value = "communesync-admin-token")]
     admin_token_file: PathBuf,
+    /// A reverse proxy (address or CIDR network) whose `X-Forwarded-For` is believed for
+    /// enrollment limits; repeat for several. Without it the header is ignored.
+    #[arg(long = "trusted-proxy", value_name = "IP_OR_CIDR", value_parser = http::client_addr::parse_trusted_proxy)]
+    trusted_proxies: Vec<ipnet::IpNet>,
+    /// Connections served at once; more wait in the listen queue (lowered to fit the open-file
+    /// limit).
+    #[arg(long, default_value_t = ServeConfig::default().max_connections)]
+    max_connections: usize,
+    /// Seconds a client has to send a whole request head; then its connection is closed.
+    #[arg(long, default_value_t = ServeConfig::default().header_timeout.as_secs())]
+    header_timeout_secs: u64,
+    /// Seconds a kept-alive connection may stay idle between requests.
+    #[arg(long, default_value_t = ServeConfig::default().idle_timeout.as_secs())]
+    idle_timeout_secs: u64,
+    /// Requests a device may send at once; then `--device-rate` per second (beyond: 429).
+    #[arg(long, default_value_t = DeviceRateLimit::default().burst)]
+    device_burst: u32,
+    /// Requests per second a device may send on average.
+    #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
+    device_rate: f64,
 }
 
 #[derive(Args)]
@@ -98,10 +121,41 @@ enum AdminTask {
         #[arg(long)]
         commune: Option<String>,
     },
-    /// Revoke a device: its next request is refused.
+    /// Revoke a device: its next request is refused (403 `revoked`, or `wiped` with --wipe).
     Revoke {
         /// Device id.
         device: uuid::Uuid,
+        /// Also order the tablet to destroy its store at its next contact.
+        #[arg(long)]
+        wipe: bool,
+    },
+    /// Issue a one-time code that gives an existing device a new credential (lost, or revoked
+    /// by mistake); the tablet keeps its id and unsynced work.
+    ReenrollCode {
+        /// Device id.
+        device: uuid::Uuid,
+        /// Hours the code stays valid.
+        #[arg(long, default_value_t = 72)]
+        ttl_hours: u64,
+    },
+    /// Documents the server refused, newest first (JSON lines).
+    Refusals {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<uuid::Uuid>,
+    },
+    /// A record's history: each change's claims (author, officer, device time, fields) beside
+    /// the server's facts (the device that pushed it, when it was stored), as JSON lines.
+    History {
+        /// Record id.
+        record: uuid::Uuid,
+    },
+    /// List operator tokens (id, label, times; never the token).
+    Tokens,
+    /// Revoke an operator token (not the last active one).
+    RevokeToken {
+        /// Token id, from `tokens`.
+        id: u64,
     },
     /// Records, changes and devices per commune.
     Stats,
@@ -148,23 +202,53 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if !args.admin_token_file.exists() {
         let token = http::new_token();
         storage
-            .create_admin_token(http::hash_secret(&token), "bootstrap")
+            .create_admin_token(http::hash_secret(&token), "bootstrap", SystemClock.now_ms())
             .await?;
         write_secret(&args.admin_token_file, &token)?;
         tracing::info!(file = %args.admin_token_file.display(), "operator token written");
     }
-    let state = AppState::new(storage, ServerConfig::default());
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let serve_config = ServeConfig {
+        max_connections: args.max_connections.max(1),
+        header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
+        idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+        ..ServeConfig::default()
+    };
+    let config = ServerConfig {
+        trusted_proxies: args.trusted_proxies,
+        device_rate: DeviceRateLimit {
+            burst: args.device_burst,
+            per_second: args.device_rate,
+        },
+        ..ServerConfig::default()
+    };
+    let state = AppState::new(storage, config);
+    let listener = communesync_server::serve::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
-    axum::serve(
+    communesync_server::serve::serve(
         listener,
-        http::router(state).into_make_service_with_connect_info::<SocketAddr>(),
+        http::router(state),
+        serve_config,
+        shutdown_signal(),
     )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
     .await?;
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (what service managers send).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }
 
 /// A database URL without its password, for logs.
@@ -225,11 +309,43 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 println!("{}", serde_json::to_string(&device)?);
             }
         }
-        AdminTask::Revoke { device } => {
-            storage
-                .revoke_device(communesync_core::record::DeviceId(device))
-                .await?;
-            println!("{}", serde_json::json!({ "revoked": device }));
+        AdminTask::Revoke { device, wipe } => {
+            let id = DeviceId(device);
+            if wipe {
+                storage.revoke_and_wipe_device(id).await?;
+            } else {
+                storage.revoke_device(id).await?;
+            }
+            println!("{}", serde_json::json!({ "revoked": device, "wipe": wipe }));
+        }
+        AdminTask::ReenrollCode { device, ttl_hours } => {
+            let ttl = Duration::from_secs(ttl_hours.clamp(1, 24 * 30) * 3600);
+            let (code, expires_at) =
+                http::issue_reenrollment_code(storage.as_ref(), DeviceId(device), ttl, now).await?;
+            println!(
+                "{}",
+                serde_json::json!({ "device_id": device, "code": code, "expires_at": expires_at })
+            );
+        }
+        AdminTask::Refusals { device } => {
+            for refusal in http::refusals(storage.as_ref(), device.map(DeviceId)).await? {
+                println!("{}", serde_json::to_string(&refusal)?);
+            }
+        }
+        AdminTask::History { record } => {
+            let id = communesync_core::record::RecordId(record);
+            for change in http::record_history(storage.as_ref(), id).await? {
+                println!("{}", serde_json::to_string(&change)?);
+            }
+        }
+        AdminTask::Tokens => {
+            for token in http::list_admin_tokens(storage.as_ref()).await? {
+                println!("{}", serde_json::to_string(&token)?);
+            }
+        }
+        AdminTask::RevokeToken { id } => {
+            storage.revoke_admin_token(id, now).await?;
+            println!("{}", serde_json::json!({ "revoked_token": id }));
         }
         AdminTask::Stats => {
             for line in http::stats(storage.as_ref()).await? {
@@ -239,7 +355,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
         AdminTask::NewAdminToken { label } => {
             let token = http::new_token();
             storage
-                .create_admin_token(http::hash_secret(&token), &label)
+                .create_admin_token(http::hash_secret(&token), &label, now)
                 .await?;
             println!("{token}");
         }

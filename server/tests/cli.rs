@@ -216,4 +216,297 @@ fn operators_enroll_import_sync_and_export_with_the_cli() {
         .unwrap();
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("revoked"));
+
+    // Revoked by mistake while it held unsynced work: the operator issues a re-enrollment code
+    // and the same store enrolls again, keeping its id; its outbox then flows.
+    let register = dir.path().join("later.jsonl");
+    std::fs::write(
+        &register,
+        r#"{"commune_code":"DB-MUONGPHANG","procedure_code":"1.001193","applicant":{"name":"Lò Thị Xuân","id_number":"","phone":"","address":"","village":"Bản Phăng"}}"#,
+    )
+    .unwrap();
+    run(
+        &[
+            "device",
+            "--store",
+            &a,
+            "import",
+            register.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let reenroll = run(
+        &["admin", "--database", &db, "reenroll-code", device_a],
+        dir.path(),
+    );
+    assert_eq!(reenroll["device_id"], device_a);
+    let again = run(
+        &[
+            "device",
+            "--store",
+            &a,
+            "enroll",
+            "--server",
+            &url,
+            "--code",
+            reenroll["code"].as_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(again["device_id"], device_a);
+    let report = run(&["device", "--store", &a, "sync"], dir.path());
+    assert_eq!(report["pushed_docs"], 1);
+    let report = run(&["device", "--store", &b, "sync"], dir.path());
+    assert_eq!(report["pulled_docs"], 1);
+
+    // Revocation with a wipe order.
+    let device_b = devices
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .find(|id| *id != device_a)
+        .unwrap();
+    let wiped = run(
+        &["admin", "--database", &db, "revoke", device_b, "--wipe"],
+        dir.path(),
+    );
+    assert_eq!(wiped["wipe"], true);
+    let listed = json_lines(&["admin", "--database", &db, "devices"], dir.path());
+    let b_listed = listed.iter().find(|d| d["id"] == device_b).unwrap();
+    assert_eq!(
+        (b_listed["revoked"].as_bool(), b_listed["wiped"].as_bool()),
+        (Some(true), Some(true))
+    );
+    assert!(listed.iter().all(|d| d["refused_docs"] == 0));
+    assert!(json_lines(&["admin", "--database", &db, "refusals"], dir.path()).is_empty());
+    assert!(
+        json_lines(
+            &["admin", "--database", &db, "refusals", "--device", device_a],
+            dir.path()
+        )
+        .is_empty()
+    );
+
+    // Operator tokens: listed without secrets, revocable, never the last one.
+    let token = std::fs::read_to_string(dir.path().join("communesync-admin-token")).unwrap();
+    let tokens = json_lines(&["admin", "--database", &db, "tokens"], dir.path());
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0]["label"], "bootstrap");
+    assert!(
+        !serde_json::to_string(&tokens)
+            .unwrap()
+            .contains(token.trim())
+    );
+    let bootstrap = tokens[0]["id"].as_u64().unwrap().to_string();
+    let last = Command::new(BIN)
+        .args(["admin", "--database", &db, "revoke-token", &bootstrap])
+        .output()
+        .unwrap();
+    assert!(!last.status.success());
+    assert!(String::from_utf8_lossy(&last.stderr).contains("last active operator token"));
+    run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "new-admin-token",
+            "--label",
+            "spare",
+        ],
+        dir.path(),
+    );
+    run(
+        &["admin", "--database", &db, "revoke-token", &bootstrap],
+        dir.path(),
+    );
+    let tokens = json_lines(&["admin", "--database", &db, "tokens"], dir.path());
+    assert!(tokens[0]["revoked_at"].is_i64() && tokens[1]["revoked_at"].is_null());
+    let refused = raw_get(&listen, "/v1/admin/stats", token.trim());
+    assert!(refused.starts_with("HTTP/1.1 401"), "{refused}");
+
+    // The server's database is readable by its user only.
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let file = dir.path().join(format!("province.db{suffix}"));
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+/// Every stdout line of a command, as JSON.
+fn json_lines(args: &[&str], dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let output = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A GET with a bearer token over a plain socket; the response head.
+fn raw_get(addr: &str, path: &str, token: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+}
+
+/// Runs `device --store STORE quarantine ARGS...` and returns its JSON lines.
+fn quarantine(store: &str, args: &[&str], dir: &std::path::Path) -> Vec<serde_json::Value> {
+    let output = Command::new(BIN)
+        .args(["device", "--store", store, "quarantine"])
+        .args(args)
+        .current_dir(dir)
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_device_quarantine_is_listed_and_settled_from_the_cli() {
+    use communesync_core::record::{NewCitizenRequest, RecordKind};
+    use communesync_core::store::{DeviceStore, EncryptionKey, RefusedDoc, StoreConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("q.db");
+    let store_arg = path.display().to_string();
+    // A tablet that typed requests for another commune before it enrolled, and one the server
+    // refused.
+    let (strays, refused) = {
+        let mut store =
+            DeviceStore::open(StoreConfig::new(&path).encrypted(EncryptionKey::new([0x11; 32])))
+                .unwrap();
+        let mut request = |commune: &str, description: &str| {
+            store
+                .create_citizen_request(
+                    "can-bo.lan",
+                    NewCitizenRequest {
+                        commune_code: commune.into(),
+                        category: "road".into(),
+                        description: description.into(),
+                        ..Default::default()
+                    },
+                )
+                .unwrap()
+                .id
+        };
+        let strays = [
+            request("DB-NATAU", "Đường sạt lở"),
+            request("DB-NATAU", "Cầu treo hỏng"),
+        ];
+        let own = request("DB-MUONGPHANG", "Đèn đường hỏng");
+        assert_eq!(
+            store.set_enrolled_commune(Some("DB-MUONGPHANG")).unwrap(),
+            2
+        );
+        store
+            .quarantine_refused(&[RefusedDoc {
+                id: own,
+                kind: RecordKind::CitizenRequest,
+                code: "too_large".into(),
+                message: "notes: longer than 65536 bytes".into(),
+            }])
+            .unwrap();
+        (strays, own)
+    };
+
+    let listed = quarantine(&store_arg, &[], dir.path());
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().all(|r| r["direction"] == "outgoing"));
+    let reason = |id: &communesync_core::record::RecordId| {
+        listed
+            .iter()
+            .find(|r| r["record_id"] == id.to_string())
+            .map(|r| (r["code"].clone(), r["attempts"].clone()))
+            .unwrap()
+    };
+    assert_eq!(reason(&strays[0]), ("not_yours".into(), 1.into()));
+    assert_eq!(reason(&refused), ("too_large".into(), 1.into()));
+    assert!(
+        listed
+            .iter()
+            .all(|r| r["message"].as_str().is_some_and(|m| !m.is_empty()))
+    );
+
+    let retried = quarantine(&store_arg, &["retry", &refused.to_string()], dir.path());
+    assert_eq!(retried[0]["left_quarantine"], true);
+    let copied = quarantine(
+        &store_arg,
+        &[
+            "copy-as-new",
+            &strays[0].to_string(),
+            "--officer",
+            "can-bo.minh",
+        ],
+        dir.path(),
+    );
+    assert_eq!(copied[0]["record"]["commune_code"], "DB-MUONGPHANG");
+    assert_eq!(copied[0]["record"]["description"], "Đường sạt lở");
+    quarantine(
+        &store_arg,
+        &[
+            "discard",
+            &strays[1].to_string(),
+            "--officer",
+            "can-bo.minh",
+            "--reason",
+            "nhập trùng",
+        ],
+        dir.path(),
+    );
+    assert!(quarantine(&store_arg, &[], dir.path()).is_empty());
+    let audit = quarantine(&store_arg, &["audit"], dir.path());
+    assert_eq!(audit.len(), 2);
+    assert_eq!(
+        (audit[0]["action"].clone(), audit[1]["action"].clone()),
+        ("copied_as_new".into(), "discarded".into())
+    );
+    assert_eq!(audit[1]["reason"], "nhập trùng");
+    assert_eq!(audit[1]["officer"], "can-bo.minh");
+
+    // A discard needs a reason, and only a quarantined record can be discarded.
+    let refuse = |args: &[&str]| {
+        let output = Command::new(BIN)
+            .args(["device", "--store", &store_arg, "quarantine"])
+            .args(args)
+            .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let id = refused.to_string();
+    assert!(refuse(&["discard", &id, "--officer", "can-bo.minh"]).contains("--reason"));
+    assert!(
+        refuse(&["discard", &id, "--officer", "can-bo.minh", "--reason", "x"])
+            .contains("no record")
+    );
+    assert!(refuse(&["retry", "not-an-id"]).contains("id"));
 }

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use communesync_server::storage::{
-    self, Device, FeedItem, IncomingChange, IncomingDoc, Scope, ServerStorage, StorageError,
+    self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
+    MAX_REFUSALS_PER_DEVICE, RefusalRow, Scope, ServerStorage, StorageError,
 };
 use sha2::{Digest, Sha256};
 
@@ -214,8 +215,17 @@ conformance!(
     authentication_and_revocation,
     device_listing,
     admin_tokens,
-    enrollment_failure_counting,
+    admin_token_revocation_keeps_one_active,
+    enrollment_attempt_counting,
+    reenrollment_replaces_the_credential_and_keeps_the_device,
+    reenrollment_codes_are_bound_single_use_and_expire,
+    revocation_with_wipe,
+    device_status_clamps_to_i64,
+    refusals_upsert_clear_and_list,
+    refusals_are_bounded_per_device,
+    cursor_issued_is_stored_as_given,
     ingest_registers_and_dedupes,
+    doc_history_keeps_who_pushed_and_when,
     ingest_missing_deps_skips_only_that_doc,
     out_of_scope_rejects_the_whole_batch,
     kind_mismatch_is_out_of_scope,
@@ -373,7 +383,8 @@ async fn enrollment_is_single_use(f: &Fixture) {
             id,
             scope: scope.clone(),
             label: "Tablet 1".into(),
-            revoked: false
+            revoked: false,
+            wiped: false,
         }
     );
     assert!(matches!(
@@ -607,34 +618,130 @@ async fn device_listing(f: &Fixture) {
 
 async fn admin_tokens(f: &Fixture) {
     let s = f.s();
-    assert!(!s.authenticate_admin(sha("admin")).await.unwrap());
-    s.create_admin_token(sha("admin"), "operator")
+    assert_eq!(s.authenticate_admin(sha("admin"), NOW).await.unwrap(), None);
+    let first = s
+        .create_admin_token(sha("admin"), "operator", NOW)
         .await
         .unwrap();
-    assert!(s.authenticate_admin(sha("admin")).await.unwrap());
-    assert!(!s.authenticate_admin(sha("other")).await.unwrap());
+    assert_eq!(
+        s.authenticate_admin(sha("admin"), NOW + 5).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(s.authenticate_admin(sha("other"), NOW).await.unwrap(), None);
     assert!(matches!(
-        s.create_admin_token(sha("admin"), "again").await,
+        s.create_admin_token(sha("admin"), "again", NOW).await,
         Err(StorageError::AlreadyExists)
     ));
+    let second = s
+        .create_admin_token(sha("second"), "Sở Nội vụ", NOW + 1)
+        .await
+        .unwrap();
+    assert_ne!(first, second);
     // A device token is not an admin token.
     s.create_commune("c1", "c1").await.unwrap();
     let (_, token) = enroll(s, Scope::Commune("c1".into()), "t").await;
-    assert!(!s.authenticate_admin(token).await.unwrap());
+    assert_eq!(s.authenticate_admin(token, NOW).await.unwrap(), None);
+
+    // Listed with times, never with the token or its hash.
+    let list = s.list_admin_tokens().await.unwrap();
+    assert_eq!(list.len(), 2);
+    assert_eq!(
+        (
+            list[0].id,
+            list[0].label.as_str(),
+            list[0].created_at,
+            list[0].last_used_at,
+            list[0].revoked_at
+        ),
+        (first, "operator", Some(NOW), Some(NOW + 5), None)
+    );
+    assert_eq!(
+        (list[1].id, list[1].label.as_str(), list[1].last_used_at),
+        (second, "Sở Nội vụ", None)
+    );
+
+    // Revoked: refused at once, also through another replica; idempotent.
+    let replica = f.replica().await;
+    replica.revoke_admin_token(first, NOW + 10).await.unwrap();
+    assert_eq!(
+        s.authenticate_admin(sha("admin"), NOW + 11).await.unwrap(),
+        None
+    );
+    s.revoke_admin_token(first, NOW + 12).await.unwrap();
+    let list = s.list_admin_tokens().await.unwrap();
+    assert_eq!(list[0].revoked_at, Some(NOW + 10));
+    assert_eq!(
+        list[0].last_used_at,
+        Some(NOW + 5),
+        "a refused use is not a use"
+    );
+    assert!(matches!(
+        s.revoke_admin_token(first + second + 100, NOW).await,
+        Err(StorageError::NotFound)
+    ));
+    // The last active one cannot be revoked.
+    assert!(matches!(
+        s.revoke_admin_token(second, NOW + 13).await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(
+        s.authenticate_admin(sha("second"), NOW + 14).await.unwrap(),
+        Some(second)
+    );
 }
 
-async fn enrollment_failure_counting(f: &Fixture) {
+async fn admin_token_revocation_keeps_one_active(f: &Fixture) {
+    let s = f.s();
+    let replicas = [f.replica().await, f.replica().await];
+    for round in 0..5 {
+        // Two active tokens revoked at once through two replicas: exactly one revocation wins.
+        let a = s
+            .create_admin_token(sha(format!("a-{round}")), "a", NOW)
+            .await
+            .unwrap();
+        let b = s
+            .create_admin_token(sha(format!("b-{round}")), "b", NOW)
+            .await
+            .unwrap();
+        if round > 0 {
+            // Leave only a and b active.
+            for token in s.list_admin_tokens().await.unwrap() {
+                if token.revoked_at.is_none() && token.id != a && token.id != b {
+                    s.revoke_admin_token(token.id, NOW).await.unwrap();
+                }
+            }
+        }
+        let (one, two) = (replicas[0].clone(), replicas[1].clone());
+        let (ra, rb) = tokio::join!(
+            tokio::spawn(async move { one.revoke_admin_token(a, NOW + 1).await }),
+            tokio::spawn(async move { two.revoke_admin_token(b, NOW + 1).await }),
+        );
+        let results = [ra.unwrap(), rb.unwrap()];
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(StorageError::Conflict(_))))
+        );
+        let active = s
+            .list_admin_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.revoked_at.is_none())
+            .count();
+        assert_eq!(active, 1, "round {round}");
+    }
+}
+
+async fn enrollment_attempt_counting(f: &Fixture) {
     let s = f.s();
     let replica = f.replica().await;
     let window = 60_000;
+    assert_eq!(s.enrollment_attempts("10.0.0.1", NOW).await.unwrap(), 0);
     assert_eq!(
-        s.enrollment_failures("10.0.0.1", NOW, window)
-            .await
-            .unwrap(),
-        0
-    );
-    assert_eq!(
-        s.record_enrollment_failure("10.0.0.1", NOW, window)
+        s.reserve_enrollment_attempt("10.0.0.1", NOW, window)
             .await
             .unwrap(),
         1
@@ -642,52 +749,68 @@ async fn enrollment_failure_counting(f: &Fixture) {
     // Replicas share the counter.
     assert_eq!(
         replica
-            .record_enrollment_failure("10.0.0.1", NOW + 10, window)
+            .reserve_enrollment_attempt("10.0.0.1", NOW + 10, window)
             .await
             .unwrap(),
         2
     );
     assert_eq!(
-        s.record_enrollment_failure("10.0.0.1", NOW + 20, window)
+        s.reserve_enrollment_attempt("10.0.0.1", NOW + 20, window)
             .await
             .unwrap(),
         3
     );
     assert_eq!(
-        s.record_enrollment_failure("10.0.0.2", NOW + 20, window)
+        s.reserve_enrollment_attempt("10.0.0.2", NOW + 20, window)
             .await
             .unwrap(),
         1
     );
+    // A successful attempt gives its reservation back; never below zero.
+    s.refund_enrollment_attempt("10.0.0.1", NOW + 25)
+        .await
+        .unwrap();
     assert_eq!(
-        s.enrollment_failures("10.0.0.1", NOW + 30, window)
-            .await
-            .unwrap(),
-        3
+        s.enrollment_attempts("10.0.0.1", NOW + 30).await.unwrap(),
+        2
     );
     assert_eq!(
         replica
-            .enrollment_failures("10.0.0.1", NOW + 30, window)
+            .enrollment_attempts("10.0.0.1", NOW + 30)
             .await
             .unwrap(),
-        3
+        2
     );
+    for _ in 0..3 {
+        s.refund_enrollment_attempt("10.0.0.2", NOW + 30)
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        s.enrollment_attempts("10.0.0.2", NOW + 30).await.unwrap(),
+        0
+    );
+    s.refund_enrollment_attempt("never-seen", NOW)
+        .await
+        .unwrap();
+    assert_eq!(s.enrollment_attempts("never-seen", NOW).await.unwrap(), 0);
     // After the window: forgotten, and a new window starts.
     assert_eq!(
-        s.enrollment_failures("10.0.0.1", NOW + window, window)
+        s.enrollment_attempts("10.0.0.1", NOW + window)
             .await
             .unwrap(),
         0
     );
     assert_eq!(
-        s.record_enrollment_failure("10.0.0.1", NOW + window + 1, window)
+        s.reserve_enrollment_attempt("10.0.0.1", NOW + window + 1, window)
             .await
             .unwrap(),
         1
     );
-    // Concurrent failures from several replicas are all counted.
+    // Concurrent attempts from several replicas each get their own number: 1..=N, so at most
+    // `limit` of them see a number within the limit.
     let mut tasks = Vec::new();
-    for i in 0..20 {
+    for i in 0..40 {
         let handle = if i % 2 == 0 {
             f.storage.clone()
         } else {
@@ -695,7 +818,7 @@ async fn enrollment_failure_counting(f: &Fixture) {
         };
         tasks.push(tokio::spawn(async move {
             handle
-                .record_enrollment_failure("10.0.0.3", NOW + 100, window)
+                .reserve_enrollment_attempt("10.0.0.3", NOW + 100, window)
                 .await
                 .unwrap()
         }));
@@ -705,7 +828,398 @@ async fn enrollment_failure_counting(f: &Fixture) {
         counts.push(task.await.unwrap());
     }
     counts.sort_unstable();
-    assert_eq!(counts, (1..=20).collect::<Vec<u32>>());
+    assert_eq!(counts, (1..=40).collect::<Vec<u32>>());
+}
+
+async fn reenrollment_replaces_the_credential_and_keeps_the_device(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, old_token) = enroll(s, Scope::Commune("c1".into()), "Tablet 2").await;
+    let record = RecordId::new();
+    s.ingest(&device, vec![doc(record, "c1", chain("r", 2, 0))], NOW)
+        .await
+        .unwrap();
+    s.record_device_status(device.id, 3, NOW + 1).await.unwrap();
+    s.set_cursor_issued(device.id, 17).await.unwrap();
+    s.record_refusals(
+        device.id,
+        &[RefusalRow {
+            doc: RecordId::new(),
+            code: "immutable_field".into(),
+            message: "received_at changed".into(),
+        }],
+        NOW + 1,
+    )
+    .await
+    .unwrap();
+    // Revoked by mistake, with a wipe order even.
+    s.revoke_and_wipe_device(device.id).await.unwrap();
+
+    s.create_reenrollment_code(device.id, sha("re"), NOW + HOUR)
+        .await
+        .unwrap();
+    let again = s
+        .enroll(
+            sha("re"),
+            device.id,
+            sha("new-token"),
+            "ignored label",
+            NOW + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        Device {
+            id: device.id,
+            scope: Scope::Commune("c1".into()),
+            label: "Tablet 2".into(),
+            revoked: false,
+            wiped: false,
+        }
+    );
+    // The old token stops at once, on every replica; the new one works.
+    let replica = f.replica().await;
+    assert_eq!(replica.authenticate(old_token).await.unwrap(), None);
+    assert_eq!(s.authenticate(old_token).await.unwrap(), None);
+    assert_eq!(
+        replica.authenticate(sha("new-token")).await.unwrap(),
+        Some(again.clone())
+    );
+    // Everything the server holds for it stays.
+    let info = s.list_devices(None).await.unwrap();
+    assert_eq!(info.len(), 1);
+    assert_eq!(info[0].enrolled_at, NOW);
+    assert_eq!(info[0].changes_pushed, 2);
+    assert_eq!(info[0].pending_docs, Some(3));
+    assert_eq!(info[0].refused_docs, 1);
+    assert_eq!(s.cursor_issued(device.id).await.unwrap(), 17);
+    assert_eq!(s.doc_changes(record).await.unwrap().len(), 2);
+    // And it pushes again.
+    let outcome = s
+        .ingest(&again, vec![doc(record, "c1", chain("r", 3, 0))], NOW + 3)
+        .await
+        .unwrap();
+    assert_eq!((outcome.stored, outcome.duplicates), (1, 2));
+}
+
+async fn reenrollment_codes_are_bound_single_use_and_expire(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, _) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    let (other, _) = enroll(s, Scope::Commune("c2".into()), "o").await;
+    assert!(matches!(
+        s.create_reenrollment_code(DeviceId::new(), sha("nobody"), NOW + HOUR)
+            .await,
+        Err(StorageError::NotFound)
+    ));
+    s.create_reenrollment_code(device.id, sha("re"), NOW + HOUR)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_reenrollment_code(device.id, sha("re"), NOW + HOUR)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+    // Another device id, known or new, gets the answer an unknown code gets, and the code stays.
+    for wrong in [other.id, DeviceId::new()] {
+        assert!(matches!(
+            s.enroll(sha("re"), wrong, sha("t-wrong"), "x", NOW).await,
+            Err(StorageError::InvalidEnrollmentCode)
+        ));
+    }
+    assert_eq!(s.list_devices(None).await.unwrap().len(), 2);
+    // A token hash already taken leaves the code unused too.
+    let (_, taken) = enroll(s, Scope::Commune("c1".into()), "third").await;
+    assert!(matches!(
+        s.enroll(sha("re"), device.id, taken, "x", NOW).await,
+        Err(StorageError::AlreadyExists)
+    ));
+    // Raced through replicas: exactly one wins.
+    let replicas = [f.replica().await, f.replica().await];
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let replica = replicas[i % 2].clone();
+        let id = device.id;
+        tasks.push(tokio::spawn(async move {
+            replica
+                .enroll(sha("re"), id, sha(format!("race-{i}")), "t", NOW + 1)
+                .await
+        }));
+    }
+    let mut won = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(d) => {
+                assert_eq!(d.id, device.id);
+                won += 1;
+            }
+            Err(StorageError::InvalidEnrollmentCode) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    // Expiry as for enrollment codes: valid strictly before `expires_at`.
+    s.create_reenrollment_code(device.id, sha("short"), NOW + 10)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.enroll(sha("short"), device.id, sha("late"), "t", NOW + 10)
+            .await,
+        Err(StorageError::InvalidEnrollmentCode)
+    ));
+    // An enrollment code never takes over a known device id.
+    s.create_enrollment_code(&Scope::Commune("c1".into()), sha("plain"), NOW + HOUR)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.enroll(sha("plain"), device.id, sha("steal"), "t", NOW)
+            .await,
+        Err(StorageError::AlreadyExists)
+    ));
+}
+
+async fn revocation_with_wipe(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (plain, plain_token) = enroll(s, Scope::Commune("c1".into()), "plain").await;
+    let (wiped, wiped_token) = enroll(s, Scope::Commune("c1".into()), "wiped").await;
+    s.revoke_device(plain.id).await.unwrap();
+    s.revoke_and_wipe_device(wiped.id).await.unwrap();
+    s.revoke_and_wipe_device(wiped.id).await.unwrap(); // idempotent
+    // A later plain revocation does not cancel the wipe order.
+    s.revoke_device(wiped.id).await.unwrap();
+    let seen = s.authenticate(plain_token).await.unwrap().unwrap();
+    assert!(seen.revoked && !seen.wiped);
+    let seen = f
+        .replica()
+        .await
+        .authenticate(wiped_token)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(seen.revoked && seen.wiped);
+    let listed: HashMap<DeviceId, (bool, bool)> = s
+        .list_devices(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.device.id, (i.device.revoked, i.device.wiped)))
+        .collect();
+    assert_eq!(listed[&plain.id], (true, false));
+    assert_eq!(listed[&wiped.id], (true, true));
+    assert!(matches!(
+        s.revoke_and_wipe_device(DeviceId::new()).await,
+        Err(StorageError::NotFound)
+    ));
+    // Nothing more is stored from it.
+    assert!(matches!(
+        s.ingest(
+            &wiped,
+            vec![doc(RecordId::new(), "c1", chain("w", 1, 0))],
+            NOW
+        )
+        .await,
+        Err(StorageError::NotFound)
+    ));
+}
+
+async fn device_status_clamps_to_i64(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, _) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    for (reported, stored) in [
+        (u64::MAX, i64::MAX as u64),
+        (i64::MAX as u64 + 1, i64::MAX as u64),
+        (7, 7),
+    ] {
+        s.record_device_status(device.id, reported, NOW)
+            .await
+            .unwrap();
+        let info = s.list_devices(None).await.unwrap();
+        assert_eq!(info[0].pending_docs, Some(stored), "{reported}");
+    }
+}
+
+fn refusal(doc: RecordId, code: &str, message: &str) -> RefusalRow {
+    RefusalRow {
+        doc,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
+async fn refusals_upsert_clear_and_list(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(s, Scope::Commune("c2".into()), "b").await;
+    let (x, y, z) = (RecordId::new(), RecordId::new(), RecordId::new());
+    assert!(s.refusals(None).await.unwrap().is_empty());
+    s.record_refusals(a.id, &[], NOW).await.unwrap();
+    s.record_refusals(
+        a.id,
+        &[
+            refusal(x, "forged_actor", "an actor that is not this device"),
+            refusal(y, "immutable_field", "received_at changed"),
+            // Named twice in one call: counted once, the last entry wins.
+            refusal(y, "immutable_field", "due_at changed"),
+        ],
+        NOW,
+    )
+    .await
+    .unwrap();
+    s.record_refusals(
+        a.id,
+        &[refusal(x, "bad_transition", "returned -> received")],
+        NOW + 5,
+    )
+    .await
+    .unwrap();
+    s.record_refusals(
+        b.id,
+        &[refusal(z, "too_large", "notes over 1 MiB")],
+        NOW + 3,
+    )
+    .await
+    .unwrap();
+    // Unknown devices are ignored.
+    s.record_refusals(DeviceId::new(), &[refusal(z, "x", "y")], NOW)
+        .await
+        .unwrap();
+
+    let of_a = f.replica().await.refusals(Some(a.id)).await.unwrap();
+    assert_eq!(of_a.len(), 2);
+    // Newest first: x (NOW + 5), then y (NOW).
+    assert_eq!(
+        (
+            of_a[0].device,
+            of_a[0].doc,
+            of_a[0].code.as_str(),
+            of_a[0].message.as_str(),
+            of_a[0].first_at,
+            of_a[0].last_at,
+            of_a[0].count
+        ),
+        (
+            a.id,
+            x,
+            "bad_transition",
+            "returned -> received",
+            NOW,
+            NOW + 5,
+            2
+        )
+    );
+    assert_eq!(
+        (of_a[1].doc, of_a[1].message.as_str(), of_a[1].count),
+        (y, "due_at changed", 1)
+    );
+    let all = s.refusals(None).await.unwrap();
+    assert_eq!(
+        all.iter().map(|r| r.doc).collect::<Vec<_>>(),
+        [x, z, y],
+        "every device's, newest first"
+    );
+    let counts: HashMap<DeviceId, u64> = s
+        .list_devices(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.device.id, i.refused_docs))
+        .collect();
+    assert_eq!((counts[&a.id], counts[&b.id]), (2, 1));
+
+    // Accepted later: cleared for that device only; unknown pairs are ignored.
+    s.clear_refusals(a.id, &[x, z, RecordId::new()])
+        .await
+        .unwrap();
+    s.clear_refusals(a.id, &[]).await.unwrap();
+    s.clear_refusals(DeviceId::new(), &[y]).await.unwrap();
+    let left: Vec<_> = s
+        .refusals(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.device, r.doc))
+        .collect();
+    assert_eq!(left, [(b.id, z), (a.id, y)]);
+
+    // Long codes and messages are cut at a character boundary.
+    let long = "Đ".repeat(MAX_REFUSAL_MESSAGE_BYTES);
+    s.record_refusals(a.id, &[refusal(x, &"c".repeat(500), &long)], NOW + 9)
+        .await
+        .unwrap();
+    let cut = s.refusals(Some(a.id)).await.unwrap();
+    assert!(cut[0].code.len() <= 64 && !cut[0].code.is_empty());
+    assert!(cut[0].message.len() <= MAX_REFUSAL_MESSAGE_BYTES);
+    assert!(cut[0].message.len() > MAX_REFUSAL_MESSAGE_BYTES - 4);
+    assert!(cut[0].message.chars().all(|c| c == 'Đ'));
+}
+
+async fn refusals_are_bounded_per_device(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(s, Scope::Commune("c1".into()), "b").await;
+    let b_doc = RecordId::new();
+    s.record_refusals(b.id, &[refusal(b_doc, "x", "kept")], NOW)
+        .await
+        .unwrap();
+    // Three batches, each refusal newer than the previous batch.
+    let mut docs = Vec::new();
+    for batch in 0..3 {
+        let rows: Vec<RefusalRow> = (0..500)
+            .map(|_| {
+                let doc = RecordId::new();
+                docs.push(doc);
+                refusal(doc, "x", "y")
+            })
+            .collect();
+        s.record_refusals(a.id, &rows, NOW + 1 + batch)
+            .await
+            .unwrap();
+    }
+    let kept = s.refusals(Some(a.id)).await.unwrap();
+    assert_eq!(kept.len(), MAX_REFUSALS_PER_DEVICE);
+    // The oldest batch went first.
+    let kept: HashSet<RecordId> = kept.into_iter().map(|r| r.doc).collect();
+    assert!(docs[1000..].iter().all(|d| kept.contains(d)));
+    assert!(!kept.contains(&docs[0]));
+    // Another device's rows are not touched by this device's bound.
+    assert_eq!(s.refusals(Some(b.id)).await.unwrap()[0].doc, b_doc);
+    let info: HashMap<DeviceId, u64> = s
+        .list_devices(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.device.id, i.refused_docs))
+        .collect();
+    assert_eq!(info[&a.id], MAX_REFUSALS_PER_DEVICE as u64);
+    // The operators' list across devices is bounded too.
+    assert_eq!(s.refusals(None).await.unwrap().len(), 1_000);
+}
+
+async fn cursor_issued_is_stored_as_given(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (device, _) = enroll(s, Scope::Commune("c1".into()), "t").await;
+    let (other, _) = enroll(s, Scope::Commune("c1".into()), "o").await;
+    assert_eq!(s.cursor_issued(device.id).await.unwrap(), 0);
+    assert_eq!(s.cursor_issued(DeviceId::new()).await.unwrap(), 0);
+    s.set_cursor_issued(device.id, 120).await.unwrap();
+    assert_eq!(
+        f.replica().await.cursor_issued(device.id).await.unwrap(),
+        120
+    );
+    // Not a running maximum: a restored store's lower cursor is recorded as given.
+    s.set_cursor_issued(device.id, 40).await.unwrap();
+    assert_eq!(s.cursor_issued(device.id).await.unwrap(), 40);
+    s.set_cursor_issued(device.id, u64::MAX).await.unwrap();
+    assert_eq!(s.cursor_issued(device.id).await.unwrap(), i64::MAX as u64);
+    assert_eq!(s.cursor_issued(other.id).await.unwrap(), 0);
+    // Unknown devices are ignored.
+    s.set_cursor_issued(DeviceId::new(), 5).await.unwrap();
 }
 
 async fn ingest_registers_and_dedupes(f: &Fixture) {
@@ -773,6 +1287,39 @@ async fn ingest_registers_and_dedupes(f: &Fixture) {
     assert!(items.iter().all(|i| i.device == device.id));
     assert_eq!(items[4].received_at, NOW + 1);
     assert_eq!(items[3].kind, RecordKind::CitizenRequest);
+}
+
+async fn doc_history_keeps_who_pushed_and_when(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (first, _) = enroll(s, Scope::Commune("c1".into()), "t1").await;
+    let (second, _) = enroll(s, Scope::Commune("c1".into()), "t2").await;
+    let a = RecordId::new();
+    let changes = chain("h", 3, 0);
+    s.ingest(&first, vec![doc(a, "c1", changes[..2].to_vec())], NOW)
+        .await
+        .unwrap();
+    s.ingest(&second, vec![doc(a, "c1", changes[2..].to_vec())], NOW + 5)
+        .await
+        .unwrap();
+    // A replay stores nothing and changes no fact.
+    s.ingest(&second, vec![doc(a, "c1", changes[..1].to_vec())], NOW + 9)
+        .await
+        .unwrap();
+    let history = s.doc_history(a).await.unwrap();
+    let facts: Vec<(Vec<u8>, DeviceId, i64)> = history
+        .into_iter()
+        .map(|c| (c.bytes, c.pushed_by, c.received_at))
+        .collect();
+    assert_eq!(
+        facts,
+        vec![
+            (changes[0].bytes.clone(), first.id, NOW),
+            (changes[1].bytes.clone(), first.id, NOW),
+            (changes[2].bytes.clone(), second.id, NOW + 5),
+        ]
+    );
+    assert!(s.doc_history(RecordId::new()).await.unwrap().is_empty());
 }
 
 async fn ingest_missing_deps_skips_only_that_doc(f: &Fixture) {
@@ -1428,4 +1975,135 @@ async fn postgres_refuses_a_newer_schema() {
         Err(other) => panic!("unexpected error: {other}"),
         Ok(_) => panic!("a newer schema was accepted"),
     }
+}
+
+/// A database written by a build at schema version 2 (an operator token, a device, an unused
+/// code), upgraded by opening it with this build.
+async fn check_upgraded_from_version_2(s: &dyn ServerStorage) {
+    // The token keeps working, gets an id, and can be listed and (not being the last) revoked.
+    let id = s
+        .authenticate_admin(sha("v2-admin"), NOW)
+        .await
+        .unwrap()
+        .expect("the version 2 token still works");
+    let tokens = s.list_admin_tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(
+        (tokens[0].id, tokens[0].label.as_str(), tokens[0].created_at),
+        (id, "bootstrap", None)
+    );
+    let new = s
+        .create_admin_token(sha("v3-admin"), "new", NOW)
+        .await
+        .unwrap();
+    assert_ne!(new, id);
+    s.revoke_admin_token(id, NOW).await.unwrap();
+    // The device is neither revoked nor wiped, has no refusals and no cursor.
+    let device = s.authenticate(sha("v2-token")).await.unwrap().unwrap();
+    assert!(!device.revoked && !device.wiped);
+    assert_eq!(s.list_devices(None).await.unwrap()[0].refused_docs, 0);
+    assert_eq!(s.cursor_issued(device.id).await.unwrap(), 0);
+    // The unused code is an ordinary enrollment code.
+    let enrolled = s
+        .enroll(sha("v2-code"), DeviceId::new(), sha("t"), "t", NOW)
+        .await
+        .unwrap();
+    assert_eq!(enrolled.scope, Scope::Commune("c1".into()));
+}
+
+/// Version 2 rows (SQLite placeholders `?n`, PostgreSQL `$n`).
+fn version_2_rows(device: DeviceId, placeholder: char) -> Vec<(String, Vec<Vec<u8>>)> {
+    let p = |n: u8| format!("{placeholder}{n}");
+    vec![
+        (
+            "INSERT INTO communes (code, name) VALUES ('c1', 'c1')".into(),
+            vec![],
+        ),
+        (
+            format!(
+                "INSERT INTO admin_tokens (token_hash, label) VALUES ({}, 'bootstrap')",
+                p(1)
+            ),
+            vec![sha("v2-admin").to_vec()],
+        ),
+        (
+            format!(
+                "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
+                 VALUES ({}, {}, 'c1', 'tablet', 1)",
+                p(1),
+                p(2)
+            ),
+            vec![device.0.as_bytes().to_vec(), sha("v2-token").to_vec()],
+        ),
+        (
+            format!(
+                "INSERT INTO enrollment_codes (code_hash, commune, expires_at)
+                 VALUES ({}, 'c1', {NOW} + 3600000)",
+                p(1)
+            ),
+            vec![sha("v2-code").to_vec()],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn sqlite_upgrades_from_version_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0002_device_status.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        for (sql, params) in version_2_rows(DeviceId::new(), '?') {
+            conn.execute(&sql, rusqlite::params_from_iter(params))
+                .unwrap();
+        }
+    }
+    let s = storage::open(&format!("sqlite:{}", path.display()))
+        .await
+        .unwrap();
+    check_upgraded_from_version_2(s.as_ref()).await;
+}
+
+#[tokio::test]
+async fn postgres_upgrades_from_version_2() {
+    let Some(db) = PgDatabase::create().await else {
+        return;
+    };
+    let client = pg_admin(&db.url).await;
+    client
+        .batch_execute(
+            "CREATE TABLE schema_migrations (
+                 version    BIGINT PRIMARY KEY,
+                 applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+             )",
+        )
+        .await
+        .unwrap();
+    client
+        .batch_execute(include_str!("../migrations/postgres/0001_init.sql"))
+        .await
+        .unwrap();
+    client
+        .batch_execute(include_str!(
+            "../migrations/postgres/0002_device_status.sql"
+        ))
+        .await
+        .unwrap();
+    client
+        .batch_execute("INSERT INTO schema_migrations (version) VALUES (1), (2)")
+        .await
+        .unwrap();
+    for (sql, params) in version_2_rows(DeviceId::new(), '$') {
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        client.execute(&sql, &params).await.unwrap();
+    }
+    let s = storage::open(&db.url).await.unwrap();
+    check_upgraded_from_version_2(s.as_ref()).await;
 }

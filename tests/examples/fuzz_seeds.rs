@@ -11,7 +11,8 @@ use std::path::Path;
 
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    FeedDoc, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
+    FeedDoc, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
+    SyncResponse,
 };
 use communesync_core::record::{
     Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
@@ -92,7 +93,8 @@ fn main() {
     let app_changes = store.changes_since(app.id, &[]).unwrap();
     let request_changes = store.changes_since(request.id, &[]).unwrap();
 
-    // wire: mode byte, then a body (modes 0/1) or the message inside it (modes 2/3).
+    // wire: mode byte (bit 0: response; bit 1: the message inside the body; bit 2: protocol 2's
+    // response layout), then a body or the message inside it.
     let sync_request = SyncRequest {
         protocol: PROTOCOL_VERSION,
         device_time: 1_750_000_000_000,
@@ -141,10 +143,32 @@ fn main() {
         push: Vec::new(),
         ..sync_request.clone()
     };
+    // Protocol 2 (accepted for an overlap: its requests share version 3's layout, its responses
+    // have no refusals) and protocol 1 (refused: upgrade required).
+    let request_v2 = SyncRequest {
+        protocol: PREVIOUS_PROTOCOL_VERSION,
+        ..sync_request.clone()
+    };
+    let request_v1 = SyncRequest {
+        protocol: 1,
+        ..empty.clone()
+    };
+    let response_v2 = SyncResponse {
+        protocol: PREVIOUS_PROTOCOL_VERSION,
+        refused: Vec::new(),
+        ..response.clone()
+    };
     for (name, mode, body) in [
         ("request", 0u8, sync_request.encode(&mut codec).unwrap()),
         ("request-empty", 0, empty.encode(&mut codec).unwrap()),
+        ("request-v2", 0, request_v2.encode(&mut codec).unwrap()),
+        ("request-v1", 0, request_v1.encode(&mut codec).unwrap()),
         ("response", 1, response.encode(&mut codec).unwrap()),
+        (
+            "response-v2",
+            1 | 4,
+            response_v2.encode(&mut codec).unwrap(),
+        ),
     ] {
         let mut framed = vec![mode];
         framed.extend_from_slice(&body);

@@ -1,6 +1,7 @@
-//! Support for the end-to-end tests: a real provincial server on 127.0.0.1 (in-process axum over
-//! real storage, SQLite by default or the PostgreSQL named by `COMMUNESYNC_TEST_DATABASE_URL`),
-//! with helpers to create communes and enrollment codes.
+//! Support for the end-to-end tests: a real provincial server on 127.0.0.1 (in-process, the
+//! server's own accept loop `communesync_server::serve` over real storage, SQLite by default or
+//! the PostgreSQL named by `COMMUNESYNC_TEST_DATABASE_URL`), with helpers to create communes and
+//! enrollment codes.
 
 pub mod process;
 
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use communesync_server::http::{self, AppState, ServerConfig};
+use communesync_server::serve::{self, ServeConfig};
 use communesync_server::storage::{self, Scope, ServerStorage};
 use tokio::task::JoinHandle;
 
@@ -25,9 +27,10 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server on `database` (`sqlite:PATH` or `postgres://...`).
+    /// Starts a server on `database` (`sqlite:PATH` or `postgres://...`) with
+    /// [`unlimited_rate_config`].
     pub async fn start(database: &str) -> anyhow::Result<Self> {
-        Self::start_with(database, ServerConfig::default(), None).await
+        Self::start_with(database, unlimited_rate_config(), None).await
     }
 
     /// Starts a server with a configuration, on a given address (to restart on the same port).
@@ -36,25 +39,33 @@ impl TestServer {
         config: ServerConfig,
         addr: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
+        Self::start_serving(database, config, ServeConfig::default(), addr).await
+    }
+
+    /// [`TestServer::start_with`] with the accept loop's limits too.
+    pub async fn start_serving(
+        database: &str,
+        config: ServerConfig,
+        serve_config: ServeConfig,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
         let storage = storage::open(database).await?;
         let admin_token = http::new_token();
         storage
-            .create_admin_token(http::hash_secret(&admin_token), "tests")
+            .create_admin_token(http::hash_secret(&admin_token), "tests", now_ms())
             .await?;
         let listener = match addr {
             Some(addr) => bind_retrying(addr).await?,
-            None => tokio::net::TcpListener::bind("127.0.0.1:0").await?,
+            None => serve::bind(([127, 0, 0, 1], 0).into())?,
         };
         let addr = listener.local_addr()?;
-        let app = http::router(AppState::new(storage.clone(), config))
-            .into_make_service_with_connect_info::<SocketAddr>();
+        let app = http::router(AppState::new(storage.clone(), config));
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await;
+            let _ = serve::serve(listener, app, serve_config, async {
+                let _ = stopped.await;
+            })
+            .await;
         });
         Ok(TestServer {
             addr,
@@ -109,10 +120,23 @@ impl Drop for TestServer {
     }
 }
 
+/// The server's default configuration but for the per-device request rate, high enough never to
+/// be met: many tests send requests with one device in a tight loop, which the default limit
+/// (a burst of 20, then 5 per second) would answer with 429. `hostile_net.rs` tests the limit.
+pub fn unlimited_rate_config() -> ServerConfig {
+    ServerConfig {
+        device_rate: http::DeviceRateLimit {
+            burst: 1_000_000,
+            per_second: 1_000_000.0,
+        },
+        ..ServerConfig::default()
+    }
+}
+
 async fn bind_retrying(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     let mut last = None;
     for _ in 0..50 {
-        match tokio::net::TcpListener::bind(addr).await {
+        match serve::bind(addr) {
             Ok(listener) => return Ok(listener),
             Err(err) => {
                 last = Some(err);

@@ -66,6 +66,10 @@ fn build_binary() -> anyhow::Result<PathBuf> {
     Ok(binary)
 }
 
+/// `serve` arguments for a per-device request rate high enough never to be met, as
+/// [`crate::unlimited_rate_config`]: the fault tests sync in tight loops.
+pub const UNLIMITED_RATE: &[&str] = &["--device-burst", "1000000", "--device-rate", "1000000"];
+
 /// `communesync serve` as a child process on a database; SIGKILLed when dropped.
 pub struct ServerProcess {
     child: Child,
@@ -75,14 +79,28 @@ pub struct ServerProcess {
 }
 
 impl ServerProcess {
-    /// Starts the server on `database` and waits until it accepts connections. `addr` reuses an
-    /// address (a restart); `None` takes a free port. Its log goes to `dir/server.log` (appended,
-    /// so a restart keeps the history) and its operator token to `dir/admin-token`.
+    /// Starts the server on `database` (with [`UNLIMITED_RATE`]) and waits until it accepts
+    /// connections. `addr` reuses an address (a restart); `None` takes a free port. Its log goes
+    /// to `dir/server.log` (appended, so a restart keeps the history) and its operator token to
+    /// `dir/admin-token`.
     pub fn start(
         binary: &Path,
         database: &str,
         addr: Option<SocketAddr>,
         dir: &Path,
+    ) -> anyhow::Result<ServerProcess> {
+        Self::start_configured(binary, database, addr, dir, UNLIMITED_RATE, None)
+    }
+
+    /// [`ServerProcess::start`] with more `serve` arguments, and with the child's open-file limit
+    /// (soft and hard) set to `open_files` before it starts, as a system may start it.
+    pub fn start_configured(
+        binary: &Path,
+        database: &str,
+        addr: Option<SocketAddr>,
+        dir: &Path,
+        args: &[&str],
+        open_files: Option<u64>,
     ) -> anyhow::Result<ServerProcess> {
         let addr = match addr {
             Some(addr) => addr,
@@ -94,16 +112,28 @@ impl ServerProcess {
             .create(true)
             .append(true)
             .open(&log)?;
-        let child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .arg("serve")
             .args(["--database", database])
             .args(["--listen", &addr.to_string()])
             .arg("--admin-token-file")
             .arg(dir.join("admin-token"))
+            .args(args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log_file)
+            .stderr(log_file);
+        if let Some(limit) = open_files {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; it allocates only on an error path that
+            // cannot be taken on Linux (RLIMIT_NOFILE is supported).
+            unsafe {
+                command.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, limit, limit));
+            }
+        }
+        let child = command
             .spawn()
             .with_context(|| format!("starting {}", binary.display()))?;
         let mut server = ServerProcess { child, addr, log };

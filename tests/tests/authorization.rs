@@ -1,9 +1,11 @@
 //! The authorization matrix over real HTTP on 127.0.0.1, on SQLite and PostgreSQL: every route of
-//! the router (the list is checked against `server/src/http.rs`) called by every kind of caller
+//! the router (the list is checked against `server/src/http/mod.rs`) called by every kind of caller
 //! (none, a wrong token, a revoked device, a device of another commune, a device of the
 //! commune, a province account, an operator) gets exactly the status it should; refused calls
-//! change nothing; and no record of another commune reaches a caller through any path: the feed,
-//! pushes, error bodies.
+//! change nothing; a pushed record outside the caller's scope, or not made by the caller, is
+//! refused alone (`not_yours`, `not_attributed`) while the caller's good records beside it are
+//! stored; and no record of another commune reaches a caller through any path: the feed,
+//! pushes, refusals, error bodies.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
@@ -36,6 +38,11 @@ const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/admin/enrollment-codes"),
     ("GET", "/v1/admin/devices"),
     ("POST", "/v1/admin/devices/{id}/revoke"),
+    ("POST", "/v1/admin/devices/{id}/reenroll-code"),
+    ("GET", "/v1/admin/devices/{id}/refusals"),
+    ("GET", "/v1/admin/tokens"),
+    ("POST", "/v1/admin/tokens/{id}/revoke"),
+    ("GET", "/v1/admin/records/{id}/history"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
 ];
@@ -123,10 +130,17 @@ struct World {
     /// Device ids: own-commune tablet, other-commune tablet, a spare device for the revoke cell.
     own_device: DeviceId,
     spare_device: DeviceId,
+    /// An operator token nobody uses, for the token revocation cell.
+    spare_token: u64,
     a_ids: Vec<RecordId>,
     b_ids: Vec<RecordId>,
     a_names: Vec<String>,
     b_names: Vec<String>,
+    /// The stores of the own-commune, other-commune and province devices: what they push by
+    /// hand is made there, so that it is their own (attributed to them).
+    own_store: Arc<Mutex<DeviceStore>>,
+    other_store: Arc<Mutex<DeviceStore>>,
+    province_store: Arc<Mutex<DeviceStore>>,
 }
 
 async fn tablet(
@@ -192,6 +206,7 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
     let (revoked, revoked_token) = tablet(dir, "revoked", &server, &a_codes[1]).await;
     let (spare, _) = tablet(dir, "spare", &server, &a_codes[2]).await;
     let (province, province_token) = tablet(dir, "province", &server, &province_code).await;
+    let province_store = province.store().clone();
     let mut sample = SampleData::new(11);
     let (a_ids, a_names) = intake(&own, &mut sample, COMMUNE_A, 3);
     let (b_ids, b_names) = intake(&other, &mut sample, COMMUNE_B, 2);
@@ -209,6 +224,11 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
     let own_device = own.store().lock().unwrap().device_id();
     let spare_device = spare.store().lock().unwrap().device_id();
     drop(province);
+    let spare_token = server
+        .storage
+        .create_admin_token(http::hash_secret(&http::new_token()), "spare", now_ms())
+        .await
+        .unwrap();
     let tokens = vec![
         (Caller::Nobody, None),
         (Caller::WrongToken, Some("0123456789abcdef".repeat(4))),
@@ -228,10 +248,14 @@ async fn world(url: &str, dir: &std::path::Path) -> World {
         tokens,
         own_device,
         spare_device,
+        spare_token,
         a_ids,
         b_ids,
         a_names,
         b_names,
+        own_store: own.store().clone(),
+        other_store: other.store().clone(),
+        province_store,
     }
 }
 
@@ -266,7 +290,11 @@ impl World {
 
     /// Calls `method path` as `caller` with the request that route expects.
     async fn call(&self, caller: Caller, method: &str, path: &str) -> Answer {
-        let path = path.replace("{id}", &self.spare_device.to_string());
+        let path = if path.starts_with("/v1/admin/tokens/") {
+            path.replace("{id}", &self.spare_token.to_string())
+        } else {
+            path.replace("{id}", &self.spare_device.to_string())
+        };
         let url = format!("{}{path}", self.server.url());
         let mut request = match method {
             "GET" => self.http.get(&url),
@@ -311,12 +339,20 @@ impl World {
             .into_iter()
             .map(|d| (d.device, d.changes_pushed))
             .collect();
+        let tokens: Vec<_> = storage
+            .list_admin_tokens()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.id, t.revoked_at))
+            .collect();
         format!(
-            "{:?}\n{:?}\n{:?}\n{:?}",
+            "{:?}\n{:?}\n{:?}\n{:?}\n{:?}",
             storage.list_communes().await.unwrap(),
             devices,
             storage.catalogue().await.unwrap(),
-            storage.stats().await.unwrap()
+            storage.stats().await.unwrap(),
+            tokens
         )
     }
 }
@@ -338,6 +374,9 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
             Operator => match (method, admin) {
                 ("POST", "/v1/admin/communes") => 201,
                 ("POST", "/v1/admin/devices/{id}/revoke") => 204,
+                ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
+                // The matrix names no record: an unknown one.
+                ("GET", "/v1/admin/records/{id}/history") => 404,
                 _ => 200,
             },
             _ => 401,
@@ -411,13 +450,16 @@ async fn every_caller_gets_exactly_its_access_on_every_route() {
                     assert_eq!(leak, None, "{url}: {caller:?} {method} {path}");
                 }
                 if *path == "/v1/sync" && answer.status == 200 {
-                    // The feed carries exactly the caller's scope, minus its own changes.
+                    // The feed carries exactly the caller's scope. These tablets synced before
+                    // and now ask from cursor 0, before the cursor they were given: the server
+                    // takes them for a store restored from an older backup and sends their own
+                    // changes back too (a tablet asking from its cursor gets none of its own:
+                    // `recovery.rs`).
                     let mut got = feed_ids(&answer.body);
                     got.sort();
                     let mut want: Vec<RecordId> = match caller {
-                        // Its own records are its own changes: the feed leaves them out.
-                        Caller::OwnCommune => w.a_ids[3..].to_vec(),
-                        Caller::OtherCommune => Vec::new(),
+                        Caller::OwnCommune => w.a_ids.clone(),
+                        Caller::OtherCommune => w.b_ids.clone(),
                         Caller::Province => [w.a_ids.clone(), w.b_ids.clone()].concat(),
                         _ => unreachable!(),
                     };
@@ -473,6 +515,13 @@ async fn every_caller_gets_exactly_its_access_on_every_route() {
             spare.device.revoked,
             "{url}: the operator's revoke did nothing"
         );
+        let tokens = w.server.storage.list_admin_tokens().await.unwrap();
+        assert!(
+            tokens
+                .iter()
+                .any(|t| t.id == w.spare_token && t.revoked_at.is_some()),
+            "{url}: the operator's token revocation did nothing"
+        );
         assert!(
             devices
                 .iter()
@@ -483,6 +532,63 @@ async fn every_caller_gets_exactly_its_access_on_every_route() {
     }
 }
 
+/// The whole history of record `id` of `store`, as a push.
+fn whole(store: &mut DeviceStore, id: RecordId) -> PushDoc {
+    PushDoc {
+        id: Some(id),
+        kind: RecordKind::Application,
+        changes: store.changes_since(id, &[]).unwrap(),
+    }
+}
+
+/// A new application of `commune` made in `store`, as a push.
+fn created(store: &Mutex<DeviceStore>, sample: &mut SampleData, commune: &str) -> PushDoc {
+    let mut store = store.lock().unwrap();
+    let app = store
+        .create_application("x", sample.application(commune, None))
+        .unwrap();
+    whole(&mut store, app.id)
+}
+
+/// An edit of record `id` (whose changes are `history`) made in `store`, with the whole history.
+fn edited(store: &Mutex<DeviceStore>, id: RecordId, history: &[Vec<u8>]) -> PushDoc {
+    let mut store = store.lock().unwrap();
+    if !store.contains(id).unwrap() {
+        store
+            .apply_remote_changes(id, RecordKind::Application, history)
+            .unwrap();
+    }
+    store
+        .update_application(id, "mallory", |a| a.notes.push_str(" (sửa)"))
+        .unwrap();
+    whole(&mut store, id)
+}
+
+/// The (position, code) of each refusal of a response.
+fn refusals(response: &SyncResponse) -> Vec<(u32, &str)> {
+    response
+        .refused
+        .iter()
+        .map(|r| (r.position, r.code.as_str()))
+        .collect()
+}
+
+/// What the server holds of record `id`: its registration and number of changes.
+async fn held(w: &World, id: RecordId) -> Option<(String, RecordKind, usize)> {
+    let (commune, kind) = w.server.storage.doc_registration(id).await.unwrap()?;
+    let changes = w.server.storage.doc_changes(id).await.unwrap().len();
+    Some((commune, kind, changes))
+}
+
+/// How a scope case must be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// The whole request, with this status: nothing of it is stored.
+    Request(u16),
+    /// The bad document alone, with this code: the good one beside it is stored.
+    Document(&'static str),
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_are_confined_to_the_callers_scope_and_errors_leak_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -490,148 +596,273 @@ async fn writes_are_confined_to_the_callers_scope_and_errors_leak_nothing() {
         let sub = tempfile::tempdir().unwrap();
         let w = world(&url, sub.path()).await;
         let mut sample = SampleData::new(12);
-        // A scratch store to make valid changes with.
-        let mut scratch =
-            DeviceStore::open(StoreConfig::new(sub.path().join("scratch.db"))).unwrap();
-        scratch.import_catalogue(&SampleData::catalogue()).unwrap();
-        let new_a = scratch
-            .create_application("x", sample.application(COMMUNE_A, None))
+        let (own, other, province) = (&w.own_store, &w.other_store, &w.province_store);
+        // A store of a device that is none of the callers: what it makes is not theirs to push.
+        let stranger = Mutex::new(
+            DeviceStore::open(StoreConfig::new(sub.path().join("stranger.db"))).unwrap(),
+        );
+        stranger
+            .lock()
+            .unwrap()
+            .import_catalogue(&SampleData::catalogue())
             .unwrap();
-        let new_b = scratch
-            .create_application("x", sample.application(COMMUNE_B, None))
-            .unwrap();
-        let new_unknown = scratch
-            .create_application("x", sample.application("DB-NOWHERE", None))
-            .unwrap();
-        let push = |scratch: &mut DeviceStore, id: RecordId| PushDoc {
-            id: Some(id),
-            kind: RecordKind::Application,
-            changes: scratch.changes_since(id, &[]).unwrap(),
-        };
-        // An edit on top of an existing record of commune A, made from its full history.
-        let a_changes = {
-            let full = w.server.storage.doc_changes(w.a_ids[0]).await.unwrap();
-            scratch
-                .apply_remote_changes(w.a_ids[0], RecordKind::Application, &full)
-                .unwrap();
-            scratch
-                .update_application(w.a_ids[0], "mallory", |a| a.notes.push_str(" (sửa)"))
-                .unwrap();
-            PushDoc {
-                id: Some(w.a_ids[0]),
-                kind: RecordKind::Application,
-                changes: scratch.changes_since(w.a_ids[0], &[]).unwrap(),
-            }
-        };
-        // The same record claimed as the other kind.
+        let a_history = w.server.storage.doc_changes(w.a_ids[0]).await.unwrap();
+        // Each caller's crafted pushes are made by its own device (attributed to it), so that
+        // only the scope can refuse them.
+        let other_creates_in_a = created(other, &mut sample, COMMUNE_A);
+        let other_edits_a = edited(other, w.a_ids[0], &a_history);
+        let own_creates_in_b = created(own, &mut sample, COMMUNE_B);
+        let own_creates_nowhere = created(own, &mut sample, "DB-NOWHERE");
+        // The record as the other kind: its stored history, renamed.
         let wrong_kind = PushDoc {
             kind: RecordKind::CitizenRequest,
-            ..a_changes.clone()
+            ..whole(&mut own.lock().unwrap(), w.a_ids[0])
+        };
+        let province_wrong_kind = PushDoc {
+            kind: RecordKind::CitizenRequest,
+            ..edited(province, w.a_ids[0], &a_history)
+        };
+        let strangers_record = created(&stranger, &mut sample, COMMUNE_A);
+        let strangers_edit = edited(&stranger, w.a_ids[0], &a_history);
+        let own_edit = {
+            let mut store = own.lock().unwrap();
+            store
+                .update_application(w.a_ids[0], "lan", |a| a.notes.push_str(" (sửa)"))
+                .unwrap();
+            whole(&mut store, w.a_ids[0])
         };
 
         use Caller::*;
-        let cases: Vec<(&str, Caller, PushDoc, u16)> = vec![
+        use Verdict::*;
+        let cases: Vec<(&str, Caller, PushDoc, Verdict)> = vec![
             (
                 "other commune creates in A",
                 OtherCommune,
-                push(&mut scratch, new_a.id),
-                403,
+                other_creates_in_a.clone(),
+                Document("not_yours"),
             ),
             (
                 "other commune edits an A record",
                 OtherCommune,
-                a_changes.clone(),
-                403,
+                other_edits_a,
+                Document("not_yours"),
+            ),
+            (
+                "other commune pushes another device's edit of an A record",
+                OtherCommune,
+                strangers_edit.clone(),
+                Document("not_yours"),
             ),
             (
                 "own commune creates in B",
                 OwnCommune,
-                push(&mut scratch, new_b.id),
-                403,
+                own_creates_in_b.clone(),
+                Document("not_yours"),
             ),
             (
                 "own commune creates in an unknown commune",
                 OwnCommune,
-                push(&mut scratch, new_unknown.id),
-                403,
+                own_creates_nowhere.clone(),
+                Document("not_yours"),
             ),
             (
                 "own commune changes a record's kind",
                 OwnCommune,
-                wrong_kind.clone(),
-                403,
-            ),
-            ("revoked device edits", Revoked, a_changes.clone(), 403),
-            ("no credential", Nobody, a_changes.clone(), 401),
-            (
-                "operator token is not a device",
-                Operator,
-                a_changes.clone(),
-                401,
+                wrong_kind,
+                Document("not_yours"),
             ),
             (
                 "province changes a record's kind",
                 Province,
-                wrong_kind,
-                403,
+                province_wrong_kind,
+                Document("not_yours"),
+            ),
+            (
+                "own commune pushes a record another device made",
+                OwnCommune,
+                strangers_record.clone(),
+                Document("not_attributed"),
+            ),
+            (
+                "own commune pushes another device's edit of its record",
+                OwnCommune,
+                strangers_edit.clone(),
+                Document("not_attributed"),
+            ),
+            (
+                "province pushes a record another device made",
+                Province,
+                strangers_record.clone(),
+                Document("not_attributed"),
+            ),
+            (
+                "revoked device edits",
+                Revoked,
+                own_edit.clone(),
+                Request(403),
+            ),
+            ("no credential", Nobody, own_edit.clone(), Request(401)),
+            (
+                "operator token is not a device",
+                Operator,
+                own_edit.clone(),
+                Request(401),
             ),
         ];
-        let before = w.state().await;
-        for (name, caller, doc, want) in &cases {
+        let a_held: Vec<_> = {
+            let mut held_now = Vec::new();
+            for id in &w.a_ids {
+                held_now.push(held(&w, *id).await);
+            }
+            held_now
+        };
+        let mut not_yours_for_stored = Vec::new();
+        for (name, caller, bad, verdict) in &cases {
+            // Beside the bad document, a good one of the caller's (none for callers that are
+            // not devices: a record of the commune's tablet, which they may not push either).
+            let good = match caller {
+                OtherCommune => created(other, &mut sample, COMMUNE_B),
+                Province => created(province, &mut sample, COMMUNE_A),
+                _ => created(own, &mut sample, COMMUNE_A),
+            };
+            let bad_id = bad.id.unwrap();
+            let bad_before = held(&w, bad_id).await;
+            let state_before = w.state().await;
             let mut request = w
                 .http
                 .post(format!("{}/v1/sync", w.server.url()))
                 .header("content-type", CONTENT_TYPE)
-                .body(pull_body(vec![doc.clone()]));
+                .body(pull_body(vec![bad.clone(), good.clone()]));
             if let Some(token) = w.token(*caller) {
                 request = request.bearer_auth(token);
             }
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
             let body = response.bytes().await.unwrap();
-            assert_eq!(
-                status,
-                *want,
-                "{url}: {name}: {}",
-                String::from_utf8_lossy(&body)
-            );
-            // The refusal names at most the record the caller itself sent, and no data of
+            // What the caller may learn names at most the records it sent, and no data of
             // records it may not read.
             let others: Vec<RecordId> = w
                 .a_ids
                 .iter()
                 .chain(&w.b_ids)
                 .copied()
-                .filter(|id| Some(*id) != doc.id)
+                .filter(|id| *id != bad_id)
                 .collect();
             let names: Vec<String> = w.a_names.iter().chain(&w.b_names).cloned().collect();
-            assert_eq!(
-                mentions_any(&body, &others, &names),
-                None,
-                "{url}: {name}: {}",
-                String::from_utf8_lossy(&body)
-            );
+            match *verdict {
+                Request(want) => {
+                    assert_eq!(
+                        status,
+                        want,
+                        "{url}: {name}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    assert_eq!(
+                        mentions_any(&body, &others, &names),
+                        None,
+                        "{url}: {name}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    assert_eq!(w.state().await, state_before, "{url}: {name}");
+                    assert_eq!(held(&w, good.id.unwrap()).await, None, "{url}: {name}");
+                }
+                Document(code) => {
+                    assert_eq!(
+                        status,
+                        200,
+                        "{url}: {name}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
+                    let answer = SyncResponse::decode(
+                        &mut DocCodec::new().unwrap(),
+                        &body,
+                        &Limits::default(),
+                    )
+                    .unwrap();
+                    assert_eq!(
+                        refusals(&answer),
+                        vec![(0, code)],
+                        "{url}: {name}: {:?}",
+                        answer.refused
+                    );
+                    assert!(answer.missing_deps.is_empty(), "{url}: {name}");
+                    let message = &answer.refused[0].message;
+                    assert_eq!(
+                        mentions_any(message.as_bytes(), &others, &names),
+                        None,
+                        "{url}: {name}: {message}"
+                    );
+                    if code == "not_yours" && bad_before.is_some() {
+                        not_yours_for_stored.push((name, message.clone()));
+                    }
+                    // Its feed is still its own scope's only.
+                    let foreign: &[RecordId] = match caller {
+                        OwnCommune => &w.b_ids,
+                        OtherCommune => &w.a_ids,
+                        _ => &[],
+                    };
+                    let feed = feed_ids(&body);
+                    assert!(
+                        feed.iter().all(|id| !foreign.contains(id)),
+                        "{url}: {name}: read another commune's record"
+                    );
+                    // One bad record never blocks another.
+                    assert_eq!(
+                        held(&w, good.id.unwrap()).await.map(|h| h.2),
+                        Some(good.changes.len()),
+                        "{url}: {name}: the good record beside it"
+                    );
+                }
+            }
+            assert_eq!(held(&w, bad_id).await, bad_before, "{url}: {name}: stored");
         }
-        assert_eq!(
-            w.state().await,
-            before,
-            "{url}: a refused push changed state"
-        );
-        assert!(
-            w.server
-                .storage
-                .doc_registration(new_a.id)
-                .await
-                .unwrap()
-                .is_none()
-        );
+        // A record outside the scope gets one answer, whatever the reason (another commune's,
+        // another kind): nothing tells which.
+        assert!(not_yours_for_stored.len() >= 4, "{url}");
+        for (name, message) in &not_yours_for_stored {
+            assert_eq!(message, &not_yours_for_stored[0].1, "{url}: {name}");
+        }
+        // Nothing of what was refused is held: the commune's records are as they were, and the
+        // refused new ones absent.
+        for (id, before) in w.a_ids.iter().zip(&a_held) {
+            assert_eq!(&held(&w, *id).await, before, "{url}");
+        }
+        for doc in [
+            &other_creates_in_a,
+            &own_creates_in_b,
+            &own_creates_nowhere,
+            &strangers_record,
+        ] {
+            assert_eq!(held(&w, doc.id.unwrap()).await, None, "{url}");
+        }
+
+        // Where commune B's tablet is in its feed now (it asks from there below, as a tablet
+        // does: from the cursor it was last given).
+        let response = w
+            .http
+            .post(format!("{}/v1/sync", w.server.url()))
+            .header("content-type", CONTENT_TYPE)
+            .bearer_auth(w.token(OtherCommune).unwrap())
+            .body(pull_body(Vec::new()))
+            .send()
+            .await
+            .unwrap();
+        let b_cursor = SyncResponse::decode(
+            &mut DocCodec::new().unwrap(),
+            &response.bytes().await.unwrap(),
+            &Limits::default(),
+        )
+        .unwrap()
+        .next_cursor;
 
         // Allowed writes: the commune's own tablet edits its record and creates one; the
         // province account may write in any commune.
+        let new_a = created(own, &mut sample, COMMUNE_A);
+        let new_b = created(province, &mut sample, COMMUNE_B);
         for (caller, doc) in [
-            (OwnCommune, a_changes.clone()),
-            (OwnCommune, push(&mut scratch, new_a.id)),
-            (Province, push(&mut scratch, new_b.id)),
+            (OwnCommune, own_edit.clone()),
+            (OwnCommune, new_a.clone()),
+            (Province, new_b.clone()),
         ] {
             let response = w
                 .http
@@ -649,20 +880,36 @@ async fn writes_are_confined_to_the_callers_scope_and_errors_leak_nothing() {
                 &Limits::default(),
             )
             .unwrap();
-            // Acknowledged: not listed as lacking its base.
+            // Acknowledged: neither refused nor listed as lacking its base.
+            assert!(decoded.refused.is_empty(), "{url}: {caller:?}");
             assert!(decoded.missing_deps.is_empty(), "{url}: {caller:?}");
+            assert_eq!(
+                held(&w, doc.id.unwrap()).await.map(|h| h.2),
+                Some(doc.changes.len()),
+                "{url}: {caller:?}"
+            );
         }
         // Commune B's tablet now pulls B's new record and nothing of A.
+        let mut pull = SyncRequest::decode(
+            &mut DocCodec::new().unwrap(),
+            &pull_body(Vec::new()),
+            &Limits::default(),
+        )
+        .unwrap();
+        pull.pull = Some(PullRequest {
+            cursor: b_cursor,
+            max_bytes: 4 * 1024 * 1024,
+        });
         let response = w
             .http
             .post(format!("{}/v1/sync", w.server.url()))
             .header("content-type", CONTENT_TYPE)
             .bearer_auth(w.token(OtherCommune).unwrap())
-            .body(pull_body(Vec::new()))
+            .body(pull.encode(&mut DocCodec::new().unwrap()).unwrap())
             .send()
             .await
             .unwrap();
         let ids = feed_ids(&response.bytes().await.unwrap());
-        assert_eq!(ids, vec![new_b.id], "{url}");
+        assert_eq!(ids, vec![new_b.id.unwrap()], "{url}");
     }
 }

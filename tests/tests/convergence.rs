@@ -15,6 +15,13 @@
 //!   conflict flags match the typed records, and full-text search finds exactly the records
 //!   whose text holds a word.
 //!
+//! A hostile replica takes part too: an enrolled device that speaks the protocol by hand and
+//! sends forged (another device's actor), rule-breaking (immutable fields, a second root, the
+//! wrong kind), replayed, reordered and duplicated changes of the records as the server holds
+//! them. Each is answered as issue 14 requires (refused for its own document with its reason,
+//! or a no-op), the server's copy of the record does not change, and the honest tablets'
+//! checks above hold with it in the mix; every honest sync on a clean link completes.
+//!
 //! The server runs on SQLite, and on PostgreSQL for a quarter of the cases when
 //! `COMMUNESYNC_TEST_DATABASE_URL` is set (required under CI). `PROPTEST_CASES=N` runs more cases
 //! (default 32, well under a minute in debug). Failing cases found so far are kept as regression
@@ -28,6 +35,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use communesync_core::codec::DocCodec;
+use communesync_core::protocol::{
+    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PushDoc, SyncRequest, SyncResponse,
+};
 use communesync_core::record::{
     ConflictValue, DeviceId, Record, RecordDoc, RecordId, RecordKind, RequestStatus, Source, Status,
 };
@@ -181,6 +192,12 @@ enum Op {
     Resolve { tablet: usize, record: usize },
     /// A tablet syncs, through the faulty network or a clean one.
     Sync { tablet: usize, faulty: bool },
+    /// The hostile replica attacks a record (how: see [`attack`]), naming tablet `victim`.
+    Attack {
+        record: usize,
+        how: u8,
+        victim: usize,
+    },
 }
 
 /// A record number: mostly the first few records, so that tablets edit the same ones
@@ -200,7 +217,9 @@ fn op(tablets: usize) -> impl Strategy<Value = Op> {
         2 => (t.clone(), record(), 0..7u8)
             .prop_map(|(tablet, record, to)| Op::Transition { tablet, record, to }),
         1 => (t.clone(), record()).prop_map(|(tablet, record)| Op::Resolve { tablet, record }),
-        4 => (t, prop::bool::weighted(0.7)).prop_map(|(tablet, faulty)| Op::Sync { tablet, faulty }),
+        4 => (t.clone(), prop::bool::weighted(0.7)).prop_map(|(tablet, faulty)| Op::Sync { tablet, faulty }),
+        2 => (record(), any::<u8>(), t)
+            .prop_map(|(record, how, victim)| Op::Attack { record, how, victim }),
     ]
 }
 
@@ -221,6 +240,16 @@ struct Tablet {
     client: SyncClient<FaultyTransport>,
     store: Arc<Mutex<DeviceStore>>,
     faulty: Arc<AtomicBool>,
+    device: DeviceId,
+}
+
+/// The hostile replica: an enrolled device that writes its requests by hand.
+struct Hostile {
+    device: DeviceId,
+    token: String,
+    url: String,
+    http: reqwest::Client,
+    attacks: u64,
 }
 
 /// What the tablets did, to check against at the end.
@@ -288,6 +317,7 @@ async fn run_case(
             delayed: Mutex::new(Vec::new()),
             counts: counts.clone(),
         };
+        let device = store.device_id();
         let store = Arc::new(Mutex::new(store));
         let client =
             SyncClient::new(transport, store.clone(), credentials.token, fast_config()).unwrap();
@@ -295,11 +325,47 @@ async fn run_case(
             client,
             store,
             faulty,
+            device,
         });
     }
+    let hostile_code = server.commune_with_codes(COMMUNE, 1).await.unwrap();
+    let hostile_device = DeviceId::new();
+    let mut hostile = Hostile {
+        device: hostile_device,
+        token: enroll(
+            &ReqwestTransport::new(&server.url()).unwrap(),
+            &hostile_code[0],
+            hostile_device,
+            "hostile",
+        )
+        .await
+        .unwrap()
+        .token,
+        url: server.url(),
+        http: reqwest::Client::new(),
+        attacks: 0,
+    };
     let mut ledger = Ledger::default();
     let mut sample = SampleData::new(seed);
     for op in ops {
+        if let Op::Attack {
+            record,
+            how,
+            victim,
+        } = *op
+        {
+            if let Some(&(id, kind)) = ledger.records.get(record % ledger.records.len().max(1)) {
+                attack(
+                    &server,
+                    &mut hostile,
+                    (id, kind),
+                    how,
+                    replicas[victim].device,
+                )
+                .await?;
+            }
+            continue;
+        }
         apply(op, &replicas, &mut ledger, &mut sample).await;
     }
     // Final clean sync: everyone pushes, then everyone pulls what the others pushed.
@@ -321,8 +387,9 @@ async fn run_case(
             .count()
     };
     Ok(format!(
-        "{} records ({conflicted} in conflict), {} edits, {} syncs ({} failed), {} exchanges, {} faults",
+        "{} records ({conflicted} in conflict), {} attacks, {} edits, {} syncs ({} failed), {} exchanges, {} faults",
         ledger.records.len(),
+        hostile.attacks,
         ledger.edits,
         ledger.syncs,
         ledger.failed_syncs,
@@ -479,6 +546,8 @@ async fn apply(op: &Op, replicas: &[Tablet], ledger: &mut Ledger, sample: &mut S
             store.resolve(id, "chief", &conflict.field, &value).unwrap();
             note_change(&mut store, id, ledger);
         }
+        // Run by `run_case`, which has the server and the hostile replica.
+        Op::Attack { .. } => {}
         Op::Sync { tablet, faulty } => {
             let t = &replicas[tablet];
             t.faulty.store(faulty, Ordering::Relaxed);
@@ -489,6 +558,197 @@ async fn apply(op: &Op, replicas: &[Tablet], ledger: &mut Ledger, sample: &mut S
             }
         }
     }
+}
+
+/// One crafted edit of `doc` (whichever its kind), as a push of that record.
+fn crafted(
+    doc: &mut RecordDoc,
+    app: impl FnOnce(&mut communesync_core::record::Application),
+    request: impl FnOnce(&mut communesync_core::record::CitizenRequest),
+) -> PushDoc {
+    let heads = doc.heads();
+    let changed = match doc.kind() {
+        RecordKind::Application => {
+            let before = doc.application().unwrap();
+            let mut after = before.clone();
+            app(&mut after);
+            doc.edit(&before, &after, "intruder", 1).unwrap()
+        }
+        RecordKind::CitizenRequest => {
+            let before = doc.citizen_request().unwrap();
+            let mut after = before.clone();
+            request(&mut after);
+            doc.edit(&before, &after, "intruder", 1).unwrap()
+        }
+    };
+    assert!(changed);
+    PushDoc {
+        id: Some(doc.id()),
+        kind: doc.kind(),
+        changes: doc
+            .changes_since(&heads)
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect(),
+    }
+}
+
+/// The hostile replica's move `how` against record `id` (skipped while the server does not hold
+/// it): the answer must be what issue 14 requires, and the server's copy must not change.
+async fn attack(
+    server: &TestServer,
+    hostile: &mut Hostile,
+    (id, kind): (RecordId, RecordKind),
+    how: u8,
+    victim: DeviceId,
+) -> Result<(), TestCaseError> {
+    let stored = server.storage.doc_changes(id).await.unwrap();
+    if stored.is_empty() {
+        return Ok(());
+    }
+    let open = |actor| {
+        RecordDoc::from_changes(id, kind, &stored, actor, Source::Server)
+            .unwrap()
+            .0
+    };
+    let (push, expected): (Vec<PushDoc>, Option<&str>) = match how % 8 {
+        // Forged: an edit under a colleague's actor.
+        0 => (
+            vec![crafted(
+                &mut open(victim),
+                |a| a.notes.push_str(" forged"),
+                |r| r.notes.push_str(" forged"),
+            )],
+            Some("not_attributed"),
+        ),
+        // Rule-breaking, under its own actor: immutable fields.
+        1 => (
+            vec![crafted(
+                &mut open(hostile.device),
+                |a| a.received_at -= 86_400_000,
+                |r| r.received_at -= 86_400_000,
+            )],
+            Some("immutable_field"),
+        ),
+        2 => (
+            vec![crafted(
+                &mut open(hostile.device),
+                |a| a.created_by.device = hostile.device.0,
+                |r| r.created_by.device = hostile.device.0,
+            )],
+            Some("immutable_field"),
+        ),
+        3 => (
+            vec![crafted(
+                &mut open(hostile.device),
+                |a| a.commune_code = "DB-ELSEWHERE".into(),
+                |r| r.commune_code = "DB-ELSEWHERE".into(),
+            )],
+            Some("immutable_field"),
+        ),
+        // A second root: the record created again from nothing.
+        4 => {
+            let record = open(hostile.device).record().unwrap();
+            let mut again = RecordDoc::create(&record, hostile.device, "intruder", 1).unwrap();
+            (
+                vec![PushDoc {
+                    id: Some(id),
+                    kind,
+                    changes: again
+                        .changes_since(&[])
+                        .into_iter()
+                        .map(|c| c.raw_bytes().to_vec())
+                        .collect(),
+                }],
+                Some("second_root"),
+            )
+        }
+        // Replayed and reordered: the stored changes, last first (all known: a no-op).
+        5 => {
+            let mut changes = stored.clone();
+            changes.reverse();
+            (
+                vec![PushDoc {
+                    id: Some(id),
+                    kind,
+                    changes,
+                }],
+                None,
+            )
+        }
+        // The record named as the other kind.
+        6 => (
+            vec![PushDoc {
+                id: Some(id),
+                kind: match kind {
+                    RecordKind::Application => RecordKind::CitizenRequest,
+                    RecordKind::CitizenRequest => RecordKind::Application,
+                },
+                changes: stored.clone(),
+            }],
+            Some("not_yours"),
+        ),
+        // Duplicated within one request: refused whole (checked below).
+        _ => {
+            let doc = PushDoc {
+                id: Some(id),
+                kind,
+                changes: stored.clone(),
+            };
+            (vec![doc.clone(), doc], None)
+        }
+    };
+    let duplicated = push.len() == 2;
+    let mut codec = DocCodec::new().unwrap();
+    let body = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        device_time: 0,
+        push,
+        pull: None,
+        catalogue_version: u64::MAX,
+        pending_docs: 0,
+    }
+    .encode(&mut codec)
+    .unwrap();
+    let response = hostile
+        .http
+        .post(format!("{}/v1/sync", hostile.url))
+        .bearer_auth(&hostile.token)
+        .header("content-type", CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    if duplicated {
+        prop_assert_eq!(status, 400, "a record twice in one push");
+    } else {
+        prop_assert_eq!(
+            status,
+            200,
+            "attack {}: {}",
+            how % 8,
+            String::from_utf8_lossy(&bytes)
+        );
+        let answer = SyncResponse::decode(&mut codec, &bytes, &Limits::default()).unwrap();
+        prop_assert!(answer.missing_deps.is_empty());
+        let codes: Vec<&str> = answer.refused.iter().map(|r| r.code.as_str()).collect();
+        prop_assert_eq!(
+            codes,
+            expected.into_iter().collect::<Vec<_>>(),
+            "attack {}",
+            how % 8
+        );
+    }
+    prop_assert_eq!(
+        server.storage.doc_changes(id).await.unwrap(),
+        stored,
+        "attack {} changed the server's copy",
+        how % 8
+    );
+    hostile.attacks += 1;
+    Ok(())
 }
 
 fn field_value(record: &Record, field: &str) -> ConflictValue {

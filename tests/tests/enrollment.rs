@@ -1,19 +1,25 @@
 //! Enrollment codes and credentials, over real HTTP on 127.0.0.1: a code enrolls exactly one
-//! device even when raced, expires, and guessing is rate-limited per source (a correct code is
-//! refused too while the source is blocked); codes and tokens are stored only as hashes (the
-//! SQLite file and every PostgreSQL table are scanned for the plaintext); and no secret appears in
-//! the server's log, read from the real `communesync serve` process at its most verbose level.
+//! device even when raced, expires, and guessing is throttled per source (a right code from a
+//! throttled source still enrolls, after the delay); a tablet whose credential was lost or
+//! revoked by mistake enrolls again with a re-enrollment code and its unsynced work reaches the
+//! server; codes and tokens are stored only as hashes (the SQLite file and every PostgreSQL table
+//! are scanned for the plaintext); and no secret appears in the server's log, read from the real
+//! `communesync serve` process at its most verbose level. Hostile cases: `enrollment_hostile.rs`.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{CONTENT_TYPE, PROTOCOL_VERSION, PullRequest, SyncRequest};
 use communesync_core::record::DeviceId;
+use communesync_core::sample::SampleData;
+use communesync_core::store::{DeviceStore, StoreConfig};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
 use communesync_server::http::{self, ServerConfig};
 use communesync_server::storage::Scope;
 use communesync_tests::process::communesync_binary;
@@ -99,44 +105,170 @@ async fn a_code_enrolls_one_device_once_and_expires() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn guessing_is_rate_limited_even_for_the_right_code_until_the_window_ends() {
+async fn a_throttled_source_still_enrolls_with_the_right_code() {
     let dir = tempfile::tempdir().unwrap();
-    for url in test_databases(dir.path(), "ratelimit").await.unwrap() {
+    for url in test_databases(dir.path(), "throttle").await.unwrap() {
         let config = ServerConfig {
             enroll_failures_allowed: 3,
-            // Wide enough that the three failures and the blocked try fall in one window on a
-            // loaded machine; the test then waits for its end.
-            enroll_window: Duration::from_secs(5),
+            enroll_throttle_delay: Duration::from_millis(200),
             ..ServerConfig::default()
         };
         let server = TestServer::start_with(&url, config, None).await.unwrap();
         let codes = server.commune_with_codes(COMMUNE, 1).await.unwrap();
         let http = reqwest::Client::new();
         let base = server.url();
-        for guess in ["AAAA-AAAA-AAAA", "BBBB-BBBB-BBBB", "CCCC-CCCC-CCCC"] {
-            assert_eq!(enroll_raw(&http, &base, guess).await.status().as_u16(), 401);
+        // Three typos at full speed, a fourth throttled but still evaluated.
+        for guess in [
+            "AAAA-AAAA-AAAA",
+            "BBBB-BBBB-BBBB",
+            "CCCC-CCCC-CCCC",
+            "DDDD-DDDD-DDDD",
+        ] {
+            assert_eq!(
+                enroll_raw(&http, &base, guess).await.status().as_u16(),
+                401,
+                "{url}"
+            );
         }
-        // Blocked: even the right code, so guessing cannot confirm a hit.
-        let blocked = enroll_raw(&http, &base, &codes[0]).await;
-        assert_eq!(blocked.status().as_u16(), 429, "{url}");
+        let attempts = server
+            .storage
+            .enrollment_attempts("127.0.0.1", now_ms())
+            .await
+            .unwrap();
+        assert_eq!(attempts, 4, "{url}");
+        // Over the limit: the right code is throttled, not refused.
+        let response = enroll_raw(&http, &base, &codes[0]).await;
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        assert_eq!(server.storage.list_devices(None).await.unwrap().len(), 1);
+        // Its attempt was given back: only the typos count.
         assert_eq!(
-            blocked.headers()["retry-after"].to_str().unwrap(),
-            "5",
+            server
+                .storage
+                .enrollment_attempts("127.0.0.1", now_ms())
+                .await
+                .unwrap(),
+            4,
             "{url}"
         );
-        assert!(blocked.text().await.unwrap().contains("rate_limited"));
-        // The blocked attempt did not spend the code: after the window it enrolls.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            let status = enroll_raw(&http, &base, &codes[0]).await.status().as_u16();
-            if status == 200 {
-                break;
-            }
-            assert_eq!(status, 429, "{url}");
-            assert!(Instant::now() < deadline, "{url}: still blocked after 20 s");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_enrolled_again_keeps_its_id_and_its_unsynced_work_reaches_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "reenroll_e2e").await.unwrap() {
+        let server = TestServer::start(&url).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE, 2).await.unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let transport = ReqwestTransport::new(&server.url()).unwrap();
+        let mut store = DeviceStore::open(StoreConfig::new(sub.path().join("tablet.db"))).unwrap();
+        store.import_catalogue(&SampleData::catalogue()).unwrap();
+        let device = store.device_id();
+        let store = Arc::new(Mutex::new(store));
+        let credentials = enroll(&transport, &codes[0], device, "Tablet 2")
+            .await
+            .unwrap();
+        let tablet = SyncClient::new(
+            ReqwestTransport::new(&server.url()).unwrap(),
+            store.clone(),
+            credentials.token.clone(),
+            SyncConfig::default(),
+        )
+        .unwrap();
+        let mut sample = SampleData::new(3);
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            let app = store
+                .lock()
+                .unwrap()
+                .create_application("officer", sample.application(COMMUNE, None))
+                .unwrap();
+            ids.push(app.id);
         }
-        assert_eq!(server.storage.list_devices(None).await.unwrap().len(), 1);
+        tablet.sync(&|_| {}).await.unwrap();
+        // Work done offline, then the credential is revoked by mistake.
+        for _ in 0..4 {
+            let app = store
+                .lock()
+                .unwrap()
+                .create_application("officer", sample.application(COMMUNE, None))
+                .unwrap();
+            ids.push(app.id);
+        }
+        server.storage.revoke_device(device).await.unwrap();
+        assert!(matches!(
+            tablet.sync(&|_| {}).await,
+            Err(SyncError::Revoked)
+        ));
+        // A plain enrollment code cannot replace it (the id is taken) and spends nothing.
+        let refused = enroll(&transport, &codes[1], device, "Tablet 2").await;
+        assert!(
+            matches!(&refused, Err(SyncError::Rejected { status: 409, .. })),
+            "{url}: {refused:?}"
+        );
+        // The operator issues a re-enrollment code; the same store enrolls again.
+        let admin = reqwest::Client::new();
+        let issued: serde_json::Value = admin
+            .post(format!(
+                "{}/v1/admin/devices/{device}/reenroll-code",
+                server.url()
+            ))
+            .bearer_auth(&server.admin_token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let again = enroll(
+            &transport,
+            issued["code"].as_str().unwrap(),
+            device,
+            "Tablet 2",
+        )
+        .await
+        .unwrap();
+        assert_eq!(again.device_id, device);
+        assert_eq!(again.scope, credentials.scope);
+        assert_eq!(store.lock().unwrap().device_id(), device);
+        let tablet = SyncClient::new(
+            ReqwestTransport::new(&server.url()).unwrap(),
+            store.clone(),
+            again.token,
+            SyncConfig::default(),
+        )
+        .unwrap();
+        let report = tablet.sync(&|_| {}).await.unwrap();
+        assert_eq!(report.pushed_docs, 4, "{url}: the outbox flowed");
+        assert_eq!(report.pending_docs, 0);
+        for id in &ids {
+            assert!(
+                server
+                    .storage
+                    .doc_registration(*id)
+                    .await
+                    .unwrap()
+                    .is_some(),
+                "{url}: {id} never reached the server"
+            );
+        }
+        // One device, active again, under its own id.
+        let devices = server.storage.list_devices(None).await.unwrap();
+        assert_eq!(devices.len(), 1);
+        assert_eq!(devices[0].device.id, device);
+        assert!(!devices[0].device.revoked);
+        // The old credential stays dead.
+        let old = SyncClient::new(
+            ReqwestTransport::new(&server.url()).unwrap(),
+            store.clone(),
+            credentials.token,
+            SyncConfig::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            old.sync(&|_| {}).await,
+            Err(SyncError::Unauthorized)
+        ));
     }
 }
 

@@ -1,9 +1,12 @@
 //! Hostile input at the HTTP level, over real HTTP on 127.0.0.1, on SQLite and PostgreSQL:
 //! huge declared lengths, chunked floods, lying and bombing frames, oversized counts, wrong and
 //! missing content types, invalid UTF-8, deeply nested and overlong JSON, bad headers, replayed
-//! requests, and records that no tablet could have written. Each gets a clear 4xx (the protocol's
-//! JSON error where the server's own handlers answer), no panic, no state change, and the
-//! server keeps serving. `sync_e2e.rs` already covers garbage, truncated and corrupt bodies, a
+//! requests, and records that no tablet could have written. What is wrong with a whole request
+//! (credentials, content type, protocol version, a body that does not decode or is over a limit,
+//! a record named twice) gets a clear 4xx (the protocol's JSON error where the server's own
+//! handlers answer) and changes nothing; what is wrong with one pushed document is refused for
+//! that document alone (200, its position and reason in `refused`), a good document beside it is
+//! stored. No panic, and the server keeps serving. `sync_e2e.rs` already covers garbage, truncated and corrupt bodies, a
 //! 100 MiB bomb and a plain 9 MiB body; they are not repeated here.
 
 // Test code: a failed step should stop the test where it happened.
@@ -11,11 +14,13 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
+    CONTENT_TYPE, Limits, PREVIOUS_CONTENT_TYPE, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION,
+    PullRequest, PushDoc, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
     Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
@@ -132,9 +137,9 @@ fn varint(mut n: u64) -> Vec<u8> {
     }
 }
 
-/// An application as a hostile device could encode it, bypassing the store's validation.
-fn forged(commune: &str, edit: impl FnOnce(&mut Application)) -> PushDoc {
-    let device = DeviceId::new();
+/// An application as a hostile `device` could encode it, bypassing the store's validation (its
+/// own changes, naming itself as creator: only the record rules can refuse it).
+fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) -> PushDoc {
     let mut app = Application {
         id: RecordId::new(),
         commune_code: commune.into(),
@@ -172,31 +177,34 @@ fn forged(commune: &str, edit: impl FnOnce(&mut Application)) -> PushDoc {
 
 struct Setup {
     server: TestServer,
+    /// The enrolled device: the author of every change its store makes.
+    device: DeviceId,
     token: String,
     http: reqwest::Client,
+    /// A record of the device's store, valid and not pushed yet.
     good_doc: PushDoc,
+    /// The device's store and sample data, for more good records.
+    store: Mutex<(DeviceStore, SampleData)>,
 }
 
 async fn setup(url: &str, dir: &std::path::Path) -> Setup {
     let server = TestServer::start(url).await.unwrap();
     let codes = server.commune_with_codes(COMMUNE, 1).await.unwrap();
     let transport = ReqwestTransport::new(&server.url()).unwrap();
-    let token = enroll(&transport, &codes[0], DeviceId::new(), "hostile")
+    // The store's changes are the device's own: the server accepts only changes authored by
+    // the device that pushes them.
+    let mut store = DeviceStore::open(StoreConfig::new(dir.join("h.db"))).unwrap();
+    store.import_catalogue(&SampleData::catalogue()).unwrap();
+    let device = store.device_id();
+    let token = enroll(&transport, &codes[0], device, "hostile")
         .await
         .unwrap()
         .token;
-    let mut store = DeviceStore::open(StoreConfig::new(dir.join("h.db"))).unwrap();
-    store.import_catalogue(&SampleData::catalogue()).unwrap();
-    let app = store
-        .create_application("x", SampleData::new(21).application(COMMUNE, None))
-        .unwrap();
-    let good_doc = PushDoc {
-        id: Some(app.id),
-        kind: RecordKind::Application,
-        changes: store.changes_since(app.id, &[]).unwrap(),
-    };
+    let mut sample = SampleData::new(21);
+    let good_doc = new_doc(&mut store, &mut sample);
     Setup {
         server,
+        device,
         token,
         // A fresh connection per request: the server closes connections whose body it refused
         // unread, and a pooled one would race that close.
@@ -205,10 +213,126 @@ async fn setup(url: &str, dir: &std::path::Path) -> Setup {
             .build()
             .unwrap(),
         good_doc,
+        store: Mutex::new((store, sample)),
     }
 }
 
+/// A new valid application of `store`, as a push.
+fn new_doc(store: &mut DeviceStore, sample: &mut SampleData) -> PushDoc {
+    let app = store
+        .create_application("x", sample.application(COMMUNE, None))
+        .unwrap();
+    PushDoc {
+        id: Some(app.id),
+        kind: RecordKind::Application,
+        changes: store.changes_since(app.id, &[]).unwrap(),
+    }
+}
+
+/// The (position, code) of each refusal of a response.
+fn refusals(response: &SyncResponse) -> Vec<(u32, &str)> {
+    response
+        .refused
+        .iter()
+        .map(|r| (r.position, r.code.as_str()))
+        .collect()
+}
+
 impl Setup {
+    /// Another valid record of the device, not pushed yet.
+    fn fresh_doc(&self) -> PushDoc {
+        let mut guard = self.store.lock().unwrap();
+        let (store, sample) = &mut *guard;
+        new_doc(store, sample)
+    }
+
+    /// How many changes the server holds of `id`, `None` when it does not hold the record.
+    async fn stored_changes(&self, id: RecordId) -> Option<usize> {
+        let storage = &self.server.storage;
+        storage.doc_registration(id).await.unwrap()?;
+        Some(storage.doc_changes(id).await.unwrap().len())
+    }
+
+    /// Documents and changes the server holds, all communes together.
+    async fn totals(&self) -> (u64, u64) {
+        let stats = self.server.storage.stats().await.unwrap();
+        (
+            stats.iter().map(|s| s.documents).sum(),
+            stats.iter().map(|s| s.changes).sum(),
+        )
+    }
+
+    /// Pushes `bad` beside a good new record (`bad` first or second) as protocol 3, and checks
+    /// the verdicts: 200, `bad` refused with `code` at its position, nothing of it stored, and
+    /// the good record stored whole. Returns the refusal's message.
+    async fn refused_beside_a_good_one(
+        &self,
+        what: &str,
+        bad: PushDoc,
+        bad_first: bool,
+        code: &str,
+    ) -> String {
+        let (response, bad_position) = self.pushed_beside_a_good_one(what, bad, bad_first).await;
+        assert_eq!(
+            refusals(&response),
+            vec![(bad_position, code)],
+            "{what}: {:?}, missing their base: {:?}",
+            response.refused,
+            response.missing_deps
+        );
+        assert!(response.missing_deps.is_empty(), "{what}");
+        response.refused[0].message.clone()
+    }
+
+    /// Pushes `bad` beside a good new record (`bad` first or second) as protocol 3, checks that
+    /// the answer is 200, that nothing of `bad` is stored and that the good record is, whole;
+    /// returns the answer and the position of `bad`.
+    async fn pushed_beside_a_good_one(
+        &self,
+        what: &str,
+        bad: PushDoc,
+        bad_first: bool,
+    ) -> (SyncResponse, u32) {
+        let good = self.fresh_doc();
+        let good_id = good.id.unwrap();
+        let bad_before = match bad.id {
+            Some(id) => self.stored_changes(id).await,
+            None => None,
+        };
+        let (documents, changes) = self.totals().await;
+        let (push, bad_position) = if bad_first {
+            (vec![bad.clone(), good.clone()], 0)
+        } else {
+            (vec![good.clone(), bad.clone()], 1)
+        };
+        let (status, body) = self
+            .post_raw(
+                "/v1/sync",
+                Some(&self.token),
+                Some(CONTENT_TYPE),
+                sync_body(push),
+            )
+            .await;
+        assert_eq!(status, 200, "{what}: {}", String::from_utf8_lossy(&body));
+        let response =
+            SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &Limits::default()).unwrap();
+        if let Some(id) = bad.id {
+            assert_eq!(self.stored_changes(id).await, bad_before, "{what}: stored");
+        }
+        // One bad record never blocks another: the good one is stored, and nothing else.
+        assert_eq!(
+            self.stored_changes(good_id).await,
+            Some(good.changes.len()),
+            "{what}: the good record beside it"
+        );
+        assert_eq!(
+            self.totals().await,
+            (documents + 1, changes + good.changes.len() as u64),
+            "{what}"
+        );
+        (response, bad_position)
+    }
+
     async fn state(&self) -> String {
         let s = &self.server.storage;
         let devices: Vec<_> = s
@@ -237,13 +361,13 @@ impl Setup {
     }
 
     /// POSTs to `path` and returns the status and body.
-    async fn post(
+    async fn post_raw(
         &self,
         path: &str,
         token: Option<&str>,
         content_type: Option<&str>,
         body: Vec<u8>,
-    ) -> (u16, String) {
+    ) -> (u16, Vec<u8>) {
         let mut request = self
             .http
             .post(format!("{}{path}", self.server.url()))
@@ -256,7 +380,26 @@ impl Setup {
         }
         let response = request.send().await.unwrap();
         let status = response.status().as_u16();
-        (status, response.text().await.unwrap_or_default())
+        (
+            status,
+            response
+                .bytes()
+                .await
+                .map(|b| b.to_vec())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// POSTs to `path` and returns the status and body as text.
+    async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        content_type: Option<&str>,
+        body: Vec<u8>,
+    ) -> (u16, String) {
+        let (status, body) = self.post_raw(path, token, content_type, body).await;
+        (status, String::from_utf8_lossy(&body).into_owned())
     }
 }
 
@@ -271,6 +414,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
 
         // Messages inside valid frames.
         let mut unknown_kind = postcard_request_prefix(1);
+        unknown_kind.push(1); // Some(id)
         unknown_kind.push(16); // a UUID is 16 bytes, length first
         unknown_kind.extend_from_slice(RecordId::new().as_bytes());
         unknown_kind.push(7); // no such record kind
@@ -285,7 +429,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             .encode(&mut DocCodec::new().unwrap())
             .unwrap()
         };
-        let (v1, next) = (version(1), version(PROTOCOL_VERSION + 1));
+        let (v0, v1, next) = (version(0), version(1), version(PROTOCOL_VERSION + 1));
         let mut trailing = varint(u64::from(PROTOCOL_VERSION));
         trailing.extend(postcard_tail());
         trailing.extend_from_slice(b"and more");
@@ -301,6 +445,46 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             kind: RecordKind::Application,
             changes: vec![not_a_change(); limits.max_changes_per_doc + 1],
         };
+        // A few KB that declare millions (the 11 million empty documents in 1 KB) and
+        // hold far more than the limit: counts are checked as elements are read, so the decoder
+        // stops at the first one past the limit whatever the body claims or holds. (A declared
+        // length the body cannot hold is malformed: "a list longer than memory" above.)
+        let mut millions_of_docs = postcard_request_prefix(11_000_000);
+        for _ in 0..1_000_000 {
+            millions_of_docs.extend([0, 0, 0]); // no id, an application, no changes
+        }
+        let mut millions_of_changes = postcard_request_prefix(1);
+        millions_of_changes.extend([0, 0]); // no id, an application
+        millions_of_changes.extend(varint(5_000_000));
+        for _ in 0..limits.max_changes_per_doc * 2 {
+            millions_of_changes.extend(varint(8));
+            millions_of_changes.extend([0u8; 8]);
+        }
+        // Every document within its own limit, the request over the total: counted as read.
+        let per_doc = limits.max_changes_per_doc as u64;
+        let docs = (limits.max_changes as u64).div_ceil(per_doc) + 1;
+        let mut changes_past_the_total = postcard_request_prefix(docs);
+        for _ in 0..docs {
+            changes_past_the_total.extend([0, 0]);
+            changes_past_the_total.extend(varint(per_doc));
+            for _ in 0..per_doc {
+                changes_past_the_total.extend(varint(8));
+                changes_past_the_total.extend([0u8; 8]);
+            }
+        }
+        changes_past_the_total.extend([0, 0, 0]); // pull, catalogue_version, pending_docs
+        let (millions_of_docs, millions_of_changes, changes_past_the_total) = (
+            frame(&millions_of_docs),
+            frame(&millions_of_changes),
+            frame(&changes_past_the_total),
+        );
+        for small in [
+            &millions_of_docs,
+            &millions_of_changes,
+            &changes_past_the_total,
+        ] {
+            assert!(small.len() < 8 * 1024, "{} bytes", small.len());
+        }
         // A frame that declares more than the decoded limit, and one that lies about its size.
         let mut lying = frame(&[0u8; 64]);
         let declared_too_much = {
@@ -310,93 +494,144 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
         // Claim 200 bytes in the frame's content size field.
         let fcs = content_size_offset(&lying);
         lying[fcs] = 200;
-        // Changes travel without their checksum (the server recomputes it): a damaged change
-        // is one Automerge cannot parse, here an unknown chunk type.
-        let mut bad_change = s.good_doc.changes[0].clone();
-        bad_change[8] = 0x7f;
-        let empty_record = PushDoc {
-            id: Some(RecordId::new()),
-            kind: RecordKind::Application,
-            changes: Vec::new(),
-        };
-        let swapped_id = PushDoc {
-            id: Some(RecordId::new()),
-            ..s.good_doc.clone()
-        };
-        let as_request = PushDoc {
-            kind: RecordKind::CitizenRequest,
-            ..s.good_doc.clone()
-        };
+        // One record named twice in a push: refused whole, before any document is looked at.
+        let twice = s.fresh_doc();
+        let repeated_id = sync_body(vec![twice.clone(), s.fresh_doc(), twice.clone()]);
+        // A body of one protocol sent as the other's content type.
+        let v2_body = SyncRequest {
+            protocol: PREVIOUS_PROTOCOL_VERSION,
+            ..request(vec![s.fresh_doc()])
+        }
+        .encode(&mut DocCodec::new().unwrap())
+        .unwrap();
 
-        let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        // Refusals of the whole request: nothing in it is looked at or stored.
+        let cases: Vec<(&str, Vec<u8>, &str, u16, &str)> = vec![
             (
                 "unknown record kind",
                 frame(&unknown_kind),
+                CONTENT_TYPE,
                 400,
                 "malformed",
             ),
             (
                 "a list longer than memory",
                 frame(&endless_vec),
+                CONTENT_TYPE,
                 400,
                 "malformed",
             ),
-            ("protocol version 1 (an old tablet)", v1, 400, "malformed"),
-            ("a newer protocol version", next, 400, "malformed"),
-            ("trailing bytes", frame(&trailing), 400, "malformed"),
-            ("empty body", Vec::new(), 400, "malformed"),
+            (
+                "protocol version 0",
+                v0,
+                CONTENT_TYPE,
+                426,
+                "upgrade_required",
+            ),
+            (
+                "protocol version 1 (an old tablet)",
+                v1.clone(),
+                CONTENT_TYPE,
+                426,
+                "upgrade_required",
+            ),
+            (
+                "protocol version 1 as protocol 2's content type",
+                v1,
+                PREVIOUS_CONTENT_TYPE,
+                426,
+                "upgrade_required",
+            ),
+            (
+                "a newer protocol version",
+                next,
+                CONTENT_TYPE,
+                400,
+                "malformed",
+            ),
+            (
+                "a protocol 2 body as protocol 3's content type",
+                v2_body,
+                CONTENT_TYPE,
+                400,
+                "malformed",
+            ),
+            (
+                "a protocol 3 body as protocol 2's content type",
+                sync_body(vec![s.fresh_doc()]),
+                PREVIOUS_CONTENT_TYPE,
+                400,
+                "malformed",
+            ),
+            (
+                "trailing bytes",
+                frame(&trailing),
+                CONTENT_TYPE,
+                400,
+                "malformed",
+            ),
+            ("empty body", Vec::new(), CONTENT_TYPE, 400, "malformed"),
             (
                 "frame over the decoded limit",
                 declared_too_much,
+                CONTENT_TYPE,
                 413,
                 "too_large",
             ),
-            ("frame lying about its size", lying, 400, "malformed"),
+            (
+                "frame lying about its size",
+                lying,
+                CONTENT_TYPE,
+                400,
+                "malformed",
+            ),
             (
                 "more documents than allowed",
                 sync_body(many_docs),
+                CONTENT_TYPE,
                 413,
                 "too_large",
             ),
             (
                 "more changes than allowed",
                 sync_body(vec![many_changes]),
+                CONTENT_TYPE,
                 413,
                 "too_large",
             ),
             (
-                "a change that does not parse",
-                sync_body(vec![PushDoc {
-                    changes: vec![bad_change],
-                    ..s.good_doc.clone()
-                }]),
-                400,
-                "malformed",
+                "a few KB declaring 11 million documents",
+                millions_of_docs,
+                CONTENT_TYPE,
+                413,
+                "too_large",
             ),
             (
-                "an application pushed as a citizen request",
-                sync_body(vec![as_request]),
-                400,
-                "malformed",
+                "a few KB declaring 5 million changes of one document",
+                millions_of_changes,
+                CONTENT_TYPE,
+                413,
+                "too_large",
             ),
             (
-                "a good record with a bad one in the same batch",
-                sync_body(vec![
-                    s.good_doc.clone(),
-                    PushDoc {
-                        id: Some(RecordId::new()),
-                        kind: RecordKind::Application,
-                        changes: vec![not_a_change()],
-                    },
-                ]),
+                "more changes in one request than allowed, each document within its limit",
+                changes_past_the_total,
+                CONTENT_TYPE,
+                413,
+                "too_large",
+            ),
+            (
+                "a record id repeated in one push",
+                repeated_id,
+                CONTENT_TYPE,
                 400,
                 "malformed",
             ),
         ];
         let mut tried = 0;
-        for (name, body, status, code) in cases {
+        for (name, body, content_type, status, code) in cases {
             let (got, text) = s
-                .post("/v1/sync", Some(&s.token), Some(CONTENT_TYPE), body)
+                .post("/v1/sync", Some(&s.token), Some(content_type), body)
                 .await;
             assert_eq!(got, status, "{url}: {name}: {text}");
             assert!(
@@ -405,66 +640,199 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             );
             tried += 1;
         }
+        assert_eq!(
+            s.state().await,
+            before,
+            "{url}: a refused request changed state"
+        );
+        assert_eq!(s.stored_changes(twice.id.unwrap()).await, None, "{url}");
 
-        // A new record without any change, and a record whose changes belong to another id:
-        // refused, or answered without acknowledging them (the server reports them as missing
-        // their history); never stored (checked below).
-        for (name, doc) in [
-            ("a new record without changes", empty_record),
-            ("changes of another record id", swapped_id),
-        ] {
-            let id = doc.id.unwrap();
-            let response = s
-                .http
-                .post(format!("{}/v1/sync", s.server.url()))
-                .bearer_auth(&s.token)
-                .header("content-type", CONTENT_TYPE)
-                .body(sync_body(vec![doc]))
-                .send()
-                .await
-                .unwrap();
-            let status = response.status().as_u16();
-            let body = response.bytes().await.unwrap();
-            if status == 200 {
-                let decoded =
-                    SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &limits).unwrap();
-                // Every pushed document not listed as lacking its base is acknowledged.
-                assert_eq!(decoded.missing_deps, vec![0], "{url}: {name} acknowledged");
-            } else {
-                assert!((400..500).contains(&status), "{url}: {name}: {status}");
-            }
-            assert!(
-                s.server
-                    .storage
-                    .doc_registration(id)
-                    .await
-                    .unwrap()
-                    .is_none(),
-                "{url}: {name} stored"
-            );
+        // Refusals of one document: answered in the response (200), the document is not
+        // stored, and a good record beside it is.
+        // Changes travel without their checksum (the server recomputes it): a damaged change
+        // is one Automerge cannot parse, here an unknown chunk type.
+        let mut bad_change = s.good_doc.changes[0].clone();
+        bad_change[8] = 0x7f;
+        let per_document: Vec<(&str, PushDoc, &str)> = vec![
+            (
+                "a change that does not parse",
+                PushDoc {
+                    changes: vec![bad_change],
+                    ..s.good_doc.clone()
+                },
+                "malformed",
+            ),
+            (
+                "junk as a change",
+                PushDoc {
+                    id: Some(RecordId::new()),
+                    kind: RecordKind::Application,
+                    changes: vec![not_a_change()],
+                },
+                "malformed",
+            ),
+            (
+                "junk as a whole new record (no id)",
+                PushDoc {
+                    id: None,
+                    kind: RecordKind::Application,
+                    changes: vec![not_a_change()],
+                },
+                "malformed",
+            ),
+            (
+                "an application pushed as a citizen request",
+                PushDoc {
+                    kind: RecordKind::CitizenRequest,
+                    ..s.good_doc.clone()
+                },
+                "malformed",
+            ),
+        ];
+        for (i, (name, doc, code)) in per_document.into_iter().enumerate() {
+            s.refused_beside_a_good_one(&format!("{url}: {name}"), doc, i % 2 == 0, code)
+                .await;
             tried += 1;
         }
+        // One record twice, once sent whole without its id (the server reads the id from the
+        // record): the first is stored, the second refused as a duplicate.
+        let whole = s.fresh_doc();
+        let (status, body) = s
+            .post_raw(
+                "/v1/sync",
+                Some(&s.token),
+                Some(CONTENT_TYPE),
+                sync_body(vec![
+                    PushDoc {
+                        id: None,
+                        ..whole.clone()
+                    },
+                    whole.clone(),
+                ]),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}");
+        let response = SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &limits).unwrap();
+        assert_eq!(refusals(&response), vec![(1, "duplicate")], "{url}");
+        assert_eq!(
+            s.stored_changes(whole.id.unwrap()).await,
+            Some(whole.changes.len()),
+            "{url}"
+        );
+        tried += 1;
+        // Changes of one record sent under another id: never stored, never acknowledged, and
+        // refused as malformed (the history is all there: asking for it again would loop).
+        let (response, position) = s
+            .pushed_beside_a_good_one(
+                &format!("{url}: changes of another record id"),
+                PushDoc {
+                    id: Some(RecordId::new()),
+                    ..s.good_doc.clone()
+                },
+                true,
+            )
+            .await;
+        assert_eq!(
+            refusals(&response),
+            vec![(position, "malformed")],
+            "{url}: changes of another record id: {:?}",
+            response.missing_deps
+        );
+        tried += 1;
+        // The good record itself beside a bad one: the good one is stored...
+        let (status, body) = s
+            .post_raw(
+                "/v1/sync",
+                Some(&s.token),
+                Some(CONTENT_TYPE),
+                sync_body(vec![
+                    s.good_doc.clone(),
+                    PushDoc {
+                        id: Some(RecordId::new()),
+                        kind: RecordKind::Application,
+                        changes: vec![not_a_change()],
+                    },
+                ]),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}");
+        let response = SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &limits).unwrap();
+        assert_eq!(refusals(&response), vec![(1, "malformed")], "{url}");
+        let good_id = s.good_doc.id.unwrap();
+        assert_eq!(
+            s.stored_changes(good_id).await,
+            Some(s.good_doc.changes.len()),
+            "{url}"
+        );
+        tried += 1;
+        // ...and, now that the server holds it as an application, pushing it as a citizen
+        // request is a record not this device's to write (one answer, whatever the reason).
+        let message = s
+            .refused_beside_a_good_one(
+                &format!("{url}: a stored application pushed as a citizen request"),
+                PushDoc {
+                    kind: RecordKind::CitizenRequest,
+                    ..s.good_doc.clone()
+                },
+                true,
+                "not_yours",
+            )
+            .await;
+        assert!(!message.contains("application"), "{url}: {message}");
+        tried += 1;
 
-        // Content types: only the exact one.
-        for content_type in [
-            None,
-            Some("application/octet-stream"),
-            Some("application/x-communesync-v2; charset=utf-8"),
-            Some("APPLICATION/X-COMMUNESYNC-V2"),
-            // A tablet still speaking protocol version 1.
-            Some("application/x-communesync-v1"),
-            Some("application/json"),
+        let before = s.state().await;
+
+        // Content types: only the exact ones; older protocols' must upgrade.
+        for (content_type, status, code) in [
+            (None, 415, "unsupported_media_type"),
+            (
+                Some("application/octet-stream"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                Some("application/x-communesync-v3; charset=utf-8"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                Some("APPLICATION/X-COMMUNESYNC-V3"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                Some("application/x-communesync-v2; charset=utf-8"),
+                415,
+                "unsupported_media_type",
+            ),
+            (
+                Some("application/x-communesync-v4"),
+                415,
+                "unsupported_media_type",
+            ),
+            // A tablet still speaking protocol version 1, or the unversioned one before it.
+            (
+                Some("application/x-communesync-v1"),
+                426,
+                "upgrade_required",
+            ),
+            (Some("application/x-communesync"), 426, "upgrade_required"),
+            (Some("application/json"), 415, "unsupported_media_type"),
         ] {
             let (got, text) = s
                 .post(
                     "/v1/sync",
                     Some(&s.token),
                     content_type,
-                    sync_body(vec![s.good_doc.clone()]),
+                    sync_body(vec![s.fresh_doc()]),
                 )
                 .await;
-            assert_eq!(got, 415, "{url}: {content_type:?}: {text}");
-            assert!(text.contains("unsupported_media_type"));
+            assert_eq!(got, status, "{url}: {content_type:?}: {text}");
+            assert!(
+                text.contains(&format!("\"error\":\"{code}\"")),
+                "{url}: {content_type:?}: {text}"
+            );
             tried += 1;
         }
 
@@ -482,7 +850,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
                 .post(format!("{}/v1/sync", s.server.url()))
                 .header("authorization", header.as_bytes())
                 .header("content-type", CONTENT_TYPE)
-                .body(sync_body(Vec::new()))
+                .body(sync_body(vec![s.fresh_doc()]))
                 .send()
                 .await;
             // A header value reqwest itself refuses (a NUL byte) never reaches the server.
@@ -498,6 +866,188 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             "{url}: a refused request changed state"
         );
         eprintln!("{url}: {tried} hostile sync requests refused");
+    }
+}
+
+/// A new record pushed without any change: nothing to store, so it must not be acknowledged
+/// either: a tablet told it is stored would stop sending a record the province never got. It
+/// is refused as malformed (it was acknowledged in the first cut of protocol 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_record_without_changes_is_not_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "empty_record").await.unwrap() {
+        let sub = tempfile::tempdir().unwrap();
+        let s = setup(&url, sub.path()).await;
+        let empty_record = PushDoc {
+            id: Some(RecordId::new()),
+            kind: RecordKind::Application,
+            changes: Vec::new(),
+        };
+        let (response, position) = s
+            .pushed_beside_a_good_one(
+                &format!("{url}: a new record without changes"),
+                empty_record.clone(),
+                false,
+            )
+            .await;
+        assert_eq!(
+            refusals(&response),
+            vec![(position, "malformed")],
+            "{url}: a new record without changes: {:?}",
+            response.missing_deps
+        );
+        assert_eq!(
+            s.stored_changes(empty_record.id.unwrap()).await,
+            None,
+            "{url}"
+        );
+    }
+}
+
+/// Protocol 2 is accepted for an overlap period: a tablet not upgraded yet pushes and pulls in
+/// its own layout (no per-document verdicts), and a refused document refuses its whole request
+/// as protocol 2 always did (403 for a record not its own, 400 otherwise), storing nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_2_tablet_still_syncs_and_a_refusal_refuses_its_whole_request() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "protocol_2").await.unwrap() {
+        let sub = tempfile::tempdir().unwrap();
+        let s = setup(&url, sub.path()).await;
+        let limits = Limits::default();
+        let v2 = |push: Vec<PushDoc>| {
+            SyncRequest {
+                protocol: PREVIOUS_PROTOCOL_VERSION,
+                ..request(push)
+            }
+            .encode(&mut DocCodec::new().unwrap())
+            .unwrap()
+        };
+        let sync_v2 = |token: String, body: Vec<u8>| {
+            s.http
+                .post(format!("{}/v1/sync", s.server.url()))
+                .bearer_auth(token)
+                .header("content-type", PREVIOUS_CONTENT_TYPE)
+                .body(body)
+                .send()
+        };
+
+        // An old tablet pushes a good record and reads the answer in protocol 2's layout.
+        let good = s.good_doc.clone();
+        let response = sync_v2(s.token.clone(), v2(vec![good.clone()]))
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        assert_eq!(
+            response.headers()["content-type"],
+            PREVIOUS_CONTENT_TYPE,
+            "{url}"
+        );
+        let body = response.bytes().await.unwrap();
+        let answer = SyncResponse::decode_v2(&mut DocCodec::new().unwrap(), &body, &limits)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(answer.protocol, PREVIOUS_PROTOCOL_VERSION, "{url}");
+        assert!(answer.missing_deps.is_empty(), "{url}: not acknowledged");
+        // Not protocol 3's layout: an old tablet is never sent what it cannot read.
+        assert!(
+            SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &limits).is_err(),
+            "{url}"
+        );
+        assert_eq!(
+            s.stored_changes(good.id.unwrap()).await,
+            Some(good.changes.len()),
+            "{url}"
+        );
+
+        // Another old tablet of the commune pulls it.
+        let codes = s.server.commune_with_codes(COMMUNE, 1).await.unwrap();
+        let transport = ReqwestTransport::new(&s.server.url()).unwrap();
+        let colleague = enroll(&transport, &codes[0], DeviceId::new(), "old")
+            .await
+            .unwrap()
+            .token;
+        let response = sync_v2(colleague, v2(Vec::new())).await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        let pulled = SyncResponse::decode_v2(
+            &mut DocCodec::new().unwrap(),
+            &response.bytes().await.unwrap(),
+            &limits,
+        )
+        .unwrap();
+        let feed: Vec<(RecordKind, &Vec<Vec<u8>>)> =
+            pulled.feed.iter().map(|d| (d.kind, &d.changes)).collect();
+        assert_eq!(
+            feed,
+            vec![(RecordKind::Application, &good.changes)],
+            "{url}"
+        );
+
+        // A refused document refuses the whole request: the good record beside it is not
+        // stored either.
+        let before = s.state().await;
+        let cases: Vec<(&str, PushDoc, u16, &str)> = vec![
+            (
+                "a change that does not parse",
+                PushDoc {
+                    id: Some(RecordId::new()),
+                    kind: RecordKind::Application,
+                    changes: vec![not_a_change()],
+                },
+                400,
+                "malformed",
+            ),
+            (
+                "a record made by another device",
+                forged(DeviceId::new(), COMMUNE, |_| {}),
+                400,
+                "malformed",
+            ),
+            (
+                "a record breaking a field rule",
+                forged(s.device, COMMUNE, |a| a.applicant.name.clear()),
+                400,
+                "malformed",
+            ),
+            (
+                "a record of another commune",
+                forged(s.device, "DB-NATAU", |_| {}),
+                403,
+                "forbidden",
+            ),
+            (
+                "a stored application pushed as a citizen request",
+                PushDoc {
+                    kind: RecordKind::CitizenRequest,
+                    ..good.clone()
+                },
+                403,
+                "forbidden",
+            ),
+        ];
+        for (name, bad, status, code) in cases {
+            let beside = s.fresh_doc();
+            let response = sync_v2(s.token.clone(), v2(vec![beside.clone(), bad.clone()]))
+                .await
+                .unwrap();
+            assert_eq!(response.status().as_u16(), status, "{url}: {name}");
+            let text = response.text().await.unwrap();
+            assert!(
+                text.contains(&format!("\"error\":\"{code}\"")),
+                "{url}: {name}: {text}"
+            );
+            assert_eq!(
+                s.stored_changes(beside.id.unwrap()).await,
+                None,
+                "{url}: {name}"
+            );
+            if bad.id != good.id {
+                assert_eq!(
+                    s.stored_changes(bad.id.unwrap()).await,
+                    None,
+                    "{url}: {name}"
+                );
+            }
+        }
+        assert_eq!(s.state().await, before, "{url}: a refused request stored");
     }
 }
 
@@ -948,6 +1498,7 @@ async fn replayed_requests_change_nothing_more() {
             )
             .unwrap();
             assert!(decoded.missing_deps.is_empty(), "{url}: not acknowledged");
+            assert!(decoded.refused.is_empty(), "{url}: {:?}", decoded.refused);
             ok += 1;
         }
         assert_eq!(s.state().await, stored, "{url}: a replay stored something");
@@ -1032,119 +1583,112 @@ async fn replayed_requests_change_nothing_more() {
 /// but not the field rules the device store enforces (`validate_application`: lengths, control
 /// characters, identity number and phone formats, required names). An enrolled device that
 /// encodes records itself stores a 4 MB name, terminal escapes or an empty name, and every
-/// tablet of the commune pulls them. Fix: expose the store's validation from core and run it in
-/// the server's push validation (for existing records, with the notes length relaxed: notes are
-/// text that merges, so two valid concurrent edits can exceed a per-edit cap, and refusing the
-/// merge would wedge the batch). Now `validate_record` runs in the push validation.
+/// tablet of the commune pulls them. Fixed: the server checks every pushed change against the
+/// same record rules as the device store (`integrity::rules`). Each such record is refused on
+/// its own, with its reason, and a good record of the same request is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_no_tablet_could_write_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     for url in test_databases(dir.path(), "forged").await.unwrap() {
         let sub = tempfile::tempdir().unwrap();
         let s = setup(&url, sub.path()).await;
-        let before = s.state().await;
-        let cases: Vec<(&str, PushDoc)> = vec![
+        // Crafted by the enrolled device itself: attributed, so only the rules can refuse them.
+        let device = s.device;
+        let cases: Vec<(&str, PushDoc, &str)> = vec![
             (
                 "a 4 MB applicant name",
-                forged(COMMUNE, |a| a.applicant.name = "Hương ".repeat(700_000)),
+                forged(device, COMMUNE, |a| {
+                    a.applicant.name = "Hương ".repeat(700_000)
+                }),
+                "too_large",
             ),
             (
                 "control characters in the name",
-                forged(COMMUNE, |a| a.applicant.name = "Lò\u{0}\u{1b}[2J".into()),
+                forged(device, COMMUNE, |a| {
+                    a.applicant.name = "Lò\u{0}\u{1b}[2J".into()
+                }),
+                "invalid_field",
             ),
             (
                 "an identity number of letters",
-                forged(COMMUNE, |a| a.applicant.id_number = "ABCDEFGHIJKL".into()),
+                forged(device, COMMUNE, |a| {
+                    a.applicant.id_number = "ABCDEFGHIJKL".into()
+                }),
+                "invalid_field",
             ),
             (
                 "an empty name",
-                forged(COMMUNE, |a| a.applicant.name.clear()),
+                forged(device, COMMUNE, |a| a.applicant.name.clear()),
+                "invalid_field",
             ),
-            ("an empty commune", forged("", |_| {})),
+            (
+                "an empty commune",
+                forged(device, "", |_| {}),
+                "invalid_field",
+            ),
         ];
-        let mut refused = Vec::new();
-        for (name, doc) in cases {
-            let (status, text) = s
-                .post(
-                    "/v1/sync",
-                    Some(&s.token),
-                    Some(CONTENT_TYPE),
-                    sync_body(vec![doc]),
-                )
+        for (i, (name, doc, code)) in cases.into_iter().enumerate() {
+            s.refused_beside_a_good_one(&format!("{url}: {name}"), doc, i % 2 == 1, code)
                 .await;
-            if status == 200 {
-                refused.push(name);
-            } else {
-                assert!(
-                    (400..500).contains(&status),
-                    "{url}: {name}: {status} {text:.200}"
-                );
-            }
         }
-        assert!(
-            refused.is_empty(),
-            "{url}: the server stored records that fail the store's validation: {refused:?}"
+        // The same crafting without a broken rule is stored: the refusals above are the rules'.
+        let valid = forged(device, COMMUNE, |_| {});
+        let (status, body) = s
+            .post_raw(
+                "/v1/sync",
+                Some(&s.token),
+                Some(CONTENT_TYPE),
+                sync_body(vec![valid.clone()]),
+            )
+            .await;
+        assert_eq!(status, 200, "{url}");
+        let response =
+            SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &Limits::default()).unwrap();
+        assert_eq!(refusals(&response), vec![], "{url}");
+        assert_eq!(
+            s.stored_changes(valid.id.unwrap()).await,
+            Some(valid.changes.len()),
+            "{url}"
         );
-        assert_eq!(s.state().await, before);
     }
 }
 
 /// A change Automerge 0.12 panicked on (an operation naming an actor past the change's actor
 /// table; found by the `changes` fuzz target, see `core/tests/fuzz_regressions.rs`), pushed on
-/// top of a record the server holds: a 400 like any other bad change, not a 500.
+/// top of a record the server holds: refused as malformed like any other bad change (not a 500),
+/// for its document only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
     let dir = tempfile::tempdir().unwrap();
     for url in test_databases(dir.path(), "panic_change").await.unwrap() {
         let sub = tempfile::tempdir().unwrap();
         let s = setup(&url, sub.path()).await;
-        // The fuzz target's base application, stored on the server.
+        // The fuzz target's base application, made by `device`.
         let id = RecordId(uuid::Uuid::from_bytes([7; 16]));
-        let base = Application {
-            id,
-            commune_code: COMMUNE.into(),
-            procedure_code: "1.001193".into(),
-            applicant: Applicant {
-                name: "Lò Thị Hương".into(),
-                village: "Bản Phăng".into(),
-                ..Applicant::default()
-            },
-            received_at: 1_750_000_000_000,
-            due_at: "2025-06-17".parse().unwrap(),
-            documents: Vec::new(),
-            fees: Vec::new(),
-            status: Status::Received,
-            assignee: None,
-            notes: "Đã nhận hồ sơ.".into(),
-            created_by: Author {
-                device: uuid::Uuid::from_bytes([1; 16]),
-                officer: "lan".into(),
-            },
+        let base = |device: DeviceId| {
+            let app = Application {
+                id,
+                commune_code: COMMUNE.into(),
+                procedure_code: "1.001193".into(),
+                applicant: Applicant {
+                    name: "Lò Thị Hương".into(),
+                    village: "Bản Phăng".into(),
+                    ..Applicant::default()
+                },
+                received_at: 1_750_000_000_000,
+                due_at: "2025-06-17".parse().unwrap(),
+                documents: Vec::new(),
+                fees: Vec::new(),
+                status: Status::Received,
+                assignee: None,
+                notes: "Đã nhận hồ sơ.".into(),
+                created_by: Author {
+                    device: device.0,
+                    officer: "lan".into(),
+                },
+            };
+            RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };
-        let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
-        let mut doc = RecordDoc::create(&Record::Application(base), device, "lan", 0).unwrap();
-        let creation: Vec<Vec<u8>> = doc
-            .changes_since(&[])
-            .into_iter()
-            .map(|c| c.raw_bytes().to_vec())
-            .collect();
-        let push = |changes: Vec<Vec<u8>>| {
-            sync_body(vec![PushDoc {
-                id: Some(id),
-                kind: RecordKind::Application,
-                changes,
-            }])
-        };
-        let (status, _) = s
-            .post(
-                "/v1/sync",
-                Some(&s.token),
-                Some(CONTENT_TYPE),
-                push(creation),
-            )
-            .await;
-        assert_eq!(status, 200, "{url}");
-        let before = s.state().await;
         let hex = concat!(
             "856f4a8369d4573e01df0101880ccbdb7f164e5007f0f6275fa2ea1cb510a4ace51c32a04bf7ae4df375",
             "54c310010101010101010101010101010101010222052e7b226f223a226d696e68222c2266223a5b2261",
@@ -1153,26 +1697,63 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
             "676e6565000d020d0f017eb6014603167f3602167f360616696e5f70726f67726573736d696e027e2103",
             "0b017e06737461747573086e672e02010d0002020d0000",
         );
-        let change: Vec<u8> = (0..hex.len())
+        let mut change: Vec<u8> = (0..hex.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect();
-        let (status, text) = s
-            .post(
+        // The fuzz input is the second change of actor [1; 16] on the base it made. Only the
+        // pushing device may author what it pushes: the same change, by the enrolled device, on
+        // the base that device made (its dependency and its actor rewritten in place; the
+        // checksum is the receiver's to recompute).
+        const DEP: std::ops::Range<usize> = 12..44;
+        const ACTOR: std::ops::Range<usize> = 45..61;
+        let fuzz_device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
+        assert_eq!(change[DEP], base(fuzz_device).heads()[0].0);
+        assert_eq!(change[ACTOR], *fuzz_device.0.as_bytes());
+        let mut doc = base(s.device);
+        change[DEP].copy_from_slice(&doc.heads()[0].0);
+        change[ACTOR].copy_from_slice(s.device.0.as_bytes());
+        let creation: Vec<Vec<u8>> = doc
+            .changes_since(&[])
+            .into_iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect();
+        let (status, body) = s
+            .post_raw(
                 "/v1/sync",
                 Some(&s.token),
                 Some(CONTENT_TYPE),
-                push(vec![change]),
+                sync_body(vec![PushDoc {
+                    id: Some(id),
+                    kind: RecordKind::Application,
+                    changes: creation.clone(),
+                }]),
             )
             .await;
-        assert_eq!(status, 400, "{url}: {text}");
-        assert!(text.contains("\"error\":\"malformed\""), "{url}: {text}");
+        assert_eq!(status, 200, "{url}");
+        let response =
+            SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &Limits::default()).unwrap();
+        assert_eq!(refusals(&response), vec![], "{url}");
+        assert_eq!(s.stored_changes(id).await, Some(creation.len()), "{url}");
+        let message = s
+            .refused_beside_a_good_one(
+                &format!("{url}: the change Automerge panicked on"),
+                PushDoc {
+                    id: Some(id),
+                    kind: RecordKind::Application,
+                    changes: vec![change],
+                },
+                true,
+                "malformed",
+            )
+            .await;
+        // Refused where Automerge applies it (it passed the history checks before that).
+        assert!(message.contains("cannot be applied"), "{url}: {message}");
         s.healthy().await;
-        assert_eq!(s.state().await, before, "{url}");
 
         // A change Automerge panics on while decoding it (operation counters past u32), sent
-        // as a new record's whole history: 400 as well (was 500). The fuzz input: flags, record
-        // id, then (u16 little-endian length, change) pairs.
+        // as a new record's whole history: refused as malformed as well (was 500). The fuzz
+        // input: flags, record id, then (u16 little-endian length, change) pairs.
         let input = include_bytes!("../fuzz/seeds/changes/crash-operation-counter-overflow");
         let mut rest = &input[17..];
         let mut changes = Vec::new();
@@ -1181,17 +1762,17 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
             changes.push(rest[2..2 + len].to_vec());
             rest = &rest[2 + len..];
         }
-        let body = sync_body(vec![PushDoc {
-            id: None,
-            kind: RecordKind::Application,
-            changes,
-        }]);
-        let (status, text) = s
-            .post("/v1/sync", Some(&s.token), Some(CONTENT_TYPE), body)
-            .await;
-        assert_eq!(status, 400, "{url}: {text}");
-        assert!(text.contains("\"error\":\"malformed\""), "{url}: {text}");
+        s.refused_beside_a_good_one(
+            &format!("{url}: operation counters past u32"),
+            PushDoc {
+                id: None,
+                kind: RecordKind::Application,
+                changes,
+            },
+            false,
+            "malformed",
+        )
+        .await;
         s.healthy().await;
-        assert_eq!(s.state().await, before, "{url}");
     }
 }

@@ -43,11 +43,12 @@ pub fn check_pushed(
 ) -> Verdict {
     let malformed =
         |message: String| Verdict::Refused(Refusal::new(RefusalCode::Malformed, message));
+    if stored.is_empty() && pushed.is_empty() {
+        return malformed("a new record without any change".to_owned());
+    }
     let mut index = HistoryIndex::new();
     for change in &stored {
-        if let Err(refusal) = index.add_stored(&ChangeMeta::of(change)) {
-            return Verdict::Refused(refusal);
-        }
+        index.add_stored(&ChangeMeta::of(change));
     }
     let metas: Vec<ChangeMeta> = pushed.iter().map(ChangeMeta::of).collect();
     let Some(order) = causal_order(&metas) else {
@@ -87,16 +88,16 @@ pub fn check_pushed(
             },
         ),
     };
+    // The index found every dependency: whatever Automerge refuses now is malformed (changes of
+    // another record, an inconsistent change...).
     let record = match applied {
         Ok(record) => record,
-        Err(crate::Error::InvalidInput { field, .. }) if field == "changes" => {
-            return Verdict::MissingDeps;
-        }
         Err(e) => return malformed(e.to_string()),
     };
-    let Some(doc) = doc else {
+    let Some(mut doc) = doc else {
         return malformed("no document".to_owned());
     };
+    let final_heads = doc.heads();
     if let Some(id) = id
         && record.id() != id
     {
@@ -119,9 +120,15 @@ pub fn check_pushed(
                 Err(e) => return malformed(format!("the record before a change: {e}")),
             }
         };
-        let after = match doc.record_at(&[meta.hash]) {
-            Ok(record) => record,
-            Err(e) => return malformed(format!("the record after a change: {e}")),
+        // The record after the change: the document as it now reads when the change is its
+        // only head (one new record, or the last of a chain), else read at that change.
+        let after = if final_heads.as_slice() == [meta.hash] {
+            record.clone()
+        } else {
+            match doc.record_at(&[meta.hash]) {
+                Ok(record) => record,
+                Err(e) => return malformed(format!("the record after a change: {e}")),
+            }
         };
         let checked = match &before {
             None => check_creation(&after, ctx),

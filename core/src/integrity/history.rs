@@ -110,16 +110,23 @@ impl HistoryIndex {
         self.nodes.is_empty()
     }
 
-    /// Indexes a change accepted before (a stored one), given after its dependencies, checking
-    /// only what indexing needs. A stored history this does not accept is damaged.
-    pub fn add_stored(&mut self, meta: &ChangeMeta) -> Result<(), Refusal> {
-        match self.index(meta)? {
-            Admission::MissingDeps => Err(Refusal::new(
-                RefusalCode::Malformed,
-                "a stored change depends on a change that is not stored",
-            )),
-            Admission::Added | Admission::Known => Ok(()),
+    /// Indexes a change accepted before (a stored one), given after its dependencies. Nothing is
+    /// checked: a history stored before a rule existed must not make the record uneditable; its
+    /// changes only set the clocks new changes are checked against.
+    pub fn add_stored(&mut self, meta: &ChangeMeta) {
+        if self.contains(&meta.hash) {
+            return;
         }
+        let author = match self.author_index(&meta.actor) {
+            Some(index) => index,
+            // Past the author limit an old history is still indexed, without this author.
+            None => {
+                self.insert(meta, None, self.merged_clock(&meta.deps).0);
+                return;
+            }
+        };
+        let (clock, _) = self.merged_clock(&meta.deps);
+        self.insert(meta, Some(author), clock);
     }
 
     /// Checks a change pushed by `pusher` against the history and indexes it if it passes.
@@ -150,9 +157,6 @@ impl HistoryIndex {
 
     /// Checks the order of `meta` against its dependencies and indexes it.
     fn index(&mut self, meta: &ChangeMeta) -> Result<Admission, Refusal> {
-        if self.contains(&meta.hash) {
-            return Ok(Admission::Known);
-        }
         if meta.deps.len() > MAX_DEPS {
             return Err(Refusal::new(
                 RefusalCode::TooLarge,
@@ -162,36 +166,13 @@ impl HistoryIndex {
         if meta.deps.iter().any(|dep| !self.nodes.contains_key(dep)) {
             return Ok(Admission::MissingDeps);
         }
-        if meta.deps.is_empty() && self.root.is_some() {
+        let Some(author) = self.author_index(&meta.actor) else {
             return Err(Refusal::new(
-                RefusalCode::SecondRoot,
-                "a second first change in a record that has one",
+                RefusalCode::TooLarge,
+                format!("a record with more than {MAX_AUTHORS} authors"),
             ));
-        }
-        let author = match self.authors.iter().position(|a| *a == meta.actor) {
-            Some(index) => index,
-            None if self.authors.len() >= MAX_AUTHORS => {
-                return Err(Refusal::new(
-                    RefusalCode::TooLarge,
-                    format!("a record with more than {MAX_AUTHORS} authors"),
-                ));
-            }
-            None => {
-                self.authors.push(meta.actor.clone());
-                self.latest.push(0);
-                self.authors.len() - 1
-            }
         };
-        let mut clock = vec![0u64; self.authors.len()];
-        let mut deps_max_op = 0;
-        for dep in &meta.deps {
-            if let Some(node) = self.nodes.get(dep) {
-                for (entry, seq) in clock.iter_mut().zip(&node.clock) {
-                    *entry = (*entry).max(*seq);
-                }
-                deps_max_op = deps_max_op.max(node.max_op);
-            }
-        }
+        let (clock, deps_max_op) = self.merged_clock(&meta.deps);
         let previous = self.latest.get(author).copied().unwrap_or(0);
         if meta.seq != previous.saturating_add(1) || clock.get(author).copied() != Some(previous) {
             return Err(Refusal::new(
@@ -208,13 +189,48 @@ impl HistoryIndex {
                 "a change whose operation counters do not follow its dependencies",
             ));
         }
-        if let Some(entry) = clock.get_mut(author) {
-            *entry = meta.seq;
+        self.insert(meta, Some(author), clock);
+        Ok(Admission::Added)
+    }
+
+    /// The index of `actor` among the record's authors, added if new; `None` past
+    /// [`MAX_AUTHORS`].
+    fn author_index(&mut self, actor: &[u8]) -> Option<usize> {
+        if let Some(index) = self.authors.iter().position(|a| a == actor) {
+            return Some(index);
         }
-        if let Some(latest) = self.latest.get_mut(author) {
-            *latest = meta.seq;
+        if self.authors.len() >= MAX_AUTHORS {
+            return None;
         }
-        if meta.deps.is_empty() {
+        self.authors.push(actor.to_vec());
+        self.latest.push(0);
+        Some(self.authors.len() - 1)
+    }
+
+    /// The clock of a change with these dependencies before its own entry (known ones only),
+    /// and the highest operation counter among them.
+    fn merged_clock(&self, deps: &[ChangeHash]) -> (Vec<u64>, u64) {
+        let mut clock = vec![0u64; self.authors.len()];
+        let mut max_op = 0;
+        for node in deps.iter().filter_map(|dep| self.nodes.get(dep)) {
+            for (entry, seq) in clock.iter_mut().zip(&node.clock) {
+                *entry = (*entry).max(*seq);
+            }
+            max_op = max_op.max(node.max_op);
+        }
+        (clock, max_op)
+    }
+
+    fn insert(&mut self, meta: &ChangeMeta, author: Option<usize>, mut clock: Vec<u64>) {
+        if let Some(author) = author {
+            if let Some(entry) = clock.get_mut(author) {
+                *entry = (*entry).max(meta.seq);
+            }
+            if let Some(latest) = self.latest.get_mut(author) {
+                *latest = (*latest).max(meta.seq);
+            }
+        }
+        if meta.deps.is_empty() && self.root.is_none() {
             self.root = Some(meta.hash);
         }
         self.nodes.insert(
@@ -224,7 +240,6 @@ impl HistoryIndex {
                 max_op: meta.max_op,
             },
         );
-        Ok(Admission::Added)
     }
 }
 

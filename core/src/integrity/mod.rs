@@ -30,4 +30,7 @@ pub mod rules;
 pub use check::{Verdict, check_pushed};
 pub use history::{Admission, ChangeMeta, HistoryIndex};
 pub use refusal::{Refusal, RefusalCode};
-pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer};
+pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer, check_scope};
+
+#[cfg(test)]
+mod tests;

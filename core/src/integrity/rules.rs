@@ -16,9 +16,6 @@ use crate::{Error, Result};
 
 use super::{Refusal, RefusalCode};
 
-/// A record's receipt time may be ahead of the checker's clock by at most this much (device
-/// clocks drift; a receipt dated next year is not drift).
-pub const MAX_CLOCK_AHEAD_MS: i64 = 2 * 24 * 3600 * 1000;
 /// Longest officer name a change may carry.
 pub const MAX_OFFICER: usize = 128;
 /// Longest notes one change may leave (notes merge: concurrent additions may pass it together).
@@ -35,8 +32,6 @@ pub struct RuleContext<'a> {
     /// The commune the device is enrolled in; `None` for a province account or a device not yet
     /// enrolled.
     pub commune: Option<&'a str>,
-    /// The checker's clock (ms since epoch).
-    pub now_ms: i64,
     /// Whether the procedure with this code may be withdrawn; `None` when the checker does not
     /// know the procedure (then withdrawal is not refused: the other side checked it).
     pub withdrawal_allowed: &'a dyn Fn(&str) -> Option<bool>,
@@ -83,6 +78,19 @@ pub fn check_officer(officer: &str) -> Result<()> {
     Ok(())
 }
 
+/// Checks that a record of `commune` is the device's to write: a device enrolled in a commune
+/// writes that commune's records only (a province account, `ctx.commune == None`, any).
+pub fn check_scope(commune: &str, ctx: &RuleContext<'_>) -> std::result::Result<(), Violation> {
+    match ctx.commune {
+        Some(own) if own != commune => Err(Violation::field(
+            RefusalCode::NotYours,
+            "commune_code",
+            format!("this device is enrolled in commune {own}, not {commune}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Checks a new record, as its first change makes it.
 pub fn check_creation(
     record: &Record,
@@ -91,29 +99,22 @@ pub fn check_creation(
     if let Some(problem) = field_problems(record).into_iter().next() {
         return Err(problem.violation());
     }
-    let (commune, creator, received_at, initial) = match record {
+    // The receipt time is the device's claim (its clock may be years off before its first
+    // sync, and an intake may be entered late): it is kept, never judged by another clock; the
+    // server records its own receive time beside it.
+    let (commune, creator, initial) = match record {
         Record::Application(a) => (
             &a.commune_code,
             a.created_by.device,
-            a.received_at,
             a.status == Status::Received,
         ),
         Record::CitizenRequest(r) => (
             &r.commune_code,
             r.created_by.device,
-            r.received_at,
             r.status == RequestStatus::Received,
         ),
     };
-    if let Some(own) = ctx.commune
-        && own != commune
-    {
-        return Err(Violation::field(
-            RefusalCode::NotYours,
-            "commune_code",
-            format!("this device is enrolled in commune {own}, not {commune}"),
-        ));
-    }
+    check_scope(commune, ctx)?;
     if creator != ctx.device.0 {
         return Err(Violation::field(
             RefusalCode::NotAttributed,
@@ -126,13 +127,6 @@ pub fn check_creation(
             RefusalCode::IllegalTransition,
             "status",
             "a new record starts as received",
-        ));
-    }
-    if received_at > ctx.now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
-        return Err(Violation::field(
-            RefusalCode::InvalidField,
-            "received_at",
-            "a record cannot be received in the future",
         ));
     }
     if let Record::Application(app) = record {
@@ -156,6 +150,11 @@ pub fn check_edit(
     after: &Record,
     ctx: &RuleContext<'_>,
 ) -> std::result::Result<(), Violation> {
+    let commune = match before {
+        Record::Application(b) => &b.commune_code,
+        Record::CitizenRequest(b) => &b.commune_code,
+    };
+    check_scope(commune, ctx)?;
     match (before, after) {
         (Record::Application(b), Record::Application(a)) => check_application_edit(b, a, ctx)?,
         (Record::CitizenRequest(b), Record::CitizenRequest(a)) => check_request_edit(b, a)?,

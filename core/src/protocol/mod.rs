@@ -470,6 +470,117 @@ mod tests {
         );
     }
 
+    /// postcard bytes of a request pushing `docs` empty documents (no id, application, no
+    /// changes: 3 bytes each) and nothing else.
+    fn empty_docs_request(docs: u64) -> Vec<u8> {
+        let mut bytes = postcard::to_stdvec(&(PROTOCOL_VERSION, 0i64, docs)).unwrap();
+        for _ in 0..docs {
+            bytes.extend_from_slice(&[0, 0, 0]);
+        }
+        bytes.extend(postcard::to_stdvec(&(None::<PullRequest>, 0u64, 0u64)).unwrap());
+        bytes
+    }
+
+    #[test]
+    fn counts_are_refused_while_decoding_before_the_elements_are_allocated() {
+        let mut codec = DocCodec::new().unwrap();
+        let limits = Limits::default();
+        // Ten million empty documents: 30 MB decoded (under the body limit), a few KB on the
+        // wire. Refused at the list's length, before a single PushDoc is made.
+        let bomb = codec
+            .encode_message(&empty_docs_request(10_000_000))
+            .unwrap();
+        assert!(bomb.len() < 8 * 1024, "{} bytes", bomb.len());
+        match SyncRequest::decode(&mut codec, &bomb, &limits) {
+            Err(WireError::TooLarge(what)) => assert!(what.contains("documents"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+        // Within the limit: decodes.
+        let fine = codec.encode_message(&empty_docs_request(100)).unwrap();
+        assert_eq!(
+            SyncRequest::decode(&mut codec, &fine, &limits)
+                .unwrap()
+                .push
+                .len(),
+            100
+        );
+        // Changes: per document and per message.
+        let per_doc = Limits {
+            max_changes_per_doc: 2,
+            ..limits
+        };
+        let body = request().encode(&mut codec).unwrap();
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, &body, &per_doc),
+            Err(WireError::TooLarge(_))
+        ));
+        let per_message = Limits {
+            max_changes: 5,
+            ..limits
+        };
+        let mut two = request();
+        two.push.push(PushDoc {
+            id: Some(RecordId::new()),
+            ..two.push[0].clone()
+        });
+        let body = two.encode(&mut codec).unwrap();
+        assert!(matches!(
+            SyncRequest::decode(&mut codec, &body, &per_message),
+            Err(WireError::TooLarge(_))
+        ));
+        assert!(SyncRequest::decode(&mut codec, &body, &limits).is_ok());
+    }
+
+    #[test]
+    fn protocol_two_is_accepted_and_older_ones_must_upgrade() {
+        let mut codec = DocCodec::new().unwrap();
+        let limits = Limits::default();
+        for (protocol, accepted) in [(3, true), (2, true), (1, false), (0, false), (4, false)] {
+            let body = SyncRequest {
+                protocol,
+                ..request()
+            }
+            .encode(&mut codec)
+            .unwrap();
+            let decoded = SyncRequest::decode(&mut codec, &body, &limits);
+            assert_eq!(decoded.is_ok(), accepted, "{protocol}");
+            if protocol < 2 {
+                assert_eq!(decoded, Err(WireError::UpgradeRequired(protocol)));
+            }
+        }
+        // A version 2 response leaves the refusals out, and reads back as version 2.
+        let response = SyncResponse {
+            protocol: PREVIOUS_PROTOCOL_VERSION,
+            server_time: 5,
+            missing_deps: vec![1],
+            refused: Vec::new(),
+            feed: Vec::new(),
+            next_cursor: 9,
+            more: false,
+            catalogue: None,
+        };
+        let body = response.encode(&mut codec).unwrap();
+        assert_eq!(
+            SyncResponse::decode_v2(&mut codec, &body, &limits).unwrap(),
+            response
+        );
+        assert!(SyncResponse::decode(&mut codec, &body, &limits).is_err());
+        let v3 = SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            refused: vec![Refused {
+                position: 0,
+                code: "not_yours".into(),
+                message: "no".into(),
+            }],
+            ..response
+        };
+        let body = v3.encode(&mut codec).unwrap();
+        assert_eq!(
+            SyncResponse::decode(&mut codec, &body, &limits).unwrap(),
+            v3
+        );
+    }
+
     #[test]
     fn a_decompression_bomb_is_refused_without_allocating_it() {
         let mut codec = DocCodec::new().unwrap();

@@ -112,6 +112,11 @@ pub struct HistoryEntry {
     pub device_time: i64,
     /// Fields it touched (`created` for the first change).
     pub fields: Vec<String>,
+    /// When the server received it (ms since epoch, server clock): the server's fact beside the
+    /// device's claim. `None` while the server has not acknowledged it, and for changes this
+    /// device learnt of before it kept receive times. Filled by the device store.
+    #[serde(default)]
+    pub server_received_at: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -125,6 +130,27 @@ struct ChangeMessage {
 /// The Automerge actor of a device: its 16 id bytes.
 pub fn actor_for(device: DeviceId) -> ActorId {
     ActorId::from(device.0.as_bytes().as_slice())
+}
+
+/// What one change says of itself: its author (actor), the officer and the fields its message
+/// names, and the device clock when it was made. All of it is the device's claim; the server's
+/// facts (who pushed it, when it arrived) are kept beside it where it is stored.
+pub fn describe_change(change: &automerge::Change) -> HistoryEntry {
+    let message = change
+        .message()
+        .and_then(|m| serde_json::from_str::<ChangeMessage>(m).ok());
+    let (officer, fields) = match message {
+        Some(m) => (m.officer, m.fields),
+        None => (String::new(), Vec::new()),
+    };
+    HistoryEntry {
+        hash: change.hash().to_string(),
+        device: Uuid::from_slice(change.actor_id().to_bytes()).ok(),
+        officer,
+        device_time: change.timestamp(),
+        fields,
+        server_received_at: None,
+    }
 }
 
 impl RecordDoc {
@@ -348,6 +374,7 @@ impl RecordDoc {
                     officer,
                     device_time: change.timestamp(),
                     fields,
+                    server_received_at: None,
                 }
             })
             .collect()
@@ -504,6 +531,25 @@ pub fn decode_changes(id: RecordId, changes: &[Vec<u8>]) -> Result<Vec<automerge
         .iter()
         .map(|bytes| decode_change(bytes).map_err(|reason| Error::Corrupt { id, reason }))
         .collect()
+}
+
+/// The record id written by these changes (the `id` field of the document they make), when they
+/// decode and apply even though they may not read as a record this build knows: what a device
+/// needs to keep a document it cannot read under its own id.
+pub fn record_id_of_changes(changes: &[Vec<u8>]) -> Option<RecordId> {
+    let decoded = decode_changes(RecordId(Uuid::nil()), changes).ok()?;
+    let mut doc = AutoCommit::new();
+    // Automerge 0.12 panics on some inconsistent changes (see `apply_decoded`).
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| doc.apply_changes(decoded)))
+        .ok()?
+        .ok()?;
+    match doc.get(ROOT, "id").ok()?? {
+        (Value::Scalar(scalar), _) => match scalar.as_ref() {
+            ScalarValue::Str(text) => Uuid::parse_str(text).ok().map(RecordId),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// Decodes one raw change from another replica, or says why it does not decode. Automerge 0.12

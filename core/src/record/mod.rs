@@ -13,6 +13,7 @@ mod workflow;
 
 pub use doc::{
     Conflict, ConflictValue, HistoryEntry, RecordDoc, Source, decode_change, decode_changes,
+    describe_change, record_id_of_changes,
 };
 pub use types::*;
 pub use workflow::{RequestStatus, Status};

@@ -59,6 +59,13 @@ impl DeviceId {
     pub fn new() -> Self {
         DeviceId(Uuid::new_v4())
     }
+
+    /// Whether this id has the shape of an id a store creates: an RFC 9562 UUID of version 4
+    /// (random) or 7 (time and random). The server refuses any other id at enrollment: a chosen
+    /// id such as all zeros or all `f` would win or lose every Automerge tie on purpose.
+    pub fn is_random(&self) -> bool {
+        self.0.get_variant() == uuid::Variant::RFC4122 && matches!(self.0.get_version_num(), 4 | 7)
+    }
 }
 
 impl Default for DeviceId {
@@ -359,5 +366,27 @@ mod record_id {
         prop: Prop<'_>,
     ) -> Result<RecordId, HydrateError> {
         super::uuid_string::hydrate(doc, obj, prop).map(RecordId)
+    }
+}
+
+#[cfg(test)]
+mod device_id_tests {
+    use super::*;
+
+    #[test]
+    fn only_version_4_and_7_rfc_uuids_are_random_device_ids() {
+        assert!(DeviceId::new().is_random());
+        assert!(DeviceId(Uuid::now_v7()).is_random());
+        for chosen in [
+            "00000000-0000-0000-0000-000000000000",
+            "ffffffff-ffff-ffff-ffff-ffffffffffff",
+            // Version 4 with the Microsoft variant, versions 1 and 8 with the RFC variant.
+            "f81d4fae-7dec-4d0e-c765-00a0c91e6bf6",
+            "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "f81d4fae-7dec-8d0e-a765-00a0c91e6bf6",
+        ] {
+            let id = DeviceId(Uuid::parse_str(chosen).unwrap());
+            assert!(!id.is_random(), "{chosen}");
+        }
     }
 }

@@ -42,6 +42,14 @@ impl Checkpointer {
         })
     }
 
+    /// A checkpointer without a thread (a wiped store has no file to checkpoint).
+    pub(super) fn stopped() -> Self {
+        Checkpointer {
+            signal: None,
+            thread: None,
+        }
+    }
+
     /// Tells the thread one more commit happened. Never blocks the writer.
     pub(super) fn committed(&self) {
         if let Some(signal) = &self.signal {

@@ -8,9 +8,15 @@
 //! - An edit that fails (bad input, full disk) leaves the file and the cache as they were.
 //! - Each document is a snapshot plus incremental change chunks; after [`StoreConfig::compact_after`]
 //!   chunks they are folded into a new snapshot in the same transaction.
+//! - Edits follow the shared record rules ([`crate::integrity`]) with the commune the device
+//!   enrolled in ([`DeviceStore::enrolled_commune`]): a record of another commune is refused here,
+//!   before it can reach the server.
+//! - Documents the server refuses or this build cannot read are set aside, never dropped
+//!   ([`quarantine`]).
 
 mod checkpoint;
 mod projection;
+pub mod quarantine;
 mod query;
 pub(crate) mod schema;
 mod sync_state;
@@ -23,6 +29,7 @@ use automerge::ChangeHash;
 use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
+pub use quarantine::{AuditAction, AuditEntry, Direction, QuarantinedRecord, RefusedDoc};
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
 pub use schema::SCHEMA_VERSION;
 pub use sync_state::{PendingDoc, PullDoc, PullReport};
@@ -89,6 +96,10 @@ pub struct StoreConfig {
     /// Upper bound on the file size, in bytes (a quota that leaves room for the rest of the
     /// tablet); writes beyond it fail with [`Error::StorageFull`].
     pub max_size_bytes: Option<u64>,
+    /// The app's own version (Android `versionName`, iOS `CFBundleVersion`), if the app gives it.
+    /// Part of [`DeviceStore::build_id`]: a new app version retries what an older one could not
+    /// read and resumes syncs stopped by "upgrade required".
+    pub app_version: Option<String>,
 }
 
 impl StoreConfig {
@@ -101,6 +112,7 @@ impl StoreConfig {
             compact_after: 4,
             durability: Durability::Normal,
             max_size_bytes: None,
+            app_version: None,
         }
     }
 
@@ -118,9 +130,24 @@ struct Loaded {
     saved_heads: Vec<ChangeHash>,
 }
 
+/// What this build is, for what depends on it: the core library's version, the sync protocol
+/// it speaks and the app's version when given (`"core 0.1.0, protocol 3, app 2.4.1"`).
+pub fn build_id(app_version: Option<&str>) -> String {
+    let core = format!(
+        "core {}, protocol {}",
+        env!("CARGO_PKG_VERSION"),
+        crate::protocol::PROTOCOL_VERSION
+    );
+    match app_version {
+        Some(app) if !app.trim().is_empty() => format!("{core}, app {}", app.trim()),
+        _ => core,
+    }
+}
+
 /// The durable local store of one device.
 pub struct DeviceStore {
     conn: Connection,
+    path: PathBuf,
     device: DeviceId,
     cache: LruCache<RecordId, Loaded>,
     calendar: WorkingCalendar,
@@ -130,6 +157,14 @@ pub struct DeviceStore {
     codec: DocCodec,
     /// What to add to the device clock to get the server's (learnt at each sync; 0 before).
     clock_offset_ms: i64,
+    /// The commune this device enrolled in (`None`: not enrolled, or a province account).
+    enrolled_commune: Option<String>,
+    /// [`build_id`] of this build.
+    build: String,
+    /// Set by [`DeviceStore::wipe`]: the files are gone.
+    wiped: bool,
+    /// What the incoming quarantine keeps at most.
+    quarantine_bounds: quarantine::Bounds,
 }
 
 impl std::fmt::Debug for DeviceStore {
@@ -143,6 +178,8 @@ impl std::fmt::Debug for DeviceStore {
 
 const META_DEVICE_ID: &str = "device_id";
 const META_CLOCK_OFFSET: &str = "clock_offset_ms";
+const META_ENROLLED_COMMUNE: &str = "enrolled_commune";
+const META_UPGRADE_REQUIRED: &str = "upgrade_required_by";
 
 impl DeviceStore {
     /// Opens (creating if needed) the store at `config.path`, migrating it to the current schema.
@@ -214,12 +251,20 @@ impl DeviceStore {
             )
             .optional()?
             .unwrap_or(0);
+        let enrolled_commune: Option<String> = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_ENROLLED_COMMUNE],
+                |row| row.get(0),
+            )
+            .optional()?;
         // Checkpoints move WAL pages into the database and fsync: done by a background thread so
         // that no edit pays for one. The writer's own autocheckpoint stays as a safety net.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
         let checkpointer = checkpoint::Checkpointer::start(&config)?;
         Ok(DeviceStore {
             conn,
+            path: config.path.clone(),
             device,
             cache: LruCache::new(config.cache_capacity),
             calendar,
@@ -228,6 +273,10 @@ impl DeviceStore {
             checkpointer,
             codec: DocCodec::new()?,
             clock_offset_ms,
+            enrolled_commune,
+            build: build_id(config.app_version.as_deref()),
+            wiped: false,
+            quarantine_bounds: quarantine::Bounds::default(),
         })
     }
 
@@ -269,6 +318,123 @@ impl DeviceStore {
             self.clock_offset_ms = offset_ms;
         }
         Ok(())
+    }
+
+    /// The commune this device enrolled in, as recorded by
+    /// [`DeviceStore::set_enrolled_commune`]; `None` before enrollment or for a province-wide
+    /// credential. Records of other communes cannot be created or edited on this device.
+    pub fn enrolled_commune(&self) -> Option<&str> {
+        self.enrolled_commune.as_deref()
+    }
+
+    /// Records the scope of the credential this device enrolled with (from the enrollment
+    /// response): the commune code, or `None` for the whole province. Kept across restarts.
+    /// Records still to push that belong to another commune (created before enrollment) are set
+    /// aside in the quarantine at once (code `not_yours`): the server would refuse them. Returns
+    /// how many were set aside.
+    pub fn set_enrolled_commune(&mut self, commune: Option<&str>) -> Result<usize> {
+        if let Some(code) = commune
+            && code.trim().is_empty()
+        {
+            return Err(Error::invalid("commune_code", "must not be empty"));
+        }
+        if commune == self.enrolled_commune.as_deref() {
+            return Ok(0);
+        }
+        let now = self.now_ms();
+        let tx = self.conn.transaction()?;
+        let set_aside = match commune {
+            Some(code) => {
+                tx.execute(
+                    "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+                    params![META_ENROLLED_COMMUNE, code],
+                )?;
+                quarantine::set_aside_other_communes(&tx, code, now)?
+            }
+            None => {
+                tx.execute("DELETE FROM meta WHERE key = ?1", [META_ENROLLED_COMMUNE])?;
+                0
+            }
+        };
+        tx.commit()?;
+        self.enrolled_commune = commune.map(str::to_owned);
+        Ok(set_aside)
+    }
+
+    /// [`build_id`] of this build, with the app version from [`StoreConfig::app_version`].
+    pub fn build_id(&self) -> &str {
+        &self.build
+    }
+
+    /// Whether the server answered "upgrade required" to this very build (see
+    /// [`DeviceStore::set_upgrade_required`]). A store opened by another build (the app was
+    /// upgraded) answers `false`.
+    pub fn upgrade_required(&self) -> Result<bool> {
+        let by: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_UPGRADE_REQUIRED],
+                |row| row.get(0),
+            )
+            .optional()?;
+        Ok(by.as_deref() == Some(self.build.as_str()))
+    }
+
+    /// Records (or clears) that the server refused this build as too old: the background policy
+    /// stops until the app's version changes. The sync client sets it on "upgrade required" and
+    /// clears it after any successful sync.
+    pub fn set_upgrade_required(&mut self, required: bool) -> Result<()> {
+        if required {
+            self.conn.execute(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+                params![META_UPGRADE_REQUIRED, self.build],
+            )?;
+        } else {
+            self.conn
+                .execute("DELETE FROM meta WHERE key = ?1", [META_UPGRADE_REQUIRED])?;
+        }
+        Ok(())
+    }
+
+    /// Destroys the store, as a wipe ordered by the province requires: closes the database
+    /// (and the checkpoint thread's connection), deletes the file and its `-wal`, `-shm` and
+    /// `-journal` companions, and forgets every cached document. Afterwards this value holds an
+    /// empty read-only store in memory: reads find nothing and every write fails. Returns the
+    /// paths that were deleted. Idempotent.
+    pub fn wipe(&mut self) -> Result<Vec<PathBuf>> {
+        self.cache.clear();
+        // Stopping the checkpointer joins its thread, which closes its connection.
+        self.checkpointer = checkpoint::Checkpointer::stopped();
+        let mut empty = Connection::open_in_memory()?;
+        schema::migrate(&mut empty)?;
+        empty.pragma_update(None, "query_only", true)?;
+        // Dropping the file's connection closes it.
+        drop(std::mem::replace(&mut self.conn, empty));
+        self.wiped = true;
+        self.enrolled_commune = None;
+        let mut deleted = Vec::new();
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(suffix);
+            let path = PathBuf::from(name);
+            match std::fs::remove_file(&path) {
+                Ok(()) => deleted.push(path),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(Error::File {
+                        path: path.display().to_string(),
+                        reason: err.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Whether [`DeviceStore::wipe`] destroyed this store.
+    pub fn is_wiped(&self) -> bool {
+        self.wiped
     }
 
     /// Documents currently loaded in memory.
@@ -481,9 +647,22 @@ impl DeviceStore {
         Ok(self.loaded(id)?.doc.conflicts())
     }
 
-    /// Every change to the record: who, when (device time) and which fields.
+    /// Every change to the record: who, when (device time), which fields, and when the server
+    /// received it (for changes pulled from the feed or acknowledged after a push).
     pub fn history(&mut self, id: RecordId) -> Result<Vec<HistoryEntry>> {
-        Ok(self.loaded(id)?.doc.history())
+        let mut history = self.loaded(id)?.doc.history();
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT received_at FROM change_receipts WHERE hash = ?1")?;
+        for entry in &mut history {
+            let Ok(hash) = hex::decode(&entry.hash) else {
+                continue;
+            };
+            entry.server_received_at = stmt
+                .query_row([hash.as_slice()], |row| row.get(0))
+                .optional()?;
+        }
+        Ok(history)
     }
 
     /// Whether a record with this id exists.
@@ -504,6 +683,7 @@ impl DeviceStore {
     ) -> Result<Application> {
         check_officer(officer)?;
         let before = self.get_application(id)?;
+        self.check_scope(&before.commune_code)?;
         let mut after = before.clone();
         edit(&mut after);
         if after.procedure_code != before.procedure_code {
@@ -546,6 +726,7 @@ impl DeviceStore {
     ) -> Result<CitizenRequest> {
         check_officer(officer)?;
         let before = self.get_citizen_request(id)?;
+        self.check_scope(&before.commune_code)?;
         let mut after = before.clone();
         edit(&mut after);
         check_edit(
@@ -569,6 +750,8 @@ impl DeviceStore {
         value: &ConflictValue,
     ) -> Result<Record> {
         check_officer(officer)?;
+        let commune = self.get(id)?.commune_code().to_owned();
+        self.check_scope(&commune)?;
         self.write(id, officer, None, |doc, officer, now| {
             doc.resolve(field, value, officer, now).map(|()| true)
         })?;
@@ -714,12 +897,22 @@ impl DeviceStore {
         self.cache.get_mut(&id).ok_or(Error::NotFound(id))
     }
 
+    /// Refuses an edit of a record outside the commune this device enrolled in: the server would
+    /// refuse it (a record created for another commune before enrollment is fixed by
+    /// [`DeviceStore::copy_quarantined_as_new`]).
+    /// The shared scope rule (`integrity::rules::check_scope`) for this device.
+    fn check_scope(&self, commune: &str) -> Result<()> {
+        Ok(crate::integrity::rules::check_scope(
+            commune,
+            &self.rules(&|_| None),
+        )?)
+    }
+
     /// The rule context of this device's own edits.
     fn rules<'a>(&'a self, withdrawal: &'a dyn Fn(&str) -> Option<bool>) -> RuleContext<'a> {
         RuleContext {
             device: self.device,
-            commune: None,
-            now_ms: self.now_ms(),
+            commune: self.enrolled_commune.as_deref(),
             withdrawal_allowed: withdrawal,
         }
     }

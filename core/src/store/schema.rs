@@ -10,6 +10,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),
     include_str!("../../migrations/0002_sync_state.sql"),
     include_str!("../../migrations/0003_outbox_changes.sql"),
+    include_str!("../../migrations/0004_quarantine.sql"),
 ];
 
 /// The schema version this build writes.

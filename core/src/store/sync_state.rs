@@ -5,6 +5,10 @@
 //! made up to the push (an edit during the round trip keeps it there); a pulled batch and the
 //! cursor after it commit in one transaction, so a sync cut at any byte resumes from the last
 //! applied batch and applies nothing twice (Automerge ignores changes it already has anyway).
+//! A document the server refused stays in the outbox but is not pushed while it is quarantined;
+//! a pulled document this build cannot apply is kept in the quarantine, in the same transaction
+//! as the cursor, so the cursor moves on without losing it ([`super::quarantine`]). The server's
+//! receive time of every change pulled or acknowledged is kept for the history.
 
 use automerge::ChangeHash;
 use rusqlite::{OptionalExtension, params};
@@ -36,6 +40,8 @@ pub struct PendingDoc {
     /// receiver then learns the id from the record itself.
     pub whole: bool,
     local_seq: i64,
+    /// Hashes of `changes`, for the receive times learnt at the acknowledgement.
+    hashes: Vec<ChangeHash>,
 }
 
 /// One document's changes from the feed.
@@ -58,8 +64,9 @@ pub struct PullReport {
     pub created: usize,
     /// Existing documents that changed.
     pub updated: usize,
-    /// Documents whose changes were refused (corrupt, incomplete, another kind), with the reason.
-    /// The rest of the batch is applied; these are reported, not retried forever.
+    /// Documents whose changes could not be applied (corrupt, incomplete, another kind, not
+    /// readable by this build), with the reason. The rest of the batch is applied; these are
+    /// kept in the quarantine (incoming) and retried, see [`super::quarantine`].
     pub rejected: Vec<(RecordId, String)>,
     /// Documents that now hold conflicts.
     pub conflicted: Vec<RecordId>,
@@ -75,12 +82,14 @@ pub(super) const PULL_CHUNK: usize = 256;
 type KeptChanges = (Vec<Vec<u8>>, Vec<ChangeHash>, bool);
 
 /// A pulled document this device did not have, built off the store.
-struct Built {
+pub(super) struct Built {
     id: RecordId,
     record: crate::record::Record,
     conflicted: bool,
     heads: Vec<ChangeHash>,
     snapshot: Vec<u8>,
+    /// Hashes of the pulled changes, for their receive time.
+    hashes: Vec<ChangeHash>,
 }
 
 thread_local! {
@@ -88,9 +97,10 @@ thread_local! {
 }
 
 /// Builds a pulled document from its changes (on any thread: touches no store).
-fn build(pulled: &PullDoc, device: crate::record::DeviceId) -> Result<Built> {
+pub(super) fn build(pulled: &PullDoc, device: crate::record::DeviceId) -> Result<Built> {
     let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
     let changes = crate::record::decode_changes(id, &pulled.changes)?;
+    let hashes = changes.iter().map(automerge::Change::hash).collect();
     // A chain of changes, each on top of the one before, has no concurrent writes to conflict:
     // walking the document for conflicts is then skipped (most pulled records are one change).
     let chain = changes.iter().enumerate().all(|(i, change)| match i {
@@ -115,7 +125,36 @@ fn build(pulled: &PullDoc, device: crate::record::DeviceId) -> Result<Built> {
         conflicted,
         heads,
         snapshot,
+        hashes,
     })
+}
+
+/// Keeps the server's receive time of these changes (the first learnt wins: a change pushed
+/// again after a lost answer keeps the time of its first acknowledgement).
+pub(super) fn write_receipts(
+    tx: &rusqlite::Transaction<'_>,
+    hashes: &[ChangeHash],
+    received_at: i64,
+) -> Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO change_receipts(hash, received_at) VALUES (?1, ?2)",
+    )?;
+    for hash in hashes {
+        stmt.execute(params![hash.0.as_slice(), received_at])?;
+    }
+    Ok(())
+}
+
+/// The hash of a change this device made, from its raw (uncompressed) chunk: the SHA-256 of
+/// everything after the magic bytes and checksum. `None` for anything else.
+fn own_change_hash(raw: &[u8]) -> Option<ChangeHash> {
+    use sha2::{Digest, Sha256};
+    const MAGIC: [u8; 4] = [0x85, 0x6f, 0x4a, 0x83];
+    const CHANGE: u8 = 1;
+    if raw.len() <= 8 || raw[..4] != MAGIC || raw[8] != CHANGE {
+        return None;
+    }
+    ChangeHash::try_from(Sha256::digest(&raw[8..]).as_slice()).ok()
 }
 
 /// Merges pulled changes into record `id` (row `rowid`), which this device has.
@@ -138,11 +177,14 @@ fn merge_pulled(
             actual: loaded.doc.kind(),
         });
     }
-    loaded.doc.apply_changes(&pulled.changes, Source::Server)?;
+    let decoded = crate::record::decode_changes(id, &pulled.changes)?;
+    let hashes: Vec<ChangeHash> = decoded.iter().map(automerge::Change::hash).collect();
+    loaded.doc.apply_decoded(decoded, Source::Server)?;
     if loaded.doc.heads() == loaded.saved_heads {
         return Ok(());
     }
     write_changes(tx, codec, &mut loaded, compact_after, Origin::Remote)?;
+    write_receipts(tx, &hashes, pulled.received_at)?;
     tx.prepare_cached("UPDATE documents SET last_pulled_at = ?2 WHERE rowid = ?1")?
         .execute(params![rowid, pulled.received_at])?;
     // Without local edits pending, the server now has exactly what we have.
@@ -161,10 +203,10 @@ fn merge_pulled(
 }
 
 /// Writes one pulled document in the pull's transaction: inserts it when built off the store
-/// and new here, merges it otherwise. Bad data from the network is reported in `report` and
-/// skipped; storage failures are errors.
-#[allow(clippy::too_many_arguments)]
-fn write_pulled(
+/// and new here, merges it otherwise. Bad data from the network (changes that do not decode,
+/// apply or read as a record with this build) is returned as `Ok(Some(error))`, with nothing
+/// written for the document; storage failures are errors.
+pub(super) fn write_pulled(
     tx: &rusqlite::Transaction<'_>,
     codec: &mut DocCodec,
     device: crate::record::DeviceId,
@@ -172,7 +214,7 @@ fn write_pulled(
     pulled: &PullDoc,
     built: Option<Result<Built>>,
     report: &mut PullReport,
-) -> Result<()> {
+) -> Result<Option<Error>> {
     let outcome = match built {
         Some(Ok(built)) => {
             match rowid_in(tx, built.id)? {
@@ -209,18 +251,16 @@ fn write_pulled(
         },
     };
     match outcome {
-        Ok(()) => {}
-        // Bad data from the network is reported and skipped; storage failures abort.
+        Ok(()) => Ok(None),
+        // Bad data from the network is the caller's to keep; storage failures abort.
         Err(
-            err @ (Error::Corrupt { .. } | Error::InvalidInput { .. } | Error::WrongKind { .. }),
-        ) => {
-            let id = pulled.id.unwrap_or(RecordId(uuid::Uuid::nil()));
-            report.rejected.push((id, err.to_string()));
-            report.rejected_changes += pulled.changes.len() as u64;
-        }
-        Err(err) => return Err(err),
+            err @ (Error::Corrupt { .. }
+            | Error::InvalidInput { .. }
+            | Error::WrongKind { .. }
+            | Error::Document(_)),
+        ) => Ok(Some(err)),
+        Err(err) => Err(err),
     }
-    Ok(())
 }
 
 fn insert_pulled(tx: &rusqlite::Transaction<'_>, built: &Built, pulled: &PullDoc) -> Result<()> {
@@ -238,6 +278,7 @@ fn insert_pulled(tx: &rusqlite::Transaction<'_>, built: &Built, pulled: &PullDoc
     super::projection::write(tx, rowid, &built.record, built.conflicted)?;
     tx.prepare_cached("INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)")?
         .execute(params![rowid, encode_heads(&built.heads)])?;
+    write_receipts(tx, &built.hashes, pulled.received_at)?;
     Ok(())
 }
 
@@ -245,7 +286,7 @@ fn encode_heads(heads: &[ChangeHash]) -> Vec<u8> {
     heads.iter().flat_map(|h| h.0).collect()
 }
 
-fn decode_heads(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
+pub(super) fn decode_heads(bytes: &[u8]) -> Result<Vec<ChangeHash>> {
     if !bytes.len().is_multiple_of(32) {
         return Err(Error::invalid(
             "server_heads",
@@ -273,6 +314,8 @@ impl DeviceStore {
                 "SELECT o.doc, d.id, d.kind, o.local_seq, o.whole, s.heads FROM outbox o
                  JOIN documents d ON d.rowid = o.doc
                  LEFT JOIN server_heads s ON s.doc = o.doc
+                 WHERE NOT EXISTS (SELECT 1 FROM quarantine q
+                                   WHERE q.record_id = d.id AND q.direction = 'outgoing')
                  ORDER BY o.doc LIMIT 5000",
             )?;
             stmt.query_map([], |row| {
@@ -315,6 +358,10 @@ impl DeviceStore {
                 break;
             }
             bytes += size;
+            let hashes = changes
+                .iter()
+                .filter_map(|raw| own_change_hash(raw))
+                .collect();
             batch.push(PendingDoc {
                 id,
                 kind,
@@ -322,6 +369,7 @@ impl DeviceStore {
                 heads,
                 whole,
                 local_seq,
+                hashes,
             });
         }
         Ok(batch)
@@ -377,21 +425,28 @@ impl DeviceStore {
         Ok(Some((changes, vec![head], whole)))
     }
 
-    /// How many documents have changes the server has not acknowledged.
+    /// How many documents have changes the server has not acknowledged and that go out with the
+    /// next sync (documents set aside in the quarantine are not counted: they wait for the app).
     pub fn pending_count(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row("SELECT count(*) FROM outbox", [], |row| row.get(0))?)
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM outbox o JOIN documents d ON d.rowid = o.doc
+             WHERE NOT EXISTS (SELECT 1 FROM quarantine q
+                               WHERE q.record_id = d.id AND q.direction = 'outgoing')",
+            [],
+            |row| row.get(0),
+        )?)
     }
 
     /// Records that the server stored these documents' changes up to the heads they were taken
-    /// at. A document edited since stays in the outbox.
-    pub fn acknowledge_push(&mut self, acked: &[PendingDoc]) -> Result<()> {
+    /// at, and received them at `server_time` (its clock). A document edited since stays in the
+    /// outbox.
+    pub fn acknowledge_push(&mut self, acked: &[PendingDoc], server_time: i64) -> Result<()> {
         let tx = self.conn.transaction()?;
         for doc in acked {
             let Some(rowid) = rowid_in(&tx, doc.id)? else {
                 continue;
             };
+            write_receipts(&tx, &doc.hashes, server_time)?;
             tx.prepare_cached("INSERT OR REPLACE INTO server_heads(doc, heads) VALUES (?1, ?2)")?
                 .execute(params![rowid, encode_heads(&doc.heads)])?;
             tx.prepare_cached("DELETE FROM outbox WHERE doc = ?1 AND local_seq = ?2")?
@@ -493,14 +548,24 @@ impl DeviceStore {
         };
         let mut next = chunks.first().map(|chunk| build_chunk(*chunk));
 
+        let now_ms = self.now_ms();
+        let build_id = self.build.clone();
         let tx = self.conn.transaction()?;
+        let keeper =
+            super::quarantine::Keeper::new(&tx, now_ms, &build_id, self.quarantine_bounds)?;
         for (index, (chunk, _)) in chunks.iter().enumerate() {
             let built = next.take().unwrap_or_default();
+            // A document sent whole without its id may be one this device has (its own
+            // records, sent back to a store restored from a backup): it is merged below, so no
+            // cached copy may outlive the write.
+            for built in built.iter().flatten().flatten() {
+                self.cache.pop(&built.id);
+            }
             let following = chunks.get(index + 1).copied();
             let (written, following) = std::thread::scope(|scope| {
                 let builder = following.map(|chunk| scope.spawn(move || build_chunk(chunk)));
                 let written = chunk.iter().zip(built).try_for_each(|(pulled, built)| {
-                    write_pulled(
+                    super::quarantine::write_or_keep(
                         &tx,
                         &mut self.codec,
                         device,
@@ -508,6 +573,7 @@ impl DeviceStore {
                         pulled,
                         built,
                         &mut report,
+                        &keeper,
                     )
                 });
                 (written, builder.map(std::thread::ScopedJoinHandle::join))

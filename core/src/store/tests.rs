@@ -813,7 +813,7 @@ fn outbox_batches_acknowledgements_and_pulls_round_trip() {
 
     // An edit made while the batch is in flight keeps its document in the outbox.
     a.transition(ids[0], OFFICER, Status::InProgress).unwrap();
-    a.acknowledge_push(&batch).unwrap();
+    a.acknowledge_push(&batch, MONDAY_9AM).unwrap();
     assert_eq!(a.pending_count().unwrap(), 1);
     let next = a.pending_push(1 << 20).unwrap();
     assert_eq!(next.len(), 1);
@@ -828,7 +828,7 @@ fn outbox_batches_acknowledgements_and_pulls_round_trip() {
     a.forget_server_heads(&[ids[0]]).unwrap();
     assert_eq!(a.pending_push(1 << 20).unwrap()[0].changes.len(), 2);
     let all = a.pending_push(1 << 20).unwrap();
-    a.acknowledge_push(&all).unwrap();
+    a.acknowledge_push(&all, MONDAY_9AM).unwrap();
     assert_eq!(a.pending_count().unwrap(), 0);
 
     // b pulls everything, with one corrupt document in the batch.
@@ -970,7 +970,7 @@ fn pushed_changes_are_the_kept_edits_and_older_stores_fall_back_to_the_document(
     assert_eq!(batch[0].changes, a.changes_since(id, &[]).unwrap());
     assert_eq!(batch[0].heads, a.heads(id).unwrap());
     assert_eq!(count(&a, "outbox_changes"), 3);
-    a.acknowledge_push(&batch).unwrap();
+    a.acknowledge_push(&batch, MONDAY_9AM).unwrap();
     assert_eq!(count(&a, "outbox_changes"), 0);
 
     // A store written before the kept changes existed has outbox entries without them: the
@@ -1061,7 +1061,7 @@ fn acknowledged_changes_free_their_space(config: StoreConfig) {
         if batch.is_empty() {
             break;
         }
-        store.acknowledge_push(&batch).unwrap();
+        store.acknowledge_push(&batch, MONDAY_9AM).unwrap();
     }
     assert_eq!(store.pending_count().unwrap(), 0);
     assert_eq!(count(&store, "outbox_changes"), 0);

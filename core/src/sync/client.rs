@@ -8,6 +8,14 @@
 //! [`SyncConfig::max_attempts`] times; any other refusal ends the sync with a [`SyncError`] that
 //! says what to do about it.
 //!
+//! One bad record never stops a sync: a pushed document the server refuses (its verdict names
+//! it, protocol 3) is set aside in the store's quarantine with the reason and is not pushed
+//! again until the app decides, while every other document of the batch is acknowledged and the
+//! rounds go on; a pulled document this build cannot read is kept there too and the cursor moves
+//! on ([`crate::store::quarantine`]). Each sync first tries again the incoming documents that an
+//! older build could not read. "Upgrade required" is remembered in the store for this build (the
+//! background policy stops until the app's version changes) and cleared by any successful sync.
+//!
 //! A sync cut at any instant (network, crash, kill) loses nothing and applies nothing twice:
 //! - pushed documents leave the outbox only after a 200 whose body decoded, and only up to the
 //!   heads they were taken at; when a response is lost the same changes are sent again, and the
@@ -26,7 +34,7 @@
 //! Local edits can go on during a sync; an edit made while its document's batch is in flight keeps
 //! the document in the outbox.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -39,7 +47,7 @@ use crate::protocol::{
     SyncResponse, WireError,
 };
 use crate::record::{DeviceId, RecordId};
-use crate::store::{DeviceStore, PendingDoc, PullDoc, PullReport};
+use crate::store::{DeviceStore, PendingDoc, PullDoc, PullReport, RefusedDoc};
 
 /// Path of the sync endpoint below the server's base URL.
 pub const SYNC_PATH: &str = "/v1/sync";
@@ -117,8 +125,15 @@ pub struct SyncReport {
     pub pulled_changes: u64,
     /// Documents that hold conflicts after a pull (each counted once).
     pub conflicts: u64,
-    /// Pulled documents refused by the store (corrupt, incomplete, wrong kind).
+    /// Pulled documents this build could not apply (corrupt, incomplete, wrong kind, unreadable):
+    /// kept in the quarantine and retried, never skipped.
     pub rejected: u64,
+    /// Pushed documents the server refused in this sync: set aside in the quarantine with the
+    /// server's reason (the sync itself succeeds).
+    pub refused: u64,
+    /// Documents in the quarantine when the sync ended, both directions (see
+    /// [`DeviceStore::quarantined`]).
+    pub quarantined: u64,
     /// Attempts that were repeats of a failed one.
     pub retries: u64,
     /// Documents still waiting to be pushed when the sync ended.
@@ -170,6 +185,14 @@ pub enum SyncError {
     /// The province revoked this device.
     #[error("this device has been revoked by the province")]
     Revoked,
+    /// The province revoked this device and ordered its data wiped (HTTP 403 `wiped`): the
+    /// store must be destroyed.
+    #[error("the province ordered this device wiped: {0}")]
+    Wiped(String),
+    /// The server no longer accepts this version of the app (HTTP 426 `upgrade_required`):
+    /// nothing will sync until the app is upgraded.
+    #[error("this version of the app is too old for the server, upgrade it: {0}")]
+    UpgradeRequired(String),
     /// The request touched records outside this device's scope.
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -213,6 +236,17 @@ pub struct Credentials {
     pub token: String,
     /// Where the device may read and write.
     pub scope: Scope,
+}
+
+impl Credentials {
+    /// The commune the credential is bound to (`None` for a province-wide one): what
+    /// [`DeviceStore::set_enrolled_commune`] records at enrollment.
+    pub fn commune(&self) -> Option<&str> {
+        match &self.scope {
+            Scope::Commune(code) => Some(code),
+            Scope::Province => None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Credentials {
@@ -401,6 +435,31 @@ impl<T: Transport> SyncClient<T> {
         progress: &(dyn Fn(SyncProgress) + Send + Sync),
     ) -> Result<SyncReport, SyncError> {
         let _running = self.running.lock().await;
+        let result = self.sync_rounds(progress).await;
+        // What the background policy needs to know across restarts: "upgrade required" holds
+        // for this build until a sync succeeds (or another build opens the store).
+        let remembered = match &result {
+            Err(SyncError::UpgradeRequired(_)) => self.lock_store().set_upgrade_required(true),
+            Ok(_) => {
+                let mut store = self.lock_store();
+                match store.upgrade_required() {
+                    Ok(true) => store.set_upgrade_required(false),
+                    Ok(false) => Ok(()),
+                    Err(err) => Err(err),
+                }
+            }
+            Err(_) => Ok(()),
+        };
+        if let Err(err) = remembered {
+            tracing::warn!(%err, "could not record the upgrade state");
+        }
+        result
+    }
+
+    async fn sync_rounds(
+        &self,
+        progress: &(dyn Fn(SyncProgress) + Send + Sync),
+    ) -> Result<SyncReport, SyncError> {
         let started = Instant::now();
         let retry = RetryPolicy {
             max_attempts: self.config.max_attempts,
@@ -410,6 +469,22 @@ impl<T: Transport> SyncClient<T> {
         };
         let mut counters = Counters::default();
         let mut report = SyncReport::default();
+        // Documents an older build could not read: this one may (on a blocking thread: after an
+        // upgrade this decodes up to the quarantine's bound once).
+        let store = Arc::clone(&self.store);
+        let recovered = tokio::task::spawn_blocking(move || {
+            store
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retry_incoming_quarantine()
+        })
+        .await
+        .map_err(|err| {
+            SyncError::Store(crate::Error::Document(format!(
+                "retrying quarantined documents: {err}"
+            )))
+        })??;
+        report.pulled_docs += (recovered.created + recovered.updated) as u64;
         // Documents the server said it lacked the base of, already sent whole in this sync:
         // a second "missing deps" for one of them is not progress (a server bug, not a loop).
         let mut sent_whole: HashSet<RecordId> = HashSet::new();
@@ -470,11 +545,30 @@ impl<T: Transport> SyncClient<T> {
                 .iter()
                 .filter_map(|&i| usize::try_from(i).ok())
                 .collect();
+            // A refusal wins over everything else said of the same position; the first refusal
+            // of a position counts.
+            let mut refusals: HashMap<usize, (String, String)> = HashMap::new();
+            for refusal in response.refused {
+                if let Ok(position) = usize::try_from(refusal.position) {
+                    refusals
+                        .entry(position)
+                        .or_insert((refusal.code, refusal.message));
+                }
+            }
             let batch_was_empty = batch.is_empty();
             let mut acked: Vec<PendingDoc> = Vec::new();
             let mut resend_whole: Vec<RecordId> = Vec::new();
+            let mut refused: Vec<RefusedDoc> = Vec::new();
             for (position, (doc, changes)) in batch.drain(..).zip(change_counts).enumerate() {
-                if missing.contains(&position) {
+                if let Some((code, message)) = refusals.remove(&position) {
+                    tracing::warn!(id = %doc.id, code, message, "pushed document refused");
+                    refused.push(RefusedDoc {
+                        id: doc.id,
+                        kind: doc.kind,
+                        code,
+                        message,
+                    });
+                } else if missing.contains(&position) {
                     resend_whole.push(doc.id);
                 } else {
                     report.pushed_changes += changes;
@@ -482,6 +576,8 @@ impl<T: Transport> SyncClient<T> {
                 }
             }
             let pushed_any = !acked.is_empty();
+            let refused_any = !refused.is_empty();
+            report.refused += refused.len() as u64;
             let mut newly_whole = false;
             for id in &resend_whole {
                 newly_whole |= sent_whole.insert(*id);
@@ -517,6 +613,7 @@ impl<T: Transport> SyncClient<T> {
             let catalogue_sent = response.catalogue.as_ref().map(|c| c.version);
             let answer = Answer {
                 acked,
+                refused,
                 resend_whole,
                 pulled,
                 next_cursor: response.next_cursor,
@@ -543,7 +640,12 @@ impl<T: Transport> SyncClient<T> {
             } else {
                 answer.apply(&self.store)
             };
-            let (pull_report, pending) = applied?;
+            let Applied {
+                pull: pull_report,
+                pending,
+                quarantined,
+            } = applied?;
+            report.quarantined = quarantined;
 
             report.pushed_docs += acked_docs;
             for (id, reason) in &pull_report.rejected {
@@ -558,9 +660,9 @@ impl<T: Transport> SyncClient<T> {
             counters.copy_to(&mut report);
 
             // Go on while the server has more feed (and the cursor moves), or while pushes
-            // remain and this round moved them forward. A new edit after a pull-only round is
-            // new work too.
-            let push_progress = pushed_any || newly_whole || batch_was_empty;
+            // remain and this round moved them forward (a refused document left the outbox's
+            // queue). A new edit after a pull-only round is new work too.
+            let push_progress = pushed_any || refused_any || newly_whole || batch_was_empty;
             let more_push = pending > 0 && push_progress;
             let more_pull = response.more && pull_moved;
             let go_on = (more_push || more_pull) && rounds < self.config.max_rounds;
@@ -741,6 +843,8 @@ struct Sent {
 /// What a round's answer changes in the store.
 struct Answer {
     acked: Vec<PendingDoc>,
+    /// Pushed documents the server refused: set aside, not acknowledged.
+    refused: Vec<RefusedDoc>,
     resend_whole: Vec<RecordId>,
     pulled: Vec<PullDoc>,
     next_cursor: u64,
@@ -750,12 +854,22 @@ struct Answer {
     device_time_at_server: i64,
 }
 
+/// What applying an answer left.
+struct Applied {
+    pull: PullReport,
+    /// Documents still to push.
+    pending: u64,
+    /// Documents in the quarantine.
+    quarantined: u64,
+}
+
 impl Answer {
     /// Applies the answer and returns the pull's report and the documents still pending. Takes
     /// the store lock (on a blocking thread when the next exchange is under way).
-    fn apply(&self, store: &Mutex<DeviceStore>) -> Result<(PullReport, u64), SyncError> {
+    fn apply(&self, store: &Mutex<DeviceStore>) -> Result<Applied, SyncError> {
         let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
-        store.acknowledge_push(&self.acked)?;
+        store.quarantine_refused(&self.refused)?;
+        store.acknowledge_push(&self.acked, self.server_time)?;
         // They stay in the outbox; the next round sends their whole history.
         store.forget_server_heads(&self.resend_whole)?;
         let pull_report = store.apply_pull(&self.pulled, self.next_cursor)?;
@@ -772,7 +886,11 @@ impl Answer {
         }
         store.set_last_sync_at(self.server_time)?;
         store.set_clock_offset(clock_offset(self.server_time, self.device_time_at_server))?;
-        Ok((pull_report, store.pending_count()?))
+        Ok(Applied {
+            pull: pull_report,
+            pending: store.pending_count()?,
+            quarantined: store.quarantined_count()?,
+        })
     }
 }
 
@@ -911,6 +1029,8 @@ fn error_from_response(response: &HttpResponse) -> SyncError {
     match (status, code.as_str()) {
         (401, _) => SyncError::Unauthorized,
         (403, "revoked") => SyncError::Revoked,
+        (403, "wiped") => SyncError::Wiped(message),
+        (426, _) | (_, "upgrade_required") => SyncError::UpgradeRequired(message),
         (403, _) => SyncError::Forbidden(message),
         (500..=599, _) => SyncError::Server(format!("{status} {code}: {message}")),
         _ => SyncError::Rejected {
@@ -1051,6 +1171,19 @@ mod tests {
         assert!(matches!(
             error_from_response(&response(403, &json("forbidden"))),
             SyncError::Forbidden(m) if m == "because"
+        ));
+        assert!(matches!(
+            error_from_response(&response(403, &json("wiped"))),
+            SyncError::Wiped(m) if m == "because"
+        ));
+        assert!(matches!(
+            error_from_response(&response(426, &json("upgrade_required"))),
+            SyncError::UpgradeRequired(m) if m == "because"
+        ));
+        // A proxy's page for 426 is still "upgrade required".
+        assert!(matches!(
+            error_from_response(&response(426, "<html>Upgrade Required</html>")),
+            SyncError::UpgradeRequired(_)
         ));
         assert!(matches!(
             error_from_response(&response(413, &json("too_large"))),

@@ -8,7 +8,13 @@
 //!
 //! The rules, in order:
 //! 1. The last error was [`PolicyError::Unauthorized`] or [`PolicyError::Revoked`]: **stop**.
-//!    The credential will not come back by retrying; the tablet must be enrolled again.
+//!    The credential will not come back by retrying; the tablet must be enrolled again. Likewise
+//!    [`PolicyError::Wiped`] (the store is gone) and [`PolicyError::UpgradeRequired`]: the server
+//!    refuses this version of the app, so nothing runs until the app is upgraded. The caller
+//!    keeps that across restarts for the build that got it
+//!    ([`DeviceStore::upgrade_required`](crate::store::DeviceStore::upgrade_required), which the
+//!    sync client sets and a successful sync clears); a store opened by a newer build of the app
+//!    schedules again.
 //! 2. Failures in a row (`consecutive_failures > 0`): wait
 //!    `failure_backoff × 2^(failures − 1)`, at most `max_interval`, counted from now (the failure
 //!    just happened). Whatever is pending, a link that keeps failing is not hammered.
@@ -68,6 +74,10 @@ pub enum PolicyError {
     Unauthorized,
     /// The device was revoked by the province.
     Revoked,
+    /// The province ordered the device wiped: its store is gone.
+    Wiped,
+    /// The server refuses this version of the app: upgrade it.
+    UpgradeRequired,
     /// Anything else (offline, server trouble, a refused request): retry later.
     Other,
 }
@@ -77,6 +87,8 @@ impl From<&super::SyncError> for PolicyError {
         match err {
             super::SyncError::Unauthorized => PolicyError::Unauthorized,
             super::SyncError::Revoked => PolicyError::Revoked,
+            super::SyncError::Wiped(_) => PolicyError::Wiped,
+            super::SyncError::UpgradeRequired(_) => PolicyError::UpgradeRequired,
             _ => PolicyError::Other,
         }
     }
@@ -107,7 +119,7 @@ pub enum SyncDecision {
     Run,
     /// Sync after this delay (never zero, at most `max_interval`).
     After(Duration),
-    /// Do not sync again until a person acts (enroll again).
+    /// Do not sync again until a person acts (enroll again, upgrade the app).
     Stop,
 }
 
@@ -116,7 +128,12 @@ impl BackgroundPolicy {
     pub fn next_sync_after(&self, input: &PolicyInput) -> SyncDecision {
         if matches!(
             input.last_error,
-            Some(PolicyError::Unauthorized | PolicyError::Revoked)
+            Some(
+                PolicyError::Unauthorized
+                    | PolicyError::Revoked
+                    | PolicyError::Wiped
+                    | PolicyError::UpgradeRequired
+            )
         ) {
             return SyncDecision::Stop;
         }
@@ -329,6 +346,26 @@ mod tests {
                 SyncDecision::Stop,
             ),
             (
+                "upgrade required stops, whatever is pending",
+                PolicyInput {
+                    last_error: Some(PolicyError::UpgradeRequired),
+                    consecutive_failures: 1,
+                    pending_changes: 4,
+                    last_success_ms: Some(NOW - 600 * MIN),
+                    ..input()
+                },
+                SyncDecision::Stop,
+            ),
+            (
+                "wiped stops",
+                PolicyInput {
+                    last_error: Some(PolicyError::Wiped),
+                    consecutive_failures: 1,
+                    ..input()
+                },
+                SyncDecision::Stop,
+            ),
+            (
                 "clock went back 3 years: as if just synced",
                 PolicyInput {
                     pending_changes: 1,
@@ -428,6 +465,14 @@ mod tests {
         assert_eq!(
             PolicyError::from(&SyncError::Forbidden("scope".into())),
             PolicyError::Other
+        );
+        assert_eq!(
+            PolicyError::from(&SyncError::UpgradeRequired("protocol 2".into())),
+            PolicyError::UpgradeRequired
+        );
+        assert_eq!(
+            PolicyError::from(&SyncError::Wiped("stolen".into())),
+            PolicyError::Wiped
         );
     }
 }

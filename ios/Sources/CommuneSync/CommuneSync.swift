@@ -631,9 +631,22 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol EngineProtocol: AnyObject, Sendable {
     
     /**
+     * What officers decided about quarantined records, oldest first.
+     */
+    func auditLog() throws  -> [AuditEntry]
+    
+    /**
      * Fields of the record holding concurrent different values after a sync.
      */
     func conflicts(id: String) throws  -> [Conflict]
+    
+    /**
+     * The fix for a refused record whose history the server cannot accept (created with
+     * another commune's code, an immutable field changed): a new record with the same content,
+     * for this device's commune, at the same status, created by `officer`; the old one is
+     * discarded with an audit entry naming the copy. Returns the new record.
+     */
+    func copyQuarantinedAsNew(officer: String, id: String) throws  -> Record
     
     /**
      * How many applications are in each status (every status listed, with 0 when none).
@@ -662,6 +675,13 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func deviceId()  -> String
     
     /**
+     * Discards a quarantined record as `officer` decided, for `reason` (written to the audit
+     * log): a refused record loses this device's changes the server never acknowledged (the
+     * record itself goes if the server never had it); an incoming one loses its kept data.
+     */
+    func discardQuarantined(officer: String, id: String, reason: String) throws 
+    
+    /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
     func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32) throws  -> ApplicationPage
@@ -670,8 +690,16 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * Exchanges a one-time enrollment code from the province for this device's credential.
      * The engine uses it from now on; store it in the platform keystore and pass it in
      * `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+     * The commune it binds the device to is recorded: records of other communes can no longer
+     * be created or edited, and those created before (offline, with another commune's code) are
+     * set aside in the quarantine at once.
      */
     func enroll(code: String, label: String) async throws  -> DeviceCredential
+    
+    /**
+     * The commune this device enrolled in (`None` before enrollment or for a province account).
+     */
+    func enrolledCommune() throws  -> String?
     
     /**
      * An application by id.
@@ -689,8 +717,8 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func getRecord(id: String) throws  -> Record
     
     /**
-     * Every change to the record, in causal order: who (device, officer), when (device clock)
-     * and which fields.
+     * Every change to the record, in causal order: who (device, officer), when (device clock,
+     * and the server's receive time once it has the change) and which fields.
      */
     func history(id: String) throws  -> [HistoryEntry]
     
@@ -717,6 +745,8 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * clock. The last success is the one of this process, else the server time of the last sync
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
+     * "Upgrade required" is kept in the store for the version of the app that got it, so the
+     * policy stops across restarts until another version opens the store.
      */
     func policyInput(metered: Bool) throws  -> PolicyInput
     
@@ -724,6 +754,12 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * One procedure of the catalogue (`InvalidInput` if unknown).
      */
     func procedure(code: String) throws  -> Procedure
+    
+    /**
+     * Records set aside, oldest first: pushed records the server refused (with its reason)
+     * and pulled records this version of the app cannot read. Every other record keeps syncing.
+     */
+    func quarantined() throws  -> [QuarantinedRecord]
     
     /**
      * Applications matching `query`, one page.
@@ -737,6 +773,14 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func resolve(officer: String, id: String, field: String, value: ConflictValue) throws  -> Record
     
     /**
+     * Takes a record out of the quarantine: a refused one goes back to the outbox (the next
+     * sync pushes it, with any edit made since: for a reason that was transient, fixed by an
+     * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
+     * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
+     */
+    func retryQuarantined(id: String) throws  -> Bool
+    
+    /**
      * Records whose names, notes, phone, id number or village contain every word of `text`,
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
@@ -746,8 +790,11 @@ public protocol EngineProtocol: AnyObject, Sendable {
     /**
      * Pushes local changes and pulls colleagues' until both sides are up to date; observers
      * get progress after each request. A sync cut at any point resumes where it stopped and
-     * loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
-     * not enrolled, `Revoked`, or `Offline` after the retries.
+     * loses nothing. A second call while one runs waits for it. Records the server refuses are
+     * set aside in the quarantine (`SyncReport.refused`) and do not fail the sync. Fails with
+     * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
+     * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
+     * engine then destroys the store and tells the observers), or `Offline` after the retries.
      */
     func syncNow() async throws  -> SyncReport
     
@@ -841,6 +888,18 @@ public static func `open`(config: EngineConfig)throws  -> Engine  {
 
     
     /**
+     * What officers decided about quarantined records, oldest first.
+     */
+open func auditLog()throws  -> [AuditEntry]  {
+    return try  FfiConverterSequenceTypeAuditEntry.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_audit_log(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Fields of the record holding concurrent different values after a sync.
      */
 open func conflicts(id: String)throws  -> [Conflict]  {
@@ -848,6 +907,23 @@ open func conflicts(id: String)throws  -> [Conflict]  {
         uniffiCallStatus in
     uniffi_communesync_ffi_fn_method_engine_conflicts(
             self.uniffiCloneHandle(),
+        FfiConverterString.lower(id),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The fix for a refused record whose history the server cannot accept (created with
+     * another commune's code, an immutable field changed): a new record with the same content,
+     * for this device's commune, at the same status, created by `officer`; the old one is
+     * discarded with an audit entry naming the copy. Returns the new record.
+     */
+open func copyQuarantinedAsNew(officer: String, id: String)throws  -> Record  {
+    return try  FfiConverterTypeRecord_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(officer),
         FfiConverterString.lower(id),uniffiCallStatus
     )
 })
@@ -919,6 +995,22 @@ open func deviceId() -> String  {
 }
     
     /**
+     * Discards a quarantined record as `officer` decided, for `reason` (written to the audit
+     * log): a refused record loses this device's changes the server never acknowledged (the
+     * record itself goes if the server never had it); an incoming one loses its kept data.
+     */
+open func discardQuarantined(officer: String, id: String, reason: String)throws   {try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_discard_quarantined(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(officer),
+        FfiConverterString.lower(id),
+        FfiConverterString.lower(reason),uniffiCallStatus
+    )
+}
+}
+    
+    /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
 open func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32)throws  -> ApplicationPage  {
@@ -937,6 +1029,9 @@ open func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32)throws  -> 
      * Exchanges a one-time enrollment code from the province for this device's credential.
      * The engine uses it from now on; store it in the platform keystore and pass it in
      * `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+     * The commune it binds the device to is recorded: records of other communes can no longer
+     * be created or edited, and those created before (offline, with another commune's code) are
+     * set aside in the quarantine at once.
      */
 open func enroll(code: String, label: String)async throws  -> DeviceCredential  {
     return
@@ -952,6 +1047,18 @@ open func enroll(code: String, label: String)async throws  -> DeviceCredential  
             liftFunc: FfiConverterTypeDeviceCredential_lift,
             errorHandler: FfiConverterTypeCommuneSyncError_lift
         )
+}
+    
+    /**
+     * The commune this device enrolled in (`None` before enrollment or for a province account).
+     */
+open func enrolledCommune()throws  -> String?  {
+    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_enrolled_commune(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
 }
     
     /**
@@ -994,8 +1101,8 @@ open func getRecord(id: String)throws  -> Record  {
 }
     
     /**
-     * Every change to the record, in causal order: who (device, officer), when (device clock)
-     * and which fields.
+     * Every change to the record, in causal order: who (device, officer), when (device clock,
+     * and the server's receive time once it has the change) and which fields.
      */
 open func history(id: String)throws  -> [HistoryEntry]  {
     return try  FfiConverterSequenceTypeHistoryEntry.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
@@ -1055,6 +1162,8 @@ open func overdue(limit: UInt32, offset: UInt32)throws  -> ApplicationPage  {
      * clock. The last success is the one of this process, else the server time of the last sync
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
+     * "Upgrade required" is kept in the store for the version of the app that got it, so the
+     * policy stops across restarts until another version opens the store.
      */
 open func policyInput(metered: Bool)throws  -> PolicyInput  {
     return try  FfiConverterTypePolicyInput_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
@@ -1075,6 +1184,19 @@ open func procedure(code: String)throws  -> Procedure  {
     uniffi_communesync_ffi_fn_method_engine_procedure(
             self.uniffiCloneHandle(),
         FfiConverterString.lower(code),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * Records set aside, oldest first: pushed records the server refused (with its reason)
+     * and pulled records this version of the app cannot read. Every other record keeps syncing.
+     */
+open func quarantined()throws  -> [QuarantinedRecord]  {
+    return try  FfiConverterSequenceTypeQuarantinedRecord.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_quarantined(
+            self.uniffiCloneHandle(),uniffiCallStatus
     )
 })
 }
@@ -1110,6 +1232,22 @@ open func resolve(officer: String, id: String, field: String, value: ConflictVal
 }
     
     /**
+     * Takes a record out of the quarantine: a refused one goes back to the outbox (the next
+     * sync pushes it, with any edit made since: for a reason that was transient, fixed by an
+     * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
+     * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
+     */
+open func retryQuarantined(id: String)throws  -> Bool  {
+    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_retry_quarantined(
+            self.uniffiCloneHandle(),
+        FfiConverterString.lower(id),uniffiCallStatus
+    )
+})
+}
+    
+    /**
      * Records whose names, notes, phone, id number or village contain every word of `text`,
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
@@ -1128,8 +1266,11 @@ open func search(text: String, limit: UInt32)throws  -> [SearchHit]  {
     /**
      * Pushes local changes and pulls colleagues' until both sides are up to date; observers
      * get progress after each request. A sync cut at any point resumes where it stopped and
-     * loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
-     * not enrolled, `Revoked`, or `Offline` after the retries.
+     * loses nothing. A second call while one runs waits for it. Records the server refuses are
+     * set aside in the quarantine (`SyncReport.refused`) and do not fail the sync. Fails with
+     * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
+     * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
+     * engine then destroys the store and tells the observers), or `Offline` after the retries.
      */
 open func syncNow()async throws  -> SyncReport  {
     return
@@ -1404,6 +1545,11 @@ public protocol SyncObserver: AnyObject, Sendable {
      */
     func onChanged(event: ChangeEvent) 
     
+    /**
+     * After the engine destroyed the store on the province's order (the last event).
+     */
+    func onWiped(event: WipeEvent) 
+    
 }
 /**
  * Implemented by the app to follow syncs and changes. Methods are called on a background
@@ -1487,6 +1633,18 @@ open func onChanged(event: ChangeEvent)  {try! rustCall() {
 }
 }
     
+    /**
+     * After the engine destroyed the store on the province's order (the last event).
+     */
+open func onWiped(event: WipeEvent)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_syncobserver_on_wiped(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeWipeEvent_lower(event),uniffiCallStatus
+    )
+}
+}
+    
 
     
 }
@@ -1552,6 +1710,30 @@ fileprivate struct UniffiCallbackInterfaceSyncObserver {
                 }
                 return uniffiObj.onChanged(
                      event: try FfiConverterTypeChangeEvent_lift(event)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        },
+        onWiped: { (
+            uniffiHandle: UInt64,
+            event: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeSyncObserver.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onWiped(
+                     event: try FfiConverterTypeWipeEvent_lift(event)
                 )
             }
 
@@ -2446,6 +2628,155 @@ public func FfiConverterTypeApplicationUpdate_lower(_ value: ApplicationUpdate) 
 
 
 /**
+ * One entry of the audit log of quarantine decisions: who, when, what, why.
+ */
+public struct AuditEntry: Equatable, Hashable {
+    /**
+     * When, ms since the epoch (device clock corrected by the server's).
+     */
+    public var atMs: Int64
+    /**
+     * The officer who decided.
+     */
+    public var officer: String
+    /**
+     * What was done.
+     */
+    public var action: AuditAction
+    /**
+     * The quarantined record.
+     */
+    public var recordId: String
+    /**
+     * Its kind.
+     */
+    public var kind: RecordKind
+    /**
+     * Which way it had been going.
+     */
+    public var direction: QuarantineDirection
+    /**
+     * The code it was quarantined with.
+     */
+    public var code: String
+    /**
+     * The message it was quarantined with.
+     */
+    public var message: String
+    /**
+     * The officer's reason.
+     */
+    public var reason: String
+    /**
+     * For a copy: the new record's id.
+     */
+    public var replacementId: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * When, ms since the epoch (device clock corrected by the server's).
+         */atMs: Int64, 
+        /**
+         * The officer who decided.
+         */officer: String, 
+        /**
+         * What was done.
+         */action: AuditAction, 
+        /**
+         * The quarantined record.
+         */recordId: String, 
+        /**
+         * Its kind.
+         */kind: RecordKind, 
+        /**
+         * Which way it had been going.
+         */direction: QuarantineDirection, 
+        /**
+         * The code it was quarantined with.
+         */code: String, 
+        /**
+         * The message it was quarantined with.
+         */message: String, 
+        /**
+         * The officer's reason.
+         */reason: String, 
+        /**
+         * For a copy: the new record's id.
+         */replacementId: String?) {
+        self.atMs = atMs
+        self.officer = officer
+        self.action = action
+        self.recordId = recordId
+        self.kind = kind
+        self.direction = direction
+        self.code = code
+        self.message = message
+        self.reason = reason
+        self.replacementId = replacementId
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AuditEntry: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAuditEntry: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AuditEntry {
+        return
+            try AuditEntry(
+                atMs: FfiConverterInt64.read(from: &buf), 
+                officer: FfiConverterString.read(from: &buf), 
+                action: FfiConverterTypeAuditAction.read(from: &buf), 
+                recordId: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeRecordKind.read(from: &buf), 
+                direction: FfiConverterTypeQuarantineDirection.read(from: &buf), 
+                code: FfiConverterString.read(from: &buf), 
+                message: FfiConverterString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf), 
+                replacementId: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AuditEntry, into buf: inout [UInt8]) {
+        FfiConverterInt64.write(value.atMs, into: &buf)
+        FfiConverterString.write(value.officer, into: &buf)
+        FfiConverterTypeAuditAction.write(value.action, into: &buf)
+        FfiConverterString.write(value.recordId, into: &buf)
+        FfiConverterTypeRecordKind.write(value.kind, into: &buf)
+        FfiConverterTypeQuarantineDirection.write(value.direction, into: &buf)
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.message, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterOptionString.write(value.replacementId, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAuditEntry_lift(_ buf: RustBuffer) throws -> AuditEntry {
+    return try FfiConverterTypeAuditEntry.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAuditEntry_lower(_ value: AuditEntry) -> RustBuffer {
+    return FfiConverterTypeAuditEntry.lower(value)
+}
+
+
+/**
  * Who made a change: the device and the officer signed in on it.
  */
 public struct Author: Equatable, Hashable {
@@ -3268,6 +3599,13 @@ public struct EngineConfig: Equatable, Hashable {
      * When to sync in the background; `None` for the defaults suited to 2G.
      */
     public var backgroundPolicy: BackgroundPolicy?
+    /**
+     * The app's version (Android `versionName`, iOS `CFBundleShortVersionString`). After the
+     * server answered "upgrade required", background syncs stop until the engine is opened by
+     * another version of the app (or of this library); a new version also tries again the
+     * pulled records an older one could not read.
+     */
+    public var appVersion: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3288,12 +3626,19 @@ public struct EngineConfig: Equatable, Hashable {
          */credential: DeviceCredential? = nil, 
         /**
          * When to sync in the background; `None` for the defaults suited to 2G.
-         */backgroundPolicy: BackgroundPolicy? = nil) {
+         */backgroundPolicy: BackgroundPolicy? = nil, 
+        /**
+         * The app's version (Android `versionName`, iOS `CFBundleShortVersionString`). After the
+         * server answered "upgrade required", background syncs stop until the engine is opened by
+         * another version of the app (or of this library); a new version also tries again the
+         * pulled records an older one could not read.
+         */appVersion: String? = nil) {
         self.storePath = storePath
         self.encryptionKey = encryptionKey
         self.serverUrl = serverUrl
         self.credential = credential
         self.backgroundPolicy = backgroundPolicy
+        self.appVersion = appVersion
     }
 
     
@@ -3316,7 +3661,8 @@ public struct FfiConverterTypeEngineConfig: FfiConverterRustBuffer {
                 encryptionKey: FfiConverterData.read(from: &buf), 
                 serverUrl: FfiConverterString.read(from: &buf), 
                 credential: FfiConverterOptionTypeDeviceCredential.read(from: &buf), 
-                backgroundPolicy: FfiConverterOptionTypeBackgroundPolicy.read(from: &buf)
+                backgroundPolicy: FfiConverterOptionTypeBackgroundPolicy.read(from: &buf), 
+                appVersion: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -3326,6 +3672,7 @@ public struct FfiConverterTypeEngineConfig: FfiConverterRustBuffer {
         FfiConverterString.write(value.serverUrl, into: &buf)
         FfiConverterOptionTypeDeviceCredential.write(value.credential, into: &buf)
         FfiConverterOptionTypeBackgroundPolicy.write(value.backgroundPolicy, into: &buf)
+        FfiConverterOptionString.write(value.appVersion, into: &buf)
     }
 }
 
@@ -3448,6 +3795,11 @@ public struct HistoryEntry: Equatable, Hashable {
      * Fields it touched (`created` for the first change).
      */
     public var fields: [String]
+    /**
+     * When the server received it, ms since the epoch (server clock): the server's fact beside
+     * the device's claim. `None` until the server has acknowledged it.
+     */
+    public var serverReceivedAtMs: Int64?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3466,12 +3818,17 @@ public struct HistoryEntry: Equatable, Hashable {
          */deviceTimeMs: Int64, 
         /**
          * Fields it touched (`created` for the first change).
-         */fields: [String]) {
+         */fields: [String], 
+        /**
+         * When the server received it, ms since the epoch (server clock): the server's fact beside
+         * the device's claim. `None` until the server has acknowledged it.
+         */serverReceivedAtMs: Int64?) {
         self.hash = hash
         self.deviceId = deviceId
         self.officer = officer
         self.deviceTimeMs = deviceTimeMs
         self.fields = fields
+        self.serverReceivedAtMs = serverReceivedAtMs
     }
 
     
@@ -3494,7 +3851,8 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
                 deviceId: FfiConverterOptionString.read(from: &buf), 
                 officer: FfiConverterString.read(from: &buf), 
                 deviceTimeMs: FfiConverterInt64.read(from: &buf), 
-                fields: FfiConverterSequenceString.read(from: &buf)
+                fields: FfiConverterSequenceString.read(from: &buf), 
+                serverReceivedAtMs: FfiConverterOptionInt64.read(from: &buf)
         )
     }
 
@@ -3504,6 +3862,7 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
         FfiConverterString.write(value.officer, into: &buf)
         FfiConverterInt64.write(value.deviceTimeMs, into: &buf)
         FfiConverterSequenceString.write(value.fields, into: &buf)
+        FfiConverterOptionInt64.write(value.serverReceivedAtMs, into: &buf)
     }
 }
 
@@ -3991,6 +4350,165 @@ public func FfiConverterTypeProcedure_lower(_ value: Procedure) -> RustBuffer {
 
 
 /**
+ * A record set aside: every other record keeps syncing. Outgoing ones can be retried
+ * ([`Engine::retry_quarantined`](crate::Engine::retry_quarantined)), discarded or copied as a
+ * new record.
+ */
+public struct QuarantinedRecord: Equatable, Hashable {
+    /**
+     * Record id (for an incoming record whose id could not be read, one made from its data:
+     * `id_known` is false).
+     */
+    public var recordId: String
+    /**
+     * Whether `record_id` is the record's own id.
+     */
+    public var idKnown: Bool
+    /**
+     * Record kind.
+     */
+    public var kind: RecordKind
+    /**
+     * Refused on the way out, or unreadable on the way in.
+     */
+    public var direction: QuarantineDirection
+    /**
+     * Why, for programs: the server's refusal code (`not_yours`, `immutable_field`,
+     * `illegal_transition`, `second_root`, `sequence`, `not_attributed`, `invalid_field`,
+     * `too_large`, `malformed`, `duplicate`, or a newer one) for outgoing records;
+     * `unreadable`, `missing_dependencies`, `wrong_kind` or `invalid` for incoming ones.
+     */
+    public var code: String
+    /**
+     * Why, for people (English; apps show their own text per code).
+     */
+    public var message: String
+    /**
+     * When it was first set aside, ms since the epoch (device clock corrected by the server's).
+     */
+    public var firstAtMs: Int64
+    /**
+     * When it was last refused or tried.
+     */
+    public var lastAtMs: Int64
+    /**
+     * Times refused (outgoing) or tried (incoming).
+     */
+    public var attempts: UInt32
+    /**
+     * Incoming: whether its data is kept (false beyond the quarantine's bound).
+     */
+    public var changesKept: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Record id (for an incoming record whose id could not be read, one made from its data:
+         * `id_known` is false).
+         */recordId: String, 
+        /**
+         * Whether `record_id` is the record's own id.
+         */idKnown: Bool, 
+        /**
+         * Record kind.
+         */kind: RecordKind, 
+        /**
+         * Refused on the way out, or unreadable on the way in.
+         */direction: QuarantineDirection, 
+        /**
+         * Why, for programs: the server's refusal code (`not_yours`, `immutable_field`,
+         * `illegal_transition`, `second_root`, `sequence`, `not_attributed`, `invalid_field`,
+         * `too_large`, `malformed`, `duplicate`, or a newer one) for outgoing records;
+         * `unreadable`, `missing_dependencies`, `wrong_kind` or `invalid` for incoming ones.
+         */code: String, 
+        /**
+         * Why, for people (English; apps show their own text per code).
+         */message: String, 
+        /**
+         * When it was first set aside, ms since the epoch (device clock corrected by the server's).
+         */firstAtMs: Int64, 
+        /**
+         * When it was last refused or tried.
+         */lastAtMs: Int64, 
+        /**
+         * Times refused (outgoing) or tried (incoming).
+         */attempts: UInt32, 
+        /**
+         * Incoming: whether its data is kept (false beyond the quarantine's bound).
+         */changesKept: Bool) {
+        self.recordId = recordId
+        self.idKnown = idKnown
+        self.kind = kind
+        self.direction = direction
+        self.code = code
+        self.message = message
+        self.firstAtMs = firstAtMs
+        self.lastAtMs = lastAtMs
+        self.attempts = attempts
+        self.changesKept = changesKept
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension QuarantinedRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuarantinedRecord {
+        return
+            try QuarantinedRecord(
+                recordId: FfiConverterString.read(from: &buf), 
+                idKnown: FfiConverterBool.read(from: &buf), 
+                kind: FfiConverterTypeRecordKind.read(from: &buf), 
+                direction: FfiConverterTypeQuarantineDirection.read(from: &buf), 
+                code: FfiConverterString.read(from: &buf), 
+                message: FfiConverterString.read(from: &buf), 
+                firstAtMs: FfiConverterInt64.read(from: &buf), 
+                lastAtMs: FfiConverterInt64.read(from: &buf), 
+                attempts: FfiConverterUInt32.read(from: &buf), 
+                changesKept: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: QuarantinedRecord, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.recordId, into: &buf)
+        FfiConverterBool.write(value.idKnown, into: &buf)
+        FfiConverterTypeRecordKind.write(value.kind, into: &buf)
+        FfiConverterTypeQuarantineDirection.write(value.direction, into: &buf)
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.message, into: &buf)
+        FfiConverterInt64.write(value.firstAtMs, into: &buf)
+        FfiConverterInt64.write(value.lastAtMs, into: &buf)
+        FfiConverterUInt32.write(value.attempts, into: &buf)
+        FfiConverterBool.write(value.changesKept, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuarantinedRecord_lift(_ buf: RustBuffer) throws -> QuarantinedRecord {
+    return try FfiConverterTypeQuarantinedRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuarantinedRecord_lower(_ value: QuarantinedRecord) -> RustBuffer {
+    return FfiConverterTypeQuarantinedRecord.lower(value)
+}
+
+
+/**
  * A paper received with an application.
  */
 public struct ReceivedDocument: Equatable, Hashable {
@@ -4387,9 +4905,17 @@ public struct SyncReport: Equatable, Hashable {
      */
     public var conflicts: UInt64
     /**
-     * Pulled documents the store refused.
+     * Pulled records this version of the app could not read: kept in the quarantine.
      */
     public var rejected: UInt64
+    /**
+     * Pushed records the server refused in this sync: set aside in the quarantine.
+     */
+    public var refused: UInt64
+    /**
+     * Records in the quarantine after the sync (both directions).
+     */
+    public var quarantined: UInt64
     /**
      * Repeated attempts.
      */
@@ -4430,8 +4956,14 @@ public struct SyncReport: Equatable, Hashable {
          * Documents holding conflicts after the pull.
          */conflicts: UInt64, 
         /**
-         * Pulled documents the store refused.
+         * Pulled records this version of the app could not read: kept in the quarantine.
          */rejected: UInt64, 
+        /**
+         * Pushed records the server refused in this sync: set aside in the quarantine.
+         */refused: UInt64, 
+        /**
+         * Records in the quarantine after the sync (both directions).
+         */quarantined: UInt64, 
         /**
          * Repeated attempts.
          */retries: UInt64, 
@@ -4448,6 +4980,8 @@ public struct SyncReport: Equatable, Hashable {
         self.pulledChanges = pulledChanges
         self.conflicts = conflicts
         self.rejected = rejected
+        self.refused = refused
+        self.quarantined = quarantined
         self.retries = retries
         self.pendingDocs = pendingDocs
     }
@@ -4478,6 +5012,8 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 pulledChanges: FfiConverterUInt64.read(from: &buf), 
                 conflicts: FfiConverterUInt64.read(from: &buf), 
                 rejected: FfiConverterUInt64.read(from: &buf), 
+                refused: FfiConverterUInt64.read(from: &buf), 
+                quarantined: FfiConverterUInt64.read(from: &buf), 
                 retries: FfiConverterUInt64.read(from: &buf), 
                 pendingDocs: FfiConverterUInt64.read(from: &buf)
         )
@@ -4494,6 +5030,8 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.pulledChanges, into: &buf)
         FfiConverterUInt64.write(value.conflicts, into: &buf)
         FfiConverterUInt64.write(value.rejected, into: &buf)
+        FfiConverterUInt64.write(value.refused, into: &buf)
+        FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterUInt64.write(value.retries, into: &buf)
         FfiConverterUInt64.write(value.pendingDocs, into: &buf)
     }
@@ -4532,9 +5070,21 @@ public struct SyncStatus: Equatable, Hashable {
      */
     public var syncing: Bool
     /**
-     * Records with changes the server has not acknowledged.
+     * Records with changes the server has not acknowledged and that go out with the next sync.
      */
     public var pendingChanges: UInt64
+    /**
+     * Records set aside in the quarantine (see [`Engine::quarantined`](crate::Engine::quarantined)).
+     */
+    public var quarantined: UInt64
+    /**
+     * The commune the device enrolled in (`None` before enrollment or for a province account).
+     */
+    public var enrolledCommune: String?
+    /**
+     * Whether the server refused this version of the app: upgrade it.
+     */
+    public var upgradeRequired: Bool
     /**
      * Server time of the last successful sync (ms since the epoch), kept in the store.
      */
@@ -4573,8 +5123,17 @@ public struct SyncStatus: Equatable, Hashable {
          * Whether a sync is running now.
          */syncing: Bool, 
         /**
-         * Records with changes the server has not acknowledged.
+         * Records with changes the server has not acknowledged and that go out with the next sync.
          */pendingChanges: UInt64, 
+        /**
+         * Records set aside in the quarantine (see [`Engine::quarantined`](crate::Engine::quarantined)).
+         */quarantined: UInt64, 
+        /**
+         * The commune the device enrolled in (`None` before enrollment or for a province account).
+         */enrolledCommune: String?, 
+        /**
+         * Whether the server refused this version of the app: upgrade it.
+         */upgradeRequired: Bool, 
         /**
          * Server time of the last successful sync (ms since the epoch), kept in the store.
          */lastServerSyncMs: Int64?, 
@@ -4597,6 +5156,9 @@ public struct SyncStatus: Equatable, Hashable {
         self.enrolled = enrolled
         self.syncing = syncing
         self.pendingChanges = pendingChanges
+        self.quarantined = quarantined
+        self.enrolledCommune = enrolledCommune
+        self.upgradeRequired = upgradeRequired
         self.lastServerSyncMs = lastServerSyncMs
         self.lastSuccessMs = lastSuccessMs
         self.consecutiveFailures = consecutiveFailures
@@ -4625,6 +5187,9 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 enrolled: FfiConverterBool.read(from: &buf), 
                 syncing: FfiConverterBool.read(from: &buf), 
                 pendingChanges: FfiConverterUInt64.read(from: &buf), 
+                quarantined: FfiConverterUInt64.read(from: &buf), 
+                enrolledCommune: FfiConverterOptionString.read(from: &buf), 
+                upgradeRequired: FfiConverterBool.read(from: &buf), 
                 lastServerSyncMs: FfiConverterOptionInt64.read(from: &buf), 
                 lastSuccessMs: FfiConverterOptionInt64.read(from: &buf), 
                 consecutiveFailures: FfiConverterUInt32.read(from: &buf), 
@@ -4639,6 +5204,9 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterBool.write(value.enrolled, into: &buf)
         FfiConverterBool.write(value.syncing, into: &buf)
         FfiConverterUInt64.write(value.pendingChanges, into: &buf)
+        FfiConverterUInt64.write(value.quarantined, into: &buf)
+        FfiConverterOptionString.write(value.enrolledCommune, into: &buf)
+        FfiConverterBool.write(value.upgradeRequired, into: &buf)
         FfiConverterOptionInt64.write(value.lastServerSyncMs, into: &buf)
         FfiConverterOptionInt64.write(value.lastSuccessMs, into: &buf)
         FfiConverterUInt32.write(value.consecutiveFailures, into: &buf)
@@ -4661,6 +5229,97 @@ public func FfiConverterTypeSyncStatus_lift(_ buf: RustBuffer) throws -> SyncSta
 #endif
 public func FfiConverterTypeSyncStatus_lower(_ value: SyncStatus) -> RustBuffer {
     return FfiConverterTypeSyncStatus.lower(value)
+}
+
+
+/**
+ * The province ordered this device wiped, and the engine did it: the store file (and its
+ * `-wal`, `-shm`) is deleted and every later call fails with `CommuneSyncError.Wiped`. The app
+ * deletes the key and the credential from the keystore and shows the officer what happened.
+ */
+public struct WipeEvent: Equatable, Hashable {
+    /**
+     * The device that was wiped.
+     */
+    public var deviceId: String
+    /**
+     * The store that was destroyed.
+     */
+    public var storePath: String
+    /**
+     * The files deleted.
+     */
+    public var deletedFiles: [String]
+    /**
+     * The server's message.
+     */
+    public var message: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The device that was wiped.
+         */deviceId: String, 
+        /**
+         * The store that was destroyed.
+         */storePath: String, 
+        /**
+         * The files deleted.
+         */deletedFiles: [String], 
+        /**
+         * The server's message.
+         */message: String) {
+        self.deviceId = deviceId
+        self.storePath = storePath
+        self.deletedFiles = deletedFiles
+        self.message = message
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension WipeEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeWipeEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> WipeEvent {
+        return
+            try WipeEvent(
+                deviceId: FfiConverterString.read(from: &buf), 
+                storePath: FfiConverterString.read(from: &buf), 
+                deletedFiles: FfiConverterSequenceString.read(from: &buf), 
+                message: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: WipeEvent, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterString.write(value.storePath, into: &buf)
+        FfiConverterSequenceString.write(value.deletedFiles, into: &buf)
+        FfiConverterString.write(value.message, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeWipeEvent_lift(_ buf: RustBuffer) throws -> WipeEvent {
+    return try FfiConverterTypeWipeEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeWipeEvent_lower(_ value: WipeEvent) -> RustBuffer {
+    return FfiConverterTypeWipeEvent.lower(value)
 }
 
 
@@ -4791,6 +5450,81 @@ public func FfiConverterTypeApplicationStatus_lower(_ value: ApplicationStatus) 
 
 
 /**
+ * What an officer did about a quarantined record.
+ */
+
+public enum AuditAction: Equatable, Hashable {
+    
+    /**
+     * Discarded.
+     */
+    case discarded
+    /**
+     * Replaced by a new record with the same content.
+     */
+    case copiedAsNew
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension AuditAction: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAuditAction: FfiConverterRustBuffer {
+    typealias SwiftType = AuditAction
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AuditAction {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .discarded
+        
+        case 2: return .copiedAsNew
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: AuditAction, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .discarded:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .copiedAsNew:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAuditAction_lift(_ buf: RustBuffer) throws -> AuditAction {
+    return try FfiConverterTypeAuditAction.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAuditAction_lower(_ value: AuditAction) -> RustBuffer {
+    return FfiConverterTypeAuditAction.lower(value)
+}
+
+
+
+/**
  * Where a change came from.
  */
 
@@ -4891,6 +5625,19 @@ enum CommuneSyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErr
     case Revoked(message: String)
     
     /**
+     * The province revoked this device and ordered it wiped: the engine has destroyed the
+     * store (observers got `on_wiped`). Delete the key and the credential from the keystore;
+     * every later call of this engine fails with this error.
+     */
+    case Wiped(message: String)
+    
+    /**
+     * The server no longer accepts this version of the app: nothing syncs until the app is
+     * upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
+     */
+    case UpgradeRequired(message: String)
+    
+    /**
      * A value the engine does not accept (a field, an id, a date, a key); the message names it.
      */
     case InvalidInput(message: String)
@@ -4952,19 +5699,27 @@ public struct FfiConverterTypeCommuneSyncError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 4: return .InvalidInput(
+        case 4: return .Wiped(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 5: return .NotFound(
+        case 5: return .UpgradeRequired(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 6: return .Conflict(
+        case 6: return .InvalidInput(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .Storage(
+        case 7: return .NotFound(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 8: return .Conflict(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 9: return .Storage(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -4985,14 +5740,18 @@ public struct FfiConverterTypeCommuneSyncError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(2))
         case .Revoked(_ /* message is ignored*/):
             writeInt(&buf, Int32(3))
-        case .InvalidInput(_ /* message is ignored*/):
+        case .Wiped(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-        case .NotFound(_ /* message is ignored*/):
+        case .UpgradeRequired(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-        case .Conflict(_ /* message is ignored*/):
+        case .InvalidInput(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-        case .Storage(_ /* message is ignored*/):
+        case .NotFound(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
+        case .Conflict(_ /* message is ignored*/):
+            writeInt(&buf, Int32(8))
+        case .Storage(_ /* message is ignored*/):
+            writeInt(&buf, Int32(9))
 
         
         }
@@ -5147,6 +5906,14 @@ public enum ErrorKind: Equatable, Hashable {
      */
     case revoked
     /**
+     * See [`CommuneSyncError::Wiped`].
+     */
+    case wiped
+    /**
+     * See [`CommuneSyncError::UpgradeRequired`].
+     */
+    case upgradeRequired
+    /**
      * See [`CommuneSyncError::InvalidInput`].
      */
     case invalidInput
@@ -5189,13 +5956,17 @@ public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
         
         case 3: return .revoked
         
-        case 4: return .invalidInput
+        case 4: return .wiped
         
-        case 5: return .notFound
+        case 5: return .upgradeRequired
         
-        case 6: return .conflict
+        case 6: return .invalidInput
         
-        case 7: return .storage
+        case 7: return .notFound
+        
+        case 8: return .conflict
+        
+        case 9: return .storage
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -5217,20 +5988,28 @@ public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
             writeInt(&buf, Int32(3))
         
         
-        case .invalidInput:
+        case .wiped:
             writeInt(&buf, Int32(4))
         
         
-        case .notFound:
+        case .upgradeRequired:
             writeInt(&buf, Int32(5))
         
         
-        case .conflict:
+        case .invalidInput:
             writeInt(&buf, Int32(6))
         
         
-        case .storage:
+        case .notFound:
             writeInt(&buf, Int32(7))
+        
+        
+        case .conflict:
+            writeInt(&buf, Int32(8))
+        
+        
+        case .storage:
+            writeInt(&buf, Int32(9))
         
         }
     }
@@ -5249,6 +6028,82 @@ public func FfiConverterTypeErrorKind_lift(_ buf: RustBuffer) throws -> ErrorKin
 #endif
 public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
     return FfiConverterTypeErrorKind.lower(value)
+}
+
+
+
+/**
+ * Which way a quarantined record was going.
+ */
+
+public enum QuarantineDirection: Equatable, Hashable {
+    
+    /**
+     * Pushed by this device and refused by the server: its local changes wait for a decision.
+     */
+    case outgoing
+    /**
+     * Pulled from the server and not readable by this version of the app: kept, and tried
+     * again by the next version.
+     */
+    case incoming
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension QuarantineDirection: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuarantineDirection: FfiConverterRustBuffer {
+    typealias SwiftType = QuarantineDirection
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> QuarantineDirection {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .outgoing
+        
+        case 2: return .incoming
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: QuarantineDirection, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .outgoing:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .incoming:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuarantineDirection_lift(_ buf: RustBuffer) throws -> QuarantineDirection {
+    return try FfiConverterTypeQuarantineDirection.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuarantineDirection_lower(_ value: QuarantineDirection) -> RustBuffer {
+    return FfiConverterTypeQuarantineDirection.lower(value)
 }
 
 
@@ -5624,7 +6479,7 @@ public enum SyncDecision: Equatable, Hashable {
          */delayMs: UInt64
     )
     /**
-     * Do not sync again until a person acts (the device must be enrolled again).
+     * Do not sync again until a person acts (enroll the device again, or upgrade the app).
      */
     case stop
 
@@ -6145,6 +7000,31 @@ fileprivate struct FfiConverterSequenceTypeApplicationSummary: FfiConverterRustB
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeAuditEntry: FfiConverterRustBuffer {
+    typealias SwiftType = [AuditEntry]
+
+    public static func write(_ value: [AuditEntry], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeAuditEntry.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [AuditEntry] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [AuditEntry]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeAuditEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeConflict: FfiConverterRustBuffer {
     typealias SwiftType = [Conflict]
 
@@ -6237,6 +7117,31 @@ fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeHistoryEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeQuarantinedRecord: FfiConverterRustBuffer {
+    typealias SwiftType = [QuarantinedRecord]
+
+    public static func write(_ value: [QuarantinedRecord], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeQuarantinedRecord.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [QuarantinedRecord] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [QuarantinedRecord]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeQuarantinedRecord.read(from: &buf))
         }
         return seq
     }
@@ -6396,7 +7301,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_func_next_sync_after() != 51536) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_communesync_ffi_checksum_method_engine_audit_log() != 61145) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_communesync_ffi_checksum_method_engine_conflicts() != 16593) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new() != 35505) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_counts_by_status() != 7403) {
@@ -6414,10 +7325,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_device_id() != 1056) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_communesync_ffi_checksum_method_engine_discard_quarantined() != 20872) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_communesync_ffi_checksum_method_engine_due_soon() != 48908) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_enroll() != 48183) {
+    if (uniffi_communesync_ffi_checksum_method_engine_enroll() != 61747) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_enrolled_commune() != 35628) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_get_application() != 36005) {
@@ -6429,7 +7346,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_get_record() != 58677) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_history() != 19786) {
+    if (uniffi_communesync_ffi_checksum_method_engine_history() != 32042) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_next_sync_after() != 46344) {
@@ -6441,10 +7358,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 22559) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 16972) {
+    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 53804) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 10616) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_quarantined() != 9491) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_query_applications() != 28283) {
@@ -6453,10 +7373,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_resolve() != 45107) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_communesync_ffi_checksum_method_engine_retry_quarantined() != 53353) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_communesync_ffi_checksum_method_engine_search() != 36898) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 1804) {
+    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 13915) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_sync_status() != 16345) {
@@ -6478,6 +7401,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_syncobserver_on_changed() != 30773) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped() != 65113) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_constructor_engine_open() != 30309) {

@@ -2,12 +2,15 @@
 // observer, async wrappers for store calls. Plain Swift: compiled and run on Linux by the tests.
 import Foundation
 
-/// One event of `Engine.events()`: sync progress or changed records.
+/// One event of `Engine.events()`: sync progress, changed records, or the store wiped.
 public enum EngineEvent: @unchecked Sendable {
     /// After each completed request of a sync.
     case progress(SyncProgress)
     /// Records changed, locally or by a sync: refresh what shows them.
     case changed(ChangeEvent)
+    /// The province ordered this device wiped and the engine destroyed the store (the last
+    /// event): delete the key and the credential from the Keychain and tell the officer.
+    case wiped(WipeEvent)
 }
 
 /// Forwards observer callbacks (on the engine's observer thread) into an AsyncStream.
@@ -25,10 +28,14 @@ final class StreamObserver: SyncObserver, @unchecked Sendable {
     func onChanged(event: ChangeEvent) {
         continuation.yield(.changed(event))
     }
+
+    func onWiped(event: WipeEvent) {
+        continuation.yield(.wiped(event))
+    }
 }
 
 extension Engine {
-    /// Sync progress and record changes as an `AsyncStream`. The observation stops when the
+    /// Sync progress, record changes and a wipe as an `AsyncStream`. The observation stops when the
     /// stream terminates (the consuming loop ends or its task is cancelled). Events are never
     /// dropped (unbounded buffer; they are small and few: one per request or edit).
     public func events() throws -> AsyncStream<EngineEvent> {

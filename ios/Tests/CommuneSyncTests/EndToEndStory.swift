@@ -1,6 +1,8 @@
 // The end-to-end story of the bindings in Swift, against a real `communesync serve` started by
 // scripts/test.d/20-bindings.sh (on Linux: compiled with swiftc in the trixie chroot and run with
 // StoryMain.swift; in Xcode: run by EndToEndTests.swift when the same environment is set).
+// Then, against the scripted server of the same script (tests/src/bin/scripted_server.rs), the
+// integrity cases: records set aside in the quarantine and fixed, "upgrade required", a wipe.
 // The same story runs in Kotlin (android/src/test/kotlin/org/communesync/EndToEndStory.kt).
 import CommuneSync
 import Foundation
@@ -49,6 +51,8 @@ extension CommuneSyncError {
         case .Offline: return .offline
         case .Unauthorized: return .unauthorized
         case .Revoked: return .revoked
+        case .Wiped: return .wiped
+        case .UpgradeRequired: return .upgradeRequired
         case .InvalidInput: return .invalidInput
         case .NotFound: return .notFound
         case .Conflict: return .conflict
@@ -58,8 +62,9 @@ extension CommuneSyncError {
 
     var message: String {
         switch self {
-        case .Offline(let m), .Unauthorized(let m), .Revoked(let m), .InvalidInput(let m),
-             .NotFound(let m), .Conflict(let m), .Storage(let m):
+        case .Offline(let m), .Unauthorized(let m), .Revoked(let m), .Wiped(let m),
+             .UpgradeRequired(let m), .InvalidInput(let m), .NotFound(let m), .Conflict(let m),
+             .Storage(let m):
             return m
         }
     }
@@ -84,6 +89,11 @@ final class EventLog: @unchecked Sendable {
         lock.lock(); defer { lock.unlock() }
         return events.compactMap { if case .changed(let c) = $0 { return c } else { return nil } }
     }
+
+    var wipes: [WipeEvent] {
+        lock.lock(); defer { lock.unlock() }
+        return events.compactMap { if case .wiped(let w) = $0 { return w } else { return nil } }
+    }
 }
 
 /// An observer implemented directly (without the AsyncStream helper).
@@ -91,6 +101,7 @@ final class CountingObserver: SyncObserver, @unchecked Sendable {
     let log = EventLog()
     func onProgress(progress: SyncProgress) { log.append(.progress(progress)) }
     func onChanged(event: ChangeEvent) { log.append(.changed(event)) }
+    func onWiped(event: WipeEvent) { log.append(.wiped(event)) }
 }
 
 /// Polls `cond` every 50 ms for at most `seconds`.
@@ -336,5 +347,94 @@ enum EndToEndStory {
         c.expect("the README example takes an application and syncs it", fromReadme.pushedDocs == 1)
         let viaIo = try await a.io { try $0.search(text: "vi thi mai", limit: 5) }
         c.expect("io helper runs store calls", viaIo.count == 1)
+
+        try await integrityStory(c, scripted: try env("COMMUNESYNC_SCRIPTED_URL"), commune: commune,
+                                 work: work, key: key)
+    }
+
+    /// Quarantine, "upgrade required" and a wipe order, against the scripted server.
+    static func integrityStory(_ c: Checks, scripted: String, commune: String, work: URL, key: Data) async throws {
+        func config(_ name: String, appVersion: String? = nil, credential: DeviceCredential? = nil) -> EngineConfig {
+            EngineConfig(storePath: work.appendingPathComponent("\(name).db").path, encryptionKey: key,
+                         serverUrl: scripted, credential: credential, appVersion: appVersion)
+        }
+        func request(_ communeCode: String, _ description: String, notes: String = "") -> NewCitizenRequest {
+            NewCitizenRequest(communeCode: communeCode, category: "road", description: description,
+                              village: "Bản Phăng", reporterName: "Lò Văn Khánh", notes: notes)
+        }
+
+        // --- quarantine: records of another commune typed offline before enrollment ---
+        let q = try Engine.open(config: config("tablet-q"))
+        let stray = try q.createCitizenRequest(officer: "can-bo.lan", new: request("DB-OTHER", "Đường vào bản bị sạt lở"))
+        let twice = try q.createCitizenRequest(officer: "can-bo.lan", new: request("DB-OTHER", "Đường vào bản bị sạt lở"))
+        _ = try await q.enroll(code: "commune:\(commune)", label: "Máy tính bảng Q")
+        c.expect("enrollment records the commune", try q.enrolledCommune() == commune)
+        let atEnrollment = try q.quarantined()
+        c.expect("records of another commune are set aside at enrollment",
+                 Set(atEnrollment.map { $0.recordId }) == [stray.id, twice.id]
+                    && atEnrollment.allSatisfy { $0.code == "not_yours" && $0.direction == .outgoing && $0.attempts == 1 })
+        c.expectError("creating for another commune once enrolled", .invalidInput) {
+            _ = try q.createCitizenRequest(officer: "can-bo.lan", new: request("DB-OTHER", "Cầu treo hỏng"))
+        }
+        let fixMe = try q.createCitizenRequest(officer: "can-bo.lan", new: request(commune, "Đèn đường hỏng", notes: "#refuse"))
+        let fine = try q.createCitizenRequest(officer: "can-bo.lan", new: request(commune, "Cống thoát nước tắc"))
+        let first = try await q.syncNow()
+        c.expect("the server refused one record and the sync went on",
+                 first.refused == 1 && first.pushedDocs == 1 && first.quarantined == 3 && first.pendingDocs == 0)
+        c.expect("its reason is listed",
+                 try q.quarantined().contains { $0.recordId == fixMe.id && $0.code == "invalid_field" && !$0.message.isEmpty })
+        c.expect("the status counts it", try q.syncStatus().quarantined == 3 && q.syncStatus().pendingChanges == 0)
+        _ = try q.updateCitizenRequest(officer: "can-bo.lan", id: fixMe.id, update: CitizenRequestUpdate(notes: "Đã kiểm tra"))
+        c.expect("an edit of a refused record is not pushed behind the app's back", try await q.syncNow().pushedDocs == 0)
+        c.expect("retry puts it back in the outbox", try q.retryQuarantined(id: fixMe.id))
+        let retried = try await q.syncNow()
+        c.expect("and it goes", retried.pushedDocs == 1 && retried.refused == 0)
+        let copy = try q.copyQuarantinedAsNew(officer: "can-bo.minh", id: stray.id)
+        guard case .citizenRequest(let copied) = copy else {
+            c.expect("copy as new returns a citizen request", false)
+            return
+        }
+        c.expect("copy as new: this commune, the same content",
+                 copied.communeCode == commune && copied.description == stray.description && copied.id != stray.id)
+        c.expectError("the original is gone", .notFound) { _ = try q.getCitizenRequest(id: stray.id) }
+        try q.discardQuarantined(officer: "can-bo.minh", id: twice.id, reason: "nhập trùng")
+        c.expect("nothing left in the quarantine", try q.quarantined().isEmpty)
+        let audit = try q.auditLog()
+        c.expect("the audit log says who did what and why",
+                 audit.map { $0.action } == [.copiedAsNew, .discarded] && audit.allSatisfy { $0.officer == "can-bo.minh" }
+                    && audit[1].reason == "nhập trùng" && audit[0].replacementId == copied.id)
+        c.expectError("discarding what is not quarantined", .notFound) {
+            try q.discardQuarantined(officer: "can-bo.minh", id: fine.id, reason: "x")
+        }
+        c.expect("the copy goes", try await q.syncNow().pushedDocs == 1)
+        c.expect("history has the server's receive time", try q.history(id: fine.id).first?.serverReceivedAtMs != nil)
+
+        // --- an app too old for the server ---
+        let u = try Engine.open(config: config("tablet-u", appVersion: "1.0"))
+        let credU = try await u.enroll(code: "upgrade", label: "Máy tính bảng U")
+        await c.expectError("an old app syncs", .upgradeRequired) { _ = try await u.syncNow() }
+        c.expect("upgrade required: the policy says stop", try u.nextSyncAfter(metered: false) == .stop)
+        c.expect("upgrade required: the status says so",
+                 try u.syncStatus().upgradeRequired && u.syncStatus().lastErrorKind == .upgradeRequired)
+        let same = try Engine.open(config: config("tablet-u", appVersion: "1.0", credential: credU))
+        c.expect("restarted, the same version still stops", try same.nextSyncAfter(metered: false) == .stop)
+        let upgraded = try Engine.open(config: config("tablet-u", appVersion: "1.1", credential: credU))
+        c.expect("an upgraded app schedules again", try upgraded.nextSyncAfter(metered: false) != .stop)
+
+        // --- a wipe order ---
+        let w = try Engine.open(config: config("tablet-w"))
+        let seen = EventLog()
+        let stream = try w.events()
+        let watching = Task { for await event in stream { seen.append(event) } }
+        _ = try await w.enroll(code: "wipe", label: "Máy tính bảng W")
+        let kept = try w.createCitizenRequest(officer: "can-bo.lan", new: request(commune, "Hồ sơ trên máy bị mất"))
+        await c.expectError("a wiped device syncs", .wiped) { _ = try await w.syncNow() }
+        let files = ["", "-wal", "-shm"].map { work.appendingPathComponent("tablet-w.db\($0)").path }
+        c.expect("the store's files are gone", files.allSatisfy { !FileManager.default.fileExists(atPath: $0) })
+        let device = w.deviceId()
+        c.expect("the app was told", await waitFor(10) { seen.wipes.contains { $0.deviceId == device } })
+        c.expectError("nothing works after a wipe", .wiped) { _ = try w.getCitizenRequest(id: kept.id) }
+        c.expect("a wiped engine schedules nothing", try w.nextSyncAfter(metered: false) == .stop)
+        watching.cancel()
     }
 }

@@ -34,6 +34,10 @@ func syncMessage(engine: Engine) async -> String {
         return "enroll this tablet again"
     } catch CommuneSyncError.Revoked {
         return "this tablet was revoked"
+    } catch CommuneSyncError.UpgradeRequired {
+        return "update the app to sync again"
+    } catch CommuneSyncError.Wiped {
+        return "this tablet was wiped by the province"
     } catch {
         return "\(error)"
     }
@@ -45,6 +49,18 @@ func followSync(engine: Engine) async throws {
         switch event {
         case .progress(let progress): print("sync: \(progress.phase), \(progress.pendingDocs) to send")
         case .changed(let change): print("\(change.changedCount) records changed")
+        case .wiped: print("store wiped: delete the key and the credential")
+        }
+    }
+}
+
+// Records the server refused: show why, and let the officer fix, copy or discard them.
+func settleQuarantine(engine: Engine, officer: String) throws {
+    for record in try engine.quarantined() {
+        switch record.code {
+        case "not_yours": _ = try engine.copyQuarantinedAsNew(officer: officer, id: record.recordId)
+        case "too_large", "invalid_field": _ = try engine.retryQuarantined(id: record.recordId) // after an edit
+        default: try engine.discardQuarantined(officer: officer, id: record.recordId, reason: "refused: \(record.message)")
         }
     }
 }

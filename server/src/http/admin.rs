@@ -1,4 +1,5 @@
-//! `/v1/admin/...`: communes, enrollment codes, devices, revocation, stats, catalogue.
+//! `/v1/admin/...`: communes, enrollment and re-enrollment codes, devices, revocation (with
+//! wipe), refused documents, stats, catalogue. Operator tokens are in `admin_tokens`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +8,15 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use communesync_core::record::DeviceId;
+use communesync_core::record::{DeviceId, RecordId};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
     ApiError, ApiScope, AppState, authenticate_admin, hash_enrollment_code, new_enrollment_code,
     refused_body,
 };
-use crate::storage::{Scope, ServerStorage, StorageError};
+use crate::storage::{Refusal, Scope, ServerStorage, StorageError};
 
 // ----- admin -------------------------------------------------------------------------------------
 
@@ -87,6 +89,31 @@ fn default_ttl_hours() -> u32 {
     72
 }
 
+fn check_ttl_hours(ttl_hours: u32) -> Result<Duration, ApiError> {
+    if ttl_hours == 0 || ttl_hours > 24 * 30 {
+        return Err(ApiError::malformed("ttl_hours must be 1 to 720"));
+    }
+    Ok(Duration::from_secs(u64::from(ttl_hours) * 3600))
+}
+
+/// An optional JSON body: empty (or only whitespace) is `T::default()`.
+fn optional_json<T: DeserializeOwned + Default>(
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(&body).map_err(|e| ApiError::malformed(e.to_string()))
+}
+
+/// A device id from the path.
+fn device_in_path(id: &str) -> Result<DeviceId, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(DeviceId)
+        .map_err(|e| ApiError::malformed(format!("device id: {e}")))
+}
+
 #[derive(Serialize)]
 pub(super) struct IssuedCode {
     code: String,
@@ -115,14 +142,11 @@ pub(super) async fn admin_issue_code(
 ) -> Result<Json<IssuedCode>, ApiError> {
     authenticate_admin(&state, &headers).await?;
     let Json(request) = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
-    if request.ttl_hours == 0 || request.ttl_hours > 24 * 30 {
-        return Err(ApiError::malformed("ttl_hours must be 1 to 720"));
-    }
+    let ttl = check_ttl_hours(request.ttl_hours)?;
     let scope = match request.scope {
         ApiScope::Commune(code) => Scope::Commune(code),
         ApiScope::Province => Scope::Province,
     };
-    let ttl = Duration::from_secs(u64::from(request.ttl_hours) * 3600);
     let (code, expires_at) =
         issue_enrollment_code(state.storage.as_ref(), &scope, ttl, state.clock.now_ms()).await?;
     Ok(Json(IssuedCode { code, expires_at }))
@@ -154,6 +178,10 @@ pub struct DeviceOut {
     pub pending_docs: Option<u64>,
     /// Last authenticated sync (server ms).
     pub last_seen_at: Option<i64>,
+    /// Revoked with a wipe order.
+    pub wiped: bool,
+    /// Documents of the device currently set aside as refused.
+    pub refused_docs: u64,
 }
 
 /// Devices for operators; shared by the HTTP API and the CLI.
@@ -176,6 +204,8 @@ pub async fn list_devices(
             changes_pushed: info.changes_pushed,
             pending_docs: info.pending_docs,
             last_seen_at: info.last_seen_at,
+            wiped: info.device.wiped,
+            refused_docs: info.refused_docs,
         })
         .collect())
 }
@@ -191,16 +221,157 @@ pub(super) async fn admin_list_devices(
     ))
 }
 
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeRequest {
+    #[serde(default)]
+    wipe: bool,
+}
+
+/// Revokes a device: no body (or `{}`) revokes, `{"wipe": true}` also orders its store wiped.
+/// Unknown fields are refused, so that a misspelt `wipe` is not a plain revocation.
 pub(super) async fn admin_revoke(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<StatusCode, ApiError> {
     authenticate_admin(&state, &headers).await?;
-    let id = uuid::Uuid::parse_str(&id).map_err(|e| ApiError::malformed(e.to_string()))?;
-    state.storage.revoke_device(DeviceId(id)).await?;
-    tracing::info!(device = %id, "device revoked");
+    let id = device_in_path(&id)?;
+    let request: RevokeRequest = optional_json(body)?;
+    if request.wipe {
+        state.storage.revoke_and_wipe_device(id).await?;
+        tracing::info!(device = %id, "device revoked, wipe ordered");
+    } else {
+        state.storage.revoke_device(id).await?;
+        tracing::info!(device = %id, "device revoked");
+    }
     Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReenrollRequest {
+    #[serde(default = "default_ttl_hours")]
+    ttl_hours: u32,
+}
+
+impl Default for ReenrollRequest {
+    fn default() -> Self {
+        ReenrollRequest {
+            ttl_hours: default_ttl_hours(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct IssuedReenrollCode {
+    device_id: uuid::Uuid,
+    code: String,
+    expires_at: i64,
+}
+
+/// Issues a one-time re-enrollment code for an existing device; shared by the HTTP API and the
+/// CLI. Enrolling with it (and that device's id) replaces the device's credential.
+pub async fn issue_reenrollment_code(
+    storage: &dyn ServerStorage,
+    device: DeviceId,
+    ttl: Duration,
+    now: i64,
+) -> Result<(String, i64), StorageError> {
+    let code = new_enrollment_code();
+    let expires_at = now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX));
+    storage
+        .create_reenrollment_code(device, hash_enrollment_code(&code), expires_at)
+        .await?;
+    Ok((code, expires_at))
+}
+
+/// `POST /v1/admin/devices/{id}/reenroll-code`, optional body `{"ttl_hours": N}` (1 to 720,
+/// default 72).
+pub(super) async fn admin_reenroll_code(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Json<IssuedReenrollCode>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    let device = device_in_path(&id)?;
+    let request: ReenrollRequest = optional_json(body)?;
+    let ttl = check_ttl_hours(request.ttl_hours)?;
+    let (code, expires_at) =
+        issue_reenrollment_code(state.storage.as_ref(), device, ttl, state.clock.now_ms()).await?;
+    tracing::info!(device = %device, "re-enrollment code issued");
+    Ok(Json(IssuedReenrollCode {
+        device_id: device.0,
+        code,
+        expires_at,
+    }))
+}
+
+/// A refused document as the admin API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefusalOut {
+    /// The device that pushed it.
+    pub device: uuid::Uuid,
+    /// The document.
+    pub doc: RecordId,
+    /// Reason code of the latest refusal.
+    pub code: String,
+    /// Reason message of the latest refusal.
+    pub message: String,
+    /// First refusal (server ms).
+    pub first_at: i64,
+    /// Latest refusal (server ms).
+    pub last_at: i64,
+    /// Times refused.
+    pub count: u64,
+}
+
+impl From<Refusal> for RefusalOut {
+    fn from(r: Refusal) -> Self {
+        RefusalOut {
+            device: r.device.0,
+            doc: r.doc,
+            code: r.code,
+            message: r.message,
+            first_at: r.first_at,
+            last_at: r.last_at,
+            count: r.count,
+        }
+    }
+}
+
+/// Refused documents of one device (or of all), newest first, at most
+/// [`MAX_REFUSALS_LISTED`](crate::storage::MAX_REFUSALS_LISTED); shared by the HTTP API and the
+/// CLI. [`StorageError::NotFound`] if the device is unknown.
+pub async fn refusals(
+    storage: &dyn ServerStorage,
+    device: Option<DeviceId>,
+) -> Result<Vec<RefusalOut>, StorageError> {
+    let rows = storage.refusals(device).await?;
+    if let Some(device) = device
+        && rows.is_empty()
+        && !storage
+            .list_devices(None)
+            .await?
+            .iter()
+            .any(|info| info.device.id == device)
+    {
+        return Err(StorageError::NotFound);
+    }
+    Ok(rows.into_iter().map(RefusalOut::from).collect())
+}
+
+/// `GET /v1/admin/devices/{id}/refusals`.
+pub(super) async fn admin_device_refusals(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<RefusalOut>>, ApiError> {
+    authenticate_admin(&state, &headers).await?;
+    let device = device_in_path(&id)?;
+    Ok(Json(refusals(state.storage.as_ref(), Some(device)).await?))
 }
 
 /// Activity of a commune as the admin API shows it.

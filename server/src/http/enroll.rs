@@ -1,14 +1,21 @@
 //! `POST /v1/enroll`: a one-time code for a device credential bound to a scope.
+//!
+//! The device id must be random (UUID version 4 or 7, as stores create them): a chosen id would
+//! decide Automerge ties on purpose. An enrollment code creates a new device; an id already
+//! enrolled is refused (409) except with a re-enrollment code issued for that very device, which
+//! replaces its credential. A re-enrollment code given with another id is refused exactly like
+//! an unknown code. Attempts are limited per client address as [`super::enroll_limit`] says.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use communesync_core::record::DeviceId;
 use serde::{Deserialize, Serialize};
 
+use super::client_addr::{client_ip, source_key};
 use super::{ApiError, AppState, hash_enrollment_code, hash_secret, new_token, refused_body};
 use crate::storage::{Scope, StorageError};
 
@@ -51,35 +58,59 @@ pub(super) struct EnrollResponse {
 pub(super) async fn enroll(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<EnrollRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<EnrollResponse>, ApiError> {
-    let now = state.clock.now_ms();
-    let window = i64::try_from(state.config.enroll_window.as_millis()).unwrap_or(i64::MAX);
-    let source = peer.ip().to_string();
-    if state
-        .storage
-        .enrollment_failures(&source, now, window)
-        .await?
-        >= state.config.enroll_failures_allowed
-    {
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "too many failed enrollment attempts; try again later",
-        );
-        err.retry_after = Some(state.config.enroll_window.as_secs());
-        return Err(err);
-    }
     let Json(request) = body.map_err(|e| refused_body(e.status(), e.body_text()))?;
     if request.code.len() > 64 || request.label.len() > 200 {
         return Err(ApiError::malformed("code or label too long"));
     }
+    let device = DeviceId(request.device_id);
+    if !device.is_random() {
+        return Err(ApiError::malformed(
+            "device_id must be a random UUID (version 4 or 7, RFC 9562 variant), as a store \
+             creates it",
+        ));
+    }
+    let config = &state.config;
+    let source = source_key(client_ip(peer.ip(), &headers, &config.trusted_proxies));
+    let window = i64::try_from(config.enroll_window.as_millis()).unwrap_or(i64::MAX);
+    // Reserve the attempt before evaluating the code: concurrent guesses each get their own
+    // number, so at most `enroll_failures_allowed` of them are evaluated at full speed.
+    let attempt = state
+        .storage
+        .reserve_enrollment_attempt(&source, state.clock.now_ms(), window)
+        .await?;
+    let place;
+    let _turn;
+    if attempt > config.enroll_failures_allowed {
+        let Some(joined) = state.enroll_throttle.join(
+            &source,
+            config.enroll_throttle_queue,
+            config.enroll_throttle_total,
+        ) else {
+            let wait = config
+                .enroll_throttle_delay
+                .saturating_mul(u32::try_from(config.enroll_throttle_queue).unwrap_or(u32::MAX));
+            let mut err = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many enrollment attempts from this address; try again shortly",
+            );
+            err.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+            tracing::warn!(%source, "enrollment attempt refused: throttle queue full");
+            return Err(err);
+        };
+        place = joined;
+        _turn = place.turn(config.enroll_throttle_delay).await;
+    }
+    let now = state.clock.now_ms();
     let token = new_token();
     let result = state
         .storage
         .enroll(
             hash_enrollment_code(&request.code),
-            DeviceId(request.device_id),
+            device,
             hash_secret(&token),
             &request.label,
             now,
@@ -88,6 +119,11 @@ pub(super) async fn enroll(
     match result {
         Ok(device) => {
             tracing::info!(device = %device.id, scope = ?device.scope, "device enrolled");
+            // The device is enrolled whatever happens next: a failed refund only leaves the
+            // source's counter one higher for this window.
+            if let Err(err) = state.storage.refund_enrollment_attempt(&source, now).await {
+                tracing::warn!(%err, "could not refund an enrollment attempt");
+            }
             Ok(Json(EnrollResponse {
                 device_id: device.id.0,
                 token,
@@ -95,13 +131,15 @@ pub(super) async fn enroll(
             }))
         }
         Err(StorageError::InvalidEnrollmentCode) => {
-            state
-                .storage
-                .record_enrollment_failure(&source, now, window)
-                .await?;
-            tracing::warn!(%source, "failed enrollment attempt");
+            tracing::warn!(%source, attempt, "failed enrollment attempt");
             Err(StorageError::InvalidEnrollmentCode.into())
         }
+        Err(StorageError::AlreadyExists) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_exists",
+            "this device id is already enrolled: an enrolled device gets a new credential \
+             only with a re-enrollment code from the province",
+        )),
         Err(other) => Err(other.into()),
     }
 }

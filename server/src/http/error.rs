@@ -92,6 +92,7 @@ impl From<StorageError> for ApiError {
             StorageError::OutOfScope { doc } => {
                 Self::forbidden(format!("record {doc} is outside this device's commune"))
             }
+            StorageError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             StorageError::Full(detail) => {
                 tracing::error!(%detail, "storage full");
                 let mut err = Self::new(

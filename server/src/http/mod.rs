@@ -1,30 +1,45 @@
 //! The provincial server's HTTP API (axum).
 //!
-//! - `POST /v1/enroll` (JSON): a one-time code for a device credential bound to a scope.
+//! - `POST /v1/enroll` (JSON): a one-time code for a device credential bound to a scope, or a
+//!   re-enrollment code for a new credential of an existing device.
 //! - `POST /v1/sync` (wire v2, `docs/PROTOCOL.md`): push and pull in one round trip.
-//! - `/v1/admin/...` (JSON, operator token): communes, enrollment codes, devices, revocation,
-//!   stats, catalogue.
+//! - `/v1/admin/...` (JSON, operator token): communes, enrollment and re-enrollment codes,
+//!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
 //! - `GET /v1/health`.
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
 //! credentials, protocol version, counts, that every change decodes, that a new record is a valid
 //! record of the device's commune and an existing one stays one. A refused request gets a 4xx with
 //! `{"error": code, "message": text}` and changes nothing. Secrets are only ever stored hashed and
-//! never logged.
+//! never logged. A request body slower than a floor is dropped with 408 (`body_rate`), and each
+//! device has a request rate limit (`rate`).
 
 mod admin;
+mod admin_records;
+mod admin_tokens;
+mod body_rate;
+pub mod client_addr;
 mod enroll;
+pub mod enroll_limit;
 mod error;
+mod push;
+mod rate;
 mod secrets;
 mod sync;
 
 pub use admin::{
-    DeviceOut, StatsOut, issue_enrollment_code, list_devices, stats, validate_catalogue,
+    DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
+    refusals, stats, validate_catalogue,
 };
+pub use admin_records::{HistoryOut, record_history};
+pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
+pub use body_rate::MinBodyRate;
 pub use enroll::ApiScope;
 pub use error::ApiError;
+pub use rate::DeviceRateLimit;
 pub use secrets::{hash_enrollment_code, hash_secret, new_enrollment_code, new_token};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,7 +51,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::protocol::Limits;
-use communesync_core::record::DeviceId;
+use serde::Deserialize;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::storage::{Device, ServerStorage};
@@ -48,13 +63,34 @@ pub struct ServerConfig {
     pub limits: Limits,
     /// Upper bound on feed bytes in one response, whatever the client asks.
     pub max_pull_bytes: usize,
-    /// Failed enrollments allowed per source address and window.
+    /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed: a request
+    /// from one of them counts under the right-most forwarded address that is not a trusted
+    /// proxy (see [`client_addr`]). Empty (the default): the header is ignored and every request
+    /// counts under its TCP peer, so behind a proxy all tablets would share the proxy's address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Enrollment attempts per source address and window evaluated at once (a successful one is
+    /// given back, so in effect: failures). Past it the source is throttled, not locked out: see
+    /// [`enroll_limit`].
     pub enroll_failures_allowed: u32,
-    /// Length of the enrollment rate-limit window.
+    /// Length of the enrollment attempt-counting window.
     pub enroll_window: Duration,
-    /// A request body that sends nothing for this long is dropped (a slow 2G link still sends
-    /// something every few seconds; a client holding a connection open with nothing does not).
+    /// A throttled source's attempts are evaluated one at a time, each after this delay.
+    pub enroll_throttle_delay: Duration,
+    /// Attempts of one throttled source that may wait (the one being evaluated included); more
+    /// get 429 with `Retry-After`.
+    pub enroll_throttle_queue: usize,
+    /// Throttled attempts that may wait in this replica, all sources together; more get 429.
+    pub enroll_throttle_total: usize,
+    /// A request body that sends nothing for this long is dropped with 408 (a slow 2G link still
+    /// sends something every few seconds; a client holding a connection open with nothing does
+    /// not). Default 30 s.
     pub body_idle_timeout: Duration,
+    /// A request body slower than this is dropped with 408, even if it never stops entirely.
+    /// Default 1 KiB per 15 s (about 68 bytes/s), far below the worst honest 2G link.
+    pub min_body_rate: MinBodyRate,
+    /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
+    /// a burst of 20, then 5 per second.
+    pub device_rate: DeviceRateLimit,
 }
 
 impl Default for ServerConfig {
@@ -62,20 +98,35 @@ impl Default for ServerConfig {
         ServerConfig {
             limits: Limits::default(),
             max_pull_bytes: 4 * 1024 * 1024,
+            trusted_proxies: Vec::new(),
             enroll_failures_allowed: 10,
             enroll_window: Duration::from_secs(15 * 60),
+            enroll_throttle_delay: Duration::from_secs(2),
+            enroll_throttle_queue: 4,
+            enroll_throttle_total: 256,
             body_idle_timeout: Duration::from_secs(30),
+            min_body_rate: MinBodyRate::default(),
+            device_rate: DeviceRateLimit::default(),
         }
     }
 }
+
+/// Whether each procedure may be withdrawn, by code.
+pub(crate) type WithdrawalRules = Arc<HashMap<String, bool>>;
 
 /// Shared state of the handlers.
 pub struct AppState {
     pub(crate) storage: Arc<dyn ServerStorage>,
     pub(crate) config: ServerConfig,
     pub(crate) clock: Arc<dyn Clock>,
-    /// The server's own Automerge actor (it never edits; it only validates).
-    pub(crate) actor: DeviceId,
+    /// The catalogue's withdrawal rule per procedure, parsed once per catalogue version.
+    withdrawal: std::sync::Mutex<Option<(u64, WithdrawalRules)>>,
+    /// Syncs whose client went away before the answer (their work was stopped).
+    pub(crate) abandoned: Arc<std::sync::atomic::AtomicU64>,
+    /// Lanes of throttled enrollment sources.
+    pub(crate) enroll_throttle: enroll_limit::Throttle,
+    /// Request buckets of the devices.
+    pub(crate) device_limiter: rate::DeviceLimiter,
 }
 
 impl AppState {
@@ -92,16 +143,60 @@ impl AppState {
     ) -> Arc<Self> {
         Arc::new(AppState {
             storage,
+            device_limiter: rate::DeviceLimiter::new(config.device_rate),
             config,
             clock,
-            actor: DeviceId::new(),
+            withdrawal: std::sync::Mutex::new(None),
+            abandoned: Arc::default(),
+            enroll_throttle: enroll_limit::Throttle::default(),
         })
+    }
+
+    /// Syncs abandoned by their client before the answer; their remaining work was stopped.
+    pub fn abandoned_syncs(&self) -> u64 {
+        self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether each procedure of the catalogue may be withdrawn (what the workflow rule needs),
+    /// parsed from the catalogue when its version changes.
+    pub(crate) fn withdrawal_rules(&self, catalogue: Option<&(u64, String)>) -> WithdrawalRules {
+        let Some((version, json)) = catalogue else {
+            return Arc::new(HashMap::new());
+        };
+        let mut cached = self
+            .withdrawal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((at, rules)) = cached.as_ref()
+            && at == version
+        {
+            return rules.clone();
+        }
+        #[derive(Deserialize)]
+        struct Catalogue {
+            procedures: Vec<communesync_core::catalogue::Procedure>,
+        }
+        let rules: HashMap<String, bool> = match serde_json::from_str::<Catalogue>(json) {
+            Ok(catalogue) => catalogue
+                .procedures
+                .into_iter()
+                .map(|p| (p.code, p.withdrawal_allowed))
+                .collect(),
+            Err(e) => {
+                tracing::error!(error = %e, "the stored catalogue does not parse");
+                HashMap::new()
+            }
+        };
+        let rules = Arc::new(rules);
+        *cached = Some((*version, rules.clone()));
+        rules
     }
 }
 
-/// The router; serve it with `into_make_service_with_connect_info::<SocketAddr>()`.
+/// The router; serve it with [`crate::serve::serve`] (handlers need `ConnectInfo<SocketAddr>`).
 pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_compressed;
+    let min_body_rate = state.config.min_body_rate;
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enroll", post(enroll::enroll))
@@ -113,9 +208,30 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/enrollment-codes", post(admin::admin_issue_code))
         .route("/v1/admin/devices", get(admin::admin_list_devices))
         .route("/v1/admin/devices/{id}/revoke", post(admin::admin_revoke))
+        .route(
+            "/v1/admin/devices/{id}/reenroll-code",
+            post(admin::admin_reenroll_code),
+        )
+        .route(
+            "/v1/admin/devices/{id}/refusals",
+            get(admin::admin_device_refusals),
+        )
+        .route("/v1/admin/tokens", get(admin_tokens::admin_list_tokens))
+        .route(
+            "/v1/admin/tokens/{id}/revoke",
+            post(admin_tokens::admin_revoke_token),
+        )
+        .route(
+            "/v1/admin/records/{id}/history",
+            get(admin_records::admin_record_history),
+        )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))
         .layer(DefaultBodyLimit::max(body_limit))
+        // Inside the idle timeout's layer, so that its body sees that timeout's error too.
+        .layer(middleware::from_fn(move |request, next| {
+            body_rate::enforce(min_body_rate, request, next)
+        }))
         .layer(RequestBodyTimeoutLayer::new(state.config.body_idle_timeout))
         .layer(middleware::from_fn(move |request, next| {
             refuse_declared_oversize(body_limit, request, next)
@@ -176,6 +292,13 @@ pub(crate) async fn authenticate_device(
         .authenticate(hash_secret(token))
         .await?
         .ok_or_else(ApiError::unauthorized)?;
+    if device.wiped {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wiped",
+            "this device was revoked and must erase its data",
+        ));
+    }
     if device.revoked {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -183,17 +306,22 @@ pub(crate) async fn authenticate_device(
             "this device was revoked",
         ));
     }
+    state
+        .device_limiter
+        .check(device.id, std::time::Instant::now())
+        .map_err(rate::rate_limited)?;
     Ok(device)
 }
 
+/// Checks the operator token of a request; returns its id.
 pub(crate) async fn authenticate_admin(
     state: &AppState,
     headers: &HeaderMap,
-) -> Result<(), ApiError> {
+) -> Result<u64, ApiError> {
     let token = bearer(headers).ok_or_else(ApiError::unauthorized)?;
-    if state.storage.authenticate_admin(hash_secret(token)).await? {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
+    state
+        .storage
+        .authenticate_admin(hash_secret(token), state.clock.now_ms())
+        .await?
+        .ok_or_else(ApiError::unauthorized)
 }

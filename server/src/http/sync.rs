@@ -8,19 +8,16 @@ use axum::extract::{FromRequest, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
-use communesync_core::integrity::rules::validate_fields;
+use communesync_core::integrity::RefusalCode;
 use communesync_core::protocol::{
-    CONTENT_TYPE, CatalogueUpdate, FeedDoc, PROTOCOL_VERSION, PushDoc, SyncRequest, SyncResponse,
+    CONTENT_TYPE, CatalogueUpdate, FeedDoc, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, PushDoc,
+    Refused, SyncRequest, SyncResponse, WireError, content_type_of, protocol_of_content_type,
 };
-use communesync_core::record::{
-    DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, decode_change, decode_changes,
-};
-use rayon::prelude::*;
+use communesync_core::record::RecordId;
 
+use super::push::{Cancel, Cancelled, Decoded, DocVerdict, Pusher, decode_push, judge};
 use super::{ApiError, AppState, authenticate_device, refused_body};
-use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope, StorageError};
-
-// ----- sync --------------------------------------------------------------------------------------
+use crate::storage::{RefusalRow, StorageError};
 
 thread_local! {
     static CODEC: std::cell::RefCell<Option<DocCodec>> = const { std::cell::RefCell::new(None) };
@@ -52,6 +49,20 @@ pub(super) async fn sync(
     State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    // Everything blocking this request starts stops when the client goes away (axum drops this
+    // future when the connection closes, and the guard with it).
+    let cancel = Cancel::default();
+    let guard = cancel.guard(state.abandoned.clone());
+    let answer = sync_inner(state, request, cancel).await;
+    guard.disarm();
+    answer
+}
+
+async fn sync_inner(
+    state: Arc<AppState>,
+    request: axum::extract::Request,
+    cancel: Cancel,
+) -> Result<Response, ApiError> {
     // Credentials and content type before the body: a request refused anyway is not read (an
     // unauthenticated client cannot make the server buffer megabytes, or wait for them).
     let device = authenticate_device(&state, request.headers()).await?;
@@ -59,49 +70,147 @@ pub(super) async fn sync(
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if content_type != CONTENT_TYPE {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            format!("expected {CONTENT_TYPE}"),
-        ));
-    }
+        .unwrap_or_default()
+        .to_owned();
+    let content_type = content_type.as_str();
+    let protocol = match protocol_of_content_type(content_type) {
+        Some(protocol) => protocol,
+        None if is_retired_content_type(content_type) => {
+            return Err(upgrade_required(content_type));
+        }
+        None => {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                format!("expected {CONTENT_TYPE}"),
+            ));
+        }
+    };
     let body = Bytes::from_request(request, &state)
         .await
         .map_err(|e| refused_body(e.status(), e.body_text()))?;
     let limits = state.config.limits;
-    let request =
-        blocking(move || with_codec(|codec| Ok(SyncRequest::decode(codec, &body, &limits)?)))
-            .await?;
+    let request = blocking(move || {
+        with_codec(|codec| match SyncRequest::decode(codec, &body, &limits) {
+            Err(WireError::UpgradeRequired(version)) => {
+                Err(upgrade_required(&format!("protocol {version}")))
+            }
+            other => Ok(other?),
+        })
+    })
+    .await?;
+    if request.protocol != protocol {
+        return Err(ApiError::malformed(format!(
+            "a protocol {} body sent as {content_type}",
+            request.protocol
+        )));
+    }
+    if let Some(id) = first_repeated_id(&request.push) {
+        return Err(ApiError::malformed(format!(
+            "record {id} appears more than once in the push"
+        )));
+    }
     let now = state.clock.now_ms();
+    let catalogue = state.storage.catalogue().await?;
 
-    // Push: validate everything, then store the batch in one transaction.
+    // Push: a verdict per document; what passes is stored in one transaction.
     let mut missing: Vec<u32> = Vec::new();
+    // Records this request pushes: the device holds them (see the pull below).
+    let mut pushed_ids: std::collections::HashSet<RecordId> = std::collections::HashSet::new();
+    let mut refused: Vec<Refused> = Vec::new();
     if !request.push.is_empty() {
-        // Decoding, and building the documents sent whole (which name no id), runs first; then
+        let pusher = Pusher {
+            device: device.id,
+            scope: device.scope.clone(),
+            withdrawal: state.withdrawal_rules(catalogue.as_ref()),
+        };
+        // Decoding (and checking the documents sent whole, which name no id) runs first; then
         // one storage read for what the server holds of them all; then the checks against it.
         let push = request.push;
-        let actor = state.actor;
-        let prepared = blocking(move || prepare_push(push, actor)).await?;
-        let ids: Vec<RecordId> = prepared.iter().filter_map(|doc| doc.id).collect();
+        let (decoded, pusher) = {
+            let cancel = cancel.clone();
+            blocking(move || {
+                decode_push(push, &pusher, &cancel)
+                    .map(|decoded| (decoded, pusher))
+                    .map_err(|Cancelled| cancelled())
+            })
+            .await?
+        };
+        let ids: Vec<RecordId> = decoded.iter().filter_map(Decoded::id).collect();
+        pushed_ids.extend(ids.iter().copied());
+        let id_at: HashMap<u32, RecordId> = decoded
+            .iter()
+            .filter_map(|doc| Some((doc.position(), doc.id()?)))
+            .collect();
         let known = state.storage.known_docs(&ids).await?;
-        let scope = device.scope.clone();
-        let (incoming, unresolved) =
-            blocking(move || validate_push(prepared, &scope, &known, actor)).await?;
-        missing.extend(unresolved.iter().map(|(position, _)| *position));
-        if !incoming.is_empty() {
-            let positions: Vec<(RecordId, u32)> = incoming
+        let verdicts = {
+            let cancel = cancel.clone();
+            blocking(move || {
+                judge(decoded, &known, &pusher, &cancel).map_err(|Cancelled| cancelled())
+            })
+            .await?
+        };
+        let mut incoming = Vec::new();
+        let mut positions: Vec<(RecordId, u32)> = Vec::new();
+        for (position, verdict) in verdicts {
+            match verdict {
+                DocVerdict::Store(doc) => {
+                    positions.push((doc.id, position));
+                    incoming.push(doc);
+                }
+                DocVerdict::Nothing => {}
+                DocVerdict::MissingDeps => missing.push(position),
+                DocVerdict::Refused(refusal) => refused.push(Refused {
+                    position,
+                    code: refusal.code.as_str().to_owned(),
+                    message: refusal.message,
+                }),
+            }
+        }
+        // Operators see each device's refused documents (those whose id could be read); a
+        // document accepted since is cleared.
+        if !refused.is_empty() {
+            tracing::warn!(device = %device.id, refused = refused.len(), first = %refused[0].message, "pushed documents refused");
+            let rows: Vec<RefusalRow> = refused
                 .iter()
-                .map(|(position, doc)| (doc.id, *position))
+                .filter_map(|r| {
+                    Some(RefusalRow {
+                        doc: *id_at.get(&r.position)?,
+                        code: r.code.clone(),
+                        message: r.message.clone(),
+                    })
+                })
                 .collect();
+            state.storage.record_refusals(device.id, &rows, now).await?;
+        }
+        // Protocol 2 has no per-document verdicts: a refusal refuses its whole request, as it
+        // always did, and nothing is stored.
+        if protocol == PREVIOUS_PROTOCOL_VERSION
+            && let Some(first) = refused.first()
+        {
+            let status = if first.code == RefusalCode::NotYours.as_str() {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Err(ApiError::new(
+                status,
+                if status == StatusCode::FORBIDDEN {
+                    "forbidden"
+                } else {
+                    "malformed"
+                },
+                format!("pushed document {}: {}", first.position, first.message),
+            ));
+        }
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
+        if !incoming.is_empty() {
+            let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
             let outcome = state
                 .storage
-                .ingest(
-                    &device,
-                    incoming.into_iter().map(|(_, doc)| doc).collect(),
-                    now,
-                )
+                .ingest(&device, incoming, now)
                 .await
                 .map_err(|e| {
                     match e {
@@ -120,47 +229,65 @@ pub(super) async fn sync(
                     .filter(|(id, _)| outcome.missing_deps.contains(id))
                     .map(|(_, position)| *position),
             );
+            state.storage.clear_refusals(device.id, &accepted).await?;
         }
         missing.sort_unstable();
         missing.dedup();
     }
-    let still_pending = request.pending_docs + missing.len() as u64;
+    let still_pending = request
+        .pending_docs
+        .saturating_add(u64::try_from(missing.len() + refused.len()).unwrap_or(u64::MAX));
     state
         .storage
         .record_device_status(device.id, still_pending, now)
         .await?;
 
-    // Pull: the scope's feed after the cursor, minus this device's own changes.
+    // Pull: the scope's feed after the cursor, minus this device's own changes, unless the
+    // device asks from before a cursor it was already given: a store restored from an older
+    // backup then gets back its own changes of records it does not push in this request (a
+    // device whose last answer was lost asks from before too, but pushes again what that
+    // request pushed, so it is not sent its own changes back). Applying changes a store already
+    // has changes nothing.
     let (feed, next_cursor, more) = match request.pull {
         Some(pull) => {
             let max_bytes = usize::try_from(pull.max_bytes)
                 .unwrap_or(usize::MAX)
                 .clamp(1, state.config.max_pull_bytes);
-            let page = state
+            let issued = state.storage.cursor_issued(device.id).await?;
+            let exclude = (pull.cursor >= issued).then_some(device.id);
+            let mut page = state
                 .storage
-                .feed(
-                    &device.scope,
-                    pull.cursor,
-                    Some(device.id),
-                    max_bytes,
-                    usize::MAX,
-                )
+                .feed(&device.scope, pull.cursor, exclude, max_bytes, usize::MAX)
                 .await?;
-            (group_feed(page.items), page.next_cursor, page.more)
+            if exclude.is_none() {
+                page.items
+                    .retain(|item| item.device != device.id || !pushed_ids.contains(&item.doc));
+            }
+            if page.next_cursor != issued {
+                state
+                    .storage
+                    .set_cursor_issued(device.id, page.next_cursor)
+                    .await?;
+            }
+            // A document that starts with its first change goes without its id (the record
+            // holds it), which a tablet takes for a record it does not have; its own records
+            // it does have: they go with their ids.
+            let ids = exclude.is_none();
+            (group_feed(page.items, ids), page.next_cursor, page.more)
         }
         None => (Vec::new(), 0, false),
     };
-    let catalogue = match state.storage.catalogue().await? {
+    let catalogue = match catalogue {
         Some((version, json)) if version > request.catalogue_version => {
             Some(CatalogueUpdate { version, json })
         }
         _ => None,
     };
     let response = SyncResponse {
-        protocol: PROTOCOL_VERSION,
+        protocol,
         server_time: now,
         missing_deps: missing,
-        refused: Vec::new(),
+        refused,
         feed,
         next_cursor,
         more,
@@ -169,217 +296,53 @@ pub(super) async fn sync(
     let body =
         blocking(move || with_codec(|codec| response.encode(codec).map_err(ApiError::internal)))
             .await?;
-    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response())
+    Ok(([(header::CONTENT_TYPE, content_type_of(protocol))], body).into_response())
 }
 
-/// A pushed document once decoded.
-struct Prepared {
-    /// Position in the request's push.
-    position: u32,
-    /// The id sent, or read from the record when the document came whole without one (`None`
-    /// when that record could not be read: `fresh` says why).
-    id: Option<RecordId>,
-    sent_id: bool,
-    kind: RecordKind,
-    changes: Vec<IncomingChange>,
-    /// The decoded changes, for documents not built yet.
-    decoded: Vec<automerge::Change>,
-    /// For a document sent whole: the record its changes alone make.
-    fresh: Option<Result<Record, communesync_core::Error>>,
+/// Whether `content_type` is one of an older protocol (`application/x-communesync-v1`, or the
+/// unversioned one before it): its tablet must upgrade.
+fn is_retired_content_type(content_type: &str) -> bool {
+    match content_type.strip_prefix("application/x-communesync") {
+        Some("") => true,
+        Some(version) => version
+            .strip_prefix("-v")
+            .and_then(|n| n.parse::<u16>().ok())
+            .is_some_and(|n| n < PREVIOUS_PROTOCOL_VERSION),
+        None => false,
+    }
 }
 
-/// Decodes every pushed document and builds those sent whole without an id (to learn it), in
-/// parallel. A change that does not decode refuses the batch.
-fn prepare_push(push: Vec<PushDoc>, actor: DeviceId) -> Result<Vec<Prepared>, ApiError> {
-    push.into_par_iter()
-        .enumerate()
-        .map(|(position, doc)| {
-            let position =
-                u32::try_from(position).map_err(|_| ApiError::malformed("too many documents"))?;
-            let mut changes = Vec::with_capacity(doc.changes.len());
-            let mut decoded = Vec::with_capacity(doc.changes.len());
-            for bytes in doc.changes {
-                let change = decode_change(&bytes).map_err(|e| {
-                    ApiError::malformed(format!(
-                        "pushed document {position}: a change does not decode: {e}"
-                    ))
-                })?;
-                changes.push(IncomingChange {
-                    hash: change.hash().0,
-                    deps: change.deps().iter().map(|d| d.0).collect(),
-                    bytes,
-                });
-                decoded.push(change);
-            }
-            let (id, fresh, decoded) = match doc.id {
-                Some(id) => (Some(id), None, decoded),
-                None => {
-                    let built =
-                        RecordDoc::from_decoded(None, doc.kind, decoded, actor, Source::Untrusted)
-                            .map(|(_, record)| record);
-                    (built.as_ref().ok().map(Record::id), Some(built), Vec::new())
-                }
-            };
-            Ok(Prepared {
-                position,
-                id,
-                sent_id: doc.id.is_some(),
-                kind: doc.kind,
-                changes,
-                decoded,
-                fresh,
-            })
-        })
-        .collect()
+/// The first record id sent twice in one push (documents sent whole name none).
+fn first_repeated_id(push: &[PushDoc]) -> Option<RecordId> {
+    let mut seen = std::collections::HashSet::with_capacity(push.len());
+    push.iter()
+        .filter_map(|doc| doc.id)
+        .find(|id| !seen.insert(*id))
 }
 
-/// What validating one pushed document concluded.
-enum Validated {
-    /// Store these changes.
-    Store(u32, IncomingDoc),
-    /// The server lacks their dependencies: ask for the whole history.
-    MissingDeps(u32, Option<RecordId>),
+fn upgrade_required(what: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UPGRADE_REQUIRED,
+        "upgrade_required",
+        format!(
+            "{what} is no longer accepted: this server speaks protocol {PREVIOUS_PROTOCOL_VERSION} and {PROTOCOL_VERSION}; upgrade the app"
+        ),
+    )
 }
 
-type Positioned<T> = Vec<(u32, T)>;
-
-/// Checks prepared documents against the device's scope and what the server holds. Returns the
-/// documents to store and those whose history the server lacks, with their positions.
-/// Documents are independent, so they are checked in parallel; the first refusal (in batch
-/// order) refuses the batch.
-fn validate_push(
-    prepared: Vec<Prepared>,
-    scope: &Scope,
-    known: &HashMap<RecordId, KnownDoc>,
-    actor: DeviceId,
-) -> Result<(Positioned<IncomingDoc>, Positioned<Option<RecordId>>), ApiError> {
-    let validated = prepared
-        .into_par_iter()
-        .map(|doc| {
-            let stored = doc.id.and_then(|id| known.get(&id));
-            validate_doc(doc, scope, stored, actor)
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
-    let mut incoming = Vec::with_capacity(validated.len());
-    let mut missing = Vec::new();
-    for outcome in validated {
-        match outcome {
-            Validated::Store(position, doc) => incoming.push((position, doc)),
-            Validated::MissingDeps(position, id) => missing.push((position, id)),
-        }
-    }
-    Ok((incoming, missing))
-}
-
-fn validate_doc(
-    doc: Prepared,
-    scope: &Scope,
-    known: Option<&KnownDoc>,
-    actor: DeviceId,
-) -> Result<Validated, ApiError> {
-    let position = doc.position;
-    let name = match doc.id {
-        Some(id) => format!("record {id}"),
-        None => format!("pushed document {position}"),
-    };
-    let commune = match known {
-        Some(stored) => {
-            if stored.kind != doc.kind {
-                return Err(ApiError::forbidden(format!(
-                    "{name} is a {}, not a {}",
-                    stored.kind, doc.kind
-                )));
-            }
-            Some(stored.commune.clone())
-        }
-        None => None,
-    };
-    if let (Some(commune), Some(own)) = (&commune, scope.commune())
-        && commune != own
-    {
-        return Err(ApiError::forbidden(format!(
-            "{name} is outside this device's commune"
-        )));
-    }
-    // The record after these changes must be a valid record of its kind, in the commune it is
-    // registered to (or, when new, in the device's commune).
-    let built = match (doc.fresh, known) {
-        // Sent whole and new to the server: built already.
-        (Some(fresh), None) => fresh,
-        (fresh, _) => {
-            let id = doc.id.unwrap_or_default();
-            let mut all = match known {
-                Some(stored) => decode_changes(id, &stored.changes)
-                    .map_err(|e| ApiError::internal(format!("stored history of {id}: {e}")))?,
-                None => Vec::new(),
-            };
-            if fresh.is_some() {
-                // Sent whole but known here: its changes go on top of the stored ones.
-                let bytes: Vec<Vec<u8>> = doc.changes.iter().map(|c| c.bytes.clone()).collect();
-                all.extend(
-                    decode_changes(id, &bytes)
-                        .map_err(|e| ApiError::malformed(format!("{name}: {e}")))?,
-                );
-            } else {
-                all.extend(doc.decoded);
-            }
-            RecordDoc::from_decoded(doc.id, doc.kind, all, actor, Source::Untrusted)
-                .map(|(_, record)| record)
-        }
-    };
-    let record = match built {
-        Ok(record) => record,
-        Err(communesync_core::Error::InvalidInput { field, .. }) if field == "changes" => {
-            // Depends on changes the server has never seen: ask for the whole history.
-            return Ok(Validated::MissingDeps(position, doc.id));
-        }
-        Err(e) => {
-            return Err(ApiError::malformed(format!("{name}: {e}")));
-        }
-    };
-    let id = record.id();
-    if doc.sent_id && doc.id != Some(id) {
-        return Err(ApiError::malformed(format!(
-            "{name}: the changes belong to another record"
-        )));
-    }
-    // The field rules a tablet's own edits obey (a device that encodes records itself must not
-    // get a 4 MB name or terminal escapes into every tablet of the commune).
-    if known.is_none() {
-        validate_fields(&record).map_err(|e| ApiError::malformed(format!("record {id}: {e}")))?;
-    }
-    let record_commune = match &record {
-        Record::Application(a) => a.commune_code.clone(),
-        Record::CitizenRequest(r) => r.commune_code.clone(),
-    };
-    match (&commune, scope.commune()) {
-        (Some(registered), _) if *registered != record_commune => {
-            return Err(ApiError::forbidden(format!(
-                "record {id} cannot move to another commune"
-            )));
-        }
-        (None, Some(own)) if own != record_commune => {
-            return Err(ApiError::forbidden(format!(
-                "record {id} belongs to commune {record_commune}, not {own}"
-            )));
-        }
-        _ => {}
-    }
-    Ok(Validated::Store(
-        position,
-        IncomingDoc {
-            id,
-            kind: doc.kind,
-            commune: commune.unwrap_or(record_commune),
-            changes: doc.changes,
-        },
-    ))
+fn cancelled() -> ApiError {
+    // Nobody reads this answer: the client is gone.
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "cancelled",
+        "the client went away",
+    )
 }
 
 /// Groups feed items by document, in order of first appearance (order within a document kept).
-/// A document whose changes start with its first one goes without id (the record holds it);
-/// receive times go as differences from the previous document's.
-fn group_feed(items: Vec<crate::storage::FeedItem>) -> Vec<FeedDoc> {
+/// A document whose changes start with its first one goes without id (the record holds it)
+/// unless `always_ids`; receive times go as differences from the previous document's.
+fn group_feed(items: Vec<crate::storage::FeedItem>, always_ids: bool) -> Vec<FeedDoc> {
     let mut docs: Vec<(FeedDoc, i64)> = Vec::new();
     let mut index: HashMap<RecordId, usize> = HashMap::new();
     for item in items {
@@ -392,7 +355,7 @@ fn group_feed(items: Vec<crate::storage::FeedItem>) -> Vec<FeedDoc> {
                 index.insert(item.doc, docs.len());
                 docs.push((
                     FeedDoc {
-                        id: (!item.root).then_some(item.doc),
+                        id: (always_ids || !item.root).then_some(item.doc),
                         kind: item.kind,
                         changes: vec![item.bytes],
                         received_delta: 0,

@@ -2,9 +2,10 @@
 //! and PostgreSQL for several stateless server replicas), one conformance suite
 //! (`server/tests/storage_conformance.rs`) that both pass.
 //!
-//! The contract. Storage keeps communes, one-time enrollment codes, devices, admin tokens,
-//! enrollment-failure counters, record documents (each registered once to a commune and a kind)
-//! with their Automerge changes, and the province catalogue. Only hashes of secrets (enrollment
+//! The contract. Storage keeps communes, one-time enrollment and re-enrollment codes, devices
+//! (with their revocation, wipe order, refused documents and issued feed cursor), operator
+//! tokens, enrollment-attempt counters, record documents (each registered once to a commune and
+//! a kind) with their Automerge changes, and the province catalogue. Only hashes of secrets (enrollment
 //! codes, device and admin tokens) are ever stored. Times are milliseconds since the Unix epoch
 //! and are passed in by the caller (the server clock), never read from the database host.
 //! Storage does not decode changes: the HTTP layer has validated them and storage trusts the
@@ -63,6 +64,10 @@ pub enum StorageError {
     /// retried once space returns.
     #[error("storage full: {0}")]
     Full(String),
+    /// The operation is refused because of the state it would leave (e.g. revoking the last
+    /// active operator token); the message says why. Nothing changed.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// Anything else from the database or the runtime (I/O, corrupt rows, a schema newer than
     /// this build).
     #[error("storage backend: {0}")]
@@ -110,6 +115,8 @@ pub struct Device {
     /// Revoked devices are still returned by [`ServerStorage::authenticate`], so that the HTTP
     /// layer can tell "revoked" from "unknown"; it refuses them.
     pub revoked: bool,
+    /// Revoked with a wipe order: the device is told to destroy its store. Implies `revoked`.
+    pub wiped: bool,
 }
 
 /// A device with its activity, for operators.
@@ -127,7 +134,67 @@ pub struct DeviceInfo {
     pub pending_docs: Option<u64>,
     /// Last authenticated sync, pushes or not (server time, ms).
     pub last_seen_at: Option<i64>,
+    /// Documents of this device currently set aside as refused (rows of
+    /// [`ServerStorage::refusals`]).
+    pub refused_docs: u64,
 }
+
+/// An operator token as operators see it: never the token or its hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminToken {
+    /// Its id (1, 2, ...), to revoke it by.
+    pub id: u64,
+    /// Who it is for.
+    pub label: String,
+    /// When it was created (server ms); `None` for tokens created before schema version 3.
+    pub created_at: Option<i64>,
+    /// When it last authenticated a request (server ms), if ever.
+    pub last_used_at: Option<i64>,
+    /// When it was revoked (server ms), if it was.
+    pub revoked_at: Option<i64>,
+}
+
+/// A document the server refused from a device, as the HTTP layer reports it to storage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusalRow {
+    /// The refused document.
+    pub doc: RecordId,
+    /// Machine-readable reason (`forged_actor`, `immutable_field`, ...).
+    pub code: String,
+    /// Readable reason.
+    pub message: String,
+}
+
+/// A refused document as stored, for operators: one per (device, document).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The device that pushed it.
+    pub device: DeviceId,
+    /// The document.
+    pub doc: RecordId,
+    /// Reason code of the latest refusal.
+    pub code: String,
+    /// Reason message of the latest refusal.
+    pub message: String,
+    /// First refusal (server ms).
+    pub first_at: i64,
+    /// Latest refusal (server ms).
+    pub last_at: i64,
+    /// How many times it was refused.
+    pub count: u64,
+}
+
+/// Refusal rows kept per device (the newest by `last_at`); older ones are dropped.
+pub const MAX_REFUSALS_PER_DEVICE: usize = 1_000;
+
+/// Most refusals [`ServerStorage::refusals`] returns (the newest).
+pub const MAX_REFUSALS_LISTED: usize = 1_000;
+
+/// Longest refusal code stored, in bytes (longer ones are cut at a character boundary).
+pub const MAX_REFUSAL_CODE_BYTES: usize = 64;
+
+/// Longest refusal message stored, in bytes (longer ones are cut at a character boundary).
+pub const MAX_REFUSAL_MESSAGE_BYTES: usize = 1_000;
 
 /// A commune (scope of records and devices).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +218,17 @@ pub struct CommuneStats {
     pub devices: u64,
     /// Server receive time of its latest change in feed order, if any.
     pub last_change_at: Option<i64>,
+}
+
+/// A stored change with the server's facts about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChange {
+    /// The encoded change, as stored.
+    pub bytes: Vec<u8>,
+    /// The device that pushed it (authenticated).
+    pub pushed_by: DeviceId,
+    /// When the server stored it (server ms).
+    pub received_at: i64,
 }
 
 /// A document the server holds: where it is registered and its stored changes.
@@ -258,10 +336,26 @@ pub trait ServerStorage: Send + Sync + 'static {
         expires_at: i64,
     ) -> Result<()>;
 
-    /// Consumes an enrollment code and creates the device with the code's scope, atomically: a
-    /// code enrolls exactly one device even when several replicas race. An unknown, used or
-    /// expired code is [`StorageError::InvalidEnrollmentCode`]; a device id or token hash already
-    /// taken is [`StorageError::AlreadyExists`] and leaves the code unused.
+    /// Stores a one-time re-enrollment code (its hash) bound to the existing device `device`,
+    /// valid while `now < expires_at`. [`StorageError::NotFound`] if the device is unknown,
+    /// [`StorageError::AlreadyExists`] if the hash is already stored.
+    async fn create_reenrollment_code(
+        &self,
+        device: DeviceId,
+        code_hash: [u8; 32],
+        expires_at: i64,
+    ) -> Result<()>;
+
+    /// Consumes a code, atomically: a code enrolls exactly once even when several replicas race.
+    ///
+    /// - An enrollment code creates the device with the code's scope. A device id or token hash
+    ///   already taken is [`StorageError::AlreadyExists`] and leaves the code unused.
+    /// - A re-enrollment code requires `device` to be the device it was issued for: it replaces
+    ///   that device's token (the old one stops authenticating at once), clears a revocation and
+    ///   a wipe order, and keeps its scope, label and everything stored for it. A token hash
+    ///   already taken is [`StorageError::AlreadyExists`] and leaves the code unused.
+    /// - An unknown, used or expired code, or a re-enrollment code given with another device id,
+    ///   is [`StorageError::InvalidEnrollmentCode`] (the cases are one error) and changes nothing.
     async fn enroll(
         &self,
         code_hash: [u8; 32],
@@ -274,32 +368,52 @@ pub trait ServerStorage: Send + Sync + 'static {
     /// The device holding this token (by hash), revoked or not.
     async fn authenticate(&self, token_hash: [u8; 32]) -> Result<Option<Device>>;
 
-    /// Revokes a device, immediately and for good. Idempotent; [`StorageError::NotFound`] if
-    /// unknown.
+    /// Revokes a device, immediately. Idempotent (a wipe order stays); [`StorageError::NotFound`]
+    /// if unknown. Only a re-enrollment undoes it.
     async fn revoke_device(&self, id: DeviceId) -> Result<()>;
+
+    /// Revokes a device and orders its store wiped ([`Device::wiped`]), immediately.
+    /// Idempotent; [`StorageError::NotFound`] if unknown.
+    async fn revoke_and_wipe_device(&self, id: DeviceId) -> Result<()>;
 
     /// Devices whose scope equals `scope` (`None`: every device), by enrollment time.
     async fn list_devices(&self, scope: Option<&Scope>) -> Result<Vec<DeviceInfo>>;
 
-    /// Stores an operator token (its hash). [`StorageError::AlreadyExists`] if already stored.
-    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str) -> Result<()>;
+    /// Stores an operator token (its hash) created at `now`, and returns its id.
+    /// [`StorageError::AlreadyExists`] if already stored.
+    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str, now: i64) -> Result<u64>;
 
-    /// Whether this operator token (by hash) exists.
-    async fn authenticate_admin(&self, token_hash: [u8; 32]) -> Result<bool>;
+    /// The id of the active (not revoked) operator token with this hash, if any; records `now`
+    /// as its last use.
+    async fn authenticate_admin(&self, token_hash: [u8; 32], now: i64) -> Result<Option<u64>>;
 
-    /// Counts one failed enrollment from `source` (e.g. a client address) and returns the
-    /// failures of its current window. Windows are fixed: the first failure after a window ends
-    /// opens a new one of `window_ms`. The counter lives in the database, so replicas share it.
-    async fn record_enrollment_failure(
+    /// Every operator token, revoked ones too, by id.
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>>;
+
+    /// Revokes an operator token at `now`: it stops authenticating at once. Idempotent;
+    /// [`StorageError::NotFound`] if unknown; [`StorageError::Conflict`] if it is the last
+    /// active token (nobody could operate the server over HTTP any more), decided atomically
+    /// against concurrent revocations.
+    async fn revoke_admin_token(&self, id: u64, now: i64) -> Result<()>;
+
+    /// Reserves one enrollment attempt of `source` (a client address) before its code is
+    /// evaluated, and returns the attempts of its current window including this one, in one
+    /// atomic step: N concurrent attempts get the numbers 1..=N. Windows are fixed: the first
+    /// attempt after a window ends opens a new one of `window_ms`. The counter lives in the
+    /// database, so replicas share it.
+    async fn reserve_enrollment_attempt(
         &self,
         source: &str,
         now: i64,
         window_ms: i64,
     ) -> Result<u32>;
 
-    /// Failures of `source` in its current window (0 if its window has ended). `window_ms` is
-    /// accepted for symmetry; the window's length was fixed when it opened.
-    async fn enrollment_failures(&self, source: &str, now: i64, window_ms: i64) -> Result<u32>;
+    /// Gives back a reservation of `source` (its attempt succeeded), if its window is still
+    /// open; never below zero.
+    async fn refund_enrollment_attempt(&self, source: &str, now: i64) -> Result<()>;
+
+    /// Attempts of `source` in its current window (0 if its window has ended).
+    async fn enrollment_attempts(&self, source: &str, now: i64) -> Result<u32>;
 
     /// Stores a batch of pushed changes in one transaction; see [`IngestOutcome`].
     ///
@@ -335,8 +449,9 @@ pub trait ServerStorage: Send + Sync + 'static {
         max_items: usize,
     ) -> Result<FeedPage>;
 
-    /// Records what a device reported at a sync: documents still waiting on it, and the time.
-    /// Unknown devices are ignored (the sync itself was refused).
+    /// Records what a device reported at a sync: documents still waiting on it (values past
+    /// `i64::MAX` are stored as `i64::MAX`), and the time. Unknown devices are ignored (the sync
+    /// itself was refused).
     async fn record_device_status(
         &self,
         device: DeviceId,
@@ -344,8 +459,40 @@ pub trait ServerStorage: Send + Sync + 'static {
         now: i64,
     ) -> Result<()>;
 
+    /// Records that documents pushed by `device` were refused at `now`: one row per (device,
+    /// document), created with `first_at = last_at = now` and count 1, or updated with the new
+    /// code and message, `last_at = now` and count + 1. Codes and messages are cut to
+    /// [`MAX_REFUSAL_CODE_BYTES`] and [`MAX_REFUSAL_MESSAGE_BYTES`]; a document named twice
+    /// counts once (the last entry wins). Only the newest [`MAX_REFUSALS_PER_DEVICE`] rows of
+    /// the device are kept. Unknown devices are ignored.
+    async fn record_refusals(
+        &self,
+        device: DeviceId,
+        refusals: &[RefusalRow],
+        now: i64,
+    ) -> Result<()>;
+
+    /// Forgets refusals of `device` for `docs` (they were accepted since). Unknown pairs are
+    /// ignored.
+    async fn clear_refusals(&self, device: DeviceId, docs: &[RecordId]) -> Result<()>;
+
+    /// Refusals of one device (or of every device), newest `last_at` first, at most
+    /// [`MAX_REFUSALS_LISTED`].
+    async fn refusals(&self, device: Option<DeviceId>) -> Result<Vec<Refusal>>;
+
+    /// The feed cursor last recorded with [`ServerStorage::set_cursor_issued`] for `device`; 0 if
+    /// never, or if the device is unknown.
+    async fn cursor_issued(&self, device: DeviceId) -> Result<u64>;
+
+    /// Records `cursor` as the feed cursor issued to `device`, as given (not a running maximum;
+    /// values past `i64::MAX` are stored as `i64::MAX`). Unknown devices are ignored.
+    async fn set_cursor_issued(&self, device: DeviceId, cursor: u64) -> Result<()>;
+
     /// Every stored change of a document, in storage (feed) order; empty if unknown.
     async fn doc_changes(&self, doc: RecordId) -> Result<Vec<Vec<u8>>>;
+
+    /// [`ServerStorage::doc_changes`] with who pushed each change and when it was stored.
+    async fn doc_history(&self, doc: RecordId) -> Result<Vec<StoredChange>>;
 
     /// The commune and kind a document is registered with, if it is.
     async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>>;
@@ -425,9 +572,48 @@ pub(crate) fn record_kind(code: i64) -> Result<RecordKind> {
         .ok_or_else(|| StorageError::backend(format!("stored record kind {code} is unknown")))
 }
 
+/// The refusal of revoking the last active operator token.
+pub(crate) fn last_admin_token() -> StorageError {
+    StorageError::Conflict(
+        "this is the last active operator token: create another one before revoking it".into(),
+    )
+}
+
 /// Concatenated deps, as stored.
 pub(crate) fn join_deps(deps: &[[u8; 32]]) -> Vec<u8> {
     deps.concat()
+}
+
+/// A string cut to at most `max` bytes, at a character boundary.
+pub(crate) fn truncate_utf8(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Refusals to store: cut to the length limits, one per document (the last entry wins), in
+/// document order (a stable lock order for concurrent upserts).
+pub(crate) fn refusals_to_store(refusals: &[RefusalRow]) -> Vec<(RecordId, &str, &str)> {
+    let mut by_doc: std::collections::BTreeMap<RecordId, (&str, &str)> =
+        std::collections::BTreeMap::new();
+    for row in refusals {
+        by_doc.insert(
+            row.doc,
+            (
+                truncate_utf8(&row.code, MAX_REFUSAL_CODE_BYTES),
+                truncate_utf8(&row.message, MAX_REFUSAL_MESSAGE_BYTES),
+            ),
+        );
+    }
+    by_doc
+        .into_iter()
+        .map(|(doc, (code, message))| (doc, code, message))
+        .collect()
 }
 
 /// Registrations read from a store, by document.

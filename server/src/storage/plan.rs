@@ -294,6 +294,7 @@ mod tests {
             scope: Scope::Commune("c1".into()),
             label: String::new(),
             revoked: false,
+            wiped: false,
         };
         check_scope(&device, &docs, &Registrations::new()).unwrap();
         let plan = plan_ingest(docs, HashMap::new(), &Registrations::new());

@@ -18,15 +18,18 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::plan::{self, FeedRowMeta};
 use super::{
-    Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome,
-    KnownDoc, Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits,
-    hash32, join_deps, record_id, record_kind, to_i64, to_u64,
+    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
+    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
+    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
+    to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
+    include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
 ];
 
 /// The schema version this build writes.
@@ -152,6 +155,9 @@ fn kind_code(kind: RecordKind) -> i16 {
     i16::try_from(kind.code()).unwrap_or(i16::MAX)
 }
 
+/// The columns of a [`Device`], in the order `device_from_row` reads them.
+const DEVICE_COLUMNS: &str = "id, commune, label, revoked, wiped";
+
 fn device_from_row(row: &Row) -> Result<Device> {
     let id: &[u8] = row.try_get(0)?;
     Ok(Device {
@@ -159,6 +165,21 @@ fn device_from_row(row: &Row) -> Result<Device> {
         scope: Scope::from_commune(row.try_get(1)?),
         label: row.try_get(2)?,
         revoked: row.try_get(3)?,
+        wiped: row.try_get(4)?,
+    })
+}
+
+fn refusal_from_row(row: &Row) -> Result<Refusal> {
+    let device: &[u8] = row.try_get(0)?;
+    let doc: &[u8] = row.try_get(1)?;
+    Ok(Refusal {
+        device: device_id(device)?,
+        doc: record_id(doc)?,
+        code: row.try_get(2)?,
+        message: row.try_get(3)?,
+        first_at: row.try_get(4)?,
+        last_at: row.try_get(5)?,
+        count: to_u64(row.try_get(6)?),
     })
 }
 
@@ -281,6 +302,42 @@ impl ServerStorage for PostgresStorage {
         Ok(())
     }
 
+    async fn create_reenrollment_code(
+        &self,
+        device: DeviceId,
+        code_hash: [u8; 32],
+        expires_at: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        // One statement: the device lookup and the insert see the same snapshot.
+        let row = client
+            .query_one(
+                "WITH d AS (
+                     SELECT id, commune FROM devices WHERE id = $2
+                 ), ins AS (
+                     INSERT INTO enrollment_codes (code_hash, commune, expires_at, device)
+                     SELECT $1, d.commune, $3, d.id FROM d
+                     ON CONFLICT DO NOTHING RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM d), (SELECT count(*) FROM ins)",
+                &[
+                    &code_hash.as_slice(),
+                    &device.0.as_bytes().as_slice(),
+                    &expires_at,
+                ],
+            )
+            .await?;
+        let found: i64 = row.try_get(0)?;
+        let inserted: i64 = row.try_get(1)?;
+        if found == 0 {
+            return Err(StorageError::NotFound);
+        }
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(())
+    }
+
     async fn enroll(
         &self,
         code_hash: [u8; 32],
@@ -293,42 +350,72 @@ impl ServerStorage for PostgresStorage {
         let tx = client.transaction().await?;
         // Consuming is one conditional UPDATE. A concurrent enroll with the same code blocks on
         // the row lock and, once the winner commits, re-evaluates `used_at IS NULL` on the new
-        // row version: false, so exactly one wins.
+        // row version: false, so exactly one wins. A re-enrollment code given with another
+        // device id does not match.
         let row = tx
             .query_opt(
                 "UPDATE enrollment_codes SET used_at = $2
                  WHERE code_hash = $1 AND used_at IS NULL AND expires_at > $2
-                 RETURNING commune",
-                &[&code_hash.as_slice(), &now],
+                   AND (device IS NULL OR device = $3)
+                 RETURNING commune, device",
+                &[&code_hash.as_slice(), &now, &device.0.as_bytes().as_slice()],
             )
             .await?;
         let Some(row) = row else {
             return Err(StorageError::InvalidEnrollmentCode);
         };
         let commune: Option<String> = row.try_get(0)?;
-        let inserted = tx
-            .execute(
-                "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-                &[
-                    &device.0.as_bytes().as_slice(),
-                    &token_hash.as_slice(),
-                    &commune,
-                    &label,
-                    &now,
-                ],
-            )
-            .await?;
-        if inserted == 0 {
-            return Err(StorageError::AlreadyExists); // dropping tx rolls back: code unused
-        }
+        let bound: Option<&[u8]> = row.try_get(1)?;
+        let enrolled = if bound.is_some() {
+            // Re-enrollment: a new token for the same device; everything else stays. Dropping
+            // `tx` on an error rolls back: the code stays unused.
+            let taken = tx
+                .query_opt(
+                    "SELECT 1 FROM devices WHERE token_hash = $1",
+                    &[&token_hash.as_slice()],
+                )
+                .await?;
+            if taken.is_some() {
+                return Err(StorageError::AlreadyExists);
+            }
+            let row = tx
+                .query_opt(
+                    &format!(
+                        "UPDATE devices SET token_hash = $2, revoked = false, wiped = false
+                         WHERE id = $1 RETURNING {DEVICE_COLUMNS}"
+                    ),
+                    &[&device.0.as_bytes().as_slice(), &token_hash.as_slice()],
+                )
+                .await?
+                .ok_or(StorageError::InvalidEnrollmentCode)?;
+            device_from_row(&row)?
+        } else {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[
+                        &device.0.as_bytes().as_slice(),
+                        &token_hash.as_slice(),
+                        &commune,
+                        &label,
+                        &now,
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists); // dropping tx rolls back: code unused
+            }
+            Device {
+                id: device,
+                scope: Scope::from_commune(commune),
+                label: label.to_owned(),
+                revoked: false,
+                wiped: false,
+            }
+        };
         tx.commit().await?;
-        Ok(Device {
-            id: device,
-            scope: Scope::from_commune(commune),
-            label: label.to_owned(),
-            revoked: false,
-        })
+        Ok(enrolled)
     }
 
     async fn authenticate(&self, token_hash: [u8; 32]) -> Result<Option<Device>> {
@@ -336,9 +423,9 @@ impl ServerStorage for PostgresStorage {
         let row = client
             .query_opt(
                 &client
-                    .prepare_cached(
-                        "SELECT id, commune, label, revoked FROM devices WHERE token_hash = $1",
-                    )
+                    .prepare_cached(&format!(
+                        "SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = $1"
+                    ))
                     .await?,
                 &[&token_hash.as_slice()],
             )
@@ -360,6 +447,20 @@ impl ServerStorage for PostgresStorage {
         Ok(())
     }
 
+    async fn revoke_and_wipe_device(&self, id: DeviceId) -> Result<()> {
+        let client = self.client().await?;
+        let updated = client
+            .execute(
+                "UPDATE devices SET revoked = true, wiped = true WHERE id = $1",
+                &[&id.0.as_bytes().as_slice()],
+            )
+            .await?;
+        if updated == 0 {
+            return Err(StorageError::NotFound);
+        }
+        Ok(())
+    }
+
     async fn list_devices(&self, scope: Option<&Scope>) -> Result<Vec<DeviceInfo>> {
         let client = self.client().await?;
         // $1: 0 every device, 1 province devices, 2 devices of commune $2.
@@ -370,11 +471,14 @@ impl ServerStorage for PostgresStorage {
         };
         let rows = client
             .query(
-                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed,
-                        pending_docs, last_seen_at
-                 FROM devices
-                 WHERE $1::int = 0 OR ($1::int = 1 AND commune IS NULL) OR commune = $2
-                 ORDER BY enrolled_at, id",
+                &format!(
+                    "SELECT {DEVICE_COLUMNS}, enrolled_at, last_sync_at, changes_pushed,
+                            pending_docs, last_seen_at,
+                            (SELECT count(*) FROM refusals r WHERE r.device = devices.id)
+                     FROM devices
+                     WHERE $1::int = 0 OR ($1::int = 1 AND commune IS NULL) OR commune = $2
+                     ORDER BY enrolled_at, id"
+                ),
                 &[&mode, &commune],
             )
             .await?;
@@ -382,11 +486,12 @@ impl ServerStorage for PostgresStorage {
             .map(|row| {
                 Ok(DeviceInfo {
                     device: device_from_row(row)?,
-                    enrolled_at: row.try_get(4)?,
-                    last_sync_at: row.try_get(5)?,
-                    changes_pushed: to_u64(row.try_get(6)?),
-                    pending_docs: row.try_get::<_, Option<i64>>(7)?.map(to_u64),
-                    last_seen_at: row.try_get(8)?,
+                    enrolled_at: row.try_get(5)?,
+                    last_sync_at: row.try_get(6)?,
+                    changes_pushed: to_u64(row.try_get(7)?),
+                    pending_docs: row.try_get::<_, Option<i64>>(8)?.map(to_u64),
+                    last_seen_at: row.try_get(9)?,
+                    refused_docs: to_u64(row.try_get(10)?),
                 })
             })
             .collect()
@@ -412,32 +517,223 @@ impl ServerStorage for PostgresStorage {
         Ok(())
     }
 
-    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str) -> Result<()> {
-        let client = self.client().await?;
-        let inserted = client
-            .execute(
-                "INSERT INTO admin_tokens (token_hash, label) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                &[&token_hash.as_slice(), &label],
+    async fn record_refusals(
+        &self,
+        device: DeviceId,
+        refusals: &[RefusalRow],
+        now: i64,
+    ) -> Result<()> {
+        let rows = refusals_to_store(refusals);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let docs: Vec<&[u8]> = rows
+            .iter()
+            .map(|(doc, _, _)| doc.as_bytes().as_slice())
+            .collect();
+        let codes: Vec<&str> = rows.iter().map(|(_, code, _)| *code).collect();
+        let messages: Vec<&str> = rows.iter().map(|(_, _, message)| *message).collect();
+        let device = device.0.as_bytes().as_slice();
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // The device row's lock serializes this device's refusal writes, so that the bound below
+        // sees every row of the device. Unknown device: nothing to record.
+        let known = tx
+            .query_opt(
+                "SELECT 1 FROM devices WHERE id = $1 FOR NO KEY UPDATE",
+                &[&device],
             )
             .await?;
-        if inserted == 0 {
-            return Err(StorageError::AlreadyExists);
+        if known.is_none() {
+            return Ok(());
         }
+        // One row per document (deduplicated above), in document order.
+        tx.execute(
+            "INSERT INTO refusals AS r (device, doc, code, message, first_at, last_at, times)
+             SELECT $1, t.doc, t.code, t.message, $5, $5, 1
+             FROM UNNEST($2::bytea[], $3::text[], $4::text[]) AS t (doc, code, message)
+             ORDER BY t.doc
+             ON CONFLICT (device, doc) DO UPDATE SET
+               code = EXCLUDED.code, message = EXCLUDED.message, last_at = EXCLUDED.last_at,
+               times = r.times + 1",
+            &[&device, &docs, &codes, &messages, &now],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM refusals WHERE device = $1 AND doc NOT IN (
+                 SELECT doc FROM refusals WHERE device = $1
+                 ORDER BY last_at DESC, doc DESC LIMIT $2)",
+            &[&device, &(MAX_REFUSALS_PER_DEVICE as i64)],
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    async fn authenticate_admin(&self, token_hash: [u8; 32]) -> Result<bool> {
+    async fn clear_refusals(&self, device: DeviceId, docs: &[RecordId]) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&[u8]> = docs.iter().map(|doc| doc.as_bytes().as_slice()).collect();
+        let client = self.client().await?;
+        // A join on the ids probes the primary key once per id (see INGEST_REGISTRATIONS).
+        client
+            .execute(
+                &client
+                    .prepare_cached(
+                        "DELETE FROM refusals r USING UNNEST($2::bytea[]) AS t (doc)
+                         WHERE r.device = $1 AND r.doc = t.doc",
+                    )
+                    .await?,
+                &[&device.0.as_bytes().as_slice(), &ids],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn refusals(&self, device: Option<DeviceId>) -> Result<Vec<Refusal>> {
+        let client = self.client().await?;
+        let limit = MAX_REFUSALS_LISTED as i64;
+        // Two statements, so that each uses its index (`device = $1 OR $1 IS NULL` would not).
+        let rows = match device {
+            Some(device) => {
+                client
+                    .query(
+                        "SELECT device, doc, code, message, first_at, last_at, times
+                         FROM refusals WHERE device = $1
+                         ORDER BY last_at DESC, doc LIMIT $2",
+                        &[&device.0.as_bytes().as_slice(), &limit],
+                    )
+                    .await?
+            }
+            None => {
+                client
+                    .query(
+                        "SELECT device, doc, code, message, first_at, last_at, times
+                         FROM refusals ORDER BY last_at DESC, device, doc LIMIT $1",
+                        &[&limit],
+                    )
+                    .await?
+            }
+        };
+        rows.iter().map(refusal_from_row).collect()
+    }
+
+    async fn cursor_issued(&self, device: DeviceId) -> Result<u64> {
         let client = self.client().await?;
         let row = client
             .query_opt(
-                "SELECT 1 FROM admin_tokens WHERE token_hash = $1",
-                &[&token_hash.as_slice()],
+                "SELECT cursor_issued FROM devices WHERE id = $1",
+                &[&device.0.as_bytes().as_slice()],
             )
             .await?;
-        Ok(row.is_some())
+        match row {
+            Some(row) => Ok(to_u64(row.try_get(0)?)),
+            None => Ok(0),
+        }
     }
 
-    async fn record_enrollment_failure(
+    async fn set_cursor_issued(&self, device: DeviceId, cursor: u64) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE devices SET cursor_issued = $2 WHERE id = $1",
+                &[&device.0.as_bytes().as_slice(), &to_i64(cursor)],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str, now: i64) -> Result<u64> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "INSERT INTO admin_tokens (token_hash, label, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING RETURNING id",
+                &[&token_hash.as_slice(), &label, &now],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(to_u64(row.try_get(0)?)),
+            None => Err(StorageError::AlreadyExists),
+        }
+    }
+
+    async fn authenticate_admin(&self, token_hash: [u8; 32], now: i64) -> Result<Option<u64>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "UPDATE admin_tokens SET last_used_at = $2
+                 WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id",
+                &[&token_hash.as_slice(), &now],
+            )
+            .await?;
+        match row {
+            Some(row) => Ok(Some(to_u64(row.try_get(0)?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT id, label, created_at, last_used_at, revoked_at FROM admin_tokens
+                 ORDER BY id",
+                &[],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(AdminToken {
+                    id: to_u64(row.try_get(0)?),
+                    label: row.try_get(1)?,
+                    created_at: row.try_get(2)?,
+                    last_used_at: row.try_get(3)?,
+                    revoked_at: row.try_get(4)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn revoke_admin_token(&self, id: u64, now: i64) -> Result<()> {
+        let id = to_i64(id);
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Lock every active token, in id order: two concurrent revocations of the last two
+        // tokens serialize here, and the second then sees only one active token left (at READ
+        // COMMITTED a locked row is re-checked against the WHERE once its locker commits).
+        let active: Vec<i64> = tx
+            .query(
+                "SELECT id FROM admin_tokens WHERE revoked_at IS NULL ORDER BY id FOR UPDATE",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        if !active.contains(&id) {
+            let exists = tx
+                .query_opt("SELECT 1 FROM admin_tokens WHERE id = $1", &[&id])
+                .await?;
+            return match exists {
+                Some(_) => Ok(()), // already revoked
+                None => Err(StorageError::NotFound),
+            };
+        }
+        if active.len() == 1 {
+            return Err(last_admin_token());
+        }
+        tx.execute(
+            "UPDATE admin_tokens SET revoked_at = $2 WHERE id = $1",
+            &[&id, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn reserve_enrollment_attempt(
         &self,
         source: &str,
         now: i64,
@@ -445,8 +741,8 @@ impl ServerStorage for PostgresStorage {
     ) -> Result<u32> {
         let client = self.client().await?;
         // A row whose window has ended means the same as no row: prune them. Two autocommit
-        // statements; each is atomic on its own and either order against a concurrent failure
-        // of the same source ends with a correct count (the upsert's row lock serializes them).
+        // statements; each is atomic on its own, and the upsert's row lock serializes attempts
+        // of one source, so concurrent attempts get distinct, consecutive counts.
         client
             .execute(
                 "DELETE FROM enrollment_failures WHERE window_end <= $1",
@@ -464,11 +760,23 @@ impl ServerStorage for PostgresStorage {
                 &[&source, &now, &now.saturating_add(window_ms.max(1))],
             )
             .await?;
-        let failures: i64 = row.try_get(0)?;
-        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+        let attempts: i64 = row.try_get(0)?;
+        Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
     }
 
-    async fn enrollment_failures(&self, source: &str, now: i64, _window_ms: i64) -> Result<u32> {
+    async fn refund_enrollment_attempt(&self, source: &str, now: i64) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "UPDATE enrollment_failures SET failures = failures - 1
+                 WHERE source = $1 AND window_end > $2 AND failures > 0",
+                &[&source, &now],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn enrollment_attempts(&self, source: &str, now: i64) -> Result<u32> {
         let client = self.client().await?;
         let row = client
             .query_opt(
@@ -476,11 +784,11 @@ impl ServerStorage for PostgresStorage {
                 &[&source, &now],
             )
             .await?;
-        let failures: i64 = match row {
+        let attempts: i64 = match row {
             Some(row) => row.try_get(0)?,
             None => 0,
         };
-        Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+        Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
     }
 
     // Why the feed never skips a change: a reader pages with "everything after the highest seq
@@ -800,6 +1108,30 @@ impl ServerStorage for PostgresStorage {
             )
             .await?;
         rows.iter().map(|row| Ok(row.try_get(0)?)).collect()
+    }
+
+    async fn doc_history(&self, doc: RecordId) -> Result<Vec<StoredChange>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT device, received_at, bytes FROM changes WHERE doc = $1 ORDER BY seq",
+                    )
+                    .await?,
+                &[&doc.as_bytes().as_slice()],
+            )
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let device: Vec<u8> = row.try_get(0)?;
+                Ok(StoredChange {
+                    pushed_by: device_id(&device)?,
+                    received_at: row.try_get(1)?,
+                    bytes: row.try_get(2)?,
+                })
+            })
+            .collect()
     }
 
     async fn doc_registration(&self, doc: RecordId) -> Result<Option<(String, RecordKind)>> {

@@ -2,7 +2,9 @@
 //! mutex and run in `BEGIN IMMEDIATE` transactions, so they are serialized (also against another
 //! process on the same file) and feed numbers are allocated in commit order trivially. Reads use
 //! a small pool of read-only connections, each feed page inside one read transaction (one WAL
-//! snapshot). Every call runs on tokio's blocking pool, never on a runtime thread.
+//! snapshot). Every call runs on tokio's blocking pool, never on a runtime thread. The file (and
+//! SQLite's `-wal` and `-shm` next to it, which SQLite creates with the file's mode) is readable by
+//! the server's user only: 0600, also when an existing file had a wider mode.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -15,15 +17,18 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::plan::{self, FeedRowMeta};
 use super::{
-    Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome,
-    KnownDoc, Registrations, Result, Scope, ServerStorage, StorageError, device_id, feed_limits,
-    join_deps, record_id, record_kind, to_i64, to_u64,
+    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
+    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
+    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
+    to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_device_status.sql"),
+    include_str!("../../migrations/sqlite/0003_operators_and_refusals.sql"),
 ];
 
 /// The schema version this build writes.
@@ -78,6 +83,9 @@ impl SqliteStorage {
 
     fn open_blocking(path: PathBuf) -> Result<Self> {
         let memory = path.as_os_str() == ":memory:";
+        if !memory {
+            private_files(&path)?;
+        }
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
         if !memory {
@@ -146,6 +154,43 @@ impl SqliteStorage {
     }
 }
 
+/// Creates the database file with mode 0600 if it is missing (SQLite would create it 0644, and
+/// its `-wal` and `-shm` files with the same mode), and brings an existing file and its
+/// companions down to 0600: the file holds every commune's records.
+fn private_files(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let io = |what: &str, file: &Path, err: std::io::Error| {
+        StorageError::backend(format!("sqlite: {what} {}: {err}", file.display()))
+    };
+    // A URI filename names its file after parameters; SQLite creates that one itself.
+    if path.to_string_lossy().starts_with("file:") {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| io("creating", path, e))?;
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::metadata(&file) {
+            Ok(meta) if meta.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                    .map_err(|e| io("restricting", &file, e))?;
+            }
+            Ok(_) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(io("inspecting", &file, err)),
+        }
+    }
+    Ok(())
+}
+
 fn open_reader(path: &Path) -> Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -178,19 +223,155 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn device_parts(
-    row: &rusqlite::Row<'_>,
-) -> rusqlite::Result<(Vec<u8>, Option<String>, String, bool)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+/// The columns of a [`Device`], in the order `device_parts` reads them.
+const DEVICE_COLUMNS: &str = "id, commune, label, revoked, wiped";
+
+type DeviceParts = (Vec<u8>, Option<String>, String, bool, bool);
+
+fn device_parts(row: &rusqlite::Row<'_>) -> rusqlite::Result<DeviceParts> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
 }
 
-fn device_from_parts(parts: (Vec<u8>, Option<String>, String, bool)) -> Result<Device> {
-    let (id, commune, label, revoked) = parts;
+fn device_from_parts(parts: DeviceParts) -> Result<Device> {
+    let (id, commune, label, revoked, wiped) = parts;
     Ok(Device {
         id: device_id(&id)?,
         scope: Scope::from_commune(commune),
         label,
         revoked,
+        wiped,
+    })
+}
+
+fn enroll_blocking(
+    conn: &mut Connection,
+    code_hash: [u8; 32],
+    device: DeviceId,
+    token_hash: [u8; 32],
+    label: String,
+    now: i64,
+) -> Result<Device> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Consuming is one conditional UPDATE: used or expired codes, and a re-enrollment code
+    // given with another device id, do not match.
+    let code: Option<(Option<String>, Option<Vec<u8>>)> = tx
+        .query_row(
+            "UPDATE enrollment_codes SET used_at = ?2
+             WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2
+               AND (device IS NULL OR device = ?3)
+             RETURNING commune, device",
+            params![code_hash, now, device.0.as_bytes().as_slice()],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    let Some((commune, bound)) = code else {
+        return Err(StorageError::InvalidEnrollmentCode);
+    };
+    let enrolled = if bound.is_some() {
+        // Re-enrollment: a new token for the same device; everything else stays.
+        let token_taken = tx
+            .prepare_cached("SELECT 1 FROM devices WHERE token_hash = ?1")?
+            .exists(params![token_hash])?;
+        if token_taken {
+            return Err(StorageError::AlreadyExists); // rolls back: the code stays unused
+        }
+        let parts = tx
+            .query_row(
+                &format!(
+                    "UPDATE devices SET token_hash = ?2, revoked = 0, wiped = 0 WHERE id = ?1
+                     RETURNING {DEVICE_COLUMNS}"
+                ),
+                params![device.0.as_bytes().as_slice(), token_hash],
+                device_parts,
+            )
+            .optional()?
+            .ok_or(StorageError::InvalidEnrollmentCode)?;
+        device_from_parts(parts)?
+    } else {
+        let inserted = tx.execute(
+            "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            params![device.0.as_bytes(), token_hash, commune, label, now],
+        )?;
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists); // rolls back: the code stays unused
+        }
+        Device {
+            id: device,
+            scope: Scope::from_commune(commune),
+            label,
+            revoked: false,
+            wiped: false,
+        }
+    };
+    tx.commit()?;
+    Ok(enrolled)
+}
+
+fn record_refusals_blocking(
+    conn: &mut Connection,
+    device: DeviceId,
+    refusals: &[RefusalRow],
+    now: i64,
+) -> Result<()> {
+    let rows = refusals_to_store(refusals);
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let device = device.0.as_bytes().as_slice();
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let known = tx
+        .prepare_cached("SELECT 1 FROM devices WHERE id = ?1")?
+        .exists(params![device])?;
+    if !known {
+        return Ok(());
+    }
+    {
+        let mut upsert = tx.prepare_cached(
+            "INSERT INTO refusals (device, doc, code, message, first_at, last_at, times)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5, 1)
+             ON CONFLICT (device, doc) DO UPDATE SET
+               code = excluded.code, message = excluded.message, last_at = excluded.last_at,
+               times = times + 1",
+        )?;
+        for (doc, code, message) in &rows {
+            upsert.execute(params![
+                device,
+                doc.as_bytes().as_slice(),
+                code,
+                message,
+                now
+            ])?;
+        }
+    }
+    // Keep the newest rows of the device only.
+    tx.execute(
+        "DELETE FROM refusals WHERE device = ?1 AND doc NOT IN (
+             SELECT doc FROM refusals WHERE device = ?1
+             ORDER BY last_at DESC, doc DESC LIMIT ?2)",
+        params![device, MAX_REFUSALS_PER_DEVICE as i64],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn refusal_from_row(row: &rusqlite::Row<'_>) -> Result<Refusal> {
+    let device: Vec<u8> = row.get(0)?;
+    let doc: Vec<u8> = row.get(1)?;
+    Ok(Refusal {
+        device: device_id(&device)?,
+        doc: record_id(&doc)?,
+        code: row.get(2)?,
+        message: row.get(3)?,
+        first_at: row.get(4)?,
+        last_at: row.get(5)?,
+        count: to_u64(row.get(6)?),
     })
 }
 
@@ -457,6 +638,43 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
+    async fn create_reenrollment_code(
+        &self,
+        device: DeviceId,
+        code_hash: [u8; 32],
+        expires_at: i64,
+    ) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let commune: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT commune FROM devices WHERE id = ?1",
+                    params![device.0.as_bytes().as_slice()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(commune) = commune else {
+                return Err(StorageError::NotFound);
+            };
+            let inserted = tx.execute(
+                "INSERT INTO enrollment_codes (code_hash, commune, expires_at, device)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![
+                    code_hash,
+                    commune,
+                    expires_at,
+                    device.0.as_bytes().as_slice()
+                ],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn enroll(
         &self,
         code_hash: [u8; 32],
@@ -466,46 +684,16 @@ impl ServerStorage for SqliteStorage {
         now: i64,
     ) -> Result<Device> {
         let label = label.to_owned();
-        self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            // Consuming is one conditional UPDATE: used or expired codes do not match.
-            let commune: Option<Option<String>> = tx
-                .query_row(
-                    "UPDATE enrollment_codes SET used_at = ?2
-                     WHERE code_hash = ?1 AND used_at IS NULL AND expires_at > ?2
-                     RETURNING commune",
-                    params![code_hash, now],
-                    |row| row.get(0),
-                )
-                .optional()?;
-            let Some(commune) = commune else {
-                return Err(StorageError::InvalidEnrollmentCode);
-            };
-            let inserted = tx.execute(
-                "INSERT INTO devices (id, token_hash, commune, label, enrolled_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-                params![device.0.as_bytes(), token_hash, commune, label, now],
-            )?;
-            if inserted == 0 {
-                return Err(StorageError::AlreadyExists); // rolls back: the code stays unused
-            }
-            tx.commit()?;
-            Ok(Device {
-                id: device,
-                scope: Scope::from_commune(commune),
-                label,
-                revoked: false,
-            })
-        })
-        .await
+        self.write(move |conn| enroll_blocking(conn, code_hash, device, token_hash, label, now))
+            .await
     }
 
     async fn authenticate(&self, token_hash: [u8; 32]) -> Result<Option<Device>> {
         self.read(move |conn| {
             let parts = conn
-                .prepare_cached(
-                    "SELECT id, commune, label, revoked FROM devices WHERE token_hash = ?1",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE token_hash = ?1"
+                ))?
                 .query_row(params![token_hash], device_parts)
                 .optional()?;
             parts.map(device_from_parts).transpose()
@@ -527,6 +715,20 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
+    async fn revoke_and_wipe_device(&self, id: DeviceId) -> Result<()> {
+        self.write(move |conn| {
+            let updated = conn.execute(
+                "UPDATE devices SET revoked = 1, wiped = 1 WHERE id = ?1",
+                params![id.0.as_bytes()],
+            )?;
+            if updated == 0 {
+                return Err(StorageError::NotFound);
+            }
+            Ok(())
+        })
+        .await
+    }
+
     async fn list_devices(&self, scope: Option<&Scope>) -> Result<Vec<DeviceInfo>> {
         let scope = scope.cloned();
         self.read(move |conn| {
@@ -536,22 +738,24 @@ impl ServerStorage for SqliteStorage {
                 Some(Scope::Province) => (1, None),
                 Some(Scope::Commune(code)) => (2, Some(code.as_str())),
             };
-            let mut stmt = conn.prepare_cached(
-                "SELECT id, commune, label, revoked, enrolled_at, last_sync_at, changes_pushed,
-                        pending_docs, last_seen_at
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {DEVICE_COLUMNS}, enrolled_at, last_sync_at, changes_pushed,
+                        pending_docs, last_seen_at,
+                        (SELECT count(*) FROM refusals r WHERE r.device = devices.id)
                  FROM devices WHERE ?1 = 0 OR (?1 = 1 AND commune IS NULL) OR commune = ?2
-                 ORDER BY enrolled_at, id",
-            )?;
+                 ORDER BY enrolled_at, id"
+            ))?;
             let mut rows = stmt.query(params![mode, commune])?;
             let mut devices = Vec::new();
             while let Some(row) = rows.next()? {
                 devices.push(DeviceInfo {
                     device: device_from_parts(device_parts(row)?)?,
-                    enrolled_at: row.get(4)?,
-                    last_sync_at: row.get(5)?,
-                    changes_pushed: to_u64(row.get(6)?),
-                    pending_docs: row.get::<_, Option<i64>>(7)?.map(to_u64),
-                    last_seen_at: row.get(8)?,
+                    enrolled_at: row.get(5)?,
+                    last_sync_at: row.get(6)?,
+                    changes_pushed: to_u64(row.get(7)?),
+                    pending_docs: row.get::<_, Option<i64>>(8)?.map(to_u64),
+                    last_seen_at: row.get(9)?,
+                    refused_docs: to_u64(row.get(10)?),
                 });
             }
             Ok(devices)
@@ -579,31 +783,191 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
-    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str) -> Result<()> {
-        let label = label.to_owned();
+    async fn record_refusals(
+        &self,
+        device: DeviceId,
+        refusals: &[RefusalRow],
+        now: i64,
+    ) -> Result<()> {
+        if refusals.is_empty() {
+            return Ok(());
+        }
+        let refusals = refusals.to_vec();
+        self.write(move |conn| record_refusals_blocking(conn, device, &refusals, now))
+            .await
+    }
+
+    async fn clear_refusals(&self, device: DeviceId, docs: &[RecordId]) -> Result<()> {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        // Most devices have nothing set aside: find out with a read before taking the writer.
+        let any = self
+            .read(move |conn| {
+                Ok(conn
+                    .prepare_cached("SELECT 1 FROM refusals WHERE device = ?1 LIMIT 1")?
+                    .exists(params![device.0.as_bytes().as_slice()])?)
+            })
+            .await?;
+        if !any {
+            return Ok(());
+        }
+        let docs = docs.to_vec();
         self.write(move |conn| {
-            let inserted = conn.execute(
-                "INSERT INTO admin_tokens (token_hash, label) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                params![token_hash, label],
-            )?;
-            if inserted == 0 {
-                return Err(StorageError::AlreadyExists);
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            {
+                let mut delete =
+                    tx.prepare_cached("DELETE FROM refusals WHERE device = ?1 AND doc = ?2")?;
+                for doc in &docs {
+                    delete.execute(params![
+                        device.0.as_bytes().as_slice(),
+                        doc.as_bytes().as_slice()
+                    ])?;
+                }
             }
+            tx.commit()?;
             Ok(())
         })
         .await
     }
 
-    async fn authenticate_admin(&self, token_hash: [u8; 32]) -> Result<bool> {
+    async fn refusals(&self, device: Option<DeviceId>) -> Result<Vec<Refusal>> {
         self.read(move |conn| {
-            Ok(conn
-                .prepare_cached("SELECT 1 FROM admin_tokens WHERE token_hash = ?1")?
-                .exists(params![token_hash])?)
+            // Two statements, so that each uses its index (`device = ?1 OR ?1 IS NULL` would not).
+            let limit = MAX_REFUSALS_LISTED as i64;
+            let mut stmt;
+            let mut rows = match device {
+                Some(device) => {
+                    stmt = conn.prepare_cached(
+                        "SELECT device, doc, code, message, first_at, last_at, times
+                         FROM refusals WHERE device = ?1
+                         ORDER BY last_at DESC, doc LIMIT ?2",
+                    )?;
+                    stmt.query(params![device.0.as_bytes().as_slice(), limit])?
+                }
+                None => {
+                    stmt = conn.prepare_cached(
+                        "SELECT device, doc, code, message, first_at, last_at, times
+                         FROM refusals ORDER BY last_at DESC, device, doc LIMIT ?1",
+                    )?;
+                    stmt.query(params![limit])?
+                }
+            };
+            let mut refusals = Vec::new();
+            while let Some(row) = rows.next()? {
+                refusals.push(refusal_from_row(row)?);
+            }
+            Ok(refusals)
         })
         .await
     }
 
-    async fn record_enrollment_failure(
+    async fn cursor_issued(&self, device: DeviceId) -> Result<u64> {
+        self.read(move |conn| {
+            let cursor: Option<i64> = conn
+                .prepare_cached("SELECT cursor_issued FROM devices WHERE id = ?1")?
+                .query_row(params![device.0.as_bytes().as_slice()], |row| row.get(0))
+                .optional()?;
+            Ok(cursor.map_or(0, to_u64))
+        })
+        .await
+    }
+
+    async fn set_cursor_issued(&self, device: DeviceId, cursor: u64) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE devices SET cursor_issued = ?2 WHERE id = ?1",
+                params![device.0.as_bytes().as_slice(), to_i64(cursor)],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_admin_token(&self, token_hash: [u8; 32], label: &str, now: i64) -> Result<u64> {
+        let label = label.to_owned();
+        self.write(move |conn| {
+            let id: Option<i64> = conn
+                .query_row(
+                    "INSERT INTO admin_tokens (token_hash, label, created_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT DO NOTHING RETURNING id",
+                    params![token_hash, label, now],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            id.map(to_u64).ok_or(StorageError::AlreadyExists)
+        })
+        .await
+    }
+
+    async fn authenticate_admin(&self, token_hash: [u8; 32], now: i64) -> Result<Option<u64>> {
+        self.write(move |conn| {
+            let id: Option<i64> = conn
+                .prepare_cached(
+                    "UPDATE admin_tokens SET last_used_at = ?2
+                     WHERE token_hash = ?1 AND revoked_at IS NULL RETURNING id",
+                )?
+                .query_row(params![token_hash, now], |row| row.get(0))
+                .optional()?;
+            Ok(id.map(to_u64))
+        })
+        .await
+    }
+
+    async fn list_admin_tokens(&self) -> Result<Vec<AdminToken>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id, label, created_at, last_used_at, revoked_at FROM admin_tokens
+                 ORDER BY id",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(AdminToken {
+                    id: to_u64(row.get(0)?),
+                    label: row.get(1)?,
+                    created_at: row.get(2)?,
+                    last_used_at: row.get(3)?,
+                    revoked_at: row.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn revoke_admin_token(&self, id: u64, now: i64) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let revoked: Option<bool> = tx
+                .query_row(
+                    "SELECT revoked_at IS NOT NULL FROM admin_tokens WHERE id = ?1",
+                    params![to_i64(id)],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match revoked {
+                None => return Err(StorageError::NotFound),
+                Some(true) => return Ok(()),
+                Some(false) => {}
+            }
+            let others: i64 = tx.query_row(
+                "SELECT count(*) FROM admin_tokens WHERE revoked_at IS NULL AND id <> ?1",
+                params![to_i64(id)],
+                |row| row.get(0),
+            )?;
+            if others == 0 {
+                return Err(last_admin_token());
+            }
+            tx.execute(
+                "UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1",
+                params![to_i64(id), now],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn reserve_enrollment_attempt(
         &self,
         source: &str,
         now: i64,
@@ -617,7 +981,7 @@ impl ServerStorage for SqliteStorage {
                 "DELETE FROM enrollment_failures WHERE window_end <= ?1",
                 params![now],
             )?;
-            let failures: i64 = tx.query_row(
+            let attempts: i64 = tx.query_row(
                 "INSERT INTO enrollment_failures (source, window_end, failures)
                  VALUES (?1, ?3, 1)
                  ON CONFLICT (source) DO UPDATE SET
@@ -628,21 +992,34 @@ impl ServerStorage for SqliteStorage {
                 |row| row.get(0),
             )?;
             tx.commit()?;
-            Ok(u32::try_from(failures).unwrap_or(u32::MAX))
+            Ok(u32::try_from(attempts).unwrap_or(u32::MAX))
         })
         .await
     }
 
-    async fn enrollment_failures(&self, source: &str, now: i64, _window_ms: i64) -> Result<u32> {
+    async fn refund_enrollment_attempt(&self, source: &str, now: i64) -> Result<()> {
+        let source = source.to_owned();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE enrollment_failures SET failures = failures - 1
+                 WHERE source = ?1 AND window_end > ?2 AND failures > 0",
+                params![source, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn enrollment_attempts(&self, source: &str, now: i64) -> Result<u32> {
         let source = source.to_owned();
         self.read(move |conn| {
-            let failures: Option<i64> = conn
+            let attempts: Option<i64> = conn
                 .prepare_cached(
                     "SELECT failures FROM enrollment_failures WHERE source = ?1 AND window_end > ?2",
                 )?
                 .query_row(params![source, now], |row| row.get(0))
                 .optional()?;
-            Ok(u32::try_from(failures.unwrap_or(0)).unwrap_or(u32::MAX))
+            Ok(u32::try_from(attempts.unwrap_or(0)).unwrap_or(u32::MAX))
         })
         .await
     }
@@ -679,6 +1056,31 @@ impl ServerStorage for SqliteStorage {
                 conn.prepare_cached("SELECT bytes FROM changes WHERE doc = ?1 ORDER BY seq")?;
             let rows = stmt.query_map(params![doc.as_bytes()], |row| row.get(0))?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn doc_history(&self, doc: RecordId) -> Result<Vec<StoredChange>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT device, received_at, bytes FROM changes WHERE doc = ?1 ORDER BY seq",
+            )?;
+            let rows = stmt.query_map(params![doc.as_bytes()], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, Vec<u8>>(2)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (device, received_at, bytes) = row?;
+                Ok(StoredChange {
+                    bytes,
+                    pushed_by: device_id(&device)?,
+                    received_at,
+                })
+            })
+            .collect()
         })
         .await
     }
@@ -799,6 +1201,49 @@ impl ServerStorage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(path: &Path, suffix: &str) -> u32 {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        std::fs::metadata(PathBuf::from(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777
+    }
+
+    #[tokio::test]
+    async fn database_files_are_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let storage = SqliteStorage::open(&path).await.unwrap();
+        // A write and a read, so that the WAL and the shared-memory file exist.
+        storage.create_commune("c1", "c1").await.unwrap();
+        assert_eq!(storage.list_communes().await.unwrap().len(), 1);
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(&path, suffix), 0o600, "new database{suffix}");
+        }
+        drop(storage);
+        // A file created by an older build (0644) is made private at open.
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let _ = std::fs::set_permissions(
+                PathBuf::from(name),
+                std::fs::Permissions::from_mode(0o644),
+            );
+        }
+        let storage = SqliteStorage::open(&path).await.unwrap();
+        storage.create_commune("c2", "c2").await.unwrap();
+        assert_eq!(storage.list_communes().await.unwrap().len(), 2);
+        assert_eq!(mode(&path, ""), 0o600);
+        for suffix in ["-wal", "-shm"] {
+            if std::fs::metadata(format!("{}{suffix}", path.display())).is_ok() {
+                assert_eq!(mode(&path, suffix), 0o600, "existing database{suffix}");
+            }
+        }
+    }
 
     #[tokio::test]
     async fn refuses_a_newer_schema() {

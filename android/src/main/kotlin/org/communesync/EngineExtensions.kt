@@ -10,17 +10,23 @@ import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
 import kotlinx.coroutines.withContext
 
-/** One event of [Engine.events]: sync progress or changed records. */
+/** One event of [Engine.events]: sync progress, changed records, or the store wiped. */
 sealed interface EngineEvent {
     /** After each completed request of a sync. */
     data class Progress(val progress: SyncProgress) : EngineEvent
 
     /** Records changed, locally or by a sync: refresh what shows them. */
     data class Changed(val change: ChangeEvent) : EngineEvent
+
+    /**
+     * The province ordered this device wiped and the engine destroyed the store (the last
+     * event): delete the key and the credential from the keystore and tell the officer.
+     */
+    data class Wiped(val wipe: WipeEvent) : EngineEvent
 }
 
 /**
- * Sync progress and record changes as a cold [Flow]. Collecting starts an observation
+ * Sync progress, record changes and a wipe as a cold [Flow]. Collecting starts an observation
  * ([Engine.observe]); cancelling the collector stops it. Events are never dropped (the buffer
  * is unbounded; they are small and few: one per request or edit).
  */
@@ -32,6 +38,10 @@ fun Engine.events(): Flow<EngineEvent> = callbackFlow {
 
         override fun onChanged(event: ChangeEvent) {
             trySend(EngineEvent.Changed(event))
+        }
+
+        override fun onWiped(event: WipeEvent) {
+            trySend(EngineEvent.Wiped(event))
         }
     })
     awaitClose {

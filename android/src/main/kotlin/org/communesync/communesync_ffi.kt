@@ -663,25 +663,31 @@ internal interface UniffiCallbackInterfaceSyncObserverMethod0 : com.sun.jna.Call
 internal interface UniffiCallbackInterfaceSyncObserverMethod1 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
-@Structure.FieldOrder("uniffiFree", "uniffiClone", "onProgress", "onChanged")
+internal interface UniffiCallbackInterfaceSyncObserverMethod2 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onProgress", "onChanged", "onWiped")
 internal open class UniffiVTableCallbackInterfaceSyncObserver(
     @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
     @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
     @JvmField internal var `onProgress`: UniffiCallbackInterfaceSyncObserverMethod0? = null,
     @JvmField internal var `onChanged`: UniffiCallbackInterfaceSyncObserverMethod1? = null,
+    @JvmField internal var `onWiped`: UniffiCallbackInterfaceSyncObserverMethod2? = null,
 ) : Structure() {
     class UniffiByValue(
         `uniffiFree`: UniffiCallbackInterfaceFree? = null,
         `uniffiClone`: UniffiCallbackInterfaceClone? = null,
         `onProgress`: UniffiCallbackInterfaceSyncObserverMethod0? = null,
         `onChanged`: UniffiCallbackInterfaceSyncObserverMethod1? = null,
-    ): UniffiVTableCallbackInterfaceSyncObserver(`uniffiFree`,`uniffiClone`,`onProgress`,`onChanged`,), Structure.ByValue
+        `onWiped`: UniffiCallbackInterfaceSyncObserverMethod2? = null,
+    ): UniffiVTableCallbackInterfaceSyncObserver(`uniffiFree`,`uniffiClone`,`onProgress`,`onChanged`,`onWiped`,), Structure.ByValue
 
    internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceSyncObserver) {
         `uniffiFree` = other.`uniffiFree`
         `uniffiClone` = other.`uniffiClone`
         `onProgress` = other.`onProgress`
         `onChanged` = other.`onChanged`
+        `onWiped` = other.`onWiped`
     }
 
 }
@@ -712,7 +718,11 @@ internal object IntegrityCheckingUniffiLib {
     internal fun ensureInitialized() = Unit
     external fun uniffi_communesync_ffi_checksum_func_next_sync_after(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_audit_log(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_conflicts(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_counts_by_status(
     ): Int
@@ -724,9 +734,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_device_id(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_discard_quarantined(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_due_soon(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_enroll(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_enrolled_commune(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_get_application(
     ): Int
@@ -746,9 +760,13 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_procedure(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_quarantined(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_query_applications(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_resolve(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_retry_quarantined(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_search(
     ): Int
@@ -767,6 +785,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_communesync_ffi_checksum_method_syncobserver_on_progress(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_syncobserver_on_changed(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped(
     ): Int
     external fun uniffi_communesync_ffi_checksum_constructor_engine_open(
     ): Int
@@ -797,7 +817,11 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_audit_log(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_conflicts(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_counts_by_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -809,10 +833,14 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_device_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_discard_quarantined(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`reason`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_communesync_ffi_fn_method_engine_due_soon(`ptr`: Long,`workingDays`: Int,`limit`: Int,`offset`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_enroll(`ptr`: Long,`code`: RustBuffer.ByValue,`label`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_enrolled_commune(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_get_application(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_get_citizen_request(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -831,10 +859,14 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_procedure(`ptr`: Long,`code`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_quarantined(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_query_applications(`ptr`: Long,`query`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_resolve(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`field`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_retry_quarantined(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Byte
     external fun uniffi_communesync_ffi_fn_method_engine_search(`ptr`: Long,`text`: RustBuffer.ByValue,`limit`: Int,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_sync_now(`ptr`: Long,
@@ -862,6 +894,8 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_method_syncobserver_on_progress(`ptr`: Long,`progress`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_method_syncobserver_on_changed(`ptr`: Long,`event`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_syncobserver_on_wiped(`ptr`: Long,`event`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_func_next_sync_after(`input`: RustBuffer.ByValue,`policy`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -987,7 +1021,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_func_next_sync_after() and 0xFFFF) != 51536) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_audit_log() and 0xFFFF) != 61145) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_conflicts() and 0xFFFF) != 16593) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new() and 0xFFFF) != 35505) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_counts_by_status() and 0xFFFF) != 7403) {
@@ -1005,10 +1045,16 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_device_id() and 0xFFFF) != 1056) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_discard_quarantined() and 0xFFFF) != 20872) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_due_soon() and 0xFFFF) != 48908) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_enroll() and 0xFFFF) != 48183) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_enroll() and 0xFFFF) != 61747) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_enrolled_commune() and 0xFFFF) != 35628) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_application() and 0xFFFF) != 36005) {
@@ -1020,7 +1066,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_record() and 0xFFFF) != 58677) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_history() and 0xFFFF) != 19786) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_history() and 0xFFFF) != 32042) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_next_sync_after() and 0xFFFF) != 46344) {
@@ -1032,10 +1078,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_overdue() and 0xFFFF) != 22559) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 16972) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 53804) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure() and 0xFFFF) != 10616) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_quarantined() and 0xFFFF) != 9491) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_query_applications() and 0xFFFF) != 28283) {
@@ -1044,10 +1093,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_resolve() and 0xFFFF) != 45107) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_retry_quarantined() and 0xFFFF) != 53353) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_search() and 0xFFFF) != 36898) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 1804) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 13915) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_status() and 0xFFFF) != 16345) {
@@ -1069,6 +1121,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_syncobserver_on_changed() and 0xFFFF) != 30773) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped() and 0xFFFF) != 65113) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_constructor_engine_open() and 0xFFFF) != 30309) {
@@ -1597,9 +1652,22 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface EngineInterface {
     
     /**
+     * What officers decided about quarantined records, oldest first.
+     */
+    fun `auditLog`(): List<AuditEntry>
+    
+    /**
      * Fields of the record holding concurrent different values after a sync.
      */
     fun `conflicts`(`id`: kotlin.String): List<Conflict>
+    
+    /**
+     * The fix for a refused record whose history the server cannot accept (created with
+     * another commune's code, an immutable field changed): a new record with the same content,
+     * for this device's commune, at the same status, created by `officer`; the old one is
+     * discarded with an audit entry naming the copy. Returns the new record.
+     */
+    fun `copyQuarantinedAsNew`(`officer`: kotlin.String, `id`: kotlin.String): Record
     
     /**
      * How many applications are in each status (every status listed, with 0 when none).
@@ -1628,6 +1696,13 @@ public interface EngineInterface {
     fun `deviceId`(): kotlin.String
     
     /**
+     * Discards a quarantined record as `officer` decided, for `reason` (written to the audit
+     * log): a refused record loses this device's changes the server never acknowledged (the
+     * record itself goes if the server never had it); an incoming one loses its kept data.
+     */
+    fun `discardQuarantined`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String)
+    
+    /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
     fun `dueSoon`(`workingDays`: kotlin.UInt, `limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage
@@ -1636,8 +1711,16 @@ public interface EngineInterface {
      * Exchanges a one-time enrollment code from the province for this device's credential.
      * The engine uses it from now on; store it in the platform keystore and pass it in
      * `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+     * The commune it binds the device to is recorded: records of other communes can no longer
+     * be created or edited, and those created before (offline, with another commune's code) are
+     * set aside in the quarantine at once.
      */
     suspend fun `enroll`(`code`: kotlin.String, `label`: kotlin.String): DeviceCredential
+    
+    /**
+     * The commune this device enrolled in (`None` before enrollment or for a province account).
+     */
+    fun `enrolledCommune`(): kotlin.String?
     
     /**
      * An application by id.
@@ -1655,8 +1738,8 @@ public interface EngineInterface {
     fun `getRecord`(`id`: kotlin.String): Record
     
     /**
-     * Every change to the record, in causal order: who (device, officer), when (device clock)
-     * and which fields.
+     * Every change to the record, in causal order: who (device, officer), when (device clock,
+     * and the server's receive time once it has the change) and which fields.
      */
     fun `history`(`id`: kotlin.String): List<HistoryEntry>
     
@@ -1683,6 +1766,8 @@ public interface EngineInterface {
      * clock. The last success is the one of this process, else the server time of the last sync
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
+     * "Upgrade required" is kept in the store for the version of the app that got it, so the
+     * policy stops across restarts until another version opens the store.
      */
     fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput
     
@@ -1690,6 +1775,12 @@ public interface EngineInterface {
      * One procedure of the catalogue (`InvalidInput` if unknown).
      */
     fun `procedure`(`code`: kotlin.String): Procedure
+    
+    /**
+     * Records set aside, oldest first: pushed records the server refused (with its reason)
+     * and pulled records this version of the app cannot read. Every other record keeps syncing.
+     */
+    fun `quarantined`(): List<QuarantinedRecord>
     
     /**
      * Applications matching `query`, one page.
@@ -1703,6 +1794,14 @@ public interface EngineInterface {
     fun `resolve`(`officer`: kotlin.String, `id`: kotlin.String, `field`: kotlin.String, `value`: ConflictValue): Record
     
     /**
+     * Takes a record out of the quarantine: a refused one goes back to the outbox (the next
+     * sync pushes it, with any edit made since: for a reason that was transient, fixed by an
+     * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
+     * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
+     */
+    fun `retryQuarantined`(`id`: kotlin.String): kotlin.Boolean
+    
+    /**
      * Records whose names, notes, phone, id number or village contain every word of `text`,
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
@@ -1712,8 +1811,11 @@ public interface EngineInterface {
     /**
      * Pushes local changes and pulls colleagues' until both sides are up to date; observers
      * get progress after each request. A sync cut at any point resumes where it stopped and
-     * loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
-     * not enrolled, `Revoked`, or `Offline` after the retries.
+     * loses nothing. A second call while one runs waits for it. Records the server refuses are
+     * set aside in the quarantine (`SyncReport.refused`) and do not fail the sync. Fails with
+     * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
+     * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
+     * engine then destroys the store and tells the observers), or `Offline` after the retries.
      */
     suspend fun `syncNow`(): SyncReport
     
@@ -1844,6 +1946,23 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
+     * What officers decided about quarantined records, oldest first.
+     */
+    @Throws(CommuneSyncException::class)override fun `auditLog`(): List<AuditEntry> {
+            return FfiConverterSequenceTypeAuditEntry.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_audit_log(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Fields of the record holding concurrent different values after a sync.
      */
     @Throws(CommuneSyncException::class)override fun `conflicts`(`id`: kotlin.String): List<Conflict> {
@@ -1853,6 +1972,28 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     UniffiLib.uniffi_communesync_ffi_fn_method_engine_conflicts(
         it,
         
+        FfiConverterString.lower(`id`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The fix for a refused record whose history the server cannot accept (created with
+     * another commune's code, an immutable field changed): a new record with the same content,
+     * for this device's commune, at the same status, created by `officer`; the old one is
+     * discarded with an audit entry naming the copy. Returns the new record.
+     */
+    @Throws(CommuneSyncException::class)override fun `copyQuarantinedAsNew`(`officer`: kotlin.String, `id`: kotlin.String): Record {
+            return FfiConverterTypeRecord.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(
+        it,
+        
+        FfiConverterString.lower(`officer`),
         FfiConverterString.lower(`id`),_status)
 }
     }
@@ -1950,6 +2091,27 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
+     * Discards a quarantined record as `officer` decided, for `reason` (written to the audit
+     * log): a refused record loses this device's changes the server never acknowledged (the
+     * record itself goes if the server never had it); an incoming one loses its kept data.
+     */
+    @Throws(CommuneSyncException::class)override fun `discardQuarantined`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_discard_quarantined(
+        it,
+        
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterString.lower(`reason`),_status)
+}
+    }
+    
+    
+
+    
+    /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
     @Throws(CommuneSyncException::class)override fun `dueSoon`(`workingDays`: kotlin.UInt, `limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage {
@@ -1973,6 +2135,9 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * Exchanges a one-time enrollment code from the province for this device's credential.
      * The engine uses it from now on; store it in the platform keystore and pass it in
      * `EngineConfig.credential` at the next open. A wrong or used code is `Unauthorized`.
+     * The commune it binds the device to is recorded: records of other communes can no longer
+     * be created or edited, and those created before (offline, with another commune's code) are
+     * set aside in the quarantine at once.
      */
     @Throws(CommuneSyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -1995,6 +2160,23 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         CommuneSyncException.ErrorHandler,
     )
     }
+
+    
+    /**
+     * The commune this device enrolled in (`None` before enrollment or for a province account).
+     */
+    @Throws(CommuneSyncException::class)override fun `enrolledCommune`(): kotlin.String? {
+            return FfiConverterOptionalString.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_enrolled_commune(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
 
     
     /**
@@ -2052,8 +2234,8 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
-     * Every change to the record, in causal order: who (device, officer), when (device clock)
-     * and which fields.
+     * Every change to the record, in causal order: who (device, officer), when (device clock,
+     * and the server's receive time once it has the change) and which fields.
      */
     @Throws(CommuneSyncException::class)override fun `history`(`id`: kotlin.String): List<HistoryEntry> {
             return FfiConverterSequenceTypeHistoryEntry.lift(
@@ -2133,6 +2315,8 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * clock. The last success is the one of this process, else the server time of the last sync
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
+     * "Upgrade required" is kept in the store for the version of the app that got it, so the
+     * policy stops across restarts until another version opens the store.
      */
     @Throws(CommuneSyncException::class)override fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput {
             return FfiConverterTypePolicyInput.lift(
@@ -2160,6 +2344,24 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         it,
         
         FfiConverterString.lower(`code`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * Records set aside, oldest first: pushed records the server refused (with its reason)
+     * and pulled records this version of the app cannot read. Every other record keeps syncing.
+     */
+    @Throws(CommuneSyncException::class)override fun `quarantined`(): List<QuarantinedRecord> {
+            return FfiConverterSequenceTypeQuarantinedRecord.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_quarantined(
+        it,
+        _status)
 }
     }
     )
@@ -2208,6 +2410,27 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
+     * Takes a record out of the quarantine: a refused one goes back to the outbox (the next
+     * sync pushes it, with any edit made since: for a reason that was transient, fixed by an
+     * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
+     * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
+     */
+    @Throws(CommuneSyncException::class)override fun `retryQuarantined`(`id`: kotlin.String): kotlin.Boolean {
+            return FfiConverterBoolean.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_retry_quarantined(
+        it,
+        
+        FfiConverterString.lower(`id`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
      * Records whose names, notes, phone, id number or village contain every word of `text`,
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
@@ -2231,8 +2454,11 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     /**
      * Pushes local changes and pulls colleagues' until both sides are up to date; observers
      * get progress after each request. A sync cut at any point resumes where it stopped and
-     * loses nothing. A second call while one runs waits for it. Fails with `Unauthorized` when
-     * not enrolled, `Revoked`, or `Offline` after the retries.
+     * loses nothing. A second call while one runs waits for it. Records the server refuses are
+     * set aside in the quarantine (`SyncReport.refused`) and do not fail the sync. Fails with
+     * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
+     * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
+     * engine then destroys the store and tells the observers), or `Offline` after the retries.
      */
     @Throws(CommuneSyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2768,6 +2994,11 @@ public interface SyncObserver {
      */
     fun `onChanged`(`event`: ChangeEvent)
     
+    /**
+     * After the engine destroyed the store on the province's order (the last event).
+     */
+    fun `onWiped`(`event`: WipeEvent)
+    
     companion object
 }
 
@@ -2910,6 +3141,22 @@ open class SyncObserverImpl: Disposable, AutoCloseable, SyncObserver
     
 
     
+    /**
+     * After the engine destroyed the store on the province's order (the last event).
+     */override fun `onWiped`(`event`: WipeEvent)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_syncobserver_on_wiped(
+        it,
+        
+        FfiConverterTypeWipeEvent.lower(`event`),_status)
+}
+    }
+    
+    
+
+    
 
     
 
@@ -2951,6 +3198,18 @@ internal object uniffiCallbackInterfaceSyncObserver {
             uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
         }
     }
+    internal object `onWiped`: UniffiCallbackInterfaceSyncObserverMethod2 {
+        override fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeSyncObserver.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onWiped`(
+                    FfiConverterTypeWipeEvent.lift(`event`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
 
     internal object uniffiFree: UniffiCallbackInterfaceFree {
         override fun callback(handle: Long) {
@@ -2969,6 +3228,7 @@ internal object uniffiCallbackInterfaceSyncObserver {
         uniffiClone,
         `onProgress`,
         `onChanged`,
+        `onWiped`,
     )
 
     // Registers the foreign callback with the Rust side.
@@ -3614,6 +3874,117 @@ public object FfiConverterTypeApplicationUpdate: FfiConverterRustBuffer<Applicat
 
 
 /**
+ * One entry of the audit log of quarantine decisions: who, when, what, why.
+ */
+data class AuditEntry (
+    /**
+     * When, ms since the epoch (device clock corrected by the server's).
+     */
+    var `atMs`: kotlin.Long
+    , 
+    /**
+     * The officer who decided.
+     */
+    var `officer`: kotlin.String
+    , 
+    /**
+     * What was done.
+     */
+    var `action`: AuditAction
+    , 
+    /**
+     * The quarantined record.
+     */
+    var `recordId`: kotlin.String
+    , 
+    /**
+     * Its kind.
+     */
+    var `kind`: RecordKind
+    , 
+    /**
+     * Which way it had been going.
+     */
+    var `direction`: QuarantineDirection
+    , 
+    /**
+     * The code it was quarantined with.
+     */
+    var `code`: kotlin.String
+    , 
+    /**
+     * The message it was quarantined with.
+     */
+    var `message`: kotlin.String
+    , 
+    /**
+     * The officer's reason.
+     */
+    var `reason`: kotlin.String
+    , 
+    /**
+     * For a copy: the new record's id.
+     */
+    var `replacementId`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAuditEntry: FfiConverterRustBuffer<AuditEntry> {
+    override fun read(buf: ByteBuffer): AuditEntry {
+        return AuditEntry(
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeAuditAction.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeRecordKind.read(buf),
+            FfiConverterTypeQuarantineDirection.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: AuditEntry) = (
+            FfiConverterLong.allocationSize(value.`atMs`) +
+            FfiConverterString.allocationSize(value.`officer`) +
+            FfiConverterTypeAuditAction.allocationSize(value.`action`) +
+            FfiConverterString.allocationSize(value.`recordId`) +
+            FfiConverterTypeRecordKind.allocationSize(value.`kind`) +
+            FfiConverterTypeQuarantineDirection.allocationSize(value.`direction`) +
+            FfiConverterString.allocationSize(value.`code`) +
+            FfiConverterString.allocationSize(value.`message`) +
+            FfiConverterString.allocationSize(value.`reason`) +
+            FfiConverterOptionalString.allocationSize(value.`replacementId`)
+    )
+
+    override fun write(value: AuditEntry, buf: ByteBuffer) {
+            FfiConverterLong.write(value.`atMs`, buf)
+            FfiConverterString.write(value.`officer`, buf)
+            FfiConverterTypeAuditAction.write(value.`action`, buf)
+            FfiConverterString.write(value.`recordId`, buf)
+            FfiConverterTypeRecordKind.write(value.`kind`, buf)
+            FfiConverterTypeQuarantineDirection.write(value.`direction`, buf)
+            FfiConverterString.write(value.`code`, buf)
+            FfiConverterString.write(value.`message`, buf)
+            FfiConverterString.write(value.`reason`, buf)
+            FfiConverterOptionalString.write(value.`replacementId`, buf)
+    }
+}
+
+
+
+/**
  * Who made a change: the device and the officer signed in on it.
  */
 data class Author (
@@ -4215,6 +4586,14 @@ data class EngineConfig (
      * When to sync in the background; `None` for the defaults suited to 2G.
      */
     var `backgroundPolicy`: BackgroundPolicy? = null 
+    , 
+    /**
+     * The app's version (Android `versionName`, iOS `CFBundleShortVersionString`). After the
+     * server answered "upgrade required", background syncs stop until the engine is opened by
+     * another version of the app (or of this library); a new version also tries again the
+     * pulled records an older one could not read.
+     */
+    var `appVersion`: kotlin.String? = null 
     
 ){
     
@@ -4236,6 +4615,7 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterString.read(buf),
             FfiConverterOptionalTypeDeviceCredential.read(buf),
             FfiConverterOptionalTypeBackgroundPolicy.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -4244,7 +4624,8 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterByteArray.allocationSize(value.`encryptionKey`) +
             FfiConverterString.allocationSize(value.`serverUrl`) +
             FfiConverterOptionalTypeDeviceCredential.allocationSize(value.`credential`) +
-            FfiConverterOptionalTypeBackgroundPolicy.allocationSize(value.`backgroundPolicy`)
+            FfiConverterOptionalTypeBackgroundPolicy.allocationSize(value.`backgroundPolicy`) +
+            FfiConverterOptionalString.allocationSize(value.`appVersion`)
     )
 
     override fun write(value: EngineConfig, buf: ByteBuffer) {
@@ -4253,6 +4634,7 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterString.write(value.`serverUrl`, buf)
             FfiConverterOptionalTypeDeviceCredential.write(value.`credential`, buf)
             FfiConverterOptionalTypeBackgroundPolicy.write(value.`backgroundPolicy`, buf)
+            FfiConverterOptionalString.write(value.`appVersion`, buf)
     }
 }
 
@@ -4341,6 +4723,12 @@ data class HistoryEntry (
      * Fields it touched (`created` for the first change).
      */
     var `fields`: List<kotlin.String>
+    , 
+    /**
+     * When the server received it, ms since the epoch (server clock): the server's fact beside
+     * the device's claim. `None` until the server has acknowledged it.
+     */
+    var `serverReceivedAtMs`: kotlin.Long?
     
 ){
     
@@ -4362,6 +4750,7 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterString.read(buf),
             FfiConverterLong.read(buf),
             FfiConverterSequenceString.read(buf),
+            FfiConverterOptionalLong.read(buf),
         )
     }
 
@@ -4370,7 +4759,8 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterOptionalString.allocationSize(value.`deviceId`) +
             FfiConverterString.allocationSize(value.`officer`) +
             FfiConverterLong.allocationSize(value.`deviceTimeMs`) +
-            FfiConverterSequenceString.allocationSize(value.`fields`)
+            FfiConverterSequenceString.allocationSize(value.`fields`) +
+            FfiConverterOptionalLong.allocationSize(value.`serverReceivedAtMs`)
     )
 
     override fun write(value: HistoryEntry, buf: ByteBuffer) {
@@ -4379,6 +4769,7 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterString.write(value.`officer`, buf)
             FfiConverterLong.write(value.`deviceTimeMs`, buf)
             FfiConverterSequenceString.write(value.`fields`, buf)
+            FfiConverterOptionalLong.write(value.`serverReceivedAtMs`, buf)
     }
 }
 
@@ -4726,6 +5117,123 @@ public object FfiConverterTypeProcedure: FfiConverterRustBuffer<Procedure> {
 
 
 /**
+ * A record set aside: every other record keeps syncing. Outgoing ones can be retried
+ * ([`Engine::retry_quarantined`](crate::Engine::retry_quarantined)), discarded or copied as a
+ * new record.
+ */
+data class QuarantinedRecord (
+    /**
+     * Record id (for an incoming record whose id could not be read, one made from its data:
+     * `id_known` is false).
+     */
+    var `recordId`: kotlin.String
+    , 
+    /**
+     * Whether `record_id` is the record's own id.
+     */
+    var `idKnown`: kotlin.Boolean
+    , 
+    /**
+     * Record kind.
+     */
+    var `kind`: RecordKind
+    , 
+    /**
+     * Refused on the way out, or unreadable on the way in.
+     */
+    var `direction`: QuarantineDirection
+    , 
+    /**
+     * Why, for programs: the server's refusal code (`not_yours`, `immutable_field`,
+     * `illegal_transition`, `second_root`, `sequence`, `not_attributed`, `invalid_field`,
+     * `too_large`, `malformed`, `duplicate`, or a newer one) for outgoing records;
+     * `unreadable`, `missing_dependencies`, `wrong_kind` or `invalid` for incoming ones.
+     */
+    var `code`: kotlin.String
+    , 
+    /**
+     * Why, for people (English; apps show their own text per code).
+     */
+    var `message`: kotlin.String
+    , 
+    /**
+     * When it was first set aside, ms since the epoch (device clock corrected by the server's).
+     */
+    var `firstAtMs`: kotlin.Long
+    , 
+    /**
+     * When it was last refused or tried.
+     */
+    var `lastAtMs`: kotlin.Long
+    , 
+    /**
+     * Times refused (outgoing) or tried (incoming).
+     */
+    var `attempts`: kotlin.UInt
+    , 
+    /**
+     * Incoming: whether its data is kept (false beyond the quarantine's bound).
+     */
+    var `changesKept`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer<QuarantinedRecord> {
+    override fun read(buf: ByteBuffer): QuarantinedRecord {
+        return QuarantinedRecord(
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterTypeRecordKind.read(buf),
+            FfiConverterTypeQuarantineDirection.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: QuarantinedRecord) = (
+            FfiConverterString.allocationSize(value.`recordId`) +
+            FfiConverterBoolean.allocationSize(value.`idKnown`) +
+            FfiConverterTypeRecordKind.allocationSize(value.`kind`) +
+            FfiConverterTypeQuarantineDirection.allocationSize(value.`direction`) +
+            FfiConverterString.allocationSize(value.`code`) +
+            FfiConverterString.allocationSize(value.`message`) +
+            FfiConverterLong.allocationSize(value.`firstAtMs`) +
+            FfiConverterLong.allocationSize(value.`lastAtMs`) +
+            FfiConverterUInt.allocationSize(value.`attempts`) +
+            FfiConverterBoolean.allocationSize(value.`changesKept`)
+    )
+
+    override fun write(value: QuarantinedRecord, buf: ByteBuffer) {
+            FfiConverterString.write(value.`recordId`, buf)
+            FfiConverterBoolean.write(value.`idKnown`, buf)
+            FfiConverterTypeRecordKind.write(value.`kind`, buf)
+            FfiConverterTypeQuarantineDirection.write(value.`direction`, buf)
+            FfiConverterString.write(value.`code`, buf)
+            FfiConverterString.write(value.`message`, buf)
+            FfiConverterLong.write(value.`firstAtMs`, buf)
+            FfiConverterLong.write(value.`lastAtMs`, buf)
+            FfiConverterUInt.write(value.`attempts`, buf)
+            FfiConverterBoolean.write(value.`changesKept`, buf)
+    }
+}
+
+
+
+/**
  * A paper received with an application.
  */
 data class ReceivedDocument (
@@ -5027,9 +5535,19 @@ data class SyncReport (
     var `conflicts`: kotlin.ULong
     , 
     /**
-     * Pulled documents the store refused.
+     * Pulled records this version of the app could not read: kept in the quarantine.
      */
     var `rejected`: kotlin.ULong
+    , 
+    /**
+     * Pushed records the server refused in this sync: set aside in the quarantine.
+     */
+    var `refused`: kotlin.ULong
+    , 
+    /**
+     * Records in the quarantine after the sync (both directions).
+     */
+    var `quarantined`: kotlin.ULong
     , 
     /**
      * Repeated attempts.
@@ -5068,6 +5586,8 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
         )
     }
 
@@ -5082,6 +5602,8 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.allocationSize(value.`pulledChanges`) +
             FfiConverterULong.allocationSize(value.`conflicts`) +
             FfiConverterULong.allocationSize(value.`rejected`) +
+            FfiConverterULong.allocationSize(value.`refused`) +
+            FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterULong.allocationSize(value.`retries`) +
             FfiConverterULong.allocationSize(value.`pendingDocs`)
     )
@@ -5097,6 +5619,8 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.write(value.`pulledChanges`, buf)
             FfiConverterULong.write(value.`conflicts`, buf)
             FfiConverterULong.write(value.`rejected`, buf)
+            FfiConverterULong.write(value.`refused`, buf)
+            FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterULong.write(value.`retries`, buf)
             FfiConverterULong.write(value.`pendingDocs`, buf)
     }
@@ -5124,9 +5648,24 @@ data class SyncStatus (
     var `syncing`: kotlin.Boolean
     , 
     /**
-     * Records with changes the server has not acknowledged.
+     * Records with changes the server has not acknowledged and that go out with the next sync.
      */
     var `pendingChanges`: kotlin.ULong
+    , 
+    /**
+     * Records set aside in the quarantine (see [`Engine::quarantined`](crate::Engine::quarantined)).
+     */
+    var `quarantined`: kotlin.ULong
+    , 
+    /**
+     * The commune the device enrolled in (`None` before enrollment or for a province account).
+     */
+    var `enrolledCommune`: kotlin.String?
+    , 
+    /**
+     * Whether the server refused this version of the app: upgrade it.
+     */
+    var `upgradeRequired`: kotlin.Boolean
     , 
     /**
      * Server time of the last successful sync (ms since the epoch), kept in the store.
@@ -5177,6 +5716,9 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
             FfiConverterOptionalLong.read(buf),
             FfiConverterOptionalLong.read(buf),
             FfiConverterUInt.read(buf),
@@ -5191,6 +5733,9 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.allocationSize(value.`enrolled`) +
             FfiConverterBoolean.allocationSize(value.`syncing`) +
             FfiConverterULong.allocationSize(value.`pendingChanges`) +
+            FfiConverterULong.allocationSize(value.`quarantined`) +
+            FfiConverterOptionalString.allocationSize(value.`enrolledCommune`) +
+            FfiConverterBoolean.allocationSize(value.`upgradeRequired`) +
             FfiConverterOptionalLong.allocationSize(value.`lastServerSyncMs`) +
             FfiConverterOptionalLong.allocationSize(value.`lastSuccessMs`) +
             FfiConverterUInt.allocationSize(value.`consecutiveFailures`) +
@@ -5204,12 +5749,80 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterBoolean.write(value.`enrolled`, buf)
             FfiConverterBoolean.write(value.`syncing`, buf)
             FfiConverterULong.write(value.`pendingChanges`, buf)
+            FfiConverterULong.write(value.`quarantined`, buf)
+            FfiConverterOptionalString.write(value.`enrolledCommune`, buf)
+            FfiConverterBoolean.write(value.`upgradeRequired`, buf)
             FfiConverterOptionalLong.write(value.`lastServerSyncMs`, buf)
             FfiConverterOptionalLong.write(value.`lastSuccessMs`, buf)
             FfiConverterUInt.write(value.`consecutiveFailures`, buf)
             FfiConverterOptionalTypeErrorKind.write(value.`lastErrorKind`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
             FfiConverterOptionalTypeSyncReport.write(value.`lastReport`, buf)
+    }
+}
+
+
+
+/**
+ * The province ordered this device wiped, and the engine did it: the store file (and its
+ * `-wal`, `-shm`) is deleted and every later call fails with `CommuneSyncError.Wiped`. The app
+ * deletes the key and the credential from the keystore and shows the officer what happened.
+ */
+data class WipeEvent (
+    /**
+     * The device that was wiped.
+     */
+    var `deviceId`: kotlin.String
+    , 
+    /**
+     * The store that was destroyed.
+     */
+    var `storePath`: kotlin.String
+    , 
+    /**
+     * The files deleted.
+     */
+    var `deletedFiles`: List<kotlin.String>
+    , 
+    /**
+     * The server's message.
+     */
+    var `message`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeWipeEvent: FfiConverterRustBuffer<WipeEvent> {
+    override fun read(buf: ByteBuffer): WipeEvent {
+        return WipeEvent(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: WipeEvent) = (
+            FfiConverterString.allocationSize(value.`deviceId`) +
+            FfiConverterString.allocationSize(value.`storePath`) +
+            FfiConverterSequenceString.allocationSize(value.`deletedFiles`) +
+            FfiConverterString.allocationSize(value.`message`)
+    )
+
+    override fun write(value: WipeEvent, buf: ByteBuffer) {
+            FfiConverterString.write(value.`deviceId`, buf)
+            FfiConverterString.write(value.`storePath`, buf)
+            FfiConverterSequenceString.write(value.`deletedFiles`, buf)
+            FfiConverterString.write(value.`message`, buf)
     }
 }
 
@@ -5271,6 +5884,49 @@ public object FfiConverterTypeApplicationStatus: FfiConverterRustBuffer<Applicat
     override fun allocationSize(value: ApplicationStatus) = 4UL
 
     override fun write(value: ApplicationStatus, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What an officer did about a quarantined record.
+ */
+
+enum class AuditAction {
+    
+    /**
+     * Discarded.
+     */
+    DISCARDED,
+    /**
+     * Replaced by a new record with the same content.
+     */
+    COPIED_AS_NEW;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAuditAction: FfiConverterRustBuffer<AuditAction> {
+    override fun read(buf: ByteBuffer) = try {
+        AuditAction.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: AuditAction) = 4UL
+
+    override fun write(value: AuditAction, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -5347,6 +6003,19 @@ sealed class CommuneSyncException(message: String): kotlin.Exception(message) {
         class Revoked(message: String) : CommuneSyncException(message)
         
     /**
+     * The province revoked this device and ordered it wiped: the engine has destroyed the
+     * store (observers got `on_wiped`). Delete the key and the credential from the keystore;
+     * every later call of this engine fails with this error.
+     */
+        class Wiped(message: String) : CommuneSyncException(message)
+        
+    /**
+     * The server no longer accepts this version of the app: nothing syncs until the app is
+     * upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
+     */
+        class UpgradeRequired(message: String) : CommuneSyncException(message)
+        
+    /**
      * A value the engine does not accept (a field, an id, a date, a key); the message names it.
      */
         class InvalidInput(message: String) : CommuneSyncException(message)
@@ -5383,10 +6052,12 @@ public object FfiConverterTypeCommuneSyncError : FfiConverterRustBuffer<CommuneS
             1 -> CommuneSyncException.Offline(FfiConverterString.read(buf))
             2 -> CommuneSyncException.Unauthorized(FfiConverterString.read(buf))
             3 -> CommuneSyncException.Revoked(FfiConverterString.read(buf))
-            4 -> CommuneSyncException.InvalidInput(FfiConverterString.read(buf))
-            5 -> CommuneSyncException.NotFound(FfiConverterString.read(buf))
-            6 -> CommuneSyncException.Conflict(FfiConverterString.read(buf))
-            7 -> CommuneSyncException.Storage(FfiConverterString.read(buf))
+            4 -> CommuneSyncException.Wiped(FfiConverterString.read(buf))
+            5 -> CommuneSyncException.UpgradeRequired(FfiConverterString.read(buf))
+            6 -> CommuneSyncException.InvalidInput(FfiConverterString.read(buf))
+            7 -> CommuneSyncException.NotFound(FfiConverterString.read(buf))
+            8 -> CommuneSyncException.Conflict(FfiConverterString.read(buf))
+            9 -> CommuneSyncException.Storage(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
@@ -5410,20 +6081,28 @@ public object FfiConverterTypeCommuneSyncError : FfiConverterRustBuffer<CommuneS
                 buf.putInt(3)
                 Unit
             }
-            is CommuneSyncException.InvalidInput -> {
+            is CommuneSyncException.Wiped -> {
                 buf.putInt(4)
                 Unit
             }
-            is CommuneSyncException.NotFound -> {
+            is CommuneSyncException.UpgradeRequired -> {
                 buf.putInt(5)
                 Unit
             }
-            is CommuneSyncException.Conflict -> {
+            is CommuneSyncException.InvalidInput -> {
                 buf.putInt(6)
                 Unit
             }
-            is CommuneSyncException.Storage -> {
+            is CommuneSyncException.NotFound -> {
                 buf.putInt(7)
+                Unit
+            }
+            is CommuneSyncException.Conflict -> {
+                buf.putInt(8)
+                Unit
+            }
+            is CommuneSyncException.Storage -> {
+                buf.putInt(9)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -5597,6 +6276,14 @@ enum class ErrorKind {
      */
     REVOKED,
     /**
+     * See [`CommuneSyncError::Wiped`].
+     */
+    WIPED,
+    /**
+     * See [`CommuneSyncError::UpgradeRequired`].
+     */
+    UPGRADE_REQUIRED,
+    /**
      * See [`CommuneSyncError::InvalidInput`].
      */
     INVALID_INPUT,
@@ -5633,6 +6320,50 @@ public object FfiConverterTypeErrorKind: FfiConverterRustBuffer<ErrorKind> {
     override fun allocationSize(value: ErrorKind) = 4UL
 
     override fun write(value: ErrorKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * Which way a quarantined record was going.
+ */
+
+enum class QuarantineDirection {
+    
+    /**
+     * Pushed by this device and refused by the server: its local changes wait for a decision.
+     */
+    OUTGOING,
+    /**
+     * Pulled from the server and not readable by this version of the app: kept, and tried
+     * again by the next version.
+     */
+    INCOMING;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeQuarantineDirection: FfiConverterRustBuffer<QuarantineDirection> {
+    override fun read(buf: ByteBuffer) = try {
+        QuarantineDirection.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: QuarantineDirection) = 4UL
+
+    override fun write(value: QuarantineDirection, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -5911,7 +6642,7 @@ sealed class SyncDecision {
     }
     
     /**
-     * Do not sync again until a person acts (the device must be enrolled again).
+     * Do not sync again until a person acts (enroll the device again, or upgrade the app).
      */
     object Stop : SyncDecision()
     
@@ -6509,6 +7240,34 @@ public object FfiConverterSequenceTypeApplicationSummary: FfiConverterRustBuffer
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeAuditEntry: FfiConverterRustBuffer<List<AuditEntry>> {
+    override fun read(buf: ByteBuffer): List<AuditEntry> {
+        val len = buf.getInt()
+        return List<AuditEntry>(len) {
+            FfiConverterTypeAuditEntry.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<AuditEntry>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeAuditEntry.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<AuditEntry>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeAuditEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeConflict: FfiConverterRustBuffer<List<Conflict>> {
     override fun read(buf: ByteBuffer): List<Conflict> {
         val len = buf.getInt()
@@ -6611,6 +7370,34 @@ public object FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeHistoryEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeQuarantinedRecord: FfiConverterRustBuffer<List<QuarantinedRecord>> {
+    override fun read(buf: ByteBuffer): List<QuarantinedRecord> {
+        val len = buf.getInt()
+        return List<QuarantinedRecord>(len) {
+            FfiConverterTypeQuarantinedRecord.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<QuarantinedRecord>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeQuarantinedRecord.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<QuarantinedRecord>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeQuarantinedRecord.write(it, buf)
         }
     }
 }

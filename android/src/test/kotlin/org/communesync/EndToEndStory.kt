@@ -1,6 +1,8 @@
 // The end-to-end story of the bindings on a plain JVM, against a real `communesync serve`
 // started by scripts/test.d/20-bindings.sh: two tablets of one commune enroll, take applications
-// offline, sync, edit concurrently, resolve, read history, search, and one is revoked.
+// offline, sync, edit concurrently, resolve, read history, search, and one is revoked. Then, against
+// the scripted server of the same script (tests/src/bin/scripted_server.rs), the integrity cases:
+// records set aside in the quarantine and fixed, "upgrade required", and a wipe order.
 // The same story runs in Swift (ios/Tests/CommuneSyncTests/EndToEndStory.swift).
 // Run: java -Djna.library.path=<dir of libcommunesync_ffi.so> -cp ... org.communesync.EndToEndStoryKt
 package org.communesync
@@ -229,6 +231,7 @@ private suspend fun story() {
     val handle = a.observe(object : SyncObserver {
         override fun onProgress(progress: SyncProgress) { direct += progress }
         override fun onChanged(event: ChangeEvent) { throw IllegalStateException("an observer that throws") }
+        override fun onWiped(event: WipeEvent) {}
     })
     a.updateApplication("can-bo.lan", duc.id, ApplicationUpdate(notes = "Đã chuyển bộ phận tư pháp, chờ xác minh"))
     a.syncNow()
@@ -263,4 +266,104 @@ private suspend fun story() {
     expect("the README example takes an application and syncs it", fromReadme.pushedDocs == 1uL)
     a.close()
     b.close()
+
+    integrityStory(env("COMMUNESYNC_SCRIPTED_URL"), commune, work, key)
+}
+
+/** Quarantine, "upgrade required" and a wipe order, against the scripted server. */
+private suspend fun integrityStory(scripted: String, commune: String, work: File, key: ByteArray) {
+    fun config(name: String, appVersion: String? = null, credential: DeviceCredential? = null) = EngineConfig(
+        storePath = File(work, "$name.db").path,
+        encryptionKey = key,
+        serverUrl = scripted,
+        credential = credential,
+        appVersion = appVersion,
+    )
+    fun request(communeCode: String, description: String, notes: String = "") = NewCitizenRequest(
+        communeCode = communeCode,
+        category = "road",
+        description = description,
+        village = "Bản Phăng",
+        reporterName = "Lò Văn Khánh",
+        reporterContact = "",
+        notes = notes,
+    )
+
+    // --- quarantine: records of another commune typed offline before enrollment ---
+    val q = Engine.open(config("tablet-q"))
+    val stray = q.createCitizenRequest("can-bo.lan", request("DB-OTHER", "Đường vào bản bị sạt lở"))
+    val twice = q.createCitizenRequest("can-bo.lan", request("DB-OTHER", "Đường vào bản bị sạt lở"))
+    q.enroll("commune:$commune", "Máy tính bảng Q")
+    expect("enrollment records the commune", q.enrolledCommune() == commune)
+    val atEnrollment = q.quarantined()
+    expect(
+        "records of another commune are set aside at enrollment",
+        atEnrollment.map { it.recordId }.toSet() == setOf(stray.id, twice.id) &&
+            atEnrollment.all { it.code == "not_yours" && it.direction == QuarantineDirection.OUTGOING && it.attempts == 1u },
+    )
+    expectError<CommuneSyncException.InvalidInput>("creating for another commune once enrolled") {
+        q.createCitizenRequest("can-bo.lan", request("DB-OTHER", "Cầu treo hỏng"))
+    }
+    val fixMe = q.createCitizenRequest("can-bo.lan", request(commune, "Đèn đường hỏng", notes = "#refuse"))
+    val fine = q.createCitizenRequest("can-bo.lan", request(commune, "Cống thoát nước tắc"))
+    val first = q.syncNow()
+    expect(
+        "the server refused one record and the sync went on ($first)",
+        first.refused == 1uL && first.pushedDocs == 1uL && first.quarantined == 3uL && first.pendingDocs == 0uL,
+    )
+    expect("its reason is listed", q.quarantined().any { it.recordId == fixMe.id && it.code == "invalid_field" && it.message.isNotBlank() })
+    expect("the status counts it", q.syncStatus().quarantined == 3uL && q.syncStatus().pendingChanges == 0uL)
+    q.updateCitizenRequest("can-bo.lan", fixMe.id, CitizenRequestUpdate(notes = "Đã kiểm tra"))
+    expect("an edit of a refused record is not pushed behind the app's back", q.syncNow().pushedDocs == 0uL)
+    expect("retry puts it back in the outbox", q.retryQuarantined(fixMe.id))
+    val retried = q.syncNow()
+    expect("and it goes", retried.pushedDocs == 1uL && retried.refused == 0uL)
+    val copy = q.copyQuarantinedAsNew("can-bo.minh", stray.id)
+    expect(
+        "copy as new: this commune, the same content",
+        copy is Record.CitizenRequest && copy.request.communeCode == commune && copy.request.description == stray.description && copy.request.id != stray.id,
+    )
+    expectError<CommuneSyncException.NotFound>("the original is gone") { q.getCitizenRequest(stray.id) }
+    q.discardQuarantined("can-bo.minh", twice.id, "nhập trùng")
+    expect("nothing left in the quarantine", q.quarantined().isEmpty())
+    val audit = q.auditLog()
+    expect(
+        "the audit log says who did what and why",
+        audit.map { it.action } == listOf(AuditAction.COPIED_AS_NEW, AuditAction.DISCARDED) &&
+            audit.all { it.officer == "can-bo.minh" } && audit[1].reason == "nhập trùng" && audit[0].replacementId == (copy as Record.CitizenRequest).request.id,
+    )
+    expectError<CommuneSyncException.NotFound>("discarding what is not quarantined") { q.discardQuarantined("can-bo.minh", fine.id, "x") }
+    expect("the copy goes", q.syncNow().pushedDocs == 1uL)
+    expect("history has the server's receive time", q.history(fine.id).first().serverReceivedAtMs != null)
+    q.close()
+
+    // --- an app too old for the server ---
+    val u = Engine.open(config("tablet-u", appVersion = "1.0"))
+    val credU = u.enroll("upgrade", "Máy tính bảng U")
+    expectErrorAsync<CommuneSyncException.UpgradeRequired>("an old app syncs") { u.syncNow() }
+    expect("upgrade required: the policy says stop", u.nextSyncAfter(false) is SyncDecision.Stop)
+    expect("upgrade required: the status says so", u.syncStatus().upgradeRequired && u.syncStatus().lastErrorKind == ErrorKind.UPGRADE_REQUIRED)
+    u.close()
+    val same = Engine.open(config("tablet-u", appVersion = "1.0", credential = credU))
+    expect("restarted, the same version still stops", same.nextSyncAfter(false) is SyncDecision.Stop)
+    same.close()
+    val upgraded = Engine.open(config("tablet-u", appVersion = "1.1", credential = credU))
+    expect("an upgraded app schedules again", upgraded.nextSyncAfter(false) !is SyncDecision.Stop)
+    upgraded.close()
+
+    // --- a wipe order ---
+    val w = Engine.open(config("tablet-w"))
+    val seen = Collections.synchronizedList(mutableListOf<EngineEvent>())
+    val scope = kotlinx.coroutines.CoroutineScope(Dispatchers.Default)
+    val watching = w.events().onEach { seen += it }.launchIn(scope)
+    w.enroll("wipe", "Máy tính bảng W")
+    val kept = w.createCitizenRequest("can-bo.lan", request(commune, "Hồ sơ trên máy bị mất"))
+    expectErrorAsync<CommuneSyncException.Wiped>("a wiped device syncs") { w.syncNow() }
+    val files = listOf("", "-wal", "-shm").map { File(work, "tablet-w.db$it") }
+    expect("the store's files are gone", files.none { it.exists() })
+    expect("the app was told", waitFor(10) { seen.any { it is EngineEvent.Wiped && it.wipe.deviceId == w.deviceId() } })
+    expectError<CommuneSyncException.Wiped>("nothing works after a wipe") { w.getCitizenRequest(kept.id) }
+    expect("a wiped engine schedules nothing", w.nextSyncAfter(false) is SyncDecision.Stop)
+    watching.cancel()
+    w.close()
 }

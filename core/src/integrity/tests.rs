@@ -1,0 +1,399 @@
+//! The rules and checks as an attacker meets them: changes crafted with any actor, any order,
+//! any content, against the history the server holds.
+
+use automerge::Change;
+
+use super::*;
+use crate::catalogue::CivilDate;
+use crate::record::{
+    Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordKind, Status,
+};
+
+const COMMUNE: &str = "DB-MUONGPHANG";
+
+fn sample(device: DeviceId) -> Application {
+    Application {
+        id: crate::record::RecordId::new(),
+        commune_code: COMMUNE.into(),
+        procedure_code: "1.001193".into(),
+        applicant: Applicant {
+            name: "Nguyễn Thị Hương".into(),
+            ..Applicant::default()
+        },
+        received_at: 1_795_377_600_000,
+        due_at: CivilDate::from_ymd(2026, 11, 26).unwrap(),
+        documents: vec![],
+        fees: vec![],
+        status: Status::Received,
+        assignee: None,
+        notes: String::new(),
+        created_by: Author {
+            device: device.0,
+            officer: "lan".into(),
+        },
+    }
+}
+
+/// An edit of a record, as a test case holds it.
+type Edit = Box<dyn FnOnce(&mut Application)>;
+
+fn no_withdrawal(_: &str) -> Option<bool> {
+    Some(false)
+}
+
+fn ctx(device: DeviceId) -> RuleContext<'static> {
+    RuleContext {
+        device,
+        commune: Some(COMMUNE),
+        withdrawal_allowed: &no_withdrawal,
+    }
+}
+
+fn all_changes(doc: &mut RecordDoc) -> Vec<Change> {
+    doc.changes_since(&[])
+}
+
+/// A copy of `doc` whose next edits are made by `device`.
+fn as_device(doc: &mut RecordDoc, device: DeviceId) -> RecordDoc {
+    let bytes = doc.save();
+    RecordDoc::load(doc.id(), doc.kind(), &bytes, device).unwrap()
+}
+
+/// One edit on `doc`; returns the new change.
+fn edit(doc: &mut RecordDoc, change: impl FnOnce(&mut Application)) -> Change {
+    let before = doc.application().unwrap();
+    let heads = doc.heads();
+    let mut after = before.clone();
+    change(&mut after);
+    assert!(doc.edit(&before, &after, "lan", 5).unwrap());
+    let mut new = doc.changes_since(&heads);
+    assert_eq!(new.len(), 1);
+    new.remove(0)
+}
+
+fn verdict(stored: Vec<Change>, pushed: Vec<Change>, pusher: DeviceId) -> Verdict {
+    check_pushed(None, RecordKind::Application, stored, pushed, &ctx(pusher))
+}
+
+fn refused_code(v: Verdict) -> RefusalCode {
+    match v {
+        Verdict::Refused(refusal) => refusal.code,
+        other => panic!("accepted: {other:?}"),
+    }
+}
+
+fn created(device: DeviceId) -> RecordDoc {
+    RecordDoc::create(&Record::Application(sample(device)), device, "lan", 1).unwrap()
+}
+
+#[test]
+fn an_honest_history_is_accepted_change_by_change() {
+    let tablet = DeviceId::new();
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let moved = edit(&mut doc, |a| a.status = Status::InProgress);
+    let noted = edit(&mut doc, |a| a.notes = "đủ".into());
+    match verdict(Vec::new(), root.clone(), tablet) {
+        Verdict::Accepted { new, record } => {
+            assert_eq!(new, vec![0]);
+            assert!(record.is_some());
+        }
+        other => panic!("{other:?}"),
+    }
+    match verdict(root.clone(), vec![moved.clone(), noted.clone()], tablet) {
+        Verdict::Accepted { new, .. } => assert_eq!(new, vec![0, 1]),
+        other => panic!("{other:?}"),
+    }
+    // Sent out of order: checked in causal order all the same.
+    match verdict(root.clone(), vec![noted.clone(), moved.clone()], tablet) {
+        Verdict::Accepted { new, .. } => assert_eq!(new, vec![1, 0]),
+        other => panic!("{other:?}"),
+    }
+    // Known changes again: nothing new.
+    assert!(matches!(
+        verdict(root.clone(), root.clone(), tablet),
+        Verdict::Accepted { record: None, .. }
+    ));
+    // Without its base: the whole history is needed.
+    assert!(matches!(
+        verdict(Vec::new(), vec![moved], tablet),
+        Verdict::MissingDeps
+    ));
+}
+
+#[test]
+fn a_colleagues_identity_is_refused() {
+    let (colleague, hostile) = (DeviceId::new(), DeviceId::new());
+    let mut doc = created(colleague);
+    let root = all_changes(&mut doc);
+    // An edit made under the colleague's actor, pushed by another device.
+    let forged = edit(&mut doc, |a| a.notes = "sửa".into());
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![forged], hostile)),
+        RefusalCode::NotAttributed
+    );
+    // A record created in the colleague's name by the hostile device.
+    let mut framed = sample(colleague);
+    framed.id = crate::record::RecordId::new();
+    let mut doc = RecordDoc::create(&Record::Application(framed), hostile, "x", 1).unwrap();
+    assert_eq!(
+        refused_code(verdict(Vec::new(), all_changes(&mut doc), hostile)),
+        RefusalCode::NotAttributed
+    );
+}
+
+#[test]
+fn the_record_rules_hold_per_change() {
+    let tablet = DeviceId::new();
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let cases: Vec<(&str, Edit, RefusalCode)> = vec![
+        (
+            "received -> returned",
+            Box::new(|a| a.status = Status::Returned),
+            RefusalCode::IllegalTransition,
+        ),
+        (
+            "withdrawn where the procedure forbids it",
+            Box::new(|a| a.status = Status::Withdrawn),
+            RefusalCode::IllegalTransition,
+        ),
+        (
+            "received_at moved to 2020",
+            Box::new(|a| a.received_at = 1_577_836_800_000),
+            RefusalCode::ImmutableField,
+        ),
+        (
+            "due_at moved to 2099",
+            Box::new(|a| a.due_at = CivilDate::from_ymd(2099, 1, 1).unwrap()),
+            RefusalCode::ImmutableField,
+        ),
+        (
+            "moved to another commune",
+            Box::new(|a| a.commune_code = "DB-NAMPO".into()),
+            RefusalCode::ImmutableField,
+        ),
+        (
+            "creator rewritten",
+            Box::new(|a| a.created_by.device = DeviceId::new().0),
+            RefusalCode::ImmutableField,
+        ),
+        (
+            "a phone number that is not one",
+            Box::new(|a| a.applicant.phone = "call me".into()),
+            RefusalCode::InvalidField,
+        ),
+        (
+            "notes over the limit in one change",
+            Box::new(|a| a.notes = "x".repeat(rules::MAX_NOTES + 1)),
+            RefusalCode::TooLarge,
+        ),
+    ];
+    for (name, change, code) in cases {
+        let mut copy = as_device(&mut doc, tablet);
+        let bad = edit(&mut copy, change);
+        assert_eq!(
+            refused_code(verdict(root.clone(), vec![bad], tablet)),
+            code,
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn a_skipped_workflow_is_refused_even_after_a_legal_step() {
+    let tablet = DeviceId::new();
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let legal = edit(&mut doc, |a| a.status = Status::InProgress);
+    let back = edit(&mut doc, |a| a.status = Status::Received);
+    assert_eq!(
+        refused_code(verdict(root, vec![legal, back], tablet)),
+        RefusalCode::IllegalTransition
+    );
+}
+
+#[test]
+fn a_second_root_is_refused() {
+    let tablet = DeviceId::new();
+    let app = sample(tablet);
+    let mut first = RecordDoc::create(&Record::Application(app.clone()), tablet, "lan", 1).unwrap();
+    let root = all_changes(&mut first);
+    // The same record created again, from nothing: a second change without dependencies.
+    let mut again = app;
+    again.status = Status::Received;
+    again.applicant.name = "Someone else".into();
+    let mut second = RecordDoc::create(&Record::Application(again), tablet, "lan", 2).unwrap();
+    assert_eq!(
+        refused_code(verdict(root, all_changes(&mut second), tablet)),
+        RefusalCode::SecondRoot
+    );
+}
+
+#[test]
+fn an_author_forking_its_own_chain_is_refused() {
+    let tablet = DeviceId::new();
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let mut fork = as_device(&mut doc, tablet);
+    let one = edit(&mut doc, |a| a.notes = "một".into());
+    let other = edit(&mut fork, |a| a.notes = "hai".into());
+    assert_eq!(one.seq(), other.seq());
+    let mut stored = root.clone();
+    stored.push(one);
+    assert_eq!(
+        refused_code(verdict(stored, vec![other], tablet)),
+        RefusalCode::Sequence
+    );
+}
+
+fn meta(actor: DeviceId, seq: u64, start_op: u64, deps: Vec<automerge::ChangeHash>) -> ChangeMeta {
+    let mut hash = [0u8; 32];
+    hash[..8].copy_from_slice(&seq.to_be_bytes());
+    hash[8..24].copy_from_slice(actor.0.as_bytes());
+    hash[24..].copy_from_slice(&start_op.to_be_bytes());
+    ChangeMeta {
+        hash: automerge::ChangeHash(hash),
+        actor: actor.0.as_bytes().to_vec(),
+        seq,
+        start_op,
+        max_op: start_op + 2,
+        deps,
+        message_len: 10,
+    }
+}
+
+#[test]
+fn sequence_gaps_op_counters_and_sizes_are_refused() {
+    let (a, b) = (DeviceId::new(), DeviceId::new());
+    let mut index = HistoryIndex::new();
+    let root = meta(a, 1, 1, vec![]);
+    assert_eq!(index.admit(&root, a), Ok(Admission::Added));
+    assert_eq!(index.admit(&root, a), Ok(Admission::Known));
+    // b's first change must be its seq 1.
+    let gap = meta(b, 2, 4, vec![root.hash]);
+    assert_eq!(
+        index.admit(&gap, b).unwrap_err().code,
+        RefusalCode::Sequence
+    );
+    // Op counters must pass those of its dependencies (root used 1..=3).
+    let reused_ops = meta(b, 1, 2, vec![root.hash]);
+    assert_eq!(
+        index.admit(&reused_ops, b).unwrap_err().code,
+        RefusalCode::Sequence
+    );
+    let b1 = meta(b, 1, 4, vec![root.hash]);
+    assert_eq!(index.admit(&b1, b), Ok(Admission::Added));
+    // a's second change that does not build on a's first (it names only b's, which does).
+    let a2 = meta(a, 2, 7, vec![b1.hash]);
+    assert_eq!(index.admit(&a2, a), Ok(Admission::Added));
+    // A change naming an unknown dependency: the history is missing, not refused.
+    let dangling = meta(a, 3, 10, vec![automerge::ChangeHash([9; 32])]);
+    assert_eq!(index.admit(&dangling, a), Ok(Admission::MissingDeps));
+    // Too many dependencies, too long a message.
+    let mut wide = meta(a, 3, 10, vec![a2.hash; history::MAX_DEPS + 1]);
+    assert_eq!(
+        index.admit(&wide, a).unwrap_err().code,
+        RefusalCode::TooLarge
+    );
+    wide.deps = vec![a2.hash];
+    wide.message_len = history::MAX_MESSAGE + 1;
+    assert_eq!(
+        index.admit(&wide, a).unwrap_err().code,
+        RefusalCode::TooLarge
+    );
+}
+
+#[test]
+fn notes_merged_past_the_limit_never_freeze_a_record() {
+    let (a_dev, b_dev) = (DeviceId::new(), DeviceId::new());
+    let mut a = created(a_dev);
+    let root = all_changes(&mut a);
+    let mut b = as_device(&mut a, b_dev);
+    let half = "y".repeat(rules::MAX_NOTES / 2 + 100);
+    let on_a = edit(&mut a, |app| app.notes = format!("A{half}"));
+    let on_b = edit(&mut b, |app| app.notes = format!("B{half}"));
+    // Each change alone is within the limit; merged, the notes are over it.
+    let mut stored = root.clone();
+    stored.push(on_a.clone());
+    match verdict(stored.clone(), vec![on_b.clone()], b_dev) {
+        Verdict::Accepted { record, .. } => match record.as_deref() {
+            Some(Record::Application(app)) => assert!(app.notes.len() > rules::MAX_NOTES),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    // On the merged record, an edit of another field passes; shortening the notes passes;
+    // making them longer still does not.
+    a.apply_changes(&[on_b.raw_bytes().to_vec()], crate::record::Source::Server)
+        .unwrap();
+    stored.push(on_b);
+    let merged = a.application().unwrap();
+    let mut status = as_device(&mut a, a_dev);
+    let moved = edit(&mut status, |app| app.status = Status::InProgress);
+    assert!(matches!(
+        verdict(stored.clone(), vec![moved], a_dev),
+        Verdict::Accepted { .. }
+    ));
+    let mut longer = as_device(&mut a, a_dev);
+    let grown = edit(&mut longer, |app| app.notes.push_str("more"));
+    assert_eq!(
+        refused_code(verdict(stored.clone(), vec![grown], a_dev)),
+        RefusalCode::TooLarge
+    );
+    let mut shorter = as_device(&mut a, a_dev);
+    let cut = edit(&mut shorter, |app| {
+        app.notes.truncate(merged.notes.len() - 10)
+    });
+    assert!(matches!(
+        verdict(stored, vec![cut], a_dev),
+        Verdict::Accepted { .. }
+    ));
+}
+
+#[test]
+fn creation_is_checked_against_the_devices_commune() {
+    let tablet = DeviceId::new();
+    let mut elsewhere = sample(tablet);
+    elsewhere.commune_code = "DB-NAMPO".into();
+    let record = Record::Application(elsewhere);
+    let violation = check_creation(&record, &ctx(tablet)).unwrap_err();
+    assert_eq!(violation.code, RefusalCode::NotYours);
+    // A province account (no commune) may create in any commune.
+    let province = RuleContext {
+        commune: None,
+        ..ctx(tablet)
+    };
+    assert!(check_creation(&record, &province).is_ok());
+    // A new record starts as received.
+    let mut done = sample(tablet);
+    done.status = Status::Returned;
+    assert_eq!(
+        check_creation(&Record::Application(done), &ctx(tablet))
+            .unwrap_err()
+            .code,
+        RefusalCode::IllegalTransition
+    );
+}
+
+#[test]
+fn refusal_codes_survive_the_wire_including_unknown_ones() {
+    for code in [
+        RefusalCode::Malformed,
+        RefusalCode::NotAttributed,
+        RefusalCode::SecondRoot,
+        RefusalCode::Sequence,
+        RefusalCode::ImmutableField,
+        RefusalCode::IllegalTransition,
+        RefusalCode::InvalidField,
+        RefusalCode::TooLarge,
+        RefusalCode::NotYours,
+        RefusalCode::Duplicate,
+    ] {
+        assert_eq!(RefusalCode::parse(code.as_str()), code);
+    }
+    assert_eq!(
+        RefusalCode::parse("signature_invalid"),
+        RefusalCode::Other("signature_invalid".into())
+    );
+}
