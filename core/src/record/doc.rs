@@ -360,23 +360,7 @@ impl RecordDoc {
         self.doc
             .get_changes(&[])
             .into_iter()
-            .map(|change| {
-                let message = change
-                    .message()
-                    .and_then(|m| serde_json::from_str::<ChangeMessage>(m).ok());
-                let (officer, fields) = match message {
-                    Some(m) => (m.officer, m.fields),
-                    None => (String::new(), Vec::new()),
-                };
-                HistoryEntry {
-                    hash: change.hash().to_string(),
-                    device: Uuid::from_slice(change.actor_id().to_bytes()).ok(),
-                    officer,
-                    device_time: change.timestamp(),
-                    fields,
-                    server_received_at: None,
-                }
-            })
+            .map(|change| describe_change(&change))
             .collect()
     }
 
