@@ -121,6 +121,17 @@ impl DocCodec {
         Ok(())
     }
 
+    /// The decoded size a frame declares in its header (`None` when it is not a frame that
+    /// declares one): what decoding it will allocate, known before anything is decompressed.
+    pub fn declared_size(frame: &[u8]) -> Option<u64> {
+        if !frame.starts_with(&ZSTD_MAGIC) {
+            return None;
+        }
+        zstd::zstd_safe::get_frame_content_size(frame)
+            .ok()
+            .flatten()
+    }
+
     /// Decompresses one frame that must declare its size, at most `limit` bytes: a hostile
     /// frame (a decompression bomb, a lie about its size) is an error, never a large allocation.
     pub fn decode_frame(

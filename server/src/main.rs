@@ -173,6 +173,7 @@ enum AdminTask {
 }
 
 fn main() -> anyhow::Result<()> {
+    communesync_server::serve::limit_allocator_arenas();
     let cli = Cli::parse();
     // The demo prints its own story; the server logs what operators need.
     let default_level = match cli.command {

@@ -173,7 +173,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_compressed: 8 * 1024 * 1024,
-            max_body: 32 * 1024 * 1024,
+            max_body: 8 * 1024 * 1024,
             max_docs: 20_000,
             max_changes_per_doc: 10_000,
             max_changes: 100_000,
@@ -222,9 +222,12 @@ fn decode<T: for<'de> Deserialize<'de>>(
         }
     })?;
     let (message, rest) = bounded::with_limits(limits, || postcard::take_from_bytes::<T>(&bytes))
-        .map_err(|e| match bounded::take_overflow() {
-        Some(what) => WireError::TooLarge(what),
-        None => WireError::Malformed(e.to_string()),
+        .map_err(|e| {
+        match (bounded::take_overflow(), bounded::take_malformed()) {
+            (Some(what), _) => WireError::TooLarge(what),
+            (None, Some(why)) => WireError::Malformed(why),
+            (None, None) => WireError::Malformed(e.to_string()),
+        }
     })?;
     if !rest.is_empty() {
         return Err(WireError::Malformed("trailing bytes".into()));
@@ -485,10 +488,10 @@ mod tests {
     fn counts_are_refused_while_decoding_before_the_elements_are_allocated() {
         let mut codec = DocCodec::new().unwrap();
         let limits = Limits::default();
-        // Ten million empty documents: 30 MB decoded (under the body limit), a few KB on the
-        // wire. Refused at the list's length, before a single PushDoc is made.
+        // Two and a half million empty documents: 7.5 MB decoded (under the body limit), a few
+        // KB on the wire. Refused at the list's length, before a single PushDoc is made.
         let bomb = codec
-            .encode_message(&empty_docs_request(10_000_000))
+            .encode_message(&empty_docs_request(2_500_000))
             .unwrap();
         assert!(bomb.len() < 8 * 1024, "{} bytes", bomb.len());
         match SyncRequest::decode(&mut codec, &bomb, &limits) {
@@ -529,6 +532,24 @@ mod tests {
             Err(WireError::TooLarge(_))
         ));
         assert!(SyncRequest::decode(&mut codec, &body, &limits).is_ok());
+    }
+
+    #[test]
+    fn a_record_named_twice_stops_the_decoding_at_its_second_entry() {
+        let mut codec = DocCodec::new().unwrap();
+        let mut twice = request();
+        twice.push = vec![twice.push[0].clone(); 20_000];
+        let body = twice.encode(&mut codec).unwrap();
+        match SyncRequest::decode(&mut codec, &body, &Limits::default()) {
+            Err(WireError::Malformed(what)) => assert!(what.contains("more than once"), "{what}"),
+            other => panic!("{other:?}"),
+        }
+        // Documents sent whole name no id: they are told apart later, by the record they make.
+        let mut whole = request();
+        whole.push[0].id = None;
+        whole.push.push(whole.push[0].clone());
+        let body = whole.encode(&mut codec).unwrap();
+        assert!(SyncRequest::decode(&mut codec, &body, &Limits::default()).is_ok());
     }
 
     #[test]

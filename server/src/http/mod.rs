@@ -61,6 +61,12 @@ use crate::storage::{Device, ServerStorage};
 pub struct ServerConfig {
     /// Body and count limits for sync requests.
     pub limits: Limits,
+    /// Decoded sync bodies held at once, all requests together (bytes). A request reserves
+    /// what its frame declares (at least 1 MiB) before decompressing and keeps it until it is
+    /// answered; others wait for room. Ten 1 KB bodies that each decode to the 8 MiB limit
+    /// then cost at most this, not ten times the limit (measured by `communesync-bench --
+    /// hostile`). Default 16 MiB; never less than one body at the limit.
+    pub decode_budget: usize,
     /// Upper bound on feed bytes in one response, whatever the client asks.
     pub max_pull_bytes: usize,
     /// Reverse proxies (addresses or networks) whose `X-Forwarded-For` is believed: a request
@@ -97,6 +103,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             limits: Limits::default(),
+            decode_budget: 16 * 1024 * 1024,
             max_pull_bytes: 4 * 1024 * 1024,
             trusted_proxies: Vec::new(),
             enroll_failures_allowed: 10,
@@ -110,6 +117,18 @@ impl Default for ServerConfig {
         }
     }
 }
+
+/// The decode budget in whole MiB, at least one body at the limit.
+pub(crate) fn decode_room_mib(config: &ServerConfig) -> usize {
+    config
+        .decode_budget
+        .max(config.limits.max_body)
+        .div_ceil(MIB)
+        .max(1)
+}
+
+/// A mebibyte: the unit of the decode budget.
+pub(crate) const MIB: usize = 1024 * 1024;
 
 /// Whether each procedure may be withdrawn, by code.
 pub(crate) type WithdrawalRules = Arc<HashMap<String, bool>>;
@@ -127,6 +146,8 @@ pub struct AppState {
     pub(crate) enroll_throttle: enroll_limit::Throttle,
     /// Request buckets of the devices.
     pub(crate) device_limiter: rate::DeviceLimiter,
+    /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
+    pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -144,6 +165,7 @@ impl AppState {
         Arc::new(AppState {
             storage,
             device_limiter: rate::DeviceLimiter::new(config.device_rate),
+            decode_room: Arc::new(tokio::sync::Semaphore::new(decode_room_mib(&config))),
             config,
             clock,
             withdrawal: std::sync::Mutex::new(None),

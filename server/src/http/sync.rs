@@ -90,6 +90,25 @@ async fn sync_inner(
         .await
         .map_err(|e| refused_body(e.status(), e.body_text()))?;
     let limits = state.config.limits;
+    // Room for what the body decodes to, reserved before decompressing and held until the
+    // answer: concurrent bodies that each decode to the limit wait for each other instead of
+    // all being in memory at once. A body declaring more than the limit is refused by the
+    // decoder without room.
+    let declared = DocCodec::declared_size(&body)
+        .and_then(|size| usize::try_from(size).ok())
+        .unwrap_or(0)
+        .min(limits.max_body);
+    // What a body decodes to is held twice at most: the decompressed bytes, then the changes
+    // restored from them.
+    let room = u32::try_from((2 * declared).div_ceil(super::MIB).max(1))
+        .unwrap_or(u32::MAX)
+        .min(u32::try_from(super::decode_room_mib(&state.config)).unwrap_or(u32::MAX));
+    let _room = state
+        .decode_room
+        .clone()
+        .acquire_many_owned(room)
+        .await
+        .map_err(ApiError::internal)?;
     let request = blocking(move || {
         with_codec(|codec| match SyncRequest::decode(codec, &body, &limits) {
             Err(WireError::UpgradeRequired(version)) => {
