@@ -4,9 +4,9 @@
 use automerge::Change;
 
 use super::history::{Admission, ChangeMeta, HistoryIndex, causal_order};
-use super::rules::{RuleContext, check_creation, check_edit};
+use super::rules::{self, RuleContext, check_creation, check_edit};
 use super::{Refusal, RefusalCode};
-use crate::record::{Record, RecordDoc, RecordId, RecordKind, Source};
+use crate::record::{ConflictValue, Record, RecordDoc, RecordId, RecordKind, Source};
 
 /// What checking a pushed document concluded.
 #[derive(Debug)]
@@ -135,12 +135,30 @@ pub fn check_pushed(
             Some(before) => check_edit(before, &after, ctx),
         };
         if let Err(violation) = checked {
-            return Verdict::Refused(violation.refusal());
+            // Settling a conflict on the status: the change picks one of the values the status
+            // held concurrently at its dependencies (each a legal step where it was made).
+            let settles = violation.code == RefusalCode::IllegalTransition
+                && before.as_ref().is_some_and(|before| {
+                    let values = doc.values_at("status", &meta.deps);
+                    values.len() > 1
+                        && values.contains(&ConflictValue::Str(status_of(&after).to_owned()))
+                        && rules::only_status_changed(before, &after)
+                });
+            if !settles {
+                return Verdict::Refused(violation.refusal());
+            }
         }
         last = Some((meta.hash, after));
     }
     Verdict::Accepted {
         new,
         record: Some(Box::new(record)),
+    }
+}
+
+fn status_of(record: &Record) -> &'static str {
+    match record {
+        Record::Application(a) => a.status.as_str(),
+        Record::CitizenRequest(r) => r.status.as_str(),
     }
 }

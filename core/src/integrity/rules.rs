@@ -180,6 +180,26 @@ pub fn check_edit(
     Ok(())
 }
 
+/// Whether `after` differs from `before` in its status only (what settling a conflict on the
+/// status changes): the status workflow is then checked as a choice among concurrent values.
+pub fn only_status_changed(before: &Record, after: &Record) -> bool {
+    match (before, after) {
+        (Record::Application(b), Record::Application(a)) => {
+            Application {
+                status: b.status,
+                ..a.clone()
+            } == *b
+        }
+        (Record::CitizenRequest(b), Record::CitizenRequest(a)) => {
+            CitizenRequest {
+                status: b.status,
+                ..a.clone()
+            } == *b
+        }
+        _ => false,
+    }
+}
+
 fn immutable(kind: &str) -> Violation {
     Violation::field(
         RefusalCode::ImmutableField,

@@ -397,3 +397,62 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::Other("signature_invalid".into())
     );
 }
+
+#[test]
+fn settling_a_status_conflict_with_either_value_is_accepted_and_nothing_else() {
+    let (a_dev, b_dev) = (DeviceId::new(), DeviceId::new());
+    let mut a = created(a_dev);
+    edit(&mut a, |app| app.status = Status::InProgress);
+    let mut b = as_device(&mut a, b_dev);
+    // Two legal steps from in_progress, made concurrently.
+    edit(&mut a, |app| app.status = Status::Ready);
+    let rejected = edit(&mut b, |app| app.status = Status::Rejected);
+    a.apply_changes(
+        &[rejected.raw_bytes().to_vec()],
+        crate::record::Source::Server,
+    )
+    .unwrap();
+    let stored = all_changes(&mut a);
+    let conflict = a
+        .conflicts()
+        .into_iter()
+        .find(|c| c.field == "status")
+        .unwrap();
+    assert_eq!(conflict.values.len(), 2);
+    // Whichever value reads now, settling on the other is a step backwards from it
+    // (ready -> rejected, or rejected -> ready): still accepted as a choice between the two.
+    for candidate in &conflict.values {
+        let mut settle = as_device(&mut a, a_dev);
+        let heads = settle.heads();
+        settle
+            .resolve("status", &candidate.value, "lan", 9)
+            .unwrap();
+        let change = settle.changes_since(&heads);
+        assert!(
+            matches!(
+                verdict(stored.clone(), change, a_dev),
+                Verdict::Accepted { .. }
+            ),
+            "{:?}",
+            candidate.value
+        );
+    }
+    // A third status is no resolution: the device refuses it, and crafted by hand it is an
+    // illegal transition for the server.
+    let mut third = as_device(&mut a, a_dev);
+    assert!(
+        third
+            .resolve(
+                "status",
+                &crate::record::ConflictValue::Str("received".into()),
+                "lan",
+                9
+            )
+            .is_err()
+    );
+    let back = edit(&mut third, |app| app.status = Status::Received);
+    assert_eq!(
+        refused_code(verdict(stored, vec![back], a_dev)),
+        RefusalCode::IllegalTransition
+    );
+}

@@ -210,6 +210,21 @@ impl RecordDoc {
         })
     }
 
+    /// The concurrent values of top-level field `field` as the document read at `heads` (more
+    /// than one when that field is in conflict there; one or none otherwise).
+    pub fn values_at(&self, field: &str, heads: &[ChangeHash]) -> Vec<ConflictValue> {
+        match self.doc.get_all_at(ROOT, field, heads) {
+            Ok(values) => values
+                .iter()
+                .filter_map(|(value, _)| match value {
+                    Value::Scalar(s) => Some(ConflictValue::from_scalar(s)),
+                    Value::Object(_) => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// The typed record as the document read at `heads` (which must be changes it holds): the
     /// record as one change found it, or left it.
     pub fn record_at(&self, heads: &[ChangeHash]) -> Result<Record> {
@@ -337,6 +352,20 @@ impl RecordDoc {
     ) -> Result<()> {
         if !self.conflicts().iter().any(|c| c.field == field) {
             return Err(Error::invalid(field, "there is no conflict on this field"));
+        }
+        // Settling a conflict on the status chooses one of the transitions made concurrently
+        // (each legal where it was made): another status is a transition, not a resolution.
+        if field == "status"
+            && !self
+                .conflicts()
+                .iter()
+                .filter(|c| c.field == field)
+                .any(|c| c.values.iter().any(|candidate| candidate.value == *value))
+        {
+            return Err(Error::invalid(
+                field,
+                "a conflict on the status is settled with one of its values",
+            ));
         }
         let (obj, prop) = resolve_path(&self.doc, field)?;
         let current = match self.doc.get(&obj, prop.clone())? {
