@@ -10,8 +10,8 @@ use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
 use communesync_core::protocol::{
-    CONTENT_TYPE, CatalogueUpdate, FeedDoc, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, PushDoc,
-    Refused, SyncRequest, SyncResponse, WireError, content_type_of, protocol_of_content_type,
+    CONTENT_TYPE, CatalogueUpdate, FeedDoc, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, Refused,
+    SyncRequest, SyncResponse, WireError, content_type_of, protocol_of_content_type,
 };
 use communesync_core::record::RecordId;
 
@@ -124,11 +124,7 @@ async fn sync_inner(
             request.protocol
         )));
     }
-    if let Some(id) = first_repeated_id(&request.push) {
-        return Err(ApiError::malformed(format!(
-            "record {id} appears more than once in the push"
-        )));
-    }
+    // A record id sent twice was refused while decoding (`protocol::bounded`).
     let now = state.clock.now_ms();
     let catalogue = state.storage.catalogue().await?;
 
@@ -329,14 +325,6 @@ fn is_retired_content_type(content_type: &str) -> bool {
             .is_some_and(|n| n < PREVIOUS_PROTOCOL_VERSION),
         None => false,
     }
-}
-
-/// The first record id sent twice in one push (documents sent whole name none).
-fn first_repeated_id(push: &[PushDoc]) -> Option<RecordId> {
-    let mut seen = std::collections::HashSet::with_capacity(push.len());
-    push.iter()
-        .filter_map(|doc| doc.id)
-        .find(|id| !seen.insert(*id))
 }
 
 fn upgrade_required(what: &str) -> ApiError {
