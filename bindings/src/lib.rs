@@ -10,7 +10,7 @@
 //! - [`CommuneSyncError`]: the small error enum an app acts on;
 //! - [`SyncObserver`]: a trait the app implements to hear about sync progress and changes;
 //! - [`SyncStatusListener`]: the sync status now and after each change (`Engine::watch_sync_status`);
-//! - [`Logger`] and [`set_logger`]: the engine's logs, to Logcat or `os_log`;
+//! - [`EngineLogger`] and [`set_logger`]: the engine's logs, to Logcat or `os_log`;
 //! - `Engine::rekey`: rotating the store key;
 //! - [`next_sync_after`]: the background-sync policy, for the WorkManager / BGTaskScheduler glue.
 //!
@@ -28,7 +28,7 @@ pub mod types;
 
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
-pub use logging::{LogLevel, LogRecord, Logger, set_logger};
+pub use logging::{EngineLogger, LogLevel, LogRecord, set_logger};
 pub use observer::{ChangeEvent, ChangeOrigin, ObserverHandle, SyncObserver, WipeEvent};
 pub use policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
 pub use status::SyncStatusListener;

@@ -1,4 +1,4 @@
-//! Rust logs for the app: [`set_logger`] installs a [`Logger`] the app implements (Logcat on
+//! Rust logs for the app: [`set_logger`] installs an [`EngineLogger`] the app implements (Logcat on
 //! Android, `os_log` / `Logger` on Apple platforms; see the README) and receives the engine's
 //! `tracing` events at `min_level` and above.
 //!
@@ -67,7 +67,7 @@ pub struct LogRecord {
 
 /// Implemented by the app to receive the engine's logs (called on a thread of the engine's).
 #[uniffi::export(with_foreign)]
-pub trait Logger: Send + Sync {
+pub trait EngineLogger: Send + Sync {
     /// Writes one record (to Logcat, `os_log`, a file...). Must not block for long.
     fn log(&self, record: LogRecord);
 }
@@ -75,7 +75,7 @@ pub trait Logger: Send + Sync {
 /// Sends the engine's logs at `min_level` and above to `logger` from now on (`None`: stop).
 /// One logger per process; a later call replaces it.
 #[uniffi::export]
-pub fn set_logger(logger: Option<Arc<dyn Logger>>, min_level: LogLevel) {
+pub fn set_logger(logger: Option<Arc<dyn EngineLogger>>, min_level: LogLevel) {
     let sink = logger.and_then(|logger| Sink::start(logger, min_level));
     *SINK.write().unwrap_or_else(PoisonError::into_inner) = sink;
     // Once per process; fails only if a host program installed its own (a Rust test harness):
@@ -93,7 +93,7 @@ struct Sink {
 }
 
 impl Sink {
-    fn start(logger: Arc<dyn Logger>, min_level: LogLevel) -> Option<Sink> {
+    fn start(logger: Arc<dyn EngineLogger>, min_level: LogLevel) -> Option<Sink> {
         let (queue, records) = sync_channel::<LogRecord>(QUEUE);
         let dropped = Arc::new(AtomicU64::new(0));
         let lost = dropped.clone();
@@ -246,7 +246,7 @@ mod tests {
 
     struct Collect(Mutex<Sender<LogRecord>>);
 
-    impl Logger for Collect {
+    impl EngineLogger for Collect {
         fn log(&self, record: LogRecord) {
             let _ = self.0.lock().unwrap().send(record);
         }

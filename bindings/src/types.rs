@@ -44,11 +44,13 @@ pub(crate) fn time_from_ms(ms: i64) -> SystemTime {
     .unwrap_or(UNIX_EPOCH)
 }
 
-/// Milliseconds since the Unix epoch of an instant (saturating far outside ±292 million years).
+/// Milliseconds since the Unix epoch of an instant, to the nearest millisecond (a Swift `Date` is
+/// a `Double`: 0.251 s arrives as 0.250999999 s); saturating far outside ±292 million years.
 pub(crate) fn ms_from_time(time: SystemTime) -> i64 {
+    let nearest_ms = |d: Duration| i64::try_from((d.as_nanos() + 500_000) / 1_000_000);
     match time.duration_since(UNIX_EPOCH) {
-        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
-        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+        Ok(after) => nearest_ms(after).unwrap_or(i64::MAX),
+        Err(before) => nearest_ms(before.duration()).map_or(i64::MIN, |ms| -ms),
     }
 }
 

@@ -612,4 +612,11 @@ async fn dates_cross_as_instants_and_civil_dates() {
     );
     assert_eq!(ms_from_time(time_from_ms(-1_500)), -1_500);
     assert_eq!(ms_from_time(received), 1_795_399_200_000);
+    // A Swift Date (a Double) sends 0.251 s as 0.250999999 s: the nearest millisecond is meant.
+    let swift_like = std::time::UNIX_EPOCH + Duration::from_nanos(1_795_399_200_250_999_999);
+    assert_eq!(ms_from_time(swift_like), 1_795_399_200_251);
+    assert_eq!(
+        ms_from_time(time_from_ms(-1_500) - Duration::from_nanos(1)),
+        -1_500
+    );
 }
