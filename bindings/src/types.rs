@@ -90,7 +90,7 @@ impl std::fmt::Debug for EngineConfig {
             .field("credential", &self.credential)
             .field("background_policy", &self.background_policy)
             .field("app_version", &self.app_version)
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
