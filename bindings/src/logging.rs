@@ -7,8 +7,9 @@
 //! one thread that calls the logger, so a slow logger never slows a sync: when the queue is full,
 //! records are dropped and the next delivered record is preceded by a warning saying how many.
 //! Spans are not forwarded. No secret is logged: the engine never logs tokens, codes or keys,
-//! and a field whose name says it is one (`token`, `key`, `secret`, `password`, `code`,
-//! `authorization`, `credential`) is replaced by `<redacted>` here as a second guard.
+//! and a field whose name says it is one (`token`, `key`, `secret`, `password`, `authorization`,
+//! `credential`, `enrollment_code`, or ending in `_token`, `_key`...) is replaced by
+//! `<redacted>` here as a second guard.
 
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -130,19 +131,23 @@ fn wanted(target: &str, level: LogLevel, min_level: LogLevel) -> bool {
     level <= min_level && (target.starts_with("communesync") || level <= LogLevel::Warn)
 }
 
-/// Whether a field's name says it holds a secret.
+/// Whether a field's name says it holds a secret (`token`, `auth_token`, `store_key`,
+/// `enrollment_code`...). A refusal `code` (`not_yours`) is not one: it stays readable.
 fn secret_field(name: &str) -> bool {
-    const SECRET: [&str; 7] = [
+    const SECRET: [&str; 8] = [
         "token",
         "key",
         "secret",
         "password",
-        "code",
+        "passphrase",
         "authorization",
         "credential",
+        "enrollment_code",
     ];
     let name = name.to_ascii_lowercase();
-    SECRET.iter().any(|s| name.contains(s))
+    SECRET
+        .iter()
+        .any(|s| name == *s || name.ends_with(&format!("_{s}")))
 }
 
 /// The `tracing` subscriber that feeds the installed [`Sink`].
@@ -253,6 +258,23 @@ mod tests {
     }
 
     #[test]
+    fn secret_fields_are_recognised_by_name() {
+        for name in [
+            "token",
+            "auth_token",
+            "store_key",
+            "KEY",
+            "enrollment_code",
+            "password",
+        ] {
+            assert!(secret_field(name), "{name}");
+        }
+        for name in ["code", "message", "id", "monkey", "rounds", "keyboard"] {
+            assert!(!secret_field(name), "{name}");
+        }
+    }
+
+    #[test]
     fn filtering_by_level_and_target() {
         assert!(wanted(
             "communesync_core::sync",
@@ -276,7 +298,7 @@ mod tests {
         set_logger(Some(Arc::new(Collect(Mutex::new(tx)))), LogLevel::Info);
         tracing::debug!(target: "communesync_core::test", "too detailed");
         tracing::info!(target: "hyper::test", "a dependency's detail");
-        tracing::info!(target: "communesync_core::test", token = "s3cr3t", rounds = 2, "sync done");
+        tracing::info!(target: "communesync_core::test", token = "s3cr3t", code = "not_yours", "sync done");
         // Other tests of this process log too: skip their records (at most 1000).
         let mine = |record: &LogRecord| record.target.ends_with("::test");
         let record = (0..1000)
@@ -285,7 +307,7 @@ mod tests {
             .unwrap();
         assert_eq!(record.level, LogLevel::Info);
         assert_eq!(record.target, "communesync_core::test");
-        assert_eq!(record.message, "sync done token=<redacted> rounds=2");
+        assert_eq!(record.message, "sync done token=<redacted> code=not_yours");
         assert!(!record.message.contains("s3cr3t"));
 
         // Removed: nothing more arrives (the channel closes with the logger's thread).
