@@ -159,3 +159,34 @@ fn rekey_loop_child() {
         next = if next == KEY_A { KEY_B } else { KEY_A };
     }
 }
+
+/// A rekey that cannot take the write lock (another connection holds it past the busy timeout)
+/// fails, closes the store, and leaves the file in the old key.
+#[test]
+fn a_failed_rekey_closes_the_store_and_keeps_the_old_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store.db");
+    padded_store(&path);
+    let mut store = open(&path, KEY_A).unwrap();
+    let blocker = rusqlite::Connection::open(&path).unwrap();
+    super::super::apply_key(&blocker, &EncryptionKey::new(KEY_A)).unwrap();
+    blocker.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let err = store.rekey(&EncryptionKey::new(KEY_B)).unwrap_err();
+    assert!(!matches!(err, Error::InvalidInput { .. }), "{err}");
+    // Closed: nothing reads or writes through it any more.
+    assert!(store.rekey(&EncryptionKey::new(KEY_B)).is_err());
+    assert!(
+        store
+            .connection()
+            .execute("INSERT INTO marker VALUES ('after a failed rekey')", [])
+            .is_err()
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    drop(blocker);
+    drop(store);
+    let new = open(&path, KEY_B).unwrap_err();
+    assert!(matches!(new, Error::WrongKey), "{new}");
+    let store = open(&path, KEY_A).unwrap();
+    assert_eq!(rows(&store, "marker"), 1);
+    assert_eq!(store.integrity_check().unwrap(), "ok");
+}
