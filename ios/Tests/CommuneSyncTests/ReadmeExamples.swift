@@ -121,15 +121,26 @@ enum StoreKeychain {
          kSecAttrAccount as String: account]
     }
 
-    /// The store key, created at the first call.
-    static func storeKey(account: String = "current") throws -> Data {
+    /// The key saved as `account` ("current" or "next"), if any.
+    static func existingKey(account: String) -> Data? {
         var item: CFTypeRef?
         var lookup = query(account)
         lookup[kSecReturnData as String] = true
-        if SecItemCopyMatching(lookup as CFDictionary, &item) == errSecSuccess, let key = item as? Data {
-            return key
+        guard SecItemCopyMatching(lookup as CFDictionary, &item) == errSecSuccess else { return nil }
+        return item as? Data
+    }
+
+    /// The keys to try at open, in order: "next" if a rotation was cut short (the store opens
+    /// with exactly one of the two), then "current", created at the first start.
+    static func keysToTry() throws -> [Data] {
+        var keys: [Data] = []
+        if let next = existingKey(account: "next") { keys.append(next) }
+        if let current = existingKey(account: "current") {
+            keys.append(current)
+        } else {
+            keys.append(try save(newKey(), account: "current"))
         }
-        return try save(newKey(), account: account)
+        return keys
     }
 
     static func newKey() throws -> Data {
