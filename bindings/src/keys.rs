@@ -18,7 +18,8 @@ use crate::error::CommuneSyncError;
 #[uniffi::export(async_runtime = "tokio")]
 impl Engine {
     /// Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
-    /// size (every page is rewritten: about a second for a few hundred MB on a low-end tablet).
+    /// size (every page is read, re-encrypted and written, then checkpointed): run it when the
+    /// tablet is idle, not during an intake.
     /// `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
     /// store keeps its old key and this engine is closed (open it again with the old key).
     pub async fn rekey(&self, mut new_key: Vec<u8>) -> Result<(), CommuneSyncError> {

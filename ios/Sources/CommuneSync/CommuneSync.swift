@@ -860,7 +860,8 @@ public protocol EngineProtocol: AnyObject, Sendable {
     
     /**
      * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
-     * size (every page is rewritten: about a second for a few hundred MB on a low-end tablet).
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
      * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
      * store keeps its old key and this engine is closed (open it again with the old key).
      */
@@ -1540,7 +1541,8 @@ open func updateCitizenRequest(officer: String, id: String, update: CitizenReque
     
     /**
      * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
-     * size (every page is rewritten: about a second for a few hundred MB on a low-end tablet).
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
      * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
      * store keeps its old key and this engine is closed (open it again with the old key).
      */
@@ -8384,7 +8386,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_update_citizen_request() != 31794) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_rekey() != 62346) {
+    if (uniffi_communesync_ffi_checksum_method_engine_rekey() != 17343) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() != 44248) {

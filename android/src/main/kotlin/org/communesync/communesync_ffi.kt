@@ -1192,7 +1192,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_update_citizen_request() and 0xFFFF) != 31794) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_rekey() and 0xFFFF) != 62346) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_rekey() and 0xFFFF) != 17343) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() and 0xFFFF) != 44248) {
@@ -1973,7 +1973,8 @@ public interface EngineInterface {
     
     /**
      * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
-     * size (every page is rewritten: about a second for a few hundred MB on a low-end tablet).
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
      * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
      * store keeps its old key and this engine is closed (open it again with the old key).
      */
@@ -2869,7 +2870,8 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     
     /**
      * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
-     * size (every page is rewritten: about a second for a few hundred MB on a low-end tablet).
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
      * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
      * store keeps its old key and this engine is closed (open it again with the old key).
      */
