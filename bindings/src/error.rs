@@ -5,7 +5,7 @@ use communesync_core::sync::SyncError;
 
 /// Why an engine call failed. Each case carries a readable message (in English, for logs and
 /// support; apps show their own text per case).
-#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[derive(Debug, Clone, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
 #[non_exhaustive]
 pub enum CommuneSyncError {

@@ -158,6 +158,7 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     "$WORK/gen/kotlin/org/communesync/communesync_ffi.kt" \
     android/src/main/kotlin/org/communesync/EngineExtensions.kt \
     android/src/test/kotlin/org/communesync/EndToEndStory.kt \
+    android/src/test/kotlin/org/communesync/SdkStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -174,6 +175,14 @@ COMMUNESYNC_WORK_DIR=$KT/stores COMMUNESYNC_HOOK_DIR=$KT/hooks \
 stop_revoke_watcher
 grep -E '^kotlin story:' "$KT/story.log" >&2
 stamp "Kotlin story ran in $((SECONDS - t0)) s"
+# The SDK layer (StateFlow, logger, java.time, rekey): its own tablet and store.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG COMMUNESYNC_CODE_SDK=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.SdkStoryKt > "$KT/sdk-story.log" 2>&1 \
+    || { cat "$KT/sdk-story.log" >&2; die "the Kotlin SDK story failed"; }
+grep -E '^kotlin sdk story:' "$KT/sdk-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -206,7 +215,7 @@ import Foundation
 @main
 struct StoryMain {
     static func main() async {
-        let failures = await EndToEndStory.run()
+        let failures = await EndToEndStory.run() + SdkStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -237,18 +246,38 @@ start_revoke_watcher "$SWIFT_WORK/hooks"
 t0=$SECONDS
 code_a=$(issue_code DB-NATAU)
 code_b=$(issue_code DB-NATAU)
+code_sdk=$(issue_code DB-NATAU)
 # The chroot shares the host's network namespace: 127.0.0.1 is the same server.
 swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNESYNC_COMMUNE=DB-NATAU \
     COMMUNESYNC_SCRIPTED_URL="$COMMUNESYNC_SCRIPTED_URL" \
-    COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" \
+    COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" COMMUNESYNC_CODE_SDK="$code_sdk" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
     SSL_CERT_FILE="$IN/ca-certificates.crt" \
     LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (sdk )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
+# The package manifest as SwiftPM reads it (an XCFramework cannot be linked on Linux: the Mac
+# steps are in ios/README.md): the library product over the binary target and the sources.
+mkdir -p "$SWIFT_WORK/package"
+cp ios/Package.swift "$SWIFT_WORK/package/"
+swift_run swift package dump-package --package-path "$IN/package" > "$WORK/package.json" \
+    || die "SwiftPM cannot read ios/Package.swift"
+python3 - "$WORK/package.json" <<'PY' || die "ios/Package.swift does not declare what an app consumes"
+import json, sys
+package = json.load(open(sys.argv[1]))
+targets = {t["name"]: t for t in package["targets"]}
+assert targets["CommuneSyncFFI"]["type"] == "binary", targets["CommuneSyncFFI"]
+assert targets["CommuneSyncFFI"]["path"] == "CommuneSyncFFI.xcframework", targets["CommuneSyncFFI"]
+assert targets["CommuneSync"]["path"] == "Sources/CommuneSync", targets["CommuneSync"]
+assert [d["byName"][0] for d in targets["CommuneSync"]["dependencies"]] == ["CommuneSyncFFI"]
+products = {p["name"]: p for p in package["products"]}
+assert "library" in products["CommuneSync"]["type"] and products["CommuneSync"]["targets"] == ["CommuneSync"]
+assert {p["platformName"] for p in package["platforms"]} == {"ios", "macos"}
+PY
+log "ios/Package.swift: library CommuneSync over the binary target CommuneSyncFFI"
 fi
 
 log "bindings suite passed in $((SECONDS - t_start)) s (Kotlin compile ${KOTLIN_COMPILE_S} s, Swift compile ${SWIFT_COMPILE_S} s)"

@@ -1,7 +1,8 @@
 //! `communesync device`: a tablet's store from the command line, for operators and tests.
 //!
 //! The store is encrypted with the key in `COMMUNESYNC_STORE_KEY` (64 hex digits), as a tablet's
-//! would be with the platform keystore's key; without it the store is unencrypted. The device
+//! would be with the platform keystore's key; without it the store is unencrypted (`rekey`
+//! rotates it: see `device_rekey`). The device
 //! credential is kept next to the store in `<store>.credential.json` (mode 0600). Enrolling a
 //! store that already has a credential (with a re-enrollment code from the province) replaces
 //! it atomically: the store keeps its device id and its unsynced work, which the next sync
@@ -15,7 +16,7 @@ use anyhow::Context;
 use clap::Subcommand;
 use communesync_core::import::parse_import_line;
 use communesync_core::record::RecordId;
-use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::store::{ApplicationQuery, DeviceStore, StoreConfig};
 use communesync_core::sync::{Credentials, ReqwestTransport, SyncClient, SyncConfig, enroll};
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +70,8 @@ enum DeviceTask {
         #[command(subcommand)]
         action: Option<QuarantineAction>,
     },
+    /// Re-encrypt the store with a new key (the current one from `COMMUNESYNC_STORE_KEY`).
+    Rekey(crate::device_rekey::RekeyArgs),
 }
 
 #[derive(Subcommand)]
@@ -119,10 +122,9 @@ fn credential_path(store: &Path) -> PathBuf {
 fn open(path: &Path) -> anyhow::Result<DeviceStore> {
     let config = StoreConfig::new(path);
     let config = match std::env::var("COMMUNESYNC_STORE_KEY") {
-        Ok(hex_key) => {
-            let bytes = hex::decode(hex_key.trim()).context("COMMUNESYNC_STORE_KEY is not hex")?;
-            config.encrypted(EncryptionKey::from_slice(&bytes)?)
-        }
+        Ok(hex_key) => config.encrypted(
+            crate::device_rekey::key_from_hex(&hex_key).context("COMMUNESYNC_STORE_KEY")?,
+        ),
         Err(_) => config,
     };
     Ok(DeviceStore::open(config)?)
@@ -235,6 +237,11 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     None => break,
                 }
             }
+        }
+        DeviceTask::Rekey(rekey) => {
+            let mut store = open(&args.store)?;
+            crate::device_rekey::run(&mut store, rekey)?;
+            writeln!(stdout, "{}", serde_json::json!({ "rekeyed": true }))?;
         }
         DeviceTask::Quarantine { action } => {
             let mut store = open(&args.store)?;

@@ -18,6 +18,7 @@ mod checkpoint;
 mod projection;
 pub mod quarantine;
 mod query;
+mod rekey;
 pub(crate) mod schema;
 mod sync_state;
 
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use automerge::ChangeHash;
 use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use zeroize::{Zeroize, Zeroizing};
 
 pub use quarantine::{AuditAction, AuditEntry, Direction, QuarantinedRecord, RefusedDoc};
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
@@ -46,8 +48,17 @@ use crate::record::{
 use crate::{Error, Result};
 
 /// A 256-bit key for SQLCipher, from the platform keystore. Used raw: no key derivation at open.
+/// Its bytes are overwritten when it is dropped (each clone too), and the hex text handed to
+/// SQLCipher is overwritten after use: the key stays in this process only inside SQLCipher's own
+/// connection state (which SQLCipher scrubs when the connection closes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncryptionKey([u8; 32]);
+
+impl Drop for EncryptionKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl EncryptionKey {
     /// Wraps 32 key bytes.
@@ -163,6 +174,10 @@ pub struct DeviceStore {
     build: String,
     /// Set by [`DeviceStore::wipe`]: the files are gone.
     wiped: bool,
+    /// Opened with a key (only an encrypted store can be rekeyed).
+    encrypted: bool,
+    /// Set when a rekey failed: the connection is closed and the store must be opened again.
+    closed_after_failed_rekey: bool,
     /// What the incoming quarantine keeps at most.
     quarantine_bounds: quarantine::Bounds,
 }
@@ -276,6 +291,8 @@ impl DeviceStore {
             enrolled_commune,
             build: build_id(config.app_version.as_deref()),
             wiped: false,
+            encrypted: config.key.is_some(),
+            closed_after_failed_rekey: false,
             quarantine_bounds: quarantine::Bounds::default(),
         })
     }
@@ -924,8 +941,14 @@ impl DeviceStore {
 
 /// Gives SQLCipher the raw key (no key derivation: the key comes from the platform keystore).
 pub(crate) fn apply_key(conn: &Connection, key: &EncryptionKey) -> Result<()> {
-    let hex = hex::encode(key.0);
-    conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+    key_pragma(conn, "key", key)
+}
+
+/// `PRAGMA key` or `PRAGMA rekey` with a raw key; the texts holding the key are overwritten.
+fn key_pragma(conn: &Connection, pragma: &str, key: &EncryptionKey) -> Result<()> {
+    let hex = Zeroizing::new(hex::encode(key.0));
+    let sql = Zeroizing::new(format!("PRAGMA {pragma} = \"x'{}'\";", hex.as_str()));
+    conn.execute_batch(&sql)?;
     Ok(())
 }
 

@@ -11,5 +11,12 @@ final class EndToEndTests: XCTestCase {
         let failures = await EndToEndStory.run()
         XCTAssertEqual(failures, [])
     }
+
+    func testSdk() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["COMMUNESYNC_CODE_SDK"] == nil,
+                      "no test server configured")
+        let failures = await SdkStory.run()
+        XCTAssertEqual(failures, [])
+    }
 }
 #endif
