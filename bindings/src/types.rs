@@ -50,6 +50,17 @@ pub struct EngineConfig {
     /// pulled records an older one could not read.
     #[uniffi(default)]
     pub app_version: Option<String>,
+    /// The province's CA certificates (PEM). When any is given, the server's certificate must
+    /// come from one of them and the public web CAs bundled in the library are not trusted.
+    /// Several are allowed so that a province can rotate its CA: add the new one, switch the
+    /// server's certificate, then remove the old one. Empty: the bundled web roots.
+    #[uniffi(default)]
+    pub trusted_ca_pem: Vec<String>,
+    /// Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+    /// `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+    /// one of these keys, on top of the CA check. Several are allowed, for rotation.
+    #[uniffi(default)]
+    pub pinned_keys: Vec<String>,
 }
 
 /// The device credential issued at enrollment. The token is a secret: keep the whole record in

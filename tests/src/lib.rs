@@ -179,16 +179,21 @@ impl TestServer {
         transport(&self.url(), self.trust())
     }
 
-    /// A plain reqwest client that trusts its CA, for requests made by hand.
-    pub fn http_client(&self) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder();
-        if let (Some(_), Ok(config)) = (
+    /// A plain reqwest client builder that trusts its CA, for requests made by hand.
+    pub fn http_client_builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        match (
             &self.tls,
             communesync_core::sync::tls::client_config(&self.trust()),
         ) {
-            builder = builder.tls_backend_preconfigured(config);
+            (Some(_), Ok(config)) => builder.tls_backend_preconfigured(config),
+            _ => builder,
         }
-        builder.build().unwrap_or_default()
+    }
+
+    /// A plain reqwest client that trusts its CA, for requests made by hand.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http_client_builder().build().unwrap_or_default()
     }
 
     /// Creates a commune and returns `n` fresh enrollment codes for it.

@@ -29,7 +29,25 @@ fn config(dir: &tempfile::TempDir) -> EngineConfig {
         credential: None,
         background_policy: None,
         app_version: None,
+        trusted_ca_pem: Vec::new(),
+        pinned_keys: Vec::new(),
     }
+}
+
+#[test]
+fn unusable_trust_settings_are_an_invalid_input_not_a_weaker_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        server_url: "https://127.0.0.1:9".into(),
+        trusted_ca_pem: vec!["not a certificate".into()],
+        ..config(&dir)
+    })
+    .unwrap();
+    let err = runtime()
+        .block_on(engine.enroll("7QK-2M9".into(), "tablet".into()))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("CA certificate #1"), "{err}");
 }
 
 fn new_application(name: &str) -> NewApplication {
