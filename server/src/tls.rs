@@ -100,6 +100,10 @@ impl ServerTls {
             path: cert.to_owned(),
             reason: format!("session tickets: {e}"),
         })?;
+        // One ticket per handshake (rustls sends two by default): a tablet opens one connection
+        // at a time and each connection brings the ticket for the next; the second would be
+        // ~250 bytes of 2G traffic at every handshake for nothing.
+        config.send_tls13_tickets = 1;
         Ok(ServerTls {
             cert_path: cert.to_owned(),
             key_path: key.to_owned(),
