@@ -126,7 +126,8 @@ impl From<SyncError> for CommuneSyncError {
             SyncError::Revoked => CommuneSyncError::Revoked(message),
             SyncError::Wiped(_) => CommuneSyncError::Wiped(message),
             SyncError::UpgradeRequired(_) => CommuneSyncError::UpgradeRequired(message),
-            SyncError::UntrustedServer(_) => CommuneSyncError::UntrustedServer(message),
+            // The reason alone: the case already says "untrusted server".
+            SyncError::UntrustedServer(reason) => CommuneSyncError::UntrustedServer(reason),
             SyncError::Forbidden(_) | SyncError::Rejected { .. } => {
                 CommuneSyncError::InvalidInput(message)
             }

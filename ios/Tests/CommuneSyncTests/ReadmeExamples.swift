@@ -1,13 +1,15 @@
 import CommuneSync
 import Foundation
 
-// Open the engine: the key and the stored credential come from the Keychain.
-func openEngine(storePath: String, key: Data, credential: DeviceCredential?) throws -> Engine {
+// Open the engine: the key and the stored credential come from the Keychain; the province's CA
+// certificate (PEM) is the only one trusted for its server (during a rotation, old and new).
+func openEngine(storePath: String, key: Data, credential: DeviceCredential?, provinceCaPem: String) throws -> Engine {
     try Engine.open(config: EngineConfig(
         storePath: storePath,
         encryptionKey: key,
         serverUrl: "https://sync.dienbien.example.vn",
-        credential: credential))
+        credential: credential,
+        trustedCaPem: [provinceCaPem]))
 }
 
 // Offline intake, a search without diacritics, then a sync when a link exists.
@@ -30,6 +32,8 @@ func syncMessage(engine: Engine) async -> String {
         return "sent \(report.pushedDocs), received \(report.pulledDocs)"
     } catch CommuneSyncError.Offline {
         return "offline: will retry"
+    } catch CommuneSyncError.UntrustedServer(let message) {
+        return "the server's certificate is not trusted: \(message)"
     } catch CommuneSyncError.Unauthorized {
         return "enroll this tablet again"
     } catch CommuneSyncError.Revoked {
