@@ -315,3 +315,132 @@ async fn a_handshake_that_never_finishes_is_closed_after_the_header_timeout() {
         "the stalled handshake was not closed: {closed:?}"
     );
 }
+
+/// Runs the `communesync` binary; returns (success, stdout, stderr).
+fn cli(bin: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let output = std::process::Command::new(bin)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_https_reloads_its_certificate_and_the_device_cli_trusts_a_ca() {
+    use communesync_tests::process::{ServerProcess, UNLIMITED_RATE, communesync_binary};
+    let bin = communesync_binary().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let db = format!("sqlite:{}", path("province.db"));
+    let (ok, _, err) = cli(
+        &bin,
+        &[
+            "admin",
+            "--database",
+            &db,
+            "create-commune",
+            "DB-NATAU",
+            "Nà Tấu",
+        ],
+    );
+    assert!(ok, "{err}");
+    let code = |bin: &std::path::Path| {
+        let (ok, out, err) = cli(
+            bin,
+            &[
+                "admin",
+                "--database",
+                &db,
+                "issue-code",
+                "--commune",
+                "DB-NATAU",
+            ],
+        );
+        assert!(ok, "{err}");
+        let last: serde_json::Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        last["code"].as_str().unwrap().to_owned()
+    };
+    let (code_a, code_b) = (code(&bin), code(&bin));
+
+    let ca = TestCa::new("province CA").unwrap();
+    std::fs::write(path("ca.pem"), &ca.cert_pem).unwrap();
+    let first = ca.server_cert(&["127.0.0.1"]).unwrap();
+    first.write(dir.path(), "server").unwrap();
+    let (cert, key) = (path("server.crt"), path("server.key"));
+    let mut args = vec!["--tls-cert", cert.as_str(), "--tls-key", key.as_str()];
+    args.extend_from_slice(UNLIMITED_RATE);
+    let server = ServerProcess::start_configured(&bin, &db, None, dir.path(), &args, None).unwrap();
+    let url = format!("https://{}", server.addr);
+
+    // The device CLI with the province's CA: enrolls, and syncs with the CA it saved.
+    let store = path("tablet.db");
+    let (ok, _, err) = cli(
+        &bin,
+        &[
+            "device",
+            "--store",
+            &store,
+            "--ca-cert",
+            &path("ca.pem"),
+            "enroll",
+            "--server",
+            &url,
+            "--code",
+            &code_a,
+        ],
+    );
+    assert!(ok, "{err}\n{}", server.log_text());
+    let (ok, out, err) = cli(&bin, &["device", "--store", &store, "sync"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("\"requests\""), "{out}");
+    // Without it (the web roots): refused as untrusted, not as offline.
+    let (ok, _, err) = cli(
+        &bin,
+        &[
+            "device",
+            "--store",
+            &path("other.db"),
+            "enroll",
+            "--server",
+            &url,
+            "--code",
+            &code_b,
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("not trusted"), "{err}");
+
+    // A renewed certificate in the files, and SIGHUP (the file watch would also see it within
+    // 5 s): new handshakes get it, without a restart.
+    let renewed = ca.server_cert(&["127.0.0.1"]).unwrap();
+    renewed.write(dir.path(), "server").unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &server.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let tablet = connector(&ca.trust());
+    let mut seen = false;
+    for _ in 0..100 {
+        let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let conn = tablet.connect(name, tcp).await.unwrap();
+        if presented(&conn) == renewed.cert_der {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        seen,
+        "the renewed certificate was not served: {}",
+        server.log_text()
+    );
+    let (ok, _, err) = cli(&bin, &["device", "--store", &store, "sync"]);
+    assert!(ok, "{err}");
+}
