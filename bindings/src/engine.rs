@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
+use communesync_core::sync::{
+    ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, SyncError, enroll,
+};
 use zeroize::Zeroize;
 
 use crate::error::{CommuneSyncError, ErrorKind};
@@ -58,6 +60,10 @@ pub struct Engine {
     device_id: DeviceId,
     store_path: String,
     server_url: String,
+    /// Built once at open, so that every sync shares its connection pool and TLS session cache
+    /// (a resumed handshake costs a 2G tablet far fewer bytes); the error, if the URL or trust
+    /// settings are unusable, is reported at each network call.
+    transport: std::result::Result<ReqwestTransport, String>,
     policy: BackgroundPolicy,
     clock: SystemClock,
     pub(crate) state: Arc<Mutex<SyncState>>,
@@ -104,7 +110,19 @@ impl Engine {
         .await?;
         let device_id = store.device_id();
         tracing::info!(device = %device_id, "engine opened");
+        let transport = ReqwestTransport::with_config(
+            &config.server_url,
+            ReqwestConfig {
+                trust: ServerTrust {
+                    ca_pem: std::mem::take(&mut config.trusted_ca_pem),
+                    pinned_keys: std::mem::take(&mut config.pinned_keys),
+                },
+                ..ReqwestConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string());
         Ok(Arc::new(Engine {
+            transport,
             store: Arc::new(Mutex::new(store)),
             closed: Closed::default(),
             device_id,
@@ -619,8 +637,9 @@ impl Engine {
     }
 
     fn transport(&self) -> Result<ReqwestTransport> {
-        ReqwestTransport::new(&self.server_url)
-            .map_err(|e| CommuneSyncError::invalid(format!("server_url: {e}")))
+        self.transport
+            .clone()
+            .map_err(|e| CommuneSyncError::invalid(format!("server_url or trust settings: {e}")))
     }
 
     fn changed(&self, id: RecordId) {

@@ -79,6 +79,17 @@ pub struct EngineConfig {
     /// pulled records an older one could not read.
     #[uniffi(default)]
     pub app_version: Option<String>,
+    /// The province's CA certificates (PEM). When any is given, the server's certificate must
+    /// come from one of them and the public web CAs bundled in the library are not trusted.
+    /// Several are allowed so that a province can rotate its CA: add the new one, switch the
+    /// server's certificate, then remove the old one. Empty: the bundled web roots.
+    #[uniffi(default)]
+    pub trusted_ca_pem: Vec<String>,
+    /// Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+    /// `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+    /// one of these keys, on top of the CA check. Several are allowed, for rotation.
+    #[uniffi(default)]
+    pub pinned_keys: Vec<String>,
 }
 
 impl std::fmt::Debug for EngineConfig {
@@ -90,6 +101,8 @@ impl std::fmt::Debug for EngineConfig {
             .field("credential", &self.credential)
             .field("background_policy", &self.background_policy)
             .field("app_version", &self.app_version)
+            .field("trusted_ca_pem", &self.trusted_ca_pem.len())
+            .field("pinned_keys", &self.pinned_keys)
             .finish_non_exhaustive()
     }
 }

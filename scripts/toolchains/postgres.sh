@@ -19,6 +19,10 @@
 # created if `postgres` does not exist; COMMUNESYNC_PG_USER overrides), so DIR's parents must be traversable
 # by that user. Auth is `trust` on 127.0.0.1 and the socket only; fsync is off
 # (test data only). Stdout carries only KEY=VALUE lines; progress goes to stderr.
+#
+# TLS: with COMMUNESYNC_PG_SSL_CERT and COMMUNESYNC_PG_SSL_KEY (PEM files) set at
+# start, the cluster serves TLS with that certificate (copied into DIR; `ssl = on`).
+# Clients may still connect without TLS (the server's tests check which they got).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=_lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/_lib.sh"
@@ -195,6 +199,20 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 CONF
+    if [ -n "${COMMUNESYNC_PG_SSL_CERT:-}" ] || [ -n "${COMMUNESYNC_PG_SSL_KEY:-}" ]; then
+        [ -r "${COMMUNESYNC_PG_SSL_CERT:-}" ] && [ -r "${COMMUNESYNC_PG_SSL_KEY:-}" ] \
+            || die "COMMUNESYNC_PG_SSL_CERT and COMMUNESYNC_PG_SSL_KEY must both name readable files"
+        install -m 644 "$COMMUNESYNC_PG_SSL_CERT" "$dir/server.crt"
+        # PostgreSQL refuses a key readable by others.
+        install -m 600 "$COMMUNESYNC_PG_SSL_KEY" "$dir/server.key"
+        chown --reference="$dir" "$dir/server.crt" "$dir/server.key"
+        cat >> "$conf" <<CONF
+ssl = on
+ssl_cert_file = '$dir/server.crt'
+ssl_key_file = '$dir/server.key'
+CONF
+        log "TLS on with $COMMUNESYNC_PG_SSL_CERT"
+    fi
     chown --reference="$dir" "$conf"
 
     log "starting PostgreSQL on 127.0.0.1:$port (log: $dir/postgresql.log)"

@@ -7,3 +7,4 @@ pub mod http;
 pub mod link;
 pub mod serve;
 pub mod storage;
+pub mod tls;

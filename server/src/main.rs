@@ -11,6 +11,7 @@ mod device_rekey;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -20,6 +21,7 @@ use communesync_core::record::DeviceId;
 use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
 use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
+use communesync_server::tls::ServerTls;
 
 #[derive(Parser)]
 #[command(
@@ -85,7 +87,17 @@ struct ServeArgs {
     /// Requests per second a device may send on average.
     #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
     device_rate: f64,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first). Reloaded
+    /// when the file changes (checked every 5 s) or on SIGHUP; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
+
+/// How often `serve` looks at the certificate files for a renewal.
+const TLS_RELOAD_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 struct AdminArgs {
@@ -209,7 +221,18 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         write_secret(&args.admin_token_file, &token)?;
         tracing::info!(file = %args.admin_token_file.display(), "operator token written");
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(ServerTls::load(cert, key).context("loading the TLS certificate")?);
+            tls.watch(TLS_RELOAD_POLL);
+            reload_on_sighup(tls.clone());
+            Some(tls)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let serve_config = ServeConfig {
+        tls,
         max_connections: args.max_connections.max(1),
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
@@ -225,7 +248,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(storage, config);
     let listener = communesync_server::serve::bind(args.listen)?;
-    tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
+    tracing::info!(addr = %listener.local_addr()?, scheme, database = %redact(&args.db.database), "communesync server listening");
     communesync_server::serve::serve(
         listener,
         http::router(state),
@@ -234,6 +257,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Reloads the TLS certificate at each SIGHUP (what `systemctl reload` and certbot hooks send).
+fn reload_on_sighup(tls: Arc<ServerTls>) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tls.reload_and_log();
+                }
+            });
+        }
+        Err(err) => {
+            tracing::warn!(%err, "no SIGHUP handler; the certificate reloads on change only")
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM (what service managers send).

@@ -30,7 +30,27 @@ fn config(dir: &tempfile::TempDir) -> EngineConfig {
         credential: None,
         background_policy: None,
         app_version: None,
+        trusted_ca_pem: Vec::new(),
+        pinned_keys: Vec::new(),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unusable_trust_settings_are_an_invalid_input_not_a_weaker_trust() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(EngineConfig {
+        server_url: "https://127.0.0.1:9".into(),
+        trusted_ca_pem: vec!["not a certificate".into()],
+        ..config(&dir)
+    })
+    .await
+    .unwrap();
+    let err = engine
+        .enroll("7QK-2M9".into(), "tablet".into())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("CA certificate #1"), "{err}");
 }
 
 fn new_application(name: &str) -> NewApplication {
@@ -579,6 +599,8 @@ fn config_of(dir: &tempfile::TempDir, key: Vec<u8>) -> EngineConfig {
         credential: None,
         background_policy: None,
         app_version: None,
+        trusted_ca_pem: Vec::new(),
+        pinned_keys: Vec::new(),
     }
 }
 

@@ -178,6 +178,11 @@ pub enum SyncError {
     /// The server could not be reached, or the link kept failing, after every attempt.
     #[error("offline: {0}")]
     Offline(String),
+    /// The server's certificate is not trusted (wrong CA, expired, another host name, no pinned
+    /// key; the message says which): not retried, since retrying will not change the
+    /// certificate. Check the server URL, the trust configuration and the tablet's clock.
+    #[error("the server is not trusted: {0}")]
+    UntrustedServer(String),
     /// The server does not know this token (or the enrollment code is wrong or used): enroll
     /// again.
     #[error("the server does not accept this device's credential")]
@@ -957,6 +962,9 @@ async fn exchange<T: Transport>(
                 return Err(SyncError::Protocol(WireError::TooLarge(format!(
                     "response larger than {limit} bytes"
                 ))));
+            }
+            Err(TransportError::UntrustedServer(reason)) => {
+                return Err(SyncError::UntrustedServer(reason));
             }
             Err(err) if !err.is_retryable() => return Err(SyncError::Offline(err.to_string())),
             Err(err) => (SyncError::Offline(err.to_string()), None),

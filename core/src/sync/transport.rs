@@ -10,7 +10,8 @@
 //! are not counted).
 //!
 //! [`ReqwestTransport`] (feature `http`, on by default) is the production transport: reqwest with
-//! rustls, HTTP/1.1 with keep-alive. Tests and the poor-link emulator plug in their own.
+//! rustls, HTTP/1.1 with keep-alive, trusting the servers that [`super::tls`] says (and resuming
+//! TLS sessions across syncs). Tests and the poor-link emulator plug in their own.
 
 use std::future::Future;
 use std::time::Duration;
@@ -74,6 +75,10 @@ pub enum TransportError {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The server's certificate is not trusted (wrong CA, expired, another host name, no
+    /// pinned key): the message says which. Retrying would not help.
+    #[error("the server is not trusted: {0}")]
+    UntrustedServer(String),
     /// The transport is misconfigured (bad base URL, TLS set-up); retrying would not help.
     #[error("invalid transport configuration: {0}")]
     Invalid(String),
@@ -87,7 +92,9 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            TransportError::ResponseTooLarge { .. } | TransportError::Invalid(_)
+            TransportError::ResponseTooLarge { .. }
+                | TransportError::Invalid(_)
+                | TransportError::UntrustedServer(_)
         )
     }
 }
@@ -149,6 +156,7 @@ mod reqwest_transport {
         ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT,
     };
 
+    use super::super::tls::{self, ServerTrust};
     use super::{
         HttpRequest, HttpResponse, Transport, TransportError, parse_retry_after, request_head_len,
         response_head_len,
@@ -167,6 +175,8 @@ mod reqwest_transport {
         pub max_response_bytes: u64,
         /// `User-Agent` sent with every request.
         pub user_agent: String,
+        /// Which servers are trusted over HTTPS (default: the bundled web PKI roots).
+        pub trust: ServerTrust,
     }
 
     impl Default for ReqwestConfig {
@@ -176,6 +186,7 @@ mod reqwest_transport {
                 request_timeout: Duration::from_secs(120),
                 max_response_bytes: 8 * 1024 * 1024,
                 user_agent: concat!("communesync/", env!("CARGO_PKG_VERSION")).to_owned(),
+                trust: ServerTrust::default(),
             }
         }
     }
@@ -218,7 +229,12 @@ mod reqwest_transport {
                     )));
                 }
             };
+            let tls = tls::client_config(&config.trust)
+                .map_err(|e| TransportError::Invalid(e.to_string()))?;
             let client = reqwest::Client::builder()
+                // Trust decided by `sync::tls`, never the platform's verifier (which needs a JNI
+                // initialisation on Android). Clones of this client share its session cache.
+                .tls_backend_preconfigured(tls)
                 .connect_timeout(config.connect_timeout)
                 .timeout(config.request_timeout)
                 .http1_only()
@@ -334,7 +350,9 @@ mod reqwest_transport {
             message.push_str(&inner.to_string());
             source = inner.source();
         }
-        if err.is_timeout() {
+        if let Some(reason) = tls::untrusted_reason(&err) {
+            TransportError::UntrustedServer(reason)
+        } else if err.is_timeout() {
             TransportError::Timeout(message)
         } else if err.is_connect() {
             TransportError::Connect(message)

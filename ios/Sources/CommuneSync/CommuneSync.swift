@@ -4272,6 +4272,19 @@ public struct EngineConfig: Equatable, Hashable {
      * pulled records an older one could not read.
      */
     public var appVersion: String?
+    /**
+     * The province's CA certificates (PEM). When any is given, the server's certificate must
+     * come from one of them and the public web CAs bundled in the library are not trusted.
+     * Several are allowed so that a province can rotate its CA: add the new one, switch the
+     * server's certificate, then remove the old one. Empty: the bundled web roots.
+     */
+    public var trustedCaPem: [String]
+    /**
+     * Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+     * `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+     * one of these keys, on top of the CA check. Several are allowed, for rotation.
+     */
+    public var pinnedKeys: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4298,13 +4311,26 @@ public struct EngineConfig: Equatable, Hashable {
          * server answered "upgrade required", background syncs stop until the engine is opened by
          * another version of the app (or of this library); a new version also tries again the
          * pulled records an older one could not read.
-         */appVersion: String? = nil) {
+         */appVersion: String? = nil, 
+        /**
+         * The province's CA certificates (PEM). When any is given, the server's certificate must
+         * come from one of them and the public web CAs bundled in the library are not trusted.
+         * Several are allowed so that a province can rotate its CA: add the new one, switch the
+         * server's certificate, then remove the old one. Empty: the bundled web roots.
+         */trustedCaPem: [String] = [], 
+        /**
+         * Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+         * `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+         * one of these keys, on top of the CA check. Several are allowed, for rotation.
+         */pinnedKeys: [String] = []) {
         self.storePath = storePath
         self.encryptionKey = encryptionKey
         self.serverUrl = serverUrl
         self.credential = credential
         self.backgroundPolicy = backgroundPolicy
         self.appVersion = appVersion
+        self.trustedCaPem = trustedCaPem
+        self.pinnedKeys = pinnedKeys
     }
 
     
@@ -4328,7 +4354,9 @@ public struct FfiConverterTypeEngineConfig: FfiConverterRustBuffer {
                 serverUrl: FfiConverterString.read(from: &buf), 
                 credential: FfiConverterOptionTypeDeviceCredential.read(from: &buf), 
                 backgroundPolicy: FfiConverterOptionTypeBackgroundPolicy.read(from: &buf), 
-                appVersion: FfiConverterOptionString.read(from: &buf)
+                appVersion: FfiConverterOptionString.read(from: &buf), 
+                trustedCaPem: FfiConverterSequenceString.read(from: &buf), 
+                pinnedKeys: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -4339,6 +4367,8 @@ public struct FfiConverterTypeEngineConfig: FfiConverterRustBuffer {
         FfiConverterOptionTypeDeviceCredential.write(value.credential, into: &buf)
         FfiConverterOptionTypeBackgroundPolicy.write(value.backgroundPolicy, into: &buf)
         FfiConverterOptionString.write(value.appVersion, into: &buf)
+        FfiConverterSequenceString.write(value.trustedCaPem, into: &buf)
+        FfiConverterSequenceString.write(value.pinnedKeys, into: &buf)
     }
 }
 
@@ -6387,6 +6417,15 @@ enum CommuneSyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErr
     case Wiped(message: String)
     
     /**
+     * The server's certificate is not trusted: another CA than the configured ones, expired
+     * (or the tablet's clock is wrong), issued for another host name, or no pinned key; the
+     * message says which. Not `Offline`: retrying on the same network will not help (a captive
+     * Wi-Fi portal, a wrong clock or a wrong `server_url` might be the cause); the background
+     * policy waits an hour, then longer, before trying again.
+     */
+    case UntrustedServer(message: String)
+    
+    /**
      * The server no longer accepts this version of the app: nothing syncs until the app is
      * upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
      */
@@ -6458,23 +6497,27 @@ public struct FfiConverterTypeCommuneSyncError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 5: return .UpgradeRequired(
+        case 5: return .UntrustedServer(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 6: return .InvalidInput(
+        case 6: return .UpgradeRequired(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .NotFound(
+        case 7: return .InvalidInput(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .Conflict(
+        case 8: return .NotFound(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 9: return .Storage(
+        case 9: return .Conflict(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 10: return .Storage(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -6497,16 +6540,18 @@ public struct FfiConverterTypeCommuneSyncError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(3))
         case .Wiped(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-        case .UpgradeRequired(_ /* message is ignored*/):
+        case .UntrustedServer(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-        case .InvalidInput(_ /* message is ignored*/):
+        case .UpgradeRequired(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-        case .NotFound(_ /* message is ignored*/):
+        case .InvalidInput(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-        case .Conflict(_ /* message is ignored*/):
+        case .NotFound(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-        case .Storage(_ /* message is ignored*/):
+        case .Conflict(_ /* message is ignored*/):
             writeInt(&buf, Int32(9))
+        case .Storage(_ /* message is ignored*/):
+            writeInt(&buf, Int32(10))
 
         
         }
@@ -6665,6 +6710,10 @@ public enum ErrorKind: Equatable, Hashable {
      */
     case wiped
     /**
+     * See [`CommuneSyncError::UntrustedServer`].
+     */
+    case untrustedServer
+    /**
      * See [`CommuneSyncError::UpgradeRequired`].
      */
     case upgradeRequired
@@ -6713,15 +6762,17 @@ public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
         
         case 4: return .wiped
         
-        case 5: return .upgradeRequired
+        case 5: return .untrustedServer
         
-        case 6: return .invalidInput
+        case 6: return .upgradeRequired
         
-        case 7: return .notFound
+        case 7: return .invalidInput
         
-        case 8: return .conflict
+        case 8: return .notFound
         
-        case 9: return .storage
+        case 9: return .conflict
+        
+        case 10: return .storage
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -6747,24 +6798,28 @@ public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
             writeInt(&buf, Int32(4))
         
         
-        case .upgradeRequired:
+        case .untrustedServer:
             writeInt(&buf, Int32(5))
         
         
-        case .invalidInput:
+        case .upgradeRequired:
             writeInt(&buf, Int32(6))
         
         
-        case .notFound:
+        case .invalidInput:
             writeInt(&buf, Int32(7))
         
         
-        case .conflict:
+        case .notFound:
             writeInt(&buf, Int32(8))
         
         
-        case .storage:
+        case .conflict:
             writeInt(&buf, Int32(9))
+        
+        
+        case .storage:
+            writeInt(&buf, Int32(10))
         
         }
     }

@@ -52,6 +52,7 @@ extension CommuneSyncError {
         case .Unauthorized: return .unauthorized
         case .Revoked: return .revoked
         case .Wiped: return .wiped
+        case .UntrustedServer: return .untrustedServer
         case .UpgradeRequired: return .upgradeRequired
         case .InvalidInput: return .invalidInput
         case .NotFound: return .notFound
@@ -63,7 +64,7 @@ extension CommuneSyncError {
     var message: String {
         switch self {
         case .Offline(let m), .Unauthorized(let m), .Revoked(let m), .Wiped(let m),
-             .UpgradeRequired(let m), .InvalidInput(let m), .NotFound(let m), .Conflict(let m),
+             .UntrustedServer(let m), .UpgradeRequired(let m), .InvalidInput(let m), .NotFound(let m), .Conflict(let m),
              .Storage(let m):
             return m
         }

@@ -2,13 +2,17 @@ import CommuneSync
 import Foundation
 
 // Open the engine: the key (see "Keys" below) and the stored credential come from the Keychain.
-// The engine copies the key once and overwrites its copies.
-func openEngine(storePath: String, key: Data, credential: DeviceCredential?) async throws -> Engine {
+// The engine copies the key once and overwrites its copies. The province's CA certificate (PEM)
+// is the only one trusted for its server (during a rotation, old and new).
+func openEngine(
+    storePath: String, key: Data, credential: DeviceCredential?, provinceCaPem: String
+) async throws -> Engine {
     try await Engine.open(config: EngineConfig(
         storePath: storePath,
         encryptionKey: key,
         serverUrl: "https://sync.dienbien.example.vn",
-        credential: credential))
+        credential: credential,
+        trustedCaPem: [provinceCaPem]))
 }
 
 // Offline intake, a search without diacritics, then a sync when a link exists. Every store call
@@ -52,6 +56,8 @@ func syncMessage(engine: Engine) async -> String {
         return "sent \(report.pushedDocs), received \(report.pulledDocs)"
     } catch CommuneSyncError.Offline {
         return "offline: will retry"
+    } catch CommuneSyncError.UntrustedServer(let message) {
+        return "the server's certificate is not trusted: \(message)"
     } catch CommuneSyncError.Unauthorized {
         return "enroll this tablet again"
     } catch CommuneSyncError.Revoked {

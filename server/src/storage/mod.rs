@@ -28,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
+pub mod pg_tls;
 mod plan;
 pub mod postgres;
 pub mod sqlite;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::plan::{self, FeedRowMeta};
 use super::{
@@ -79,14 +79,13 @@ impl PostgresStorage {
 
     /// Connects with at most `max_connections` pooled connections (`postgres://` URL or
     /// key=value string) and applies migrations. A schema newer than [`SCHEMA_VERSION`] is
-    /// refused. Connections are plain TCP or unix socket (no TLS).
+    /// refused. TLS as the URL's `sslmode` and `sslrootcert` ask (libpq's meanings, see
+    /// [`super::pg_tls`]).
     pub async fn connect_with_pool_size(url: &str, max_connections: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StorageError::backend(format!("postgres: bad url: {e}")))?;
+        let connection = super::pg_tls::parse(url)?;
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            connection.config,
+            connection.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

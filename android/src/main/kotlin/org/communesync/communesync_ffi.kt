@@ -5625,6 +5625,21 @@ data class EngineConfig (
      * pulled records an older one could not read.
      */
     var `appVersion`: kotlin.String? = null 
+    , 
+    /**
+     * The province's CA certificates (PEM). When any is given, the server's certificate must
+     * come from one of them and the public web CAs bundled in the library are not trusted.
+     * Several are allowed so that a province can rotate its CA: add the new one, switch the
+     * server's certificate, then remove the old one. Empty: the bundled web roots.
+     */
+    var `trustedCaPem`: List<kotlin.String> = listOf() 
+    , 
+    /**
+     * Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+     * `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+     * one of these keys, on top of the CA check. Several are allowed, for rotation.
+     */
+    var `pinnedKeys`: List<kotlin.String> = listOf() 
     
 ){
     
@@ -5647,6 +5662,8 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterOptionalTypeDeviceCredential.read(buf),
             FfiConverterOptionalTypeBackgroundPolicy.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceString.read(buf),
         )
     }
 
@@ -5656,7 +5673,9 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterString.allocationSize(value.`serverUrl`) +
             FfiConverterOptionalTypeDeviceCredential.allocationSize(value.`credential`) +
             FfiConverterOptionalTypeBackgroundPolicy.allocationSize(value.`backgroundPolicy`) +
-            FfiConverterOptionalString.allocationSize(value.`appVersion`)
+            FfiConverterOptionalString.allocationSize(value.`appVersion`) +
+            FfiConverterSequenceString.allocationSize(value.`trustedCaPem`) +
+            FfiConverterSequenceString.allocationSize(value.`pinnedKeys`)
     )
 
     override fun write(value: EngineConfig, buf: ByteBuffer) {
@@ -5666,6 +5685,8 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterOptionalTypeDeviceCredential.write(value.`credential`, buf)
             FfiConverterOptionalTypeBackgroundPolicy.write(value.`backgroundPolicy`, buf)
             FfiConverterOptionalString.write(value.`appVersion`, buf)
+            FfiConverterSequenceString.write(value.`trustedCaPem`, buf)
+            FfiConverterSequenceString.write(value.`pinnedKeys`, buf)
     }
 }
 
@@ -7104,6 +7125,15 @@ sealed class CommuneSyncException(message: String): kotlin.Exception(message) {
         class Wiped(message: String) : CommuneSyncException(message)
         
     /**
+     * The server's certificate is not trusted: another CA than the configured ones, expired
+     * (or the tablet's clock is wrong), issued for another host name, or no pinned key; the
+     * message says which. Not `Offline`: retrying on the same network will not help (a captive
+     * Wi-Fi portal, a wrong clock or a wrong `server_url` might be the cause); the background
+     * policy waits an hour, then longer, before trying again.
+     */
+        class UntrustedServer(message: String) : CommuneSyncException(message)
+        
+    /**
      * The server no longer accepts this version of the app: nothing syncs until the app is
      * upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
      */
@@ -7147,11 +7177,12 @@ public object FfiConverterTypeCommuneSyncError : FfiConverterRustBuffer<CommuneS
             2 -> CommuneSyncException.Unauthorized(FfiConverterString.read(buf))
             3 -> CommuneSyncException.Revoked(FfiConverterString.read(buf))
             4 -> CommuneSyncException.Wiped(FfiConverterString.read(buf))
-            5 -> CommuneSyncException.UpgradeRequired(FfiConverterString.read(buf))
-            6 -> CommuneSyncException.InvalidInput(FfiConverterString.read(buf))
-            7 -> CommuneSyncException.NotFound(FfiConverterString.read(buf))
-            8 -> CommuneSyncException.Conflict(FfiConverterString.read(buf))
-            9 -> CommuneSyncException.Storage(FfiConverterString.read(buf))
+            5 -> CommuneSyncException.UntrustedServer(FfiConverterString.read(buf))
+            6 -> CommuneSyncException.UpgradeRequired(FfiConverterString.read(buf))
+            7 -> CommuneSyncException.InvalidInput(FfiConverterString.read(buf))
+            8 -> CommuneSyncException.NotFound(FfiConverterString.read(buf))
+            9 -> CommuneSyncException.Conflict(FfiConverterString.read(buf))
+            10 -> CommuneSyncException.Storage(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
@@ -7179,24 +7210,28 @@ public object FfiConverterTypeCommuneSyncError : FfiConverterRustBuffer<CommuneS
                 buf.putInt(4)
                 Unit
             }
-            is CommuneSyncException.UpgradeRequired -> {
+            is CommuneSyncException.UntrustedServer -> {
                 buf.putInt(5)
                 Unit
             }
-            is CommuneSyncException.InvalidInput -> {
+            is CommuneSyncException.UpgradeRequired -> {
                 buf.putInt(6)
                 Unit
             }
-            is CommuneSyncException.NotFound -> {
+            is CommuneSyncException.InvalidInput -> {
                 buf.putInt(7)
                 Unit
             }
-            is CommuneSyncException.Conflict -> {
+            is CommuneSyncException.NotFound -> {
                 buf.putInt(8)
                 Unit
             }
-            is CommuneSyncException.Storage -> {
+            is CommuneSyncException.Conflict -> {
                 buf.putInt(9)
+                Unit
+            }
+            is CommuneSyncException.Storage -> {
+                buf.putInt(10)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -7373,6 +7408,10 @@ enum class ErrorKind {
      * See [`CommuneSyncError::Wiped`].
      */
     WIPED,
+    /**
+     * See [`CommuneSyncError::UntrustedServer`].
+     */
+    UNTRUSTED_SERVER,
     /**
      * See [`CommuneSyncError::UpgradeRequired`].
      */
