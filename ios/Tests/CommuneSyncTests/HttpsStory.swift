@@ -39,9 +39,9 @@ enum HttpsStory {
         }
 
         // --- the province's CA: enrollment and sync over HTTPS ---
-        let t = try Engine.open(config: config("tablet-tls", [provinceCa]))
+        let t = try await Engine.open(config: config("tablet-tls", [provinceCa]))
         let credential = try await t.enroll(code: "commune:\(commune)", label: "Máy tính bảng TLS")
-        _ = try t.createCitizenRequest(officer: "can-bo.lan", new: NewCitizenRequest(
+        _ = try await t.createCitizenRequest(officer: "can-bo.lan", new: NewCitizenRequest(
             communeCode: commune, category: "road", description: "Cầu treo bản Phăng bị hỏng",
             village: "Bản Phăng", reporterName: "Lò Văn Khánh"))
         let report = try await t.syncNow()
@@ -49,7 +49,7 @@ enum HttpsStory {
 
         // --- another CA, and no CA at all (the bundled web roots): not trusted, not offline ---
         for (name, trusted) in [("another CA", [otherCa]), ("the web roots", [])] {
-            let u = try Engine.open(config: config("tablet-untrusted-\(trusted.count)", trusted))
+            let u = try await Engine.open(config: config("tablet-untrusted-\(trusted.count)", trusted))
             do {
                 _ = try await u.enroll(code: "commune:\(commune)", label: "Máy tính bảng")
                 c.expect("trusting \(name): enrollment must fail", false)
@@ -60,10 +60,11 @@ enum HttpsStory {
         }
         // The same through a sync of an enrolled store whose trust is wrong: the status says so
         // and the policy waits (an hour), it does not stop nor retry at once.
-        let wrong = try Engine.open(config: config("tablet-tls", [otherCa], credential))
+        let wrong = try await Engine.open(config: config("tablet-tls", [otherCa], credential))
         await c.expectError("a sync trusting another CA", .untrustedServer) { _ = try await wrong.syncNow() }
-        c.expect("the status records UntrustedServer", try wrong.syncStatus().lastErrorKind == .untrustedServer)
-        let next = try wrong.nextSyncAfter(metered: false)
+        let status = try await wrong.syncStatus()
+        c.expect("the status records UntrustedServer", status.lastErrorKind == .untrustedServer)
+        let next = try await wrong.nextSyncAfter(metered: false)
         c.expect("the policy waits an hour: \(next)", next.delaySeconds.map { $0 >= 3600 } ?? false)
     }
 }
