@@ -51,6 +51,35 @@ async fn enroll_error(server: &TestServer, trust: ServerTrust) -> SyncError {
     .unwrap_err()
 }
 
+/// A transport that counts the exchanges it is asked for.
+struct Counting<T> {
+    inner: T,
+    sent: std::sync::atomic::AtomicU32,
+}
+
+impl<T> Counting<T> {
+    fn new(inner: T) -> Self {
+        Counting {
+            inner,
+            sent: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+
+    fn sent(&self) -> u32 {
+        self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<T: communesync_core::sync::Transport> communesync_core::sync::Transport for Counting<T> {
+    async fn send(
+        &self,
+        req: communesync_core::sync::HttpRequest,
+    ) -> Result<communesync_core::sync::HttpResponse, TransportError> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.send(req).await
+    }
+}
+
 fn untrusted(err: SyncError) -> String {
     match err {
         SyncError::UntrustedServer(message) => message,
@@ -98,6 +127,13 @@ async fn a_server_that_is_not_trusted_gives_a_distinct_error_saying_why() {
     .unwrap_err();
     assert!(matches!(err, TransportError::UntrustedServer(_)), "{err:?}");
     assert!(!err.is_retryable());
+    // Not retried: one attempt, where an offline server gets three.
+    let counting = Counting::new(transport(&server.url(), other.trust()));
+    let err = enroll(&counting, "WRONG-CODE-0000", DeviceId::new(), "t")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SyncError::UntrustedServer(_)), "{err:?}");
+    assert_eq!(counting.sent(), 1);
     drop(server);
 
     // Expired.
@@ -109,6 +145,23 @@ async fn a_server_that_is_not_trusted_gives_a_distinct_error_saying_why() {
     let message = untrusted(enroll_error(&server, trust).await);
     assert!(message.contains("expired"), "{message}");
     assert!(message.contains("clock"), "{message}");
+    drop(server);
+
+    // Not valid yet (a tablet whose clock is behind sees this).
+    let ca = TestCa::new("province CA").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let future = ca
+        .server_cert_valid(
+            &["127.0.0.1"],
+            now + Duration::from_secs(86_400),
+            now + Duration::from_secs(30 * 86_400),
+        )
+        .unwrap();
+    let trust = ca.trust();
+    let sub = tempfile::tempdir().unwrap();
+    let server = server_with(sub.path(), ca, &future).await;
+    let message = untrusted(enroll_error(&server, trust).await);
+    assert!(message.contains("valid only from"), "{message}");
     drop(server);
 
     // For another host name.
