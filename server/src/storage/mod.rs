@@ -513,11 +513,15 @@ pub trait ServerStorage: Send + Sync + 'static {
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
 }
 
-/// Opens the storage named by `url`: `postgres://...` or `postgresql://...` is PostgreSQL;
+/// Opens the storage named by `url`: `postgres://...`, `postgresql://...` or a libpq key=value
+/// string naming a `host=` (several hosts for failover, see [`postgres`]) is PostgreSQL;
 /// `sqlite:PATH`, `sqlite://PATH` or a plain path is a SQLite file (created if missing;
 /// `:memory:` for a private in-memory database). Migrations are applied before it returns.
 pub async fn open(url: &str) -> Result<Arc<dyn ServerStorage>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || postgres::is_key_value_string(url)
+    {
         return Ok(Arc::new(PostgresStorage::connect(url).await?));
     }
     let path = url
