@@ -174,6 +174,7 @@ fn error(status: u16, code: &str) -> HttpResponse {
         bytes_received: 120 + body.len() as u64,
         body,
         retry_after: None,
+        store_epoch: None,
     }
 }
 
@@ -184,6 +185,7 @@ fn ok(body: Vec<u8>, sent: usize) -> HttpResponse {
         bytes_received: 120 + body.len() as u64,
         body,
         retry_after: None,
+        store_epoch: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //!   (with wipe), refused documents, operator tokens, stats.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
+mod admin_backup;
 mod demo;
 mod device;
 
@@ -170,6 +171,22 @@ enum AdminTask {
         /// `{"procedures":[...],"holidays":[...]}`.
         file: PathBuf,
     },
+    /// Back up the SQLite database to FILE while the server runs (consistent snapshot, mode
+    /// 0600, written under a temporary name then renamed). PostgreSQL: explains pg_dump /
+    /// pg_basebackup and writes nothing.
+    Backup {
+        /// Where to write the backup (replaced atomically if it exists).
+        file: PathBuf,
+    },
+    /// Put a backup made by `backup` back as the SQLite database (stop the server first); tablets
+    /// then re-send what the server lost since the backup. PostgreSQL: explains the procedure.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// After restoring the database by other means (pg_restore, a copied file): give it a fresh
+    /// store epoch so tablets re-send what it may lack and re-read the feed.
+    MarkRestored,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -278,6 +295,12 @@ fn write_secret(path: &PathBuf, secret: &str) -> anyhow::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    // Backups copy files: the database is not opened (nor migrated) as storage for them.
+    match &args.task {
+        AdminTask::Backup { file } => return admin_backup::backup(&args.db.database, file),
+        AdminTask::Restore { file } => return admin_backup::restore(&args.db.database, file),
+        _ => {}
+    }
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
@@ -367,6 +390,11 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             let version = storage.put_catalogue(&json).await?;
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
+        AdminTask::MarkRestored => {
+            let epoch = communesync_server::backup::mark_restored(storage.as_ref()).await?;
+            println!("{}", serde_json::json!({ "store_epoch": epoch }));
+        }
+        AdminTask::Backup { .. } | AdminTask::Restore { .. } => {}
     }
     Ok(())
 }

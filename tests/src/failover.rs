@@ -25,13 +25,13 @@ use anyhow::{Context, anyhow, bail};
 use automerge::ChangeHash;
 use communesync_core::record::RecordId;
 use communesync_core::sample::SampleData;
-use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
 use communesync_server::http;
 use communesync_server::storage::{self, Scope, StorageError};
 
 use crate::now_ms;
-use crate::process::{ServerContents, ServerProcess};
+use crate::process::{ServerContents, ServerProcess, differences};
 
 /// The drill's shape.
 #[derive(Debug, Clone)]
@@ -468,60 +468,15 @@ pub async fn run(binary: &Path, options: &FailoverOptions) -> anyhow::Result<Fai
                 }
             }
         }
-        report
-            .unconverged
-            .extend(convergence_problems(tablet, contents)?);
+        report.unconverged.extend(differences(
+            &tablet.name,
+            &mut lock(&tablet.store),
+            contents,
+        )?);
     }
     drop(replicas);
     drop(clusters);
     Ok(report)
-}
-
-/// How a tablet differs from its commune on the server (nothing when converged).
-fn convergence_problems(tablet: &Tablet, contents: &ServerContents) -> anyhow::Result<Vec<String>> {
-    let mut store = lock(&tablet.store);
-    let mut problems = Vec::new();
-    let pending = store.pending_count()?;
-    if pending > 0 {
-        problems.push(format!(
-            "{}: {pending} documents still pending",
-            tablet.name
-        ));
-    }
-    let mut ids = HashSet::new();
-    let mut offset = 0;
-    for _ in 0..10_000 {
-        let page = store.query_applications(&ApplicationQuery {
-            limit: 500,
-            offset,
-            ..ApplicationQuery::default()
-        })?;
-        ids.extend(page.items.iter().map(|a| a.id));
-        match page.next_offset {
-            Some(next) if next > offset => offset = next,
-            _ => break,
-        }
-    }
-    let server_ids: HashSet<RecordId> = contents.docs.keys().copied().collect();
-    if ids != server_ids {
-        problems.push(format!(
-            "{}: holds {} records, the server {} for its commune",
-            tablet.name,
-            ids.len(),
-            server_ids.len()
-        ));
-    }
-    for id in ids.intersection(&server_ids) {
-        let mut mine = store.heads(*id)?;
-        mine.sort();
-        if contents.heads(*id)? != Some(mine) {
-            problems.push(format!(
-                "{}: {id}: heads differ from the server's",
-                tablet.name
-            ));
-        }
-    }
-    Ok(problems)
 }
 
 /// One sync; acknowledges `snapshot` when it returns `Ok` with nothing pending.

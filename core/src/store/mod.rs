@@ -19,6 +19,7 @@ mod projection;
 pub mod quarantine;
 mod query;
 pub(crate) mod schema;
+mod server_epoch;
 mod sync_state;
 
 use std::num::NonZeroUsize;

@@ -40,6 +40,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
     include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
+    // Numbered 0006 by the project's plan (0004 and 0005 come from other branches).
+    include_str!("../../migrations/postgres/0006_store_identity.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1292,6 +1294,27 @@ impl ServerStorage for PostgresStorage {
                 })
             })
             .collect()
+    }
+
+    async fn store_epoch(&self) -> Result<String> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT epoch FROM store_identity WHERE singleton = 1", &[])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn renew_store_epoch(&self) -> Result<String> {
+        let client = self.client().await?;
+        let epoch = super::new_store_epoch();
+        client
+            .execute(
+                "INSERT INTO store_identity (singleton, epoch) VALUES (1, $1)
+                 ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch",
+                &[&epoch],
+            )
+            .await?;
+        Ok(epoch)
     }
 }
 
