@@ -6,6 +6,7 @@
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod admin_backup;
+mod config_file;
 mod demo;
 mod device;
 
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::DeviceId;
 use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
@@ -57,6 +59,13 @@ struct Database {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file of settings (keys named as these flags); flags and `COMMUNESYNC_*`
+    /// variables override it.
+    #[arg(long, env = "COMMUNESYNC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in force (as JSON, the database without its password) and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     db: Database,
     /// Address to listen on.
@@ -191,7 +200,10 @@ enum AdminTask {
 
 fn main() -> anyhow::Result<()> {
     communesync_server::serve::limit_allocator_arenas();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = config_file::configure(<Cli as clap::CommandFactory>::command(), &args)?;
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches_from(&args))
+        .unwrap_or_else(|e| e.exit());
     // The demo prints its own story; the server logs what operators need.
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
@@ -214,6 +226,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.print_config {
+        println!("{}", effective_settings(&args));
+        return Ok(());
+    }
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
@@ -252,6 +268,22 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The settings `serve` runs with, as JSON (`--print-config`).
+fn effective_settings(args: &ServeArgs) -> serde_json::Value {
+    serde_json::json!({
+        "config": args.config,
+        "database": redact(&args.db.database),
+        "listen": args.listen.to_string(),
+        "admin-token-file": args.admin_token_file,
+        "trusted-proxy": args.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max-connections": args.max_connections,
+        "header-timeout-secs": args.header_timeout_secs,
+        "idle-timeout-secs": args.idle_timeout_secs,
+        "device-burst": args.device_burst,
+        "device-rate": args.device_rate,
+    })
+}
+
 /// Ctrl-C or SIGTERM (what service managers send).
 async fn shutdown_signal() {
     let terminate = async {
@@ -269,8 +301,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A database URL without its password, for logs.
+/// A database URL or key=value string without its password, for logs.
 fn redact(url: &str) -> String {
+    if storage::postgres::is_key_value_string(url) {
+        return url
+            .split_whitespace()
+            .map(|word| match word.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => word.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
