@@ -353,6 +353,19 @@ impl SyncResponse {
 mod tests {
     use super::*;
 
+    #[test]
+    fn store_epochs_are_short_alphanumeric_values_only() {
+        assert_eq!(parse_store_epoch(b"0af3"), Some("0af3".to_owned()));
+        assert_eq!(
+            parse_store_epoch(&[b'a'; MAX_STORE_EPOCH_LEN]).map(|e| e.len()),
+            Some(64)
+        );
+        assert_eq!(parse_store_epoch(&[b'a'; MAX_STORE_EPOCH_LEN + 1]), None);
+        assert_eq!(parse_store_epoch(b""), None);
+        assert_eq!(parse_store_epoch(b"a b"), None);
+        assert_eq!(parse_store_epoch("é".as_bytes()), None);
+    }
+
     /// A real change: changes travel as Automerge chunks.
     pub(super) fn change(value: &str) -> Vec<u8> {
         let mut doc = automerge::AutoCommit::new();
