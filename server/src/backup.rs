@@ -83,6 +83,9 @@ pub fn backup_sqlite(database: &Path, file: &Path) -> anyhow::Result<CopySummary
     if !database.is_file() {
         bail!("{} does not exist", database.display());
     }
+    if std::fs::canonicalize(file).ok() == Some(std::fs::canonicalize(database)?) {
+        bail!("the backup would replace the database itself");
+    }
     let source = Connection::open_with_flags(
         database,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -157,6 +160,9 @@ fn write_backup(source: &Connection, temp: &Path) -> anyhow::Result<CopySummary>
 /// Puts the backup `file` into the SQLite database at `database` (created if missing) and gives
 /// it a fresh store epoch (see the module doc).
 pub fn restore_sqlite(file: &Path, database: &Path) -> anyhow::Result<CopySummary> {
+    if std::fs::canonicalize(database).ok() == Some(std::fs::canonicalize(file)?) {
+        bail!("the backup is the database itself");
+    }
     let backup = Connection::open_with_flags(
         file,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -48,7 +48,8 @@ enum Command {
 
 #[derive(Args)]
 struct Database {
-    /// `sqlite:PATH` (default, embedded) or `postgres://user@host:port/db`.
+    /// `sqlite:PATH` (default, embedded), `postgres://user@host:port/db`, or a key=value string
+    /// (`host=a,b port=5432,5432 dbname=db target_session_attrs=read-write` follows a failover).
     #[arg(
         long,
         env = "COMMUNESYNC_DATABASE",

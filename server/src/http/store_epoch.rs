@@ -1,6 +1,8 @@
 //! The store epoch on sync answers (`Communesync-Store-Epoch`, docs/PROTOCOL.md): read from
 //! storage at most every [`EPOCH_TTL`] per server process, so a restore done while replicas run
 //! (PostgreSQL: `admin mark-restored`) reaches tablets within that time without a query per sync.
+//! The epoch is read after the request's work: should that read fail (the database lost between
+//! the two), the last epoch read is sent rather than failing a sync whose changes are stored.
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +25,18 @@ impl AppState {
         {
             return Ok(epoch.clone());
         }
-        let epoch = self.storage.store_epoch().await?;
-        *cached = Some((Instant::now(), epoch.clone()));
-        Ok(epoch)
+        match self.storage.store_epoch().await {
+            Ok(epoch) => {
+                *cached = Some((Instant::now(), epoch.clone()));
+                Ok(epoch)
+            }
+            Err(err) => match cached.as_ref() {
+                Some((_, epoch)) => {
+                    tracing::debug!(%err, "store epoch not re-read; sending the last one");
+                    Ok(epoch.clone())
+                }
+                None => Err(err.into()),
+            },
+        }
     }
 }
