@@ -5,6 +5,8 @@
 //!   (with wipe), refused documents, operator tokens, stats.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
+mod admin_backup;
+mod config_file;
 mod demo;
 mod device;
 mod device_rekey;
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::DeviceId;
 use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
@@ -48,7 +51,8 @@ enum Command {
 
 #[derive(Args)]
 struct Database {
-    /// `sqlite:PATH` (default, embedded) or `postgres://user@host:port/db`.
+    /// `sqlite:PATH` (default, embedded), `postgres://user@host:port/db`, or a key=value string
+    /// (`host=a,b port=5432,5432 dbname=db target_session_attrs=read-write` follows a failover).
     #[arg(
         long,
         env = "COMMUNESYNC_DATABASE",
@@ -59,6 +63,13 @@ struct Database {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file of settings (keys named as these flags); flags and `COMMUNESYNC_*`
+    /// variables override it.
+    #[arg(long, env = "COMMUNESYNC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in force (as JSON, the database without its password) and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     db: Database,
     /// Address to listen on.
@@ -183,11 +194,30 @@ enum AdminTask {
         /// `{"procedures":[...],"holidays":[...]}`.
         file: PathBuf,
     },
+    /// Back up the SQLite database to FILE while the server runs (consistent snapshot, mode
+    /// 0600, written under a temporary name then renamed). PostgreSQL: explains pg_dump /
+    /// pg_basebackup and writes nothing.
+    Backup {
+        /// Where to write the backup (replaced atomically if it exists).
+        file: PathBuf,
+    },
+    /// Put a backup made by `backup` back as the SQLite database (stop the server first); tablets
+    /// then re-send what the server lost since the backup. PostgreSQL: explains the procedure.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// After restoring the database by other means (pg_restore, a copied file): give it a fresh
+    /// store epoch so tablets re-send what it may lack and re-read the feed.
+    MarkRestored,
 }
 
 fn main() -> anyhow::Result<()> {
     communesync_server::serve::limit_allocator_arenas();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = config_file::configure(<Cli as clap::CommandFactory>::command(), &args)?;
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches_from(&args))
+        .unwrap_or_else(|e| e.exit());
     // The demo prints its own story; the server logs what operators need.
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
@@ -210,6 +240,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.print_config {
+        println!("{}", effective_settings(&args));
+        return Ok(());
+    }
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
@@ -275,6 +309,24 @@ fn reload_on_sighup(tls: Arc<ServerTls>) {
     }
 }
 
+/// The settings `serve` runs with, as JSON (`--print-config`).
+fn effective_settings(args: &ServeArgs) -> serde_json::Value {
+    serde_json::json!({
+        "config": args.config,
+        "database": redact(&args.db.database),
+        "listen": args.listen.to_string(),
+        "admin-token-file": args.admin_token_file,
+        "trusted-proxy": args.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max-connections": args.max_connections,
+        "header-timeout-secs": args.header_timeout_secs,
+        "idle-timeout-secs": args.idle_timeout_secs,
+        "device-burst": args.device_burst,
+        "device-rate": args.device_rate,
+        "tls-cert": args.tls_cert,
+        "tls-key": args.tls_key,
+    })
+}
+
 /// Ctrl-C or SIGTERM (what service managers send).
 async fn shutdown_signal() {
     let terminate = async {
@@ -292,8 +344,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A database URL without its password, for logs.
+/// A database URL or key=value string without its password, for logs.
 fn redact(url: &str) -> String {
+    if storage::postgres::is_key_value_string(url) {
+        return url
+            .split_whitespace()
+            .map(|word| match word.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => word.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -318,6 +380,12 @@ fn write_secret(path: &PathBuf, secret: &str) -> anyhow::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    // Backups copy files: the database is not opened (nor migrated) as storage for them.
+    match &args.task {
+        AdminTask::Backup { file } => return admin_backup::backup(&args.db.database, file),
+        AdminTask::Restore { file } => return admin_backup::restore(&args.db.database, file),
+        _ => {}
+    }
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
@@ -407,6 +475,11 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             let version = storage.put_catalogue(&json).await?;
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
+        AdminTask::MarkRestored => {
+            let epoch = communesync_server::backup::mark_restored(storage.as_ref()).await?;
+            println!("{}", serde_json::json!({ "store_epoch": epoch }));
+        }
+        AdminTask::Backup { .. } | AdminTask::Restore { .. } => {}
     }
     Ok(())
 }

@@ -234,6 +234,7 @@ conformance!(
     feed_byte_and_item_bounds,
     province_scope,
     catalogue_versions,
+    store_epoch_is_stable_until_renewed,
     stats,
     reopen_keeps_data,
     concurrent_ingest_feed_never_skips,
@@ -1698,6 +1699,21 @@ async fn catalogue_versions(f: &Fixture) {
     let replica = f.replica().await;
     assert_eq!(replica.put_catalogue("{}").await.unwrap(), 3);
     assert_eq!(s.catalogue().await.unwrap(), Some((3, "{}".to_owned())));
+}
+
+async fn store_epoch_is_stable_until_renewed(f: &Fixture) {
+    let s = f.s();
+    let first = s.store_epoch().await.unwrap();
+    assert_eq!(first.len(), 32, "{first}");
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    // Stable across reads and handles (replicas agree; a reopen keeps it).
+    assert_eq!(s.store_epoch().await.unwrap(), first);
+    let replica = f.replica().await;
+    assert_eq!(replica.store_epoch().await.unwrap(), first);
+    let renewed = replica.renew_store_epoch().await.unwrap();
+    assert_ne!(renewed, first);
+    assert_eq!(s.store_epoch().await.unwrap(), renewed);
+    assert!(communesync_core::protocol::parse_store_epoch(renewed.as_bytes()).is_some());
 }
 
 async fn stats(f: &Fixture) {

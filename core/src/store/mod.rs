@@ -20,6 +20,7 @@ pub mod quarantine;
 mod query;
 mod rekey;
 pub(crate) mod schema;
+mod server_epoch;
 mod sync_state;
 
 use std::num::NonZeroUsize;

@@ -540,6 +540,14 @@ impl<T: Transport> SyncClient<T> {
                     windows.1.succeeded(took, target);
                 }
             }
+            // A server restored from a backup (its store epoch changed) may lack what it
+            // acknowledged, and its feed positions mean other changes now: everything goes again
+            // from the next round on, and this answer (of the old view) is dropped unread.
+            if let Some(epoch) = http.store_epoch.as_deref()
+                && self.note_store_epoch(epoch)?
+            {
+                continue;
+            }
             let response = SyncResponse::decode(&mut self.lock_codec(), &http.body, &self.limits)?;
             drop(http);
 
@@ -695,6 +703,23 @@ impl<T: Transport> SyncClient<T> {
                 tracing::info!(?report, "sync done");
                 return Ok(report);
             }
+        }
+    }
+
+    /// Remembers the server store's epoch; `true` when it is one never seen after another (the
+    /// server was restored: the store then re-queues everything, see
+    /// [`DeviceStore::server_restored`]).
+    fn note_store_epoch(&self, epoch: &str) -> Result<bool, SyncError> {
+        let mut store = self.lock_store();
+        let known = store.server_store_epochs()?;
+        if known.is_empty() {
+            store.set_server_store_epoch(epoch)?;
+            Ok(false)
+        } else if known.iter().any(|k| k == epoch) {
+            Ok(false)
+        } else {
+            store.server_restored(epoch)?;
+            Ok(true)
         }
     }
 
@@ -1164,6 +1189,7 @@ mod tests {
             retry_after: None,
             bytes_sent: 0,
             bytes_received: 0,
+            store_epoch: None,
         }
     }
 

@@ -54,6 +54,9 @@ pub struct HttpResponse {
     pub bytes_sent: u64,
     /// Bytes received: status line, headers and body.
     pub bytes_received: u64,
+    /// The server store's epoch (`Communesync-Store-Epoch`), when the answer carries a
+    /// well-formed one: see [`crate::protocol::STORE_EPOCH_HEADER`].
+    pub store_epoch: Option<String>,
 }
 
 /// Why no complete response arrived.
@@ -293,6 +296,10 @@ mod reqwest_transport {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
+            let store_epoch = response
+                .headers()
+                .get(crate::protocol::STORE_EPOCH_HEADER)
+                .and_then(|v| crate::protocol::parse_store_epoch(v.as_bytes()));
             let head_received = response_head_len(
                 status.canonical_reason().unwrap_or(""),
                 response
@@ -327,6 +334,7 @@ mod reqwest_transport {
                 retry_after,
                 bytes_sent,
                 bytes_received,
+                store_epoch,
             })
         }
     }

@@ -25,6 +25,7 @@ mod error;
 mod push;
 mod rate;
 mod secrets;
+mod store_epoch;
 mod sync;
 
 pub use admin::{
@@ -148,6 +149,8 @@ pub struct AppState {
     pub(crate) device_limiter: rate::DeviceLimiter,
     /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
+    /// The store epoch sent on sync answers, read at most every few seconds.
+    store_epoch: store_epoch::EpochCache,
 }
 
 impl AppState {
@@ -171,6 +174,7 @@ impl AppState {
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
+            store_epoch: store_epoch::EpochCache::default(),
         })
     }
 

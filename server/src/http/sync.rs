@@ -11,8 +11,8 @@ use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
 use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, Extensions, FeedDoc, OLDEST_PROTOCOL_VERSION, PROTOCOL_V2,
-    PROTOCOL_VERSION, Refused, SyncRequest, SyncResponse, WireError, content_type_of,
-    protocol_of_content_type,
+    PROTOCOL_VERSION, Refused, STORE_EPOCH_HEADER, SyncRequest, SyncResponse, WireError,
+    content_type_of, protocol_of_content_type,
 };
 use communesync_core::record::RecordId;
 
@@ -313,7 +313,18 @@ async fn sync_inner(
     let body =
         blocking(move || with_codec(|codec| response.encode(codec).map_err(ApiError::internal)))
             .await?;
-    Ok(([(header::CONTENT_TYPE, content_type_of(protocol))], body).into_response())
+    let epoch = state.store_epoch().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type_of(protocol)),
+            (
+                header::HeaderName::from_static(STORE_EPOCH_HEADER),
+                epoch.as_str(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Whether `content_type` is one of an older protocol (`application/x-communesync-v1`, or the

@@ -512,13 +512,30 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// Activity of every commune, by code.
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
+
+    /// The store's epoch: a random value that only changes when the database is restored from a
+    /// backup ([`ServerStorage::renew_store_epoch`]); tablets compare it between syncs.
+    async fn store_epoch(&self) -> Result<String>;
+
+    /// Gives the store a fresh epoch (after a restore: tablets then re-send what it may lack and
+    /// re-read the feed) and returns it.
+    async fn renew_store_epoch(&self) -> Result<String>;
 }
 
-/// Opens the storage named by `url`: `postgres://...` or `postgresql://...` is PostgreSQL;
+/// A fresh store epoch: 32 lowercase hex digits.
+pub fn new_store_epoch() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Opens the storage named by `url`: `postgres://...`, `postgresql://...` or a libpq key=value
+/// string naming a `host=` (several hosts for failover, see [`postgres`]) is PostgreSQL;
 /// `sqlite:PATH`, `sqlite://PATH` or a plain path is a SQLite file (created if missing;
 /// `:memory:` for a private in-memory database). Migrations are applied before it returns.
 pub async fn open(url: &str) -> Result<Arc<dyn ServerStorage>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || postgres::is_key_value_string(url)
+    {
         return Ok(Arc::new(PostgresStorage::connect(url).await?));
     }
     let path = url

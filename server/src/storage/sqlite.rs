@@ -29,6 +29,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_device_status.sql"),
     include_str!("../../migrations/sqlite/0003_operators_and_refusals.sql"),
+    // Numbered 0006 by the project's plan (0004 and 0005 come from other branches).
+    include_str!("../../migrations/sqlite/0006_store_identity.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1193,6 +1195,28 @@ impl ServerStorage for SqliteStorage {
             };
             tx.commit()?;
             Ok(stats)
+        })
+        .await
+    }
+
+    async fn store_epoch(&self) -> Result<String> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT epoch FROM store_identity WHERE singleton = 1")?
+                .query_row([], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    async fn renew_store_epoch(&self) -> Result<String> {
+        self.write(|conn| {
+            let epoch = super::new_store_epoch();
+            conn.execute(
+                "INSERT INTO store_identity (singleton, epoch) VALUES (1, ?1)
+                 ON CONFLICT (singleton) DO UPDATE SET epoch = excluded.epoch",
+                params![epoch],
+            )?;
+            Ok(epoch)
         })
         .await
     }
