@@ -142,6 +142,7 @@ fn varint(mut n: u64) -> Vec<u8> {
 fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) -> PushDoc {
     let mut app = Application {
         id: RecordId::new(),
+        dossier_number: None,
         commune_code: commune.into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -160,6 +161,7 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
             device: device.0,
             officer: "x".into(),
         },
+        dossier_number_fallback: false,
     };
     edit(&mut app);
     let id = app.id;
@@ -1686,6 +1688,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                     device: device.0,
                     officer: "lan".into(),
                 },
+                dossier_number_fallback: false,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };
