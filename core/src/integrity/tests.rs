@@ -391,6 +391,7 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::TooLarge,
         RefusalCode::NotYours,
         RefusalCode::Duplicate,
+        RefusalCode::DossierNumber,
     ] {
         assert_eq!(RefusalCode::parse(code.as_str()), code);
     }

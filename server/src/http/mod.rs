@@ -97,6 +97,8 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Dossier numbers: the province's format, agency codes and block sizing.
+    pub numbers: crate::numbers::NumberConfig,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +116,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            numbers: crate::numbers::NumberConfig::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use communesync_core::record::RecordId;
 
 use super::push::{Cancel, Cancelled, Decoded, DocVerdict, Pusher, decode_push, judge};
 use super::{ApiError, AppState, authenticate_device, refused_body};
+use crate::numbers;
 use crate::storage::{RefusalRow, StorageError};
 
 thread_local! {
@@ -167,9 +168,24 @@ async fn sync_inner(
         };
         let mut incoming = Vec::new();
         let mut positions: Vec<(RecordId, u32)> = Vec::new();
+        let mut numbered = numbers::NewNumbers::default();
         for (position, verdict) in verdicts {
             match verdict {
-                DocVerdict::Store(doc) => {
+                DocVerdict::Store(doc, app) => {
+                    if let Some(app) = app {
+                        // A dossier number is checked against the device's blocks first.
+                        if let Err(refusal) = numbered
+                            .admit(&*state.storage, &state.config.numbers, &device, &app)
+                            .await?
+                        {
+                            refused.push(Refused {
+                                position,
+                                code: refusal.code.as_str().to_owned(),
+                                message: refusal.message,
+                            });
+                            continue;
+                        }
+                    }
                     positions.push((doc.id, position));
                     incoming.push(doc);
                 }
@@ -245,6 +261,9 @@ async fn sync_inner(
                     .map(|(_, position)| *position),
             );
             state.storage.clear_refusals(device.id, &accepted).await?;
+            numbered
+                .record(&*state.storage, device.id, &outcome.missing_deps, now)
+                .await?;
         }
         missing.sort_unstable();
         missing.dedup();
