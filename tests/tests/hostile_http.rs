@@ -1670,6 +1670,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
         let base = |device: DeviceId| {
             let app = Application {
                 id,
+                dossier_number: None,
                 commune_code: COMMUNE.into(),
                 procedure_code: "1.001193".into(),
                 applicant: Applicant {
