@@ -11,6 +11,9 @@ CREATE TABLE number_blocks (
     last        INTEGER NOT NULL,
     next        INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
+    -- The `next` the server last received in a report (NULL: never): a used-up block the
+    -- server knows all about is no longer reported.
+    reported    INTEGER,
     CHECK (first <= next AND next <= last + 1)
 );
 

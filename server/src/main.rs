@@ -5,6 +5,7 @@
 //!   (with wipe), refused documents, operator tokens, stats.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
+mod admin_numbers;
 mod demo;
 mod device;
 
@@ -84,6 +85,14 @@ struct ServeArgs {
     /// Requests per second a device may send on average.
     #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
     device_rate: f64,
+    /// The province's dossier number format: `{agency}`, `{seq}` or `{seq:N}` (zero-padded to
+    /// N digits) once each, optionally `{yymmdd}` or `{yyyymmdd}`, delimited by punctuation.
+    #[arg(long, default_value = communesync_core::numbering::DEFAULT_FORMAT)]
+    dossier_number_format: String,
+    /// One agency code for every commune (one counter for the province); by default each
+    /// commune's code is its agency code.
+    #[arg(long)]
+    dossier_agency_code: Option<String>,
 }
 
 #[derive(Args)]
@@ -150,6 +159,17 @@ enum AdminTask {
         /// Record id.
         record: uuid::Uuid,
     },
+    /// The application with this dossier number, as the server holds it now (JSON).
+    RecordByNumber {
+        /// The dossier number ("01234-261206-000042").
+        number: String,
+    },
+    /// Dossier number blocks granted to devices, with how much of each was used (JSON lines).
+    NumberBlocks {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<uuid::Uuid>,
+    },
     /// List operator tokens (id, label, times; never the token).
     Tokens,
     /// Revoke an operator token (not the last active one).
@@ -214,7 +234,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         ..ServeConfig::default()
     };
+    let numbers = communesync_server::numbers::NumberConfig {
+        format: communesync_core::numbering::NumberFormat::parse(&args.dossier_number_format)?,
+        agency: args.dossier_agency_code,
+        ..Default::default()
+    };
     let config = ServerConfig {
+        numbers,
         trusted_proxies: args.trusted_proxies,
         device_rate: DeviceRateLimit {
             burst: args.device_burst,
@@ -338,6 +364,12 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             for change in http::record_history(storage.as_ref(), id).await? {
                 println!("{}", serde_json::to_string(&change)?);
             }
+        }
+        AdminTask::RecordByNumber { number } => {
+            admin_numbers::record_by_number(&storage, &number).await?;
+        }
+        AdminTask::NumberBlocks { device } => {
+            admin_numbers::number_blocks(&storage, device).await?;
         }
         AdminTask::Tokens => {
             for token in http::list_admin_tokens(storage.as_ref()).await? {

@@ -152,6 +152,7 @@ impl World {
             .unwrap();
         if !lose {
             tablet.store().apply_number_grant(&grant).unwrap();
+            tablet.store().mark_numbers_reported(&state).unwrap();
         }
     }
 

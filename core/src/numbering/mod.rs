@@ -31,6 +31,8 @@ pub use format::{NumberFormat, Sequence};
 
 use serde::{Deserialize, Serialize};
 
+use crate::protocol::WireExtension;
+
 /// The format used until the server sends one.
 pub const DEFAULT_FORMAT: &str = "{agency}-{yymmdd}-{seq:6}";
 
@@ -88,6 +90,12 @@ pub struct NumberState {
     pub fallback_used: u64,
 }
 
+impl WireExtension for NumberState {
+    const TAG: u16 = 1;
+    // 256 block reports of at most 20 bytes and a few numbers.
+    const MAX_BYTES: usize = 8 * 1024;
+}
+
 /// A block of sequence numbers the server granted a device.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GrantedBlock {
@@ -119,6 +127,12 @@ pub struct NumberGrant {
     pub agency: String,
     /// Blocks the device does not hold yet: new ones and grants it has not acknowledged.
     pub blocks: Vec<GrantedBlock>,
+}
+
+impl WireExtension for NumberGrant {
+    const TAG: u16 = 2;
+    // A few blocks (each with its format and agency) and the format.
+    const MAX_BYTES: usize = 16 * 1024;
 }
 
 /// How the server sizes blocks. A block covers [`NumberPolicy::days_ahead`] days of the

@@ -24,6 +24,9 @@ use crate::numbering::{
 use crate::record::{Application, DeviceId, RecordId};
 use crate::{Error, Result};
 
+/// Most blocks one sync reports (the server reads as many).
+pub const MAX_REPORTED: usize = 256;
+
 const META_FORMAT: &str = "number_format";
 const META_AGENCY: &str = "number_agency";
 const META_SERIAL: &str = "number_serial";
@@ -172,13 +175,26 @@ pub(super) fn take(
 }
 
 impl DeviceStore {
-    /// What this device tells the server about its numbers at a sync.
+    /// What this device tells the server about its numbers at a sync: its blocks still open
+    /// or used since their last report (oldest first, at most [`MAX_REPORTED`]).
     pub fn number_state(&self) -> Result<NumberState> {
-        let blocks = self.number_blocks()?;
-        let remaining = blocks
-            .iter()
-            .map(|b| b.block.last.saturating_add(1).saturating_sub(b.next))
-            .sum();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, next FROM number_blocks
+             WHERE next <= last OR reported IS NULL OR reported <> next
+             ORDER BY id LIMIT ?1",
+        )?;
+        let blocks = stmt
+            .query_map([MAX_REPORTED as i64], |row| {
+                Ok(BlockUsage {
+                    block: u64_of(row.get(0)?),
+                    next: u64_of(row.get(1)?),
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        let remaining: i64 = self
+            .conn
+            .prepare_cached("SELECT coalesce(sum(last + 1 - next), 0) FROM number_blocks")?
+            .query_row([], |row| row.get(0))?;
         let since = self
             .now_ms()
             .saturating_sub(INTAKE_WINDOW_DAYS * 24 * 3_600_000);
@@ -188,17 +204,25 @@ impl DeviceStore {
             .query_row([since], |row| row.get(0))?;
         let fallback_used: i64 = meta(&self.conn, META_FALLBACK_NEXT)?.unwrap_or(0);
         Ok(NumberState {
-            blocks: blocks
-                .iter()
-                .map(|b| BlockUsage {
-                    block: b.block.id,
-                    next: b.next,
-                })
-                .collect(),
-            remaining,
+            blocks,
+            remaining: u64_of(remaining),
             recent_intake: u32::try_from(recent).unwrap_or(u32::MAX),
             fallback_used: u64_of(fallback_used),
         })
+    }
+
+    /// Records that the server received `sent` (the sync that carried it was answered).
+    pub fn mark_numbers_reported(&mut self, sent: &NumberState) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE number_blocks SET reported = ?2 WHERE id = ?1")?;
+            for usage in &sent.blocks {
+                stmt.execute(params![i64_of(usage.block), i64_of(usage.next)])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every block this device holds, oldest first.

@@ -15,6 +15,7 @@
 //! device has a request rate limit (`rate`).
 
 mod admin;
+mod admin_numbers;
 mod admin_records;
 mod admin_tokens;
 mod body_rate;
@@ -31,6 +32,7 @@ pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub use admin_numbers::{NumberBlockOut, NumberedRecord, number_blocks, record_by_number};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use body_rate::MinBodyRate;
@@ -249,6 +251,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/admin/records/{id}/history",
             get(admin_records::admin_record_history),
+        )
+        .route(
+            "/v1/admin/records",
+            get(admin_numbers::admin_record_by_number),
+        )
+        .route(
+            "/v1/admin/number-blocks",
+            get(admin_numbers::admin_number_blocks),
         )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))

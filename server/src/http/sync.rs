@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
+use communesync_core::numbering::NumberState;
 use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, Extensions, FeedDoc, OLDEST_PROTOCOL_VERSION, PROTOCOL_V2,
     PROTOCOL_VERSION, Refused, SyncRequest, SyncResponse, WireError, content_type_of,
@@ -128,6 +129,15 @@ async fn sync_inner(
     }
     // A record id sent twice was refused while decoding (`protocol::bounded`).
     let now = state.clock.now_ms();
+    // Dossier numbers (extension 1): a report the feature cannot read is set aside, the sync
+    // goes on, and the device gets no block this time.
+    let number_state = match request.extensions.get::<NumberState>() {
+        Ok(number_state) => number_state,
+        Err(err) => {
+            tracing::warn!(device = %device.id, %err, "dossier number state refused");
+            None
+        }
+    };
     let catalogue = state.storage.catalogue().await?;
 
     // Push: a verdict per document; what passes is stored in one transaction.
@@ -312,6 +322,18 @@ async fn sync_inner(
         }
         None => (Vec::new(), 0, false),
     };
+    let mut extensions = Extensions::new();
+    if let Some(number_state) = &number_state {
+        let grant = numbers::exchange(
+            &*state.storage,
+            &state.config.numbers,
+            &device,
+            number_state,
+            now,
+        )
+        .await?;
+        extensions.insert(&grant).map_err(ApiError::internal)?;
+    }
     let catalogue = match catalogue {
         Some((version, json)) if version > request.catalogue_version => {
             Some(CatalogueUpdate { version, json })
@@ -327,7 +349,7 @@ async fn sync_inner(
         next_cursor,
         more,
         catalogue,
-        extensions: Extensions::new(),
+        extensions,
     };
     let body =
         blocking(move || with_codec(|codec| response.encode(codec).map_err(ApiError::internal)))
