@@ -513,6 +513,12 @@ impl Engine {
 }
 
 impl Engine {
+    /// The store, to lock on a blocking thread (async methods); fails once wiped.
+    pub(crate) fn store_handle(&self) -> Result<Arc<Mutex<DeviceStore>>> {
+        self.check_not_wiped()?;
+        Ok(self.store.clone())
+    }
+
     fn store(&self) -> Result<MutexGuard<'_, DeviceStore>> {
         self.check_not_wiped()?;
         // Every store write is one SQLite transaction: a panic in another holder rolled it back,

@@ -478,3 +478,39 @@ fn errors_are_the_cases_an_app_acts_on() {
     let status = engine.sync_status().unwrap();
     assert!(!status.enrolled && status.pending_changes == 1);
 }
+
+#[test]
+fn an_application_is_found_by_its_dossier_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(&dir)).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let app = engine
+        .create_application("lan".into(), new_application("Lò Thị Hương"))
+        .unwrap();
+    // Never synced: a flagged fallback number.
+    let number = app.dossier_number.clone().unwrap();
+    assert!(app.dossier_number_fallback);
+    let found = runtime
+        .block_on(engine.application_by_number(format!(" {number} ")))
+        .unwrap();
+    assert_eq!(found, Some(app.clone()));
+    assert_eq!(
+        runtime
+            .block_on(engine.application_by_number("DBMUONGPHANG-000000-000001".into()))
+            .unwrap(),
+        None
+    );
+    assert!(
+        engine
+            .search(number.clone(), 5)
+            .unwrap()
+            .iter()
+            .any(|hit| hit.id == app.id)
+    );
+    let state = runtime.block_on(engine.dossier_number_state()).unwrap();
+    assert_eq!(state.format, "{agency}-{yymmdd}-{seq:6}");
+    assert_eq!(
+        (state.remaining, state.blocks, state.fallback_used),
+        (0, 0, 1)
+    );
+}
