@@ -332,7 +332,10 @@ async fn sync_inner(
             now,
         )
         .await?;
-        extensions.insert(&grant).map_err(ApiError::internal)?;
+        // Nothing to offer, nothing sent: an idle sync stays a few dozen bytes.
+        if !grant.blocks.is_empty() {
+            extensions.insert(&grant).map_err(ApiError::internal)?;
+        }
     }
     let catalogue = match catalogue {
         Some((version, json)) if version > request.catalogue_version => {
