@@ -223,21 +223,16 @@ impl NewNumbers {
         Ok(verdict)
     }
 
-    /// Records the admitted numbers whose records were stored (not those skipped for missing
-    /// dependencies).
+    /// Indexes the admitted numbers with their records (before the records are stored: a
+    /// number stays with its record whatever happens to the request).
     pub(crate) async fn record(
         &self,
         storage: &dyn ServerStorage,
         device: DeviceId,
-        skipped: &[RecordId],
         now: i64,
     ) -> Result<()> {
-        let stored: Vec<(String, RecordId)> = self
-            .admitted
-            .iter()
-            .filter(|(_, id)| !skipped.contains(id))
-            .cloned()
-            .collect();
-        storage.record_dossier_numbers(device, &stored, now).await
+        storage
+            .record_dossier_numbers(device, &self.admitted, now)
+            .await
     }
 }

@@ -248,6 +248,10 @@ async fn sync_inner(
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        // The admitted numbers are indexed before their records are stored: if storing fails,
+        // the retry finds its own number (same record) and stores it; a lookup of a number
+        // whose record is not stored yet answers "not found".
+        numbered.record(&*state.storage, device.id, now).await?;
         if !incoming.is_empty() {
             let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
             let outcome = state
@@ -272,9 +276,6 @@ async fn sync_inner(
                     .map(|(_, position)| *position),
             );
             state.storage.clear_refusals(device.id, &accepted).await?;
-            numbered
-                .record(&*state.storage, device.id, &outcome.missing_deps, now)
-                .await?;
         }
         missing.sort_unstable();
         missing.dedup();
