@@ -113,7 +113,8 @@ pub async fn number_blocks(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct NumberQuery {
-    number: String,
+    /// Optional here so that a caller without a token gets 401 before being told it is missing.
+    number: Option<String>,
 }
 
 pub(super) async fn admin_record_by_number(
@@ -122,11 +123,14 @@ pub(super) async fn admin_record_by_number(
     Query(query): Query<NumberQuery>,
 ) -> Result<Json<NumberedRecord>, ApiError> {
     authenticate_admin(&state, &headers).await?;
-    if query.number.len() > communesync_core::numbering::MAX_NUMBER_LEN {
+    let number = query
+        .number
+        .ok_or_else(|| ApiError::malformed("give the dossier number: ?number=..."))?;
+    if number.len() > communesync_core::numbering::MAX_NUMBER_LEN {
         return Err(ApiError::malformed("dossier number too long"));
     }
     Ok(Json(
-        record_by_number(state.storage.as_ref(), &query.number).await?,
+        record_by_number(state.storage.as_ref(), &number).await?,
     ))
 }
 
