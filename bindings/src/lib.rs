@@ -17,6 +17,7 @@
 //! No panic crosses the boundary: nothing here unwraps, locks survive poisoning, and observer
 //! callbacks run on their own thread behind `catch_unwind`.
 
+mod dossier_number;
 mod engine;
 mod error;
 mod keys;

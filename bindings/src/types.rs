@@ -353,6 +353,11 @@ fn fees_to_core(fees: Vec<Fee>) -> Vec<core::Fee> {
 pub struct Application {
     /// Record id (a UUID).
     pub id: String,
+    /// The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+    /// for applications taken before numbers existed.
+    pub dossier_number: Option<String>,
+    /// Whether the number is a fallback (the tablet had no block of numbers left).
+    pub dossier_number_fallback: bool,
     /// Commune it belongs to.
     pub commune_code: String,
     /// Procedure code from the catalogue.
@@ -381,6 +386,8 @@ impl From<core::Application> for Application {
     fn from(a: core::Application) -> Self {
         Application {
             id: a.id.to_string(),
+            dossier_number: a.dossier_number,
+            dossier_number_fallback: a.dossier_number_fallback,
             commune_code: a.commune_code,
             procedure_code: a.procedure_code,
             applicant: a.applicant.into(),

@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod http;
 pub mod link;
+pub mod numbers;
 pub mod serve;
 pub mod storage;
 pub mod tls;

@@ -6,6 +6,7 @@
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod admin_backup;
+mod admin_numbers;
 mod config_file;
 mod demo;
 mod device;
@@ -105,6 +106,14 @@ struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// The province's dossier number format: `{agency}`, `{seq}` or `{seq:N}` (zero-padded to
+    /// N digits) once each, optionally `{yymmdd}` or `{yyyymmdd}`, delimited by punctuation.
+    #[arg(long, default_value = communesync_core::numbering::DEFAULT_FORMAT)]
+    dossier_number_format: String,
+    /// One agency code for every commune (one counter for the province); by default each
+    /// commune's code is its agency code.
+    #[arg(long)]
+    dossier_agency_code: Option<String>,
 }
 
 /// How often `serve` looks at the certificate files for a renewal.
@@ -173,6 +182,17 @@ enum AdminTask {
     History {
         /// Record id.
         record: uuid::Uuid,
+    },
+    /// The application with this dossier number, as the server holds it now (JSON).
+    RecordByNumber {
+        /// The dossier number ("01234-261206-000042").
+        number: String,
+    },
+    /// Dossier number blocks granted to devices, with how much of each was used (JSON lines).
+    NumberBlocks {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<uuid::Uuid>,
     },
     /// List operator tokens (id, label, times; never the token).
     Tokens,
@@ -272,7 +292,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         ..ServeConfig::default()
     };
+    let numbers = communesync_server::numbers::NumberConfig {
+        format: communesync_core::numbering::NumberFormat::parse(&args.dossier_number_format)?,
+        agency: args.dossier_agency_code,
+        ..Default::default()
+    };
     let config = ServerConfig {
+        numbers,
         trusted_proxies: args.trusted_proxies,
         device_rate: DeviceRateLimit {
             burst: args.device_burst,
@@ -446,6 +472,12 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             for change in http::record_history(storage.as_ref(), id).await? {
                 println!("{}", serde_json::to_string(&change)?);
             }
+        }
+        AdminTask::RecordByNumber { number } => {
+            admin_numbers::record_by_number(&storage, &number).await?;
+        }
+        AdminTask::NumberBlocks { device } => {
+            admin_numbers::number_blocks(&storage, device).await?;
         }
         AdminTask::Tokens => {
             for token in http::list_admin_tokens(storage.as_ref()).await? {

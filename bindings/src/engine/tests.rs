@@ -642,3 +642,42 @@ async fn dates_cross_as_instants_and_civil_dates() {
         -1_500
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_is_found_by_its_dossier_number() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Engine::open(config(&dir)).await.unwrap();
+    let app = engine
+        .create_application("lan".into(), new_application("Lò Thị Hương"))
+        .await
+        .unwrap();
+    // Never synced: a flagged fallback number.
+    let number = app.dossier_number.clone().unwrap();
+    assert!(app.dossier_number_fallback);
+    let found = engine
+        .application_by_number(format!(" {number} "))
+        .await
+        .unwrap();
+    assert_eq!(found, Some(app.clone()));
+    assert_eq!(
+        engine
+            .application_by_number("DBMUONGPHANG-000000-000001".into())
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(
+        engine
+            .search(number.clone(), 5)
+            .await
+            .unwrap()
+            .iter()
+            .any(|hit| hit.id == app.id)
+    );
+    let state = engine.dossier_number_state().await.unwrap();
+    assert_eq!(state.format, "{agency}-{yymmdd}-{seq:6}");
+    assert_eq!(
+        (state.remaining, state.blocks, state.fallback_used),
+        (0, 0, 1)
+    );
+}

@@ -15,6 +15,7 @@
 //!   ([`quarantine`]).
 
 mod checkpoint;
+mod numbers;
 mod projection;
 pub mod quarantine;
 mod query;
@@ -32,6 +33,7 @@ use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use zeroize::{Zeroize, Zeroizing};
 
+pub use numbers::{HeldBlock, NumberUse};
 pub use quarantine::{AuditAction, AuditEntry, Direction, QuarantinedRecord, RefusedDoc};
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
 pub use schema::SCHEMA_VERSION;
@@ -552,8 +554,11 @@ impl DeviceStore {
             CivilDate::from_unix_millis(received_at)?,
             procedure.processing_days,
         );
+        // The number is chosen here and taken in the transaction that inserts the record.
+        let number = numbers::next_number(&self.conn, self.device, &new.commune_code, received_at)?;
         let app = Application {
             id: RecordId::new(),
+            dossier_number: Some(number.number.clone()),
             commune_code: new.commune_code,
             procedure_code: new.procedure_code,
             applicant: new.applicant,
@@ -568,10 +573,11 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            dossier_number_fallback: number.fallback,
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;
-        self.insert(record.clone(), officer, now)?;
+        self.insert(record.clone(), officer, now, Some(&number))?;
         match record {
             Record::Application(app) => Ok(app),
             Record::CitizenRequest(_) => Err(Error::Document("kind changed".to_owned())),
@@ -605,14 +611,20 @@ impl DeviceStore {
         };
         let record = Record::CitizenRequest(request);
         check_creation(&record, &self.rules(&|_| None))?;
-        self.insert(record.clone(), officer, now)?;
+        self.insert(record.clone(), officer, now, None)?;
         match record {
             Record::CitizenRequest(request) => Ok(request),
             Record::Application(_) => Err(Error::Document("kind changed".to_owned())),
         }
     }
 
-    fn insert(&mut self, record: Record, officer: &str, now: i64) -> Result<()> {
+    fn insert(
+        &mut self,
+        record: Record,
+        officer: &str,
+        now: i64,
+        number: Option<&numbers::NextNumber>,
+    ) -> Result<()> {
         let id = record.id();
         let mut doc = RecordDoc::create(&record, self.device, officer, now)?;
         let snapshot = self.codec.encode(&doc.save_uncompressed())?;
@@ -629,6 +641,14 @@ impl DeviceStore {
         projection::write(&tx, rowid, &record, false)?;
         let created = doc.changes_since(&[]);
         mark_outbox(&tx, &mut self.codec, rowid, &created)?;
+        if let Some(number) = number {
+            numbers::take(
+                &tx,
+                number,
+                id,
+                self.clock.now_ms().saturating_add(self.clock_offset_ms),
+            )?;
+        }
         tx.commit()?;
         self.checkpointer.committed();
         let saved_heads = doc.heads();

@@ -675,6 +675,18 @@ fileprivate struct FfiConverterTimestamp: FfiConverterRustBuffer {
 public protocol EngineProtocol: AnyObject, Sendable {
     
     /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+    func applicationByNumber(number: String) async throws  -> Application?
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+    func dossierNumberState() async throws  -> DossierNumberState
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
     func auditLog() async throws  -> [AuditEntry]
@@ -954,6 +966,46 @@ public static func `open`(config: EngineConfig)async throws  -> Engine  {
 }
     
 
+    
+    /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+open func applicationByNumber(number: String)async throws  -> Application?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_application_by_number(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(number)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeApplication.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+open func dossierNumberState()async throws  -> DossierNumberState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_number_state(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierNumberState_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
     
     /**
      * What officers decided about quarantined records, oldest first.
@@ -2596,6 +2648,15 @@ public struct Application: Equatable, Hashable {
      */
     public var id: String
     /**
+     * The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+     * for applications taken before numbers existed.
+     */
+    public var dossierNumber: String?
+    /**
+     * Whether the number is a fallback (the tablet had no block of numbers left).
+     */
+    public var dossierNumberFallback: Bool
+    /**
      * Commune it belongs to.
      */
     public var communeCode: String
@@ -2647,6 +2708,13 @@ public struct Application: Equatable, Hashable {
          * Record id (a UUID).
          */id: String, 
         /**
+         * The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+         * for applications taken before numbers existed.
+         */dossierNumber: String?, 
+        /**
+         * Whether the number is a fallback (the tablet had no block of numbers left).
+         */dossierNumberFallback: Bool, 
+        /**
          * Commune it belongs to.
          */communeCode: String, 
         /**
@@ -2680,6 +2748,8 @@ public struct Application: Equatable, Hashable {
          * Who created it.
          */createdBy: Author) {
         self.id = id
+        self.dossierNumber = dossierNumber
+        self.dossierNumberFallback = dossierNumberFallback
         self.communeCode = communeCode
         self.procedureCode = procedureCode
         self.applicant = applicant
@@ -2710,6 +2780,8 @@ public struct FfiConverterTypeApplication: FfiConverterRustBuffer {
         return
             try Application(
                 id: FfiConverterString.read(from: &buf), 
+                dossierNumber: FfiConverterOptionString.read(from: &buf), 
+                dossierNumberFallback: FfiConverterBool.read(from: &buf), 
                 communeCode: FfiConverterString.read(from: &buf), 
                 procedureCode: FfiConverterString.read(from: &buf), 
                 applicant: FfiConverterTypeApplicant.read(from: &buf), 
@@ -2726,6 +2798,8 @@ public struct FfiConverterTypeApplication: FfiConverterRustBuffer {
 
     public static func write(_ value: Application, into buf: inout [UInt8]) {
         FfiConverterString.write(value.id, into: &buf)
+        FfiConverterOptionString.write(value.dossierNumber, into: &buf)
+        FfiConverterBool.write(value.dossierNumberFallback, into: &buf)
         FfiConverterString.write(value.communeCode, into: &buf)
         FfiConverterString.write(value.procedureCode, into: &buf)
         FfiConverterTypeApplicant.write(value.applicant, into: &buf)
@@ -4236,6 +4310,97 @@ public func FfiConverterTypeDeviceCredential_lift(_ buf: RustBuffer) throws -> D
 #endif
 public func FfiConverterTypeDeviceCredential_lower(_ value: DeviceCredential) -> RustBuffer {
     return FfiConverterTypeDeviceCredential.lower(value)
+}
+
+
+/**
+ * What this tablet has to number dossiers with.
+ */
+public struct DossierNumberState: Equatable, Hashable {
+    /**
+     * The province's number format (`{agency}-{yymmdd}-{seq:6}` by default).
+     */
+    public var format: String
+    /**
+     * Numbers left in the blocks this tablet holds; at 0, intake goes on with flagged fallback
+     * numbers until the next sync.
+     */
+    public var remaining: UInt64
+    /**
+     * Blocks held (used up or not).
+     */
+    public var blocks: UInt32
+    /**
+     * Fallback numbers given so far.
+     */
+    public var fallbackUsed: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The province's number format (`{agency}-{yymmdd}-{seq:6}` by default).
+         */format: String, 
+        /**
+         * Numbers left in the blocks this tablet holds; at 0, intake goes on with flagged fallback
+         * numbers until the next sync.
+         */remaining: UInt64, 
+        /**
+         * Blocks held (used up or not).
+         */blocks: UInt32, 
+        /**
+         * Fallback numbers given so far.
+         */fallbackUsed: UInt64) {
+        self.format = format
+        self.remaining = remaining
+        self.blocks = blocks
+        self.fallbackUsed = fallbackUsed
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierNumberState: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierNumberState: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierNumberState {
+        return
+            try DossierNumberState(
+                format: FfiConverterString.read(from: &buf), 
+                remaining: FfiConverterUInt64.read(from: &buf), 
+                blocks: FfiConverterUInt32.read(from: &buf), 
+                fallbackUsed: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierNumberState, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.format, into: &buf)
+        FfiConverterUInt64.write(value.remaining, into: &buf)
+        FfiConverterUInt32.write(value.blocks, into: &buf)
+        FfiConverterUInt64.write(value.fallbackUsed, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierNumberState_lift(_ buf: RustBuffer) throws -> DossierNumberState {
+    return try FfiConverterTypeDossierNumberState.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierNumberState_lower(_ value: DossierNumberState) -> RustBuffer {
+    return FfiConverterTypeDossierNumberState.lower(value)
 }
 
 
@@ -7697,6 +7862,30 @@ fileprivate struct FfiConverterOptionTypeApplicant: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeApplication: FfiConverterRustBuffer {
+    typealias SwiftType = Application?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeApplication.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeApplication.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeBackgroundPolicy: FfiConverterRustBuffer {
     typealias SwiftType = BackgroundPolicy?
 
@@ -8349,6 +8538,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_func_next_sync_after() != 51536) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_application_by_number() != 35798) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_number_state() != 37422) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_audit_log() != 2445) {

@@ -27,10 +27,12 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::plan::{self, FeedRowMeta};
+
+mod numbers;
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, Refusal,
+    RefusalRow, Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
     feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
     to_i64, to_u64,
 };
@@ -40,7 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
     include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
-    // Numbered 0006 by the project's plan (0004 and 0005 come from other branches).
+    include_str!("../../migrations/postgres/0004_dossier_numbers.sql"),
     include_str!("../../migrations/postgres/0006_store_identity.sql"),
 ];
 
@@ -1266,6 +1268,43 @@ impl ServerStorage for PostgresStorage {
             None => Ok(None),
             Some(row) => Ok(Some((to_u64(row.try_get(0)?), row.try_get(1)?))),
         }
+    }
+
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock> {
+        self.allocate_block(device, agency, format, size, now).await
+    }
+
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>> {
+        self.blocks(device).await
+    }
+
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()> {
+        self.report_usage(device, usage, now).await
+    }
+
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()> {
+        self.record_numbers(device, numbers, now).await
+    }
+
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_number(number).await
     }
 
     async fn stats(&self) -> Result<Vec<CommuneStats>> {

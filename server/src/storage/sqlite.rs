@@ -16,10 +16,12 @@ use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::plan::{self, FeedRowMeta};
+
+mod numbers;
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, Refusal,
+    RefusalRow, Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
     feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
     to_u64,
 };
@@ -29,7 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_device_status.sql"),
     include_str!("../../migrations/sqlite/0003_operators_and_refusals.sql"),
-    // Numbered 0006 by the project's plan (0004 and 0005 come from other branches).
+    include_str!("../../migrations/sqlite/0004_dossier_numbers.sql"),
     include_str!("../../migrations/sqlite/0006_store_identity.sql"),
 ];
 
@@ -1167,6 +1169,44 @@ impl ServerStorage for SqliteStorage {
             Ok(row.map(|(version, json)| (to_u64(version), json)))
         })
         .await
+    }
+
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock> {
+        self.allocate_block(device, agency.to_owned(), format.to_owned(), size, now)
+            .await
+    }
+
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>> {
+        self.blocks(device).await
+    }
+
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()> {
+        self.report_usage(device, usage.to_vec(), now).await
+    }
+
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()> {
+        self.record_numbers(device, numbers.to_vec(), now).await
+    }
+
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_number(number.to_owned()).await
     }
 
     async fn stats(&self) -> Result<Vec<CommuneStats>> {

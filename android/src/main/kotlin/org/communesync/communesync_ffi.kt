@@ -764,6 +764,10 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_func_next_sync_after(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_application_by_number(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_dossier_number_state(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_audit_log(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_conflicts(
@@ -872,6 +876,10 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_application_by_number(`ptr`: Long,`number`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_dossier_number_state(`ptr`: Long,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_audit_log(`ptr`: Long,
     ): Long
@@ -1100,6 +1108,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_func_next_sync_after() and 0xFFFF) != 51536) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_application_by_number() and 0xFFFF) != 35798) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_dossier_number_state() and 0xFFFF) != 37422) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_audit_log() and 0xFFFF) != 2445) {
@@ -1788,6 +1802,18 @@ public object FfiConverterTimestamp: FfiConverterRustBuffer<java.time.Instant> {
 public interface EngineInterface {
     
     /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+    suspend fun `applicationByNumber`(`number`: kotlin.String): Application?
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+    suspend fun `dossierNumberState`(): DossierNumberState
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
     suspend fun `auditLog`(): List<AuditEntry>
@@ -2094,6 +2120,57 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_communesync_ffi_fn_clone_engine(handle, status)
         }
+    }
+
+    
+    /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `applicationByNumber`(`number`: kotlin.String) : Application? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_application_by_number(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`number`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dossierNumberState`() : DossierNumberState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_dossier_number_state(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierNumberState.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
     }
 
     
@@ -4390,6 +4467,17 @@ data class Application (
     var `id`: kotlin.String
     , 
     /**
+     * The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+     * for applications taken before numbers existed.
+     */
+    var `dossierNumber`: kotlin.String?
+    , 
+    /**
+     * Whether the number is a fallback (the tablet had no block of numbers left).
+     */
+    var `dossierNumberFallback`: kotlin.Boolean
+    , 
+    /**
      * Commune it belongs to.
      */
     var `communeCode`: kotlin.String
@@ -4460,6 +4548,8 @@ public object FfiConverterTypeApplication: FfiConverterRustBuffer<Application> {
     override fun read(buf: ByteBuffer): Application {
         return Application(
             FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterTypeApplicant.read(buf),
@@ -4476,6 +4566,8 @@ public object FfiConverterTypeApplication: FfiConverterRustBuffer<Application> {
 
     override fun allocationSize(value: Application) = (
             FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterOptionalString.allocationSize(value.`dossierNumber`) +
+            FfiConverterBoolean.allocationSize(value.`dossierNumberFallback`) +
             FfiConverterString.allocationSize(value.`communeCode`) +
             FfiConverterString.allocationSize(value.`procedureCode`) +
             FfiConverterTypeApplicant.allocationSize(value.`applicant`) +
@@ -4491,6 +4583,8 @@ public object FfiConverterTypeApplication: FfiConverterRustBuffer<Application> {
 
     override fun write(value: Application, buf: ByteBuffer) {
             FfiConverterString.write(value.`id`, buf)
+            FfiConverterOptionalString.write(value.`dossierNumber`, buf)
+            FfiConverterBoolean.write(value.`dossierNumberFallback`, buf)
             FfiConverterString.write(value.`communeCode`, buf)
             FfiConverterString.write(value.`procedureCode`, buf)
             FfiConverterTypeApplicant.write(value.`applicant`, buf)
@@ -5582,6 +5676,70 @@ public object FfiConverterTypeDeviceCredential: FfiConverterRustBuffer<DeviceCre
             FfiConverterString.write(value.`deviceId`, buf)
             FfiConverterString.write(value.`token`, buf)
             FfiConverterOptionalString.write(value.`communeCode`, buf)
+    }
+}
+
+
+
+/**
+ * What this tablet has to number dossiers with.
+ */
+data class DossierNumberState (
+    /**
+     * The province's number format (`{agency}-{yymmdd}-{seq:6}` by default).
+     */
+    var `format`: kotlin.String
+    , 
+    /**
+     * Numbers left in the blocks this tablet holds; at 0, intake goes on with flagged fallback
+     * numbers until the next sync.
+     */
+    var `remaining`: kotlin.ULong
+    , 
+    /**
+     * Blocks held (used up or not).
+     */
+    var `blocks`: kotlin.UInt
+    , 
+    /**
+     * Fallback numbers given so far.
+     */
+    var `fallbackUsed`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDossierNumberState: FfiConverterRustBuffer<DossierNumberState> {
+    override fun read(buf: ByteBuffer): DossierNumberState {
+        return DossierNumberState(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DossierNumberState) = (
+            FfiConverterString.allocationSize(value.`format`) +
+            FfiConverterULong.allocationSize(value.`remaining`) +
+            FfiConverterUInt.allocationSize(value.`blocks`) +
+            FfiConverterULong.allocationSize(value.`fallbackUsed`)
+    )
+
+    override fun write(value: DossierNumberState, buf: ByteBuffer) {
+            FfiConverterString.write(value.`format`, buf)
+            FfiConverterULong.write(value.`remaining`, buf)
+            FfiConverterUInt.write(value.`blocks`, buf)
+            FfiConverterULong.write(value.`fallbackUsed`, buf)
     }
 }
 
@@ -8138,6 +8296,38 @@ public object FfiConverterOptionalTypeApplicant: FfiConverterRustBuffer<Applican
         } else {
             buf.put(1)
             FfiConverterTypeApplicant.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeApplication: FfiConverterRustBuffer<Application?> {
+    override fun read(buf: ByteBuffer): Application? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeApplication.read(buf)
+    }
+
+    override fun allocationSize(value: Application?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeApplication.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Application?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeApplication.write(value, buf)
         }
     }
 }
