@@ -89,6 +89,7 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
         let received_at = 1_760_000_000_000 + rng.random_range(0..40_000_000_000i64);
         let mut app = Application {
             id: RecordId::new(),
+            dossier_number: None,
             commune_code: format!("{}-{}", digits(&mut rng, 2), words(&mut rng, 1, false)),
             procedure_code: catalogue[rng.random_range(0..catalogue.len())].code.clone(),
             applicant: communesync_core::record::Applicant {

@@ -31,6 +31,7 @@ fn base() -> (RecordId, RecordDoc) {
     let id = RecordId(uuid::Uuid::from_bytes([7; 16]));
     let app = Application {
         id,
+        dossier_number: None,
         commune_code: "DB-MUONGPHANG".into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {

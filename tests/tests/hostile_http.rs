@@ -142,6 +142,7 @@ fn varint(mut n: u64) -> Vec<u8> {
 fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) -> PushDoc {
     let mut app = Application {
         id: RecordId::new(),
+        dossier_number: None,
         commune_code: commune.into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -1668,6 +1669,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
         let base = |device: DeviceId| {
             let app = Application {
                 id,
+                dossier_number: None,
                 commune_code: COMMUNE.into(),
                 procedure_code: "1.001193".into(),
                 applicant: Applicant {

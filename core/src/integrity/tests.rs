@@ -14,6 +14,7 @@ const COMMUNE: &str = "DB-MUONGPHANG";
 fn sample(device: DeviceId) -> Application {
     Application {
         id: crate::record::RecordId::new(),
+        dossier_number: None,
         commune_code: COMMUNE.into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {

@@ -172,6 +172,8 @@ pub struct Application {
     /// Record id.
     #[autosurgeon(with = "record_id")]
     pub id: RecordId,
+    /// Dossier number the citizen quotes (`None` until numbered).
+    pub dossier_number: Option<String>,
     /// Commune (scope) the application belongs to.
     pub commune_code: String,
     /// Procedure code from the catalogue.

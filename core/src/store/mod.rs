@@ -15,6 +15,7 @@
 //!   ([`quarantine`]).
 
 mod checkpoint;
+mod keys;
 mod projection;
 pub mod quarantine;
 mod query;
@@ -536,6 +537,7 @@ impl DeviceStore {
         );
         let app = Application {
             id: RecordId::new(),
+            dossier_number: None,
             commune_code: new.commune_code,
             procedure_code: new.procedure_code,
             applicant: new.applicant,
