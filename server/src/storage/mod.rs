@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
 mod plan;
@@ -316,6 +317,11 @@ pub const FEED_MAX_ITEMS: usize = 10_000;
 /// one's own changes is bounded too.
 const FEED_SCAN_EXTRA: usize = 2_000;
 
+/// Why a revoked key is not registered again: what it signed after its revocation must stay
+/// refused, so a device found again makes a new key.
+pub const KEY_REVOKED_MESSAGE: &str =
+    "this key was revoked: the device must make a new key before it is registered again";
+
 /// The server's storage. Implemented by [`SqliteStorage`] and [`PostgresStorage`]; every
 /// implementation passes the conformance suite.
 #[async_trait]
@@ -511,6 +517,31 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// Activity of every commune, by code.
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
+
+    /// Registers `key` as `device`'s signing key from `now`, in one transaction: the device's
+    /// current key, if another, is closed (`valid_until = now`) and stays listed. With
+    /// `only_if_none` nothing changes when the device already has a key (trust on first use for
+    /// a device enrolled before keys existed) and the answer is `false`. Registering the current
+    /// key again changes nothing. Every change takes the next key-list version.
+    /// [`StorageError::NotFound`] if the device is not enrolled.
+    async fn register_device_key(
+        &self,
+        device: DeviceId,
+        key: PublicKey,
+        now: i64,
+        only_if_none: bool,
+    ) -> Result<bool>;
+
+    /// Marks `device`'s keys revoked at `now` (those not revoked yet), each at the next version.
+    async fn revoke_device_keys(&self, device: DeviceId, now: i64) -> Result<()>;
+
+    /// The key-list entries changed after `version` (at most `limit`, by version) and the
+    /// list's current version.
+    async fn device_keys_since(
+        &self,
+        version: u64,
+        limit: usize,
+    ) -> Result<(Vec<DeviceKeyEntry>, u64)>;
 }
 
 /// Opens the storage named by `url`: `postgres://...` or `postgresql://...` is PostgreSQL;
