@@ -7,6 +7,7 @@
 
 mod demo;
 mod device;
+mod verify_receipt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ enum Command {
     Device(device::DeviceArgs),
     /// The server with tablets in two communes syncing over an emulated 2G link.
     Demo(demo::DemoArgs),
+    /// Verify a scanned receipt payload (offline with `--store`, online with `--server`).
+    VerifyReceipt(verify_receipt::VerifyReceiptArgs),
 }
 
 #[derive(Args)]
@@ -193,6 +196,11 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(args) => runtime.block_on(admin(args)),
         Command::Device(args) => runtime.block_on(device::run(args)),
         Command::Demo(args) => demo::run(&args),
+        Command::VerifyReceipt(args) => match runtime.block_on(verify_receipt::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(err) => Err(err),
+        },
     }
 }
 
@@ -317,6 +325,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 storage.revoke_device(id).await?;
             }
+            storage.revoke_device_keys(id, now).await?;
             println!("{}", serde_json::json!({ "revoked": device, "wipe": wipe }));
         }
         AdminTask::ReenrollCode { device, ttl_hours } => {

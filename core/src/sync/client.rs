@@ -270,16 +270,31 @@ pub async fn enroll<T: Transport>(
     device_id: DeviceId,
     label: &str,
 ) -> Result<Credentials, SyncError> {
+    enroll_with_key(transport, code, device_id, label, None).await
+}
+
+/// [`enroll`], registering the device's public key ([`DeviceStore::public_key`]) with the
+/// credential; at re-enrollment it replaces the device's previous key.
+pub async fn enroll_with_key<T: Transport>(
+    transport: &T,
+    code: &str,
+    device_id: DeviceId,
+    label: &str,
+    public_key: Option<crate::keys::PublicKey>,
+) -> Result<Credentials, SyncError> {
     #[derive(Serialize)]
     struct EnrollRequest<'a> {
         code: &'a str,
         device_id: DeviceId,
         label: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
     }
     let body = serde_json::to_vec(&EnrollRequest {
         code,
         device_id,
         label,
+        public_key: public_key.map(|k| k.to_hex()),
     })
     .map_err(|e| crate::Error::Document(e.to_string()))?;
     let retry = RetryPolicy {
@@ -304,6 +319,9 @@ pub async fn enroll<T: Transport>(
     serde_json::from_slice(&response.body)
         .map_err(|e| SyncError::Protocol(WireError::Malformed(format!("enrollment response: {e}"))))
 }
+
+mod keys;
+pub use keys::KeyRefresh;
 
 /// Syncs one device store with the server over a [`Transport`].
 pub struct SyncClient<T: Transport> {
