@@ -25,7 +25,7 @@ use communesync_core::keys::{DeviceSigningKey, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use communesync_server::storage::{
     self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
-    MAX_REFUSALS_PER_DEVICE, RefusalRow, Scope, ServerStorage, StorageError,
+    MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope, ServerStorage, StorageError,
 };
 use sha2::{Digest, Sha256};
 
@@ -239,6 +239,7 @@ conformance!(
     reopen_keeps_data,
     concurrent_ingest_feed_never_skips,
     device_keys_register_replace_revoke_and_delta,
+    push_signatures_are_kept_and_linked_from_each_change,
 );
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -2187,4 +2188,39 @@ async fn device_keys_register_replace_revoke_and_delta(f: &Fixture) {
     let (all, _) = s.device_keys_since(0, 100).await.unwrap();
     assert_eq!(all.len(), 3);
     assert!(all.windows(2).all(|w| w[0].version <= w[1].version));
+}
+
+async fn push_signatures_are_kept_and_linked_from_each_change(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let key = new_key();
+    s.register_device_key(a.id, key, NOW, false).await.unwrap();
+    assert_eq!(s.device_keys_of(a.id).await.unwrap()[0].public_key, key);
+    assert!(s.device_keys_of(DeviceId::new()).await.unwrap().is_empty());
+    let first = PushSignatureRow {
+        device: a.id,
+        counter: 7,
+        hashes: vec![sha("x"), sha("y")],
+        signature: [9; 64],
+        received_at: NOW,
+    };
+    s.record_push_signature(&first).await.unwrap();
+    // A later push carrying y again (a retry) keeps y's first link; z is linked to it.
+    let second = PushSignatureRow {
+        counter: 8,
+        hashes: vec![sha("y"), sha("z")],
+        signature: [8; 64],
+        received_at: NOW + 1,
+        ..first.clone()
+    };
+    s.record_push_signature(&second).await.unwrap();
+    let found = s
+        .change_signatures(&[sha("x"), sha("y"), sha("z"), sha("unsigned")])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(*found[&sha("x")], first);
+    assert_eq!(*found[&sha("y")], first);
+    assert_eq!(*found[&sha("z")], second);
 }

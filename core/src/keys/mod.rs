@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::record::DeviceId;
 
+pub mod push;
+
 /// Bytes of a public key.
 pub const PUBLIC_KEY_LEN: usize = 32;
 /// Bytes of a signature.

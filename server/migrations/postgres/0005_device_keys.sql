@@ -20,3 +20,21 @@ CREATE TABLE device_keys (
     PRIMARY KEY (device, public_key)
 );
 CREATE INDEX device_keys_version ON device_keys (version);
+
+-- Signed pushes: the signed message of each push (the device, its counter and the list of the
+-- hashes of the changes it covered, 32 bytes each in request order) and the signature, kept so
+-- that each stored change can be shown later to be covered by its device's signature.
+CREATE TABLE push_signatures (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    device      BYTEA NOT NULL,
+    counter     BIGINT NOT NULL,
+    hashes      BYTEA NOT NULL,
+    signature   BYTEA NOT NULL,
+    received_at BIGINT NOT NULL
+);
+
+-- The push whose signature covers a change (the first one that carried it).
+CREATE TABLE change_signatures (
+    hash BYTEA PRIMARY KEY,
+    push BIGINT NOT NULL REFERENCES push_signatures (id)
+);

@@ -542,6 +542,68 @@ pub trait ServerStorage: Send + Sync + 'static {
         version: u64,
         limit: usize,
     ) -> Result<(Vec<DeviceKeyEntry>, u64)>;
+
+    /// Every key ever registered for `device` (a handful: one per enrollment).
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>>;
+
+    /// Keeps a verified push signature: its signed message (device, counter, change hashes in
+    /// request order) and signature, linked from each change hash not linked yet. One
+    /// transaction; stored before the changes themselves, so every stored change of a signed
+    /// push has its link.
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()>;
+
+    /// The push signatures covering each of `hashes` that has one.
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>>;
+}
+
+/// A push signature as stored: enough to verify it again later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSignatureRow {
+    /// The pushing device.
+    pub device: DeviceId,
+    /// The counter it signed.
+    pub counter: u64,
+    /// The hashes of the changes the push carried, in request order.
+    pub hashes: Vec<[u8; 32]>,
+    /// The signature.
+    pub signature: [u8; 64],
+    /// Server receive time.
+    pub received_at: i64,
+}
+
+impl PushSignatureRow {
+    fn hashes_blob(&self) -> Vec<u8> {
+        self.hashes.concat()
+    }
+
+    fn from_parts(
+        device: DeviceId,
+        counter: i64,
+        hashes: &[u8],
+        signature: &[u8],
+        received_at: i64,
+    ) -> Result<Self> {
+        if !hashes.len().is_multiple_of(32) {
+            return Err(StorageError::backend(
+                "stored push hashes are not 32-byte hashes",
+            ));
+        }
+        Ok(PushSignatureRow {
+            device,
+            counter: to_u64(counter),
+            hashes: hashes
+                .chunks_exact(32)
+                .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                .collect(),
+            signature: signature
+                .try_into()
+                .map_err(|_| StorageError::backend("stored signature is not 64 bytes"))?,
+            received_at,
+        })
+    }
 }
 
 /// Opens the storage named by `url`: `postgres://...` or `postgresql://...` is PostgreSQL;

@@ -9,6 +9,7 @@
 //! transaction (one snapshot for the row scan and the byte fetch).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,9 +22,9 @@ use super::plan::{self, FeedRowMeta};
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
     IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    Refusal, RefusalRow, Registrations, Result, Scope, ServerStorage, StorageError, StoredChange,
-    device_id, feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind,
-    refusals_to_store, to_i64, to_u64,
+    PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope, ServerStorage,
+    StorageError, StoredChange, device_id, feed_limits, hash32, join_deps, last_admin_token,
+    record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -1374,6 +1375,97 @@ impl ServerStorage for PostgresStorage {
             });
         }
         Ok((entries, to_u64(current)))
+    }
+
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT public_key, commune, valid_from, valid_until, revoked_at, version
+                 FROM device_keys WHERE device = $1 ORDER BY version",
+                &[&device.0.as_bytes().as_slice()],
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0)?;
+            entries.push(DeviceKeyEntry {
+                device,
+                public_key: PublicKey::from_slice(&key).ok_or_else(|| {
+                    StorageError::backend(format!("stored key has {} bytes", key.len()))
+                })?,
+                commune: row.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                valid_from: row.try_get(2)?,
+                valid_until: row.try_get(3)?,
+                revoked_at: row.try_get(4)?,
+                version: to_u64(row.try_get(5)?),
+            });
+        }
+        Ok(entries)
+    }
+
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO push_signatures (device, counter, hashes, signature, received_at)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &push.device.0.as_bytes().as_slice(),
+                    &to_i64(push.counter),
+                    &push.hashes_blob(),
+                    &push.signature.as_slice(),
+                    &push.received_at,
+                ],
+            )
+            .await?
+            .try_get(0)?;
+        let hashes: Vec<&[u8]> = push.hashes.iter().map(|h| h.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO change_signatures (hash, push)
+             SELECT h, $2 FROM unnest($1::bytea[]) AS h
+             ON CONFLICT (hash) DO NOTHING",
+            &[&hashes, &id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>> {
+        let client = self.client().await?;
+        let wanted: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+        let rows = client
+            .query(
+                "SELECT c.hash, p.id, p.device, p.counter, p.hashes, p.signature, p.received_at
+                 FROM change_signatures c JOIN push_signatures p ON p.id = c.push
+                 WHERE c.hash = ANY($1::bytea[])",
+                &[&wanted],
+            )
+            .await?;
+        let mut pushes: HashMap<i64, Arc<PushSignatureRow>> = HashMap::new();
+        let mut out = HashMap::new();
+        for row in rows {
+            let hash = hash32(row.try_get(0)?)?;
+            let id: i64 = row.try_get(1)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = pushes.entry(id) {
+                slot.insert(Arc::new(PushSignatureRow::from_parts(
+                    device_id(row.try_get(2)?)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                    row.try_get(6)?,
+                )?));
+            }
+            if let Some(push) = pushes.get(&id) {
+                out.insert(hash, push.clone());
+            }
+        }
+        Ok(out)
     }
 
     async fn stats(&self) -> Result<Vec<CommuneStats>> {

@@ -20,9 +20,9 @@ use super::plan::{self, FeedRowMeta};
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
     IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    Refusal, RefusalRow, Registrations, Result, Scope, ServerStorage, StorageError, StoredChange,
-    device_id, feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
-    to_i64, to_u64,
+    PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope, ServerStorage,
+    StorageError, StoredChange, device_id, feed_limits, join_deps, last_admin_token, record_id,
+    record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -1307,6 +1307,117 @@ impl ServerStorage for SqliteStorage {
                 });
             }
             Ok((entries, to_u64(current)))
+        })
+        .await
+    }
+
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT public_key, commune, valid_from, valid_until, revoked_at, version
+                 FROM device_keys WHERE device = ?1 ORDER BY version",
+            )?;
+            let mut rows = stmt.query(params![device.0.as_bytes()])?;
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key: Vec<u8> = row.get(0)?;
+                entries.push(DeviceKeyEntry {
+                    device,
+                    public_key: PublicKey::from_slice(&key).ok_or_else(|| {
+                        StorageError::backend(format!("stored key has {} bytes", key.len()))
+                    })?,
+                    commune: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    valid_from: row.get(2)?,
+                    valid_until: row.get(3)?,
+                    revoked_at: row.get(4)?,
+                    version: to_u64(row.get(5)?),
+                });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()> {
+        let push = push.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id: i64 = tx.query_row(
+                "INSERT INTO push_signatures (device, counter, hashes, signature, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![
+                    push.device.0.as_bytes(),
+                    to_i64(push.counter),
+                    push.hashes_blob(),
+                    push.signature.as_slice(),
+                    push.received_at
+                ],
+                |row| row.get(0),
+            )?;
+            {
+                let mut link = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO change_signatures (hash, push) VALUES (?1, ?2)",
+                )?;
+                for hash in &push.hashes {
+                    link.execute(params![hash.as_slice(), id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>> {
+        let hashes = hashes.to_vec();
+        self.read(move |conn| {
+            let mut link =
+                conn.prepare_cached("SELECT push FROM change_signatures WHERE hash = ?1")?;
+            let mut push_row = conn.prepare_cached(
+                "SELECT device, counter, hashes, signature, received_at
+                 FROM push_signatures WHERE id = ?1",
+            )?;
+            let mut pushes: HashMap<i64, Arc<PushSignatureRow>> = HashMap::new();
+            let mut out = HashMap::new();
+            for hash in hashes {
+                let Some(push) = link
+                    .query_row(params![hash.as_slice()], |row| row.get::<_, i64>(0))
+                    .optional()?
+                else {
+                    continue;
+                };
+                if let std::collections::hash_map::Entry::Vacant(slot) = pushes.entry(push) {
+                    let (device, counter, blob, signature, received_at): (
+                        Vec<u8>,
+                        i64,
+                        Vec<u8>,
+                        Vec<u8>,
+                        i64,
+                    ) = push_row.query_row(params![push], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    })?;
+                    slot.insert(Arc::new(PushSignatureRow::from_parts(
+                        device_id(&device)?,
+                        counter,
+                        &blob,
+                        &signature,
+                        received_at,
+                    )?));
+                }
+                if let Some(row) = pushes.get(&push) {
+                    out.insert(hash, row.clone());
+                }
+            }
+            Ok(out)
         })
         .await
     }
