@@ -764,6 +764,7 @@ fn empty_sync_body() -> anyhow::Result<Vec<u8>> {
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new()?)?)
 }
@@ -799,6 +800,7 @@ fn bomb_body(docs: u64) -> anyhow::Result<Vec<u8>> {
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     };
     ensure!(
         message(2)? == postcard::to_stdvec(&two)?,
@@ -847,6 +849,7 @@ async fn repeat_body(
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new()?)?)
 }
@@ -866,6 +869,7 @@ fn forged_push(forger: &mut DeviceStore, sample: &mut SampleData) -> anyhow::Res
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new()?)?)
 }

@@ -189,7 +189,7 @@ fn ok(body: Vec<u8>, sent: usize) -> HttpResponse {
 
 impl HubState {
     fn sync(&mut self, req: &HttpRequest) -> HttpResponse {
-        assert_eq!(req.content_type, "application/x-communesync-v3");
+        assert_eq!(req.content_type, communesync_core::protocol::CONTENT_TYPE);
         let token = req.bearer.clone().unwrap_or_default();
         if self.wiped.contains(&token) {
             return error(403, "wiped");
@@ -300,6 +300,7 @@ impl HubState {
             next_cursor,
             more: (next_cursor as usize) < self.feed.len(),
             catalogue,
+            extensions: Default::default(),
         };
         ok(response.encode(&mut self.codec).unwrap(), req.body.len())
     }

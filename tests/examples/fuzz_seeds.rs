@@ -11,8 +11,7 @@ use std::path::Path;
 
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    FeedDoc, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
-    SyncResponse,
+    FeedDoc, PROTOCOL_V2, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
     Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
@@ -117,6 +116,7 @@ fn main() {
         }),
         catalogue_version: 2,
         pending_docs: 3,
+        extensions: Default::default(),
     };
     let response = SyncResponse {
         protocol: PROTOCOL_VERSION,
@@ -139,6 +139,7 @@ fn main() {
             version: 3,
             json: r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1}],"holidays":["2025-09-02"]}"#.into(),
         }),
+        extensions: Default::default(),
     };
     let empty = SyncRequest {
         push: Vec::new(),
@@ -147,7 +148,7 @@ fn main() {
     // Protocol 2 (accepted for an overlap: its requests share version 3's layout, its responses
     // have no refusals) and protocol 1 (refused: upgrade required).
     let request_v2 = SyncRequest {
-        protocol: PREVIOUS_PROTOCOL_VERSION,
+        protocol: PROTOCOL_V2,
         ..sync_request.clone()
     };
     let request_v1 = SyncRequest {
@@ -155,7 +156,7 @@ fn main() {
         ..empty.clone()
     };
     let response_v2 = SyncResponse {
-        protocol: PREVIOUS_PROTOCOL_VERSION,
+        protocol: PROTOCOL_V2,
         refused: Vec::new(),
         ..response.clone()
     };

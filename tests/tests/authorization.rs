@@ -270,6 +270,7 @@ fn pull_body(push: Vec<PushDoc>) -> Vec<u8> {
         }),
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new().unwrap())
     .unwrap()

@@ -711,6 +711,7 @@ async fn attack(
         pull: None,
         catalogue_version: u64::MAX,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut codec)
     .unwrap();

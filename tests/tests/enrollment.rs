@@ -467,6 +467,7 @@ async fn no_secret_reaches_the_server_log() {
         }),
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new().unwrap())
     .unwrap();

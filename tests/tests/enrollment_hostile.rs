@@ -63,6 +63,7 @@ fn pull_body() -> Vec<u8> {
         }),
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new().unwrap())
     .unwrap()

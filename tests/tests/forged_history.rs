@@ -94,6 +94,7 @@ impl Hostile {
             }),
             catalogue_version: u64::MAX,
             pending_docs: 0,
+            extensions: Default::default(),
         }
         .encode(&mut codec)
         .unwrap();
@@ -505,6 +506,7 @@ async fn the_work_of_a_push_stops_when_its_client_goes_away() {
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new().unwrap())
     .unwrap();

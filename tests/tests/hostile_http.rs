@@ -19,8 +19,8 @@ use std::time::Duration;
 
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PREVIOUS_CONTENT_TYPE, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION,
-    PullRequest, PushDoc, SyncRequest, SyncResponse,
+    CONTENT_TYPE, CONTENT_TYPE_V2, CONTENT_TYPE_V3, Limits, PROTOCOL_V2, PROTOCOL_V3,
+    PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
     Applicant, Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
@@ -106,6 +106,7 @@ fn request(push: Vec<PushDoc>) -> SyncRequest {
         }),
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
 }
 
@@ -500,7 +501,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
         let repeated_id = sync_body(vec![twice.clone(), s.fresh_doc(), twice.clone()]);
         // A body of one protocol sent as the other's content type.
         let v2_body = SyncRequest {
-            protocol: PREVIOUS_PROTOCOL_VERSION,
+            protocol: PROTOCOL_V2,
             ..request(vec![s.fresh_doc()])
         }
         .encode(&mut DocCodec::new().unwrap())
@@ -539,7 +540,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             (
                 "protocol version 1 as protocol 2's content type",
                 v1,
-                PREVIOUS_CONTENT_TYPE,
+                CONTENT_TYPE_V2,
                 426,
                 "upgrade_required",
             ),
@@ -560,7 +561,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
             (
                 "a protocol 3 body as protocol 2's content type",
                 sync_body(vec![s.fresh_doc()]),
-                PREVIOUS_CONTENT_TYPE,
+                CONTENT_TYPE_V2,
                 400,
                 "malformed",
             ),
@@ -793,12 +794,12 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
                 "unsupported_media_type",
             ),
             (
-                Some("application/x-communesync-v3; charset=utf-8"),
+                Some("application/x-communesync-v4; charset=utf-8"),
                 415,
                 "unsupported_media_type",
             ),
             (
-                Some("APPLICATION/X-COMMUNESYNC-V3"),
+                Some("APPLICATION/X-COMMUNESYNC-V4"),
                 415,
                 "unsupported_media_type",
             ),
@@ -808,7 +809,7 @@ async fn hostile_sync_bodies_get_clear_4xx_and_change_nothing() {
                 "unsupported_media_type",
             ),
             (
-                Some("application/x-communesync-v4"),
+                Some("application/x-communesync-v5"),
                 415,
                 "unsupported_media_type",
             ),
@@ -905,6 +906,54 @@ async fn a_new_record_without_changes_is_not_acknowledged() {
     }
 }
 
+/// Protocol 3 (before extensions) is accepted for an overlap period: the tablet gets its
+/// per-document verdicts in its own layout, and its request is read without extensions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_3_tablet_gets_its_verdicts_in_its_own_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "protocol_3").await.unwrap() {
+        let sub = tempfile::tempdir().unwrap();
+        let s = setup(&url, sub.path()).await;
+        let good = s.fresh_doc();
+        let other_commune = forged(s.device, "DB-OTHER", |_| {});
+        let body = SyncRequest {
+            protocol: PROTOCOL_V3,
+            ..request(vec![good.clone(), other_commune.clone()])
+        }
+        .encode(&mut DocCodec::new().unwrap())
+        .unwrap();
+        let response = s
+            .http
+            .post(format!("{}/v1/sync", s.server.url()))
+            .bearer_auth(s.token.clone())
+            .header("content-type", CONTENT_TYPE_V3)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{url}");
+        assert_eq!(response.headers()["content-type"], CONTENT_TYPE_V3, "{url}");
+        let body = response.bytes().await.unwrap();
+        let limits = Limits::default();
+        // Not version 4's layout: an old tablet is never sent what it cannot read.
+        assert!(SyncResponse::decode(&mut DocCodec::new().unwrap(), &body, &limits).is_err());
+        let answer = SyncResponse::decode_any(&mut DocCodec::new().unwrap(), &body, &limits)
+            .unwrap_or_else(|e| panic!("{url}: {e}"));
+        assert_eq!(answer.protocol, PROTOCOL_V3, "{url}");
+        assert_eq!(refusals(&answer), vec![(1, "not_yours")], "{url}");
+        assert_eq!(
+            s.stored_changes(good.id.unwrap()).await,
+            Some(good.changes.len()),
+            "{url}"
+        );
+        assert_eq!(
+            s.stored_changes(other_commune.id.unwrap()).await,
+            None,
+            "{url}"
+        );
+    }
+}
+
 /// Protocol 2 is accepted for an overlap period: a tablet not upgraded yet pushes and pulls in
 /// its own layout (no per-document verdicts), and a refused document refuses its whole request
 /// as protocol 2 always did (403 for a record not its own, 400 otherwise), storing nothing of it.
@@ -917,7 +966,7 @@ async fn a_protocol_2_tablet_still_syncs_and_a_refusal_refuses_its_whole_request
         let limits = Limits::default();
         let v2 = |push: Vec<PushDoc>| {
             SyncRequest {
-                protocol: PREVIOUS_PROTOCOL_VERSION,
+                protocol: PROTOCOL_V2,
                 ..request(push)
             }
             .encode(&mut DocCodec::new().unwrap())
@@ -927,7 +976,7 @@ async fn a_protocol_2_tablet_still_syncs_and_a_refusal_refuses_its_whole_request
             s.http
                 .post(format!("{}/v1/sync", s.server.url()))
                 .bearer_auth(token)
-                .header("content-type", PREVIOUS_CONTENT_TYPE)
+                .header("content-type", CONTENT_TYPE_V2)
                 .body(body)
                 .send()
         };
@@ -938,15 +987,11 @@ async fn a_protocol_2_tablet_still_syncs_and_a_refusal_refuses_its_whole_request
             .await
             .unwrap();
         assert_eq!(response.status().as_u16(), 200, "{url}");
-        assert_eq!(
-            response.headers()["content-type"],
-            PREVIOUS_CONTENT_TYPE,
-            "{url}"
-        );
+        assert_eq!(response.headers()["content-type"], CONTENT_TYPE_V2, "{url}");
         let body = response.bytes().await.unwrap();
         let answer = SyncResponse::decode_v2(&mut DocCodec::new().unwrap(), &body, &limits)
             .unwrap_or_else(|e| panic!("{url}: {e}"));
-        assert_eq!(answer.protocol, PREVIOUS_PROTOCOL_VERSION, "{url}");
+        assert_eq!(answer.protocol, PROTOCOL_V2, "{url}");
         assert!(answer.missing_deps.is_empty(), "{url}: not acknowledged");
         // Not protocol 3's layout: an old tablet is never sent what it cannot read.
         assert!(
@@ -1068,6 +1113,7 @@ fn postcard_tail() -> Vec<u8> {
     out.push(0); // pull: None
     out.push(0); // catalogue_version
     out.push(0); // pending_docs
+    out.push(0); // extensions: none
     out
 }
 

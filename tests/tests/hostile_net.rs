@@ -99,6 +99,7 @@ fn empty_sync_body() -> Vec<u8> {
         }),
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new().unwrap())
     .unwrap()
@@ -146,6 +147,7 @@ fn push_sync_body(store: &mut DeviceStore) -> Vec<u8> {
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     }
     .encode(&mut DocCodec::new().unwrap())
     .unwrap()

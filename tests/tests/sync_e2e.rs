@@ -108,6 +108,7 @@ impl Tablet {
             pull: None,
             catalogue_version: 0,
             pending_docs: 0,
+            extensions: Default::default(),
         }
         .encode(&mut codec)
         .unwrap();
@@ -601,6 +602,7 @@ async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothi
         pull: None,
         catalogue_version: 0,
         pending_docs: 0,
+        extensions: Default::default(),
     };
     let good = request(vec![PushDoc {
         id: Some(app.id),

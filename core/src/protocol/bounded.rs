@@ -58,7 +58,7 @@ fn limits() -> Limits {
     LIMITS.with(Cell::get).unwrap_or_default()
 }
 
-fn overflow<E: serde::de::Error>(what: String) -> E {
+pub(super) fn overflow<E: serde::de::Error>(what: String) -> E {
     let error = E::custom(format!("too large: {what}"));
     OVERFLOW.with(|cell| *cell.borrow_mut() = Some(what));
     error

@@ -1,4 +1,4 @@
-//! The sync wire format, version 3 (spec: `docs/PROTOCOL.md`), and version 2 for an overlap.
+//! The sync wire format, version 4 (spec: `docs/PROTOCOL.md`), and versions 3 and 2 for an overlap.
 //!
 //! One request moves many documents: the tablet pushes the changes the server lacks and pulls the
 //! commune's change feed after its cursor, in the same round trip. Bodies are postcard-encoded
@@ -9,12 +9,17 @@
 //! receiver restores ([`chunk`]).
 //!
 //! Version 3 answers each pushed document with its own verdict ([`SyncResponse::refused`]): a
-//! refused document is set aside by the tablet and every other one flows. A server speaking 3
-//! still accepts version 2 requests for an overlap period ([`PREVIOUS_PROTOCOL_VERSION`]) and
-//! answers them in version 2's layout; older versions get "upgrade required".
+//! refused document is set aside by the tablet and every other one flows. Version 4 ends the
+//! request and the response with [`Extensions`]: features add data under a tag of their own
+//! instead of a new protocol version each. A server speaking 4 still accepts versions 3 and 2
+//! ([`OLDEST_PROTOCOL_VERSION`]) for an overlap period and answers each in its own layout;
+//! older versions get "upgrade required".
 
 mod bounded;
 mod chunk;
+pub mod extensions;
+
+pub use extensions::{Extensions, WireExtension};
 
 use serde::{Deserialize, Serialize};
 
@@ -22,14 +27,21 @@ use crate::codec::DocCodec;
 use crate::record::{RecordId, RecordKind};
 
 /// Protocol version spoken by this build.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Content type of sync bodies.
-pub const CONTENT_TYPE: &str = "application/x-communesync-v3";
-/// The version before: a server still accepts it (tablets not yet upgraded keep syncing) and
-/// answers in its layout, without per-document verdicts.
-pub const PREVIOUS_PROTOCOL_VERSION: u16 = 2;
-/// Content type of [`PREVIOUS_PROTOCOL_VERSION`] bodies.
-pub const PREVIOUS_CONTENT_TYPE: &str = "application/x-communesync-v2";
+pub const CONTENT_TYPE: &str = "application/x-communesync-v4";
+/// Version 3: per-document verdicts, no extensions. A server still accepts it and answers in
+/// its layout (extensions left out).
+pub const PROTOCOL_V3: u16 = 3;
+/// Content type of [`PROTOCOL_V3`] bodies.
+pub const CONTENT_TYPE_V3: &str = "application/x-communesync-v3";
+/// Version 2: a server still accepts it (tablets not yet upgraded keep syncing) and answers in
+/// its layout, without per-document verdicts.
+pub const PROTOCOL_V2: u16 = 2;
+/// Content type of [`PROTOCOL_V2`] bodies.
+pub const CONTENT_TYPE_V2: &str = "application/x-communesync-v2";
+/// The oldest version a server of this build accepts; older ones must upgrade.
+pub const OLDEST_PROTOCOL_VERSION: u16 = PROTOCOL_V2;
 
 /// A document's changes pushed by a tablet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +83,20 @@ pub struct SyncRequest {
     /// Documents the tablet still holds unacknowledged besides this request's batch (shown to
     /// operators).
     pub pending_docs: u64,
+    /// Features' data (protocol 4; empty in 2 and 3).
+    pub extensions: Extensions,
+}
+
+/// [`SyncRequest`] as protocols 2 and 3 lay it out (no extensions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SyncRequestV3 {
+    protocol: u16,
+    device_time: i64,
+    #[serde(deserialize_with = "bounded::push_docs")]
+    push: Vec<PushDoc>,
+    pull: Option<PullRequest>,
+    catalogue_version: u64,
+    pending_docs: u64,
 }
 
 /// Changes of one document from the feed.
@@ -138,6 +164,23 @@ pub struct SyncResponse {
     pub more: bool,
     /// Newer reference data, if any.
     pub catalogue: Option<CatalogueUpdate>,
+    /// Features' data (protocol 4; left out of a version 2 or 3 answer).
+    pub extensions: Extensions,
+}
+
+/// [`SyncResponse`] as protocol 3 lays it out (no extensions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct SyncResponseV3 {
+    protocol: u16,
+    server_time: i64,
+    missing_deps: Vec<u32>,
+    #[serde(deserialize_with = "bounded::refused")]
+    refused: Vec<Refused>,
+    #[serde(deserialize_with = "bounded::feed_docs")]
+    feed: Vec<FeedDoc>,
+    next_cursor: u64,
+    more: bool,
+    catalogue: Option<CatalogueUpdate>,
 }
 
 /// [`SyncResponse`] as protocol 2 lays it out (no per-document verdicts): what a server
@@ -196,7 +239,7 @@ pub enum WireError {
     UnsupportedVersion(u16),
     /// A protocol version older than any this build accepts: the peer must upgrade.
     #[error(
-        "protocol version {0} is no longer accepted (this server speaks {PREVIOUS_PROTOCOL_VERSION} and {PROTOCOL_VERSION}); upgrade the app"
+        "protocol version {0} is no longer accepted (this server speaks {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}); upgrade the app"
     )]
     UpgradeRequired(u16),
 }
@@ -206,65 +249,106 @@ fn encode<T: Serialize>(codec: &mut DocCodec, message: &T) -> crate::Result<Vec<
     codec.encode_message(&bytes)
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(
-    codec: &mut DocCodec,
-    body: &[u8],
-    limits: &Limits,
-) -> Result<T, WireError> {
+/// Decompresses `body` within `limits` (its size, then what it declares it decodes to).
+fn decompress(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Vec<u8>, WireError> {
     if body.len() > limits.max_compressed {
         return Err(WireError::TooLarge(format!("{} byte body", body.len())));
     }
-    let bytes = codec.decode_frame(body, limits.max_body).map_err(|e| {
+    codec.decode_frame(body, limits.max_body).map_err(|e| {
         if e.contains("more than") {
             WireError::TooLarge(e)
         } else {
             WireError::Malformed(e)
         }
-    })?;
-    let (message, rest) = bounded::with_limits(limits, || postcard::take_from_bytes::<T>(&bytes))
-        .map_err(|e| {
-        match (bounded::take_overflow(), bounded::take_malformed()) {
-            (Some(what), _) => WireError::TooLarge(what),
-            (None, Some(why)) => WireError::Malformed(why),
-            (None, None) => WireError::Malformed(e.to_string()),
-        }
-    })?;
+    })
+}
+
+/// Decodes a whole message of layout `T` from decompressed `bytes`, counting as it goes.
+fn decode_bytes<T: for<'de> Deserialize<'de>>(
+    bytes: &[u8],
+    limits: &Limits,
+) -> Result<T, WireError> {
+    let (message, rest) = bounded::with_limits(limits, || postcard::take_from_bytes::<T>(bytes))
+        .map_err(
+            |e| match (bounded::take_overflow(), bounded::take_malformed()) {
+                (Some(what), _) => WireError::TooLarge(what),
+                (None, Some(why)) => WireError::Malformed(why),
+                (None, None) => WireError::Malformed(e.to_string()),
+            },
+        )?;
     if !rest.is_empty() {
         return Err(WireError::Malformed("trailing bytes".into()));
     }
     Ok(message)
 }
 
+/// The protocol version a decompressed message starts with (every layout starts with it), so
+/// that the rest is read in that version's layout.
+fn peek_protocol(bytes: &[u8]) -> Result<u16, WireError> {
+    postcard::take_from_bytes::<u16>(bytes)
+        .map(|(protocol, _)| protocol)
+        .map_err(|e| WireError::Malformed(format!("no protocol version: {e}")))
+}
+
 impl SyncRequest {
-    /// Encodes and compresses.
+    /// Encodes and compresses, in the layout of `self.protocol` (versions 2 and 3 have no
+    /// extensions: they are left out).
     pub fn encode(&self, codec: &mut DocCodec) -> crate::Result<Vec<u8>> {
-        encode(codec, self)
+        if self.protocol < PROTOCOL_VERSION {
+            encode(
+                codec,
+                &SyncRequestV3 {
+                    protocol: self.protocol,
+                    device_time: self.device_time,
+                    push: self.push.clone(),
+                    pull: self.pull,
+                    catalogue_version: self.catalogue_version,
+                    pending_docs: self.pending_docs,
+                },
+            )
+        } else {
+            encode(codec, self)
+        }
     }
 
-    /// Decompresses and decodes within `limits` (counts are checked while decoding), then checks
-    /// the version: [`PROTOCOL_VERSION`] and [`PREVIOUS_PROTOCOL_VERSION`] are accepted.
+    /// Decompresses and decodes within `limits` (counts are checked while decoding), in the
+    /// layout of the version the body names: [`PROTOCOL_VERSION`] down to
+    /// [`OLDEST_PROTOCOL_VERSION`] are accepted.
     pub fn decode(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
-        let request: SyncRequest = decode(codec, body, limits)?;
-        check_version(request.protocol)?;
-        Ok(request)
+        let bytes = decompress(codec, body, limits)?;
+        let protocol = peek_protocol(&bytes)?;
+        check_version(protocol)?;
+        if protocol == PROTOCOL_VERSION {
+            return decode_bytes(&bytes, limits);
+        }
+        let old: SyncRequestV3 = decode_bytes(&bytes, limits)?;
+        Ok(SyncRequest {
+            protocol: old.protocol,
+            device_time: old.device_time,
+            push: old.push,
+            pull: old.pull,
+            catalogue_version: old.catalogue_version,
+            pending_docs: old.pending_docs,
+            extensions: Extensions::new(),
+        })
     }
 }
 
 /// Whether a request of `protocol` is accepted.
 fn check_version(protocol: u16) -> Result<(), WireError> {
     match protocol {
-        PROTOCOL_VERSION | PREVIOUS_PROTOCOL_VERSION => Ok(()),
-        older if older < PREVIOUS_PROTOCOL_VERSION => Err(WireError::UpgradeRequired(older)),
+        OLDEST_PROTOCOL_VERSION..=PROTOCOL_VERSION => Ok(()),
+        older if older < OLDEST_PROTOCOL_VERSION => Err(WireError::UpgradeRequired(older)),
         newer => Err(WireError::UnsupportedVersion(newer)),
     }
 }
 
 /// The content type of bodies of `protocol`.
 pub fn content_type_of(protocol: u16) -> &'static str {
-    if protocol == PREVIOUS_PROTOCOL_VERSION {
-        PREVIOUS_CONTENT_TYPE
-    } else {
-        CONTENT_TYPE
+    match protocol {
+        PROTOCOL_V2 => CONTENT_TYPE_V2,
+        PROTOCOL_V3 => CONTENT_TYPE_V3,
+        _ => CONTENT_TYPE,
     }
 }
 
@@ -272,17 +356,19 @@ pub fn content_type_of(protocol: u16) -> &'static str {
 pub fn protocol_of_content_type(content_type: &str) -> Option<u16> {
     match content_type {
         CONTENT_TYPE => Some(PROTOCOL_VERSION),
-        PREVIOUS_CONTENT_TYPE => Some(PREVIOUS_PROTOCOL_VERSION),
+        CONTENT_TYPE_V3 => Some(PROTOCOL_V3),
+        CONTENT_TYPE_V2 => Some(PROTOCOL_V2),
         _ => None,
     }
 }
 
 impl SyncResponse {
     /// Encodes and compresses, in the layout of `self.protocol` (a version 2 response leaves
-    /// `refused` out: the server answers such a request whole, see `docs/PROTOCOL.md`).
+    /// `refused` out: the server answers such a request whole, see `docs/PROTOCOL.md`; versions
+    /// 2 and 3 leave the extensions out).
     pub fn encode(&self, codec: &mut DocCodec) -> crate::Result<Vec<u8>> {
-        if self.protocol == PREVIOUS_PROTOCOL_VERSION {
-            encode(
+        match self.protocol {
+            PROTOCOL_V2 => encode(
                 codec,
                 &SyncResponseV2 {
                     protocol: self.protocol,
@@ -293,19 +379,73 @@ impl SyncResponse {
                     more: self.more,
                     catalogue: self.catalogue.clone(),
                 },
-            )
-        } else {
-            encode(codec, self)
+            ),
+            PROTOCOL_V3 => encode(
+                codec,
+                &SyncResponseV3 {
+                    protocol: self.protocol,
+                    server_time: self.server_time,
+                    missing_deps: self.missing_deps.clone(),
+                    refused: self.refused.clone(),
+                    feed: self.feed.clone(),
+                    next_cursor: self.next_cursor,
+                    more: self.more,
+                    catalogue: self.catalogue.clone(),
+                },
+            ),
+            _ => encode(codec, self),
         }
     }
 
-    /// Decompresses and decodes within `limits` (a version 3 response).
+    /// Decompresses and decodes within `limits` (a version 4 response).
     pub fn decode(codec: &mut DocCodec, body: &[u8], limits: &Limits) -> Result<Self, WireError> {
-        let response: SyncResponse = decode(codec, body, limits)?;
+        let response = Self::decode_any(codec, body, limits)?;
         if response.protocol != PROTOCOL_VERSION {
             return Err(WireError::UnsupportedVersion(response.protocol));
         }
         Ok(response)
+    }
+
+    /// Decompresses and decodes a response of any version this build reads (2, 3 or 4), in the
+    /// layout the body names: what an older client reads, for tests and tools.
+    pub fn decode_any(
+        codec: &mut DocCodec,
+        body: &[u8],
+        limits: &Limits,
+    ) -> Result<Self, WireError> {
+        let bytes = decompress(codec, body, limits)?;
+        match peek_protocol(&bytes)? {
+            PROTOCOL_VERSION => decode_bytes(&bytes, limits),
+            PROTOCOL_V3 => {
+                let v3: SyncResponseV3 = decode_bytes(&bytes, limits)?;
+                Ok(SyncResponse {
+                    protocol: v3.protocol,
+                    server_time: v3.server_time,
+                    missing_deps: v3.missing_deps,
+                    refused: v3.refused,
+                    feed: v3.feed,
+                    next_cursor: v3.next_cursor,
+                    more: v3.more,
+                    catalogue: v3.catalogue,
+                    extensions: Extensions::new(),
+                })
+            }
+            PROTOCOL_V2 => {
+                let v2: SyncResponseV2 = decode_bytes(&bytes, limits)?;
+                Ok(SyncResponse {
+                    protocol: v2.protocol,
+                    server_time: v2.server_time,
+                    missing_deps: v2.missing_deps,
+                    refused: Vec::new(),
+                    feed: v2.feed,
+                    next_cursor: v2.next_cursor,
+                    more: v2.more,
+                    catalogue: v2.catalogue,
+                    extensions: Extensions::new(),
+                })
+            }
+            other => Err(WireError::UnsupportedVersion(other)),
+        }
     }
 
     /// Decompresses and decodes a version 2 response (what an old client reads; tests).
@@ -314,20 +454,11 @@ impl SyncResponse {
         body: &[u8],
         limits: &Limits,
     ) -> Result<Self, WireError> {
-        let v2: SyncResponseV2 = decode(codec, body, limits)?;
-        if v2.protocol != PREVIOUS_PROTOCOL_VERSION {
-            return Err(WireError::UnsupportedVersion(v2.protocol));
+        let response = Self::decode_any(codec, body, limits)?;
+        if response.protocol != PROTOCOL_V2 {
+            return Err(WireError::UnsupportedVersion(response.protocol));
         }
-        Ok(SyncResponse {
-            protocol: v2.protocol,
-            server_time: v2.server_time,
-            missing_deps: v2.missing_deps,
-            refused: Vec::new(),
-            feed: v2.feed,
-            next_cursor: v2.next_cursor,
-            more: v2.more,
-            catalogue: v2.catalogue,
-        })
+        Ok(response)
     }
 }
 
@@ -358,6 +489,7 @@ mod tests {
             }),
             catalogue_version: 3,
             pending_docs: 0,
+            extensions: Extensions::new(),
         }
     }
 
@@ -388,6 +520,7 @@ mod tests {
             req.pull,
             req.catalogue_version,
             req.pending_docs,
+            req.extensions.clone(),
         ))
         .unwrap();
         assert!(whole > 24);
@@ -480,7 +613,9 @@ mod tests {
         for _ in 0..docs {
             bytes.extend_from_slice(&[0, 0, 0]);
         }
-        bytes.extend(postcard::to_stdvec(&(None::<PullRequest>, 0u64, 0u64)).unwrap());
+        bytes.extend(
+            postcard::to_stdvec(&(None::<PullRequest>, 0u64, 0u64, Extensions::new())).unwrap(),
+        );
         bytes
     }
 
@@ -553,25 +688,40 @@ mod tests {
     }
 
     #[test]
-    fn protocol_two_is_accepted_and_older_ones_must_upgrade() {
+    fn protocols_two_and_three_are_accepted_and_older_ones_must_upgrade() {
         let mut codec = DocCodec::new().unwrap();
         let limits = Limits::default();
-        for (protocol, accepted) in [(3, true), (2, true), (1, false), (0, false), (4, false)] {
-            let body = SyncRequest {
+        let mut with_extension = request();
+        with_extension.extensions = Extensions::new().with(&TestExtension(7)).unwrap();
+        for (protocol, accepted) in [
+            (4, true),
+            (3, true),
+            (2, true),
+            (1, false),
+            (0, false),
+            (5, false),
+        ] {
+            let sent = SyncRequest {
                 protocol,
-                ..request()
-            }
-            .encode(&mut codec)
-            .unwrap();
+                ..with_extension.clone()
+            };
+            let body = sent.encode(&mut codec).unwrap();
             let decoded = SyncRequest::decode(&mut codec, &body, &limits);
             assert_eq!(decoded.is_ok(), accepted, "{protocol}");
             if protocol < 2 {
                 assert_eq!(decoded, Err(WireError::UpgradeRequired(protocol)));
             }
+            if let Ok(decoded) = decoded {
+                // Versions before 4 have no extensions; everything else travels in each.
+                let extension = decoded.extensions.get::<TestExtension>().unwrap();
+                assert_eq!(extension, (protocol == 4).then_some(TestExtension(7)));
+                assert_eq!(decoded.push, sent.push);
+                assert_eq!(decoded.pull, sent.pull);
+            }
         }
-        // A version 2 response leaves the refusals out, and reads back as version 2.
+        // A version 2 response leaves the refusals and extensions out, and reads back as version 2.
         let response = SyncResponse {
-            protocol: PREVIOUS_PROTOCOL_VERSION,
+            protocol: PROTOCOL_V2,
             server_time: 5,
             missing_deps: vec![1],
             refused: Vec::new(),
@@ -579,6 +729,7 @@ mod tests {
             next_cursor: 9,
             more: false,
             catalogue: None,
+            extensions: Extensions::new(),
         };
         let body = response.encode(&mut codec).unwrap();
         assert_eq!(
@@ -587,19 +738,35 @@ mod tests {
         );
         assert!(SyncResponse::decode(&mut codec, &body, &limits).is_err());
         let v3 = SyncResponse {
-            protocol: PROTOCOL_VERSION,
+            protocol: PROTOCOL_V3,
             refused: vec![Refused {
                 position: 0,
                 code: "not_yours".into(),
                 message: "no".into(),
             }],
+            extensions: Extensions::new().with(&TestExtension(1)).unwrap(),
             ..response
         };
         let body = v3.encode(&mut codec).unwrap();
+        let back = SyncResponse::decode_any(&mut codec, &body, &limits).unwrap();
+        assert_eq!(back.refused, v3.refused);
+        assert!(back.extensions.is_empty());
+        assert!(SyncResponse::decode(&mut codec, &body, &limits).is_err());
+        let v4 = SyncResponse {
+            protocol: PROTOCOL_VERSION,
+            ..v3
+        };
+        let body = v4.encode(&mut codec).unwrap();
         assert_eq!(
             SyncResponse::decode(&mut codec, &body, &limits).unwrap(),
-            v3
+            v4
         );
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct TestExtension(u32);
+    impl WireExtension for TestExtension {
+        const TAG: u16 = 60_100;
     }
 
     #[test]

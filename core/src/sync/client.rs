@@ -43,8 +43,8 @@ use serde::{Deserialize, Serialize};
 use super::transport::{HttpRequest, HttpResponse, Transport, TransportError};
 use crate::codec::DocCodec;
 use crate::protocol::{
-    CONTENT_TYPE, CatalogueUpdate, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
-    SyncResponse, WireError,
+    CONTENT_TYPE, CatalogueUpdate, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc,
+    SyncRequest, SyncResponse, WireError,
 };
 use crate::record::{DeviceId, RecordId};
 use crate::store::{DeviceStore, PendingDoc, PullDoc, PullReport, RefusedDoc};
@@ -757,6 +757,7 @@ impl<T: Transport> SyncClient<T> {
                 }),
                 catalogue_version: store.catalogue_version()?,
                 pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
+                extensions: Extensions::new(),
             };
             (batch, request)
         };
@@ -784,6 +785,7 @@ impl<T: Transport> SyncClient<T> {
                 }),
                 catalogue_version: store.catalogue_version()?.max(catalogue.unwrap_or(0)),
                 pending_docs: store.pending_count()?,
+                extensions: Extensions::new(),
             }
         };
         self.encode(request, Vec::new(), Vec::new())

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
 use communesync_core::protocol::{
-    CONTENT_TYPE, CatalogueUpdate, FeedDoc, PREVIOUS_PROTOCOL_VERSION, PROTOCOL_VERSION, Refused,
-    SyncRequest, SyncResponse, WireError, content_type_of, protocol_of_content_type,
+    CONTENT_TYPE, CatalogueUpdate, Extensions, FeedDoc, OLDEST_PROTOCOL_VERSION, PROTOCOL_V2,
+    PROTOCOL_VERSION, Refused, SyncRequest, SyncResponse, WireError, content_type_of,
+    protocol_of_content_type,
 };
 use communesync_core::record::RecordId;
 
@@ -200,7 +201,7 @@ async fn sync_inner(
         }
         // Protocol 2 has no per-document verdicts: a refusal refuses its whole request, as it
         // always did, and nothing is stored.
-        if protocol == PREVIOUS_PROTOCOL_VERSION
+        if protocol == PROTOCOL_V2
             && let Some(first) = refused.first()
         {
             let status = if first.code == RefusalCode::NotYours.as_str() {
@@ -307,6 +308,7 @@ async fn sync_inner(
         next_cursor,
         more,
         catalogue,
+        extensions: Extensions::new(),
     };
     let body =
         blocking(move || with_codec(|codec| response.encode(codec).map_err(ApiError::internal)))
@@ -322,7 +324,7 @@ fn is_retired_content_type(content_type: &str) -> bool {
         Some(version) => version
             .strip_prefix("-v")
             .and_then(|n| n.parse::<u16>().ok())
-            .is_some_and(|n| n < PREVIOUS_PROTOCOL_VERSION),
+            .is_some_and(|n| n < OLDEST_PROTOCOL_VERSION),
         None => false,
     }
 }
@@ -332,7 +334,7 @@ fn upgrade_required(what: &str) -> ApiError {
         StatusCode::UPGRADE_REQUIRED,
         "upgrade_required",
         format!(
-            "{what} is no longer accepted: this server speaks protocol {PREVIOUS_PROTOCOL_VERSION} and {PROTOCOL_VERSION}; upgrade the app"
+            "{what} is no longer accepted: this server speaks protocols {OLDEST_PROTOCOL_VERSION} to {PROTOCOL_VERSION}; upgrade the app"
         ),
     )
 }

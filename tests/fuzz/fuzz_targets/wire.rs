@@ -4,8 +4,9 @@
 //!
 //! Input: one mode byte, then the body. Bit 0 picks a request (0) or a response (1); bit 1 wraps
 //! the rest in a valid zstd frame first, so that the fuzzer reaches the message decoder behind
-//! the decompressor; bit 2 reads a response in protocol 2's layout (`SyncResponse::decode_v2`,
-//! what a tablet not yet upgraded reads during the overlap).
+//! the decompressor; bit 2 reads a response in whatever layout it names
+//! (`SyncResponse::decode_any`: protocol 2 or 3, what a tablet not yet upgraded reads during the
+//! overlap).
 #![no_main]
 
 use std::cell::RefCell;
@@ -51,7 +52,7 @@ fuzz_target!(|data: &[u8]| {
             let decode = if mode & 4 == 0 {
                 SyncResponse::decode
             } else {
-                SyncResponse::decode_v2
+                SyncResponse::decode_any
             };
             if let Ok(response) = decode(codec, &body, &limits) {
                 let again = response.encode(codec).expect("encoding what was decoded");

@@ -160,6 +160,7 @@ async fn sync(State(tokens): State<Tokens>, headers: HeaderMap, body: Bytes) -> 
         next_cursor: cursor,
         more: false,
         catalogue: None,
+        extensions: Default::default(),
     };
     match response.encode(&mut codec) {
         Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
