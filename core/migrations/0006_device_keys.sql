@@ -31,3 +31,8 @@ CREATE TABLE receipts (
     issued_at       INTEGER NOT NULL
 );
 CREATE INDEX receipts_by_number ON receipts (dossier_number);
+
+-- Changes this device signed in a push (what history shows as "signed by this device").
+CREATE TABLE signed_changes (
+    hash BLOB PRIMARY KEY
+) WITHOUT ROWID;

@@ -35,6 +35,12 @@ pub enum RefusalCode {
     NotYours,
     /// The same record appears twice in one request.
     Duplicate,
+    /// The pushing device has a registered key and the push carries no signature (issue 16):
+    /// every document of the request is refused.
+    UnsignedPush,
+    /// The push's signature is not the device's over these changes (forged, another device's
+    /// key, changes swapped or a revoked key): every document of the request is refused.
+    BadSignature,
     /// A code this build does not know (sent by a newer server).
     Other(String),
 }
@@ -53,6 +59,8 @@ impl RefusalCode {
             RefusalCode::TooLarge => "too_large",
             RefusalCode::NotYours => "not_yours",
             RefusalCode::Duplicate => "duplicate",
+            RefusalCode::UnsignedPush => "unsigned_push",
+            RefusalCode::BadSignature => "bad_signature",
             RefusalCode::Other(code) => code,
         }
     }
@@ -70,6 +78,8 @@ impl RefusalCode {
             "too_large" => RefusalCode::TooLarge,
             "not_yours" => RefusalCode::NotYours,
             "duplicate" => RefusalCode::Duplicate,
+            "unsigned_push" => RefusalCode::UnsignedPush,
+            "bad_signature" => RefusalCode::BadSignature,
             other => RefusalCode::Other(other.to_owned()),
         }
     }

@@ -390,6 +390,8 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::TooLarge,
         RefusalCode::NotYours,
         RefusalCode::Duplicate,
+        RefusalCode::UnsignedPush,
+        RefusalCode::BadSignature,
     ] {
         assert_eq!(RefusalCode::parse(code.as_str()), code);
     }

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 use crate::record::DeviceId;
 
 pub mod push;
+pub mod wire;
 
 /// Bytes of a public key.
 pub const PUBLIC_KEY_LEN: usize = 32;

@@ -10,12 +10,14 @@
 use rusqlite::{OptionalExtension, params};
 
 use super::DeviceStore;
+use crate::keys::push::{self, PushSignature};
 use crate::keys::{DeviceKeyEntry, DeviceSigningKey, KeyList, PublicKey, SignatureRefusal};
 use crate::receipt::{self, Receipt, SignedReceipt};
 use crate::record::{DeviceId, RecordId};
 use crate::{Error, Result};
 
 const META_DEVICE_KEYS_VERSION: &str = "device_keys_version";
+const META_PUSH_COUNTER: &str = "push_counter";
 
 impl DeviceStore {
     /// This device's signing key, made (and kept) on first use.
@@ -213,6 +215,52 @@ impl DeviceStore {
     ) -> Result<std::result::Result<Receipt, SignatureRefusal>> {
         let keys = self.key_list()?;
         Ok(receipt::verify_payload(payload, &keys))
+    }
+
+    /// Signs a push of changes with `hashes` (request order): takes the next counter (the
+    /// larger of the previous one plus one and the clock, so that a store restored from a backup
+    /// still moves forward) and remembers the hashes as signed by this device, in one
+    /// transaction.
+    pub fn sign_push(&mut self, hashes: &[[u8; 32]]) -> Result<PushSignature> {
+        let key = self.signing_key()?;
+        let device = self.device_id();
+        let now = self.now_ms();
+        let tx = self.conn.transaction()?;
+        let previous: i64 = tx
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [META_PUSH_COUNTER],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let counter = previous.saturating_add(1).max(now);
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+            params![META_PUSH_COUNTER, counter],
+        )?;
+        {
+            let mut signed =
+                tx.prepare_cached("INSERT OR IGNORE INTO signed_changes (hash) VALUES (?1)")?;
+            for hash in hashes {
+                signed.execute([hash.as_slice()])?;
+            }
+        }
+        tx.commit()?;
+        Ok(push::sign_push(
+            &key,
+            device,
+            u64::try_from(counter).unwrap_or(0),
+            hashes,
+        ))
+    }
+
+    /// Whether this device signed the change with `hash` in a push.
+    pub(crate) fn signed_by_this_device(&self, hash: &[u8]) -> Result<bool> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM signed_changes WHERE hash = ?1")?
+            .exists([hash])?)
     }
 
     fn stored_receipt(&self, id: RecordId) -> Result<Option<String>> {

@@ -663,6 +663,7 @@ impl DeviceStore {
             entry.server_received_at = stmt
                 .query_row([hash.as_slice()], |row| row.get(0))
                 .optional()?;
+            entry.signed_by_this_device = self.signed_by_this_device(&hash)?;
         }
         Ok(history)
     }

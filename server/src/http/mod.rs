@@ -29,6 +29,7 @@ pub mod keys;
 mod push;
 mod rate;
 mod secrets;
+mod signed_push;
 mod sync;
 
 pub use admin::{

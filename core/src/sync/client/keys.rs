@@ -1,9 +1,9 @@
 //! Keeping the province's key list on the tablet, and the first-use registration of this
 //! device's key.
 //!
-//! Until the sync response carries the key list (protocol 4's extension, tag 4), the tablet asks
-//! `POST /v1/device-keys` for the entries after the version it holds, in pages, and applies
-//! each page in one transaction. A device enrolled before keys existed finds its own key missing
+//! The sync response carries the key list (protocol 4, tag 4). Besides it, this asks
+//! `POST /v1/device-keys` for the entries after the version held, in pages (each applied in one
+//! transaction): for a tablet that wants the list at once, without a sync. A device enrolled before keys existed finds its own key missing
 //! from the list and registers it once (`POST /v1/device/key`, trust on first use over its
 //! authenticated channel); a device whose registered key is another one is told so and must be
 //! re-enrolled.
