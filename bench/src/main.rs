@@ -5,11 +5,13 @@
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
-//! while an honest tablet syncs (the same).
+//! while an honest tablet syncs (the same); `-- receipts` intake with a signed receipt and
+//! receipt verification.
 
 mod dictionary;
 mod hostile;
 mod load;
+mod receipts;
 mod report;
 mod store;
 mod sync;
@@ -35,6 +37,8 @@ enum Suite {
     /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
     /// the server while an honest tablet syncs (server memory, honest latency and failures).
     Hostile(hostile::HostileArgs),
+    /// Receipts: intake with a signed receipt, verification, QR payload size.
+    Receipts(receipts::ReceiptArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -45,6 +49,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
+        Suite::Receipts(args) => receipts::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

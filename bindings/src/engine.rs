@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
+use communesync_core::sync::{
+    ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll_with_key,
+};
 
 use crate::error::{CommuneSyncError, ErrorKind};
 use crate::observer::{
@@ -35,7 +37,7 @@ struct SyncState {
 /// call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
 #[derive(uniffi::Object)]
 pub struct Engine {
-    store: Arc<Mutex<DeviceStore>>,
+    pub(crate) store: Arc<Mutex<DeviceStore>>,
     /// Set once the store was wiped on the province's order: every call fails from then on.
     wiped: AtomicBool,
     device_id: DeviceId,
@@ -109,7 +111,17 @@ impl Engine {
     pub async fn enroll(&self, code: String, label: String) -> Result<DeviceCredential> {
         self.check_not_wiped()?;
         let transport = self.transport()?;
-        let credentials = enroll(&transport, code.trim(), self.device_id, &label).await?;
+        // The device's public key is registered with the credential (replacing its previous
+        // one at re-enrollment); the private key stays in the store.
+        let public_key = self.store()?.public_key()?;
+        let credentials = enroll_with_key(
+            &transport,
+            code.trim(),
+            self.device_id,
+            &label,
+            Some(public_key),
+        )
+        .await?;
         let credential = DeviceCredential::from(credentials);
         check_credential(self.device_id, &credential)?;
         // The server has enrolled the device: the credential must reach the app whatever
@@ -520,7 +532,7 @@ impl Engine {
         Ok(self.store.lock().unwrap_or_else(PoisonError::into_inner))
     }
 
-    fn check_not_wiped(&self) -> Result<()> {
+    pub(crate) fn check_not_wiped(&self) -> Result<()> {
         if self.wiped.load(Ordering::SeqCst) {
             return Err(CommuneSyncError::Wiped(
                 "this device's store was wiped on the province's order".into(),

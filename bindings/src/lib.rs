@@ -18,12 +18,14 @@ mod engine;
 mod error;
 mod observer;
 mod policy;
+pub mod receipt;
 pub mod types;
 
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
 pub use observer::{ChangeEvent, ChangeOrigin, ObserverHandle, SyncObserver, WipeEvent};
 pub use policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
+pub use receipt::{ReceiptInfo, ReceiptPaperInfo, ReceiptVerdict};
 pub use types::*;
 
 uniffi::setup_scaffolding!();

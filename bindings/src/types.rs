@@ -771,6 +771,8 @@ pub struct HistoryEntry {
     /// When the server received it, ms since the epoch (server clock): the server's fact beside
     /// the device's claim. `None` until the server has acknowledged it.
     pub server_received_at_ms: Option<i64>,
+    /// Whether this device signed the change in a push (its own changes since device keys).
+    pub signed_by_this_device: bool,
 }
 
 impl From<core::HistoryEntry> for HistoryEntry {
@@ -782,6 +784,7 @@ impl From<core::HistoryEntry> for HistoryEntry {
             device_time_ms: h.device_time,
             fields: h.fields,
             server_received_at_ms: h.server_received_at,
+            signed_by_this_device: h.signed_by_this_device,
         }
     }
 }
