@@ -230,10 +230,14 @@ mod tests {
             .block_on(b.verify_receipt(receipt.payload.clone()))
             .unwrap();
         assert_eq!(verdict.code.as_deref(), Some("unknown_device"));
+        let (device, public_key) = {
+            let mut store = a.store.lock().unwrap();
+            (store.device_id(), store.public_key().unwrap())
+        };
         let entry = communesync_core::keys::DeviceKeyEntry {
-            device: a.store.lock().unwrap().device_id(),
+            device,
             commune: "C1".into(),
-            public_key: a.store.lock().unwrap().public_key().unwrap(),
+            public_key,
             valid_from: 0,
             valid_until: None,
             revoked_at: None,
