@@ -158,6 +158,7 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     "$WORK/gen/kotlin/org/communesync/communesync_ffi.kt" \
     android/src/main/kotlin/org/communesync/EngineExtensions.kt \
     android/src/test/kotlin/org/communesync/EndToEndStory.kt \
+    android/src/test/kotlin/org/communesync/ReceiptStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -174,6 +175,15 @@ COMMUNESYNC_WORK_DIR=$KT/stores COMMUNESYNC_HOOK_DIR=$KT/hooks \
 stop_revoke_watcher
 grep -E '^kotlin story:' "$KT/story.log" >&2
 stamp "Kotlin story ran in $((SECONDS - t0)) s"
+# Receipts (issue 16): two engines of one commune, a receipt made by one and verified by the other.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG \
+COMMUNESYNC_CODE_A=$(issue_code DB-MUONGPHANG) COMMUNESYNC_CODE_B=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/receipt-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.receipt.ReceiptStoryKt > "$KT/receipt-story.log" 2>&1 \
+    || { cat "$KT/receipt-story.log" >&2; die "the Kotlin receipt story failed"; }
+grep -E '^kotlin receipt story:' "$KT/receipt-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -206,7 +216,7 @@ import Foundation
 @main
 struct StoryMain {
     static func main() async {
-        let failures = await EndToEndStory.run()
+        let failures = await EndToEndStory.run() + ReceiptStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -237,17 +247,20 @@ start_revoke_watcher "$SWIFT_WORK/hooks"
 t0=$SECONDS
 code_a=$(issue_code DB-NATAU)
 code_b=$(issue_code DB-NATAU)
+receipt_a=$(issue_code DB-NATAU)
+receipt_b=$(issue_code DB-NATAU)
 # The chroot shares the host's network namespace: 127.0.0.1 is the same server.
 swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNESYNC_COMMUNE=DB-NATAU \
     COMMUNESYNC_SCRIPTED_URL="$COMMUNESYNC_SCRIPTED_URL" \
     COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" \
+    COMMUNESYNC_RECEIPT_CODE_A="$receipt_a" COMMUNESYNC_RECEIPT_CODE_B="$receipt_b" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
     SSL_CERT_FILE="$IN/ca-certificates.crt" \
     LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (receipt )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
 fi
 
