@@ -113,7 +113,18 @@ impl Engine {
         let transport = self.transport()?;
         // The device's public key is registered with the credential (replacing its previous
         // one at re-enrollment); the private key stays in the store.
-        let public_key = self.store()?.public_key()?;
+        // Enrolling again (the engine or the store had a credential): a new key, installed
+        // once the server has registered it (the old one may have been revoked).
+        let again = self.state().credential.is_some() || self.store()?.enrolled_commune().is_some();
+        let new_key = if again {
+            Some(communesync_core::keys::DeviceSigningKey::generate()?)
+        } else {
+            None
+        };
+        let public_key = match &new_key {
+            Some(key) => key.public_key(),
+            None => self.store()?.public_key()?,
+        };
         let credentials = enroll_with_key(
             &transport,
             code.trim(),
@@ -122,6 +133,11 @@ impl Engine {
             Some(public_key),
         )
         .await?;
+        if let Some(key) = &new_key {
+            // The server holds the new key: without it here the device's pushes are refused
+            // until it enrolls again, which the error says.
+            self.store()?.install_signing_key(key)?;
+        }
         let credential = DeviceCredential::from(credentials);
         check_credential(self.device_id, &credential)?;
         // The server has enrolled the device: the credential must reach the app whatever

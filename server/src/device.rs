@@ -149,14 +149,29 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
         } => {
             let mut store = open(&args.store)?;
             let transport = ReqwestTransport::new(&server)?;
+            // Enrolling again (a credential exists): a new key, installed once the server has
+            // registered it (the old one may have been revoked, and is replaced).
+            let again = credential_path(&args.store).exists();
+            let new_key = if again {
+                Some(communesync_core::keys::DeviceSigningKey::generate()?)
+            } else {
+                None
+            };
+            let public_key = match &new_key {
+                Some(key) => key.public_key(),
+                None => store.public_key()?,
+            };
             let credentials = enroll_with_key(
                 &transport,
                 &code,
                 store.device_id(),
                 &label,
-                Some(store.public_key()?),
+                Some(public_key),
             )
             .await?;
+            if let Some(key) = &new_key {
+                store.install_signing_key(key)?;
+            }
             // Records of another commune are refused from now on (and those typed before are
             // set aside in the quarantine).
             store.set_enrolled_commune(credentials.commune())?;

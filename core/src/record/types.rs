@@ -172,7 +172,10 @@ pub struct Application {
     /// Record id.
     #[autosurgeon(with = "record_id")]
     pub id: RecordId,
-    /// Dossier number the citizen quotes (`None` until numbered).
+    /// Dossier number the citizen quotes (`None` until numbered). Written into the document
+    /// only when set, so records without one keep their bytes (same as the `numbers` branch).
+    #[autosurgeon(with = "absent_when_none")]
+    #[serde(default)]
     pub dossier_number: Option<String>,
     /// Commune (scope) the application belongs to.
     pub commune_code: String,
@@ -351,6 +354,31 @@ mod uuid_string {
     ) -> Result<Uuid, HydrateError> {
         let s = String::hydrate(doc, obj, prop)?;
         Uuid::parse_str(&s).map_err(|e| HydrateError::unexpected("a uuid", e.to_string()))
+    }
+}
+
+/// An optional string written only when set: a record without it has no such key (what
+/// older records look like, and no extra bytes).
+mod absent_when_none {
+    use super::*;
+    pub(super) fn reconcile<R: Reconciler>(
+        value: &Option<String>,
+        mut reconciler: R,
+    ) -> Result<(), R::Error> {
+        match value {
+            Some(text) => reconciler.str(text),
+            None => Ok(()),
+        }
+    }
+    pub(super) fn hydrate<D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Option<String>, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(None),
+            Some(_) => Option::<String>::hydrate(doc, obj, prop),
+        }
     }
 }
 

@@ -45,6 +45,23 @@ impl DeviceStore {
         Ok(key)
     }
 
+    /// Installs `key` as this device's signing key, replacing the previous one: at
+    /// re-enrollment, once the server has registered it (a key that was revoked is never
+    /// registered again, so a tablet enrolled again after a revocation needs a new one).
+    pub fn install_signing_key(&mut self, key: &DeviceSigningKey) -> Result<()> {
+        let secret = key.secret_bytes();
+        self.conn.execute(
+            "INSERT OR REPLACE INTO device_key (id, secret, public_key, created_at)
+             VALUES (1, ?1, ?2, ?3)",
+            params![
+                secret.as_slice(),
+                key.public_key().0.as_slice(),
+                self.now_ms()
+            ],
+        )?;
+        Ok(())
+    }
+
     /// This device's public key (what enrollment registers).
     pub fn public_key(&mut self) -> Result<PublicKey> {
         Ok(self.signing_key()?.public_key())
