@@ -215,7 +215,8 @@ fn fit(receipt: &Receipt, max_text: usize, max_papers: usize, max_fees: usize) -
     let papers_kept = receipt.papers.len().min(max_papers);
     let fees_kept = receipt.fees.len().min(max_fees);
     Receipt {
-        dossier_number: truncate(&receipt.dossier_number, 40),
+        // Never cut: it is what the citizen quotes (at most MAX_NUMBER_LEN, which fits).
+        dossier_number: receipt.dossier_number.clone(),
         commune_code: truncate(&receipt.commune_code, 40),
         procedure_code: truncate(&receipt.procedure_code, 40),
         applicant_name: cut(&receipt.applicant_name),

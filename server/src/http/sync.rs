@@ -384,7 +384,6 @@ async fn sync_inner(
         _ => None,
     };
     // The key list entries the tablet lacks (protocol 4; older tablets send no version).
-    let mut extensions = Extensions::new();
     if let Ok(Some(held)) = &keys_request {
         let (entries, current) = state
             .storage
