@@ -5,9 +5,11 @@
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
-//! while an honest tablet syncs (the same).
+//! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
+//! syncing tablets and its standby promoted (the same, and PostgreSQL installed).
 
 mod dictionary;
+mod failover;
 mod hostile;
 mod load;
 mod report;
@@ -35,6 +37,9 @@ enum Suite {
     /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
     /// the server while an honest tablet syncs (server memory, honest latency and failures).
     Hostile(hostile::HostileArgs),
+    /// Failover: a PostgreSQL primary SIGKILLed under replicas and syncing tablets, its
+    /// synchronous standby promoted (pause seen by tablets, changes lost).
+    Failover(failover::FailoverArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
+        Suite::Failover(args) => failover::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

@@ -18,6 +18,7 @@ pub mod codec;
 pub mod error;
 pub mod import;
 pub mod integrity;
+pub mod numbering;
 pub mod protocol;
 pub mod record;
 pub mod search;

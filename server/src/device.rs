@@ -1,7 +1,8 @@
 //! `communesync device`: a tablet's store from the command line, for operators and tests.
 //!
 //! The store is encrypted with the key in `COMMUNESYNC_STORE_KEY` (64 hex digits), as a tablet's
-//! would be with the platform keystore's key; without it the store is unencrypted. The device
+//! would be with the platform keystore's key; without it the store is unencrypted (`rekey`
+//! rotates it: see `device_rekey`). The device
 //! credential is kept next to the store in `<store>.credential.json` (mode 0600). Enrolling a
 //! store that already has a credential (with a re-enrollment code from the province) replaces
 //! it atomically: the store keeps its device id and its unsynced work, which the next sync
@@ -15,8 +16,10 @@ use anyhow::Context;
 use clap::Subcommand;
 use communesync_core::import::parse_import_line;
 use communesync_core::record::RecordId;
-use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{Credentials, ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::store::{ApplicationQuery, DeviceStore, StoreConfig};
+use communesync_core::sync::{
+    Credentials, ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, enroll,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args)]
@@ -24,6 +27,15 @@ pub struct DeviceArgs {
     /// The tablet's store file.
     #[arg(long)]
     store: PathBuf,
+    /// Trust only this CA (PEM file) for the server's certificate, not the bundled web roots;
+    /// repeat for several (during a CA rotation). Saved with the credential at enrollment and
+    /// used by later syncs unless given again.
+    #[arg(long = "ca-cert", value_name = "FILE", global = true)]
+    ca_certs: Vec<PathBuf>,
+    /// Also require one of these server keys (base64 SHA-256 of the SubjectPublicKeyInfo,
+    /// optionally `sha256/`-prefixed); repeat for several. Saved like --ca-cert.
+    #[arg(long = "pin", value_name = "SHA256_BASE64", global = true)]
+    pins: Vec<String>,
     #[command(subcommand)]
     task: DeviceTask,
 }
@@ -69,6 +81,8 @@ enum DeviceTask {
         #[command(subcommand)]
         action: Option<QuarantineAction>,
     },
+    /// Re-encrypt the store with a new key (the current one from `COMMUNESYNC_STORE_KEY`).
+    Rekey(crate::device_rekey::RekeyArgs),
 }
 
 #[derive(Subcommand)]
@@ -108,6 +122,39 @@ enum QuarantineAction {
 struct SavedCredential {
     server: String,
     credentials: Credentials,
+    /// The trust given at enrollment (PEM texts, pins).
+    #[serde(default)]
+    ca_pem: Vec<String>,
+    #[serde(default)]
+    pins: Vec<String>,
+}
+
+/// The trust the flags give, or `None` when none was given.
+fn trust_from_flags(args: &DeviceArgs) -> anyhow::Result<Option<ServerTrust>> {
+    if args.ca_certs.is_empty() && args.pins.is_empty() {
+        return Ok(None);
+    }
+    let ca_pem = args
+        .ca_certs
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(ServerTrust {
+        ca_pem,
+        pinned_keys: args.pins.clone(),
+    }))
+}
+
+fn transport(server: &str, trust: ServerTrust) -> anyhow::Result<ReqwestTransport> {
+    Ok(ReqwestTransport::with_config(
+        server,
+        ReqwestConfig {
+            trust,
+            ..ReqwestConfig::default()
+        },
+    )?)
 }
 
 fn credential_path(store: &Path) -> PathBuf {
@@ -119,10 +166,9 @@ fn credential_path(store: &Path) -> PathBuf {
 fn open(path: &Path) -> anyhow::Result<DeviceStore> {
     let config = StoreConfig::new(path);
     let config = match std::env::var("COMMUNESYNC_STORE_KEY") {
-        Ok(hex_key) => {
-            let bytes = hex::decode(hex_key.trim()).context("COMMUNESYNC_STORE_KEY is not hex")?;
-            config.encrypted(EncryptionKey::from_slice(&bytes)?)
-        }
+        Ok(hex_key) => config.encrypted(
+            crate::device_rekey::key_from_hex(&hex_key).context("COMMUNESYNC_STORE_KEY")?,
+        ),
         Err(_) => config,
     };
     Ok(DeviceStore::open(config)?)
@@ -130,6 +176,7 @@ fn open(path: &Path) -> anyhow::Result<DeviceStore> {
 
 pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
+    let flag_trust = trust_from_flags(&args)?;
     match args.task {
         DeviceTask::Enroll {
             server,
@@ -137,7 +184,8 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             label,
         } => {
             let mut store = open(&args.store)?;
-            let transport = ReqwestTransport::new(&server)?;
+            let trust = flag_trust.unwrap_or_default();
+            let transport = transport(&server, trust.clone())?;
             let credentials = enroll(&transport, &code, store.device_id(), &label).await?;
             // Records of another commune are refused from now on (and those typed before are
             // set aside in the quarantine).
@@ -145,6 +193,8 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             let saved = SavedCredential {
                 server,
                 credentials,
+                ca_pem: trust.ca_pem,
+                pins: trust.pinned_keys,
             };
             let path = credential_path(&args.store);
             write_private(&path, &serde_json::to_vec_pretty(&saved)?)?;
@@ -196,8 +246,12 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             // A store enrolled before the scope was recorded learns it from the credential.
             store.set_enrolled_commune(saved.credentials.commune())?;
             let store = Arc::new(Mutex::new(store));
+            let trust = flag_trust.unwrap_or(ServerTrust {
+                ca_pem: saved.ca_pem,
+                pinned_keys: saved.pins,
+            });
             let client = SyncClient::new(
-                ReqwestTransport::new(&saved.server)?,
+                transport(&saved.server, trust)?,
                 store,
                 saved.credentials.token,
                 SyncConfig::default(),
@@ -235,6 +289,11 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     None => break,
                 }
             }
+        }
+        DeviceTask::Rekey(rekey) => {
+            let mut store = open(&args.store)?;
+            crate::device_rekey::run(&mut store, rekey)?;
+            writeln!(stdout, "{}", serde_json::json!({ "rekeyed": true }))?;
         }
         DeviceTask::Quarantine { action } => {
             let mut store = open(&args.store)?;

@@ -43,6 +43,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/tokens"),
     ("POST", "/v1/admin/tokens/{id}/revoke"),
     ("GET", "/v1/admin/records/{id}/history"),
+    ("GET", "/v1/admin/records"),
+    ("GET", "/v1/admin/number-blocks"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
 ];
@@ -378,6 +380,8 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
                 ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
                 // The matrix names no record: an unknown one.
                 ("GET", "/v1/admin/records/{id}/history") => 404,
+                // Without `?number=`: a malformed request.
+                ("GET", "/v1/admin/records") => 400,
                 _ => 200,
             },
             _ => 401,

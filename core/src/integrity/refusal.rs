@@ -35,6 +35,9 @@ pub enum RefusalCode {
     NotYours,
     /// The same record appears twice in one request.
     Duplicate,
+    /// A new application's dossier number was not granted to the pushing device (not in one of
+    /// its blocks, nor its fallback form), or another record has it.
+    DossierNumber,
     /// A code this build does not know (sent by a newer server).
     Other(String),
 }
@@ -53,6 +56,7 @@ impl RefusalCode {
             RefusalCode::TooLarge => "too_large",
             RefusalCode::NotYours => "not_yours",
             RefusalCode::Duplicate => "duplicate",
+            RefusalCode::DossierNumber => "dossier_number",
             RefusalCode::Other(code) => code,
         }
     }
@@ -70,6 +74,7 @@ impl RefusalCode {
             "too_large" => RefusalCode::TooLarge,
             "not_yours" => RefusalCode::NotYours,
             "duplicate" => RefusalCode::Duplicate,
+            "dossier_number" => RefusalCode::DossierNumber,
             other => RefusalCode::Other(other.to_owned()),
         }
     }

@@ -10,10 +10,13 @@
 //!
 //! - [`transport`]: one HTTP exchange, as data in and data out;
 //! - [`client`]: rounds, retries with backoff, errors, progress and the report;
-//! - [`policy`]: the background schedule, a pure function.
+//! - [`policy`]: the background schedule, a pure function;
+//! - [`tls`] (feature `http`): which servers are trusted over HTTPS.
 
 pub mod client;
 pub mod policy;
+#[cfg(feature = "http")]
+pub mod tls;
 pub mod transport;
 
 pub use client::{
@@ -21,6 +24,8 @@ pub use client::{
     SyncProgress, SyncReport, enroll,
 };
 pub use policy::{BackgroundPolicy, PolicyError, PolicyInput, SyncDecision};
+#[cfg(feature = "http")]
+pub use tls::{ServerTrust, TrustConfigError};
 pub use transport::{HttpRequest, HttpResponse, Transport, TransportError};
 #[cfg(feature = "http")]
 pub use transport::{ReqwestConfig, ReqwestTransport};

@@ -15,6 +15,7 @@
 //! device has a request rate limit (`rate`).
 
 mod admin;
+mod admin_numbers;
 mod admin_records;
 mod admin_tokens;
 mod body_rate;
@@ -25,12 +26,14 @@ mod error;
 mod push;
 mod rate;
 mod secrets;
+mod store_epoch;
 mod sync;
 
 pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub use admin_numbers::{NumberBlockOut, NumberedRecord, number_blocks, record_by_number};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use body_rate::MinBodyRate;
@@ -97,6 +100,8 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Dossier numbers: the province's format, agency codes and block sizing.
+    pub numbers: crate::numbers::NumberConfig,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +119,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            numbers: crate::numbers::NumberConfig::default(),
         }
     }
 }
@@ -148,6 +154,8 @@ pub struct AppState {
     pub(crate) device_limiter: rate::DeviceLimiter,
     /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
+    /// The store epoch sent on sync answers, read at most every few seconds.
+    store_epoch: store_epoch::EpochCache,
 }
 
 impl AppState {
@@ -171,6 +179,7 @@ impl AppState {
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
+            store_epoch: store_epoch::EpochCache::default(),
         })
     }
 
@@ -246,6 +255,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/admin/records/{id}/history",
             get(admin_records::admin_record_history),
+        )
+        .route(
+            "/v1/admin/records",
+            get(admin_numbers::admin_record_by_number),
+        )
+        .route(
+            "/v1/admin/number-blocks",
+            get(admin_numbers::admin_number_blocks),
         )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))

@@ -28,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
+pub mod pg_tls;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -309,6 +310,36 @@ pub struct FeedPage {
     pub more: bool,
 }
 
+/// A block of dossier numbers granted to a device, as stored (see `communesync_core::numbering`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberBlock {
+    /// Its id (1, 2, ...): unique across the province.
+    pub id: u64,
+    /// The device it was granted to.
+    pub device: DeviceId,
+    /// The agency whose counter it was cut from.
+    pub agency: String,
+    /// The format its numbers are rendered with.
+    pub format: String,
+    /// First sequence.
+    pub first: u64,
+    /// Last sequence (inclusive).
+    pub last: u64,
+    /// When it was granted (server ms).
+    pub granted_at: i64,
+    /// Whether the device reported holding it (a grant not acknowledged is offered again).
+    pub acknowledged: bool,
+    /// How far the device reported using it: `first..next` are used by its records,
+    /// `next..=last` are unused (abandoned if the device was wiped).
+    pub next: u64,
+}
+
+/// Most numbers one block holds, whatever size is asked.
+pub const MAX_NUMBER_BLOCK: u64 = communesync_core::numbering::MAX_BLOCK_SIZE;
+
+/// Most blocks [`ServerStorage::number_blocks`] lists (the newest).
+pub const MAX_NUMBER_BLOCKS_LISTED: usize = 10_000;
+
 /// Most items a feed page returns whatever `max_items` asks.
 pub const FEED_MAX_ITEMS: usize = 10_000;
 
@@ -511,13 +542,69 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// Activity of every commune, by code.
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
+
+    /// The store's epoch: a random value that only changes when the database is restored from a
+    /// backup ([`ServerStorage::renew_store_epoch`]); tablets compare it between syncs.
+    async fn store_epoch(&self) -> Result<String>;
+
+    /// Gives the store a fresh epoch (after a restore: tablets then re-send what it may lack and
+    /// re-read the feed) and returns it.
+    async fn renew_store_epoch(&self) -> Result<String>;
+    /// Grants `device` a block of `size` numbers (clamped to 1..=[`MAX_NUMBER_BLOCK`]) cut from
+    /// `agency`'s counter (created at 1), rendered with `format`, at `now`, in one transaction:
+    /// concurrent allocations, from any replica, never overlap. [`StorageError::NotFound`] if the
+    /// device is unknown.
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock>;
+
+    /// Blocks of one device (or of every device), by id; at most the newest
+    /// [`MAX_NUMBER_BLOCKS_LISTED`].
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>>;
+
+    /// Records what `device` reported of its blocks, `(block, next)` pairs: each named block of
+    /// that device becomes acknowledged and its `next` grows to the reported value (clamped to
+    /// the block; it never decreases). Blocks of other devices or unknown are ignored. The
+    /// caller bounds the list.
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()>;
+
+    /// Records the dossier numbers of documents accepted from `device`. A number already
+    /// recorded stays with its first document.
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()>;
+
+    /// The document recorded with this dossier number, and the device that pushed it.
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>>;
 }
 
-/// Opens the storage named by `url`: `postgres://...` or `postgresql://...` is PostgreSQL;
+/// A fresh store epoch: 32 lowercase hex digits.
+pub fn new_store_epoch() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Opens the storage named by `url`: `postgres://...`, `postgresql://...` or a libpq key=value
+/// string naming a `host=` (several hosts for failover, see [`postgres`]) is PostgreSQL;
 /// `sqlite:PATH`, `sqlite://PATH` or a plain path is a SQLite file (created if missing;
 /// `:memory:` for a private in-memory database). Migrations are applied before it returns.
 pub async fn open(url: &str) -> Result<Arc<dyn ServerStorage>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || postgres::is_key_value_string(url)
+    {
         return Ok(Arc::new(PostgresStorage::connect(url).await?));
     }
     let path = url

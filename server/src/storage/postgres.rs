@@ -7,6 +7,16 @@
 //! (by code), new document registrations (by id), the device row, the province counter row — so
 //! concurrent ingests never deadlock; feed pages are read in a READ ONLY REPEATABLE READ
 //! transaction (one snapshot for the row scan and the byte fetch).
+//!
+//! Failover: the connection string may name several hosts (`host=a,b port=5432,5432
+//! target_session_attrs=read-write`, or `postgres://u@a:5432,b:5432/db?target_session_attrs=...`);
+//! a new connection goes to the first that accepts writes. A connection the database broke (its
+//! primary died) is dropped when it comes back to the pool, and the next request opens a new one,
+//! which finds the promoted standby: no restart of the server. Requests in flight at the moment
+//! of the loss fail (500, retried by tablets); nothing they were not acknowledged for is assumed
+//! stored. Unless the string says otherwise, connecting gives up on a host after
+//! [`CONNECT_TIMEOUT`] and TCP keepalives detect a silently dead host within about a minute
+//! ([`KEEPALIVE_IDLE`]), so a machine that vanishes without a reset does not hold connections.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -14,13 +24,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::plan::{self, FeedRowMeta};
+
+mod numbers;
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, Refusal,
+    RefusalRow, Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
     feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
     to_i64, to_u64,
 };
@@ -30,6 +42,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
     include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
+    include_str!("../../migrations/postgres/0004_dossier_numbers.sql"),
+    include_str!("../../migrations/postgres/0006_store_identity.sql"),
 ];
 
 /// The schema version this build writes.
@@ -40,6 +54,37 @@ const MIGRATION_LOCK: i64 = 0x0063_6d6e_7379_6e63;
 
 /// Connections per replica unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long opening a connection to one host may take, unless the string sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalive probes start, unless the string sets `keepalives_idle`
+/// (libpq's default, two hours, would leave a connection to a vanished host open that long).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Whether `database` is a libpq key=value connection string (`host=... port=... dbname=...`)
+/// rather than a URL or a SQLite path.
+pub fn is_key_value_string(database: &str) -> bool {
+    database.split_whitespace().all(|word| word.contains('='))
+        && database
+            .split_whitespace()
+            .any(|word| word.starts_with("host=") || word.starts_with("hostaddr="))
+}
+
+/// The driver's defaults made fit for failover (see the module doc); what the string sets wins.
+fn with_failover_defaults(config: &mut tokio_postgres::Config, url: &str) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if !url.contains("keepalives_idle") {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+}
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(error: tokio_postgres::Error) -> Self {
@@ -79,14 +124,16 @@ impl PostgresStorage {
 
     /// Connects with at most `max_connections` pooled connections (`postgres://` URL or
     /// key=value string) and applies migrations. A schema newer than [`SCHEMA_VERSION`] is
-    /// refused. Connections are plain TCP or unix socket (no TLS).
+    /// refused. TLS as the URL's `sslmode` and `sslrootcert` ask (libpq's meanings, see
+    /// [`super::pg_tls`]).
     pub async fn connect_with_pool_size(url: &str, max_connections: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StorageError::backend(format!("postgres: bad url: {e}")))?;
+        let mut connection = super::pg_tls::parse(url)?;
+        with_failover_defaults(&mut connection.config, url);
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            connection.config,
+            connection.tls,
+            // Fast: a connection is checked only for being closed (a broken one is dropped then);
+            // a round trip per request to check more would cost every sync.
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -1223,6 +1270,43 @@ impl ServerStorage for PostgresStorage {
         }
     }
 
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock> {
+        self.allocate_block(device, agency, format, size, now).await
+    }
+
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>> {
+        self.blocks(device).await
+    }
+
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()> {
+        self.report_usage(device, usage, now).await
+    }
+
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()> {
+        self.record_numbers(device, numbers, now).await
+    }
+
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_number(number).await
+    }
+
     async fn stats(&self) -> Result<Vec<CommuneStats>> {
         let client = self.client().await?;
         let rows = client
@@ -1248,5 +1332,59 @@ impl ServerStorage for PostgresStorage {
                 })
             })
             .collect()
+    }
+
+    async fn store_epoch(&self) -> Result<String> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT epoch FROM store_identity WHERE singleton = 1", &[])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn renew_store_epoch(&self) -> Result<String> {
+        let client = self.client().await?;
+        let epoch = super::new_store_epoch();
+        client
+            .execute(
+                "INSERT INTO store_identity (singleton, epoch) VALUES (1, $1)
+                 ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch",
+                &[&epoch],
+            )
+            .await?;
+        Ok(epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_strings_are_told_from_paths_and_urls() {
+        assert!(is_key_value_string(
+            "host=10.0.0.1,10.0.0.2 port=5432,5432 dbname=communesync target_session_attrs=read-write"
+        ));
+        assert!(is_key_value_string("hostaddr=127.0.0.1 user=cs"));
+        assert!(!is_key_value_string("communesync-server.db"));
+        assert!(!is_key_value_string("/var/lib/a=b/server.db"));
+        assert!(!is_key_value_string("dbname=x user=y"));
+        assert!(!is_key_value_string(""));
+        assert!(!is_key_value_string("postgres://u@h/db"));
+    }
+
+    #[test]
+    fn failover_defaults_do_not_override_the_string() {
+        let url = "host=a,b port=1,2 connect_timeout=9 keepalives_idle=7";
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        with_failover_defaults(&mut config, url);
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(9)));
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(7));
+        let url = "host=a,b port=1,2";
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        with_failover_defaults(&mut config, url);
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(config.get_hosts().len(), 2);
     }
 }

@@ -16,10 +16,12 @@ use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::plan::{self, FeedRowMeta};
+
+mod numbers;
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, Refusal,
+    RefusalRow, Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
     feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
     to_u64,
 };
@@ -29,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_device_status.sql"),
     include_str!("../../migrations/sqlite/0003_operators_and_refusals.sql"),
+    include_str!("../../migrations/sqlite/0004_dossier_numbers.sql"),
+    include_str!("../../migrations/sqlite/0006_store_identity.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1167,6 +1171,44 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock> {
+        self.allocate_block(device, agency.to_owned(), format.to_owned(), size, now)
+            .await
+    }
+
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>> {
+        self.blocks(device).await
+    }
+
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()> {
+        self.report_usage(device, usage.to_vec(), now).await
+    }
+
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()> {
+        self.record_numbers(device, numbers.to_vec(), now).await
+    }
+
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_number(number.to_owned()).await
+    }
+
     async fn stats(&self) -> Result<Vec<CommuneStats>> {
         self.read(|conn| {
             let tx = conn.transaction()?;
@@ -1193,6 +1235,28 @@ impl ServerStorage for SqliteStorage {
             };
             tx.commit()?;
             Ok(stats)
+        })
+        .await
+    }
+
+    async fn store_epoch(&self) -> Result<String> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT epoch FROM store_identity WHERE singleton = 1")?
+                .query_row([], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    async fn renew_store_epoch(&self) -> Result<String> {
+        self.write(|conn| {
+            let epoch = super::new_store_epoch();
+            conn.execute(
+                "INSERT INTO store_identity (singleton, epoch) VALUES (1, ?1)
+                 ON CONFLICT (singleton) DO UPDATE SET epoch = excluded.epoch",
+                params![epoch],
+            )?;
+            Ok(epoch)
         })
         .await
     }
