@@ -43,7 +43,7 @@ pub fn run(args: &ReceiptArgs) -> anyhow::Result<()> {
         if i % 10 == 0 {
             // Worst cases: a long name and many papers.
             new.applicant = Applicant {
-                name: "Hoàng Thị Phương Thảo Nguyễn Lê Minh Khuê Trần Đình Quốc Bảo".repeat(3),
+                name: "Hoàng Thị Phương Thảo Nguyễn Lê Minh Khuê Trần Đình Quốc Bảo".repeat(2),
                 ..new.applicant
             };
             let paper = new.documents.first().cloned();

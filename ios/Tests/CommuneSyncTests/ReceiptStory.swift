@@ -36,12 +36,12 @@ enum ReceiptStory {
             EngineConfig(storePath: work.appendingPathComponent("\(name).db").path,
                          encryptionKey: key, serverUrl: try env("COMMUNESYNC_SERVER_URL"), credential: nil)
         }
-        let a = try Engine.open(config: config("receipt-a"))
-        let b = try Engine.open(config: config("receipt-b"))
+        let a = try await Engine.open(config: config("receipt-a"))
+        let b = try await Engine.open(config: config("receipt-b"))
         _ = try await a.enroll(code: try env("COMMUNESYNC_RECEIPT_CODE_A"), label: "Máy A")
         _ = try await b.enroll(code: try env("COMMUNESYNC_RECEIPT_CODE_B"), label: "Máy B")
         _ = try await a.syncNow()
-        let app = try a.createApplication(officer: "can-bo.lan", new: NewApplication(
+        let app = try await a.createApplication(officer: "can-bo.lan", new: NewApplication(
             communeCode: commune, procedureCode: "1.001193",
             applicant: Applicant(name: "Nguyễn Thị Hương", village: "Bản Phăng"),
             documents: [ReceivedDocument(name: "Tờ khai đăng ký khai sinh", copies: 1, original: true)]))
@@ -63,7 +63,7 @@ enum ReceiptStory {
         let refused = try await b.verifyReceipt(payload: String(chars))
         c.expect("an altered receipt is refused: \(refused.code ?? "-")",
                  !refused.valid && (refused.code == "bad_signature" || refused.code == "malformed"))
-        c.expect("A's history: signed by this device",
-                 try a.history(id: app.id).allSatisfy { $0.signedByThisDevice })
+        let history = try await a.history(id: app.id)
+        c.expect("A's history: signed by this device", history.allSatisfy { $0.signedByThisDevice })
     }
 }
