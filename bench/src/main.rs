@@ -7,11 +7,14 @@
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
 //! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
 //! syncing tablets and its standby promoted (the same, and PostgreSQL installed).
+//! while an honest tablet syncs (the same); `-- receipts` intake with a signed receipt and
+//! receipt verification.
 
 mod dictionary;
 mod failover;
 mod hostile;
 mod load;
+mod receipts;
 mod report;
 mod store;
 mod sync;
@@ -40,6 +43,8 @@ enum Suite {
     /// Failover: a PostgreSQL primary SIGKILLed under replicas and syncing tablets, its
     /// synchronous standby promoted (pause seen by tablets, changes lost).
     Failover(failover::FailoverArgs),
+    /// Receipts: intake with a signed receipt, verification, QR payload size.
+    Receipts(receipts::ReceiptArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -51,6 +56,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
         Suite::Failover(args) => failover::run(&args),
+        Suite::Receipts(args) => receipts::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

@@ -12,7 +12,8 @@ use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
 use communesync_core::sync::{
-    ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, SyncError, enroll,
+    ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, SyncError,
+    enroll_with_key,
 };
 use zeroize::Zeroize;
 
@@ -154,7 +155,38 @@ impl Engine {
     pub async fn enroll(&self, code: String, label: String) -> Result<DeviceCredential> {
         self.check_open()?;
         let transport = self.transport()?;
-        let credentials = enroll(&transport, code.trim(), self.device_id, &label).await?;
+        // The device's public key is registered with the credential (replacing its previous
+        // one at re-enrollment); the private key stays in the store.
+        // Enrolling again (the engine or the store had a credential): a new key, installed
+        // once the server has registered it (the old one may have been revoked).
+        let had_credential = self.state().credential.is_some();
+        let again = had_credential
+            || self
+                .with_store(|store| Ok(store.enrolled_commune().is_some()))
+                .await?;
+        let new_key = if again {
+            Some(communesync_core::keys::DeviceSigningKey::generate()?)
+        } else {
+            None
+        };
+        let public_key = match &new_key {
+            Some(key) => key.public_key(),
+            None => self.with_store(|store| Ok(store.public_key()?)).await?,
+        };
+        let credentials = enroll_with_key(
+            &transport,
+            code.trim(),
+            self.device_id,
+            &label,
+            Some(public_key),
+        )
+        .await?;
+        if let Some(key) = new_key {
+            // The server holds the new key: without it here the device's pushes are refused
+            // until it enrolls again, which the error says.
+            self.with_store(move |store| Ok(store.install_signing_key(&key)?))
+                .await?;
+        }
         let credential = DeviceCredential::from(credentials);
         check_credential(self.device_id, &credential)?;
         // The server has enrolled the device: the credential must reach the app whatever

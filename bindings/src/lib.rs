@@ -24,6 +24,7 @@ mod keys;
 mod logging;
 mod observer;
 mod policy;
+pub mod receipt;
 mod status;
 pub mod types;
 
@@ -32,6 +33,7 @@ pub use error::{CommuneSyncError, ErrorKind};
 pub use logging::{EngineLogger, LogLevel, LogRecord, set_logger};
 pub use observer::{ChangeEvent, ChangeOrigin, ObserverHandle, SyncObserver, WipeEvent};
 pub use policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
+pub use receipt::{ReceiptInfo, ReceiptPaperInfo, ReceiptVerdict};
 pub use status::SyncStatusListener;
 pub use types::*;
 

@@ -833,6 +833,8 @@ pub struct HistoryEntry {
     /// When the server received it (server clock): the server's fact beside
     /// the device's claim. `None` until the server has acknowledged it.
     pub server_received_at: Option<SystemTime>,
+    /// Whether this device signed the change in a push (its own changes since device keys).
+    pub signed_by_this_device: bool,
 }
 
 impl From<core::HistoryEntry> for HistoryEntry {
@@ -844,6 +846,7 @@ impl From<core::HistoryEntry> for HistoryEntry {
             device_time: time_from_ms(h.device_time),
             fields: h.fields,
             server_received_at: h.server_received_at.map(time_from_ms),
+            signed_by_this_device: h.signed_by_this_device,
         }
     }
 }

@@ -18,7 +18,8 @@ use communesync_core::import::parse_import_line;
 use communesync_core::record::RecordId;
 use communesync_core::store::{ApplicationQuery, DeviceStore, StoreConfig};
 use communesync_core::sync::{
-    Credentials, ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, enroll,
+    Credentials, ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig,
+    enroll_with_key,
 };
 use serde::{Deserialize, Serialize};
 
@@ -83,6 +84,15 @@ enum DeviceTask {
     },
     /// Re-encrypt the store with a new key (the current one from `COMMUNESYNC_STORE_KEY`).
     Rekey(crate::device_rekey::RekeyArgs),
+    /// The signed receipt of an application (issued once, the same on every reprint): prints
+    /// its QR payload as JSON; `--pdf FILE` also writes the printable A5 page.
+    Receipt {
+        /// Dossier number (or record id).
+        number: String,
+        /// Write the A5 PDF here.
+        #[arg(long)]
+        pdf: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,9 +129,9 @@ enum QuarantineAction {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SavedCredential {
-    server: String,
-    credentials: Credentials,
+pub(crate) struct SavedCredential {
+    pub(crate) server: String,
+    pub(crate) credentials: Credentials,
     /// The trust given at enrollment (PEM texts, pins).
     #[serde(default)]
     ca_pem: Vec<String>,
@@ -157,13 +167,13 @@ fn transport(server: &str, trust: ServerTrust) -> anyhow::Result<ReqwestTranspor
     )?)
 }
 
-fn credential_path(store: &Path) -> PathBuf {
+pub(crate) fn credential_path(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
     name.push(".credential.json");
     PathBuf::from(name)
 }
 
-fn open(path: &Path) -> anyhow::Result<DeviceStore> {
+pub(crate) fn open(path: &Path) -> anyhow::Result<DeviceStore> {
     let config = StoreConfig::new(path);
     let config = match std::env::var("COMMUNESYNC_STORE_KEY") {
         Ok(hex_key) => config.encrypted(
@@ -186,7 +196,29 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             let mut store = open(&args.store)?;
             let trust = flag_trust.unwrap_or_default();
             let transport = transport(&server, trust.clone())?;
-            let credentials = enroll(&transport, &code, store.device_id(), &label).await?;
+            // Enrolling again (a credential exists): a new key, installed once the server has
+            // registered it (the old one may have been revoked, and is replaced).
+            let again = credential_path(&args.store).exists();
+            let new_key = if again {
+                Some(communesync_core::keys::DeviceSigningKey::generate()?)
+            } else {
+                None
+            };
+            let public_key = match &new_key {
+                Some(key) => key.public_key(),
+                None => store.public_key()?,
+            };
+            let credentials = enroll_with_key(
+                &transport,
+                &code,
+                store.device_id(),
+                &label,
+                Some(public_key),
+            )
+            .await?;
+            if let Some(key) = &new_key {
+                store.install_signing_key(key)?;
+            }
             // Records of another commune are refused from now on (and those typed before are
             // set aside in the quarantine).
             store.set_enrolled_commune(credentials.commune())?;
@@ -257,6 +289,11 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 SyncConfig::default(),
             )?;
             let report = client.sync(&|_| {}).await?;
+            // The province's key list (receipts are verified against it offline); a failure
+            // here does not undo the sync, the next one tries again.
+            if let Err(err) = client.refresh_device_keys().await {
+                eprintln!("device keys not refreshed: {err}");
+            }
             writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
         }
         DeviceTask::List { status, limit } => {
@@ -334,8 +371,57 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        DeviceTask::Receipt { number, pdf } => {
+            let mut store = open(&args.store)?;
+            let id = find_application(&mut store, &number)?;
+            let signed = store.issue_receipt(id)?;
+            if let Some(path) = &pdf {
+                let bytes = communesync_core::receipt::pdf::render(&signed, None)?;
+                std::fs::write(path, bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({
+                    "dossier_number": signed.receipt.dossier_number,
+                    "record_id": id,
+                    "payload": signed.payload,
+                    "payload_bytes": signed.payload.len(),
+                    "pdf": pdf,
+                })
+            )?;
+        }
     }
     Ok(())
+}
+
+/// The application with dossier number `number` (or record id `number`): a receipt issued here
+/// names it, else the applications are searched (bounded: the store's own pages).
+fn find_application(store: &mut DeviceStore, number: &str) -> anyhow::Result<RecordId> {
+    if let Some(id) = store.receipt_record(number)? {
+        return Ok(id);
+    }
+    if let Ok(id) = number.parse::<RecordId>() {
+        return Ok(id);
+    }
+    let mut offset = 0;
+    loop {
+        let page = store.query_applications(&ApplicationQuery {
+            limit: 500,
+            offset,
+            ..Default::default()
+        })?;
+        for item in &page.items {
+            if store.get_application(item.id)?.dossier_number.as_deref() == Some(number) {
+                return Ok(item.id);
+            }
+        }
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => anyhow::bail!("no application with dossier number {number} in this store"),
+        }
+    }
 }
 
 /// Writes `bytes` to `path` (mode 0600) atomically: a crash leaves the old file or the new one,

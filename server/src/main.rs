@@ -11,6 +11,7 @@ mod config_file;
 mod demo;
 mod device;
 mod device_rekey;
+mod verify_receipt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,8 @@ enum Command {
     Device(device::DeviceArgs),
     /// The server with tablets in two communes syncing over an emulated 2G link.
     Demo(demo::DemoArgs),
+    /// Verify a scanned receipt payload (offline with `--store`, online with `--server`).
+    VerifyReceipt(verify_receipt::VerifyReceiptArgs),
 }
 
 #[derive(Args)]
@@ -256,6 +259,11 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(args) => runtime.block_on(admin(args)),
         Command::Device(args) => runtime.block_on(device::run(args)),
         Command::Demo(args) => demo::run(&args),
+        Command::VerifyReceipt(args) => match runtime.block_on(verify_receipt::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(err) => Err(err),
+        },
     }
 }
 
@@ -451,6 +459,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 storage.revoke_device(id).await?;
             }
+            storage.revoke_device_keys(id, now).await?;
             println!("{}", serde_json::json!({ "revoked": device, "wipe": wipe }));
         }
         AdminTask::ReenrollCode { device, ttl_hours } => {

@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use communesync_core::keys::{DeviceSigningKey, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use communesync_server::storage::{
     self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
-    MAX_REFUSALS_PER_DEVICE, RefusalRow, Scope, ServerStorage, StorageError,
+    MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope, ServerStorage, StorageError,
 };
 use sha2::{Digest, Sha256};
 
@@ -241,6 +242,8 @@ conformance!(
     number_blocks_never_overlap_across_replicas,
     number_usage_reports_grow_and_stay_with_their_device,
     dossier_numbers_keep_their_first_document,
+    device_keys_register_replace_revoke_and_delta,
+    push_signatures_are_kept_and_linked_from_each_change,
 );
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -2289,4 +2292,118 @@ async fn dossier_numbers_keep_their_first_document(f: &Fixture) {
             .unwrap(),
         Some((second, a.id))
     );
+}
+
+fn new_key() -> PublicKey {
+    DeviceSigningKey::generate().unwrap().public_key()
+}
+
+async fn device_keys_register_replace_revoke_and_delta(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    assert_eq!(s.device_keys_since(0, 100).await.unwrap(), (vec![], 0));
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(s, Scope::Province, "b").await;
+    let (k1, k2, k3) = (new_key(), new_key(), new_key());
+    // Unknown device.
+    assert!(matches!(
+        s.register_device_key(DeviceId::new(), k1, NOW, false).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(s.register_device_key(a.id, k1, NOW, false).await.unwrap());
+    // Registering the current key again changes nothing.
+    assert!(
+        s.register_device_key(a.id, k1, NOW + 1, false)
+            .await
+            .unwrap()
+    );
+    let (entries, v1) = s.device_keys_since(0, 100).await.unwrap();
+    assert_eq!(v1, 1);
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].device, entries[0].public_key), (a.id, k1));
+    assert_eq!(entries[0].commune, "c1");
+    assert_eq!((entries[0].valid_from, entries[0].valid_until), (NOW, None));
+    // Trust on first use: only while the device has no key.
+    assert!(
+        !s.register_device_key(a.id, k2, NOW + 5, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.register_device_key(b.id, k3, NOW + 5, true)
+            .await
+            .unwrap()
+    );
+    // Re-enrollment replaces A's key: the old one stays listed, closed.
+    assert!(
+        s.register_device_key(a.id, k2, NOW + 10, false)
+            .await
+            .unwrap()
+    );
+    let (delta, v) = s.device_keys_since(v1, 100).await.unwrap();
+    assert_eq!(v, 4);
+    let old = delta.iter().find(|e| e.public_key == k1).unwrap();
+    assert_eq!(old.valid_until, Some(NOW + 10));
+    let new = delta.iter().find(|e| e.public_key == k2).unwrap();
+    assert_eq!((new.valid_from, new.valid_until), (NOW + 10, None));
+    assert_eq!(new.commune, "c1");
+    assert!(
+        delta
+            .iter()
+            .any(|e| e.device == b.id && e.commune.is_empty())
+    );
+    // Revocation marks every open key of the device, at one new version.
+    s.revoke_device_keys(a.id, NOW + 20).await.unwrap();
+    s.revoke_device_keys(a.id, NOW + 30).await.unwrap();
+    let (delta, v5) = s.device_keys_since(v, 100).await.unwrap();
+    assert_eq!(v5, 5);
+    assert_eq!(delta.len(), 2);
+    assert!(delta.iter().all(|e| e.revoked_at == Some(NOW + 20)));
+    // A revoked key is not registered again.
+    assert!(matches!(
+        s.register_device_key(a.id, k2, NOW + 40, false).await,
+        Err(StorageError::Conflict(_))
+    ));
+    // The delta is bounded and ordered by version.
+    let (first, _) = s.device_keys_since(0, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].device, b.id);
+    let (all, _) = s.device_keys_since(0, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].version <= w[1].version));
+}
+
+async fn push_signatures_are_kept_and_linked_from_each_change(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let key = new_key();
+    s.register_device_key(a.id, key, NOW, false).await.unwrap();
+    assert_eq!(s.device_keys_of(a.id).await.unwrap()[0].public_key, key);
+    assert!(s.device_keys_of(DeviceId::new()).await.unwrap().is_empty());
+    let first = PushSignatureRow {
+        device: a.id,
+        counter: 7,
+        hashes: vec![sha("x"), sha("y")],
+        signature: [9; 64],
+        received_at: NOW,
+    };
+    s.record_push_signature(&first).await.unwrap();
+    // A later push carrying y again (a retry) keeps y's first link; z is linked to it.
+    let second = PushSignatureRow {
+        counter: 8,
+        hashes: vec![sha("y"), sha("z")],
+        signature: [8; 64],
+        received_at: NOW + 1,
+        ..first.clone()
+    };
+    s.record_push_signature(&second).await.unwrap();
+    let found = s
+        .change_signatures(&[sha("x"), sha("y"), sha("z"), sha("unsigned")])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(*found[&sha("x")], first);
+    assert_eq!(*found[&sha("y")], first);
+    assert_eq!(*found[&sha("z")], second);
 }

@@ -38,6 +38,12 @@ pub enum RefusalCode {
     /// A new application's dossier number was not granted to the pushing device (not in one of
     /// its blocks, nor its fallback form), or another record has it.
     DossierNumber,
+    /// The pushing device has a registered key and the push carries no signature (issue 16):
+    /// every document of the request is refused.
+    UnsignedPush,
+    /// The push's signature is not the device's over these changes (forged, another device's
+    /// key, changes swapped or a revoked key): every document of the request is refused.
+    BadSignature,
     /// A code this build does not know (sent by a newer server).
     Other(String),
 }
@@ -57,6 +63,8 @@ impl RefusalCode {
             RefusalCode::NotYours => "not_yours",
             RefusalCode::Duplicate => "duplicate",
             RefusalCode::DossierNumber => "dossier_number",
+            RefusalCode::UnsignedPush => "unsigned_push",
+            RefusalCode::BadSignature => "bad_signature",
             RefusalCode::Other(code) => code,
         }
     }
@@ -75,6 +83,8 @@ impl RefusalCode {
             "not_yours" => RefusalCode::NotYours,
             "duplicate" => RefusalCode::Duplicate,
             "dossier_number" => RefusalCode::DossierNumber,
+            "unsigned_push" => RefusalCode::UnsignedPush,
+            "bad_signature" => RefusalCode::BadSignature,
             other => RefusalCode::Other(other.to_owned()),
         }
     }

@@ -392,6 +392,8 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::NotYours,
         RefusalCode::Duplicate,
         RefusalCode::DossierNumber,
+        RefusalCode::UnsignedPush,
+        RefusalCode::BadSignature,
     ] {
         assert_eq!(RefusalCode::parse(code.as_str()), code);
     }

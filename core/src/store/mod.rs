@@ -15,6 +15,7 @@
 //!   ([`quarantine`]).
 
 mod checkpoint;
+mod keys;
 mod numbers;
 mod projection;
 pub mod quarantine;
@@ -699,6 +700,7 @@ impl DeviceStore {
             entry.server_received_at = stmt
                 .query_row([hash.as_slice()], |row| row.get(0))
                 .optional()?;
+            entry.signed_by_this_device = self.signed_by_this_device(&hash)?;
         }
         Ok(history)
     }

@@ -276,16 +276,31 @@ pub async fn enroll<T: Transport>(
     device_id: DeviceId,
     label: &str,
 ) -> Result<Credentials, SyncError> {
+    enroll_with_key(transport, code, device_id, label, None).await
+}
+
+/// [`enroll`], registering the device's public key ([`DeviceStore::public_key`]) with the
+/// credential; at re-enrollment it replaces the device's previous key.
+pub async fn enroll_with_key<T: Transport>(
+    transport: &T,
+    code: &str,
+    device_id: DeviceId,
+    label: &str,
+    public_key: Option<crate::keys::PublicKey>,
+) -> Result<Credentials, SyncError> {
     #[derive(Serialize)]
     struct EnrollRequest<'a> {
         code: &'a str,
         device_id: DeviceId,
         label: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
     }
     let body = serde_json::to_vec(&EnrollRequest {
         code,
         device_id,
         label,
+        public_key: public_key.map(|k| k.to_hex()),
     })
     .map_err(|e| crate::Error::Document(e.to_string()))?;
     let retry = RetryPolicy {
@@ -310,6 +325,11 @@ pub async fn enroll<T: Transport>(
     serde_json::from_slice(&response.body)
         .map_err(|e| SyncError::Protocol(WireError::Malformed(format!("enrollment response: {e}"))))
 }
+
+mod keys;
+pub use keys::KeyRefresh;
+
+use crate::keys::wire::{DeviceKeysDelta, DeviceKeysRequest};
 
 /// Syncs one device store with the server over a [`Transport`].
 pub struct SyncClient<T: Transport> {
@@ -635,6 +655,15 @@ impl<T: Transport> SyncClient<T> {
             let acked_docs = acked.len() as u64;
             let half_trip = i64::try_from(sent_at.elapsed().as_millis() / 2).unwrap_or(0);
             let catalogue_sent = response.catalogue.as_ref().map(|c| c.version);
+            // A key list delta that does not decode is dropped: the next sync asks again from
+            // the version held, and records keep flowing.
+            let keys = response
+                .extensions
+                .get::<DeviceKeysDelta>()
+                .unwrap_or_else(|err| {
+                    tracing::warn!(%err, "device keys delta refused");
+                    None
+                });
             let answer = Answer {
                 acked,
                 refused,
@@ -642,6 +671,7 @@ impl<T: Transport> SyncClient<T> {
                 pulled,
                 next_cursor: response.next_cursor,
                 catalogue: response.catalogue,
+                keys,
                 server_time: response.server_time,
                 // The server's clock at the middle of the exchange against ours: a tablet whose
                 // clock is wrong stamps receipts (and due dates) by the server's time instead.
@@ -788,6 +818,24 @@ impl<T: Transport> SyncClient<T> {
                 pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
                 extensions,
             };
+            let mut request = request;
+            // One signature for the whole push (ADR 0008): over the hashes of its changes,
+            // which the server computes from the changes themselves.
+            let push = if request.push.is_empty() {
+                None
+            } else {
+                let hashes: Vec<[u8; 32]> = request
+                    .push
+                    .iter()
+                    .flat_map(|doc| doc.changes.iter())
+                    .map(|change| crate::keys::push::change_hash(change).unwrap_or([0; 32]))
+                    .collect();
+                Some(store.sign_push(&hashes)?)
+            };
+            request.extensions.insert(&DeviceKeysRequest {
+                keys_version: store.device_keys_version()?,
+                push,
+            })?;
             (batch, request, numbers)
         };
         let change_counts = request
@@ -816,7 +864,10 @@ impl<T: Transport> SyncClient<T> {
                 }),
                 catalogue_version: store.catalogue_version()?.max(catalogue.unwrap_or(0)),
                 pending_docs: store.pending_count()?,
-                extensions: Extensions::new(),
+                extensions: Extensions::new().with(&DeviceKeysRequest {
+                    keys_version: store.device_keys_version()?,
+                    push: None,
+                })?,
             }
         };
         self.encode(request, Vec::new(), Vec::new())
@@ -903,6 +954,8 @@ struct Answer {
     pulled: Vec<PullDoc>,
     next_cursor: u64,
     catalogue: Option<CatalogueUpdate>,
+    /// The province's key list entries this device lacked.
+    keys: Option<DeviceKeysDelta>,
     server_time: i64,
     /// This device's clock when the server answered (half way through the exchange).
     device_time_at_server: i64,
@@ -947,6 +1000,9 @@ impl Answer {
         }
         if let Some(sent) = &self.numbers_sent {
             store.mark_numbers_reported(sent)?;
+        }
+        if let Some(keys) = &self.keys {
+            store.apply_device_keys(&keys.entries, keys.version)?;
         }
         store.set_last_sync_at(self.server_time)?;
         store.set_clock_offset(clock_offset(self.server_time, self.device_time_at_server))?;

@@ -20,8 +20,8 @@ pub mod tls;
 pub mod transport;
 
 pub use client::{
-    Credentials, ENROLL_PATH, SYNC_PATH, Scope, SyncClient, SyncConfig, SyncError, SyncPhase,
-    SyncProgress, SyncReport, enroll,
+    Credentials, ENROLL_PATH, KeyRefresh, SYNC_PATH, Scope, SyncClient, SyncConfig, SyncError,
+    SyncPhase, SyncProgress, SyncReport, enroll, enroll_with_key,
 };
 pub use policy::{BackgroundPolicy, PolicyError, PolicyInput, SyncDecision};
 #[cfg(feature = "http")]

@@ -880,6 +880,33 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func rekey(newKey: Data) async throws 
     
     /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+    func devicePublicKey() async throws  -> String
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+    func issueReceipt(recordId: String) async throws  -> ReceiptInfo
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+    func receiptPdf(recordId: String) async throws  -> Data
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+    func verifyReceipt(payload: String) async throws  -> ReceiptVerdict
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+    func writeReceiptPdf(recordId: String, path: String) async throws 
+    
+    /**
      * Delivers the sync status to `listener` now and after each change, until
      * [`ObserverHandle::stop`] (see the module's contract). For a status bar: the Kotlin
      * `engine.syncStatusFlow(scope)` and the Swift `engine.syncStatusUpdates()` wrap it.
@@ -1604,6 +1631,103 @@ open func rekey(newKey: Data)async throws   {
             rustFutureFunc: {
                 uniffi_communesync_ffi_fn_method_engine_rekey(
                         self.uniffiCloneHandle(),FfiConverterData.lower(newKey)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
+            freeFunc: ffi_communesync_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+open func devicePublicKey()async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_device_public_key(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+open func issueReceipt(recordId: String)async throws  -> ReceiptInfo  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_issue_receipt(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeReceiptInfo_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+open func receiptPdf(recordId: String)async throws  -> Data  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_receipt_pdf(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterData.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+open func verifyReceipt(payload: String)async throws  -> ReceiptVerdict  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_verify_receipt(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(payload)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeReceiptVerdict_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+open func writeReceiptPdf(recordId: String, path: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId),FfiConverterString.lower(path)
                 )
             },
             pollFunc: ffi_communesync_ffi_rust_future_poll_void,
@@ -4661,6 +4785,10 @@ public struct HistoryEntry: Equatable, Hashable {
      * the device's claim. `None` until the server has acknowledged it.
      */
     public var serverReceivedAt: Date?
+    /**
+     * Whether this device signed the change in a push (its own changes since device keys).
+     */
+    public var signedByThisDevice: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4683,13 +4811,17 @@ public struct HistoryEntry: Equatable, Hashable {
         /**
          * When the server received it (server clock): the server's fact beside
          * the device's claim. `None` until the server has acknowledged it.
-         */serverReceivedAt: Date?) {
+         */serverReceivedAt: Date?, 
+        /**
+         * Whether this device signed the change in a push (its own changes since device keys).
+         */signedByThisDevice: Bool) {
         self.hash = hash
         self.deviceId = deviceId
         self.officer = officer
         self.deviceTime = deviceTime
         self.fields = fields
         self.serverReceivedAt = serverReceivedAt
+        self.signedByThisDevice = signedByThisDevice
     }
 
     
@@ -4713,7 +4845,8 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
                 officer: FfiConverterString.read(from: &buf), 
                 deviceTime: FfiConverterTimestamp.read(from: &buf), 
                 fields: FfiConverterSequenceString.read(from: &buf), 
-                serverReceivedAt: FfiConverterOptionTimestamp.read(from: &buf)
+                serverReceivedAt: FfiConverterOptionTimestamp.read(from: &buf), 
+                signedByThisDevice: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -4724,6 +4857,7 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
         FfiConverterTimestamp.write(value.deviceTime, into: &buf)
         FfiConverterSequenceString.write(value.fields, into: &buf)
         FfiConverterOptionTimestamp.write(value.serverReceivedAt, into: &buf)
+        FfiConverterBool.write(value.signedByThisDevice, into: &buf)
     }
 }
 
@@ -5455,6 +5589,363 @@ public func FfiConverterTypeQuarantinedRecord_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeQuarantinedRecord_lower(_ value: QuarantinedRecord) -> RustBuffer {
     return FfiConverterTypeQuarantinedRecord.lower(value)
+}
+
+
+/**
+ * What a signed receipt states, with its QR payload.
+ */
+public struct ReceiptInfo: Equatable, Hashable {
+    /**
+     * The QR payload (base45 text, at most 600 characters): print it as a QR code.
+     */
+    public var payload: String
+    /**
+     * Dossier number (empty when the record has none).
+     */
+    public var dossierNumber: String
+    /**
+     * Record id.
+     */
+    public var recordId: String
+    /**
+     * Commune code.
+     */
+    public var communeCode: String
+    /**
+     * Procedure code.
+     */
+    public var procedureCode: String
+    /**
+     * Catalogue version the procedure was taken from.
+     */
+    public var procedureVersion: UInt64
+    /**
+     * Applicant's name.
+     */
+    public var applicantName: String
+    /**
+     * Papers listed (the first ones when there were many).
+     */
+    public var papers: [ReceiptPaperInfo]
+    /**
+     * Papers left out of `papers` for room.
+     */
+    public var papersOmitted: UInt32
+    /**
+     * Received time, ms since the epoch.
+     */
+    public var receivedAtMs: Int64
+    /**
+     * Appointment date for the result, `YYYY-MM-DD`.
+     */
+    public var dueDate: String
+    /**
+     * Officer who received the dossier.
+     */
+    public var officer: String
+    /**
+     * Device that signed.
+     */
+    public var deviceId: String
+    /**
+     * When it was signed, ms since the epoch.
+     */
+    public var signedAtMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The QR payload (base45 text, at most 600 characters): print it as a QR code.
+         */payload: String, 
+        /**
+         * Dossier number (empty when the record has none).
+         */dossierNumber: String, 
+        /**
+         * Record id.
+         */recordId: String, 
+        /**
+         * Commune code.
+         */communeCode: String, 
+        /**
+         * Procedure code.
+         */procedureCode: String, 
+        /**
+         * Catalogue version the procedure was taken from.
+         */procedureVersion: UInt64, 
+        /**
+         * Applicant's name.
+         */applicantName: String, 
+        /**
+         * Papers listed (the first ones when there were many).
+         */papers: [ReceiptPaperInfo], 
+        /**
+         * Papers left out of `papers` for room.
+         */papersOmitted: UInt32, 
+        /**
+         * Received time, ms since the epoch.
+         */receivedAtMs: Int64, 
+        /**
+         * Appointment date for the result, `YYYY-MM-DD`.
+         */dueDate: String, 
+        /**
+         * Officer who received the dossier.
+         */officer: String, 
+        /**
+         * Device that signed.
+         */deviceId: String, 
+        /**
+         * When it was signed, ms since the epoch.
+         */signedAtMs: Int64) {
+        self.payload = payload
+        self.dossierNumber = dossierNumber
+        self.recordId = recordId
+        self.communeCode = communeCode
+        self.procedureCode = procedureCode
+        self.procedureVersion = procedureVersion
+        self.applicantName = applicantName
+        self.papers = papers
+        self.papersOmitted = papersOmitted
+        self.receivedAtMs = receivedAtMs
+        self.dueDate = dueDate
+        self.officer = officer
+        self.deviceId = deviceId
+        self.signedAtMs = signedAtMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReceiptInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptInfo {
+        return
+            try ReceiptInfo(
+                payload: FfiConverterString.read(from: &buf), 
+                dossierNumber: FfiConverterString.read(from: &buf), 
+                recordId: FfiConverterString.read(from: &buf), 
+                communeCode: FfiConverterString.read(from: &buf), 
+                procedureCode: FfiConverterString.read(from: &buf), 
+                procedureVersion: FfiConverterUInt64.read(from: &buf), 
+                applicantName: FfiConverterString.read(from: &buf), 
+                papers: FfiConverterSequenceTypeReceiptPaperInfo.read(from: &buf), 
+                papersOmitted: FfiConverterUInt32.read(from: &buf), 
+                receivedAtMs: FfiConverterInt64.read(from: &buf), 
+                dueDate: FfiConverterString.read(from: &buf), 
+                officer: FfiConverterString.read(from: &buf), 
+                deviceId: FfiConverterString.read(from: &buf), 
+                signedAtMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReceiptInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.payload, into: &buf)
+        FfiConverterString.write(value.dossierNumber, into: &buf)
+        FfiConverterString.write(value.recordId, into: &buf)
+        FfiConverterString.write(value.communeCode, into: &buf)
+        FfiConverterString.write(value.procedureCode, into: &buf)
+        FfiConverterUInt64.write(value.procedureVersion, into: &buf)
+        FfiConverterString.write(value.applicantName, into: &buf)
+        FfiConverterSequenceTypeReceiptPaperInfo.write(value.papers, into: &buf)
+        FfiConverterUInt32.write(value.papersOmitted, into: &buf)
+        FfiConverterInt64.write(value.receivedAtMs, into: &buf)
+        FfiConverterString.write(value.dueDate, into: &buf)
+        FfiConverterString.write(value.officer, into: &buf)
+        FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterInt64.write(value.signedAtMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptInfo_lift(_ buf: RustBuffer) throws -> ReceiptInfo {
+    return try FfiConverterTypeReceiptInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptInfo_lower(_ value: ReceiptInfo) -> RustBuffer {
+    return FfiConverterTypeReceiptInfo.lower(value)
+}
+
+
+/**
+ * A paper listed on a receipt.
+ */
+public struct ReceiptPaperInfo: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Copies received.
+     */
+    public var copies: UInt32
+    /**
+     * Whether the original was shown.
+     */
+    public var original: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Copies received.
+         */copies: UInt32, 
+        /**
+         * Whether the original was shown.
+         */original: Bool) {
+        self.name = name
+        self.copies = copies
+        self.original = original
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReceiptPaperInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptPaperInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptPaperInfo {
+        return
+            try ReceiptPaperInfo(
+                name: FfiConverterString.read(from: &buf), 
+                copies: FfiConverterUInt32.read(from: &buf), 
+                original: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReceiptPaperInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt32.write(value.copies, into: &buf)
+        FfiConverterBool.write(value.original, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptPaperInfo_lift(_ buf: RustBuffer) throws -> ReceiptPaperInfo {
+    return try FfiConverterTypeReceiptPaperInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptPaperInfo_lower(_ value: ReceiptPaperInfo) -> RustBuffer {
+    return FfiConverterTypeReceiptPaperInfo.lower(value)
+}
+
+
+/**
+ * The verdict on a scanned receipt.
+ */
+public struct ReceiptVerdict: Equatable, Hashable {
+    /**
+     * Whether the receipt is genuine.
+     */
+    public var valid: Bool
+    /**
+     * Why not: `malformed`, `unknown_device`, `key_revoked`, `key_replaced`, `bad_signature`.
+     */
+    public var code: String?
+    /**
+     * Readable reason.
+     */
+    public var message: String?
+    /**
+     * What the genuine receipt states.
+     */
+    public var receipt: ReceiptInfo?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Whether the receipt is genuine.
+         */valid: Bool, 
+        /**
+         * Why not: `malformed`, `unknown_device`, `key_revoked`, `key_replaced`, `bad_signature`.
+         */code: String?, 
+        /**
+         * Readable reason.
+         */message: String?, 
+        /**
+         * What the genuine receipt states.
+         */receipt: ReceiptInfo?) {
+        self.valid = valid
+        self.code = code
+        self.message = message
+        self.receipt = receipt
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReceiptVerdict: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptVerdict: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptVerdict {
+        return
+            try ReceiptVerdict(
+                valid: FfiConverterBool.read(from: &buf), 
+                code: FfiConverterOptionString.read(from: &buf), 
+                message: FfiConverterOptionString.read(from: &buf), 
+                receipt: FfiConverterOptionTypeReceiptInfo.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReceiptVerdict, into buf: inout [UInt8]) {
+        FfiConverterBool.write(value.valid, into: &buf)
+        FfiConverterOptionString.write(value.code, into: &buf)
+        FfiConverterOptionString.write(value.message, into: &buf)
+        FfiConverterOptionTypeReceiptInfo.write(value.receipt, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptVerdict_lift(_ buf: RustBuffer) throws -> ReceiptVerdict {
+    return try FfiConverterTypeReceiptVerdict.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptVerdict_lower(_ value: ReceiptVerdict) -> RustBuffer {
+    return FfiConverterTypeReceiptVerdict.lower(value)
 }
 
 
@@ -7934,6 +8425,30 @@ fileprivate struct FfiConverterOptionTypeDeviceCredential: FfiConverterRustBuffe
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeReceiptInfo: FfiConverterRustBuffer {
+    typealias SwiftType = ReceiptInfo?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeReceiptInfo.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeReceiptInfo.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeSyncReport: FfiConverterRustBuffer {
     typealias SwiftType = SyncReport?
 
@@ -8326,6 +8841,31 @@ fileprivate struct FfiConverterSequenceTypeQuarantinedRecord: FfiConverterRustBu
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeReceiptPaperInfo: FfiConverterRustBuffer {
+    typealias SwiftType = [ReceiptPaperInfo]
+
+    public static func write(_ value: [ReceiptPaperInfo], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReceiptPaperInfo.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReceiptPaperInfo] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReceiptPaperInfo]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReceiptPaperInfo.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer {
     typealias SwiftType = [ReceivedDocument]
 
@@ -8518,6 +9058,16 @@ public func nextSyncAfter(input: PolicyInput, policy: BackgroundPolicy?) -> Sync
     )
 })
 }
+/**
+ * Most characters of a receipt's QR payload.
+ */
+public func receiptPayloadMaxChars() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(uniffiCallStatus
+    )
+})
+}
 
 private enum InitializationResult {
     case ok
@@ -8538,6 +9088,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_func_next_sync_after() != 51536) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() != 2066) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_application_by_number() != 35798) {
@@ -8637,6 +9190,21 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_rekey() != 17343) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_device_public_key() != 1195) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_issue_receipt() != 9952) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_receipt_pdf() != 56446) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_verify_receipt() != 60260) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() != 21417) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() != 44248) {

@@ -5,6 +5,9 @@
 //! - `POST /v1/sync` (wire v2, `docs/PROTOCOL.md`): push and pull in one round trip.
 //! - `/v1/admin/...` (JSON, operator token): communes, enrollment and re-enrollment codes,
 //!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
+//! - `POST /v1/device/key`, `POST /v1/device-keys`, `POST /v1/receipts/verify` (JSON): device
+//!   keys (first-use registration, the province's key list as a delta) and the online check of a
+//!   receipt ([`keys`]).
 //! - `GET /v1/health`.
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
@@ -23,9 +26,11 @@ pub mod client_addr;
 mod enroll;
 pub mod enroll_limit;
 mod error;
+pub mod keys;
 mod push;
 mod rate;
 mod secrets;
+mod signed_push;
 mod store_epoch;
 mod sync;
 
@@ -232,6 +237,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
+        .route("/v1/device/key", post(keys::register_first_key))
+        .route("/v1/device-keys", post(keys::device_keys))
+        .route("/v1/receipts/verify", post(keys::verify))
         .route(
             "/v1/admin/communes",
             get(admin::admin_list_communes).post(admin::admin_create_commune),

@@ -9,6 +9,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
+use communesync_core::keys::wire::{DeviceKeysRequest, MAX_DELTA_ENTRIES, cut_delta};
 use communesync_core::numbering::NumberState;
 use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, Extensions, FeedDoc, OLDEST_PROTOCOL_VERSION, PROTOCOL_V2,
@@ -18,6 +19,7 @@ use communesync_core::protocol::{
 use communesync_core::record::RecordId;
 
 use super::push::{Cancel, Cancelled, Decoded, DocVerdict, Pusher, decode_push, judge};
+use super::signed_push::{self, PushAuth};
 use super::{ApiError, AppState, authenticate_device, refused_body};
 use crate::numbers;
 use crate::storage::{RefusalRow, StorageError};
@@ -138,6 +140,7 @@ async fn sync_inner(
             None
         }
     };
+    let keys_request = request.extensions.get::<DeviceKeysRequest>();
     let catalogue = state.storage.catalogue().await?;
 
     // Push: a verdict per document; what passes is stored in one transaction.
@@ -154,6 +157,38 @@ async fn sync_inner(
         // Decoding (and checking the documents sent whole, which name no id) runs first; then
         // one storage read for what the server holds of them all; then the checks against it.
         let push = request.push;
+        // The signature covers every change of the push: checked before anything is judged.
+        let (push, hashes) = blocking(move || {
+            let hashes = signed_push::change_hashes(&push);
+            Ok((push, hashes))
+        })
+        .await?;
+        let auth = signed_push::check(&state, device.id, hashes, &keys_request, now).await?;
+        let push = if let PushAuth::Refused(code, message) = &auth {
+            refused = (0..push.len())
+                .map(|position| Refused {
+                    position: u32::try_from(position).unwrap_or(u32::MAX),
+                    code: code.as_str().to_owned(),
+                    message: message.clone(),
+                })
+                .collect();
+            let ids = blocking(move || Ok((signed_push::record_ids(&push), push.len()))).await?;
+            let (ids, count) = ids;
+            let rows: Vec<RefusalRow> = ids
+                .into_iter()
+                .flatten()
+                .map(|doc| RefusalRow {
+                    doc,
+                    code: code.as_str().to_owned(),
+                    message: message.clone(),
+                })
+                .collect();
+            tracing::warn!(device = %device.id, refused = count, %message, "push refused");
+            state.storage.record_refusals(device.id, &rows, now).await?;
+            Vec::new()
+        } else {
+            push
+        };
         let (decoded, pusher) = {
             let cancel = cancel.clone();
             blocking(move || {
@@ -254,6 +289,10 @@ async fn sync_inner(
         numbered.record(&*state.storage, device.id, now).await?;
         if !incoming.is_empty() {
             let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
+            // Before the changes: every stored change of a signed push has its signature.
+            if let PushAuth::Verified(signature) = &auth {
+                state.storage.record_push_signature(signature).await?;
+            }
             let outcome = state
                 .storage
                 .ingest(&device, incoming, now)
@@ -344,6 +383,18 @@ async fn sync_inner(
         }
         _ => None,
     };
+    // The key list entries the tablet lacks (protocol 4; older tablets send no version).
+    if let Ok(Some(held)) = &keys_request {
+        let (entries, current) = state
+            .storage
+            .device_keys_since(held.keys_version, MAX_DELTA_ENTRIES + 1)
+            .await?;
+        if current > held.keys_version {
+            extensions
+                .insert(&cut_delta(entries, current))
+                .map_err(ApiError::internal)?;
+        }
+    }
     let response = SyncResponse {
         protocol,
         server_time: now,

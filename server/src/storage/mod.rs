@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
 pub mod pg_tls;
@@ -347,6 +348,11 @@ pub const FEED_MAX_ITEMS: usize = 10_000;
 /// one's own changes is bounded too.
 const FEED_SCAN_EXTRA: usize = 2_000;
 
+/// Why a revoked key is not registered again: what it signed after its revocation must stay
+/// refused, so a device found again makes a new key.
+pub const KEY_REVOKED_MESSAGE: &str =
+    "this key was revoked: the device must make a new key before it is registered again";
+
 /// The server's storage. Implemented by [`SqliteStorage`] and [`PostgresStorage`]; every
 /// implementation passes the conformance suite.
 #[async_trait]
@@ -589,6 +595,92 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// The document recorded with this dossier number, and the device that pushed it.
     async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>>;
+    /// Registers `key` as `device`'s signing key from `now`, in one transaction: the device's
+    /// current key, if another, is closed (`valid_until = now`) and stays listed. With
+    /// `only_if_none` nothing changes when the device already has a key (trust on first use for
+    /// a device enrolled before keys existed) and the answer is `false`. Registering the current
+    /// key again changes nothing. Every change takes the next key-list version.
+    /// [`StorageError::NotFound`] if the device is not enrolled.
+    async fn register_device_key(
+        &self,
+        device: DeviceId,
+        key: PublicKey,
+        now: i64,
+        only_if_none: bool,
+    ) -> Result<bool>;
+
+    /// Marks `device`'s keys revoked at `now` (those not revoked yet), each at the next version.
+    async fn revoke_device_keys(&self, device: DeviceId, now: i64) -> Result<()>;
+
+    /// The key-list entries changed after `version` (at most `limit`, by version) and the
+    /// list's current version.
+    async fn device_keys_since(
+        &self,
+        version: u64,
+        limit: usize,
+    ) -> Result<(Vec<DeviceKeyEntry>, u64)>;
+
+    /// Every key ever registered for `device` (a handful: one per enrollment).
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>>;
+
+    /// Keeps a verified push signature: its signed message (device, counter, change hashes in
+    /// request order) and signature, linked from each change hash not linked yet. One
+    /// transaction; stored before the changes themselves, so every stored change of a signed
+    /// push has its link.
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()>;
+
+    /// The push signatures covering each of `hashes` that has one.
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>>;
+}
+
+/// A push signature as stored: enough to verify it again later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSignatureRow {
+    /// The pushing device.
+    pub device: DeviceId,
+    /// The counter it signed.
+    pub counter: u64,
+    /// The hashes of the changes the push carried, in request order.
+    pub hashes: Vec<[u8; 32]>,
+    /// The signature.
+    pub signature: [u8; 64],
+    /// Server receive time.
+    pub received_at: i64,
+}
+
+impl PushSignatureRow {
+    fn hashes_blob(&self) -> Vec<u8> {
+        self.hashes.concat()
+    }
+
+    fn from_parts(
+        device: DeviceId,
+        counter: i64,
+        hashes: &[u8],
+        signature: &[u8],
+        received_at: i64,
+    ) -> Result<Self> {
+        if !hashes.len().is_multiple_of(32) {
+            return Err(StorageError::backend(
+                "stored push hashes are not 32-byte hashes",
+            ));
+        }
+        Ok(PushSignatureRow {
+            device,
+            counter: to_u64(counter),
+            hashes: hashes
+                .chunks_exact(32)
+                .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                .collect(),
+            signature: signature
+                .try_into()
+                .map_err(|_| StorageError::backend("stored signature is not 64 bytes"))?,
+            received_at,
+        })
+    }
 }
 
 /// A fresh store epoch: 32 lowercase hex digits.

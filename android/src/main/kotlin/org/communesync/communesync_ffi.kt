@@ -764,6 +764,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_func_next_sync_after(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_application_by_number(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_dossier_number_state(
@@ -829,6 +831,16 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_communesync_ffi_checksum_method_engine_update_citizen_request(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_rekey(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_device_public_key(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_issue_receipt(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_receipt_pdf(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_verify_receipt(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_watch_sync_status(
     ): Int
@@ -943,6 +955,16 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_rekey(`ptr`: Long,`newKey`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_device_public_key(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_issue_receipt(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_receipt_pdf(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_verify_receipt(`ptr`: Long,`payload`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(`ptr`: Long,`recordId`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_watch_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_communesync_ffi_fn_clone_enginelogger(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -985,6 +1007,8 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_communesync_ffi_fn_func_next_sync_after(`input`: RustBuffer.ByValue,`policy`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(uniffi_out_err: UniffiRustCallStatus, 
+    ): Int
     external fun ffi_communesync_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_communesync_ffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1110,6 +1134,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_func_next_sync_after() and 0xFFFF) != 51536) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() and 0xFFFF) != 2066) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_application_by_number() and 0xFFFF) != 35798) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1207,6 +1234,21 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_rekey() and 0xFFFF) != 17343) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_device_public_key() and 0xFFFF) != 1195) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_issue_receipt() and 0xFFFF) != 9952) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_receipt_pdf() and 0xFFFF) != 56446) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_verify_receipt() and 0xFFFF) != 60260) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() and 0xFFFF) != 21417) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() and 0xFFFF) != 44248) {
@@ -2005,6 +2047,33 @@ public interface EngineInterface {
      * store keeps its old key and this engine is closed (open it again with the old key).
      */
     suspend fun `rekey`(`newKey`: kotlin.ByteArray)
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+    suspend fun `devicePublicKey`(): kotlin.String
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+    suspend fun `issueReceipt`(`recordId`: kotlin.String): ReceiptInfo
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+    suspend fun `receiptPdf`(`recordId`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+    suspend fun `verifyReceipt`(`payload`: kotlin.String): ReceiptVerdict
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+    suspend fun `writeReceiptPdf`(`recordId`: kotlin.String, `path`: kotlin.String)
     
     /**
      * Delivers the sync status to `listener` now and after each change, until
@@ -2961,6 +3030,134 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
                 uniffiHandle,
                 
         FfiConverterByteArray.lower(`newKey`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `devicePublicKey`() : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_device_public_key(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `issueReceipt`(`recordId`: kotlin.String) : ReceiptInfo {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_issue_receipt(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeReceiptInfo.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `receiptPdf`(`recordId`: kotlin.String) : kotlin.ByteArray {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_receipt_pdf(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterByteArray.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `verifyReceipt`(`payload`: kotlin.String) : ReceiptVerdict {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_verify_receipt(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`payload`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeReceiptVerdict.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `writeReceiptPdf`(`recordId`: kotlin.String, `path`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+        FfiConverterString.lower(`path`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -5939,6 +6136,11 @@ data class HistoryEntry (
      * the device's claim. `None` until the server has acknowledged it.
      */
     var `serverReceivedAt`: java.time.Instant?
+    , 
+    /**
+     * Whether this device signed the change in a push (its own changes since device keys).
+     */
+    var `signedByThisDevice`: kotlin.Boolean
     
 ){
     
@@ -5961,6 +6163,7 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterTimestamp.read(buf),
             FfiConverterSequenceString.read(buf),
             FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -5970,7 +6173,8 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterString.allocationSize(value.`officer`) +
             FfiConverterTimestamp.allocationSize(value.`deviceTime`) +
             FfiConverterSequenceString.allocationSize(value.`fields`) +
-            FfiConverterOptionalTimestamp.allocationSize(value.`serverReceivedAt`)
+            FfiConverterOptionalTimestamp.allocationSize(value.`serverReceivedAt`) +
+            FfiConverterBoolean.allocationSize(value.`signedByThisDevice`)
     )
 
     override fun write(value: HistoryEntry, buf: ByteBuffer) {
@@ -5980,6 +6184,7 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterTimestamp.write(value.`deviceTime`, buf)
             FfiConverterSequenceString.write(value.`fields`, buf)
             FfiConverterOptionalTimestamp.write(value.`serverReceivedAt`, buf)
+            FfiConverterBoolean.write(value.`signedByThisDevice`, buf)
     }
 }
 
@@ -6501,6 +6706,267 @@ public object FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer<Quaranti
             FfiConverterTimestamp.write(value.`lastAt`, buf)
             FfiConverterUInt.write(value.`attempts`, buf)
             FfiConverterBoolean.write(value.`changesKept`, buf)
+    }
+}
+
+
+
+/**
+ * What a signed receipt states, with its QR payload.
+ */
+data class ReceiptInfo (
+    /**
+     * The QR payload (base45 text, at most 600 characters): print it as a QR code.
+     */
+    var `payload`: kotlin.String
+    , 
+    /**
+     * Dossier number (empty when the record has none).
+     */
+    var `dossierNumber`: kotlin.String
+    , 
+    /**
+     * Record id.
+     */
+    var `recordId`: kotlin.String
+    , 
+    /**
+     * Commune code.
+     */
+    var `communeCode`: kotlin.String
+    , 
+    /**
+     * Procedure code.
+     */
+    var `procedureCode`: kotlin.String
+    , 
+    /**
+     * Catalogue version the procedure was taken from.
+     */
+    var `procedureVersion`: kotlin.ULong
+    , 
+    /**
+     * Applicant's name.
+     */
+    var `applicantName`: kotlin.String
+    , 
+    /**
+     * Papers listed (the first ones when there were many).
+     */
+    var `papers`: List<ReceiptPaperInfo>
+    , 
+    /**
+     * Papers left out of `papers` for room.
+     */
+    var `papersOmitted`: kotlin.UInt
+    , 
+    /**
+     * Received time, ms since the epoch.
+     */
+    var `receivedAtMs`: kotlin.Long
+    , 
+    /**
+     * Appointment date for the result, `YYYY-MM-DD`.
+     */
+    var `dueDate`: kotlin.String
+    , 
+    /**
+     * Officer who received the dossier.
+     */
+    var `officer`: kotlin.String
+    , 
+    /**
+     * Device that signed.
+     */
+    var `deviceId`: kotlin.String
+    , 
+    /**
+     * When it was signed, ms since the epoch.
+     */
+    var `signedAtMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptInfo: FfiConverterRustBuffer<ReceiptInfo> {
+    override fun read(buf: ByteBuffer): ReceiptInfo {
+        return ReceiptInfo(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeReceiptPaperInfo.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReceiptInfo) = (
+            FfiConverterString.allocationSize(value.`payload`) +
+            FfiConverterString.allocationSize(value.`dossierNumber`) +
+            FfiConverterString.allocationSize(value.`recordId`) +
+            FfiConverterString.allocationSize(value.`communeCode`) +
+            FfiConverterString.allocationSize(value.`procedureCode`) +
+            FfiConverterULong.allocationSize(value.`procedureVersion`) +
+            FfiConverterString.allocationSize(value.`applicantName`) +
+            FfiConverterSequenceTypeReceiptPaperInfo.allocationSize(value.`papers`) +
+            FfiConverterUInt.allocationSize(value.`papersOmitted`) +
+            FfiConverterLong.allocationSize(value.`receivedAtMs`) +
+            FfiConverterString.allocationSize(value.`dueDate`) +
+            FfiConverterString.allocationSize(value.`officer`) +
+            FfiConverterString.allocationSize(value.`deviceId`) +
+            FfiConverterLong.allocationSize(value.`signedAtMs`)
+    )
+
+    override fun write(value: ReceiptInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`payload`, buf)
+            FfiConverterString.write(value.`dossierNumber`, buf)
+            FfiConverterString.write(value.`recordId`, buf)
+            FfiConverterString.write(value.`communeCode`, buf)
+            FfiConverterString.write(value.`procedureCode`, buf)
+            FfiConverterULong.write(value.`procedureVersion`, buf)
+            FfiConverterString.write(value.`applicantName`, buf)
+            FfiConverterSequenceTypeReceiptPaperInfo.write(value.`papers`, buf)
+            FfiConverterUInt.write(value.`papersOmitted`, buf)
+            FfiConverterLong.write(value.`receivedAtMs`, buf)
+            FfiConverterString.write(value.`dueDate`, buf)
+            FfiConverterString.write(value.`officer`, buf)
+            FfiConverterString.write(value.`deviceId`, buf)
+            FfiConverterLong.write(value.`signedAtMs`, buf)
+    }
+}
+
+
+
+/**
+ * A paper listed on a receipt.
+ */
+data class ReceiptPaperInfo (
+    /**
+     * What it is.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Copies received.
+     */
+    var `copies`: kotlin.UInt
+    , 
+    /**
+     * Whether the original was shown.
+     */
+    var `original`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptPaperInfo: FfiConverterRustBuffer<ReceiptPaperInfo> {
+    override fun read(buf: ByteBuffer): ReceiptPaperInfo {
+        return ReceiptPaperInfo(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReceiptPaperInfo) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterUInt.allocationSize(value.`copies`) +
+            FfiConverterBoolean.allocationSize(value.`original`)
+    )
+
+    override fun write(value: ReceiptPaperInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterUInt.write(value.`copies`, buf)
+            FfiConverterBoolean.write(value.`original`, buf)
+    }
+}
+
+
+
+/**
+ * The verdict on a scanned receipt.
+ */
+data class ReceiptVerdict (
+    /**
+     * Whether the receipt is genuine.
+     */
+    var `valid`: kotlin.Boolean
+    , 
+    /**
+     * Why not: `malformed`, `unknown_device`, `key_revoked`, `key_replaced`, `bad_signature`.
+     */
+    var `code`: kotlin.String?
+    , 
+    /**
+     * Readable reason.
+     */
+    var `message`: kotlin.String?
+    , 
+    /**
+     * What the genuine receipt states.
+     */
+    var `receipt`: ReceiptInfo?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptVerdict: FfiConverterRustBuffer<ReceiptVerdict> {
+    override fun read(buf: ByteBuffer): ReceiptVerdict {
+        return ReceiptVerdict(
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalTypeReceiptInfo.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReceiptVerdict) = (
+            FfiConverterBoolean.allocationSize(value.`valid`) +
+            FfiConverterOptionalString.allocationSize(value.`code`) +
+            FfiConverterOptionalString.allocationSize(value.`message`) +
+            FfiConverterOptionalTypeReceiptInfo.allocationSize(value.`receipt`)
+    )
+
+    override fun write(value: ReceiptVerdict, buf: ByteBuffer) {
+            FfiConverterBoolean.write(value.`valid`, buf)
+            FfiConverterOptionalString.write(value.`code`, buf)
+            FfiConverterOptionalString.write(value.`message`, buf)
+            FfiConverterOptionalTypeReceiptInfo.write(value.`receipt`, buf)
     }
 }
 
@@ -8402,6 +8868,38 @@ public object FfiConverterOptionalTypeDeviceCredential: FfiConverterRustBuffer<D
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeReceiptInfo: FfiConverterRustBuffer<ReceiptInfo?> {
+    override fun read(buf: ByteBuffer): ReceiptInfo? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeReceiptInfo.read(buf)
+    }
+
+    override fun allocationSize(value: ReceiptInfo?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeReceiptInfo.allocationSize(value)
+        }
+    }
+
+    override fun write(value: ReceiptInfo?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeReceiptInfo.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeSyncReport: FfiConverterRustBuffer<SyncReport?> {
     override fun read(buf: ByteBuffer): SyncReport? {
         if (buf.get().toInt() == 0) {
@@ -8882,6 +9380,34 @@ public object FfiConverterSequenceTypeQuarantinedRecord: FfiConverterRustBuffer<
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeReceiptPaperInfo: FfiConverterRustBuffer<List<ReceiptPaperInfo>> {
+    override fun read(buf: ByteBuffer): List<ReceiptPaperInfo> {
+        val len = buf.getInt()
+        return List<ReceiptPaperInfo>(len) {
+            FfiConverterTypeReceiptPaperInfo.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReceiptPaperInfo>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReceiptPaperInfo.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReceiptPaperInfo>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReceiptPaperInfo.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer<List<ReceivedDocument>> {
     override fun read(buf: ByteBuffer): List<ReceivedDocument> {
         val len = buf.getInt()
@@ -9029,6 +9555,19 @@ public object FfiConverterTypeCivilDate: FfiConverter<CivilDate, RustBuffer.ByVa
         
         FfiConverterTypePolicyInput.lower(`input`),
         FfiConverterOptionalTypeBackgroundPolicy.lower(`policy`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * Most characters of a receipt's QR payload.
+         */ fun `receiptPayloadMaxChars`(): kotlin.UInt {
+            return FfiConverterUInt.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(
+    
+        _status)
 }
     )
     }
