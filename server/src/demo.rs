@@ -349,14 +349,9 @@ async fn receipt_story(
 ) -> anyhow::Result<()> {
     let (lan, hoa) = (&tablets[0], &tablets[2]);
     let signed = lan.with(|s| -> anyhow::Result<_> {
+        // The dossier number is given at intake, offline, from the block of numbers the
+        // server granted this tablet at its last sync.
         let app = s.create_application(lan.name, new)?;
-        // The dossier number comes from the device's block of numbers (issue 16, numbering);
-        // set here so that the receipt shows one.
-        let number = format!(
-            "MP-{}-0001",
-            CivilDate::today().to_string().replace('-', "")
-        );
-        s.update_application(app.id, lan.name, |a| a.dossier_number = Some(number))?;
         Ok(s.issue_receipt(app.id)?)
     })??;
     let pdf = dir.join(format!("receipt-{}.pdf", signed.receipt.dossier_number));
