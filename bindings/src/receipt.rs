@@ -4,7 +4,6 @@
 
 use communesync_core::receipt::{self, Receipt, SignedReceipt};
 use communesync_core::record::RecordId;
-use communesync_core::store::DeviceStore;
 
 use crate::engine::Engine;
 use crate::error::CommuneSyncError;
@@ -103,30 +102,21 @@ impl From<SignedReceipt> for ReceiptInfo {
     }
 }
 
-impl Engine {
-    /// Runs `f` on the store on tokio's blocking pool.
-    async fn on_store<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut DeviceStore) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.with_store(f).await
-    }
-}
-
 #[uniffi::export(async_runtime = "tokio")]
 impl Engine {
     /// The signed receipt of application `record_id` (issued at the first call, the same one
     /// at every reprint).
     pub async fn issue_receipt(&self, record_id: String) -> Result<ReceiptInfo> {
         let id: RecordId = record_id.parse()?;
-        self.on_store(move |store| Ok(store.issue_receipt(id)?.into()))
+        self.with_store(move |store| Ok(store.issue_receipt(id)?.into()))
             .await
     }
 
     /// The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
     pub async fn receipt_pdf(&self, record_id: String) -> Result<Vec<u8>> {
         let id: RecordId = record_id.parse()?;
-        self.on_store(move |store| Ok(store.receipt_pdf(id)?)).await
+        self.with_store(move |store| Ok(store.receipt_pdf(id)?))
+            .await
     }
 
     /// Writes the receipt PDF of application `record_id` to `path`.
@@ -141,7 +131,7 @@ impl Engine {
     /// Verifies a scanned receipt payload offline, against the province's key list this store
     /// holds (kept current by sync). A refused receipt is a verdict, not an error.
     pub async fn verify_receipt(&self, payload: String) -> Result<ReceiptVerdict> {
-        self.on_store(move |store| {
+        self.with_store(move |store| {
             Ok(match store.verify_receipt(&payload)? {
                 Ok(receipt) => ReceiptVerdict {
                     valid: true,
@@ -162,7 +152,7 @@ impl Engine {
 
     /// This device's public key (64 hex digits), registered at enrollment.
     pub async fn device_public_key(&self) -> Result<String> {
-        self.on_store(|store| Ok(store.public_key()?.to_hex()))
+        self.with_store(|store| Ok(store.public_key()?.to_hex()))
             .await
     }
 }
