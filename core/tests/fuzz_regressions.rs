@@ -189,3 +189,92 @@ fn assert_refused_as_corrupt(id: RecordId, kind: RecordKind, changes: &[Vec<u8>]
         ),
     }
 }
+
+/// A change by another device on top of the base application's head, with these operation
+/// counters and no operations.
+fn crafted_empty_change(base: &mut RecordDoc, start_op: u64) -> Vec<u8> {
+    let heads = base.heads();
+    let change = automerge::ExpandedChange {
+        operations: Vec::new(),
+        actor_id: automerge::ActorId::from(&[9u8; 16][..]),
+        hash: None,
+        seq: 1,
+        start_op: std::num::NonZeroU64::new(start_op).unwrap(),
+        time: 0,
+        message: None,
+        deps: heads,
+        extra_bytes: Vec::new(),
+        author: None,
+    };
+    automerge::Change::from(change).raw_bytes().to_vec()
+}
+
+/// FINDING (fixed), `changes` target, crash-d1f0ff82 (2026-12-06, a corpus grown over several
+/// runs; the crashing input itself was empty, the store kept an earlier one): a change whose
+/// first operation counter is not one past its dependencies' last. Automerge applies it in
+/// memory, but its saved document cannot represent it: the store wrote a snapshot that then
+/// failed to load (`max_op is lower than start_op`), so the record read as corrupt on the
+/// tablet from then on. Untrusted changes now have their counters checked before they apply
+/// (`integrity::history::op_counters_follow`, the server's rule too).
+#[test]
+fn a_change_whose_operation_counters_do_not_follow_its_dependencies_is_refused() {
+    let (id, saved) = base_document();
+    let device = DeviceId(uuid::Uuid::from_bytes([9; 16]));
+    let mut doc = RecordDoc::load(id, RecordKind::Application, &saved, device).unwrap();
+    let last_op = doc
+        .changes_since(&[])
+        .iter()
+        .map(automerge::Change::max_op)
+        .max()
+        .unwrap();
+    for start_op in [1, last_op, last_op + 2, last_op + 1000] {
+        let crafted = crafted_empty_change(&mut doc, start_op);
+        let before = doc.record().unwrap();
+        let heads = doc.heads();
+        assert!(
+            doc.apply_changes(std::slice::from_ref(&crafted), Source::Untrusted)
+                .is_err(),
+            "start_op {start_op} after {last_op}"
+        );
+        assert_eq!(doc.heads(), heads);
+        assert_eq!(doc.record().unwrap(), before);
+    }
+    // The same change with the counter Automerge itself would give it applies, and the
+    // document saved with it loads and reads.
+    let honest = crafted_empty_change(&mut doc, last_op + 1);
+    doc.apply_changes(std::slice::from_ref(&honest), Source::Untrusted)
+        .unwrap();
+    let reloaded = RecordDoc::load(id, RecordKind::Application, &doc.save(), device).unwrap();
+    assert_eq!(reloaded.record().unwrap(), doc.record().unwrap());
+}
+
+/// The store path of the same finding: a refused change leaves the stored record readable.
+#[test]
+fn a_store_never_keeps_a_record_it_cannot_read_back() {
+    use communesync_core::store::{DeviceStore, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (id, saved) = base_document();
+    let device = DeviceId(uuid::Uuid::from_bytes([9; 16]));
+    let mut base = RecordDoc::load(id, RecordKind::Application, &saved, device).unwrap();
+    let all: Vec<Vec<u8>> = base
+        .changes_since(&[])
+        .into_iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
+    let crafted = crafted_empty_change(&mut base, 1);
+    let path = dir.path().join("store.db");
+    {
+        let mut store = DeviceStore::open(StoreConfig::new(&path)).unwrap();
+        store
+            .apply_remote_changes(id, RecordKind::Application, &all)
+            .unwrap();
+        assert!(
+            store
+                .apply_remote_changes(id, RecordKind::Application, &[crafted])
+                .is_err()
+        );
+    }
+    // Reopened, so that the record is read from its stored snapshot, not a cache.
+    let mut store = DeviceStore::open(StoreConfig::new(&path)).unwrap();
+    assert_eq!(store.get(id).unwrap(), base.record().unwrap());
+}

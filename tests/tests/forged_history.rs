@@ -162,6 +162,37 @@ fn crafted_record(app: &Application, actor: DeviceId) -> PushDoc {
     }
 }
 
+/// An empty change by `actor` on top of `doc`'s heads whose first operation counter is `skip`
+/// past the one Automerge would give it (0: counters start over from 1).
+fn counters_off_by(doc: &mut RecordDoc, actor: DeviceId, skip: u64) -> PushDoc {
+    let heads = doc.heads();
+    let next = doc
+        .changes_since(&[])
+        .iter()
+        .map(automerge::Change::max_op)
+        .max()
+        .unwrap()
+        + 1;
+    let start_op = if skip == 0 { 1 } else { next + skip };
+    let change = automerge::ExpandedChange {
+        operations: Vec::new(),
+        actor_id: automerge::ActorId::from(actor.0.as_bytes().as_slice()),
+        hash: None,
+        seq: 1,
+        start_op: std::num::NonZeroU64::new(start_op).unwrap(),
+        time: 0,
+        message: None,
+        deps: heads,
+        extra_bytes: Vec::new(),
+        author: None,
+    };
+    PushDoc {
+        id: Some(doc.id()),
+        kind: RecordKind::Application,
+        changes: vec![automerge::Change::from(change).raw_bytes().to_vec()],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -225,6 +256,20 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
         for (name, edit, code) in own_edits {
             let mut copy = server_copy(&server, app.id, hostile.device).await;
             cases.push((name, crafted_edit(&mut copy, edit), code));
+        }
+        // Changes whose operation counters do not start right after their dependencies':
+        // Automerge applies them in memory, but no saved document can hold them (a tablet that
+        // pulled one would store a record it can no longer read).
+        for (name, skip) in [
+            ("operation counters that skip ahead", 2),
+            ("operation counters that start over", 0),
+        ] {
+            let mut copy = server_copy(&server, app.id, hostile.device).await;
+            cases.push((
+                name,
+                counters_off_by(&mut copy, hostile.device, skip),
+                "sequence",
+            ));
         }
         // A second root inside the existing record.
         let mut rooted = app.clone();

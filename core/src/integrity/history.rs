@@ -8,8 +8,9 @@
 //! - its sequence number is its author's previous one plus one, and it builds on that previous
 //!   change (an author's changes form one chain: two changes with one author and one sequence
 //!   number would make Automerge refuse the second on every replica that sees both);
-//! - its operation counters start past those of everything it depends on (Automerge's op ids
-//!   stay unique).
+//! - its operation counters start right after those of everything it depends on
+//!   ([`op_counters_follow`]: Automerge's op ids stay unique, and its saved documents, which
+//!   store each change's last counter only, can represent the change).
 //!
 //! Sizes are bounded: dependencies per change, authors per record, message bytes.
 
@@ -59,6 +60,17 @@ impl ChangeMeta {
             message_len: change.message().map_or(0, |m| m.len()),
         }
     }
+}
+
+/// Whether a change's operation counters follow its dependencies', whose highest counter is
+/// `deps_max_op` (0 for a root): its first operation is the next counter, exactly as Automerge
+/// numbers a change it makes, and its last is not before its first (or just before it, for a
+/// change without operations). A saved Automerge document keeps only each change's last counter
+/// and derives the first from the dependencies': a change that starts elsewhere applies in
+/// memory but makes a document that no longer loads (found by fuzzing, see
+/// `core/tests/fuzz_regressions.rs`).
+pub fn op_counters_follow(start_op: u64, max_op: u64, deps_max_op: u64) -> bool {
+    start_op == deps_max_op.saturating_add(1) && max_op.saturating_add(1) >= start_op
 }
 
 /// What [`HistoryIndex::admit`] found.
@@ -183,7 +195,7 @@ impl HistoryIndex {
                 ),
             ));
         }
-        if meta.start_op <= deps_max_op || meta.max_op.saturating_add(1) < meta.start_op {
+        if !op_counters_follow(meta.start_op, meta.max_op, deps_max_op) {
             return Err(Refusal::new(
                 RefusalCode::Sequence,
                 "a change whose operation counters do not follow its dependencies",

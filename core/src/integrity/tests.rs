@@ -284,6 +284,12 @@ fn sequence_gaps_op_counters_and_sizes_are_refused() {
         index.admit(&reused_ops, b).unwrap_err().code,
         RefusalCode::Sequence
     );
+    // ...and start right after them: a gap is refused too (a saved document cannot hold it).
+    let skipped_ops = meta(b, 1, 5, vec![root.hash]);
+    assert_eq!(
+        index.admit(&skipped_ops, b).unwrap_err().code,
+        RefusalCode::Sequence
+    );
     let b1 = meta(b, 1, 4, vec![root.hash]);
     assert_eq!(index.admit(&b1, b), Ok(Admission::Added));
     // a's second change that does not build on a's first (it names only b's, which does).

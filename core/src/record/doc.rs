@@ -5,7 +5,7 @@
 //! clock: that is the record's history. Correctness never depends on that time; history is
 //! ordered causally.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use automerge::transaction::Transactable;
 use automerge::{
@@ -438,6 +438,9 @@ impl RecordDoc {
         source: Source,
     ) -> Result<Record> {
         let before = self.doc.get_heads();
+        if source == Source::Untrusted {
+            self.check_op_counters(&changes)?;
+        }
         let sent: HashSet<ChangeHash> = match source {
             Source::Untrusted => changes.iter().map(automerge::Change::hash).collect(),
             Source::Server => HashSet::new(),
@@ -495,6 +498,43 @@ impl RecordDoc {
                 Err(e)
             }
         }
+    }
+
+    /// Refuses untrusted changes whose operation counters do not follow their dependencies'
+    /// ([`crate::integrity::history::op_counters_follow`], the rule the server applies to every
+    /// push). Dependencies found neither here nor in the document are left to the missing
+    /// dependencies check. Cost: one lookup per dependency.
+    fn check_op_counters(&mut self, changes: &[automerge::Change]) -> Result<()> {
+        let in_batch: HashMap<ChangeHash, u64> =
+            changes.iter().map(|c| (c.hash(), c.max_op())).collect();
+        'changes: for change in changes {
+            let mut deps_max_op = 0;
+            for dep in change.deps() {
+                let max_op = match in_batch.get(dep) {
+                    Some(max_op) => Some(*max_op),
+                    None => self
+                        .doc
+                        .get_change_meta_by_hash(dep)
+                        .map(|meta| meta.max_op),
+                };
+                match max_op {
+                    Some(max_op) => deps_max_op = deps_max_op.max(max_op),
+                    None => continue 'changes,
+                }
+            }
+            if !crate::integrity::history::op_counters_follow(
+                change.start_op().get(),
+                change.max_op(),
+                deps_max_op,
+            ) {
+                return Err(Error::Corrupt {
+                    id: self.id,
+                    reason: "a change whose operation counters do not follow its dependencies"
+                        .to_owned(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// A document built from another replica's changes (a record this device has not seen), with
