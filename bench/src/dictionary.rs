@@ -116,6 +116,7 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
                 device: device.0,
                 officer: officer.clone(),
             },
+            attachments: Vec::new(),
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

@@ -39,6 +39,7 @@ fn base_document() -> (RecordId, Vec<u8>) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

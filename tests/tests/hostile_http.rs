@@ -161,6 +161,7 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
             device: device.0,
             officer: "x".into(),
         },
+        attachments: Vec::new(),
     };
     edit(&mut app);
     let id = app.id;
@@ -1732,6 +1733,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                     device: device.0,
                     officer: "lan".into(),
                 },
+                attachments: Vec::new(),
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };

@@ -31,6 +31,7 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
     }
 }
 

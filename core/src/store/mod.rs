@@ -550,6 +550,7 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            attachments: Vec::new(),
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;
@@ -584,6 +585,7 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            attachments: Vec::new(),
         };
         let record = Record::CitizenRequest(request);
         check_creation(&record, &self.rules(&|_| None))?;
@@ -919,6 +921,17 @@ impl DeviceStore {
 
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The connection, for the modules that open their own transactions (attachments); the
+    /// caller reports each commit with [`DeviceStore::committed`].
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Tells the background checkpointer a transaction was committed.
+    pub(crate) fn committed(&self) {
+        self.checkpointer.committed();
     }
 }
 

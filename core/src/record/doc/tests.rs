@@ -25,6 +25,7 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
     }
 }
 
@@ -289,6 +290,7 @@ fn the_cached_reader_reads_what_the_document_holds() {
             device: a_dev.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
     };
     let request = RecordDoc::create(&Record::CitizenRequest(request), a_dev, "lan", 4).unwrap();
     let plain: CitizenRequest = hydrate(&request.doc).unwrap();
