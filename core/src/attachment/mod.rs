@@ -17,9 +17,13 @@
 //!   for downloaded contents) it is a cache entry, evicted least recently used first beyond a
 //!   bound ([`crate::store::DeviceStore::evict_attachments`]). A content no live reference names
 //!   is dropped.
+//! - [`prepare`] (feature `image`) turns a camera photo of a paper into a small upright JPEG for
+//!   2G with bounded memory and time; the original is stored only if the app asks.
 //! - [`prepare`] turns a camera photo of a paper into a small JPEG for 2G, with bounded memory.
 
 pub(crate) mod content;
+#[cfg(feature = "image")]
+pub mod prepare;
 
 mod reference;
 mod store;

@@ -95,6 +95,53 @@ impl DeviceStore {
         self.attach(id, officer, new, &mut file)
     }
 
+    /// Attaches a camera photo or scan of a paper, prepared for 2G ([`super::prepare`]): the
+    /// small JPEG is attached (its MIME type is `image/jpeg` whatever `new.mime` says); the
+    /// original file too, as a second reference captioned "(original)", only when
+    /// `keep_original`. Returns the prepared reference, then the original's when kept.
+    #[cfg(feature = "image")]
+    pub fn attach_photo(
+        &mut self,
+        id: RecordId,
+        officer: &str,
+        new: NewAttachment,
+        path: &Path,
+        options: &super::prepare::PrepareOptions,
+        keep_original: bool,
+    ) -> Result<Vec<AttachmentRef>> {
+        let prepared = super::prepare::prepare_file(path, options)?;
+        let mut refs = Vec::new();
+        let prepared_new = NewAttachment {
+            mime: prepared.mime().to_owned(),
+            ..new.clone()
+        };
+        refs.push(self.attach_bytes(id, officer, prepared_new, &prepared.bytes)?);
+        if keep_original {
+            let mut head = [0u8; 4];
+            let mut file = std::fs::File::open(path).map_err(|e| Error::File {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let _ = file.read(&mut head);
+            let mime = if head.starts_with(&[0x89, b'P', b'N', b'G']) {
+                "image/png"
+            } else {
+                "image/jpeg"
+            };
+            let caption = format!("{} (original)", new.caption);
+            let original = NewAttachment {
+                mime: mime.to_owned(),
+                caption: caption
+                    .chars()
+                    .take(super::super::integrity::rules::MAX_CAPTION)
+                    .collect(),
+                ..new
+            };
+            refs.push(self.attach_file(id, officer, original, path)?);
+        }
+        Ok(refs)
+    }
+
     /// The attachments of a record that are not removed, in the order they were added.
     pub fn attachments(&mut self, id: RecordId) -> Result<Vec<AttachmentRef>> {
         let mut refs = match self.get(id)? {

@@ -448,3 +448,38 @@ fn eviction_keeps_what_only_this_tablet_holds() {
         vec![(refs[1].sha256.clone(), 1000)]
     );
 }
+
+#[cfg(feature = "image")]
+#[test]
+fn a_photo_is_prepared_and_the_original_kept_only_if_asked() {
+    use super::prepare::{PrepareOptions, sample_page_photo};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir, "a.db");
+    let id = new_app(&mut store);
+    let path = dir.path().join("camera.jpg");
+    sample_page_photo(1000, 750, 1).save(&path).unwrap();
+    let original = std::fs::read(&path).unwrap();
+    let options = PrepareOptions {
+        max_long_side: 600,
+        target_bytes: 60_000,
+        grayscale: true,
+        ..Default::default()
+    };
+    let only = store
+        .attach_photo(id, OFFICER, jpeg("Tờ khai"), &path, &options, false)
+        .unwrap();
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].mime, "image/jpeg");
+    assert!(only[0].size <= 60_000 && (only[0].size as usize) < original.len());
+    let both = store
+        .attach_photo(id, OFFICER, jpeg("Tờ khai"), &path, &options, true)
+        .unwrap();
+    assert_eq!(both.len(), 2);
+    // The same prepared bytes again: one content for both references.
+    assert_eq!(both[0].sha256, only[0].sha256);
+    assert_eq!(both[1].sha256, sha256_hex(&original));
+    assert_eq!(both[1].caption, "Tờ khai (original)");
+    assert_eq!(open_bytes(&mut store, &both[1].sha256), original);
+    assert_eq!(store.attachments(id).unwrap().len(), 3);
+    assert_eq!(contents(&store), 2);
+}
