@@ -28,6 +28,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
+pub mod attachments;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -319,7 +320,7 @@ const FEED_SCAN_EXTRA: usize = 2_000;
 /// The server's storage. Implemented by [`SqliteStorage`] and [`PostgresStorage`]; every
 /// implementation passes the conformance suite.
 #[async_trait]
-pub trait ServerStorage: Send + Sync + 'static {
+pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static {
     /// Creates a commune. [`StorageError::AlreadyExists`] if the code is taken.
     async fn create_commune(&self, code: &str, name: &str) -> Result<()>;
 

@@ -16,6 +16,8 @@ use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
+mod attachments;
+
 use super::plan::{self, FeedRowMeta};
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
@@ -30,6 +32,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
     include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
+    // Numbers 0004 to 0007 belong to other branches; the lead orders them at the merge.
+    include_str!("../../migrations/postgres/0008_attachments.sql"),
 ];
 
 /// The schema version this build writes.

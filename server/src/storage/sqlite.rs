@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod attachments;
+
 use super::plan::{self, FeedRowMeta};
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
@@ -29,6 +31,8 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_device_status.sql"),
     include_str!("../../migrations/sqlite/0003_operators_and_refusals.sql"),
+    // Numbers 0004 to 0007 belong to other branches; the lead orders them at the merge.
+    include_str!("../../migrations/sqlite/0008_attachments.sql"),
 ];
 
 /// The schema version this build writes.
