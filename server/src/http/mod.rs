@@ -17,6 +17,7 @@
 mod admin;
 mod admin_records;
 mod admin_tokens;
+pub mod attachments;
 mod body_rate;
 pub mod client_addr;
 mod enroll;
@@ -97,6 +98,8 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Quotas of attachment contents.
+    pub attachments: crate::storage::attachments::AttachmentLimits,
 }
 
 impl Default for ServerConfig {
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            attachments: Default::default(),
         }
     }
 }
@@ -223,6 +227,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
+        .route("/v1/attachments/{sha256}", get(attachments::status))
+        .route(
+            "/v1/attachments/{sha256}/chunks/{index}",
+            get(attachments::get_chunk)
+                .put(attachments::put_chunk)
+                .layer(DefaultBodyLimit::max(
+                    crate::storage::attachments::MAX_CHUNK_SIZE as usize,
+                )),
+        )
         .route(
             "/v1/admin/communes",
             get(admin::admin_list_communes).post(admin::admin_create_commune),

@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use communesync_core::attachment::AttachmentRef;
 use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
 use communesync_core::protocol::PushDoc;
 use communesync_core::record::{DeviceId, Record, RecordId, RecordKind, decode_change};
@@ -70,8 +71,8 @@ pub(super) struct Cancelled;
 
 /// What the server concluded about one pushed document.
 pub(super) enum DocVerdict {
-    /// Store these (new) changes.
-    Store(IncomingDoc),
+    /// Store these (new) changes; the record they leave names these attachments.
+    Store(IncomingDoc, Vec<AttachmentRef>),
     /// Nothing new: the server has every change already.
     Nothing,
     /// The server lacks changes they depend on: the tablet should send the whole history.
@@ -274,12 +275,19 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 Some(stored) => stored.commune.clone(),
                 None => record_commune(&record).to_owned(),
             };
-            DocVerdict::Store(IncomingDoc {
-                id: record.id(),
-                kind: doc.kind,
-                commune,
-                changes: new_changes,
-            })
+            let attachments = match *record {
+                Record::Application(ref a) => a.attachments.clone(),
+                Record::CitizenRequest(ref r) => r.attachments.clone(),
+            };
+            DocVerdict::Store(
+                IncomingDoc {
+                    id: record.id(),
+                    kind: doc.kind,
+                    commune,
+                    changes: new_changes,
+                },
+                attachments,
+            )
         }
         Verdict::MissingDeps => DocVerdict::MissingDeps,
         Verdict::Refused(refusal) => DocVerdict::Refused(refusal),

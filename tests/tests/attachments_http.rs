@@ -1,0 +1,274 @@
+//! The attachment channel over real HTTP on 127.0.0.1, on SQLite and PostgreSQL, as the honest
+//! tablet and as the attacker: a content uploaded in hash-checked chunks and resumed where it
+//! stopped, read by another tablet of the commune, invisible to another commune (the same 404
+//! as a content that does not exist), a corrupt chunk refused by its hash.
+
+// Test code: a failed step should stop the test where it happened.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+
+use communesync_core::attachment::{NewAttachment, STORE_CHUNK, sha256_hex};
+use communesync_core::sample::SampleData;
+use communesync_core::store::{DeviceStore, StoreConfig};
+use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_tests::{TestServer, test_databases};
+
+const COMMUNE_A: &str = "DB-MUONGPHANG";
+const COMMUNE_B: &str = "DB-NATAU";
+const CHUNK: usize = STORE_CHUNK;
+
+struct Tablet {
+    client: SyncClient<ReqwestTransport>,
+    store: Arc<Mutex<DeviceStore>>,
+    token: String,
+}
+
+async fn tablet(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Tablet {
+    let mut store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db")))).unwrap();
+    store.import_catalogue(&SampleData::catalogue()).unwrap();
+    let transport = ReqwestTransport::new(url).unwrap();
+    let credentials = enroll(&transport, code, store.device_id(), name)
+        .await
+        .unwrap();
+    let store = Arc::new(Mutex::new(store));
+    let client = SyncClient::new(
+        transport,
+        store.clone(),
+        credentials.token.clone(),
+        SyncConfig::default(),
+    )
+    .unwrap();
+    Tablet {
+        client,
+        store,
+        token: credentials.token,
+    }
+}
+
+struct Http {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Http {
+    async fn status(&self, token: &str, hash: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(format!("{}/v1/attachments/{hash}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn put(
+        &self,
+        token: &str,
+        hash: &str,
+        size: usize,
+        index: usize,
+        bytes: &[u8],
+        claimed: &str,
+    ) -> (u16, String) {
+        let response = self
+            .http
+            .put(format!(
+                "{}/v1/attachments/{hash}/chunks/{index}",
+                self.base
+            ))
+            .bearer_auth(token)
+            .header("x-content-size", size.to_string())
+            .header("x-chunk-size", CHUNK.to_string())
+            .header("x-chunk-sha256", claimed)
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.text().await.unwrap())
+    }
+
+    async fn get(&self, token: &str, hash: &str, index: usize) -> (u16, Vec<u8>) {
+        let response = self
+            .http
+            .get(format!(
+                "{}/v1/attachments/{hash}/chunks/{index}",
+                self.base
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.bytes().await.unwrap().to_vec())
+    }
+}
+
+fn chunk(data: &[u8], index: usize) -> &[u8] {
+    &data[index * CHUNK..((index + 1) * CHUNK).min(data.len())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_resume_scope_and_download_over_http() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "attachments").await.unwrap() {
+        let server = TestServer::start(&url).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
+        let other = server.commune_with_codes(COMMUNE_B, 1).await.unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let lan = tablet(sub.path(), "lan", &server.url(), &codes[0]).await;
+        let minh = tablet(sub.path(), "minh", &server.url(), &codes[1]).await;
+        let stranger = tablet(sub.path(), "stranger", &server.url(), &other[0]).await;
+        let http = Http {
+            base: server.url(),
+            http: reqwest::Client::new(),
+        };
+
+        // Lan attaches a scan (3 chunks and a bit) to an application and syncs the record.
+        let data: Vec<u8> = (0..3 * CHUNK + 777).map(|i| (i * 7 % 253) as u8).collect();
+        let hash = sha256_hex(&data);
+        let mut sample = SampleData::new(5);
+        let reference = {
+            let mut store = lan.store.lock().unwrap();
+            let id = store
+                .create_application("lan", sample.application(COMMUNE_A, None))
+                .unwrap()
+                .id;
+            let new = NewAttachment {
+                mime: "image/jpeg".into(),
+                caption: "CCCD".into(),
+                ..Default::default()
+            };
+            store.attach_bytes(id, "lan", new, &data).unwrap()
+        };
+        lan.client.sync(&|_| {}).await.unwrap();
+        assert_eq!(
+            lan.store
+                .lock()
+                .unwrap()
+                .pending_attachment_uploads(10)
+                .unwrap(),
+            vec![(hash.clone(), data.len() as u64)]
+        );
+
+        // Another commune's device: the same answer as a content that does not exist.
+        let absent = sha256_hex(b"nothing like this was ever uploaded");
+        let (code_absent, body_absent) = http.status(&stranger.token, &absent).await;
+        let (code_foreign, body_foreign) = http.status(&stranger.token, &hash).await;
+        assert_eq!((code_foreign, &body_foreign), (code_absent, &body_absent));
+        assert_eq!(code_foreign, 404);
+        let first = chunk(&data, 0);
+        let (code, _) = http
+            .put(
+                &stranger.token,
+                &hash,
+                data.len(),
+                0,
+                first,
+                &sha256_hex(first),
+            )
+            .await;
+        assert_eq!(code, 404);
+
+        // A corrupt chunk is refused by its hash and stores nothing.
+        let mut corrupt = first.to_vec();
+        corrupt[100] ^= 1;
+        let (code, body) = http
+            .put(
+                &lan.token,
+                &hash,
+                data.len(),
+                0,
+                &corrupt,
+                &sha256_hex(first),
+            )
+            .await;
+        assert_eq!(code, 422, "{body}");
+        let (code, body) = http.status(&lan.token, &hash).await;
+        assert_eq!(code, 200);
+        assert!(body.contains("\"received\":0"), "{body}");
+
+        // Two chunks, then a cut: the status says where to resume.
+        for index in 0..2 {
+            let piece = chunk(&data, index);
+            let (code, body) = http
+                .put(
+                    &lan.token,
+                    &hash,
+                    data.len(),
+                    index,
+                    piece,
+                    &sha256_hex(piece),
+                )
+                .await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let (_, body) = http.status(&lan.token, &hash).await;
+        assert!(body.contains("\"received\":2"), "{body}");
+        // A chunk sent again (its answer lost) changes nothing; a gap is refused.
+        let piece = chunk(&data, 1);
+        let (code, _) = http
+            .put(&lan.token, &hash, data.len(), 1, piece, &sha256_hex(piece))
+            .await;
+        assert_eq!(code, 200);
+        let piece = chunk(&data, 3);
+        let (code, _) = http
+            .put(&lan.token, &hash, data.len(), 3, piece, &sha256_hex(piece))
+            .await;
+        assert_eq!(code, 409);
+        // A lie about the size is refused: the record names the size.
+        let piece = chunk(&data, 2);
+        let (code, _) = http
+            .put(
+                &lan.token,
+                &hash,
+                data.len() + CHUNK,
+                2,
+                piece,
+                &sha256_hex(piece),
+            )
+            .await;
+        assert_ne!(code, 200);
+        for index in 2..4 {
+            let piece = chunk(&data, index);
+            let (code, body) = http
+                .put(
+                    &lan.token,
+                    &hash,
+                    data.len(),
+                    index,
+                    piece,
+                    &sha256_hex(piece),
+                )
+                .await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let (_, body) = http.status(&lan.token, &hash).await;
+        assert!(body.contains("\"complete\":true"), "{body}");
+
+        // Minh, same commune, receives the reference with the record and downloads the content.
+        minh.client.sync(&|_| {}).await.unwrap();
+        let missing = minh.store.lock().unwrap().missing_attachments(10).unwrap();
+        assert_eq!(missing, vec![(hash.clone(), data.len() as u64)]);
+        for index in 0..4 {
+            let (code, bytes) = http.get(&minh.token, &hash, index).await;
+            assert_eq!(code, 200);
+            minh.store
+                .lock()
+                .unwrap()
+                .store_attachment_range(&hash, data.len() as u64, (index * CHUNK) as u64, &bytes)
+                .unwrap();
+        }
+        let mut opened = Vec::new();
+        minh.store
+            .lock()
+            .unwrap()
+            .open_attachment(&reference.sha256, &mut opened)
+            .unwrap();
+        assert_eq!(opened, data);
+        // The stranger still reads nothing.
+        assert_eq!(http.get(&stranger.token, &hash, 0).await.0, 404);
+        server.stop().await;
+    }
+}
