@@ -11,7 +11,9 @@ use std::sync::{Arc, Mutex};
 use communesync_core::attachment::{NewAttachment, STORE_CHUNK, sha256_hex};
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, StoreConfig};
+use communesync_core::sync::attachments::{AttachmentPolicy, DEFAULT_CHUNK_SIZE};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_server::link::{Cut, LinkProfile, PoorLink};
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE_A: &str = "DB-MUONGPHANG";
@@ -22,10 +24,13 @@ struct Tablet {
     client: SyncClient<ReqwestTransport>,
     store: Arc<Mutex<DeviceStore>>,
     token: String,
+    path: std::path::PathBuf,
+    url: String,
 }
 
 async fn tablet(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Tablet {
-    let mut store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db")))).unwrap();
+    let path = dir.join(format!("{name}.db"));
+    let mut store = DeviceStore::open(StoreConfig::new(&path)).unwrap();
     store.import_catalogue(&SampleData::catalogue()).unwrap();
     let transport = ReqwestTransport::new(url).unwrap();
     let credentials = enroll(&transport, code, store.device_id(), name)
@@ -43,6 +48,40 @@ async fn tablet(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Tab
         client,
         store,
         token: credentials.token,
+        path,
+        url: url.to_owned(),
+    }
+}
+
+impl Tablet {
+    /// The same tablet after a kill: its store reopened from disk, a new client.
+    fn restarted(self) -> Tablet {
+        let Tablet {
+            client,
+            store,
+            token,
+            path,
+            url,
+        } = self;
+        drop(client);
+        drop(store);
+        let store = Arc::new(Mutex::new(
+            DeviceStore::open(StoreConfig::new(&path)).unwrap(),
+        ));
+        let client = SyncClient::new(
+            ReqwestTransport::new(&url).unwrap(),
+            store.clone(),
+            token.clone(),
+            SyncConfig::default(),
+        )
+        .unwrap();
+        Tablet {
+            client,
+            store,
+            token,
+            path,
+            url,
+        }
     }
 }
 
@@ -271,4 +310,180 @@ async fn upload_resume_scope_and_download_over_http() {
         assert_eq!(http.get(&stranger.token, &hash, 0).await.0, 404);
         server.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_and_downloads_resume_after_cuts_at_many_offsets_and_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "attachment_cuts").await.unwrap() {
+        let server = TestServer::start(&url).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
+        let link = PoorLink::start(
+            server.addr,
+            LinkProfile::loopback().with_rates(4_000_000, 4_000_000),
+        )
+        .await
+        .unwrap();
+        let link_url = format!("http://{}", link.addr());
+        let sub = tempfile::tempdir().unwrap();
+        let a = tablet(sub.path(), "a", &link_url, &codes[0]).await;
+        let b = tablet(sub.path(), "b", &link_url, &codes[1]).await;
+        let chunk = DEFAULT_CHUNK_SIZE as u64;
+        let data: Vec<u8> = (0..5 * chunk as usize + 1000)
+            .map(|i| (i * 31 % 241) as u8)
+            .collect();
+        let size = data.len() as u64;
+        let mut sample = SampleData::new(8);
+        let reference = {
+            let mut store = a.store.lock().unwrap();
+            let id = store
+                .create_application("a", sample.application(COMMUNE_A, None))
+                .unwrap()
+                .id;
+            let new = NewAttachment {
+                mime: "application/pdf".into(),
+                ..Default::default()
+            };
+            store.attach_bytes(id, "a", new, &data).unwrap()
+        };
+        // Records first, on a clean link.
+        a.client.sync(&|_| {}).await.unwrap();
+        let policy = AttachmentPolicy {
+            metered: false,
+            ..Default::default()
+        };
+
+        // Upload: cut the upstream at many offsets.
+        let before = link.bytes_up();
+        let mut cuts = 0u64;
+        for offset in (0..size + 20_000).step_by(17_389) {
+            link.cut_active();
+            link.cut_next(Cut::upstream(offset));
+            match a.client.upload_attachments(&policy, &|_| {}).await {
+                Ok(report) if !report.completed.is_empty() => break,
+                Ok(_) => {}
+                Err(_) => cuts += 1,
+            }
+        }
+        link.clear_pending_cuts();
+        assert!(cuts >= 3, "{url}: cuts did not interrupt uploads ({cuts})");
+        // The tablet is killed mid-upload: its store reopened, the upload continues.
+        let a = a.restarted();
+        let report = a.client.upload_attachments(&policy, &|_| {}).await.unwrap();
+        let pending = a
+            .store
+            .lock()
+            .unwrap()
+            .pending_attachment_uploads(10)
+            .unwrap();
+        assert!(pending.is_empty(), "{url}: {report:?}");
+        let sent = link.bytes_up() - before;
+        // Each cut costs at most the chunk in flight (plus request heads).
+        let allowed = size + cuts * (chunk + 2_048) + 64 * 2_048;
+        eprintln!("{url}: {cuts} upload cuts, {sent} bytes up for {size}");
+        assert!(
+            sent <= allowed,
+            "{url}: {sent} bytes sent, allowed {allowed}"
+        );
+
+        // Download on b: cut the downstream at many offsets.
+        b.client.sync(&|_| {}).await.unwrap();
+        let before = link.bytes_down();
+        let mut cuts = 0u64;
+        let mut done = false;
+        for offset in (0..size + 20_000).step_by(19_013) {
+            link.cut_active();
+            link.cut_next(Cut::downstream(offset));
+            match b
+                .client
+                .download_attachment(&reference.sha256, &|_| {})
+                .await
+            {
+                Ok(_) => {
+                    done = true;
+                    break;
+                }
+                Err(_) => cuts += 1,
+            }
+        }
+        link.clear_pending_cuts();
+        if !done {
+            b.client
+                .download_attachment(&reference.sha256, &|_| {})
+                .await
+                .unwrap();
+        }
+        assert!(
+            cuts >= 3,
+            "{url}: cuts did not interrupt downloads ({cuts})"
+        );
+        let received = link.bytes_down() - before;
+        let allowed = size + cuts * (chunk + 2_048) + 64 * 2_048;
+        eprintln!("{url}: {cuts} download cuts, {received} bytes down for {size}");
+        assert!(
+            received <= allowed,
+            "{url}: {received} bytes, allowed {allowed}"
+        );
+        let mut opened = Vec::new();
+        b.store
+            .lock()
+            .unwrap()
+            .open_attachment(&reference.sha256, &mut opened)
+            .unwrap();
+        assert_eq!(opened, data);
+        drop(a);
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_metered_budget_defers_attachments_and_receipts_go_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = &test_databases(dir.path(), "attachment_budget")
+        .await
+        .unwrap()[0];
+    let server = TestServer::start(url).await.unwrap();
+    let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
+    let sub = tempfile::tempdir().unwrap();
+    let a = tablet(sub.path(), "a", &server.url(), &codes[0]).await;
+    let mut sample = SampleData::new(9);
+    let (photo, receipt) = {
+        let mut store = a.store.lock().unwrap();
+        let id = store
+            .create_application("a", sample.application(COMMUNE_A, None))
+            .unwrap()
+            .id;
+        let photo = NewAttachment {
+            mime: "image/jpeg".into(),
+            category: communesync_core::attachment::AttachmentCategory::Photo,
+            ..Default::default()
+        };
+        let receipt = NewAttachment {
+            mime: "image/jpeg".into(),
+            category: communesync_core::attachment::AttachmentCategory::Receipt,
+            ..Default::default()
+        };
+        // The photo is attached first; the receipt must still go first.
+        let p = store
+            .attach_bytes(id, "a", photo, &vec![1u8; 100_000])
+            .unwrap();
+        let r = store
+            .attach_bytes(id, "a", receipt, &vec![2u8; 100_000])
+            .unwrap();
+        (p, r)
+    };
+    a.client.sync(&|_| {}).await.unwrap();
+    let policy = AttachmentPolicy {
+        metered: true,
+        metered_budget_bytes: 120_000,
+        ..Default::default()
+    };
+    let report = a.client.upload_attachments(&policy, &|_| {}).await.unwrap();
+    assert_eq!(report.completed, vec![receipt.sha256.clone()]);
+    assert!(report.chunk_bytes <= 120_000);
+    assert_eq!(report.deferred, 1);
+    // The next sync (a new budget) sends the photo.
+    let report = a.client.upload_attachments(&policy, &|_| {}).await.unwrap();
+    assert_eq!(report.completed, vec![photo.sha256.clone()]);
+    server.stop().await;
 }

@@ -10,8 +10,10 @@
 //!
 //! - [`transport`]: one HTTP exchange, as data in and data out;
 //! - [`client`]: rounds, retries with backoff, errors, progress and the report;
-//! - [`policy`]: the background schedule, a pure function.
+//! - [`policy`]: the background schedule, a pure function;
+//! - [`attachments`]: the attachment channel, after the records (resumable chunks).
 
+pub mod attachments;
 pub mod client;
 pub mod policy;
 pub mod transport;
