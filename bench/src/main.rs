@@ -5,8 +5,9 @@
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
-//! while an honest tablet syncs (the same).
+//! while an honest tablet syncs (the same), `-- attachments` a dossier of photos over 2G.
 
+mod attachments;
 mod dictionary;
 mod hostile;
 mod load;
@@ -35,6 +36,9 @@ enum Suite {
     /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
     /// the server while an honest tablet syncs (server memory, honest latency and failures).
     Hostile(hostile::HostileArgs),
+    /// Attachments: a 10-page dossier of camera photos prepared and uploaded over 2G with cuts
+    /// (bytes, time, re-sent per cut), and memory while uploading 50 MB.
+    Attachments(attachments::AttachmentArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -46,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
+        Suite::Attachments(args) => attachments::run(&args),
     }
 }
