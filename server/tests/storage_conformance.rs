@@ -2167,6 +2167,19 @@ async fn attachments_upload_in_order_resume_and_complete(f: &Fixture) {
         Err(ChunkRefusal::Mismatch(_))
     ));
     put(1).await.unwrap().unwrap();
+    // A stale partial upload under another size never blocks the content: an upload of
+    // another size restarts it from chunk 0, and the honest one restarts it back.
+    let mut stale = upload(&data[..CHUNK as usize + 1], 0, &device, "c1");
+    stale.sha256 = hash;
+    let restarted = f
+        .s()
+        .put_attachment_chunk(stale, &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((restarted.size, restarted.received), (CHUNK as u64 + 1, 1));
+    assert_eq!(put(0).await.unwrap().unwrap().received, 1);
+    put(1).await.unwrap().unwrap();
     // Not complete yet: nothing is served.
     assert_eq!(f.s().attachment_chunk(hash, 0).await.unwrap(), None);
     // Another replica resumes where the first stopped.

@@ -154,15 +154,48 @@ impl AttachmentStorage for PostgresStorage {
                 }
             }
         };
-        if current.complete || index < current.received {
+        if current.complete {
             tx.commit().await?;
             return Ok(Ok(current));
         }
+        let mut current = current;
         if current.size != size || current.chunk_size != chunk_size {
-            return Ok(Err(ChunkRefusal::Mismatch(format!(
-                "this content is uploaded as {} bytes in chunks of {}",
-                current.size, current.chunk_size
-            ))));
+            if index != 0 {
+                return Ok(Err(ChunkRefusal::Mismatch(format!(
+                    "this content is uploaded as {} bytes in chunks of {}",
+                    current.size, current.chunk_size
+                ))));
+            }
+            // An upload of another size or chunk size starts over from its first chunk: a stale
+            // or hostile partial upload never blocks the content.
+            tx.execute(
+                "DELETE FROM attachment_chunks WHERE sha256 = $1",
+                &[&sha256.as_slice()],
+            )
+            .await?;
+            tx.execute(
+                "UPDATE attachment_contents SET size = $2, chunk_size = $3, received = 0,
+                     uploaded_by = $4, commune = $5
+                 WHERE sha256 = $1",
+                &[
+                    &sha256.as_slice(),
+                    &to_i64(size),
+                    &i64::from(chunk_size),
+                    &upload.device.0.as_bytes().as_slice(),
+                    &upload.commune,
+                ],
+            )
+            .await?;
+            current = ContentState {
+                size,
+                chunk_size,
+                received: 0,
+                complete: false,
+            };
+        }
+        if index < current.received {
+            tx.commit().await?;
+            return Ok(Ok(current));
         }
         if index > current.received {
             return Ok(Err(ChunkRefusal::Mismatch(format!(
