@@ -158,11 +158,11 @@ async fn run_async(args: &AttachmentArgs) -> anyhow::Result<()> {
         metered: false,
         ..Default::default()
     };
-    let (up0, down0) = (link.bytes_up(), link.bytes_down());
+    let (up0, down0, cuts0) = (link.bytes_up(), link.bytes_down(), link.cuts());
     let started = Instant::now();
     // Cut each of the first connections a third of the way into the dossier.
     let cut_at = (prepared_total as u64 / (args.cuts + 1)).max(1);
-    let mut cuts = 0;
+    let mut failed_runs = 0;
     let mut remaining_cuts = args.cuts;
     for _ in 0..(args.cuts + 20) {
         if remaining_cuts > 0 {
@@ -177,9 +177,11 @@ async fn run_async(args: &AttachmentArgs) -> anyhow::Result<()> {
                     break;
                 }
             }
-            Err(_) => cuts += 1,
+            Err(_) => failed_runs += 1,
         }
     }
+    // Cuts the link made (a run may also fail on a pooled connection the link had dropped).
+    let cuts = link.cuts() - cuts0;
     let seconds = started.elapsed().as_secs_f64();
     let up = link.bytes_up() - up0;
     let down = link.bytes_down() - down0;
@@ -201,6 +203,7 @@ async fn run_async(args: &AttachmentArgs) -> anyhow::Result<()> {
     );
     report.add("attach_2g_upload_s", seconds, "s", Some(("<", 150.0)));
     report.add("attach_2g_cuts", cuts as f64, "", None);
+    report.add("attach_2g_failed_runs", failed_runs as f64, "", None);
     // Upper bound: everything sent beyond the payload (request heads included), per cut.
     let extra = up.saturating_sub(prepared_total as u64) as f64;
     report.add(
