@@ -5,12 +5,17 @@
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
-//! while an honest tablet syncs (the same), `-- attachments` a dossier of photos over 2G.
+//! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
+//! syncing tablets and its standby promoted (the same, and PostgreSQL installed);
+//! `-- receipts` intake with a signed receipt and receipt verification; `-- attachments` a
+//! dossier of photos over 2G.
 
 mod attachments;
 mod dictionary;
+mod failover;
 mod hostile;
 mod load;
+mod receipts;
 mod report;
 mod store;
 mod sync;
@@ -39,6 +44,11 @@ enum Suite {
     /// Attachments: a 10-page dossier of camera photos prepared and uploaded over 2G with cuts
     /// (bytes, time, re-sent per cut), and memory while uploading 50 MB.
     Attachments(attachments::AttachmentArgs),
+    /// Failover: a PostgreSQL primary SIGKILLed under replicas and syncing tablets, its
+    /// synchronous standby promoted (pause seen by tablets, changes lost).
+    Failover(failover::FailoverArgs),
+    /// Receipts: intake with a signed receipt, verification, QR payload size.
+    Receipts(receipts::ReceiptArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -49,6 +59,8 @@ fn main() -> anyhow::Result<()> {
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
+        Suite::Failover(args) => failover::run(&args),
+        Suite::Receipts(args) => receipts::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
         Suite::Attachments(args) => attachments::run(&args),
     }

@@ -11,8 +11,9 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_sync_state.sql"),
     include_str!("../../migrations/0003_outbox_changes.sql"),
     include_str!("../../migrations/0004_quarantine.sql"),
-    // Numbers 0005 to 0007 belong to other branches; the lead orders them at the merge.
-    include_str!("../../migrations/0008_attachments.sql"),
+    include_str!("../../migrations/0005_dossier_numbers.sql"),
+    include_str!("../../migrations/0006_device_keys.sql"),
+    include_str!("../../migrations/0007_attachments.sql"),
 ];
 
 /// The schema version this build writes.

@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use communesync_core::attachment::AttachmentRef;
 use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
 use communesync_core::protocol::PushDoc;
-use communesync_core::record::{DeviceId, Record, RecordId, RecordKind, decode_change};
+use communesync_core::record::{
+    Application, DeviceId, Record, RecordId, RecordKind, decode_change,
+};
 use rayon::prelude::*;
 
 use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope};
@@ -71,8 +73,10 @@ pub(super) struct Cancelled;
 
 /// What the server concluded about one pushed document.
 pub(super) enum DocVerdict {
-    /// Store these (new) changes; the record they leave names these attachments.
-    Store(IncomingDoc, Vec<AttachmentRef>),
+    /// Store these (new) changes; the record they leave names these attachments; with the
+    /// application when it is new here and has a dossier number (which the handler checks
+    /// against the device's blocks before storing).
+    Store(IncomingDoc, Vec<AttachmentRef>, Option<Box<Application>>),
     /// Nothing new: the server has every change already.
     Nothing,
     /// The server lacks changes they depend on: the tablet should send the whole history.
@@ -279,6 +283,12 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 Record::Application(ref a) => a.attachments.clone(),
                 Record::CitizenRequest(ref r) => r.attachments.clone(),
             };
+            let numbered = match (record.as_ref(), stored) {
+                (Record::Application(app), None) if app.dossier_number.is_some() => {
+                    Some(Box::new(app.clone()))
+                }
+                _ => None,
+            };
             DocVerdict::Store(
                 IncomingDoc {
                     id: record.id(),
@@ -287,6 +297,7 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                     changes: new_changes,
                 },
                 attachments,
+                numbered,
             )
         }
         Verdict::MissingDeps => DocVerdict::MissingDeps,
