@@ -487,3 +487,141 @@ async fn a_metered_budget_defers_attachments_and_receipts_go_first() {
     assert_eq!(report.completed, vec![photo.sha256.clone()]);
     server.stop().await;
 }
+
+/// The background sync as the policy runs it: the records always go, then the attachments
+/// within the byte budget of a metered link (receipt first), each sync continuing where the
+/// budget stopped the last; another tablet that asks for prefetch receives the contents with
+/// its sync, within its cache bound, and progress reaches the caller per attachment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_sync_sends_records_then_attachments_within_the_budget_and_prefetches() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "attachment_background")
+        .await
+        .unwrap()
+    {
+        let server = TestServer::start(&url).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let a = tablet(sub.path(), "a", &server.url(), &codes[0]).await;
+        let b = tablet(sub.path(), "b", &server.url(), &codes[1]).await;
+        let mut sample = SampleData::new(11);
+        let photo_bytes: Vec<u8> = (0..150_000u32).map(|i| (i % 253) as u8).collect();
+        let receipt_bytes = vec![2u8; 90_000];
+        let (id, photo, receipt) = {
+            let mut store = a.store.lock().unwrap();
+            let id = store
+                .create_application("a", sample.application(COMMUNE_A, None))
+                .unwrap()
+                .id;
+            let new = |category| NewAttachment {
+                mime: "image/jpeg".into(),
+                category,
+                ..Default::default()
+            };
+            use communesync_core::attachment::AttachmentCategory::{Photo, Receipt};
+            let photo = store
+                .attach_bytes(id, "a", new(Photo), &photo_bytes)
+                .unwrap();
+            let receipt = store
+                .attach_bytes(id, "a", new(Receipt), &receipt_bytes)
+                .unwrap();
+            (id, photo, receipt)
+        };
+        // Metered, 100 KB per sync: the receipt fits, the photo waits.
+        let metered = AttachmentPolicy {
+            metered: true,
+            metered_budget_bytes: 100_000,
+            ..Default::default()
+        };
+        let seen = Mutex::new(Vec::new());
+        let full = a
+            .client
+            .sync_with_attachments(&metered, &|_| {}, &|p| seen.lock().unwrap().push(p))
+            .await
+            .unwrap();
+        assert_eq!(full.records.pushed_docs, 1, "{url}: the record always goes");
+        let channel = full.attachments.unwrap();
+        assert_eq!(channel.completed, vec![receipt.sha256.clone()], "{url}");
+        assert_eq!(channel.deferred, 1, "{url}");
+        assert!(channel.chunk_bytes <= 100_000, "{url}");
+        let last = seen.lock().unwrap().last().cloned().unwrap();
+        assert!(last.upload && last.sha256 == receipt.sha256, "{url}");
+        assert_eq!(
+            (last.done_bytes, last.total_bytes),
+            (90_000, 90_000),
+            "{url}"
+        );
+        // A zero budget on a metered link: records still go, no attachment byte does.
+        let none = AttachmentPolicy {
+            metered_budget_bytes: 0,
+            ..metered.clone()
+        };
+        let full = a
+            .client
+            .sync_with_attachments(&none, &|_| {}, &|_| {})
+            .await
+            .unwrap();
+        let channel = full.attachments.unwrap();
+        assert_eq!((channel.chunk_bytes, channel.deferred), (0, 1), "{url}");
+        // Unmetered: no budget, the photo goes.
+        let unmetered = AttachmentPolicy {
+            metered: false,
+            ..metered.clone()
+        };
+        let channel = a
+            .client
+            .sync_with_attachments(&unmetered, &|_| {}, &|_| {})
+            .await
+            .unwrap()
+            .attachments
+            .unwrap();
+        assert_eq!(channel.completed, vec![photo.sha256.clone()], "{url}");
+        // Tablet B prefetches with its sync: both contents, identical bytes.
+        let prefetch = AttachmentPolicy {
+            prefetch: true,
+            ..unmetered.clone()
+        };
+        let downloads = Mutex::new(0u32);
+        let full = b
+            .client
+            .sync_with_attachments(&prefetch, &|_| {}, &|p| {
+                assert!(!p.upload);
+                *downloads.lock().unwrap() += 1;
+            })
+            .await
+            .unwrap();
+        assert!(full.records.pulled_docs >= 1, "{url}");
+        let mut fetched = full.attachments.unwrap().completed;
+        fetched.sort();
+        let mut expected = vec![photo.sha256.clone(), receipt.sha256.clone()];
+        expected.sort();
+        assert_eq!(fetched, expected, "{url}");
+        assert!(*downloads.lock().unwrap() >= 2, "{url}");
+        let mut store = b.store.lock().unwrap();
+        assert_eq!(store.attachments(id).unwrap().len(), 2, "{url}");
+        let mut opened = Vec::new();
+        store.open_attachment(&photo.sha256, &mut opened).unwrap();
+        assert_eq!(opened, photo_bytes, "{url}");
+        drop(store);
+        // A cache bound smaller than both: the prefetch keeps within it.
+        let c = tablet(sub.path(), "c", &server.url(), &{
+            server.commune_with_codes(COMMUNE_A, 1).await.unwrap()[0].clone()
+        })
+        .await;
+        let small = AttachmentPolicy {
+            cache_bytes: 100_000,
+            ..prefetch.clone()
+        };
+        let channel = c
+            .client
+            .sync_with_attachments(&small, &|_| {}, &|_| {})
+            .await
+            .unwrap()
+            .attachments
+            .unwrap();
+        assert_eq!(channel.completed, vec![receipt.sha256.clone()], "{url}");
+        assert!(channel.chunk_bytes <= 100_000, "{url}");
+        drop((a, b, c));
+        server.stop().await;
+    }
+}

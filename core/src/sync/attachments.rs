@@ -41,6 +41,9 @@ pub struct AttachmentPolicy {
     /// Bytes of downloaded contents the device keeps (what the server holds; contents not yet
     /// uploaded are never evicted).
     pub cache_bytes: u64,
+    /// Whether a background sync also downloads what the commune's records name (within the
+    /// same budget and the cache bound); otherwise contents come when the user opens them.
+    pub prefetch: bool,
 }
 
 impl Default for AttachmentPolicy {
@@ -50,6 +53,7 @@ impl Default for AttachmentPolicy {
             metered: true,
             metered_budget_bytes: 2 * 1024 * 1024,
             cache_bytes: 200 * 1024 * 1024,
+            prefetch: false,
         }
     }
 }
@@ -441,7 +445,59 @@ pub async fn prefetch<A: AttachmentTransport>(
     Ok(report)
 }
 
+/// What a whole sync did: the records, then the attachment channel.
+#[derive(Debug)]
+pub struct FullSyncReport {
+    /// The records' sync.
+    pub records: super::SyncReport,
+    /// The attachment channel: what it did, or why it stopped (the records' sync stands
+    /// either way; the next sync resumes at the last whole chunk).
+    pub attachments: Result<AttachmentReport, AttachmentError>,
+}
+
 impl<T: Transport + AttachmentTransport> SyncClient<T> {
+    /// A whole sync as the background work runs it: the records first ([`SyncClient::sync`];
+    /// its failure is the result), then the attachment channel within one byte budget:
+    /// this device's pending contents (receipts and identity cards first), then, when the
+    /// policy asks for it, the commune's contents this device lacks, and eviction beyond the
+    /// cache bound. On a metered link the attachments get `metered_budget_bytes` in all; on an
+    /// unmetered one no budget. Records never wait for an attachment.
+    pub async fn sync_with_attachments(
+        &self,
+        policy: &AttachmentPolicy,
+        progress: &(dyn Fn(super::SyncProgress) + Send + Sync),
+        attachment_progress: &(dyn Fn(AttachmentProgress) + Send + Sync),
+    ) -> Result<FullSyncReport, super::SyncError> {
+        let records = self.sync(progress).await?;
+        let attachments = async {
+            let mut report = self.upload_attachments(policy, attachment_progress).await?;
+            if policy.prefetch {
+                let left = AttachmentPolicy {
+                    metered_budget_bytes: policy
+                        .metered_budget_bytes
+                        .saturating_sub(report.chunk_bytes),
+                    ..policy.clone()
+                };
+                let fetched = self
+                    .prefetch_attachments(&left, attachment_progress)
+                    .await?;
+                report.chunk_bytes += fetched.chunk_bytes;
+                report.deferred += fetched.deferred;
+                report.unknown += fetched.unknown;
+                report.completed.extend(fetched.completed);
+            }
+            Ok(report)
+        }
+        .await;
+        if let Err(err) = &attachments {
+            tracing::info!(%err, "attachment channel stopped; the next sync resumes it");
+        }
+        Ok(FullSyncReport {
+            records,
+            attachments,
+        })
+    }
+
     /// Uploads this device's pending attachments after a record sync ([`upload_pending`]).
     pub async fn upload_attachments(
         &self,
