@@ -100,10 +100,11 @@ enum AttachmentStory {
                  report.pushedDocs >= 1 && report.attachmentsCompleted == 3 && report.attachmentError == nil)
         let sent = try await a.attachments(recordId: app.id)
         c.expect("the contents are on the server", sent.allSatisfy(\.onServer))
-        for _ in 0..<50 where !log.all.contains(where: { $0.sha256 == card.sha256 && $0.doneBytes == $0.totalBytes }) {
+        for _ in 0..<300 where !log.all.contains(where: { $0.sha256 == card.sha256 && $0.doneBytes == $0.totalBytes }) {
             try await Task.sleep(nanoseconds: 100_000_000)
         }
-        c.expect("progress reached the card's size", log.all.contains {
+        let events = log.all
+        c.expect("progress reached the card's size (\(events.count) events, last \(String(describing: events.last)))", events.contains {
             $0.sha256 == card.sha256 && $0.upload && $0.doneBytes == 200_000 && $0.totalBytes == 200_000
         })
         watch.stop()

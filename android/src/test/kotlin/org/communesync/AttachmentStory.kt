@@ -103,7 +103,7 @@ private suspend fun story() {
     expect("the sync sent the record, then the three contents (${report.attachmentsCompleted})",
         report.pushedDocs >= 1uL && report.attachmentsCompleted == 3uL && report.attachmentError == null)
     expect("the contents are on the server", a.attachments(app.id).all { it.onServer })
-    for (i in 0 until 50) {
+    for (i in 0 until 300) {
         if (seen.any { it.sha256 == card.sha256 && it.doneBytes == it.totalBytes }) break
         delay(100)
     }
