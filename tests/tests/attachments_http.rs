@@ -621,7 +621,41 @@ async fn a_background_sync_sends_records_then_attachments_within_the_budget_and_
             .unwrap();
         assert_eq!(channel.completed, vec![receipt.sha256.clone()], "{url}");
         assert!(channel.chunk_bytes <= 100_000, "{url}");
-        drop((a, b, c));
+        // A new tablet D attaches the receipt's bytes to a dossier of its own: the server holds them
+        // already, nothing is sent, and the progress still ends at the content's size.
+        let d = tablet(sub.path(), "d", &server.url(), &{
+            server.commune_with_codes(COMMUNE_A, 1).await.unwrap()[0].clone()
+        })
+        .await;
+        {
+            let mut store = d.store.lock().unwrap();
+            let own = store
+                .create_application("d", sample.application(COMMUNE_A, None))
+                .unwrap()
+                .id;
+            let new = NewAttachment {
+                mime: "image/jpeg".into(),
+                ..Default::default()
+            };
+            store.attach_bytes(own, "d", new, &receipt_bytes).unwrap();
+        }
+        let seen = Mutex::new(Vec::new());
+        let channel = d
+            .client
+            .sync_with_attachments(&metered, &|_| {}, &|p| seen.lock().unwrap().push(p))
+            .await
+            .unwrap()
+            .attachments
+            .unwrap();
+        assert_eq!(channel.completed, vec![receipt.sha256.clone()], "{url}");
+        assert_eq!(channel.chunk_bytes, 0, "{url}: the server held it");
+        let seen = seen.into_inner().unwrap();
+        assert!(
+            seen.iter()
+                .any(|p| p.upload && p.done_bytes == 90_000 && p.total_bytes == 90_000),
+            "{url}: {seen:?}"
+        );
+        drop((a, b, c, d));
         server.stop().await;
     }
 }

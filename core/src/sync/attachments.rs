@@ -320,6 +320,14 @@ pub async fn upload_pending<A: AttachmentTransport>(
             continue;
         };
         if remote.complete {
+            // Already whole there (sent before a lost answer, or the same content from another
+            // tablet): nothing to send, but the app's progress still ends at its size.
+            progress(AttachmentProgress {
+                sha256: sha256.clone(),
+                upload: true,
+                done_bytes: size,
+                total_bytes: size,
+            });
             lock(store).mark_attachment_on_server(&sha256)?;
             report.completed.push(sha256);
             continue;
