@@ -597,12 +597,13 @@ async fn a_background_sync_sends_records_then_attachments_within_the_budget_and_
         expected.sort();
         assert_eq!(fetched, expected, "{url}");
         assert!(*downloads.lock().unwrap() >= 2, "{url}");
-        let mut store = b.store.lock().unwrap();
-        assert_eq!(store.attachments(id).unwrap().len(), 2, "{url}");
-        let mut opened = Vec::new();
-        store.open_attachment(&photo.sha256, &mut opened).unwrap();
-        assert_eq!(opened, photo_bytes, "{url}");
-        drop(store);
+        {
+            let mut store = b.store.lock().unwrap();
+            assert_eq!(store.attachments(id).unwrap().len(), 2, "{url}");
+            let mut opened = Vec::new();
+            store.open_attachment(&photo.sha256, &mut opened).unwrap();
+            assert_eq!(opened, photo_bytes, "{url}");
+        }
         // A cache bound smaller than both: the prefetch keeps within it.
         let c = tablet(sub.path(), "c", &server.url(), &{
             server.commune_with_codes(COMMUNE_A, 1).await.unwrap()[0].clone()
