@@ -85,6 +85,17 @@ impl Tablet {
     }
 }
 
+/// A new client of `tablet` (its own connection pool) to `url`.
+fn fresh(tablet: &Tablet, url: &str) -> SyncClient<ReqwestTransport> {
+    SyncClient::new(
+        ReqwestTransport::new(url).unwrap(),
+        tablet.store.clone(),
+        tablet.token.clone(),
+        SyncConfig::default(),
+    )
+    .unwrap()
+}
+
 struct Http {
     base: String,
     http: reqwest::Client,
@@ -359,7 +370,12 @@ async fn uploads_and_downloads_resume_after_cuts_at_many_offsets_and_a_kill() {
         for offset in (0..size + 20_000).step_by(17_389) {
             link.cut_active();
             link.cut_next(Cut::upstream(offset));
-            match a.client.upload_attachments(&policy, &|_| {}).await {
+            // A client of its own per attempt: a new connection, the one the cut applies to
+            // (a pooled connection could be reused before the cut of the active ones lands).
+            match fresh(&a, &link_url)
+                .upload_attachments(&policy, &|_| {})
+                .await
+            {
                 Ok(report) if !report.completed.is_empty() => break,
                 Ok(_) => {}
                 Err(_) => cuts += 1,
@@ -394,8 +410,7 @@ async fn uploads_and_downloads_resume_after_cuts_at_many_offsets_and_a_kill() {
         for offset in (0..size + 20_000).step_by(19_013) {
             link.cut_active();
             link.cut_next(Cut::downstream(offset));
-            match b
-                .client
+            match fresh(&b, &link_url)
                 .download_attachment(&reference.sha256, &|_| {})
                 .await
             {
