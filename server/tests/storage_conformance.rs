@@ -24,7 +24,7 @@ use std::time::Duration;
 use communesync_core::keys::{DeviceSigningKey, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use communesync_server::storage::attachments::{
-    AttachmentLimits, ChunkRefusal, ChunkUpload, ContentState,
+    AttachmentLimits, ChunkRefusal, ChunkUpload, ContentState, Referenced,
 };
 use communesync_server::storage::{
     self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
@@ -247,6 +247,7 @@ conformance!(
     attachments_whole_hash_is_checked,
     attachments_quotas,
     attachments_sweep_after_grace,
+    attachments_are_kept_per_commune,
     number_blocks_never_overlap_across_replicas,
     number_usage_reports_grow_and_stay_with_their_device,
     dossier_numbers_keep_their_first_document,
@@ -2146,6 +2147,13 @@ fn content(len: usize, seed: u8) -> Vec<u8> {
     (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
 }
 
+fn referenced(commune: &str, size: u64) -> Referenced {
+    Referenced {
+        commune: commune.into(),
+        size,
+    }
+}
+
 fn upload<'a>(data: &'a [u8], index: u32, device: &Device, commune: &'a str) -> ChunkUpload<'a> {
     let start = index as usize * CHUNK as usize;
     let end = (start + CHUNK as usize).min(data.len());
@@ -2166,7 +2174,7 @@ async fn attachments_upload_in_order_resume_and_complete(f: &Fixture) {
     let data = content(3 * CHUNK as usize + 100, 1);
     let hash = sha(&data);
     let limits = AttachmentLimits::default();
-    assert_eq!(f.s().attachment_state(hash).await.unwrap(), None);
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
     let put = |i: u32| {
         f.s()
             .put_attachment_chunk(upload(&data, i, &device, "c1"), &limits, NOW)
@@ -2203,12 +2211,12 @@ async fn attachments_upload_in_order_resume_and_complete(f: &Fixture) {
     assert_eq!(put(0).await.unwrap().unwrap().received, 1);
     put(1).await.unwrap().unwrap();
     // Not complete yet: nothing is served.
-    assert_eq!(f.s().attachment_chunk(hash, 0).await.unwrap(), None);
+    assert_eq!(f.s().attachment_chunk("c1", hash, 0).await.unwrap(), None);
     // Another replica resumes where the first stopped.
     let replica = f.replica().await;
     assert_eq!(
         replica
-            .attachment_state(hash)
+            .attachment_state("c1", hash)
             .await
             .unwrap()
             .unwrap()
@@ -2236,10 +2244,16 @@ async fn attachments_upload_in_order_resume_and_complete(f: &Fixture) {
     );
     let mut back = Vec::new();
     for i in 0..4 {
-        back.extend(f.s().attachment_chunk(hash, i).await.unwrap().unwrap());
+        back.extend(
+            f.s()
+                .attachment_chunk("c1", hash, i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
     assert_eq!(back, data);
-    assert_eq!(f.s().attachment_chunk(hash, 4).await.unwrap(), None);
+    assert_eq!(f.s().attachment_chunk("c1", hash, 4).await.unwrap(), None);
     // Complete: any chunk again is a no-op.
     assert!(put(0).await.unwrap().unwrap().complete);
 }
@@ -2257,7 +2271,7 @@ async fn attachments_scope_follows_live_references(f: &Fixture) {
         .unwrap();
     assert_eq!(
         f.s().attachment_referenced(hash, &c1).await.unwrap(),
-        Some(1234)
+        Some(referenced("c1", 1234))
     );
     assert_eq!(f.s().attachment_referenced(hash, &c2).await.unwrap(), None);
     assert_eq!(
@@ -2265,7 +2279,7 @@ async fn attachments_scope_follows_live_references(f: &Fixture) {
             .attachment_referenced(hash, &Scope::Province)
             .await
             .unwrap(),
-        Some(1234)
+        Some(referenced("c1", 1234))
     );
     // A tombstone ends the reference, and is never made live again.
     f.s()
@@ -2303,9 +2317,17 @@ async fn attachments_whole_hash_is_checked(f: &Fixture) {
             .unwrap(),
         Err(ChunkRefusal::HashMismatch)
     );
-    let state = f.s().attachment_state(sha(&data)).await.unwrap().unwrap();
+    let state = f
+        .s()
+        .attachment_state("c1", sha(&data))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((state.received, state.complete), (0, false));
-    assert_eq!(f.s().attachment_chunk(sha(&data), 0).await.unwrap(), None);
+    assert_eq!(
+        f.s().attachment_chunk("c1", sha(&data), 0).await.unwrap(),
+        None
+    );
     // The honest bytes then complete it.
     for i in 0..2 {
         f.s()
@@ -2316,7 +2338,7 @@ async fn attachments_whole_hash_is_checked(f: &Fixture) {
     }
     assert!(
         f.s()
-            .attachment_state(sha(&data))
+            .attachment_state("c1", sha(&data))
             .await
             .unwrap()
             .unwrap()
@@ -2348,7 +2370,7 @@ async fn attachments_quotas(f: &Fixture) {
             .unwrap(),
         Err(ChunkRefusal::Quota(_))
     ));
-    assert_eq!(f.s().attachment_state(sha(&b)).await.unwrap(), None);
+    assert_eq!(f.s().attachment_state("c1", sha(&b)).await.unwrap(), None);
     f.s()
         .put_attachment_chunk(upload(&b, 0, &t2, "c1"), &limits, NOW)
         .await
@@ -2408,7 +2430,10 @@ async fn attachments_sweep_after_grace(f: &Fixture) {
             .unwrap(),
         1
     );
-    assert_eq!(f.s().attachment_state(sha(&orphan)).await.unwrap(), None);
+    assert_eq!(
+        f.s().attachment_state("c1", sha(&orphan)).await.unwrap(),
+        None
+    );
     assert_eq!(
         f.s()
             .sweep_attachments(NOW + HOUR + grace + 1, grace)
@@ -2416,7 +2441,10 @@ async fn attachments_sweep_after_grace(f: &Fixture) {
             .unwrap(),
         1
     );
-    assert_eq!(f.s().attachment_state(sha(&removed)).await.unwrap(), None);
+    assert_eq!(
+        f.s().attachment_state("c1", sha(&removed)).await.unwrap(),
+        None
+    );
     // A live reference keeps its content for ever.
     assert_eq!(
         f.s()
@@ -2427,11 +2455,182 @@ async fn attachments_sweep_after_grace(f: &Fixture) {
     );
     assert!(
         f.s()
-            .attachment_state(sha(&kept))
+            .attachment_state("c1", sha(&kept))
             .await
             .unwrap()
             .unwrap()
             .complete
+    );
+}
+/// Contents are kept per commune: a commune whose record names another commune's hash (and
+/// size) reaches only its own, empty content of that hash; only the matching bytes complete it,
+/// and then it is stored apart. Quotas and the sweep count each commune's own contents.
+async fn attachments_are_kept_per_commune(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (hostile, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let (owner, _) = enroll(f.s(), Scope::Commune("c2".into()), "t2").await;
+    let data = content(2 * CHUNK as usize + 10, 9);
+    let hash = sha(&data);
+    let size = data.len() as u64;
+    // Each commune's quota holds exactly this one content.
+    let limits = AttachmentLimits {
+        device_quota: size,
+        commune_quota: size,
+    };
+    f.s()
+        .reference_attachment(hash, "c2", RecordId::new(), size, true, NOW)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &owner, "c2"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        f.s()
+            .attachment_state("c2", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+
+    // c1's record names the hash and size it learnt.
+    let hostile_doc = RecordId::new();
+    f.s()
+        .reference_attachment(hash, "c1", hostile_doc, size, true, NOW)
+        .await
+        .unwrap();
+    let c1 = Scope::Commune("c1".into());
+    assert_eq!(
+        f.s().attachment_referenced(hash, &c1).await.unwrap(),
+        Some(referenced("c1", size))
+    );
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    for i in 0..3 {
+        assert_eq!(f.s().attachment_chunk("c1", hash, i).await.unwrap(), None);
+    }
+    // The province reads the commune that holds it whole.
+    assert_eq!(
+        f.s()
+            .attachment_referenced(hash, &Scope::Province)
+            .await
+            .unwrap(),
+        Some(referenced("c2", size))
+    );
+
+    // Other bytes under that hash: stored from chunk 0 in c1 (never answered from c2's content),
+    // refused at the last chunk by the whole hash.
+    let mut forged = data.clone();
+    forged[7] ^= 0x55;
+    let forge = |i: u32| {
+        let mut chunk = upload(&forged, i, &hostile, "c1");
+        chunk.sha256 = hash;
+        chunk
+    };
+    let first = f
+        .s()
+        .put_attachment_chunk(forge(0), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.received, first.complete), (1, false));
+    f.s()
+        .put_attachment_chunk(forge(1), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        f.s()
+            .put_attachment_chunk(forge(2), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::HashMismatch)
+    );
+    assert_eq!(f.s().attachment_chunk("c1", hash, 0).await.unwrap(), None);
+    // c2's content is untouched.
+    let mut back = Vec::new();
+    for i in 0..3 {
+        back.extend(
+            f.s()
+                .attachment_chunk("c2", hash, i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(back, data);
+
+    // c1 uploading the very bytes stores its own copy, within its own quota (c2's copy does
+    // not count against c1).
+    for i in 0..3 {
+        let state = f
+            .s()
+            .put_attachment_chunk(upload(&data, i, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.received, i + 1);
+    }
+    assert!(
+        f.s()
+            .attachment_state("c1", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // Within c1 the content is stored once: sending it again finds it whole.
+    assert!(
+        f.s()
+            .put_attachment_chunk(upload(&data, 0, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // c1's quota is now full; c2's is its own.
+    let other = content(100, 10);
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&other, 0, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+
+    // c1's record drops the reference: the sweep deletes c1's copy only.
+    f.s()
+        .reference_attachment(hash, "c1", hostile_doc, size, false, NOW + HOUR)
+        .await
+        .unwrap();
+    let grace = 24 * HOUR;
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + HOUR + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+    assert!(
+        f.s()
+            .attachment_state("c2", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    assert_eq!(
+        f.s()
+            .attachment_chunk("c2", hash, 2)
+            .await
+            .unwrap()
+            .unwrap(),
+        &data[2 * CHUNK as usize..]
     );
 }
 // --- dossier numbers --------------------------------------------------------------------------

@@ -675,3 +675,157 @@ async fn a_background_sync_sends_records_then_attachments_within_the_budget_and_
         server.stop().await;
     }
 }
+
+/// The attacker of the scope: commune A's tablet learnt the hash and size of a file commune B
+/// uploaded, and pushes a record naming them. Contents are kept per commune, so everything it
+/// gets is exactly what it gets for a content nobody uploaded (a reference of the same size to
+/// bytes no tablet sent): a resume point at chunk 0, 404 for the chunks, and an upload of other
+/// bytes under that hash accepted chunk by chunk into A's own content, then refused by the
+/// whole hash. B's content is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hash_of_another_communes_file_reveals_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "attachment_scope_leak")
+        .await
+        .unwrap()
+    {
+        let server = TestServer::start(&url).await.unwrap();
+        let hostile_code = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
+        let owner_code = server.commune_with_codes(COMMUNE_B, 1).await.unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let owner = tablet(sub.path(), "owner", &server.url(), &owner_code[0]).await;
+        let hostile = tablet(sub.path(), "hostile", &server.url(), &hostile_code[0]).await;
+        let http = Http {
+            base: server.url(),
+            http: reqwest::Client::new(),
+        };
+        let mut sample = SampleData::new(21);
+
+        // Commune B's tablet uploads its file.
+        let data: Vec<u8> = (0..3 * CHUNK + 500).map(|i| (i * 13 % 251) as u8).collect();
+        let hash = sha256_hex(&data);
+        {
+            let mut store = owner.store.lock().unwrap();
+            let id = store
+                .create_application("owner", sample.application(COMMUNE_B, None))
+                .unwrap()
+                .id;
+            let new = NewAttachment {
+                mime: "image/jpeg".into(),
+                ..Default::default()
+            };
+            store.attach_bytes(id, "owner", new, &data).unwrap();
+        }
+        owner.client.sync(&|_| {}).await.unwrap();
+        let unmetered = AttachmentPolicy {
+            metered: false,
+            ..Default::default()
+        };
+        let report = owner
+            .client
+            .upload_attachments(&unmetered, &|_| {})
+            .await
+            .unwrap();
+        assert_eq!(report.completed, vec![hash.clone()], "{url}");
+
+        // Commune A's tablet pushes a record naming B's hash and size, and one naming a content
+        // of the same size that nobody uploads (the control). The record is what a tablet that
+        // only learnt the hash and size would push; the server cannot tell the difference.
+        let control: Vec<u8> = (0..data.len()).map(|i| (i * 17 % 239) as u8).collect();
+        let control_hash = sha256_hex(&control);
+        {
+            let mut store = hostile.store.lock().unwrap();
+            let id = store
+                .create_application("hostile", sample.application(COMMUNE_A, None))
+                .unwrap()
+                .id;
+            for bytes in [&data, &control] {
+                let new = NewAttachment {
+                    mime: "image/jpeg".into(),
+                    ..Default::default()
+                };
+                store.attach_bytes(id, "hostile", new, bytes).unwrap();
+            }
+        }
+        hostile.client.sync(&|_| {}).await.unwrap();
+
+        // The resume point: chunk 0, not "already whole"; the same body as the control's.
+        let leaked = http.status(&hostile.token, &hash).await;
+        let nobody = http.status(&hostile.token, &control_hash).await;
+        assert_eq!(leaked, nobody, "{url}");
+        assert_eq!(leaked.0, 200, "{url}");
+        assert!(leaked.1.contains("\"received\":0"), "{url}: {}", leaked.1);
+        assert!(
+            leaked.1.contains("\"complete\":false"),
+            "{url}: {}",
+            leaked.1
+        );
+        // The chunks: 404, as for the control.
+        for index in 0..4 {
+            let leaked = http.get(&hostile.token, &hash, index).await;
+            let nobody = http.get(&hostile.token, &control_hash, index).await;
+            assert_eq!(leaked, nobody, "{url}: chunk {index}");
+            assert_eq!(leaked.0, 404, "{url}: chunk {index}");
+        }
+
+        // Its own upload of other bytes under each hash: the same answers, chunk by chunk, and
+        // the whole hash refuses both at the last chunk.
+        let forged: Vec<u8> = data.iter().map(|b| b ^ 0x5a).collect();
+        for index in 0..4 {
+            let piece = chunk(&forged, index);
+            let leaked = http
+                .put(
+                    &hostile.token,
+                    &hash,
+                    data.len(),
+                    index,
+                    piece,
+                    &sha256_hex(piece),
+                )
+                .await;
+            let nobody = http
+                .put(
+                    &hostile.token,
+                    &control_hash,
+                    data.len(),
+                    index,
+                    piece,
+                    &sha256_hex(piece),
+                )
+                .await;
+            assert_eq!(leaked, nobody, "{url}: chunk {index}");
+            if index < 3 {
+                assert_eq!(leaked.0, 200, "{url}: {}", leaked.1);
+                assert!(
+                    leaked.1.contains(&format!("\"received\":{}", index + 1)),
+                    "{url}: {}",
+                    leaked.1
+                );
+            } else {
+                assert_eq!(leaked.0, 422, "{url}: {}", leaked.1);
+                assert!(leaked.1.contains("content_hash_mismatch"), "{url}");
+            }
+        }
+        assert_eq!(
+            http.status(&hostile.token, &hash).await,
+            http.status(&hostile.token, &control_hash).await,
+            "{url}"
+        );
+        assert_eq!(http.get(&hostile.token, &hash, 0).await.0, 404, "{url}");
+
+        // B still reads its own file whole.
+        let (code, status) = http.status(&owner.token, &hash).await;
+        assert_eq!(code, 200, "{url}");
+        assert!(status.contains("\"complete\":true"), "{url}: {status}");
+        let (code, bytes) = http.get(&owner.token, &hash, 0).await;
+        assert_eq!(code, 200, "{url}");
+        assert_eq!(
+            bytes,
+            &data[..bytes.len().min(data.len())],
+            "{url}: B's first chunk"
+        );
+        assert_eq!(bytes.len(), data.len(), "{url}: one 64 KiB chunk");
+        drop((owner, hostile));
+        server.stop().await;
+    }
+}

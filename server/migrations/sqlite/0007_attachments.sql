@@ -1,24 +1,29 @@
 -- Attachments (number 0008 in the shared numbering): contents in chunks next to the records,
 -- and which records of which commune name them.
+-- Contents are kept per commune: the key is (commune, sha256), so a hash of another commune's
+-- file reveals nothing (an upload to one commune never answers from another's content).
+-- De-duplication stays within a commune.
 CREATE TABLE attachment_contents (
-    sha256      BLOB PRIMARY KEY,
+    commune     TEXT NOT NULL,
+    sha256      BLOB NOT NULL,
     size        INTEGER NOT NULL,
     chunk_size  INTEGER NOT NULL,
     -- Chunks stored, from index 0 (uploads are in order; a resumed upload continues here).
     received    INTEGER NOT NULL DEFAULT 0,
     complete    INTEGER NOT NULL DEFAULT 0,
     uploaded_by BLOB NOT NULL,
-    commune     TEXT NOT NULL,
-    created_at  INTEGER NOT NULL
+    created_at  INTEGER NOT NULL,
+    PRIMARY KEY (commune, sha256)
 );
 CREATE INDEX attachment_contents_by_device ON attachment_contents(uploaded_by);
-CREATE INDEX attachment_contents_by_commune ON attachment_contents(commune);
 
 CREATE TABLE attachment_chunks (
-    sha256 BLOB NOT NULL REFERENCES attachment_contents(sha256) ON DELETE CASCADE,
-    idx    INTEGER NOT NULL,
-    data   BLOB NOT NULL,
-    PRIMARY KEY (sha256, idx)
+    commune TEXT NOT NULL,
+    sha256  BLOB NOT NULL,
+    idx     INTEGER NOT NULL,
+    data    BLOB NOT NULL,
+    PRIMARY KEY (commune, sha256, idx),
+    FOREIGN KEY (commune, sha256) REFERENCES attachment_contents(commune, sha256) ON DELETE CASCADE
 );
 
 -- A record's reference to a content (from the accepted record, at push); `live` 0 once the

@@ -10,10 +10,12 @@
 //! - `GET /v1/attachments/{sha256}/chunks/{index}`: one chunk of a complete content, with its
 //!   `x-chunk-sha256`.
 //!
-//! Scope: a device reaches a content only while a live reference of a record of its commune
-//! names it (recorded at push; an `x-record-id` header lets the server find a reference it
-//! missed, e.g. after a crash between storing a record and recording its references). Anything
-//! else is `404 not_found`, exactly as for a content that does not exist.
+//! Scope: contents are kept per commune (a device reads and writes its commune's content of a
+//! hash, never another commune's), and a device reaches one only while a live reference of a
+//! record of its commune names it (recorded at push; an `x-record-id` header lets the server
+//! find a reference it missed, e.g. after a crash between storing a record and recording its
+//! references). Anything else is `404 not_found`, exactly as for a content that does not exist;
+//! a record naming another commune's hash reaches only its own commune's (empty) content.
 
 use std::sync::Arc;
 
@@ -29,7 +31,7 @@ use sha2::{Digest, Sha256};
 use super::error::ApiError;
 use super::{AppState, authenticate_device};
 use crate::storage::Scope;
-use crate::storage::attachments::{ChunkRefusal, ChunkUpload, chunk_shape};
+use crate::storage::attachments::{ChunkRefusal, ChunkUpload, Referenced, chunk_shape};
 
 /// What the server holds of a content, as JSON.
 #[derive(Debug, Serialize)]
@@ -81,17 +83,18 @@ fn header_number(headers: &HeaderMap, name: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::malformed(format!("header {name} is required (a number)")))
 }
 
-/// The size a live reference of `scope` gives `hash`; looks at the record named by
-/// `x-record-id` when none is recorded (and records what it finds).
-async fn referenced_size(
+/// The commune whose content `scope` reaches under `hash`, and the size its live reference
+/// gives; looks at the record named by `x-record-id` when none is recorded (and records what
+/// it finds).
+async fn referenced(
     state: &AppState,
     scope: &Scope,
     actor: DeviceId,
     hash: [u8; 32],
     headers: &HeaderMap,
-) -> Result<u64, ApiError> {
-    if let Some(size) = state.storage.attachment_referenced(hash, scope).await? {
-        return Ok(size);
+) -> Result<Referenced, ApiError> {
+    if let Some(found) = state.storage.attachment_referenced(hash, scope).await? {
+        return Ok(found);
     }
     let Some(record) = headers
         .get("x-record-id")
@@ -138,7 +141,9 @@ async fn referenced_size(
             found = Some(reference.size);
         }
     }
-    found.ok_or_else(not_found)
+    found
+        .map(|size| Referenced { commune, size })
+        .ok_or_else(not_found)
 }
 
 /// `GET /v1/attachments/{sha256}`.
@@ -149,8 +154,9 @@ pub(super) async fn status(
 ) -> Result<Response, ApiError> {
     let device = authenticate_device(&state, &headers).await?;
     let hash = parse_hash(&sha256)?;
-    let size = referenced_size(&state, &device.scope, device.id, hash, &headers).await?;
-    let body = match state.storage.attachment_state(hash).await? {
+    let Referenced { commune, size } =
+        referenced(&state, &device.scope, device.id, hash, &headers).await?;
+    let body = match state.storage.attachment_state(&commune, hash).await? {
         Some(held) if held.size == size => StatusBody {
             size,
             chunk_size: held.chunk_size,
@@ -197,12 +203,12 @@ pub(super) async fn put_chunk(
             "the chunk does not match its x-chunk-sha256: send it again",
         ));
     }
-    let referenced = referenced_size(&state, &device.scope, device.id, hash, &headers).await?;
-    if referenced != size {
+    let named = referenced(&state, &device.scope, device.id, hash, &headers).await?;
+    if named.size != size {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "size_mismatch",
-            format!("the record names this content with {referenced} bytes"),
+            format!("the record names this content with {} bytes", named.size),
         ));
     }
     let upload = ChunkUpload {
@@ -253,8 +259,12 @@ pub(super) async fn get_chunk(
 ) -> Result<Response, ApiError> {
     let device = authenticate_device(&state, &headers).await?;
     let hash = parse_hash(&sha256)?;
-    referenced_size(&state, &device.scope, device.id, hash, &headers).await?;
-    let Some(bytes) = state.storage.attachment_chunk(hash, index).await? else {
+    let named = referenced(&state, &device.scope, device.id, hash, &headers).await?;
+    let Some(bytes) = state
+        .storage
+        .attachment_chunk(&named.commune, hash, index)
+        .await?
+    else {
         return Err(not_found());
     };
     let digest = hex::encode(Sha256::digest(&bytes));

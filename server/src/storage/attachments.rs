@@ -2,20 +2,23 @@
 //! [`super::ServerStorage`], so both backends implement it and the conformance suite covers it).
 //!
 //! Contract:
+//! - Contents are kept per commune: a content is keyed by (commune, SHA-256). An upload for
+//!   one commune never reads, completes or answers from another commune's content, so a hash
+//!   (and size) of another commune's file reveals nothing: its upload starts at chunk 0 and is
+//!   completed only by bytes that match the hash. De-duplication stays within a commune.
 //! - A content is addressed by its SHA-256 and uploaded in chunks of a size fixed at its first
 //!   chunk, in order: chunk `i` is stored only after chunks `0..i`; sending a stored chunk again
 //!   is a no-op. [`ContentState::received`] is where an interrupted upload resumes.
 //! - The last chunk completes the content only if the whole content matches its hash (read back
 //!   chunk by chunk); otherwise every chunk is dropped and the upload starts over.
 //! - A record's references are recorded at push ([`AttachmentStorage::reference_attachment`]):
-//!   a content is readable in a scope, and uploadable by a device, only while a live reference
-//!   of that scope names it. Callers answer "absent" otherwise, so a hash of another commune's
-//!   file reveals nothing.
+//!   a commune's content is readable in a scope, and uploadable by a device, only while a live
+//!   reference of a record of that commune names it. Callers answer "absent" otherwise.
 //! - Quotas are checked when a content's first chunk arrives: the bytes of contents a device
-//!   uploaded, and of contents first uploaded for a commune, stay within
-//!   [`AttachmentLimits`].
-//! - [`AttachmentStorage::sweep_attachments`] deletes contents no live reference names once
-//!   the last reference change is older than the grace period (and incomplete uploads of them).
+//!   uploaded, and of the commune's contents, stay within [`AttachmentLimits`].
+//! - [`AttachmentStorage::sweep_attachments`] deletes a commune's contents that no live
+//!   reference of that commune names once its last reference change there is older than the
+//!   grace period (and incomplete uploads of them).
 
 use async_trait::async_trait;
 use communesync_core::record::{DeviceId, RecordId};
@@ -32,7 +35,7 @@ pub const MAX_CHUNK_SIZE: u32 = 1024 * 1024;
 pub struct AttachmentLimits {
     /// Bytes of contents one device may have uploaded in all.
     pub device_quota: u64,
-    /// Bytes of contents first uploaded for one commune.
+    /// Bytes of one commune's contents.
     pub commune_quota: u64,
 }
 
@@ -58,6 +61,16 @@ pub struct ContentState {
     pub complete: bool,
 }
 
+/// A live reference that opens a content to a scope: the commune whose content it is, and
+/// the size its records name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Referenced {
+    /// The commune whose stored content the scope reads.
+    pub commune: String,
+    /// The size the commune's live references name (the largest, if they disagree).
+    pub size: u64,
+}
+
 /// One uploaded chunk, its shape already checked ([`chunk_shape`]) and its own hash matched.
 #[derive(Debug, Clone)]
 pub struct ChunkUpload<'a> {
@@ -73,7 +86,7 @@ pub struct ChunkUpload<'a> {
     pub bytes: &'a [u8],
     /// The device uploading.
     pub device: DeviceId,
-    /// Its commune.
+    /// Its commune: the content stored is this commune's.
     pub commune: &'a str,
 }
 
@@ -130,12 +143,22 @@ pub trait AttachmentStorage: Send + Sync {
         now: i64,
     ) -> Result<()>;
 
-    /// The size a live reference of `scope` gives the content (any commune's for the
-    /// province), or `None` when no live reference of the scope names it.
-    async fn attachment_referenced(&self, sha256: [u8; 32], scope: &Scope) -> Result<Option<u64>>;
+    /// The commune and size of a live reference of `scope` to the content, or `None` when no
+    /// live reference of the scope names it. A commune scope gets its own commune; the province
+    /// gets a commune whose live reference names it, one that holds the content whole first
+    /// (then the first by name).
+    async fn attachment_referenced(
+        &self,
+        sha256: [u8; 32],
+        scope: &Scope,
+    ) -> Result<Option<Referenced>>;
 
-    /// What is stored of the content, if anything.
-    async fn attachment_state(&self, sha256: [u8; 32]) -> Result<Option<ContentState>>;
+    /// What is stored of `commune`'s content, if anything.
+    async fn attachment_state(
+        &self,
+        commune: &str,
+        sha256: [u8; 32],
+    ) -> Result<Option<ContentState>>;
 
     /// Stores one chunk (see the module contract). `Ok(Err(..))` is a refusal that changed
     /// nothing (except [`ChunkRefusal::HashMismatch`], which dropped the content's chunks).
@@ -146,12 +169,17 @@ pub trait AttachmentStorage: Send + Sync {
         now: i64,
     ) -> Result<std::result::Result<ContentState, ChunkRefusal>>;
 
-    /// Chunk `index` of a complete content (`None` if the content is not complete or the index
+    /// Chunk `index` of `commune`'s complete content (`None` if it is not complete or the index
     /// is past its end).
-    async fn attachment_chunk(&self, sha256: [u8; 32], index: u32) -> Result<Option<Vec<u8>>>;
+    async fn attachment_chunk(
+        &self,
+        commune: &str,
+        sha256: [u8; 32],
+        index: u32,
+    ) -> Result<Option<Vec<u8>>>;
 
-    /// Deletes contents (complete or not) that no live reference names and whose references
-    /// last changed (or which were created, when never referenced) before `now - grace_ms`.
-    /// Returns how many were deleted.
+    /// Deletes each commune's contents (complete or not) that no live reference of that commune
+    /// names and whose references there last changed (or which were created, when never
+    /// referenced there) before `now - grace_ms`. Returns how many were deleted.
     async fn sweep_attachments(&self, now: i64, grace_ms: i64) -> Result<u64>;
 }

@@ -1,5 +1,5 @@
 //! [`AttachmentStorage`] on PostgreSQL: chunks as `bytea` rows in the shared database, so every
-//! replica serves every content. A chunk is stored under a row lock on its content, so two
+//! replica serves every content; keyed by (commune, sha256). A chunk is stored under a row lock on its content, so two
 //! replicas receiving the same chunk store it once.
 
 use async_trait::async_trait;
@@ -8,23 +8,28 @@ use deadpool_postgres::GenericClient;
 use sha2::{Digest, Sha256};
 
 use super::super::attachments::{
-    AttachmentLimits, AttachmentStorage, ChunkRefusal, ChunkUpload, ContentState, chunk_count,
+    AttachmentLimits, AttachmentStorage, ChunkRefusal, ChunkUpload, ContentState, Referenced,
+    chunk_count,
 };
 use super::super::{Result, Scope, to_i64, to_u64};
 use super::PostgresStorage;
 
 async fn state(
     client: &impl GenericClient,
+    commune: &str,
     sha256: &[u8; 32],
     lock: bool,
 ) -> Result<Option<ContentState>> {
     let sql = if lock {
-        "SELECT size, chunk_size, received, complete FROM attachment_contents WHERE sha256 = $1
-         FOR UPDATE"
+        "SELECT size, chunk_size, received, complete FROM attachment_contents
+         WHERE commune = $1 AND sha256 = $2 FOR UPDATE"
     } else {
-        "SELECT size, chunk_size, received, complete FROM attachment_contents WHERE sha256 = $1"
+        "SELECT size, chunk_size, received, complete FROM attachment_contents
+         WHERE commune = $1 AND sha256 = $2"
     };
-    let row = client.query_opt(sql, &[&sha256.as_slice()]).await?;
+    let row = client
+        .query_opt(sql, &[&commune, &sha256.as_slice()])
+        .await?;
     Ok(match row {
         Some(row) => Some(ContentState {
             size: to_u64(row.try_get(0)?),
@@ -68,22 +73,43 @@ impl AttachmentStorage for PostgresStorage {
         Ok(())
     }
 
-    async fn attachment_referenced(&self, sha256: [u8; 32], scope: &Scope) -> Result<Option<u64>> {
+    async fn attachment_referenced(
+        &self,
+        sha256: [u8; 32],
+        scope: &Scope,
+    ) -> Result<Option<Referenced>> {
         let client = self.client().await?;
         let commune = scope.commune();
         let row = client
-            .query_one(
-                "SELECT max(size) FROM attachment_refs
-                 WHERE sha256 = $1 AND live AND ($2::text IS NULL OR commune = $2)",
+            .query_opt(
+                "SELECT r.commune, max(r.size)::bigint,
+                        coalesce((SELECT c.complete FROM attachment_contents c
+                                  WHERE c.commune = r.commune AND c.sha256 = r.sha256), FALSE)
+                            AS whole
+                 FROM attachment_refs r
+                 WHERE r.sha256 = $1 AND r.live AND ($2::text IS NULL OR r.commune = $2)
+                 GROUP BY r.commune, r.sha256
+                 ORDER BY whole DESC, r.commune
+                 LIMIT 1",
                 &[&sha256.as_slice(), &commune],
             )
             .await?;
-        Ok(row.try_get::<_, Option<i64>>(0)?.map(to_u64))
+        Ok(match row {
+            Some(row) => Some(Referenced {
+                commune: row.try_get(0)?,
+                size: to_u64(row.try_get(1)?),
+            }),
+            None => None,
+        })
     }
 
-    async fn attachment_state(&self, sha256: [u8; 32]) -> Result<Option<ContentState>> {
+    async fn attachment_state(
+        &self,
+        commune: &str,
+        sha256: [u8; 32],
+    ) -> Result<Option<ContentState>> {
         let client = self.client().await?;
-        state(&client, &sha256, false).await
+        state(&client, commune, &sha256, false).await
     }
 
     async fn put_attachment_chunk(
@@ -96,7 +122,7 @@ impl AttachmentStorage for PostgresStorage {
         let (size, chunk_size, index) = (upload.size, upload.chunk_size, upload.index);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let current = match state(&tx, &sha256, true).await? {
+        let current = match state(&tx, upload.commune, &sha256, true).await? {
             Some(current) => current,
             None => {
                 let device = upload.device.0.as_bytes().as_slice().to_vec();
@@ -130,21 +156,21 @@ impl AttachmentStorage for PostgresStorage {
                 }
                 tx.execute(
                     "INSERT INTO attachment_contents
-                         (sha256, size, chunk_size, received, complete, uploaded_by, commune, created_at)
-                     VALUES ($1, $2, $3, 0, FALSE, $4, $5, $6)
-                     ON CONFLICT (sha256) DO NOTHING",
+                         (commune, sha256, size, chunk_size, received, complete, uploaded_by, created_at)
+                     VALUES ($1, $2, $3, $4, 0, FALSE, $5, $6)
+                     ON CONFLICT (commune, sha256) DO NOTHING",
                     &[
+                        &upload.commune,
                         &sha256.as_slice(),
                         &to_i64(size),
                         &i64::from(chunk_size),
                         &device,
-                        &upload.commune,
                         &now,
                     ],
                 )
                 .await?;
                 // Another replica may have created it first: read it under the lock.
-                match state(&tx, &sha256, true).await? {
+                match state(&tx, upload.commune, &sha256, true).await? {
                     Some(current) => current,
                     None => {
                         return Err(super::super::StorageError::backend(
@@ -169,20 +195,20 @@ impl AttachmentStorage for PostgresStorage {
             // An upload of another size or chunk size starts over from its first chunk: a stale
             // or hostile partial upload never blocks the content.
             tx.execute(
-                "DELETE FROM attachment_chunks WHERE sha256 = $1",
-                &[&sha256.as_slice()],
+                "DELETE FROM attachment_chunks WHERE commune = $1 AND sha256 = $2",
+                &[&upload.commune, &sha256.as_slice()],
             )
             .await?;
             tx.execute(
-                "UPDATE attachment_contents SET size = $2, chunk_size = $3, received = 0,
-                     uploaded_by = $4, commune = $5
-                 WHERE sha256 = $1",
+                "UPDATE attachment_contents SET size = $3, chunk_size = $4, received = 0,
+                     uploaded_by = $5
+                 WHERE commune = $1 AND sha256 = $2",
                 &[
+                    &upload.commune,
                     &sha256.as_slice(),
                     &to_i64(size),
                     &i64::from(chunk_size),
                     &upload.device.0.as_bytes().as_slice(),
-                    &upload.commune,
                 ],
             )
             .await?;
@@ -204,8 +230,13 @@ impl AttachmentStorage for PostgresStorage {
             ))));
         }
         tx.execute(
-            "INSERT INTO attachment_chunks(sha256, idx, data) VALUES ($1, $2, $3)",
-            &[&sha256.as_slice(), &i64::from(index), &upload.bytes],
+            "INSERT INTO attachment_chunks(commune, sha256, idx, data) VALUES ($1, $2, $3, $4)",
+            &[
+                &upload.commune,
+                &sha256.as_slice(),
+                &i64::from(index),
+                &upload.bytes,
+            ],
         )
         .await?;
         let received = index + 1;
@@ -216,8 +247,9 @@ impl AttachmentStorage for PostgresStorage {
             for i in 0..received {
                 let row = tx
                     .query_one(
-                        "SELECT data FROM attachment_chunks WHERE sha256 = $1 AND idx = $2",
-                        &[&sha256.as_slice(), &i64::from(i)],
+                        "SELECT data FROM attachment_chunks
+                         WHERE commune = $1 AND sha256 = $2 AND idx = $3",
+                        &[&upload.commune, &sha256.as_slice(), &i64::from(i)],
                     )
                     .await?;
                 hasher.update(row.try_get::<_, &[u8]>(0)?);
@@ -225,13 +257,14 @@ impl AttachmentStorage for PostgresStorage {
             let got: [u8; 32] = hasher.finalize().into();
             if got != sha256 {
                 tx.execute(
-                    "DELETE FROM attachment_chunks WHERE sha256 = $1",
-                    &[&sha256.as_slice()],
+                    "DELETE FROM attachment_chunks WHERE commune = $1 AND sha256 = $2",
+                    &[&upload.commune, &sha256.as_slice()],
                 )
                 .await?;
                 tx.execute(
-                    "UPDATE attachment_contents SET received = 0 WHERE sha256 = $1",
-                    &[&sha256.as_slice()],
+                    "UPDATE attachment_contents SET received = 0
+                     WHERE commune = $1 AND sha256 = $2",
+                    &[&upload.commune, &sha256.as_slice()],
                 )
                 .await?;
                 tx.commit().await?;
@@ -239,8 +272,14 @@ impl AttachmentStorage for PostgresStorage {
             }
         }
         tx.execute(
-            "UPDATE attachment_contents SET received = $2, complete = $3 WHERE sha256 = $1",
-            &[&sha256.as_slice(), &i64::from(received), &complete],
+            "UPDATE attachment_contents SET received = $3, complete = $4
+             WHERE commune = $1 AND sha256 = $2",
+            &[
+                &upload.commune,
+                &sha256.as_slice(),
+                &i64::from(received),
+                &complete,
+            ],
         )
         .await?;
         tx.commit().await?;
@@ -252,14 +291,20 @@ impl AttachmentStorage for PostgresStorage {
         }))
     }
 
-    async fn attachment_chunk(&self, sha256: [u8; 32], index: u32) -> Result<Option<Vec<u8>>> {
+    async fn attachment_chunk(
+        &self,
+        commune: &str,
+        sha256: [u8; 32],
+        index: u32,
+    ) -> Result<Option<Vec<u8>>> {
         let client = self.client().await?;
         let row = client
             .query_opt(
                 "SELECT k.data FROM attachment_chunks k
-                 JOIN attachment_contents c ON c.sha256 = k.sha256 AND c.complete
-                 WHERE k.sha256 = $1 AND k.idx = $2",
-                &[&sha256.as_slice(), &i64::from(index)],
+                 JOIN attachment_contents c
+                   ON c.commune = k.commune AND c.sha256 = k.sha256 AND c.complete
+                 WHERE k.commune = $1 AND k.sha256 = $2 AND k.idx = $3",
+                &[&commune, &sha256.as_slice(), &i64::from(index)],
             )
             .await?;
         Ok(match row {
@@ -275,9 +320,11 @@ impl AttachmentStorage for PostgresStorage {
             .execute(
                 "DELETE FROM attachment_contents c
                  WHERE NOT EXISTS (SELECT 1 FROM attachment_refs r
-                                   WHERE r.sha256 = c.sha256 AND r.live)
+                                   WHERE r.commune = c.commune AND r.sha256 = c.sha256
+                                     AND r.live)
                    AND coalesce((SELECT max(r.changed_at) FROM attachment_refs r
-                                 WHERE r.sha256 = c.sha256), c.created_at) < $1",
+                                 WHERE r.commune = c.commune AND r.sha256 = c.sha256),
+                                c.created_at) < $1",
                 &[&cutoff],
             )
             .await?;

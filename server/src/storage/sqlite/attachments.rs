@@ -1,4 +1,5 @@
-//! [`AttachmentStorage`] on SQLite: chunks as rows next to the records, in the same file.
+//! [`AttachmentStorage`] on SQLite: chunks as rows next to the records, in the same file,
+//! keyed by (commune, sha256).
 
 use async_trait::async_trait;
 use communesync_core::record::RecordId;
@@ -6,17 +7,19 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use sha2::{Digest, Sha256};
 
 use super::super::attachments::{
-    AttachmentLimits, AttachmentStorage, ChunkRefusal, ChunkUpload, ContentState, chunk_count,
+    AttachmentLimits, AttachmentStorage, ChunkRefusal, ChunkUpload, ContentState, Referenced,
+    chunk_count,
 };
 use super::super::{Result, Scope, to_i64, to_u64};
 use super::SqliteStorage;
 
-fn state(conn: &Connection, sha256: &[u8; 32]) -> Result<Option<ContentState>> {
+fn state(conn: &Connection, commune: &str, sha256: &[u8; 32]) -> Result<Option<ContentState>> {
     Ok(conn
         .prepare_cached(
-            "SELECT size, chunk_size, received, complete FROM attachment_contents WHERE sha256 = ?1",
+            "SELECT size, chunk_size, received, complete FROM attachment_contents
+             WHERE commune = ?1 AND sha256 = ?2",
         )?
-        .query_row([sha256.as_slice()], |row| {
+        .query_row(params![commune, sha256.as_slice()], |row| {
             Ok(ContentState {
                 size: to_u64(row.get(0)?),
                 chunk_size: u32::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
@@ -60,22 +63,43 @@ impl AttachmentStorage for SqliteStorage {
         .await
     }
 
-    async fn attachment_referenced(&self, sha256: [u8; 32], scope: &Scope) -> Result<Option<u64>> {
+    async fn attachment_referenced(
+        &self,
+        sha256: [u8; 32],
+        scope: &Scope,
+    ) -> Result<Option<Referenced>> {
         let commune = scope.commune().map(str::to_owned);
         self.read(move |conn| {
-            let size: Option<i64> = conn
+            Ok(conn
                 .prepare_cached(
-                    "SELECT max(size) FROM attachment_refs
-                     WHERE sha256 = ?1 AND live = 1 AND (?2 IS NULL OR commune = ?2)",
+                    "SELECT r.commune, max(r.size),
+                            coalesce((SELECT c.complete FROM attachment_contents c
+                                      WHERE c.commune = r.commune AND c.sha256 = r.sha256), 0)
+                                AS whole
+                     FROM attachment_refs r
+                     WHERE r.sha256 = ?1 AND r.live = 1 AND (?2 IS NULL OR r.commune = ?2)
+                     GROUP BY r.commune
+                     ORDER BY whole DESC, r.commune
+                     LIMIT 1",
                 )?
-                .query_row(params![sha256.as_slice(), commune], |row| row.get(0))?;
-            Ok(size.map(to_u64))
+                .query_row(params![sha256.as_slice(), commune], |row| {
+                    Ok(Referenced {
+                        commune: row.get(0)?,
+                        size: to_u64(row.get(1)?),
+                    })
+                })
+                .optional()?)
         })
         .await
     }
 
-    async fn attachment_state(&self, sha256: [u8; 32]) -> Result<Option<ContentState>> {
-        self.read(move |conn| state(conn, &sha256)).await
+    async fn attachment_state(
+        &self,
+        commune: &str,
+        sha256: [u8; 32],
+    ) -> Result<Option<ContentState>> {
+        let commune = commune.to_owned();
+        self.read(move |conn| state(conn, &commune, &sha256)).await
     }
 
     async fn put_attachment_chunk(
@@ -92,7 +116,7 @@ impl AttachmentStorage for SqliteStorage {
         let limits = *limits;
         self.write(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let current = match state(&tx, &sha256)? {
+            let current = match state(&tx, &commune, &sha256)? {
                 Some(current) => current,
                 None => {
                     let by_device: i64 = tx.query_row(
@@ -119,14 +143,14 @@ impl AttachmentStorage for SqliteStorage {
                     }
                     tx.execute(
                         "INSERT INTO attachment_contents
-                             (sha256, size, chunk_size, received, complete, uploaded_by, commune, created_at)
-                         VALUES (?1, ?2, ?3, 0, 0, ?4, ?5, ?6)",
+                             (commune, sha256, size, chunk_size, received, complete, uploaded_by, created_at)
+                         VALUES (?1, ?2, ?3, ?4, 0, 0, ?5, ?6)",
                         params![
+                            commune,
                             sha256.as_slice(),
                             to_i64(size),
                             i64::from(chunk_size),
                             device.0.as_bytes().as_slice(),
-                            commune,
                             now
                         ],
                     )?;
@@ -152,19 +176,19 @@ impl AttachmentStorage for SqliteStorage {
                 // An upload of another size or chunk size starts over from its first chunk: a
                 // stale or hostile partial upload never blocks the content.
                 tx.execute(
-                    "DELETE FROM attachment_chunks WHERE sha256 = ?1",
-                    [sha256.as_slice()],
+                    "DELETE FROM attachment_chunks WHERE commune = ?1 AND sha256 = ?2",
+                    params![commune, sha256.as_slice()],
                 )?;
                 tx.execute(
-                    "UPDATE attachment_contents SET size = ?2, chunk_size = ?3, received = 0,
-                         uploaded_by = ?4, commune = ?5
-                     WHERE sha256 = ?1",
+                    "UPDATE attachment_contents SET size = ?3, chunk_size = ?4, received = 0,
+                         uploaded_by = ?5
+                     WHERE commune = ?1 AND sha256 = ?2",
                     params![
+                        commune,
                         sha256.as_slice(),
                         to_i64(size),
                         i64::from(chunk_size),
-                        device.0.as_bytes().as_slice(),
-                        commune
+                        device.0.as_bytes().as_slice()
                     ],
                 )?;
                 current = ContentState {
@@ -184,8 +208,8 @@ impl AttachmentStorage for SqliteStorage {
                 ))));
             }
             tx.execute(
-                "INSERT INTO attachment_chunks(sha256, idx, data) VALUES (?1, ?2, ?3)",
-                params![sha256.as_slice(), i64::from(index), bytes],
+                "INSERT INTO attachment_chunks(commune, sha256, idx, data) VALUES (?1, ?2, ?3, ?4)",
+                params![commune, sha256.as_slice(), i64::from(index), bytes],
             )?;
             let received = index + 1;
             let complete = u64::from(received) == chunk_count(size, chunk_size);
@@ -193,9 +217,10 @@ impl AttachmentStorage for SqliteStorage {
                 let mut hasher = Sha256::new();
                 {
                     let mut stmt = tx.prepare_cached(
-                        "SELECT data FROM attachment_chunks WHERE sha256 = ?1 ORDER BY idx",
+                        "SELECT data FROM attachment_chunks WHERE commune = ?1 AND sha256 = ?2
+                         ORDER BY idx",
                     )?;
-                    let mut rows = stmt.query([sha256.as_slice()])?;
+                    let mut rows = stmt.query(params![commune, sha256.as_slice()])?;
                     while let Some(row) = rows.next()? {
                         hasher.update(row.get_ref(0)?.as_blob().map_err(rusqlite::Error::from)?);
                     }
@@ -203,20 +228,22 @@ impl AttachmentStorage for SqliteStorage {
                 let got: [u8; 32] = hasher.finalize().into();
                 if got != sha256 {
                     tx.execute(
-                        "DELETE FROM attachment_chunks WHERE sha256 = ?1",
-                        [sha256.as_slice()],
+                        "DELETE FROM attachment_chunks WHERE commune = ?1 AND sha256 = ?2",
+                        params![commune, sha256.as_slice()],
                     )?;
                     tx.execute(
-                        "UPDATE attachment_contents SET received = 0 WHERE sha256 = ?1",
-                        [sha256.as_slice()],
+                        "UPDATE attachment_contents SET received = 0
+                         WHERE commune = ?1 AND sha256 = ?2",
+                        params![commune, sha256.as_slice()],
                     )?;
                     tx.commit()?;
                     return Ok(Err(ChunkRefusal::HashMismatch));
                 }
             }
             tx.execute(
-                "UPDATE attachment_contents SET received = ?2, complete = ?3 WHERE sha256 = ?1",
-                params![sha256.as_slice(), i64::from(received), complete],
+                "UPDATE attachment_contents SET received = ?3, complete = ?4
+                 WHERE commune = ?1 AND sha256 = ?2",
+                params![commune, sha256.as_slice(), i64::from(received), complete],
             )?;
             tx.commit()?;
             Ok(Ok(ContentState {
@@ -229,17 +256,25 @@ impl AttachmentStorage for SqliteStorage {
         .await
     }
 
-    async fn attachment_chunk(&self, sha256: [u8; 32], index: u32) -> Result<Option<Vec<u8>>> {
+    async fn attachment_chunk(
+        &self,
+        commune: &str,
+        sha256: [u8; 32],
+        index: u32,
+    ) -> Result<Option<Vec<u8>>> {
+        let commune = commune.to_owned();
         self.read(move |conn| {
             Ok(conn
                 .prepare_cached(
                     "SELECT k.data FROM attachment_chunks k
-                     JOIN attachment_contents c ON c.sha256 = k.sha256 AND c.complete = 1
-                     WHERE k.sha256 = ?1 AND k.idx = ?2",
+                     JOIN attachment_contents c
+                       ON c.commune = k.commune AND c.sha256 = k.sha256 AND c.complete = 1
+                     WHERE k.commune = ?1 AND k.sha256 = ?2 AND k.idx = ?3",
                 )?
-                .query_row(params![sha256.as_slice(), i64::from(index)], |row| {
-                    row.get(0)
-                })
+                .query_row(
+                    params![commune, sha256.as_slice(), i64::from(index)],
+                    |row| row.get(0),
+                )
                 .optional()?)
         })
         .await
@@ -252,9 +287,11 @@ impl AttachmentStorage for SqliteStorage {
             let deleted = tx.execute(
                 "DELETE FROM attachment_contents
                  WHERE NOT EXISTS (SELECT 1 FROM attachment_refs r
-                                   WHERE r.sha256 = attachment_contents.sha256 AND r.live = 1)
+                                   WHERE r.commune = attachment_contents.commune
+                                     AND r.sha256 = attachment_contents.sha256 AND r.live = 1)
                    AND coalesce((SELECT max(r.changed_at) FROM attachment_refs r
-                                 WHERE r.sha256 = attachment_contents.sha256),
+                                 WHERE r.commune = attachment_contents.commune
+                                   AND r.sha256 = attachment_contents.sha256),
                                 attachment_contents.created_at) < ?1",
                 [cutoff],
             )?;
