@@ -123,6 +123,7 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
                 device: device.0,
                 officer: officer.clone(),
             },
+            attachments: Vec::new(),
             dossier_number_fallback: false,
         };
         let mut doc = RecordDoc::create(

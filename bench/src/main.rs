@@ -6,10 +6,11 @@
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
 //! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
-//! syncing tablets and its standby promoted (the same, and PostgreSQL installed).
-//! while an honest tablet syncs (the same); `-- receipts` intake with a signed receipt and
-//! receipt verification.
+//! syncing tablets and its standby promoted (the same, and PostgreSQL installed);
+//! `-- receipts` intake with a signed receipt and receipt verification; `-- attachments` a
+//! dossier of photos over 2G.
 
+mod attachments;
 mod dictionary;
 mod failover;
 mod hostile;
@@ -40,6 +41,9 @@ enum Suite {
     /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
     /// the server while an honest tablet syncs (server memory, honest latency and failures).
     Hostile(hostile::HostileArgs),
+    /// Attachments: a 10-page dossier of camera photos prepared and uploaded over 2G with cuts
+    /// (bytes, time, re-sent per cut), and memory while uploading 50 MB.
+    Attachments(attachments::AttachmentArgs),
     /// Failover: a PostgreSQL primary SIGKILLed under replicas and syncing tablets, its
     /// synchronous standby promoted (pause seen by tablets, changes lost).
     Failover(failover::FailoverArgs),
@@ -58,5 +62,6 @@ fn main() -> anyhow::Result<()> {
         Suite::Failover(args) => failover::run(&args),
         Suite::Receipts(args) => receipts::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
+        Suite::Attachments(args) => attachments::run(&args),
     }
 }

@@ -7,11 +7,14 @@
 //! - [`catalogue`]: the province's procedure catalogue and the working-day calendar that gives
 //!   statutory due dates;
 //! - [`search`]: text folding for Vietnamese (diacritics and đ → d) used by full-text search;
+//! - [`attachment`]: scans and photos of the dossier's papers, content-addressed, prepared for
+//!   2G and synced on their own resumable channel;
 //! - [`store`]: the durable, encrypted device store on SQLite, with projections for queries.
 //!
 //! Nothing here starts a runtime or opens a socket: I/O sits behind the store and, later, the
 //! transport trait.
 
+pub mod attachment;
 pub mod catalogue;
 pub mod clock;
 pub mod codec;

@@ -40,6 +40,7 @@ fn base_document() -> (RecordId, Vec<u8>) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
         dossier_number_fallback: false,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));

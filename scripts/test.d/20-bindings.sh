@@ -181,6 +181,7 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     android/src/test/kotlin/org/communesync/https/HttpsStory.kt \
     android/src/test/kotlin/org/communesync/DossierNumberStory.kt \
     android/src/test/kotlin/org/communesync/ReceiptStory.kt \
+    android/src/test/kotlin/org/communesync/AttachmentStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -229,6 +230,15 @@ COMMUNESYNC_WORK_DIR=$KT/receipt-stores \
         org.communesync.receipt.ReceiptStoryKt > "$KT/receipt-story.log" 2>&1 \
     || { cat "$KT/receipt-story.log" >&2; die "the Kotlin receipt story failed"; }
 grep -E '^kotlin receipt story:' "$KT/receipt-story.log" >&2
+# Attachments (issue 17): one engine attaches and syncs, the other opens with the same bytes.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG \
+COMMUNESYNC_CODE_A=$(issue_code DB-MUONGPHANG) COMMUNESYNC_CODE_B=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/attachment-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.attachment.AttachmentStoryKt > "$KT/attachment-story.log" 2>&1 \
+    || { cat "$KT/attachment-story.log" >&2; die "the Kotlin attachment story failed"; }
+grep -E '^kotlin attachment story:' "$KT/attachment-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -258,7 +268,7 @@ import Foundation
 @main
 struct StoryMain {
     static func main() async {
-        let failures = await EndToEndStory.run() + SdkStory.run() + HttpsStory.run() + DossierNumberStory.run() + ReceiptStory.run()
+        let failures = await EndToEndStory.run() + SdkStory.run() + HttpsStory.run() + DossierNumberStory.run() + ReceiptStory.run() + AttachmentStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -291,6 +301,8 @@ code_a=$(issue_code DB-NATAU)
 code_b=$(issue_code DB-NATAU)
 receipt_a=$(issue_code DB-NATAU)
 receipt_b=$(issue_code DB-NATAU)
+attach_a=$(issue_code DB-NATAU)
+attach_b=$(issue_code DB-NATAU)
 number_code_a=$(issue_code DB-NATAU)
 number_code_b=$(issue_code DB-NATAU)
 code_sdk=$(issue_code DB-NATAU)
@@ -302,12 +314,13 @@ swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNES
     COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" COMMUNESYNC_CODE_SDK="$code_sdk" \
     COMMUNESYNC_NUMBER_CODE_A="$number_code_a" COMMUNESYNC_NUMBER_CODE_B="$number_code_b" \
     COMMUNESYNC_RECEIPT_CODE_A="$receipt_a" COMMUNESYNC_RECEIPT_CODE_B="$receipt_b" \
+    COMMUNESYNC_ATTACH_CODE_A="$attach_a" COMMUNESYNC_ATTACH_CODE_B="$attach_b" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
     LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift (sdk |https |numbers |receipt )?story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (sdk |https |numbers |receipt |attachment )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
 # The package manifest as SwiftPM reads it (an XCFramework cannot be linked on Linux: the Mac
 # steps are in ios/README.md): the library product over the binary target and the sources.

@@ -23,6 +23,9 @@ use std::time::Duration;
 
 use communesync_core::keys::{DeviceSigningKey, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
+use communesync_server::storage::attachments::{
+    AttachmentLimits, ChunkRefusal, ChunkUpload, ContentState, Referenced,
+};
 use communesync_server::storage::{
     self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
     MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope, ServerStorage, StorageError,
@@ -239,6 +242,12 @@ conformance!(
     stats,
     reopen_keeps_data,
     concurrent_ingest_feed_never_skips,
+    attachments_upload_in_order_resume_and_complete,
+    attachments_scope_follows_live_references,
+    attachments_whole_hash_is_checked,
+    attachments_quotas,
+    attachments_sweep_after_grace,
+    attachments_are_kept_per_commune,
     number_blocks_never_overlap_across_replicas,
     number_usage_reports_grow_and_stay_with_their_device,
     dossier_numbers_keep_their_first_document,
@@ -2130,6 +2139,500 @@ async fn postgres_upgrades_from_version_2() {
     check_upgraded_from_version_2(s.as_ref()).await;
 }
 
+// --- attachments ------------------------------------------------------------------------------
+
+const CHUNK: u32 = 16 * 1024;
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+fn referenced(commune: &str, size: u64) -> Referenced {
+    Referenced {
+        commune: commune.into(),
+        size,
+    }
+}
+
+fn upload<'a>(data: &'a [u8], index: u32, device: &Device, commune: &'a str) -> ChunkUpload<'a> {
+    let start = index as usize * CHUNK as usize;
+    let end = (start + CHUNK as usize).min(data.len());
+    ChunkUpload {
+        sha256: sha(data),
+        size: data.len() as u64,
+        chunk_size: CHUNK,
+        index,
+        bytes: &data[start..end],
+        device: device.id,
+        commune,
+    }
+}
+
+async fn attachments_upload_in_order_resume_and_complete(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (device, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let data = content(3 * CHUNK as usize + 100, 1);
+    let hash = sha(&data);
+    let limits = AttachmentLimits::default();
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    let put = |i: u32| {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &device, "c1"), &limits, NOW)
+    };
+    let state = put(0).await.unwrap().unwrap();
+    assert_eq!((state.received, state.complete), (1, false));
+    // A chunk sent again (its answer was lost in a cut) is a no-op.
+    assert_eq!(put(0).await.unwrap().unwrap().received, 1);
+    // A gap is refused and stores nothing.
+    assert!(matches!(
+        put(2).await.unwrap(),
+        Err(ChunkRefusal::Mismatch(_))
+    ));
+    // Another chunk size for the same content is refused.
+    let mut odd = upload(&data, 1, &device, "c1");
+    odd.chunk_size = 2 * CHUNK;
+    odd.bytes = &data[..2 * CHUNK as usize];
+    assert!(matches!(
+        f.s().put_attachment_chunk(odd, &limits, NOW).await.unwrap(),
+        Err(ChunkRefusal::Mismatch(_))
+    ));
+    put(1).await.unwrap().unwrap();
+    // A stale partial upload under another size never blocks the content: an upload of
+    // another size restarts it from chunk 0, and the honest one restarts it back.
+    let mut stale = upload(&data[..CHUNK as usize + 1], 0, &device, "c1");
+    stale.sha256 = hash;
+    let restarted = f
+        .s()
+        .put_attachment_chunk(stale, &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((restarted.size, restarted.received), (CHUNK as u64 + 1, 1));
+    assert_eq!(put(0).await.unwrap().unwrap().received, 1);
+    put(1).await.unwrap().unwrap();
+    // Not complete yet: nothing is served.
+    assert_eq!(f.s().attachment_chunk("c1", hash, 0).await.unwrap(), None);
+    // Another replica resumes where the first stopped.
+    let replica = f.replica().await;
+    assert_eq!(
+        replica
+            .attachment_state("c1", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .received,
+        2
+    );
+    replica
+        .put_attachment_chunk(upload(&data, 2, &device, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = replica
+        .put_attachment_chunk(upload(&data, 3, &device, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        done,
+        ContentState {
+            size: data.len() as u64,
+            chunk_size: CHUNK,
+            received: 4,
+            complete: true
+        }
+    );
+    let mut back = Vec::new();
+    for i in 0..4 {
+        back.extend(
+            f.s()
+                .attachment_chunk("c1", hash, i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(back, data);
+    assert_eq!(f.s().attachment_chunk("c1", hash, 4).await.unwrap(), None);
+    // Complete: any chunk again is a no-op.
+    assert!(put(0).await.unwrap().unwrap().complete);
+}
+
+async fn attachments_scope_follows_live_references(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let hash = sha("the C1 identity card");
+    let doc = RecordId::new();
+    let c1 = Scope::Commune("c1".into());
+    let c2 = Scope::Commune("c2".into());
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+    f.s()
+        .reference_attachment(hash, "c1", doc, 1234, true, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.s().attachment_referenced(hash, &c1).await.unwrap(),
+        Some(referenced("c1", 1234))
+    );
+    assert_eq!(f.s().attachment_referenced(hash, &c2).await.unwrap(), None);
+    assert_eq!(
+        f.s()
+            .attachment_referenced(hash, &Scope::Province)
+            .await
+            .unwrap(),
+        Some(referenced("c1", 1234))
+    );
+    // A tombstone ends the reference, and is never made live again.
+    f.s()
+        .reference_attachment(hash, "c1", doc, 1234, false, NOW + 1)
+        .await
+        .unwrap();
+    f.s()
+        .reference_attachment(hash, "c1", doc, 1234, true, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+}
+
+async fn attachments_whole_hash_is_checked(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (device, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let data = content(2 * CHUNK as usize, 2);
+    let mut forged = data.clone();
+    forged[CHUNK as usize + 5] ^= 0xff;
+    let limits = AttachmentLimits::default();
+    // Chunks of other bytes under the hash of `data`.
+    let mut first = upload(&forged, 0, &device, "c1");
+    first.sha256 = sha(&data);
+    f.s()
+        .put_attachment_chunk(first, &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut second = upload(&forged, 1, &device, "c1");
+    second.sha256 = sha(&data);
+    assert_eq!(
+        f.s()
+            .put_attachment_chunk(second, &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::HashMismatch)
+    );
+    let state = f
+        .s()
+        .attachment_state("c1", sha(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.received, state.complete), (0, false));
+    assert_eq!(
+        f.s().attachment_chunk("c1", sha(&data), 0).await.unwrap(),
+        None
+    );
+    // The honest bytes then complete it.
+    for i in 0..2 {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &device, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        f.s()
+            .attachment_state("c1", sha(&data))
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+}
+
+async fn attachments_quotas(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (t1, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let (t2, _) = enroll(f.s(), Scope::Commune("c1".into()), "t2").await;
+    let limits = AttachmentLimits {
+        device_quota: 3 * CHUNK as u64,
+        commune_quota: 5 * CHUNK as u64,
+    };
+    let a = content(2 * CHUNK as usize, 3);
+    let b = content(2 * CHUNK as usize, 4);
+    let c = content(2 * CHUNK as usize, 5);
+    f.s()
+        .put_attachment_chunk(upload(&a, 0, &t1, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    // t1 would pass its own quota.
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&b, 0, &t1, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+    assert_eq!(f.s().attachment_state("c1", sha(&b)).await.unwrap(), None);
+    f.s()
+        .put_attachment_chunk(upload(&b, 0, &t2, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    // The commune would pass its quota, whoever uploads.
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&c, 0, &t2, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+}
+
+async fn attachments_sweep_after_grace(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (device, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let limits = AttachmentLimits::default();
+    let kept = content(100, 6);
+    let removed = content(100, 7);
+    let orphan = content(100, 8);
+    for data in [&kept, &removed, &orphan] {
+        f.s()
+            .put_attachment_chunk(upload(data, 0, &device, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let doc = RecordId::new();
+    f.s()
+        .reference_attachment(sha(&kept), "c1", doc, 100, true, NOW)
+        .await
+        .unwrap();
+    f.s()
+        .reference_attachment(sha(&removed), "c1", doc, 100, true, NOW)
+        .await
+        .unwrap();
+    f.s()
+        .reference_attachment(sha(&removed), "c1", doc, 100, false, NOW + HOUR)
+        .await
+        .unwrap();
+    let grace = 24 * HOUR;
+    // Within the grace period nothing goes (the orphan was created at NOW).
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + grace - 1, grace)
+            .await
+            .unwrap(),
+        0
+    );
+    // The orphan's grace ended; the removed one's started an hour later.
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        f.s().attachment_state("c1", sha(&orphan)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + HOUR + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        f.s().attachment_state("c1", sha(&removed)).await.unwrap(),
+        None
+    );
+    // A live reference keeps its content for ever.
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + 1000 * grace, grace)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        f.s()
+            .attachment_state("c1", sha(&kept))
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+}
+/// Contents are kept per commune: a commune whose record names another commune's hash (and
+/// size) reaches only its own, empty content of that hash; only the matching bytes complete it,
+/// and then it is stored apart. Quotas and the sweep count each commune's own contents.
+async fn attachments_are_kept_per_commune(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (hostile, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let (owner, _) = enroll(f.s(), Scope::Commune("c2".into()), "t2").await;
+    let data = content(2 * CHUNK as usize + 10, 9);
+    let hash = sha(&data);
+    let size = data.len() as u64;
+    // Each commune's quota holds exactly this one content.
+    let limits = AttachmentLimits {
+        device_quota: size,
+        commune_quota: size,
+    };
+    f.s()
+        .reference_attachment(hash, "c2", RecordId::new(), size, true, NOW)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &owner, "c2"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        f.s()
+            .attachment_state("c2", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+
+    // c1's record names the hash and size it learnt.
+    let hostile_doc = RecordId::new();
+    f.s()
+        .reference_attachment(hash, "c1", hostile_doc, size, true, NOW)
+        .await
+        .unwrap();
+    let c1 = Scope::Commune("c1".into());
+    assert_eq!(
+        f.s().attachment_referenced(hash, &c1).await.unwrap(),
+        Some(referenced("c1", size))
+    );
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    for i in 0..3 {
+        assert_eq!(f.s().attachment_chunk("c1", hash, i).await.unwrap(), None);
+    }
+    // The province reads the commune that holds it whole.
+    assert_eq!(
+        f.s()
+            .attachment_referenced(hash, &Scope::Province)
+            .await
+            .unwrap(),
+        Some(referenced("c2", size))
+    );
+
+    // Other bytes under that hash: stored from chunk 0 in c1 (never answered from c2's content),
+    // refused at the last chunk by the whole hash.
+    let mut forged = data.clone();
+    forged[7] ^= 0x55;
+    let forge = |i: u32| {
+        let mut chunk = upload(&forged, i, &hostile, "c1");
+        chunk.sha256 = hash;
+        chunk
+    };
+    let first = f
+        .s()
+        .put_attachment_chunk(forge(0), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.received, first.complete), (1, false));
+    f.s()
+        .put_attachment_chunk(forge(1), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        f.s()
+            .put_attachment_chunk(forge(2), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::HashMismatch)
+    );
+    assert_eq!(f.s().attachment_chunk("c1", hash, 0).await.unwrap(), None);
+    // c2's content is untouched.
+    let mut back = Vec::new();
+    for i in 0..3 {
+        back.extend(
+            f.s()
+                .attachment_chunk("c2", hash, i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(back, data);
+
+    // c1 uploading the very bytes stores its own copy, within its own quota (c2's copy does
+    // not count against c1).
+    for i in 0..3 {
+        let state = f
+            .s()
+            .put_attachment_chunk(upload(&data, i, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.received, i + 1);
+    }
+    assert!(
+        f.s()
+            .attachment_state("c1", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // Within c1 the content is stored once: sending it again finds it whole.
+    assert!(
+        f.s()
+            .put_attachment_chunk(upload(&data, 0, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // c1's quota is now full; c2's is its own.
+    let other = content(100, 10);
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&other, 0, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+
+    // c1's record drops the reference: the sweep deletes c1's copy only.
+    f.s()
+        .reference_attachment(hash, "c1", hostile_doc, size, false, NOW + HOUR)
+        .await
+        .unwrap();
+    let grace = 24 * HOUR;
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + HOUR + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+    assert!(
+        f.s()
+            .attachment_state("c2", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    assert_eq!(
+        f.s()
+            .attachment_chunk("c2", hash, 2)
+            .await
+            .unwrap()
+            .unwrap(),
+        &data[2 * CHUNK as usize..]
+    );
+}
 // --- dossier numbers --------------------------------------------------------------------------
 
 const FORMAT: &str = "{agency}-{yymmdd}-{seq:6}";

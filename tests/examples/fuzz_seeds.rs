@@ -49,6 +49,7 @@ fn base() -> (RecordId, RecordDoc) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
         dossier_number_fallback: false,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));

@@ -50,6 +50,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/number-blocks"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
+    ("GET", "/v1/attachments/{sha256}"),
+    ("GET", "/v1/attachments/{sha256}/chunks/{index}"),
+    ("PUT", "/v1/attachments/{sha256}/chunks/{index}"),
 ];
 
 /// The (method, path) pairs that `router()` in `server/src/http/mod.rs` registers, read from its
@@ -301,6 +304,10 @@ impl World {
         } else {
             path.replace("{id}", &self.spare_device.to_string())
         };
+        // A content no record names (the body of the upload below).
+        let path = path
+            .replace("{sha256}", &communesync_core::attachment::sha256_hex(b"x"))
+            .replace("{index}", "0");
         let url = format!("{}{path}", self.server.url());
         let mut request = match method {
             "GET" => self.http.get(&url),
@@ -330,6 +337,11 @@ impl World {
             "/v1/admin/enrollment-codes" => {
                 request.json(&serde_json::json!({"scope": {"commune": COMMUNE_A}, "ttl_hours": 1}))
             }
+            upload if method == "PUT" && upload.starts_with("/v1/attachments/") => request
+                .header("x-content-size", "1")
+                .header("x-chunk-size", "16384")
+                .header("x-chunk-sha256", communesync_core::attachment::sha256_hex(b"x"))
+                .body("x"),
             "/v1/admin/catalogue" => request.body(
                 r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1}]}"#,
             ),
@@ -384,6 +396,14 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
             Nobody | WrongToken | Operator => 401,
             Revoked => 403,
             OtherCommune | OwnCommune | Province => 200,
+        },
+        // A content no record of the caller's scope names: 404, as for one that does not exist;
+        // a province account reads but does not upload.
+        (_, attachment) if attachment.starts_with("/v1/attachments/") => match caller {
+            Nobody | WrongToken | Operator => 401,
+            Revoked => 403,
+            Province if method == "PUT" => 403,
+            OtherCommune | OwnCommune | Province => 404,
         },
         // A device's own key, on first use.
         ("POST", "/v1/device/key") => match caller {

@@ -10,6 +10,7 @@
 //! cap, a value written before a rule existed) never makes the record uneditable: a change that
 //! does not make it worse is accepted.
 
+use crate::attachment::{AttachmentRef, is_content_address};
 use crate::catalogue::CivilDate;
 use crate::record::{Application, CitizenRequest, DeviceId, Record, RequestStatus, Status};
 use crate::{Error, Result};
@@ -24,6 +25,18 @@ pub const MAX_NOTES: usize = 64 * 1024;
 pub const MAX_DOCUMENTS: usize = 100;
 /// Most fees an application lists.
 pub const MAX_FEES: usize = 50;
+/// Most attachment references a record holds, tombstones included (each is a few hundred bytes
+/// of the record's document).
+pub const MAX_ATTACHMENTS: usize = 200;
+/// Largest attachment content, in bytes (a prepared page is ~150 KB; a PDF of a whole dossier
+/// fits).
+pub const MAX_ATTACHMENT_BYTES: u64 = 20 * 1024 * 1024;
+/// MIME types an attachment may have: images of papers and PDFs.
+pub const ATTACHMENT_MIME_TYPES: &[&str] = &["image/jpeg", "image/png", "application/pdf"];
+/// Longest caption of an attachment.
+pub const MAX_CAPTION: usize = 500;
+/// Highest page number of an attachment.
+pub const MAX_PAGE: u32 = 10_000;
 
 /// Who makes a change, and what the checker knows.
 pub struct RuleContext<'a> {
@@ -220,6 +233,7 @@ fn check_application_edit(
     {
         return Err(immutable("application"));
     }
+    check_attachments_edit(&before.attachments, &after.attachments)?;
     // The number the citizen was given at the desk: set once at intake, in the record's first
     // change, and never altered, cleared or added later (see `crate::numbering`).
     if before.dossier_number != after.dossier_number
@@ -261,6 +275,7 @@ fn check_request_edit(
     {
         return Err(immutable("citizen_request"));
     }
+    check_attachments_edit(&before.attachments, &after.attachments)?;
     if after.status != before.status {
         before
             .status
@@ -397,6 +412,7 @@ fn application_problems(app: &Application, out: &mut Vec<FieldProblem>) {
     for fee in &app.fees {
         text(out, "fees.name", &fee.name, 200, true);
     }
+    attachment_problems(&app.attachments, out);
 }
 
 fn request_problems(request: &CitizenRequest, out: &mut Vec<FieldProblem>) {
@@ -416,6 +432,96 @@ fn request_problems(request: &CitizenRequest, out: &mut Vec<FieldProblem>) {
         text(out, "assignee", assignee, 128, true);
     }
     text(out, "notes", &request.notes, MAX_NOTES, false);
+    attachment_problems(&request.attachments, out);
+}
+
+/// Rules of the attachment references a record holds: how many, and each one's form. The
+/// server re-checks them for every pushed change, and refuses an upload of a content no
+/// reference of the device's scope names with its size.
+fn attachment_problems(refs: &[AttachmentRef], out: &mut Vec<FieldProblem>) {
+    count(out, "attachments", refs.len(), MAX_ATTACHMENTS);
+    for (i, reference) in refs.iter().enumerate() {
+        form(
+            out,
+            "attachments.id",
+            !reference.id.is_empty()
+                && reference.id.len() <= 64
+                && refs[..i].iter().all(|other| other.id != reference.id),
+            "must be a unique id of 1 to 64 bytes",
+        );
+        form(
+            out,
+            "attachments.sha256",
+            is_content_address(&reference.sha256),
+            "must be 64 lowercase hex digits",
+        );
+        form(
+            out,
+            "attachments.size",
+            (1..=MAX_ATTACHMENT_BYTES).contains(&reference.size),
+            "must be 1 byte to 20 MiB",
+        );
+        form(
+            out,
+            "attachments.mime",
+            ATTACHMENT_MIME_TYPES.contains(&reference.mime.as_str()),
+            "must be image/jpeg, image/png or application/pdf",
+        );
+        form(
+            out,
+            "attachments.page",
+            reference.page <= MAX_PAGE,
+            "must be at most 10000",
+        );
+        text(
+            out,
+            "attachments.caption",
+            &reference.caption,
+            MAX_CAPTION,
+            false,
+        );
+        if let Some(document) = &reference.document {
+            text(out, "attachments.document", document, 500, true);
+        }
+    }
+}
+
+/// What a change may do to the references: add some, change a caption, a page or the paper,
+/// remove one (a tombstone). The content a reference names, its size, type and time are fixed;
+/// a reference is never taken out of the list and a removal is never undone (so that a removal
+/// syncs, and a content named once stays accountable).
+fn check_attachments_edit(
+    before: &[AttachmentRef],
+    after: &[AttachmentRef],
+) -> std::result::Result<(), Violation> {
+    for old in before {
+        let Some(new) = after.iter().find(|r| r.id == old.id) else {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "attachments",
+                "an attachment is removed with a tombstone, not taken out of the list",
+            ));
+        };
+        if new.sha256 != old.sha256
+            || new.size != old.size
+            || new.mime != old.mime
+            || new.added_at != old.added_at
+        {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "attachments",
+                "the content, size, type and time of an attachment cannot be changed",
+            ));
+        }
+        if old.removed && !new.removed {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "attachments.removed",
+                "a removed attachment stays removed",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a record's fields on their own (what a record arriving whole from elsewhere must

@@ -32,6 +32,7 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
         dossier_number_fallback: false,
     }
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::workflow::{RequestStatus, Status};
+use crate::attachment::AttachmentRef;
 use crate::catalogue::CivilDate;
 
 /// Identity of a record: a UUIDv7, so ids sort by creation time and never collide across tablets.
@@ -200,6 +201,11 @@ pub struct Application {
     pub notes: String,
     /// Who created it.
     pub created_by: Author,
+    /// Scans and photos attached to it (removed ones stay as tombstones). Absent in records
+    /// written before attachments existed: read as empty.
+    #[autosurgeon(missing = "Vec::new")]
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
     /// Whether [`Application::dossier_number`] is a fallback number: the device had no number
     /// block left at intake (see [`crate::numbering`]). Set with the number, never changed.
     #[autosurgeon(with = "absent_when_false")]
@@ -236,6 +242,11 @@ pub struct CitizenRequest {
     pub notes: String,
     /// Who created it.
     pub created_by: Author,
+    /// Scans and photos attached to it (removed ones stay as tombstones). Absent in records
+    /// written before attachments existed: read as empty.
+    #[autosurgeon(missing = "Vec::new")]
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
 }
 
 /// What an officer enters to create an application; the store fills id, due date and status.

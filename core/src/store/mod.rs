@@ -574,6 +574,7 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            attachments: Vec::new(),
             dossier_number_fallback: number.fallback,
         };
         let record = Record::Application(app);
@@ -609,6 +610,7 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            attachments: Vec::new(),
         };
         let record = Record::CitizenRequest(request);
         check_creation(&record, &self.rules(&|_| None))?;
@@ -959,6 +961,17 @@ impl DeviceStore {
 
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The connection, for the modules that open their own transactions (attachments); the
+    /// caller reports each commit with [`DeviceStore::committed`].
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Tells the background checkpointer a transaction was committed.
+    pub(crate) fn committed(&self) {
+        self.checkpointer.committed();
     }
 }
 

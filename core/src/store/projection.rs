@@ -54,6 +54,7 @@ pub(super) fn write(
         tx.prepare_cached("UPDATE documents SET search_digest = ?2 WHERE rowid = ?1")?
             .execute(rusqlite::params![rowid, digest])?;
     }
+    crate::attachment::content::project_refs(tx, rowid, record)?;
     Ok(())
 }
 

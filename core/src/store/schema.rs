@@ -13,6 +13,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_quarantine.sql"),
     include_str!("../../migrations/0005_dossier_numbers.sql"),
     include_str!("../../migrations/0006_device_keys.sql"),
+    include_str!("../../migrations/0007_attachments.sql"),
 ];
 
 /// The schema version this build writes.

@@ -451,6 +451,11 @@ impl<T: Transport> SyncClient<T> {
         &self.config
     }
 
+    /// The device credential (for the attachment channel).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Pushes every pending change and pulls the feed until nothing is left, reporting progress
     /// after each request. A second call while one runs waits for it, then runs (cheaply).
     ///

@@ -21,6 +21,7 @@ mod admin;
 mod admin_numbers;
 mod admin_records;
 mod admin_tokens;
+pub mod attachments;
 mod body_rate;
 pub mod client_addr;
 mod enroll;
@@ -105,6 +106,8 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Quotas of attachment contents.
+    pub attachments: crate::storage::attachments::AttachmentLimits,
     /// Dossier numbers: the province's format, agency codes and block sizing.
     pub numbers: crate::numbers::NumberConfig,
 }
@@ -124,6 +127,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            attachments: Default::default(),
             numbers: crate::numbers::NumberConfig::default(),
         }
     }
@@ -237,6 +241,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
+        .route("/v1/attachments/{sha256}", get(attachments::status))
+        .route(
+            "/v1/attachments/{sha256}/chunks/{index}",
+            get(attachments::get_chunk)
+                .put(attachments::put_chunk)
+                .layer(DefaultBodyLimit::max(
+                    crate::storage::attachments::MAX_CHUNK_SIZE as usize,
+                )),
+        )
         .route("/v1/device/key", post(keys::register_first_key))
         .route("/v1/device-keys", post(keys::device_keys))
         .route("/v1/receipts/verify", post(keys::verify))

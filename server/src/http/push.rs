@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use communesync_core::attachment::AttachmentRef;
 use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
 use communesync_core::protocol::PushDoc;
 use communesync_core::record::{
@@ -72,9 +73,10 @@ pub(super) struct Cancelled;
 
 /// What the server concluded about one pushed document.
 pub(super) enum DocVerdict {
-    /// Store these (new) changes; with the application when it is new here and has a dossier
-    /// number (which the handler checks against the device's blocks before storing).
-    Store(IncomingDoc, Option<Box<Application>>),
+    /// Store these (new) changes; the record they leave names these attachments; with the
+    /// application when it is new here and has a dossier number (which the handler checks
+    /// against the device's blocks before storing).
+    Store(IncomingDoc, Vec<AttachmentRef>, Option<Box<Application>>),
     /// Nothing new: the server has every change already.
     Nothing,
     /// The server lacks changes they depend on: the tablet should send the whole history.
@@ -277,6 +279,10 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 Some(stored) => stored.commune.clone(),
                 None => record_commune(&record).to_owned(),
             };
+            let attachments = match *record {
+                Record::Application(ref a) => a.attachments.clone(),
+                Record::CitizenRequest(ref r) => r.attachments.clone(),
+            };
             let numbered = match (record.as_ref(), stored) {
                 (Record::Application(app), None) if app.dossier_number.is_some() => {
                     Some(Box::new(app.clone()))
@@ -290,6 +296,7 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                     commune,
                     changes: new_changes,
                 },
+                attachments,
                 numbered,
             )
         }

@@ -214,10 +214,15 @@ async fn sync_inner(
         };
         let mut incoming = Vec::new();
         let mut positions: Vec<(RecordId, u32)> = Vec::new();
+        let mut references: Vec<(
+            RecordId,
+            String,
+            Vec<communesync_core::attachment::AttachmentRef>,
+        )> = Vec::new();
         let mut numbered = numbers::NewNumbers::default();
         for (position, verdict) in verdicts {
             match verdict {
-                DocVerdict::Store(doc, app) => {
+                DocVerdict::Store(doc, attachments, app) => {
                     if let Some(app) = app {
                         // A dossier number is checked against the device's blocks first.
                         if let Err(refusal) = numbered
@@ -233,6 +238,9 @@ async fn sync_inner(
                         }
                     }
                     positions.push((doc.id, position));
+                    if !attachments.is_empty() {
+                        references.push((doc.id, doc.commune.clone(), attachments));
+                    }
                     incoming.push(doc);
                 }
                 DocVerdict::Nothing => {}
@@ -315,6 +323,29 @@ async fn sync_inner(
                     .map(|(_, position)| *position),
             );
             state.storage.clear_refusals(device.id, &accepted).await?;
+            // The references of the stored records open their contents to the commune's
+            // devices (a crash before this is healed by the x-record-id of an upload).
+            for (doc, commune, attachments) in &references {
+                if outcome.missing_deps.contains(doc) {
+                    continue;
+                }
+                for reference in attachments {
+                    let Ok(hash) = crate::http::attachments::address(&reference.sha256) else {
+                        continue;
+                    };
+                    state
+                        .storage
+                        .reference_attachment(
+                            hash,
+                            commune,
+                            *doc,
+                            reference.size,
+                            reference.is_live(),
+                            now,
+                        )
+                        .await?;
+                }
+            }
         }
         missing.sort_unstable();
         missing.dedup();

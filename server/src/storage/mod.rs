@@ -29,6 +29,7 @@ use async_trait::async_trait;
 use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
+pub mod attachments;
 pub mod pg_tls;
 mod plan;
 pub mod postgres;
@@ -356,7 +357,7 @@ pub const KEY_REVOKED_MESSAGE: &str =
 /// The server's storage. Implemented by [`SqliteStorage`] and [`PostgresStorage`]; every
 /// implementation passes the conformance suite.
 #[async_trait]
-pub trait ServerStorage: Send + Sync + 'static {
+pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static {
     /// Creates a commune. [`StorageError::AlreadyExists`] if the code is taken.
     async fn create_commune(&self, code: &str, name: &str) -> Result<()>;
 

@@ -28,6 +28,8 @@ use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{IsolationLevel, Row};
 
+mod attachments;
+
 use super::plan::{self, FeedRowMeta};
 
 mod numbers;
@@ -47,6 +49,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_dossier_numbers.sql"),
     include_str!("../../migrations/postgres/0005_device_keys.sql"),
     include_str!("../../migrations/postgres/0006_store_identity.sql"),
+    include_str!("../../migrations/postgres/0007_attachments.sql"),
 ];
 
 /// The schema version this build writes.

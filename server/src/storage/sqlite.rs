@@ -16,6 +16,8 @@ use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod attachments;
+
 use super::plan::{self, FeedRowMeta};
 
 mod numbers;
@@ -35,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_dossier_numbers.sql"),
     include_str!("../../migrations/sqlite/0005_device_keys.sql"),
     include_str!("../../migrations/sqlite/0006_store_identity.sql"),
+    include_str!("../../migrations/sqlite/0007_attachments.sql"),
 ];
 
 /// The schema version this build writes.

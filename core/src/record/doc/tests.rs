@@ -26,6 +26,7 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
         dossier_number_fallback: false,
     }
 }
@@ -291,6 +292,7 @@ fn the_cached_reader_reads_what_the_document_holds() {
             device: a_dev.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
     };
     let request = RecordDoc::create(&Record::CitizenRequest(request), a_dev, "lan", 4).unwrap();
     let plain: CitizenRequest = hydrate(&request.doc).unwrap();
