@@ -2107,3 +2107,6 @@ async fn postgres_upgrades_from_version_2() {
     let s = storage::open(&db.url).await.unwrap();
     check_upgraded_from_version_2(s.as_ref()).await;
 }
+
+#[path = "storage_conformance/read_model.rs"]
+mod read_model;

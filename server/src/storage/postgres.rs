@@ -17,12 +17,13 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use tokio_postgres::{IsolationLevel, NoTls, Row};
 
 use super::plan::{self, FeedRowMeta};
+use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
-    feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
-    to_i64, to_u64,
+    AdminToken, Commune, CommuneStats, CommuneSummary, Device, DeviceInfo, FeedItem, FeedPage,
+    IncomingDoc, IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
+    RecordQuery, Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage,
+    StorageError, StoredChange, device_id, feed_limits, hash32, join_deps, last_admin_token,
+    record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -30,6 +31,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
     include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
+    include_str!("../../migrations/postgres/0009_read_model.sql"),
 ];
 
 /// The schema version this build writes.
@@ -236,6 +238,149 @@ const INGEST_CHANGES: &str =
      SELECT t.commune, t.seq, t.gseq, t.doc, t.hash, $1::bytea, $2::bigint, t.deps, t.bytes
      FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bytea[], $8::bytea[],
                  $9::bytea[]) AS t (commune, seq, gseq, doc, hash, deps, bytes)";
+
+/// A document's registration and its stored changes with their receive times.
+type DocChanges = (RecordId, String, RecordKind, Vec<(Vec<u8>, i64)>);
+
+/// Documents projected per round trip when the read model is rebuilt.
+const REBUILD_CHUNK: usize = 500;
+
+/// Writes the read-model rows of `docs` from their stored changes, inside `tx`. Decoding runs on
+/// the blocking pool, not on a runtime thread.
+async fn project_docs(tx: &deadpool_postgres::Transaction<'_>, docs: &[RecordId]) -> Result<()> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&[u8]> = docs.iter().map(|id| id.as_bytes().as_slice()).collect();
+    let rows = tx
+        .query(
+            "SELECT c.doc, d.commune, d.kind, c.bytes, c.received_at
+             FROM changes c
+             JOIN unnest($1::bytea[]) AS ids (id) ON c.doc = ids.id
+             JOIN documents d ON d.id = c.doc
+             ORDER BY c.doc, c.seq",
+            &[&ids],
+        )
+        .await?;
+    let mut grouped: Vec<DocChanges> = Vec::new();
+    for row in &rows {
+        let id = record_id(row.try_get(0)?)?;
+        let change = (row.try_get::<_, Vec<u8>>(3)?, row.try_get::<_, i64>(4)?);
+        match grouped.last_mut() {
+            Some((last, _, _, changes)) if *last == id => changes.push(change),
+            _ => {
+                let kind: i16 = row.try_get(2)?;
+                grouped.push((id, row.try_get(1)?, record_kind(kind.into())?, vec![change]));
+            }
+        }
+    }
+    drop(rows);
+    let projected = tokio::task::spawn_blocking(move || {
+        grouped
+            .iter()
+            .map(|(id, commune, kind, changes)| {
+                read_model::project_changes(*id, commune, *kind, changes)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(StorageError::backend)?;
+    let statement = tx.prepare_cached(&upsert_sql()).await?;
+    for row in &projected {
+        let kind = kind_code(row.kind);
+        tx.execute(
+            &statement,
+            &[
+                &row.id.as_bytes().as_slice(),
+                &row.commune,
+                &kind,
+                &row.status,
+                &row.procedure_code,
+                &row.procedure_version,
+                &row.dossier_number,
+                &row.received_at,
+                &row.due_on,
+                &row.returned_at,
+                &row.on_time,
+                &row.assignee,
+                &row.has_conflicts,
+                &row.applicant_name,
+                &row.name_folded,
+                &row.id_number,
+                &row.attachments,
+                &row.changes,
+                &row.first_received_at,
+                &row.last_received_at,
+                &row.projection_error,
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// `INSERT ... ON CONFLICT (id) DO UPDATE` of every read-model column.
+fn upsert_sql() -> String {
+    let placeholders: Vec<String> = (1..=read_model::COLUMN_COUNT).map(pg_placeholder).collect();
+    let updates: Vec<String> = read_model::COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|column| *column != "id")
+        .map(|column| format!("{column} = EXCLUDED.{column}"))
+        .collect();
+    format!(
+        "INSERT INTO read_model ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        read_model::COLUMNS,
+        placeholders.join(", "),
+        updates.join(", ")
+    )
+}
+
+fn read_row(row: &Row) -> Result<ReadModelRow> {
+    let kind: i16 = row.try_get(2)?;
+    Ok(ReadModelRow {
+        id: record_id(row.try_get(0)?)?,
+        commune: row.try_get(1)?,
+        kind: record_kind(kind.into())?,
+        status: row.try_get(3)?,
+        procedure_code: row.try_get(4)?,
+        procedure_version: row.try_get(5)?,
+        dossier_number: row.try_get(6)?,
+        received_at: row.try_get(7)?,
+        due_on: row.try_get(8)?,
+        returned_at: row.try_get(9)?,
+        on_time: row.try_get(10)?,
+        assignee: row.try_get(11)?,
+        has_conflicts: row.try_get(12)?,
+        applicant_name: row.try_get(13)?,
+        name_folded: row.try_get(14)?,
+        id_number: row.try_get(15)?,
+        attachments: row.try_get(16)?,
+        changes: row.try_get(17)?,
+        first_received_at: row.try_get(18)?,
+        last_received_at: row.try_get(19)?,
+        projection_error: row.try_get(20)?,
+    })
+}
+
+fn pg_placeholder(n: usize) -> String {
+    format!("${n}")
+}
+
+fn pg_params(params: Vec<SqlParam>) -> Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> {
+    params
+        .into_iter()
+        .map(
+            |param| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match param {
+                    SqlParam::Text(text) => Box::new(text),
+                    SqlParam::Int(n) => Box::new(n),
+                    SqlParam::Kind(code) => Box::new(code),
+                }
+            },
+        )
+        .collect()
+}
 
 #[async_trait]
 impl ServerStorage for PostgresStorage {
@@ -993,6 +1138,12 @@ impl ServerStorage for PostgresStorage {
                 ],
             )
             .await?;
+            // 7. The read model, under the same commune locks (no concurrent ingest of these
+            //    documents can commit between our read of their changes and our commit).
+            let mut docs: Vec<RecordId> = plan.changes.iter().map(|change| change.doc).collect();
+            docs.sort_unstable();
+            docs.dedup();
+            project_docs(&tx, &docs).await?;
         }
         tx.commit().await?;
         Ok(IngestOutcome {
@@ -1221,6 +1372,136 @@ impl ServerStorage for PostgresStorage {
             None => Ok(None),
             Some(row) => Ok(Some((to_u64(row.try_get(0)?), row.try_get(1)?))),
         }
+    }
+
+    async fn record_row(&self, id: RecordId) -> Result<Option<ReadModelRow>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM read_model WHERE id = $1",
+            read_model::COLUMNS
+        );
+        let row = client.query_opt(&sql, &[&id.as_bytes().as_slice()]).await?;
+        row.as_ref().map(read_row).transpose()
+    }
+
+    async fn records(&self, query: &RecordQuery) -> Result<Vec<ReadModelRow>> {
+        let (tail, values) = read_model::records_tail(query, pg_placeholder);
+        let client = self.client().await?;
+        let sql = format!("SELECT {} FROM read_model{tail}", read_model::COLUMNS);
+        let values = pg_params(values);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            values.iter().map(|value| value.as_ref() as _).collect();
+        let rows = client.query(&sql, &refs).await?;
+        rows.iter().map(read_row).collect()
+    }
+
+    async fn commune_summaries(
+        &self,
+        today: &str,
+        week_from: i64,
+        month_from: i64,
+    ) -> Result<Vec<CommuneSummary>> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let communes = tx
+            .query("SELECT code FROM communes ORDER BY code", &[])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<String>, _>>()?;
+        let groups = tx
+            .query(
+                &read_model::summaries_sql(pg_placeholder),
+                &[&week_from, &month_from, &today],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(SummaryGroup {
+                    commune: row.try_get(0)?,
+                    status: row.try_get(1)?,
+                    count: row.try_get(2)?,
+                    week: row.try_get(3)?,
+                    month: row.try_get(4)?,
+                    due_before_today: row.try_get(5)?,
+                    on_time: row.try_get(6)?,
+                    late: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(read_model::fold_summaries(communes, groups))
+    }
+
+    async fn report(&self, from: i64, until: i64, last_day: &str) -> Result<Vec<ReportRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &read_model::report_sql(pg_placeholder),
+                &[&from, &until, &last_day],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    [
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                    ],
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(read_model::report_rows(rows))
+    }
+
+    async fn rebuild_read_model(&self) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Every commune's counter row, in code order like ingest: no ingest commits while the
+        // read model is rebuilt, so none is lost between the read of changes and the commit.
+        tx.query(
+            "SELECT 1 FROM communes ORDER BY code FOR NO KEY UPDATE",
+            &[],
+        )
+        .await?;
+        tx.execute("DELETE FROM read_model", &[]).await?;
+        let ids = tx
+            .query("SELECT id FROM documents ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|row| record_id(row.try_get(0)?))
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in ids.chunks(REBUILD_CHUNK) {
+            project_docs(&tx, chunk).await?;
+        }
+        let rows: i64 = tx
+            .query_one("SELECT count(*) FROM read_model", &[])
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok(to_u64(rows))
+    }
+
+    async fn read_model_lag(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let lag: i64 = client
+            .query_one(
+                "SELECT count(*) FROM documents d
+                 WHERE NOT EXISTS (SELECT 1 FROM read_model r WHERE r.id = d.id)",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(to_u64(lag))
     }
 
     async fn stats(&self) -> Result<Vec<CommuneStats>> {

@@ -1,0 +1,35 @@
+-- Version 9 (SQLite; mirrors migrations/postgres/0009_read_model.sql): the read model, one row
+-- per stored record, written in the transaction that stores its changes (see
+-- server/src/storage/read_model.rs). Nullable columns are filled by records that carry them.
+-- Documents stored before this version are projected by `communesync admin rebuild-read-model`
+-- (which `communesync serve` runs at start when documents lack a row).
+CREATE TABLE read_model (
+    id                BLOB PRIMARY KEY REFERENCES documents (id),
+    commune           TEXT NOT NULL REFERENCES communes (code),
+    kind              INTEGER NOT NULL,
+    status            TEXT,
+    procedure_code    TEXT,
+    procedure_version INTEGER,
+    dossier_number    TEXT,
+    received_at       INTEGER,
+    due_on            TEXT,    -- YYYY-MM-DD
+    returned_at       INTEGER,
+    on_time           INTEGER, -- 0 or 1
+    assignee          TEXT,
+    has_conflicts     INTEGER NOT NULL,
+    applicant_name    TEXT,
+    name_folded       TEXT,
+    id_number         TEXT,
+    attachments       INTEGER,
+    changes           INTEGER NOT NULL,
+    first_received_at INTEGER NOT NULL,
+    last_received_at  INTEGER NOT NULL,
+    projection_error  TEXT
+);
+CREATE INDEX read_model_commune_status ON read_model (commune, status);
+CREATE INDEX read_model_commune_received ON read_model (commune, received_at);
+CREATE INDEX read_model_status_due ON read_model (status, due_on);
+CREATE INDEX read_model_returned ON read_model (returned_at);
+CREATE INDEX read_model_id_number ON read_model (id_number);
+CREATE INDEX read_model_dossier_number ON read_model (dossier_number);
+CREATE INDEX read_model_received ON read_model (received_at);
