@@ -5,5 +5,6 @@
 
 pub mod http;
 pub mod link;
+pub mod reports;
 pub mod serve;
 pub mod storage;

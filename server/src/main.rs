@@ -2,11 +2,13 @@
 //!
 //! - `communesync serve`: the server, on an embedded SQLite file by default or PostgreSQL.
 //! - `communesync admin ...`: communes, enrollment and re-enrollment codes, devices, revocation
-//!   (with wipe), refused documents, operator tokens, stats.
+//!   (with wipe), refused documents, operator tokens, stats; the read model (records, dashboard,
+//!   report, exports, rebuild).
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod demo;
 mod device;
+mod read_model_cli;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -170,6 +172,8 @@ enum AdminTask {
         /// `{"procedures":[...],"holidays":[...]}`.
         file: PathBuf,
     },
+    #[command(flatten)]
+    ReadModel(read_model_cli::ReadModelTask),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -200,6 +204,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
+    // Records stored before the read model existed (or by an older build) are projected now.
+    let lag = storage.read_model_lag().await?;
+    if lag > 0 {
+        tracing::info!(documents = lag, "building the read model");
+        let rows = storage.rebuild_read_model().await?;
+        tracing::info!(rows, "read model built");
+    }
     if !args.admin_token_file.exists() {
         let token = http::new_token();
         storage
@@ -367,6 +378,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             let version = storage.put_catalogue(&json).await?;
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
+        AdminTask::ReadModel(task) => read_model_cli::run(storage.as_ref(), task, now).await?,
     }
     Ok(())
 }

@@ -5,6 +5,8 @@
 //! - `POST /v1/sync` (wire v2, `docs/PROTOCOL.md`): push and pull in one round trip.
 //! - `/v1/admin/...` (JSON, operator token): communes, enrollment and re-enrollment codes,
 //!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
+//! - `/v1/admin/records`, `/dashboard`, `/report`, `/export/records`, `/read-model/rebuild`:
+//!   the read model for operators (`admin_read_model`).
 //! - `GET /v1/health`.
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
@@ -15,6 +17,7 @@
 //! device has a request rate limit (`rate`).
 
 mod admin;
+mod admin_read_model;
 mod admin_records;
 mod admin_tokens;
 mod body_rate;
@@ -31,6 +34,7 @@ pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub use admin_read_model::{DashboardLine, RecordFilters, dashboard, parse_range};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use body_rate::MinBodyRate;
@@ -246,6 +250,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/admin/records/{id}/history",
             get(admin_records::admin_record_history),
+        )
+        .route("/v1/admin/records", get(admin_read_model::admin_records))
+        .route(
+            "/v1/admin/records/{id}",
+            get(admin_read_model::admin_record),
+        )
+        .route(
+            "/v1/admin/dashboard",
+            get(admin_read_model::admin_dashboard),
+        )
+        .route("/v1/admin/report", get(admin_read_model::admin_report))
+        .route(
+            "/v1/admin/export/records",
+            get(admin_read_model::admin_export_records),
+        )
+        .route(
+            "/v1/admin/read-model/rebuild",
+            post(admin_read_model::admin_rebuild_read_model),
         )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))
