@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod reports;
 pub mod serve;
 pub mod storage;

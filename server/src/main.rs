@@ -29,8 +29,18 @@ use communesync_server::storage::{self, Scope};
     about = "communesync: offline-first records for commune public administration"
 )]
 struct Cli {
+    /// Log format on stderr: `json` (one object per line, for log collectors; the default of
+    /// `serve`) or `text` (the default of the other commands).
+    #[arg(long, global = true, env = "COMMUNESYNC_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Subcommand)]
@@ -184,13 +194,24 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format.unwrap_or(match cli.command {
+        Command::Serve(_) => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Span fields (the request id) are flattened into each line's `span` object.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => logs.init(),
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),

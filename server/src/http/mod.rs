@@ -7,7 +7,7 @@
 //!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
 //! - `/v1/admin/records`, `/dashboard`, `/report`, `/export/records`, `/read-model/rebuild`:
 //!   the read model for operators (`admin_read_model`).
-//! - `GET /v1/health`.
+//! - `GET /v1/health`, `/v1/health/live`, `/v1/health/ready`, `GET /metrics` (`observe`).
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
 //! credentials, protocol version, counts, that every change decodes, that a new record is a valid
@@ -25,6 +25,7 @@ pub mod client_addr;
 mod enroll;
 pub mod enroll_limit;
 mod error;
+mod observe;
 mod push;
 mod rate;
 mod secrets;
@@ -152,6 +153,8 @@ pub struct AppState {
     pub(crate) device_limiter: rate::DeviceLimiter,
     /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl AppState {
@@ -175,7 +178,13 @@ impl AppState {
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         })
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Syncs abandoned by their client before the answer; their remaining work was stopped.
@@ -225,6 +234,9 @@ pub fn router(state: Arc<AppState>) -> Router {
     let min_body_rate = state.config.min_body_rate;
     Router::new()
         .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/health/live", get(observe::live))
+        .route("/v1/health/ready", get(observe::ready))
+        .route("/metrics", get(observe::metrics))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
         .route(
@@ -280,6 +292,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(move |request, next| {
             refuse_declared_oversize(body_limit, request, next)
         }))
+        // Outermost: every request, refused early or not, gets its id, log line and latency.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 

@@ -134,6 +134,7 @@ async fn sync_inner(
     // Records this request pushes: the device holds them (see the pull below).
     let mut pushed_ids: std::collections::HashSet<RecordId> = std::collections::HashSet::new();
     let mut refused: Vec<Refused> = Vec::new();
+    let (mut stored_docs, mut stored_bytes) = (0u64, 0u64);
     if !request.push.is_empty() {
         let pusher = Pusher {
             device: device.id,
@@ -222,7 +223,16 @@ async fn sync_inner(
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        for refusal in &refused {
+            state.metrics.refused(&refusal.code);
+        }
         if !incoming.is_empty() {
+            stored_docs = incoming.len() as u64;
+            stored_bytes = incoming
+                .iter()
+                .flat_map(|doc| &doc.changes)
+                .map(|change| change.bytes.len() as u64)
+                .sum();
             let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
             let outcome = state
                 .storage
@@ -299,6 +309,20 @@ async fn sync_inner(
         }
         _ => None,
     };
+    let commune = device.scope.commune().unwrap_or("province");
+    state.metrics.sync(commune, stored_docs, stored_bytes);
+    tracing::info!(
+        device = %device.id,
+        commune,
+        protocol,
+        stored_docs,
+        stored_bytes,
+        refused = refused.len(),
+        missing_deps = missing.len(),
+        pulled_docs = feed.len(),
+        more,
+        "sync"
+    );
     let response = SyncResponse {
         protocol,
         server_time: now,

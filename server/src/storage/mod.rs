@@ -627,6 +627,10 @@ pub trait ServerStorage: Send + Sync + 'static {
     /// rows written. The result equals what ingesting wrote incrementally.
     async fn rebuild_read_model(&self) -> Result<u64>;
 
+    /// Whether the database answers and holds exactly the schema this build writes (every
+    /// migration applied, none newer): `Ok` or [`StorageError::Conflict`] saying why not.
+    async fn ready(&self) -> Result<()>;
+
     /// Documents that have stored changes but no read-model row (0 once the read model is built:
     /// ingest projects in the same transaction).
     async fn read_model_lag(&self) -> Result<u64>;
@@ -747,6 +751,17 @@ pub(crate) fn like_contains(text: &str) -> String {
     }
     pattern.push('%');
     pattern
+}
+
+/// The readiness verdict for a schema `found` where this build writes `expected`.
+pub(crate) fn schema_verdict(found: i64, expected: i64) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict(format!(
+            "schema version {found}, this build needs {expected}"
+        )))
+    }
 }
 
 /// Registrations read from a store, by document.

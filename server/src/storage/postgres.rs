@@ -1491,6 +1491,18 @@ impl ServerStorage for PostgresStorage {
         Ok(to_u64(rows))
     }
 
+    async fn ready(&self) -> Result<()> {
+        let client = self.client().await?;
+        let version: i64 = client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::bigint FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        super::schema_verdict(version, SCHEMA_VERSION)
+    }
+
     async fn read_model_lag(&self) -> Result<u64> {
         let client = self.client().await?;
         let lag: i64 = client

@@ -1374,6 +1374,14 @@ impl ServerStorage for SqliteStorage {
         self.write(rebuild_blocking).await
     }
 
+    async fn ready(&self) -> Result<()> {
+        self.read(|conn| {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            super::schema_verdict(version, SCHEMA_VERSION)
+        })
+        .await
+    }
+
     async fn read_model_lag(&self) -> Result<u64> {
         self.read(|conn| {
             let lag: i64 = conn.query_row(
