@@ -33,3 +33,28 @@ CREATE INDEX read_model_returned ON read_model (returned_at);
 CREATE INDEX read_model_id_number ON read_model (id_number);
 CREATE INDEX read_model_dossier_number ON read_model (dossier_number);
 CREATE INDEX read_model_received ON read_model (received_at);
+
+-- Console operators (username, argon2 password hash, role: viewer, operator or admin), their
+-- sessions (token hash, CSRF token, expiry) and the audit log of every operator action.
+CREATE TABLE console_operators (
+    username      TEXT PRIMARY KEY,
+    password_hash TEXT NOT NULL,
+    role          TEXT NOT NULL,
+    created_at    INTEGER NOT NULL,
+    disabled      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE console_sessions (
+    token_hash BLOB PRIMARY KEY,
+    username   TEXT NOT NULL REFERENCES console_operators (username),
+    csrf       TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX console_sessions_expires_at ON console_sessions (expires_at);
+CREATE TABLE console_audit (
+    id       INTEGER PRIMARY KEY,
+    at       INTEGER NOT NULL,
+    username TEXT NOT NULL,
+    action   TEXT NOT NULL,
+    detail   TEXT NOT NULL
+);

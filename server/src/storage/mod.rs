@@ -398,6 +398,46 @@ pub struct ReportRow {
     pub overdue: u64,
 }
 
+/// A console operator account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOperator {
+    /// Login name.
+    pub username: String,
+    /// Argon2 PHC string of the password.
+    pub password_hash: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// A disabled account cannot log in and its sessions stop working.
+    pub disabled: bool,
+}
+
+/// A live console session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// Its operator.
+    pub operator: ConsoleOperator,
+    /// The session's CSRF token, required in every form it posts.
+    pub csrf: String,
+    /// When it expires (server ms).
+    pub expires_at: i64,
+}
+
+/// One operator action.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// When (server ms).
+    pub at: i64,
+    /// Who.
+    pub username: String,
+    /// What (`login`, `issue_code`, `revoke`, `publish_catalogue`, ...).
+    pub action: String,
+    /// On what, readable.
+    pub detail: String,
+}
+
+/// Most audit entries [`ServerStorage::audit_log`] returns.
+pub const MAX_AUDIT_LISTED: usize = 1_000;
+
 /// Most items a feed page returns whatever `max_items` asks.
 pub const FEED_MAX_ITEMS: usize = 10_000;
 
@@ -626,6 +666,48 @@ pub trait ServerStorage: Send + Sync + 'static {
     /// Rebuilds the read model from the stored changes, in one transaction, and returns the
     /// rows written. The result equals what ingesting wrote incrementally.
     async fn rebuild_read_model(&self) -> Result<u64>;
+
+    /// Creates a console operator. [`StorageError::AlreadyExists`] if the name is taken.
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The operator with this name, if any.
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>>;
+
+    /// Stores a session (its token's hash) of `username`, valid while `now < expires_at`;
+    /// expired sessions are deleted on the way. [`StorageError::NotFound`] for an unknown
+    /// operator.
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()>;
+
+    /// The live session with this token hash: not expired at `now`, its operator not disabled.
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>>;
+
+    /// Ends a session (logout). Unknown hashes are ignored.
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()>;
+
+    /// Appends an operator action to the audit log (never changed or deleted).
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The newest audit entries first, at most `limit` (capped at [`MAX_AUDIT_LISTED`]).
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>>;
 
     /// Whether the database answers and holds exactly the schema this build writes (every
     /// migration applied, none newer): `Ok` or [`StorageError::Conflict`] saying why not.

@@ -19,11 +19,11 @@ use tokio_postgres::{IsolationLevel, NoTls, Row};
 use super::plan::{self, FeedRowMeta};
 use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, Commune, CommuneStats, CommuneSummary, Device, DeviceInfo, FeedItem, FeedPage,
-    IncomingDoc, IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    RecordQuery, Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage,
-    StorageError, StoredChange, device_id, feed_limits, hash32, join_deps, last_admin_token,
-    record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, AuditEntry, Commune, CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession,
+    Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KnownDoc,
+    MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, RecordQuery, Refusal, RefusalRow, Registrations,
+    ReportRow, Result, Scope, ServerStorage, StorageError, StoredChange, device_id, feed_limits,
+    hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -1489,6 +1489,156 @@ impl ServerStorage for PostgresStorage {
             .try_get(0)?;
         tx.commit().await?;
         Ok(to_u64(rows))
+    }
+
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO console_operators (username, password_hash, role, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&username, &password_hash, &role, &now],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT username, password_hash, role, disabled FROM console_operators
+                 WHERE username = $1",
+                &[&username],
+            )
+            .await?
+            .map(|row| {
+                Ok(ConsoleOperator {
+                    username: row.try_get(0)?,
+                    password_hash: row.try_get(1)?,
+                    role: row.try_get(2)?,
+                    disabled: row.try_get(3)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM console_sessions WHERE expires_at <= $1",
+            &[&now],
+        )
+        .await?;
+        let known = tx
+            .query_opt(
+                "SELECT 1 FROM console_operators WHERE username = $1",
+                &[&username],
+            )
+            .await?
+            .is_some();
+        if !known {
+            return Err(StorageError::NotFound);
+        }
+        tx.execute(
+            "INSERT INTO console_sessions (token_hash, username, csrf, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&token_hash.as_slice(), &username, &csrf, &now, &expires_at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT o.username, o.password_hash, o.role, o.disabled, s.csrf, s.expires_at
+                 FROM console_sessions s JOIN console_operators o ON o.username = s.username
+                 WHERE s.token_hash = $1 AND s.expires_at > $2 AND NOT o.disabled",
+                &[&token_hash.as_slice(), &now],
+            )
+            .await?
+            .map(|row| {
+                Ok(ConsoleSession {
+                    operator: ConsoleOperator {
+                        username: row.try_get(0)?,
+                        password_hash: row.try_get(1)?,
+                        role: row.try_get(2)?,
+                        disabled: row.try_get(3)?,
+                    },
+                    csrf: row.try_get(4)?,
+                    expires_at: row.try_get(5)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM console_sessions WHERE token_hash = $1",
+                &[&token_hash.as_slice()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO console_audit (at, username, action, detail) VALUES ($1, $2, $3, $4)",
+                &[&now, &username, &action, &detail],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = limit.min(super::MAX_AUDIT_LISTED) as i64;
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT at, username, action, detail FROM console_audit ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.try_get(0)?,
+                    username: row.try_get(1)?,
+                    action: row.try_get(2)?,
+                    detail: row.try_get(3)?,
+                })
+            })
+            .collect()
     }
 
     async fn ready(&self) -> Result<()> {

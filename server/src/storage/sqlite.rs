@@ -18,11 +18,11 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use super::plan::{self, FeedRowMeta};
 use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, Commune, CommuneStats, CommuneSummary, Device, DeviceInfo, FeedItem, FeedPage,
-    IncomingDoc, IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    RecordQuery, Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage,
-    StorageError, StoredChange, device_id, feed_limits, join_deps, last_admin_token, record_id,
-    record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, AuditEntry, Commune, CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession,
+    Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KnownDoc,
+    MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, RecordQuery, Refusal, RefusalRow, Registrations,
+    ReportRow, Result, Scope, ServerStorage, StorageError, StoredChange, device_id, feed_limits,
+    join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -1372,6 +1372,161 @@ impl ServerStorage for SqliteStorage {
 
     async fn rebuild_read_model(&self) -> Result<u64> {
         self.write(rebuild_blocking).await
+    }
+
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (username, password_hash, role) = (
+            username.to_owned(),
+            password_hash.to_owned(),
+            role.to_owned(),
+        );
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO console_operators (username, password_hash, role, created_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![username, password_hash, role, now],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT username, password_hash, role, disabled FROM console_operators
+                     WHERE username = ?1",
+                )?
+                .query_row(params![username], |row| {
+                    Ok(ConsoleOperator {
+                        username: row.get(0)?,
+                        password_hash: row.get(1)?,
+                        role: row.get(2)?,
+                        disabled: row.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let (username, csrf) = (username.to_owned(), csrf.to_owned());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM console_sessions WHERE expires_at <= ?1",
+                params![now],
+            )?;
+            let known = tx
+                .prepare_cached("SELECT 1 FROM console_operators WHERE username = ?1")?
+                .exists(params![username])?;
+            if !known {
+                return Err(StorageError::NotFound);
+            }
+            tx.execute(
+                "INSERT INTO console_sessions (token_hash, username, csrf, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_hash, username, csrf, now, expires_at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT o.username, o.password_hash, o.role, o.disabled, s.csrf, s.expires_at
+                     FROM console_sessions s JOIN console_operators o ON o.username = s.username
+                     WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND o.disabled = 0",
+                )?
+                .query_row(params![token_hash, now], |row| {
+                    Ok(ConsoleSession {
+                        operator: ConsoleOperator {
+                            username: row.get(0)?,
+                            password_hash: row.get(1)?,
+                            role: row.get(2)?,
+                            disabled: row.get(3)?,
+                        },
+                        csrf: row.get(4)?,
+                        expires_at: row.get(5)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM console_sessions WHERE token_hash = ?1",
+                params![token_hash],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (username, action, detail) =
+            (username.to_owned(), action.to_owned(), detail.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO console_audit (at, username, action, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![now, username, action, detail],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = limit.min(super::MAX_AUDIT_LISTED) as i64;
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT at, username, action, detail FROM console_audit
+                     ORDER BY id DESC LIMIT ?1",
+                )?
+                .query_map(params![limit], |row| {
+                    Ok(AuditEntry {
+                        at: row.get(0)?,
+                        username: row.get(1)?,
+                        action: row.get(2)?,
+                        detail: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
     }
 
     async fn ready(&self) -> Result<()> {

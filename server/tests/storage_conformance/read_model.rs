@@ -22,6 +22,7 @@ conformance!(
     read_model_queries,
     read_model_summaries_and_report,
     read_model_rebuild_equals_incremental_after_a_random_run,
+    console_operators_sessions_and_audit,
 );
 
 const DAY: i64 = 86_400_000;
@@ -601,4 +602,67 @@ async fn read_model_rebuild_equals_incremental_after_a_random_run(f: &Fixture) {
     assert_eq!(rebuilt, incremental.len() as u64);
     assert_eq!(all_rows(s).await, incremental);
     assert_eq!(s.read_model_lag().await.unwrap(), 0);
+}
+
+async fn console_operators_sessions_and_audit(f: &Fixture) {
+    use communesync_server::storage::StorageError;
+    let s = f.s();
+    let now = SEPT_1;
+    s.create_operator("lan", "$argon2id$x", "viewer", now)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.create_operator("lan", "$argon2id$y", "admin", now).await,
+        Err(StorageError::AlreadyExists)
+    ));
+    let lan = s.operator("lan").await.unwrap().unwrap();
+    assert_eq!(
+        (lan.role.as_str(), lan.password_hash.as_str(), lan.disabled),
+        ("viewer", "$argon2id$x", false)
+    );
+    assert_eq!(s.operator("nobody").await.unwrap(), None);
+
+    let token = [7u8; 32];
+    assert!(matches!(
+        s.create_session([1u8; 32], "nobody", "c", now, now + 10)
+            .await,
+        Err(StorageError::NotFound)
+    ));
+    s.create_session(token, "lan", "csrf-1", now, now + 1_000)
+        .await
+        .unwrap();
+    let session = s.session(token, now + 999).await.unwrap().unwrap();
+    assert_eq!(
+        (session.operator.username.as_str(), session.csrf.as_str()),
+        ("lan", "csrf-1")
+    );
+    assert_eq!(
+        s.session(token, now + 1_000).await.unwrap(),
+        None,
+        "expired"
+    );
+    assert_eq!(s.session([8u8; 32], now).await.unwrap(), None);
+    // A later login deletes expired sessions; logout deletes its own.
+    s.create_session([9u8; 32], "lan", "csrf-2", now + 2_000, now + 3_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.session(token, now).await.unwrap(),
+        None,
+        "expired sessions are deleted"
+    );
+    s.delete_session([9u8; 32]).await.unwrap();
+    assert_eq!(s.session([9u8; 32], now + 2_001).await.unwrap(), None);
+
+    s.append_audit("lan", "login", "", now).await.unwrap();
+    s.append_audit("lan", "issue_code", "commune c1", now + 1)
+        .await
+        .unwrap();
+    let log = s.audit_log(10).await.unwrap();
+    assert_eq!(log.len(), 2);
+    assert_eq!(
+        (log[0].action.as_str(), log[0].detail.as_str(), log[0].at),
+        ("issue_code", "commune c1", now + 1)
+    );
+    assert_eq!(s.audit_log(1).await.unwrap().len(), 1);
 }
