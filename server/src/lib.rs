@@ -3,6 +3,7 @@
 //! The provincial server: an axum service over one storage trait with two backends (SQLite, the
 //! embedded default, and PostgreSQL), plus the operator CLI and the demo.
 
+pub mod console;
 pub mod http;
 pub mod link;
 pub mod metrics;

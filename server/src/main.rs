@@ -3,9 +3,10 @@
 //! - `communesync serve`: the server, on an embedded SQLite file by default or PostgreSQL.
 //! - `communesync admin ...`: communes, enrollment and re-enrollment codes, devices, revocation
 //!   (with wipe), refused documents, operator tokens, stats; the read model (records, dashboard,
-//!   report, exports, rebuild).
+//!   report, exports, rebuild); console operators.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
+mod console_cli;
 mod demo;
 mod device;
 mod read_model_cli;
@@ -96,6 +97,10 @@ struct ServeArgs {
     /// Requests per second a device may send on average.
     #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
     device_rate: f64,
+    /// Operators reach the console over HTTPS (a TLS proxy in front): its session cookie is
+    /// marked `Secure`.
+    #[arg(long)]
+    secure_cookies: bool,
 }
 
 #[derive(Args)]
@@ -184,6 +189,8 @@ enum AdminTask {
     },
     #[command(flatten)]
     ReadModel(read_model_cli::ReadModelTask),
+    #[command(flatten)]
+    Console(console_cli::ConsoleTask),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -252,6 +259,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             burst: args.device_burst,
             per_second: args.device_rate,
         },
+        secure_cookies: args.secure_cookies,
         ..ServerConfig::default()
     };
     let state = AppState::new(storage, config);
@@ -400,6 +408,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
         AdminTask::ReadModel(task) => read_model_cli::run(storage.as_ref(), task, now).await?,
+        AdminTask::Console(task) => console_cli::run(storage.as_ref(), task, now).await?,
     }
     Ok(())
 }

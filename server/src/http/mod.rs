@@ -7,6 +7,7 @@
 //!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
 //! - `/v1/admin/records`, `/dashboard`, `/report`, `/export/records`, `/read-model/rebuild`:
 //!   the read model for operators (`admin_read_model`).
+//! - `/console/...`: the web console (`crate::console`).
 //! - `GET /v1/health`, `/v1/health/live`, `/v1/health/ready`, `GET /metrics` (`observe`).
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
@@ -35,6 +36,7 @@ pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub(crate) use admin_read_model::download;
 pub use admin_read_model::{DashboardLine, RecordFilters, dashboard, parse_range};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
@@ -102,6 +104,9 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Whether operators reach the server over HTTPS (directly or through a TLS proxy): the
+    /// console's session cookie is then `Secure`. Default false.
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -119,6 +124,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            secure_cookies: false,
         }
     }
 }
@@ -233,6 +239,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_compressed;
     let min_body_rate = state.config.min_body_rate;
     Router::new()
+        .merge(crate::console::routes())
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/health/live", get(observe::live))
         .route("/v1/health/ready", get(observe::ready))
