@@ -5,8 +5,10 @@
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
-//! while an honest tablet syncs (the same).
+//! while an honest tablet syncs (the same); `-- console` the read model's cost and the dashboard
+//! at province scale.
 
+mod console;
 mod dictionary;
 mod hostile;
 mod load;
@@ -35,6 +37,9 @@ enum Suite {
     /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
     /// the server while an honest tablet syncs (server memory, honest latency and failures).
     Hostile(hostile::HostileArgs),
+    /// Console: read-model projection cost per pushed document, dashboard page time with 45
+    /// communes x 50,000 records.
+    Console(console::ConsoleArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -45,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
+        Suite::Console(args) => console::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }
