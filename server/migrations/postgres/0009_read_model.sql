@@ -26,7 +26,8 @@ CREATE TABLE read_model (
     last_received_at  BIGINT NOT NULL,
     projection_error  TEXT
 );
-CREATE INDEX read_model_commune_status ON read_model (commune, status);
+-- Covers the dashboard's scan (per commune and status: received, due, on time).
+CREATE INDEX read_model_commune_status ON read_model (commune, status, received_at, due_on, on_time);
 CREATE INDEX read_model_commune_received ON read_model (commune, received_at);
 CREATE INDEX read_model_status_due ON read_model (status, due_on);
 CREATE INDEX read_model_returned ON read_model (returned_at);

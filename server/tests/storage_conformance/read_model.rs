@@ -579,6 +579,18 @@ async fn read_model_rebuild_equals_incremental_after_a_random_run(f: &Fixture) {
             _ => tablets[t].push(s, now).await,
         }
     }
+    // A concurrent edit for certain (the random run makes some, depending on record ids).
+    let shared = tablets[0].create(
+        &application("c1", "Lò Văn Chung", "999", "khai_sinh", now, "2026-12-01"),
+        now,
+    );
+    let (first, rest) = tablets.split_at_mut(1);
+    rest[0].merge_from(&mut first[0], shared);
+    first[0].edit(shared, now, |x| x.assignee = Some("cb-a".into()));
+    rest[0].edit(shared, now, |x| x.assignee = Some("cb-b".into()));
+    for status in [Status::InProgress, Status::Ready, Status::Returned] {
+        first[0].edit(shared, now, |x| x.status = status);
+    }
     for tablet in &mut tablets {
         tablet.push(s, now).await;
     }
