@@ -95,6 +95,8 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                     device: device.0,
                     officer: "bench".into(),
                 },
+                dossier_number: None,
+                dossier_number_fallback: false,
             };
             let mut doc =
                 RecordDoc::create(&Record::Application(app.clone()), device, "bench", now)?;

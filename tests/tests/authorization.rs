@@ -31,8 +31,14 @@ const COMMUNE_B: &str = "DB-NATAU";
 /// Every route the router serves, as (method, path). Checked against the source of the router.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/v1/health/live"),
+    ("GET", "/v1/health/ready"),
+    ("GET", "/metrics"),
     ("POST", "/v1/enroll"),
     ("POST", "/v1/sync"),
+    ("POST", "/v1/device/key"),
+    ("POST", "/v1/device-keys"),
+    ("POST", "/v1/receipts/verify"),
     ("GET", "/v1/admin/communes"),
     ("POST", "/v1/admin/communes"),
     ("POST", "/v1/admin/enrollment-codes"),
@@ -43,6 +49,14 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/tokens"),
     ("POST", "/v1/admin/tokens/{id}/revoke"),
     ("GET", "/v1/admin/records/{id}/history"),
+    ("GET", "/v1/admin/records"),
+    ("GET", "/v1/admin/number-blocks"),
+    ("GET", "/v1/admin/records/search"),
+    ("GET", "/v1/admin/records/{id}"),
+    ("GET", "/v1/admin/dashboard"),
+    ("GET", "/v1/admin/report"),
+    ("GET", "/v1/admin/export/records"),
+    ("POST", "/v1/admin/read-model/rebuild"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
 ];
@@ -296,7 +310,13 @@ impl World {
         } else {
             path.replace("{id}", &self.spare_device.to_string())
         };
-        let url = format!("{}{path}", self.server.url());
+        // The report needs its range.
+        let query = if path == "/v1/admin/report" {
+            "?from=2026-01-01&to=2026-12-31"
+        } else {
+            ""
+        };
+        let url = format!("{}{path}{query}", self.server.url());
         let mut request = match method {
             "GET" => self.http.get(&url),
             "POST" => self.http.post(&url),
@@ -310,6 +330,15 @@ impl World {
             "/v1/sync" => request
                 .header("content-type", CONTENT_TYPE)
                 .body(pull_body(Vec::new())),
+            // One usable key for every device of the matrix (registered on first use).
+            "/v1/device/key" => request.json(&serde_json::json!({
+                "public_key": communesync_core::keys::DeviceSigningKey::from_secret(&[3; 32])
+                    .unwrap()
+                    .public_key()
+                    .to_hex()
+            })),
+            "/v1/device-keys" => request.json(&serde_json::json!({"since": 0})),
+            "/v1/receipts/verify" => request.json(&serde_json::json!({"payload": "NOT A RECEIPT"})),
             "/v1/admin/communes" if method == "POST" => {
                 request.json(&serde_json::json!({"code": "DB-NEW", "name": "Xã Mới"}))
             }
@@ -362,7 +391,8 @@ impl World {
 fn expected(caller: Caller, method: &str, path: &str) -> u16 {
     use Caller::*;
     match (method, path) {
-        ("GET", "/v1/health") => 200,
+        // Health and metrics are open (no secret in them).
+        ("GET", "/v1/health" | "/v1/health/live" | "/v1/health/ready" | "/metrics") => 200,
         // Enrollment needs no credential, and a credential does not help: a wrong code is 401
         // whoever sends it.
         ("POST", "/v1/enroll") => 401,
@@ -371,13 +401,27 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
             Revoked => 403,
             OtherCommune | OwnCommune | Province => 200,
         },
+        // A device's own key, on first use.
+        ("POST", "/v1/device/key") => match caller {
+            Nobody | WrongToken | Operator => 401,
+            Revoked => 403,
+            OtherCommune | OwnCommune | Province => 204,
+        },
+        // The key list and the receipt verifier: any device or operator.
+        ("POST", "/v1/device-keys" | "/v1/receipts/verify") => match caller {
+            Nobody | WrongToken => 401,
+            Revoked => 403,
+            OtherCommune | OwnCommune | Province | Operator => 200,
+        },
         (_, admin) if admin.starts_with("/v1/admin/") => match caller {
             Operator => match (method, admin) {
                 ("POST", "/v1/admin/communes") => 201,
                 ("POST", "/v1/admin/devices/{id}/revoke") => 204,
                 ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
                 // The matrix names no record: an unknown one.
-                ("GET", "/v1/admin/records/{id}/history") => 404,
+                ("GET", "/v1/admin/records/{id}/history" | "/v1/admin/records/{id}") => 404,
+                // Without `?number=`: a malformed request.
+                ("GET", "/v1/admin/records") => 400,
                 _ => 200,
             },
             _ => 401,

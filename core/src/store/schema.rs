@@ -11,6 +11,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_sync_state.sql"),
     include_str!("../../migrations/0003_outbox_changes.sql"),
     include_str!("../../migrations/0004_quarantine.sql"),
+    include_str!("../../migrations/0005_dossier_numbers.sql"),
+    include_str!("../../migrations/0006_device_keys.sql"),
 ];
 
 /// The schema version this build writes.

@@ -1,6 +1,6 @@
 //! Operator queries over the read model (JSON, operator token):
 //!
-//! - `GET /v1/admin/records?commune=&kind=&status=&procedure=&name=&id_number=&dossier_number=&overdue=true&limit=&offset=`:
+//! - `GET /v1/admin/records/search?commune=&kind=&status=&procedure=&name=&id_number=&dossier_number=&overdue=true&limit=&offset=`:
 //!   records, newest received first; `name` matches folded (without diacritics).
 //! - `GET /v1/admin/records/{id}`: one record's row.
 //! - `GET /v1/admin/dashboard`: per-commune figures (this week, this month, open, overdue,
@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +25,12 @@ use serde::{Deserialize, Serialize};
 use super::{ApiError, AppState, authenticate_admin};
 use crate::reports::{self, Format, Periods, ReportRange};
 use crate::storage::{CommuneSummary, ReadModelRow, RecordQuery, StorageError};
+
+/// A query string that does not parse: 400, after authentication (a caller without a token
+/// learns nothing about the parameters).
+fn malformed_query(rejection: QueryRejection) -> ApiError {
+    ApiError::malformed(rejection.body_text())
+}
 
 /// Longest text filter accepted, in bytes.
 const MAX_FILTER_BYTES: usize = 200;
@@ -96,9 +103,10 @@ impl RecordFilters {
 pub(super) async fn admin_records(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(filters): Query<RecordFilters>,
+    filters: Result<Query<RecordFilters>, QueryRejection>,
 ) -> Result<Json<Vec<ReadModelRow>>, ApiError> {
     authenticate_admin(&state, &headers).await?;
+    let Query(filters) = filters.map_err(malformed_query)?;
     let query = filters
         .to_query(state.clock.now_ms())
         .map_err(ApiError::malformed)?;
@@ -189,9 +197,10 @@ pub(crate) fn download(body: String, content_type: &'static str, file_name: &str
 pub(super) async fn admin_report(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(params): Query<ReportParams>,
+    params: Result<Query<ReportParams>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     authenticate_admin(&state, &headers).await?;
+    let Query(params) = params.map_err(malformed_query)?;
     let range = parse_range(&params.from, &params.to).map_err(ApiError::malformed)?;
     let report = reports::report(state.storage.as_ref(), range, state.clock.now_ms()).await?;
     let name = format!("report-{}-{}", report.from, report.to);
@@ -208,9 +217,10 @@ pub(super) async fn admin_report(
 pub(super) async fn admin_export_records(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    Query(filters): Query<RecordFilters>,
+    filters: Result<Query<RecordFilters>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     authenticate_admin(&state, &headers).await?;
+    let Query(filters) = filters.map_err(malformed_query)?;
     let query = filters
         .to_query(state.clock.now_ms())
         .map_err(ApiError::malformed)?;

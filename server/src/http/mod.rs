@@ -5,8 +5,12 @@
 //! - `POST /v1/sync` (wire v2, `docs/PROTOCOL.md`): push and pull in one round trip.
 //! - `/v1/admin/...` (JSON, operator token): communes, enrollment and re-enrollment codes,
 //!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
-//! - `/v1/admin/records`, `/dashboard`, `/report`, `/export/records`, `/read-model/rebuild`:
-//!   the read model for operators (`admin_read_model`).
+//! - `POST /v1/device/key`, `POST /v1/device-keys`, `POST /v1/receipts/verify` (JSON): device
+//!   keys (first-use registration, the province's key list as a delta) and the online check of a
+//!   receipt ([`keys`]).
+//! - `GET /v1/admin/records?number=`, `/v1/admin/number-blocks`: dossier numbers for operators.
+//! - `/v1/admin/records/search`, `/records/{id}`, `/dashboard`, `/report`, `/export/records`,
+//!   `/read-model/rebuild`: the read model for operators (`admin_read_model`).
 //! - `/console/...`: the web console (`crate::console`).
 //! - `GET /v1/health`, `/v1/health/live`, `/v1/health/ready`, `GET /metrics` (`observe`).
 //!
@@ -18,6 +22,7 @@
 //! device has a request rate limit (`rate`).
 
 mod admin;
+mod admin_numbers;
 mod admin_read_model;
 mod admin_records;
 mod admin_tokens;
@@ -26,16 +31,20 @@ pub mod client_addr;
 mod enroll;
 pub mod enroll_limit;
 mod error;
+pub mod keys;
 mod observe;
 mod push;
 mod rate;
 mod secrets;
+mod signed_push;
+mod store_epoch;
 mod sync;
 
 pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub use admin_numbers::{NumberBlockOut, NumberedRecord, number_blocks, record_by_number};
 pub(crate) use admin_read_model::download;
 pub use admin_read_model::{DashboardLine, RecordFilters, dashboard, parse_range};
 pub use admin_records::{HistoryOut, record_history};
@@ -107,6 +116,8 @@ pub struct ServerConfig {
     /// Whether operators reach the server over HTTPS (directly or through a TLS proxy): the
     /// console's session cookie is then `Secure`. Default false.
     pub secure_cookies: bool,
+    /// Dossier numbers: the province's format, agency codes and block sizing.
+    pub numbers: crate::numbers::NumberConfig,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +136,7 @@ impl Default for ServerConfig {
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
             secure_cookies: false,
+            numbers: crate::numbers::NumberConfig::default(),
         }
     }
 }
@@ -161,6 +173,8 @@ pub struct AppState {
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
     /// Prometheus metrics (`GET /metrics`).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// The store epoch sent on sync answers, read at most every few seconds.
+    store_epoch: store_epoch::EpochCache,
 }
 
 impl AppState {
@@ -185,6 +199,7 @@ impl AppState {
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            store_epoch: store_epoch::EpochCache::default(),
         })
     }
 
@@ -246,6 +261,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/metrics", get(observe::metrics))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
+        .route("/v1/device/key", post(keys::register_first_key))
+        .route("/v1/device-keys", post(keys::device_keys))
+        .route("/v1/receipts/verify", post(keys::verify))
         .route(
             "/v1/admin/communes",
             get(admin::admin_list_communes).post(admin::admin_create_commune),
@@ -270,7 +288,18 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/admin/records/{id}/history",
             get(admin_records::admin_record_history),
         )
-        .route("/v1/admin/records", get(admin_read_model::admin_records))
+        .route(
+            "/v1/admin/records",
+            get(admin_numbers::admin_record_by_number),
+        )
+        .route(
+            "/v1/admin/number-blocks",
+            get(admin_numbers::admin_number_blocks),
+        )
+        .route(
+            "/v1/admin/records/search",
+            get(admin_read_model::admin_records),
+        )
         .route(
             "/v1/admin/records/{id}",
             get(admin_read_model::admin_record),

@@ -61,6 +61,8 @@ fn application(
             device: uuid::Uuid::nil(),
             officer: "cb".into(),
         },
+        dossier_number: None,
+        dossier_number_fallback: false,
     }
 }
 

@@ -5,6 +5,7 @@ use crate::record::{Applicant, Author, Status};
 fn sample(device: DeviceId) -> Application {
     Application {
         id: RecordId::new(),
+        dossier_number: None,
         commune_code: "DB-MUONGPHANG".into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -25,6 +26,7 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        dossier_number_fallback: false,
     }
 }
 

@@ -1,4 +1,4 @@
--- Version 9 (PostgreSQL; mirrors migrations/sqlite/0009_read_model.sql): the read model, one row
+-- Version 7 (PostgreSQL; mirrors migrations/sqlite/0007_read_model.sql): the read model, one row
 -- per stored record, written in the transaction that stores its changes (see
 -- server/src/storage/read_model.rs). Nullable columns are filled by records that carry them.
 -- Documents stored before this version are projected by `communesync admin rebuild-read-model`
