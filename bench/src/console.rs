@@ -114,6 +114,7 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 kind: RecordKind::Application,
                 commune: COMMUNE.into(),
                 changes,
+                projection: None,
             })
         })
         .collect()

@@ -267,6 +267,7 @@ fn doc(id: RecordId, commune: &str, changes: Vec<IncomingChange>) -> IncomingDoc
         kind: RecordKind::Application,
         commune: commune.to_owned(),
         changes,
+        projection: None,
     }
 }
 

@@ -269,6 +269,10 @@ pub struct IncomingDoc {
     pub commune: String,
     /// Changes, each after its deps.
     pub changes: Vec<IncomingChange>,
+    /// Its read-model row as the push path computed it from the checked document, if it did:
+    /// written instead of re-reading the document's changes when still current (see
+    /// [`read_model::Projected`]). `None`: storage projects from the stored changes.
+    pub projection: Option<Box<read_model::Projected>>,
 }
 
 /// What [`ServerStorage::ingest`] did with a batch.

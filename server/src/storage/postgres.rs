@@ -338,35 +338,45 @@ async fn project_docs(tx: &deadpool_postgres::Transaction<'_>, docs: &[RecordId]
     .map_err(StorageError::backend)?;
     let statement = tx.prepare_cached(&upsert_sql()).await?;
     for row in &projected {
-        let kind = kind_code(row.kind);
-        tx.execute(
-            &statement,
-            &[
-                &row.id.as_bytes().as_slice(),
-                &row.commune,
-                &kind,
-                &row.status,
-                &row.procedure_code,
-                &row.procedure_version,
-                &row.dossier_number,
-                &row.received_at,
-                &row.due_on,
-                &row.returned_at,
-                &row.on_time,
-                &row.assignee,
-                &row.has_conflicts,
-                &row.applicant_name,
-                &row.name_folded,
-                &row.id_number,
-                &row.attachments,
-                &row.changes,
-                &row.first_received_at,
-                &row.last_received_at,
-                &row.projection_error,
-            ],
-        )
-        .await?;
+        write_row(tx, &statement, row).await?;
     }
+    Ok(())
+}
+
+/// Writes `row` with `statement` ([`upsert_sql`]).
+async fn write_row(
+    tx: &deadpool_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
+    row: &ReadModelRow,
+) -> Result<()> {
+    let kind = kind_code(row.kind);
+    tx.execute(
+        statement,
+        &[
+            &row.id.as_bytes().as_slice(),
+            &row.commune,
+            &kind,
+            &row.status,
+            &row.procedure_code,
+            &row.procedure_version,
+            &row.dossier_number,
+            &row.received_at,
+            &row.due_on,
+            &row.returned_at,
+            &row.on_time,
+            &row.assignee,
+            &row.has_conflicts,
+            &row.applicant_name,
+            &row.name_folded,
+            &row.id_number,
+            &row.attachments,
+            &row.changes,
+            &row.first_received_at,
+            &row.last_received_at,
+            &row.projection_error,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
@@ -1001,11 +1011,12 @@ impl ServerStorage for PostgresStorage {
     async fn ingest(
         &self,
         device: &Device,
-        docs: Vec<IncomingDoc>,
+        mut docs: Vec<IncomingDoc>,
         now: i64,
     ) -> Result<IngestOutcome> {
         // Device scope and the batch's own consistency need no I/O.
         plan::check_scope(device, &docs, &Registrations::new())?;
+        let mut projections = plan::take_projections(&mut docs);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
 
@@ -1070,6 +1081,7 @@ impl ServerStorage for PostgresStorage {
         // 4. Register new documents, in id order. A concurrent ingest into another commune may
         //    have registered the same id meanwhile: then it is out of scope here.
         plan.register.sort_by_key(|(id, _, _)| *id);
+        let mut registered_here: HashSet<RecordId> = HashSet::new();
         if !plan.register.is_empty() {
             let ids: Vec<&[u8]> = plan
                 .register
@@ -1119,6 +1131,7 @@ impl ServerStorage for PostgresStorage {
                     }
                 }
             }
+            registered_here = inserted;
         }
 
         // 5. The device: unknown or revoked by now means nothing is stored.
@@ -1190,11 +1203,46 @@ impl ServerStorage for PostgresStorage {
             )
             .await?;
             // 7. The read model, under the same commune locks (no concurrent ingest of these
-            //    documents can commit between our read of their changes and our commit).
-            let mut docs: Vec<RecordId> = plan.changes.iter().map(|change| change.doc).collect();
-            docs.sort_unstable();
-            docs.dedup();
-            project_docs(&tx, &docs).await?;
+            //    documents can commit between our read of their rows or changes and our
+            //    commit): the push path's projection when it is current, else from the changes.
+            let mut from_changes: Vec<RecordId> = Vec::new();
+            let before_statement = tx
+                .prepare_cached(
+                    "SELECT changes, first_received_at, last_received_at
+                     FROM read_model WHERE id = $1",
+                )
+                .await?;
+            let write_statement = tx.prepare_cached(&upsert_sql()).await?;
+            let projected_docs = if read_model::ENABLED {
+                plan::changes_per_doc(&plan.changes)
+            } else {
+                Vec::new()
+            };
+            for (doc, stored_now) in projected_docs {
+                let Some(projected) = projections.remove(&doc) else {
+                    from_changes.push(doc);
+                    continue;
+                };
+                let before: read_model::StoredFacts = tx
+                    .query_opt(&before_statement, &[&doc.as_bytes().as_slice()])
+                    .await?
+                    .map(|row| -> Result<(i64, i64, i64)> {
+                        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                    })
+                    .transpose()?;
+                match read_model::complete_projected(
+                    *projected,
+                    before,
+                    registered_here.contains(&doc),
+                    stored_now,
+                    now,
+                ) {
+                    Some(row) => write_row(&tx, &write_statement, &row).await?,
+                    None => from_changes.push(doc),
+                }
+            }
+            from_changes.sort_unstable();
+            project_docs(&tx, &from_changes).await?;
         }
         tx.commit().await?;
         Ok(IngestOutcome {

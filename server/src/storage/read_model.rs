@@ -13,9 +13,13 @@
 //! still gets a row, with its registration, server facts and [`ReadModelRow::projection_error`]:
 //! nothing is stuck, and what could not be projected is visible with its reason.
 //!
-//! Fields that other parts of the dossier work add to records (dossier number, procedure version,
-//! returned time, statutory on-time flag, attachments) are nullable columns; [`project_record`] is
-//! the one place that fills them. Until records carry a returned time, a record's result time is
+//! The push path hands storage the row it computed from the document it has just checked
+//! ([`Projected`]), so a push does not read and decode a document's changes a second time;
+//! storage falls back to [`project_changes`] whenever that row may be stale (see [`Projected`]).
+//!
+//! Fields that other parts of the dossier work add to records (procedure version, returned time,
+//! statutory on-time flag, attachments) are nullable columns, like the dossier number that
+//! applications carry since issue 16; [`project_record`] is the one place that fills them. Until records carry a returned time, a record's result time is
 //! the device time of the last change that touched its status, once the status is `returned` or
 //! `rejected`, and it is on time when that day (in Vietnam) is on or before the due date.
 
@@ -120,6 +124,7 @@ pub fn project_record(record: &Record, commune: &str, facts: &DocFacts) -> ReadM
         Record::Application(a) => {
             row.status = Some(a.status.as_str().to_owned());
             row.procedure_code = Some(a.procedure_code.clone());
+            row.dossier_number = a.dossier_number.clone();
             row.received_at = Some(a.received_at);
             row.due_on = Some(a.due_at.to_string());
             row.assignee = a.assignee.clone();
@@ -165,16 +170,93 @@ pub fn project_changes(
     // The server checked every stored change when it was pushed.
     match RecordDoc::from_changes(id, kind, &bytes, DeviceId::default(), Source::Server) {
         Ok((mut doc, record)) => {
-            facts.has_conflicts = !doc.conflicts().is_empty();
-            facts.status_changed_at = doc
-                .history()
-                .iter()
-                .filter(|entry| entry.fields.iter().any(|f| f == "status" || f == "created"))
-                .map(|entry| entry.device_time)
-                .max();
+            read_doc_facts(&mut doc, &record, &mut facts);
             project_record(&record, commune, &facts)
         }
         Err(error) => unreadable(id, commune, kind, &facts, error.to_string()),
+    }
+}
+
+/// Fills the facts that the document itself says (conflicts; the time of the last status change,
+/// read only when [`project_record`] uses it: a result given).
+fn read_doc_facts(doc: &mut RecordDoc, record: &Record, facts: &mut DocFacts) {
+    facts.has_conflicts = !doc.conflicts().is_empty();
+    let needs_status_time = matches!(record, Record::Application(a) if result_given(a.status));
+    facts.status_changed_at = if needs_status_time {
+        doc.history()
+            .iter()
+            .filter(|entry| entry.fields.iter().any(|f| f == "status" || f == "created"))
+            .map(|entry| entry.device_time)
+            .max()
+    } else {
+        None
+    };
+}
+
+/// Whether this build writes the read model: always, except a server built with the
+/// `bench-no-read-model` feature to measure what the read model costs a sync.
+pub const ENABLED: bool = !cfg!(feature = "bench-no-read-model");
+
+/// A row the push path computed from the document it has just checked (the stored history and
+/// the pushed changes applied), handed to [`super::ServerStorage::ingest`] with the document so
+/// that storage need not read and decode the document's changes again.
+///
+/// Storage writes it only when the row it holds counts exactly `base_changes` stored changes (the
+/// history the checker read: changes are only ever added, so the same count is the same set),
+/// or, for a document registered by this very ingest, when `base_changes` is 0. Otherwise (a
+/// concurrent push of the same record committed in between, or a document without a row)
+/// storage projects the document from its stored changes, as the rebuild does. Storage fills the
+/// server facts (`changes`, `first_received_at`, `last_received_at`) either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Projected {
+    /// The row; its server facts are storage's to fill.
+    pub row: ReadModelRow,
+    /// Stored changes of the document the checker built on (0 for a record new to it).
+    pub base_changes: i64,
+}
+
+/// What storage holds of a document's row before an ingest: `(changes, first_received_at,
+/// last_received_at)` if it has a row.
+pub(crate) type StoredFacts = Option<(i64, i64, i64)>;
+
+/// The row to write for `projected` after an ingest that stored `stored_now` of the document's
+/// changes at `now`, given the row storage held (`before`) and whether this ingest registered
+/// the document; `None` when the projection may be stale and the document must be projected
+/// from its stored changes (see [`Projected`]).
+pub(crate) fn complete_projected(
+    projected: Projected,
+    before: StoredFacts,
+    registered_here: bool,
+    stored_now: i64,
+    now: i64,
+) -> Option<ReadModelRow> {
+    let mut row = projected.row;
+    let (changes, first, last) = match before {
+        None if registered_here && projected.base_changes == 0 => (0, now, now),
+        Some((changes, first, last)) if !registered_here && changes == projected.base_changes => {
+            (changes, first.min(now), last.max(now))
+        }
+        _ => return None,
+    };
+    row.changes = changes.saturating_add(stored_now);
+    row.first_received_at = first;
+    row.last_received_at = last;
+    Some(row)
+}
+
+/// The projection of `record`, registered to `commune`, read from `doc` (its document, with the
+/// pushed changes applied) that was built on `base_changes` stored changes.
+pub fn project_checked(
+    doc: &mut RecordDoc,
+    record: &Record,
+    commune: &str,
+    base_changes: usize,
+) -> Projected {
+    let mut facts = DocFacts::default();
+    read_doc_facts(doc, record, &mut facts);
+    Projected {
+        row: project_record(record, commune, &facts),
+        base_changes: i64::try_from(base_changes).unwrap_or(i64::MAX),
     }
 }
 

@@ -387,11 +387,12 @@ fn refusal_from_row(row: &rusqlite::Row<'_>) -> Result<Refusal> {
 fn ingest_blocking(
     conn: &mut Connection,
     device: &Device,
-    docs: Vec<IncomingDoc>,
+    mut docs: Vec<IncomingDoc>,
     now: i64,
 ) -> Result<IngestOutcome> {
     // Device scope and the batch's own consistency need no I/O.
     plan::check_scope(device, &docs, &Registrations::new())?;
+    let mut projections = plan::take_projections(&mut docs);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
 
     let mut communes_checked = HashSet::new();
@@ -491,10 +492,42 @@ fn ingest_blocking(
         }
     }
 
-    let mut projected = HashSet::new();
-    for change in &plan.changes {
-        if projected.insert(change.doc) {
-            project_doc(&tx, change.doc)?;
+    let registered_here: HashSet<RecordId> = plan.register.iter().map(|(id, _, _)| *id).collect();
+    let projected_docs = if read_model::ENABLED {
+        plan::changes_per_doc(&plan.changes)
+    } else {
+        Vec::new()
+    };
+    for (doc, stored_now) in projected_docs {
+        let written = match projections.remove(&doc) {
+            Some(projected) => {
+                let before: read_model::StoredFacts = tx
+                    .prepare_cached(
+                        "SELECT changes, first_received_at, last_received_at
+                         FROM read_model WHERE id = ?1",
+                    )?
+                    .query_row(params![doc.as_bytes()], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()?;
+                match read_model::complete_projected(
+                    *projected,
+                    before,
+                    registered_here.contains(&doc),
+                    stored_now,
+                    now,
+                ) {
+                    Some(row) => {
+                        write_row(&tx, &row)?;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            None => false,
+        };
+        if !written {
+            project_doc(&tx, doc)?;
         }
     }
 

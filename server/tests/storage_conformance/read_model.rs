@@ -11,6 +11,7 @@ use communesync_core::record::{
 };
 use communesync_server::storage::{
     Device, IncomingChange, IncomingDoc, ReadModelRow, RecordQuery, Scope, ServerStorage,
+    read_model,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,6 +20,7 @@ use super::{Fixture, communes_c1_c2, enroll, postgres_fixture, sqlite_fixture};
 
 conformance!(
     read_model_projects_in_the_ingest_transaction,
+    read_model_writes_the_push_path_projection_only_when_current,
     read_model_queries,
     read_model_summaries_and_report,
     read_model_rebuild_equals_incremental_after_a_random_run,
@@ -144,6 +146,7 @@ impl Tablet {
                             bytes: c.raw_bytes().to_vec(),
                         })
                         .collect(),
+                    projection: None,
                 }
             })
             .collect()
@@ -151,6 +154,44 @@ impl Tablet {
 
     async fn push(&mut self, s: &dyn ServerStorage, now: i64) {
         let outbox = self.outbox();
+        let out = s.ingest(&self.device, outbox, now).await.unwrap();
+        assert!(out.missing_deps.is_empty());
+    }
+
+    /// The outbox with the projection of each document the push path would hand storage: the
+    /// record read from the server's stored changes with the pushed ones applied.
+    async fn projected_outbox(&mut self, s: &dyn ServerStorage) -> Vec<IncomingDoc> {
+        let mut outbox = self.outbox();
+        let ids: Vec<RecordId> = outbox.iter().map(|doc| doc.id).collect();
+        let known = s.known_docs(&ids).await.unwrap();
+        for doc in &mut outbox {
+            let stored: Vec<Vec<u8>> = known
+                .get(&doc.id)
+                .map(|known| known.changes.clone())
+                .unwrap_or_default();
+            let mut all = stored.clone();
+            all.extend(doc.changes.iter().map(|c| c.bytes.clone()));
+            let (mut checked, record) = RecordDoc::from_changes(
+                doc.id,
+                RecordKind::Application,
+                &all,
+                self.device.id,
+                Source::Server,
+            )
+            .unwrap();
+            doc.projection = Some(Box::new(read_model::project_checked(
+                &mut checked,
+                &record,
+                &doc.commune,
+                stored.len(),
+            )));
+        }
+        outbox
+    }
+
+    /// Pushes as the HTTP push path does: with projections.
+    async fn push_projected(&mut self, s: &dyn ServerStorage, now: i64) {
+        let outbox = self.projected_outbox(s).await;
         let out = s.ingest(&self.device, outbox, now).await.unwrap();
         assert!(out.missing_deps.is_empty());
     }
@@ -249,6 +290,92 @@ async fn read_model_projects_in_the_ingest_transaction(f: &Fixture) {
     assert_eq!(s.read_model_lag().await.unwrap(), 0);
 }
 
+async fn read_model_writes_the_push_path_projection_only_when_current(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let mut a = tablet(s, "c1", "a").await;
+    let mut b = tablet(s, "c1", "b").await;
+    let app = Application {
+        dossier_number: Some("C1-260901-000001".into()),
+        ..application(
+            "c1",
+            "Lò Thị Xuân",
+            "011",
+            "khai_sinh",
+            SEPT_1,
+            "2026-09-10",
+        )
+    };
+    let id = a.create(&app, SEPT_1);
+    a.push_projected(s, SEPT_1 + 5).await;
+    let row = s.record_row(id).await.unwrap().unwrap();
+    assert_eq!(row.dossier_number.as_deref(), Some("C1-260901-000001"));
+    assert_eq!(row.name_folded.as_deref(), Some("lo thi xuan"));
+    assert_eq!(
+        (row.changes, row.first_received_at, row.last_received_at),
+        (1, SEPT_1 + 5, SEPT_1 + 5)
+    );
+
+    // a computes its projection on the one stored change; b's edit is stored first.
+    b.merge_from(&mut a, id);
+    a.edit(id, SEPT_1 + DAY, |x| x.assignee = Some("cb-a".into()));
+    b.edit(id, SEPT_1 + DAY, |x| x.status = Status::InProgress);
+    let stale = a.projected_outbox(s).await;
+    assert_eq!(
+        stale[0].projection.as_ref().unwrap().row.status.as_deref(),
+        Some("received")
+    );
+    b.push_projected(s, SEPT_1 + DAY).await;
+    s.ingest(&a.device, stale, SEPT_1 + DAY + 1).await.unwrap();
+    let row = s.record_row(id).await.unwrap().unwrap();
+    assert_eq!(
+        row.status.as_deref(),
+        Some("in_progress"),
+        "b's edit is not lost"
+    );
+    assert_eq!(row.assignee.as_deref(), Some("cb-a"));
+    assert_eq!(
+        (row.changes, row.first_received_at, row.last_received_at),
+        (3, SEPT_1 + 5, SEPT_1 + DAY + 1)
+    );
+
+    // A projection that claims a history the document does not have (a new record said to
+    // have stored changes, a known one said to have none) is not written either.
+    let other = application("c1", "Cầm Văn Sơn", "012", "ket_hon", SEPT_1, "2026-09-12");
+    let other_id = a.create(&other, SEPT_1);
+    let mut outbox = a.projected_outbox(s).await;
+    for doc in &mut outbox {
+        let projected = doc.projection.as_mut().unwrap();
+        projected.row.status = Some("rejected".into());
+        projected.base_changes = if doc.id == other_id { 1 } else { 0 };
+    }
+    a.edit(id, SEPT_1 + 2 * DAY, |x| x.notes = "đủ giấy tờ".into());
+    let extra = a.outbox().into_iter().find(|doc| doc.id == id).unwrap();
+    for doc in &mut outbox {
+        if doc.id == id {
+            doc.changes = extra.changes.clone();
+        }
+    }
+    s.ingest(&a.device, outbox, SEPT_1 + 2 * DAY).await.unwrap();
+    assert_eq!(
+        s.record_row(other_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .as_deref(),
+        Some("received")
+    );
+    let row = s.record_row(id).await.unwrap().unwrap();
+    assert_eq!(row.status.as_deref(), Some("in_progress"));
+    assert_eq!(row.changes, 4);
+
+    // Every row equals the projection from the stored changes.
+    let incremental = all_rows(s).await;
+    s.rebuild_read_model().await.unwrap();
+    assert_eq!(all_rows(s).await, incremental);
+}
+
 async fn read_model_queries(f: &Fixture) {
     let s = f.s();
     communes_c1_c2(s).await;
@@ -266,14 +393,17 @@ async fn read_model_queries(f: &Fixture) {
         SEPT_1,
     );
     let dung = t1.create(
-        &application(
-            "c1",
-            "Đặng Văn Dũng",
-            "002",
-            "ket_hon",
-            SEPT_1 + DAY,
-            "2026-09-20",
-        ),
+        &Application {
+            dossier_number: Some("C1-260902-000042".into()),
+            ..application(
+                "c1",
+                "Đặng Văn Dũng",
+                "002",
+                "ket_hon",
+                SEPT_1 + DAY,
+                "2026-09-20",
+            )
+        },
         SEPT_1,
     );
     let hoa = t2.create(
@@ -377,6 +507,18 @@ async fn read_model_queries(f: &Fixture) {
             .await
             .unwrap()),
         Vec::<RecordId>::new()
+    );
+    // The dossier number the application carries (issue 16) is projected and found.
+    assert_eq!(
+        ids(s
+            .records(&q(|q| q.dossier_number = Some("C1-260902-000042".into())))
+            .await
+            .unwrap()),
+        vec![dung]
+    );
+    assert_eq!(
+        s.record_row(dung).await.unwrap().unwrap().dossier_number,
+        Some("C1-260902-000042".into())
     );
     // Overdue on 09-05: open with a due date before it.
     assert_eq!(
@@ -578,7 +720,22 @@ async fn read_model_rebuild_equals_incremental_after_a_random_run(f: &Fixture) {
                     mine.merge_from(peer, id);
                 }
             }
-            _ => tablets[t].push(s, now).await,
+            _ => match rng.random_range(0..3) {
+                0 => tablets[t].push(s, now).await,
+                1 => tablets[t].push_projected(s, now).await,
+                _ => {
+                    // Projections computed, then a peer of the commune pushes first: those of
+                    // the records they share are stale and must not be written.
+                    let outbox = tablets[t].projected_outbox(s).await;
+                    let peers: Vec<usize> = (0..tablets.len())
+                        .filter(|&p| p != t && tablets[p].commune == tablets[t].commune)
+                        .collect();
+                    let p = peers[rng.random_range(0..peers.len())];
+                    tablets[p].push_projected(s, now).await;
+                    let out = s.ingest(&tablets[t].device, outbox, now + 1).await.unwrap();
+                    assert!(out.missing_deps.is_empty());
+                }
+            },
         }
     }
     // A concurrent edit for certain (the random run makes some, depending on record ids).
