@@ -1,12 +1,14 @@
 //! The console suite: what the read model costs and how fast the dashboard is at province scale.
 //!
 //! - Projection cost, per backend: N real one-change application documents (a first sync's
-//!   shape) ingested in batches of 500 through `ServerStorage::ingest`, which projects each
-//!   document into the read model in the same transaction; and the projection alone
-//!   (`read_model::project_changes` on the same changes, which is what ingest adds per
-//!   document). `console.projection.<backend>.share_pct` is projection / ingest: the share of
-//!   the storage part of a push that the read model costs (the target, S1 slowing by
-//!   less than 10%, is about the whole sync: decoding and integrity checks come on top).
+//!   shape) ingested in batches of 500 through `ServerStorage::ingest`, which writes each
+//!   document's read-model row in the same transaction: once as the push path does it (each
+//!   document with the row it read from the checked document, `read_model::project_checked`),
+//!   once without (storage projects from the stored changes, as the rebuild and a stale
+//!   projection do); and `project_checked` alone (what the push path adds per document, on top
+//!   of the check it runs anyway). What the read model costs a whole sync (S1) is measured with
+//!   `communesync-bench sync --server-bin` against a server built with and without the
+//!   `bench-no-read-model` feature (README, figures).
 //! - Dashboard: 45 communes x 50,000 read-model rows written directly into a SQLite database
 //!   (not through sync), then `GET /console` by a logged-in operator over HTTP on 127.0.0.1
 //!   (median of 7, target < 300 ms) and the dashboard query alone.
@@ -18,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use communesync_core::catalogue::CivilDate;
 use communesync_core::record::{
-    Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
+    Application, Author, DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, Status,
 };
 use communesync_core::sample::SampleData;
 use communesync_server::storage::{
@@ -49,15 +51,19 @@ pub fn run(args: &ConsoleArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let docs = documents(args.documents)?;
 
-    let sqlite_url = format!("sqlite:{}", dir.path().join("projection.db").display());
-    runtime.block_on(projection(&mut report, "sqlite", &sqlite_url, &docs))?;
+    let sqlite_urls = ["projection.db", "projection-from-changes.db"]
+        .map(|file| format!("sqlite:{}", dir.path().join(file).display()));
+    runtime.block_on(projection(&mut report, "sqlite", &sqlite_urls, &docs))?;
     match std::env::var("COMMUNESYNC_BENCH_DATABASE_URL") {
         Ok(base) if !base.is_empty() => {
-            let url = runtime.block_on(communesync_tests::fresh_postgres_database(
-                &base,
-                "console_bench",
-            ))?;
-            runtime.block_on(projection(&mut report, "postgres", &url, &docs))?;
+            let mut urls = Vec::new();
+            for _ in 0..2 {
+                urls.push(runtime.block_on(communesync_tests::fresh_postgres_database(
+                    &base,
+                    "console_bench",
+                ))?);
+            }
+            runtime.block_on(projection(&mut report, "postgres", &urls, &docs))?;
         }
         _ => eprintln!("PostgreSQL skipped: set COMMUNESYNC_BENCH_DATABASE_URL"),
     }
@@ -98,8 +104,8 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 dossier_number: None,
                 dossier_number_fallback: false,
             };
-            let mut doc =
-                RecordDoc::create(&Record::Application(app.clone()), device, "bench", now)?;
+            let record = Record::Application(app.clone());
+            let mut doc = RecordDoc::create(&record, device, "bench", now)?;
             let changes = doc
                 .changes_since(&[])
                 .iter()
@@ -114,7 +120,9 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 kind: RecordKind::Application,
                 commune: COMMUNE.into(),
                 changes,
-                projection: None,
+                projection: Some(Box::new(read_model::project_checked(
+                    &mut doc, &record, COMMUNE, 0,
+                ))),
             })
         })
         .collect()
@@ -123,52 +131,74 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
 async fn projection(
     report: &mut Report,
     backend: &str,
-    url: &str,
+    urls: &[String],
     docs: &[IncomingDoc],
 ) -> anyhow::Result<()> {
-    let s = storage::open(url).await?;
-    s.create_commune(COMMUNE, "Bench").await?;
-    let code = [1u8; 32];
-    s.create_enrollment_code(&Scope::Commune(COMMUNE.into()), code, i64::MAX)
-        .await?;
-    let device = s
-        .enroll(code, DeviceId::new(), [2u8; 32], "bench", 0)
-        .await?;
-    let started = Instant::now();
-    for batch in docs.chunks(BATCH) {
-        s.ingest(&device, batch.to_vec(), 1_790_000_000_000).await?;
-    }
-    let ingest = started.elapsed();
-    let started = Instant::now();
-    for doc in docs {
-        let changes: Vec<(Vec<u8>, i64)> =
-            doc.changes.iter().map(|c| (c.bytes.clone(), 0)).collect();
-        std::hint::black_box(read_model::project_changes(
-            doc.id,
-            COMMUNE,
-            RecordKind::Application,
-            &changes,
-        ));
-    }
-    let project = started.elapsed();
-    let n = docs.len() as f64;
     let prefix = format!("console.projection.{backend}");
+    let n = docs.len() as f64;
+    // As the push path ingests (with each document's row), then from the stored changes.
+    for ((label, with_rows), url) in [("ingest", true), ("ingest_from_changes", false)]
+        .into_iter()
+        .zip(urls)
+    {
+        let s = storage::open(url).await?;
+        s.create_commune(COMMUNE, "Bench").await?;
+        let code = [1u8; 32];
+        s.create_enrollment_code(&Scope::Commune(COMMUNE.into()), code, i64::MAX)
+            .await?;
+        let device = s
+            .enroll(code, DeviceId::new(), [2u8; 32], "bench", 0)
+            .await?;
+        let batches: Vec<Vec<IncomingDoc>> = docs
+            .chunks(BATCH)
+            .map(|batch| {
+                batch
+                    .iter()
+                    .cloned()
+                    .map(|mut doc| {
+                        if !with_rows {
+                            doc.projection = None;
+                        }
+                        doc
+                    })
+                    .collect()
+            })
+            .collect();
+        let started = Instant::now();
+        for batch in batches {
+            s.ingest(&device, batch, 1_790_000_000_000).await?;
+        }
+        let elapsed = started.elapsed();
+        anyhow::ensure!(s.read_model_lag().await? == 0, "every document projected");
+        report.add(
+            &format!("{prefix}.{label}_ms_per_doc"),
+            ms(elapsed) / n,
+            "ms",
+            None,
+        );
+    }
+    // What the push path adds per document: reading the row from the document it checked.
+    let mut checked: Vec<(RecordDoc, Record)> = docs
+        .iter()
+        .map(|doc| {
+            let bytes: Vec<Vec<u8>> = doc.changes.iter().map(|c| c.bytes.clone()).collect();
+            RecordDoc::from_changes(
+                doc.id,
+                RecordKind::Application,
+                &bytes,
+                DeviceId::new(),
+                Source::Server,
+            )
+        })
+        .collect::<Result<_, _>>()?;
+    let started = Instant::now();
+    for (doc, record) in &mut checked {
+        std::hint::black_box(read_model::project_checked(doc, record, COMMUNE, 0));
+    }
     report.add(
-        &format!("{prefix}.ingest_ms_per_doc"),
-        ms(ingest) / n,
+        &format!("{prefix}.project_checked_ms_per_doc"),
+        ms(started.elapsed()) / n,
         "ms",
-        None,
-    );
-    report.add(
-        &format!("{prefix}.project_ms_per_doc"),
-        ms(project) / n,
-        "ms",
-        None,
-    );
-    report.add(
-        &format!("{prefix}.share_pct"),
-        ms(project) / ms(ingest) * 100.0,
-        "%",
         None,
     );
     Ok(())
