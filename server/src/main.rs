@@ -130,8 +130,9 @@ struct ServeArgs {
     /// commune's code is its agency code.
     #[arg(long)]
     dossier_agency_code: Option<String>,
-    /// Operators reach the console over HTTPS (a TLS proxy in front): its session cookie is
-    /// marked `Secure`.
+    /// Mark the console's session cookie `Secure` (browsers then send it over HTTPS only). On
+    /// by itself when this server serves HTTPS (--tls-cert); give it when a TLS proxy in front
+    /// terminates HTTPS and this server speaks plain HTTP behind it.
     #[arg(long)]
     secure_cookies: bool,
 }
@@ -332,6 +333,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let secure_cookies = secure_cookies(&args);
     let serve_config = ServeConfig {
         tls,
         max_connections: args.max_connections.max(1),
@@ -351,7 +353,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             burst: args.device_burst,
             per_second: args.device_rate,
         },
-        secure_cookies: args.secure_cookies,
+        secure_cookies,
         ..ServerConfig::default()
     };
     let state = AppState::new(storage, config);
@@ -383,6 +385,12 @@ fn reload_on_sighup(tls: Arc<ServerTls>) {
     }
 }
 
+/// Whether the console's session cookie is `Secure`: asked for (a TLS proxy in front), or this
+/// server serves HTTPS itself.
+fn secure_cookies(args: &ServeArgs) -> bool {
+    args.secure_cookies || args.tls_cert.is_some()
+}
+
 /// The settings `serve` runs with, as JSON (`--print-config`).
 fn effective_settings(args: &ServeArgs) -> serde_json::Value {
     serde_json::json!({
@@ -398,6 +406,8 @@ fn effective_settings(args: &ServeArgs) -> serde_json::Value {
         "device-rate": args.device_rate,
         "tls-cert": args.tls_cert,
         "tls-key": args.tls_key,
+        // As in force: on with --tls-cert even when not asked for.
+        "secure-cookies": secure_cookies(args),
     })
 }
 
