@@ -33,7 +33,49 @@ CREATE INDEX read_model_status_due ON read_model (status, due_on);
 CREATE INDEX read_model_returned ON read_model (returned_at);
 CREATE INDEX read_model_id_number ON read_model (id_number);
 CREATE INDEX read_model_dossier_number ON read_model (dossier_number);
-CREATE INDEX read_model_received ON read_model (received_at);
+-- Covers the dashboard's count of records received this week and month.
+CREATE INDEX read_model_received ON read_model (received_at, commune, status);
+
+-- The dashboard's counts, maintained by a trigger with every write of a read-model row (ingest and
+-- rebuild alike), so that the dashboard adds up a few thousand rows instead of scanning every
+-- record: records per commune, status, due date (open records only: the overdue count; the
+-- open statuses are storage::OPEN_STATUSES) and on-time verdict (1, 0, or -1 when none).
+-- Keys that reach 0 stay (bounded by the distinct keys). Writes of one commune's rows are
+-- serialized by ingest's commune lock, so its count rows are too.
+CREATE TABLE read_model_counts (
+    commune TEXT NOT NULL,
+    status  TEXT NOT NULL,     -- '' when the record could not be read
+    due_on  TEXT NOT NULL,     -- YYYY-MM-DD of an open record, else ''
+    on_time SMALLINT NOT NULL, -- 1, 0 or -1
+    n       BIGINT NOT NULL,
+    PRIMARY KEY (commune, status, due_on, on_time)
+);
+CREATE FUNCTION read_model_counts_apply() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        UPDATE read_model_counts SET n = n - 1
+        WHERE commune = OLD.commune AND status = COALESCE(OLD.status, '')
+          AND due_on = CASE WHEN OLD.status IN ('received', 'in_progress', 'supplement_requested')
+                            THEN COALESCE(OLD.due_on, '') ELSE '' END
+          AND on_time = CASE WHEN OLD.on_time IS NULL THEN -1 WHEN OLD.on_time THEN 1 ELSE 0 END;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        INSERT INTO read_model_counts VALUES (
+            NEW.commune, COALESCE(NEW.status, ''),
+            CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END,
+            CASE WHEN NEW.on_time IS NULL THEN -1 WHEN NEW.on_time THEN 1 ELSE 0 END, 1)
+        ON CONFLICT (commune, status, due_on, on_time)
+        DO UPDATE SET n = read_model_counts.n + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER read_model_counts_insert_delete AFTER INSERT OR DELETE ON read_model
+    FOR EACH ROW EXECUTE FUNCTION read_model_counts_apply();
+CREATE TRIGGER read_model_counts_update AFTER UPDATE ON read_model
+    FOR EACH ROW WHEN (OLD.commune IS DISTINCT FROM NEW.commune
+        OR OLD.status IS DISTINCT FROM NEW.status OR OLD.due_on IS DISTINCT FROM NEW.due_on
+        OR OLD.on_time IS DISTINCT FROM NEW.on_time)
+    EXECUTE FUNCTION read_model_counts_apply();
 
 -- Console operators (username, argon2 password hash, role: viewer, operator or admin), their
 -- sessions (token hash, CSRF token, expiry) and the audit log of every operator action.

@@ -33,7 +33,65 @@ CREATE INDEX read_model_status_due ON read_model (status, due_on);
 CREATE INDEX read_model_returned ON read_model (returned_at);
 CREATE INDEX read_model_id_number ON read_model (id_number);
 CREATE INDEX read_model_dossier_number ON read_model (dossier_number);
-CREATE INDEX read_model_received ON read_model (received_at);
+-- Covers the dashboard's count of records received this week and month.
+CREATE INDEX read_model_received ON read_model (received_at, commune, status);
+
+-- The dashboard's counts, maintained by triggers with every write of a read-model row (ingest and
+-- rebuild alike), so that the dashboard adds up a few thousand rows instead of scanning every
+-- record: records per commune, status, due date (open records only: the overdue count; the
+-- open statuses are storage::OPEN_STATUSES) and on-time verdict (1, 0, or -1 when none).
+-- Keys that reach 0 stay (bounded by the distinct keys).
+CREATE TABLE read_model_counts (
+    commune TEXT NOT NULL,
+    status  TEXT NOT NULL,    -- '' when the record could not be read
+    due_on  TEXT NOT NULL,    -- YYYY-MM-DD of an open record, else ''
+    on_time INTEGER NOT NULL, -- 1, 0 or -1
+    n       INTEGER NOT NULL,
+    PRIMARY KEY (commune, status, due_on, on_time)
+) WITHOUT ROWID;
+CREATE TRIGGER read_model_counts_insert AFTER INSERT ON read_model BEGIN
+    -- Not INSERT OR IGNORE: an outer statement's conflict policy would override it.
+    INSERT INTO read_model_counts
+    SELECT NEW.commune, COALESCE(NEW.status, ''),
+        CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END,
+        COALESCE(NEW.on_time, -1), 0
+    WHERE NOT EXISTS (SELECT 1 FROM read_model_counts
+        WHERE commune = NEW.commune AND status = COALESCE(NEW.status, '')
+          AND due_on = CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END
+          AND on_time = COALESCE(NEW.on_time, -1));
+    UPDATE read_model_counts SET n = n + 1
+    WHERE commune = NEW.commune AND status = COALESCE(NEW.status, '')
+      AND due_on = CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END
+      AND on_time = COALESCE(NEW.on_time, -1);
+END;
+CREATE TRIGGER read_model_counts_delete AFTER DELETE ON read_model BEGIN
+    UPDATE read_model_counts SET n = n - 1
+    WHERE commune = OLD.commune AND status = COALESCE(OLD.status, '')
+      AND due_on = CASE WHEN OLD.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(OLD.due_on, '') ELSE '' END
+      AND on_time = COALESCE(OLD.on_time, -1);
+END;
+CREATE TRIGGER read_model_counts_update AFTER UPDATE ON read_model
+WHEN OLD.commune IS NOT NEW.commune OR OLD.status IS NOT NEW.status
+  OR OLD.due_on IS NOT NEW.due_on OR OLD.on_time IS NOT NEW.on_time
+BEGIN
+    UPDATE read_model_counts SET n = n - 1
+    WHERE commune = OLD.commune AND status = COALESCE(OLD.status, '')
+      AND due_on = CASE WHEN OLD.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(OLD.due_on, '') ELSE '' END
+      AND on_time = COALESCE(OLD.on_time, -1);
+    -- Not INSERT OR IGNORE: an outer statement's conflict policy would override it.
+    INSERT INTO read_model_counts
+    SELECT NEW.commune, COALESCE(NEW.status, ''),
+        CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END,
+        COALESCE(NEW.on_time, -1), 0
+    WHERE NOT EXISTS (SELECT 1 FROM read_model_counts
+        WHERE commune = NEW.commune AND status = COALESCE(NEW.status, '')
+          AND due_on = CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END
+          AND on_time = COALESCE(NEW.on_time, -1));
+    UPDATE read_model_counts SET n = n + 1
+    WHERE commune = NEW.commune AND status = COALESCE(NEW.status, '')
+      AND due_on = CASE WHEN NEW.status IN ('received', 'in_progress', 'supplement_requested') THEN COALESCE(NEW.due_on, '') ELSE '' END
+      AND on_time = COALESCE(NEW.on_time, -1);
+END;
 
 -- Console operators (username, argon2 password hash, role: viewer, operator or admin), their
 -- sessions (token hash, CSRF token, expiry) and the audit log of every operator action.

@@ -408,14 +408,32 @@ pub(crate) fn open_clause() -> String {
 /// Dashboard figures per commune and status; parameters: week start, month start, today.
 pub(crate) fn summaries_sql(placeholder: fn(usize) -> String) -> String {
     let (week, month, today) = (placeholder(1), placeholder(2), placeholder(3));
+    // Counts, overdue and verdicts from the maintained counts (migration 7); the records
+    // received this week and month from the rows received since the earlier of the two starts
+    // (an index range). Each group has its figures in one part and zeros in the other. Sums are
+    // cast: PostgreSQL sums BIGINT as NUMERIC.
+    let sum = |expr: &str| format!("CAST(SUM({expr}) AS BIGINT)");
+    let zero = "CAST(0 AS BIGINT)";
     format!(
-        "SELECT commune, status, COUNT(*), \
-         SUM(CASE WHEN received_at >= {week} THEN 1 ELSE 0 END), \
-         SUM(CASE WHEN received_at >= {month} THEN 1 ELSE 0 END), \
-         SUM(CASE WHEN due_on < {today} THEN 1 ELSE 0 END), \
-         SUM(CASE WHEN on_time = TRUE THEN 1 ELSE 0 END), \
-         SUM(CASE WHEN on_time = FALSE THEN 1 ELSE 0 END) \
-         FROM read_model GROUP BY commune, status"
+        "SELECT commune, NULLIF(status, ''), {count}, {zero}, {zero}, {overdue}, {on_time}, \
+         {late} FROM read_model_counts GROUP BY commune, status \
+         UNION ALL \
+         SELECT commune, status, {zero}, {in_week}, {in_month}, {zero}, {zero}, {zero} \
+         FROM read_model \
+         WHERE received_at >= CASE WHEN {week} < {month} THEN {week} ELSE {month} END \
+         GROUP BY commune, status",
+        count = sum("n"),
+        overdue = sum(&format!(
+            "CASE WHEN due_on <> '' AND due_on < {today} THEN n ELSE 0 END"
+        )),
+        on_time = sum("CASE WHEN on_time = 1 THEN n ELSE 0 END"),
+        late = sum("CASE WHEN on_time = 0 THEN n ELSE 0 END"),
+        in_week = sum(&format!(
+            "CASE WHEN received_at >= {week} THEN 1 ELSE 0 END"
+        )),
+        in_month = sum(&format!(
+            "CASE WHEN received_at >= {month} THEN 1 ELSE 0 END"
+        )),
     )
 }
 

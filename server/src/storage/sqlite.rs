@@ -571,10 +571,19 @@ fn write_row(conn: &Connection, row: &ReadModelRow) -> Result<()> {
     let placeholders: Vec<String> = (1..=read_model::COLUMN_COUNT)
         .map(|n| format!("?{n}"))
         .collect();
+    // An upsert, not INSERT OR REPLACE: a replaced row would not fire the delete trigger that
+    // keeps `read_model_counts` (migration 7).
+    let updates: Vec<String> = read_model::COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|column| *column != "id")
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
     let sql = format!(
-        "INSERT OR REPLACE INTO read_model ({}) VALUES ({})",
+        "INSERT INTO read_model ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
         read_model::COLUMNS,
-        placeholders.join(", ")
+        placeholders.join(", "),
+        updates.join(", ")
     );
     conn.prepare_cached(&sql)?.execute(params![
         row.id.as_bytes(),

@@ -769,9 +769,61 @@ async fn read_model_rebuild_equals_incremental_after_a_random_run(f: &Fixture) {
             .any(|row| row.status.as_deref() == Some("returned"))
     );
     assert!(incremental.iter().all(|row| row.projection_error.is_none()));
+    // The dashboard's maintained counts (kept by triggers with every row written) equal
+    // figures counted from the rows, before and after the rebuild; a week that starts before
+    // the month (rows received between the two count for the week only).
+    let figures = || async {
+        let mut all = Vec::new();
+        for (today, week, month) in [
+            ("2026-09-20", SEPT_1 + 10 * DAY, SEPT_1 + 12 * DAY),
+            ("2026-10-05", SEPT_1 + 20 * DAY, SEPT_1 + 15 * DAY),
+        ] {
+            all.push(s.commune_summaries(today, week, month).await.unwrap());
+        }
+        all
+    };
+    let summaries = figures().await;
+    let rows = all_rows(s).await;
+    for (summary, (today, week, month)) in summaries.iter().zip([
+        ("2026-09-20", SEPT_1 + 10 * DAY, SEPT_1 + 12 * DAY),
+        ("2026-10-05", SEPT_1 + 20 * DAY, SEPT_1 + 15 * DAY),
+    ]) {
+        for line in summary {
+            let mine: Vec<&ReadModelRow> =
+                rows.iter().filter(|r| r.commune == line.commune).collect();
+            let open = |r: &&&ReadModelRow| {
+                communesync_server::storage::OPEN_STATUSES
+                    .contains(&r.status.as_deref().unwrap_or(""))
+            };
+            let count =
+                |f: &dyn Fn(&&ReadModelRow) -> bool| mine.iter().filter(|r| f(r)).count() as u64;
+            assert_eq!(line.open, count(&|r| open(&r)), "{}", line.commune);
+            assert_eq!(
+                line.overdue,
+                count(&|r| open(&r) && r.due_on.as_deref().is_some_and(|d| d < today)),
+            );
+            assert_eq!(line.on_time, count(&|r| r.on_time == Some(true)));
+            assert_eq!(line.late, count(&|r| r.on_time == Some(false)));
+            assert_eq!(
+                line.received_this_week,
+                count(&|r| r.received_at.is_some_and(|at| at >= week))
+            );
+            assert_eq!(
+                line.received_this_month,
+                count(&|r| r.received_at.is_some_and(|at| at >= month))
+            );
+        }
+    }
+    assert!(
+        summaries[0]
+            .iter()
+            .any(|line| line.overdue > 0 && line.on_time + line.late > 0),
+        "{summaries:?}"
+    );
     let rebuilt = s.rebuild_read_model().await.unwrap();
     assert_eq!(rebuilt, incremental.len() as u64);
     assert_eq!(all_rows(s).await, incremental);
+    assert_eq!(figures().await, summaries);
     assert_eq!(s.read_model_lag().await.unwrap(), 0);
 }
 
