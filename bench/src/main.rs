@@ -8,9 +8,12 @@
 //! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
 //! syncing tablets and its standby promoted (the same, and PostgreSQL installed);
 //! `-- receipts` intake with a signed receipt and receipt verification; `-- attachments` a
-//! dossier of photos over 2G.
+//! dossier of photos over 2G; `-- console` the read model's cost and the dashboard at province
+//! scale.
 
 mod attachments;
+
+mod console;
 mod dictionary;
 mod failover;
 mod hostile;
@@ -49,6 +52,9 @@ enum Suite {
     Failover(failover::FailoverArgs),
     /// Receipts: intake with a signed receipt, verification, QR payload size.
     Receipts(receipts::ReceiptArgs),
+    /// Console: read-model projection cost per pushed document, dashboard page time with 45
+    /// communes x 50,000 records.
+    Console(console::ConsoleArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -61,6 +67,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Hostile(args) => hostile::run(&args),
         Suite::Failover(args) => failover::run(&args),
         Suite::Receipts(args) => receipts::run(&args),
+        Suite::Console(args) => console::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
         Suite::Attachments(args) => attachments::run(&args),
     }

@@ -4,9 +4,12 @@
 //! embedded default, and PostgreSQL), plus the operator CLI and the demo.
 
 pub mod backup;
+pub mod console;
 pub mod http;
 pub mod link;
+pub mod metrics;
 pub mod numbers;
+pub mod reports;
 pub mod serve;
 pub mod storage;
 pub mod tls;

@@ -259,6 +259,93 @@ fn operators_enroll_import_sync_and_export_with_the_cli() {
     let report = run(&["device", "--store", &b, "sync"], dir.path());
     assert_eq!(report["pulled_docs"], 1);
 
+    // The read model: records by folded name, the dashboard, the report and exports.
+    let found = json_lines(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "records",
+            "--name",
+            "nguyen van 1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(found.len(), 11, "Nguyễn Văn 1 and 10..=19");
+    assert!(found.iter().all(|r| r["commune"] == "DB-MUONGPHANG"));
+    let xuan = json_lines(
+        &["admin", "--database", &db, "records", "--name", "LO THI"],
+        dir.path(),
+    );
+    assert_eq!(xuan.len(), 1);
+    assert_eq!(xuan[0]["applicant_name"], "Lò Thị Xuân");
+    let dashboard = json_lines(&["admin", "--database", &db, "dashboard"], dir.path());
+    assert_eq!(dashboard.len(), 1);
+    assert_eq!(
+        (
+            dashboard[0]["received_this_month"].as_u64(),
+            dashboard[0]["open"].as_u64()
+        ),
+        (Some(26), Some(26))
+    );
+    let today = communesync_core::catalogue::CivilDate::today().to_string();
+    let report = run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "report",
+            "--from",
+            &today,
+            "--to",
+            &today,
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(report["lines"][0]["procedure_code"], "1.001193");
+    assert_eq!(report["lines"][0]["received"], 26);
+    let csv = Command::new(BIN)
+        .args([
+            "admin",
+            "--database",
+            &db,
+            "export-records",
+            "--name",
+            "xuan",
+        ])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.starts_with("id,commune,kind,status,"));
+    assert!(csv.contains(",Lò Thị Xuân,"));
+    let rebuilt = run(
+        &["admin", "--database", &db, "rebuild-read-model"],
+        dir.path(),
+    );
+    assert_eq!(rebuilt["read_model_rows"], 26);
+    let token = std::fs::read_to_string(dir.path().join("communesync-admin-token")).unwrap();
+    let answer = raw_get(
+        &listen,
+        "/v1/admin/records/search?name=lo%20thi%20xuan",
+        token.trim(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Lò Thị Xuân"), "{answer}");
+    let bad = raw_get(
+        &listen,
+        "/v1/admin/report?from=2026-09-02&to=2026-09-01",
+        token.trim(),
+    );
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let unauthenticated = raw_get(&listen, "/v1/admin/dashboard", "not-a-token");
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
+
     // Revocation with a wipe order.
     let device_b = devices
         .iter()

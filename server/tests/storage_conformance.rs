@@ -276,6 +276,7 @@ fn doc(id: RecordId, commune: &str, changes: Vec<IncomingChange>) -> IncomingDoc
         kind: RecordKind::Application,
         commune: commune.to_owned(),
         changes,
+        projection: None,
     }
 }
 
@@ -2910,3 +2911,5 @@ async fn push_signatures_are_kept_and_linked_from_each_change(f: &Fixture) {
     assert_eq!(*found[&sha("y")], first);
     assert_eq!(*found[&sha("z")], second);
 }
+#[path = "storage_conformance/read_model.rs"]
+mod read_model;

@@ -27,7 +27,7 @@ pub mod history;
 mod refusal;
 pub mod rules;
 
-pub use check::{Verdict, check_pushed};
+pub use check::{Verdict, check_pushed, check_pushed_keeping_doc};
 pub use history::{Admission, ChangeMeta, HistoryIndex};
 pub use refusal::{Refusal, RefusalCode};
 pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer, check_scope};

@@ -8,7 +8,11 @@
 //! - `POST /v1/device/key`, `POST /v1/device-keys`, `POST /v1/receipts/verify` (JSON): device
 //!   keys (first-use registration, the province's key list as a delta) and the online check of a
 //!   receipt ([`keys`]).
-//! - `GET /v1/health`.
+//! - `GET /v1/admin/records?number=`, `/v1/admin/number-blocks`: dossier numbers for operators.
+//! - `/v1/admin/records/search`, `/records/{id}`, `/dashboard`, `/report`, `/export/records`,
+//!   `/read-model/rebuild`: the read model for operators (`admin_read_model`).
+//! - `/console/...`: the web console (`crate::console`).
+//! - `GET /v1/health`, `/v1/health/live`, `/v1/health/ready`, `GET /metrics` (`observe`).
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
 //! credentials, protocol version, counts, that every change decodes, that a new record is a valid
@@ -19,6 +23,7 @@
 
 mod admin;
 mod admin_numbers;
+mod admin_read_model;
 mod admin_records;
 mod admin_tokens;
 pub mod attachments;
@@ -28,6 +33,7 @@ mod enroll;
 pub mod enroll_limit;
 mod error;
 pub mod keys;
+mod observe;
 mod push;
 mod rate;
 mod secrets;
@@ -40,6 +46,8 @@ pub use admin::{
     refusals, stats, validate_catalogue,
 };
 pub use admin_numbers::{NumberBlockOut, NumberedRecord, number_blocks, record_by_number};
+pub(crate) use admin_read_model::download;
+pub use admin_read_model::{DashboardLine, RecordFilters, dashboard, parse_range};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use body_rate::MinBodyRate;
@@ -108,6 +116,9 @@ pub struct ServerConfig {
     pub device_rate: DeviceRateLimit,
     /// Quotas of attachment contents.
     pub attachments: crate::storage::attachments::AttachmentLimits,
+    /// Whether operators reach the server over HTTPS (directly or through a TLS proxy): the
+    /// console's session cookie is then `Secure`. Default false.
+    pub secure_cookies: bool,
     /// Dossier numbers: the province's format, agency codes and block sizing.
     pub numbers: crate::numbers::NumberConfig,
 }
@@ -128,6 +139,7 @@ impl Default for ServerConfig {
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
             attachments: Default::default(),
+            secure_cookies: false,
             numbers: crate::numbers::NumberConfig::default(),
         }
     }
@@ -163,6 +175,8 @@ pub struct AppState {
     pub(crate) device_limiter: rate::DeviceLimiter,
     /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The store epoch sent on sync answers, read at most every few seconds.
     store_epoch: store_epoch::EpochCache,
 }
@@ -188,8 +202,14 @@ impl AppState {
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             store_epoch: store_epoch::EpochCache::default(),
         })
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Syncs abandoned by their client before the answer; their remaining work was stopped.
@@ -238,7 +258,11 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_compressed;
     let min_body_rate = state.config.min_body_rate;
     Router::new()
+        .merge(crate::console::routes())
         .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/health/live", get(observe::live))
+        .route("/v1/health/ready", get(observe::ready))
+        .route("/metrics", get(observe::metrics))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
         .route("/v1/attachments/{sha256}", get(attachments::status))
@@ -285,6 +309,27 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/admin/number-blocks",
             get(admin_numbers::admin_number_blocks),
         )
+        .route(
+            "/v1/admin/records/search",
+            get(admin_read_model::admin_records),
+        )
+        .route(
+            "/v1/admin/records/{id}",
+            get(admin_read_model::admin_record),
+        )
+        .route(
+            "/v1/admin/dashboard",
+            get(admin_read_model::admin_dashboard),
+        )
+        .route("/v1/admin/report", get(admin_read_model::admin_report))
+        .route(
+            "/v1/admin/export/records",
+            get(admin_read_model::admin_export_records),
+        )
+        .route(
+            "/v1/admin/read-model/rebuild",
+            post(admin_read_model::admin_rebuild_read_model),
+        )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -296,6 +341,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(move |request, next| {
             refuse_declared_oversize(body_limit, request, next)
         }))
+        // Outermost: every request, refused early or not, gets its id, log line and latency.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 

@@ -14,14 +14,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use communesync_core::attachment::AttachmentRef;
-use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
+use communesync_core::integrity::{
+    Refusal, RefusalCode, RuleContext, Verdict, check_pushed_keeping_doc,
+};
 use communesync_core::protocol::PushDoc;
 use communesync_core::record::{
-    Application, DeviceId, Record, RecordId, RecordKind, decode_change,
+    Application, DeviceId, Record, RecordDoc, RecordId, RecordKind, decode_change,
 };
 use rayon::prelude::*;
 
-use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope};
+use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope, read_model};
 
 /// Set when the request that started the work is gone (its client disconnected): blocking work
 /// checks it between documents and stops.
@@ -94,8 +96,9 @@ pub(super) struct Decoded {
     changes: Vec<IncomingChange>,
     decoded: Result<Vec<automerge::Change>, Refusal>,
     /// For a document sent whole without an id: its verdict as a new record, computed to learn
-    /// the id (reused when the server does not have the record, the usual case).
-    fresh: Option<Verdict>,
+    /// the id (reused when the server does not have the record, the usual case), with the
+    /// document it built.
+    fresh: Option<Checked>,
 }
 
 impl Decoded {
@@ -119,6 +122,10 @@ pub(super) struct Pusher {
     pub(super) withdrawal: Arc<HashMap<String, bool>>,
 }
 
+/// A verdict, with the document the checker built when it accepted a record (the stored
+/// history and the new changes applied): the read model's projection is read from it.
+type Checked = (Verdict, Option<RecordDoc>);
+
 impl Pusher {
     fn check(
         &self,
@@ -126,14 +133,14 @@ impl Pusher {
         kind: RecordKind,
         stored: Vec<automerge::Change>,
         pushed: Vec<automerge::Change>,
-    ) -> Verdict {
+    ) -> Checked {
         let withdrawal = |code: &str| self.withdrawal.get(code).copied();
         let ctx = RuleContext {
             device: self.device,
             commune: self.scope.commune(),
             withdrawal_allowed: &withdrawal,
         };
-        check_pushed(id, kind, stored, pushed, &ctx)
+        check_pushed_keeping_doc(id, kind, stored, pushed, &ctx)
     }
 }
 
@@ -179,15 +186,15 @@ pub(super) fn decode_push(
                 (Some(refusal), id) => (id, None, Err(refusal)),
                 (None, Some(id)) => (Some(id), None, Ok(decoded)),
                 (None, None) => {
-                    let verdict = pusher.check(None, doc.kind, Vec::new(), decoded.clone());
-                    let id = match &verdict {
+                    let checked = pusher.check(None, doc.kind, Vec::new(), decoded.clone());
+                    let id = match &checked.0 {
                         Verdict::Accepted {
                             record: Some(record),
                             ..
                         } => Some(record.id()),
                         _ => None,
                     };
-                    (id, Some(verdict), Ok(decoded))
+                    (id, Some(checked), Ok(decoded))
                 }
             };
             Ok(Decoded {
@@ -250,7 +257,7 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
             return DocVerdict::Refused(Refusal::not_yours());
         }
     }
-    let verdict = match (doc.fresh, stored) {
+    let (verdict, checked_doc) = match (doc.fresh, stored) {
         // Sent whole, and new here: checked already to learn its id.
         (Some(fresh), None) => fresh,
         (_, stored) => {
@@ -269,6 +276,7 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
             let Some(record) = record else {
                 return DocVerdict::Nothing;
             };
+            let base_changes = stored.map_or(0, |stored| stored.changes.len());
             let mut changes: Vec<Option<IncomingChange>> =
                 doc.changes.into_iter().map(Some).collect();
             let new_changes: Vec<IncomingChange> = new
@@ -289,12 +297,25 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 }
                 _ => None,
             };
+            // The row the read model will hold, read from the document just checked: storage
+            // need not decode the record's changes again.
+            let projection = checked_doc
+                .filter(|_| read_model::ENABLED)
+                .map(|mut checked| {
+                    Box::new(read_model::project_checked(
+                        &mut checked,
+                        &record,
+                        &commune,
+                        base_changes,
+                    ))
+                });
             DocVerdict::Store(
                 IncomingDoc {
                     id: record.id(),
                     kind: doc.kind,
                     commune,
                     changes: new_changes,
+                    projection,
                 },
                 attachments,
                 numbered,

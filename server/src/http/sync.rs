@@ -148,6 +148,7 @@ async fn sync_inner(
     // Records this request pushes: the device holds them (see the pull below).
     let mut pushed_ids: std::collections::HashSet<RecordId> = std::collections::HashSet::new();
     let mut refused: Vec<Refused> = Vec::new();
+    let (mut stored_docs, mut stored_bytes) = (0u64, 0u64);
     if !request.push.is_empty() {
         let pusher = Pusher {
             device: device.id,
@@ -291,11 +292,20 @@ async fn sync_inner(
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        for refusal in &refused {
+            state.metrics.refused(&refusal.code);
+        }
         // The admitted numbers are indexed before their records are stored: if storing fails,
         // the retry finds its own number (same record) and stores it; a lookup of a number
         // whose record is not stored yet answers "not found".
         numbered.record(&*state.storage, device.id, now).await?;
         if !incoming.is_empty() {
+            stored_docs = incoming.len() as u64;
+            stored_bytes = incoming
+                .iter()
+                .flat_map(|doc| &doc.changes)
+                .map(|change| change.bytes.len() as u64)
+                .sum();
             let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
             // Before the changes: every stored change of a signed push has its signature.
             if let PushAuth::Verified(signature) = &auth {
@@ -426,6 +436,20 @@ async fn sync_inner(
                 .map_err(ApiError::internal)?;
         }
     }
+    let commune = device.scope.commune().unwrap_or("province");
+    state.metrics.sync(commune, stored_docs, stored_bytes);
+    tracing::info!(
+        device = %device.id,
+        commune,
+        protocol,
+        stored_docs,
+        stored_bytes,
+        refused = refused.len(),
+        missing_deps = missing.len(),
+        pulled_docs = feed.len(),
+        more,
+        "sync"
+    );
     let response = SyncResponse {
         protocol,
         server_time: now,

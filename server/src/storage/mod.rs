@@ -33,7 +33,10 @@ pub mod attachments;
 pub mod pg_tls;
 mod plan;
 pub mod postgres;
+pub mod read_model;
 pub mod sqlite;
+
+pub use read_model::ReadModelRow;
 
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
@@ -267,6 +270,10 @@ pub struct IncomingDoc {
     pub commune: String,
     /// Changes, each after its deps.
     pub changes: Vec<IncomingChange>,
+    /// Its read-model row as the push path computed it from the checked document, if it did:
+    /// written instead of re-reading the document's changes when still current (see
+    /// [`read_model::Projected`]). `None`: storage projects from the stored changes.
+    pub projection: Option<Box<read_model::Projected>>,
 }
 
 /// What [`ServerStorage::ingest`] did with a batch.
@@ -311,6 +318,132 @@ pub struct FeedPage {
     /// Whether changes remain after `next_cursor`.
     pub more: bool,
 }
+
+/// Filters of [`ServerStorage::records`]; every filter given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordQuery {
+    /// Only this commune's records.
+    pub commune: Option<String>,
+    /// Only records of this kind.
+    pub kind: Option<RecordKind>,
+    /// Only records with this status name.
+    pub status: Option<String>,
+    /// Only records of this procedure code (or request category).
+    pub procedure_code: Option<String>,
+    /// Records whose applicant name contains this text, compared folded (without diacritics,
+    /// case-insensitive): `nguyen thi` finds "Nguyễn Thị Hương".
+    pub name: Option<String>,
+    /// Records with exactly this identity number.
+    pub id_number: Option<String>,
+    /// Records with exactly this dossier number.
+    pub dossier_number: Option<String>,
+    /// Only records overdue on this day (`YYYY-MM-DD`): still open with a due date before it.
+    pub overdue_on: Option<String>,
+    /// Records received (device time, ms) at or after this.
+    pub received_from: Option<i64>,
+    /// Records received before this.
+    pub received_until: Option<i64>,
+    /// Rows to skip (paging).
+    pub offset: usize,
+    /// Most rows returned, capped at [`MAX_RECORDS_LISTED`] (0 means the cap).
+    pub limit: usize,
+}
+
+/// Most rows [`ServerStorage::records`] returns in one call.
+pub const MAX_RECORDS_LISTED: usize = 10_000;
+
+/// Status names whose statutory clock still runs (applications) or that are still being handled
+/// (requests).
+pub const OPEN_STATUSES: [&str; 3] = ["received", "in_progress", "supplement_requested"];
+
+/// Figures of one commune for the province dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CommuneSummary {
+    /// Commune code.
+    pub commune: String,
+    /// Records by status name (records that could not be projected are not counted here).
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// Records received (device time) at or after the dashboard's week start.
+    pub received_this_week: u64,
+    /// Records received at or after the dashboard's month start.
+    pub received_this_month: u64,
+    /// Records still open ([`OPEN_STATUSES`]).
+    pub open: u64,
+    /// Open records with a due date before the dashboard's day.
+    pub overdue: u64,
+    /// Records whose result was given on or before their due date.
+    pub on_time: u64,
+    /// Records whose result was given after their due date.
+    pub late: u64,
+    /// Records whose changes could not be read as a record.
+    pub unreadable: u64,
+}
+
+impl CommuneSummary {
+    /// Share of results given on time, when any was given.
+    pub fn on_time_rate(&self) -> Option<f64> {
+        let given = self.on_time + self.late;
+        (given > 0).then(|| self.on_time as f64 / given as f64)
+    }
+}
+
+/// One line of the periodic report: a commune and a procedure over a date range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ReportRow {
+    /// Commune code.
+    pub commune: String,
+    /// Procedure code (or request category).
+    pub procedure_code: String,
+    /// Records received in the range (device time of intake).
+    pub received: u64,
+    /// Results given in the range on or before their due date.
+    pub processed_on_time: u64,
+    /// Results given in the range after their due date.
+    pub processed_late: u64,
+    /// Records received before the end of the range, still open, with a due date before the
+    /// range's last day (or before today, if the range ends later).
+    pub overdue: u64,
+}
+
+/// A console operator account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOperator {
+    /// Login name.
+    pub username: String,
+    /// Argon2 PHC string of the password.
+    pub password_hash: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// A disabled account cannot log in and its sessions stop working.
+    pub disabled: bool,
+}
+
+/// A live console session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// Its operator.
+    pub operator: ConsoleOperator,
+    /// The session's CSRF token, required in every form it posts.
+    pub csrf: String,
+    /// When it expires (server ms).
+    pub expires_at: i64,
+}
+
+/// One operator action.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// When (server ms).
+    pub at: i64,
+    /// Who.
+    pub username: String,
+    /// What (`login`, `issue_code`, `revoke`, `publish_catalogue`, ...).
+    pub action: String,
+    /// On what, readable.
+    pub detail: String,
+}
+
+/// Most audit entries [`ServerStorage::audit_log`] returns.
+pub const MAX_AUDIT_LISTED: usize = 1_000;
 
 /// A block of dossier numbers granted to a device, as stored (see `communesync_core::numbering`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -549,6 +682,82 @@ pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static 
 
     /// Activity of every commune, by code.
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
+
+    /// The read-model row of a record, if the server stores it (see [`read_model`]).
+    async fn record_row(&self, id: RecordId) -> Result<Option<ReadModelRow>>;
+
+    /// Read-model rows matching `query`, newest received first (then by id), at most
+    /// [`MAX_RECORDS_LISTED`].
+    async fn records(&self, query: &RecordQuery) -> Result<Vec<ReadModelRow>>;
+
+    /// Dashboard figures of every commune (communes without records too), by code. `today` is
+    /// the day overdue is judged on (`YYYY-MM-DD`); `week_from` and `month_from` are the starts
+    /// of the current week and month (ms).
+    async fn commune_summaries(
+        &self,
+        today: &str,
+        week_from: i64,
+        month_from: i64,
+    ) -> Result<Vec<CommuneSummary>>;
+
+    /// The periodic report over `[from, until)` (ms), one row per commune and procedure that
+    /// has a figure, by commune then procedure; see [`ReportRow`]. `last_day` is the day overdue
+    /// is judged on (`YYYY-MM-DD`).
+    async fn report(&self, from: i64, until: i64, last_day: &str) -> Result<Vec<ReportRow>>;
+
+    /// Rebuilds the read model from the stored changes, in one transaction, and returns the
+    /// rows written. The result equals what ingesting wrote incrementally.
+    async fn rebuild_read_model(&self) -> Result<u64>;
+
+    /// Creates a console operator. [`StorageError::AlreadyExists`] if the name is taken.
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The operator with this name, if any.
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>>;
+
+    /// Stores a session (its token's hash) of `username`, valid while `now < expires_at`;
+    /// expired sessions are deleted on the way. [`StorageError::NotFound`] for an unknown
+    /// operator.
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()>;
+
+    /// The live session with this token hash: not expired at `now`, its operator not disabled.
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>>;
+
+    /// Ends a session (logout). Unknown hashes are ignored.
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()>;
+
+    /// Appends an operator action to the audit log (never changed or deleted).
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The newest audit entries first, at most `limit` (capped at [`MAX_AUDIT_LISTED`]).
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// Whether the database answers and holds exactly the schema this build writes (every
+    /// migration applied, none newer): `Ok` or [`StorageError::Conflict`] saying why not.
+    async fn ready(&self) -> Result<()>;
+
+    /// Documents that have stored changes but no read-model row (0 once the read model is built:
+    /// ingest projects in the same transaction).
+    async fn read_model_lag(&self) -> Result<u64>;
 
     /// The store's epoch: a random value that only changes when the database is restored from a
     /// backup ([`ServerStorage::renew_store_epoch`]); tablets compare it between syncs.
@@ -794,6 +1003,31 @@ pub(crate) fn refusals_to_store(refusals: &[RefusalRow]) -> Vec<(RecordId, &str,
         .into_iter()
         .map(|(doc, (code, message))| (doc, code, message))
         .collect()
+}
+
+/// `text` as a SQL `LIKE` pattern matching it anywhere, with `\\` as the escape character.
+pub(crate) fn like_contains(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The readiness verdict for a schema `found` where this build writes `expected`.
+pub(crate) fn schema_verdict(found: i64, expected: i64) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict(format!(
+            "schema version {found}, this build needs {expected}"
+        )))
+    }
 }
 
 /// Registrations read from a store, by document.
