@@ -116,6 +116,8 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
                 device: device.0,
                 officer: officer.clone(),
             },
+            procedure_version: 0,
+            form_values: Default::default(),
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

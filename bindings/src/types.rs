@@ -401,6 +401,7 @@ impl From<NewApplication> for core::NewApplication {
             fees: fees_to_core(n.fees),
             assignee: n.assignee,
             notes: n.notes,
+            form_values: Default::default(),
         }
     }
 }
@@ -665,7 +666,7 @@ impl From<CoreProcedure> for Procedure {
         Procedure {
             code: p.code,
             name: p.name,
-            processing_days: p.processing_days,
+            processing_days: p.processing.working_days(),
             withdrawal_allowed: p.withdrawal_allowed,
         }
     }

@@ -39,6 +39,8 @@ fn base_document() -> (RecordId, Vec<u8>) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        procedure_version: 0,
+        form_values: Default::default(),
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

@@ -48,6 +48,8 @@ fn base() -> (RecordId, RecordDoc) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        procedure_version: 0,
+        form_values: Default::default(),
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

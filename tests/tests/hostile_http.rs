@@ -161,6 +161,8 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
             device: device.0,
             officer: "x".into(),
         },
+        procedure_version: 0,
+        form_values: Default::default(),
     };
     edit(&mut app);
     let id = app.id;
@@ -1732,6 +1734,8 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                     device: device.0,
                     officer: "lan".into(),
                 },
+                procedure_version: 0,
+                form_values: Default::default(),
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::workflow::{RequestStatus, Status};
-use crate::catalogue::CivilDate;
+use crate::catalogue::{CivilDate, FormValues};
 
 /// Identity of a record: a UUIDv7, so ids sort by creation time and never collide across tablets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -195,6 +195,15 @@ pub struct Application {
     pub notes: String,
     /// Who created it.
     pub created_by: Author,
+    /// Version of the procedure it was received under (0: received before catalogue version 2,
+    /// no form). Its form, papers and fees are that version's, whatever the catalogue says later.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub procedure_version: u64,
+    /// Values of the procedure's form, by field name, checked against the pinned version.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub form_values: FormValues,
 }
 
 /// A request or feedback from a citizen.
@@ -252,6 +261,10 @@ pub struct NewApplication {
     /// Initial notes.
     #[serde(default)]
     pub notes: String,
+    /// Values of the procedure's form (checked against the version in force at intake, which
+    /// the application pins).
+    #[serde(default)]
+    pub form_values: FormValues,
 }
 
 /// What an officer enters to create a citizen request.

@@ -51,7 +51,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::protocol::Limits;
-use serde::Deserialize;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::storage::{Device, ServerStorage};
@@ -131,7 +130,32 @@ pub(crate) fn decode_room_mib(config: &ServerConfig) -> usize {
 pub(crate) const MIB: usize = 1024 * 1024;
 
 /// Whether each procedure may be withdrawn, by code.
-pub(crate) type WithdrawalRules = Arc<HashMap<String, bool>>;
+pub(crate) type WithdrawalRules = Arc<CatalogueRules>;
+
+/// What the record rules need of the province catalogue: each procedure's current version
+/// (its withdrawal rule, its form).
+#[derive(Default)]
+pub(crate) struct CatalogueRules {
+    procedures: HashMap<String, Arc<communesync_core::catalogue::Procedure>>,
+}
+
+impl CatalogueRules {
+    /// Whether the procedure may be withdrawn, if the catalogue has it.
+    pub(crate) fn withdrawal_allowed(&self, code: &str) -> Option<bool> {
+        self.procedures.get(code).map(|p| p.withdrawal_allowed)
+    }
+}
+
+impl communesync_core::integrity::ProcedureSource for CatalogueRules {
+    fn lookup(&self, code: &str, version: u64) -> communesync_core::integrity::ProcedureLookup {
+        use communesync_core::integrity::ProcedureLookup;
+        match self.procedures.get(code) {
+            Some(p) if p.version == version => ProcedureLookup::Known(p.clone()),
+            Some(_) => ProcedureLookup::UnknownVersion,
+            None => ProcedureLookup::UnknownCode,
+        }
+    }
+}
 
 /// Shared state of the handlers.
 pub struct AppState {
@@ -183,7 +207,7 @@ impl AppState {
     /// parsed from the catalogue when its version changes.
     pub(crate) fn withdrawal_rules(&self, catalogue: Option<&(u64, String)>) -> WithdrawalRules {
         let Some((version, json)) = catalogue else {
-            return Arc::new(HashMap::new());
+            return Arc::new(CatalogueRules::default());
         };
         let mut cached = self
             .withdrawal
@@ -194,19 +218,17 @@ impl AppState {
         {
             return rules.clone();
         }
-        #[derive(Deserialize)]
-        struct Catalogue {
-            procedures: Vec<communesync_core::catalogue::Procedure>,
-        }
-        let rules: HashMap<String, bool> = match serde_json::from_str::<Catalogue>(json) {
-            Ok(catalogue) => catalogue
-                .procedures
-                .into_iter()
-                .map(|p| (p.code, p.withdrawal_allowed))
-                .collect(),
+        let rules = match communesync_core::catalogue::CatalogueFile::parse(json) {
+            Ok(catalogue) => CatalogueRules {
+                procedures: catalogue
+                    .procedures
+                    .into_iter()
+                    .map(|p| (p.code.clone(), Arc::new(p)))
+                    .collect(),
+            },
             Err(e) => {
                 tracing::error!(error = %e, "the stored catalogue does not parse");
-                HashMap::new()
+                CatalogueRules::default()
             }
         };
         let rules = Arc::new(rules);

@@ -110,8 +110,8 @@ impl Decoded {
 pub(super) struct Pusher {
     pub(super) device: DeviceId,
     pub(super) scope: Scope,
-    /// Withdrawal rule by procedure code, from the province catalogue.
-    pub(super) withdrawal: Arc<HashMap<String, bool>>,
+    /// Withdrawal rule and form by procedure code, from the province catalogue.
+    pub(super) withdrawal: super::WithdrawalRules,
 }
 
 impl Pusher {
@@ -122,11 +122,12 @@ impl Pusher {
         stored: Vec<automerge::Change>,
         pushed: Vec<automerge::Change>,
     ) -> Verdict {
-        let withdrawal = |code: &str| self.withdrawal.get(code).copied();
+        let withdrawal = |code: &str| self.withdrawal.withdrawal_allowed(code);
         let ctx = RuleContext {
             device: self.device,
             commune: self.scope.commune(),
             withdrawal_allowed: &withdrawal,
+            procedure_at: &*self.withdrawal,
         };
         check_pushed(id, kind, stored, pushed, &ctx)
     }

@@ -25,6 +25,8 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        procedure_version: 0,
+        form_values: Default::default(),
     }
 }
 
