@@ -69,6 +69,11 @@ enum DeviceTask {
         #[command(subcommand)]
         action: Option<QuarantineAction>,
     },
+    /// The procedure catalogue: install a file before the first sync, search, sectors.
+    Catalogue {
+        #[command(subcommand)]
+        task: super::device_catalogue::CatalogueTask,
+    },
 }
 
 #[derive(Subcommand)]
@@ -116,7 +121,7 @@ fn credential_path(store: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn open(path: &Path) -> anyhow::Result<DeviceStore> {
+pub(crate) fn open(path: &Path) -> anyhow::Result<DeviceStore> {
     let config = StoreConfig::new(path);
     let config = match std::env::var("COMMUNESYNC_STORE_KEY") {
         Ok(hex_key) => {
@@ -154,6 +159,7 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 serde_json::json!({ "device_id": saved.credentials.device_id, "scope": saved.credentials.scope })
             )?;
         }
+        DeviceTask::Catalogue { task } => super::device_catalogue::run(&args.store, task)?,
         DeviceTask::Import { file, officer } => {
             let mut store = open(&args.store)?;
             let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {

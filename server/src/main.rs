@@ -7,6 +7,7 @@
 
 mod demo;
 mod device;
+mod device_catalogue;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
