@@ -513,11 +513,27 @@ impl Engine {
 }
 
 impl Engine {
-    fn store(&self) -> Result<MutexGuard<'_, DeviceStore>> {
+    pub(crate) fn store(&self) -> Result<MutexGuard<'_, DeviceStore>> {
         self.check_not_wiped()?;
         // Every store write is one SQLite transaction: a panic in another holder rolled it back,
         // so the store behind a poisoned lock is consistent.
         Ok(self.store.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Runs `work` on the store off the caller's thread (a blocking-pool thread), so the app
+    /// sees a `suspend` / `async` call that never blocks its UI thread.
+    pub(crate) async fn on_store<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut DeviceStore) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.check_not_wiped()?;
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut store)
+        })
+        .await
+        .map_err(|e| CommuneSyncError::Storage(format!("store task: {e}")))?
     }
 
     fn check_not_wiped(&self) -> Result<()> {
@@ -573,7 +589,7 @@ impl Engine {
             .map_err(|e| CommuneSyncError::invalid(format!("server_url: {e}")))
     }
 
-    fn changed(&self, id: RecordId) {
+    pub(crate) fn changed(&self, id: RecordId) {
         self.observers.emit(Event::Changed(ChangeEvent {
             origin: ChangeOrigin::Local,
             record_ids: vec![id.to_string()],

@@ -14,12 +14,17 @@
 //! No panic crosses the boundary: nothing here unwraps, locks survive poisoning, and observer
 //! callbacks run on their own thread behind `catch_unwind`.
 
+mod catalogue;
 mod engine;
 mod error;
 mod observer;
 mod policy;
 pub mod types;
 
+pub use catalogue::{
+    DossierForm, FieldKind, FormEntry, FormField, FormValue, ProcedureDetails, ProcedureFee,
+    ProcedureSummary, RequiredPaper, SectorCount,
+};
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
 pub use observer::{ChangeEvent, ChangeOrigin, ObserverHandle, SyncObserver, WipeEvent};
