@@ -7,6 +7,7 @@
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
 //! while an honest tablet syncs (the same).
 
+mod catalogue;
 mod dictionary;
 mod hostile;
 mod load;
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Suite {
+    /// Procedure catalogue: install bytes and time, search latency (issue 15).
+    Catalogue(catalogue::CatalogueArgs),
     /// Device store: create, update, open, queries, search, size, memory.
     Store(store::StoreArgs),
     /// Sync: tablets and the server over HTTP on SQLite and PostgreSQL (bytes, time, memory).
@@ -41,6 +44,7 @@ enum Suite {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
+        Suite::Catalogue(args) => catalogue::run(&args),
         Suite::Store(args) => store::run(&args),
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
