@@ -631,6 +631,57 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
 public protocol EngineProtocol: AnyObject, Sendable {
     
     /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+    func createDossier(officer: String, new: NewApplication, form: [FormEntry]) async throws  -> Application
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+    func dossierForm(id: String) async throws  -> DossierForm
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+    func installCatalogueFile(json: String) async throws  -> UInt64
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+    func prefilledApplication(communeCode: String, procedureCode: String) async throws  -> NewApplication
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+    func procedureDetails(code: String) async throws  -> ProcedureDetails
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+    func procedureSectors() async throws  -> [SectorCount]
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+    func proceduresBySector(sector: String, afterCode: String?, limit: UInt32) async throws  -> [ProcedureSummary]
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+    func searchProcedures(query: String, limit: UInt32) async throws  -> [ProcedureSummary]
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+    func setFormValues(officer: String, id: String, form: [FormEntry]) async throws  -> DossierForm
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
     func auditLog() throws  -> [AuditEntry]
@@ -886,6 +937,183 @@ public static func `open`(config: EngineConfig)throws  -> Engine  {
 }
     
 
+    
+    /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+open func createDossier(officer: String, new: NewApplication, form: [FormEntry])async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_create_dossier(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterTypeNewApplication_lower(new),FfiConverterSequenceTypeFormEntry.lower(form)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+open func dossierForm(id: String)async throws  -> DossierForm  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_form(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+open func installCatalogueFile(json: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(json)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+open func prefilledApplication(communeCode: String, procedureCode: String)async throws  -> NewApplication  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_prefilled_application(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(communeCode),FfiConverterString.lower(procedureCode)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeNewApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+open func procedureDetails(code: String)async throws  -> ProcedureDetails  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure_details(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(code)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeProcedureDetails_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+open func procedureSectors()async throws  -> [SectorCount]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure_sectors(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeSectorCount.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+open func proceduresBySector(sector: String, afterCode: String?, limit: UInt32)async throws  -> [ProcedureSummary]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sector),FfiConverterOptionString.lower(afterCode),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeProcedureSummary.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+open func searchProcedures(query: String, limit: UInt32)async throws  -> [ProcedureSummary]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_search_procedures(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(query),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeProcedureSummary.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+open func setFormValues(officer: String, id: String, form: [FormEntry])async throws  -> DossierForm  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_set_form_values(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterSequenceTypeFormEntry.lower(form)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
     
     /**
      * What officers decided about quarantined records, oldest first.
@@ -3574,6 +3802,75 @@ public func FfiConverterTypeDeviceCredential_lower(_ value: DeviceCredential) ->
 
 
 /**
+ * A dossier's form: the pinned procedure version and the values.
+ */
+public struct DossierForm: Equatable, Hashable {
+    /**
+     * Version of the procedure the dossier was received under (0: before catalogue v2).
+     */
+    public var procedureVersion: UInt64
+    /**
+     * The values, by field name.
+     */
+    public var values: [FormEntry]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Version of the procedure the dossier was received under (0: before catalogue v2).
+         */procedureVersion: UInt64, 
+        /**
+         * The values, by field name.
+         */values: [FormEntry]) {
+        self.procedureVersion = procedureVersion
+        self.values = values
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierForm: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierForm: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierForm {
+        return
+            try DossierForm(
+                procedureVersion: FfiConverterUInt64.read(from: &buf), 
+                values: FfiConverterSequenceTypeFormEntry.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierForm, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.procedureVersion, into: &buf)
+        FfiConverterSequenceTypeFormEntry.write(value.values, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierForm_lift(_ buf: RustBuffer) throws -> DossierForm {
+    return try FfiConverterTypeDossierForm.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierForm_lower(_ value: DossierForm) -> RustBuffer {
+    return FfiConverterTypeDossierForm.lower(value)
+}
+
+
+/**
  * Everything needed to open an [`Engine`](crate::Engine).
  */
 public struct EngineConfig: Equatable, Hashable {
@@ -3768,6 +4065,174 @@ public func FfiConverterTypeFee_lift(_ buf: RustBuffer) throws -> Fee {
 #endif
 public func FfiConverterTypeFee_lower(_ value: Fee) -> RustBuffer {
     return FfiConverterTypeFee.lower(value)
+}
+
+
+/**
+ * One value of a dossier's form.
+ */
+public struct FormEntry: Equatable, Hashable {
+    /**
+     * Field name.
+     */
+    public var name: String
+    /**
+     * Value.
+     */
+    public var value: FormValue
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Field name.
+         */name: String, 
+        /**
+         * Value.
+         */value: FormValue) {
+        self.name = name
+        self.value = value
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FormEntry: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormEntry: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormEntry {
+        return
+            try FormEntry(
+                name: FfiConverterString.read(from: &buf), 
+                value: FfiConverterTypeFormValue.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FormEntry, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterTypeFormValue.write(value.value, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormEntry_lift(_ buf: RustBuffer) throws -> FormEntry {
+    return try FfiConverterTypeFormEntry.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormEntry_lower(_ value: FormEntry) -> RustBuffer {
+    return FfiConverterTypeFormEntry.lower(value)
+}
+
+
+/**
+ * One field of a procedure's form.
+ */
+public struct FormField: Equatable, Hashable {
+    /**
+     * Key of the value.
+     */
+    public var name: String
+    /**
+     * Label.
+     */
+    public var label: String
+    /**
+     * Type and constraints.
+     */
+    public var kind: FieldKind
+    /**
+     * Whether a value is required.
+     */
+    public var required: Bool
+    /**
+     * Help text.
+     */
+    public var help: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Key of the value.
+         */name: String, 
+        /**
+         * Label.
+         */label: String, 
+        /**
+         * Type and constraints.
+         */kind: FieldKind, 
+        /**
+         * Whether a value is required.
+         */required: Bool, 
+        /**
+         * Help text.
+         */help: String) {
+        self.name = name
+        self.label = label
+        self.kind = kind
+        self.required = required
+        self.help = help
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FormField: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormField: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormField {
+        return
+            try FormField(
+                name: FfiConverterString.read(from: &buf), 
+                label: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeFieldKind.read(from: &buf), 
+                required: FfiConverterBool.read(from: &buf), 
+                help: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FormField, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.label, into: &buf)
+        FfiConverterTypeFieldKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.required, into: &buf)
+        FfiConverterString.write(value.help, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormField_lift(_ buf: RustBuffer) throws -> FormField {
+    return try FfiConverterTypeFormField.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormField_lower(_ value: FormField) -> RustBuffer {
+    return FfiConverterTypeFormField.lower(value)
 }
 
 
@@ -4350,6 +4815,343 @@ public func FfiConverterTypeProcedure_lower(_ value: Procedure) -> RustBuffer {
 
 
 /**
+ * A procedure with its papers, fees and form.
+ */
+public struct ProcedureDetails: Equatable, Hashable {
+    /**
+     * National code.
+     */
+    public var code: String
+    /**
+     * Name.
+     */
+    public var name: String
+    /**
+     * Sector.
+     */
+    public var sector: String
+    /**
+     * `commune`, `district`, `province` or `central`.
+     */
+    public var level: String
+    /**
+     * Working days (hours-based procedures: their hours rounded up to days).
+     */
+    public var processingDays: UInt32
+    /**
+     * Working hours for a same-day procedure, else `None`.
+     */
+    public var processingHours: UInt32?
+    /**
+     * Fees.
+     */
+    public var fees: [ProcedureFee]
+    /**
+     * Papers.
+     */
+    public var papers: [RequiredPaper]
+    /**
+     * The form.
+     */
+    public var form: [FormField]
+    /**
+     * Whether an applicant may withdraw.
+     */
+    public var withdrawalAllowed: Bool
+    /**
+     * First day in force (`YYYY-MM-DD`).
+     */
+    public var effectiveFrom: String?
+    /**
+     * Last day in force (`YYYY-MM-DD`).
+     */
+    public var effectiveUntil: String?
+    /**
+     * Version.
+     */
+    public var version: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * National code.
+         */code: String, 
+        /**
+         * Name.
+         */name: String, 
+        /**
+         * Sector.
+         */sector: String, 
+        /**
+         * `commune`, `district`, `province` or `central`.
+         */level: String, 
+        /**
+         * Working days (hours-based procedures: their hours rounded up to days).
+         */processingDays: UInt32, 
+        /**
+         * Working hours for a same-day procedure, else `None`.
+         */processingHours: UInt32?, 
+        /**
+         * Fees.
+         */fees: [ProcedureFee], 
+        /**
+         * Papers.
+         */papers: [RequiredPaper], 
+        /**
+         * The form.
+         */form: [FormField], 
+        /**
+         * Whether an applicant may withdraw.
+         */withdrawalAllowed: Bool, 
+        /**
+         * First day in force (`YYYY-MM-DD`).
+         */effectiveFrom: String?, 
+        /**
+         * Last day in force (`YYYY-MM-DD`).
+         */effectiveUntil: String?, 
+        /**
+         * Version.
+         */version: UInt64) {
+        self.code = code
+        self.name = name
+        self.sector = sector
+        self.level = level
+        self.processingDays = processingDays
+        self.processingHours = processingHours
+        self.fees = fees
+        self.papers = papers
+        self.form = form
+        self.withdrawalAllowed = withdrawalAllowed
+        self.effectiveFrom = effectiveFrom
+        self.effectiveUntil = effectiveUntil
+        self.version = version
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureDetails: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureDetails: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureDetails {
+        return
+            try ProcedureDetails(
+                code: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                sector: FfiConverterString.read(from: &buf), 
+                level: FfiConverterString.read(from: &buf), 
+                processingDays: FfiConverterUInt32.read(from: &buf), 
+                processingHours: FfiConverterOptionUInt32.read(from: &buf), 
+                fees: FfiConverterSequenceTypeProcedureFee.read(from: &buf), 
+                papers: FfiConverterSequenceTypeRequiredPaper.read(from: &buf), 
+                form: FfiConverterSequenceTypeFormField.read(from: &buf), 
+                withdrawalAllowed: FfiConverterBool.read(from: &buf), 
+                effectiveFrom: FfiConverterOptionString.read(from: &buf), 
+                effectiveUntil: FfiConverterOptionString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureDetails, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterString.write(value.level, into: &buf)
+        FfiConverterUInt32.write(value.processingDays, into: &buf)
+        FfiConverterOptionUInt32.write(value.processingHours, into: &buf)
+        FfiConverterSequenceTypeProcedureFee.write(value.fees, into: &buf)
+        FfiConverterSequenceTypeRequiredPaper.write(value.papers, into: &buf)
+        FfiConverterSequenceTypeFormField.write(value.form, into: &buf)
+        FfiConverterBool.write(value.withdrawalAllowed, into: &buf)
+        FfiConverterOptionString.write(value.effectiveFrom, into: &buf)
+        FfiConverterOptionString.write(value.effectiveUntil, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureDetails_lift(_ buf: RustBuffer) throws -> ProcedureDetails {
+    return try FfiConverterTypeProcedureDetails.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureDetails_lower(_ value: ProcedureDetails) -> RustBuffer {
+    return FfiConverterTypeProcedureDetails.lower(value)
+}
+
+
+/**
+ * A fee of the procedure.
+ */
+public struct ProcedureFee: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Amount in đồng.
+     */
+    public var amountVnd: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Amount in đồng.
+         */amountVnd: UInt64) {
+        self.name = name
+        self.amountVnd = amountVnd
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureFee: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureFee: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureFee {
+        return
+            try ProcedureFee(
+                name: FfiConverterString.read(from: &buf), 
+                amountVnd: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureFee, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt64.write(value.amountVnd, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureFee_lift(_ buf: RustBuffer) throws -> ProcedureFee {
+    return try FfiConverterTypeProcedureFee.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureFee_lower(_ value: ProcedureFee) -> RustBuffer {
+    return FfiConverterTypeProcedureFee.lower(value)
+}
+
+
+/**
+ * A procedure as lists show it.
+ */
+public struct ProcedureSummary: Equatable, Hashable {
+    /**
+     * National code (`1.001193`).
+     */
+    public var code: String
+    /**
+     * Name ("Đăng ký khai sinh").
+     */
+    public var name: String
+    /**
+     * Sector ("Hộ tịch").
+     */
+    public var sector: String
+    /**
+     * Version in force on this tablet.
+     */
+    public var version: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * National code (`1.001193`).
+         */code: String, 
+        /**
+         * Name ("Đăng ký khai sinh").
+         */name: String, 
+        /**
+         * Sector ("Hộ tịch").
+         */sector: String, 
+        /**
+         * Version in force on this tablet.
+         */version: UInt64) {
+        self.code = code
+        self.name = name
+        self.sector = sector
+        self.version = version
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureSummary: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureSummary: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureSummary {
+        return
+            try ProcedureSummary(
+                code: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                sector: FfiConverterString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureSummary, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureSummary_lift(_ buf: RustBuffer) throws -> ProcedureSummary {
+    return try FfiConverterTypeProcedureSummary.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureSummary_lower(_ value: ProcedureSummary) -> RustBuffer {
+    return FfiConverterTypeProcedureSummary.lower(value)
+}
+
+
+/**
  * A record set aside: every other record keeps syncing. Outgoing ones can be retried
  * ([`Engine::retry_quarantined`](crate::Engine::retry_quarantined)), discarded or copied as a
  * new record.
@@ -4588,6 +5390,95 @@ public func FfiConverterTypeReceivedDocument_lower(_ value: ReceivedDocument) ->
 
 
 /**
+ * A paper the applicant hands in.
+ */
+public struct RequiredPaper: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Copies.
+     */
+    public var copies: UInt32
+    /**
+     * Whether the original must be shown.
+     */
+    public var original: Bool
+    /**
+     * `None` when mandatory; the case that requires it when conditional.
+     */
+    public var condition: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Copies.
+         */copies: UInt32, 
+        /**
+         * Whether the original must be shown.
+         */original: Bool, 
+        /**
+         * `None` when mandatory; the case that requires it when conditional.
+         */condition: String?) {
+        self.name = name
+        self.copies = copies
+        self.original = original
+        self.condition = condition
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RequiredPaper: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRequiredPaper: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RequiredPaper {
+        return
+            try RequiredPaper(
+                name: FfiConverterString.read(from: &buf), 
+                copies: FfiConverterUInt32.read(from: &buf), 
+                original: FfiConverterBool.read(from: &buf), 
+                condition: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RequiredPaper, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt32.write(value.copies, into: &buf)
+        FfiConverterBool.write(value.original, into: &buf)
+        FfiConverterOptionString.write(value.condition, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRequiredPaper_lift(_ buf: RustBuffer) throws -> RequiredPaper {
+    return try FfiConverterTypeRequiredPaper.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRequiredPaper_lower(_ value: RequiredPaper) -> RustBuffer {
+    return FfiConverterTypeRequiredPaper.lower(value)
+}
+
+
+/**
  * A full-text search result.
  */
 public struct SearchHit: Equatable, Hashable {
@@ -4673,6 +5564,75 @@ public func FfiConverterTypeSearchHit_lift(_ buf: RustBuffer) throws -> SearchHi
 #endif
 public func FfiConverterTypeSearchHit_lower(_ value: SearchHit) -> RustBuffer {
     return FfiConverterTypeSearchHit.lower(value)
+}
+
+
+/**
+ * A sector and how many procedures it has.
+ */
+public struct SectorCount: Equatable, Hashable {
+    /**
+     * Sector name.
+     */
+    public var sector: String
+    /**
+     * Procedures in it.
+     */
+    public var procedures: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Sector name.
+         */sector: String, 
+        /**
+         * Procedures in it.
+         */procedures: UInt64) {
+        self.sector = sector
+        self.procedures = procedures
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SectorCount: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSectorCount: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SectorCount {
+        return
+            try SectorCount(
+                sector: FfiConverterString.read(from: &buf), 
+                procedures: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SectorCount, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterUInt64.write(value.procedures, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSectorCount_lift(_ buf: RustBuffer) throws -> SectorCount {
+    return try FfiConverterTypeSectorCount.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSectorCount_lower(_ value: SectorCount) -> RustBuffer {
+    return FfiConverterTypeSectorCount.lower(value)
 }
 
 
@@ -6033,6 +6993,336 @@ public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
 
 
 /**
+ * The type of a form field, with its constraints.
+ */
+
+public enum FieldKind: Equatable, Hashable {
+    
+    /**
+     * Free text.
+     */
+    case text(
+        /**
+         * Longest value in characters.
+         */maxLen: UInt32?
+    )
+    /**
+     * A whole number.
+     */
+    case number(
+        /**
+         * Smallest value.
+         */min: Int64?, 
+        /**
+         * Largest value.
+         */max: Int64?
+    )
+    /**
+     * A date (`YYYY-MM-DD`).
+     */
+    case date
+    /**
+     * One of the options.
+     */
+    case choice(
+        /**
+         * The options.
+         */options: [String]
+    )
+    /**
+     * A person.
+     */
+    case person
+    /**
+     * A citizen identity number (CCCD, format-checked).
+     */
+    case citizenId
+    /**
+     * An address.
+     */
+    case address
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FieldKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFieldKind: FfiConverterRustBuffer {
+    typealias SwiftType = FieldKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FieldKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text(maxLen: try FfiConverterOptionUInt32.read(from: &buf)
+        )
+        
+        case 2: return .number(min: try FfiConverterOptionInt64.read(from: &buf), max: try FfiConverterOptionInt64.read(from: &buf)
+        )
+        
+        case 3: return .date
+        
+        case 4: return .choice(options: try FfiConverterSequenceString.read(from: &buf)
+        )
+        
+        case 5: return .person
+        
+        case 6: return .citizenId
+        
+        case 7: return .address
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FieldKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .text(maxLen):
+            writeInt(&buf, Int32(1))
+            FfiConverterOptionUInt32.write(maxLen, into: &buf)
+            
+        
+        case let .number(min,max):
+            writeInt(&buf, Int32(2))
+            FfiConverterOptionInt64.write(min, into: &buf)
+            FfiConverterOptionInt64.write(max, into: &buf)
+            
+        
+        case .date:
+            writeInt(&buf, Int32(3))
+        
+        
+        case let .choice(options):
+            writeInt(&buf, Int32(4))
+            FfiConverterSequenceString.write(options, into: &buf)
+            
+        
+        case .person:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .citizenId:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .address:
+            writeInt(&buf, Int32(7))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFieldKind_lift(_ buf: RustBuffer) throws -> FieldKind {
+    return try FfiConverterTypeFieldKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFieldKind_lower(_ value: FieldKind) -> RustBuffer {
+    return FfiConverterTypeFieldKind.lower(value)
+}
+
+
+
+/**
+ * A typed form value.
+ */
+
+public enum FormValue: Equatable, Hashable {
+    
+    /**
+     * Text.
+     */
+    case text(
+        /**
+         * The text.
+         */value: String
+    )
+    /**
+     * A whole number.
+     */
+    case number(
+        /**
+         * The number.
+         */value: Int64
+    )
+    /**
+     * A date.
+     */
+    case date(
+        /**
+         * `YYYY-MM-DD`.
+         */value: String
+    )
+    /**
+     * An option of a choice.
+     */
+    case choice(
+        /**
+         * The option.
+         */value: String
+    )
+    /**
+     * A person.
+     */
+    case person(
+        /**
+         * Full name.
+         */name: String, 
+        /**
+         * CCCD number.
+         */citizenId: String?, 
+        /**
+         * Date of birth, `YYYY-MM-DD`.
+         */birthDate: String?
+    )
+    /**
+     * A citizen identity number.
+     */
+    case citizenId(
+        /**
+         * 12 digits.
+         */value: String
+    )
+    /**
+     * An address.
+     */
+    case address(
+        /**
+         * House, street or hamlet.
+         */detail: String, 
+        /**
+         * Commune or ward.
+         */commune: String, 
+        /**
+         * Province.
+         */province: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FormValue: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormValue: FfiConverterRustBuffer {
+    typealias SwiftType = FormValue
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormValue {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 2: return .number(value: try FfiConverterInt64.read(from: &buf)
+        )
+        
+        case 3: return .date(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 4: return .choice(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .person(name: try FfiConverterString.read(from: &buf), citizenId: try FfiConverterOptionString.read(from: &buf), birthDate: try FfiConverterOptionString.read(from: &buf)
+        )
+        
+        case 6: return .citizenId(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 7: return .address(detail: try FfiConverterString.read(from: &buf), commune: try FfiConverterString.read(from: &buf), province: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FormValue, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .text(value):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .number(value):
+            writeInt(&buf, Int32(2))
+            FfiConverterInt64.write(value, into: &buf)
+            
+        
+        case let .date(value):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .choice(value):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .person(name,citizenId,birthDate):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(name, into: &buf)
+            FfiConverterOptionString.write(citizenId, into: &buf)
+            FfiConverterOptionString.write(birthDate, into: &buf)
+            
+        
+        case let .citizenId(value):
+            writeInt(&buf, Int32(6))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .address(detail,commune,province):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(detail, into: &buf)
+            FfiConverterString.write(commune, into: &buf)
+            FfiConverterString.write(province, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormValue_lift(_ buf: RustBuffer) throws -> FormValue {
+    return try FfiConverterTypeFormValue.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormValue_lower(_ value: FormValue) -> RustBuffer {
+    return FfiConverterTypeFormValue.lower(value)
+}
+
+
+
+/**
  * Which way a quarantined record was going.
  */
 
@@ -7100,6 +8390,56 @@ fileprivate struct FfiConverterSequenceTypeFee: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeFormEntry: FfiConverterRustBuffer {
+    typealias SwiftType = [FormEntry]
+
+    public static func write(_ value: [FormEntry], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFormEntry.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FormEntry] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FormEntry]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFormEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeFormField: FfiConverterRustBuffer {
+    typealias SwiftType = [FormField]
+
+    public static func write(_ value: [FormField], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFormField.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FormField] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FormField]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFormField.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer {
     typealias SwiftType = [HistoryEntry]
 
@@ -7117,6 +8457,56 @@ fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeHistoryEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeProcedureFee: FfiConverterRustBuffer {
+    typealias SwiftType = [ProcedureFee]
+
+    public static func write(_ value: [ProcedureFee], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeProcedureFee.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ProcedureFee] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ProcedureFee]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeProcedureFee.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeProcedureSummary: FfiConverterRustBuffer {
+    typealias SwiftType = [ProcedureSummary]
+
+    public static func write(_ value: [ProcedureSummary], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeProcedureSummary.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ProcedureSummary] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ProcedureSummary]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeProcedureSummary.read(from: &buf))
         }
         return seq
     }
@@ -7175,6 +8565,31 @@ fileprivate struct FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer {
+    typealias SwiftType = [RequiredPaper]
+
+    public static func write(_ value: [RequiredPaper], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRequiredPaper.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RequiredPaper] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RequiredPaper]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRequiredPaper.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
     typealias SwiftType = [SearchHit]
 
@@ -7192,6 +8607,31 @@ fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeSearchHit.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSectorCount: FfiConverterRustBuffer {
+    typealias SwiftType = [SectorCount]
+
+    public static func write(_ value: [SectorCount], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSectorCount.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SectorCount] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SectorCount]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSectorCount.read(from: &buf))
         }
         return seq
     }
@@ -7299,6 +8739,33 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.contractVersionMismatch
     }
     if (uniffi_communesync_ffi_checksum_func_next_sync_after() != 51536) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_create_dossier() != 8693) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_form() != 3392) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file() != 36119) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_prefilled_application() != 53800) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure_details() != 15292) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure_sectors() != 729) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector() != 55515) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_search_procedures() != 16415) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_set_form_values() != 14947) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_audit_log() != 61145) {

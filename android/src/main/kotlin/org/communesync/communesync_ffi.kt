@@ -718,6 +718,24 @@ internal object IntegrityCheckingUniffiLib {
     internal fun ensureInitialized() = Unit
     external fun uniffi_communesync_ffi_checksum_func_next_sync_after(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_create_dossier(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_dossier_form(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_prefilled_application(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_procedure_details(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_procedure_sectors(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_search_procedures(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_set_form_values(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_audit_log(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_conflicts(
@@ -816,6 +834,24 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_create_dossier(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_dossier_form(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(`ptr`: Long,`json`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_prefilled_application(`ptr`: Long,`communeCode`: RustBuffer.ByValue,`procedureCode`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedure_details(`ptr`: Long,`code`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedure_sectors(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(`ptr`: Long,`sector`: RustBuffer.ByValue,`afterCode`: RustBuffer.ByValue,`limit`: Int,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_search_procedures(`ptr`: Long,`query`: RustBuffer.ByValue,`limit`: Int,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_set_form_values(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_audit_log(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
@@ -1019,6 +1055,33 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_func_next_sync_after() and 0xFFFF) != 51536) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_dossier() and 0xFFFF) != 8693) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_dossier_form() and 0xFFFF) != 3392) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file() and 0xFFFF) != 36119) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_prefilled_application() and 0xFFFF) != 53800) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure_details() and 0xFFFF) != 15292) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure_sectors() and 0xFFFF) != 729) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector() and 0xFFFF) != 55515) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_search_procedures() and 0xFFFF) != 16415) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_set_form_values() and 0xFFFF) != 14947) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_audit_log() and 0xFFFF) != 61145) {
@@ -1652,6 +1715,57 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 public interface EngineInterface {
     
     /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+    suspend fun `createDossier`(`officer`: kotlin.String, `new`: NewApplication, `form`: List<FormEntry>): Application
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+    suspend fun `dossierForm`(`id`: kotlin.String): DossierForm
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+    suspend fun `installCatalogueFile`(`json`: kotlin.String): kotlin.ULong
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+    suspend fun `prefilledApplication`(`communeCode`: kotlin.String, `procedureCode`: kotlin.String): NewApplication
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+    suspend fun `procedureDetails`(`code`: kotlin.String): ProcedureDetails
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+    suspend fun `procedureSectors`(): List<SectorCount>
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+    suspend fun `proceduresBySector`(`sector`: kotlin.String, `afterCode`: kotlin.String?, `limit`: kotlin.UInt): List<ProcedureSummary>
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+    suspend fun `searchProcedures`(`query`: kotlin.String, `limit`: kotlin.UInt): List<ProcedureSummary>
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+    suspend fun `setFormValues`(`officer`: kotlin.String, `id`: kotlin.String, `form`: List<FormEntry>): DossierForm
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
     fun `auditLog`(): List<AuditEntry>
@@ -1942,6 +2056,244 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_communesync_ffi_fn_clone_engine(handle, status)
         }
+    }
+
+    
+    /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `createDossier`(`officer`: kotlin.String, `new`: NewApplication, `form`: List<FormEntry>) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_create_dossier(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterTypeNewApplication.lower(`new`),
+        FfiConverterSequenceTypeFormEntry.lower(`form`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dossierForm`(`id`: kotlin.String) : DossierForm {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_dossier_form(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierForm.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `installCatalogueFile`(`json`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`json`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `prefilledApplication`(`communeCode`: kotlin.String, `procedureCode`: kotlin.String) : NewApplication {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_prefilled_application(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`communeCode`),
+        FfiConverterString.lower(`procedureCode`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeNewApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `procedureDetails`(`code`: kotlin.String) : ProcedureDetails {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedure_details(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`code`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeProcedureDetails.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `procedureSectors`() : List<SectorCount> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedure_sectors(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeSectorCount.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `proceduresBySector`(`sector`: kotlin.String, `afterCode`: kotlin.String?, `limit`: kotlin.UInt) : List<ProcedureSummary> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`sector`),
+        FfiConverterOptionalString.lower(`afterCode`),
+        FfiConverterUInt.lower(`limit`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeProcedureSummary.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `searchProcedures`(`query`: kotlin.String, `limit`: kotlin.UInt) : List<ProcedureSummary> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_search_procedures(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`query`),
+        FfiConverterUInt.lower(`limit`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeProcedureSummary.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setFormValues`(`officer`: kotlin.String, `id`: kotlin.String, `form`: List<FormEntry>) : DossierForm {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_set_form_values(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterSequenceTypeFormEntry.lower(`form`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierForm.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
     }
 
     
@@ -4557,6 +4909,53 @@ public object FfiConverterTypeDeviceCredential: FfiConverterRustBuffer<DeviceCre
 
 
 /**
+ * A dossier's form: the pinned procedure version and the values.
+ */
+data class DossierForm (
+    /**
+     * Version of the procedure the dossier was received under (0: before catalogue v2).
+     */
+    var `procedureVersion`: kotlin.ULong
+    , 
+    /**
+     * The values, by field name.
+     */
+    var `values`: List<FormEntry>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDossierForm: FfiConverterRustBuffer<DossierForm> {
+    override fun read(buf: ByteBuffer): DossierForm {
+        return DossierForm(
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeFormEntry.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DossierForm) = (
+            FfiConverterULong.allocationSize(value.`procedureVersion`) +
+            FfiConverterSequenceTypeFormEntry.allocationSize(value.`values`)
+    )
+
+    override fun write(value: DossierForm, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`procedureVersion`, buf)
+            FfiConverterSequenceTypeFormEntry.write(value.`values`, buf)
+    }
+}
+
+
+
+/**
  * Everything needed to open an [`Engine`](crate::Engine).
  */
 data class EngineConfig (
@@ -4690,6 +5089,124 @@ public object FfiConverterTypeFee: FfiConverterRustBuffer<Fee> {
             FfiConverterString.write(value.`name`, buf)
             FfiConverterULong.write(value.`amountVnd`, buf)
             FfiConverterBoolean.write(value.`paid`, buf)
+    }
+}
+
+
+
+/**
+ * One value of a dossier's form.
+ */
+data class FormEntry (
+    /**
+     * Field name.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Value.
+     */
+    var `value`: FormValue
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFormEntry: FfiConverterRustBuffer<FormEntry> {
+    override fun read(buf: ByteBuffer): FormEntry {
+        return FormEntry(
+            FfiConverterString.read(buf),
+            FfiConverterTypeFormValue.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FormEntry) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterTypeFormValue.allocationSize(value.`value`)
+    )
+
+    override fun write(value: FormEntry, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterTypeFormValue.write(value.`value`, buf)
+    }
+}
+
+
+
+/**
+ * One field of a procedure's form.
+ */
+data class FormField (
+    /**
+     * Key of the value.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Label.
+     */
+    var `label`: kotlin.String
+    , 
+    /**
+     * Type and constraints.
+     */
+    var `kind`: FieldKind
+    , 
+    /**
+     * Whether a value is required.
+     */
+    var `required`: kotlin.Boolean
+    , 
+    /**
+     * Help text.
+     */
+    var `help`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFormField: FfiConverterRustBuffer<FormField> {
+    override fun read(buf: ByteBuffer): FormField {
+        return FormField(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeFieldKind.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FormField) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`label`) +
+            FfiConverterTypeFieldKind.allocationSize(value.`kind`) +
+            FfiConverterBoolean.allocationSize(value.`required`) +
+            FfiConverterString.allocationSize(value.`help`)
+    )
+
+    override fun write(value: FormField, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`label`, buf)
+            FfiConverterTypeFieldKind.write(value.`kind`, buf)
+            FfiConverterBoolean.write(value.`required`, buf)
+            FfiConverterString.write(value.`help`, buf)
     }
 }
 
@@ -5117,6 +5634,251 @@ public object FfiConverterTypeProcedure: FfiConverterRustBuffer<Procedure> {
 
 
 /**
+ * A procedure with its papers, fees and form.
+ */
+data class ProcedureDetails (
+    /**
+     * National code.
+     */
+    var `code`: kotlin.String
+    , 
+    /**
+     * Name.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Sector.
+     */
+    var `sector`: kotlin.String
+    , 
+    /**
+     * `commune`, `district`, `province` or `central`.
+     */
+    var `level`: kotlin.String
+    , 
+    /**
+     * Working days (hours-based procedures: their hours rounded up to days).
+     */
+    var `processingDays`: kotlin.UInt
+    , 
+    /**
+     * Working hours for a same-day procedure, else `None`.
+     */
+    var `processingHours`: kotlin.UInt?
+    , 
+    /**
+     * Fees.
+     */
+    var `fees`: List<ProcedureFee>
+    , 
+    /**
+     * Papers.
+     */
+    var `papers`: List<RequiredPaper>
+    , 
+    /**
+     * The form.
+     */
+    var `form`: List<FormField>
+    , 
+    /**
+     * Whether an applicant may withdraw.
+     */
+    var `withdrawalAllowed`: kotlin.Boolean
+    , 
+    /**
+     * First day in force (`YYYY-MM-DD`).
+     */
+    var `effectiveFrom`: kotlin.String?
+    , 
+    /**
+     * Last day in force (`YYYY-MM-DD`).
+     */
+    var `effectiveUntil`: kotlin.String?
+    , 
+    /**
+     * Version.
+     */
+    var `version`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProcedureDetails: FfiConverterRustBuffer<ProcedureDetails> {
+    override fun read(buf: ByteBuffer): ProcedureDetails {
+        return ProcedureDetails(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalUInt.read(buf),
+            FfiConverterSequenceTypeProcedureFee.read(buf),
+            FfiConverterSequenceTypeRequiredPaper.read(buf),
+            FfiConverterSequenceTypeFormField.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ProcedureDetails) = (
+            FfiConverterString.allocationSize(value.`code`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`sector`) +
+            FfiConverterString.allocationSize(value.`level`) +
+            FfiConverterUInt.allocationSize(value.`processingDays`) +
+            FfiConverterOptionalUInt.allocationSize(value.`processingHours`) +
+            FfiConverterSequenceTypeProcedureFee.allocationSize(value.`fees`) +
+            FfiConverterSequenceTypeRequiredPaper.allocationSize(value.`papers`) +
+            FfiConverterSequenceTypeFormField.allocationSize(value.`form`) +
+            FfiConverterBoolean.allocationSize(value.`withdrawalAllowed`) +
+            FfiConverterOptionalString.allocationSize(value.`effectiveFrom`) +
+            FfiConverterOptionalString.allocationSize(value.`effectiveUntil`) +
+            FfiConverterULong.allocationSize(value.`version`)
+    )
+
+    override fun write(value: ProcedureDetails, buf: ByteBuffer) {
+            FfiConverterString.write(value.`code`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`sector`, buf)
+            FfiConverterString.write(value.`level`, buf)
+            FfiConverterUInt.write(value.`processingDays`, buf)
+            FfiConverterOptionalUInt.write(value.`processingHours`, buf)
+            FfiConverterSequenceTypeProcedureFee.write(value.`fees`, buf)
+            FfiConverterSequenceTypeRequiredPaper.write(value.`papers`, buf)
+            FfiConverterSequenceTypeFormField.write(value.`form`, buf)
+            FfiConverterBoolean.write(value.`withdrawalAllowed`, buf)
+            FfiConverterOptionalString.write(value.`effectiveFrom`, buf)
+            FfiConverterOptionalString.write(value.`effectiveUntil`, buf)
+            FfiConverterULong.write(value.`version`, buf)
+    }
+}
+
+
+
+/**
+ * A fee of the procedure.
+ */
+data class ProcedureFee (
+    /**
+     * What it is.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Amount in đồng.
+     */
+    var `amountVnd`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProcedureFee: FfiConverterRustBuffer<ProcedureFee> {
+    override fun read(buf: ByteBuffer): ProcedureFee {
+        return ProcedureFee(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ProcedureFee) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterULong.allocationSize(value.`amountVnd`)
+    )
+
+    override fun write(value: ProcedureFee, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterULong.write(value.`amountVnd`, buf)
+    }
+}
+
+
+
+/**
+ * A procedure as lists show it.
+ */
+data class ProcedureSummary (
+    /**
+     * National code (`1.001193`).
+     */
+    var `code`: kotlin.String
+    , 
+    /**
+     * Name ("Đăng ký khai sinh").
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Sector ("Hộ tịch").
+     */
+    var `sector`: kotlin.String
+    , 
+    /**
+     * Version in force on this tablet.
+     */
+    var `version`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProcedureSummary: FfiConverterRustBuffer<ProcedureSummary> {
+    override fun read(buf: ByteBuffer): ProcedureSummary {
+        return ProcedureSummary(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ProcedureSummary) = (
+            FfiConverterString.allocationSize(value.`code`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`sector`) +
+            FfiConverterULong.allocationSize(value.`version`)
+    )
+
+    override fun write(value: ProcedureSummary, buf: ByteBuffer) {
+            FfiConverterString.write(value.`code`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`sector`, buf)
+            FfiConverterULong.write(value.`version`, buf)
+    }
+}
+
+
+
+/**
  * A record set aside: every other record keeps syncing. Outgoing ones can be retried
  * ([`Engine::retry_quarantined`](crate::Engine::retry_quarantined)), discarded or copied as a
  * new record.
@@ -5289,6 +6051,69 @@ public object FfiConverterTypeReceivedDocument: FfiConverterRustBuffer<ReceivedD
 
 
 /**
+ * A paper the applicant hands in.
+ */
+data class RequiredPaper (
+    /**
+     * What it is.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Copies.
+     */
+    var `copies`: kotlin.UInt
+    , 
+    /**
+     * Whether the original must be shown.
+     */
+    var `original`: kotlin.Boolean
+    , 
+    /**
+     * `None` when mandatory; the case that requires it when conditional.
+     */
+    var `condition`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRequiredPaper: FfiConverterRustBuffer<RequiredPaper> {
+    override fun read(buf: ByteBuffer): RequiredPaper {
+        return RequiredPaper(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RequiredPaper) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterUInt.allocationSize(value.`copies`) +
+            FfiConverterBoolean.allocationSize(value.`original`) +
+            FfiConverterOptionalString.allocationSize(value.`condition`)
+    )
+
+    override fun write(value: RequiredPaper, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterUInt.write(value.`copies`, buf)
+            FfiConverterBoolean.write(value.`original`, buf)
+            FfiConverterOptionalString.write(value.`condition`, buf)
+    }
+}
+
+
+
+/**
  * A full-text search result.
  */
 data class SearchHit (
@@ -5346,6 +6171,53 @@ public object FfiConverterTypeSearchHit: FfiConverterRustBuffer<SearchHit> {
             FfiConverterTypeRecordKind.write(value.`kind`, buf)
             FfiConverterString.write(value.`title`, buf)
             FfiConverterString.write(value.`status`, buf)
+    }
+}
+
+
+
+/**
+ * A sector and how many procedures it has.
+ */
+data class SectorCount (
+    /**
+     * Sector name.
+     */
+    var `sector`: kotlin.String
+    , 
+    /**
+     * Procedures in it.
+     */
+    var `procedures`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSectorCount: FfiConverterRustBuffer<SectorCount> {
+    override fun read(buf: ByteBuffer): SectorCount {
+        return SectorCount(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SectorCount) = (
+            FfiConverterString.allocationSize(value.`sector`) +
+            FfiConverterULong.allocationSize(value.`procedures`)
+    )
+
+    override fun write(value: SectorCount, buf: ByteBuffer) {
+            FfiConverterString.write(value.`sector`, buf)
+            FfiConverterULong.write(value.`procedures`, buf)
     }
 }
 
@@ -6321,6 +7193,485 @@ public object FfiConverterTypeErrorKind: FfiConverterRustBuffer<ErrorKind> {
 
     override fun write(value: ErrorKind, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * The type of a form field, with its constraints.
+ */
+sealed class FieldKind {
+    
+    /**
+     * Free text.
+     */
+    data class Text(
+        /**
+         * Longest value in characters.
+         */
+        val `maxLen`: kotlin.UInt?) : FieldKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A whole number.
+     */
+    data class Number(
+        /**
+         * Smallest value.
+         */
+        val `min`: kotlin.Long?, 
+        /**
+         * Largest value.
+         */
+        val `max`: kotlin.Long?) : FieldKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A date (`YYYY-MM-DD`).
+     */
+    object Date : FieldKind()
+    
+    
+    /**
+     * One of the options.
+     */
+    data class Choice(
+        /**
+         * The options.
+         */
+        val `options`: List<kotlin.String>) : FieldKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A person.
+     */
+    object Person : FieldKind()
+    
+    
+    /**
+     * A citizen identity number (CCCD, format-checked).
+     */
+    object CitizenId : FieldKind()
+    
+    
+    /**
+     * An address.
+     */
+    object Address : FieldKind()
+    
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFieldKind : FfiConverterRustBuffer<FieldKind>{
+    override fun read(buf: ByteBuffer): FieldKind {
+        return when(buf.getInt()) {
+            1 -> FieldKind.Text(
+                FfiConverterOptionalUInt.read(buf),
+                )
+            2 -> FieldKind.Number(
+                FfiConverterOptionalLong.read(buf),
+                FfiConverterOptionalLong.read(buf),
+                )
+            3 -> FieldKind.Date
+            4 -> FieldKind.Choice(
+                FfiConverterSequenceString.read(buf),
+                )
+            5 -> FieldKind.Person
+            6 -> FieldKind.CitizenId
+            7 -> FieldKind.Address
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: FieldKind): ULong = when(value) {
+        is FieldKind.Text -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterOptionalUInt.allocationSize(value.`maxLen`)
+            )
+        }
+        is FieldKind.Number -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterOptionalLong.allocationSize(value.`min`)
+                + FfiConverterOptionalLong.allocationSize(value.`max`)
+            )
+        }
+        is FieldKind.Date -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is FieldKind.Choice -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterSequenceString.allocationSize(value.`options`)
+            )
+        }
+        is FieldKind.Person -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is FieldKind.CitizenId -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is FieldKind.Address -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+    }
+
+    override fun write(value: FieldKind, buf: ByteBuffer) {
+        when(value) {
+            is FieldKind.Text -> {
+                buf.putInt(1)
+                FfiConverterOptionalUInt.write(value.`maxLen`, buf)
+                Unit
+            }
+            is FieldKind.Number -> {
+                buf.putInt(2)
+                FfiConverterOptionalLong.write(value.`min`, buf)
+                FfiConverterOptionalLong.write(value.`max`, buf)
+                Unit
+            }
+            is FieldKind.Date -> {
+                buf.putInt(3)
+                Unit
+            }
+            is FieldKind.Choice -> {
+                buf.putInt(4)
+                FfiConverterSequenceString.write(value.`options`, buf)
+                Unit
+            }
+            is FieldKind.Person -> {
+                buf.putInt(5)
+                Unit
+            }
+            is FieldKind.CitizenId -> {
+                buf.putInt(6)
+                Unit
+            }
+            is FieldKind.Address -> {
+                buf.putInt(7)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * A typed form value.
+ */
+sealed class FormValue {
+    
+    /**
+     * Text.
+     */
+    data class Text(
+        /**
+         * The text.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A whole number.
+     */
+    data class Number(
+        /**
+         * The number.
+         */
+        val `value`: kotlin.Long) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A date.
+     */
+    data class Date(
+        /**
+         * `YYYY-MM-DD`.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * An option of a choice.
+     */
+    data class Choice(
+        /**
+         * The option.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A person.
+     */
+    data class Person(
+        /**
+         * Full name.
+         */
+        val `name`: kotlin.String, 
+        /**
+         * CCCD number.
+         */
+        val `citizenId`: kotlin.String?, 
+        /**
+         * Date of birth, `YYYY-MM-DD`.
+         */
+        val `birthDate`: kotlin.String?) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A citizen identity number.
+     */
+    data class CitizenId(
+        /**
+         * 12 digits.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * An address.
+     */
+    data class Address(
+        /**
+         * House, street or hamlet.
+         */
+        val `detail`: kotlin.String, 
+        /**
+         * Commune or ward.
+         */
+        val `commune`: kotlin.String, 
+        /**
+         * Province.
+         */
+        val `province`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFormValue : FfiConverterRustBuffer<FormValue>{
+    override fun read(buf: ByteBuffer): FormValue {
+        return when(buf.getInt()) {
+            1 -> FormValue.Text(
+                FfiConverterString.read(buf),
+                )
+            2 -> FormValue.Number(
+                FfiConverterLong.read(buf),
+                )
+            3 -> FormValue.Date(
+                FfiConverterString.read(buf),
+                )
+            4 -> FormValue.Choice(
+                FfiConverterString.read(buf),
+                )
+            5 -> FormValue.Person(
+                FfiConverterString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                )
+            6 -> FormValue.CitizenId(
+                FfiConverterString.read(buf),
+                )
+            7 -> FormValue.Address(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: FormValue): ULong = when(value) {
+        is FormValue.Text -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Number -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterLong.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Date -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Choice -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Person -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`name`)
+                + FfiConverterOptionalString.allocationSize(value.`citizenId`)
+                + FfiConverterOptionalString.allocationSize(value.`birthDate`)
+            )
+        }
+        is FormValue.CitizenId -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Address -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+                + FfiConverterString.allocationSize(value.`commune`)
+                + FfiConverterString.allocationSize(value.`province`)
+            )
+        }
+    }
+
+    override fun write(value: FormValue, buf: ByteBuffer) {
+        when(value) {
+            is FormValue.Text -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Number -> {
+                buf.putInt(2)
+                FfiConverterLong.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Date -> {
+                buf.putInt(3)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Choice -> {
+                buf.putInt(4)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Person -> {
+                buf.putInt(5)
+                FfiConverterString.write(value.`name`, buf)
+                FfiConverterOptionalString.write(value.`citizenId`, buf)
+                FfiConverterOptionalString.write(value.`birthDate`, buf)
+                Unit
+            }
+            is FormValue.CitizenId -> {
+                buf.putInt(6)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Address -> {
+                buf.putInt(7)
+                FfiConverterString.write(value.`detail`, buf)
+                FfiConverterString.write(value.`commune`, buf)
+                FfiConverterString.write(value.`province`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 }
 
@@ -7352,6 +8703,62 @@ public object FfiConverterSequenceTypeFee: FfiConverterRustBuffer<List<Fee>> {
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeFormEntry: FfiConverterRustBuffer<List<FormEntry>> {
+    override fun read(buf: ByteBuffer): List<FormEntry> {
+        val len = buf.getInt()
+        return List<FormEntry>(len) {
+            FfiConverterTypeFormEntry.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<FormEntry>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeFormEntry.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<FormEntry>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeFormEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeFormField: FfiConverterRustBuffer<List<FormField>> {
+    override fun read(buf: ByteBuffer): List<FormField> {
+        val len = buf.getInt()
+        return List<FormField>(len) {
+            FfiConverterTypeFormField.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<FormField>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeFormField.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<FormField>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeFormField.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer<List<HistoryEntry>> {
     override fun read(buf: ByteBuffer): List<HistoryEntry> {
         val len = buf.getInt()
@@ -7370,6 +8777,62 @@ public object FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeHistoryEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeProcedureFee: FfiConverterRustBuffer<List<ProcedureFee>> {
+    override fun read(buf: ByteBuffer): List<ProcedureFee> {
+        val len = buf.getInt()
+        return List<ProcedureFee>(len) {
+            FfiConverterTypeProcedureFee.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ProcedureFee>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeProcedureFee.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ProcedureFee>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeProcedureFee.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeProcedureSummary: FfiConverterRustBuffer<List<ProcedureSummary>> {
+    override fun read(buf: ByteBuffer): List<ProcedureSummary> {
+        val len = buf.getInt()
+        return List<ProcedureSummary>(len) {
+            FfiConverterTypeProcedureSummary.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ProcedureSummary>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeProcedureSummary.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ProcedureSummary>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeProcedureSummary.write(it, buf)
         }
     }
 }
@@ -7436,6 +8899,34 @@ public object FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer<L
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer<List<RequiredPaper>> {
+    override fun read(buf: ByteBuffer): List<RequiredPaper> {
+        val len = buf.getInt()
+        return List<RequiredPaper>(len) {
+            FfiConverterTypeRequiredPaper.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RequiredPaper>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRequiredPaper.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RequiredPaper>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRequiredPaper.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer<List<SearchHit>> {
     override fun read(buf: ByteBuffer): List<SearchHit> {
         val len = buf.getInt()
@@ -7454,6 +8945,34 @@ public object FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer<List<Sea
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeSearchHit.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSectorCount: FfiConverterRustBuffer<List<SectorCount>> {
+    override fun read(buf: ByteBuffer): List<SectorCount> {
+        val len = buf.getInt()
+        return List<SectorCount>(len) {
+            FfiConverterTypeSectorCount.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SectorCount>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSectorCount.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SectorCount>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSectorCount.write(it, buf)
         }
     }
 }
