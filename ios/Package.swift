@@ -1,7 +1,9 @@
 // swift-tools-version:5.9
 // CommuneSync: the communesync engine for iOS. `scripts/build-xcframework.sh` (on a Mac) builds
-// CommuneSyncFFI.xcframework (the Rust library, its C header and module map) next to this file;
-// Sources/CommuneSync holds the uniffi-generated Swift plus a thin hand-written layer.
+// CommuneSyncFFI.xcframework (the Rust library for device, simulator and macOS, its C header and
+// module map) next to this file; Sources/CommuneSync holds the uniffi-generated Swift plus a thin
+// hand-written layer. A release instead names the zipped XCFramework by URL and checksum
+// (`build-xcframework.sh --zip` prints them; see ios/README.md).
 import PackageDescription
 
 let package = Package(

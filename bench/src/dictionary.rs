@@ -89,6 +89,13 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
         let received_at = 1_760_000_000_000 + rng.random_range(0..40_000_000_000i64);
         let mut app = Application {
             id: RecordId::new(),
+            // Applications carry a dossier number since they exist (shape of the default format).
+            dossier_number: Some(format!(
+                "{}-{}-{:06}",
+                digits(&mut rng, 5),
+                digits(&mut rng, 6),
+                n
+            )),
             commune_code: format!("{}-{}", digits(&mut rng, 2), words(&mut rng, 1, false)),
             procedure_code: catalogue[rng.random_range(0..catalogue.len())].code.clone(),
             applicant: communesync_core::record::Applicant {
@@ -118,6 +125,7 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
             },
             procedure_version: 0,
             form_values: Default::default(),
+            dossier_number_fallback: false,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

@@ -36,7 +36,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail, ensure};
 use communesync_core::codec::DocCodec;
-use communesync_core::protocol::{PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest};
+use communesync_core::protocol::{Extensions, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest};
 use communesync_core::record::{DeviceId, RecordKind};
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
@@ -790,6 +790,7 @@ fn bomb_body(docs: u64) -> anyhow::Result<Vec<u8>> {
         out.extend(postcard::to_stdvec(&None::<PullRequest>)?);
         out.extend(postcard::to_stdvec(&0u64)?);
         out.extend(postcard::to_stdvec(&0u64)?);
+        out.extend(postcard::to_stdvec(&Extensions::new())?);
         Ok(out)
     };
     // The layout is the protocol's: checked on two documents.

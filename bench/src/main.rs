@@ -5,12 +5,17 @@
 //! `cargo run --release -p communesync-bench -- sync` the tablet/server sync suite (it needs
 //! `cargo build --release -p communesync-server` first), `-- load` the province-wide load suite
 //! (the same), `-- hostile` the server under attack (idle connections and hostile requests)
-//! while an honest tablet syncs (the same).
+//! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
+//! syncing tablets and its standby promoted (the same, and PostgreSQL installed).
+//! while an honest tablet syncs (the same); `-- receipts` intake with a signed receipt and
+//! receipt verification.
 
 mod catalogue;
 mod dictionary;
+mod failover;
 mod hostile;
 mod load;
+mod receipts;
 mod report;
 mod store;
 mod sync;
@@ -38,6 +43,11 @@ enum Suite {
     /// Hostile: 2,000 idle connections and 10 concurrent hostile requests of each shape against
     /// the server while an honest tablet syncs (server memory, honest latency and failures).
     Hostile(hostile::HostileArgs),
+    /// Failover: a PostgreSQL primary SIGKILLed under replicas and syncing tablets, its
+    /// synchronous standby promoted (pause seen by tablets, changes lost).
+    Failover(failover::FailoverArgs),
+    /// Receipts: intake with a signed receipt, verification, QR payload size.
+    Receipts(receipts::ReceiptArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -49,6 +59,8 @@ fn main() -> anyhow::Result<()> {
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),
         Suite::Hostile(args) => hostile::run(&args),
+        Suite::Failover(args) => failover::run(&args),
+        Suite::Receipts(args) => receipts::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }

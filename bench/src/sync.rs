@@ -20,7 +20,15 @@
 //! - S2: A edits 200 (status change, a note line appended) and creates 50, then syncs;
 //! - S3: A syncs again with nothing to do;
 //! - S4: a fresh tablet B of the same commune enrolls and pulls everything;
+//! - TLS handshake cost on 2G: A syncs with nothing to do through an emulated EDGE link on a new
+//!   connection with a new client (a full handshake over HTTPS), then again on a new connection
+//!   of the same client (a resumed session): the bytes the link carried beyond the HTTP bytes the
+//!   client counted are the TLS cost (handshake and record framing; about 0 over HTTP);
 //! - S2 on 2G: A makes another S2-sized round of edits and syncs through an emulated EDGE link.
+//!
+//! Every scenario runs over plain HTTP and over HTTPS (`--scheme`): the server terminates TLS
+//! itself (`--tls-cert`, a certificate from a CA made by the bench, which the tablets alone
+//! trust); HTTPS figures are named `sync.<backend>.https.*`.
 //!
 //! The reference is the same records (B's copy after S4) as JSON lines, gzip default level.
 
@@ -36,7 +44,9 @@ use anyhow::{Context, anyhow, bail};
 use communesync_core::record::{RecordId, Status};
 use communesync_core::sample::SampleData;
 use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::sync::{
+    ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, enroll,
+};
 use communesync_server::link::{LinkProfile, PoorLink};
 use serde_json::{Value, json};
 
@@ -57,12 +67,53 @@ pub struct SyncArgs {
     /// Applications created in S2 (and in S2 on 2G).
     #[arg(long, default_value_t = 50)]
     creates: usize,
+    /// Plain HTTP, HTTPS, or both (HTTP first).
+    #[arg(long, value_enum, default_value_t = Schemes::Both)]
+    scheme: Schemes,
     /// The `communesync` server binary (default: next to this executable).
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Internal: run as a tablet process on this store, driven over stdin/stdout.
     #[arg(long, hide = true)]
     tablet_process: Option<PathBuf>,
+}
+
+/// What the sync suite speaks.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Schemes {
+    Http,
+    Https,
+    Both,
+}
+
+impl Schemes {
+    /// Whether to run over HTTPS, in order.
+    fn tls(self) -> &'static [bool] {
+        match self {
+            Schemes::Http => &[false],
+            Schemes::Https => &[true],
+            Schemes::Both => &[false, true],
+        }
+    }
+}
+
+/// The bench's own CA and the server's certificate files.
+struct BenchTls {
+    ca_pem: String,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl BenchTls {
+    fn new(dir: &Path) -> anyhow::Result<Self> {
+        let ca = communesync_tests::tls::TestCa::new("communesync bench CA")?;
+        let (cert, key) = ca.server_cert(&["127.0.0.1"])?.write(dir, "server")?;
+        Ok(BenchTls {
+            ca_pem: ca.cert_pem,
+            cert,
+            key,
+        })
+    }
 }
 
 /// Server storage a bench runs on.
@@ -103,9 +154,24 @@ pub fn run(args: &SyncArgs) -> anyhow::Result<()> {
     let mut databases = Databases::default();
     let mut missed = 0;
     for backend in args.database.names() {
-        let dir = tempfile::tempdir()?;
-        let url = databases.url(&runtime, backend, dir.path(), "bench_sync")?;
-        missed += run_backend(&runtime, &server_bin, backend, &url, dir.path(), args)?;
+        for &tls in args.scheme.tls() {
+            let dir = tempfile::tempdir()?;
+            let url = databases.url(&runtime, backend, dir.path(), "bench_sync")?;
+            let tls = if tls {
+                Some(BenchTls::new(dir.path())?)
+            } else {
+                None
+            };
+            missed += run_backend(
+                &runtime,
+                &server_bin,
+                backend,
+                &url,
+                dir.path(),
+                tls.as_ref(),
+                args,
+            )?;
+        }
     }
     drop(databases);
     if missed > 0 {
@@ -151,6 +217,7 @@ fn run_backend(
     backend: &str,
     url: &str,
     dir: &Path,
+    tls: Option<&BenchTls>,
     args: &SyncArgs,
 ) -> anyhow::Result<usize> {
     let load_before = load_average();
@@ -158,21 +225,36 @@ fn run_backend(
     admin(server_bin, url, &["create-commune", COMMUNE, COMMUNE_NAME])?;
     let code_a = issue_code(server_bin, url)?;
     let code_b = issue_code(server_bin, url)?;
-    let server = Server::start(server_bin, url, dir)?;
+    let server = Server::start_with(
+        server_bin,
+        url,
+        dir,
+        None,
+        tls.map(|tls| (tls.cert.as_path(), tls.key.as_path())),
+    )?;
     let (link, slow) = runtime.block_on(async {
         anyhow::Ok((
             PoorLink::start(server.addr, LinkProfile::loopback()).await?,
             PoorLink::start(server.addr, LinkProfile::edge_2g()).await?,
         ))
     })?;
-    let link_url = format!("http://{}", link.addr());
-    let slow_url = format!("http://{}", slow.addr());
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let link_url = format!("{scheme}://{}", link.addr());
+    let slow_url = format!("{scheme}://{}", slow.addr());
+    let ca_pem = tls.map(|tls| tls.ca_pem.clone());
     let mut rss_reset_ok = true;
     let mut report = Report::default();
-    let prefix = format!("sync.{backend}");
+    let prefix = match tls {
+        Some(_) => format!("sync.{backend}.https"),
+        None => format!("sync.{backend}"),
+    };
+    let backend = match tls {
+        Some(_) => format!("{backend}, https"),
+        None => backend.to_owned(),
+    };
 
     let mut a = Tablet::spawn(&dir.join("tablet-a.db"))?;
-    a.call(json!({"op": "enroll", "url": link_url, "code": code_a, "label": "tablet A"}))?;
+    a.call(json!({"op": "enroll", "url": link_url, "code": code_a, "label": "tablet A", "ca_pem": ca_pem}))?;
     eprintln!(
         "[{backend}] tablet A: {} applications offline ...",
         args.records
@@ -184,7 +266,7 @@ fn run_backend(
         args.records
     );
     let s1 = measure(&link, &server, &mut rss_reset_ok, |ops| {
-        ops.push(a.call(json!({"op": "sync", "url": link_url}))?);
+        ops.push(a.call(json!({"op": "sync", "url": link_url, "ca_pem": ca_pem}))?);
         Ok(())
     })?;
     ensure_pushed(&s1, args.records, "S1")?;
@@ -205,7 +287,7 @@ fn run_backend(
     let edit = json!({"op": "edit", "edits": args.edits, "creates": args.creates});
     a.call(edit.clone())?;
     let s2 = measure(&link, &server, &mut rss_reset_ok, |ops| {
-        ops.push(a.call(json!({"op": "sync", "url": link_url}))?);
+        ops.push(a.call(json!({"op": "sync", "url": link_url, "ca_pem": ca_pem}))?);
         Ok(())
     })?;
     ensure_pushed(&s2, args.edits.min(args.records) + args.creates, "S2")?;
@@ -222,7 +304,7 @@ fn run_backend(
 
     eprintln!("[{backend}] S3: nothing to do ...");
     let s3 = measure(&link, &server, &mut rss_reset_ok, |ops| {
-        ops.push(a.call(json!({"op": "sync", "url": link_url}))?);
+        ops.push(a.call(json!({"op": "sync", "url": link_url, "ca_pem": ca_pem}))?);
         Ok(())
     })?;
     add_phase(
@@ -241,9 +323,9 @@ fn run_backend(
     let mut b = Tablet::spawn(&dir.join("tablet-b.db"))?;
     let s4 = measure(&link, &server, &mut rss_reset_ok, |ops| {
         ops.push(
-            b.call(json!({"op": "enroll", "url": link_url, "code": code_b, "label": "tablet B"}))?,
+            b.call(json!({"op": "enroll", "url": link_url, "code": code_b, "label": "tablet B", "ca_pem": ca_pem}))?,
         );
-        ops.push(b.call(json!({"op": "sync", "url": link_url}))?);
+        ops.push(b.call(json!({"op": "sync", "url": link_url, "ca_pem": ca_pem}))?);
         Ok(())
     })?;
     // `pulled_docs` counts a document once per feed batch it came in (an edited one twice):
@@ -293,10 +375,52 @@ fn run_backend(
         Some(("<=", 1.5)),
     );
 
+    eprintln!("[{backend}] TLS cost on 2G: a first and a resumed connection, nothing to do ...");
+    // A new client (the first order for this URL) on a new connection: a full handshake.
+    let first = measure(&slow, &server, &mut rss_reset_ok, |ops| {
+        ops.push(a.call(json!({"op": "sync", "url": slow_url, "ca_pem": ca_pem}))?);
+        Ok(())
+    })?;
+    // The same client on a new connection (the server closed the idle one, as after its idle
+    // timeout between two syncs): a resumed session.
+    new_connection(&slow, &mut a)?;
+    let resumed = measure(&slow, &server, &mut rss_reset_ok, |ops| {
+        ops.push(a.call(json!({"op": "sync", "url": slow_url, "ca_pem": ca_pem}))?);
+        Ok(())
+    })?;
+    new_connection(&slow, &mut a)?;
+    for (name, phase) in [("first", &first), ("resumed", &resumed)] {
+        let http_bytes = phase.report_up + phase.report_down;
+        report.add(
+            &format!("{prefix}.2g_{name}_connection.tls_bytes"),
+            phase.bytes() as f64 - http_bytes,
+            "bytes",
+            None,
+        );
+        report.add(
+            &format!("{prefix}.2g_{name}_connection.bytes"),
+            phase.bytes() as f64,
+            "bytes",
+            None,
+        );
+        report.add(
+            &format!("{prefix}.2g_{name}_connection.requests"),
+            phase.requests,
+            "",
+            Some(("==", 1.0)),
+        );
+        report.add(
+            &format!("{prefix}.2g_{name}_connection.seconds"),
+            phase.seconds,
+            "s",
+            None,
+        );
+    }
+
     eprintln!("[{backend}] S2 again through an emulated 2G link ...");
     a.call(edit)?;
     let s2_2g = measure(&slow, &server, &mut rss_reset_ok, |ops| {
-        ops.push(a.call(json!({"op": "sync", "url": slow_url}))?);
+        ops.push(a.call(json!({"op": "sync", "url": slow_url, "ca_pem": ca_pem}))?);
         Ok(())
     })?;
     ensure_pushed(&s2_2g, args.edits.min(total) + args.creates, "S2 on 2G")?;
@@ -330,7 +454,7 @@ fn run_backend(
     } else {
         "peak RSS = CUMULATIVE VmHWM since process start (the kernel refused clear_refs)"
     };
-    let backend_note = if backend == "postgres" {
+    let backend_note = if backend.starts_with("postgres") {
         "server RSS excludes PostgreSQL's own processes"
     } else {
         "SQLite file in a temp dir"
@@ -348,6 +472,15 @@ fn run_backend(
         e = args.edits,
     ));
     Ok(missed)
+}
+
+/// Cuts the link's open connections and lets the tablet's runtime run a moment (it only runs
+/// during an order) to see them closed, so that its next request opens a new connection
+/// instead of failing on the dead one and retrying.
+fn new_connection(link: &PoorLink, tablet: &mut Tablet) -> anyhow::Result<()> {
+    link.cut_active();
+    tablet.call(json!({"op": "idle", "ms": 300}))?;
+    Ok(())
 }
 
 /// Checks that a phase's sync pushed `expected` documents.
@@ -573,16 +706,28 @@ pub(crate) struct Server {
 
 impl Server {
     pub(crate) fn start(bin: &Path, url: &str, dir: &Path) -> anyhow::Result<Server> {
-        Self::start_limited(bin, url, dir, None)
+        Self::start_with(bin, url, dir, None, None)
     }
 
-    /// [`Server::start`] with the child's address space limited to `address_space` bytes
-    /// (`RLIMIT_AS`), so that a server without bounds fails alone instead of taking the machine.
+    /// [`Server::start_with`] without TLS.
     pub(crate) fn start_limited(
         bin: &Path,
         url: &str,
         dir: &Path,
         address_space: Option<u64>,
+    ) -> anyhow::Result<Server> {
+        Self::start_with(bin, url, dir, address_space, None)
+    }
+
+    /// [`Server::start`] with the child's address space limited to `address_space` bytes
+    /// (`RLIMIT_AS`), so that a server without bounds fails alone instead of taking the machine,
+    /// and serving HTTPS with the `(certificate, key)` files of `tls`.
+    pub(crate) fn start_with(
+        bin: &Path,
+        url: &str,
+        dir: &Path,
+        address_space: Option<u64>,
+        tls: Option<(&Path, &Path)>,
     ) -> anyhow::Result<Server> {
         // A port the kernel just handed out and released: free unless someone races for it.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
@@ -599,6 +744,13 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
+        if let Some((cert, key)) = tls {
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key);
+        }
         if let Some(bytes) = address_space {
             use std::os::unix::process::CommandExt;
             // SAFETY: the closure runs in the forked child before exec and only calls
@@ -883,6 +1035,26 @@ mod tablet {
             .ok_or_else(|| anyhow!("order without {key}"))
     }
 
+    /// A transport to `url` trusting the order's `ca_pem` alone (HTTPS), or the web roots.
+    fn transport(url: &str, order: &Value) -> anyhow::Result<ReqwestTransport> {
+        let trust = ServerTrust {
+            ca_pem: order
+                .get("ca_pem")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .into_iter()
+                .collect(),
+            pinned_keys: Vec::new(),
+        };
+        Ok(ReqwestTransport::with_config(
+            url,
+            ReqwestConfig {
+                trust,
+                ..ReqwestConfig::default()
+            },
+        )?)
+    }
+
     /// The status an edit moves an application to, along the workflow.
     fn next_status(status: Status) -> Option<Status> {
         match status {
@@ -898,14 +1070,18 @@ mod tablet {
             self.store.lock().unwrap_or_else(PoisonError::into_inner)
         }
 
-        fn client(&mut self, url: &str) -> anyhow::Result<&SyncClient<ReqwestTransport>> {
+        fn client(
+            &mut self,
+            url: &str,
+            order: &Value,
+        ) -> anyhow::Result<&SyncClient<ReqwestTransport>> {
             if !self.clients.contains_key(url) {
                 let token = self
                     .token
                     .clone()
                     .ok_or_else(|| anyhow!("sync before enrollment"))?;
                 let client = SyncClient::new(
-                    ReqwestTransport::new(url)?,
+                    transport(url, order)?,
                     self.store.clone(),
                     token,
                     SyncConfig::default(),
@@ -921,7 +1097,7 @@ mod tablet {
             match op {
                 "enroll" => {
                     let url = text(order, "url")?;
-                    let transport = ReqwestTransport::new(url)?;
+                    let transport = transport(url, order)?;
                     let device = self.store().device_id();
                     let credentials = enroll(
                         &transport,
@@ -939,6 +1115,15 @@ mod tablet {
                     )?;
                     self.token = Some(credentials.token);
                     self.clients.insert(url.to_owned(), client);
+                    Ok(json!({"ok": true}))
+                }
+                "idle" => {
+                    let ms = order
+                        .get("ms")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0)
+                        .min(5_000);
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
                     Ok(json!({"ok": true}))
                 }
                 "intake" => {
@@ -978,7 +1163,7 @@ mod tablet {
                     Ok(json!({"edited": edits, "created": creates}))
                 }
                 "sync" => {
-                    let client = self.client(text(order, "url")?)?;
+                    let client = self.client(text(order, "url")?, order)?;
                     let report = client.sync(&|_| {}).await?;
                     Ok(json!({"report": serde_json::to_value(&report)?}))
                 }

@@ -346,7 +346,7 @@ impl Engine {
     /// Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
     /// procedures it holds. A bad file (`InvalidInput`) changes nothing.
     pub async fn install_catalogue_file(&self, json: String) -> Result<u64> {
-        self.on_store(move |s| Ok(s.install_catalogue_file(&json)? as u64))
+        self.with_store(move |s| Ok(s.install_catalogue_file(&json)? as u64))
             .await
     }
 
@@ -357,7 +357,7 @@ impl Engine {
         query: String,
         limit: u32,
     ) -> Result<Vec<ProcedureSummary>> {
-        self.on_store(move |s| {
+        self.with_store(move |s| {
             Ok(s.search_procedures(&query, limit)?
                 .into_iter()
                 .map(Into::into)
@@ -374,7 +374,7 @@ impl Engine {
         after_code: Option<String>,
         limit: u32,
     ) -> Result<Vec<ProcedureSummary>> {
-        self.on_store(move |s| {
+        self.with_store(move |s| {
             Ok(
                 s.procedures_by_sector(&sector, after_code.as_deref(), limit)?
                     .into_iter()
@@ -387,7 +387,7 @@ impl Engine {
 
     /// The sectors, with how many procedures each has.
     pub async fn procedure_sectors(&self) -> Result<Vec<SectorCount>> {
-        self.on_store(|s| {
+        self.with_store(|s| {
             Ok(s.procedure_sectors()?
                 .into_iter()
                 .map(|(sector, procedures)| SectorCount { sector, procedures })
@@ -398,7 +398,8 @@ impl Engine {
 
     /// A procedure's papers, fees and form (`InvalidInput` when unknown).
     pub async fn procedure_details(&self, code: String) -> Result<ProcedureDetails> {
-        self.on_store(move |s| Ok(s.procedure(&code)?.into())).await
+        self.with_store(move |s| Ok(s.procedure(&code)?.into()))
+            .await
     }
 
     /// A new application for the procedure, with the catalogue's mandatory papers and its fees
@@ -408,7 +409,7 @@ impl Engine {
         commune_code: String,
         procedure_code: String,
     ) -> Result<NewApplication> {
-        self.on_store(move |s| {
+        self.with_store(move |s| {
             Ok(s.prefilled_application(&commune_code, &procedure_code)?
                 .into())
         })
@@ -427,7 +428,7 @@ impl Engine {
         let mut new: communesync_core::record::NewApplication = new.into();
         new.form_values = values_to_core(form)?;
         let app = self
-            .on_store(move |s| Ok(s.create_application(&officer, new)?))
+            .with_store(move |s| Ok(s.create_application(&officer, new)?))
             .await?;
         self.changed(app.id);
         Ok(app.into())
@@ -443,7 +444,9 @@ impl Engine {
         let id: RecordId = parse_id(&id)?;
         let values = values_to_core(form)?;
         let app = self
-            .on_store(move |s| Ok(s.update_application(id, &officer, |a| a.form_values = values)?))
+            .with_store(
+                move |s| Ok(s.update_application(id, &officer, |a| a.form_values = values)?),
+            )
             .await?;
         self.changed(id);
         Ok(DossierForm {
@@ -455,7 +458,7 @@ impl Engine {
     /// A dossier's pinned procedure version and form values.
     pub async fn dossier_form(&self, id: String) -> Result<DossierForm> {
         let id: RecordId = parse_id(&id)?;
-        self.on_store(move |s| {
+        self.with_store(move |s| {
             let app = s.get_application(id)?;
             Ok(DossierForm {
                 procedure_version: app.procedure_version,
@@ -472,7 +475,7 @@ impl From<communesync_core::record::NewApplication> for NewApplication {
             commune_code: n.commune_code,
             procedure_code: n.procedure_code,
             applicant: n.applicant.into(),
-            received_at_ms: n.received_at,
+            received_at: n.received_at.map(crate::types::time_from_ms),
             documents: n
                 .documents
                 .into_iter()
@@ -512,7 +515,7 @@ mod tests {
             {"name":"mother","label":"Mẹ","type":"person"}]},"version":3},
         {"code":"1.000894","name":"Đăng ký kết hôn","sector":"Hộ tịch","processing_days":5}]}"#;
 
-    fn engine(dir: &tempfile::TempDir) -> std::sync::Arc<Engine> {
+    async fn engine(dir: &tempfile::TempDir) -> std::sync::Arc<Engine> {
         Engine::open(EngineConfig {
             store_path: dir.path().join("t.db").display().to_string(),
             encryption_key: vec![7; 32],
@@ -520,14 +523,17 @@ mod tests {
             credential: None,
             background_policy: None,
             app_version: None,
+            trusted_ca_pem: Vec::new(),
+            pinned_keys: Vec::new(),
         })
+        .await
         .unwrap()
     }
 
     #[tokio::test]
     async fn an_app_installs_searches_and_takes_a_dossier_with_its_form() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = engine(&dir);
+        let engine = engine(&dir).await;
         assert_eq!(
             engine
                 .install_catalogue_file(CATALOGUE.into())

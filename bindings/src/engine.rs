@@ -1,18 +1,28 @@
 //! [`Engine`]: one device store and its sync client, as the app sees them.
+//!
+//! Every method that touches the store is `async` (Kotlin `suspend`, Swift `async`) and runs
+//! the store work on tokio's blocking pool through [`Engine::with_store`], so the app may call
+//! it from its UI thread; cheap getters that read memory only (`device_id`, `credential`) stay
+//! synchronous.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
+use communesync_core::sync::{
+    ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, SyncError,
+    enroll_with_key,
+};
+use zeroize::Zeroize;
 
 use crate::error::{CommuneSyncError, ErrorKind};
 use crate::observer::{
     ChangeEvent, ChangeOrigin, Event, ObserverHandle, Observers, SyncObserver, WipeEvent,
 };
 use crate::policy::{BackgroundPolicy, PolicyInput, SyncDecision, next_sync_after};
+use crate::status::StatusSource;
 use crate::types::*;
 
 type Result<T, E = CommuneSyncError> = std::result::Result<T, E>;
@@ -20,31 +30,45 @@ type Result<T, E = CommuneSyncError> = std::result::Result<T, E>;
 /// What the engine remembers about syncing, in memory (the credential lives in the platform
 /// keystore, the sync cursor and outbox in the store).
 #[derive(Default)]
-struct SyncState {
-    credential: Option<DeviceCredential>,
+pub(crate) struct SyncState {
+    pub(crate) credential: Option<DeviceCredential>,
     client: Option<Arc<SyncClient<ReqwestTransport>>>,
-    running: u32,
-    last_success_ms: Option<i64>,
-    consecutive_failures: u32,
-    last_error: Option<(ErrorKind, String)>,
-    last_report: Option<SyncReport>,
+    pub(crate) running: u32,
+    pub(crate) last_success_ms: Option<i64>,
+    pub(crate) consecutive_failures: u32,
+    pub(crate) last_error: Option<(ErrorKind, String)>,
+    pub(crate) last_report: Option<SyncReport>,
+}
+
+/// Why the engine no longer serves calls: the store was wiped on the province's order, or a
+/// rekey failed (the file keeps its old key; open a new engine with it).
+pub(crate) type Closed = Arc<Mutex<Option<CommuneSyncError>>>;
+
+pub(crate) fn check_open(closed: &Closed) -> Result<()> {
+    match &*closed.lock().unwrap_or_else(PoisonError::into_inner) {
+        Some(err) => Err(err.clone()),
+        None => Ok(()),
+    }
 }
 
 /// The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
 /// history, enrollment and sync. Open one per store file and share it; every method is safe to
-/// call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
+/// call from any thread, and store calls are async (they run on a background pool).
 #[derive(uniffi::Object)]
 pub struct Engine {
-    store: Arc<Mutex<DeviceStore>>,
-    /// Set once the store was wiped on the province's order: every call fails from then on.
-    wiped: AtomicBool,
+    pub(crate) store: Arc<Mutex<DeviceStore>>,
+    pub(crate) closed: Closed,
     device_id: DeviceId,
     store_path: String,
     server_url: String,
+    /// Built once at open, so that every sync shares its connection pool and TLS session cache
+    /// (a resumed handshake costs a 2G tablet far fewer bytes); the error, if the URL or trust
+    /// settings are unusable, is reported at each network call.
+    transport: std::result::Result<ReqwestTransport, String>,
     policy: BackgroundPolicy,
     clock: SystemClock,
-    state: Mutex<SyncState>,
-    observers: Arc<Observers>,
+    pub(crate) state: Arc<Mutex<SyncState>>,
+    pub(crate) observers: Arc<Observers>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -60,35 +84,57 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// Opens (creating if needed) the encrypted store at `config.store_path`. Fails with
     /// `InvalidInput` for a key that is not 32 bytes or a credential of another device, and with
-    /// `Storage` for a wrong key or an unreadable file.
+    /// `Storage` for a wrong key or an unreadable file. The key bytes are copied once into a
+    /// buffer that is overwritten when the store has used it (and the config's copy at once);
+    /// overwrite the app's own copy (`key.fill(0)`) after this returns.
     #[uniffi::constructor]
-    pub fn open(config: EngineConfig) -> Result<Arc<Self>> {
-        let key = EncryptionKey::from_slice(&config.encryption_key)?;
+    pub async fn open(mut config: EngineConfig) -> Result<Arc<Self>> {
+        let key = EncryptionKey::from_slice(&config.encryption_key);
+        config.encryption_key.zeroize();
+        let key = key?;
         if config.server_url.trim().is_empty() {
             return Err(CommuneSyncError::invalid("server_url: must not be empty"));
         }
         let mut store_config = StoreConfig::new(&config.store_path).encrypted(key);
         store_config.app_version = config.app_version.clone();
-        let mut store = DeviceStore::open(store_config)?;
+        let credential = config.credential.clone();
+        let store = blocking(move || {
+            let mut store = DeviceStore::open(store_config)?;
+            if let Some(credential) = &credential {
+                check_credential(store.device_id(), credential)?;
+                // The credential's scope is authoritative (a store enrolled before the scope was
+                // recorded learns it here).
+                store.set_enrolled_commune(credential.commune_code.as_deref())?;
+            }
+            Ok(store)
+        })
+        .await?;
         let device_id = store.device_id();
-        if let Some(credential) = &config.credential {
-            check_credential(device_id, credential)?;
-            // The credential's scope is authoritative (a store enrolled before the scope was
-            // recorded learns it here).
-            store.set_enrolled_commune(credential.commune_code.as_deref())?;
-        }
+        tracing::info!(device = %device_id, "engine opened");
+        let transport = ReqwestTransport::with_config(
+            &config.server_url,
+            ReqwestConfig {
+                trust: ServerTrust {
+                    ca_pem: std::mem::take(&mut config.trusted_ca_pem),
+                    pinned_keys: std::mem::take(&mut config.pinned_keys),
+                },
+                ..ReqwestConfig::default()
+            },
+        )
+        .map_err(|e| e.to_string());
         Ok(Arc::new(Engine {
+            transport,
             store: Arc::new(Mutex::new(store)),
-            wiped: AtomicBool::new(false),
+            closed: Closed::default(),
             device_id,
             store_path: config.store_path,
             server_url: config.server_url,
             policy: config.background_policy.unwrap_or_default(),
             clock: SystemClock,
-            state: Mutex::new(SyncState {
+            state: Arc::new(Mutex::new(SyncState {
                 credential: config.credential,
                 ..SyncState::default()
-            }),
+            })),
             observers: Arc::new(Observers::default()),
         }))
     }
@@ -107,21 +153,56 @@ impl Engine {
     /// be created or edited, and those created before (offline, with another commune's code) are
     /// set aside in the quarantine at once.
     pub async fn enroll(&self, code: String, label: String) -> Result<DeviceCredential> {
-        self.check_not_wiped()?;
+        self.check_open()?;
         let transport = self.transport()?;
-        let credentials = enroll(&transport, code.trim(), self.device_id, &label).await?;
+        // The device's public key is registered with the credential (replacing its previous
+        // one at re-enrollment); the private key stays in the store.
+        // Enrolling again (the engine or the store had a credential): a new key, installed
+        // once the server has registered it (the old one may have been revoked).
+        let had_credential = self.state().credential.is_some();
+        let again = had_credential
+            || self
+                .with_store(|store| Ok(store.enrolled_commune().is_some()))
+                .await?;
+        let new_key = if again {
+            Some(communesync_core::keys::DeviceSigningKey::generate()?)
+        } else {
+            None
+        };
+        let public_key = match &new_key {
+            Some(key) => key.public_key(),
+            None => self.with_store(|store| Ok(store.public_key()?)).await?,
+        };
+        let credentials = enroll_with_key(
+            &transport,
+            code.trim(),
+            self.device_id,
+            &label,
+            Some(public_key),
+        )
+        .await?;
+        if let Some(key) = new_key {
+            // The server holds the new key: without it here the device's pushes are refused
+            // until it enrolls again, which the error says.
+            self.with_store(move |store| Ok(store.install_signing_key(&key)?))
+                .await?;
+        }
         let credential = DeviceCredential::from(credentials);
         check_credential(self.device_id, &credential)?;
         // The server has enrolled the device: the credential must reach the app whatever
         // happens here. A scope not recorded now is recorded before the next sync.
+        let commune = credential.commune_code.clone();
         let _ = self
-            .store()?
-            .set_enrolled_commune(credential.commune_code.as_deref());
-        let mut state = self.state();
-        state.credential = Some(credential.clone());
-        state.client = None;
-        state.consecutive_failures = 0;
-        state.last_error = None;
+            .with_store(move |store| Ok(store.set_enrolled_commune(commune.as_deref())?))
+            .await;
+        {
+            let mut state = self.state();
+            state.credential = Some(credential.clone());
+            state.client = None;
+            state.consecutive_failures = 0;
+            state.last_error = None;
+        }
+        self.observers.emit(Event::Status);
         Ok(credential)
     }
 
@@ -138,37 +219,16 @@ impl Engine {
     /// accepts this version of the app, `Wiped` when the province ordered the device wiped (the
     /// engine then destroys the store and tells the observers), or `Offline` after the retries.
     pub async fn sync_now(&self) -> Result<SyncReport> {
-        self.check_not_wiped()?;
-        let client = {
-            let mut state = self.state();
-            let client = match (&state.client, &state.credential) {
-                (Some(client), _) => Ok(client.clone()),
-                (None, Some(credential)) => self.transport().and_then(|transport| {
-                    self.store()?
-                        .set_enrolled_commune(credential.commune_code.as_deref())?;
-                    Ok(Arc::new(SyncClient::new(
-                        transport,
-                        self.store.clone(),
-                        credential.token.clone(),
-                        SyncConfig::default(),
-                    )?))
-                }),
-                (None, None) => Err(CommuneSyncError::Unauthorized(
-                    "this device is not enrolled: enroll with a code first".into(),
-                )),
-            };
-            match client {
-                Ok(client) => {
-                    state.client = Some(client.clone());
-                    state.running += 1;
-                    client
-                }
-                Err(err) => {
-                    record_failure(&mut state, &err);
-                    return Err(err);
-                }
+        self.check_open()?;
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(err) => {
+                record_failure(&mut self.state(), &err);
+                self.observers.emit(Event::Status);
+                return Err(err);
             }
         };
+        self.observers.emit(Event::Status);
         let observers = self.observers.clone();
         let pulled_seen = AtomicU64::new(0);
         let result = client
@@ -188,54 +248,30 @@ impl Engine {
         drop(client);
         let result = match result {
             Ok(report) => Ok(SyncReport::from(report)),
-            Err(SyncError::Wiped(message)) => Err(self.wipe(&message)),
+            Err(SyncError::Wiped(message)) => Err(self.wipe(message).await),
             Err(err) => Err(CommuneSyncError::from(err)),
         };
-        let mut state = self.state();
-        state.running = state.running.saturating_sub(1);
-        match &result {
-            Ok(report) => {
-                state.last_success_ms = Some(self.clock.now_ms());
-                state.consecutive_failures = 0;
-                state.last_error = None;
-                state.last_report = Some(report.clone());
+        {
+            let mut state = self.state();
+            state.running = state.running.saturating_sub(1);
+            match &result {
+                Ok(report) => {
+                    state.last_success_ms = Some(self.clock.now_ms());
+                    state.consecutive_failures = 0;
+                    state.last_error = None;
+                    state.last_report = Some(report.clone());
+                }
+                Err(err) => record_failure(&mut state, err),
             }
-            Err(err) => record_failure(&mut state, err),
         }
+        self.observers.emit(Event::Status);
         result
     }
 
     /// A snapshot of the sync state.
-    pub fn sync_status(&self) -> Result<SyncStatus> {
-        let (pending_changes, quarantined, enrolled_commune, upgrade_required, last_server_sync_ms) = {
-            let store = self.store()?;
-            (
-                store.pending_count()?,
-                store.quarantined_count()?,
-                store.enrolled_commune().map(str::to_owned),
-                store.upgrade_required()?,
-                store.last_sync_at()?,
-            )
-        };
-        let state = self.state();
-        Ok(SyncStatus {
-            device_id: self.device_id.to_string(),
-            enrolled: state.credential.is_some(),
-            syncing: state.running > 0,
-            pending_changes,
-            quarantined,
-            enrolled_commune,
-            upgrade_required,
-            last_server_sync_ms,
-            last_success_ms: state.last_success_ms,
-            consecutive_failures: state.consecutive_failures,
-            last_error_kind: state.last_error.as_ref().map(|(kind, _)| *kind),
-            last_error: state
-                .last_error
-                .as_ref()
-                .map(|(_, message)| message.clone()),
-            last_report: state.last_report.clone(),
-        })
+    pub async fn sync_status(&self) -> Result<SyncStatus> {
+        let source = self.status_source();
+        blocking(move || source.snapshot()).await
     }
 
     /// The facts the background policy decides on, from this engine's state, all on the device
@@ -244,9 +280,9 @@ impl Engine {
     /// clock is years behind would otherwise see its last sync in the future and never sync).
     /// "Upgrade required" is kept in the store for the version of the app that got it, so the
     /// policy stops across restarts until another version opens the store.
-    pub fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
-        let status = self.sync_status()?;
-        let offset = self.store()?.clock_offset_ms();
+    pub async fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
+        let status = self.sync_status().await?;
+        let offset = self.with_store(|store| Ok(store.clock_offset_ms())).await?;
         let (consecutive_failures, last_error) = if status.upgrade_required {
             (
                 status.consecutive_failures.max(1),
@@ -255,11 +291,13 @@ impl Engine {
         } else {
             (status.consecutive_failures, status.last_error_kind)
         };
+        let last_server_sync_ms = status.last_server_sync.map(ms_from_time);
         Ok(PolicyInput {
             pending_changes: status.pending_changes,
             last_success_ms: status
-                .last_success_ms
-                .or(status.last_server_sync_ms.map(|t| t.saturating_sub(offset))),
+                .last_success
+                .map(ms_from_time)
+                .or(last_server_sync_ms.map(|t| t.saturating_sub(offset))),
             consecutive_failures,
             metered,
             now_ms: self.clock.now_ms(),
@@ -269,13 +307,13 @@ impl Engine {
 
     /// When the next background sync should run, by this engine's policy and state. The
     /// WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
-    /// what it says; not enrolled is `Stop`.
-    pub fn next_sync_after(&self, metered: bool) -> Result<SyncDecision> {
-        if self.state().credential.is_none() || self.wiped.load(Ordering::SeqCst) {
+    /// what it says; not enrolled (or wiped) is `Stop`.
+    pub async fn next_sync_after(&self, metered: bool) -> Result<SyncDecision> {
+        if self.state().credential.is_none() || self.check_open().is_err() {
             return Ok(SyncDecision::Stop);
         }
         Ok(next_sync_after(
-            self.policy_input(metered)?,
+            self.policy_input(metered).await?,
             Some(self.policy),
         ))
     }
@@ -290,21 +328,28 @@ impl Engine {
 
     /// Records a new application received by `officer` (offline is fine). The procedure must be
     /// in the catalogue, which arrives with the first sync.
-    pub fn create_application(&self, officer: String, new: NewApplication) -> Result<Application> {
-        let app = self.store()?.create_application(&officer, new.into())?;
+    pub async fn create_application(
+        &self,
+        officer: String,
+        new: NewApplication,
+    ) -> Result<Application> {
+        let app = self
+            .with_store(move |s| Ok(s.create_application(&officer, new.into())?))
+            .await?;
         self.changed(app.id);
         Ok(app.into())
     }
 
     /// An application by id.
-    pub fn get_application(&self, id: String) -> Result<Application> {
+    pub async fn get_application(&self, id: String) -> Result<Application> {
         let id = parse_id(&id)?;
-        Ok(self.store()?.get_application(id)?.into())
+        self.with_store(move |s| Ok(s.get_application(id)?.into()))
+            .await
     }
 
     /// Changes the fields set in `update`, as one change by `officer`. A status change must
     /// follow the workflow from the current status (else `Conflict`).
-    pub fn update_application(
+    pub async fn update_application(
         &self,
         officer: String,
         id: String,
@@ -312,71 +357,72 @@ impl Engine {
     ) -> Result<Application> {
         let id = parse_id(&id)?;
         let app = self
-            .store()?
-            .update_application(id, &officer, |app| update.apply(app))?;
+            .with_store(move |s| Ok(s.update_application(id, &officer, |app| update.apply(app))?))
+            .await?;
         self.changed(id);
         Ok(app.into())
     }
 
     /// Applications matching `query`, one page.
-    pub fn query_applications(&self, query: ApplicationQuery) -> Result<ApplicationPage> {
+    pub async fn query_applications(&self, query: ApplicationQuery) -> Result<ApplicationPage> {
         let query = query.try_into()?;
-        Ok(self.store()?.query_applications(&query)?.into())
+        self.with_store(move |s| Ok(s.query_applications(&query)?.into()))
+            .await
     }
 
     /// Open applications past their due date (today in Vietnam), most overdue first.
-    pub fn overdue(&self, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        let store = self.store()?;
-        let today = store.today()?;
-        Ok(store.overdue(today, limit, offset)?.into())
+    pub async fn overdue(&self, limit: u32, offset: u32) -> Result<ApplicationPage> {
+        self.with_store(move |s| Ok(s.overdue(s.today()?, limit, offset)?.into()))
+            .await
     }
 
     /// Open applications due within `working_days` working days from today (not yet overdue).
-    pub fn due_soon(&self, working_days: u32, limit: u32, offset: u32) -> Result<ApplicationPage> {
-        let store = self.store()?;
-        let today = store.today()?;
-        Ok(store.due_soon(today, working_days, limit, offset)?.into())
+    pub async fn due_soon(
+        &self,
+        working_days: u32,
+        limit: u32,
+        offset: u32,
+    ) -> Result<ApplicationPage> {
+        self.with_store(move |s| Ok(s.due_soon(s.today()?, working_days, limit, offset)?.into()))
+            .await
     }
 
     /// How many applications are in each status (every status listed, with 0 when none).
-    pub fn counts_by_status(&self) -> Result<Vec<StatusCount>> {
-        Ok(self
-            .store()?
-            .counts_by_status()?
-            .into_iter()
-            .map(|c| StatusCount {
-                status: c.status.into(),
-                count: c.count,
-            })
-            .collect())
+    pub async fn counts_by_status(&self) -> Result<Vec<StatusCount>> {
+        self.with_store(|s| Ok(s.counts_by_status()?.into_iter().map(Into::into).collect()))
+            .await
     }
 
     /// One procedure of the catalogue (`InvalidInput` if unknown).
-    pub fn procedure(&self, code: String) -> Result<Procedure> {
-        Ok(self.store()?.procedure(&code)?.into())
+    pub async fn procedure(&self, code: String) -> Result<Procedure> {
+        self.with_store(move |s| Ok(s.procedure(&code)?.into()))
+            .await
     }
 
     // ----- citizen requests ------------------------------------------------------------------
 
     /// Records a new citizen request.
-    pub fn create_citizen_request(
+    pub async fn create_citizen_request(
         &self,
         officer: String,
         new: NewCitizenRequest,
     ) -> Result<CitizenRequest> {
-        let request = self.store()?.create_citizen_request(&officer, new.into())?;
+        let request = self
+            .with_store(move |s| Ok(s.create_citizen_request(&officer, new.into())?))
+            .await?;
         self.changed(request.id);
         Ok(request.into())
     }
 
     /// A citizen request by id.
-    pub fn get_citizen_request(&self, id: String) -> Result<CitizenRequest> {
+    pub async fn get_citizen_request(&self, id: String) -> Result<CitizenRequest> {
         let id = parse_id(&id)?;
-        Ok(self.store()?.get_citizen_request(id)?.into())
+        self.with_store(move |s| Ok(s.get_citizen_request(id)?.into()))
+            .await
     }
 
     /// Changes the fields set in `update`, as one change by `officer`.
-    pub fn update_citizen_request(
+    pub async fn update_citizen_request(
         &self,
         officer: String,
         id: String,
@@ -384,8 +430,8 @@ impl Engine {
     ) -> Result<CitizenRequest> {
         let id = parse_id(&id)?;
         let request = self
-            .store()?
-            .update_citizen_request(id, &officer, |r| update.apply(r))?;
+            .with_store(move |s| Ok(s.update_citizen_request(id, &officer, |r| update.apply(r))?))
+            .await?;
         self.changed(id);
         Ok(request.into())
     }
@@ -393,37 +439,34 @@ impl Engine {
     // ----- any record ------------------------------------------------------------------------
 
     /// Any record by id.
-    pub fn get_record(&self, id: String) -> Result<Record> {
+    pub async fn get_record(&self, id: String) -> Result<Record> {
         let id = parse_id(&id)?;
-        Ok(self.store()?.get(id)?.into())
+        self.with_store(move |s| Ok(s.get(id)?.into())).await
     }
 
     /// Records whose names, notes, phone, id number or village contain every word of `text`,
     /// ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
     /// the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
-    pub fn search(&self, text: String, limit: u32) -> Result<Vec<SearchHit>> {
-        Ok(self
-            .store()?
-            .search(&text, limit)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    pub async fn search(&self, text: String, limit: u32) -> Result<Vec<SearchHit>> {
+        self.with_store(move |s| {
+            Ok(s.search(&text, limit)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+        .await
     }
 
     /// Fields of the record holding concurrent different values after a sync.
-    pub fn conflicts(&self, id: String) -> Result<Vec<Conflict>> {
+    pub async fn conflicts(&self, id: String) -> Result<Vec<Conflict>> {
         let id = parse_id(&id)?;
-        Ok(self
-            .store()?
-            .conflicts(id)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        self.with_store(move |s| Ok(s.conflicts(id)?.into_iter().map(Into::into).collect()))
+            .await
     }
 
     /// Settles the conflict on `field` with `value` (usually one of the candidates), as one
     /// change by `officer`; returns the record as it now reads.
-    pub fn resolve(
+    pub async fn resolve(
         &self,
         officer: String,
         id: String,
@@ -431,48 +474,45 @@ impl Engine {
         value: ConflictValue,
     ) -> Result<Record> {
         let id = parse_id(&id)?;
-        let record = self.store()?.resolve(id, &officer, &field, &value.into())?;
+        let record = self
+            .with_store(move |s| Ok(s.resolve(id, &officer, &field, &value.into())?))
+            .await?;
         self.changed(id);
         Ok(record.into())
     }
 
     /// Every change to the record, in causal order: who (device, officer), when (device clock,
     /// and the server's receive time once it has the change) and which fields.
-    pub fn history(&self, id: String) -> Result<Vec<HistoryEntry>> {
+    pub async fn history(&self, id: String) -> Result<Vec<HistoryEntry>> {
         let id = parse_id(&id)?;
-        Ok(self
-            .store()?
-            .history(id)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        self.with_store(move |s| Ok(s.history(id)?.into_iter().map(Into::into).collect()))
+            .await
     }
 
     // ----- quarantine ------------------------------------------------------------------------
 
     /// The commune this device enrolled in (`None` before enrollment or for a province account).
-    pub fn enrolled_commune(&self) -> Result<Option<String>> {
-        Ok(self.store()?.enrolled_commune().map(str::to_owned))
+    pub async fn enrolled_commune(&self) -> Result<Option<String>> {
+        self.with_store(|s| Ok(s.enrolled_commune().map(str::to_owned)))
+            .await
     }
 
     /// Records set aside, oldest first: pushed records the server refused (with its reason)
     /// and pulled records this version of the app cannot read. Every other record keeps syncing.
-    pub fn quarantined(&self) -> Result<Vec<QuarantinedRecord>> {
-        Ok(self
-            .store()?
-            .quarantined()?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    pub async fn quarantined(&self) -> Result<Vec<QuarantinedRecord>> {
+        self.with_store(|s| Ok(s.quarantined()?.into_iter().map(Into::into).collect()))
+            .await
     }
 
     /// Takes a record out of the quarantine: a refused one goes back to the outbox (the next
     /// sync pushes it, with any edit made since: for a reason that was transient, fixed by an
     /// edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
     /// Returns whether it left the quarantine. `NotFound` when it is not quarantined.
-    pub fn retry_quarantined(&self, id: String) -> Result<bool> {
+    pub async fn retry_quarantined(&self, id: String) -> Result<bool> {
         let id = parse_id(&id)?;
-        let left = self.store()?.retry_quarantined(id)?;
+        let left = self
+            .with_store(move |s| Ok(s.retry_quarantined(id)?))
+            .await?;
         if left {
             self.changed(id);
         }
@@ -482,9 +522,15 @@ impl Engine {
     /// Discards a quarantined record as `officer` decided, for `reason` (written to the audit
     /// log): a refused record loses this device's changes the server never acknowledged (the
     /// record itself goes if the server never had it); an incoming one loses its kept data.
-    pub fn discard_quarantined(&self, officer: String, id: String, reason: String) -> Result<()> {
+    pub async fn discard_quarantined(
+        &self,
+        officer: String,
+        id: String,
+        reason: String,
+    ) -> Result<()> {
         let id = parse_id(&id)?;
-        self.store()?.discard_quarantined(id, &officer, &reason)?;
+        self.with_store(move |s| Ok(s.discard_quarantined(id, &officer, &reason)?))
+            .await?;
         self.changed(id);
         Ok(())
     }
@@ -493,84 +539,117 @@ impl Engine {
     /// another commune's code, an immutable field changed): a new record with the same content,
     /// for this device's commune, at the same status, created by `officer`; the old one is
     /// discarded with an audit entry naming the copy. Returns the new record.
-    pub fn copy_quarantined_as_new(&self, officer: String, id: String) -> Result<Record> {
+    pub async fn copy_quarantined_as_new(&self, officer: String, id: String) -> Result<Record> {
         let id = parse_id(&id)?;
-        let copy = self.store()?.copy_quarantined_as_new(id, &officer)?;
+        let copy = self
+            .with_store(move |s| Ok(s.copy_quarantined_as_new(id, &officer)?))
+            .await?;
         self.changed(id);
         self.changed(copy.id());
         Ok(copy.into())
     }
 
     /// What officers decided about quarantined records, oldest first.
-    pub fn audit_log(&self) -> Result<Vec<AuditEntry>> {
-        Ok(self
-            .store()?
-            .audit_log()?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+    pub async fn audit_log(&self) -> Result<Vec<AuditEntry>> {
+        self.with_store(|s| Ok(s.audit_log()?.into_iter().map(Into::into).collect()))
+            .await
     }
 }
 
 impl Engine {
-    pub(crate) fn store(&self) -> Result<MutexGuard<'_, DeviceStore>> {
-        self.check_not_wiped()?;
-        // Every store write is one SQLite transaction: a panic in another holder rolled it back,
-        // so the store behind a poisoned lock is consistent.
-        Ok(self.store.lock().unwrap_or_else(PoisonError::into_inner))
-    }
-
-    /// Runs `work` on the store off the caller's thread (a blocking-pool thread), so the app
-    /// sees a `suspend` / `async` call that never blocks its UI thread.
-    pub(crate) async fn on_store<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&mut DeviceStore) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        self.check_not_wiped()?;
+    /// Runs `work` on the store on tokio's blocking pool (the caller's thread, often the app's
+    /// UI thread, never waits for the disk or for the store's lock), after checking the engine
+    /// is still open. Every store call of every binding goes through here:
+    /// `self.with_store(move |store| Ok(store.something(arg)?.into())).await`.
+    pub(crate) async fn with_store<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut DeviceStore) -> Result<T> + Send + 'static,
+    {
+        self.check_open()?;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut store = store.lock().unwrap_or_else(PoisonError::into_inner);
+        let closed = self.closed.clone();
+        blocking(move || {
+            let mut store = lock_store(&store);
+            // Wiped or closed while this call waited for the lock.
+            check_open(&closed)?;
             work(&mut store)
         })
         .await
-        .map_err(|e| CommuneSyncError::Storage(format!("store task: {e}")))?
     }
 
-    fn check_not_wiped(&self) -> Result<()> {
-        if self.wiped.load(Ordering::SeqCst) {
-            return Err(CommuneSyncError::Wiped(
-                "this device's store was wiped on the province's order".into(),
-            ));
+    pub(crate) fn check_open(&self) -> Result<()> {
+        check_open(&self.closed)
+    }
+
+    /// Everything a status snapshot reads, for a thread of its own.
+    pub(crate) fn status_source(&self) -> StatusSource {
+        StatusSource {
+            device_id: self.device_id,
+            store: self.store.clone(),
+            state: self.state.clone(),
+            closed: self.closed.clone(),
         }
-        Ok(())
+    }
+
+    /// The sync client, built at the first sync from the credential; counts a running sync.
+    async fn client(&self) -> Result<Arc<SyncClient<ReqwestTransport>>> {
+        let credential = {
+            let mut state = self.state();
+            if let Some(client) = &state.client {
+                let client = client.clone();
+                state.running += 1;
+                return Ok(client);
+            }
+            state.credential.clone().ok_or_else(|| {
+                CommuneSyncError::Unauthorized(
+                    "this device is not enrolled: enroll with a code first".into(),
+                )
+            })?
+        };
+        let transport = self.transport()?;
+        let commune = credential.commune_code.clone();
+        self.with_store(move |s| Ok(s.set_enrolled_commune(commune.as_deref())?))
+            .await?;
+        let client = Arc::new(SyncClient::new(
+            transport,
+            self.store.clone(),
+            credential.token.clone(),
+            SyncConfig::default(),
+        )?);
+        let mut state = self.state();
+        // Two first syncs at once: both use the client stored first.
+        let client = state.client.get_or_insert(client).clone();
+        state.running += 1;
+        Ok(client)
     }
 
     /// Destroys the store on the province's order: forgets the credential and the sync client,
     /// closes and deletes the store's files, then tells the observers. Returns the error the
     /// caller reports.
-    fn wipe(&self, message: &str) -> CommuneSyncError {
-        self.wiped.store(true, Ordering::SeqCst);
+    async fn wipe(&self, message: String) -> CommuneSyncError {
+        self.close(CommuneSyncError::Wiped(
+            "this device's store was wiped on the province's order".into(),
+        ));
         {
             let mut state = self.state();
             state.credential = None;
             state.client = None;
         }
-        let deleted = self
-            .store
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .wipe();
+        let store = self.store.clone();
+        let deleted = blocking(move || Ok(lock_store(&store).wipe()?)).await;
         // Told even when a file could not be deleted: the app must know, and delete the rest.
         let (deleted_files, message) = match deleted {
             Ok(paths) => (
                 paths.iter().map(|p| p.display().to_string()).collect(),
-                message.to_owned(),
+                message,
             ),
             Err(err) => (
                 Vec::new(),
                 format!("{message} (the wipe is incomplete: {err})"),
             ),
         };
+        tracing::warn!(device = %self.device_id, "store wiped on the province's order");
         self.observers.emit(Event::Wiped(WipeEvent {
             device_id: self.device_id.to_string(),
             store_path: self.store_path.clone(),
@@ -580,13 +659,19 @@ impl Engine {
         CommuneSyncError::Wiped(message)
     }
 
-    fn state(&self) -> MutexGuard<'_, SyncState> {
+    /// From now on every call fails with `reason`.
+    pub(crate) fn close(&self, reason: CommuneSyncError) {
+        *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, SyncState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn transport(&self) -> Result<ReqwestTransport> {
-        ReqwestTransport::new(&self.server_url)
-            .map_err(|e| CommuneSyncError::invalid(format!("server_url: {e}")))
+        self.transport
+            .clone()
+            .map_err(|e| CommuneSyncError::invalid(format!("server_url or trust settings: {e}")))
     }
 
     pub(crate) fn changed(&self, id: RecordId) {
@@ -596,6 +681,23 @@ impl Engine {
             changed_count: 1,
         }));
     }
+}
+
+pub(crate) fn lock_store(store: &Mutex<DeviceStore>) -> MutexGuard<'_, DeviceStore> {
+    // Every store write is one SQLite transaction: a panic in another holder rolled it back, so
+    // the store behind a poisoned lock is consistent.
+    store.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Runs blocking work (disk I/O, a lock) on tokio's blocking pool.
+pub(crate) async fn blocking<T, F>(work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| CommuneSyncError::Storage(format!("the store task failed: {e}")))?
 }
 
 fn record_failure(state: &mut SyncState, err: &CommuneSyncError) {

@@ -5,7 +5,7 @@ use communesync_core::sync::SyncError;
 
 /// Why an engine call failed. Each case carries a readable message (in English, for logs and
 /// support; apps show their own text per case).
-#[derive(Debug, thiserror::Error, uniffi::Error)]
+#[derive(Debug, Clone, thiserror::Error, uniffi::Error)]
 #[uniffi(flat_error)]
 #[non_exhaustive]
 pub enum CommuneSyncError {
@@ -24,6 +24,13 @@ pub enum CommuneSyncError {
     /// every later call of this engine fails with this error.
     #[error("wiped: {0}")]
     Wiped(String),
+    /// The server's certificate is not trusted: another CA than the configured ones, expired
+    /// (or the tablet's clock is wrong), issued for another host name, or no pinned key; the
+    /// message says which. Not `Offline`: retrying on the same network will not help (a captive
+    /// Wi-Fi portal, a wrong clock or a wrong `server_url` might be the cause); the background
+    /// policy waits an hour, then longer, before trying again.
+    #[error("untrusted server: {0}")]
+    UntrustedServer(String),
     /// The server no longer accepts this version of the app: nothing syncs until the app is
     /// upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
     #[error("upgrade required: {0}")]
@@ -54,6 +61,8 @@ pub enum ErrorKind {
     Revoked,
     /// See [`CommuneSyncError::Wiped`].
     Wiped,
+    /// See [`CommuneSyncError::UntrustedServer`].
+    UntrustedServer,
     /// See [`CommuneSyncError::UpgradeRequired`].
     UpgradeRequired,
     /// See [`CommuneSyncError::InvalidInput`].
@@ -74,6 +83,7 @@ impl CommuneSyncError {
             CommuneSyncError::Unauthorized(_) => ErrorKind::Unauthorized,
             CommuneSyncError::Revoked(_) => ErrorKind::Revoked,
             CommuneSyncError::Wiped(_) => ErrorKind::Wiped,
+            CommuneSyncError::UntrustedServer(_) => ErrorKind::UntrustedServer,
             CommuneSyncError::UpgradeRequired(_) => ErrorKind::UpgradeRequired,
             CommuneSyncError::InvalidInput(_) => ErrorKind::InvalidInput,
             CommuneSyncError::NotFound(_) => ErrorKind::NotFound,
@@ -116,6 +126,8 @@ impl From<SyncError> for CommuneSyncError {
             SyncError::Revoked => CommuneSyncError::Revoked(message),
             SyncError::Wiped(_) => CommuneSyncError::Wiped(message),
             SyncError::UpgradeRequired(_) => CommuneSyncError::UpgradeRequired(message),
+            // The reason alone: the case already says "untrusted server".
+            SyncError::UntrustedServer(reason) => CommuneSyncError::UntrustedServer(reason),
             SyncError::Forbidden(_) | SyncError::Rejected { .. } => {
                 CommuneSyncError::InvalidInput(message)
             }
@@ -172,6 +184,10 @@ mod tests {
         assert_eq!(
             CommuneSyncError::from(SyncError::UpgradeRequired("protocol 2".into())).kind(),
             ErrorKind::UpgradeRequired
+        );
+        assert_eq!(
+            CommuneSyncError::from(SyncError::UntrustedServer("expired".into())).kind(),
+            ErrorKind::UntrustedServer
         );
         let limited = SyncError::Rejected {
             status: 429,

@@ -3,7 +3,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use crate::error::CommuneSyncError;
@@ -63,6 +63,8 @@ pub(crate) enum Event {
     Progress(SyncProgress),
     Changed(ChangeEvent),
     Wiped(WipeEvent),
+    /// A sync started or ended, or the enrollment changed: for status watchers only.
+    Status,
 }
 
 /// The engine's list of observers.
@@ -83,20 +85,30 @@ impl Observers {
         self: &Arc<Self>,
         observer: Arc<dyn SyncObserver>,
     ) -> Result<ObserverHandle, CommuneSyncError> {
+        self.add_thread("communesync-observer", move |rx| {
+            for event in rx {
+                // An exception thrown by the app's observer must not end the delivery of the
+                // next events, and must not unwind into the engine.
+                let _ = catch_unwind(AssertUnwindSafe(|| match event {
+                    Event::Progress(p) => observer.on_progress(p),
+                    Event::Changed(c) => observer.on_changed(c),
+                    Event::Wiped(w) => observer.on_wiped(w),
+                    Event::Status => {}
+                }));
+            }
+        })
+    }
+
+    /// Starts a thread that receives every event, until the handle stops it.
+    pub(crate) fn add_thread(
+        self: &Arc<Self>,
+        name: &str,
+        run: impl FnOnce(Receiver<Event>) + Send + 'static,
+    ) -> Result<ObserverHandle, CommuneSyncError> {
         let (tx, rx) = channel::<Event>();
         std::thread::Builder::new()
-            .name("communesync-observer".into())
-            .spawn(move || {
-                for event in rx {
-                    // An exception thrown by the app's observer must not end the delivery of the
-                    // next events, and must not unwind into the engine.
-                    let _ = catch_unwind(AssertUnwindSafe(|| match event {
-                        Event::Progress(p) => observer.on_progress(p),
-                        Event::Changed(c) => observer.on_changed(c),
-                        Event::Wiped(w) => observer.on_wiped(w),
-                    }));
-                }
-            })
+            .name(name.into())
+            .spawn(move || run(rx))
             .map_err(|e| CommuneSyncError::Storage(format!("cannot start observer thread: {e}")))?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.senders

@@ -115,6 +115,7 @@ pub fn next_sync_after(input: PolicyInput, policy: Option<BackgroundPolicy>) -> 
             ErrorKind::Revoked => PolicyError::Revoked,
             ErrorKind::Wiped => PolicyError::Wiped,
             ErrorKind::UpgradeRequired => PolicyError::UpgradeRequired,
+            ErrorKind::UntrustedServer => PolicyError::UntrustedServer,
             _ => PolicyError::Other,
         }),
     };

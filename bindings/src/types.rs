@@ -1,5 +1,7 @@
-//! Records that cross the FFI, mirroring the core types: ids as strings, times as milliseconds
-//! since the Unix epoch, civil dates (Vietnam) as `YYYY-MM-DD` strings, statuses as enums.
+//! Records that cross the FFI, mirroring the core types: ids as strings, instants as
+//! `SystemTime` (Kotlin `java.time.Instant`, Swift `Date`), civil dates (Vietnam) as
+//! [`CivilDate`] (Kotlin `java.time.LocalDate`, Swift `DateComponents` with year, month and day;
+//! `YYYY-MM-DD` on the wire, see `uniffi.toml`), statuses as enums.
 
 use communesync_core::catalogue::{CivilDate, Procedure as CoreProcedure};
 use communesync_core::record::{
@@ -11,6 +13,8 @@ use communesync_core::sync::{
     self as sync, Credentials, Scope, SyncPhase as CorePhase, SyncProgress as CoreProgress,
 };
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
 use crate::error::CommuneSyncError;
 
 type Result<T, E = CommuneSyncError> = std::result::Result<T, E>;
@@ -19,16 +23,41 @@ pub(crate) fn parse_id(id: &str) -> Result<RecordId> {
     id.parse().map_err(CommuneSyncError::from)
 }
 
-fn parse_date(field: &str, value: &str) -> Result<CivilDate> {
-    value
-        .parse()
-        .map_err(|e| CommuneSyncError::invalid(format!("{field}: {e}")))
+// A civil date crosses as its `YYYY-MM-DD` text; the platform layers map it to their date type
+// (uniffi.toml). A text the core does not accept is `InvalidInput` for the call.
+uniffi::custom_type!(CivilDate, String, {
+    remote,
+    lower: |date| date.to_string(),
+    try_lift: |text| text
+        .parse::<CivilDate>()
+        .map_err(|e| CommuneSyncError::invalid(format!("date {text:?}: {e}")).into()),
+});
+
+/// An instant from milliseconds since the Unix epoch (negative: before it).
+pub(crate) fn time_from_ms(ms: i64) -> SystemTime {
+    let offset = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    }
+    .unwrap_or(UNIX_EPOCH)
+}
+
+/// Milliseconds since the Unix epoch of an instant, to the nearest millisecond (a Swift `Date` is
+/// a `Double`: 0.251 s arrives as 0.250999999 s); saturating far outside ±292 million years.
+pub(crate) fn ms_from_time(time: SystemTime) -> i64 {
+    let nearest_ms = |d: Duration| i64::try_from((d.as_nanos() + 500_000) / 1_000_000);
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => nearest_ms(after).unwrap_or(i64::MAX),
+        Err(before) => nearest_ms(before.duration()).map_or(i64::MIN, |ms| -ms),
+    }
 }
 
 // ----- configuration and credential ------------------------------------------------------------
 
 /// Everything needed to open an [`Engine`](crate::Engine).
-#[derive(Debug, Clone, uniffi::Record)]
+#[derive(Clone, uniffi::Record)]
 pub struct EngineConfig {
     /// Path of the store file (created if missing), in the app's private storage.
     pub store_path: String,
@@ -50,6 +79,32 @@ pub struct EngineConfig {
     /// pulled records an older one could not read.
     #[uniffi(default)]
     pub app_version: Option<String>,
+    /// The province's CA certificates (PEM). When any is given, the server's certificate must
+    /// come from one of them and the public web CAs bundled in the library are not trusted.
+    /// Several are allowed so that a province can rotate its CA: add the new one, switch the
+    /// server's certificate, then remove the old one. Empty: the bundled web roots.
+    #[uniffi(default)]
+    pub trusted_ca_pem: Vec<String>,
+    /// Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+    /// `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+    /// one of these keys, on top of the CA check. Several are allowed, for rotation.
+    #[uniffi(default)]
+    pub pinned_keys: Vec<String>,
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("store_path", &self.store_path)
+            .field("encryption_key", &"<redacted>")
+            .field("server_url", &self.server_url)
+            .field("credential", &self.credential)
+            .field("background_policy", &self.background_policy)
+            .field("app_version", &self.app_version)
+            .field("trusted_ca_pem", &self.trusted_ca_pem.len())
+            .field("pinned_keys", &self.pinned_keys)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The device credential issued at enrollment. The token is a secret: keep the whole record in
@@ -298,16 +353,21 @@ fn fees_to_core(fees: Vec<Fee>) -> Vec<core::Fee> {
 pub struct Application {
     /// Record id (a UUID).
     pub id: String,
+    /// The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+    /// for applications taken before numbers existed.
+    pub dossier_number: Option<String>,
+    /// Whether the number is a fallback (the tablet had no block of numbers left).
+    pub dossier_number_fallback: bool,
     /// Commune it belongs to.
     pub commune_code: String,
     /// Procedure code from the catalogue.
     pub procedure_code: String,
     /// The applicant.
     pub applicant: Applicant,
-    /// When it was received, ms since the epoch (device clock at intake).
-    pub received_at_ms: i64,
-    /// Statutory due date in Vietnam, `YYYY-MM-DD`.
-    pub due_date: String,
+    /// When it was received (device clock at intake).
+    pub received_at: SystemTime,
+    /// Statutory due date in Vietnam.
+    pub due_date: CivilDate,
     /// Papers received.
     pub documents: Vec<ReceivedDocument>,
     /// Fees.
@@ -326,11 +386,13 @@ impl From<core::Application> for Application {
     fn from(a: core::Application) -> Self {
         Application {
             id: a.id.to_string(),
+            dossier_number: a.dossier_number,
+            dossier_number_fallback: a.dossier_number_fallback,
             commune_code: a.commune_code,
             procedure_code: a.procedure_code,
             applicant: a.applicant.into(),
-            received_at_ms: a.received_at,
-            due_date: a.due_at.to_string(),
+            received_at: time_from_ms(a.received_at),
+            due_date: a.due_at,
             documents: a
                 .documents
                 .into_iter()
@@ -373,9 +435,9 @@ pub struct NewApplication {
     pub procedure_code: String,
     /// The applicant.
     pub applicant: Applicant,
-    /// Receipt time in ms since the epoch; `None` for now.
+    /// When it was received; `None` for now.
     #[uniffi(default)]
-    pub received_at_ms: Option<i64>,
+    pub received_at: Option<SystemTime>,
     /// Papers received.
     #[uniffi(default)]
     pub documents: Vec<ReceivedDocument>,
@@ -396,7 +458,7 @@ impl From<NewApplication> for core::NewApplication {
             commune_code: n.commune_code,
             procedure_code: n.procedure_code,
             applicant: n.applicant.into(),
-            received_at: n.received_at_ms,
+            received_at: n.received_at.map(ms_from_time),
             documents: documents_to_core(n.documents),
             fees: fees_to_core(n.fees),
             assignee: n.assignee,
@@ -482,8 +544,8 @@ pub struct CitizenRequest {
     pub reporter_name: String,
     /// Reporter's contact.
     pub reporter_contact: String,
-    /// When it was received, ms since the epoch (device clock).
-    pub received_at_ms: i64,
+    /// When it was received (device clock).
+    pub received_at: SystemTime,
     /// Workflow status.
     pub status: RequestStatus,
     /// Officer handling it.
@@ -504,7 +566,7 @@ impl From<core::CitizenRequest> for CitizenRequest {
             description: r.description,
             reporter_name: r.reporter_name,
             reporter_contact: r.reporter_contact,
-            received_at_ms: r.received_at,
+            received_at: time_from_ms(r.received_at),
             status: r.status.into(),
             assignee: r.assignee,
             notes: r.notes,
@@ -531,9 +593,9 @@ pub struct NewCitizenRequest {
     /// Reporter's contact.
     #[uniffi(default)]
     pub reporter_contact: String,
-    /// Receipt time in ms since the epoch; `None` for now.
+    /// When it was received; `None` for now.
     #[uniffi(default)]
-    pub received_at_ms: Option<i64>,
+    pub received_at: Option<SystemTime>,
     /// Officer handling it.
     #[uniffi(default)]
     pub assignee: Option<String>,
@@ -551,7 +613,7 @@ impl From<NewCitizenRequest> for core::NewCitizenRequest {
             description: n.description,
             reporter_name: n.reporter_name,
             reporter_contact: n.reporter_contact,
-            received_at: n.received_at_ms,
+            received_at: n.received_at.map(ms_from_time),
             assignee: n.assignee,
             notes: n.notes,
         }
@@ -765,13 +827,15 @@ pub struct HistoryEntry {
     pub device_id: Option<String>,
     /// Officer signed in at the time.
     pub officer: String,
-    /// The device's clock at the time, ms since the epoch (informative: device clocks drift).
-    pub device_time_ms: i64,
+    /// The device's clock at the time (informative: device clocks drift).
+    pub device_time: SystemTime,
     /// Fields it touched (`created` for the first change).
     pub fields: Vec<String>,
-    /// When the server received it, ms since the epoch (server clock): the server's fact beside
+    /// When the server received it (server clock): the server's fact beside
     /// the device's claim. `None` until the server has acknowledged it.
-    pub server_received_at_ms: Option<i64>,
+    pub server_received_at: Option<SystemTime>,
+    /// Whether this device signed the change in a push (its own changes since device keys).
+    pub signed_by_this_device: bool,
 }
 
 impl From<core::HistoryEntry> for HistoryEntry {
@@ -780,9 +844,10 @@ impl From<core::HistoryEntry> for HistoryEntry {
             hash: h.hash,
             device_id: h.device.map(|d| d.to_string()),
             officer: h.officer,
-            device_time_ms: h.device_time,
+            device_time: time_from_ms(h.device_time),
             fields: h.fields,
-            server_received_at_ms: h.server_received_at,
+            server_received_at: h.server_received_at.map(time_from_ms),
+            signed_by_this_device: h.signed_by_this_device,
         }
     }
 }
@@ -829,10 +894,10 @@ pub struct QuarantinedRecord {
     pub code: String,
     /// Why, for people (English; apps show their own text per code).
     pub message: String,
-    /// When it was first set aside, ms since the epoch (device clock corrected by the server's).
-    pub first_at_ms: i64,
+    /// When it was first set aside (device clock corrected by the server's).
+    pub first_at: SystemTime,
     /// When it was last refused or tried.
-    pub last_at_ms: i64,
+    pub last_at: SystemTime,
     /// Times refused (outgoing) or tried (incoming).
     pub attempts: u32,
     /// Incoming: whether its data is kept (false beyond the quarantine's bound).
@@ -848,8 +913,8 @@ impl From<quarantine::QuarantinedRecord> for QuarantinedRecord {
             direction: q.direction.into(),
             code: q.code,
             message: q.message,
-            first_at_ms: q.first_at,
-            last_at_ms: q.last_at,
+            first_at: time_from_ms(q.first_at),
+            last_at: time_from_ms(q.last_at),
             attempts: q.attempts,
             changes_kept: q.changes_kept,
         }
@@ -868,8 +933,8 @@ pub enum AuditAction {
 /// One entry of the audit log of quarantine decisions: who, when, what, why.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct AuditEntry {
-    /// When, ms since the epoch (device clock corrected by the server's).
-    pub at_ms: i64,
+    /// When (device clock corrected by the server's).
+    pub at: SystemTime,
     /// The officer who decided.
     pub officer: String,
     /// What was done.
@@ -893,7 +958,7 @@ pub struct AuditEntry {
 impl From<quarantine::AuditEntry> for AuditEntry {
     fn from(a: quarantine::AuditEntry) -> Self {
         AuditEntry {
-            at_ms: a.at,
+            at: time_from_ms(a.at),
             officer: a.officer,
             action: match a.action {
                 quarantine::AuditAction::Discarded => AuditAction::Discarded,
@@ -942,18 +1007,18 @@ pub struct ApplicationQuery {
     /// Only this assignee.
     #[uniffi(default)]
     pub assignee: Option<String>,
-    /// Due on or after this date (`YYYY-MM-DD`).
+    /// Due on or after this date.
     #[uniffi(default)]
-    pub due_from: Option<String>,
-    /// Due on or before this date (`YYYY-MM-DD`).
+    pub due_from: Option<CivilDate>,
+    /// Due on or before this date.
     #[uniffi(default)]
-    pub due_until: Option<String>,
-    /// Received at or after (ms since the epoch).
+    pub due_until: Option<CivilDate>,
+    /// Received at or after.
     #[uniffi(default)]
-    pub received_from_ms: Option<i64>,
-    /// Received before (ms since the epoch).
+    pub received_from: Option<SystemTime>,
+    /// Received before.
     #[uniffi(default)]
-    pub received_until_ms: Option<i64>,
+    pub received_until: Option<SystemTime>,
     /// Only records with unresolved conflicts.
     #[uniffi(default)]
     pub with_conflicts: bool,
@@ -980,13 +1045,10 @@ impl TryFrom<ApplicationQuery> for store::ApplicationQuery {
             procedure_code: q.procedure_code,
             village: q.village,
             assignee: q.assignee,
-            due_from: q.due_from.map(|d| parse_date("due_from", &d)).transpose()?,
-            due_until: q
-                .due_until
-                .map(|d| parse_date("due_until", &d))
-                .transpose()?,
-            received_from: q.received_from_ms,
-            received_until: q.received_until_ms,
+            due_from: q.due_from,
+            due_until: q.due_until,
+            received_from: q.received_from.map(ms_from_time),
+            received_until: q.received_until.map(ms_from_time),
             with_conflicts: q.with_conflicts,
             sort: match q.sort.unwrap_or_default() {
                 SortBy::ReceivedAt => store::SortBy::ReceivedAt,
@@ -1015,10 +1077,10 @@ pub struct ApplicationSummary {
     pub status: ApplicationStatus,
     /// Assignee.
     pub assignee: Option<String>,
-    /// Receipt time, ms since the epoch.
-    pub received_at_ms: i64,
-    /// Due date, `YYYY-MM-DD`.
-    pub due_date: String,
+    /// When it was received.
+    pub received_at: SystemTime,
+    /// Due date.
+    pub due_date: CivilDate,
     /// Whether a field holds concurrent values (see [`Engine::conflicts`](crate::Engine::conflicts)).
     pub has_conflicts: bool,
 }
@@ -1047,8 +1109,8 @@ impl From<store::Page<store::ApplicationSummary>> for ApplicationPage {
                     village: s.village,
                     status: s.status.into(),
                     assignee: s.assignee,
-                    received_at_ms: s.received_at,
-                    due_date: s.due_at.to_string(),
+                    received_at: time_from_ms(s.received_at),
+                    due_date: s.due_at,
                     has_conflicts: s.has_conflicts,
                 })
                 .collect(),
@@ -1065,6 +1127,15 @@ pub struct StatusCount {
     pub status: ApplicationStatus,
     /// How many applications are in it.
     pub count: u64,
+}
+
+impl From<store::StatusCount> for StatusCount {
+    fn from(c: store::StatusCount) -> Self {
+        StatusCount {
+            status: c.status.into(),
+            count: c.count,
+        }
+    }
 }
 
 /// A full-text search result.
@@ -1212,10 +1283,10 @@ pub struct SyncStatus {
     pub enrolled_commune: Option<String>,
     /// Whether the server refused this version of the app: upgrade it.
     pub upgrade_required: bool,
-    /// Server time of the last successful sync (ms since the epoch), kept in the store.
-    pub last_server_sync_ms: Option<i64>,
+    /// Server time of the last successful sync, kept in the store.
+    pub last_server_sync: Option<SystemTime>,
     /// Device time of the last successful sync in this process.
-    pub last_success_ms: Option<i64>,
+    pub last_success: Option<SystemTime>,
     /// Syncs that failed since the last success (in this process).
     pub consecutive_failures: u32,
     /// What the last sync failed with, if it failed.

@@ -21,6 +21,7 @@ fn base_document() -> (RecordId, Vec<u8>) {
     let id = RecordId(uuid::Uuid::from_bytes([7; 16]));
     let app = Application {
         id,
+        dossier_number: None,
         commune_code: "DB-MUONGPHANG".into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -41,6 +42,7 @@ fn base_document() -> (RecordId, Vec<u8>) {
         },
         procedure_version: 0,
         form_values: Default::default(),
+        dossier_number_fallback: false,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

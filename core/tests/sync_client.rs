@@ -70,6 +70,8 @@ struct HubState {
     requests: u64,
     catalogue: Option<(u64, String)>,
     clock: i64,
+    /// The store epoch its sync answers carry (none: a server before epochs).
+    epoch: Option<String>,
 }
 
 #[derive(Clone)]
@@ -94,6 +96,7 @@ impl Hub {
             requests: 0,
             catalogue: None,
             clock: MONDAY_9AM + 3_600_000,
+            epoch: None,
         })))
     }
 
@@ -153,7 +156,10 @@ impl Hub {
             }
         }
         let response = match req.path.as_str() {
-            "/v1/sync" => state.sync(&req),
+            "/v1/sync" => HttpResponse {
+                store_epoch: state.epoch.clone(),
+                ..state.sync(&req)
+            },
             "/v1/enroll" => state.enroll(&req),
             _ => error(404, "not_found"),
         };
@@ -174,6 +180,7 @@ fn error(status: u16, code: &str) -> HttpResponse {
         bytes_received: 120 + body.len() as u64,
         body,
         retry_after: None,
+        store_epoch: None,
     }
 }
 
@@ -184,6 +191,7 @@ fn ok(body: Vec<u8>, sent: usize) -> HttpResponse {
         bytes_received: 120 + body.len() as u64,
         body,
         retry_after: None,
+        store_epoch: None,
     }
 }
 
@@ -990,6 +998,34 @@ async fn documents_the_server_lacks_the_base_of_are_sent_whole() {
     assert_eq!((report.pushed_docs, report.pushed_changes), (1, 2));
     assert_eq!(hub.state().store.heads(ids[1]).unwrap(), a.heads(ids[1]));
     assert_eq!(a.pending(), 0);
+}
+
+#[tokio::test]
+async fn a_new_store_epoch_makes_the_tablet_give_back_everything_once() {
+    let hub = Hub::new();
+    let a = tablet(&hub, fast());
+    let ids = a.create(5, 200);
+    hub.state().epoch = Some("e1".into());
+    a.sync().await.unwrap();
+    // The hub restored from a backup older than everything: a new epoch.
+    hub.lose_data();
+    hub.state().epoch = Some("e2".into());
+    let report = a.sync().await.unwrap();
+    assert_eq!(report.pushed_docs, 5, "{report:?}");
+    for id in &ids {
+        assert_eq!(hub.state().store.heads(*id).unwrap(), a.heads(*id));
+    }
+    assert_eq!(a.pending(), 0);
+    // A replica still sending the old epoch, then the new one: nothing is redone.
+    for epoch in ["e1", "e2"] {
+        hub.state().epoch = Some(epoch.into());
+        let report = a.sync().await.unwrap();
+        assert_eq!((report.requests, report.pushed_docs), (1, 0), "{report:?}");
+    }
+    // A server without epochs (or a malformed header, which the transport drops) changes
+    // nothing either.
+    hub.state().epoch = None;
+    assert_eq!(a.sync().await.unwrap().pushed_docs, 0);
 }
 
 #[tokio::test]

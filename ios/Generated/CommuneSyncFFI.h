@@ -243,6 +243,13 @@ typedef void (*UniffiForeignFutureCompleteVoid)(uint64_t, UniffiForeignFutureRes
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_ENGINE_LOGGER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_ENGINE_LOGGER_METHOD0
+typedef void (*UniffiCallbackInterfaceEngineLoggerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
 #ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_SYNC_OBSERVER_METHOD0
 #define UNIFFI_FFIDEF_CALLBACK_INTERFACE_SYNC_OBSERVER_METHOD0
 typedef void (*UniffiCallbackInterfaceSyncObserverMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
@@ -264,6 +271,22 @@ typedef void (*UniffiCallbackInterfaceSyncObserverMethod2)(uint64_t, RustBuffer,
     );
 
 #endif
+#ifndef UNIFFI_FFIDEF_CALLBACK_INTERFACE_SYNC_STATUS_LISTENER_METHOD0
+#define UNIFFI_FFIDEF_CALLBACK_INTERFACE_SYNC_STATUS_LISTENER_METHOD0
+typedef void (*UniffiCallbackInterfaceSyncStatusListenerMethod0)(uint64_t, RustBuffer, void* _Nonnull, 
+        RustCallStatus *_Nonnull uniffiCallStatus
+    );
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_ENGINE_LOGGER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_ENGINE_LOGGER
+typedef struct UniffiVTableCallbackInterfaceEngineLogger {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceEngineLoggerMethod0 _Nonnull log;
+} UniffiVTableCallbackInterfaceEngineLogger;
+
+#endif
 #ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SYNC_OBSERVER
 #define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SYNC_OBSERVER
 typedef struct UniffiVTableCallbackInterfaceSyncObserver {
@@ -273,6 +296,15 @@ typedef struct UniffiVTableCallbackInterfaceSyncObserver {
     UniffiCallbackInterfaceSyncObserverMethod1 _Nonnull onChanged;
     UniffiCallbackInterfaceSyncObserverMethod2 _Nonnull onWiped;
 } UniffiVTableCallbackInterfaceSyncObserver;
+
+#endif
+#ifndef UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SYNC_STATUS_LISTENER
+#define UNIFFI_FFIDEF_V_TABLE_CALLBACK_INTERFACE_SYNC_STATUS_LISTENER
+typedef struct UniffiVTableCallbackInterfaceSyncStatusListener {
+    UniffiCallbackInterfaceFree _Nonnull uniffiFree;
+    UniffiCallbackInterfaceClone _Nonnull uniffiClone;
+    UniffiCallbackInterfaceSyncStatusListenerMethod0 _Nonnull onStatus;
+} UniffiVTableCallbackInterfaceSyncStatusListener;
 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CLONE_ENGINE
@@ -287,7 +319,7 @@ void uniffi_communesync_ffi_fn_free_engine(uint64_t handle, RustCallStatus *_Non
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CONSTRUCTOR_ENGINE_OPEN
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CONSTRUCTOR_ENGINE_OPEN
-uint64_t uniffi_communesync_ffi_fn_constructor_engine_open(RustBuffer config, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_constructor_engine_open(RustBuffer config
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_DOSSIER
@@ -335,34 +367,44 @@ uint64_t uniffi_communesync_ffi_fn_method_engine_search_procedures(uint64_t ptr,
 uint64_t uniffi_communesync_ffi_fn_method_engine_set_form_values(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer form
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_APPLICATION_BY_NUMBER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_APPLICATION_BY_NUMBER
+uint64_t uniffi_communesync_ffi_fn_method_engine_application_by_number(uint64_t ptr, RustBuffer number
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DOSSIER_NUMBER_STATE
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DOSSIER_NUMBER_STATE
+uint64_t uniffi_communesync_ffi_fn_method_engine_dossier_number_state(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_AUDIT_LOG
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_AUDIT_LOG
-RustBuffer uniffi_communesync_ffi_fn_method_engine_audit_log(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_audit_log(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CONFLICTS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CONFLICTS
-RustBuffer uniffi_communesync_ffi_fn_method_engine_conflicts(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_conflicts(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COPY_QUARANTINED_AS_NEW
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COPY_QUARANTINED_AS_NEW
-RustBuffer uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(uint64_t ptr, RustBuffer officer, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(uint64_t ptr, RustBuffer officer, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COUNTS_BY_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_COUNTS_BY_STATUS
-RustBuffer uniffi_communesync_ffi_fn_method_engine_counts_by_status(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_counts_by_status(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_APPLICATION
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_APPLICATION
-RustBuffer uniffi_communesync_ffi_fn_method_engine_create_application(uint64_t ptr, RustBuffer officer, RustBuffer new, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_create_application(uint64_t ptr, RustBuffer officer, RustBuffer new
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_CITIZEN_REQUEST
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_CITIZEN_REQUEST
-RustBuffer uniffi_communesync_ffi_fn_method_engine_create_citizen_request(uint64_t ptr, RustBuffer officer, RustBuffer new, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_create_citizen_request(uint64_t ptr, RustBuffer officer, RustBuffer new
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREDENTIAL
@@ -377,12 +419,12 @@ RustBuffer uniffi_communesync_ffi_fn_method_engine_device_id(uint64_t ptr, RustC
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DISCARD_QUARANTINED
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DISCARD_QUARANTINED
-void uniffi_communesync_ffi_fn_method_engine_discard_quarantined(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer reason, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_discard_quarantined(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer reason
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DUE_SOON
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DUE_SOON
-RustBuffer uniffi_communesync_ffi_fn_method_engine_due_soon(uint64_t ptr, uint32_t working_days, uint32_t limit, uint32_t offset, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_due_soon(uint64_t ptr, uint32_t working_days, uint32_t limit, uint32_t offset
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLL
@@ -392,32 +434,32 @@ uint64_t uniffi_communesync_ffi_fn_method_engine_enroll(uint64_t ptr, RustBuffer
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLLED_COMMUNE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ENROLLED_COMMUNE
-RustBuffer uniffi_communesync_ffi_fn_method_engine_enrolled_commune(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_enrolled_commune(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_APPLICATION
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_APPLICATION
-RustBuffer uniffi_communesync_ffi_fn_method_engine_get_application(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_get_application(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_CITIZEN_REQUEST
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_CITIZEN_REQUEST
-RustBuffer uniffi_communesync_ffi_fn_method_engine_get_citizen_request(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_get_citizen_request(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_RECORD
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_GET_RECORD
-RustBuffer uniffi_communesync_ffi_fn_method_engine_get_record(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_get_record(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_HISTORY
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_HISTORY
-RustBuffer uniffi_communesync_ffi_fn_method_engine_history(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_history(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_NEXT_SYNC_AFTER
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_NEXT_SYNC_AFTER
-RustBuffer uniffi_communesync_ffi_fn_method_engine_next_sync_after(uint64_t ptr, int8_t metered, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_next_sync_after(uint64_t ptr, int8_t metered
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_OBSERVE
@@ -427,42 +469,42 @@ uint64_t uniffi_communesync_ffi_fn_method_engine_observe(uint64_t ptr, uint64_t 
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_OVERDUE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_OVERDUE
-RustBuffer uniffi_communesync_ffi_fn_method_engine_overdue(uint64_t ptr, uint32_t limit, uint32_t offset, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_overdue(uint64_t ptr, uint32_t limit, uint32_t offset
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_POLICY_INPUT
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_POLICY_INPUT
-RustBuffer uniffi_communesync_ffi_fn_method_engine_policy_input(uint64_t ptr, int8_t metered, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_policy_input(uint64_t ptr, int8_t metered
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_PROCEDURE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_PROCEDURE
-RustBuffer uniffi_communesync_ffi_fn_method_engine_procedure(uint64_t ptr, RustBuffer code, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_procedure(uint64_t ptr, RustBuffer code
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUARANTINED
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUARANTINED
-RustBuffer uniffi_communesync_ffi_fn_method_engine_quarantined(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_quarantined(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUERY_APPLICATIONS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_QUERY_APPLICATIONS
-RustBuffer uniffi_communesync_ffi_fn_method_engine_query_applications(uint64_t ptr, RustBuffer query, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_query_applications(uint64_t ptr, RustBuffer query
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RESOLVE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RESOLVE
-RustBuffer uniffi_communesync_ffi_fn_method_engine_resolve(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer field, RustBuffer value, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_resolve(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer field, RustBuffer value
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RETRY_QUARANTINED
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RETRY_QUARANTINED
-int8_t uniffi_communesync_ffi_fn_method_engine_retry_quarantined(uint64_t ptr, RustBuffer id, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_retry_quarantined(uint64_t ptr, RustBuffer id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_SEARCH
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_SEARCH
-RustBuffer uniffi_communesync_ffi_fn_method_engine_search(uint64_t ptr, RustBuffer text, uint32_t limit, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_search(uint64_t ptr, RustBuffer text, uint32_t limit
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_SYNC_NOW
@@ -472,17 +514,72 @@ uint64_t uniffi_communesync_ffi_fn_method_engine_sync_now(uint64_t ptr
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_SYNC_STATUS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_SYNC_STATUS
-RustBuffer uniffi_communesync_ffi_fn_method_engine_sync_status(uint64_t ptr, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_sync_status(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_UPDATE_APPLICATION
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_UPDATE_APPLICATION
-RustBuffer uniffi_communesync_ffi_fn_method_engine_update_application(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer update, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_update_application(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer update
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_UPDATE_CITIZEN_REQUEST
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_UPDATE_CITIZEN_REQUEST
-RustBuffer uniffi_communesync_ffi_fn_method_engine_update_citizen_request(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer update, RustCallStatus *_Nonnull out_status
+uint64_t uniffi_communesync_ffi_fn_method_engine_update_citizen_request(uint64_t ptr, RustBuffer officer, RustBuffer id, RustBuffer update
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_REKEY
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_REKEY
+uint64_t uniffi_communesync_ffi_fn_method_engine_rekey(uint64_t ptr, RustBuffer new_key
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DEVICE_PUBLIC_KEY
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_DEVICE_PUBLIC_KEY
+uint64_t uniffi_communesync_ffi_fn_method_engine_device_public_key(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ISSUE_RECEIPT
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_ISSUE_RECEIPT
+uint64_t uniffi_communesync_ffi_fn_method_engine_issue_receipt(uint64_t ptr, RustBuffer record_id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RECEIPT_PDF
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_RECEIPT_PDF
+uint64_t uniffi_communesync_ffi_fn_method_engine_receipt_pdf(uint64_t ptr, RustBuffer record_id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_VERIFY_RECEIPT
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_VERIFY_RECEIPT
+uint64_t uniffi_communesync_ffi_fn_method_engine_verify_receipt(uint64_t ptr, RustBuffer payload
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_WRITE_RECEIPT_PDF
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_WRITE_RECEIPT_PDF
+uint64_t uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(uint64_t ptr, RustBuffer record_id, RustBuffer path
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_WATCH_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_WATCH_SYNC_STATUS
+uint64_t uniffi_communesync_ffi_fn_method_engine_watch_sync_status(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CLONE_ENGINELOGGER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CLONE_ENGINELOGGER
+uint64_t uniffi_communesync_ffi_fn_clone_enginelogger(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FREE_ENGINELOGGER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FREE_ENGINELOGGER
+void uniffi_communesync_ffi_fn_free_enginelogger(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_INIT_CALLBACK_VTABLE_ENGINELOGGER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_INIT_CALLBACK_VTABLE_ENGINELOGGER
+void uniffi_communesync_ffi_fn_init_callback_vtable_enginelogger(const UniffiVTableCallbackInterfaceEngineLogger* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINELOGGER_LOG
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINELOGGER_LOG
+void uniffi_communesync_ffi_fn_method_enginelogger_log(uint64_t ptr, RustBuffer record, RustCallStatus *_Nonnull out_status
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CLONE_OBSERVERHANDLE
@@ -535,9 +632,40 @@ void uniffi_communesync_ffi_fn_method_syncobserver_on_changed(uint64_t ptr, Rust
 void uniffi_communesync_ffi_fn_method_syncobserver_on_wiped(uint64_t ptr, RustBuffer event, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CLONE_SYNCSTATUSLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_CLONE_SYNCSTATUSLISTENER
+uint64_t uniffi_communesync_ffi_fn_clone_syncstatuslistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FREE_SYNCSTATUSLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FREE_SYNCSTATUSLISTENER
+void uniffi_communesync_ffi_fn_free_syncstatuslistener(uint64_t handle, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_INIT_CALLBACK_VTABLE_SYNCSTATUSLISTENER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_INIT_CALLBACK_VTABLE_SYNCSTATUSLISTENER
+void uniffi_communesync_ffi_fn_init_callback_vtable_syncstatuslistener(const UniffiVTableCallbackInterfaceSyncStatusListener* _Nonnull vtable
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_SYNCSTATUSLISTENER_ON_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_SYNCSTATUSLISTENER_ON_STATUS
+void uniffi_communesync_ffi_fn_method_syncstatuslistener_on_status(uint64_t ptr, RustBuffer status, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_SET_LOGGER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_SET_LOGGER
+void uniffi_communesync_ffi_fn_func_set_logger(RustBuffer logger, RustBuffer min_level, RustCallStatus *_Nonnull out_status
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_NEXT_SYNC_AFTER
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_NEXT_SYNC_AFTER
 RustBuffer uniffi_communesync_ffi_fn_func_next_sync_after(RustBuffer input, RustBuffer policy, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_RECEIPT_PAYLOAD_MAX_CHARS
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_FUNC_RECEIPT_PAYLOAD_MAX_CHARS
+uint32_t uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(RustCallStatus *_Nonnull out_status
+    
 );
 #endif
 #ifndef UNIFFI_FFIDEF_FFI_COMMUNESYNC_FFI_RUSTBUFFER_ALLOC
@@ -800,9 +928,21 @@ void ffi_communesync_ffi_rust_future_free_void(uint64_t handle
 void ffi_communesync_ffi_rust_future_complete_void(uint64_t handle, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_SET_LOGGER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_SET_LOGGER
+uint16_t uniffi_communesync_ffi_checksum_func_set_logger(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_NEXT_SYNC_AFTER
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_NEXT_SYNC_AFTER
 uint16_t uniffi_communesync_ffi_checksum_func_next_sync_after(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_RECEIPT_PAYLOAD_MAX_CHARS
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_RECEIPT_PAYLOAD_MAX_CHARS
+uint16_t uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(void
     
 );
 #endif
@@ -857,6 +997,18 @@ uint16_t uniffi_communesync_ffi_checksum_method_engine_search_procedures(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_SET_FORM_VALUES
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_SET_FORM_VALUES
 uint16_t uniffi_communesync_ffi_checksum_method_engine_set_form_values(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_APPLICATION_BY_NUMBER
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_APPLICATION_BY_NUMBER
+uint16_t uniffi_communesync_ffi_checksum_method_engine_application_by_number(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DOSSIER_NUMBER_STATE
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DOSSIER_NUMBER_STATE
+uint16_t uniffi_communesync_ffi_checksum_method_engine_dossier_number_state(void
     
 );
 #endif
@@ -1040,6 +1192,54 @@ uint16_t uniffi_communesync_ffi_checksum_method_engine_update_citizen_request(vo
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_REKEY
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_REKEY
+uint16_t uniffi_communesync_ffi_checksum_method_engine_rekey(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DEVICE_PUBLIC_KEY
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_DEVICE_PUBLIC_KEY
+uint16_t uniffi_communesync_ffi_checksum_method_engine_device_public_key(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_ISSUE_RECEIPT
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_ISSUE_RECEIPT
+uint16_t uniffi_communesync_ffi_checksum_method_engine_issue_receipt(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_RECEIPT_PDF
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_RECEIPT_PDF
+uint16_t uniffi_communesync_ffi_checksum_method_engine_receipt_pdf(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_VERIFY_RECEIPT
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_VERIFY_RECEIPT
+uint16_t uniffi_communesync_ffi_checksum_method_engine_verify_receipt(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_WRITE_RECEIPT_PDF
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_WRITE_RECEIPT_PDF
+uint16_t uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_WATCH_SYNC_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_WATCH_SYNC_STATUS
+uint16_t uniffi_communesync_ffi_checksum_method_engine_watch_sync_status(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINELOGGER_LOG
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINELOGGER_LOG
+uint16_t uniffi_communesync_ffi_checksum_method_enginelogger_log(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_OBSERVERHANDLE_IS_ACTIVE
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_OBSERVERHANDLE_IS_ACTIVE
 uint16_t uniffi_communesync_ffi_checksum_method_observerhandle_is_active(void
@@ -1067,6 +1267,12 @@ uint16_t uniffi_communesync_ffi_checksum_method_syncobserver_on_changed(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCOBSERVER_ON_WIPED
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCOBSERVER_ON_WIPED
 uint16_t uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCSTATUSLISTENER_ON_STATUS
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_SYNCSTATUSLISTENER_ON_STATUS
+uint16_t uniffi_communesync_ffi_checksum_method_syncstatuslistener_on_status(void
     
 );
 #endif

@@ -4,7 +4,9 @@
 # and in Swift (Linux, in the trixie chroot of scripts/toolchains/swift.sh) against a real
 # `communesync serve` on 127.0.0.1, and compiles the README's Kotlin and Swift examples. The
 # stories' integrity part (quarantine, "upgrade required", wipe) runs against `scripted-server`
-# (tests/src/bin/scripted_server.rs), which refuses documents and gives those answers on purpose.
+# (tests/src/bin/scripted_server.rs), which refuses documents and gives those answers on purpose;
+# the HTTPS stories (HttpsStory.kt, HttpsStory.swift) against a second one serving HTTPS with a
+# certificate from a test CA it makes (the CA given in EngineConfig, another CA, none).
 #
 # Run alone: bash scripts/test.d/20-bindings.sh   (needs root for the Swift chroot, like CI)
 # BINDINGS_TEST_ONLY=kotlin or =swift runs one language only (while working on it; CI runs both).
@@ -22,6 +24,7 @@ stamp() { log "$1 (${2:-$((SECONDS - t_start))} s since start)"; }
 
 SERVER_PID=
 SCRIPTED_PID=
+SCRIPTED_TLS_PID=
 WATCHER_PID=
 SWIFT_WORK=
 cleanup() {
@@ -37,6 +40,10 @@ cleanup() {
     if [ -n "$SCRIPTED_PID" ]; then
         kill "$SCRIPTED_PID" 2>/dev/null || true
         wait "$SCRIPTED_PID" 2>/dev/null || true
+    fi
+    if [ -n "$SCRIPTED_TLS_PID" ]; then
+        kill "$SCRIPTED_TLS_PID" 2>/dev/null || true
+        wait "$SCRIPTED_TLS_PID" 2>/dev/null || true
     fi
     [ -n "$SWIFT_WORK" ] && rm -rf --one-file-system "$SWIFT_WORK"
     return 0
@@ -118,6 +125,18 @@ done
 (exec 3<>"/dev/tcp/127.0.0.1/$SCRIPTED_PORT") 2>/dev/null || die "scripted server did not listen within 20 s"
 export COMMUNESYNC_SCRIPTED_URL=http://127.0.0.1:$SCRIPTED_PORT
 
+# The same over HTTPS, with the CAs it writes in $WORK/tls (ca.pem signed its certificate).
+SCRIPTED_TLS_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$TARGET_DIR/debug/scripted-server" "127.0.0.1:$SCRIPTED_TLS_PORT" --tls "$WORK/tls" >"$WORK/scripted-tls.log" 2>&1 &
+SCRIPTED_TLS_PID=$!
+for _ in $(seq 200); do   # at most 20 s
+    if (exec 3<>"/dev/tcp/127.0.0.1/$SCRIPTED_TLS_PORT") 2>/dev/null; then break; fi
+    kill -0 "$SCRIPTED_TLS_PID" 2>/dev/null || { cat "$WORK/scripted-tls.log" >&2; die "HTTPS scripted server exited"; }
+    sleep 0.1
+done
+(exec 3<>"/dev/tcp/127.0.0.1/$SCRIPTED_TLS_PORT") 2>/dev/null || die "HTTPS scripted server did not listen within 20 s"
+export COMMUNESYNC_SCRIPTED_HTTPS_URL=https://127.0.0.1:$SCRIPTED_TLS_PORT
+
 # The operator side of the story: a test asks for a revocation by writing a device id to
 # HOOKS/revoke-request; this watcher runs `communesync admin revoke` and answers revoke-done.
 # A file, not HTTP, so that the Swift test in the chroot needs no HTTP client of its own.
@@ -158,6 +177,10 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     "$WORK/gen/kotlin/org/communesync/communesync_ffi.kt" \
     android/src/main/kotlin/org/communesync/EngineExtensions.kt \
     android/src/test/kotlin/org/communesync/EndToEndStory.kt \
+    android/src/test/kotlin/org/communesync/SdkStory.kt \
+    android/src/test/kotlin/org/communesync/https/HttpsStory.kt \
+    android/src/test/kotlin/org/communesync/DossierNumberStory.kt \
+    android/src/test/kotlin/org/communesync/ReceiptStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -174,6 +197,38 @@ COMMUNESYNC_WORK_DIR=$KT/stores COMMUNESYNC_HOOK_DIR=$KT/hooks \
 stop_revoke_watcher
 grep -E '^kotlin story:' "$KT/story.log" >&2
 stamp "Kotlin story ran in $((SECONDS - t0)) s"
+# The SDK layer (StateFlow, logger, java.time, rekey): its own tablet and store.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG COMMUNESYNC_CODE_SDK=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.SdkStoryKt > "$KT/sdk-story.log" 2>&1 \
+    || { cat "$KT/sdk-story.log" >&2; die "the Kotlin SDK story failed"; }
+grep -E '^kotlin sdk story:' "$KT/sdk-story.log" >&2
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG COMMUNESYNC_WORK_DIR=$KT/stores \
+COMMUNESYNC_TEST_CA=$WORK/tls/ca.pem COMMUNESYNC_OTHER_CA=$WORK/tls/other-ca.pem \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.https.HttpsStoryKt > "$KT/https-story.log" 2>&1 \
+    || { cat "$KT/https-story.log" >&2; die "the Kotlin HTTPS story failed"; }
+grep -E '^kotlin https story:' "$KT/https-story.log" >&2
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG \
+COMMUNESYNC_NUMBER_CODE_A=$(issue_code DB-MUONGPHANG) COMMUNESYNC_NUMBER_CODE_B=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.DossierNumberStory > "$KT/numbers-story.log" 2>&1 \
+    || { cat "$KT/numbers-story.log" >&2; die "the Kotlin dossier number story failed"; }
+grep -E '^kotlin numbers story:' "$KT/numbers-story.log" >&2
+# Receipts (issue 16): two engines of one commune, a receipt made by one and verified by the other.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG \
+COMMUNESYNC_CODE_A=$(issue_code DB-MUONGPHANG) COMMUNESYNC_CODE_B=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/receipt-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.receipt.ReceiptStoryKt > "$KT/receipt-story.log" 2>&1 \
+    || { cat "$KT/receipt-story.log" >&2; die "the Kotlin receipt story failed"; }
+grep -E '^kotlin receipt story:' "$KT/receipt-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -188,12 +243,9 @@ IN=/$SWIFT_SUBDIR                       # the same directory, as the chroot sees
 rm -rf --one-file-system "$SWIFT_WORK"
 mkdir -p "$SWIFT_WORK/lib" "$SWIFT_WORK/ffi" "$SWIFT_WORK/module" "$SWIFT_WORK/tests" "$SWIFT_WORK/hooks"
 cp "$TARGET_DIR/debug/libcommunesync_ffi.so" "$SWIFT_WORK/lib/"
-# The engine's HTTPS transport loads the system's root certificates when it is built (even for
-# the http:// test server); the minimal chroot has none, so lend it the host's bundle.
-CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
-[ -f "$CA_BUNDLE" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q ca-certificates >&2 \
-    || die "no $CA_BUNDLE on this machine and apt-get install ca-certificates failed"
-cp "$CA_BUNDLE" "$SWIFT_WORK/ca-certificates.crt"
+# No system certificates are lent to the chroot: the engine's trust is the web roots bundled in
+# the library plus what EngineConfig gives (core/src/sync/tls.rs), never the platform's.
+cp "$WORK/tls/ca.pem" "$WORK/tls/other-ca.pem" "$SWIFT_WORK/"
 cp "$WORK/gen/swift/CommuneSyncFFI.h" "$WORK/gen/swift/CommuneSyncFFI.modulemap" "$SWIFT_WORK/ffi/"
 cp "$WORK/gen/swift/CommuneSync.swift" "$SWIFT_WORK/module/"
 for f in ios/Sources/CommuneSync/*.swift; do
@@ -206,7 +258,7 @@ import Foundation
 @main
 struct StoryMain {
     static func main() async {
-        let failures = await EndToEndStory.run()
+        let failures = await EndToEndStory.run() + SdkStory.run() + HttpsStory.run() + DossierNumberStory.run() + ReceiptStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -237,18 +289,45 @@ start_revoke_watcher "$SWIFT_WORK/hooks"
 t0=$SECONDS
 code_a=$(issue_code DB-NATAU)
 code_b=$(issue_code DB-NATAU)
+receipt_a=$(issue_code DB-NATAU)
+receipt_b=$(issue_code DB-NATAU)
+number_code_a=$(issue_code DB-NATAU)
+number_code_b=$(issue_code DB-NATAU)
+code_sdk=$(issue_code DB-NATAU)
 # The chroot shares the host's network namespace: 127.0.0.1 is the same server.
 swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNESYNC_COMMUNE=DB-NATAU \
     COMMUNESYNC_SCRIPTED_URL="$COMMUNESYNC_SCRIPTED_URL" \
-    COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" \
+    COMMUNESYNC_SCRIPTED_HTTPS_URL="$COMMUNESYNC_SCRIPTED_HTTPS_URL" \
+    COMMUNESYNC_TEST_CA="$IN/ca.pem" COMMUNESYNC_OTHER_CA="$IN/other-ca.pem" \
+    COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" COMMUNESYNC_CODE_SDK="$code_sdk" \
+    COMMUNESYNC_NUMBER_CODE_A="$number_code_a" COMMUNESYNC_NUMBER_CODE_B="$number_code_b" \
+    COMMUNESYNC_RECEIPT_CODE_A="$receipt_a" COMMUNESYNC_RECEIPT_CODE_B="$receipt_b" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
-    SSL_CERT_FILE="$IN/ca-certificates.crt" \
     LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (sdk |https |numbers |receipt )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
+# The package manifest as SwiftPM reads it (an XCFramework cannot be linked on Linux: the Mac
+# steps are in ios/README.md): the library product over the binary target and the sources.
+mkdir -p "$SWIFT_WORK/package"
+cp ios/Package.swift "$SWIFT_WORK/package/"
+swift_run swift package dump-package --package-path "$IN/package" > "$WORK/package.json" \
+    || die "SwiftPM cannot read ios/Package.swift"
+python3 - "$WORK/package.json" <<'PY' || die "ios/Package.swift does not declare what an app consumes"
+import json, sys
+package = json.load(open(sys.argv[1]))
+targets = {t["name"]: t for t in package["targets"]}
+assert targets["CommuneSyncFFI"]["type"] == "binary", targets["CommuneSyncFFI"]
+assert targets["CommuneSyncFFI"]["path"] == "CommuneSyncFFI.xcframework", targets["CommuneSyncFFI"]
+assert targets["CommuneSync"]["path"] == "Sources/CommuneSync", targets["CommuneSync"]
+assert [d["byName"][0] for d in targets["CommuneSync"]["dependencies"]] == ["CommuneSyncFFI"]
+products = {p["name"]: p for p in package["products"]}
+assert "library" in products["CommuneSync"]["type"] and products["CommuneSync"]["targets"] == ["CommuneSync"]
+assert {p["platformName"] for p in package["platforms"]} == {"ios", "macos"}
+PY
+log "ios/Package.swift: library CommuneSync over the binary target CommuneSyncFFI"
 fi
 
 log "bindings suite passed in $((SECONDS - t_start)) s (Kotlin compile ${KOTLIN_COMPILE_S} s, Swift compile ${SWIFT_COMPILE_S} s)"

@@ -9,6 +9,12 @@
 #                                                   # print DATABASE_URL=postgres://USER@127.0.0.1:PORT/communesync
 #   scripts/toolchains/postgres.sh stop DIR         # pg_ctl stop -m fast (no-op if not running)
 #   scripts/toolchains/postgres.sh status DIR       # exit 0 if running (prints its DATABASE_URL)
+#   scripts/toolchains/postgres.sh standby DIR PRIMARY_DIR [PORT]
+#       # pg_basebackup -R of the running cluster PRIMARY_DIR into DIR, started as its streaming
+#       # standby; the primary then commits synchronously (synchronous_commit = on,
+#       # synchronous_standby_names = '*'): a commit it acknowledges is on the standby too.
+#       # Waits until the standby is in sync; prints the standby's DATABASE_URL.
+#   scripts/toolchains/postgres.sh promote DIR      # pg_ctl promote: the standby becomes a primary
 #
 #   eval "$(scripts/toolchains/postgres.sh start "$PWD/target/pg" 55432)"
 #   trap 'scripts/toolchains/postgres.sh stop "$PWD/target/pg"' EXIT
@@ -19,6 +25,10 @@
 # created if `postgres` does not exist; COMMUNESYNC_PG_USER overrides), so DIR's parents must be traversable
 # by that user. Auth is `trust` on 127.0.0.1 and the socket only; fsync is off
 # (test data only). Stdout carries only KEY=VALUE lines; progress goes to stderr.
+#
+# TLS: with COMMUNESYNC_PG_SSL_CERT and COMMUNESYNC_PG_SSL_KEY (PEM files) set at
+# start, the cluster serves TLS with that certificate (copied into DIR; `ssl = on`).
+# Clients may still connect without TLS (the server's tests check which they got).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=_lib.sh
 source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/_lib.sh"
@@ -180,6 +190,7 @@ cmd_start() {
 # TYPE  DATABASE  USER  ADDRESS        METHOD
 local   all       all                  trust
 host    all       all   127.0.0.1/32   trust
+host    replication all 127.0.0.1/32   trust
 HBA
         printf "\n# Written by scripts/toolchains/postgres.sh\ninclude_if_exists = 'communesync.conf'\n" \
             >> "$dir/postgresql.conf"
@@ -195,6 +206,20 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 CONF
+    if [ -n "${COMMUNESYNC_PG_SSL_CERT:-}" ] || [ -n "${COMMUNESYNC_PG_SSL_KEY:-}" ]; then
+        [ -r "${COMMUNESYNC_PG_SSL_CERT:-}" ] && [ -r "${COMMUNESYNC_PG_SSL_KEY:-}" ] \
+            || die "COMMUNESYNC_PG_SSL_CERT and COMMUNESYNC_PG_SSL_KEY must both name readable files"
+        install -m 644 "$COMMUNESYNC_PG_SSL_CERT" "$dir/server.crt"
+        # PostgreSQL refuses a key readable by others.
+        install -m 600 "$COMMUNESYNC_PG_SSL_KEY" "$dir/server.key"
+        chown --reference="$dir" "$dir/server.crt" "$dir/server.key"
+        cat >> "$conf" <<CONF
+ssl = on
+ssl_cert_file = '$dir/server.crt'
+ssl_key_file = '$dir/server.key'
+CONF
+        log "TLS on with $COMMUNESYNC_PG_SSL_CERT"
+    fi
     chown --reference="$dir" "$conf"
 
     log "starting PostgreSQL on 127.0.0.1:$port (log: $dir/postgresql.log)"
@@ -249,11 +274,87 @@ cmd_status() {
     fi
 }
 
+psql_at() {
+    "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$1" -U "$PG_USER" -d postgres -tAc "$2"
+}
+
+cmd_standby() {
+    [ $# -ge 2 ] && [ $# -le 3 ] || die "usage: postgres.sh standby DIR PRIMARY_DIR [PORT]"
+    local dir primary port primary_port
+    dir=$(abs_dir "$1")
+    primary=$(abs_dir "$2")
+    port=${3:-}
+    ensure_postgres
+    [ -f "$primary/PG_VERSION" ] || die "$primary is not a PostgreSQL data directory"
+    owner_of "$primary"
+    is_running "$primary" || die "the primary in $primary is not running"
+    primary_port=$(running_port "$primary")
+    [ ! -e "$dir" ] || [ -z "$(ls -A "$dir" 2>/dev/null)" ] || die "$dir exists and is not empty"
+    [ -n "$port" ] || port=$(free_port)
+    case "$port" in ''|*[!0-9]*) die "PORT must be a number, got '$port'" ;; esac
+    port_in_use "$port" && die "port $port on 127.0.0.1 is already in use"
+    [ ${#dir} -le 90 ] || die "DIR path too long for a unix socket ($dir); use a shorter one"
+
+    # Clusters made before replication was allowed in pg_hba.conf.
+    if ! grep -q '^host *replication' "$primary/pg_hba.conf"; then
+        printf 'host    replication all 127.0.0.1/32   trust\n' >> "$primary/pg_hba.conf"
+        psql_at "$primary_port" "select pg_reload_conf()" >/dev/null || die "reload of the primary failed"
+    fi
+    mkdir -p "$dir"
+    [ "$(id -u)" -ne 0 ] || chown "$PG_USER:" "$dir"
+    chmod 700 "$dir"
+    log "pg_basebackup of 127.0.0.1:$primary_port into $dir"
+    (cd / && "${as_pg[@]}" "$PG_BIN/pg_basebackup" -D "$dir" -R -X stream -c fast --no-sync \
+        -h 127.0.0.1 -p "$primary_port" -U "$PG_USER") || die "pg_basebackup failed"
+    cat > "$dir/communesync.conf" <<CONF
+listen_addresses = '127.0.0.1'
+port = $port
+unix_socket_directories = '$dir'
+fsync = off
+synchronous_commit = on
+full_page_writes = off
+CONF
+    chown --reference="$dir" "$dir/communesync.conf"
+    log "starting the standby on 127.0.0.1:$port (log: $dir/postgresql.log)"
+    if ! (cd / && "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$dir" -l "$dir/postgresql.log" -w -t 60 start >/dev/null); then
+        tail -n 20 "$dir/postgresql.log" >&2 || true
+        die "pg_ctl start of the standby failed"
+    fi
+    # Set after the base backup, so the standby does not inherit it (once promoted it has no
+    # standby of its own to wait for).
+    psql_at "$primary_port" "alter system set synchronous_commit = 'on'" >/dev/null \
+        && psql_at "$primary_port" "alter system set synchronous_standby_names = '*'" >/dev/null \
+        && psql_at "$primary_port" "select pg_reload_conf()" >/dev/null \
+        || die "could not turn on synchronous replication on the primary"
+    local i state=
+    for i in $(seq 1 600); do
+        state=$(psql_at "$primary_port" "select string_agg(sync_state, ',') from pg_stat_replication") || true
+        [ "$state" = sync ] && break
+        sleep 0.1
+    done
+    [ "$state" = sync ] || die "the standby did not reach synchronous replication (state: '$state')"
+    log "standby in sync with the primary"
+    url "$port"
+}
+
+cmd_promote() {
+    [ $# -eq 1 ] || die "usage: postgres.sh promote DIR"
+    local dir
+    dir=$(abs_dir "$1")
+    PG_BIN=$(find_pg_bin || true)
+    [ -n "$PG_BIN" ] && [ -f "$dir/PG_VERSION" ] || die "no cluster in $dir"
+    owner_of "$dir"
+    (cd / && "${as_pg[@]}" "$PG_BIN/pg_ctl" -D "$dir" -w -t 60 promote >/dev/null) || die "pg_ctl promote failed"
+    log "promoted $dir"
+}
+
 case "${1:-}" in
     "") ensure_postgres; printf 'PG_BIN=%s\n' "$PG_BIN" ;;
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     status) shift; cmd_status "$@" ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//' >&2 ;;
-    *) die "unknown subcommand: $1 (expected start, stop, status)" ;;
+    standby) shift; cmd_standby "$@" ;;
+    promote) shift; cmd_promote "$@" ;;
+    -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2 ;;
+    *) die "unknown subcommand: $1 (expected start, stop, status, standby, promote)" ;;
 esac

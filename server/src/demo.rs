@@ -11,7 +11,9 @@ use communesync_core::catalogue::CivilDate;
 use communesync_core::record::{ConflictValue, RecordId, Status};
 use communesync_core::sample::SampleData;
 use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncProgress, enroll};
+use communesync_core::sync::{
+    ReqwestTransport, SyncClient, SyncConfig, SyncProgress, enroll_with_key,
+};
 use communesync_server::http::{self, AppState, ServerConfig};
 use communesync_server::link::{Cut, LinkProfile, PoorLink};
 use communesync_server::serve::ServeConfig;
@@ -127,12 +129,14 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
             now,
         )
         .await?;
-        let store = DeviceStore::open(
+        let mut store = DeviceStore::open(
             StoreConfig::new(dir.join(format!("tablet-{name}.db")))
                 .encrypted(EncryptionKey::new([key; 32])),
         )?;
         let transport = ReqwestTransport::new(&url)?;
-        let credentials = enroll(&transport, &code, store.device_id(), name).await?;
+        let public_key = store.public_key()?;
+        let credentials =
+            enroll_with_key(&transport, &code, store.device_id(), name, Some(public_key)).await?;
         println!("tablet {name:<4} enrolled in {commune} with code {code}");
         let store = Arc::new(Mutex::new(store));
         let client = SyncClient::new(
@@ -291,6 +295,14 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
     }
     let hoa_sees_lan = tablets[2].with(|s| s.contains(shared))??;
     println!("\ncommune scope: hoa (Nà Tấu) holds Mường Phăng's application: {hoa_sees_lan}");
+    receipt_story(
+        &tablets,
+        &storage,
+        &dir,
+        &link,
+        sample.application(MUONG_PHANG, None),
+    )
+    .await?;
     let today = CivilDate::today();
     let due = tablets[1].with(|s| s.due_soon(today, 3, 5, 0))??;
     println!(
@@ -323,6 +335,74 @@ async fn demo(args: &DemoArgs) -> anyhow::Result<()> {
         link.bytes_down() / 1024
     );
     server.abort();
+    Ok(())
+}
+
+/// An intake at the desk: a dossier number, the citizen's signed receipt (PDF), checked offline
+/// by a tablet of another commune and online by the server; the history's signatures.
+async fn receipt_story(
+    tablets: &[Tablet],
+    storage: &Arc<dyn storage::ServerStorage>,
+    dir: &std::path::Path,
+    link: &PoorLink,
+    new: communesync_core::record::NewApplication,
+) -> anyhow::Result<()> {
+    let (lan, hoa) = (&tablets[0], &tablets[2]);
+    let signed = lan.with(|s| -> anyhow::Result<_> {
+        // The dossier number is given at intake, offline, from the block of numbers the
+        // server granted this tablet at its last sync.
+        let app = s.create_application(lan.name, new)?;
+        Ok(s.issue_receipt(app.id)?)
+    })??;
+    let pdf = dir.join(format!("receipt-{}.pdf", signed.receipt.dossier_number));
+    std::fs::write(
+        &pdf,
+        communesync_core::receipt::pdf::render(&signed, Some("Xã Mường Phăng"))?,
+    )?;
+    println!(
+        "\nintake at the desk: dossier {} for {}, receipt signed by lan ({} QR bytes)\n  printed: {}",
+        signed.receipt.dossier_number,
+        signed.receipt.applicant_name,
+        signed.payload.len(),
+        pdf.display()
+    );
+    sync(lan, link, None).await?;
+    sync(hoa, link, None).await?;
+    match hoa.with(|s| s.verify_receipt(&signed.payload))?? {
+        Ok(r) => println!(
+            "  hoa (another commune) verifies it offline: genuine, due {}",
+            r.due_date().map(|d| d.to_string()).unwrap_or_default()
+        ),
+        Err(refusal) => println!("  hoa refuses it: {refusal}"),
+    }
+    let mut altered = signed.payload.clone().into_bytes();
+    altered[40] = if altered[40] == b'0' { b'1' } else { b'0' };
+    if let Err(refusal) = hoa.with(|s| s.verify_receipt(&String::from_utf8_lossy(&altered)))?? {
+        println!(
+            "  an altered copy is refused: {} ({})",
+            refusal.code(),
+            refusal
+        );
+    }
+    let (entries, version) = storage.device_keys_since(0, 100_000).await?;
+    let online = communesync_core::receipt::verify_payload(
+        &signed.payload,
+        &communesync_core::keys::KeyList::new(entries, version),
+    );
+    println!(
+        "  the server verifies it online: {}",
+        if online.is_ok() { "genuine" } else { "refused" }
+    );
+    let history = http::record_history(storage.as_ref(), signed.receipt.record_id).await?;
+    println!(
+        "  its history on the server: {} change(s), signatures: {}",
+        history.len(),
+        history
+            .iter()
+            .map(|h| h.signature.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     Ok(())
 }
 

@@ -1,7 +1,8 @@
 //! `communesync device`: a tablet's store from the command line, for operators and tests.
 //!
 //! The store is encrypted with the key in `COMMUNESYNC_STORE_KEY` (64 hex digits), as a tablet's
-//! would be with the platform keystore's key; without it the store is unencrypted. The device
+//! would be with the platform keystore's key; without it the store is unencrypted (`rekey`
+//! rotates it: see `device_rekey`). The device
 //! credential is kept next to the store in `<store>.credential.json` (mode 0600). Enrolling a
 //! store that already has a credential (with a re-enrollment code from the province) replaces
 //! it atomically: the store keeps its device id and its unsynced work, which the next sync
@@ -15,8 +16,11 @@ use anyhow::Context;
 use clap::Subcommand;
 use communesync_core::import::parse_import_line;
 use communesync_core::record::RecordId;
-use communesync_core::store::{ApplicationQuery, DeviceStore, EncryptionKey, StoreConfig};
-use communesync_core::sync::{Credentials, ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::store::{ApplicationQuery, DeviceStore, StoreConfig};
+use communesync_core::sync::{
+    Credentials, ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig,
+    enroll_with_key,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(clap::Args)]
@@ -24,6 +28,15 @@ pub struct DeviceArgs {
     /// The tablet's store file.
     #[arg(long)]
     store: PathBuf,
+    /// Trust only this CA (PEM file) for the server's certificate, not the bundled web roots;
+    /// repeat for several (during a CA rotation). Saved with the credential at enrollment and
+    /// used by later syncs unless given again.
+    #[arg(long = "ca-cert", value_name = "FILE", global = true)]
+    ca_certs: Vec<PathBuf>,
+    /// Also require one of these server keys (base64 SHA-256 of the SubjectPublicKeyInfo,
+    /// optionally `sha256/`-prefixed); repeat for several. Saved like --ca-cert.
+    #[arg(long = "pin", value_name = "SHA256_BASE64", global = true)]
+    pins: Vec<String>,
     #[command(subcommand)]
     task: DeviceTask,
 }
@@ -74,6 +87,17 @@ enum DeviceTask {
         #[command(subcommand)]
         task: super::device_catalogue::CatalogueTask,
     },
+    /// Re-encrypt the store with a new key (the current one from `COMMUNESYNC_STORE_KEY`).
+    Rekey(crate::device_rekey::RekeyArgs),
+    /// The signed receipt of an application (issued once, the same on every reprint): prints
+    /// its QR payload as JSON; `--pdf FILE` also writes the printable A5 page.
+    Receipt {
+        /// Dossier number (or record id).
+        number: String,
+        /// Write the A5 PDF here.
+        #[arg(long)]
+        pdf: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -110,12 +134,45 @@ enum QuarantineAction {
 }
 
 #[derive(Serialize, Deserialize)]
-struct SavedCredential {
-    server: String,
-    credentials: Credentials,
+pub(crate) struct SavedCredential {
+    pub(crate) server: String,
+    pub(crate) credentials: Credentials,
+    /// The trust given at enrollment (PEM texts, pins).
+    #[serde(default)]
+    ca_pem: Vec<String>,
+    #[serde(default)]
+    pins: Vec<String>,
 }
 
-fn credential_path(store: &Path) -> PathBuf {
+/// The trust the flags give, or `None` when none was given.
+fn trust_from_flags(args: &DeviceArgs) -> anyhow::Result<Option<ServerTrust>> {
+    if args.ca_certs.is_empty() && args.pins.is_empty() {
+        return Ok(None);
+    }
+    let ca_pem = args
+        .ca_certs
+        .iter()
+        .map(|path| {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(Some(ServerTrust {
+        ca_pem,
+        pinned_keys: args.pins.clone(),
+    }))
+}
+
+fn transport(server: &str, trust: ServerTrust) -> anyhow::Result<ReqwestTransport> {
+    Ok(ReqwestTransport::with_config(
+        server,
+        ReqwestConfig {
+            trust,
+            ..ReqwestConfig::default()
+        },
+    )?)
+}
+
+pub(crate) fn credential_path(store: &Path) -> PathBuf {
     let mut name = store.as_os_str().to_owned();
     name.push(".credential.json");
     PathBuf::from(name)
@@ -124,10 +181,9 @@ fn credential_path(store: &Path) -> PathBuf {
 pub(crate) fn open(path: &Path) -> anyhow::Result<DeviceStore> {
     let config = StoreConfig::new(path);
     let config = match std::env::var("COMMUNESYNC_STORE_KEY") {
-        Ok(hex_key) => {
-            let bytes = hex::decode(hex_key.trim()).context("COMMUNESYNC_STORE_KEY is not hex")?;
-            config.encrypted(EncryptionKey::from_slice(&bytes)?)
-        }
+        Ok(hex_key) => config.encrypted(
+            crate::device_rekey::key_from_hex(&hex_key).context("COMMUNESYNC_STORE_KEY")?,
+        ),
         Err(_) => config,
     };
     Ok(DeviceStore::open(config)?)
@@ -135,6 +191,7 @@ pub(crate) fn open(path: &Path) -> anyhow::Result<DeviceStore> {
 
 pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
+    let flag_trust = trust_from_flags(&args)?;
     match args.task {
         DeviceTask::Enroll {
             server,
@@ -142,14 +199,39 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             label,
         } => {
             let mut store = open(&args.store)?;
-            let transport = ReqwestTransport::new(&server)?;
-            let credentials = enroll(&transport, &code, store.device_id(), &label).await?;
+            let trust = flag_trust.unwrap_or_default();
+            let transport = transport(&server, trust.clone())?;
+            // Enrolling again (a credential exists): a new key, installed once the server has
+            // registered it (the old one may have been revoked, and is replaced).
+            let again = credential_path(&args.store).exists();
+            let new_key = if again {
+                Some(communesync_core::keys::DeviceSigningKey::generate()?)
+            } else {
+                None
+            };
+            let public_key = match &new_key {
+                Some(key) => key.public_key(),
+                None => store.public_key()?,
+            };
+            let credentials = enroll_with_key(
+                &transport,
+                &code,
+                store.device_id(),
+                &label,
+                Some(public_key),
+            )
+            .await?;
+            if let Some(key) = &new_key {
+                store.install_signing_key(key)?;
+            }
             // Records of another commune are refused from now on (and those typed before are
             // set aside in the quarantine).
             store.set_enrolled_commune(credentials.commune())?;
             let saved = SavedCredential {
                 server,
                 credentials,
+                ca_pem: trust.ca_pem,
+                pins: trust.pinned_keys,
             };
             let path = credential_path(&args.store);
             write_private(&path, &serde_json::to_vec_pretty(&saved)?)?;
@@ -202,13 +284,22 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
             // A store enrolled before the scope was recorded learns it from the credential.
             store.set_enrolled_commune(saved.credentials.commune())?;
             let store = Arc::new(Mutex::new(store));
+            let trust = flag_trust.unwrap_or(ServerTrust {
+                ca_pem: saved.ca_pem,
+                pinned_keys: saved.pins,
+            });
             let client = SyncClient::new(
-                ReqwestTransport::new(&saved.server)?,
+                transport(&saved.server, trust)?,
                 store,
                 saved.credentials.token,
                 SyncConfig::default(),
             )?;
             let report = client.sync(&|_| {}).await?;
+            // The province's key list (receipts are verified against it offline); a failure
+            // here does not undo the sync, the next one tries again.
+            if let Err(err) = client.refresh_device_keys().await {
+                eprintln!("device keys not refreshed: {err}");
+            }
             writeln!(stdout, "{}", serde_json::to_string(&report)?)?;
         }
         DeviceTask::List { status, limit } => {
@@ -241,6 +332,11 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                     None => break,
                 }
             }
+        }
+        DeviceTask::Rekey(rekey) => {
+            let mut store = open(&args.store)?;
+            crate::device_rekey::run(&mut store, rekey)?;
+            writeln!(stdout, "{}", serde_json::json!({ "rekeyed": true }))?;
         }
         DeviceTask::Quarantine { action } => {
             let mut store = open(&args.store)?;
@@ -281,8 +377,57 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 }
             }
         }
+        DeviceTask::Receipt { number, pdf } => {
+            let mut store = open(&args.store)?;
+            let id = find_application(&mut store, &number)?;
+            let signed = store.issue_receipt(id)?;
+            if let Some(path) = &pdf {
+                let bytes = communesync_core::receipt::pdf::render(&signed, None)?;
+                std::fs::write(path, bytes)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            writeln!(
+                stdout,
+                "{}",
+                serde_json::json!({
+                    "dossier_number": signed.receipt.dossier_number,
+                    "record_id": id,
+                    "payload": signed.payload,
+                    "payload_bytes": signed.payload.len(),
+                    "pdf": pdf,
+                })
+            )?;
+        }
     }
     Ok(())
+}
+
+/// The application with dossier number `number` (or record id `number`): a receipt issued here
+/// names it, else the applications are searched (bounded: the store's own pages).
+fn find_application(store: &mut DeviceStore, number: &str) -> anyhow::Result<RecordId> {
+    if let Some(id) = store.receipt_record(number)? {
+        return Ok(id);
+    }
+    if let Ok(id) = number.parse::<RecordId>() {
+        return Ok(id);
+    }
+    let mut offset = 0;
+    loop {
+        let page = store.query_applications(&ApplicationQuery {
+            limit: 500,
+            offset,
+            ..Default::default()
+        })?;
+        for item in &page.items {
+            if store.get_application(item.id)?.dossier_number.as_deref() == Some(number) {
+                return Ok(item.id);
+            }
+        }
+        match page.next_offset {
+            Some(next) => offset = next,
+            None => anyhow::bail!("no application with dossier number {number} in this store"),
+        }
+    }
 }
 
 /// Writes `bytes` to `path` (mode 0600) atomically: a crash leaves the old file or the new one,

@@ -3,7 +3,10 @@
 //! The provincial server: an axum service over one storage trait with two backends (SQLite, the
 //! embedded default, and PostgreSQL), plus the operator CLI and the demo.
 
+pub mod backup;
 pub mod http;
 pub mod link;
+pub mod numbers;
 pub mod serve;
 pub mod storage;
+pub mod tls;

@@ -5,21 +5,29 @@
 //!   (with wipe), refused documents, operator tokens, stats.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
+mod admin_backup;
+mod admin_numbers;
+mod config_file;
 mod demo;
 mod device;
 mod device_catalogue;
+mod device_rekey;
+mod verify_receipt;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::record::DeviceId;
 use communesync_server::http::{self, AppState, DeviceRateLimit, ServerConfig};
 use communesync_server::serve::ServeConfig;
 use communesync_server::storage::{self, Scope};
+use communesync_server::tls::ServerTls;
 
 #[derive(Parser)]
 #[command(
@@ -42,11 +50,14 @@ enum Command {
     Device(device::DeviceArgs),
     /// The server with tablets in two communes syncing over an emulated 2G link.
     Demo(demo::DemoArgs),
+    /// Verify a scanned receipt payload (offline with `--store`, online with `--server`).
+    VerifyReceipt(verify_receipt::VerifyReceiptArgs),
 }
 
 #[derive(Args)]
 struct Database {
-    /// `sqlite:PATH` (default, embedded) or `postgres://user@host:port/db`.
+    /// `sqlite:PATH` (default, embedded), `postgres://user@host:port/db`, or a key=value string
+    /// (`host=a,b port=5432,5432 dbname=db target_session_attrs=read-write` follows a failover).
     #[arg(
         long,
         env = "COMMUNESYNC_DATABASE",
@@ -57,6 +68,13 @@ struct Database {
 
 #[derive(Args)]
 struct ServeArgs {
+    /// A TOML file of settings (keys named as these flags); flags and `COMMUNESYNC_*`
+    /// variables override it.
+    #[arg(long, env = "COMMUNESYNC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Print the settings in force (as JSON, the database without its password) and exit.
+    #[arg(long)]
+    print_config: bool,
     #[command(flatten)]
     db: Database,
     /// Address to listen on.
@@ -85,7 +103,25 @@ struct ServeArgs {
     /// Requests per second a device may send on average.
     #[arg(long, default_value_t = DeviceRateLimit::default().per_second)]
     device_rate: f64,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first). Reloaded
+    /// when the file changes (checked every 5 s) or on SIGHUP; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The province's dossier number format: `{agency}`, `{seq}` or `{seq:N}` (zero-padded to
+    /// N digits) once each, optionally `{yymmdd}` or `{yyyymmdd}`, delimited by punctuation.
+    #[arg(long, default_value = communesync_core::numbering::DEFAULT_FORMAT)]
+    dossier_number_format: String,
+    /// One agency code for every commune (one counter for the province); by default each
+    /// commune's code is its agency code.
+    #[arg(long)]
+    dossier_agency_code: Option<String>,
 }
+
+/// How often `serve` looks at the certificate files for a renewal.
+const TLS_RELOAD_POLL: Duration = Duration::from_secs(5);
 
 #[derive(Args)]
 struct AdminArgs {
@@ -151,6 +187,17 @@ enum AdminTask {
         /// Record id.
         record: uuid::Uuid,
     },
+    /// The application with this dossier number, as the server holds it now (JSON).
+    RecordByNumber {
+        /// The dossier number ("01234-261206-000042").
+        number: String,
+    },
+    /// Dossier number blocks granted to devices, with how much of each was used (JSON lines).
+    NumberBlocks {
+        /// Only this device's.
+        #[arg(long)]
+        device: Option<uuid::Uuid>,
+    },
     /// List operator tokens (id, label, times; never the token).
     Tokens,
     /// Revoke an operator token (not the last active one).
@@ -171,11 +218,30 @@ enum AdminTask {
         /// `{"procedures":[...],"holidays":[...]}`.
         file: PathBuf,
     },
+    /// Back up the SQLite database to FILE while the server runs (consistent snapshot, mode
+    /// 0600, written under a temporary name then renamed). PostgreSQL: explains pg_dump /
+    /// pg_basebackup and writes nothing.
+    Backup {
+        /// Where to write the backup (replaced atomically if it exists).
+        file: PathBuf,
+    },
+    /// Put a backup made by `backup` back as the SQLite database (stop the server first); tablets
+    /// then re-send what the server lost since the backup. PostgreSQL: explains the procedure.
+    Restore {
+        /// The backup file.
+        file: PathBuf,
+    },
+    /// After restoring the database by other means (pg_restore, a copied file): give it a fresh
+    /// store epoch so tablets re-send what it may lack and re-read the feed.
+    MarkRestored,
 }
 
 fn main() -> anyhow::Result<()> {
     communesync_server::serve::limit_allocator_arenas();
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let command = config_file::configure(<Cli as clap::CommandFactory>::command(), &args)?;
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&command.get_matches_from(&args))
+        .unwrap_or_else(|e| e.exit());
     // The demo prints its own story; the server logs what operators need.
     let default_level = match cli.command {
         Command::Demo(_) => "warn",
@@ -194,10 +260,19 @@ fn main() -> anyhow::Result<()> {
         Command::Admin(args) => runtime.block_on(admin(args)),
         Command::Device(args) => runtime.block_on(device::run(args)),
         Command::Demo(args) => demo::run(&args),
+        Command::VerifyReceipt(args) => match runtime.block_on(verify_receipt::run(args)) {
+            Ok(true) => Ok(()),
+            Ok(false) => std::process::exit(1),
+            Err(err) => Err(err),
+        },
     }
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if args.print_config {
+        println!("{}", effective_settings(&args));
+        return Ok(());
+    }
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
@@ -209,13 +284,30 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         write_secret(&args.admin_token_file, &token)?;
         tracing::info!(file = %args.admin_token_file.display(), "operator token written");
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = Arc::new(ServerTls::load(cert, key).context("loading the TLS certificate")?);
+            tls.watch(TLS_RELOAD_POLL);
+            reload_on_sighup(tls.clone());
+            Some(tls)
+        }
+        _ => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let serve_config = ServeConfig {
+        tls,
         max_connections: args.max_connections.max(1),
         header_timeout: Duration::from_secs(args.header_timeout_secs.max(1)),
         idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
         ..ServeConfig::default()
     };
+    let numbers = communesync_server::numbers::NumberConfig {
+        format: communesync_core::numbering::NumberFormat::parse(&args.dossier_number_format)?,
+        agency: args.dossier_agency_code,
+        ..Default::default()
+    };
     let config = ServerConfig {
+        numbers,
         trusted_proxies: args.trusted_proxies,
         device_rate: DeviceRateLimit {
             burst: args.device_burst,
@@ -225,7 +317,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let state = AppState::new(storage, config);
     let listener = communesync_server::serve::bind(args.listen)?;
-    tracing::info!(addr = %listener.local_addr()?, database = %redact(&args.db.database), "communesync server listening");
+    tracing::info!(addr = %listener.local_addr()?, scheme, database = %redact(&args.db.database), "communesync server listening");
     communesync_server::serve::serve(
         listener,
         http::router(state),
@@ -234,6 +326,40 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// Reloads the TLS certificate at each SIGHUP (what `systemctl reload` and certbot hooks send).
+fn reload_on_sighup(tls: Arc<ServerTls>) {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangups) => {
+            tokio::spawn(async move {
+                while hangups.recv().await.is_some() {
+                    tls.reload_and_log();
+                }
+            });
+        }
+        Err(err) => {
+            tracing::warn!(%err, "no SIGHUP handler; the certificate reloads on change only")
+        }
+    }
+}
+
+/// The settings `serve` runs with, as JSON (`--print-config`).
+fn effective_settings(args: &ServeArgs) -> serde_json::Value {
+    serde_json::json!({
+        "config": args.config,
+        "database": redact(&args.db.database),
+        "listen": args.listen.to_string(),
+        "admin-token-file": args.admin_token_file,
+        "trusted-proxy": args.trusted_proxies.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "max-connections": args.max_connections,
+        "header-timeout-secs": args.header_timeout_secs,
+        "idle-timeout-secs": args.idle_timeout_secs,
+        "device-burst": args.device_burst,
+        "device-rate": args.device_rate,
+        "tls-cert": args.tls_cert,
+        "tls-key": args.tls_key,
+    })
 }
 
 /// Ctrl-C or SIGTERM (what service managers send).
@@ -253,8 +379,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-/// A database URL without its password, for logs.
+/// A database URL or key=value string without its password, for logs.
 fn redact(url: &str) -> String {
+    if storage::postgres::is_key_value_string(url) {
+        return url
+            .split_whitespace()
+            .map(|word| match word.split_once('=') {
+                Some(("password", _)) => "password=***".to_owned(),
+                _ => word.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => {
             let userinfo = &url[scheme + 3..at];
@@ -279,6 +415,12 @@ fn write_secret(path: &PathBuf, secret: &str) -> anyhow::Result<()> {
 }
 
 async fn admin(args: AdminArgs) -> anyhow::Result<()> {
+    // Backups copy files: the database is not opened (nor migrated) as storage for them.
+    match &args.task {
+        AdminTask::Backup { file } => return admin_backup::backup(&args.db.database, file),
+        AdminTask::Restore { file } => return admin_backup::restore(&args.db.database, file),
+        _ => {}
+    }
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
@@ -318,6 +460,7 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             } else {
                 storage.revoke_device(id).await?;
             }
+            storage.revoke_device_keys(id, now).await?;
             println!("{}", serde_json::json!({ "revoked": device, "wipe": wipe }));
         }
         AdminTask::ReenrollCode { device, ttl_hours } => {
@@ -339,6 +482,12 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             for change in http::record_history(storage.as_ref(), id).await? {
                 println!("{}", serde_json::to_string(&change)?);
             }
+        }
+        AdminTask::RecordByNumber { number } => {
+            admin_numbers::record_by_number(&storage, &number).await?;
+        }
+        AdminTask::NumberBlocks { device } => {
+            admin_numbers::number_blocks(&storage, device).await?;
         }
         AdminTask::Tokens => {
             for token in http::list_admin_tokens(storage.as_ref()).await? {
@@ -368,6 +517,11 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
             let version = storage.put_catalogue(&json).await?;
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
+        AdminTask::MarkRestored => {
+            let epoch = communesync_server::backup::mark_restored(storage.as_ref()).await?;
+            println!("{}", serde_json::json!({ "store_epoch": epoch }));
+        }
+        AdminTask::Backup { .. } | AdminTask::Restore { .. } => {}
     }
     Ok(())
 }

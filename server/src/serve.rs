@@ -29,6 +29,10 @@
 //!   connection too.
 //! - Handlers see `ConnectInfo<SocketAddr>` (the peer) as with
 //!   `into_make_service_with_connect_info`.
+//! - **HTTPS** ([`ServeConfig::tls`], see [`crate::tls`]): the TLS handshake must finish within
+//!   the header timeout of the connection's opening (else the connection is closed); the first
+//!   request head then has its own header timeout, and every limit above applies to the
+//!   decrypted stream as to a plain one.
 
 use std::future::Future;
 use std::io;
@@ -81,6 +85,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// On shutdown, how long busy connections may take to finish. Default 30 s.
     pub shutdown_grace: Duration,
+    /// Serve HTTPS with this certificate (reloadable); `None` serves plain HTTP.
+    pub tls: Option<Arc<crate::tls::ServerTls>>,
 }
 
 impl Default for ServeConfig {
@@ -90,6 +96,7 @@ impl Default for ServeConfig {
             idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             shutdown_grace: Duration::from_secs(30),
+            tls: None,
         }
     }
 }
@@ -269,18 +276,47 @@ async fn serve_connection(
         }
         _ = closing.wait_for(|closing| *closing) => return,
     }
-    Box::pin(serve_http(stream, peer, router, config, closing, opened)).await;
+    let Some(tls) = config.tls.clone() else {
+        Box::pin(serve_http(stream, peer, router, config, closing, opened)).await;
+        return;
+    };
+    let handshake = tls.acceptor().accept(stream);
+    let stream = tokio::select! {
+        accepted = handshake => match accepted {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::debug!(%peer, %err, "TLS handshake failed");
+                return;
+            }
+        },
+        () = tokio::time::sleep_until(opened + config.header_timeout) => {
+            tracing::debug!(%peer, "connection closed: TLS handshake not done within the header timeout");
+            return;
+        }
+        _ = closing.wait_for(|closing| *closing) => return,
+    };
+    Box::pin(serve_http(
+        stream,
+        peer,
+        router,
+        config,
+        closing,
+        Instant::now(),
+    ))
+    .await;
 }
 
 /// HTTP on a connection whose peer has sent something (or closed).
-async fn serve_http(
-    stream: TcpStream,
+async fn serve_http<S>(
+    stream: S,
     peer: SocketAddr,
     router: Router,
     config: ServeConfig,
     mut closing: watch::Receiver<bool>,
     opened: Instant,
-) {
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(Activity::new(opened));
     let io = TokioIo::new(WatchedIo {
         inner: stream,
@@ -524,13 +560,13 @@ impl http_body::Body for GuardedBody {
     }
 }
 
-/// The socket, noting every byte that moves.
-struct WatchedIo {
-    inner: TcpStream,
+/// The socket (or the TLS stream over it), noting every byte that moves.
+struct WatchedIo<S> {
+    inner: S,
     activity: Arc<Activity>,
 }
 
-impl AsyncRead for WatchedIo {
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -545,7 +581,7 @@ impl AsyncRead for WatchedIo {
     }
 }
 
-impl AsyncWrite for WatchedIo {
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -575,3 +575,64 @@ fn a_tablet_installs_a_catalogue_file_before_its_first_sync() {
     );
     assert_eq!(found["code"], "1.000894");
 }
+
+#[test]
+fn an_operator_rotates_a_store_key_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tablet.db");
+    let store = store.to_str().unwrap();
+    let device = |key: &str, args: &[&str]| {
+        Command::new(BIN)
+            .args(["device", "--store", store])
+            .args(args)
+            .env("COMMUNESYNC_STORE_KEY", key)
+            .env_remove("COMMUNESYNC_NEW_STORE_KEY")
+            .output()
+            .unwrap()
+    };
+    let (old, new) = ("11".repeat(32), "22".repeat(32));
+    // An empty store is enough: it has a device id and the schema to re-encrypt.
+    assert!(device(&old, &["export"]).status.success());
+
+    let new_key_file = dir.path().join("new.key");
+    std::fs::write(&new_key_file, format!("{new}\n")).unwrap();
+    let missing = device(&old, &["rekey"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no new key"));
+    std::fs::write(dir.path().join("short.key"), "abcd").unwrap();
+    let short = device(&old, &["rekey", "--new-key-file", "short.key"]);
+    assert!(!short.status.success());
+
+    let rekeyed = Command::new(BIN)
+        .args(["device", "--store", store, "rekey", "--new-key-file"])
+        .arg(&new_key_file)
+        .env("COMMUNESYNC_STORE_KEY", &old)
+        .output()
+        .unwrap();
+    assert!(
+        rekeyed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rekeyed.stderr)
+    );
+    let with_old = device(&old, &["export"]);
+    assert!(
+        !with_old.status.success(),
+        "the old key still opens the store"
+    );
+    assert!(device(&new, &["export"]).status.success());
+
+    // From the environment too, and back.
+    let back = Command::new(BIN)
+        .args(["device", "--store", store, "rekey"])
+        .env("COMMUNESYNC_STORE_KEY", &new)
+        .env("COMMUNESYNC_NEW_STORE_KEY", &old)
+        .output()
+        .unwrap();
+    assert!(
+        back.status.success(),
+        "{}",
+        String::from_utf8_lossy(&back.stderr)
+    );
+    assert!(device(&old, &["export"]).status.success());
+    assert!(!device(&new, &["export"]).status.success());
+}

@@ -21,10 +21,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use communesync_core::keys::{DeviceSigningKey, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use communesync_server::storage::{
     self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
-    MAX_REFUSALS_PER_DEVICE, RefusalRow, Scope, ServerStorage, StorageError,
+    MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope, ServerStorage, StorageError,
 };
 use sha2::{Digest, Sha256};
 
@@ -234,9 +235,15 @@ conformance!(
     feed_byte_and_item_bounds,
     province_scope,
     catalogue_versions,
+    store_epoch_is_stable_until_renewed,
     stats,
     reopen_keeps_data,
     concurrent_ingest_feed_never_skips,
+    number_blocks_never_overlap_across_replicas,
+    number_usage_reports_grow_and_stay_with_their_device,
+    dossier_numbers_keep_their_first_document,
+    device_keys_register_replace_revoke_and_delta,
+    push_signatures_are_kept_and_linked_from_each_change,
 );
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -1700,6 +1707,21 @@ async fn catalogue_versions(f: &Fixture) {
     assert_eq!(s.catalogue().await.unwrap(), Some((3, "{}".to_owned())));
 }
 
+async fn store_epoch_is_stable_until_renewed(f: &Fixture) {
+    let s = f.s();
+    let first = s.store_epoch().await.unwrap();
+    assert_eq!(first.len(), 32, "{first}");
+    assert!(first.bytes().all(|b| b.is_ascii_hexdigit()), "{first}");
+    // Stable across reads and handles (replicas agree; a reopen keeps it).
+    assert_eq!(s.store_epoch().await.unwrap(), first);
+    let replica = f.replica().await;
+    assert_eq!(replica.store_epoch().await.unwrap(), first);
+    let renewed = replica.renew_store_epoch().await.unwrap();
+    assert_ne!(renewed, first);
+    assert_eq!(s.store_epoch().await.unwrap(), renewed);
+    assert!(communesync_core::protocol::parse_store_epoch(renewed.as_bytes()).is_some());
+}
+
 async fn stats(f: &Fixture) {
     let s = f.s();
     communes_c1_c2(s).await;
@@ -2106,4 +2128,282 @@ async fn postgres_upgrades_from_version_2() {
     }
     let s = storage::open(&db.url).await.unwrap();
     check_upgraded_from_version_2(s.as_ref()).await;
+}
+
+// --- dossier numbers --------------------------------------------------------------------------
+
+const FORMAT: &str = "{agency}-{yymmdd}-{seq:6}";
+
+async fn number_blocks_never_overlap_across_replicas(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (a, _) = enroll(f.s(), Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(f.s(), Scope::Commune("c1".into()), "b").await;
+    let replica = f.replica().await;
+    // Sixteen allocations at once, half through another handle (another server replica).
+    let mut tasks = Vec::new();
+    for i in 0..16u64 {
+        let s = if i % 2 == 0 {
+            f.storage.clone()
+        } else {
+            replica.clone()
+        };
+        let device = if i % 3 == 0 { a.id } else { b.id };
+        tasks.push(tokio::spawn(async move {
+            s.allocate_number_block(device, "c1", FORMAT, 10 + i, NOW)
+                .await
+        }));
+    }
+    let mut granted = Vec::new();
+    for task in tasks {
+        granted.push(task.await.unwrap().unwrap());
+    }
+    let mut ranges: Vec<(u64, u64)> = granted.iter().map(|b| (b.first, b.last)).collect();
+    ranges.sort_unstable();
+    assert_eq!(ranges[0].0, 1, "the counter starts at 1");
+    for pair in ranges.windows(2) {
+        assert_eq!(pair[0].1 + 1, pair[1].0, "contiguous, disjoint: {ranges:?}");
+    }
+    let ids: BTreeSet<u64> = granted.iter().map(|b| b.id).collect();
+    assert_eq!(ids.len(), 16);
+    // Another agency has its own counter; sizes are clamped.
+    let other = f
+        .s()
+        .allocate_number_block(a.id, "c2", FORMAT, 0, NOW)
+        .await
+        .unwrap();
+    assert_eq!((other.first, other.last), (1, 1));
+    let big = f
+        .s()
+        .allocate_number_block(a.id, "c2", FORMAT, u64::MAX, NOW)
+        .await
+        .unwrap();
+    assert_eq!(big.last - big.first + 1, storage::MAX_NUMBER_BLOCK);
+    // Listing: per device and all, by id, as granted.
+    let of_a = f.s().number_blocks(Some(a.id)).await.unwrap();
+    assert!(of_a.iter().all(|b| b.device == a.id));
+    assert_eq!(
+        of_a.len(),
+        granted.iter().filter(|b| b.device == a.id).count() + 2
+    );
+    let all = f.s().number_blocks(None).await.unwrap();
+    assert_eq!(all.len(), 18);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let listed = all.iter().find(|b| b.id == granted[0].id).unwrap();
+    assert_eq!(listed, &granted[0]);
+    assert!(!listed.acknowledged);
+    assert_eq!(listed.next, listed.first);
+    // An unknown device gets nothing, and the counter does not move.
+    let err = f
+        .s()
+        .allocate_number_block(DeviceId::new(), "c2", FORMAT, 5, NOW)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StorageError::NotFound), "{err:?}");
+    let next = f
+        .s()
+        .allocate_number_block(a.id, "c2", FORMAT, 1, NOW)
+        .await
+        .unwrap();
+    assert_eq!(next.first, big.last + 1);
+}
+
+async fn number_usage_reports_grow_and_stay_with_their_device(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (a, _) = enroll(f.s(), Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(f.s(), Scope::Commune("c1".into()), "b").await;
+    let block = f
+        .s()
+        .allocate_number_block(a.id, "c1", FORMAT, 10, NOW)
+        .await
+        .unwrap();
+    let read = |s: Arc<dyn ServerStorage>, id: u64| async move {
+        s.number_blocks(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|b| b.id == id)
+            .unwrap()
+    };
+    // Another device's report about it changes nothing.
+    f.s()
+        .report_number_usage(b.id, &[(block.id, block.first + 5)], NOW)
+        .await
+        .unwrap();
+    let seen = read(f.storage.clone(), block.id).await;
+    assert!(!seen.acknowledged);
+    assert_eq!(seen.next, block.first);
+    // Its own: acknowledged, grows, never shrinks, clamped to the block; unknown ids ignored.
+    f.s()
+        .report_number_usage(a.id, &[(block.id, block.first + 3), (999_999, 5)], NOW)
+        .await
+        .unwrap();
+    let seen = read(f.storage.clone(), block.id).await;
+    assert!(seen.acknowledged);
+    assert_eq!(seen.next, block.first + 3);
+    f.s()
+        .report_number_usage(a.id, &[(block.id, block.first + 1)], NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        read(f.storage.clone(), block.id).await.next,
+        block.first + 3
+    );
+    f.s()
+        .report_number_usage(a.id, &[(block.id, u64::MAX)], NOW)
+        .await
+        .unwrap();
+    assert_eq!(read(f.replica().await, block.id).await.next, block.last + 1);
+}
+
+async fn dossier_numbers_keep_their_first_document(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (a, _) = enroll(f.s(), Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(f.s(), Scope::Commune("c1".into()), "b").await;
+    let (first, second) = (RecordId::new(), RecordId::new());
+    assert_eq!(
+        f.s().dossier_number("c1-261206-000001").await.unwrap(),
+        None
+    );
+    f.s()
+        .record_dossier_numbers(
+            a.id,
+            &[
+                ("c1-261206-000001".into(), first),
+                ("c1-261206-000002".into(), second),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    f.s()
+        .record_dossier_numbers(b.id, &[("c1-261206-000001".into(), RecordId::new())], NOW)
+        .await
+        .unwrap();
+    f.s().record_dossier_numbers(b.id, &[], NOW).await.unwrap();
+    assert_eq!(
+        f.s().dossier_number("c1-261206-000001").await.unwrap(),
+        Some((first, a.id))
+    );
+    assert_eq!(
+        f.replica()
+            .await
+            .dossier_number("c1-261206-000002")
+            .await
+            .unwrap(),
+        Some((second, a.id))
+    );
+}
+
+fn new_key() -> PublicKey {
+    DeviceSigningKey::generate().unwrap().public_key()
+}
+
+async fn device_keys_register_replace_revoke_and_delta(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    assert_eq!(s.device_keys_since(0, 100).await.unwrap(), (vec![], 0));
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(s, Scope::Province, "b").await;
+    let (k1, k2, k3) = (new_key(), new_key(), new_key());
+    // Unknown device.
+    assert!(matches!(
+        s.register_device_key(DeviceId::new(), k1, NOW, false).await,
+        Err(StorageError::NotFound)
+    ));
+    assert!(s.register_device_key(a.id, k1, NOW, false).await.unwrap());
+    // Registering the current key again changes nothing.
+    assert!(
+        s.register_device_key(a.id, k1, NOW + 1, false)
+            .await
+            .unwrap()
+    );
+    let (entries, v1) = s.device_keys_since(0, 100).await.unwrap();
+    assert_eq!(v1, 1);
+    assert_eq!(entries.len(), 1);
+    assert_eq!((entries[0].device, entries[0].public_key), (a.id, k1));
+    assert_eq!(entries[0].commune, "c1");
+    assert_eq!((entries[0].valid_from, entries[0].valid_until), (NOW, None));
+    // Trust on first use: only while the device has no key.
+    assert!(
+        !s.register_device_key(a.id, k2, NOW + 5, true)
+            .await
+            .unwrap()
+    );
+    assert!(
+        s.register_device_key(b.id, k3, NOW + 5, true)
+            .await
+            .unwrap()
+    );
+    // Re-enrollment replaces A's key: the old one stays listed, closed.
+    assert!(
+        s.register_device_key(a.id, k2, NOW + 10, false)
+            .await
+            .unwrap()
+    );
+    let (delta, v) = s.device_keys_since(v1, 100).await.unwrap();
+    assert_eq!(v, 4);
+    let old = delta.iter().find(|e| e.public_key == k1).unwrap();
+    assert_eq!(old.valid_until, Some(NOW + 10));
+    let new = delta.iter().find(|e| e.public_key == k2).unwrap();
+    assert_eq!((new.valid_from, new.valid_until), (NOW + 10, None));
+    assert_eq!(new.commune, "c1");
+    assert!(
+        delta
+            .iter()
+            .any(|e| e.device == b.id && e.commune.is_empty())
+    );
+    // Revocation marks every open key of the device, at one new version.
+    s.revoke_device_keys(a.id, NOW + 20).await.unwrap();
+    s.revoke_device_keys(a.id, NOW + 30).await.unwrap();
+    let (delta, v5) = s.device_keys_since(v, 100).await.unwrap();
+    assert_eq!(v5, 5);
+    assert_eq!(delta.len(), 2);
+    assert!(delta.iter().all(|e| e.revoked_at == Some(NOW + 20)));
+    // A revoked key is not registered again.
+    assert!(matches!(
+        s.register_device_key(a.id, k2, NOW + 40, false).await,
+        Err(StorageError::Conflict(_))
+    ));
+    // The delta is bounded and ordered by version.
+    let (first, _) = s.device_keys_since(0, 1).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].device, b.id);
+    let (all, _) = s.device_keys_since(0, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.windows(2).all(|w| w[0].version <= w[1].version));
+}
+
+async fn push_signatures_are_kept_and_linked_from_each_change(f: &Fixture) {
+    let s = f.s();
+    communes_c1_c2(s).await;
+    let (a, _) = enroll(s, Scope::Commune("c1".into()), "a").await;
+    let key = new_key();
+    s.register_device_key(a.id, key, NOW, false).await.unwrap();
+    assert_eq!(s.device_keys_of(a.id).await.unwrap()[0].public_key, key);
+    assert!(s.device_keys_of(DeviceId::new()).await.unwrap().is_empty());
+    let first = PushSignatureRow {
+        device: a.id,
+        counter: 7,
+        hashes: vec![sha("x"), sha("y")],
+        signature: [9; 64],
+        received_at: NOW,
+    };
+    s.record_push_signature(&first).await.unwrap();
+    // A later push carrying y again (a retry) keeps y's first link; z is linked to it.
+    let second = PushSignatureRow {
+        counter: 8,
+        hashes: vec![sha("y"), sha("z")],
+        signature: [8; 64],
+        received_at: NOW + 1,
+        ..first.clone()
+    };
+    s.record_push_signature(&second).await.unwrap();
+    let found = s
+        .change_signatures(&[sha("x"), sha("y"), sha("z"), sha("unsigned")])
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 3);
+    assert_eq!(*found[&sha("x")], first);
+    assert_eq!(*found[&sha("y")], first);
+    assert_eq!(*found[&sha("z")], second);
 }

@@ -4,16 +4,71 @@
 //! enrollment codes.
 
 pub mod catalogue_gen;
+pub mod failover;
 pub mod process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use communesync_core::sync::{ReqwestConfig, ReqwestTransport, ServerTrust};
 use communesync_server::http::{self, AppState, ServerConfig};
 use communesync_server::serve::{self, ServeConfig};
 use communesync_server::storage::{self, Scope, ServerStorage};
 use tokio::task::JoinHandle;
+
+/// What a test server speaks: the end-to-end tests run over both (`twin_tests!`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    /// Plain HTTP.
+    Http,
+    /// HTTPS with a certificate for 127.0.0.1 from a CA made by the test.
+    Https,
+}
+
+/// The HTTPS side of a test server.
+pub struct TestTls {
+    /// The CA that signed the server's certificate (the tablets trust it alone).
+    pub ca: tls::TestCa,
+    /// The server's reloadable certificate.
+    pub server: Arc<communesync_server::tls::ServerTls>,
+    /// Where the certificate and key files are (`server.crt`, `server.key`).
+    pub dir: tempfile::TempDir,
+}
+
+impl TestTls {
+    /// A new CA and a certificate for 127.0.0.1 and localhost, in files.
+    pub fn new() -> anyhow::Result<Self> {
+        let ca = tls::TestCa::new("communesync test province CA")?;
+        let dir = tempfile::tempdir()?;
+        let (cert, key) = ca
+            .server_cert(&["127.0.0.1", "localhost"])?
+            .write(dir.path(), "server")?;
+        let server = Arc::new(communesync_server::tls::ServerTls::load(&cert, &key)?);
+        Ok(TestTls { ca, server, dir })
+    }
+}
+
+/// Generates a test per scheme from `async fn NAME(scheme: Scheme)`: `NAME_over_http` and
+/// `NAME_over_https` (multi-threaded runtime, two workers).
+#[macro_export]
+macro_rules! twin_tests {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn over_http() {
+                    super::$name($crate::Scheme::Http).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn over_https() {
+                    super::$name($crate::Scheme::Https).await
+                }
+            }
+        )+
+    };
+}
 
 /// A running server.
 pub struct TestServer {
@@ -23,6 +78,8 @@ pub struct TestServer {
     pub storage: Arc<dyn ServerStorage>,
     /// An operator token.
     pub admin_token: String,
+    /// Its certificate and CA when it serves HTTPS.
+    pub tls: Option<Arc<TestTls>>,
     task: JoinHandle<()>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -41,6 +98,32 @@ impl TestServer {
         addr: Option<SocketAddr>,
     ) -> anyhow::Result<Self> {
         Self::start_serving(database, config, ServeConfig::default(), addr).await
+    }
+
+    /// [`TestServer::start`] over `scheme` (HTTPS: a new test CA and certificate).
+    pub async fn start_scheme(database: &str, scheme: Scheme) -> anyhow::Result<Self> {
+        let tls = match scheme {
+            Scheme::Http => None,
+            Scheme::Https => Some(Arc::new(TestTls::new()?)),
+        };
+        Self::start_tls(database, unlimited_rate_config(), tls, None).await
+    }
+
+    /// A server with `config`, serving HTTPS with `tls` when given, on `addr` when given (a
+    /// restart keeps its certificate by passing the previous server's `tls`).
+    pub async fn start_tls(
+        database: &str,
+        config: ServerConfig,
+        tls: Option<Arc<TestTls>>,
+        addr: Option<SocketAddr>,
+    ) -> anyhow::Result<Self> {
+        let serve_config = ServeConfig {
+            tls: tls.as_ref().map(|tls| tls.server.clone()),
+            ..ServeConfig::default()
+        };
+        let mut server = Self::start_serving(database, config, serve_config, addr).await?;
+        server.tls = tls;
+        Ok(server)
     }
 
     /// [`TestServer::start_with`] with the accept loop's limits too.
@@ -72,14 +155,47 @@ impl TestServer {
             addr,
             storage,
             admin_token,
+            tls: None,
             task,
             shutdown: Some(shutdown),
         })
     }
 
-    /// Base URL.
+    /// Base URL (`https://` when it serves HTTPS).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        match self.tls {
+            Some(_) => format!("https://{}", self.addr),
+            None => format!("http://{}", self.addr),
+        }
+    }
+
+    /// What a tablet must trust to talk to it: its test CA alone (default for HTTP).
+    pub fn trust(&self) -> ServerTrust {
+        self.tls
+            .as_ref()
+            .map_or_else(ServerTrust::default, |tls| tls.ca.trust())
+    }
+
+    /// A production transport to it, trusting its CA.
+    pub fn transport(&self) -> ReqwestTransport {
+        transport(&self.url(), self.trust())
+    }
+
+    /// A plain reqwest client builder that trusts its CA, for requests made by hand.
+    pub fn http_client_builder(&self) -> reqwest::ClientBuilder {
+        let builder = reqwest::Client::builder();
+        match (
+            &self.tls,
+            communesync_core::sync::tls::client_config(&self.trust()),
+        ) {
+            (Some(_), Ok(config)) => builder.tls_backend_preconfigured(config),
+            _ => builder,
+        }
+    }
+
+    /// A plain reqwest client that trusts its CA, for requests made by hand.
+    pub fn http_client(&self) -> reqwest::Client {
+        self.http_client_builder().build().unwrap_or_default()
     }
 
     /// Creates a commune and returns `n` fresh enrollment codes for it.
@@ -119,6 +235,19 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A production transport to `url` trusting `trust`. Panics on a bad configuration (tests).
+pub fn transport(url: &str, trust: ServerTrust) -> ReqwestTransport {
+    #[allow(clippy::expect_used)]
+    ReqwestTransport::with_config(
+        url,
+        ReqwestConfig {
+            trust,
+            ..ReqwestConfig::default()
+        },
+    )
+    .expect("a valid transport configuration")
 }
 
 /// The server's default configuration but for the per-device request rate, high enough never to

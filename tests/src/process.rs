@@ -272,3 +272,54 @@ impl ServerContents {
         Ok(Some(heads))
     }
 }
+
+/// How a tablet's store differs from its commune on the server (`contents`): pending documents,
+/// records one side lacks, different heads. Empty when they converged.
+pub fn differences(
+    name: &str,
+    store: &mut communesync_core::store::DeviceStore,
+    contents: &ServerContents,
+) -> anyhow::Result<Vec<String>> {
+    use communesync_core::store::ApplicationQuery;
+    let mut problems = Vec::new();
+    let pending = store.pending_count()?;
+    if pending > 0 {
+        problems.push(format!("{name}: {pending} documents still pending"));
+    }
+    let quarantined = store.quarantined_count()?;
+    if quarantined > 0 {
+        problems.push(format!("{name}: {quarantined} documents set aside"));
+    }
+    let mut ids = HashSet::new();
+    let mut offset = 0;
+    for _ in 0..10_000 {
+        let page = store.query_applications(&ApplicationQuery {
+            limit: 500,
+            offset,
+            ..ApplicationQuery::default()
+        })?;
+        ids.extend(page.items.iter().map(|a| a.id));
+        match page.next_offset {
+            Some(next) if next > offset => offset = next,
+            _ => break,
+        }
+    }
+    let server_ids: HashSet<RecordId> = contents.docs.keys().copied().collect();
+    if ids != server_ids {
+        problems.push(format!(
+            "{name}: holds {} records, the server {} for its commune ({} only here, {} only there)",
+            ids.len(),
+            server_ids.len(),
+            ids.difference(&server_ids).count(),
+            server_ids.difference(&ids).count()
+        ));
+    }
+    for id in ids.intersection(&server_ids) {
+        let mut mine = store.heads(*id)?;
+        mine.sort();
+        if contents.heads(*id)? != Some(mine) {
+            problems.push(format!("{name}: {id}: heads differ from the server's"));
+        }
+    }
+    Ok(problems)
+}

@@ -33,6 +33,9 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
     ("POST", "/v1/enroll"),
     ("POST", "/v1/sync"),
+    ("POST", "/v1/device/key"),
+    ("POST", "/v1/device-keys"),
+    ("POST", "/v1/receipts/verify"),
     ("GET", "/v1/admin/communes"),
     ("POST", "/v1/admin/communes"),
     ("POST", "/v1/admin/enrollment-codes"),
@@ -43,6 +46,8 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/tokens"),
     ("POST", "/v1/admin/tokens/{id}/revoke"),
     ("GET", "/v1/admin/records/{id}/history"),
+    ("GET", "/v1/admin/records"),
+    ("GET", "/v1/admin/number-blocks"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
 ];
@@ -310,6 +315,15 @@ impl World {
             "/v1/sync" => request
                 .header("content-type", CONTENT_TYPE)
                 .body(pull_body(Vec::new())),
+            // One usable key for every device of the matrix (registered on first use).
+            "/v1/device/key" => request.json(&serde_json::json!({
+                "public_key": communesync_core::keys::DeviceSigningKey::from_secret(&[3; 32])
+                    .unwrap()
+                    .public_key()
+                    .to_hex()
+            })),
+            "/v1/device-keys" => request.json(&serde_json::json!({"since": 0})),
+            "/v1/receipts/verify" => request.json(&serde_json::json!({"payload": "NOT A RECEIPT"})),
             "/v1/admin/communes" if method == "POST" => {
                 request.json(&serde_json::json!({"code": "DB-NEW", "name": "Xã Mới"}))
             }
@@ -371,6 +385,18 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
             Revoked => 403,
             OtherCommune | OwnCommune | Province => 200,
         },
+        // A device's own key, on first use.
+        ("POST", "/v1/device/key") => match caller {
+            Nobody | WrongToken | Operator => 401,
+            Revoked => 403,
+            OtherCommune | OwnCommune | Province => 204,
+        },
+        // The key list and the receipt verifier: any device or operator.
+        ("POST", "/v1/device-keys" | "/v1/receipts/verify") => match caller {
+            Nobody | WrongToken => 401,
+            Revoked => 403,
+            OtherCommune | OwnCommune | Province | Operator => 200,
+        },
         (_, admin) if admin.starts_with("/v1/admin/") => match caller {
             Operator => match (method, admin) {
                 ("POST", "/v1/admin/communes") => 201,
@@ -378,6 +404,8 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
                 ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
                 // The matrix names no record: an unknown one.
                 ("GET", "/v1/admin/records/{id}/history") => 404,
+                // Without `?number=`: a malformed request.
+                ("GET", "/v1/admin/records") => 400,
                 _ => 200,
             },
             _ => 401,

@@ -286,6 +286,10 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
             };
             good.status = Status::Received;
             good.notes = String::new();
+            // A new record of its own, without the copied record's dossier number (which is
+            // another record's: refused as such, see `dossier_numbers.rs`).
+            good.dossier_number = None;
+            good.dossier_number_fallback = false;
             good.created_by.device = hostile.device.0;
             let (status, response, text) = hostile
                 .push(vec![doc.clone(), crafted_record(&good, hostile.device)])

@@ -143,6 +143,7 @@ fn varint(mut n: u64) -> Vec<u8> {
 fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) -> PushDoc {
     let mut app = Application {
         id: RecordId::new(),
+        dossier_number: None,
         commune_code: commune.into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -163,6 +164,7 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
         },
         procedure_version: 0,
         form_values: Default::default(),
+        dossier_number_fallback: false,
     };
     edit(&mut app);
     let id = app.id;
@@ -1716,6 +1718,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
         let base = |device: DeviceId| {
             let app = Application {
                 id,
+                dossier_number: None,
                 commune_code: COMMUNE.into(),
                 procedure_code: "1.001193".into(),
                 applicant: Applicant {
@@ -1736,6 +1739,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                 },
                 procedure_version: 0,
                 form_values: Default::default(),
+                dossier_number_fallback: false,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };

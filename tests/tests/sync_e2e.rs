@@ -1,6 +1,7 @@
 //! Tablets and the provincial server over real HTTP on 127.0.0.1, on SQLite and PostgreSQL:
 //! convergence, conflicts, cuts at many byte offsets, a server restart, credentials, scopes and
-//! hostile bodies.
+//! hostile bodies. Each test runs twice (`twin_tests!`): over plain HTTP and over HTTPS with a
+//! certificate from a test CA that the tablets trust alone.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
@@ -14,9 +15,19 @@ use communesync_core::protocol::{
 use communesync_core::record::{ConflictValue, DeviceId, RecordId, RecordKind, Status};
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
+use communesync_core::sync::ServerTrust;
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncError, enroll};
 use communesync_server::link::{Cut, LinkProfile, PoorLink};
-use communesync_tests::{TestServer, test_databases};
+use communesync_tests::{Scheme, TestServer, test_databases, twin_tests};
+
+twin_tests!(
+    tablets_converge_and_conflicts_surface_on_every_backend,
+    a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates,
+    a_server_restart_mid_sync_loses_nothing,
+    credentials_are_checked_and_revocation_is_immediate,
+    a_device_cannot_write_or_read_another_communes_records,
+    malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothing,
+);
 
 const COMMUNE_A: &str = "DB-MUONGPHANG";
 const COMMUNE_B: &str = "DB-NATAU";
@@ -42,6 +53,7 @@ async fn tablet(
     dir: &std::path::Path,
     name: &str,
     url: &str,
+    trust: ServerTrust,
     code: &str,
     config: SyncConfig,
 ) -> Tablet {
@@ -51,7 +63,7 @@ async fn tablet(
     .unwrap();
     store.import_catalogue(&SampleData::catalogue()).unwrap();
     let device = store.device_id();
-    let transport = ReqwestTransport::new(url).unwrap();
+    let transport = communesync_tests::transport(url, trust);
     let credentials = enroll(&transport, code, device, name).await.unwrap();
     let store = Arc::new(Mutex::new(store));
     let token = credentials.token.clone();
@@ -112,7 +124,8 @@ impl Tablet {
         }
         .encode(&mut codec)
         .unwrap();
-        let response = reqwest::Client::new()
+        let response = server
+            .http_client()
             .post(format!("{}/v1/sync", server.url()))
             .bearer_auth(&self.token)
             .header("content-type", CONTENT_TYPE)
@@ -139,17 +152,40 @@ fn refusals(response: &SyncResponse) -> Vec<(u32, &str)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tablets_converge_and_conflicts_surface_on_every_backend() {
+async fn tablets_converge_and_conflicts_surface_on_every_backend(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
     for url in test_databases(dir.path(), "converge").await.unwrap() {
-        let server = TestServer::start(&url).await.unwrap();
+        let server = TestServer::start_scheme(&url, scheme).await.unwrap();
         let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
         let other = server.commune_with_codes(COMMUNE_B, 1).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
-        let lan = tablet(sub.path(), "lan", &server.url(), &codes[0], fast()).await;
-        let minh = tablet(sub.path(), "minh", &server.url(), &codes[1], fast()).await;
-        let natau = tablet(sub.path(), "natau", &server.url(), &other[0], fast()).await;
+        let lan = tablet(
+            sub.path(),
+            "lan",
+            &server.url(),
+            server.trust(),
+            &codes[0],
+            fast(),
+        )
+        .await;
+        let minh = tablet(
+            sub.path(),
+            "minh",
+            &server.url(),
+            server.trust(),
+            &codes[1],
+            fast(),
+        )
+        .await;
+        let natau = tablet(
+            sub.path(),
+            "natau",
+            &server.url(),
+            server.trust(),
+            &other[0],
+            fast(),
+        )
+        .await;
         let mut sample = SampleData::new(1);
 
         let ids = lan.intake(&mut sample, COMMUNE_A, 40);
@@ -225,11 +261,10 @@ async fn tablets_converge_and_conflicts_surface_on_every_backend() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates() {
+async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
     for url in test_databases(dir.path(), "cuts").await.unwrap() {
-        let server = TestServer::start(&url).await.unwrap();
+        let server = TestServer::start_scheme(&url, scheme).await.unwrap();
         let codes = server.commune_with_codes(COMMUNE_A, 2).await.unwrap();
         // A fast but shaped link: shaped directions cut at exact offsets.
         let link = PoorLink::start(
@@ -238,7 +273,10 @@ async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates() {
         )
         .await
         .unwrap();
-        let link_url = format!("http://{}", link.addr());
+        let link_url = match scheme {
+            Scheme::Http => format!("http://{}", link.addr()),
+            Scheme::Https => format!("https://{}", link.addr()),
+        };
         let sub = tempfile::tempdir().unwrap();
         let config = SyncConfig {
             push_batch_bytes: 16 * 1024,
@@ -246,8 +284,24 @@ async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates() {
             max_attempts: 1,
             ..fast()
         };
-        let a = tablet(sub.path(), "a", &link_url, &codes[0], config.clone()).await;
-        let b = tablet(sub.path(), "b", &link_url, &codes[1], config).await;
+        let a = tablet(
+            sub.path(),
+            "a",
+            &link_url,
+            server.trust(),
+            &codes[0],
+            config.clone(),
+        )
+        .await;
+        let b = tablet(
+            sub.path(),
+            "b",
+            &link_url,
+            server.trust(),
+            &codes[1],
+            config,
+        )
+        .await;
         let mut sample = SampleData::new(2);
         let ids = a.intake(&mut sample, COMMUNE_A, 60);
         for (i, id) in ids.iter().enumerate().take(20) {
@@ -297,11 +351,19 @@ async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates() {
                 b.with(|s| s.get_application(*id)).unwrap(),
             );
             assert_eq!(on_a, on_b, "{url}");
-            // Applied once: the history on b has exactly a's changes.
-            assert_eq!(
-                a.with(|s| s.history(*id)).unwrap(),
-                b.with(|s| s.history(*id)).unwrap()
-            );
+            // Applied once: the history on b has exactly a's changes (a also knows it signed
+            // them).
+            let on_a: Vec<_> = a
+                .with(|s| s.history(*id))
+                .unwrap()
+                .into_iter()
+                .map(|mut entry| {
+                    assert!(entry.signed_by_this_device);
+                    entry.signed_by_this_device = false;
+                    entry
+                })
+                .collect();
+            assert_eq!(on_a, b.with(|s| s.history(*id)).unwrap());
         }
         // The server holds each change once: 60 creations, 20 transitions, 10 note edits.
         let stats = server.storage.stats().await.unwrap();
@@ -310,11 +372,10 @@ async fn a_sync_cut_at_many_byte_offsets_resumes_without_loss_or_duplicates() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_server_restart_mid_sync_loses_nothing() {
+async fn a_server_restart_mid_sync_loses_nothing(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
     let url = communesync_tests::sqlite_url(dir.path(), "restart.db");
-    let server = TestServer::start(&url).await.unwrap();
+    let server = TestServer::start_scheme(&url, scheme).await.unwrap();
     let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
     let sub = tempfile::tempdir().unwrap();
     let config = SyncConfig {
@@ -322,14 +383,23 @@ async fn a_server_restart_mid_sync_loses_nothing() {
         max_attempts: 1,
         ..fast()
     };
-    let a = tablet(sub.path(), "a", &server.url(), &codes[0], config).await;
+    let a = tablet(
+        sub.path(),
+        "a",
+        &server.url(),
+        server.trust(),
+        &codes[0],
+        config,
+    )
+    .await;
     let mut sample = SampleData::new(3);
     a.intake(&mut sample, COMMUNE_A, 80);
+    let tls = server.tls.clone();
     let (addr, storage) = server.stop().await;
     drop(storage);
     let err = a.sync().await.unwrap_err();
     assert!(matches!(err, SyncError::Offline(_)), "{err}");
-    let server = TestServer::start_with(&url, Default::default(), Some(addr))
+    let server = TestServer::start_tls(&url, Default::default(), tls, Some(addr))
         .await
         .unwrap();
     let report = a.sync().await.unwrap();
@@ -346,20 +416,30 @@ async fn a_server_restart_mid_sync_loses_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_are_checked_and_revocation_is_immediate() {
+async fn credentials_are_checked_and_revocation_is_immediate(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&communesync_tests::sqlite_url(dir.path(), "auth.db"))
-        .await
-        .unwrap();
+    let server = TestServer::start_scheme(
+        &communesync_tests::sqlite_url(dir.path(), "auth.db"),
+        scheme,
+    )
+    .await
+    .unwrap();
     let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
-    let transport = ReqwestTransport::new(&server.url()).unwrap();
+    let transport = server.transport();
     assert!(matches!(
         enroll(&transport, "WRONG-CODE-0000", DeviceId::new(), "x").await,
         Err(SyncError::Unauthorized)
     ));
     let sub = tempfile::tempdir().unwrap();
-    let a = tablet(sub.path(), "a", &server.url(), &codes[0], fast()).await;
+    let a = tablet(
+        sub.path(),
+        "a",
+        &server.url(),
+        server.trust(),
+        &codes[0],
+        fast(),
+    )
+    .await;
     // A code works once.
     assert!(matches!(
         enroll(&transport, &codes[0], DeviceId::new(), "again").await,
@@ -371,13 +451,7 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
     let store = Arc::new(Mutex::new(
         DeviceStore::open(StoreConfig::new(sub.path().join("x.db"))).unwrap(),
     ));
-    let stranger = SyncClient::new(
-        ReqwestTransport::new(&server.url()).unwrap(),
-        store,
-        "f".repeat(64),
-        fast(),
-    )
-    .unwrap();
+    let stranger = SyncClient::new(server.transport(), store, "f".repeat(64), fast()).unwrap();
     assert!(matches!(
         stranger.sync(&|_| {}).await,
         Err(SyncError::Unauthorized)
@@ -407,11 +481,9 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
     }
     let mut burst = tokio::task::JoinSet::new();
     for _ in 0..8 {
-        let url = server.url();
-        burst.spawn(async move {
-            let transport = ReqwestTransport::new(&url).unwrap();
-            enroll(&transport, "GUES-SGUE-SSSS", DeviceId::new(), "x").await
-        });
+        let transport = server.transport();
+        burst
+            .spawn(async move { enroll(&transport, "GUES-SGUE-SSSS", DeviceId::new(), "x").await });
     }
     let mut limited = false;
     while let Some(result) = burst.join_next().await {
@@ -434,17 +506,35 @@ async fn credentials_are_checked_and_revocation_is_immediate() {
 /// A record outside the device's commune is refused for that record alone (`not_yours`, one
 /// message whatever the reason), nothing of it is stored or reaches another commune, and the
 /// device's own records beside it flow: its syncs keep completing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_cannot_write_or_read_another_communes_records() {
+async fn a_device_cannot_write_or_read_another_communes_records(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&communesync_tests::sqlite_url(dir.path(), "scope.db"))
-        .await
-        .unwrap();
+    let server = TestServer::start_scheme(
+        &communesync_tests::sqlite_url(dir.path(), "scope.db"),
+        scheme,
+    )
+    .await
+    .unwrap();
     let a_codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
     let b_codes = server.commune_with_codes(COMMUNE_B, 1).await.unwrap();
     let sub = tempfile::tempdir().unwrap();
-    let a = tablet(sub.path(), "a", &server.url(), &a_codes[0], fast()).await;
-    let b = tablet(sub.path(), "b", &server.url(), &b_codes[0], fast()).await;
+    let a = tablet(
+        sub.path(),
+        "a",
+        &server.url(),
+        server.trust(),
+        &a_codes[0],
+        fast(),
+    )
+    .await;
+    let b = tablet(
+        sub.path(),
+        "b",
+        &server.url(),
+        server.trust(),
+        &b_codes[0],
+        fast(),
+    )
+    .await;
     let mut sample = SampleData::new(5);
     let a_ids = a.intake(&mut sample, COMMUNE_A, 3);
     a.sync().await.unwrap();
@@ -514,6 +604,7 @@ async fn a_device_cannot_write_or_read_another_communes_records() {
         fresh.path(),
         "c",
         &server.url(),
+        server.trust(),
         &server.commune_with_codes(COMMUNE_B, 1).await.unwrap()[0],
         fast(),
     )
@@ -560,14 +651,14 @@ async fn a_device_cannot_write_or_read_another_communes_records() {
     assert!(!a.with(|s| s.contains(claimed[0])).unwrap());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothing() {
+async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothing(scheme: Scheme) {
     let dir = tempfile::tempdir().unwrap();
-    let server = TestServer::start(&communesync_tests::sqlite_url(dir.path(), "bad.db"))
-        .await
-        .unwrap();
+    let server =
+        TestServer::start_scheme(&communesync_tests::sqlite_url(dir.path(), "bad.db"), scheme)
+            .await
+            .unwrap();
     let codes = server.commune_with_codes(COMMUNE_A, 1).await.unwrap();
-    let transport = ReqwestTransport::new(&server.url()).unwrap();
+    let transport = server.transport();
     // The changes pushed are the enrolled device's own (the server takes no other).
     let sub = tempfile::tempdir().unwrap();
     let mut store = DeviceStore::open(StoreConfig::new(sub.path().join("s.db"))).unwrap();
@@ -578,7 +669,8 @@ async fn malformed_truncated_and_oversized_bodies_get_clear_4xx_and_change_nothi
         .token;
     // A fresh connection per request: the server closes a connection after refusing a body it
     // did not read (413), and a pooled keep-alive connection would race that close.
-    let http = reqwest::Client::builder()
+    let http = server
+        .http_client_builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();

@@ -35,6 +35,15 @@ pub enum RefusalCode {
     NotYours,
     /// The same record appears twice in one request.
     Duplicate,
+    /// A new application's dossier number was not granted to the pushing device (not in one of
+    /// its blocks, nor its fallback form), or another record has it.
+    DossierNumber,
+    /// The pushing device has a registered key and the push carries no signature (issue 16):
+    /// every document of the request is refused.
+    UnsignedPush,
+    /// The push's signature is not the device's over these changes (forged, another device's
+    /// key, changes swapped or a revoked key): every document of the request is refused.
+    BadSignature,
     /// A code this build does not know (sent by a newer server).
     Other(String),
 }
@@ -53,6 +62,9 @@ impl RefusalCode {
             RefusalCode::TooLarge => "too_large",
             RefusalCode::NotYours => "not_yours",
             RefusalCode::Duplicate => "duplicate",
+            RefusalCode::DossierNumber => "dossier_number",
+            RefusalCode::UnsignedPush => "unsigned_push",
+            RefusalCode::BadSignature => "bad_signature",
             RefusalCode::Other(code) => code,
         }
     }
@@ -70,6 +82,9 @@ impl RefusalCode {
             "too_large" => RefusalCode::TooLarge,
             "not_yours" => RefusalCode::NotYours,
             "duplicate" => RefusalCode::Duplicate,
+            "dossier_number" => RefusalCode::DossierNumber,
+            "unsigned_push" => RefusalCode::UnsignedPush,
+            "bad_signature" => RefusalCode::BadSignature,
             other => RefusalCode::Other(other.to_owned()),
         }
     }

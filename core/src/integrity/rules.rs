@@ -331,6 +331,17 @@ fn check_application_edit(
     {
         return Err(immutable("application"));
     }
+    // The number the citizen was given at the desk: set once at intake, in the record's first
+    // change, and never altered, cleared or added later (see `crate::numbering`).
+    if before.dossier_number != after.dossier_number
+        || before.dossier_number_fallback != after.dossier_number_fallback
+    {
+        return Err(Violation::field(
+            RefusalCode::ImmutableField,
+            "dossier_number",
+            "is given at intake and cannot be changed",
+        ));
+    }
     // The due date follows the procedure (a change of procedure recomputes it); a legal
     // extension will be its own event.
     if after.due_at != before.due_at && after.procedure_code == before.procedure_code {
@@ -449,6 +460,21 @@ fn count(out: &mut Vec<FieldProblem>, field: &'static str, len: usize, max: usiz
 }
 
 fn application_problems(app: &Application, out: &mut Vec<FieldProblem>) {
+    if let Some(number) = &app.dossier_number {
+        text(
+            out,
+            "dossier_number",
+            number,
+            crate::numbering::MAX_NUMBER_LEN,
+            true,
+        );
+    }
+    form(
+        out,
+        "dossier_number_fallback",
+        !app.dossier_number_fallback || app.dossier_number.is_some(),
+        "flags a dossier number: there is none",
+    );
     text(out, "commune_code", &app.commune_code, 64, true);
     text(out, "procedure_code", &app.procedure_code, 64, true);
     text(out, "applicant.name", &app.applicant.name, 200, true);

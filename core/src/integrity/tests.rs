@@ -14,6 +14,7 @@ const COMMUNE: &str = "DB-MUONGPHANG";
 fn sample(device: DeviceId) -> Application {
     Application {
         id: crate::record::RecordId::new(),
+        dossier_number: None,
         commune_code: COMMUNE.into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -33,6 +34,7 @@ fn sample(device: DeviceId) -> Application {
         },
         procedure_version: 0,
         form_values: Default::default(),
+        dossier_number_fallback: false,
     }
 }
 
@@ -392,6 +394,9 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::TooLarge,
         RefusalCode::NotYours,
         RefusalCode::Duplicate,
+        RefusalCode::DossierNumber,
+        RefusalCode::UnsignedPush,
+        RefusalCode::BadSignature,
     ] {
         assert_eq!(RefusalCode::parse(code.as_str()), code);
     }
@@ -547,4 +552,56 @@ fn form_values_follow_the_pinned_version_on_both_sides() {
         )
         .is_ok()
     );
+}
+
+#[test]
+fn a_dossier_number_is_set_at_creation_and_never_changed() {
+    let tablet = DeviceId::new();
+    let numbered = |number: Option<&str>, fallback: bool| {
+        let mut app = sample(tablet);
+        app.dossier_number = number.map(str::to_owned);
+        app.dossier_number_fallback = fallback;
+        RecordDoc::create(&Record::Application(app), tablet, "lan", 1).unwrap()
+    };
+    // At creation: accepted with or without a number; a flag without a number is not.
+    for (number, fallback, ok) in [
+        (Some("01234-261206-000001"), false, true),
+        (Some("01234-261206-D7-0"), true, true),
+        (None, false, true),
+        (None, true, false),
+        (Some(""), false, false),
+    ] {
+        let mut doc = numbered(number, fallback);
+        let verdict = verdict(Vec::new(), all_changes(&mut doc), tablet);
+        assert_eq!(
+            matches!(verdict, Verdict::Accepted { .. }),
+            ok,
+            "{number:?} {fallback}: {verdict:?}"
+        );
+    }
+    // Afterwards: altered, added or re-flagged, it is refused as immutable (clearing is the same
+    // rule: `rules::check_application_edit` compares the whole value).
+    let edits: Vec<(Option<&str>, Edit)> = vec![
+        (
+            Some("01234-261206-000001"),
+            Box::new(|a| a.dossier_number = Some("01234-261206-000002".into())),
+        ),
+        (
+            None,
+            Box::new(|a| a.dossier_number = Some("01234-261206-000009".into())),
+        ),
+        (
+            Some("01234-261206-000001"),
+            Box::new(|a| a.dossier_number_fallback = true),
+        ),
+    ];
+    for (number, change) in edits {
+        let mut doc = numbered(number, false);
+        let root = all_changes(&mut doc);
+        let forged = edit(&mut doc, change);
+        assert_eq!(
+            refused_code(verdict(root, vec![forged], tablet)),
+            RefusalCode::ImmutableField
+        );
+    }
 }

@@ -43,6 +43,24 @@ pub const CONTENT_TYPE_V2: &str = "application/x-communesync-v2";
 /// The oldest version a server of this build accepts; older ones must upgrade.
 pub const OLDEST_PROTOCOL_VERSION: u16 = PROTOCOL_V2;
 
+/// Response header of every sync answer: the server store's epoch (at most
+/// [`MAX_STORE_EPOCH_LEN`] ASCII letters and digits), which changes only when the server's
+/// database is restored from a backup. A tablet that sees it change re-sends what the server may
+/// lack and re-reads the feed from the start. A header, not a body field: older tablets ignore
+/// it, and no protocol version changes.
+pub const STORE_EPOCH_HEADER: &str = "communesync-store-epoch";
+
+/// Longest store epoch a tablet takes (a longer or non-alphanumeric value is ignored).
+pub const MAX_STORE_EPOCH_LEN: usize = 64;
+
+/// The store epoch carried by a header value, if it is a well-formed one.
+pub fn parse_store_epoch(value: &[u8]) -> Option<String> {
+    (!value.is_empty()
+        && value.len() <= MAX_STORE_EPOCH_LEN
+        && value.iter().all(u8::is_ascii_alphanumeric))
+    .then(|| String::from_utf8_lossy(value).into_owned())
+}
+
 /// A document's changes pushed by a tablet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PushDoc {
@@ -465,6 +483,19 @@ impl SyncResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn store_epochs_are_short_alphanumeric_values_only() {
+        assert_eq!(parse_store_epoch(b"0af3"), Some("0af3".to_owned()));
+        assert_eq!(
+            parse_store_epoch(&[b'a'; MAX_STORE_EPOCH_LEN]).map(|e| e.len()),
+            Some(64)
+        );
+        assert_eq!(parse_store_epoch(&[b'a'; MAX_STORE_EPOCH_LEN + 1]), None);
+        assert_eq!(parse_store_epoch(b""), None);
+        assert_eq!(parse_store_epoch(b"a b"), None);
+        assert_eq!(parse_store_epoch("é".as_bytes()), None);
+    }
 
     /// A real change: changes travel as Automerge chunks.
     pub(super) fn change(value: &str) -> Vec<u8> {

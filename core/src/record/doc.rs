@@ -117,6 +117,10 @@ pub struct HistoryEntry {
     /// device learnt of before it kept receive times. Filled by the device store.
     #[serde(default)]
     pub server_received_at: Option<i64>,
+    /// Whether this device signed the change in a push (its own changes since device keys;
+    /// issue 16). Filled by the device store.
+    #[serde(default)]
+    pub signed_by_this_device: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -150,6 +154,7 @@ pub fn describe_change(change: &automerge::Change) -> HistoryEntry {
         device_time: change.timestamp(),
         fields,
         server_received_at: None,
+        signed_by_this_device: false,
     }
 }
 

@@ -172,6 +172,11 @@ pub struct Application {
     /// Record id.
     #[autosurgeon(with = "record_id")]
     pub id: RecordId,
+    /// The dossier number the citizen quotes ("01234-261206-000042"), set at intake and never
+    /// changed; `None` for applications taken before numbers existed. See [`crate::numbering`].
+    #[autosurgeon(with = "absent_when_none")]
+    #[serde(default)]
+    pub dossier_number: Option<String>,
     /// Commune (scope) the application belongs to.
     pub commune_code: String,
     /// Procedure code from the catalogue.
@@ -204,6 +209,11 @@ pub struct Application {
     #[autosurgeon(missing = "Default::default")]
     #[serde(default)]
     pub form_values: FormValues,
+    /// Whether [`Application::dossier_number`] is a fallback number: the device had no number
+    /// block left at intake (see [`crate::numbering`]). Set with the number, never changed.
+    #[autosurgeon(with = "absent_when_false")]
+    #[serde(default)]
+    pub dossier_number_fallback: bool,
 }
 
 /// A request or feedback from a citizen.
@@ -344,6 +354,56 @@ mod text_string {
         Ok(autosurgeon::Text::hydrate(doc, obj, prop)?
             .as_str()
             .to_owned())
+    }
+}
+
+/// An optional value that is written only when set: a record without it (taken before dossier
+/// numbers existed) keeps exactly the bytes it had, and reads back as `None`.
+mod absent_when_none {
+    use super::*;
+    pub(super) fn reconcile<R: Reconciler>(
+        value: &Option<String>,
+        mut reconciler: R,
+    ) -> Result<(), R::Error> {
+        match value {
+            Some(text) => reconciler.str(text),
+            None => Ok(()),
+        }
+    }
+    pub(super) fn hydrate<D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Option<String>, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(None),
+            Some(_) => Option::<String>::hydrate(doc, obj, prop),
+        }
+    }
+}
+
+/// A flag written only when true (see [`absent_when_none`]).
+mod absent_when_false {
+    use super::*;
+    pub(super) fn reconcile<R: Reconciler>(
+        value: &bool,
+        mut reconciler: R,
+    ) -> Result<(), R::Error> {
+        if *value {
+            reconciler.boolean(true)
+        } else {
+            Ok(())
+        }
+    }
+    pub(super) fn hydrate<D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<bool, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(false),
+            Some(_) => bool::hydrate(doc, obj, prop),
+        }
     }
 }
 

@@ -680,12 +680,13 @@ mod tests {
     }
 
     #[test]
-    fn a_store_of_schema_4_keeps_its_procedures() {
+    fn a_store_of_schema_6_keeps_its_procedures() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
         {
             let mut conn = Connection::open(&path).unwrap();
-            schema::migrate_to(&mut conn, 4).unwrap();
+            // Schema 6: the last one before catalogue version 2 (0007).
+            schema::migrate_to(&mut conn, 6).unwrap();
             conn.execute(
                 "INSERT INTO procedures(code, name, processing_days, withdrawal_allowed)
                  VALUES ('2.000908', 'Chứng thực bản sao từ bản chính', 0, 0)",

@@ -16,10 +16,14 @@
 
 mod catalogue;
 mod checkpoint;
+mod keys;
+mod numbers;
 mod projection;
 pub mod quarantine;
 mod query;
+mod rekey;
 pub(crate) mod schema;
+mod server_epoch;
 mod sync_state;
 
 use std::num::NonZeroUsize;
@@ -29,8 +33,10 @@ use std::sync::Arc;
 use automerge::ChangeHash;
 use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
+use zeroize::{Zeroize, Zeroizing};
 
 pub use catalogue::ProcedureSummary;
+pub use numbers::{HeldBlock, NumberUse};
 pub use quarantine::{AuditAction, AuditEntry, Direction, QuarantinedRecord, RefusedDoc};
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
 pub use schema::SCHEMA_VERSION;
@@ -48,8 +54,17 @@ use crate::record::{
 use crate::{Error, Result};
 
 /// A 256-bit key for SQLCipher, from the platform keystore. Used raw: no key derivation at open.
+/// Its bytes are overwritten when it is dropped (each clone too), and the hex text handed to
+/// SQLCipher is overwritten after use: the key stays in this process only inside SQLCipher's own
+/// connection state (which SQLCipher scrubs when the connection closes).
 #[derive(Clone, PartialEq, Eq)]
 pub struct EncryptionKey([u8; 32]);
+
+impl Drop for EncryptionKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl EncryptionKey {
     /// Wraps 32 key bytes.
@@ -165,6 +180,10 @@ pub struct DeviceStore {
     build: String,
     /// Set by [`DeviceStore::wipe`]: the files are gone.
     wiped: bool,
+    /// Opened with a key (only an encrypted store can be rekeyed).
+    encrypted: bool,
+    /// Set when a rekey failed: the connection is closed and the store must be opened again.
+    closed_after_failed_rekey: bool,
     /// What the incoming quarantine keeps at most.
     quarantine_bounds: quarantine::Bounds,
 }
@@ -279,6 +298,8 @@ impl DeviceStore {
             enrolled_commune,
             build: build_id(config.app_version.as_deref()),
             wiped: false,
+            encrypted: config.key.is_some(),
+            closed_after_failed_rekey: false,
             quarantine_bounds: quarantine::Bounds::default(),
         })
     }
@@ -479,8 +500,11 @@ impl DeviceStore {
             .calendar
             .deadline(received_at, procedure.processing)
             .date;
+        // The number is chosen here and taken in the transaction that inserts the record.
+        let number = numbers::next_number(&self.conn, self.device, &new.commune_code, received_at)?;
         let app = Application {
             id: RecordId::new(),
+            dossier_number: Some(number.number.clone()),
             commune_code: new.commune_code,
             procedure_code: new.procedure_code,
             applicant: new.applicant,
@@ -497,10 +521,11 @@ impl DeviceStore {
             },
             procedure_version: procedure.version,
             form_values: new.form_values,
+            dossier_number_fallback: number.fallback,
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;
-        self.insert(record.clone(), officer, now)?;
+        self.insert(record.clone(), officer, now, Some(&number))?;
         match record {
             Record::Application(app) => Ok(app),
             Record::CitizenRequest(_) => Err(Error::Document("kind changed".to_owned())),
@@ -534,14 +559,20 @@ impl DeviceStore {
         };
         let record = Record::CitizenRequest(request);
         check_creation(&record, &self.rules(&|_| None))?;
-        self.insert(record.clone(), officer, now)?;
+        self.insert(record.clone(), officer, now, None)?;
         match record {
             Record::CitizenRequest(request) => Ok(request),
             Record::Application(_) => Err(Error::Document("kind changed".to_owned())),
         }
     }
 
-    fn insert(&mut self, record: Record, officer: &str, now: i64) -> Result<()> {
+    fn insert(
+        &mut self,
+        record: Record,
+        officer: &str,
+        now: i64,
+        number: Option<&numbers::NextNumber>,
+    ) -> Result<()> {
         let id = record.id();
         let mut doc = RecordDoc::create(&record, self.device, officer, now)?;
         let snapshot = self.codec.encode(&doc.save_uncompressed())?;
@@ -558,6 +589,14 @@ impl DeviceStore {
         projection::write(&tx, rowid, &record, false)?;
         let created = doc.changes_since(&[]);
         mark_outbox(&tx, &mut self.codec, rowid, &created)?;
+        if let Some(number) = number {
+            numbers::take(
+                &tx,
+                number,
+                id,
+                self.clock.now_ms().saturating_add(self.clock_offset_ms),
+            )?;
+        }
         tx.commit()?;
         self.checkpointer.committed();
         let saved_heads = doc.heads();
@@ -608,6 +647,7 @@ impl DeviceStore {
             entry.server_received_at = stmt
                 .query_row([hash.as_slice()], |row| row.get(0))
                 .optional()?;
+            entry.signed_by_this_device = self.signed_by_this_device(&hash)?;
         }
         Ok(history)
     }
@@ -874,8 +914,14 @@ impl DeviceStore {
 
 /// Gives SQLCipher the raw key (no key derivation: the key comes from the platform keystore).
 pub(crate) fn apply_key(conn: &Connection, key: &EncryptionKey) -> Result<()> {
-    let hex = hex::encode(key.0);
-    conn.execute_batch(&format!("PRAGMA key = \"x'{hex}'\";"))?;
+    key_pragma(conn, "key", key)
+}
+
+/// `PRAGMA key` or `PRAGMA rekey` with a raw key; the texts holding the key are overwritten.
+fn key_pragma(conn: &Connection, pragma: &str, key: &EncryptionKey) -> Result<()> {
+    let hex = Zeroizing::new(hex::encode(key.0));
+    let sql = Zeroizing::new(format!("PRAGMA {pragma} = \"x'{}'\";", hex.as_str()));
+    conn.execute_batch(&sql)?;
     Ok(())
 }
 

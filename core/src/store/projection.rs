@@ -90,6 +90,7 @@ fn row_of(rowid: i64, record: &Record, has_conflicts: bool) -> Row {
                 "received_at",
                 "due_at",
                 "has_conflicts",
+                "dossier_number",
             ],
             vec![
                 SqlValue::Integer(rowid),
@@ -102,9 +103,11 @@ fn row_of(rowid: i64, record: &Record, has_conflicts: bool) -> Row {
                 SqlValue::Integer(app.received_at),
                 SqlValue::Text(app.due_at.to_string()),
                 flag,
+                opt(&app.dossier_number),
             ],
             fold(&format!(
-                "{} {} {} {} {}",
+                "{} {} {} {} {} {}",
+                app.dossier_number.as_deref().unwrap_or_default(),
                 app.applicant.name,
                 app.applicant.id_number,
                 app.applicant.phone,

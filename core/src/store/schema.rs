@@ -11,8 +11,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_sync_state.sql"),
     include_str!("../../migrations/0003_outbox_changes.sql"),
     include_str!("../../migrations/0004_quarantine.sql"),
-    // Numbered 0007 by the plan of issue 15 (0005 and 0006 belong to parallel work): the
-    // position in this list is the schema version.
+    include_str!("../../migrations/0005_dossier_numbers.sql"),
+    include_str!("../../migrations/0006_device_keys.sql"),
     include_str!("../../migrations/0007_catalogue_v2.sql"),
 ];
 

@@ -20,7 +20,7 @@ use crate::codec::DocCodec;
 use crate::record::{RecordDoc, RecordId, RecordKind, Source};
 use crate::{Error, Result};
 
-const META_CURSOR: &str = "sync_cursor";
+pub(super) const META_CURSOR: &str = "sync_cursor";
 const META_LAST_SYNC: &str = "last_sync_at";
 
 /// A document with changes the server has not acknowledged.
@@ -153,6 +153,13 @@ fn own_change_hash(raw: &[u8]) -> Option<ChangeHash> {
         return None;
     }
     ChangeHash::try_from(Sha256::digest(&raw[8..]).as_slice()).ok()
+}
+
+/// Whether a raw change is this device's (its actor is the device id). One that does not decode
+/// is not: the server would refuse it anyway.
+fn authored_by(raw: &[u8], device: crate::record::DeviceId) -> bool {
+    automerge::Change::from_bytes(raw.to_vec())
+        .is_ok_and(|change| change.actor_id().to_bytes() == device.0.as_bytes().as_slice())
 }
 
 /// Merges pulled changes into record `id` (row `rowid`), which this device has.
@@ -304,7 +311,9 @@ impl DeviceStore {
     /// (always at least one document when any is pending).
     ///
     /// The changes of local edits are read as they were kept at edit time; a document is loaded
-    /// only when the server asked for its whole history (or the store predates that bookkeeping).
+    /// only when the server asked for its whole history (or the store predates that bookkeeping,
+    /// or the server was restored), and then only this device's changes are sent: a document
+    /// with none leaves the outbox unsent.
     pub fn pending_push(&mut self, max_bytes: usize) -> Result<Vec<PendingDoc>> {
         type Row = (i64, Vec<u8>, i64, i64, bool, Option<Vec<u8>>);
         let rows: Vec<Row> = {
@@ -347,8 +356,24 @@ impl DeviceStore {
                         Some(bytes) => decode_heads(&bytes)?,
                         None => Vec::new(),
                     };
-                    let whole = acked.is_empty();
-                    (self.changes_since(id, &acked)?, self.heads(id)?, whole)
+                    let all = self.changes_since(id, &acked)?;
+                    let total = all.len();
+                    // Only this device's changes: the server refuses a change of another
+                    // author from it (attribution), and has every such change it ever gave us,
+                    // unless it was restored from a backup; then their author sends them again.
+                    let own: Vec<Vec<u8>> = all
+                        .into_iter()
+                        .filter(|raw| authored_by(raw, self.device))
+                        .collect();
+                    if own.is_empty() {
+                        // Nothing of ours to send (a restore re-queued a record only pulled).
+                        self.conn
+                            .prepare_cached("DELETE FROM outbox WHERE doc = ?1 AND local_seq = ?2")?
+                            .execute(params![rowid, local_seq])?;
+                        continue;
+                    }
+                    let whole = acked.is_empty() && own.len() == total;
+                    (own, self.heads(id)?, whole)
                 }
             };
             let size: usize = changes.iter().map(Vec::len).sum();

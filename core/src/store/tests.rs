@@ -1078,3 +1078,54 @@ fn acknowledged_changes_free_their_space(config: StoreConfig) {
     // Every record is still there.
     assert_eq!(count(&store, "documents"), 300);
 }
+
+#[test]
+fn a_restored_server_gets_back_every_own_change_and_the_feed_from_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = open_config(StoreConfig::new(dir.path().join("a.db")));
+    let mut b = open_config(StoreConfig::new(dir.path().join("b.db")));
+    let ids: Vec<_> = (0..2)
+        .map(|i| {
+            a.create_application(OFFICER, new_app(&format!("Người {i}"), "Bản"))
+                .unwrap()
+                .id
+        })
+        .collect();
+    let batch = a.pending_push(1 << 20).unwrap();
+    a.acknowledge_push(&batch, MONDAY_9AM).unwrap();
+    let pulled: Vec<PullDoc> = ids
+        .iter()
+        .map(|id| PullDoc {
+            id: Some(*id),
+            kind: RecordKind::Application,
+            changes: a.changes_since(*id, &[]).unwrap(),
+            received_at: 5,
+        })
+        .collect();
+    b.apply_pull(&pulled, 40).unwrap();
+    b.update_application(ids[0], OFFICER, |app| app.notes.push_str(" b"))
+        .unwrap();
+    let batch = b.pending_push(1 << 20).unwrap();
+    b.acknowledge_push(&batch, MONDAY_9AM).unwrap();
+    assert_eq!(b.pending_count().unwrap(), 0);
+    b.set_server_store_epoch("e1").unwrap();
+
+    b.server_restored("e2").unwrap();
+    assert_eq!(b.sync_cursor().unwrap(), 0, "the feed is read again");
+    assert_eq!(b.server_store_epochs().unwrap(), vec!["e2", "e1"]);
+    assert_eq!(b.pending_count().unwrap(), 2);
+    // Only b's own change goes (the server takes a change only from its author), with the id;
+    // the record that holds none of b's changes leaves the outbox unsent.
+    let again = b.pending_push(1 << 20).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, ids[0]);
+    assert_eq!(again[0].changes.len(), 1);
+    assert!(!again[0].whole);
+    assert_eq!(b.pending_count().unwrap(), 1);
+
+    // The author sends its whole history again.
+    a.server_restored("e2").unwrap();
+    let again = a.pending_push(1 << 20).unwrap();
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|doc| doc.whole && doc.changes.len() == 1));
+}

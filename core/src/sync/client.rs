@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 
 use super::transport::{HttpRequest, HttpResponse, Transport, TransportError};
 use crate::codec::DocCodec;
+use crate::numbering::{NumberGrant, NumberState};
 use crate::protocol::{
     CONTENT_TYPE, CatalogueUpdate, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc,
     SyncRequest, SyncResponse, WireError,
@@ -178,6 +179,11 @@ pub enum SyncError {
     /// The server could not be reached, or the link kept failing, after every attempt.
     #[error("offline: {0}")]
     Offline(String),
+    /// The server's certificate is not trusted (wrong CA, expired, another host name, no pinned
+    /// key; the message says which): not retried, since retrying will not change the
+    /// certificate. Check the server URL, the trust configuration and the tablet's clock.
+    #[error("the server is not trusted: {0}")]
+    UntrustedServer(String),
     /// The server does not know this token (or the enrollment code is wrong or used): enroll
     /// again.
     #[error("the server does not accept this device's credential")]
@@ -270,16 +276,31 @@ pub async fn enroll<T: Transport>(
     device_id: DeviceId,
     label: &str,
 ) -> Result<Credentials, SyncError> {
+    enroll_with_key(transport, code, device_id, label, None).await
+}
+
+/// [`enroll`], registering the device's public key ([`DeviceStore::public_key`]) with the
+/// credential; at re-enrollment it replaces the device's previous key.
+pub async fn enroll_with_key<T: Transport>(
+    transport: &T,
+    code: &str,
+    device_id: DeviceId,
+    label: &str,
+    public_key: Option<crate::keys::PublicKey>,
+) -> Result<Credentials, SyncError> {
     #[derive(Serialize)]
     struct EnrollRequest<'a> {
         code: &'a str,
         device_id: DeviceId,
         label: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        public_key: Option<String>,
     }
     let body = serde_json::to_vec(&EnrollRequest {
         code,
         device_id,
         label,
+        public_key: public_key.map(|k| k.to_hex()),
     })
     .map_err(|e| crate::Error::Document(e.to_string()))?;
     let retry = RetryPolicy {
@@ -304,6 +325,11 @@ pub async fn enroll<T: Transport>(
     serde_json::from_slice(&response.body)
         .map_err(|e| SyncError::Protocol(WireError::Malformed(format!("enrollment response: {e}"))))
 }
+
+mod keys;
+pub use keys::KeyRefresh;
+
+use crate::keys::wire::{DeviceKeysDelta, DeviceKeysRequest};
 
 /// Syncs one device store with the server over a [`Transport`].
 pub struct SyncClient<T: Transport> {
@@ -508,6 +534,7 @@ impl<T: Transport> SyncClient<T> {
                         change_counts,
                         cursor_sent,
                         device_time_sent,
+                        numbers_sent,
                     },
                 sent_at,
                 took,
@@ -535,8 +562,25 @@ impl<T: Transport> SyncClient<T> {
                     windows.1.succeeded(took, target);
                 }
             }
+            // A server restored from a backup (its store epoch changed) may lack what it
+            // acknowledged, and its feed positions mean other changes now: everything goes again
+            // from the next round on, and this answer (of the old view) is dropped unread.
+            if let Some(epoch) = http.store_epoch.as_deref()
+                && self.note_store_epoch(epoch)?
+            {
+                continue;
+            }
             let response = SyncResponse::decode(&mut self.lock_codec(), &http.body, &self.limits)?;
             drop(http);
+            // Blocks of dossier numbers (an extension a feature may refuse: the rest of the
+            // answer stands, and the next sync asks again).
+            let numbers_granted = match response.extensions.get::<NumberGrant>() {
+                Ok(grant) => grant,
+                Err(err) => {
+                    tracing::warn!(%err, "dossier number grant refused");
+                    None
+                }
+            };
 
             // Every pushed document is stored but those the server lists, by position in the
             // batch, as lacking their base (positions past the batch mean nothing).
@@ -611,6 +655,15 @@ impl<T: Transport> SyncClient<T> {
             let acked_docs = acked.len() as u64;
             let half_trip = i64::try_from(sent_at.elapsed().as_millis() / 2).unwrap_or(0);
             let catalogue_sent = response.catalogue.as_ref().map(|c| c.version);
+            // A key list delta that does not decode is dropped: the next sync asks again from
+            // the version held, and records keep flowing.
+            let keys = response
+                .extensions
+                .get::<DeviceKeysDelta>()
+                .unwrap_or_else(|err| {
+                    tracing::warn!(%err, "device keys delta refused");
+                    None
+                });
             let answer = Answer {
                 acked,
                 refused,
@@ -618,10 +671,13 @@ impl<T: Transport> SyncClient<T> {
                 pulled,
                 next_cursor: response.next_cursor,
                 catalogue: response.catalogue,
+                keys,
                 server_time: response.server_time,
                 // The server's clock at the middle of the exchange against ours: a tablet whose
                 // clock is wrong stamps receipts (and due dates) by the server's time instead.
                 device_time_at_server: device_time_sent.saturating_add(half_trip),
+                numbers_sent,
+                numbers_granted,
             };
             let applied = if fetch_ahead {
                 let prepared = self.prepare_pull(answer.next_cursor, catalogue_sent)?;
@@ -693,6 +749,23 @@ impl<T: Transport> SyncClient<T> {
         }
     }
 
+    /// Remembers the server store's epoch; `true` when it is one never seen after another (the
+    /// server was restored: the store then re-queues everything, see
+    /// [`DeviceStore::server_restored`]).
+    fn note_store_epoch(&self, epoch: &str) -> Result<bool, SyncError> {
+        let mut store = self.lock_store();
+        let known = store.server_store_epochs()?;
+        if known.is_empty() {
+            store.set_server_store_epoch(epoch)?;
+            Ok(false)
+        } else if known.iter().any(|k| k == epoch) {
+            Ok(false)
+        } else {
+            store.server_restored(epoch)?;
+            Ok(true)
+        }
+    }
+
     /// Sends a prepared round (with retries) and keeps what its answer needs.
     async fn send(&self, prepared: Prepared, retry: &RetryPolicy, counters: &mut Counters) -> Sent {
         let sent_at = Instant::now();
@@ -714,11 +787,15 @@ impl<T: Transport> SyncClient<T> {
             let windows = self.lock_windows();
             (windows.0.get(), windows.1.get())
         };
-        let (batch, request) = {
+        let (batch, request, numbers) = {
             let mut store = self.lock_store();
             let mut batch =
                 store.pending_push(usize::try_from(push_window).unwrap_or(usize::MAX))?;
             let cursor = store.sync_cursor()?;
+            // What this device's dossier numbers are at: the server answers with blocks.
+            let numbers = store.number_state()?;
+            let mut extensions = Extensions::new();
+            extensions.insert(&numbers)?;
             let request = SyncRequest {
                 protocol: PROTOCOL_VERSION,
                 device_time: store.clock().now_ms(),
@@ -739,16 +816,36 @@ impl<T: Transport> SyncClient<T> {
                 }),
                 catalogue_version: store.catalogue_version()?,
                 pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
-                extensions: Extensions::new(),
+                extensions,
             };
-            (batch, request)
+            let mut request = request;
+            // One signature for the whole push (ADR 0008): over the hashes of its changes,
+            // which the server computes from the changes themselves.
+            let push = if request.push.is_empty() {
+                None
+            } else {
+                let hashes: Vec<[u8; 32]> = request
+                    .push
+                    .iter()
+                    .flat_map(|doc| doc.changes.iter())
+                    .map(|change| crate::keys::push::change_hash(change).unwrap_or([0; 32]))
+                    .collect();
+                Some(store.sign_push(&hashes)?)
+            };
+            request.extensions.insert(&DeviceKeysRequest {
+                keys_version: store.device_keys_version()?,
+                push,
+            })?;
+            (batch, request, numbers)
         };
         let change_counts = request
             .push
             .iter()
             .map(|doc| doc.changes.len() as u64)
             .collect();
-        self.encode(request, batch, change_counts)
+        let mut prepared = self.encode(request, batch, change_counts)?;
+        prepared.round.numbers_sent = Some(numbers);
+        Ok(prepared)
     }
 
     /// A round that only pulls the feed after `cursor`, to send while the page before it is
@@ -767,7 +864,10 @@ impl<T: Transport> SyncClient<T> {
                 }),
                 catalogue_version: store.catalogue_version()?.max(catalogue.unwrap_or(0)),
                 pending_docs: store.pending_count()?,
-                extensions: Extensions::new(),
+                extensions: Extensions::new().with(&DeviceKeysRequest {
+                    keys_version: store.device_keys_version()?,
+                    push: None,
+                })?,
             }
         };
         self.encode(request, Vec::new(), Vec::new())
@@ -788,6 +888,7 @@ impl<T: Transport> SyncClient<T> {
                 change_counts,
                 cursor_sent,
                 device_time_sent,
+                numbers_sent: None,
             },
             request: HttpRequest {
                 path: SYNC_PATH.to_owned(),
@@ -823,6 +924,8 @@ struct Round {
     change_counts: Vec<u64>,
     cursor_sent: u64,
     device_time_sent: i64,
+    /// The dossier number state the request reported, if it did.
+    numbers_sent: Option<NumberState>,
 }
 
 /// A round ready to send.
@@ -851,9 +954,15 @@ struct Answer {
     pulled: Vec<PullDoc>,
     next_cursor: u64,
     catalogue: Option<CatalogueUpdate>,
+    /// The province's key list entries this device lacked.
+    keys: Option<DeviceKeysDelta>,
     server_time: i64,
     /// This device's clock when the server answered (half way through the exchange).
     device_time_at_server: i64,
+    /// The dossier number state the request reported (the server has it now).
+    numbers_sent: Option<NumberState>,
+    /// Blocks the server granted or offered again.
+    numbers_granted: Option<NumberGrant>,
 }
 
 /// What applying an answer left.
@@ -885,6 +994,15 @@ impl Answer {
                 }
                 Err(err) => return Err(err.into()),
             }
+        }
+        if let Some(grant) = &self.numbers_granted {
+            store.apply_number_grant(grant)?;
+        }
+        if let Some(sent) = &self.numbers_sent {
+            store.mark_numbers_reported(sent)?;
+        }
+        if let Some(keys) = &self.keys {
+            store.apply_device_keys(&keys.entries, keys.version)?;
         }
         store.set_last_sync_at(self.server_time)?;
         store.set_clock_offset(clock_offset(self.server_time, self.device_time_at_server))?;
@@ -957,6 +1075,9 @@ async fn exchange<T: Transport>(
                 return Err(SyncError::Protocol(WireError::TooLarge(format!(
                     "response larger than {limit} bytes"
                 ))));
+            }
+            Err(TransportError::UntrustedServer(reason)) => {
+                return Err(SyncError::UntrustedServer(reason));
             }
             Err(err) if !err.is_retryable() => return Err(SyncError::Offline(err.to_string())),
             Err(err) => (SyncError::Offline(err.to_string()), None),
@@ -1156,6 +1277,7 @@ mod tests {
             retry_after: None,
             bytes_sent: 0,
             bytes_received: 0,
+            store_epoch: None,
         }
     }
 

@@ -10,17 +10,22 @@
 //!
 //! - [`transport`]: one HTTP exchange, as data in and data out;
 //! - [`client`]: rounds, retries with backoff, errors, progress and the report;
-//! - [`policy`]: the background schedule, a pure function.
+//! - [`policy`]: the background schedule, a pure function;
+//! - [`tls`] (feature `http`): which servers are trusted over HTTPS.
 
 pub mod client;
 pub mod policy;
+#[cfg(feature = "http")]
+pub mod tls;
 pub mod transport;
 
 pub use client::{
-    Credentials, ENROLL_PATH, SYNC_PATH, Scope, SyncClient, SyncConfig, SyncError, SyncPhase,
-    SyncProgress, SyncReport, enroll,
+    Credentials, ENROLL_PATH, KeyRefresh, SYNC_PATH, Scope, SyncClient, SyncConfig, SyncError,
+    SyncPhase, SyncProgress, SyncReport, enroll, enroll_with_key,
 };
 pub use policy::{BackgroundPolicy, PolicyError, PolicyInput, SyncDecision};
+#[cfg(feature = "http")]
+pub use tls::{ServerTrust, TrustConfigError};
 pub use transport::{HttpRequest, HttpResponse, Transport, TransportError};
 #[cfg(feature = "http")]
 pub use transport::{ReqwestConfig, ReqwestTransport};

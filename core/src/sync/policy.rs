@@ -17,7 +17,11 @@
 //!    schedules again.
 //! 2. Failures in a row (`consecutive_failures > 0`): wait
 //!    `failure_backoff × 2^(failures − 1)`, at most `max_interval`, counted from now (the failure
-//!    just happened). Whatever is pending, a link that keeps failing is not hammered.
+//!    just happened). Whatever is pending, a link that keeps failing is not hammered. When the
+//!    last error was [`PolicyError::UntrustedServer`] the doubling starts from `idle_interval`
+//!    instead: retrying soon will not change the server's certificate, but it is no reason to
+//!    stop for good (a captive Wi-Fi portal, a wrong clock or a certificate renewed late all
+//!    pass without anyone re-enrolling the tablet).
 //! 3. Never synced: **run**.
 //! 4. Otherwise the interval since the last success depends on the work waiting:
 //!    - pending changes: `min_interval` (5 min) — work made offline goes out soon;
@@ -78,6 +82,8 @@ pub enum PolicyError {
     Wiped,
     /// The server refuses this version of the app: upgrade it.
     UpgradeRequired,
+    /// The server's certificate was not trusted: retry, but rarely.
+    UntrustedServer,
     /// Anything else (offline, server trouble, a refused request): retry later.
     Other,
 }
@@ -89,6 +95,7 @@ impl From<&super::SyncError> for PolicyError {
             super::SyncError::Revoked => PolicyError::Revoked,
             super::SyncError::Wiped(_) => PolicyError::Wiped,
             super::SyncError::UpgradeRequired(_) => PolicyError::UpgradeRequired,
+            super::SyncError::UntrustedServer(_) => PolicyError::UntrustedServer,
             _ => PolicyError::Other,
         }
     }
@@ -141,10 +148,12 @@ impl BackgroundPolicy {
             // 2^(n-1), with the exponent capped long before anything overflows.
             let doublings = (input.consecutive_failures - 1).min(32);
             let factor = 1u32.checked_shl(doublings).unwrap_or(u32::MAX);
-            let delay = self
-                .failure_backoff
-                .checked_mul(factor)
-                .unwrap_or(Duration::MAX);
+            let base = if input.last_error == Some(PolicyError::UntrustedServer) {
+                self.idle_interval.max(self.failure_backoff)
+            } else {
+                self.failure_backoff
+            };
+            let delay = base.checked_mul(factor).unwrap_or(Duration::MAX);
             return self.after(delay);
         }
         let Some(last_success) = input.last_success_ms else {
@@ -338,6 +347,26 @@ mod tests {
                 SyncDecision::Stop,
             ),
             (
+                "an untrusted server is retried hourly, then rarer",
+                PolicyInput {
+                    last_error: Some(PolicyError::UntrustedServer),
+                    consecutive_failures: 1,
+                    pending_changes: 9,
+                    ..input()
+                },
+                mins(60),
+            ),
+            (
+                "an untrusted server again: two hours",
+                PolicyInput {
+                    last_error: Some(PolicyError::UntrustedServer),
+                    consecutive_failures: 2,
+                    pending_changes: 9,
+                    ..input()
+                },
+                mins(120),
+            ),
+            (
                 "unauthorized stops",
                 PolicyInput {
                     last_error: Some(PolicyError::Unauthorized),
@@ -465,6 +494,10 @@ mod tests {
         assert_eq!(
             PolicyError::from(&SyncError::Forbidden("scope".into())),
             PolicyError::Other
+        );
+        assert_eq!(
+            PolicyError::from(&SyncError::UntrustedServer("expired".into())),
+            PolicyError::UntrustedServer
         );
         assert_eq!(
             PolicyError::from(&SyncError::UpgradeRequired("protocol 2".into())),

@@ -10,7 +10,8 @@
 //! are not counted).
 //!
 //! [`ReqwestTransport`] (feature `http`, on by default) is the production transport: reqwest with
-//! rustls, HTTP/1.1 with keep-alive. Tests and the poor-link emulator plug in their own.
+//! rustls, HTTP/1.1 with keep-alive, trusting the servers that [`super::tls`] says (and resuming
+//! TLS sessions across syncs). Tests and the poor-link emulator plug in their own.
 
 use std::future::Future;
 use std::time::Duration;
@@ -53,6 +54,9 @@ pub struct HttpResponse {
     pub bytes_sent: u64,
     /// Bytes received: status line, headers and body.
     pub bytes_received: u64,
+    /// The server store's epoch (`Communesync-Store-Epoch`), when the answer carries a
+    /// well-formed one: see [`crate::protocol::STORE_EPOCH_HEADER`].
+    pub store_epoch: Option<String>,
 }
 
 /// Why no complete response arrived.
@@ -74,6 +78,10 @@ pub enum TransportError {
         /// The limit, in bytes.
         limit: u64,
     },
+    /// The server's certificate is not trusted (wrong CA, expired, another host name, no
+    /// pinned key): the message says which. Retrying would not help.
+    #[error("the server is not trusted: {0}")]
+    UntrustedServer(String),
     /// The transport is misconfigured (bad base URL, TLS set-up); retrying would not help.
     #[error("invalid transport configuration: {0}")]
     Invalid(String),
@@ -87,7 +95,9 @@ impl TransportError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            TransportError::ResponseTooLarge { .. } | TransportError::Invalid(_)
+            TransportError::ResponseTooLarge { .. }
+                | TransportError::Invalid(_)
+                | TransportError::UntrustedServer(_)
         )
     }
 }
@@ -149,6 +159,7 @@ mod reqwest_transport {
         ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderValue, USER_AGENT,
     };
 
+    use super::super::tls::{self, ServerTrust};
     use super::{
         HttpRequest, HttpResponse, Transport, TransportError, parse_retry_after, request_head_len,
         response_head_len,
@@ -167,6 +178,8 @@ mod reqwest_transport {
         pub max_response_bytes: u64,
         /// `User-Agent` sent with every request.
         pub user_agent: String,
+        /// Which servers are trusted over HTTPS (default: the bundled web PKI roots).
+        pub trust: ServerTrust,
     }
 
     impl Default for ReqwestConfig {
@@ -176,6 +189,7 @@ mod reqwest_transport {
                 request_timeout: Duration::from_secs(120),
                 max_response_bytes: 8 * 1024 * 1024,
                 user_agent: concat!("communesync/", env!("CARGO_PKG_VERSION")).to_owned(),
+                trust: ServerTrust::default(),
             }
         }
     }
@@ -218,7 +232,12 @@ mod reqwest_transport {
                     )));
                 }
             };
+            let tls = tls::client_config(&config.trust)
+                .map_err(|e| TransportError::Invalid(e.to_string()))?;
             let client = reqwest::Client::builder()
+                // Trust decided by `sync::tls`, never the platform's verifier (which needs a JNI
+                // initialisation on Android). Clones of this client share its session cache.
+                .tls_backend_preconfigured(tls)
                 .connect_timeout(config.connect_timeout)
                 .timeout(config.request_timeout)
                 .http1_only()
@@ -277,6 +296,10 @@ mod reqwest_transport {
                 .get(reqwest::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
+            let store_epoch = response
+                .headers()
+                .get(crate::protocol::STORE_EPOCH_HEADER)
+                .and_then(|v| crate::protocol::parse_store_epoch(v.as_bytes()));
             let head_received = response_head_len(
                 status.canonical_reason().unwrap_or(""),
                 response
@@ -311,6 +334,7 @@ mod reqwest_transport {
                 retry_after,
                 bytes_sent,
                 bytes_received,
+                store_epoch,
             })
         }
     }
@@ -334,7 +358,9 @@ mod reqwest_transport {
             message.push_str(&inner.to_string());
             source = inner.source();
         }
-        if err.is_timeout() {
+        if let Some(reason) = tls::untrusted_reason(&err) {
+            TransportError::UntrustedServer(reason)
+        } else if err.is_timeout() {
             TransportError::Timeout(message)
         } else if err.is_connect() {
             TransportError::Connect(message)

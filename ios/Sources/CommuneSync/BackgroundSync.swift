@@ -20,7 +20,7 @@ public enum BackgroundSync {
             }
             let work = Task {
                 _ = try? await current.syncNow()
-                schedule(engine: current)
+                await schedule(engine: current)
                 task.setTaskCompleted(success: !Task.isCancelled)
             }
             task.expirationHandler = { work.cancel() }
@@ -28,8 +28,8 @@ public enum BackgroundSync {
     }
 
     /// Schedules the next background sync where the engine's policy says (or cancels it).
-    public static func schedule(engine: Engine, metered: Bool = true) {
-        guard let decision = try? engine.nextSyncAfter(metered: metered),
+    public static func schedule(engine: Engine, metered: Bool = true) async {
+        guard let decision = try? await engine.nextSyncAfter(metered: metered),
               let delay = decision.delaySeconds else {
             BGTaskScheduler.shared.cancel(taskRequestWithIdentifier: identifier)
             return

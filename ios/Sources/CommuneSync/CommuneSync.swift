@@ -3,6 +3,7 @@
 
 // swiftlint:disable all
 import Foundation
+import Foundation
 
 // Depending on the consumer's build setup, the low-level FFI code
 // might be in a separate module, or it might be compiled inline into
@@ -620,13 +621,56 @@ fileprivate struct FfiConverterData: FfiConverterRustBuffer {
     }
 }
 
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterTimestamp: FfiConverterRustBuffer {
+    typealias SwiftType = Date
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Date {
+        let seconds: Int64 = try readInt(&buf)
+        let nanoseconds: UInt32 = try readInt(&buf)
+        // Build the Date from whole seconds first, then add the nanoseconds as a
+        // separate TimeInterval.  Date stores CFAbsoluteTime (seconds since 2001),
+        // so adding a small fraction to the ~7.8e8 base is twice as precise as
+        // adding it to the ~1.76e9 Unix-epoch value, because the smaller magnitude
+        // leaves more mantissa bits for the sub-second part.
+        if seconds >= 0 {
+            return Date(timeIntervalSince1970: Double(seconds))
+                .addingTimeInterval(Double(nanoseconds) / 1.0e9)
+        } else {
+            return Date(timeIntervalSince1970: Double(seconds))
+                .addingTimeInterval(-Double(nanoseconds) / 1.0e9)
+        }
+    }
+
+    public static func write(_ value: Date, into buf: inout [UInt8]) {
+        var delta = value.timeIntervalSince1970
+        var sign: Int64 = 1
+        if delta < 0 {
+            // The nanoseconds portion of the epoch offset must always be
+            // positive, to simplify the calculation we will use the absolute
+            // value of the offset.
+            sign = -1
+            delta = -delta
+        }
+        if delta.rounded(.down) > Double(Int64.max) {
+            fatalError("Timestamp overflow, exceeds max bounds supported by Uniffi")
+        }
+        let seconds = Int64(delta)
+        let nanoseconds = UInt32((delta - Double(seconds)) * 1.0e9)
+        writeInt(&buf, sign * seconds)
+        writeInt(&buf, nanoseconds)
+    }
+}
+
 
 
 
 /**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
- * call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
+ * call from any thread, and store calls are async (they run on a background pool).
  */
 public protocol EngineProtocol: AnyObject, Sendable {
     
@@ -682,14 +726,26 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func setFormValues(officer: String, id: String, form: [FormEntry]) async throws  -> DossierForm
     
     /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+    func applicationByNumber(number: String) async throws  -> Application?
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+    func dossierNumberState() async throws  -> DossierNumberState
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
-    func auditLog() throws  -> [AuditEntry]
+    func auditLog() async throws  -> [AuditEntry]
     
     /**
      * Fields of the record holding concurrent different values after a sync.
      */
-    func conflicts(id: String) throws  -> [Conflict]
+    func conflicts(id: String) async throws  -> [Conflict]
     
     /**
      * The fix for a refused record whose history the server cannot accept (created with
@@ -697,23 +753,23 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * for this device's commune, at the same status, created by `officer`; the old one is
      * discarded with an audit entry naming the copy. Returns the new record.
      */
-    func copyQuarantinedAsNew(officer: String, id: String) throws  -> Record
+    func copyQuarantinedAsNew(officer: String, id: String) async throws  -> Record
     
     /**
      * How many applications are in each status (every status listed, with 0 when none).
      */
-    func countsByStatus() throws  -> [StatusCount]
+    func countsByStatus() async throws  -> [StatusCount]
     
     /**
      * Records a new application received by `officer` (offline is fine). The procedure must be
      * in the catalogue, which arrives with the first sync.
      */
-    func createApplication(officer: String, new: NewApplication) throws  -> Application
+    func createApplication(officer: String, new: NewApplication) async throws  -> Application
     
     /**
      * Records a new citizen request.
      */
-    func createCitizenRequest(officer: String, new: NewCitizenRequest) throws  -> CitizenRequest
+    func createCitizenRequest(officer: String, new: NewCitizenRequest) async throws  -> CitizenRequest
     
     /**
      * The credential in use, if the device is enrolled.
@@ -730,12 +786,12 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * log): a refused record loses this device's changes the server never acknowledged (the
      * record itself goes if the server never had it); an incoming one loses its kept data.
      */
-    func discardQuarantined(officer: String, id: String, reason: String) throws 
+    func discardQuarantined(officer: String, id: String, reason: String) async throws 
     
     /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
-    func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32) throws  -> ApplicationPage
+    func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32) async throws  -> ApplicationPage
     
     /**
      * Exchanges a one-time enrollment code from the province for this device's credential.
@@ -750,35 +806,35 @@ public protocol EngineProtocol: AnyObject, Sendable {
     /**
      * The commune this device enrolled in (`None` before enrollment or for a province account).
      */
-    func enrolledCommune() throws  -> String?
+    func enrolledCommune() async throws  -> String?
     
     /**
      * An application by id.
      */
-    func getApplication(id: String) throws  -> Application
+    func getApplication(id: String) async throws  -> Application
     
     /**
      * A citizen request by id.
      */
-    func getCitizenRequest(id: String) throws  -> CitizenRequest
+    func getCitizenRequest(id: String) async throws  -> CitizenRequest
     
     /**
      * Any record by id.
      */
-    func getRecord(id: String) throws  -> Record
+    func getRecord(id: String) async throws  -> Record
     
     /**
      * Every change to the record, in causal order: who (device, officer), when (device clock,
      * and the server's receive time once it has the change) and which fields.
      */
-    func history(id: String) throws  -> [HistoryEntry]
+    func history(id: String) async throws  -> [HistoryEntry]
     
     /**
      * When the next background sync should run, by this engine's policy and state. The
      * WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
-     * what it says; not enrolled is `Stop`.
+     * what it says; not enrolled (or wiped) is `Stop`.
      */
-    func nextSyncAfter(metered: Bool) throws  -> SyncDecision
+    func nextSyncAfter(metered: Bool) async throws  -> SyncDecision
     
     /**
      * Starts delivering sync progress and record changes to `observer`, until
@@ -789,7 +845,7 @@ public protocol EngineProtocol: AnyObject, Sendable {
     /**
      * Open applications past their due date (today in Vietnam), most overdue first.
      */
-    func overdue(limit: UInt32, offset: UInt32) throws  -> ApplicationPage
+    func overdue(limit: UInt32, offset: UInt32) async throws  -> ApplicationPage
     
     /**
      * The facts the background policy decides on, from this engine's state, all on the device
@@ -799,29 +855,29 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
      * policy stops across restarts until another version opens the store.
      */
-    func policyInput(metered: Bool) throws  -> PolicyInput
+    func policyInput(metered: Bool) async throws  -> PolicyInput
     
     /**
      * One procedure of the catalogue (`InvalidInput` if unknown).
      */
-    func procedure(code: String) throws  -> Procedure
+    func procedure(code: String) async throws  -> Procedure
     
     /**
      * Records set aside, oldest first: pushed records the server refused (with its reason)
      * and pulled records this version of the app cannot read. Every other record keeps syncing.
      */
-    func quarantined() throws  -> [QuarantinedRecord]
+    func quarantined() async throws  -> [QuarantinedRecord]
     
     /**
      * Applications matching `query`, one page.
      */
-    func queryApplications(query: ApplicationQuery) throws  -> ApplicationPage
+    func queryApplications(query: ApplicationQuery) async throws  -> ApplicationPage
     
     /**
      * Settles the conflict on `field` with `value` (usually one of the candidates), as one
      * change by `officer`; returns the record as it now reads.
      */
-    func resolve(officer: String, id: String, field: String, value: ConflictValue) throws  -> Record
+    func resolve(officer: String, id: String, field: String, value: ConflictValue) async throws  -> Record
     
     /**
      * Takes a record out of the quarantine: a refused one goes back to the outbox (the next
@@ -829,14 +885,14 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
      * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
      */
-    func retryQuarantined(id: String) throws  -> Bool
+    func retryQuarantined(id: String) async throws  -> Bool
     
     /**
      * Records whose names, notes, phone, id number or village contain every word of `text`,
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
      */
-    func search(text: String, limit: UInt32) throws  -> [SearchHit]
+    func search(text: String, limit: UInt32) async throws  -> [SearchHit]
     
     /**
      * Pushes local changes and pulls colleagues' until both sides are up to date; observers
@@ -852,24 +908,67 @@ public protocol EngineProtocol: AnyObject, Sendable {
     /**
      * A snapshot of the sync state.
      */
-    func syncStatus() throws  -> SyncStatus
+    func syncStatus() async throws  -> SyncStatus
     
     /**
      * Changes the fields set in `update`, as one change by `officer`. A status change must
      * follow the workflow from the current status (else `Conflict`).
      */
-    func updateApplication(officer: String, id: String, update: ApplicationUpdate) throws  -> Application
+    func updateApplication(officer: String, id: String, update: ApplicationUpdate) async throws  -> Application
     
     /**
      * Changes the fields set in `update`, as one change by `officer`.
      */
-    func updateCitizenRequest(officer: String, id: String, update: CitizenRequestUpdate) throws  -> CitizenRequest
+    func updateCitizenRequest(officer: String, id: String, update: CitizenRequestUpdate) async throws  -> CitizenRequest
+    
+    /**
+     * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
+     * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
+     * store keeps its old key and this engine is closed (open it again with the old key).
+     */
+    func rekey(newKey: Data) async throws 
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+    func devicePublicKey() async throws  -> String
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+    func issueReceipt(recordId: String) async throws  -> ReceiptInfo
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+    func receiptPdf(recordId: String) async throws  -> Data
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+    func verifyReceipt(payload: String) async throws  -> ReceiptVerdict
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+    func writeReceiptPdf(recordId: String, path: String) async throws 
+    
+    /**
+     * Delivers the sync status to `listener` now and after each change, until
+     * [`ObserverHandle::stop`] (see the module's contract). For a status bar: the Kotlin
+     * `engine.syncStatusFlow(scope)` and the Swift `engine.syncStatusUpdates()` wrap it.
+     */
+    func watchSyncStatus(listener: SyncStatusListener) throws  -> ObserverHandle
     
 }
 /**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
- * call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
+ * call from any thread, and store calls are async (they run on a background pool).
  */
 open class Engine: EngineProtocol, @unchecked Sendable {
     fileprivate let handle: UInt64
@@ -925,15 +1024,23 @@ open class Engine: EngineProtocol, @unchecked Sendable {
     /**
      * Opens (creating if needed) the encrypted store at `config.store_path`. Fails with
      * `InvalidInput` for a key that is not 32 bytes or a credential of another device, and with
-     * `Storage` for a wrong key or an unreadable file.
+     * `Storage` for a wrong key or an unreadable file. The key bytes are copied once into a
+     * buffer that is overwritten when the store has used it (and the config's copy at once);
+     * overwrite the app's own copy (`key.fill(0)`) after this returns.
      */
-public static func `open`(config: EngineConfig)throws  -> Engine  {
-    return try  FfiConverterTypeEngine_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_constructor_engine_open(
-        FfiConverterTypeEngineConfig_lower(config),uniffiCallStatus
-    )
-})
+public static func `open`(config: EngineConfig)async throws  -> Engine  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_constructor_engine_open(FfiConverterTypeEngineConfig_lower(config)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterTypeEngine_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
 
@@ -1116,28 +1223,81 @@ open func setFormValues(officer: String, id: String, form: [FormEntry])async thr
 }
     
     /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+open func applicationByNumber(number: String)async throws  -> Application?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_application_by_number(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(number)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeApplication.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+open func dossierNumberState()async throws  -> DossierNumberState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_number_state(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierNumberState_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
-open func auditLog()throws  -> [AuditEntry]  {
-    return try  FfiConverterSequenceTypeAuditEntry.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_audit_log(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
+open func auditLog()async throws  -> [AuditEntry]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_audit_log(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeAuditEntry.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Fields of the record holding concurrent different values after a sync.
      */
-open func conflicts(id: String)throws  -> [Conflict]  {
-    return try  FfiConverterSequenceTypeConflict.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_conflicts(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func conflicts(id: String)async throws  -> [Conflict]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_conflicts(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeConflict.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1146,56 +1306,78 @@ open func conflicts(id: String)throws  -> [Conflict]  {
      * for this device's commune, at the same status, created by `officer`; the old one is
      * discarded with an audit entry naming the copy. Returns the new record.
      */
-open func copyQuarantinedAsNew(officer: String, id: String)throws  -> Record  {
-    return try  FfiConverterTypeRecord_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func copyQuarantinedAsNew(officer: String, id: String)async throws  -> Record  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeRecord_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * How many applications are in each status (every status listed, with 0 when none).
      */
-open func countsByStatus()throws  -> [StatusCount]  {
-    return try  FfiConverterSequenceTypeStatusCount.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_counts_by_status(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
+open func countsByStatus()async throws  -> [StatusCount]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_counts_by_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeStatusCount.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Records a new application received by `officer` (offline is fine). The procedure must be
      * in the catalogue, which arrives with the first sync.
      */
-open func createApplication(officer: String, new: NewApplication)throws  -> Application  {
-    return try  FfiConverterTypeApplication_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_create_application(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterTypeNewApplication_lower(new),uniffiCallStatus
-    )
-})
+open func createApplication(officer: String, new: NewApplication)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_create_application(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterTypeNewApplication_lower(new)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Records a new citizen request.
      */
-open func createCitizenRequest(officer: String, new: NewCitizenRequest)throws  -> CitizenRequest  {
-    return try  FfiConverterTypeCitizenRequest_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_create_citizen_request(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterTypeNewCitizenRequest_lower(new),uniffiCallStatus
-    )
-})
+open func createCitizenRequest(officer: String, new: NewCitizenRequest)async throws  -> CitizenRequest  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_create_citizen_request(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterTypeNewCitizenRequest_lower(new)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeCitizenRequest_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1227,30 +1409,39 @@ open func deviceId() -> String  {
      * log): a refused record loses this device's changes the server never acknowledged (the
      * record itself goes if the server never had it); an incoming one loses its kept data.
      */
-open func discardQuarantined(officer: String, id: String, reason: String)throws   {try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_discard_quarantined(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterString.lower(id),
-        FfiConverterString.lower(reason),uniffiCallStatus
-    )
-}
+open func discardQuarantined(officer: String, id: String, reason: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_discard_quarantined(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterString.lower(reason)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
+            freeFunc: ffi_communesync_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
-open func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32)throws  -> ApplicationPage  {
-    return try  FfiConverterTypeApplicationPage_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_due_soon(
-            self.uniffiCloneHandle(),
-        FfiConverterUInt32.lower(workingDays),
-        FfiConverterUInt32.lower(limit),
-        FfiConverterUInt32.lower(offset),uniffiCallStatus
-    )
-})
+open func dueSoon(workingDays: UInt32, limit: UInt32, offset: UInt32)async throws  -> ApplicationPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_due_soon(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(workingDays),FfiConverterUInt32.lower(limit),FfiConverterUInt32.lower(offset)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplicationPage_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1280,81 +1471,118 @@ open func enroll(code: String, label: String)async throws  -> DeviceCredential  
     /**
      * The commune this device enrolled in (`None` before enrollment or for a province account).
      */
-open func enrolledCommune()throws  -> String?  {
-    return try  FfiConverterOptionString.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_enrolled_commune(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
+open func enrolledCommune()async throws  -> String?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_enrolled_commune(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionString.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * An application by id.
      */
-open func getApplication(id: String)throws  -> Application  {
-    return try  FfiConverterTypeApplication_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_get_application(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func getApplication(id: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_get_application(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * A citizen request by id.
      */
-open func getCitizenRequest(id: String)throws  -> CitizenRequest  {
-    return try  FfiConverterTypeCitizenRequest_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_get_citizen_request(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func getCitizenRequest(id: String)async throws  -> CitizenRequest  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_get_citizen_request(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeCitizenRequest_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Any record by id.
      */
-open func getRecord(id: String)throws  -> Record  {
-    return try  FfiConverterTypeRecord_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_get_record(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func getRecord(id: String)async throws  -> Record  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_get_record(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeRecord_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Every change to the record, in causal order: who (device, officer), when (device clock,
      * and the server's receive time once it has the change) and which fields.
      */
-open func history(id: String)throws  -> [HistoryEntry]  {
-    return try  FfiConverterSequenceTypeHistoryEntry.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_history(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func history(id: String)async throws  -> [HistoryEntry]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_history(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeHistoryEntry.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * When the next background sync should run, by this engine's policy and state. The
      * WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
-     * what it says; not enrolled is `Stop`.
+     * what it says; not enrolled (or wiped) is `Stop`.
      */
-open func nextSyncAfter(metered: Bool)throws  -> SyncDecision  {
-    return try  FfiConverterTypeSyncDecision_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_next_sync_after(
-            self.uniffiCloneHandle(),
-        FfiConverterBool.lower(metered),uniffiCallStatus
-    )
-})
+open func nextSyncAfter(metered: Bool)async throws  -> SyncDecision  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_next_sync_after(
+                        self.uniffiCloneHandle(),FfiConverterBool.lower(metered)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeSyncDecision_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1374,15 +1602,20 @@ open func observe(observer: SyncObserver)throws  -> ObserverHandle  {
     /**
      * Open applications past their due date (today in Vietnam), most overdue first.
      */
-open func overdue(limit: UInt32, offset: UInt32)throws  -> ApplicationPage  {
-    return try  FfiConverterTypeApplicationPage_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_overdue(
-            self.uniffiCloneHandle(),
-        FfiConverterUInt32.lower(limit),
-        FfiConverterUInt32.lower(offset),uniffiCallStatus
-    )
-})
+open func overdue(limit: UInt32, offset: UInt32)async throws  -> ApplicationPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_overdue(
+                        self.uniffiCloneHandle(),FfiConverterUInt32.lower(limit),FfiConverterUInt32.lower(offset)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplicationPage_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1393,70 +1626,98 @@ open func overdue(limit: UInt32, offset: UInt32)throws  -> ApplicationPage  {
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
      * policy stops across restarts until another version opens the store.
      */
-open func policyInput(metered: Bool)throws  -> PolicyInput  {
-    return try  FfiConverterTypePolicyInput_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_policy_input(
-            self.uniffiCloneHandle(),
-        FfiConverterBool.lower(metered),uniffiCallStatus
-    )
-})
+open func policyInput(metered: Bool)async throws  -> PolicyInput  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_policy_input(
+                        self.uniffiCloneHandle(),FfiConverterBool.lower(metered)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypePolicyInput_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * One procedure of the catalogue (`InvalidInput` if unknown).
      */
-open func procedure(code: String)throws  -> Procedure  {
-    return try  FfiConverterTypeProcedure_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_procedure(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(code),uniffiCallStatus
-    )
-})
+open func procedure(code: String)async throws  -> Procedure  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(code)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeProcedure_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Records set aside, oldest first: pushed records the server refused (with its reason)
      * and pulled records this version of the app cannot read. Every other record keeps syncing.
      */
-open func quarantined()throws  -> [QuarantinedRecord]  {
-    return try  FfiConverterSequenceTypeQuarantinedRecord.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_quarantined(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
+open func quarantined()async throws  -> [QuarantinedRecord]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_quarantined(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeQuarantinedRecord.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Applications matching `query`, one page.
      */
-open func queryApplications(query: ApplicationQuery)throws  -> ApplicationPage  {
-    return try  FfiConverterTypeApplicationPage_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_query_applications(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeApplicationQuery_lower(query),uniffiCallStatus
-    )
-})
+open func queryApplications(query: ApplicationQuery)async throws  -> ApplicationPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_query_applications(
+                        self.uniffiCloneHandle(),FfiConverterTypeApplicationQuery_lower(query)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplicationPage_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Settles the conflict on `field` with `value` (usually one of the candidates), as one
      * change by `officer`; returns the record as it now reads.
      */
-open func resolve(officer: String, id: String, field: String, value: ConflictValue)throws  -> Record  {
-    return try  FfiConverterTypeRecord_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_resolve(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterString.lower(id),
-        FfiConverterString.lower(field),
-        FfiConverterTypeConflictValue_lower(value),uniffiCallStatus
-    )
-})
+open func resolve(officer: String, id: String, field: String, value: ConflictValue)async throws  -> Record  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_resolve(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterString.lower(field),FfiConverterTypeConflictValue_lower(value)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeRecord_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1465,14 +1726,20 @@ open func resolve(officer: String, id: String, field: String, value: ConflictVal
      * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
      * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
      */
-open func retryQuarantined(id: String)throws  -> Bool  {
-    return try  FfiConverterBool.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_retry_quarantined(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(id),uniffiCallStatus
-    )
-})
+open func retryQuarantined(id: String)async throws  -> Bool  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_retry_quarantined(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_i8,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_i8,
+            freeFunc: ffi_communesync_ffi_rust_future_free_i8,
+            liftFunc: FfiConverterBool.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1480,15 +1747,20 @@ open func retryQuarantined(id: String)throws  -> Bool  {
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
      */
-open func search(text: String, limit: UInt32)throws  -> [SearchHit]  {
-    return try  FfiConverterSequenceTypeSearchHit.lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_search(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(text),
-        FfiConverterUInt32.lower(limit),uniffiCallStatus
-    )
-})
+open func search(text: String, limit: UInt32)async throws  -> [SearchHit]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_search(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(text),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeSearchHit.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1519,42 +1791,192 @@ open func syncNow()async throws  -> SyncReport  {
     /**
      * A snapshot of the sync state.
      */
-open func syncStatus()throws  -> SyncStatus  {
-    return try  FfiConverterTypeSyncStatus_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_sync_status(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
+open func syncStatus()async throws  -> SyncStatus  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_sync_status(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeSyncStatus_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Changes the fields set in `update`, as one change by `officer`. A status change must
      * follow the workflow from the current status (else `Conflict`).
      */
-open func updateApplication(officer: String, id: String, update: ApplicationUpdate)throws  -> Application  {
-    return try  FfiConverterTypeApplication_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_update_application(
-            self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterString.lower(id),
-        FfiConverterTypeApplicationUpdate_lower(update),uniffiCallStatus
-    )
-})
+open func updateApplication(officer: String, id: String, update: ApplicationUpdate)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_update_application(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterTypeApplicationUpdate_lower(update)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
      * Changes the fields set in `update`, as one change by `officer`.
      */
-open func updateCitizenRequest(officer: String, id: String, update: CitizenRequestUpdate)throws  -> CitizenRequest  {
-    return try  FfiConverterTypeCitizenRequest_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+open func updateCitizenRequest(officer: String, id: String, update: CitizenRequestUpdate)async throws  -> CitizenRequest  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_update_citizen_request(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterTypeCitizenRequestUpdate_lower(update)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeCitizenRequest_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
+     * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
+     * store keeps its old key and this engine is closed (open it again with the old key).
+     */
+open func rekey(newKey: Data)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_rekey(
+                        self.uniffiCloneHandle(),FfiConverterData.lower(newKey)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
+            freeFunc: ffi_communesync_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+open func devicePublicKey()async throws  -> String  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_device_public_key(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterString.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+open func issueReceipt(recordId: String)async throws  -> ReceiptInfo  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_issue_receipt(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeReceiptInfo_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+open func receiptPdf(recordId: String)async throws  -> Data  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_receipt_pdf(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterData.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+open func verifyReceipt(payload: String)async throws  -> ReceiptVerdict  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_verify_receipt(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(payload)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeReceiptVerdict_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+open func writeReceiptPdf(recordId: String, path: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
+            freeFunc: ffi_communesync_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Delivers the sync status to `listener` now and after each change, until
+     * [`ObserverHandle::stop`] (see the module's contract). For a status bar: the Kotlin
+     * `engine.syncStatusFlow(scope)` and the Swift `engine.syncStatusUpdates()` wrap it.
+     */
+open func watchSyncStatus(listener: SyncStatusListener)throws  -> ObserverHandle  {
+    return try  FfiConverterTypeObserverHandle_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
         uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_update_citizen_request(
+    uniffi_communesync_ffi_fn_method_engine_watch_sync_status(
             self.uniffiCloneHandle(),
-        FfiConverterString.lower(officer),
-        FfiConverterString.lower(id),
-        FfiConverterTypeCitizenRequestUpdate_lower(update),uniffiCallStatus
+        FfiConverterTypeSyncStatusListener_lower(listener),uniffiCallStatus
     )
 })
 }
@@ -1602,6 +2024,216 @@ public func FfiConverterTypeEngine_lift(_ handle: UInt64) throws -> Engine {
 #endif
 public func FfiConverterTypeEngine_lower(_ value: Engine) -> UInt64 {
     return FfiConverterTypeEngine.lower(value)
+}
+
+
+
+
+
+
+/**
+ * Implemented by the app to receive the engine's logs (called on a thread of the engine's).
+ */
+public protocol EngineLogger: AnyObject, Sendable {
+    
+    /**
+     * Writes one record (to Logcat, `os_log`, a file...). Must not block for long.
+     */
+    func log(record: LogRecord) 
+    
+}
+/**
+ * Implemented by the app to receive the engine's logs (called on a thread of the engine's).
+ */
+open class EngineLoggerImpl: EngineLogger, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_communesync_ffi_fn_clone_enginelogger(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_communesync_ffi_fn_free_enginelogger(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * Writes one record (to Logcat, `os_log`, a file...). Must not block for long.
+     */
+open func log(record: LogRecord)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_enginelogger_log(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeLogRecord_lower(record),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceEngineLogger {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceEngineLogger = UniffiVTableCallbackInterfaceEngineLogger(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeEngineLogger.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface EngineLogger: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeEngineLogger.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface EngineLogger: handle missing in uniffiClone")
+            }
+        },
+        log: { (
+            uniffiHandle: UInt64,
+            record: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeEngineLogger.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.log(
+                     record: try FfiConverterTypeLogRecord_lift(record)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceEngineLogger> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceEngineLogger>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitEngineLogger() {
+    uniffi_communesync_ffi_fn_init_callback_vtable_enginelogger(UniffiCallbackInterfaceEngineLogger.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeEngineLogger: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<EngineLogger>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = EngineLogger
+
+    public static func lift(_ handle: UInt64) throws -> EngineLogger {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return EngineLoggerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: EngineLogger) -> UInt64 {
+         if let rustImpl = value as? EngineLoggerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> EngineLogger {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: EngineLogger, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEngineLogger_lift(_ handle: UInt64) throws -> EngineLogger {
+    return try FfiConverterTypeEngineLogger.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeEngineLogger_lower(_ value: EngineLogger) -> UInt64 {
+    return FfiConverterTypeEngineLogger.lower(value)
 }
 
 
@@ -2050,6 +2682,216 @@ public func FfiConverterTypeSyncObserver_lower(_ value: SyncObserver) -> UInt64 
 
 
 
+
+
+/**
+ * Implemented by the app (or the platform layers) to follow the sync status.
+ */
+public protocol SyncStatusListener: AnyObject, Sendable {
+    
+    /**
+     * The status now; called at the start of the watch and after each change.
+     */
+    func onStatus(status: SyncStatus) 
+    
+}
+/**
+ * Implemented by the app (or the platform layers) to follow the sync status.
+ */
+open class SyncStatusListenerImpl: SyncStatusListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_communesync_ffi_fn_clone_syncstatuslistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_communesync_ffi_fn_free_syncstatuslistener(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * The status now; called at the start of the watch and after each change.
+     */
+open func onStatus(status: SyncStatus)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_syncstatuslistener_on_status(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeSyncStatus_lower(status),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceSyncStatusListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceSyncStatusListener = UniffiVTableCallbackInterfaceSyncStatusListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeSyncStatusListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface SyncStatusListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeSyncStatusListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface SyncStatusListener: handle missing in uniffiClone")
+            }
+        },
+        onStatus: { (
+            uniffiHandle: UInt64,
+            status: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeSyncStatusListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onStatus(
+                     status: try FfiConverterTypeSyncStatus_lift(status)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceSyncStatusListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceSyncStatusListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitSyncStatusListener() {
+    uniffi_communesync_ffi_fn_init_callback_vtable_syncstatuslistener(UniffiCallbackInterfaceSyncStatusListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSyncStatusListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<SyncStatusListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = SyncStatusListener
+
+    public static func lift(_ handle: UInt64) throws -> SyncStatusListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return SyncStatusListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: SyncStatusListener) -> UInt64 {
+         if let rustImpl = value as? SyncStatusListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SyncStatusListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: SyncStatusListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncStatusListener_lift(_ handle: UInt64) throws -> SyncStatusListener {
+    return try FfiConverterTypeSyncStatusListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSyncStatusListener_lower(_ value: SyncStatusListener) -> UInt64 {
+    return FfiConverterTypeSyncStatusListener.lower(value)
+}
+
+
+
+
 /**
  * The person who applies.
  */
@@ -2158,6 +3000,15 @@ public struct Application: Equatable, Hashable {
      */
     public var id: String
     /**
+     * The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+     * for applications taken before numbers existed.
+     */
+    public var dossierNumber: String?
+    /**
+     * Whether the number is a fallback (the tablet had no block of numbers left).
+     */
+    public var dossierNumberFallback: Bool
+    /**
      * Commune it belongs to.
      */
     public var communeCode: String
@@ -2170,13 +3021,13 @@ public struct Application: Equatable, Hashable {
      */
     public var applicant: Applicant
     /**
-     * When it was received, ms since the epoch (device clock at intake).
+     * When it was received (device clock at intake).
      */
-    public var receivedAtMs: Int64
+    public var receivedAt: Date
     /**
-     * Statutory due date in Vietnam, `YYYY-MM-DD`.
+     * Statutory due date in Vietnam.
      */
-    public var dueDate: String
+    public var dueDate: CivilDate
     /**
      * Papers received.
      */
@@ -2209,6 +3060,13 @@ public struct Application: Equatable, Hashable {
          * Record id (a UUID).
          */id: String, 
         /**
+         * The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+         * for applications taken before numbers existed.
+         */dossierNumber: String?, 
+        /**
+         * Whether the number is a fallback (the tablet had no block of numbers left).
+         */dossierNumberFallback: Bool, 
+        /**
          * Commune it belongs to.
          */communeCode: String, 
         /**
@@ -2218,11 +3076,11 @@ public struct Application: Equatable, Hashable {
          * The applicant.
          */applicant: Applicant, 
         /**
-         * When it was received, ms since the epoch (device clock at intake).
-         */receivedAtMs: Int64, 
+         * When it was received (device clock at intake).
+         */receivedAt: Date, 
         /**
-         * Statutory due date in Vietnam, `YYYY-MM-DD`.
-         */dueDate: String, 
+         * Statutory due date in Vietnam.
+         */dueDate: CivilDate, 
         /**
          * Papers received.
          */documents: [ReceivedDocument], 
@@ -2242,10 +3100,12 @@ public struct Application: Equatable, Hashable {
          * Who created it.
          */createdBy: Author) {
         self.id = id
+        self.dossierNumber = dossierNumber
+        self.dossierNumberFallback = dossierNumberFallback
         self.communeCode = communeCode
         self.procedureCode = procedureCode
         self.applicant = applicant
-        self.receivedAtMs = receivedAtMs
+        self.receivedAt = receivedAt
         self.dueDate = dueDate
         self.documents = documents
         self.fees = fees
@@ -2272,11 +3132,13 @@ public struct FfiConverterTypeApplication: FfiConverterRustBuffer {
         return
             try Application(
                 id: FfiConverterString.read(from: &buf), 
+                dossierNumber: FfiConverterOptionString.read(from: &buf), 
+                dossierNumberFallback: FfiConverterBool.read(from: &buf), 
                 communeCode: FfiConverterString.read(from: &buf), 
                 procedureCode: FfiConverterString.read(from: &buf), 
                 applicant: FfiConverterTypeApplicant.read(from: &buf), 
-                receivedAtMs: FfiConverterInt64.read(from: &buf), 
-                dueDate: FfiConverterString.read(from: &buf), 
+                receivedAt: FfiConverterTimestamp.read(from: &buf), 
+                dueDate: FfiConverterTypeCivilDate.read(from: &buf), 
                 documents: FfiConverterSequenceTypeReceivedDocument.read(from: &buf), 
                 fees: FfiConverterSequenceTypeFee.read(from: &buf), 
                 status: FfiConverterTypeApplicationStatus.read(from: &buf), 
@@ -2288,11 +3150,13 @@ public struct FfiConverterTypeApplication: FfiConverterRustBuffer {
 
     public static func write(_ value: Application, into buf: inout [UInt8]) {
         FfiConverterString.write(value.id, into: &buf)
+        FfiConverterOptionString.write(value.dossierNumber, into: &buf)
+        FfiConverterBool.write(value.dossierNumberFallback, into: &buf)
         FfiConverterString.write(value.communeCode, into: &buf)
         FfiConverterString.write(value.procedureCode, into: &buf)
         FfiConverterTypeApplicant.write(value.applicant, into: &buf)
-        FfiConverterInt64.write(value.receivedAtMs, into: &buf)
-        FfiConverterString.write(value.dueDate, into: &buf)
+        FfiConverterTimestamp.write(value.receivedAt, into: &buf)
+        FfiConverterTypeCivilDate.write(value.dueDate, into: &buf)
         FfiConverterSequenceTypeReceivedDocument.write(value.documents, into: &buf)
         FfiConverterSequenceTypeFee.write(value.fees, into: &buf)
         FfiConverterTypeApplicationStatus.write(value.status, into: &buf)
@@ -2422,21 +3286,21 @@ public struct ApplicationQuery: Equatable, Hashable {
      */
     public var assignee: String?
     /**
-     * Due on or after this date (`YYYY-MM-DD`).
+     * Due on or after this date.
      */
-    public var dueFrom: String?
+    public var dueFrom: CivilDate?
     /**
-     * Due on or before this date (`YYYY-MM-DD`).
+     * Due on or before this date.
      */
-    public var dueUntil: String?
+    public var dueUntil: CivilDate?
     /**
-     * Received at or after (ms since the epoch).
+     * Received at or after.
      */
-    public var receivedFromMs: Int64?
+    public var receivedFrom: Date?
     /**
-     * Received before (ms since the epoch).
+     * Received before.
      */
-    public var receivedUntilMs: Int64?
+    public var receivedUntil: Date?
     /**
      * Only records with unresolved conflicts.
      */
@@ -2477,17 +3341,17 @@ public struct ApplicationQuery: Equatable, Hashable {
          * Only this assignee.
          */assignee: String? = nil, 
         /**
-         * Due on or after this date (`YYYY-MM-DD`).
-         */dueFrom: String? = nil, 
+         * Due on or after this date.
+         */dueFrom: CivilDate? = nil, 
         /**
-         * Due on or before this date (`YYYY-MM-DD`).
-         */dueUntil: String? = nil, 
+         * Due on or before this date.
+         */dueUntil: CivilDate? = nil, 
         /**
-         * Received at or after (ms since the epoch).
-         */receivedFromMs: Int64? = nil, 
+         * Received at or after.
+         */receivedFrom: Date? = nil, 
         /**
-         * Received before (ms since the epoch).
-         */receivedUntilMs: Int64? = nil, 
+         * Received before.
+         */receivedUntil: Date? = nil, 
         /**
          * Only records with unresolved conflicts.
          */withConflicts: Bool = false, 
@@ -2510,8 +3374,8 @@ public struct ApplicationQuery: Equatable, Hashable {
         self.assignee = assignee
         self.dueFrom = dueFrom
         self.dueUntil = dueUntil
-        self.receivedFromMs = receivedFromMs
-        self.receivedUntilMs = receivedUntilMs
+        self.receivedFrom = receivedFrom
+        self.receivedUntil = receivedUntil
         self.withConflicts = withConflicts
         self.sort = sort
         self.descending = descending
@@ -2540,10 +3404,10 @@ public struct FfiConverterTypeApplicationQuery: FfiConverterRustBuffer {
                 procedureCode: FfiConverterOptionString.read(from: &buf), 
                 village: FfiConverterOptionString.read(from: &buf), 
                 assignee: FfiConverterOptionString.read(from: &buf), 
-                dueFrom: FfiConverterOptionString.read(from: &buf), 
-                dueUntil: FfiConverterOptionString.read(from: &buf), 
-                receivedFromMs: FfiConverterOptionInt64.read(from: &buf), 
-                receivedUntilMs: FfiConverterOptionInt64.read(from: &buf), 
+                dueFrom: FfiConverterOptionTypeCivilDate.read(from: &buf), 
+                dueUntil: FfiConverterOptionTypeCivilDate.read(from: &buf), 
+                receivedFrom: FfiConverterOptionTimestamp.read(from: &buf), 
+                receivedUntil: FfiConverterOptionTimestamp.read(from: &buf), 
                 withConflicts: FfiConverterBool.read(from: &buf), 
                 sort: FfiConverterOptionTypeSortBy.read(from: &buf), 
                 descending: FfiConverterBool.read(from: &buf), 
@@ -2558,10 +3422,10 @@ public struct FfiConverterTypeApplicationQuery: FfiConverterRustBuffer {
         FfiConverterOptionString.write(value.procedureCode, into: &buf)
         FfiConverterOptionString.write(value.village, into: &buf)
         FfiConverterOptionString.write(value.assignee, into: &buf)
-        FfiConverterOptionString.write(value.dueFrom, into: &buf)
-        FfiConverterOptionString.write(value.dueUntil, into: &buf)
-        FfiConverterOptionInt64.write(value.receivedFromMs, into: &buf)
-        FfiConverterOptionInt64.write(value.receivedUntilMs, into: &buf)
+        FfiConverterOptionTypeCivilDate.write(value.dueFrom, into: &buf)
+        FfiConverterOptionTypeCivilDate.write(value.dueUntil, into: &buf)
+        FfiConverterOptionTimestamp.write(value.receivedFrom, into: &buf)
+        FfiConverterOptionTimestamp.write(value.receivedUntil, into: &buf)
         FfiConverterBool.write(value.withConflicts, into: &buf)
         FfiConverterOptionTypeSortBy.write(value.sort, into: &buf)
         FfiConverterBool.write(value.descending, into: &buf)
@@ -2615,13 +3479,13 @@ public struct ApplicationSummary: Equatable, Hashable {
      */
     public var assignee: String?
     /**
-     * Receipt time, ms since the epoch.
+     * When it was received.
      */
-    public var receivedAtMs: Int64
+    public var receivedAt: Date
     /**
-     * Due date, `YYYY-MM-DD`.
+     * Due date.
      */
-    public var dueDate: String
+    public var dueDate: CivilDate
     /**
      * Whether a field holds concurrent values (see [`Engine::conflicts`](crate::Engine::conflicts)).
      */
@@ -2649,11 +3513,11 @@ public struct ApplicationSummary: Equatable, Hashable {
          * Assignee.
          */assignee: String?, 
         /**
-         * Receipt time, ms since the epoch.
-         */receivedAtMs: Int64, 
+         * When it was received.
+         */receivedAt: Date, 
         /**
-         * Due date, `YYYY-MM-DD`.
-         */dueDate: String, 
+         * Due date.
+         */dueDate: CivilDate, 
         /**
          * Whether a field holds concurrent values (see [`Engine::conflicts`](crate::Engine::conflicts)).
          */hasConflicts: Bool) {
@@ -2663,7 +3527,7 @@ public struct ApplicationSummary: Equatable, Hashable {
         self.village = village
         self.status = status
         self.assignee = assignee
-        self.receivedAtMs = receivedAtMs
+        self.receivedAt = receivedAt
         self.dueDate = dueDate
         self.hasConflicts = hasConflicts
     }
@@ -2690,8 +3554,8 @@ public struct FfiConverterTypeApplicationSummary: FfiConverterRustBuffer {
                 village: FfiConverterString.read(from: &buf), 
                 status: FfiConverterTypeApplicationStatus.read(from: &buf), 
                 assignee: FfiConverterOptionString.read(from: &buf), 
-                receivedAtMs: FfiConverterInt64.read(from: &buf), 
-                dueDate: FfiConverterString.read(from: &buf), 
+                receivedAt: FfiConverterTimestamp.read(from: &buf), 
+                dueDate: FfiConverterTypeCivilDate.read(from: &buf), 
                 hasConflicts: FfiConverterBool.read(from: &buf)
         )
     }
@@ -2703,8 +3567,8 @@ public struct FfiConverterTypeApplicationSummary: FfiConverterRustBuffer {
         FfiConverterString.write(value.village, into: &buf)
         FfiConverterTypeApplicationStatus.write(value.status, into: &buf)
         FfiConverterOptionString.write(value.assignee, into: &buf)
-        FfiConverterInt64.write(value.receivedAtMs, into: &buf)
-        FfiConverterString.write(value.dueDate, into: &buf)
+        FfiConverterTimestamp.write(value.receivedAt, into: &buf)
+        FfiConverterTypeCivilDate.write(value.dueDate, into: &buf)
         FfiConverterBool.write(value.hasConflicts, into: &buf)
     }
 }
@@ -2860,9 +3724,9 @@ public func FfiConverterTypeApplicationUpdate_lower(_ value: ApplicationUpdate) 
  */
 public struct AuditEntry: Equatable, Hashable {
     /**
-     * When, ms since the epoch (device clock corrected by the server's).
+     * When (device clock corrected by the server's).
      */
-    public var atMs: Int64
+    public var at: Date
     /**
      * The officer who decided.
      */
@@ -2904,8 +3768,8 @@ public struct AuditEntry: Equatable, Hashable {
     // declare one manually.
     public init(
         /**
-         * When, ms since the epoch (device clock corrected by the server's).
-         */atMs: Int64, 
+         * When (device clock corrected by the server's).
+         */at: Date, 
         /**
          * The officer who decided.
          */officer: String, 
@@ -2933,7 +3797,7 @@ public struct AuditEntry: Equatable, Hashable {
         /**
          * For a copy: the new record's id.
          */replacementId: String?) {
-        self.atMs = atMs
+        self.at = at
         self.officer = officer
         self.action = action
         self.recordId = recordId
@@ -2961,7 +3825,7 @@ public struct FfiConverterTypeAuditEntry: FfiConverterRustBuffer {
     public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AuditEntry {
         return
             try AuditEntry(
-                atMs: FfiConverterInt64.read(from: &buf), 
+                at: FfiConverterTimestamp.read(from: &buf), 
                 officer: FfiConverterString.read(from: &buf), 
                 action: FfiConverterTypeAuditAction.read(from: &buf), 
                 recordId: FfiConverterString.read(from: &buf), 
@@ -2975,7 +3839,7 @@ public struct FfiConverterTypeAuditEntry: FfiConverterRustBuffer {
     }
 
     public static func write(_ value: AuditEntry, into buf: inout [UInt8]) {
-        FfiConverterInt64.write(value.atMs, into: &buf)
+        FfiConverterTimestamp.write(value.at, into: &buf)
         FfiConverterString.write(value.officer, into: &buf)
         FfiConverterTypeAuditAction.write(value.action, into: &buf)
         FfiConverterString.write(value.recordId, into: &buf)
@@ -3297,9 +4161,9 @@ public struct CitizenRequest: Equatable, Hashable {
      */
     public var reporterContact: String
     /**
-     * When it was received, ms since the epoch (device clock).
+     * When it was received (device clock).
      */
-    public var receivedAtMs: Int64
+    public var receivedAt: Date
     /**
      * Workflow status.
      */
@@ -3342,8 +4206,8 @@ public struct CitizenRequest: Equatable, Hashable {
          * Reporter's contact.
          */reporterContact: String, 
         /**
-         * When it was received, ms since the epoch (device clock).
-         */receivedAtMs: Int64, 
+         * When it was received (device clock).
+         */receivedAt: Date, 
         /**
          * Workflow status.
          */status: RequestStatus, 
@@ -3363,7 +4227,7 @@ public struct CitizenRequest: Equatable, Hashable {
         self.description = description
         self.reporterName = reporterName
         self.reporterContact = reporterContact
-        self.receivedAtMs = receivedAtMs
+        self.receivedAt = receivedAt
         self.status = status
         self.assignee = assignee
         self.notes = notes
@@ -3393,7 +4257,7 @@ public struct FfiConverterTypeCitizenRequest: FfiConverterRustBuffer {
                 description: FfiConverterString.read(from: &buf), 
                 reporterName: FfiConverterString.read(from: &buf), 
                 reporterContact: FfiConverterString.read(from: &buf), 
-                receivedAtMs: FfiConverterInt64.read(from: &buf), 
+                receivedAt: FfiConverterTimestamp.read(from: &buf), 
                 status: FfiConverterTypeRequestStatus.read(from: &buf), 
                 assignee: FfiConverterOptionString.read(from: &buf), 
                 notes: FfiConverterString.read(from: &buf), 
@@ -3409,7 +4273,7 @@ public struct FfiConverterTypeCitizenRequest: FfiConverterRustBuffer {
         FfiConverterString.write(value.description, into: &buf)
         FfiConverterString.write(value.reporterName, into: &buf)
         FfiConverterString.write(value.reporterContact, into: &buf)
-        FfiConverterInt64.write(value.receivedAtMs, into: &buf)
+        FfiConverterTimestamp.write(value.receivedAt, into: &buf)
         FfiConverterTypeRequestStatus.write(value.status, into: &buf)
         FfiConverterOptionString.write(value.assignee, into: &buf)
         FfiConverterString.write(value.notes, into: &buf)
@@ -3871,6 +4735,97 @@ public func FfiConverterTypeDossierForm_lower(_ value: DossierForm) -> RustBuffe
 
 
 /**
+ * What this tablet has to number dossiers with.
+ */
+public struct DossierNumberState: Equatable, Hashable {
+    /**
+     * The province's number format (`{agency}-{yymmdd}-{seq:6}` by default).
+     */
+    public var format: String
+    /**
+     * Numbers left in the blocks this tablet holds; at 0, intake goes on with flagged fallback
+     * numbers until the next sync.
+     */
+    public var remaining: UInt64
+    /**
+     * Blocks held (used up or not).
+     */
+    public var blocks: UInt32
+    /**
+     * Fallback numbers given so far.
+     */
+    public var fallbackUsed: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The province's number format (`{agency}-{yymmdd}-{seq:6}` by default).
+         */format: String, 
+        /**
+         * Numbers left in the blocks this tablet holds; at 0, intake goes on with flagged fallback
+         * numbers until the next sync.
+         */remaining: UInt64, 
+        /**
+         * Blocks held (used up or not).
+         */blocks: UInt32, 
+        /**
+         * Fallback numbers given so far.
+         */fallbackUsed: UInt64) {
+        self.format = format
+        self.remaining = remaining
+        self.blocks = blocks
+        self.fallbackUsed = fallbackUsed
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierNumberState: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierNumberState: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierNumberState {
+        return
+            try DossierNumberState(
+                format: FfiConverterString.read(from: &buf), 
+                remaining: FfiConverterUInt64.read(from: &buf), 
+                blocks: FfiConverterUInt32.read(from: &buf), 
+                fallbackUsed: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierNumberState, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.format, into: &buf)
+        FfiConverterUInt64.write(value.remaining, into: &buf)
+        FfiConverterUInt32.write(value.blocks, into: &buf)
+        FfiConverterUInt64.write(value.fallbackUsed, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierNumberState_lift(_ buf: RustBuffer) throws -> DossierNumberState {
+    return try FfiConverterTypeDossierNumberState.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierNumberState_lower(_ value: DossierNumberState) -> RustBuffer {
+    return FfiConverterTypeDossierNumberState.lower(value)
+}
+
+
+/**
  * Everything needed to open an [`Engine`](crate::Engine).
  */
 public struct EngineConfig: Equatable, Hashable {
@@ -3903,6 +4858,19 @@ public struct EngineConfig: Equatable, Hashable {
      * pulled records an older one could not read.
      */
     public var appVersion: String?
+    /**
+     * The province's CA certificates (PEM). When any is given, the server's certificate must
+     * come from one of them and the public web CAs bundled in the library are not trusted.
+     * Several are allowed so that a province can rotate its CA: add the new one, switch the
+     * server's certificate, then remove the old one. Empty: the bundled web roots.
+     */
+    public var trustedCaPem: [String]
+    /**
+     * Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+     * `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+     * one of these keys, on top of the CA check. Several are allowed, for rotation.
+     */
+    public var pinnedKeys: [String]
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -3929,13 +4897,26 @@ public struct EngineConfig: Equatable, Hashable {
          * server answered "upgrade required", background syncs stop until the engine is opened by
          * another version of the app (or of this library); a new version also tries again the
          * pulled records an older one could not read.
-         */appVersion: String? = nil) {
+         */appVersion: String? = nil, 
+        /**
+         * The province's CA certificates (PEM). When any is given, the server's certificate must
+         * come from one of them and the public web CAs bundled in the library are not trusted.
+         * Several are allowed so that a province can rotate its CA: add the new one, switch the
+         * server's certificate, then remove the old one. Empty: the bundled web roots.
+         */trustedCaPem: [String] = [], 
+        /**
+         * Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+         * `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+         * one of these keys, on top of the CA check. Several are allowed, for rotation.
+         */pinnedKeys: [String] = []) {
         self.storePath = storePath
         self.encryptionKey = encryptionKey
         self.serverUrl = serverUrl
         self.credential = credential
         self.backgroundPolicy = backgroundPolicy
         self.appVersion = appVersion
+        self.trustedCaPem = trustedCaPem
+        self.pinnedKeys = pinnedKeys
     }
 
     
@@ -3959,7 +4940,9 @@ public struct FfiConverterTypeEngineConfig: FfiConverterRustBuffer {
                 serverUrl: FfiConverterString.read(from: &buf), 
                 credential: FfiConverterOptionTypeDeviceCredential.read(from: &buf), 
                 backgroundPolicy: FfiConverterOptionTypeBackgroundPolicy.read(from: &buf), 
-                appVersion: FfiConverterOptionString.read(from: &buf)
+                appVersion: FfiConverterOptionString.read(from: &buf), 
+                trustedCaPem: FfiConverterSequenceString.read(from: &buf), 
+                pinnedKeys: FfiConverterSequenceString.read(from: &buf)
         )
     }
 
@@ -3970,6 +4953,8 @@ public struct FfiConverterTypeEngineConfig: FfiConverterRustBuffer {
         FfiConverterOptionTypeDeviceCredential.write(value.credential, into: &buf)
         FfiConverterOptionTypeBackgroundPolicy.write(value.backgroundPolicy, into: &buf)
         FfiConverterOptionString.write(value.appVersion, into: &buf)
+        FfiConverterSequenceString.write(value.trustedCaPem, into: &buf)
+        FfiConverterSequenceString.write(value.pinnedKeys, into: &buf)
     }
 }
 
@@ -4253,18 +5238,22 @@ public struct HistoryEntry: Equatable, Hashable {
      */
     public var officer: String
     /**
-     * The device's clock at the time, ms since the epoch (informative: device clocks drift).
+     * The device's clock at the time (informative: device clocks drift).
      */
-    public var deviceTimeMs: Int64
+    public var deviceTime: Date
     /**
      * Fields it touched (`created` for the first change).
      */
     public var fields: [String]
     /**
-     * When the server received it, ms since the epoch (server clock): the server's fact beside
+     * When the server received it (server clock): the server's fact beside
      * the device's claim. `None` until the server has acknowledged it.
      */
-    public var serverReceivedAtMs: Int64?
+    public var serverReceivedAt: Date?
+    /**
+     * Whether this device signed the change in a push (its own changes since device keys).
+     */
+    public var signedByThisDevice: Bool
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -4279,21 +5268,25 @@ public struct HistoryEntry: Equatable, Hashable {
          * Officer signed in at the time.
          */officer: String, 
         /**
-         * The device's clock at the time, ms since the epoch (informative: device clocks drift).
-         */deviceTimeMs: Int64, 
+         * The device's clock at the time (informative: device clocks drift).
+         */deviceTime: Date, 
         /**
          * Fields it touched (`created` for the first change).
          */fields: [String], 
         /**
-         * When the server received it, ms since the epoch (server clock): the server's fact beside
+         * When the server received it (server clock): the server's fact beside
          * the device's claim. `None` until the server has acknowledged it.
-         */serverReceivedAtMs: Int64?) {
+         */serverReceivedAt: Date?, 
+        /**
+         * Whether this device signed the change in a push (its own changes since device keys).
+         */signedByThisDevice: Bool) {
         self.hash = hash
         self.deviceId = deviceId
         self.officer = officer
-        self.deviceTimeMs = deviceTimeMs
+        self.deviceTime = deviceTime
         self.fields = fields
-        self.serverReceivedAtMs = serverReceivedAtMs
+        self.serverReceivedAt = serverReceivedAt
+        self.signedByThisDevice = signedByThisDevice
     }
 
     
@@ -4315,9 +5308,10 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
                 hash: FfiConverterString.read(from: &buf), 
                 deviceId: FfiConverterOptionString.read(from: &buf), 
                 officer: FfiConverterString.read(from: &buf), 
-                deviceTimeMs: FfiConverterInt64.read(from: &buf), 
+                deviceTime: FfiConverterTimestamp.read(from: &buf), 
                 fields: FfiConverterSequenceString.read(from: &buf), 
-                serverReceivedAtMs: FfiConverterOptionInt64.read(from: &buf)
+                serverReceivedAt: FfiConverterOptionTimestamp.read(from: &buf), 
+                signedByThisDevice: FfiConverterBool.read(from: &buf)
         )
     }
 
@@ -4325,9 +5319,10 @@ public struct FfiConverterTypeHistoryEntry: FfiConverterRustBuffer {
         FfiConverterString.write(value.hash, into: &buf)
         FfiConverterOptionString.write(value.deviceId, into: &buf)
         FfiConverterString.write(value.officer, into: &buf)
-        FfiConverterInt64.write(value.deviceTimeMs, into: &buf)
+        FfiConverterTimestamp.write(value.deviceTime, into: &buf)
         FfiConverterSequenceString.write(value.fields, into: &buf)
-        FfiConverterOptionInt64.write(value.serverReceivedAtMs, into: &buf)
+        FfiConverterOptionTimestamp.write(value.serverReceivedAt, into: &buf)
+        FfiConverterBool.write(value.signedByThisDevice, into: &buf)
     }
 }
 
@@ -4348,6 +5343,95 @@ public func FfiConverterTypeHistoryEntry_lower(_ value: HistoryEntry) -> RustBuf
 
 
 /**
+ * One log line.
+ */
+public struct LogRecord: Equatable, Hashable {
+    /**
+     * Its severity.
+     */
+    public var level: LogLevel
+    /**
+     * Where it comes from (a Rust module path, `communesync_core::sync::client`).
+     */
+    public var target: String
+    /**
+     * The message, then its fields as `name=value`.
+     */
+    public var message: String
+    /**
+     * When it was emitted.
+     */
+    public var at: Date
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its severity.
+         */level: LogLevel, 
+        /**
+         * Where it comes from (a Rust module path, `communesync_core::sync::client`).
+         */target: String, 
+        /**
+         * The message, then its fields as `name=value`.
+         */message: String, 
+        /**
+         * When it was emitted.
+         */at: Date) {
+        self.level = level
+        self.target = target
+        self.message = message
+        self.at = at
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension LogRecord: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLogRecord: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LogRecord {
+        return
+            try LogRecord(
+                level: FfiConverterTypeLogLevel.read(from: &buf), 
+                target: FfiConverterString.read(from: &buf), 
+                message: FfiConverterString.read(from: &buf), 
+                at: FfiConverterTimestamp.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: LogRecord, into buf: inout [UInt8]) {
+        FfiConverterTypeLogLevel.write(value.level, into: &buf)
+        FfiConverterString.write(value.target, into: &buf)
+        FfiConverterString.write(value.message, into: &buf)
+        FfiConverterTimestamp.write(value.at, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogRecord_lift(_ buf: RustBuffer) throws -> LogRecord {
+    return try FfiConverterTypeLogRecord.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogRecord_lower(_ value: LogRecord) -> RustBuffer {
+    return FfiConverterTypeLogRecord.lower(value)
+}
+
+
+/**
  * What an officer enters for a new application; the engine sets id, due date and status.
  */
 public struct NewApplication: Equatable, Hashable {
@@ -4364,9 +5448,9 @@ public struct NewApplication: Equatable, Hashable {
      */
     public var applicant: Applicant
     /**
-     * Receipt time in ms since the epoch; `None` for now.
+     * When it was received; `None` for now.
      */
-    public var receivedAtMs: Int64?
+    public var receivedAt: Date?
     /**
      * Papers received.
      */
@@ -4397,8 +5481,8 @@ public struct NewApplication: Equatable, Hashable {
          * The applicant.
          */applicant: Applicant, 
         /**
-         * Receipt time in ms since the epoch; `None` for now.
-         */receivedAtMs: Int64? = nil, 
+         * When it was received; `None` for now.
+         */receivedAt: Date? = nil, 
         /**
          * Papers received.
          */documents: [ReceivedDocument] = [], 
@@ -4414,7 +5498,7 @@ public struct NewApplication: Equatable, Hashable {
         self.communeCode = communeCode
         self.procedureCode = procedureCode
         self.applicant = applicant
-        self.receivedAtMs = receivedAtMs
+        self.receivedAt = receivedAt
         self.documents = documents
         self.fees = fees
         self.assignee = assignee
@@ -4440,7 +5524,7 @@ public struct FfiConverterTypeNewApplication: FfiConverterRustBuffer {
                 communeCode: FfiConverterString.read(from: &buf), 
                 procedureCode: FfiConverterString.read(from: &buf), 
                 applicant: FfiConverterTypeApplicant.read(from: &buf), 
-                receivedAtMs: FfiConverterOptionInt64.read(from: &buf), 
+                receivedAt: FfiConverterOptionTimestamp.read(from: &buf), 
                 documents: FfiConverterSequenceTypeReceivedDocument.read(from: &buf), 
                 fees: FfiConverterSequenceTypeFee.read(from: &buf), 
                 assignee: FfiConverterOptionString.read(from: &buf), 
@@ -4452,7 +5536,7 @@ public struct FfiConverterTypeNewApplication: FfiConverterRustBuffer {
         FfiConverterString.write(value.communeCode, into: &buf)
         FfiConverterString.write(value.procedureCode, into: &buf)
         FfiConverterTypeApplicant.write(value.applicant, into: &buf)
-        FfiConverterOptionInt64.write(value.receivedAtMs, into: &buf)
+        FfiConverterOptionTimestamp.write(value.receivedAt, into: &buf)
         FfiConverterSequenceTypeReceivedDocument.write(value.documents, into: &buf)
         FfiConverterSequenceTypeFee.write(value.fees, into: &buf)
         FfiConverterOptionString.write(value.assignee, into: &buf)
@@ -4505,9 +5589,9 @@ public struct NewCitizenRequest: Equatable, Hashable {
      */
     public var reporterContact: String
     /**
-     * Receipt time in ms since the epoch; `None` for now.
+     * When it was received; `None` for now.
      */
-    public var receivedAtMs: Int64?
+    public var receivedAt: Date?
     /**
      * Officer handling it.
      */
@@ -4539,8 +5623,8 @@ public struct NewCitizenRequest: Equatable, Hashable {
          * Reporter's contact.
          */reporterContact: String = "", 
         /**
-         * Receipt time in ms since the epoch; `None` for now.
-         */receivedAtMs: Int64? = nil, 
+         * When it was received; `None` for now.
+         */receivedAt: Date? = nil, 
         /**
          * Officer handling it.
          */assignee: String? = nil, 
@@ -4553,7 +5637,7 @@ public struct NewCitizenRequest: Equatable, Hashable {
         self.village = village
         self.reporterName = reporterName
         self.reporterContact = reporterContact
-        self.receivedAtMs = receivedAtMs
+        self.receivedAt = receivedAt
         self.assignee = assignee
         self.notes = notes
     }
@@ -4580,7 +5664,7 @@ public struct FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer {
                 village: FfiConverterString.read(from: &buf), 
                 reporterName: FfiConverterString.read(from: &buf), 
                 reporterContact: FfiConverterString.read(from: &buf), 
-                receivedAtMs: FfiConverterOptionInt64.read(from: &buf), 
+                receivedAt: FfiConverterOptionTimestamp.read(from: &buf), 
                 assignee: FfiConverterOptionString.read(from: &buf), 
                 notes: FfiConverterString.read(from: &buf)
         )
@@ -4593,7 +5677,7 @@ public struct FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer {
         FfiConverterString.write(value.village, into: &buf)
         FfiConverterString.write(value.reporterName, into: &buf)
         FfiConverterString.write(value.reporterContact, into: &buf)
-        FfiConverterOptionInt64.write(value.receivedAtMs, into: &buf)
+        FfiConverterOptionTimestamp.write(value.receivedAt, into: &buf)
         FfiConverterOptionString.write(value.assignee, into: &buf)
         FfiConverterString.write(value.notes, into: &buf)
     }
@@ -5186,13 +6270,13 @@ public struct QuarantinedRecord: Equatable, Hashable {
      */
     public var message: String
     /**
-     * When it was first set aside, ms since the epoch (device clock corrected by the server's).
+     * When it was first set aside (device clock corrected by the server's).
      */
-    public var firstAtMs: Int64
+    public var firstAt: Date
     /**
      * When it was last refused or tried.
      */
-    public var lastAtMs: Int64
+    public var lastAt: Date
     /**
      * Times refused (outgoing) or tried (incoming).
      */
@@ -5228,11 +6312,11 @@ public struct QuarantinedRecord: Equatable, Hashable {
          * Why, for people (English; apps show their own text per code).
          */message: String, 
         /**
-         * When it was first set aside, ms since the epoch (device clock corrected by the server's).
-         */firstAtMs: Int64, 
+         * When it was first set aside (device clock corrected by the server's).
+         */firstAt: Date, 
         /**
          * When it was last refused or tried.
-         */lastAtMs: Int64, 
+         */lastAt: Date, 
         /**
          * Times refused (outgoing) or tried (incoming).
          */attempts: UInt32, 
@@ -5245,8 +6329,8 @@ public struct QuarantinedRecord: Equatable, Hashable {
         self.direction = direction
         self.code = code
         self.message = message
-        self.firstAtMs = firstAtMs
-        self.lastAtMs = lastAtMs
+        self.firstAt = firstAt
+        self.lastAt = lastAt
         self.attempts = attempts
         self.changesKept = changesKept
     }
@@ -5273,8 +6357,8 @@ public struct FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer {
                 direction: FfiConverterTypeQuarantineDirection.read(from: &buf), 
                 code: FfiConverterString.read(from: &buf), 
                 message: FfiConverterString.read(from: &buf), 
-                firstAtMs: FfiConverterInt64.read(from: &buf), 
-                lastAtMs: FfiConverterInt64.read(from: &buf), 
+                firstAt: FfiConverterTimestamp.read(from: &buf), 
+                lastAt: FfiConverterTimestamp.read(from: &buf), 
                 attempts: FfiConverterUInt32.read(from: &buf), 
                 changesKept: FfiConverterBool.read(from: &buf)
         )
@@ -5287,8 +6371,8 @@ public struct FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer {
         FfiConverterTypeQuarantineDirection.write(value.direction, into: &buf)
         FfiConverterString.write(value.code, into: &buf)
         FfiConverterString.write(value.message, into: &buf)
-        FfiConverterInt64.write(value.firstAtMs, into: &buf)
-        FfiConverterInt64.write(value.lastAtMs, into: &buf)
+        FfiConverterTimestamp.write(value.firstAt, into: &buf)
+        FfiConverterTimestamp.write(value.lastAt, into: &buf)
         FfiConverterUInt32.write(value.attempts, into: &buf)
         FfiConverterBool.write(value.changesKept, into: &buf)
     }
@@ -5307,6 +6391,363 @@ public func FfiConverterTypeQuarantinedRecord_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeQuarantinedRecord_lower(_ value: QuarantinedRecord) -> RustBuffer {
     return FfiConverterTypeQuarantinedRecord.lower(value)
+}
+
+
+/**
+ * What a signed receipt states, with its QR payload.
+ */
+public struct ReceiptInfo: Equatable, Hashable {
+    /**
+     * The QR payload (base45 text, at most 600 characters): print it as a QR code.
+     */
+    public var payload: String
+    /**
+     * Dossier number (empty when the record has none).
+     */
+    public var dossierNumber: String
+    /**
+     * Record id.
+     */
+    public var recordId: String
+    /**
+     * Commune code.
+     */
+    public var communeCode: String
+    /**
+     * Procedure code.
+     */
+    public var procedureCode: String
+    /**
+     * Catalogue version the procedure was taken from.
+     */
+    public var procedureVersion: UInt64
+    /**
+     * Applicant's name.
+     */
+    public var applicantName: String
+    /**
+     * Papers listed (the first ones when there were many).
+     */
+    public var papers: [ReceiptPaperInfo]
+    /**
+     * Papers left out of `papers` for room.
+     */
+    public var papersOmitted: UInt32
+    /**
+     * Received time, ms since the epoch.
+     */
+    public var receivedAtMs: Int64
+    /**
+     * Appointment date for the result, `YYYY-MM-DD`.
+     */
+    public var dueDate: String
+    /**
+     * Officer who received the dossier.
+     */
+    public var officer: String
+    /**
+     * Device that signed.
+     */
+    public var deviceId: String
+    /**
+     * When it was signed, ms since the epoch.
+     */
+    public var signedAtMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The QR payload (base45 text, at most 600 characters): print it as a QR code.
+         */payload: String, 
+        /**
+         * Dossier number (empty when the record has none).
+         */dossierNumber: String, 
+        /**
+         * Record id.
+         */recordId: String, 
+        /**
+         * Commune code.
+         */communeCode: String, 
+        /**
+         * Procedure code.
+         */procedureCode: String, 
+        /**
+         * Catalogue version the procedure was taken from.
+         */procedureVersion: UInt64, 
+        /**
+         * Applicant's name.
+         */applicantName: String, 
+        /**
+         * Papers listed (the first ones when there were many).
+         */papers: [ReceiptPaperInfo], 
+        /**
+         * Papers left out of `papers` for room.
+         */papersOmitted: UInt32, 
+        /**
+         * Received time, ms since the epoch.
+         */receivedAtMs: Int64, 
+        /**
+         * Appointment date for the result, `YYYY-MM-DD`.
+         */dueDate: String, 
+        /**
+         * Officer who received the dossier.
+         */officer: String, 
+        /**
+         * Device that signed.
+         */deviceId: String, 
+        /**
+         * When it was signed, ms since the epoch.
+         */signedAtMs: Int64) {
+        self.payload = payload
+        self.dossierNumber = dossierNumber
+        self.recordId = recordId
+        self.communeCode = communeCode
+        self.procedureCode = procedureCode
+        self.procedureVersion = procedureVersion
+        self.applicantName = applicantName
+        self.papers = papers
+        self.papersOmitted = papersOmitted
+        self.receivedAtMs = receivedAtMs
+        self.dueDate = dueDate
+        self.officer = officer
+        self.deviceId = deviceId
+        self.signedAtMs = signedAtMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReceiptInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptInfo {
+        return
+            try ReceiptInfo(
+                payload: FfiConverterString.read(from: &buf), 
+                dossierNumber: FfiConverterString.read(from: &buf), 
+                recordId: FfiConverterString.read(from: &buf), 
+                communeCode: FfiConverterString.read(from: &buf), 
+                procedureCode: FfiConverterString.read(from: &buf), 
+                procedureVersion: FfiConverterUInt64.read(from: &buf), 
+                applicantName: FfiConverterString.read(from: &buf), 
+                papers: FfiConverterSequenceTypeReceiptPaperInfo.read(from: &buf), 
+                papersOmitted: FfiConverterUInt32.read(from: &buf), 
+                receivedAtMs: FfiConverterInt64.read(from: &buf), 
+                dueDate: FfiConverterString.read(from: &buf), 
+                officer: FfiConverterString.read(from: &buf), 
+                deviceId: FfiConverterString.read(from: &buf), 
+                signedAtMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReceiptInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.payload, into: &buf)
+        FfiConverterString.write(value.dossierNumber, into: &buf)
+        FfiConverterString.write(value.recordId, into: &buf)
+        FfiConverterString.write(value.communeCode, into: &buf)
+        FfiConverterString.write(value.procedureCode, into: &buf)
+        FfiConverterUInt64.write(value.procedureVersion, into: &buf)
+        FfiConverterString.write(value.applicantName, into: &buf)
+        FfiConverterSequenceTypeReceiptPaperInfo.write(value.papers, into: &buf)
+        FfiConverterUInt32.write(value.papersOmitted, into: &buf)
+        FfiConverterInt64.write(value.receivedAtMs, into: &buf)
+        FfiConverterString.write(value.dueDate, into: &buf)
+        FfiConverterString.write(value.officer, into: &buf)
+        FfiConverterString.write(value.deviceId, into: &buf)
+        FfiConverterInt64.write(value.signedAtMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptInfo_lift(_ buf: RustBuffer) throws -> ReceiptInfo {
+    return try FfiConverterTypeReceiptInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptInfo_lower(_ value: ReceiptInfo) -> RustBuffer {
+    return FfiConverterTypeReceiptInfo.lower(value)
+}
+
+
+/**
+ * A paper listed on a receipt.
+ */
+public struct ReceiptPaperInfo: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Copies received.
+     */
+    public var copies: UInt32
+    /**
+     * Whether the original was shown.
+     */
+    public var original: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Copies received.
+         */copies: UInt32, 
+        /**
+         * Whether the original was shown.
+         */original: Bool) {
+        self.name = name
+        self.copies = copies
+        self.original = original
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReceiptPaperInfo: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptPaperInfo: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptPaperInfo {
+        return
+            try ReceiptPaperInfo(
+                name: FfiConverterString.read(from: &buf), 
+                copies: FfiConverterUInt32.read(from: &buf), 
+                original: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReceiptPaperInfo, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt32.write(value.copies, into: &buf)
+        FfiConverterBool.write(value.original, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptPaperInfo_lift(_ buf: RustBuffer) throws -> ReceiptPaperInfo {
+    return try FfiConverterTypeReceiptPaperInfo.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptPaperInfo_lower(_ value: ReceiptPaperInfo) -> RustBuffer {
+    return FfiConverterTypeReceiptPaperInfo.lower(value)
+}
+
+
+/**
+ * The verdict on a scanned receipt.
+ */
+public struct ReceiptVerdict: Equatable, Hashable {
+    /**
+     * Whether the receipt is genuine.
+     */
+    public var valid: Bool
+    /**
+     * Why not: `malformed`, `unknown_device`, `key_revoked`, `key_replaced`, `bad_signature`.
+     */
+    public var code: String?
+    /**
+     * Readable reason.
+     */
+    public var message: String?
+    /**
+     * What the genuine receipt states.
+     */
+    public var receipt: ReceiptInfo?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Whether the receipt is genuine.
+         */valid: Bool, 
+        /**
+         * Why not: `malformed`, `unknown_device`, `key_revoked`, `key_replaced`, `bad_signature`.
+         */code: String?, 
+        /**
+         * Readable reason.
+         */message: String?, 
+        /**
+         * What the genuine receipt states.
+         */receipt: ReceiptInfo?) {
+        self.valid = valid
+        self.code = code
+        self.message = message
+        self.receipt = receipt
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReceiptVerdict: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReceiptVerdict: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReceiptVerdict {
+        return
+            try ReceiptVerdict(
+                valid: FfiConverterBool.read(from: &buf), 
+                code: FfiConverterOptionString.read(from: &buf), 
+                message: FfiConverterOptionString.read(from: &buf), 
+                receipt: FfiConverterOptionTypeReceiptInfo.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReceiptVerdict, into buf: inout [UInt8]) {
+        FfiConverterBool.write(value.valid, into: &buf)
+        FfiConverterOptionString.write(value.code, into: &buf)
+        FfiConverterOptionString.write(value.message, into: &buf)
+        FfiConverterOptionTypeReceiptInfo.write(value.receipt, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptVerdict_lift(_ buf: RustBuffer) throws -> ReceiptVerdict {
+    return try FfiConverterTypeReceiptVerdict.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReceiptVerdict_lower(_ value: ReceiptVerdict) -> RustBuffer {
+    return FfiConverterTypeReceiptVerdict.lower(value)
 }
 
 
@@ -6046,13 +7487,13 @@ public struct SyncStatus: Equatable, Hashable {
      */
     public var upgradeRequired: Bool
     /**
-     * Server time of the last successful sync (ms since the epoch), kept in the store.
+     * Server time of the last successful sync, kept in the store.
      */
-    public var lastServerSyncMs: Int64?
+    public var lastServerSync: Date?
     /**
      * Device time of the last successful sync in this process.
      */
-    public var lastSuccessMs: Int64?
+    public var lastSuccess: Date?
     /**
      * Syncs that failed since the last success (in this process).
      */
@@ -6095,11 +7536,11 @@ public struct SyncStatus: Equatable, Hashable {
          * Whether the server refused this version of the app: upgrade it.
          */upgradeRequired: Bool, 
         /**
-         * Server time of the last successful sync (ms since the epoch), kept in the store.
-         */lastServerSyncMs: Int64?, 
+         * Server time of the last successful sync, kept in the store.
+         */lastServerSync: Date?, 
         /**
          * Device time of the last successful sync in this process.
-         */lastSuccessMs: Int64?, 
+         */lastSuccess: Date?, 
         /**
          * Syncs that failed since the last success (in this process).
          */consecutiveFailures: UInt32, 
@@ -6119,8 +7560,8 @@ public struct SyncStatus: Equatable, Hashable {
         self.quarantined = quarantined
         self.enrolledCommune = enrolledCommune
         self.upgradeRequired = upgradeRequired
-        self.lastServerSyncMs = lastServerSyncMs
-        self.lastSuccessMs = lastSuccessMs
+        self.lastServerSync = lastServerSync
+        self.lastSuccess = lastSuccess
         self.consecutiveFailures = consecutiveFailures
         self.lastErrorKind = lastErrorKind
         self.lastError = lastError
@@ -6150,8 +7591,8 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 enrolledCommune: FfiConverterOptionString.read(from: &buf), 
                 upgradeRequired: FfiConverterBool.read(from: &buf), 
-                lastServerSyncMs: FfiConverterOptionInt64.read(from: &buf), 
-                lastSuccessMs: FfiConverterOptionInt64.read(from: &buf), 
+                lastServerSync: FfiConverterOptionTimestamp.read(from: &buf), 
+                lastSuccess: FfiConverterOptionTimestamp.read(from: &buf), 
                 consecutiveFailures: FfiConverterUInt32.read(from: &buf), 
                 lastErrorKind: FfiConverterOptionTypeErrorKind.read(from: &buf), 
                 lastError: FfiConverterOptionString.read(from: &buf), 
@@ -6167,8 +7608,8 @@ public struct FfiConverterTypeSyncStatus: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterOptionString.write(value.enrolledCommune, into: &buf)
         FfiConverterBool.write(value.upgradeRequired, into: &buf)
-        FfiConverterOptionInt64.write(value.lastServerSyncMs, into: &buf)
-        FfiConverterOptionInt64.write(value.lastSuccessMs, into: &buf)
+        FfiConverterOptionTimestamp.write(value.lastServerSync, into: &buf)
+        FfiConverterOptionTimestamp.write(value.lastSuccess, into: &buf)
         FfiConverterUInt32.write(value.consecutiveFailures, into: &buf)
         FfiConverterOptionTypeErrorKind.write(value.lastErrorKind, into: &buf)
         FfiConverterOptionString.write(value.lastError, into: &buf)
@@ -6592,6 +8033,15 @@ enum CommuneSyncError: Swift.Error, Equatable, Hashable, Foundation.LocalizedErr
     case Wiped(message: String)
     
     /**
+     * The server's certificate is not trusted: another CA than the configured ones, expired
+     * (or the tablet's clock is wrong), issued for another host name, or no pinned key; the
+     * message says which. Not `Offline`: retrying on the same network will not help (a captive
+     * Wi-Fi portal, a wrong clock or a wrong `server_url` might be the cause); the background
+     * policy waits an hour, then longer, before trying again.
+     */
+    case UntrustedServer(message: String)
+    
+    /**
      * The server no longer accepts this version of the app: nothing syncs until the app is
      * upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
      */
@@ -6663,23 +8113,27 @@ public struct FfiConverterTypeCommuneSyncError: FfiConverterRustBuffer {
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 5: return .UpgradeRequired(
+        case 5: return .UntrustedServer(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 6: return .InvalidInput(
+        case 6: return .UpgradeRequired(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 7: return .NotFound(
+        case 7: return .InvalidInput(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 8: return .Conflict(
+        case 8: return .NotFound(
             message: try FfiConverterString.read(from: &buf)
         )
         
-        case 9: return .Storage(
+        case 9: return .Conflict(
+            message: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 10: return .Storage(
             message: try FfiConverterString.read(from: &buf)
         )
         
@@ -6702,16 +8156,18 @@ public struct FfiConverterTypeCommuneSyncError: FfiConverterRustBuffer {
             writeInt(&buf, Int32(3))
         case .Wiped(_ /* message is ignored*/):
             writeInt(&buf, Int32(4))
-        case .UpgradeRequired(_ /* message is ignored*/):
+        case .UntrustedServer(_ /* message is ignored*/):
             writeInt(&buf, Int32(5))
-        case .InvalidInput(_ /* message is ignored*/):
+        case .UpgradeRequired(_ /* message is ignored*/):
             writeInt(&buf, Int32(6))
-        case .NotFound(_ /* message is ignored*/):
+        case .InvalidInput(_ /* message is ignored*/):
             writeInt(&buf, Int32(7))
-        case .Conflict(_ /* message is ignored*/):
+        case .NotFound(_ /* message is ignored*/):
             writeInt(&buf, Int32(8))
-        case .Storage(_ /* message is ignored*/):
+        case .Conflict(_ /* message is ignored*/):
             writeInt(&buf, Int32(9))
+        case .Storage(_ /* message is ignored*/):
+            writeInt(&buf, Int32(10))
 
         
         }
@@ -6870,6 +8326,10 @@ public enum ErrorKind: Equatable, Hashable {
      */
     case wiped
     /**
+     * See [`CommuneSyncError::UntrustedServer`].
+     */
+    case untrustedServer
+    /**
      * See [`CommuneSyncError::UpgradeRequired`].
      */
     case upgradeRequired
@@ -6918,15 +8378,17 @@ public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
         
         case 4: return .wiped
         
-        case 5: return .upgradeRequired
+        case 5: return .untrustedServer
         
-        case 6: return .invalidInput
+        case 6: return .upgradeRequired
         
-        case 7: return .notFound
+        case 7: return .invalidInput
         
-        case 8: return .conflict
+        case 8: return .notFound
         
-        case 9: return .storage
+        case 9: return .conflict
+        
+        case 10: return .storage
         
         default: throw UniffiInternalError.unexpectedEnumCase
         }
@@ -6952,24 +8414,28 @@ public struct FfiConverterTypeErrorKind: FfiConverterRustBuffer {
             writeInt(&buf, Int32(4))
         
         
-        case .upgradeRequired:
+        case .untrustedServer:
             writeInt(&buf, Int32(5))
         
         
-        case .invalidInput:
+        case .upgradeRequired:
             writeInt(&buf, Int32(6))
         
         
-        case .notFound:
+        case .invalidInput:
             writeInt(&buf, Int32(7))
         
         
-        case .conflict:
+        case .notFound:
             writeInt(&buf, Int32(8))
         
         
-        case .storage:
+        case .conflict:
             writeInt(&buf, Int32(9))
+        
+        
+        case .storage:
+            writeInt(&buf, Int32(10))
         
         }
     }
@@ -7318,6 +8784,111 @@ public func FfiConverterTypeFormValue_lift(_ buf: RustBuffer) throws -> FormValu
 #endif
 public func FfiConverterTypeFormValue_lower(_ value: FormValue) -> RustBuffer {
     return FfiConverterTypeFormValue.lower(value)
+}
+
+
+
+/**
+ * Severity of a log record, most severe first.
+ */
+
+public enum LogLevel: Equatable, Hashable {
+    
+    /**
+     * Something failed.
+     */
+    case error
+    /**
+     * Something unexpected that the engine handled (a refused record, a retry).
+     */
+    case warn
+    /**
+     * A milestone (sync done, store opened, key rotated).
+     */
+    case info
+    /**
+     * Details for diagnosing (each retry, each request).
+     */
+    case debug
+    /**
+     * Everything.
+     */
+    case trace
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension LogLevel: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeLogLevel: FfiConverterRustBuffer {
+    typealias SwiftType = LogLevel
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> LogLevel {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .error
+        
+        case 2: return .warn
+        
+        case 3: return .info
+        
+        case 4: return .debug
+        
+        case 5: return .trace
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: LogLevel, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .error:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .warn:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .info:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .debug:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .trace:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogLevel_lift(_ buf: RustBuffer) throws -> LogLevel {
+    return try FfiConverterTypeLogLevel.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeLogLevel_lower(_ value: LogLevel) -> RustBuffer {
+    return FfiConverterTypeLogLevel.lower(value)
 }
 
 
@@ -8000,6 +9571,54 @@ fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTimestamp: FfiConverterRustBuffer {
+    typealias SwiftType = Date?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTimestamp.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTimestamp.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeEngineLogger: FfiConverterRustBuffer {
+    typealias SwiftType = EngineLogger?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeEngineLogger.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeEngineLogger.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeApplicant: FfiConverterRustBuffer {
     typealias SwiftType = Applicant?
 
@@ -8016,6 +9635,30 @@ fileprivate struct FfiConverterOptionTypeApplicant: FfiConverterRustBuffer {
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeApplicant.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeApplication: FfiConverterRustBuffer {
+    typealias SwiftType = Application?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeApplication.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeApplication.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -8064,6 +9707,30 @@ fileprivate struct FfiConverterOptionTypeDeviceCredential: FfiConverterRustBuffe
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeDeviceCredential.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeReceiptInfo: FfiConverterRustBuffer {
+    typealias SwiftType = ReceiptInfo?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeReceiptInfo.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeReceiptInfo.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -8232,6 +9899,30 @@ fileprivate struct FfiConverterOptionSequenceTypeReceivedDocument: FfiConverterR
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterSequenceTypeReceivedDocument.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeCivilDate: FfiConverterRustBuffer {
+    typealias SwiftType = CivilDate?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeCivilDate.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeCivilDate.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -8540,6 +10231,31 @@ fileprivate struct FfiConverterSequenceTypeQuarantinedRecord: FfiConverterRustBu
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeReceiptPaperInfo: FfiConverterRustBuffer {
+    typealias SwiftType = [ReceiptPaperInfo]
+
+    public static func write(_ value: [ReceiptPaperInfo], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReceiptPaperInfo.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReceiptPaperInfo] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReceiptPaperInfo]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReceiptPaperInfo.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer {
     typealias SwiftType = [ReceivedDocument]
 
@@ -8661,6 +10377,54 @@ fileprivate struct FfiConverterSequenceTypeStatusCount: FfiConverterRustBuffer {
         return seq
     }
 }
+
+
+
+
+public typealias CivilDate = DateComponents
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeCivilDate: FfiConverter {
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> CivilDate {
+        let builtinValue = try FfiConverterString.read(from: &buf)
+        return civilDateComponents(builtinValue)
+    }
+
+    public static func write(_ value: CivilDate, into buf: inout [UInt8]) {
+        let builtinValue = civilDateText(value)
+        return FfiConverterString.write(builtinValue, into: &buf)
+    }
+
+    public static func lift(_ value: RustBuffer) throws -> CivilDate {
+        let builtinValue = try FfiConverterString.lift(value)
+        return civilDateComponents(builtinValue)
+    }
+
+    public static func lower(_ value: CivilDate) -> RustBuffer {
+        let builtinValue = civilDateText(value)
+        return FfiConverterString.lower(builtinValue)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCivilDate_lift(_ value: RustBuffer) throws -> CivilDate {
+    return try FfiConverterTypeCivilDate.lift(value)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeCivilDate_lower(_ value: CivilDate) -> RustBuffer {
+    return FfiConverterTypeCivilDate.lower(value)
+}
+
 private let UNIFFI_RUST_FUTURE_POLL_READY: Int8 = 0
 private let UNIFFI_RUST_FUTURE_POLL_WAKE: Int8 = 1
 
@@ -8710,6 +10474,18 @@ fileprivate func uniffiFutureContinuationCallback(handle: UInt64, pollResult: In
     }
 }
 /**
+ * Sends the engine's logs at `min_level` and above to `logger` from now on (`None`: stop).
+ * One logger per process; a later call replaces it.
+ */
+public func setLogger(logger: EngineLogger?, minLevel: LogLevel)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_func_set_logger(
+        FfiConverterOptionTypeEngineLogger.lower(logger),
+        FfiConverterTypeLogLevel_lower(minLevel),uniffiCallStatus
+    )
+}
+}
+/**
  * When the next background sync should run, by `policy` (the defaults when `None`). A pure
  * function: the same facts give the same answer.
  */
@@ -8719,6 +10495,16 @@ public func nextSyncAfter(input: PolicyInput, policy: BackgroundPolicy?) -> Sync
     uniffi_communesync_ffi_fn_func_next_sync_after(
         FfiConverterTypePolicyInput_lower(input),
         FfiConverterOptionTypeBackgroundPolicy.lower(policy),uniffiCallStatus
+    )
+})
+}
+/**
+ * Most characters of a receipt's QR payload.
+ */
+public func receiptPayloadMaxChars() -> UInt32  {
+    return try!  FfiConverterUInt32.lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(uniffiCallStatus
     )
 })
 }
@@ -8738,7 +10524,13 @@ private let initializationResult: InitializationResult = {
     if bindings_contract_version != scaffolding_contract_version {
         return InitializationResult.contractVersionMismatch
     }
+    if (uniffi_communesync_ffi_checksum_func_set_logger() != 8607) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_communesync_ffi_checksum_func_next_sync_after() != 51536) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() != 2066) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_create_dossier() != 8693) {
@@ -8768,22 +10560,28 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_set_form_values() != 14947) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_audit_log() != 61145) {
+    if (uniffi_communesync_ffi_checksum_method_engine_application_by_number() != 35798) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_conflicts() != 16593) {
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_number_state() != 37422) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new() != 35505) {
+    if (uniffi_communesync_ffi_checksum_method_engine_audit_log() != 2445) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_counts_by_status() != 7403) {
+    if (uniffi_communesync_ffi_checksum_method_engine_conflicts() != 39581) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_create_application() != 17536) {
+    if (uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new() != 9462) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_create_citizen_request() != 62775) {
+    if (uniffi_communesync_ffi_checksum_method_engine_counts_by_status() != 15128) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_create_application() != 5921) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_create_citizen_request() != 43345) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_credential() != 46912) {
@@ -8792,70 +10590,94 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_device_id() != 1056) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_discard_quarantined() != 20872) {
+    if (uniffi_communesync_ffi_checksum_method_engine_discard_quarantined() != 7662) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_due_soon() != 48908) {
+    if (uniffi_communesync_ffi_checksum_method_engine_due_soon() != 57872) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_enroll() != 61747) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_enrolled_commune() != 35628) {
+    if (uniffi_communesync_ffi_checksum_method_engine_enrolled_commune() != 46184) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_get_application() != 36005) {
+    if (uniffi_communesync_ffi_checksum_method_engine_get_application() != 2174) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_get_citizen_request() != 41231) {
+    if (uniffi_communesync_ffi_checksum_method_engine_get_citizen_request() != 62185) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_get_record() != 58677) {
+    if (uniffi_communesync_ffi_checksum_method_engine_get_record() != 21155) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_history() != 32042) {
+    if (uniffi_communesync_ffi_checksum_method_engine_history() != 61018) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_next_sync_after() != 46344) {
+    if (uniffi_communesync_ffi_checksum_method_engine_next_sync_after() != 47373) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_observe() != 22098) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 22559) {
+    if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 43156) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 53804) {
+    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 5857) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 10616) {
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 19772) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_quarantined() != 9491) {
+    if (uniffi_communesync_ffi_checksum_method_engine_quarantined() != 20462) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_query_applications() != 28283) {
+    if (uniffi_communesync_ffi_checksum_method_engine_query_applications() != 24333) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_resolve() != 45107) {
+    if (uniffi_communesync_ffi_checksum_method_engine_resolve() != 55916) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_retry_quarantined() != 53353) {
+    if (uniffi_communesync_ffi_checksum_method_engine_retry_quarantined() != 2768) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_search() != 36898) {
+    if (uniffi_communesync_ffi_checksum_method_engine_search() != 41045) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 13915) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_sync_status() != 16345) {
+    if (uniffi_communesync_ffi_checksum_method_engine_sync_status() != 56242) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_update_application() != 49790) {
+    if (uniffi_communesync_ffi_checksum_method_engine_update_application() != 64894) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_update_citizen_request() != 7033) {
+    if (uniffi_communesync_ffi_checksum_method_engine_update_citizen_request() != 31794) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_rekey() != 17343) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_device_public_key() != 1195) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_issue_receipt() != 9952) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_receipt_pdf() != 56446) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_verify_receipt() != 60260) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() != 21417) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() != 44248) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_enginelogger_log() != 42971) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_observerhandle_is_active() != 35201) {
@@ -8873,11 +10695,16 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped() != 65113) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_constructor_engine_open() != 30309) {
+    if (uniffi_communesync_ffi_checksum_method_syncstatuslistener_on_status() != 1728) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_constructor_engine_open() != 44908) {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitEngineLogger()
     uniffiCallbackInitSyncObserver()
+    uniffiCallbackInitSyncStatusListener()
     return InitializationResult.ok
 }()
 

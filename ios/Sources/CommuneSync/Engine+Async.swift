@@ -1,5 +1,6 @@
-// Hand-written Swift layer over the generated bindings (CommuneSync.swift): AsyncStream for the
-// observer, async wrappers for store calls. Plain Swift: compiled and run on Linux by the tests.
+// Hand-written Swift layer over the generated bindings (CommuneSync.swift): AsyncStreams for the
+// observer and the sync status. Plain Swift: compiled and run on Linux by the tests. Store calls
+// need no wrapper: they are `async` and run on the engine's own pool.
 import Foundation
 
 /// One event of `Engine.events()`: sync progress, changed records, or the store wiped.
@@ -45,15 +46,34 @@ extension Engine {
         return stream
     }
 
-    /// Runs store calls (milliseconds of disk I/O) off the caller's actor:
-    /// `let page = try await engine.io { try $0.queryApplications(query: q) }`.
-    public func io<T>(_ body: @escaping @Sendable (Engine) throws -> T) async throws -> T {
-        let engine = self
-        return try await withCheckedThrowingContinuation { continuation in
-            DispatchQueue.global(qos: .utility).async {
-                continuation.resume(with: Result { try body(engine) })
-            }
-        }
+    /// The sync status as it changes: the status now, then a new one after each change (a sync
+    /// starting, each request, a sync ending, an edit, an enrollment, a wipe). Only the latest
+    /// waits for a slow consumer. The watch stops when the stream terminates.
+    public func syncStatusUpdates() throws -> AsyncStream<SyncStatus> {
+        let (stream, continuation) = AsyncStream<SyncStatus>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        let handle = try watchSyncStatus(listener: StatusStreamListener(continuation))
+        continuation.onTermination = { _ in handle.stop() }
+        return stream
+    }
+
+    /// Before store calls were `async`, this moved them off the caller's actor; they need no
+    /// wrapper now.
+    @available(*, deprecated, message: "store calls are async and run off the caller's thread: call them directly")
+    public func io<T>(_ body: @escaping @Sendable (Engine) async throws -> T) async throws -> T {
+        try await body(self)
+    }
+}
+
+/// Forwards sync statuses (on the engine's status thread) into an AsyncStream.
+final class StatusStreamListener: SyncStatusListener, @unchecked Sendable {
+    private let continuation: AsyncStream<SyncStatus>.Continuation
+
+    init(_ continuation: AsyncStream<SyncStatus>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func onStatus(status: SyncStatus) {
+        continuation.yield(status)
     }
 }
 

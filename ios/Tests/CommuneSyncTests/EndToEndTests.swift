@@ -11,5 +11,19 @@ final class EndToEndTests: XCTestCase {
         let failures = await EndToEndStory.run()
         XCTAssertEqual(failures, [])
     }
+
+    func testSdk() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["COMMUNESYNC_CODE_SDK"] == nil,
+                      "no test server configured")
+        let failures = await SdkStory.run()
+        XCTAssertEqual(failures, [])
+    }
+
+    func testHttpsStory() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["COMMUNESYNC_SCRIPTED_HTTPS_URL"] == nil,
+                      "no HTTPS test server configured")
+        let failures = await HttpsStory.run()
+        XCTAssertEqual(failures, [])
+    }
 }
 #endif

@@ -241,9 +241,17 @@ pub(super) async fn admin_revoke(
     let request: RevokeRequest = optional_json(body)?;
     if request.wipe {
         state.storage.revoke_and_wipe_device(id).await?;
+        state
+            .storage
+            .revoke_device_keys(id, state.clock.now_ms())
+            .await?;
         tracing::info!(device = %id, "device revoked, wipe ordered");
     } else {
         state.storage.revoke_device(id).await?;
+        state
+            .storage
+            .revoke_device_keys(id, state.clock.now_ms())
+            .await?;
         tracing::info!(device = %id, "device revoked");
     }
     Ok(StatusCode::NO_CONTENT)

@@ -27,6 +27,11 @@ pub(super) struct EnrollRequest {
     device_id: uuid::Uuid,
     #[serde(default)]
     label: String,
+    /// The device's Ed25519 public key (64 hex digits), registered with the credential and
+    /// replacing the device's previous key at re-enrollment. Absent from clients older than
+    /// device keys (they register one later on first use, `http/keys.rs`).
+    #[serde(default)]
+    public_key: Option<String>,
 }
 
 /// Scope as the API shows it: `{"commune":"CODE"}` or `"province"`.
@@ -53,6 +58,8 @@ pub(super) struct EnrollResponse {
     device_id: uuid::Uuid,
     token: String,
     scope: ApiScope,
+    /// Whether the public key sent was registered (absent key: false).
+    key_registered: bool,
 }
 
 pub(super) async fn enroll(
@@ -65,6 +72,11 @@ pub(super) async fn enroll(
     if request.code.len() > 64 || request.label.len() > 200 {
         return Err(ApiError::malformed("code or label too long"));
     }
+    let public_key = request
+        .public_key
+        .as_deref()
+        .map(super::keys::usable_key)
+        .transpose()?;
     let device = DeviceId(request.device_id);
     if !device.is_random() {
         return Err(ApiError::malformed(
@@ -124,10 +136,27 @@ pub(super) async fn enroll(
             if let Err(err) = state.storage.refund_enrollment_attempt(&source, now).await {
                 tracing::warn!(%err, "could not refund an enrollment attempt");
             }
+            let key_registered = match public_key {
+                None => false,
+                Some(key) => match state
+                    .storage
+                    .register_device_key(device.id, key, now, false)
+                    .await
+                {
+                    Ok(registered) => registered,
+                    // The credential is issued either way: a key that cannot be registered
+                    // (revoked before) leaves the device without one, which the answer says.
+                    Err(err) => {
+                        tracing::warn!(device = %device.id, %err, "device key not registered");
+                        false
+                    }
+                },
+            };
             Ok(Json(EnrollResponse {
                 device_id: device.id.0,
                 token,
                 scope: ApiScope::from(&device.scope),
+                key_registered,
             }))
         }
         Err(StorageError::InvalidEnrollmentCode) => {

@@ -5,6 +5,9 @@
 //! - `POST /v1/sync` (wire v2, `docs/PROTOCOL.md`): push and pull in one round trip.
 //! - `/v1/admin/...` (JSON, operator token): communes, enrollment and re-enrollment codes,
 //!   devices, revocation (with wipe), refused documents, operator tokens, stats, catalogue.
+//! - `POST /v1/device/key`, `POST /v1/device-keys`, `POST /v1/receipts/verify` (JSON): device
+//!   keys (first-use registration, the province's key list as a delta) and the online check of a
+//!   receipt ([`keys`]).
 //! - `GET /v1/health`.
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
@@ -15,6 +18,7 @@
 //! device has a request rate limit (`rate`).
 
 mod admin;
+mod admin_numbers;
 mod admin_records;
 mod admin_tokens;
 mod body_rate;
@@ -22,15 +26,19 @@ pub mod client_addr;
 mod enroll;
 pub mod enroll_limit;
 mod error;
+pub mod keys;
 mod push;
 mod rate;
 mod secrets;
+mod signed_push;
+mod store_epoch;
 mod sync;
 
 pub use admin::{
     DeviceOut, RefusalOut, StatsOut, issue_enrollment_code, issue_reenrollment_code, list_devices,
     refusals, stats, validate_catalogue,
 };
+pub use admin_numbers::{NumberBlockOut, NumberedRecord, number_blocks, record_by_number};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use body_rate::MinBodyRate;
@@ -96,6 +104,8 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Dossier numbers: the province's format, agency codes and block sizing.
+    pub numbers: crate::numbers::NumberConfig,
 }
 
 impl Default for ServerConfig {
@@ -113,6 +123,7 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            numbers: crate::numbers::NumberConfig::default(),
         }
     }
 }
@@ -172,6 +183,8 @@ pub struct AppState {
     pub(crate) device_limiter: rate::DeviceLimiter,
     /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
+    /// The store epoch sent on sync answers, read at most every few seconds.
+    store_epoch: store_epoch::EpochCache,
 }
 
 impl AppState {
@@ -195,6 +208,7 @@ impl AppState {
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
+            store_epoch: store_epoch::EpochCache::default(),
         })
     }
 
@@ -245,6 +259,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/health", get(|| async { "ok" }))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
+        .route("/v1/device/key", post(keys::register_first_key))
+        .route("/v1/device-keys", post(keys::device_keys))
+        .route("/v1/receipts/verify", post(keys::verify))
         .route(
             "/v1/admin/communes",
             get(admin::admin_list_communes).post(admin::admin_create_commune),
@@ -268,6 +285,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/v1/admin/records/{id}/history",
             get(admin_records::admin_record_history),
+        )
+        .route(
+            "/v1/admin/records",
+            get(admin_numbers::admin_record_by_number),
+        )
+        .route(
+            "/v1/admin/number-blocks",
+            get(admin_numbers::admin_number_blocks),
         )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))

@@ -15,7 +15,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
 use communesync_core::protocol::PushDoc;
-use communesync_core::record::{DeviceId, Record, RecordId, RecordKind, decode_change};
+use communesync_core::record::{
+    Application, DeviceId, Record, RecordId, RecordKind, decode_change,
+};
 use rayon::prelude::*;
 
 use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope};
@@ -70,8 +72,9 @@ pub(super) struct Cancelled;
 
 /// What the server concluded about one pushed document.
 pub(super) enum DocVerdict {
-    /// Store these (new) changes.
-    Store(IncomingDoc),
+    /// Store these (new) changes; with the application when it is new here and has a dossier
+    /// number (which the handler checks against the device's blocks before storing).
+    Store(IncomingDoc, Option<Box<Application>>),
     /// Nothing new: the server has every change already.
     Nothing,
     /// The server lacks changes they depend on: the tablet should send the whole history.
@@ -275,12 +278,21 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 Some(stored) => stored.commune.clone(),
                 None => record_commune(&record).to_owned(),
             };
-            DocVerdict::Store(IncomingDoc {
-                id: record.id(),
-                kind: doc.kind,
-                commune,
-                changes: new_changes,
-            })
+            let numbered = match (record.as_ref(), stored) {
+                (Record::Application(app), None) if app.dossier_number.is_some() => {
+                    Some(Box::new(app.clone()))
+                }
+                _ => None,
+            };
+            DocVerdict::Store(
+                IncomingDoc {
+                    id: record.id(),
+                    kind: doc.kind,
+                    commune,
+                    changes: new_changes,
+                },
+                numbered,
+            )
         }
         Verdict::MissingDeps => DocVerdict::MissingDeps,
         Verdict::Refused(refusal) => DocVerdict::Refused(refusal),

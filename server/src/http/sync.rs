@@ -9,15 +9,19 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
+use communesync_core::keys::wire::{DeviceKeysRequest, MAX_DELTA_ENTRIES, cut_delta};
+use communesync_core::numbering::NumberState;
 use communesync_core::protocol::{
     CONTENT_TYPE, CatalogueUpdate, Extensions, FeedDoc, OLDEST_PROTOCOL_VERSION, PROTOCOL_V2,
-    PROTOCOL_VERSION, Refused, SyncRequest, SyncResponse, WireError, content_type_of,
-    protocol_of_content_type,
+    PROTOCOL_VERSION, Refused, STORE_EPOCH_HEADER, SyncRequest, SyncResponse, WireError,
+    content_type_of, protocol_of_content_type,
 };
 use communesync_core::record::RecordId;
 
 use super::push::{Cancel, Cancelled, Decoded, DocVerdict, Pusher, decode_push, judge};
+use super::signed_push::{self, PushAuth};
 use super::{ApiError, AppState, authenticate_device, refused_body};
+use crate::numbers;
 use crate::storage::{RefusalRow, StorageError};
 
 thread_local! {
@@ -127,6 +131,16 @@ async fn sync_inner(
     }
     // A record id sent twice was refused while decoding (`protocol::bounded`).
     let now = state.clock.now_ms();
+    // Dossier numbers (extension 1): a report the feature cannot read is set aside, the sync
+    // goes on, and the device gets no block this time.
+    let number_state = match request.extensions.get::<NumberState>() {
+        Ok(number_state) => number_state,
+        Err(err) => {
+            tracing::warn!(device = %device.id, %err, "dossier number state refused");
+            None
+        }
+    };
+    let keys_request = request.extensions.get::<DeviceKeysRequest>();
     let catalogue = state.storage.catalogue().await?;
 
     // Push: a verdict per document; what passes is stored in one transaction.
@@ -143,6 +157,38 @@ async fn sync_inner(
         // Decoding (and checking the documents sent whole, which name no id) runs first; then
         // one storage read for what the server holds of them all; then the checks against it.
         let push = request.push;
+        // The signature covers every change of the push: checked before anything is judged.
+        let (push, hashes) = blocking(move || {
+            let hashes = signed_push::change_hashes(&push);
+            Ok((push, hashes))
+        })
+        .await?;
+        let auth = signed_push::check(&state, device.id, hashes, &keys_request, now).await?;
+        let push = if let PushAuth::Refused(code, message) = &auth {
+            refused = (0..push.len())
+                .map(|position| Refused {
+                    position: u32::try_from(position).unwrap_or(u32::MAX),
+                    code: code.as_str().to_owned(),
+                    message: message.clone(),
+                })
+                .collect();
+            let ids = blocking(move || Ok((signed_push::record_ids(&push), push.len()))).await?;
+            let (ids, count) = ids;
+            let rows: Vec<RefusalRow> = ids
+                .into_iter()
+                .flatten()
+                .map(|doc| RefusalRow {
+                    doc,
+                    code: code.as_str().to_owned(),
+                    message: message.clone(),
+                })
+                .collect();
+            tracing::warn!(device = %device.id, refused = count, %message, "push refused");
+            state.storage.record_refusals(device.id, &rows, now).await?;
+            Vec::new()
+        } else {
+            push
+        };
         let (decoded, pusher) = {
             let cancel = cancel.clone();
             blocking(move || {
@@ -168,9 +214,24 @@ async fn sync_inner(
         };
         let mut incoming = Vec::new();
         let mut positions: Vec<(RecordId, u32)> = Vec::new();
+        let mut numbered = numbers::NewNumbers::default();
         for (position, verdict) in verdicts {
             match verdict {
-                DocVerdict::Store(doc) => {
+                DocVerdict::Store(doc, app) => {
+                    if let Some(app) = app {
+                        // A dossier number is checked against the device's blocks first.
+                        if let Err(refusal) = numbered
+                            .admit(&*state.storage, &state.config.numbers, &device, &app)
+                            .await?
+                        {
+                            refused.push(Refused {
+                                position,
+                                code: refusal.code.as_str().to_owned(),
+                                message: refusal.message,
+                            });
+                            continue;
+                        }
+                    }
                     positions.push((doc.id, position));
                     incoming.push(doc);
                 }
@@ -222,8 +283,16 @@ async fn sync_inner(
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        // The admitted numbers are indexed before their records are stored: if storing fails,
+        // the retry finds its own number (same record) and stores it; a lookup of a number
+        // whose record is not stored yet answers "not found".
+        numbered.record(&*state.storage, device.id, now).await?;
         if !incoming.is_empty() {
             let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
+            // Before the changes: every stored change of a signed push has its signature.
+            if let PushAuth::Verified(signature) = &auth {
+                state.storage.record_push_signature(signature).await?;
+            }
             let outcome = state
                 .storage
                 .ingest(&device, incoming, now)
@@ -293,12 +362,39 @@ async fn sync_inner(
         }
         None => (Vec::new(), 0, false),
     };
+    let mut extensions = Extensions::new();
+    if let Some(number_state) = &number_state {
+        let grant = numbers::exchange(
+            &*state.storage,
+            &state.config.numbers,
+            &device,
+            number_state,
+            now,
+        )
+        .await?;
+        // Nothing to offer, nothing sent: an idle sync stays a few dozen bytes.
+        if !grant.blocks.is_empty() {
+            extensions.insert(&grant).map_err(ApiError::internal)?;
+        }
+    }
     let catalogue = match catalogue {
         Some((version, json)) if version > request.catalogue_version => {
             Some(CatalogueUpdate { version, json })
         }
         _ => None,
     };
+    // The key list entries the tablet lacks (protocol 4; older tablets send no version).
+    if let Ok(Some(held)) = &keys_request {
+        let (entries, current) = state
+            .storage
+            .device_keys_since(held.keys_version, MAX_DELTA_ENTRIES + 1)
+            .await?;
+        if current > held.keys_version {
+            extensions
+                .insert(&cut_delta(entries, current))
+                .map_err(ApiError::internal)?;
+        }
+    }
     let response = SyncResponse {
         protocol,
         server_time: now,
@@ -308,12 +404,23 @@ async fn sync_inner(
         next_cursor,
         more,
         catalogue,
-        extensions: Extensions::new(),
+        extensions,
     };
     let body =
         blocking(move || with_codec(|codec| response.encode(codec).map_err(ApiError::internal)))
             .await?;
-    Ok(([(header::CONTENT_TYPE, content_type_of(protocol))], body).into_response())
+    let epoch = state.store_epoch().await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type_of(protocol)),
+            (
+                header::HeaderName::from_static(STORE_EPOCH_HEADER),
+                epoch.as_str(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }
 
 /// Whether `content_type` is one of an older protocol (`application/x-communesync-v1`, or the

@@ -26,8 +26,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
+pub mod pg_tls;
 mod plan;
 pub mod postgres;
 pub mod sqlite;
@@ -309,12 +311,47 @@ pub struct FeedPage {
     pub more: bool,
 }
 
+/// A block of dossier numbers granted to a device, as stored (see `communesync_core::numbering`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumberBlock {
+    /// Its id (1, 2, ...): unique across the province.
+    pub id: u64,
+    /// The device it was granted to.
+    pub device: DeviceId,
+    /// The agency whose counter it was cut from.
+    pub agency: String,
+    /// The format its numbers are rendered with.
+    pub format: String,
+    /// First sequence.
+    pub first: u64,
+    /// Last sequence (inclusive).
+    pub last: u64,
+    /// When it was granted (server ms).
+    pub granted_at: i64,
+    /// Whether the device reported holding it (a grant not acknowledged is offered again).
+    pub acknowledged: bool,
+    /// How far the device reported using it: `first..next` are used by its records,
+    /// `next..=last` are unused (abandoned if the device was wiped).
+    pub next: u64,
+}
+
+/// Most numbers one block holds, whatever size is asked.
+pub const MAX_NUMBER_BLOCK: u64 = communesync_core::numbering::MAX_BLOCK_SIZE;
+
+/// Most blocks [`ServerStorage::number_blocks`] lists (the newest).
+pub const MAX_NUMBER_BLOCKS_LISTED: usize = 10_000;
+
 /// Most items a feed page returns whatever `max_items` asks.
 pub const FEED_MAX_ITEMS: usize = 10_000;
 
 /// Rows of the excluded device a page may step over on top of its items, so that a page of
 /// one's own changes is bounded too.
 const FEED_SCAN_EXTRA: usize = 2_000;
+
+/// Why a revoked key is not registered again: what it signed after its revocation must stay
+/// refused, so a device found again makes a new key.
+pub const KEY_REVOKED_MESSAGE: &str =
+    "this key was revoked: the device must make a new key before it is registered again";
 
 /// The server's storage. Implemented by [`SqliteStorage`] and [`PostgresStorage`]; every
 /// implementation passes the conformance suite.
@@ -511,13 +548,155 @@ pub trait ServerStorage: Send + Sync + 'static {
 
     /// Activity of every commune, by code.
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
+
+    /// The store's epoch: a random value that only changes when the database is restored from a
+    /// backup ([`ServerStorage::renew_store_epoch`]); tablets compare it between syncs.
+    async fn store_epoch(&self) -> Result<String>;
+
+    /// Gives the store a fresh epoch (after a restore: tablets then re-send what it may lack and
+    /// re-read the feed) and returns it.
+    async fn renew_store_epoch(&self) -> Result<String>;
+    /// Grants `device` a block of `size` numbers (clamped to 1..=[`MAX_NUMBER_BLOCK`]) cut from
+    /// `agency`'s counter (created at 1), rendered with `format`, at `now`, in one transaction:
+    /// concurrent allocations, from any replica, never overlap. [`StorageError::NotFound`] if the
+    /// device is unknown.
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock>;
+
+    /// Blocks of one device (or of every device), by id; at most the newest
+    /// [`MAX_NUMBER_BLOCKS_LISTED`].
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>>;
+
+    /// Records what `device` reported of its blocks, `(block, next)` pairs: each named block of
+    /// that device becomes acknowledged and its `next` grows to the reported value (clamped to
+    /// the block; it never decreases). Blocks of other devices or unknown are ignored. The
+    /// caller bounds the list.
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()>;
+
+    /// Records the dossier numbers of documents accepted from `device`. A number already
+    /// recorded stays with its first document.
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()>;
+
+    /// The document recorded with this dossier number, and the device that pushed it.
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>>;
+    /// Registers `key` as `device`'s signing key from `now`, in one transaction: the device's
+    /// current key, if another, is closed (`valid_until = now`) and stays listed. With
+    /// `only_if_none` nothing changes when the device already has a key (trust on first use for
+    /// a device enrolled before keys existed) and the answer is `false`. Registering the current
+    /// key again changes nothing. Every change takes the next key-list version.
+    /// [`StorageError::NotFound`] if the device is not enrolled.
+    async fn register_device_key(
+        &self,
+        device: DeviceId,
+        key: PublicKey,
+        now: i64,
+        only_if_none: bool,
+    ) -> Result<bool>;
+
+    /// Marks `device`'s keys revoked at `now` (those not revoked yet), each at the next version.
+    async fn revoke_device_keys(&self, device: DeviceId, now: i64) -> Result<()>;
+
+    /// The key-list entries changed after `version` (at most `limit`, by version) and the
+    /// list's current version.
+    async fn device_keys_since(
+        &self,
+        version: u64,
+        limit: usize,
+    ) -> Result<(Vec<DeviceKeyEntry>, u64)>;
+
+    /// Every key ever registered for `device` (a handful: one per enrollment).
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>>;
+
+    /// Keeps a verified push signature: its signed message (device, counter, change hashes in
+    /// request order) and signature, linked from each change hash not linked yet. One
+    /// transaction; stored before the changes themselves, so every stored change of a signed
+    /// push has its link.
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()>;
+
+    /// The push signatures covering each of `hashes` that has one.
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>>;
 }
 
-/// Opens the storage named by `url`: `postgres://...` or `postgresql://...` is PostgreSQL;
+/// A push signature as stored: enough to verify it again later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushSignatureRow {
+    /// The pushing device.
+    pub device: DeviceId,
+    /// The counter it signed.
+    pub counter: u64,
+    /// The hashes of the changes the push carried, in request order.
+    pub hashes: Vec<[u8; 32]>,
+    /// The signature.
+    pub signature: [u8; 64],
+    /// Server receive time.
+    pub received_at: i64,
+}
+
+impl PushSignatureRow {
+    fn hashes_blob(&self) -> Vec<u8> {
+        self.hashes.concat()
+    }
+
+    fn from_parts(
+        device: DeviceId,
+        counter: i64,
+        hashes: &[u8],
+        signature: &[u8],
+        received_at: i64,
+    ) -> Result<Self> {
+        if !hashes.len().is_multiple_of(32) {
+            return Err(StorageError::backend(
+                "stored push hashes are not 32-byte hashes",
+            ));
+        }
+        Ok(PushSignatureRow {
+            device,
+            counter: to_u64(counter),
+            hashes: hashes
+                .chunks_exact(32)
+                .filter_map(|c| <[u8; 32]>::try_from(c).ok())
+                .collect(),
+            signature: signature
+                .try_into()
+                .map_err(|_| StorageError::backend("stored signature is not 64 bytes"))?,
+            received_at,
+        })
+    }
+}
+
+/// A fresh store epoch: 32 lowercase hex digits.
+pub fn new_store_epoch() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// Opens the storage named by `url`: `postgres://...`, `postgresql://...` or a libpq key=value
+/// string naming a `host=` (several hosts for failover, see [`postgres`]) is PostgreSQL;
 /// `sqlite:PATH`, `sqlite://PATH` or a plain path is a SQLite file (created if missing;
 /// `:memory:` for a private in-memory database). Migrations are applied before it returns.
 pub async fn open(url: &str) -> Result<Arc<dyn ServerStorage>> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+    if url.starts_with("postgres://")
+        || url.starts_with("postgresql://")
+        || postgres::is_key_value_string(url)
+    {
         return Ok(Arc::new(PostgresStorage::connect(url).await?));
     }
     let path = url

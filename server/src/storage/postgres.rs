@@ -7,22 +7,36 @@
 //! (by code), new document registrations (by id), the device row, the province counter row — so
 //! concurrent ingests never deadlock; feed pages are read in a READ ONLY REPEATABLE READ
 //! transaction (one snapshot for the row scan and the byte fetch).
+//!
+//! Failover: the connection string may name several hosts (`host=a,b port=5432,5432
+//! target_session_attrs=read-write`, or `postgres://u@a:5432,b:5432/db?target_session_attrs=...`);
+//! a new connection goes to the first that accepts writes. A connection the database broke (its
+//! primary died) is dropped when it comes back to the pool, and the next request opens a new one,
+//! which finds the promoted standby: no restart of the server. Requests in flight at the moment
+//! of the loss fail (500, retried by tablets); nothing they were not acknowledged for is assumed
+//! stored. Unless the string says otherwise, connecting gives up on a host after
+//! [`CONNECT_TIMEOUT`] and TCP keepalives detect a silently dead host within about a minute
+//! ([`KEEPALIVE_IDLE`]), so a machine that vanishes without a reset does not hold connections.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::{IsolationLevel, NoTls, Row};
+use tokio_postgres::{IsolationLevel, Row};
 
 use super::plan::{self, FeedRowMeta};
+
+mod numbers;
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
-    feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
-    to_i64, to_u64,
+    IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
+    NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope,
+    ServerStorage, StorageError, StoredChange, device_id, feed_limits, hash32, join_deps,
+    last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -30,6 +44,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0001_init.sql"),
     include_str!("../../migrations/postgres/0002_device_status.sql"),
     include_str!("../../migrations/postgres/0003_operators_and_refusals.sql"),
+    include_str!("../../migrations/postgres/0004_dossier_numbers.sql"),
+    include_str!("../../migrations/postgres/0005_device_keys.sql"),
+    include_str!("../../migrations/postgres/0006_store_identity.sql"),
 ];
 
 /// The schema version this build writes.
@@ -40,6 +57,37 @@ const MIGRATION_LOCK: i64 = 0x0063_6d6e_7379_6e63;
 
 /// Connections per replica unless told otherwise.
 pub const DEFAULT_POOL_SIZE: usize = 16;
+
+/// How long opening a connection to one host may take, unless the string sets `connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalive probes start, unless the string sets `keepalives_idle`
+/// (libpq's default, two hours, would leave a connection to a vanished host open that long).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Whether `database` is a libpq key=value connection string (`host=... port=... dbname=...`)
+/// rather than a URL or a SQLite path.
+pub fn is_key_value_string(database: &str) -> bool {
+    database.split_whitespace().all(|word| word.contains('='))
+        && database
+            .split_whitespace()
+            .any(|word| word.starts_with("host=") || word.starts_with("hostaddr="))
+}
+
+/// The driver's defaults made fit for failover (see the module doc); what the string sets wins.
+fn with_failover_defaults(config: &mut tokio_postgres::Config, url: &str) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if !url.contains("keepalives_idle") {
+        config.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if config.get_keepalives_interval().is_none() {
+        config.keepalives_interval(Duration::from_secs(10));
+    }
+    if config.get_keepalives_retries().is_none() {
+        config.keepalives_retries(3);
+    }
+}
 
 impl From<tokio_postgres::Error> for StorageError {
     fn from(error: tokio_postgres::Error) -> Self {
@@ -79,14 +127,16 @@ impl PostgresStorage {
 
     /// Connects with at most `max_connections` pooled connections (`postgres://` URL or
     /// key=value string) and applies migrations. A schema newer than [`SCHEMA_VERSION`] is
-    /// refused. Connections are plain TCP or unix socket (no TLS).
+    /// refused. TLS as the URL's `sslmode` and `sslrootcert` ask (libpq's meanings, see
+    /// [`super::pg_tls`]).
     pub async fn connect_with_pool_size(url: &str, max_connections: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StorageError::backend(format!("postgres: bad url: {e}")))?;
+        let mut connection = super::pg_tls::parse(url)?;
+        with_failover_defaults(&mut connection.config, url);
         let manager = Manager::from_config(
-            config,
-            NoTls,
+            connection.config,
+            connection.tls,
+            // Fast: a connection is checked only for being closed (a broken one is dropped then);
+            // a round trip per request to check more would cost every sync.
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
@@ -1223,6 +1273,284 @@ impl ServerStorage for PostgresStorage {
         }
     }
 
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock> {
+        self.allocate_block(device, agency, format, size, now).await
+    }
+
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>> {
+        self.blocks(device).await
+    }
+
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()> {
+        self.report_usage(device, usage, now).await
+    }
+
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()> {
+        self.record_numbers(device, numbers, now).await
+    }
+
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_number(number).await
+    }
+
+    async fn register_device_key(
+        &self,
+        device: DeviceId,
+        key: PublicKey,
+        now: i64,
+        only_if_none: bool,
+    ) -> Result<bool> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id = device.0.as_bytes().as_slice();
+        // The version row is locked first: key changes are serialized, so versions commit in
+        // order and a reader never skips one.
+        tx.execute(
+            "SELECT version FROM device_key_version WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await?;
+        let Some(row) = tx
+            .query_opt("SELECT commune FROM devices WHERE id = $1", &[&id])
+            .await?
+        else {
+            return Err(StorageError::NotFound);
+        };
+        let commune: Option<String> = row.try_get(0)?;
+        let current: Option<Vec<u8>> = tx
+            .query_opt(
+                "SELECT public_key FROM device_keys
+                 WHERE device = $1 AND valid_until IS NULL AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await?
+            .map(|row| row.try_get(0))
+            .transpose()?;
+        match &current {
+            Some(k) if k.as_slice() == key.0.as_slice() => return Ok(true),
+            Some(_) if only_if_none => return Ok(false),
+            _ => {}
+        }
+        let revoked = tx
+            .query_opt(
+                "SELECT 1 FROM device_keys
+                 WHERE device = $1 AND public_key = $2 AND revoked_at IS NOT NULL",
+                &[&id, &key.0.as_slice()],
+            )
+            .await?;
+        if revoked.is_some() {
+            return Err(StorageError::Conflict(KEY_REVOKED_MESSAGE.into()));
+        }
+        const NEXT: &str = "UPDATE device_key_version SET version = version + 1 WHERE id = 1
+                            RETURNING version";
+        if current.is_some() {
+            let version: i64 = tx.query_one(NEXT, &[]).await?.try_get(0)?;
+            tx.execute(
+                "UPDATE device_keys SET valid_until = $2, version = $3
+                 WHERE device = $1 AND valid_until IS NULL AND revoked_at IS NULL",
+                &[&id, &now, &version],
+            )
+            .await?;
+        }
+        let version: i64 = tx.query_one(NEXT, &[]).await?.try_get(0)?;
+        tx.execute(
+            "INSERT INTO device_keys
+                 (device, public_key, commune, valid_from, valid_until, revoked_at, version)
+             VALUES ($1, $2, $3, $4, NULL, NULL, $5)
+             ON CONFLICT (device, public_key) DO UPDATE SET
+                 commune = EXCLUDED.commune, valid_from = EXCLUDED.valid_from,
+                 valid_until = NULL, revoked_at = NULL, version = EXCLUDED.version",
+            &[&id, &key.0.as_slice(), &commune, &now, &version],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn revoke_device_keys(&self, device: DeviceId, now: i64) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id = device.0.as_bytes().as_slice();
+        tx.execute(
+            "SELECT version FROM device_key_version WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await?;
+        let open: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM device_keys WHERE device = $1 AND revoked_at IS NULL",
+                &[&id],
+            )
+            .await?
+            .try_get(0)?;
+        if open > 0 {
+            let version: i64 = tx
+                .query_one(
+                    "UPDATE device_key_version SET version = version + 1 WHERE id = 1
+                     RETURNING version",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            tx.execute(
+                "UPDATE device_keys SET revoked_at = $2, version = $3
+                 WHERE device = $1 AND revoked_at IS NULL",
+                &[&id, &now, &version],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device_keys_since(
+        &self,
+        version: u64,
+        limit: usize,
+    ) -> Result<(Vec<DeviceKeyEntry>, u64)> {
+        let client = self.client().await?;
+        let current: i64 = client
+            .query_one("SELECT version FROM device_key_version WHERE id = 1", &[])
+            .await?
+            .try_get(0)?;
+        let rows = client
+            .query(
+                "SELECT device, public_key, commune, valid_from, valid_until, revoked_at, version
+                 FROM device_keys WHERE version > $1 AND version <= $2
+                 ORDER BY version, device LIMIT $3",
+                &[
+                    &to_i64(version),
+                    &current,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<u8> = row.try_get(1)?;
+            entries.push(DeviceKeyEntry {
+                device: device_id(row.try_get(0)?)?,
+                public_key: PublicKey::from_slice(&key).ok_or_else(|| {
+                    StorageError::backend(format!("stored key has {} bytes", key.len()))
+                })?,
+                commune: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                valid_from: row.try_get(3)?,
+                valid_until: row.try_get(4)?,
+                revoked_at: row.try_get(5)?,
+                version: to_u64(row.try_get(6)?),
+            });
+        }
+        Ok((entries, to_u64(current)))
+    }
+
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT public_key, commune, valid_from, valid_until, revoked_at, version
+                 FROM device_keys WHERE device = $1 ORDER BY version",
+                &[&device.0.as_bytes().as_slice()],
+            )
+            .await?;
+        let mut entries = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: Vec<u8> = row.try_get(0)?;
+            entries.push(DeviceKeyEntry {
+                device,
+                public_key: PublicKey::from_slice(&key).ok_or_else(|| {
+                    StorageError::backend(format!("stored key has {} bytes", key.len()))
+                })?,
+                commune: row.try_get::<_, Option<String>>(1)?.unwrap_or_default(),
+                valid_from: row.try_get(2)?,
+                valid_until: row.try_get(3)?,
+                revoked_at: row.try_get(4)?,
+                version: to_u64(row.try_get(5)?),
+            });
+        }
+        Ok(entries)
+    }
+
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO push_signatures (device, counter, hashes, signature, received_at)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &push.device.0.as_bytes().as_slice(),
+                    &to_i64(push.counter),
+                    &push.hashes_blob(),
+                    &push.signature.as_slice(),
+                    &push.received_at,
+                ],
+            )
+            .await?
+            .try_get(0)?;
+        let hashes: Vec<&[u8]> = push.hashes.iter().map(|h| h.as_slice()).collect();
+        tx.execute(
+            "INSERT INTO change_signatures (hash, push)
+             SELECT h, $2 FROM unnest($1::bytea[]) AS h
+             ON CONFLICT (hash) DO NOTHING",
+            &[&hashes, &id],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>> {
+        let client = self.client().await?;
+        let wanted: Vec<&[u8]> = hashes.iter().map(|h| h.as_slice()).collect();
+        let rows = client
+            .query(
+                "SELECT c.hash, p.id, p.device, p.counter, p.hashes, p.signature, p.received_at
+                 FROM change_signatures c JOIN push_signatures p ON p.id = c.push
+                 WHERE c.hash = ANY($1::bytea[])",
+                &[&wanted],
+            )
+            .await?;
+        let mut pushes: HashMap<i64, Arc<PushSignatureRow>> = HashMap::new();
+        let mut out = HashMap::new();
+        for row in rows {
+            let hash = hash32(row.try_get(0)?)?;
+            let id: i64 = row.try_get(1)?;
+            if let std::collections::hash_map::Entry::Vacant(slot) = pushes.entry(id) {
+                slot.insert(Arc::new(PushSignatureRow::from_parts(
+                    device_id(row.try_get(2)?)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                    row.try_get(6)?,
+                )?));
+            }
+            if let Some(push) = pushes.get(&id) {
+                out.insert(hash, push.clone());
+            }
+        }
+        Ok(out)
+    }
+
     async fn stats(&self) -> Result<Vec<CommuneStats>> {
         let client = self.client().await?;
         let rows = client
@@ -1248,5 +1576,59 @@ impl ServerStorage for PostgresStorage {
                 })
             })
             .collect()
+    }
+
+    async fn store_epoch(&self) -> Result<String> {
+        let client = self.client().await?;
+        let row = client
+            .query_one("SELECT epoch FROM store_identity WHERE singleton = 1", &[])
+            .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn renew_store_epoch(&self) -> Result<String> {
+        let client = self.client().await?;
+        let epoch = super::new_store_epoch();
+        client
+            .execute(
+                "INSERT INTO store_identity (singleton, epoch) VALUES (1, $1)
+                 ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch",
+                &[&epoch],
+            )
+            .await?;
+        Ok(epoch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_value_strings_are_told_from_paths_and_urls() {
+        assert!(is_key_value_string(
+            "host=10.0.0.1,10.0.0.2 port=5432,5432 dbname=communesync target_session_attrs=read-write"
+        ));
+        assert!(is_key_value_string("hostaddr=127.0.0.1 user=cs"));
+        assert!(!is_key_value_string("communesync-server.db"));
+        assert!(!is_key_value_string("/var/lib/a=b/server.db"));
+        assert!(!is_key_value_string("dbname=x user=y"));
+        assert!(!is_key_value_string(""));
+        assert!(!is_key_value_string("postgres://u@h/db"));
+    }
+
+    #[test]
+    fn failover_defaults_do_not_override_the_string() {
+        let url = "host=a,b port=1,2 connect_timeout=9 keepalives_idle=7";
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        with_failover_defaults(&mut config, url);
+        assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(9)));
+        assert_eq!(config.get_keepalives_idle(), Duration::from_secs(7));
+        let url = "host=a,b port=1,2";
+        let mut config: tokio_postgres::Config = url.parse().unwrap();
+        with_failover_defaults(&mut config, url);
+        assert_eq!(config.get_connect_timeout(), Some(&CONNECT_TIMEOUT));
+        assert_eq!(config.get_keepalives_idle(), KEEPALIVE_IDLE);
+        assert_eq!(config.get_hosts().len(), 2);
     }
 }

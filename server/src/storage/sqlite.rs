@@ -12,16 +12,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::plan::{self, FeedRowMeta};
+
+mod numbers;
 use super::{
     AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, Refusal, RefusalRow,
-    Registrations, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
-    feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
-    to_u64,
+    IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
+    NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope,
+    ServerStorage, StorageError, StoredChange, device_id, feed_limits, join_deps, last_admin_token,
+    record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -29,6 +32,9 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0001_init.sql"),
     include_str!("../../migrations/sqlite/0002_device_status.sql"),
     include_str!("../../migrations/sqlite/0003_operators_and_refusals.sql"),
+    include_str!("../../migrations/sqlite/0004_dossier_numbers.sql"),
+    include_str!("../../migrations/sqlite/0005_device_keys.sql"),
+    include_str!("../../migrations/sqlite/0006_store_identity.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1167,6 +1173,296 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
+    async fn allocate_number_block(
+        &self,
+        device: DeviceId,
+        agency: &str,
+        format: &str,
+        size: u64,
+        now: i64,
+    ) -> Result<NumberBlock> {
+        self.allocate_block(device, agency.to_owned(), format.to_owned(), size, now)
+            .await
+    }
+
+    async fn number_blocks(&self, device: Option<DeviceId>) -> Result<Vec<NumberBlock>> {
+        self.blocks(device).await
+    }
+
+    async fn report_number_usage(
+        &self,
+        device: DeviceId,
+        usage: &[(u64, u64)],
+        now: i64,
+    ) -> Result<()> {
+        self.report_usage(device, usage.to_vec(), now).await
+    }
+
+    async fn record_dossier_numbers(
+        &self,
+        device: DeviceId,
+        numbers: &[(String, RecordId)],
+        now: i64,
+    ) -> Result<()> {
+        self.record_numbers(device, numbers.to_vec(), now).await
+    }
+
+    async fn dossier_number(&self, number: &str) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_number(number.to_owned()).await
+    }
+
+    async fn register_device_key(
+        &self,
+        device: DeviceId,
+        key: PublicKey,
+        now: i64,
+        only_if_none: bool,
+    ) -> Result<bool> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let commune: Option<Option<String>> = tx
+                .query_row(
+                    "SELECT commune FROM devices WHERE id = ?1",
+                    params![device.0.as_bytes()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            let Some(commune) = commune else {
+                return Err(StorageError::NotFound);
+            };
+            let current: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT public_key FROM device_keys
+                     WHERE device = ?1 AND valid_until IS NULL AND revoked_at IS NULL",
+                    params![device.0.as_bytes()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match &current {
+                Some(k) if k.as_slice() == key.0.as_slice() => return Ok(true),
+                Some(_) if only_if_none => return Ok(false),
+                _ => {}
+            }
+            let revoked: Option<i64> = tx
+                .query_row(
+                    "SELECT revoked_at FROM device_keys
+                     WHERE device = ?1 AND public_key = ?2 AND revoked_at IS NOT NULL",
+                    params![device.0.as_bytes(), key.0.as_slice()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            if revoked.is_some() {
+                return Err(StorageError::Conflict(KEY_REVOKED_MESSAGE.into()));
+            }
+            let next = |tx: &rusqlite::Transaction<'_>| -> Result<i64> {
+                Ok(tx.query_row(
+                    "UPDATE device_key_version SET version = version + 1 WHERE id = 1
+                     RETURNING version",
+                    [],
+                    |row| row.get(0),
+                )?)
+            };
+            if current.is_some() {
+                let version = next(&tx)?;
+                tx.execute(
+                    "UPDATE device_keys SET valid_until = ?2, version = ?3
+                     WHERE device = ?1 AND valid_until IS NULL AND revoked_at IS NULL",
+                    params![device.0.as_bytes(), now, version],
+                )?;
+            }
+            let version = next(&tx)?;
+            // The same key registered again after it was replaced starts a new validity.
+            tx.execute(
+                "INSERT INTO device_keys
+                     (device, public_key, commune, valid_from, valid_until, revoked_at, version)
+                 VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5)
+                 ON CONFLICT (device, public_key) DO UPDATE SET
+                     commune = excluded.commune, valid_from = excluded.valid_from,
+                     valid_until = NULL, revoked_at = NULL, version = excluded.version",
+                params![device.0.as_bytes(), key.0.as_slice(), commune, now, version],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn revoke_device_keys(&self, device: DeviceId, now: i64) -> Result<()> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let open: i64 = tx.query_row(
+                "SELECT count(*) FROM device_keys WHERE device = ?1 AND revoked_at IS NULL",
+                params![device.0.as_bytes()],
+                |row| row.get(0),
+            )?;
+            if open > 0 {
+                let version: i64 = tx.query_row(
+                    "UPDATE device_key_version SET version = version + 1 WHERE id = 1
+                     RETURNING version",
+                    [],
+                    |row| row.get(0),
+                )?;
+                tx.execute(
+                    "UPDATE device_keys SET revoked_at = ?2, version = ?3
+                     WHERE device = ?1 AND revoked_at IS NULL",
+                    params![device.0.as_bytes(), now, version],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn device_keys_since(
+        &self,
+        version: u64,
+        limit: usize,
+    ) -> Result<(Vec<DeviceKeyEntry>, u64)> {
+        self.read(move |conn| {
+            let current: i64 =
+                conn.query_row("SELECT version FROM device_key_version", [], |row| {
+                    row.get(0)
+                })?;
+            let mut stmt = conn.prepare_cached(
+                "SELECT device, public_key, commune, valid_from, valid_until, revoked_at, version
+                 FROM device_keys WHERE version > ?1 ORDER BY version, device LIMIT ?2",
+            )?;
+            let mut rows = stmt.query(params![
+                to_i64(version),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])?;
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key: Vec<u8> = row.get(1)?;
+                entries.push(DeviceKeyEntry {
+                    device: device_id(&row.get::<_, Vec<u8>>(0)?)?,
+                    public_key: PublicKey::from_slice(&key).ok_or_else(|| {
+                        StorageError::backend(format!("stored key has {} bytes", key.len()))
+                    })?,
+                    commune: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    valid_from: row.get(3)?,
+                    valid_until: row.get(4)?,
+                    revoked_at: row.get(5)?,
+                    version: to_u64(row.get(6)?),
+                });
+            }
+            Ok((entries, to_u64(current)))
+        })
+        .await
+    }
+
+    async fn device_keys_of(&self, device: DeviceId) -> Result<Vec<DeviceKeyEntry>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT public_key, commune, valid_from, valid_until, revoked_at, version
+                 FROM device_keys WHERE device = ?1 ORDER BY version",
+            )?;
+            let mut rows = stmt.query(params![device.0.as_bytes()])?;
+            let mut entries = Vec::new();
+            while let Some(row) = rows.next()? {
+                let key: Vec<u8> = row.get(0)?;
+                entries.push(DeviceKeyEntry {
+                    device,
+                    public_key: PublicKey::from_slice(&key).ok_or_else(|| {
+                        StorageError::backend(format!("stored key has {} bytes", key.len()))
+                    })?,
+                    commune: row.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    valid_from: row.get(2)?,
+                    valid_until: row.get(3)?,
+                    revoked_at: row.get(4)?,
+                    version: to_u64(row.get(5)?),
+                });
+            }
+            Ok(entries)
+        })
+        .await
+    }
+
+    async fn record_push_signature(&self, push: &PushSignatureRow) -> Result<()> {
+        let push = push.clone();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id: i64 = tx.query_row(
+                "INSERT INTO push_signatures (device, counter, hashes, signature, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING id",
+                params![
+                    push.device.0.as_bytes(),
+                    to_i64(push.counter),
+                    push.hashes_blob(),
+                    push.signature.as_slice(),
+                    push.received_at
+                ],
+                |row| row.get(0),
+            )?;
+            {
+                let mut link = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO change_signatures (hash, push) VALUES (?1, ?2)",
+                )?;
+                for hash in &push.hashes {
+                    link.execute(params![hash.as_slice(), id])?;
+                }
+            }
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn change_signatures(
+        &self,
+        hashes: &[[u8; 32]],
+    ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>> {
+        let hashes = hashes.to_vec();
+        self.read(move |conn| {
+            let mut link =
+                conn.prepare_cached("SELECT push FROM change_signatures WHERE hash = ?1")?;
+            let mut push_row = conn.prepare_cached(
+                "SELECT device, counter, hashes, signature, received_at
+                 FROM push_signatures WHERE id = ?1",
+            )?;
+            let mut pushes: HashMap<i64, Arc<PushSignatureRow>> = HashMap::new();
+            let mut out = HashMap::new();
+            for hash in hashes {
+                let Some(push) = link
+                    .query_row(params![hash.as_slice()], |row| row.get::<_, i64>(0))
+                    .optional()?
+                else {
+                    continue;
+                };
+                if let std::collections::hash_map::Entry::Vacant(slot) = pushes.entry(push) {
+                    let (device, counter, blob, signature, received_at): (
+                        Vec<u8>,
+                        i64,
+                        Vec<u8>,
+                        Vec<u8>,
+                        i64,
+                    ) = push_row.query_row(params![push], |row| {
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            row.get(4)?,
+                        ))
+                    })?;
+                    slot.insert(Arc::new(PushSignatureRow::from_parts(
+                        device_id(&device)?,
+                        counter,
+                        &blob,
+                        &signature,
+                        received_at,
+                    )?));
+                }
+                if let Some(row) = pushes.get(&push) {
+                    out.insert(hash, row.clone());
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn stats(&self) -> Result<Vec<CommuneStats>> {
         self.read(|conn| {
             let tx = conn.transaction()?;
@@ -1193,6 +1489,28 @@ impl ServerStorage for SqliteStorage {
             };
             tx.commit()?;
             Ok(stats)
+        })
+        .await
+    }
+
+    async fn store_epoch(&self) -> Result<String> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached("SELECT epoch FROM store_identity WHERE singleton = 1")?
+                .query_row([], |row| row.get(0))?)
+        })
+        .await
+    }
+
+    async fn renew_store_epoch(&self) -> Result<String> {
+        self.write(|conn| {
+            let epoch = super::new_store_epoch();
+            conn.execute(
+                "INSERT INTO store_identity (singleton, epoch) VALUES (1, ?1)
+                 ON CONFLICT (singleton) DO UPDATE SET epoch = excluded.epoch",
+                params![epoch],
+            )?;
+            Ok(epoch)
         })
         .await
     }

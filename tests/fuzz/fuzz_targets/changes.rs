@@ -51,6 +51,7 @@ fn base_document() -> &'static (RecordId, Vec<u8>) {
         let id = RecordId(uuid_from(&[7; 16]));
         let app = Application {
             id,
+            dossier_number: None,
             commune_code: "DB-MUONGPHANG".into(),
             procedure_code: "1.001193".into(),
             applicant: Applicant {
@@ -69,6 +70,7 @@ fn base_document() -> &'static (RecordId, Vec<u8>) {
                 device: uuid_from(&[1; 16]),
                 officer: "lan".into(),
             },
+            dossier_number_fallback: false,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app),

@@ -10,6 +10,11 @@
 //!   does: a record of another commune (`not_yours`) and a record whose notes contain `#refuse`
 //!   (`invalid_field`). Only whole histories are read; other pushes are acknowledged.
 //!
+//! With `--tls DIR` it serves HTTPS instead: it makes a test CA and writes `DIR/ca.pem` (what
+//! the HTTPS stories pass in `EngineConfig.trustedCaPem`), `DIR/other-ca.pem` (a CA that did
+//! not sign anything of this server: the wrong-CA case), and a certificate for 127.0.0.1
+//! signed by the first, served by the server's own accept loop.
+//!
 //! It prints `listening on ADDR` once bound, and runs until killed.
 
 use std::collections::HashMap;
@@ -34,10 +39,17 @@ enum Behaviour {
 
 type Tokens = Arc<Mutex<HashMap<String, Behaviour>>>;
 
+const USAGE: &str = "usage: scripted-server <listen address> [--tls DIR]";
+
 fn main() -> anyhow::Result<()> {
-    let listen = std::env::args()
-        .nth(1)
-        .context("usage: scripted-server <listen address>")?;
+    let mut args = std::env::args().skip(1);
+    let listen = args.next().context(USAGE)?;
+    let tls_dir = match (args.next().as_deref(), args.next()) {
+        (None, _) => None,
+        (Some("--tls"), Some(dir)) => Some(std::path::PathBuf::from(dir)),
+        _ => anyhow::bail!(USAGE),
+    };
+    let tls = tls_dir.map(|dir| make_tls(&dir)).transpose()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -49,9 +61,27 @@ fn main() -> anyhow::Result<()> {
             .route("/v1/enroll", post(enroll))
             .route("/v1/sync", post(sync))
             .with_state(tokens);
-        axum::serve(listener, app).await?;
+        let config = communesync_server::serve::ServeConfig {
+            tls,
+            ..Default::default()
+        };
+        communesync_server::serve::serve(listener, app, config, std::future::pending()).await?;
         Ok(())
     })
+}
+
+/// The test CAs and the server's certificate, in `dir`.
+fn make_tls(dir: &std::path::Path) -> anyhow::Result<Arc<communesync_server::tls::ServerTls>> {
+    use communesync_tests::tls::TestCa;
+    std::fs::create_dir_all(dir)?;
+    let ca = TestCa::new("communesync bindings test CA")?;
+    let other = TestCa::new("a CA the server does not use")?;
+    std::fs::write(dir.join("ca.pem"), &ca.cert_pem)?;
+    std::fs::write(dir.join("other-ca.pem"), &other.cert_pem)?;
+    let (cert, key) = ca.server_cert(&["127.0.0.1"])?.write(dir, "server")?;
+    Ok(Arc::new(communesync_server::tls::ServerTls::load(
+        &cert, &key,
+    )?))
 }
 
 fn json_error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -5,6 +5,7 @@ use crate::record::{Applicant, Author, Status};
 fn sample(device: DeviceId) -> Application {
     Application {
         id: RecordId::new(),
+        dossier_number: None,
         commune_code: "DB-MUONGPHANG".into(),
         procedure_code: "1.001193".into(),
         applicant: Applicant {
@@ -27,6 +28,7 @@ fn sample(device: DeviceId) -> Application {
         },
         procedure_version: 0,
         form_values: Default::default(),
+        dossier_number_fallback: false,
     }
 }
 

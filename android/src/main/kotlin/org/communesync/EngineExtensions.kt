@@ -1,13 +1,18 @@
-// Hand-written Kotlin layer over the generated bindings (communesync_ffi.kt): coroutines and Flow.
+// Hand-written Kotlin layer over the generated bindings (communesync_ffi.kt): Flow and StateFlow.
 // Plain Kotlin + kotlinx.coroutines, no Android APIs: compiled and run on the JVM by the tests.
+// Store calls need no wrapper: they are `suspend` functions that run on the engine's own pool.
 package org.communesync
 
+import kotlinx.coroutines.CoroutineScope
 import kotlinx.coroutines.Dispatchers
 import kotlinx.coroutines.channels.Channel
 import kotlinx.coroutines.channels.awaitClose
 import kotlinx.coroutines.flow.Flow
+import kotlinx.coroutines.flow.StateFlow
 import kotlinx.coroutines.flow.buffer
 import kotlinx.coroutines.flow.callbackFlow
+import kotlinx.coroutines.flow.conflate
+import kotlinx.coroutines.flow.stateIn
 import kotlinx.coroutines.withContext
 
 /** One event of [Engine.events]: sync progress, changed records, or the store wiped. */
@@ -51,10 +56,36 @@ fun Engine.events(): Flow<EngineEvent> = callbackFlow {
 }.buffer(Channel.UNLIMITED)
 
 /**
- * Runs store calls (they do milliseconds of disk I/O) on [Dispatchers.IO]:
- * `val page = engine.io { queryApplications(ApplicationQuery(openOnly = true)) }`.
+ * The sync status as it changes: the status now, then a new one after each change (a sync
+ * starting, each request, a sync ending, an edit, an enrollment, a wipe). Conflated: a slow
+ * collector gets the latest. Collecting starts a watch ([Engine.watchSyncStatus]); cancelling
+ * the collector stops it.
  */
-suspend fun <T> Engine.io(block: Engine.() -> T): T = withContext(Dispatchers.IO) { block() }
+fun Engine.syncStatusUpdates(): Flow<SyncStatus> = callbackFlow {
+    val handle = watchSyncStatus(object : SyncStatusListener {
+        override fun onStatus(status: SyncStatus) {
+            trySend(status)
+        }
+    })
+    awaitClose {
+        handle.stop()
+        handle.close()
+    }
+}.conflate()
+
+/**
+ * The sync status as a [StateFlow] for a status bar, alive while [scope] is (e.g.
+ * `viewModelScope`): suspends until the first status is read, then stays current.
+ */
+suspend fun Engine.syncStatusFlow(scope: CoroutineScope): StateFlow<SyncStatus> =
+    syncStatusUpdates().stateIn(scope)
+
+/** Before store calls were `suspend`, this moved them to [Dispatchers.IO]; they need no wrapper now. */
+@Deprecated(
+    "Store calls are suspend functions that run off the caller's thread: call them directly",
+    ReplaceWith("block()"),
+)
+suspend fun <T> Engine.io(block: suspend Engine.() -> T): T = withContext(Dispatchers.IO) { block() }
 
 /** The delay in milliseconds before the next background sync: 0 to run now, `null` to stop. */
 fun SyncDecision.delayMillis(): Long? = when (this) {

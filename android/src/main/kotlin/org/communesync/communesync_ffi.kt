@@ -657,6 +657,9 @@ internal open class UniffiForeignFutureResultVoid(
 internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
     fun callback(`callbackData`: Long,`result`: UniffiForeignFutureResultVoid.UniffiByValue,)
 }
+internal interface UniffiCallbackInterfaceEngineLoggerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`record`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceSyncObserverMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`progress`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
@@ -665,6 +668,28 @@ internal interface UniffiCallbackInterfaceSyncObserverMethod1 : com.sun.jna.Call
 }
 internal interface UniffiCallbackInterfaceSyncObserverMethod2 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`event`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+internal interface UniffiCallbackInterfaceSyncStatusListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "log")
+internal open class UniffiVTableCallbackInterfaceEngineLogger(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `log`: UniffiCallbackInterfaceEngineLoggerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `log`: UniffiCallbackInterfaceEngineLoggerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceEngineLogger(`uniffiFree`,`uniffiClone`,`log`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceEngineLogger) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `log` = other.`log`
+    }
+
 }
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "onProgress", "onChanged", "onWiped")
 internal open class UniffiVTableCallbackInterfaceSyncObserver(
@@ -688,6 +713,25 @@ internal open class UniffiVTableCallbackInterfaceSyncObserver(
         `onProgress` = other.`onProgress`
         `onChanged` = other.`onChanged`
         `onWiped` = other.`onWiped`
+    }
+
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onStatus")
+internal open class UniffiVTableCallbackInterfaceSyncStatusListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onStatus`: UniffiCallbackInterfaceSyncStatusListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onStatus`: UniffiCallbackInterfaceSyncStatusListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceSyncStatusListener(`uniffiFree`,`uniffiClone`,`onStatus`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceSyncStatusListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onStatus` = other.`onStatus`
     }
 
 }
@@ -716,7 +760,11 @@ internal object IntegrityCheckingUniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_communesync_ffi_checksum_func_set_logger(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_func_next_sync_after(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_create_dossier(
     ): Int
@@ -735,6 +783,10 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_communesync_ffi_checksum_method_engine_search_procedures(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_set_form_values(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_application_by_number(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_dossier_number_state(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_audit_log(
     ): Int
@@ -796,6 +848,22 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_update_citizen_request(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_rekey(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_device_public_key(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_issue_receipt(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_receipt_pdf(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_verify_receipt(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_watch_sync_status(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_enginelogger_log(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_observerhandle_is_active(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_observerhandle_stop(
@@ -805,6 +873,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_communesync_ffi_checksum_method_syncobserver_on_changed(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_syncstatuslistener_on_status(
     ): Int
     external fun uniffi_communesync_ffi_checksum_constructor_engine_open(
     ): Int
@@ -824,7 +894,9 @@ internal object UniffiLib {
 
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "communesync_ffi"))
+        uniffiCallbackInterfaceEngineLogger.register(this)
         uniffiCallbackInterfaceSyncObserver.register(this)
+        uniffiCallbackInterfaceSyncStatusListener.register(this)
         
     }
 
@@ -833,7 +905,7 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_communesync_ffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
-    external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_create_dossier(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
     ): Long
@@ -853,66 +925,92 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_set_form_values(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_communesync_ffi_fn_method_engine_audit_log(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_conflicts(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_counts_by_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_create_application(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_create_citizen_request(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_application_by_number(`ptr`: Long,`number`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_dossier_number_state(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_audit_log(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_conflicts(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_counts_by_status(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_create_application(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_create_citizen_request(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_credential(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_communesync_ffi_fn_method_engine_device_id(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_discard_quarantined(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`reason`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): Unit
-    external fun uniffi_communesync_ffi_fn_method_engine_due_soon(`ptr`: Long,`workingDays`: Int,`limit`: Int,`offset`: Int,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_discard_quarantined(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`reason`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_due_soon(`ptr`: Long,`workingDays`: Int,`limit`: Int,`offset`: Int,
+    ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_enroll(`ptr`: Long,`code`: RustBuffer.ByValue,`label`: RustBuffer.ByValue,
     ): Long
-    external fun uniffi_communesync_ffi_fn_method_engine_enrolled_commune(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_get_application(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_get_citizen_request(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_get_record(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_history(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_next_sync_after(`ptr`: Long,`metered`: Byte,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_enrolled_commune(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_get_application(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_get_citizen_request(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_get_record(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_history(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_next_sync_after(`ptr`: Long,`metered`: Byte,
+    ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_observe(`ptr`: Long,`observer`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
-    external fun uniffi_communesync_ffi_fn_method_engine_overdue(`ptr`: Long,`limit`: Int,`offset`: Int,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_policy_input(`ptr`: Long,`metered`: Byte,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_procedure(`ptr`: Long,`code`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_quarantined(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_query_applications(`ptr`: Long,`query`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_resolve(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`field`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_retry_quarantined(`ptr`: Long,`id`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): Byte
-    external fun uniffi_communesync_ffi_fn_method_engine_search(`ptr`: Long,`text`: RustBuffer.ByValue,`limit`: Int,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_overdue(`ptr`: Long,`limit`: Int,`offset`: Int,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_policy_input(`ptr`: Long,`metered`: Byte,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedure(`ptr`: Long,`code`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_quarantined(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_query_applications(`ptr`: Long,`query`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_resolve(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`field`: RustBuffer.ByValue,`value`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_retry_quarantined(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_search(`ptr`: Long,`text`: RustBuffer.ByValue,`limit`: Int,
+    ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_sync_now(`ptr`: Long,
     ): Long
-    external fun uniffi_communesync_ffi_fn_method_engine_sync_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_update_application(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`update`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
-    external fun uniffi_communesync_ffi_fn_method_engine_update_citizen_request(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`update`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
-    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_sync_status(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_update_application(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`update`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_update_citizen_request(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`update`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_rekey(`ptr`: Long,`newKey`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_device_public_key(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_issue_receipt(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_receipt_pdf(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_verify_receipt(`ptr`: Long,`payload`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(`ptr`: Long,`recordId`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_watch_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_clone_enginelogger(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_free_enginelogger(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_init_callback_vtable_enginelogger(`vtable`: UniffiVTableCallbackInterfaceEngineLogger,
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_enginelogger_log(`ptr`: Long,`record`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_communesync_ffi_fn_clone_observerhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_communesync_ffi_fn_free_observerhandle(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -933,8 +1031,20 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_communesync_ffi_fn_method_syncobserver_on_wiped(`ptr`: Long,`event`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_communesync_ffi_fn_clone_syncstatuslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_free_syncstatuslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_init_callback_vtable_syncstatuslistener(`vtable`: UniffiVTableCallbackInterfaceSyncStatusListener,
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_syncstatuslistener_on_status(`ptr`: Long,`status`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_func_set_logger(`logger`: RustBuffer.ByValue,`minLevel`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_communesync_ffi_fn_func_next_sync_after(`input`: RustBuffer.ByValue,`policy`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(uniffi_out_err: UniffiRustCallStatus, 
+    ): Int
     external fun ffi_communesync_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_communesync_ffi_rustbuffer_from_bytes(`bytes`: ForeignBytes.ByValue,uniffi_out_err: UniffiRustCallStatus, 
@@ -1054,7 +1164,13 @@ private fun uniffiCheckContractApiVersion(lib: IntegrityCheckingUniffiLib) {
 }
 @Suppress("UNUSED_PARAMETER")
 private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
+    if ((lib.uniffi_communesync_ffi_checksum_func_set_logger() and 0xFFFF) != 8607) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_func_next_sync_after() and 0xFFFF) != 51536) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() and 0xFFFF) != 2066) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_dossier() and 0xFFFF) != 8693) {
@@ -1084,22 +1200,28 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_set_form_values() and 0xFFFF) != 14947) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_audit_log() and 0xFFFF) != 61145) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_application_by_number() and 0xFFFF) != 35798) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_conflicts() and 0xFFFF) != 16593) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_dossier_number_state() and 0xFFFF) != 37422) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new() and 0xFFFF) != 35505) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_audit_log() and 0xFFFF) != 2445) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_counts_by_status() and 0xFFFF) != 7403) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_conflicts() and 0xFFFF) != 39581) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_application() and 0xFFFF) != 17536) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_copy_quarantined_as_new() and 0xFFFF) != 9462) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_citizen_request() and 0xFFFF) != 62775) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_counts_by_status() and 0xFFFF) != 15128) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_application() and 0xFFFF) != 5921) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_citizen_request() and 0xFFFF) != 43345) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_credential() and 0xFFFF) != 46912) {
@@ -1108,70 +1230,94 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_device_id() and 0xFFFF) != 1056) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_discard_quarantined() and 0xFFFF) != 20872) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_discard_quarantined() and 0xFFFF) != 7662) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_due_soon() and 0xFFFF) != 48908) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_due_soon() and 0xFFFF) != 57872) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_enroll() and 0xFFFF) != 61747) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_enrolled_commune() and 0xFFFF) != 35628) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_enrolled_commune() and 0xFFFF) != 46184) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_application() and 0xFFFF) != 36005) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_application() and 0xFFFF) != 2174) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_citizen_request() and 0xFFFF) != 41231) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_citizen_request() and 0xFFFF) != 62185) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_record() and 0xFFFF) != 58677) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_get_record() and 0xFFFF) != 21155) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_history() and 0xFFFF) != 32042) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_history() and 0xFFFF) != 61018) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_next_sync_after() and 0xFFFF) != 46344) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_next_sync_after() and 0xFFFF) != 47373) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_observe() and 0xFFFF) != 22098) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_overdue() and 0xFFFF) != 22559) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_overdue() and 0xFFFF) != 43156) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 53804) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 5857) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure() and 0xFFFF) != 10616) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure() and 0xFFFF) != 19772) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_quarantined() and 0xFFFF) != 9491) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_quarantined() and 0xFFFF) != 20462) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_query_applications() and 0xFFFF) != 28283) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_query_applications() and 0xFFFF) != 24333) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_resolve() and 0xFFFF) != 45107) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_resolve() and 0xFFFF) != 55916) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_retry_quarantined() and 0xFFFF) != 53353) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_retry_quarantined() and 0xFFFF) != 2768) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_search() and 0xFFFF) != 36898) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_search() and 0xFFFF) != 41045) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 13915) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_status() and 0xFFFF) != 16345) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_status() and 0xFFFF) != 56242) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_update_application() and 0xFFFF) != 49790) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_update_application() and 0xFFFF) != 64894) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_update_citizen_request() and 0xFFFF) != 7033) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_update_citizen_request() and 0xFFFF) != 31794) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_rekey() and 0xFFFF) != 17343) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_device_public_key() and 0xFFFF) != 1195) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_issue_receipt() and 0xFFFF) != 9952) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_receipt_pdf() and 0xFFFF) != 56446) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_verify_receipt() and 0xFFFF) != 60260) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() and 0xFFFF) != 21417) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() and 0xFFFF) != 44248) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_enginelogger_log() and 0xFFFF) != 42971) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_observerhandle_is_active() and 0xFFFF) != 35201) {
@@ -1189,7 +1335,10 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_syncobserver_on_wiped() and 0xFFFF) != 65113) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_constructor_engine_open() and 0xFFFF) != 30309) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_syncstatuslistener_on_status() and 0xFFFF) != 1728) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_constructor_engine_open() and 0xFFFF) != 44908) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
 }
@@ -1612,6 +1761,49 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 }
 
 
+/**
+ * @suppress
+ */
+public object FfiConverterTimestamp: FfiConverterRustBuffer<java.time.Instant> {
+    override fun read(buf: ByteBuffer): java.time.Instant {
+        val seconds = buf.getLong()
+        // Type mismatch (should be u32) but we check for overflow/underflow below
+        val nanoseconds = buf.getInt().toLong()
+        if (nanoseconds < 0) {
+            throw java.time.DateTimeException("Instant nanoseconds exceed minimum or maximum supported by uniffi")
+        }
+        if (seconds >= 0) {
+            return java.time.Instant.EPOCH.plus(java.time.Duration.ofSeconds(seconds, nanoseconds))
+        } else {
+            return java.time.Instant.EPOCH.minus(java.time.Duration.ofSeconds(-seconds, nanoseconds))
+        }
+    }
+
+    // 8 bytes for seconds, 4 bytes for nanoseconds
+    override fun allocationSize(value: java.time.Instant) = 12UL
+
+    override fun write(value: java.time.Instant, buf: ByteBuffer) {
+        var epochOffset = java.time.Duration.between(java.time.Instant.EPOCH, value)
+
+        var sign = 1
+        if (epochOffset.isNegative()) {
+            sign = -1
+            epochOffset = epochOffset.negated()
+        }
+
+        if (epochOffset.nano < 0) {
+            // Java docs provide guarantee that nano will always be positive, so this should be impossible
+            // See: https://docs.oracle.com/javase/8/docs/api/java/time/Instant.html
+            throw IllegalArgumentException("Invalid timestamp, nano value must be non-negative")
+        }
+
+        buf.putLong(sign * epochOffset.seconds)
+        // Type mismatch (should be u32) but since values will always be between 0 and 999,999,999 it should be OK
+        buf.putInt(epochOffset.nano)
+    }
+}
+
+
 // This template implements a class for working with a Rust struct via a handle
 // to the live Rust struct on the other side of the FFI.
 //
@@ -1710,7 +1902,7 @@ public object FfiConverterByteArray: FfiConverterRustBuffer<ByteArray> {
 /**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
- * call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
+ * call from any thread, and store calls are async (they run on a background pool).
  */
 public interface EngineInterface {
     
@@ -1766,14 +1958,26 @@ public interface EngineInterface {
     suspend fun `setFormValues`(`officer`: kotlin.String, `id`: kotlin.String, `form`: List<FormEntry>): DossierForm
     
     /**
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
+     */
+    suspend fun `applicationByNumber`(`number`: kotlin.String): Application?
+    
+    /**
+     * What this tablet has to number dossiers with.
+     */
+    suspend fun `dossierNumberState`(): DossierNumberState
+    
+    /**
      * What officers decided about quarantined records, oldest first.
      */
-    fun `auditLog`(): List<AuditEntry>
+    suspend fun `auditLog`(): List<AuditEntry>
     
     /**
      * Fields of the record holding concurrent different values after a sync.
      */
-    fun `conflicts`(`id`: kotlin.String): List<Conflict>
+    suspend fun `conflicts`(`id`: kotlin.String): List<Conflict>
     
     /**
      * The fix for a refused record whose history the server cannot accept (created with
@@ -1781,23 +1985,23 @@ public interface EngineInterface {
      * for this device's commune, at the same status, created by `officer`; the old one is
      * discarded with an audit entry naming the copy. Returns the new record.
      */
-    fun `copyQuarantinedAsNew`(`officer`: kotlin.String, `id`: kotlin.String): Record
+    suspend fun `copyQuarantinedAsNew`(`officer`: kotlin.String, `id`: kotlin.String): Record
     
     /**
      * How many applications are in each status (every status listed, with 0 when none).
      */
-    fun `countsByStatus`(): List<StatusCount>
+    suspend fun `countsByStatus`(): List<StatusCount>
     
     /**
      * Records a new application received by `officer` (offline is fine). The procedure must be
      * in the catalogue, which arrives with the first sync.
      */
-    fun `createApplication`(`officer`: kotlin.String, `new`: NewApplication): Application
+    suspend fun `createApplication`(`officer`: kotlin.String, `new`: NewApplication): Application
     
     /**
      * Records a new citizen request.
      */
-    fun `createCitizenRequest`(`officer`: kotlin.String, `new`: NewCitizenRequest): CitizenRequest
+    suspend fun `createCitizenRequest`(`officer`: kotlin.String, `new`: NewCitizenRequest): CitizenRequest
     
     /**
      * The credential in use, if the device is enrolled.
@@ -1814,12 +2018,12 @@ public interface EngineInterface {
      * log): a refused record loses this device's changes the server never acknowledged (the
      * record itself goes if the server never had it); an incoming one loses its kept data.
      */
-    fun `discardQuarantined`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String)
+    suspend fun `discardQuarantined`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String)
     
     /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
-    fun `dueSoon`(`workingDays`: kotlin.UInt, `limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage
+    suspend fun `dueSoon`(`workingDays`: kotlin.UInt, `limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage
     
     /**
      * Exchanges a one-time enrollment code from the province for this device's credential.
@@ -1834,35 +2038,35 @@ public interface EngineInterface {
     /**
      * The commune this device enrolled in (`None` before enrollment or for a province account).
      */
-    fun `enrolledCommune`(): kotlin.String?
+    suspend fun `enrolledCommune`(): kotlin.String?
     
     /**
      * An application by id.
      */
-    fun `getApplication`(`id`: kotlin.String): Application
+    suspend fun `getApplication`(`id`: kotlin.String): Application
     
     /**
      * A citizen request by id.
      */
-    fun `getCitizenRequest`(`id`: kotlin.String): CitizenRequest
+    suspend fun `getCitizenRequest`(`id`: kotlin.String): CitizenRequest
     
     /**
      * Any record by id.
      */
-    fun `getRecord`(`id`: kotlin.String): Record
+    suspend fun `getRecord`(`id`: kotlin.String): Record
     
     /**
      * Every change to the record, in causal order: who (device, officer), when (device clock,
      * and the server's receive time once it has the change) and which fields.
      */
-    fun `history`(`id`: kotlin.String): List<HistoryEntry>
+    suspend fun `history`(`id`: kotlin.String): List<HistoryEntry>
     
     /**
      * When the next background sync should run, by this engine's policy and state. The
      * WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
-     * what it says; not enrolled is `Stop`.
+     * what it says; not enrolled (or wiped) is `Stop`.
      */
-    fun `nextSyncAfter`(`metered`: kotlin.Boolean): SyncDecision
+    suspend fun `nextSyncAfter`(`metered`: kotlin.Boolean): SyncDecision
     
     /**
      * Starts delivering sync progress and record changes to `observer`, until
@@ -1873,7 +2077,7 @@ public interface EngineInterface {
     /**
      * Open applications past their due date (today in Vietnam), most overdue first.
      */
-    fun `overdue`(`limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage
+    suspend fun `overdue`(`limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage
     
     /**
      * The facts the background policy decides on, from this engine's state, all on the device
@@ -1883,29 +2087,29 @@ public interface EngineInterface {
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
      * policy stops across restarts until another version opens the store.
      */
-    fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput
+    suspend fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput
     
     /**
      * One procedure of the catalogue (`InvalidInput` if unknown).
      */
-    fun `procedure`(`code`: kotlin.String): Procedure
+    suspend fun `procedure`(`code`: kotlin.String): Procedure
     
     /**
      * Records set aside, oldest first: pushed records the server refused (with its reason)
      * and pulled records this version of the app cannot read. Every other record keeps syncing.
      */
-    fun `quarantined`(): List<QuarantinedRecord>
+    suspend fun `quarantined`(): List<QuarantinedRecord>
     
     /**
      * Applications matching `query`, one page.
      */
-    fun `queryApplications`(`query`: ApplicationQuery): ApplicationPage
+    suspend fun `queryApplications`(`query`: ApplicationQuery): ApplicationPage
     
     /**
      * Settles the conflict on `field` with `value` (usually one of the candidates), as one
      * change by `officer`; returns the record as it now reads.
      */
-    fun `resolve`(`officer`: kotlin.String, `id`: kotlin.String, `field`: kotlin.String, `value`: ConflictValue): Record
+    suspend fun `resolve`(`officer`: kotlin.String, `id`: kotlin.String, `field`: kotlin.String, `value`: ConflictValue): Record
     
     /**
      * Takes a record out of the quarantine: a refused one goes back to the outbox (the next
@@ -1913,14 +2117,14 @@ public interface EngineInterface {
      * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
      * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
      */
-    fun `retryQuarantined`(`id`: kotlin.String): kotlin.Boolean
+    suspend fun `retryQuarantined`(`id`: kotlin.String): kotlin.Boolean
     
     /**
      * Records whose names, notes, phone, id number or village contain every word of `text`,
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
      */
-    fun `search`(`text`: kotlin.String, `limit`: kotlin.UInt): List<SearchHit>
+    suspend fun `search`(`text`: kotlin.String, `limit`: kotlin.UInt): List<SearchHit>
     
     /**
      * Pushes local changes and pulls colleagues' until both sides are up to date; observers
@@ -1936,18 +2140,61 @@ public interface EngineInterface {
     /**
      * A snapshot of the sync state.
      */
-    fun `syncStatus`(): SyncStatus
+    suspend fun `syncStatus`(): SyncStatus
     
     /**
      * Changes the fields set in `update`, as one change by `officer`. A status change must
      * follow the workflow from the current status (else `Conflict`).
      */
-    fun `updateApplication`(`officer`: kotlin.String, `id`: kotlin.String, `update`: ApplicationUpdate): Application
+    suspend fun `updateApplication`(`officer`: kotlin.String, `id`: kotlin.String, `update`: ApplicationUpdate): Application
     
     /**
      * Changes the fields set in `update`, as one change by `officer`.
      */
-    fun `updateCitizenRequest`(`officer`: kotlin.String, `id`: kotlin.String, `update`: CitizenRequestUpdate): CitizenRequest
+    suspend fun `updateCitizenRequest`(`officer`: kotlin.String, `id`: kotlin.String, `update`: CitizenRequestUpdate): CitizenRequest
+    
+    /**
+     * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
+     * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
+     * store keeps its old key and this engine is closed (open it again with the old key).
+     */
+    suspend fun `rekey`(`newKey`: kotlin.ByteArray)
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+    suspend fun `devicePublicKey`(): kotlin.String
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+    suspend fun `issueReceipt`(`recordId`: kotlin.String): ReceiptInfo
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+    suspend fun `receiptPdf`(`recordId`: kotlin.String): kotlin.ByteArray
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+    suspend fun `verifyReceipt`(`payload`: kotlin.String): ReceiptVerdict
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+    suspend fun `writeReceiptPdf`(`recordId`: kotlin.String, `path`: kotlin.String)
+    
+    /**
+     * Delivers the sync status to `listener` now and after each change, until
+     * [`ObserverHandle::stop`] (see the module's contract). For a status bar: the Kotlin
+     * `engine.syncStatusFlow(scope)` and the Swift `engine.syncStatusUpdates()` wrap it.
+     */
+    fun `watchSyncStatus`(`listener`: SyncStatusListener): ObserverHandle
     
     companion object
 }
@@ -1955,7 +2202,7 @@ public interface EngineInterface {
 /**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
- * call from any thread. Store calls take milliseconds of disk I/O: call them off the UI thread.
+ * call from any thread, and store calls are async (they run on a background pool).
  */
 open class Engine: Disposable, AutoCloseable, EngineInterface
 {
@@ -2298,38 +2545,103 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
 
     
     /**
-     * What officers decided about quarantined records, oldest first.
+     * The application with this dossier number (exact, surrounding spaces ignored), taken here
+     * or pulled from the server; `None` if the store has none. The number is also found by
+     * [`Engine::search`].
      */
-    @Throws(CommuneSyncException::class)override fun `auditLog`(): List<AuditEntry> {
-            return FfiConverterSequenceTypeAuditEntry.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_audit_log(
-        it,
-        _status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `applicationByNumber`(`number`: kotlin.String) : Application? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_application_by_number(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`number`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
+
     
+    /**
+     * What this tablet has to number dossiers with.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dossierNumberState`() : DossierNumberState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_dossier_number_state(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierNumberState.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * What officers decided about quarantined records, oldest first.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `auditLog`() : List<AuditEntry> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_audit_log(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeAuditEntry.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
 
     
     /**
      * Fields of the record holding concurrent different values after a sync.
      */
-    @Throws(CommuneSyncException::class)override fun `conflicts`(`id`: kotlin.String): List<Conflict> {
-            return FfiConverterSequenceTypeConflict.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_conflicts(
-        it,
-        
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `conflicts`(`id`: kotlin.String) : List<Conflict> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_conflicts(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeConflict.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2338,76 +2650,104 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * for this device's commune, at the same status, created by `officer`; the old one is
      * discarded with an audit entry naming the copy. Returns the new record.
      */
-    @Throws(CommuneSyncException::class)override fun `copyQuarantinedAsNew`(`officer`: kotlin.String, `id`: kotlin.String): Record {
-            return FfiConverterTypeRecord.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `copyQuarantinedAsNew`(`officer`: kotlin.String, `id`: kotlin.String) : Record {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_copy_quarantined_as_new(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeRecord.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * How many applications are in each status (every status listed, with 0 when none).
      */
-    @Throws(CommuneSyncException::class)override fun `countsByStatus`(): List<StatusCount> {
-            return FfiConverterSequenceTypeStatusCount.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_counts_by_status(
-        it,
-        _status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `countsByStatus`() : List<StatusCount> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_counts_by_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeStatusCount.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Records a new application received by `officer` (offline is fine). The procedure must be
      * in the catalogue, which arrives with the first sync.
      */
-    @Throws(CommuneSyncException::class)override fun `createApplication`(`officer`: kotlin.String, `new`: NewApplication): Application {
-            return FfiConverterTypeApplication.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_create_application(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `createApplication`(`officer`: kotlin.String, `new`: NewApplication) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_create_application(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
-        FfiConverterTypeNewApplication.lower(`new`),_status)
-}
-    }
+        FfiConverterTypeNewApplication.lower(`new`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Records a new citizen request.
      */
-    @Throws(CommuneSyncException::class)override fun `createCitizenRequest`(`officer`: kotlin.String, `new`: NewCitizenRequest): CitizenRequest {
-            return FfiConverterTypeCitizenRequest.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_create_citizen_request(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `createCitizenRequest`(`officer`: kotlin.String, `new`: NewCitizenRequest) : CitizenRequest {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_create_citizen_request(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
-        FfiConverterTypeNewCitizenRequest.lower(`new`),_status)
-}
-    }
+        FfiConverterTypeNewCitizenRequest.lower(`new`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeCitizenRequest.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2447,40 +2787,56 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * log): a refused record loses this device's changes the server never acknowledged (the
      * record itself goes if the server never had it); an incoming one loses its kept data.
      */
-    @Throws(CommuneSyncException::class)override fun `discardQuarantined`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String)
-        = 
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_discard_quarantined(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `discardQuarantined`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_discard_quarantined(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
         FfiConverterString.lower(`id`),
-        FfiConverterString.lower(`reason`),_status)
-}
+        FfiConverterString.lower(`reason`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
     }
-    
-    
 
     
     /**
      * Open applications due within `working_days` working days from today (not yet overdue).
      */
-    @Throws(CommuneSyncException::class)override fun `dueSoon`(`workingDays`: kotlin.UInt, `limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage {
-            return FfiConverterTypeApplicationPage.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_due_soon(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dueSoon`(`workingDays`: kotlin.UInt, `limit`: kotlin.UInt, `offset`: kotlin.UInt) : ApplicationPage {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_due_soon(
+                uniffiHandle,
+                
         FfiConverterUInt.lower(`workingDays`),
         FfiConverterUInt.lower(`limit`),
-        FfiConverterUInt.lower(`offset`),_status)
-}
-    }
+        FfiConverterUInt.lower(`offset`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplicationPage.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2517,111 +2873,153 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     /**
      * The commune this device enrolled in (`None` before enrollment or for a province account).
      */
-    @Throws(CommuneSyncException::class)override fun `enrolledCommune`(): kotlin.String? {
-            return FfiConverterOptionalString.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_enrolled_commune(
-        it,
-        _status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `enrolledCommune`() : kotlin.String? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_enrolled_commune(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalString.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * An application by id.
      */
-    @Throws(CommuneSyncException::class)override fun `getApplication`(`id`: kotlin.String): Application {
-            return FfiConverterTypeApplication.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_get_application(
-        it,
-        
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `getApplication`(`id`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_get_application(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * A citizen request by id.
      */
-    @Throws(CommuneSyncException::class)override fun `getCitizenRequest`(`id`: kotlin.String): CitizenRequest {
-            return FfiConverterTypeCitizenRequest.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_get_citizen_request(
-        it,
-        
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `getCitizenRequest`(`id`: kotlin.String) : CitizenRequest {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_get_citizen_request(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeCitizenRequest.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Any record by id.
      */
-    @Throws(CommuneSyncException::class)override fun `getRecord`(`id`: kotlin.String): Record {
-            return FfiConverterTypeRecord.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_get_record(
-        it,
-        
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `getRecord`(`id`: kotlin.String) : Record {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_get_record(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeRecord.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Every change to the record, in causal order: who (device, officer), when (device clock,
      * and the server's receive time once it has the change) and which fields.
      */
-    @Throws(CommuneSyncException::class)override fun `history`(`id`: kotlin.String): List<HistoryEntry> {
-            return FfiConverterSequenceTypeHistoryEntry.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_history(
-        it,
-        
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `history`(`id`: kotlin.String) : List<HistoryEntry> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_history(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeHistoryEntry.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * When the next background sync should run, by this engine's policy and state. The
      * WorkManager worker and the BGTaskScheduler helper call it after each sync and schedule
-     * what it says; not enrolled is `Stop`.
+     * what it says; not enrolled (or wiped) is `Stop`.
      */
-    @Throws(CommuneSyncException::class)override fun `nextSyncAfter`(`metered`: kotlin.Boolean): SyncDecision {
-            return FfiConverterTypeSyncDecision.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_next_sync_after(
-        it,
-        
-        FfiConverterBoolean.lower(`metered`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `nextSyncAfter`(`metered`: kotlin.Boolean) : SyncDecision {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_next_sync_after(
+                uniffiHandle,
+                
+        FfiConverterBoolean.lower(`metered`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeSyncDecision.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2646,20 +3044,27 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     /**
      * Open applications past their due date (today in Vietnam), most overdue first.
      */
-    @Throws(CommuneSyncException::class)override fun `overdue`(`limit`: kotlin.UInt, `offset`: kotlin.UInt): ApplicationPage {
-            return FfiConverterTypeApplicationPage.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_overdue(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `overdue`(`limit`: kotlin.UInt, `offset`: kotlin.UInt) : ApplicationPage {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_overdue(
+                uniffiHandle,
+                
         FfiConverterUInt.lower(`limit`),
-        FfiConverterUInt.lower(`offset`),_status)
-}
-    }
+        FfiConverterUInt.lower(`offset`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplicationPage.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2670,95 +3075,130 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
      * policy stops across restarts until another version opens the store.
      */
-    @Throws(CommuneSyncException::class)override fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput {
-            return FfiConverterTypePolicyInput.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_policy_input(
-        it,
-        
-        FfiConverterBoolean.lower(`metered`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `policyInput`(`metered`: kotlin.Boolean) : PolicyInput {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_policy_input(
+                uniffiHandle,
+                
+        FfiConverterBoolean.lower(`metered`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypePolicyInput.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * One procedure of the catalogue (`InvalidInput` if unknown).
      */
-    @Throws(CommuneSyncException::class)override fun `procedure`(`code`: kotlin.String): Procedure {
-            return FfiConverterTypeProcedure.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedure(
-        it,
-        
-        FfiConverterString.lower(`code`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `procedure`(`code`: kotlin.String) : Procedure {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedure(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`code`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeProcedure.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Records set aside, oldest first: pushed records the server refused (with its reason)
      * and pulled records this version of the app cannot read. Every other record keeps syncing.
      */
-    @Throws(CommuneSyncException::class)override fun `quarantined`(): List<QuarantinedRecord> {
-            return FfiConverterSequenceTypeQuarantinedRecord.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_quarantined(
-        it,
-        _status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `quarantined`() : List<QuarantinedRecord> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_quarantined(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeQuarantinedRecord.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Applications matching `query`, one page.
      */
-    @Throws(CommuneSyncException::class)override fun `queryApplications`(`query`: ApplicationQuery): ApplicationPage {
-            return FfiConverterTypeApplicationPage.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_query_applications(
-        it,
-        
-        FfiConverterTypeApplicationQuery.lower(`query`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `queryApplications`(`query`: ApplicationQuery) : ApplicationPage {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_query_applications(
+                uniffiHandle,
+                
+        FfiConverterTypeApplicationQuery.lower(`query`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplicationPage.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Settles the conflict on `field` with `value` (usually one of the candidates), as one
      * change by `officer`; returns the record as it now reads.
      */
-    @Throws(CommuneSyncException::class)override fun `resolve`(`officer`: kotlin.String, `id`: kotlin.String, `field`: kotlin.String, `value`: ConflictValue): Record {
-            return FfiConverterTypeRecord.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_resolve(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `resolve`(`officer`: kotlin.String, `id`: kotlin.String, `field`: kotlin.String, `value`: ConflictValue) : Record {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_resolve(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
         FfiConverterString.lower(`id`),
         FfiConverterString.lower(`field`),
-        FfiConverterTypeConflictValue.lower(`value`),_status)
-}
-    }
+        FfiConverterTypeConflictValue.lower(`value`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeRecord.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2767,19 +3207,26 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * edit, or fixed by an app upgrade); an unreadable incoming one is tried again at once.
      * Returns whether it left the quarantine. `NotFound` when it is not quarantined.
      */
-    @Throws(CommuneSyncException::class)override fun `retryQuarantined`(`id`: kotlin.String): kotlin.Boolean {
-            return FfiConverterBoolean.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_retry_quarantined(
-        it,
-        
-        FfiConverterString.lower(`id`),_status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `retryQuarantined`(`id`: kotlin.String) : kotlin.Boolean {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_retry_quarantined(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_i8(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_i8(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_i8(future) },
+        // lift function
+        { FfiConverterBoolean.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2787,20 +3234,27 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * ignoring case and Vietnamese diacritics ("nguyen thi huong" finds "Nguyễn Thị Hương");
      * the last word may be a prefix. Best matches first, at most `limit` (1 to 500).
      */
-    @Throws(CommuneSyncException::class)override fun `search`(`text`: kotlin.String, `limit`: kotlin.UInt): List<SearchHit> {
-            return FfiConverterSequenceTypeSearchHit.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_search(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `search`(`text`: kotlin.String, `limit`: kotlin.UInt) : List<SearchHit> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_search(
+                uniffiHandle,
+                
         FfiConverterString.lower(`text`),
-        FfiConverterUInt.lower(`limit`),_status)
-}
-    }
+        FfiConverterUInt.lower(`limit`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeSearchHit.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
@@ -2836,54 +3290,253 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     /**
      * A snapshot of the sync state.
      */
-    @Throws(CommuneSyncException::class)override fun `syncStatus`(): SyncStatus {
-            return FfiConverterTypeSyncStatus.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_sync_status(
-        it,
-        _status)
-}
-    }
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `syncStatus`() : SyncStatus {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_sync_status(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeSyncStatus.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Changes the fields set in `update`, as one change by `officer`. A status change must
      * follow the workflow from the current status (else `Conflict`).
      */
-    @Throws(CommuneSyncException::class)override fun `updateApplication`(`officer`: kotlin.String, `id`: kotlin.String, `update`: ApplicationUpdate): Application {
-            return FfiConverterTypeApplication.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_update_application(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `updateApplication`(`officer`: kotlin.String, `id`: kotlin.String, `update`: ApplicationUpdate) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_update_application(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
         FfiConverterString.lower(`id`),
-        FfiConverterTypeApplicationUpdate.lower(`update`),_status)
-}
-    }
+        FfiConverterTypeApplicationUpdate.lower(`update`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
     
     /**
      * Changes the fields set in `update`, as one change by `officer`.
      */
-    @Throws(CommuneSyncException::class)override fun `updateCitizenRequest`(`officer`: kotlin.String, `id`: kotlin.String, `update`: CitizenRequestUpdate): CitizenRequest {
-            return FfiConverterTypeCitizenRequest.lift(
-    callWithHandle {
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_method_engine_update_citizen_request(
-        it,
-        
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `updateCitizenRequest`(`officer`: kotlin.String, `id`: kotlin.String, `update`: CitizenRequestUpdate) : CitizenRequest {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_update_citizen_request(
+                uniffiHandle,
+                
         FfiConverterString.lower(`officer`),
         FfiConverterString.lower(`id`),
-        FfiConverterTypeCitizenRequestUpdate.lower(`update`),_status)
+        FfiConverterTypeCitizenRequestUpdate.lower(`update`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeCitizenRequest.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Re-encrypts the store with `new_key` (32 bytes); takes time in proportion to the store's
+     * size (every page is read, re-encrypted and written, then checkpointed): run it when the
+     * tablet is idle, not during an intake.
+     * `InvalidInput` for a key that is not 32 bytes (nothing changes); on any other failure the
+     * store keeps its old key and this engine is closed (open it again with the old key).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `rekey`(`newKey`: kotlin.ByteArray) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_rekey(
+                uniffiHandle,
+                
+        FfiConverterByteArray.lower(`newKey`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * This device's public key (64 hex digits), registered at enrollment.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `devicePublicKey`() : kotlin.String {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_device_public_key(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterString.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The signed receipt of application `record_id` (issued at the first call, the same one
+     * at every reprint).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `issueReceipt`(`recordId`: kotlin.String) : ReceiptInfo {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_issue_receipt(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeReceiptInfo.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The receipt of application `record_id` as a one-page A5 PDF (Vietnamese text, QR code).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `receiptPdf`(`recordId`: kotlin.String) : kotlin.ByteArray {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_receipt_pdf(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterByteArray.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Verifies a scanned receipt payload offline, against the province's key list this store
+     * holds (kept current by sync). A refused receipt is a verdict, not an error.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `verifyReceipt`(`payload`: kotlin.String) : ReceiptVerdict {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_verify_receipt(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`payload`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeReceiptVerdict.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Writes the receipt PDF of application `record_id` to `path`.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `writeReceiptPdf`(`recordId`: kotlin.String, `path`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Delivers the sync status to `listener` now and after each change, until
+     * [`ObserverHandle::stop`] (see the module's contract). For a status bar: the Kotlin
+     * `engine.syncStatusFlow(scope)` and the Swift `engine.syncStatusUpdates()` wrap it.
+     */
+    @Throws(CommuneSyncException::class)override fun `watchSyncStatus`(`listener`: SyncStatusListener): ObserverHandle {
+            return FfiConverterTypeObserverHandle.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_watch_sync_status(
+        it,
+        
+        FfiConverterTypeSyncStatusListener.lower(`listener`),_status)
 }
     }
     )
@@ -2901,19 +3554,25 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
     /**
      * Opens (creating if needed) the encrypted store at `config.store_path`. Fails with
      * `InvalidInput` for a key that is not 32 bytes or a credential of another device, and with
-     * `Storage` for a wrong key or an unreadable file.
+     * `Storage` for a wrong key or an unreadable file. The key bytes are copied once into a
+     * buffer that is overwritten when the store has used it (and the config's copy at once);
+     * overwrite the app's own copy (`key.fill(0)`) after this returns.
      */
-    @Throws(CommuneSyncException::class) fun `open`(`config`: EngineConfig): Engine {
-            return FfiConverterTypeEngine.lift(
-    uniffiRustCallWithError(CommuneSyncException) { _status ->
-    UniffiLib.uniffi_communesync_ffi_fn_constructor_engine_open(
-    
-        
-        FfiConverterTypeEngineConfig.lower(`config`),_status)
-}
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+     suspend fun `open`(`config`: EngineConfig) : Engine {
+        return uniffiRustCallAsync(
+        UniffiLib.uniffi_communesync_ffi_fn_constructor_engine_open(
+        FfiConverterTypeEngineConfig.lower(`config`),),
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterTypeEngine.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
     )
     }
-    
 
         
     }
@@ -2940,6 +3599,329 @@ public object FfiConverterTypeEngine: FfiConverter<Engine, Long> {
     override fun allocationSize(value: Engine) = 8UL
 
     override fun write(value: Engine, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Implemented by the app to receive the engine's logs (called on a thread of the engine's).
+ */
+public interface EngineLogger {
+    
+    /**
+     * Writes one record (to Logcat, `os_log`, a file...). Must not block for long.
+     */
+    fun `log`(`record`: LogRecord)
+    
+    companion object
+}
+
+/**
+ * Implemented by the app to receive the engine's logs (called on a thread of the engine's).
+ */
+open class EngineLoggerImpl: Disposable, AutoCloseable, EngineLogger
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_communesync_ffi_fn_free_enginelogger(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_communesync_ffi_fn_clone_enginelogger(handle, status)
+        }
+    }
+
+    
+    /**
+     * Writes one record (to Logcat, `os_log`, a file...). Must not block for long.
+     */override fun `log`(`record`: LogRecord)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_enginelogger_log(
+        it,
+        
+        FfiConverterTypeLogRecord.lower(`record`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceEngineLogger {
+    internal object `log`: UniffiCallbackInterfaceEngineLoggerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`record`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeEngineLogger.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`log`(
+                    FfiConverterTypeLogRecord.lift(`record`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeEngineLogger.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeEngineLogger.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceEngineLogger.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `log`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_communesync_ffi_fn_init_callback_vtable_enginelogger(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeEngineLogger: FfiConverter<EngineLogger, Long> {
+    internal val handleMap = UniffiHandleMap<EngineLogger>()
+
+    override fun lower(value: EngineLogger): Long {
+        if (value is EngineLoggerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): EngineLogger {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return EngineLoggerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): EngineLogger {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: EngineLogger) = 8UL
+
+    override fun write(value: EngineLogger, buf: ByteBuffer) {
         buf.putLong(lower(value))
     }
 }
@@ -3629,6 +4611,329 @@ public object FfiConverterTypeSyncObserver: FfiConverter<SyncObserver, Long> {
 }
 
 
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
+ * Implemented by the app (or the platform layers) to follow the sync status.
+ */
+public interface SyncStatusListener {
+    
+    /**
+     * The status now; called at the start of the watch and after each change.
+     */
+    fun `onStatus`(`status`: SyncStatus)
+    
+    companion object
+}
+
+/**
+ * Implemented by the app (or the platform layers) to follow the sync status.
+ */
+open class SyncStatusListenerImpl: Disposable, AutoCloseable, SyncStatusListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_communesync_ffi_fn_free_syncstatuslistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_communesync_ffi_fn_clone_syncstatuslistener(handle, status)
+        }
+    }
+
+    
+    /**
+     * The status now; called at the start of the watch and after each change.
+     */override fun `onStatus`(`status`: SyncStatus)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_syncstatuslistener_on_status(
+        it,
+        
+        FfiConverterTypeSyncStatus.lower(`status`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceSyncStatusListener {
+    internal object `onStatus`: UniffiCallbackInterfaceSyncStatusListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeSyncStatusListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onStatus`(
+                    FfiConverterTypeSyncStatus.lift(`status`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeSyncStatusListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeSyncStatusListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceSyncStatusListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onStatus`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_communesync_ffi_fn_init_callback_vtable_syncstatuslistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSyncStatusListener: FfiConverter<SyncStatusListener, Long> {
+    internal val handleMap = UniffiHandleMap<SyncStatusListener>()
+
+    override fun lower(value: SyncStatusListener): Long {
+        if (value is SyncStatusListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): SyncStatusListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return SyncStatusListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): SyncStatusListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: SyncStatusListener) = 8UL
+
+    override fun write(value: SyncStatusListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
 
 /**
  * The person who applies.
@@ -3711,6 +5016,17 @@ data class Application (
     var `id`: kotlin.String
     , 
     /**
+     * The dossier number the citizen quotes ("01234-261206-000042"), given at intake; `None`
+     * for applications taken before numbers existed.
+     */
+    var `dossierNumber`: kotlin.String?
+    , 
+    /**
+     * Whether the number is a fallback (the tablet had no block of numbers left).
+     */
+    var `dossierNumberFallback`: kotlin.Boolean
+    , 
+    /**
      * Commune it belongs to.
      */
     var `communeCode`: kotlin.String
@@ -3726,14 +5042,14 @@ data class Application (
     var `applicant`: Applicant
     , 
     /**
-     * When it was received, ms since the epoch (device clock at intake).
+     * When it was received (device clock at intake).
      */
-    var `receivedAtMs`: kotlin.Long
+    var `receivedAt`: java.time.Instant
     , 
     /**
-     * Statutory due date in Vietnam, `YYYY-MM-DD`.
+     * Statutory due date in Vietnam.
      */
-    var `dueDate`: kotlin.String
+    var `dueDate`: CivilDate
     , 
     /**
      * Papers received.
@@ -3781,11 +5097,13 @@ public object FfiConverterTypeApplication: FfiConverterRustBuffer<Application> {
     override fun read(buf: ByteBuffer): Application {
         return Application(
             FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterTypeApplicant.read(buf),
-            FfiConverterLong.read(buf),
-            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterTypeCivilDate.read(buf),
             FfiConverterSequenceTypeReceivedDocument.read(buf),
             FfiConverterSequenceTypeFee.read(buf),
             FfiConverterTypeApplicationStatus.read(buf),
@@ -3797,11 +5115,13 @@ public object FfiConverterTypeApplication: FfiConverterRustBuffer<Application> {
 
     override fun allocationSize(value: Application) = (
             FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterOptionalString.allocationSize(value.`dossierNumber`) +
+            FfiConverterBoolean.allocationSize(value.`dossierNumberFallback`) +
             FfiConverterString.allocationSize(value.`communeCode`) +
             FfiConverterString.allocationSize(value.`procedureCode`) +
             FfiConverterTypeApplicant.allocationSize(value.`applicant`) +
-            FfiConverterLong.allocationSize(value.`receivedAtMs`) +
-            FfiConverterString.allocationSize(value.`dueDate`) +
+            FfiConverterTimestamp.allocationSize(value.`receivedAt`) +
+            FfiConverterTypeCivilDate.allocationSize(value.`dueDate`) +
             FfiConverterSequenceTypeReceivedDocument.allocationSize(value.`documents`) +
             FfiConverterSequenceTypeFee.allocationSize(value.`fees`) +
             FfiConverterTypeApplicationStatus.allocationSize(value.`status`) +
@@ -3812,11 +5132,13 @@ public object FfiConverterTypeApplication: FfiConverterRustBuffer<Application> {
 
     override fun write(value: Application, buf: ByteBuffer) {
             FfiConverterString.write(value.`id`, buf)
+            FfiConverterOptionalString.write(value.`dossierNumber`, buf)
+            FfiConverterBoolean.write(value.`dossierNumberFallback`, buf)
             FfiConverterString.write(value.`communeCode`, buf)
             FfiConverterString.write(value.`procedureCode`, buf)
             FfiConverterTypeApplicant.write(value.`applicant`, buf)
-            FfiConverterLong.write(value.`receivedAtMs`, buf)
-            FfiConverterString.write(value.`dueDate`, buf)
+            FfiConverterTimestamp.write(value.`receivedAt`, buf)
+            FfiConverterTypeCivilDate.write(value.`dueDate`, buf)
             FfiConverterSequenceTypeReceivedDocument.write(value.`documents`, buf)
             FfiConverterSequenceTypeFee.write(value.`fees`, buf)
             FfiConverterTypeApplicationStatus.write(value.`status`, buf)
@@ -3913,24 +5235,24 @@ data class ApplicationQuery (
     var `assignee`: kotlin.String? = null 
     , 
     /**
-     * Due on or after this date (`YYYY-MM-DD`).
+     * Due on or after this date.
      */
-    var `dueFrom`: kotlin.String? = null 
+    var `dueFrom`: CivilDate? = null 
     , 
     /**
-     * Due on or before this date (`YYYY-MM-DD`).
+     * Due on or before this date.
      */
-    var `dueUntil`: kotlin.String? = null 
+    var `dueUntil`: CivilDate? = null 
     , 
     /**
-     * Received at or after (ms since the epoch).
+     * Received at or after.
      */
-    var `receivedFromMs`: kotlin.Long? = null 
+    var `receivedFrom`: java.time.Instant? = null 
     , 
     /**
-     * Received before (ms since the epoch).
+     * Received before.
      */
-    var `receivedUntilMs`: kotlin.Long? = null 
+    var `receivedUntil`: java.time.Instant? = null 
     , 
     /**
      * Only records with unresolved conflicts.
@@ -3977,10 +5299,10 @@ public object FfiConverterTypeApplicationQuery: FfiConverterRustBuffer<Applicati
             FfiConverterOptionalString.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterOptionalString.read(buf),
-            FfiConverterOptionalString.read(buf),
-            FfiConverterOptionalString.read(buf),
-            FfiConverterOptionalLong.read(buf),
-            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalTypeCivilDate.read(buf),
+            FfiConverterOptionalTypeCivilDate.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
             FfiConverterBoolean.read(buf),
             FfiConverterOptionalTypeSortBy.read(buf),
             FfiConverterBoolean.read(buf),
@@ -3995,10 +5317,10 @@ public object FfiConverterTypeApplicationQuery: FfiConverterRustBuffer<Applicati
             FfiConverterOptionalString.allocationSize(value.`procedureCode`) +
             FfiConverterOptionalString.allocationSize(value.`village`) +
             FfiConverterOptionalString.allocationSize(value.`assignee`) +
-            FfiConverterOptionalString.allocationSize(value.`dueFrom`) +
-            FfiConverterOptionalString.allocationSize(value.`dueUntil`) +
-            FfiConverterOptionalLong.allocationSize(value.`receivedFromMs`) +
-            FfiConverterOptionalLong.allocationSize(value.`receivedUntilMs`) +
+            FfiConverterOptionalTypeCivilDate.allocationSize(value.`dueFrom`) +
+            FfiConverterOptionalTypeCivilDate.allocationSize(value.`dueUntil`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`receivedFrom`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`receivedUntil`) +
             FfiConverterBoolean.allocationSize(value.`withConflicts`) +
             FfiConverterOptionalTypeSortBy.allocationSize(value.`sort`) +
             FfiConverterBoolean.allocationSize(value.`descending`) +
@@ -4012,10 +5334,10 @@ public object FfiConverterTypeApplicationQuery: FfiConverterRustBuffer<Applicati
             FfiConverterOptionalString.write(value.`procedureCode`, buf)
             FfiConverterOptionalString.write(value.`village`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
-            FfiConverterOptionalString.write(value.`dueFrom`, buf)
-            FfiConverterOptionalString.write(value.`dueUntil`, buf)
-            FfiConverterOptionalLong.write(value.`receivedFromMs`, buf)
-            FfiConverterOptionalLong.write(value.`receivedUntilMs`, buf)
+            FfiConverterOptionalTypeCivilDate.write(value.`dueFrom`, buf)
+            FfiConverterOptionalTypeCivilDate.write(value.`dueUntil`, buf)
+            FfiConverterOptionalTimestamp.write(value.`receivedFrom`, buf)
+            FfiConverterOptionalTimestamp.write(value.`receivedUntil`, buf)
             FfiConverterBoolean.write(value.`withConflicts`, buf)
             FfiConverterOptionalTypeSortBy.write(value.`sort`, buf)
             FfiConverterBoolean.write(value.`descending`, buf)
@@ -4061,14 +5383,14 @@ data class ApplicationSummary (
     var `assignee`: kotlin.String?
     , 
     /**
-     * Receipt time, ms since the epoch.
+     * When it was received.
      */
-    var `receivedAtMs`: kotlin.Long
+    var `receivedAt`: java.time.Instant
     , 
     /**
-     * Due date, `YYYY-MM-DD`.
+     * Due date.
      */
-    var `dueDate`: kotlin.String
+    var `dueDate`: CivilDate
     , 
     /**
      * Whether a field holds concurrent values (see [`Engine::conflicts`](crate::Engine::conflicts)).
@@ -4096,8 +5418,8 @@ public object FfiConverterTypeApplicationSummary: FfiConverterRustBuffer<Applica
             FfiConverterString.read(buf),
             FfiConverterTypeApplicationStatus.read(buf),
             FfiConverterOptionalString.read(buf),
-            FfiConverterLong.read(buf),
-            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterTypeCivilDate.read(buf),
             FfiConverterBoolean.read(buf),
         )
     }
@@ -4109,8 +5431,8 @@ public object FfiConverterTypeApplicationSummary: FfiConverterRustBuffer<Applica
             FfiConverterString.allocationSize(value.`village`) +
             FfiConverterTypeApplicationStatus.allocationSize(value.`status`) +
             FfiConverterOptionalString.allocationSize(value.`assignee`) +
-            FfiConverterLong.allocationSize(value.`receivedAtMs`) +
-            FfiConverterString.allocationSize(value.`dueDate`) +
+            FfiConverterTimestamp.allocationSize(value.`receivedAt`) +
+            FfiConverterTypeCivilDate.allocationSize(value.`dueDate`) +
             FfiConverterBoolean.allocationSize(value.`hasConflicts`)
     )
 
@@ -4121,8 +5443,8 @@ public object FfiConverterTypeApplicationSummary: FfiConverterRustBuffer<Applica
             FfiConverterString.write(value.`village`, buf)
             FfiConverterTypeApplicationStatus.write(value.`status`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
-            FfiConverterLong.write(value.`receivedAtMs`, buf)
-            FfiConverterString.write(value.`dueDate`, buf)
+            FfiConverterTimestamp.write(value.`receivedAt`, buf)
+            FfiConverterTypeCivilDate.write(value.`dueDate`, buf)
             FfiConverterBoolean.write(value.`hasConflicts`, buf)
     }
 }
@@ -4230,9 +5552,9 @@ public object FfiConverterTypeApplicationUpdate: FfiConverterRustBuffer<Applicat
  */
 data class AuditEntry (
     /**
-     * When, ms since the epoch (device clock corrected by the server's).
+     * When (device clock corrected by the server's).
      */
-    var `atMs`: kotlin.Long
+    var `at`: java.time.Instant
     , 
     /**
      * The officer who decided.
@@ -4294,7 +5616,7 @@ data class AuditEntry (
 public object FfiConverterTypeAuditEntry: FfiConverterRustBuffer<AuditEntry> {
     override fun read(buf: ByteBuffer): AuditEntry {
         return AuditEntry(
-            FfiConverterLong.read(buf),
+            FfiConverterTimestamp.read(buf),
             FfiConverterString.read(buf),
             FfiConverterTypeAuditAction.read(buf),
             FfiConverterString.read(buf),
@@ -4308,7 +5630,7 @@ public object FfiConverterTypeAuditEntry: FfiConverterRustBuffer<AuditEntry> {
     }
 
     override fun allocationSize(value: AuditEntry) = (
-            FfiConverterLong.allocationSize(value.`atMs`) +
+            FfiConverterTimestamp.allocationSize(value.`at`) +
             FfiConverterString.allocationSize(value.`officer`) +
             FfiConverterTypeAuditAction.allocationSize(value.`action`) +
             FfiConverterString.allocationSize(value.`recordId`) +
@@ -4321,7 +5643,7 @@ public object FfiConverterTypeAuditEntry: FfiConverterRustBuffer<AuditEntry> {
     )
 
     override fun write(value: AuditEntry, buf: ByteBuffer) {
-            FfiConverterLong.write(value.`atMs`, buf)
+            FfiConverterTimestamp.write(value.`at`, buf)
             FfiConverterString.write(value.`officer`, buf)
             FfiConverterTypeAuditAction.write(value.`action`, buf)
             FfiConverterString.write(value.`recordId`, buf)
@@ -4559,9 +5881,9 @@ data class CitizenRequest (
     var `reporterContact`: kotlin.String
     , 
     /**
-     * When it was received, ms since the epoch (device clock).
+     * When it was received (device clock).
      */
-    var `receivedAtMs`: kotlin.Long
+    var `receivedAt`: java.time.Instant
     , 
     /**
      * Workflow status.
@@ -4605,7 +5927,7 @@ public object FfiConverterTypeCitizenRequest: FfiConverterRustBuffer<CitizenRequ
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
-            FfiConverterLong.read(buf),
+            FfiConverterTimestamp.read(buf),
             FfiConverterTypeRequestStatus.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterString.read(buf),
@@ -4621,7 +5943,7 @@ public object FfiConverterTypeCitizenRequest: FfiConverterRustBuffer<CitizenRequ
             FfiConverterString.allocationSize(value.`description`) +
             FfiConverterString.allocationSize(value.`reporterName`) +
             FfiConverterString.allocationSize(value.`reporterContact`) +
-            FfiConverterLong.allocationSize(value.`receivedAtMs`) +
+            FfiConverterTimestamp.allocationSize(value.`receivedAt`) +
             FfiConverterTypeRequestStatus.allocationSize(value.`status`) +
             FfiConverterOptionalString.allocationSize(value.`assignee`) +
             FfiConverterString.allocationSize(value.`notes`) +
@@ -4636,7 +5958,7 @@ public object FfiConverterTypeCitizenRequest: FfiConverterRustBuffer<CitizenRequ
             FfiConverterString.write(value.`description`, buf)
             FfiConverterString.write(value.`reporterName`, buf)
             FfiConverterString.write(value.`reporterContact`, buf)
-            FfiConverterLong.write(value.`receivedAtMs`, buf)
+            FfiConverterTimestamp.write(value.`receivedAt`, buf)
             FfiConverterTypeRequestStatus.write(value.`status`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
             FfiConverterString.write(value.`notes`, buf)
@@ -4956,6 +6278,70 @@ public object FfiConverterTypeDossierForm: FfiConverterRustBuffer<DossierForm> {
 
 
 /**
+ * What this tablet has to number dossiers with.
+ */
+data class DossierNumberState (
+    /**
+     * The province's number format (`{agency}-{yymmdd}-{seq:6}` by default).
+     */
+    var `format`: kotlin.String
+    , 
+    /**
+     * Numbers left in the blocks this tablet holds; at 0, intake goes on with flagged fallback
+     * numbers until the next sync.
+     */
+    var `remaining`: kotlin.ULong
+    , 
+    /**
+     * Blocks held (used up or not).
+     */
+    var `blocks`: kotlin.UInt
+    , 
+    /**
+     * Fallback numbers given so far.
+     */
+    var `fallbackUsed`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDossierNumberState: FfiConverterRustBuffer<DossierNumberState> {
+    override fun read(buf: ByteBuffer): DossierNumberState {
+        return DossierNumberState(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DossierNumberState) = (
+            FfiConverterString.allocationSize(value.`format`) +
+            FfiConverterULong.allocationSize(value.`remaining`) +
+            FfiConverterUInt.allocationSize(value.`blocks`) +
+            FfiConverterULong.allocationSize(value.`fallbackUsed`)
+    )
+
+    override fun write(value: DossierNumberState, buf: ByteBuffer) {
+            FfiConverterString.write(value.`format`, buf)
+            FfiConverterULong.write(value.`remaining`, buf)
+            FfiConverterUInt.write(value.`blocks`, buf)
+            FfiConverterULong.write(value.`fallbackUsed`, buf)
+    }
+}
+
+
+
+/**
  * Everything needed to open an [`Engine`](crate::Engine).
  */
 data class EngineConfig (
@@ -4993,6 +6379,21 @@ data class EngineConfig (
      * pulled records an older one could not read.
      */
     var `appVersion`: kotlin.String? = null 
+    , 
+    /**
+     * The province's CA certificates (PEM). When any is given, the server's certificate must
+     * come from one of them and the public web CAs bundled in the library are not trusted.
+     * Several are allowed so that a province can rotate its CA: add the new one, switch the
+     * server's certificate, then remove the old one. Empty: the bundled web roots.
+     */
+    var `trustedCaPem`: List<kotlin.String> = listOf() 
+    , 
+    /**
+     * Pinned server keys: base64 SHA-256 of a certificate's `SubjectPublicKeyInfo` (optionally
+     * `sha256/`-prefixed). When any is given, the server (or an intermediate it sends) must use
+     * one of these keys, on top of the CA check. Several are allowed, for rotation.
+     */
+    var `pinnedKeys`: List<kotlin.String> = listOf() 
     
 ){
     
@@ -5015,6 +6416,8 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterOptionalTypeDeviceCredential.read(buf),
             FfiConverterOptionalTypeBackgroundPolicy.read(buf),
             FfiConverterOptionalString.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterSequenceString.read(buf),
         )
     }
 
@@ -5024,7 +6427,9 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterString.allocationSize(value.`serverUrl`) +
             FfiConverterOptionalTypeDeviceCredential.allocationSize(value.`credential`) +
             FfiConverterOptionalTypeBackgroundPolicy.allocationSize(value.`backgroundPolicy`) +
-            FfiConverterOptionalString.allocationSize(value.`appVersion`)
+            FfiConverterOptionalString.allocationSize(value.`appVersion`) +
+            FfiConverterSequenceString.allocationSize(value.`trustedCaPem`) +
+            FfiConverterSequenceString.allocationSize(value.`pinnedKeys`)
     )
 
     override fun write(value: EngineConfig, buf: ByteBuffer) {
@@ -5034,6 +6439,8 @@ public object FfiConverterTypeEngineConfig: FfiConverterRustBuffer<EngineConfig>
             FfiConverterOptionalTypeDeviceCredential.write(value.`credential`, buf)
             FfiConverterOptionalTypeBackgroundPolicy.write(value.`backgroundPolicy`, buf)
             FfiConverterOptionalString.write(value.`appVersion`, buf)
+            FfiConverterSequenceString.write(value.`trustedCaPem`, buf)
+            FfiConverterSequenceString.write(value.`pinnedKeys`, buf)
     }
 }
 
@@ -5232,9 +6639,9 @@ data class HistoryEntry (
     var `officer`: kotlin.String
     , 
     /**
-     * The device's clock at the time, ms since the epoch (informative: device clocks drift).
+     * The device's clock at the time (informative: device clocks drift).
      */
-    var `deviceTimeMs`: kotlin.Long
+    var `deviceTime`: java.time.Instant
     , 
     /**
      * Fields it touched (`created` for the first change).
@@ -5242,10 +6649,15 @@ data class HistoryEntry (
     var `fields`: List<kotlin.String>
     , 
     /**
-     * When the server received it, ms since the epoch (server clock): the server's fact beside
+     * When the server received it (server clock): the server's fact beside
      * the device's claim. `None` until the server has acknowledged it.
      */
-    var `serverReceivedAtMs`: kotlin.Long?
+    var `serverReceivedAt`: java.time.Instant?
+    , 
+    /**
+     * Whether this device signed the change in a push (its own changes since device keys).
+     */
+    var `signedByThisDevice`: kotlin.Boolean
     
 ){
     
@@ -5265,9 +6677,10 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterString.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterString.read(buf),
-            FfiConverterLong.read(buf),
+            FfiConverterTimestamp.read(buf),
             FfiConverterSequenceString.read(buf),
-            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterBoolean.read(buf),
         )
     }
 
@@ -5275,18 +6688,83 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterString.allocationSize(value.`hash`) +
             FfiConverterOptionalString.allocationSize(value.`deviceId`) +
             FfiConverterString.allocationSize(value.`officer`) +
-            FfiConverterLong.allocationSize(value.`deviceTimeMs`) +
+            FfiConverterTimestamp.allocationSize(value.`deviceTime`) +
             FfiConverterSequenceString.allocationSize(value.`fields`) +
-            FfiConverterOptionalLong.allocationSize(value.`serverReceivedAtMs`)
+            FfiConverterOptionalTimestamp.allocationSize(value.`serverReceivedAt`) +
+            FfiConverterBoolean.allocationSize(value.`signedByThisDevice`)
     )
 
     override fun write(value: HistoryEntry, buf: ByteBuffer) {
             FfiConverterString.write(value.`hash`, buf)
             FfiConverterOptionalString.write(value.`deviceId`, buf)
             FfiConverterString.write(value.`officer`, buf)
-            FfiConverterLong.write(value.`deviceTimeMs`, buf)
+            FfiConverterTimestamp.write(value.`deviceTime`, buf)
             FfiConverterSequenceString.write(value.`fields`, buf)
-            FfiConverterOptionalLong.write(value.`serverReceivedAtMs`, buf)
+            FfiConverterOptionalTimestamp.write(value.`serverReceivedAt`, buf)
+            FfiConverterBoolean.write(value.`signedByThisDevice`, buf)
+    }
+}
+
+
+
+/**
+ * One log line.
+ */
+data class LogRecord (
+    /**
+     * Its severity.
+     */
+    var `level`: LogLevel
+    , 
+    /**
+     * Where it comes from (a Rust module path, `communesync_core::sync::client`).
+     */
+    var `target`: kotlin.String
+    , 
+    /**
+     * The message, then its fields as `name=value`.
+     */
+    var `message`: kotlin.String
+    , 
+    /**
+     * When it was emitted.
+     */
+    var `at`: java.time.Instant
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeLogRecord: FfiConverterRustBuffer<LogRecord> {
+    override fun read(buf: ByteBuffer): LogRecord {
+        return LogRecord(
+            FfiConverterTypeLogLevel.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: LogRecord) = (
+            FfiConverterTypeLogLevel.allocationSize(value.`level`) +
+            FfiConverterString.allocationSize(value.`target`) +
+            FfiConverterString.allocationSize(value.`message`) +
+            FfiConverterTimestamp.allocationSize(value.`at`)
+    )
+
+    override fun write(value: LogRecord, buf: ByteBuffer) {
+            FfiConverterTypeLogLevel.write(value.`level`, buf)
+            FfiConverterString.write(value.`target`, buf)
+            FfiConverterString.write(value.`message`, buf)
+            FfiConverterTimestamp.write(value.`at`, buf)
     }
 }
 
@@ -5312,9 +6790,9 @@ data class NewApplication (
     var `applicant`: Applicant
     , 
     /**
-     * Receipt time in ms since the epoch; `None` for now.
+     * When it was received; `None` for now.
      */
-    var `receivedAtMs`: kotlin.Long? = null 
+    var `receivedAt`: java.time.Instant? = null 
     , 
     /**
      * Papers received.
@@ -5354,7 +6832,7 @@ public object FfiConverterTypeNewApplication: FfiConverterRustBuffer<NewApplicat
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterTypeApplicant.read(buf),
-            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
             FfiConverterSequenceTypeReceivedDocument.read(buf),
             FfiConverterSequenceTypeFee.read(buf),
             FfiConverterOptionalString.read(buf),
@@ -5366,7 +6844,7 @@ public object FfiConverterTypeNewApplication: FfiConverterRustBuffer<NewApplicat
             FfiConverterString.allocationSize(value.`communeCode`) +
             FfiConverterString.allocationSize(value.`procedureCode`) +
             FfiConverterTypeApplicant.allocationSize(value.`applicant`) +
-            FfiConverterOptionalLong.allocationSize(value.`receivedAtMs`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`receivedAt`) +
             FfiConverterSequenceTypeReceivedDocument.allocationSize(value.`documents`) +
             FfiConverterSequenceTypeFee.allocationSize(value.`fees`) +
             FfiConverterOptionalString.allocationSize(value.`assignee`) +
@@ -5377,7 +6855,7 @@ public object FfiConverterTypeNewApplication: FfiConverterRustBuffer<NewApplicat
             FfiConverterString.write(value.`communeCode`, buf)
             FfiConverterString.write(value.`procedureCode`, buf)
             FfiConverterTypeApplicant.write(value.`applicant`, buf)
-            FfiConverterOptionalLong.write(value.`receivedAtMs`, buf)
+            FfiConverterOptionalTimestamp.write(value.`receivedAt`, buf)
             FfiConverterSequenceTypeReceivedDocument.write(value.`documents`, buf)
             FfiConverterSequenceTypeFee.write(value.`fees`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
@@ -5422,9 +6900,9 @@ data class NewCitizenRequest (
     var `reporterContact`: kotlin.String = "" 
     , 
     /**
-     * Receipt time in ms since the epoch; `None` for now.
+     * When it was received; `None` for now.
      */
-    var `receivedAtMs`: kotlin.Long? = null 
+    var `receivedAt`: java.time.Instant? = null 
     , 
     /**
      * Officer handling it.
@@ -5457,7 +6935,7 @@ public object FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer<NewCitiz
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
-            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterString.read(buf),
         )
@@ -5470,7 +6948,7 @@ public object FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer<NewCitiz
             FfiConverterString.allocationSize(value.`village`) +
             FfiConverterString.allocationSize(value.`reporterName`) +
             FfiConverterString.allocationSize(value.`reporterContact`) +
-            FfiConverterOptionalLong.allocationSize(value.`receivedAtMs`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`receivedAt`) +
             FfiConverterOptionalString.allocationSize(value.`assignee`) +
             FfiConverterString.allocationSize(value.`notes`)
     )
@@ -5482,7 +6960,7 @@ public object FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer<NewCitiz
             FfiConverterString.write(value.`village`, buf)
             FfiConverterString.write(value.`reporterName`, buf)
             FfiConverterString.write(value.`reporterContact`, buf)
-            FfiConverterOptionalLong.write(value.`receivedAtMs`, buf)
+            FfiConverterOptionalTimestamp.write(value.`receivedAt`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
             FfiConverterString.write(value.`notes`, buf)
     }
@@ -5919,14 +7397,14 @@ data class QuarantinedRecord (
     var `message`: kotlin.String
     , 
     /**
-     * When it was first set aside, ms since the epoch (device clock corrected by the server's).
+     * When it was first set aside (device clock corrected by the server's).
      */
-    var `firstAtMs`: kotlin.Long
+    var `firstAt`: java.time.Instant
     , 
     /**
      * When it was last refused or tried.
      */
-    var `lastAtMs`: kotlin.Long
+    var `lastAt`: java.time.Instant
     , 
     /**
      * Times refused (outgoing) or tried (incoming).
@@ -5959,8 +7437,8 @@ public object FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer<Quaranti
             FfiConverterTypeQuarantineDirection.read(buf),
             FfiConverterString.read(buf),
             FfiConverterString.read(buf),
-            FfiConverterLong.read(buf),
-            FfiConverterLong.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterTimestamp.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterBoolean.read(buf),
         )
@@ -5973,8 +7451,8 @@ public object FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer<Quaranti
             FfiConverterTypeQuarantineDirection.allocationSize(value.`direction`) +
             FfiConverterString.allocationSize(value.`code`) +
             FfiConverterString.allocationSize(value.`message`) +
-            FfiConverterLong.allocationSize(value.`firstAtMs`) +
-            FfiConverterLong.allocationSize(value.`lastAtMs`) +
+            FfiConverterTimestamp.allocationSize(value.`firstAt`) +
+            FfiConverterTimestamp.allocationSize(value.`lastAt`) +
             FfiConverterUInt.allocationSize(value.`attempts`) +
             FfiConverterBoolean.allocationSize(value.`changesKept`)
     )
@@ -5986,10 +7464,271 @@ public object FfiConverterTypeQuarantinedRecord: FfiConverterRustBuffer<Quaranti
             FfiConverterTypeQuarantineDirection.write(value.`direction`, buf)
             FfiConverterString.write(value.`code`, buf)
             FfiConverterString.write(value.`message`, buf)
-            FfiConverterLong.write(value.`firstAtMs`, buf)
-            FfiConverterLong.write(value.`lastAtMs`, buf)
+            FfiConverterTimestamp.write(value.`firstAt`, buf)
+            FfiConverterTimestamp.write(value.`lastAt`, buf)
             FfiConverterUInt.write(value.`attempts`, buf)
             FfiConverterBoolean.write(value.`changesKept`, buf)
+    }
+}
+
+
+
+/**
+ * What a signed receipt states, with its QR payload.
+ */
+data class ReceiptInfo (
+    /**
+     * The QR payload (base45 text, at most 600 characters): print it as a QR code.
+     */
+    var `payload`: kotlin.String
+    , 
+    /**
+     * Dossier number (empty when the record has none).
+     */
+    var `dossierNumber`: kotlin.String
+    , 
+    /**
+     * Record id.
+     */
+    var `recordId`: kotlin.String
+    , 
+    /**
+     * Commune code.
+     */
+    var `communeCode`: kotlin.String
+    , 
+    /**
+     * Procedure code.
+     */
+    var `procedureCode`: kotlin.String
+    , 
+    /**
+     * Catalogue version the procedure was taken from.
+     */
+    var `procedureVersion`: kotlin.ULong
+    , 
+    /**
+     * Applicant's name.
+     */
+    var `applicantName`: kotlin.String
+    , 
+    /**
+     * Papers listed (the first ones when there were many).
+     */
+    var `papers`: List<ReceiptPaperInfo>
+    , 
+    /**
+     * Papers left out of `papers` for room.
+     */
+    var `papersOmitted`: kotlin.UInt
+    , 
+    /**
+     * Received time, ms since the epoch.
+     */
+    var `receivedAtMs`: kotlin.Long
+    , 
+    /**
+     * Appointment date for the result, `YYYY-MM-DD`.
+     */
+    var `dueDate`: kotlin.String
+    , 
+    /**
+     * Officer who received the dossier.
+     */
+    var `officer`: kotlin.String
+    , 
+    /**
+     * Device that signed.
+     */
+    var `deviceId`: kotlin.String
+    , 
+    /**
+     * When it was signed, ms since the epoch.
+     */
+    var `signedAtMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptInfo: FfiConverterRustBuffer<ReceiptInfo> {
+    override fun read(buf: ByteBuffer): ReceiptInfo {
+        return ReceiptInfo(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeReceiptPaperInfo.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReceiptInfo) = (
+            FfiConverterString.allocationSize(value.`payload`) +
+            FfiConverterString.allocationSize(value.`dossierNumber`) +
+            FfiConverterString.allocationSize(value.`recordId`) +
+            FfiConverterString.allocationSize(value.`communeCode`) +
+            FfiConverterString.allocationSize(value.`procedureCode`) +
+            FfiConverterULong.allocationSize(value.`procedureVersion`) +
+            FfiConverterString.allocationSize(value.`applicantName`) +
+            FfiConverterSequenceTypeReceiptPaperInfo.allocationSize(value.`papers`) +
+            FfiConverterUInt.allocationSize(value.`papersOmitted`) +
+            FfiConverterLong.allocationSize(value.`receivedAtMs`) +
+            FfiConverterString.allocationSize(value.`dueDate`) +
+            FfiConverterString.allocationSize(value.`officer`) +
+            FfiConverterString.allocationSize(value.`deviceId`) +
+            FfiConverterLong.allocationSize(value.`signedAtMs`)
+    )
+
+    override fun write(value: ReceiptInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`payload`, buf)
+            FfiConverterString.write(value.`dossierNumber`, buf)
+            FfiConverterString.write(value.`recordId`, buf)
+            FfiConverterString.write(value.`communeCode`, buf)
+            FfiConverterString.write(value.`procedureCode`, buf)
+            FfiConverterULong.write(value.`procedureVersion`, buf)
+            FfiConverterString.write(value.`applicantName`, buf)
+            FfiConverterSequenceTypeReceiptPaperInfo.write(value.`papers`, buf)
+            FfiConverterUInt.write(value.`papersOmitted`, buf)
+            FfiConverterLong.write(value.`receivedAtMs`, buf)
+            FfiConverterString.write(value.`dueDate`, buf)
+            FfiConverterString.write(value.`officer`, buf)
+            FfiConverterString.write(value.`deviceId`, buf)
+            FfiConverterLong.write(value.`signedAtMs`, buf)
+    }
+}
+
+
+
+/**
+ * A paper listed on a receipt.
+ */
+data class ReceiptPaperInfo (
+    /**
+     * What it is.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Copies received.
+     */
+    var `copies`: kotlin.UInt
+    , 
+    /**
+     * Whether the original was shown.
+     */
+    var `original`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptPaperInfo: FfiConverterRustBuffer<ReceiptPaperInfo> {
+    override fun read(buf: ByteBuffer): ReceiptPaperInfo {
+        return ReceiptPaperInfo(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReceiptPaperInfo) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterUInt.allocationSize(value.`copies`) +
+            FfiConverterBoolean.allocationSize(value.`original`)
+    )
+
+    override fun write(value: ReceiptPaperInfo, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterUInt.write(value.`copies`, buf)
+            FfiConverterBoolean.write(value.`original`, buf)
+    }
+}
+
+
+
+/**
+ * The verdict on a scanned receipt.
+ */
+data class ReceiptVerdict (
+    /**
+     * Whether the receipt is genuine.
+     */
+    var `valid`: kotlin.Boolean
+    , 
+    /**
+     * Why not: `malformed`, `unknown_device`, `key_revoked`, `key_replaced`, `bad_signature`.
+     */
+    var `code`: kotlin.String?
+    , 
+    /**
+     * Readable reason.
+     */
+    var `message`: kotlin.String?
+    , 
+    /**
+     * What the genuine receipt states.
+     */
+    var `receipt`: ReceiptInfo?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReceiptVerdict: FfiConverterRustBuffer<ReceiptVerdict> {
+    override fun read(buf: ByteBuffer): ReceiptVerdict {
+        return ReceiptVerdict(
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalTypeReceiptInfo.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReceiptVerdict) = (
+            FfiConverterBoolean.allocationSize(value.`valid`) +
+            FfiConverterOptionalString.allocationSize(value.`code`) +
+            FfiConverterOptionalString.allocationSize(value.`message`) +
+            FfiConverterOptionalTypeReceiptInfo.allocationSize(value.`receipt`)
+    )
+
+    override fun write(value: ReceiptVerdict, buf: ByteBuffer) {
+            FfiConverterBoolean.write(value.`valid`, buf)
+            FfiConverterOptionalString.write(value.`code`, buf)
+            FfiConverterOptionalString.write(value.`message`, buf)
+            FfiConverterOptionalTypeReceiptInfo.write(value.`receipt`, buf)
     }
 }
 
@@ -6540,14 +8279,14 @@ data class SyncStatus (
     var `upgradeRequired`: kotlin.Boolean
     , 
     /**
-     * Server time of the last successful sync (ms since the epoch), kept in the store.
+     * Server time of the last successful sync, kept in the store.
      */
-    var `lastServerSyncMs`: kotlin.Long?
+    var `lastServerSync`: java.time.Instant?
     , 
     /**
      * Device time of the last successful sync in this process.
      */
-    var `lastSuccessMs`: kotlin.Long?
+    var `lastSuccess`: java.time.Instant?
     , 
     /**
      * Syncs that failed since the last success (in this process).
@@ -6591,8 +8330,8 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.read(buf),
             FfiConverterOptionalString.read(buf),
             FfiConverterBoolean.read(buf),
-            FfiConverterOptionalLong.read(buf),
-            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
             FfiConverterUInt.read(buf),
             FfiConverterOptionalTypeErrorKind.read(buf),
             FfiConverterOptionalString.read(buf),
@@ -6608,8 +8347,8 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterOptionalString.allocationSize(value.`enrolledCommune`) +
             FfiConverterBoolean.allocationSize(value.`upgradeRequired`) +
-            FfiConverterOptionalLong.allocationSize(value.`lastServerSyncMs`) +
-            FfiConverterOptionalLong.allocationSize(value.`lastSuccessMs`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`lastServerSync`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`lastSuccess`) +
             FfiConverterUInt.allocationSize(value.`consecutiveFailures`) +
             FfiConverterOptionalTypeErrorKind.allocationSize(value.`lastErrorKind`) +
             FfiConverterOptionalString.allocationSize(value.`lastError`) +
@@ -6624,8 +8363,8 @@ public object FfiConverterTypeSyncStatus: FfiConverterRustBuffer<SyncStatus> {
             FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterOptionalString.write(value.`enrolledCommune`, buf)
             FfiConverterBoolean.write(value.`upgradeRequired`, buf)
-            FfiConverterOptionalLong.write(value.`lastServerSyncMs`, buf)
-            FfiConverterOptionalLong.write(value.`lastSuccessMs`, buf)
+            FfiConverterOptionalTimestamp.write(value.`lastServerSync`, buf)
+            FfiConverterOptionalTimestamp.write(value.`lastSuccess`, buf)
             FfiConverterUInt.write(value.`consecutiveFailures`, buf)
             FfiConverterOptionalTypeErrorKind.write(value.`lastErrorKind`, buf)
             FfiConverterOptionalString.write(value.`lastError`, buf)
@@ -6882,6 +8621,15 @@ sealed class CommuneSyncException(message: String): kotlin.Exception(message) {
         class Wiped(message: String) : CommuneSyncException(message)
         
     /**
+     * The server's certificate is not trusted: another CA than the configured ones, expired
+     * (or the tablet's clock is wrong), issued for another host name, or no pinned key; the
+     * message says which. Not `Offline`: retrying on the same network will not help (a captive
+     * Wi-Fi portal, a wrong clock or a wrong `server_url` might be the cause); the background
+     * policy waits an hour, then longer, before trying again.
+     */
+        class UntrustedServer(message: String) : CommuneSyncException(message)
+        
+    /**
      * The server no longer accepts this version of the app: nothing syncs until the app is
      * upgraded (the background policy says `Stop` until then). Local work goes on and is kept.
      */
@@ -6925,11 +8673,12 @@ public object FfiConverterTypeCommuneSyncError : FfiConverterRustBuffer<CommuneS
             2 -> CommuneSyncException.Unauthorized(FfiConverterString.read(buf))
             3 -> CommuneSyncException.Revoked(FfiConverterString.read(buf))
             4 -> CommuneSyncException.Wiped(FfiConverterString.read(buf))
-            5 -> CommuneSyncException.UpgradeRequired(FfiConverterString.read(buf))
-            6 -> CommuneSyncException.InvalidInput(FfiConverterString.read(buf))
-            7 -> CommuneSyncException.NotFound(FfiConverterString.read(buf))
-            8 -> CommuneSyncException.Conflict(FfiConverterString.read(buf))
-            9 -> CommuneSyncException.Storage(FfiConverterString.read(buf))
+            5 -> CommuneSyncException.UntrustedServer(FfiConverterString.read(buf))
+            6 -> CommuneSyncException.UpgradeRequired(FfiConverterString.read(buf))
+            7 -> CommuneSyncException.InvalidInput(FfiConverterString.read(buf))
+            8 -> CommuneSyncException.NotFound(FfiConverterString.read(buf))
+            9 -> CommuneSyncException.Conflict(FfiConverterString.read(buf))
+            10 -> CommuneSyncException.Storage(FfiConverterString.read(buf))
             else -> throw RuntimeException("invalid error enum value, something is very wrong!!")
         }
         
@@ -6957,24 +8706,28 @@ public object FfiConverterTypeCommuneSyncError : FfiConverterRustBuffer<CommuneS
                 buf.putInt(4)
                 Unit
             }
-            is CommuneSyncException.UpgradeRequired -> {
+            is CommuneSyncException.UntrustedServer -> {
                 buf.putInt(5)
                 Unit
             }
-            is CommuneSyncException.InvalidInput -> {
+            is CommuneSyncException.UpgradeRequired -> {
                 buf.putInt(6)
                 Unit
             }
-            is CommuneSyncException.NotFound -> {
+            is CommuneSyncException.InvalidInput -> {
                 buf.putInt(7)
                 Unit
             }
-            is CommuneSyncException.Conflict -> {
+            is CommuneSyncException.NotFound -> {
                 buf.putInt(8)
                 Unit
             }
-            is CommuneSyncException.Storage -> {
+            is CommuneSyncException.Conflict -> {
                 buf.putInt(9)
+                Unit
+            }
+            is CommuneSyncException.Storage -> {
+                buf.putInt(10)
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
@@ -7151,6 +8904,10 @@ enum class ErrorKind {
      * See [`CommuneSyncError::Wiped`].
      */
     WIPED,
+    /**
+     * See [`CommuneSyncError::UntrustedServer`].
+     */
+    UNTRUSTED_SERVER,
     /**
      * See [`CommuneSyncError::UpgradeRequired`].
      */
@@ -7672,6 +9429,61 @@ public object FfiConverterTypeFormValue : FfiConverterRustBuffer<FormValue>{
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * Severity of a log record, most severe first.
+ */
+
+enum class LogLevel {
+    
+    /**
+     * Something failed.
+     */
+    ERROR,
+    /**
+     * Something unexpected that the engine handled (a refused record, a retry).
+     */
+    WARN,
+    /**
+     * A milestone (sync done, store opened, key rotated).
+     */
+    INFO,
+    /**
+     * Details for diagnosing (each retry, each request).
+     */
+    DEBUG,
+    /**
+     * Everything.
+     */
+    TRACE;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeLogLevel: FfiConverterRustBuffer<LogLevel> {
+    override fun read(buf: ByteBuffer) = try {
+        LogLevel.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: LogLevel) = 4UL
+
+    override fun write(value: LogLevel, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
     }
 }
 
@@ -8215,6 +10027,70 @@ public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?>
 /**
  * @suppress
  */
+public object FfiConverterOptionalTimestamp: FfiConverterRustBuffer<java.time.Instant?> {
+    override fun read(buf: ByteBuffer): java.time.Instant? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTimestamp.read(buf)
+    }
+
+    override fun allocationSize(value: java.time.Instant?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTimestamp.allocationSize(value)
+        }
+    }
+
+    override fun write(value: java.time.Instant?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTimestamp.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeEngineLogger: FfiConverterRustBuffer<EngineLogger?> {
+    override fun read(buf: ByteBuffer): EngineLogger? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeEngineLogger.read(buf)
+    }
+
+    override fun allocationSize(value: EngineLogger?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeEngineLogger.allocationSize(value)
+        }
+    }
+
+    override fun write(value: EngineLogger?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeEngineLogger.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeApplicant: FfiConverterRustBuffer<Applicant?> {
     override fun read(buf: ByteBuffer): Applicant? {
         if (buf.get().toInt() == 0) {
@@ -8237,6 +10113,38 @@ public object FfiConverterOptionalTypeApplicant: FfiConverterRustBuffer<Applican
         } else {
             buf.put(1)
             FfiConverterTypeApplicant.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeApplication: FfiConverterRustBuffer<Application?> {
+    override fun read(buf: ByteBuffer): Application? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeApplication.read(buf)
+    }
+
+    override fun allocationSize(value: Application?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeApplication.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Application?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeApplication.write(value, buf)
         }
     }
 }
@@ -8301,6 +10209,38 @@ public object FfiConverterOptionalTypeDeviceCredential: FfiConverterRustBuffer<D
         } else {
             buf.put(1)
             FfiConverterTypeDeviceCredential.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeReceiptInfo: FfiConverterRustBuffer<ReceiptInfo?> {
+    override fun read(buf: ByteBuffer): ReceiptInfo? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeReceiptInfo.read(buf)
+    }
+
+    override fun allocationSize(value: ReceiptInfo?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeReceiptInfo.allocationSize(value)
+        }
+    }
+
+    override fun write(value: ReceiptInfo?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeReceiptInfo.write(value, buf)
         }
     }
 }
@@ -8525,6 +10465,38 @@ public object FfiConverterOptionalSequenceTypeReceivedDocument: FfiConverterRust
         } else {
             buf.put(1)
             FfiConverterSequenceTypeReceivedDocument.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeCivilDate: FfiConverterRustBuffer<CivilDate?> {
+    override fun read(buf: ByteBuffer): CivilDate? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeCivilDate.read(buf)
+    }
+
+    override fun allocationSize(value: CivilDate?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeCivilDate.allocationSize(value)
+        }
+    }
+
+    override fun write(value: CivilDate?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeCivilDate.write(value, buf)
         }
     }
 }
@@ -8871,6 +10843,34 @@ public object FfiConverterSequenceTypeQuarantinedRecord: FfiConverterRustBuffer<
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeReceiptPaperInfo: FfiConverterRustBuffer<List<ReceiptPaperInfo>> {
+    override fun read(buf: ByteBuffer): List<ReceiptPaperInfo> {
+        val len = buf.getInt()
+        return List<ReceiptPaperInfo>(len) {
+            FfiConverterTypeReceiptPaperInfo.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReceiptPaperInfo>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReceiptPaperInfo.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReceiptPaperInfo>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReceiptPaperInfo.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer<List<ReceivedDocument>> {
     override fun read(buf: ByteBuffer): List<ReceivedDocument> {
         val len = buf.getInt()
@@ -9009,8 +11009,59 @@ public object FfiConverterSequenceTypeStatusCount: FfiConverterRustBuffer<List<S
 
 
 
+public typealias CivilDate = java.time.LocalDate
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeCivilDate: FfiConverter<CivilDate, RustBuffer.ByValue> {
+    override fun lift(value: RustBuffer.ByValue): CivilDate {
+        val builtinValue = FfiConverterString.lift(value)
+        return java.time.LocalDate.parse(builtinValue)
+    }
+
+    override fun lower(value: CivilDate): RustBuffer.ByValue {
+        val builtinValue = value.toString()
+        return FfiConverterString.lower(builtinValue)
+    }
+
+    override fun read(buf: ByteBuffer): CivilDate {
+        val builtinValue = FfiConverterString.read(buf)
+        return java.time.LocalDate.parse(builtinValue)
+    }
+
+    override fun allocationSize(value: CivilDate): ULong {
+        val builtinValue = value.toString()
+        return FfiConverterString.allocationSize(builtinValue)
+    }
+
+    override fun write(value: CivilDate, buf: ByteBuffer) {
+        val builtinValue = value.toString()
+        FfiConverterString.write(builtinValue, buf)
+    }
+}
 
 
+
+
+
+
+
+
+        /**
+         * Sends the engine's logs at `min_level` and above to `logger` from now on (`None`: stop).
+         * One logger per process; a later call replaces it.
+         */ fun `setLogger`(`logger`: EngineLogger?, `minLevel`: LogLevel)
+        = 
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_func_set_logger(
+    
+        
+        FfiConverterOptionalTypeEngineLogger.lower(`logger`),
+        FfiConverterTypeLogLevel.lower(`minLevel`),_status)
+}
+    
+    
 
         /**
          * When the next background sync should run, by `policy` (the defaults when `None`). A pure
@@ -9023,6 +11074,19 @@ public object FfiConverterSequenceTypeStatusCount: FfiConverterRustBuffer<List<S
         
         FfiConverterTypePolicyInput.lower(`input`),
         FfiConverterOptionalTypeBackgroundPolicy.lower(`policy`),_status)
+}
+    )
+    }
+    
+
+        /**
+         * Most characters of a receipt's QR payload.
+         */ fun `receiptPayloadMaxChars`(): kotlin.UInt {
+            return FfiConverterUInt.lift(
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_func_receipt_payload_max_chars(
+    
+        _status)
 }
     )
     }
