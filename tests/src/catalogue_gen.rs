@@ -289,6 +289,7 @@ pub fn generated_catalogue(count: usize, seed: u64) -> CatalogueFile {
         procedures,
         holidays: Vec::new(),
         calendar,
+        version: None,
     }
 }
 

@@ -6,13 +6,15 @@
 //! - [`form`]: a procedure's typed form and the check of a dossier's values against it;
 //! - [`calendar`]: working days and hours with overrides both ways (days off, compensatory
 //!   working days);
-//! - [`date`]: civil dates in Vietnam.
+//! - [`date`]: civil dates in Vietnam;
+//! - [`delta`]: the catalogue on the sync wire, by delta (protocol 4 tags 5 and 6).
 //!
 //! Dates are civil dates in Vietnam (UTC+7, no daylight saving), whatever the tablet's time
 //! zone setting says.
 
 pub mod calendar;
 pub mod date;
+pub mod delta;
 pub mod form;
 pub mod procedure;
 

@@ -285,6 +285,11 @@ pub struct CatalogueFile {
     /// Overrides of the week's rule, both ways.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub calendar: Vec<CalendarOverride>,
+    /// The province's catalogue version this file is (a file exported by the server): a tablet
+    /// that installs it asks the server only for what changed after it. `None` in a hand-made
+    /// file (the tablet's first sync then brings the whole catalogue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
 }
 
 /// Most procedures in one catalogue.

@@ -14,6 +14,8 @@ use std::sync::Arc;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 
 use super::DeviceStore;
+use crate::catalogue::delta::{CalendarUpdate, CatalogueDelta, CatalogueEntry, CatalogueHeld};
+use crate::catalogue::procedure::MAX_OVERRIDES;
 use crate::catalogue::{
     CalendarOverride, CatalogueFile, CivilDate, Procedure, ProcessingTime, WorkingCalendar,
 };
@@ -23,6 +25,9 @@ use crate::search::fold;
 use crate::{Error, Result};
 
 const META_CATALOGUE_VERSION: &str = "catalogue_version";
+/// Where the device stopped in a paged delta (JSON of a `CataloguePosition`).
+const META_CATALOGUE_RESUME: &str = "catalogue_resume";
+const META_CALENDAR_VERSION: &str = "calendar_version";
 /// Most procedures one search or sector list returns.
 pub const MAX_SEARCH_RESULTS: u32 = 200;
 
@@ -188,10 +193,115 @@ impl DeviceStore {
     /// Installs a catalogue file before the first sync (`communesync device catalogue import`,
     /// the bindings): procedures and calendar, without claiming a province catalogue version,
     /// so the first sync still brings what changed since. Returns how many procedures it holds.
+    ///
+    /// A file exported by the server carries its catalogue version: the tablet then holds that
+    /// version (catalogue and calendar), and its first sync brings only what changed after it.
+    /// A file older than the version the tablet holds is refused (it would take procedures
+    /// back).
     pub fn install_catalogue_file(&mut self, json: &str) -> Result<usize> {
         let file = CatalogueFile::parse(json)?;
-        self.install(&file, None)?;
+        if let Some(version) = file.version {
+            let held = self.catalogue_version()?;
+            if version < held {
+                return Err(Error::invalid(
+                    "catalogue",
+                    format!("file version {version} is older than the version held ({held})"),
+                ));
+            }
+        }
+        self.install(&file, file.version)?;
         Ok(file.procedures.len())
+    }
+
+    /// What this device holds of the catalogue, as a sync request says it (tag 5).
+    pub fn catalogue_held(&self) -> Result<CatalogueHeld> {
+        let resume = self
+            .meta_text(META_CATALOGUE_RESUME)?
+            .and_then(|text| serde_json::from_str(&text).ok());
+        Ok(CatalogueHeld {
+            version: self.catalogue_version()?,
+            resume,
+            calendar_version: self.meta_number(META_CALENDAR_VERSION)?,
+        })
+    }
+
+    /// Installs one page of a catalogue delta from the server, in one transaction: procedures
+    /// added or given a new version (each checked as a file's), removals (the procedure leaves
+    /// the list; its versions stay for the dossiers pinning them), then the position (the
+    /// catalogue version with the last page). A page with a bad entry changes nothing.
+    /// Returns how many entries it installed.
+    pub fn apply_catalogue_delta(&mut self, delta: &CatalogueDelta) -> Result<usize> {
+        let mut puts = Vec::new();
+        for entry in &delta.entries {
+            if let CatalogueEntry::Put(json) = entry {
+                let p = parse_body(json)?;
+                p.validate().map_err(|e| Error::invalid("catalogue", e))?;
+                puts.push(p);
+            }
+        }
+        let tx = self.conn.transaction()?;
+        let mut puts = puts.iter();
+        for entry in &delta.entries {
+            match entry {
+                CatalogueEntry::Put(_) => {
+                    if let Some(p) = puts.next() {
+                        upsert_procedure(&tx, p)?;
+                    }
+                }
+                CatalogueEntry::Removed(code) => {
+                    tx.prepare_cached("DELETE FROM procedures WHERE code = ?1")?
+                        .execute([code])?;
+                }
+            }
+        }
+        match &delta.more {
+            Some(position) => {
+                let text =
+                    serde_json::to_string(position).map_err(|e| Error::Document(e.to_string()))?;
+                set_meta(&tx, META_CATALOGUE_RESUME, &text)?;
+            }
+            None => {
+                tx.execute("DELETE FROM meta WHERE key = ?1", [META_CATALOGUE_RESUME])?;
+                set_catalogue_version(&tx, delta.version)?;
+            }
+        }
+        tx.commit()?;
+        Ok(delta.entries.len())
+    }
+
+    /// Replaces the working calendar by the province's (tag 6) and holds its version.
+    pub fn apply_calendar_update(&mut self, update: &CalendarUpdate) -> Result<()> {
+        if update.overrides.len() > MAX_OVERRIDES {
+            return Err(Error::invalid(
+                "calendar",
+                format!("more than {MAX_OVERRIDES} days"),
+            ));
+        }
+        let tx = self.conn.transaction()?;
+        write_calendar(&tx, &update.overrides)?;
+        set_meta_number(&tx, META_CALENDAR_VERSION, update.version)?;
+        tx.commit()?;
+        self.calendar = WorkingCalendar::from_overrides(&update.overrides);
+        Ok(())
+    }
+
+    fn meta_text(&self, key: &str) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get::<_, String>(0)
+            })
+            .optional()?)
+    }
+
+    fn meta_number(&self, key: &str) -> Result<u64> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                row.get::<_, i64>(0)
+            })
+            .optional()?
+            .map_or(0, |v| u64::try_from(v).unwrap_or(0)))
     }
 
     fn install(&mut self, file: &CatalogueFile, version: Option<u64>) -> Result<()> {
@@ -203,6 +313,10 @@ impl DeviceStore {
         write_calendar(&tx, &overrides)?;
         if let Some(version) = version {
             set_catalogue_version(&tx, version)?;
+            // A whole catalogue: no page of an older delta is pending, and the calendar is
+            // this version's.
+            tx.execute("DELETE FROM meta WHERE key = ?1", [META_CATALOGUE_RESUME])?;
+            set_meta_number(&tx, META_CALENDAR_VERSION, version)?;
         }
         tx.commit()?;
         self.calendar = WorkingCalendar::from_overrides(&overrides);
@@ -366,12 +480,21 @@ pub(super) fn upsert_procedure(tx: &Transaction<'_>, p: &Procedure) -> Result<()
 }
 
 pub(super) fn set_catalogue_version(tx: &Transaction<'_>, version: u64) -> Result<()> {
+    set_meta_number(tx, META_CATALOGUE_VERSION, version)
+}
+
+fn set_meta_number(tx: &Transaction<'_>, key: &str, value: u64) -> Result<()> {
     tx.execute(
         "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
-        params![
-            META_CATALOGUE_VERSION,
-            i64::try_from(version).unwrap_or(i64::MAX)
-        ],
+        params![key, i64::try_from(value).unwrap_or(i64::MAX)],
+    )?;
+    Ok(())
+}
+
+fn set_meta(tx: &Transaction<'_>, key: &str, value: &str) -> Result<()> {
+    tx.execute(
+        "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+        params![key, value],
     )?;
     Ok(())
 }
