@@ -129,9 +129,11 @@ pub async fn delta_page<S: ServerStorage + ?Sized>(
     } else {
         None
     };
+    // Without a page under way: everything of the publications after the tablet's version
+    // (the empty code sorts before every procedure code, which is never empty).
     let (publication, code) = match &held.resume {
         Some(position) => (position.publication, position.code.clone()),
-        None => (held.version, String::new()),
+        None => (held.version.saturating_add(1), String::new()),
     };
     if held.resume.is_none() && held.version >= head.version {
         return Ok((None, calendar));
