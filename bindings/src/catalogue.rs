@@ -455,6 +455,13 @@ impl Engine {
         })
     }
 
+    /// The province catalogue version this device holds (0: none yet). A file installed before
+    /// the first sync may set it (an exported file carries its version); each sync then brings
+    /// only what changed after it.
+    pub async fn catalogue_version(&self) -> Result<u64> {
+        self.with_store(|s| Ok(s.catalogue_version()?)).await
+    }
+
     /// A dossier's pinned procedure version and form values.
     pub async fn dossier_form(&self, id: String) -> Result<DossierForm> {
         let id: RecordId = parse_id(&id)?;

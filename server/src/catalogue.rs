@@ -115,7 +115,16 @@ pub async fn delta_page<S: ServerStorage + ?Sized>(
     head: &CatalogueHead,
     held: &CatalogueHeld,
 ) -> Result<(Option<CatalogueDelta>, Option<CalendarUpdate>)> {
-    let calendar = if head.calendar_version > held.calendar_version {
+    // A version this server never reached (the tablet's catalogue is from before a restore of
+    // the server's database, or from another server) is not trusted: the tablet starts again.
+    let ahead = held.version > head.version
+        || held
+            .resume
+            .as_ref()
+            .is_some_and(|position| position.publication > head.version);
+    let fresh = CatalogueHeld::default();
+    let held = if ahead { &fresh } else { held };
+    let calendar = if head.calendar_version != held.calendar_version {
         match serde_json::from_str::<Vec<CalendarOverride>>(&head.calendar) {
             Ok(overrides) => Some(CalendarUpdate {
                 version: head.calendar_version,

@@ -293,6 +293,39 @@ pub fn generated_catalogue(count: usize, seed: u64) -> CatalogueFile {
     }
 }
 
+/// The next publication of `catalogue` with 20 procedure changes: the first 18 procedures get
+/// a new version (the first one also a new required text field, `household_book`), the 19th and
+/// 20th are removed, and a compensatory working Saturday (2027-05-08) is added. Returns it with
+/// the removed codes.
+pub fn twenty_changes(mut catalogue: CatalogueFile) -> (CatalogueFile, Vec<String>) {
+    for (i, p) in catalogue.procedures.iter_mut().take(18).enumerate() {
+        p.version += 1;
+        p.name = format!("{} (sửa đổi {i})", p.name);
+    }
+    if let Some(first) = catalogue.procedures.first_mut() {
+        first.form.fields.push(FieldSpec {
+            name: "household_book".into(),
+            label: "Số sổ hộ khẩu".into(),
+            kind: FieldKind::Text { max_len: Some(20) },
+            required: true,
+            help: String::new(),
+        });
+    }
+    let end = catalogue.procedures.len().min(20);
+    let start = end.min(18);
+    let removed: Vec<String> = catalogue
+        .procedures
+        .drain(start..end)
+        .map(|p| p.code)
+        .collect();
+    catalogue.calendar.push(CalendarOverride {
+        day: CivilDate::from_ymd(2027, 5, 8).unwrap_or(CivilDate(time::Date::MIN)),
+        working: true,
+        reason: "Làm bù cho ngày 3/5".into(),
+    });
+    (catalogue, removed)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

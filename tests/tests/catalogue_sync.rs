@@ -11,13 +11,16 @@
 
 use std::sync::{Arc, Mutex};
 
+use communesync_core::catalogue::delta::{
+    CalendarUpdate, CatalogueDelta, CatalogueHeld, MAX_PAGE_ENTRIES,
+};
 use communesync_core::catalogue::{
-    CalendarOverride, CatalogueFile, CivilDate, FieldKind, FieldSpec, FormValue, FormValues,
-    PersonValue, Procedure,
+    CatalogueFile, CivilDate, FieldKind, FormValue, FormValues, PersonValue, Procedure,
 };
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
+    CONTENT_TYPE, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
+    SyncResponse,
 };
 use communesync_core::record::{
     Applicant, Application, DeviceId, NewApplication, Record, RecordDoc, RecordKind,
@@ -25,7 +28,7 @@ use communesync_core::record::{
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncReport, enroll};
 use communesync_core::{Error, Result};
-use communesync_tests::catalogue_gen::generated_catalogue;
+use communesync_tests::catalogue_gen::{generated_catalogue, twenty_changes};
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -102,29 +105,6 @@ fn intake(p: &Procedure, form: FormValues) -> NewApplication {
     }
 }
 
-/// The next publication: procedures 0..18 get a new version (the first one a new required
-/// field), 18 and 19 are removed, and a compensatory working Saturday is added.
-fn next_publication(mut catalogue: CatalogueFile) -> (CatalogueFile, Vec<String>) {
-    for (i, p) in catalogue.procedures.iter_mut().take(18).enumerate() {
-        p.version += 1;
-        p.name = format!("{} (sửa đổi {i})", p.name);
-    }
-    catalogue.procedures[0].form.fields.push(FieldSpec {
-        name: "household_book".into(),
-        label: "Số sổ hộ khẩu".into(),
-        kind: FieldKind::Text { max_len: Some(20) },
-        required: true,
-        help: String::new(),
-    });
-    let removed: Vec<String> = catalogue.procedures.drain(18..20).map(|p| p.code).collect();
-    catalogue.calendar.push(CalendarOverride {
-        day: CivilDate::from_ymd(2027, 5, 8).unwrap(),
-        working: true,
-        reason: "Làm bù cho ngày 3/5".into(),
-    });
-    (catalogue, removed)
-}
-
 async fn raw_push(url: &str, token: &str, push: Vec<PushDoc>) -> SyncResponse {
     let mut codec = DocCodec::new().unwrap();
     let body = SyncRequest {
@@ -163,7 +143,7 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
     let dir = tempfile::tempdir().unwrap();
     let generated = generated_catalogue(2_000, 15);
     let first_json = serde_json::to_string(&generated).unwrap();
-    let (next, removed) = next_publication(generated.clone());
+    let (next, removed) = twenty_changes(generated.clone());
     let next_json = serde_json::to_string(&next).unwrap();
     let changed = generated.procedures[0].clone();
     let changed_v2 = next.procedures[0].clone();
@@ -339,6 +319,127 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
                 .unwrap()
                 .is_empty()
         );
+        server.stop().await;
+    }
+}
+
+/// Bytes under the catalogue's request tag that are not a position.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NotAPosition(Vec<u8>);
+
+impl communesync_core::protocol::WireExtension for NotAPosition {
+    const TAG: u16 = 5;
+    const MAX_BYTES: usize = 64 * 1024;
+}
+
+async fn ask(url: &str, token: &str, extensions: Extensions) -> SyncResponse {
+    let mut codec = DocCodec::new().unwrap();
+    let body = SyncRequest {
+        protocol: PROTOCOL_VERSION,
+        device_time: 0,
+        push: Vec::new(),
+        pull: None,
+        catalogue_version: 0,
+        pending_docs: 0,
+        extensions,
+    }
+    .encode(&mut codec)
+    .unwrap();
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/sync"))
+        .bearer_auth(token)
+        .header("content-type", CONTENT_TYPE)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    SyncResponse::decode(
+        &mut codec,
+        &response.bytes().await.unwrap(),
+        &Limits::default(),
+    )
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_catalogue_position_gets_a_bounded_answer_or_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = serde_json::to_string(&generated_catalogue(600, 3)).unwrap();
+    for url in test_databases(dir.path(), "catalogue_hostile")
+        .await
+        .unwrap()
+    {
+        let server = TestServer::start(&url).await.unwrap();
+        server.storage.put_catalogue(&json).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE, 1).await.unwrap();
+        let transport = ReqwestTransport::new(&server.url()).unwrap();
+        let token = enroll(&transport, &codes[0], DeviceId::new(), "hostile")
+            .await
+            .unwrap()
+            .token;
+        let delta = |response: &SyncResponse| response.extensions.get::<CatalogueDelta>().unwrap();
+
+        // Not a position (too long to be one): no catalogue, the sync answered.
+        let junk = Extensions::new()
+            .with(&NotAPosition(vec![7; 4_000]))
+            .unwrap();
+        let answer = ask(&server.url(), &token, junk).await;
+        assert_eq!(delta(&answer), None, "{url}");
+        assert_eq!(answer.catalogue, None);
+
+        // A version this server never reached: the tablet starts again (a first page, bounded).
+        let future = CatalogueHeld {
+            version: u64::MAX,
+            resume: None,
+            calendar_version: u64::MAX,
+        };
+        let answer = ask(
+            &server.url(),
+            &token,
+            Extensions::new().with(&future).unwrap(),
+        )
+        .await;
+        let page = delta(&answer).unwrap();
+        assert!(
+            page.more.is_some() && page.entries.len() <= MAX_PAGE_ENTRIES,
+            "{url}"
+        );
+        assert!(answer.extensions.get::<CalendarUpdate>().unwrap().is_some());
+        // Up to date: nothing.
+        let current = CatalogueHeld {
+            version: 1,
+            resume: None,
+            calendar_version: 1,
+        };
+        let answer = ask(
+            &server.url(),
+            &token,
+            Extensions::new().with(&current).unwrap(),
+        )
+        .await;
+        assert_eq!(delta(&answer), None, "{url}");
+        assert!(answer.extensions.get::<CalendarUpdate>().unwrap().is_none());
+
+        // From nothing: one page, bounded, and the rest when asked from where it stopped.
+        let mut held = CatalogueHeld::default();
+        let mut received = 0usize;
+        for _ in 0..100 {
+            let answer = ask(
+                &server.url(),
+                &token,
+                Extensions::new().with(&held).unwrap(),
+            )
+            .await;
+            let page = delta(&answer).unwrap();
+            assert!(page.entries.len() <= MAX_PAGE_ENTRIES);
+            received += page.entries.len();
+            match page.more {
+                Some(position) => held.resume = Some(position),
+                None => break,
+            }
+        }
+        assert_eq!(received, 600, "{url}");
         server.stop().await;
     }
 }
