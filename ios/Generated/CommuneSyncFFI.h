@@ -322,6 +322,11 @@ void uniffi_communesync_ffi_fn_free_engine(uint64_t handle, RustCallStatus *_Non
 uint64_t uniffi_communesync_ffi_fn_constructor_engine_open(RustBuffer config
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CATALOGUE_VERSION
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CATALOGUE_VERSION
+uint64_t uniffi_communesync_ffi_fn_method_engine_catalogue_version(uint64_t ptr
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_DOSSIER
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_FN_METHOD_ENGINE_CREATE_DOSSIER
 uint64_t uniffi_communesync_ffi_fn_method_engine_create_dossier(uint64_t ptr, RustBuffer officer, RustBuffer new, RustBuffer form
@@ -943,6 +948,12 @@ uint16_t uniffi_communesync_ffi_checksum_func_next_sync_after(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_RECEIPT_PAYLOAD_MAX_CHARS
 #define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_FUNC_RECEIPT_PAYLOAD_MAX_CHARS
 uint16_t uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_CATALOGUE_VERSION
+#define UNIFFI_FFIDEF_UNIFFI_COMMUNESYNC_FFI_CHECKSUM_METHOD_ENGINE_CATALOGUE_VERSION
+uint16_t uniffi_communesync_ffi_checksum_method_engine_catalogue_version(void
     
 );
 #endif

@@ -675,6 +675,13 @@ fileprivate struct FfiConverterTimestamp: FfiConverterRustBuffer {
 public protocol EngineProtocol: AnyObject, Sendable {
     
     /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+    func catalogueVersion() async throws  -> UInt64
+    
+    /**
      * Records a new dossier with its form values, checked against the procedure version in
      * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
      * the field (`form.child_name`), and nothing is written.
@@ -1044,6 +1051,27 @@ public static func `open`(config: EngineConfig)async throws  -> Engine  {
 }
     
 
+    
+    /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+open func catalogueVersion()async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_catalogue_version(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
     
     /**
      * Records a new dossier with its form values, checked against the procedure version in
@@ -10531,6 +10559,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() != 2066) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_catalogue_version() != 19241) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_create_dossier() != 8693) {

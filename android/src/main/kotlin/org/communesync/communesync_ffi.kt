@@ -766,6 +766,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_catalogue_version(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_create_dossier(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_dossier_form(
@@ -906,6 +908,8 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_catalogue_version(`ptr`: Long,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_create_dossier(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
     ): Long
@@ -1171,6 +1175,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() and 0xFFFF) != 2066) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_catalogue_version() and 0xFFFF) != 19241) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_dossier() and 0xFFFF) != 8693) {
@@ -1907,6 +1914,13 @@ public object FfiConverterTimestamp: FfiConverterRustBuffer<java.time.Instant> {
 public interface EngineInterface {
     
     /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+    suspend fun `catalogueVersion`(): kotlin.ULong
+    
+    /**
      * Records a new dossier with its form values, checked against the procedure version in
      * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
      * the field (`form.child_name`), and nothing is written.
@@ -2303,6 +2317,32 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_communesync_ffi_fn_clone_engine(handle, status)
         }
+    }
+
+    
+    /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `catalogueVersion`() : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_catalogue_version(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
     }
 
     
