@@ -104,6 +104,8 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 dossier_number: None,
                 dossier_number_fallback: false,
                 attachments: Vec::new(),
+                procedure_version: 0,
+                form_values: Default::default(),
             };
             let record = Record::Application(app.clone());
             let mut doc = RecordDoc::create(&record, device, "bench", now)?;

@@ -124,6 +124,8 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
                 officer: officer.clone(),
             },
             attachments: Vec::new(),
+            procedure_version: 0,
+            form_values: Default::default(),
             dossier_number_fallback: false,
         };
         let mut doc = RecordDoc::create(

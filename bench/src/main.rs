@@ -12,7 +12,7 @@
 //! scale.
 
 mod attachments;
-
+mod catalogue;
 mod console;
 mod dictionary;
 mod failover;
@@ -34,6 +34,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Suite {
+    /// Procedure catalogue: install bytes and time, search latency (issue 15).
+    Catalogue(catalogue::CatalogueArgs),
     /// Device store: create, update, open, queries, search, size, memory.
     Store(store::StoreArgs),
     /// Sync: tablets and the server over HTTP on SQLite and PostgreSQL (bytes, time, memory).
@@ -61,6 +63,7 @@ enum Suite {
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().suite {
+        Suite::Catalogue(args) => catalogue::run(&args),
         Suite::Store(args) => store::run(&args),
         Suite::Sync(args) => sync::run(&args),
         Suite::Load(args) => load::run(&args),

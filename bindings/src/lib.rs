@@ -19,6 +19,7 @@
 //! callbacks run on their own thread behind `catch_unwind`.
 
 pub mod attachments;
+mod catalogue;
 mod dossier_number;
 mod engine;
 mod error;
@@ -33,6 +34,10 @@ pub mod types;
 pub use attachments::{
     Attachment, AttachmentCategory, AttachmentProgress, AttachmentProgressListener,
     AttachmentSettings, NewAttachment, PhotoOptions,
+};
+pub use catalogue::{
+    DossierForm, FieldKind, FormEntry, FormField, FormValue, ProcedureDetails, ProcedureFee,
+    ProcedureSummary, RequiredPaper, SectorCount,
 };
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};

@@ -463,6 +463,7 @@ impl From<NewApplication> for core::NewApplication {
             fees: fees_to_core(n.fees),
             assignee: n.assignee,
             notes: n.notes,
+            form_values: Default::default(),
         }
     }
 }
@@ -727,7 +728,7 @@ impl From<CoreProcedure> for Procedure {
         Procedure {
             code: p.code,
             name: p.name,
-            processing_days: p.processing_days,
+            processing_days: p.processing.working_days(),
             withdrawal_allowed: p.withdrawal_allowed,
         }
     }

@@ -41,6 +41,8 @@ fn base_document() -> (RecordId, Vec<u8>) {
             officer: "lan".into(),
         },
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));

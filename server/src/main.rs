@@ -7,11 +7,13 @@
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod admin_backup;
+mod admin_catalogue;
 mod admin_numbers;
 mod config_file;
 mod console_cli;
 mod demo;
 mod device;
+mod device_catalogue;
 mod device_rekey;
 mod read_model_cli;
 mod verify_receipt;
@@ -230,7 +232,12 @@ enum AdminTask {
         #[arg(long, default_value = "operator")]
         label: String,
     },
-    /// Publish the procedure catalogue (JSON file) to every tablet.
+    /// The procedure catalogue: publish a file (by delta to tablets), export the published one.
+    Catalogue {
+        #[command(subcommand)]
+        task: admin_catalogue::CatalogueAdminTask,
+    },
+    /// Publish the procedure catalogue (JSON file) to every tablet (same as `catalogue publish`).
     PutCatalogue {
         /// `{"procedures":[...],"holidays":[...]}`.
         file: PathBuf,
@@ -559,11 +566,9 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 .await?;
             println!("{token}");
         }
+        AdminTask::Catalogue { task } => admin_catalogue::run(storage.as_ref(), task).await?,
         AdminTask::PutCatalogue { file } => {
-            let json = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            http::validate_catalogue(&json).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let version = storage.put_catalogue(&json).await?;
+            let version = admin_catalogue::publish_file(storage.as_ref(), &file).await?;
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
         AdminTask::ReadModel(task) => read_model_cli::run(storage.as_ref(), task, now).await?,

@@ -599,6 +599,71 @@ fn the_device_quarantine_is_listed_and_settled_from_the_cli() {
 }
 
 #[test]
+fn a_tablet_installs_a_catalogue_file_before_its_first_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tablet.db");
+    let store = store.to_str().unwrap();
+    let file = dir.path().join("catalogue.json");
+    std::fs::write(
+        &file,
+        r#"{"procedures":[
+            {"code":"1.001193","name":"Đăng ký khai sinh","sector":"Hộ tịch","processing":{"working_days":1},
+             "form":{"fields":[{"name":"child_name","label":"Họ tên trẻ","type":"text","required":true}]},"version":4},
+            {"code":"1.000894","name":"Đăng ký kết hôn","sector":"Hộ tịch","processing_days":5},
+            {"code":"2.000908","name":"Chứng thực bản sao từ bản chính","sector":"Chứng thực","processing":{"working_hours":4}}],
+          "calendar":[{"day":"2027-02-20","working":true,"reason":"Làm bù"}]}"#,
+    )
+    .unwrap();
+    let installed = run(
+        &[
+            "device",
+            "--store",
+            store,
+            "catalogue",
+            "import",
+            file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(installed["procedures"], 3);
+    let found = run(
+        &[
+            "device",
+            "--store",
+            store,
+            "catalogue",
+            "search",
+            "khai sinh",
+        ],
+        dir.path(),
+    );
+    assert_eq!(found["code"], "1.001193");
+    assert_eq!(found["version"], 4);
+    let sectors = run(
+        &["device", "--store", store, "catalogue", "sectors"],
+        dir.path(),
+    );
+    assert_eq!(sectors["sector"], "Hộ tịch");
+    assert_eq!(sectors["procedures"], 2);
+
+    // A bad file is refused with its reason and changes nothing.
+    std::fs::write(&file, r#"{"procedures":[{"code":"1","name":"x"}]}"#).unwrap();
+    let refused = Command::new(BIN)
+        .args(["device", "--store", store, "catalogue", "import"])
+        .arg(&file)
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no processing time"));
+    let found = run(
+        &["device", "--store", store, "catalogue", "search", "ket hon"],
+        dir.path(),
+    );
+    assert_eq!(found["code"], "1.000894");
+}
+
+#[test]
 fn an_operator_rotates_a_store_key_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("tablet.db");

@@ -1708,13 +1708,81 @@ async fn province_scope(f: &Fixture) {
 async fn catalogue_versions(f: &Fixture) {
     let s = f.s();
     assert_eq!(s.catalogue().await.unwrap(), None);
+    assert_eq!(s.catalogue_head().await.unwrap(), None);
     assert_eq!(s.put_catalogue(r#"{"procedures":[]}"#).await.unwrap(), 1);
-    let v2 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh"}]}"#;
+    let v2 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh","processing_days":1},
+        {"code":"1.002","name":"Đăng ký kết hôn","processing_days":5}]}"#;
     assert_eq!(s.put_catalogue(v2).await.unwrap(), 2);
     assert_eq!(s.catalogue().await.unwrap(), Some((2, v2.to_owned())));
+    let changed: Vec<(u64, String, bool)> = s
+        .catalogue_changes(0, "", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.changed, row.code, row.removed))
+        .collect();
+    assert_eq!(
+        changed,
+        [(2, "1.001".into(), false), (2, "1.002".into(), false)]
+    );
+    // A page starts after a position.
+    let after = s.catalogue_changes(2, "1.001", 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].code, "1.002");
+
+    // Through another connection: one procedure gets a new version, the other is removed, the
+    // calendar moves. Only those entries change.
     let replica = f.replica().await;
-    assert_eq!(replica.put_catalogue("{}").await.unwrap(), 3);
-    assert_eq!(s.catalogue().await.unwrap(), Some((3, "{}".to_owned())));
+    let v3 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh","processing_days":2,"version":2}],
+        "holidays":["2027-09-02"]}"#;
+    assert_eq!(replica.put_catalogue(v3).await.unwrap(), 3);
+    let since_2 = s.catalogue_changes(2, "", 10).await.unwrap();
+    let summary: Vec<(String, u64, bool)> = since_2
+        .iter()
+        .map(|row| (row.code.clone(), row.version, row.removed))
+        .collect();
+    assert_eq!(
+        summary,
+        [("1.001".into(), 2, false), ("1.002".into(), 1, true)]
+    );
+    let head = s.catalogue_head().await.unwrap().unwrap();
+    assert_eq!((head.version, head.calendar_version), (3, 3));
+    assert!(head.calendar.contains("2027-09-02"));
+    // Every version stays, for the dossiers that pinned them.
+    let mut versions: Vec<(String, u64)> = s
+        .procedure_versions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(code, version, _)| (code, version))
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        [
+            ("1.001".into(), 1),
+            ("1.001".into(), 2),
+            ("1.002".into(), 1)
+        ]
+    );
+    // A version changed in place is refused, and nothing changes.
+    let in_place =
+        r#"{"procedures":[{"code":"1.001","name":"Khai sinh","processing_days":2,"version":2}]}"#;
+    assert!(matches!(
+        s.put_catalogue(in_place).await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(s.catalogue_head().await.unwrap().unwrap().version, 3);
+    // A plan made against an older version loses to the publication in between.
+    let stale = communesync_server::storage::CataloguePublication {
+        base_version: 2,
+        json: "{}".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.publish_catalogue(stale).await,
+        Err(StorageError::Conflict(_))
+    ));
 }
 
 async fn store_epoch_is_stable_until_renewed(f: &Fixture) {

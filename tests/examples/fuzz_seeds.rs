@@ -50,6 +50,8 @@ fn base() -> (RecordId, RecordDoc) {
             officer: "lan".into(),
         },
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));

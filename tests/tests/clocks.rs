@@ -106,7 +106,7 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
     new.procedure_code = "1.001193".into();
     let app = ahead.with(|s| s.create_application("ahead", new)).unwrap();
     let expected_due = right.with(|s| {
-        let days = s.procedure("1.001193").unwrap().processing_days;
+        let days = s.procedure("1.001193").unwrap().processing.working_days();
         s.calendar().add_working_days(received, days)
     });
     assert_eq!(app.due_at, expected_due);
@@ -178,7 +178,7 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
         // The due date followed the procedure change from the receipt date, not a clock.
         let after = t.with(|s| s.get_application(id)).unwrap();
         let due = t.with(|s| {
-            let days = s.procedure("1.000894").unwrap().processing_days;
+            let days = s.procedure("1.000894").unwrap().processing.working_days();
             s.calendar().add_working_days(received, days)
         });
         assert_eq!(after.due_at, due);

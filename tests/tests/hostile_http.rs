@@ -163,6 +163,8 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
             officer: "x".into(),
         },
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
     };
     edit(&mut app);
@@ -1737,6 +1739,8 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                     officer: "lan".into(),
                 },
                 attachments: Vec::new(),
+                procedure_version: 0,
+                form_values: Default::default(),
                 dossier_number_fallback: false,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
@@ -1757,28 +1761,24 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
         // pushing device may author what it pushes: the same change, by the enrolled device, on
         // the base that device made (its dependency and its actor rewritten in place; the
         // checksum is the receiver's to recompute). The fuzz base was made before records got
-        // their `attachments` list at creation: today's base has one more operation, so the
-        // change's start op is moved past it too (its operations name no operation of that
-        // list, which comes after every field they touch).
+        // their `attachments` list, `procedure_version` and `form_values` at creation: the
+        // change's start op is moved past today's base too (its operations name none of those
+        // fields' operations).
         const DEP: std::ops::Range<usize> = 12..44;
         const ACTOR: std::ops::Range<usize> = 45..61;
         const SEQ: usize = 61;
-        const START_OP: usize = 62;
         let fuzz_device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
         assert_eq!(change[ACTOR], *fuzz_device.0.as_bytes());
         assert_eq!(change[SEQ], 2, "the second change of its actor");
         let mut doc = base(s.device);
-        let base_ops = doc.changes_since(&[])[0].max_op();
-        assert_eq!(
-            u64::from(change[START_OP]),
-            base_ops,
-            "the fuzz base had one operation less than today's"
-        );
-        let start_op = u8::try_from(base_ops + 1).unwrap();
-        assert!(start_op < 0x80, "a one-byte LEB128 start op");
         change[DEP].copy_from_slice(&doc.heads()[0].0);
         change[ACTOR].copy_from_slice(s.device.0.as_bytes());
-        change[START_OP] = start_op;
+        // Its first operation follows the base's last (one LEB128 byte after the sequence
+        // number): the base grew with the application's fields since the input was found.
+        const START_OP: usize = 62;
+        let start_op = doc.changes_since(&[]).last().unwrap().max_op() + 1;
+        assert!(start_op < 128);
+        change[START_OP] = start_op as u8;
         let creation: Vec<Vec<u8>> = doc
             .changes_since(&[])
             .into_iter()

@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::catalogue::Procedure;
+use crate::catalogue::{Procedure, ProcessingTime};
 use crate::clock::ManualClock;
 use crate::record::{Applicant, NewApplication, Record, RecordKind};
 use crate::store::{DeviceStore, EncryptionKey, StoreConfig};
@@ -23,12 +23,11 @@ fn open_with(
     config.key = key;
     let mut store = DeviceStore::open_with_clock(config, Arc::new(clock)).unwrap();
     store
-        .import_catalogue(&[Procedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 3,
-            withdrawal_allowed: true,
-        }])
+        .import_catalogue(&[Procedure::new(
+            "1.001193",
+            "Đăng ký khai sinh",
+            ProcessingTime::WorkingDays(3),
+        )])
         .unwrap();
     store
 }

@@ -15,7 +15,8 @@
 //! - the record rules ([`rules`]): a new record is valid, in the device's commune, created by
 //!   that device, received, not received in the future; an edit keeps id, kind, commune,
 //!   receipt time, creator and due date (except with the procedure), follows the status
-//!   workflow, and makes no field break its rule or limit (a field already over a limit by a
+//!   workflow, keeps the form values within the form of the procedure version the dossier
+//!   pinned ([`check_form`]), and makes no field break its rule or limit (a field already over a limit by a
 //!   merge never makes the record uneditable).
 //!
 //! A refusal ([`Refusal`]) carries a stable code ([`RefusalCode`]) and a message: the server
@@ -30,7 +31,10 @@ pub mod rules;
 pub use check::{Verdict, check_pushed, check_pushed_keeping_doc};
 pub use history::{Admission, ChangeMeta, HistoryIndex};
 pub use refusal::{Refusal, RefusalCode};
-pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer, check_scope};
+pub use rules::{
+    ProcedureLookup, ProcedureSource, RuleContext, Violation, check_creation, check_edit,
+    check_form, check_officer, check_scope, no_catalogue,
+};
 
 #[cfg(test)]
 mod tests;

@@ -10,8 +10,10 @@
 //! cap, a value written before a rule existed) never makes the record uneditable: a change that
 //! does not make it worse is accepted.
 
+use std::sync::Arc;
+
 use crate::attachment::{AttachmentRef, is_content_address};
-use crate::catalogue::CivilDate;
+use crate::catalogue::{CivilDate, Procedure};
 use crate::record::{Application, CitizenRequest, DeviceId, Record, RequestStatus, Status};
 use crate::{Error, Result};
 
@@ -48,6 +50,41 @@ pub struct RuleContext<'a> {
     /// Whether the procedure with this code may be withdrawn; `None` when the checker does not
     /// know the procedure (then withdrawal is not refused: the other side checked it).
     pub withdrawal_allowed: &'a dyn Fn(&str) -> Option<bool>,
+    /// A procedure at a version, as far as the checker's catalogue knows it (the form a dossier
+    /// pinned). See [`ProcedureLookup`].
+    pub procedure_at: &'a dyn ProcedureSource,
+}
+
+/// Where a checker looks procedures up: its catalogue (any `Fn(&str, u64) -> ProcedureLookup`
+/// is one).
+pub trait ProcedureSource {
+    /// The procedure `code` at `version`, as far as this catalogue knows it.
+    fn lookup(&self, code: &str, version: u64) -> ProcedureLookup;
+}
+
+impl<F: Fn(&str, u64) -> ProcedureLookup> ProcedureSource for F {
+    fn lookup(&self, code: &str, version: u64) -> ProcedureLookup {
+        self(code, version)
+    }
+}
+
+/// What a checker knows of a procedure at one version.
+#[derive(Debug, Clone)]
+pub enum ProcedureLookup {
+    /// The procedure at that version.
+    Known(Arc<Procedure>),
+    /// The checker's catalogue has the procedure, but never had that version: a pin nobody
+    /// published is refused (it would escape the form's rules).
+    UnknownVersion,
+    /// The checker has no catalogue entry for the code (a server with no catalogue yet, a
+    /// procedure of another province's list): a dossier without form values passes, one with
+    /// values is refused (values nobody can check).
+    UnknownCode,
+}
+
+/// A lookup that knows no procedure (a checker without a catalogue).
+pub fn no_catalogue(_: &str, _: u64) -> ProcedureLookup {
+    ProcedureLookup::UnknownCode
 }
 
 /// A broken rule: the code the server answers and the error the device store returns.
@@ -152,8 +189,82 @@ pub fn check_creation(
                 "cannot be before the receipt",
             ));
         }
+        check_form(None, app, ctx)?;
     }
     Ok(())
+}
+
+/// The form rule: a dossier's form values conform to the form of the procedure version it
+/// pinned. Checked at creation, and at an edit that changes the values, the pin or the
+/// procedure; an edit may leave a problem that was already there (a merge), never add one.
+/// The pin changes only with the procedure.
+pub fn check_form(
+    before: Option<&Application>,
+    after: &Application,
+    ctx: &RuleContext<'_>,
+) -> std::result::Result<(), Violation> {
+    if let Some(before) = before {
+        if before.form_values == after.form_values
+            && before.procedure_version == after.procedure_version
+            && before.procedure_code == after.procedure_code
+        {
+            return Ok(());
+        }
+        if before.procedure_version != after.procedure_version
+            && before.procedure_code == after.procedure_code
+        {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "procedure_version",
+                "a dossier keeps the procedure version it was received under",
+            ));
+        }
+    }
+    let (code, version) = (&after.procedure_code, after.procedure_version);
+    if version == 0 {
+        if after.form_values.is_empty() {
+            return Ok(());
+        }
+        return Err(Violation::field(
+            RefusalCode::InvalidField,
+            "form_values",
+            "a dossier without a pinned procedure version has no form",
+        ));
+    }
+    let procedure = match ctx.procedure_at.lookup(code, version) {
+        ProcedureLookup::Known(procedure) => procedure,
+        ProcedureLookup::UnknownVersion => {
+            return Err(Violation::field(
+                RefusalCode::InvalidField,
+                "procedure_version",
+                format!("version {version} of procedure {code} was never published"),
+            ));
+        }
+        ProcedureLookup::UnknownCode if after.form_values.is_empty() => return Ok(()),
+        ProcedureLookup::UnknownCode => {
+            return Err(Violation::field(
+                RefusalCode::InvalidField,
+                "form_values",
+                format!("procedure {code} is not in the catalogue: its form cannot be checked"),
+            ));
+        }
+    };
+    let received = CivilDate::from_unix_millis(after.received_at)
+        .map_err(|e| Violation::new(RefusalCode::InvalidField, e))?;
+    let problems = procedure.form.check(&after.form_values, received);
+    let excused = match before {
+        Some(b) if b.procedure_version == version && b.procedure_code == *code => {
+            procedure.form.check(&b.form_values, received)
+        }
+        _ => Vec::new(),
+    };
+    match problems.into_iter().find(|p| !excused.contains(p)) {
+        Some(problem) => Err(Violation::new(
+            RefusalCode::InvalidField,
+            Error::invalid(problem.field, problem.reason),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Checks one change: `before` is the record the change was made on, `after` the record it
@@ -254,6 +365,7 @@ fn check_application_edit(
             "follows the procedure; it cannot be set",
         ));
     }
+    check_form(Some(before), after, ctx)?;
     if after.status != before.status {
         let allowed = (ctx.withdrawal_allowed)(&before.procedure_code).unwrap_or(true);
         before

@@ -33,6 +33,8 @@ fn sample(device: DeviceId) -> Application {
             officer: "lan".into(),
         },
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
     }
 }
@@ -49,6 +51,7 @@ fn ctx(device: DeviceId) -> RuleContext<'static> {
         device,
         commune: Some(COMMUNE),
         withdrawal_allowed: &no_withdrawal,
+        procedure_at: &no_catalogue,
     }
 }
 
@@ -466,6 +469,95 @@ fn settling_a_status_conflict_with_either_value_is_accepted_and_nothing_else() {
     assert_eq!(
         refused_code(verdict(stored, vec![back], a_dev)),
         RefusalCode::IllegalTransition
+    );
+}
+
+/// A catalogue with procedure 1.001193 at version 2 only: a form with a required child name.
+fn birth_catalogue(code: &str, version: u64) -> ProcedureLookup {
+    use crate::catalogue::{Procedure, ProcessingTime};
+    if code != "1.001193" {
+        return ProcedureLookup::UnknownCode;
+    }
+    if version != 2 {
+        return ProcedureLookup::UnknownVersion;
+    }
+    let mut p = Procedure::new(code, "Đăng ký khai sinh", ProcessingTime::WorkingDays(1));
+    p.version = 2;
+    p.form = serde_json::from_str(
+        r#"{"fields":[{"name":"child_name","label":"Họ tên trẻ","type":"text","required":true,"max_len":50}]}"#,
+    )
+    .unwrap();
+    ProcedureLookup::Known(std::sync::Arc::new(p))
+}
+
+#[test]
+fn form_values_follow_the_pinned_version_on_both_sides() {
+    use crate::catalogue::FormValue;
+    let tablet = DeviceId::new();
+    let with_catalogue = RuleContext {
+        procedure_at: &birth_catalogue,
+        ..ctx(tablet)
+    };
+    let mut good = sample(tablet);
+    good.procedure_version = 2;
+    good.form_values
+        .insert("child_name".into(), FormValue::Text("Lò Thị Mai".into()));
+    assert!(check_creation(&Record::Application(good.clone()), &with_catalogue).is_ok());
+
+    let refused = |app: &Application, ctx: &RuleContext<'_>| {
+        let v = check_creation(&Record::Application(app.clone()), ctx).unwrap_err();
+        assert_eq!(v.code, RefusalCode::InvalidField);
+        v.error.to_string()
+    };
+    // Values that break the form: a missing required field, a wrong type, an unknown field.
+    let mut missing = good.clone();
+    missing.form_values.clear();
+    assert!(refused(&missing, &with_catalogue).contains("form.child_name"));
+    let mut wrong_type = good.clone();
+    wrong_type
+        .form_values
+        .insert("child_name".into(), FormValue::Number(7));
+    assert!(refused(&wrong_type, &with_catalogue).contains("form.child_name"));
+    let mut extra = good.clone();
+    extra
+        .form_values
+        .insert("smuggled".into(), FormValue::Text("x".into()));
+    assert!(refused(&extra, &with_catalogue).contains("form.smuggled"));
+    // A pin nobody published, to escape the form.
+    let mut invented = good.clone();
+    invented.procedure_version = 99;
+    invented.form_values.clear();
+    assert!(refused(&invented, &with_catalogue).contains("never published"));
+    // Values without a pin, or for a procedure the checker cannot see.
+    let mut unpinned = good.clone();
+    unpinned.procedure_version = 0;
+    assert!(refused(&unpinned, &with_catalogue).contains("form_values"));
+    let mut elsewhere = good.clone();
+    elsewhere.procedure_code = "9.999999".into();
+    assert!(refused(&elsewhere, &with_catalogue).contains("cannot be checked"));
+    elsewhere.form_values.clear();
+    assert!(check_creation(&Record::Application(elsewhere), &with_catalogue).is_ok());
+
+    // Edits: the pin stays; a value may not break the form; an old problem is not held
+    // against an edit that leaves it as it was.
+    let before = Record::Application(good.clone());
+    let mut repinned = good.clone();
+    repinned.procedure_version = 3;
+    let v = check_edit(&before, &Record::Application(repinned), &with_catalogue).unwrap_err();
+    assert_eq!(v.code, RefusalCode::ImmutableField);
+    let mut long = good.clone();
+    long.form_values
+        .insert("child_name".into(), FormValue::Text("a".repeat(51)));
+    assert!(check_edit(&before, &Record::Application(long.clone()), &with_catalogue).is_err());
+    let mut noted = long.clone();
+    noted.notes = "Đã gọi điện.".into();
+    assert!(
+        check_edit(
+            &Record::Application(long),
+            &Record::Application(noted),
+            &with_catalogue
+        )
+        .is_ok()
     );
 }
 

@@ -38,6 +38,8 @@ pub(crate) fn application(device: DeviceId, papers: usize, name: &str) -> Applic
         },
         dossier_number_fallback: false,
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
     }
 }
 

@@ -7,7 +7,7 @@ use uuid::Uuid;
 
 use super::workflow::{RequestStatus, Status};
 use crate::attachment::AttachmentRef;
-use crate::catalogue::CivilDate;
+use crate::catalogue::{CivilDate, FormValues};
 
 /// Identity of a record: a UUIDv7, so ids sort by creation time and never collide across tablets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -206,6 +206,15 @@ pub struct Application {
     #[autosurgeon(missing = "Vec::new")]
     #[serde(default)]
     pub attachments: Vec<AttachmentRef>,
+    /// Version of the procedure it was received under (0: received before catalogue version 2,
+    /// no form). Its form, papers and fees are that version's, whatever the catalogue says later.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub procedure_version: u64,
+    /// Values of the procedure's form, by field name, checked against the pinned version.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub form_values: FormValues,
     /// Whether [`Application::dossier_number`] is a fallback number: the device had no number
     /// block left at intake (see [`crate::numbering`]). Set with the number, never changed.
     #[autosurgeon(with = "absent_when_false")]
@@ -273,6 +282,10 @@ pub struct NewApplication {
     /// Initial notes.
     #[serde(default)]
     pub notes: String,
+    /// Values of the procedure's form (checked against the version in force at intake, which
+    /// the application pins).
+    #[serde(default)]
+    pub form_values: FormValues,
 }
 
 /// What an officer enters to create a citizen request.

@@ -1,4 +1,5 @@
 use super::*;
+use crate::catalogue::{Procedure, ProcessingTime};
 use crate::clock::ManualClock;
 use crate::record::Applicant;
 
@@ -9,16 +10,20 @@ const MONDAY_9AM: i64 = 1_795_399_200_000 - 7 * 3_600_000 + 9 * 3_600_000 - 2 * 
 fn catalogue() -> Vec<Procedure> {
     vec![
         Procedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 3,
             withdrawal_allowed: true,
+            ..Procedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                ProcessingTime::WorkingDays(3),
+            )
         },
         Procedure {
-            code: "2.000908".into(),
-            name: "Chứng thực bản sao".into(),
-            processing_days: 0,
             withdrawal_allowed: false,
+            ..Procedure::new(
+                "2.000908",
+                "Chứng thực bản sao",
+                ProcessingTime::WorkingDays(0),
+            )
         },
     ]
 }

@@ -668,216 +668,6 @@ fileprivate struct FfiConverterTimestamp: FfiConverterRustBuffer {
 
 
 /**
- * Implemented by the app to show upload and download progress per attachment.
- */
-public protocol AttachmentProgressListener: AnyObject, Sendable {
-    
-    /**
-     * After each chunk of an attachment moved.
-     */
-    func onAttachmentProgress(progress: AttachmentProgress) 
-    
-}
-/**
- * Implemented by the app to show upload and download progress per attachment.
- */
-open class AttachmentProgressListenerImpl: AttachmentProgressListener, @unchecked Sendable {
-    fileprivate let handle: UInt64
-
-    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public struct NoHandle {
-        public init() {}
-    }
-
-    // TODO: We'd like this to be `private` but for Swifty reasons,
-    // we can't implement `FfiConverter` without making this `required` and we can't
-    // make it `required` without making it `public`.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    required public init(unsafeFromHandle handle: UInt64) {
-        self.handle = handle
-    }
-
-    // This constructor can be used to instantiate a fake object.
-    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
-    //
-    // - Warning:
-    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public init(noHandle: NoHandle) {
-        self.handle = 0
-    }
-
-#if swift(>=5.8)
-    @_documentation(visibility: private)
-#endif
-    public func uniffiCloneHandle() -> UInt64 {
-        return try! rustCall { uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(self.handle, $0) }
-    }
-    // No primary constructor declared for this class.
-
-    deinit {
-        if handle == 0 {
-            // Mock objects have handle=0 don't try to free them
-            return
-        }
-
-        try! rustCall { uniffi_communesync_ffi_fn_free_attachmentprogresslistener(handle, $0) }
-    }
-
-    
-
-    
-    /**
-     * After each chunk of an attachment moved.
-     */
-open func onAttachmentProgress(progress: AttachmentProgress)  {try! rustCall() {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeAttachmentProgress_lower(progress),uniffiCallStatus
-    )
-}
-}
-    
-
-    
-}
-
-
-
-// Put the implementation in a struct so we don't pollute the top-level namespace
-fileprivate struct UniffiCallbackInterfaceAttachmentProgressListener {
-
-    // Create the VTable using a series of closures.
-    // Swift automatically converts these into C callback functions.
-    //
-    // Store the vtable directly.
-    static let vtable: UniffiVTableCallbackInterfaceAttachmentProgressListener = UniffiVTableCallbackInterfaceAttachmentProgressListener(
-        uniffiFree: { (uniffiHandle: UInt64) -> () in
-            do {
-                try FfiConverterTypeAttachmentProgressListener.handleMap.remove(handle: uniffiHandle)
-            } catch {
-                print("Uniffi callback interface AttachmentProgressListener: handle missing in uniffiFree")
-            }
-        },
-        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
-            do {
-                return try FfiConverterTypeAttachmentProgressListener.handleMap.clone(handle: uniffiHandle)
-            } catch {
-                fatalError("Uniffi callback interface AttachmentProgressListener: handle missing in uniffiClone")
-            }
-        },
-        onAttachmentProgress: { (
-            uniffiHandle: UInt64,
-            progress: RustBuffer,
-            uniffiOutReturn: UnsafeMutableRawPointer,
-            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
-        ) in
-            let makeCall = {
-                () throws -> () in
-                guard let uniffiObj = try? FfiConverterTypeAttachmentProgressListener.handleMap.get(handle: uniffiHandle) else {
-                    throw UniffiInternalError.unexpectedStaleHandle
-                }
-                return uniffiObj.onAttachmentProgress(
-                     progress: try FfiConverterTypeAttachmentProgress_lift(progress)
-                )
-            }
-
-            
-            let writeReturn = { () }
-            uniffiTraitInterfaceCall(
-                callStatus: uniffiCallStatus,
-                makeCall: makeCall,
-                writeReturn: writeReturn
-            )
-        }
-    )
-
-    // Rust stores this pointer for future callback invocations, so it must live
-    // for the process lifetime (not just for the init function call).
-    //
-    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
-    // This is safe because the pointee is initialized once during static init
-    // and never mutated by either side of the FFI.  Its fields are C function pointers.
-    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceAttachmentProgressListener> = {
-        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceAttachmentProgressListener>.allocate(capacity: 1)
-        ptr.initialize(to: vtable)
-        return UnsafePointer(ptr)
-    }()
-}
-
-private func uniffiCallbackInitAttachmentProgressListener() {
-    uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(UniffiCallbackInterfaceAttachmentProgressListener.vtablePtr)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeAttachmentProgressListener: FfiConverter {
-    fileprivate static let handleMap = UniffiHandleMap<AttachmentProgressListener>()
-
-    typealias FfiType = UInt64
-    typealias SwiftType = AttachmentProgressListener
-
-    public static func lift(_ handle: UInt64) throws -> AttachmentProgressListener {
-        if ((handle & 1) == 0) {
-            // Rust-generated handle, construct a new class that uses the handle to implement the
-            // interface
-            return AttachmentProgressListenerImpl(unsafeFromHandle: handle)
-        } else {
-            // Swift-generated handle, get the object from the handle map
-            return try handleMap.remove(handle: handle)
-        }
-    }
-
-    public static func lower(_ value: AttachmentProgressListener) -> UInt64 {
-         if let rustImpl = value as? AttachmentProgressListenerImpl {
-             // Rust-implemented object.  Clone the handle and return it
-            return rustImpl.uniffiCloneHandle()
-         } else {
-            // Swift object, generate a new vtable handle and return that.
-            return handleMap.insert(obj: value)
-         }
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentProgressListener {
-        let handle: UInt64 = try readInt(&buf)
-        return try lift(handle)
-    }
-
-    public static func write(_ value: AttachmentProgressListener, into buf: inout [UInt8]) {
-        writeInt(&buf, lower(value))
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentProgressListener_lift(_ handle: UInt64) throws -> AttachmentProgressListener {
-    return try FfiConverterTypeAttachmentProgressListener.lift(handle)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentProgressListener_lower(_ value: AttachmentProgressListener) -> UInt64 {
-    return FfiConverterTypeAttachmentProgressListener.lower(value)
-}
-
-
-
-
-
-
-/**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
  * call from any thread, and store calls are async (they run on a background pool).
@@ -885,67 +675,62 @@ public func FfiConverterTypeAttachmentProgressListener_lower(_ value: Attachment
 public protocol EngineProtocol: AnyObject, Sendable {
     
     /**
-     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
-     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
      */
-    func attachBytes(officer: String, recordId: String, new: NewAttachment, bytes: Data) async throws  -> Attachment
+    func catalogueVersion() async throws  -> UInt64
     
     /**
-     * Attaches a file, read in pieces (never whole in memory).
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
      */
-    func attachFile(officer: String, recordId: String, new: NewAttachment, path: String) async throws  -> Attachment
+    func createDossier(officer: String, new: NewApplication, form: [FormEntry]) async throws  -> Application
     
     /**
-     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
-     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
-     * Returns the prepared attachment, then the original when `options.keep_original`.
+     * A dossier's pinned procedure version and form values.
      */
-    func attachPhoto(officer: String, recordId: String, new: NewAttachment, path: String, options: PhotoOptions) async throws  -> [Attachment]
+    func dossierForm(id: String) async throws  -> DossierForm
     
     /**
-     * The attachment channel's settings now.
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
      */
-    func attachmentSettings()  -> AttachmentSettings
+    func installCatalogueFile(json: String) async throws  -> UInt64
     
     /**
-     * The attachments of a record that are not removed, in the order they were added.
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
      */
-    func attachments(recordId: String) async throws  -> [Attachment]
+    func prefilledApplication(communeCode: String, procedureCode: String) async throws  -> NewApplication
     
     /**
-     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
-     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
-     * the tablet that attached it) or it is not of this device's commune.
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
      */
-    func downloadAttachment(sha256: String) async throws  -> UInt64
+    func procedureDetails(code: String) async throws  -> ProcedureDetails
     
     /**
-     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
-     * whole or absent). A content this tablet does not hold is downloaded first (the device
-     * must be enrolled and online); returns the bytes written.
+     * The sectors, with how many procedures each has.
      */
-    func openAttachment(sha256: String, path: String) async throws  -> UInt64
+    func procedureSectors() async throws  -> [SectorCount]
     
     /**
-     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
-     * this tablet once nothing names it.
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
      */
-    func removeAttachment(officer: String, recordId: String, attachmentId: String) async throws 
+    func proceduresBySector(sector: String, afterCode: String?, limit: UInt32) async throws  -> [ProcedureSummary]
     
     /**
-     * Changes the attachment channel's settings (for the next syncs and downloads): say
-     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
-     * of 16 KiB between 16 KiB and 1 MiB.
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
      */
-    func setAttachmentSettings(settings: AttachmentSettings) throws 
+    func searchProcedures(query: String, limit: UInt32) async throws  -> [ProcedureSummary]
     
     /**
-     * Delivers the progress of every attachment upload and download to `listener`, on a
-     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
-     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
-     * wrap it.
+     * Replaces a dossier's form values, checked against its pinned procedure version.
      */
-    func watchAttachmentProgress(listener: AttachmentProgressListener) throws  -> ObserverHandle
+    func setFormValues(officer: String, id: String, form: [FormEntry]) async throws  -> DossierForm
     
     /**
      * The application with this dossier number (exact, surrounding spaces ignored), taken here
@@ -1075,8 +860,7 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store. Attachment contents
-     * waiting for upload count as pending work, like records.
+     * policy stops across restarts until another version opens the store.
      */
     func policyInput(metered: Bool) async throws  -> PolicyInput
     
@@ -1125,10 +909,6 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
-     * After the records, the attachment channel runs within the engine's attachment settings
-     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
-     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
-     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     func syncNow() async throws  -> SyncReport
     
@@ -1273,107 +1053,16 @@ public static func `open`(config: EngineConfig)async throws  -> Engine  {
 
     
     /**
-     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
-     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
      */
-open func attachBytes(officer: String, recordId: String, new: NewAttachment, bytes: Data)async throws  -> Attachment  {
+open func catalogueVersion()async throws  -> UInt64  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_attach_bytes(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterData.lower(bytes)
-                )
-            },
-            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeAttachment_lift,
-            errorHandler: FfiConverterTypeCommuneSyncError_lift
-        )
-}
-    
-    /**
-     * Attaches a file, read in pieces (never whole in memory).
-     */
-open func attachFile(officer: String, recordId: String, new: NewAttachment, path: String)async throws  -> Attachment  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_attach_file(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterString.lower(path)
-                )
-            },
-            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterTypeAttachment_lift,
-            errorHandler: FfiConverterTypeCommuneSyncError_lift
-        )
-}
-    
-    /**
-     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
-     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
-     * Returns the prepared attachment, then the original when `options.keep_original`.
-     */
-open func attachPhoto(officer: String, recordId: String, new: NewAttachment, path: String, options: PhotoOptions)async throws  -> [Attachment]  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_attach_photo(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterString.lower(path),FfiConverterTypePhotoOptions_lower(options)
-                )
-            },
-            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterSequenceTypeAttachment.lift,
-            errorHandler: FfiConverterTypeCommuneSyncError_lift
-        )
-}
-    
-    /**
-     * The attachment channel's settings now.
-     */
-open func attachmentSettings() -> AttachmentSettings  {
-    return try!  FfiConverterTypeAttachmentSettings_lift(try! rustCall() {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_attachment_settings(
-            self.uniffiCloneHandle(),uniffiCallStatus
-    )
-})
-}
-    
-    /**
-     * The attachments of a record that are not removed, in the order they were added.
-     */
-open func attachments(recordId: String)async throws  -> [Attachment]  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_attachments(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
-                )
-            },
-            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
-            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
-            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
-            liftFunc: FfiConverterSequenceTypeAttachment.lift,
-            errorHandler: FfiConverterTypeCommuneSyncError_lift
-        )
-}
-    
-    /**
-     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
-     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
-     * the tablet that attached it) or it is not of this device's commune.
-     */
-open func downloadAttachment(sha256: String)async throws  -> UInt64  {
-    return
-        try  await uniffiRustCallAsync(
-            rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_download_attachment(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(sha256)
+                uniffi_communesync_ffi_fn_method_engine_catalogue_version(
+                        self.uniffiCloneHandle()
                 )
             },
             pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
@@ -1385,16 +1074,55 @@ open func downloadAttachment(sha256: String)async throws  -> UInt64  {
 }
     
     /**
-     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
-     * whole or absent). A content this tablet does not hold is downloaded first (the device
-     * must be enrolled and online); returns the bytes written.
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
      */
-open func openAttachment(sha256: String, path: String)async throws  -> UInt64  {
+open func createDossier(officer: String, new: NewApplication, form: [FormEntry])async throws  -> Application  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_open_attachment(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(sha256),FfiConverterString.lower(path)
+                uniffi_communesync_ffi_fn_method_engine_create_dossier(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterTypeNewApplication_lower(new),FfiConverterSequenceTypeFormEntry.lower(form)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+open func dossierForm(id: String)async throws  -> DossierForm  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_form(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+open func installCatalogueFile(json: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(json)
                 )
             },
             pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
@@ -1406,53 +1134,120 @@ open func openAttachment(sha256: String, path: String)async throws  -> UInt64  {
 }
     
     /**
-     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
-     * this tablet once nothing names it.
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
      */
-open func removeAttachment(officer: String, recordId: String, attachmentId: String)async throws   {
+open func prefilledApplication(communeCode: String, procedureCode: String)async throws  -> NewApplication  {
     return
         try  await uniffiRustCallAsync(
             rustFutureFunc: {
-                uniffi_communesync_ffi_fn_method_engine_remove_attachment(
-                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterString.lower(attachmentId)
+                uniffi_communesync_ffi_fn_method_engine_prefilled_application(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(communeCode),FfiConverterString.lower(procedureCode)
                 )
             },
-            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
-            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
-            freeFunc: ffi_communesync_ffi_rust_future_free_void,
-            liftFunc: { $0 },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeNewApplication_lift,
             errorHandler: FfiConverterTypeCommuneSyncError_lift
         )
 }
     
     /**
-     * Changes the attachment channel's settings (for the next syncs and downloads): say
-     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
-     * of 16 KiB between 16 KiB and 1 MiB.
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
      */
-open func setAttachmentSettings(settings: AttachmentSettings)throws   {try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeAttachmentSettings_lower(settings),uniffiCallStatus
-    )
-}
+open func procedureDetails(code: String)async throws  -> ProcedureDetails  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure_details(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(code)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeProcedureDetails_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
-     * Delivers the progress of every attachment upload and download to `listener`, on a
-     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
-     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
-     * wrap it.
+     * The sectors, with how many procedures each has.
      */
-open func watchAttachmentProgress(listener: AttachmentProgressListener)throws  -> ObserverHandle  {
-    return try  FfiConverterTypeObserverHandle_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
-        uniffiCallStatus in
-    uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(
-            self.uniffiCloneHandle(),
-        FfiConverterTypeAttachmentProgressListener_lower(listener),uniffiCallStatus
-    )
-})
+open func procedureSectors()async throws  -> [SectorCount]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure_sectors(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeSectorCount.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+open func proceduresBySector(sector: String, afterCode: String?, limit: UInt32)async throws  -> [ProcedureSummary]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sector),FfiConverterOptionString.lower(afterCode),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeProcedureSummary.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+open func searchProcedures(query: String, limit: UInt32)async throws  -> [ProcedureSummary]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_search_procedures(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(query),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeProcedureSummary.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+open func setFormValues(officer: String, id: String, form: [FormEntry])async throws  -> DossierForm  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_set_form_values(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterSequenceTypeFormEntry.lower(form)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
 }
     
     /**
@@ -1857,8 +1652,7 @@ open func overdue(limit: UInt32, offset: UInt32)async throws  -> ApplicationPage
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store. Attachment contents
-     * waiting for upload count as pending work, like records.
+     * policy stops across restarts until another version opens the store.
      */
 open func policyInput(metered: Bool)async throws  -> PolicyInput  {
     return
@@ -2005,10 +1799,6 @@ open func search(text: String, limit: UInt32)async throws  -> [SearchHit]  {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
-     * After the records, the attachment channel runs within the engine's attachment settings
-     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
-     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
-     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
 open func syncNow()async throws  -> SyncReport  {
     return
@@ -3958,361 +3748,6 @@ public func FfiConverterTypeApplicationUpdate_lower(_ value: ApplicationUpdate) 
 
 
 /**
- * An attachment of a record, and what this tablet holds of its content.
- */
-public struct Attachment: Equatable, Hashable {
-    /**
-     * The reference's id (to remove it).
-     */
-    public var id: String
-    /**
-     * The content's SHA-256 (lowercase hex): to open or download it.
-     */
-    public var sha256: String
-    /**
-     * Size in bytes.
-     */
-    public var size: UInt64
-    /**
-     * MIME type.
-     */
-    public var mime: String
-    /**
-     * What it shows.
-     */
-    public var caption: String
-    /**
-     * The received paper it belongs to.
-     */
-    public var document: String?
-    /**
-     * Page within that paper.
-     */
-    public var page: UInt32
-    /**
-     * What kind of paper it is.
-     */
-    public var category: AttachmentCategory
-    /**
-     * When it was attached.
-     */
-    public var addedAt: Date
-    /**
-     * Whether the whole content is on this tablet (opening needs no network).
-     */
-    public var onDevice: Bool
-    /**
-     * Whether the server is known to hold it whole.
-     */
-    public var onServer: Bool
-
-    // Default memberwise initializers are never public by default, so we
-    // declare one manually.
-    public init(
-        /**
-         * The reference's id (to remove it).
-         */id: String, 
-        /**
-         * The content's SHA-256 (lowercase hex): to open or download it.
-         */sha256: String, 
-        /**
-         * Size in bytes.
-         */size: UInt64, 
-        /**
-         * MIME type.
-         */mime: String, 
-        /**
-         * What it shows.
-         */caption: String, 
-        /**
-         * The received paper it belongs to.
-         */document: String?, 
-        /**
-         * Page within that paper.
-         */page: UInt32, 
-        /**
-         * What kind of paper it is.
-         */category: AttachmentCategory, 
-        /**
-         * When it was attached.
-         */addedAt: Date, 
-        /**
-         * Whether the whole content is on this tablet (opening needs no network).
-         */onDevice: Bool, 
-        /**
-         * Whether the server is known to hold it whole.
-         */onServer: Bool) {
-        self.id = id
-        self.sha256 = sha256
-        self.size = size
-        self.mime = mime
-        self.caption = caption
-        self.document = document
-        self.page = page
-        self.category = category
-        self.addedAt = addedAt
-        self.onDevice = onDevice
-        self.onServer = onServer
-    }
-
-    
-
-    
-}
-
-#if compiler(>=6)
-extension Attachment: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeAttachment: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Attachment {
-        return
-            try Attachment(
-                id: FfiConverterString.read(from: &buf), 
-                sha256: FfiConverterString.read(from: &buf), 
-                size: FfiConverterUInt64.read(from: &buf), 
-                mime: FfiConverterString.read(from: &buf), 
-                caption: FfiConverterString.read(from: &buf), 
-                document: FfiConverterOptionString.read(from: &buf), 
-                page: FfiConverterUInt32.read(from: &buf), 
-                category: FfiConverterTypeAttachmentCategory.read(from: &buf), 
-                addedAt: FfiConverterTimestamp.read(from: &buf), 
-                onDevice: FfiConverterBool.read(from: &buf), 
-                onServer: FfiConverterBool.read(from: &buf)
-        )
-    }
-
-    public static func write(_ value: Attachment, into buf: inout [UInt8]) {
-        FfiConverterString.write(value.id, into: &buf)
-        FfiConverterString.write(value.sha256, into: &buf)
-        FfiConverterUInt64.write(value.size, into: &buf)
-        FfiConverterString.write(value.mime, into: &buf)
-        FfiConverterString.write(value.caption, into: &buf)
-        FfiConverterOptionString.write(value.document, into: &buf)
-        FfiConverterUInt32.write(value.page, into: &buf)
-        FfiConverterTypeAttachmentCategory.write(value.category, into: &buf)
-        FfiConverterTimestamp.write(value.addedAt, into: &buf)
-        FfiConverterBool.write(value.onDevice, into: &buf)
-        FfiConverterBool.write(value.onServer, into: &buf)
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachment_lift(_ buf: RustBuffer) throws -> Attachment {
-    return try FfiConverterTypeAttachment.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachment_lower(_ value: Attachment) -> RustBuffer {
-    return FfiConverterTypeAttachment.lower(value)
-}
-
-
-/**
- * Bytes of one attachment moved by a sync or a download.
- */
-public struct AttachmentProgress: Equatable, Hashable {
-    /**
-     * The content.
-     */
-    public var sha256: String
-    /**
-     * An upload (else a download).
-     */
-    public var upload: Bool
-    /**
-     * Bytes the server (upload) or this tablet (download) holds now.
-     */
-    public var doneBytes: UInt64
-    /**
-     * The content's size.
-     */
-    public var totalBytes: UInt64
-
-    // Default memberwise initializers are never public by default, so we
-    // declare one manually.
-    public init(
-        /**
-         * The content.
-         */sha256: String, 
-        /**
-         * An upload (else a download).
-         */upload: Bool, 
-        /**
-         * Bytes the server (upload) or this tablet (download) holds now.
-         */doneBytes: UInt64, 
-        /**
-         * The content's size.
-         */totalBytes: UInt64) {
-        self.sha256 = sha256
-        self.upload = upload
-        self.doneBytes = doneBytes
-        self.totalBytes = totalBytes
-    }
-
-    
-
-    
-}
-
-#if compiler(>=6)
-extension AttachmentProgress: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeAttachmentProgress: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentProgress {
-        return
-            try AttachmentProgress(
-                sha256: FfiConverterString.read(from: &buf), 
-                upload: FfiConverterBool.read(from: &buf), 
-                doneBytes: FfiConverterUInt64.read(from: &buf), 
-                totalBytes: FfiConverterUInt64.read(from: &buf)
-        )
-    }
-
-    public static func write(_ value: AttachmentProgress, into buf: inout [UInt8]) {
-        FfiConverterString.write(value.sha256, into: &buf)
-        FfiConverterBool.write(value.upload, into: &buf)
-        FfiConverterUInt64.write(value.doneBytes, into: &buf)
-        FfiConverterUInt64.write(value.totalBytes, into: &buf)
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentProgress_lift(_ buf: RustBuffer) throws -> AttachmentProgress {
-    return try FfiConverterTypeAttachmentProgress.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentProgress_lower(_ value: AttachmentProgress) -> RustBuffer {
-    return FfiConverterTypeAttachmentProgress.lower(value)
-}
-
-
-/**
- * The attachment channel's settings, used by each `sync_now` and download.
- */
-public struct AttachmentSettings: Equatable, Hashable {
-    /**
-     * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
-     * costs at most one chunk.
-     */
-    public var chunkSize: UInt32
-    /**
-     * Whether the link is metered (mobile data): attachments then get at most
-     * `metered_budget_bytes` per sync; records always go (default true).
-     */
-    public var metered: Bool
-    /**
-     * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
-     */
-    public var meteredBudgetBytes: UInt64
-    /**
-     * Whether each sync also downloads the contents the commune's records name (default
-     * false: contents come when opened).
-     */
-    public var prefetch: Bool
-    /**
-     * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
-     * uploaded are never evicted.
-     */
-    public var cacheBytes: UInt64
-
-    // Default memberwise initializers are never public by default, so we
-    // declare one manually.
-    public init(
-        /**
-         * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
-         * costs at most one chunk.
-         */chunkSize: UInt32, 
-        /**
-         * Whether the link is metered (mobile data): attachments then get at most
-         * `metered_budget_bytes` per sync; records always go (default true).
-         */metered: Bool, 
-        /**
-         * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
-         */meteredBudgetBytes: UInt64, 
-        /**
-         * Whether each sync also downloads the contents the commune's records name (default
-         * false: contents come when opened).
-         */prefetch: Bool, 
-        /**
-         * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
-         * uploaded are never evicted.
-         */cacheBytes: UInt64) {
-        self.chunkSize = chunkSize
-        self.metered = metered
-        self.meteredBudgetBytes = meteredBudgetBytes
-        self.prefetch = prefetch
-        self.cacheBytes = cacheBytes
-    }
-
-    
-
-    
-}
-
-#if compiler(>=6)
-extension AttachmentSettings: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeAttachmentSettings: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentSettings {
-        return
-            try AttachmentSettings(
-                chunkSize: FfiConverterUInt32.read(from: &buf), 
-                metered: FfiConverterBool.read(from: &buf), 
-                meteredBudgetBytes: FfiConverterUInt64.read(from: &buf), 
-                prefetch: FfiConverterBool.read(from: &buf), 
-                cacheBytes: FfiConverterUInt64.read(from: &buf)
-        )
-    }
-
-    public static func write(_ value: AttachmentSettings, into buf: inout [UInt8]) {
-        FfiConverterUInt32.write(value.chunkSize, into: &buf)
-        FfiConverterBool.write(value.metered, into: &buf)
-        FfiConverterUInt64.write(value.meteredBudgetBytes, into: &buf)
-        FfiConverterBool.write(value.prefetch, into: &buf)
-        FfiConverterUInt64.write(value.cacheBytes, into: &buf)
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentSettings_lift(_ buf: RustBuffer) throws -> AttachmentSettings {
-    return try FfiConverterTypeAttachmentSettings.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentSettings_lower(_ value: AttachmentSettings) -> RustBuffer {
-    return FfiConverterTypeAttachmentSettings.lower(value)
-}
-
-
-/**
  * One entry of the audit log of quarantine decisions: who, when, what, why.
  */
 public struct AuditEntry: Equatable, Hashable {
@@ -5259,6 +4694,75 @@ public func FfiConverterTypeDeviceCredential_lower(_ value: DeviceCredential) ->
 
 
 /**
+ * A dossier's form: the pinned procedure version and the values.
+ */
+public struct DossierForm: Equatable, Hashable {
+    /**
+     * Version of the procedure the dossier was received under (0: before catalogue v2).
+     */
+    public var procedureVersion: UInt64
+    /**
+     * The values, by field name.
+     */
+    public var values: [FormEntry]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Version of the procedure the dossier was received under (0: before catalogue v2).
+         */procedureVersion: UInt64, 
+        /**
+         * The values, by field name.
+         */values: [FormEntry]) {
+        self.procedureVersion = procedureVersion
+        self.values = values
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierForm: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierForm: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierForm {
+        return
+            try DossierForm(
+                procedureVersion: FfiConverterUInt64.read(from: &buf), 
+                values: FfiConverterSequenceTypeFormEntry.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierForm, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.procedureVersion, into: &buf)
+        FfiConverterSequenceTypeFormEntry.write(value.values, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierForm_lift(_ buf: RustBuffer) throws -> DossierForm {
+    return try FfiConverterTypeDossierForm.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierForm_lower(_ value: DossierForm) -> RustBuffer {
+    return FfiConverterTypeDossierForm.lower(value)
+}
+
+
+/**
  * What this tablet has to number dossiers with.
  */
 public struct DossierNumberState: Equatable, Hashable {
@@ -5574,6 +5078,174 @@ public func FfiConverterTypeFee_lift(_ buf: RustBuffer) throws -> Fee {
 #endif
 public func FfiConverterTypeFee_lower(_ value: Fee) -> RustBuffer {
     return FfiConverterTypeFee.lower(value)
+}
+
+
+/**
+ * One value of a dossier's form.
+ */
+public struct FormEntry: Equatable, Hashable {
+    /**
+     * Field name.
+     */
+    public var name: String
+    /**
+     * Value.
+     */
+    public var value: FormValue
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Field name.
+         */name: String, 
+        /**
+         * Value.
+         */value: FormValue) {
+        self.name = name
+        self.value = value
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FormEntry: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormEntry: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormEntry {
+        return
+            try FormEntry(
+                name: FfiConverterString.read(from: &buf), 
+                value: FfiConverterTypeFormValue.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FormEntry, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterTypeFormValue.write(value.value, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormEntry_lift(_ buf: RustBuffer) throws -> FormEntry {
+    return try FfiConverterTypeFormEntry.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormEntry_lower(_ value: FormEntry) -> RustBuffer {
+    return FfiConverterTypeFormEntry.lower(value)
+}
+
+
+/**
+ * One field of a procedure's form.
+ */
+public struct FormField: Equatable, Hashable {
+    /**
+     * Key of the value.
+     */
+    public var name: String
+    /**
+     * Label.
+     */
+    public var label: String
+    /**
+     * Type and constraints.
+     */
+    public var kind: FieldKind
+    /**
+     * Whether a value is required.
+     */
+    public var required: Bool
+    /**
+     * Help text.
+     */
+    public var help: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Key of the value.
+         */name: String, 
+        /**
+         * Label.
+         */label: String, 
+        /**
+         * Type and constraints.
+         */kind: FieldKind, 
+        /**
+         * Whether a value is required.
+         */required: Bool, 
+        /**
+         * Help text.
+         */help: String) {
+        self.name = name
+        self.label = label
+        self.kind = kind
+        self.required = required
+        self.help = help
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FormField: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormField: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormField {
+        return
+            try FormField(
+                name: FfiConverterString.read(from: &buf), 
+                label: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeFieldKind.read(from: &buf), 
+                required: FfiConverterBool.read(from: &buf), 
+                help: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FormField, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.label, into: &buf)
+        FfiConverterTypeFieldKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.required, into: &buf)
+        FfiConverterString.write(value.help, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormField_lift(_ buf: RustBuffer) throws -> FormField {
+    return try FfiConverterTypeFormField.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormField_lower(_ value: FormField) -> RustBuffer {
+    return FfiConverterTypeFormField.lower(value)
 }
 
 
@@ -5917,107 +5589,6 @@ public func FfiConverterTypeNewApplication_lower(_ value: NewApplication) -> Rus
 
 
 /**
- * What the app says about a file it attaches.
- */
-public struct NewAttachment: Equatable, Hashable {
-    /**
-     * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
-     * `attach_photo` is always `image/jpeg`).
-     */
-    public var mime: String
-    /**
-     * What kind of paper it shows.
-     */
-    public var category: AttachmentCategory
-    /**
-     * What it shows (at most 200 characters).
-     */
-    public var caption: String
-    /**
-     * Name of the received paper of the dossier it belongs to.
-     */
-    public var document: String?
-    /**
-     * Page number within that paper (0 when not paged).
-     */
-    public var page: UInt32
-
-    // Default memberwise initializers are never public by default, so we
-    // declare one manually.
-    public init(
-        /**
-         * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
-         * `attach_photo` is always `image/jpeg`).
-         */mime: String, 
-        /**
-         * What kind of paper it shows.
-         */category: AttachmentCategory, 
-        /**
-         * What it shows (at most 200 characters).
-         */caption: String = "", 
-        /**
-         * Name of the received paper of the dossier it belongs to.
-         */document: String? = nil, 
-        /**
-         * Page number within that paper (0 when not paged).
-         */page: UInt32 = UInt32(0)) {
-        self.mime = mime
-        self.category = category
-        self.caption = caption
-        self.document = document
-        self.page = page
-    }
-
-    
-
-    
-}
-
-#if compiler(>=6)
-extension NewAttachment: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeNewAttachment: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NewAttachment {
-        return
-            try NewAttachment(
-                mime: FfiConverterString.read(from: &buf), 
-                category: FfiConverterTypeAttachmentCategory.read(from: &buf), 
-                caption: FfiConverterString.read(from: &buf), 
-                document: FfiConverterOptionString.read(from: &buf), 
-                page: FfiConverterUInt32.read(from: &buf)
-        )
-    }
-
-    public static func write(_ value: NewAttachment, into buf: inout [UInt8]) {
-        FfiConverterString.write(value.mime, into: &buf)
-        FfiConverterTypeAttachmentCategory.write(value.category, into: &buf)
-        FfiConverterString.write(value.caption, into: &buf)
-        FfiConverterOptionString.write(value.document, into: &buf)
-        FfiConverterUInt32.write(value.page, into: &buf)
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeNewAttachment_lift(_ buf: RustBuffer) throws -> NewAttachment {
-    return try FfiConverterTypeNewAttachment.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeNewAttachment_lower(_ value: NewAttachment) -> RustBuffer {
-    return FfiConverterTypeNewAttachment.lower(value)
-}
-
-
-/**
  * What an officer enters for a new citizen request.
  */
 public struct NewCitizenRequest: Equatable, Hashable {
@@ -6153,95 +5724,6 @@ public func FfiConverterTypeNewCitizenRequest_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeNewCitizenRequest_lower(_ value: NewCitizenRequest) -> RustBuffer {
     return FfiConverterTypeNewCitizenRequest.lower(value)
-}
-
-
-/**
- * How a camera photo of a paper is prepared for 2G.
- */
-public struct PhotoOptions: Equatable, Hashable {
-    /**
-     * Long side of the prepared image, pixels (default 1600).
-     */
-    public var longSide: UInt32
-    /**
-     * Gray levels only: smaller, for papers (default false).
-     */
-    public var grayscale: Bool
-    /**
-     * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
-     */
-    public var targetBytes: UInt64
-    /**
-     * Also attach the original file (captioned "(original)"); default false.
-     */
-    public var keepOriginal: Bool
-
-    // Default memberwise initializers are never public by default, so we
-    // declare one manually.
-    public init(
-        /**
-         * Long side of the prepared image, pixels (default 1600).
-         */longSide: UInt32 = UInt32(1600), 
-        /**
-         * Gray levels only: smaller, for papers (default false).
-         */grayscale: Bool = false, 
-        /**
-         * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
-         */targetBytes: UInt64 = UInt64(150000), 
-        /**
-         * Also attach the original file (captioned "(original)"); default false.
-         */keepOriginal: Bool = false) {
-        self.longSide = longSide
-        self.grayscale = grayscale
-        self.targetBytes = targetBytes
-        self.keepOriginal = keepOriginal
-    }
-
-    
-
-    
-}
-
-#if compiler(>=6)
-extension PhotoOptions: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypePhotoOptions: FfiConverterRustBuffer {
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PhotoOptions {
-        return
-            try PhotoOptions(
-                longSide: FfiConverterUInt32.read(from: &buf), 
-                grayscale: FfiConverterBool.read(from: &buf), 
-                targetBytes: FfiConverterUInt64.read(from: &buf), 
-                keepOriginal: FfiConverterBool.read(from: &buf)
-        )
-    }
-
-    public static func write(_ value: PhotoOptions, into buf: inout [UInt8]) {
-        FfiConverterUInt32.write(value.longSide, into: &buf)
-        FfiConverterBool.write(value.grayscale, into: &buf)
-        FfiConverterUInt64.write(value.targetBytes, into: &buf)
-        FfiConverterBool.write(value.keepOriginal, into: &buf)
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypePhotoOptions_lift(_ buf: RustBuffer) throws -> PhotoOptions {
-    return try FfiConverterTypePhotoOptions.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypePhotoOptions_lower(_ value: PhotoOptions) -> RustBuffer {
-    return FfiConverterTypePhotoOptions.lower(value)
 }
 
 
@@ -6441,6 +5923,343 @@ public func FfiConverterTypeProcedure_lift(_ buf: RustBuffer) throws -> Procedur
 #endif
 public func FfiConverterTypeProcedure_lower(_ value: Procedure) -> RustBuffer {
     return FfiConverterTypeProcedure.lower(value)
+}
+
+
+/**
+ * A procedure with its papers, fees and form.
+ */
+public struct ProcedureDetails: Equatable, Hashable {
+    /**
+     * National code.
+     */
+    public var code: String
+    /**
+     * Name.
+     */
+    public var name: String
+    /**
+     * Sector.
+     */
+    public var sector: String
+    /**
+     * `commune`, `district`, `province` or `central`.
+     */
+    public var level: String
+    /**
+     * Working days (hours-based procedures: their hours rounded up to days).
+     */
+    public var processingDays: UInt32
+    /**
+     * Working hours for a same-day procedure, else `None`.
+     */
+    public var processingHours: UInt32?
+    /**
+     * Fees.
+     */
+    public var fees: [ProcedureFee]
+    /**
+     * Papers.
+     */
+    public var papers: [RequiredPaper]
+    /**
+     * The form.
+     */
+    public var form: [FormField]
+    /**
+     * Whether an applicant may withdraw.
+     */
+    public var withdrawalAllowed: Bool
+    /**
+     * First day in force (`YYYY-MM-DD`).
+     */
+    public var effectiveFrom: String?
+    /**
+     * Last day in force (`YYYY-MM-DD`).
+     */
+    public var effectiveUntil: String?
+    /**
+     * Version.
+     */
+    public var version: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * National code.
+         */code: String, 
+        /**
+         * Name.
+         */name: String, 
+        /**
+         * Sector.
+         */sector: String, 
+        /**
+         * `commune`, `district`, `province` or `central`.
+         */level: String, 
+        /**
+         * Working days (hours-based procedures: their hours rounded up to days).
+         */processingDays: UInt32, 
+        /**
+         * Working hours for a same-day procedure, else `None`.
+         */processingHours: UInt32?, 
+        /**
+         * Fees.
+         */fees: [ProcedureFee], 
+        /**
+         * Papers.
+         */papers: [RequiredPaper], 
+        /**
+         * The form.
+         */form: [FormField], 
+        /**
+         * Whether an applicant may withdraw.
+         */withdrawalAllowed: Bool, 
+        /**
+         * First day in force (`YYYY-MM-DD`).
+         */effectiveFrom: String?, 
+        /**
+         * Last day in force (`YYYY-MM-DD`).
+         */effectiveUntil: String?, 
+        /**
+         * Version.
+         */version: UInt64) {
+        self.code = code
+        self.name = name
+        self.sector = sector
+        self.level = level
+        self.processingDays = processingDays
+        self.processingHours = processingHours
+        self.fees = fees
+        self.papers = papers
+        self.form = form
+        self.withdrawalAllowed = withdrawalAllowed
+        self.effectiveFrom = effectiveFrom
+        self.effectiveUntil = effectiveUntil
+        self.version = version
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureDetails: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureDetails: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureDetails {
+        return
+            try ProcedureDetails(
+                code: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                sector: FfiConverterString.read(from: &buf), 
+                level: FfiConverterString.read(from: &buf), 
+                processingDays: FfiConverterUInt32.read(from: &buf), 
+                processingHours: FfiConverterOptionUInt32.read(from: &buf), 
+                fees: FfiConverterSequenceTypeProcedureFee.read(from: &buf), 
+                papers: FfiConverterSequenceTypeRequiredPaper.read(from: &buf), 
+                form: FfiConverterSequenceTypeFormField.read(from: &buf), 
+                withdrawalAllowed: FfiConverterBool.read(from: &buf), 
+                effectiveFrom: FfiConverterOptionString.read(from: &buf), 
+                effectiveUntil: FfiConverterOptionString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureDetails, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterString.write(value.level, into: &buf)
+        FfiConverterUInt32.write(value.processingDays, into: &buf)
+        FfiConverterOptionUInt32.write(value.processingHours, into: &buf)
+        FfiConverterSequenceTypeProcedureFee.write(value.fees, into: &buf)
+        FfiConverterSequenceTypeRequiredPaper.write(value.papers, into: &buf)
+        FfiConverterSequenceTypeFormField.write(value.form, into: &buf)
+        FfiConverterBool.write(value.withdrawalAllowed, into: &buf)
+        FfiConverterOptionString.write(value.effectiveFrom, into: &buf)
+        FfiConverterOptionString.write(value.effectiveUntil, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureDetails_lift(_ buf: RustBuffer) throws -> ProcedureDetails {
+    return try FfiConverterTypeProcedureDetails.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureDetails_lower(_ value: ProcedureDetails) -> RustBuffer {
+    return FfiConverterTypeProcedureDetails.lower(value)
+}
+
+
+/**
+ * A fee of the procedure.
+ */
+public struct ProcedureFee: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Amount in đồng.
+     */
+    public var amountVnd: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Amount in đồng.
+         */amountVnd: UInt64) {
+        self.name = name
+        self.amountVnd = amountVnd
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureFee: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureFee: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureFee {
+        return
+            try ProcedureFee(
+                name: FfiConverterString.read(from: &buf), 
+                amountVnd: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureFee, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt64.write(value.amountVnd, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureFee_lift(_ buf: RustBuffer) throws -> ProcedureFee {
+    return try FfiConverterTypeProcedureFee.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureFee_lower(_ value: ProcedureFee) -> RustBuffer {
+    return FfiConverterTypeProcedureFee.lower(value)
+}
+
+
+/**
+ * A procedure as lists show it.
+ */
+public struct ProcedureSummary: Equatable, Hashable {
+    /**
+     * National code (`1.001193`).
+     */
+    public var code: String
+    /**
+     * Name ("Đăng ký khai sinh").
+     */
+    public var name: String
+    /**
+     * Sector ("Hộ tịch").
+     */
+    public var sector: String
+    /**
+     * Version in force on this tablet.
+     */
+    public var version: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * National code (`1.001193`).
+         */code: String, 
+        /**
+         * Name ("Đăng ký khai sinh").
+         */name: String, 
+        /**
+         * Sector ("Hộ tịch").
+         */sector: String, 
+        /**
+         * Version in force on this tablet.
+         */version: UInt64) {
+        self.code = code
+        self.name = name
+        self.sector = sector
+        self.version = version
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureSummary: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureSummary: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureSummary {
+        return
+            try ProcedureSummary(
+                code: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                sector: FfiConverterString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureSummary, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureSummary_lift(_ buf: RustBuffer) throws -> ProcedureSummary {
+    return try FfiConverterTypeProcedureSummary.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureSummary_lower(_ value: ProcedureSummary) -> RustBuffer {
+    return FfiConverterTypeProcedureSummary.lower(value)
 }
 
 
@@ -7040,6 +6859,95 @@ public func FfiConverterTypeReceivedDocument_lower(_ value: ReceivedDocument) ->
 
 
 /**
+ * A paper the applicant hands in.
+ */
+public struct RequiredPaper: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Copies.
+     */
+    public var copies: UInt32
+    /**
+     * Whether the original must be shown.
+     */
+    public var original: Bool
+    /**
+     * `None` when mandatory; the case that requires it when conditional.
+     */
+    public var condition: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Copies.
+         */copies: UInt32, 
+        /**
+         * Whether the original must be shown.
+         */original: Bool, 
+        /**
+         * `None` when mandatory; the case that requires it when conditional.
+         */condition: String?) {
+        self.name = name
+        self.copies = copies
+        self.original = original
+        self.condition = condition
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RequiredPaper: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRequiredPaper: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RequiredPaper {
+        return
+            try RequiredPaper(
+                name: FfiConverterString.read(from: &buf), 
+                copies: FfiConverterUInt32.read(from: &buf), 
+                original: FfiConverterBool.read(from: &buf), 
+                condition: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RequiredPaper, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt32.write(value.copies, into: &buf)
+        FfiConverterBool.write(value.original, into: &buf)
+        FfiConverterOptionString.write(value.condition, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRequiredPaper_lift(_ buf: RustBuffer) throws -> RequiredPaper {
+    return try FfiConverterTypeRequiredPaper.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRequiredPaper_lower(_ value: RequiredPaper) -> RustBuffer {
+    return FfiConverterTypeRequiredPaper.lower(value)
+}
+
+
+/**
  * A full-text search result.
  */
 public struct SearchHit: Equatable, Hashable {
@@ -7125,6 +7033,75 @@ public func FfiConverterTypeSearchHit_lift(_ buf: RustBuffer) throws -> SearchHi
 #endif
 public func FfiConverterTypeSearchHit_lower(_ value: SearchHit) -> RustBuffer {
     return FfiConverterTypeSearchHit.lower(value)
+}
+
+
+/**
+ * A sector and how many procedures it has.
+ */
+public struct SectorCount: Equatable, Hashable {
+    /**
+     * Sector name.
+     */
+    public var sector: String
+    /**
+     * Procedures in it.
+     */
+    public var procedures: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Sector name.
+         */sector: String, 
+        /**
+         * Procedures in it.
+         */procedures: UInt64) {
+        self.sector = sector
+        self.procedures = procedures
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SectorCount: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSectorCount: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SectorCount {
+        return
+            try SectorCount(
+                sector: FfiConverterString.read(from: &buf), 
+                procedures: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SectorCount, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterUInt64.write(value.procedures, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSectorCount_lift(_ buf: RustBuffer) throws -> SectorCount {
+    return try FfiConverterTypeSectorCount.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSectorCount_lower(_ value: SectorCount) -> RustBuffer {
+    return FfiConverterTypeSectorCount.lower(value)
 }
 
 
@@ -7376,24 +7353,6 @@ public struct SyncReport: Equatable, Hashable {
      * Documents still waiting to be pushed.
      */
     public var pendingDocs: UInt64
-    /**
-     * Attachment contents now whole on the server (uploads) or here (prefetch), after the
-     * records.
-     */
-    public var attachmentsCompleted: UInt64
-    /**
-     * Attachment chunk bytes sent or received.
-     */
-    public var attachmentBytes: UInt64
-    /**
-     * Attachment contents left for a later sync (the metered budget was spent).
-     */
-    public var attachmentsDeferred: UInt64
-    /**
-     * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
-     * resumes at the last whole chunk).
-     */
-    public var attachmentError: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -7439,21 +7398,7 @@ public struct SyncReport: Equatable, Hashable {
          */retries: UInt64, 
         /**
          * Documents still waiting to be pushed.
-         */pendingDocs: UInt64, 
-        /**
-         * Attachment contents now whole on the server (uploads) or here (prefetch), after the
-         * records.
-         */attachmentsCompleted: UInt64 = UInt64(0), 
-        /**
-         * Attachment chunk bytes sent or received.
-         */attachmentBytes: UInt64 = UInt64(0), 
-        /**
-         * Attachment contents left for a later sync (the metered budget was spent).
-         */attachmentsDeferred: UInt64 = UInt64(0), 
-        /**
-         * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
-         * resumes at the last whole chunk).
-         */attachmentError: String? = nil) {
+         */pendingDocs: UInt64) {
         self.requests = requests
         self.bytesUp = bytesUp
         self.bytesDown = bytesDown
@@ -7468,10 +7413,6 @@ public struct SyncReport: Equatable, Hashable {
         self.quarantined = quarantined
         self.retries = retries
         self.pendingDocs = pendingDocs
-        self.attachmentsCompleted = attachmentsCompleted
-        self.attachmentBytes = attachmentBytes
-        self.attachmentsDeferred = attachmentsDeferred
-        self.attachmentError = attachmentError
     }
 
     
@@ -7503,11 +7444,7 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 refused: FfiConverterUInt64.read(from: &buf), 
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 retries: FfiConverterUInt64.read(from: &buf), 
-                pendingDocs: FfiConverterUInt64.read(from: &buf), 
-                attachmentsCompleted: FfiConverterUInt64.read(from: &buf), 
-                attachmentBytes: FfiConverterUInt64.read(from: &buf), 
-                attachmentsDeferred: FfiConverterUInt64.read(from: &buf), 
-                attachmentError: FfiConverterOptionString.read(from: &buf)
+                pendingDocs: FfiConverterUInt64.read(from: &buf)
         )
     }
 
@@ -7526,10 +7463,6 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterUInt64.write(value.retries, into: &buf)
         FfiConverterUInt64.write(value.pendingDocs, into: &buf)
-        FfiConverterUInt64.write(value.attachmentsCompleted, into: &buf)
-        FfiConverterUInt64.write(value.attachmentBytes, into: &buf)
-        FfiConverterUInt64.write(value.attachmentsDeferred, into: &buf)
-        FfiConverterOptionString.write(value.attachmentError, into: &buf)
     }
 }
 
@@ -7941,101 +7874,6 @@ public func FfiConverterTypeApplicationStatus_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeApplicationStatus_lower(_ value: ApplicationStatus) -> RustBuffer {
     return FfiConverterTypeApplicationStatus.lower(value)
-}
-
-
-
-/**
- * What kind of paper an attachment shows; receipts and identity cards are uploaded first.
- */
-
-public enum AttachmentCategory: Equatable, Hashable {
-    
-    /**
-     * A signed receipt or payment proof.
-     */
-    case receipt
-    /**
-     * A citizen identity card (CCCD) or other identity paper.
-     */
-    case identityCard
-    /**
-     * A form or certificate of the dossier.
-     */
-    case document
-    /**
-     * Any other photo (a land plot, a road).
-     */
-    case photo
-
-
-
-
-
-}
-
-#if compiler(>=6)
-extension AttachmentCategory: Sendable {}
-#endif
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public struct FfiConverterTypeAttachmentCategory: FfiConverterRustBuffer {
-    typealias SwiftType = AttachmentCategory
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentCategory {
-        let variant: Int32 = try readInt(&buf)
-        switch variant {
-        
-        case 1: return .receipt
-        
-        case 2: return .identityCard
-        
-        case 3: return .document
-        
-        case 4: return .photo
-        
-        default: throw UniffiInternalError.unexpectedEnumCase
-        }
-    }
-
-    public static func write(_ value: AttachmentCategory, into buf: inout [UInt8]) {
-        switch value {
-        
-        
-        case .receipt:
-            writeInt(&buf, Int32(1))
-        
-        
-        case .identityCard:
-            writeInt(&buf, Int32(2))
-        
-        
-        case .document:
-            writeInt(&buf, Int32(3))
-        
-        
-        case .photo:
-            writeInt(&buf, Int32(4))
-        
-        }
-    }
-}
-
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentCategory_lift(_ buf: RustBuffer) throws -> AttachmentCategory {
-    return try FfiConverterTypeAttachmentCategory.lift(buf)
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
-public func FfiConverterTypeAttachmentCategory_lower(_ value: AttachmentCategory) -> RustBuffer {
-    return FfiConverterTypeAttachmentCategory.lower(value)
 }
 
 
@@ -8644,6 +8482,336 @@ public func FfiConverterTypeErrorKind_lift(_ buf: RustBuffer) throws -> ErrorKin
 #endif
 public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
     return FfiConverterTypeErrorKind.lower(value)
+}
+
+
+
+/**
+ * The type of a form field, with its constraints.
+ */
+
+public enum FieldKind: Equatable, Hashable {
+    
+    /**
+     * Free text.
+     */
+    case text(
+        /**
+         * Longest value in characters.
+         */maxLen: UInt32?
+    )
+    /**
+     * A whole number.
+     */
+    case number(
+        /**
+         * Smallest value.
+         */min: Int64?, 
+        /**
+         * Largest value.
+         */max: Int64?
+    )
+    /**
+     * A date (`YYYY-MM-DD`).
+     */
+    case date
+    /**
+     * One of the options.
+     */
+    case choice(
+        /**
+         * The options.
+         */options: [String]
+    )
+    /**
+     * A person.
+     */
+    case person
+    /**
+     * A citizen identity number (CCCD, format-checked).
+     */
+    case citizenId
+    /**
+     * An address.
+     */
+    case address
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FieldKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFieldKind: FfiConverterRustBuffer {
+    typealias SwiftType = FieldKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FieldKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text(maxLen: try FfiConverterOptionUInt32.read(from: &buf)
+        )
+        
+        case 2: return .number(min: try FfiConverterOptionInt64.read(from: &buf), max: try FfiConverterOptionInt64.read(from: &buf)
+        )
+        
+        case 3: return .date
+        
+        case 4: return .choice(options: try FfiConverterSequenceString.read(from: &buf)
+        )
+        
+        case 5: return .person
+        
+        case 6: return .citizenId
+        
+        case 7: return .address
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FieldKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .text(maxLen):
+            writeInt(&buf, Int32(1))
+            FfiConverterOptionUInt32.write(maxLen, into: &buf)
+            
+        
+        case let .number(min,max):
+            writeInt(&buf, Int32(2))
+            FfiConverterOptionInt64.write(min, into: &buf)
+            FfiConverterOptionInt64.write(max, into: &buf)
+            
+        
+        case .date:
+            writeInt(&buf, Int32(3))
+        
+        
+        case let .choice(options):
+            writeInt(&buf, Int32(4))
+            FfiConverterSequenceString.write(options, into: &buf)
+            
+        
+        case .person:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .citizenId:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .address:
+            writeInt(&buf, Int32(7))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFieldKind_lift(_ buf: RustBuffer) throws -> FieldKind {
+    return try FfiConverterTypeFieldKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFieldKind_lower(_ value: FieldKind) -> RustBuffer {
+    return FfiConverterTypeFieldKind.lower(value)
+}
+
+
+
+/**
+ * A typed form value.
+ */
+
+public enum FormValue: Equatable, Hashable {
+    
+    /**
+     * Text.
+     */
+    case text(
+        /**
+         * The text.
+         */value: String
+    )
+    /**
+     * A whole number.
+     */
+    case number(
+        /**
+         * The number.
+         */value: Int64
+    )
+    /**
+     * A date.
+     */
+    case date(
+        /**
+         * `YYYY-MM-DD`.
+         */value: String
+    )
+    /**
+     * An option of a choice.
+     */
+    case choice(
+        /**
+         * The option.
+         */value: String
+    )
+    /**
+     * A person.
+     */
+    case person(
+        /**
+         * Full name.
+         */name: String, 
+        /**
+         * CCCD number.
+         */citizenId: String?, 
+        /**
+         * Date of birth, `YYYY-MM-DD`.
+         */birthDate: String?
+    )
+    /**
+     * A citizen identity number.
+     */
+    case citizenId(
+        /**
+         * 12 digits.
+         */value: String
+    )
+    /**
+     * An address.
+     */
+    case address(
+        /**
+         * House, street or hamlet.
+         */detail: String, 
+        /**
+         * Commune or ward.
+         */commune: String, 
+        /**
+         * Province.
+         */province: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FormValue: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormValue: FfiConverterRustBuffer {
+    typealias SwiftType = FormValue
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormValue {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 2: return .number(value: try FfiConverterInt64.read(from: &buf)
+        )
+        
+        case 3: return .date(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 4: return .choice(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .person(name: try FfiConverterString.read(from: &buf), citizenId: try FfiConverterOptionString.read(from: &buf), birthDate: try FfiConverterOptionString.read(from: &buf)
+        )
+        
+        case 6: return .citizenId(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 7: return .address(detail: try FfiConverterString.read(from: &buf), commune: try FfiConverterString.read(from: &buf), province: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FormValue, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .text(value):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .number(value):
+            writeInt(&buf, Int32(2))
+            FfiConverterInt64.write(value, into: &buf)
+            
+        
+        case let .date(value):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .choice(value):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .person(name,citizenId,birthDate):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(name, into: &buf)
+            FfiConverterOptionString.write(citizenId, into: &buf)
+            FfiConverterOptionString.write(birthDate, into: &buf)
+            
+        
+        case let .citizenId(value):
+            writeInt(&buf, Int32(6))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .address(detail,commune,province):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(detail, into: &buf)
+            FfiConverterString.write(commune, into: &buf)
+            FfiConverterString.write(province, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormValue_lift(_ buf: RustBuffer) throws -> FormValue {
+    return try FfiConverterTypeFormValue.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormValue_lower(_ value: FormValue) -> RustBuffer {
+    return FfiConverterTypeFormValue.lower(value)
 }
 
 
@@ -9841,31 +10009,6 @@ fileprivate struct FfiConverterSequenceTypeApplicationSummary: FfiConverterRustB
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
-fileprivate struct FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer {
-    typealias SwiftType = [Attachment]
-
-    public static func write(_ value: [Attachment], into buf: inout [UInt8]) {
-        let len = Int32(value.count)
-        writeInt(&buf, len)
-        for item in value {
-            FfiConverterTypeAttachment.write(item, into: &buf)
-        }
-    }
-
-    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Attachment] {
-        let len: Int32 = try readInt(&buf)
-        var seq = [Attachment]()
-        seq.reserveCapacity(Int(len))
-        for _ in 0 ..< len {
-            seq.append(try FfiConverterTypeAttachment.read(from: &buf))
-        }
-        return seq
-    }
-}
-
-#if swift(>=5.8)
-@_documentation(visibility: private)
-#endif
 fileprivate struct FfiConverterSequenceTypeAuditEntry: FfiConverterRustBuffer {
     typealias SwiftType = [AuditEntry]
 
@@ -9966,6 +10109,56 @@ fileprivate struct FfiConverterSequenceTypeFee: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeFormEntry: FfiConverterRustBuffer {
+    typealias SwiftType = [FormEntry]
+
+    public static func write(_ value: [FormEntry], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFormEntry.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FormEntry] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FormEntry]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFormEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeFormField: FfiConverterRustBuffer {
+    typealias SwiftType = [FormField]
+
+    public static func write(_ value: [FormField], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFormField.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FormField] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FormField]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFormField.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer {
     typealias SwiftType = [HistoryEntry]
 
@@ -9983,6 +10176,56 @@ fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeHistoryEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeProcedureFee: FfiConverterRustBuffer {
+    typealias SwiftType = [ProcedureFee]
+
+    public static func write(_ value: [ProcedureFee], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeProcedureFee.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ProcedureFee] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ProcedureFee]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeProcedureFee.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeProcedureSummary: FfiConverterRustBuffer {
+    typealias SwiftType = [ProcedureSummary]
+
+    public static func write(_ value: [ProcedureSummary], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeProcedureSummary.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ProcedureSummary] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ProcedureSummary]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeProcedureSummary.read(from: &buf))
         }
         return seq
     }
@@ -10066,6 +10309,31 @@ fileprivate struct FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer {
+    typealias SwiftType = [RequiredPaper]
+
+    public static func write(_ value: [RequiredPaper], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRequiredPaper.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RequiredPaper] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RequiredPaper]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRequiredPaper.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
     typealias SwiftType = [SearchHit]
 
@@ -10083,6 +10351,31 @@ fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeSearchHit.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSectorCount: FfiConverterRustBuffer {
+    typealias SwiftType = [SectorCount]
+
+    public static func write(_ value: [SectorCount], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSectorCount.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SectorCount] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SectorCount]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSectorCount.read(from: &buf))
         }
         return seq
     }
@@ -10268,37 +10561,34 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() != 2066) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress() != 5297) {
+    if (uniffi_communesync_ffi_checksum_method_engine_catalogue_version() != 19241) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_attach_bytes() != 35714) {
+    if (uniffi_communesync_ffi_checksum_method_engine_create_dossier() != 8693) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_attach_file() != 16461) {
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_form() != 3392) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_attach_photo() != 7973) {
+    if (uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file() != 36119) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_attachment_settings() != 17712) {
+    if (uniffi_communesync_ffi_checksum_method_engine_prefilled_application() != 53800) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_attachments() != 41464) {
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure_details() != 15292) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_download_attachment() != 25789) {
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure_sectors() != 729) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_open_attachment() != 17424) {
+    if (uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector() != 55515) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_remove_attachment() != 34769) {
+    if (uniffi_communesync_ffi_checksum_method_engine_search_procedures() != 16415) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings() != 12731) {
-        return InitializationResult.apiChecksumMismatch
-    }
-    if (uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress() != 5400) {
+    if (uniffi_communesync_ffi_checksum_method_engine_set_form_values() != 14947) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_application_by_number() != 35798) {
@@ -10364,7 +10654,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 43156) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 23468) {
+    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 5857) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 19772) {
@@ -10385,7 +10675,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_search() != 41045) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 51858) {
+    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 13915) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_sync_status() != 56242) {
@@ -10443,7 +10733,6 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
 
-    uniffiCallbackInitAttachmentProgressListener()
     uniffiCallbackInitEngineLogger()
     uniffiCallbackInitSyncObserver()
     uniffiCallbackInitSyncStatusListener()

@@ -56,7 +56,6 @@ pub use error::ApiError;
 pub use rate::DeviceRateLimit;
 pub use secrets::{hash_enrollment_code, hash_secret, new_enrollment_code, new_token};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,7 +67,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::protocol::Limits;
-use serde::Deserialize;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::storage::{Device, ServerStorage};
@@ -157,8 +155,8 @@ pub(crate) fn decode_room_mib(config: &ServerConfig) -> usize {
 /// A mebibyte: the unit of the decode budget.
 pub(crate) const MIB: usize = 1024 * 1024;
 
-/// Whether each procedure may be withdrawn, by code.
-pub(crate) type WithdrawalRules = Arc<HashMap<String, bool>>;
+/// What the record rules need of the catalogue (see [`crate::catalogue::CatalogueRules`]).
+pub(crate) type WithdrawalRules = Arc<crate::catalogue::CatalogueRules>;
 
 /// Shared state of the handlers.
 pub struct AppState {
@@ -217,39 +215,49 @@ impl AppState {
         self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether each procedure of the catalogue may be withdrawn (what the workflow rule needs),
-    /// parsed from the catalogue when its version changes.
-    pub(crate) fn withdrawal_rules(&self, catalogue: Option<&(u64, String)>) -> WithdrawalRules {
-        let Some((version, json)) = catalogue else {
-            return Arc::new(HashMap::new());
+    /// What the record rules need of the catalogue at `version` (every published procedure
+    /// version, each procedure's withdrawal rule), read from storage when the version changes.
+    pub(crate) async fn withdrawal_rules(
+        &self,
+        version: Option<u64>,
+    ) -> Result<WithdrawalRules, crate::storage::StorageError> {
+        let Some(version) = version else {
+            return Ok(Arc::default());
         };
-        let mut cached = self
-            .withdrawal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, rules)) = cached.as_ref()
-            && at == version
         {
-            return rules.clone();
-        }
-        #[derive(Deserialize)]
-        struct Catalogue {
-            procedures: Vec<communesync_core::catalogue::Procedure>,
-        }
-        let rules: HashMap<String, bool> = match serde_json::from_str::<Catalogue>(json) {
-            Ok(catalogue) => catalogue
-                .procedures
-                .into_iter()
-                .map(|p| (p.code, p.withdrawal_allowed))
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "the stored catalogue does not parse");
-                HashMap::new()
+            let cached = self
+                .withdrawal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, rules)) = cached.as_ref()
+                && *at == version
+            {
+                return Ok(rules.clone());
             }
+        }
+        let versions = self.storage.procedure_versions().await?;
+        let rules = if versions.is_empty() {
+            // A catalogue published before the delta (server schema 6): its file is the rule.
+            match self.storage.catalogue().await? {
+                Some((_, json)) => match communesync_core::catalogue::CatalogueFile::parse(&json) {
+                    Ok(file) => crate::catalogue::CatalogueRules::from_file(file),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the stored catalogue does not parse");
+                        crate::catalogue::CatalogueRules::default()
+                    }
+                },
+                None => crate::catalogue::CatalogueRules::default(),
+            }
+        } else {
+            let rows = self.storage.catalogue_rows().await?;
+            crate::catalogue::CatalogueRules::from_storage(versions, &rows)
         };
         let rules = Arc::new(rules);
-        *cached = Some((*version, rules.clone()));
-        rules
+        *self
+            .withdrawal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((version, rules.clone()));
+        Ok(rules)
     }
 }
 

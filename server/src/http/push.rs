@@ -118,8 +118,8 @@ impl Decoded {
 pub(super) struct Pusher {
     pub(super) device: DeviceId,
     pub(super) scope: Scope,
-    /// Withdrawal rule by procedure code, from the province catalogue.
-    pub(super) withdrawal: Arc<HashMap<String, bool>>,
+    /// Withdrawal rule and form by procedure code, from the province catalogue.
+    pub(super) withdrawal: super::WithdrawalRules,
 }
 
 /// A verdict, with the document the checker built when it accepted a record (the stored
@@ -134,11 +134,12 @@ impl Pusher {
         stored: Vec<automerge::Change>,
         pushed: Vec<automerge::Change>,
     ) -> Checked {
-        let withdrawal = |code: &str| self.withdrawal.get(code).copied();
+        let withdrawal = |code: &str| self.withdrawal.withdrawal_allowed(code);
         let ctx = RuleContext {
             device: self.device,
             commune: self.scope.commune(),
             withdrawal_allowed: &withdrawal,
+            procedure_at: &*self.withdrawal,
         };
         check_pushed_keeping_doc(id, kind, stored, pushed, &ctx)
     }

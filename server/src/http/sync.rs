@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use communesync_core::catalogue::delta::CatalogueHeld;
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
 use communesync_core::keys::wire::{DeviceKeysRequest, MAX_DELTA_ENTRIES, cut_delta};
@@ -141,7 +142,10 @@ async fn sync_inner(
         }
     };
     let keys_request = request.extensions.get::<DeviceKeysRequest>();
-    let catalogue = state.storage.catalogue().await?;
+    // The catalogue by delta (tag 5): what the tablet holds; one that does not decode gets no
+    // catalogue this time (the records go on).
+    let catalogue_held = request.extensions.get::<CatalogueHeld>();
+    let catalogue_head = state.storage.catalogue_head().await?;
 
     // Push: a verdict per document; what passes is stored in one transaction.
     let mut missing: Vec<u32> = Vec::new();
@@ -153,7 +157,9 @@ async fn sync_inner(
         let pusher = Pusher {
             device: device.id,
             scope: device.scope.clone(),
-            withdrawal: state.withdrawal_rules(catalogue.as_ref()),
+            withdrawal: state
+                .withdrawal_rules(catalogue_head.as_ref().map(|head| head.version))
+                .await?,
         };
         // Decoding (and checking the documents sent whole, which name no id) runs first; then
         // one storage read for what the server holds of them all; then the checks against it.
@@ -418,11 +424,39 @@ async fn sync_inner(
             extensions.insert(&grant).map_err(ApiError::internal)?;
         }
     }
-    let catalogue = match catalogue {
-        Some((version, json)) if version > request.catalogue_version => {
-            Some(CatalogueUpdate { version, json })
+    let catalogue = match (&catalogue_head, catalogue_held) {
+        (None, _) => None,
+        // Published by delta: a page of what changed after the tablet's position, and the
+        // calendar if it moved, as extensions 5 and 6.
+        (Some(head), Ok(Some(held))) if head.calendar_version > 0 => {
+            let (delta, calendar) =
+                crate::catalogue::delta_page(state.storage.as_ref(), head, &held).await?;
+            if let Some(delta) = delta {
+                extensions.insert(&delta).map_err(ApiError::internal)?;
+            }
+            if let Some(calendar) = calendar {
+                extensions.insert(&calendar).map_err(ApiError::internal)?;
+            }
+            None
         }
-        _ => None,
+        (Some(_), Err(err)) => {
+            tracing::warn!(device = %device.id, %err, "catalogue position refused");
+            None
+        }
+        // A tablet that does not speak tag 5 (protocols 2 and 3), or a catalogue published
+        // whole before the delta: the whole catalogue when the tablet's version is older.
+        (Some(head), Ok(held)) => {
+            let held_version = held.map_or(request.catalogue_version, |held| held.version);
+            if head.version > held_version {
+                state
+                    .storage
+                    .catalogue()
+                    .await?
+                    .map(|(version, json)| CatalogueUpdate { version, json })
+            } else {
+                None
+            }
+        }
     };
     // The key list entries the tablet lacks (protocol 4; older tablets send no version).
     if let Ok(Some(held)) = &keys_request {

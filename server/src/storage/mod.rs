@@ -226,6 +226,49 @@ pub struct CommuneStats {
     pub last_change_at: Option<i64>,
 }
 
+/// The published catalogue's head (without its whole JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueHead {
+    /// Catalogue version: the number of the last publication (1, 2, ...).
+    pub version: u64,
+    /// The working calendar's overrides (JSON list of `CalendarOverride`).
+    pub calendar: String,
+    /// The publication that last changed the calendar (0: never published one).
+    pub calendar_version: u64,
+}
+
+/// A procedure code of the published catalogue: its current version (or its last one, removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueRow {
+    /// The publication that last changed this code.
+    pub changed: u64,
+    /// Procedure code.
+    pub code: String,
+    /// Its current (or last) version.
+    pub version: u64,
+    /// Whether the procedure was taken out of the catalogue.
+    pub removed: bool,
+    /// That version's JSON.
+    pub body: String,
+}
+
+/// One publication of the catalogue, planned against version `base_version`
+/// (`crate::catalogue::plan_publication`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CataloguePublication {
+    /// The catalogue version the plan was made against (0: none yet); the publication is
+    /// refused ([`StorageError::Conflict`]) if another one came first.
+    pub base_version: u64,
+    /// The whole file (for tablets of protocols 2 and 3, and exports).
+    pub json: String,
+    /// The calendar's overrides (JSON), when they changed.
+    pub calendar: Option<String>,
+    /// Procedures added or given a new version: code, version, JSON.
+    pub puts: Vec<(String, u64, String)>,
+    /// Procedure codes taken out.
+    pub removals: Vec<String>,
+}
+
 /// A stored change with the server's facts about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChange {
@@ -673,9 +716,37 @@ pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static 
     /// Unknown ids are absent from the map; duplicates in `docs` are harmless.
     async fn known_docs(&self, docs: &[RecordId]) -> Result<HashMap<RecordId, KnownDoc>>;
 
-    /// Replaces the province catalogue (reference data, JSON) and returns its new version
-    /// (1, 2, ...).
-    async fn put_catalogue(&self, json: &str) -> Result<u64>;
+    /// Publishes the province catalogue (a catalogue file's JSON) and returns its new version
+    /// (1, 2, ...): what changed against the published one is recorded for the delta
+    /// ([`crate::catalogue`]). [`StorageError::Conflict`] when the file breaks the version rule
+    /// (a published version changed in place, a version going back) or does not parse.
+    async fn put_catalogue(&self, json: &str) -> Result<u64> {
+        crate::catalogue::publish(self, json).await
+    }
+
+    /// Records one publication in one transaction: the new catalogue version, the whole JSON,
+    /// the procedure versions and entries it changes, the calendar if it changed. Returns the
+    /// new version; [`StorageError::Conflict`] if the catalogue is no longer at
+    /// `base_version`.
+    async fn publish_catalogue(&self, publication: CataloguePublication) -> Result<u64>;
+
+    /// The published catalogue's head, if one was ever published.
+    async fn catalogue_head(&self) -> Result<Option<CatalogueHead>>;
+
+    /// Every procedure code ever published, with its current (or last) version's JSON.
+    async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>>;
+
+    /// At most `limit` entries changed after position (`publication`, `code`), in (changed,
+    /// code) order: a page of the delta.
+    async fn catalogue_changes(
+        &self,
+        publication: u64,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>>;
+
+    /// Every published version of every procedure: code, version, JSON.
+    async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>>;
 
     /// The current catalogue and its version, if one was ever put.
     async fn catalogue(&self) -> Result<Option<(u64, String)>>;

@@ -35,12 +35,13 @@ use super::plan::{self, FeedRowMeta};
 mod numbers;
 use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, AuditEntry, Commune, CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession,
-    Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE,
-    KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow,
-    RecordQuery, Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage,
-    StorageError, StoredChange, device_id, feed_limits, hash32, join_deps, last_admin_token,
-    record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, AuditEntry, CatalogueHead, CataloguePublication, CatalogueRow, Commune,
+    CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession, Device, DeviceInfo, FeedItem,
+    FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED,
+    MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, RecordQuery, Refusal, RefusalRow,
+    Registrations, ReportRow, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    feed_limits, hash32, join_deps, last_admin_token, record_id, record_kind, refusals_to_store,
+    to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -53,6 +54,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0006_store_identity.sql"),
     include_str!("../../migrations/postgres/0007_attachments.sql"),
     include_str!("../../migrations/postgres/0008_read_model.sql"),
+    include_str!("../../migrations/postgres/0009_catalogue_delta.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1447,17 +1449,140 @@ impl ServerStorage for PostgresStorage {
         Ok(known)
     }
 
-    async fn put_catalogue(&self, json: &str) -> Result<u64> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO catalogue AS c (id, version, json) VALUES (1, 1, $1)
-                 ON CONFLICT (id) DO UPDATE SET version = c.version + 1, json = EXCLUDED.json
-                 RETURNING version",
-                &[&json],
+    async fn publish_catalogue(&self, publication: CataloguePublication) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // One publication at a time: the version check below then holds until commit.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CATALOGUE_LOCK])
+            .await?;
+        let current: i64 = match tx
+            .query_opt("SELECT version FROM catalogue WHERE id = 1", &[])
+            .await?
+        {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        if to_u64(current) != publication.base_version {
+            return Err(StorageError::Conflict(
+                "the catalogue was published meanwhile: publish again".into(),
+            ));
+        }
+        let version = current.saturating_add(1);
+        tx.execute(
+            "INSERT INTO catalogue AS c (id, version, json) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, json = EXCLUDED.json",
+            &[&version, &publication.json],
+        )
+        .await?;
+        if let Some(calendar) = &publication.calendar {
+            tx.execute(
+                "UPDATE catalogue SET calendar = $1, calendar_version = $2 WHERE id = 1",
+                &[calendar, &version],
             )
             .await?;
-        Ok(to_u64(row.try_get(0)?))
+        }
+        let put_version = tx
+            .prepare_cached(
+                "INSERT INTO procedure_versions (code, version, body, published)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (code, version) DO NOTHING",
+            )
+            .await?;
+        let put_entry = tx
+            .prepare_cached(
+                "INSERT INTO catalogue_entries (code, version, removed, changed)
+                 VALUES ($1, $2, FALSE, $3)
+                 ON CONFLICT (code) DO UPDATE SET version = EXCLUDED.version, removed = FALSE,
+                     changed = EXCLUDED.changed",
+            )
+            .await?;
+        for (code, procedure_version, body) in &publication.puts {
+            let procedure_version = to_i64(*procedure_version);
+            tx.execute(&put_version, &[code, &procedure_version, body, &version])
+                .await?;
+            tx.execute(&put_entry, &[code, &procedure_version, &version])
+                .await?;
+        }
+        let remove = tx
+            .prepare_cached(
+                "UPDATE catalogue_entries SET removed = TRUE, changed = $2 WHERE code = $1",
+            )
+            .await?;
+        for code in &publication.removals {
+            tx.execute(&remove, &[code, &version]).await?;
+        }
+        tx.commit().await?;
+        Ok(to_u64(version))
+    }
+
+    async fn catalogue_head(&self) -> Result<Option<CatalogueHead>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, calendar, calendar_version FROM catalogue WHERE id = 1",
+                &[],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(CatalogueHead {
+                version: to_u64(row.try_get(0)?),
+                calendar: row.try_get(1)?,
+                calendar_version: to_u64(row.try_get(2)?),
+            })),
+        }
+    }
+
+    async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT e.changed, e.code, e.version, e.removed, v.body
+                 FROM catalogue_entries e
+                 JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                 ORDER BY e.code",
+                &[],
+            )
+            .await?;
+        rows.iter().map(catalogue_row).collect()
+    }
+
+    async fn catalogue_changes(
+        &self,
+        publication: u64,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT e.changed, e.code, e.version, e.removed, v.body
+                         FROM catalogue_entries e
+                         JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                         WHERE e.changed > $1 OR (e.changed = $1 AND e.code > $2)
+                         ORDER BY e.changed, e.code
+                         LIMIT $3",
+                    )
+                    .await?,
+                &[
+                    &to_i64(publication),
+                    &code,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        rows.iter().map(catalogue_row).collect()
+    }
+
+    async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT code, version, body FROM procedure_versions", &[])
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, to_u64(row.try_get(1)?), row.try_get(2)?)))
+            .collect()
     }
 
     async fn catalogue(&self) -> Result<Option<(u64, String)>> {
@@ -2093,6 +2218,19 @@ impl ServerStorage for PostgresStorage {
             .await?;
         Ok(epoch)
     }
+}
+
+/// Advisory lock of catalogue publications.
+const CATALOGUE_LOCK: i64 = 0x636f_6d6d_6361_7401;
+
+fn catalogue_row(row: &tokio_postgres::Row) -> Result<CatalogueRow> {
+    Ok(CatalogueRow {
+        changed: to_u64(row.try_get(0)?),
+        code: row.try_get(1)?,
+        version: to_u64(row.try_get(2)?),
+        removed: row.try_get(3)?,
+        body: row.try_get(4)?,
+    })
 }
 
 #[cfg(test)]

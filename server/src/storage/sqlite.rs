@@ -23,12 +23,13 @@ use super::plan::{self, FeedRowMeta};
 mod numbers;
 use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, AuditEntry, Commune, CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession,
-    Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE,
-    KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow,
-    RecordQuery, Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage,
-    StorageError, StoredChange, device_id, feed_limits, join_deps, last_admin_token, record_id,
-    record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, AuditEntry, CatalogueHead, CataloguePublication, CatalogueRow, Commune,
+    CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession, Device, DeviceInfo, FeedItem,
+    FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED,
+    MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, RecordQuery, Refusal, RefusalRow,
+    Registrations, ReportRow, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
+    feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
+    to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -41,6 +42,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0006_store_identity.sql"),
     include_str!("../../migrations/sqlite/0007_attachments.sql"),
     include_str!("../../migrations/sqlite/0008_read_model.sql"),
+    include_str!("../../migrations/sqlite/0009_catalogue_delta.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1314,17 +1316,137 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
-    async fn put_catalogue(&self, json: &str) -> Result<u64> {
-        let json = json.to_owned();
+    async fn publish_catalogue(&self, publication: CataloguePublication) -> Result<u64> {
         self.write(move |conn| {
-            let version: i64 = conn.query_row(
-                "INSERT INTO catalogue (id, version, json) VALUES (1, 1, ?1)
-                 ON CONFLICT (id) DO UPDATE SET version = version + 1, json = excluded.json
-                 RETURNING version",
-                params![json],
-                |row| row.get(0),
+            let tx = conn.transaction()?;
+            let current: i64 = tx
+                .query_row("SELECT version FROM catalogue WHERE id = 1", [], |row| {
+                    row.get(0)
+                })
+                .optional()?
+                .unwrap_or(0);
+            if to_u64(current) != publication.base_version {
+                return Err(StorageError::Conflict(
+                    "the catalogue was published meanwhile: publish again".into(),
+                ));
+            }
+            let version = current.saturating_add(1);
+            tx.execute(
+                "INSERT INTO catalogue (id, version, json) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, json = excluded.json",
+                params![version, publication.json],
             )?;
+            if let Some(calendar) = &publication.calendar {
+                tx.execute(
+                    "UPDATE catalogue SET calendar = ?1, calendar_version = ?2 WHERE id = 1",
+                    params![calendar, version],
+                )?;
+            }
+            {
+                let mut put_version = tx.prepare_cached(
+                    "INSERT INTO procedure_versions (code, version, body, published)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (code, version) DO NOTHING",
+                )?;
+                let mut put_entry = tx.prepare_cached(
+                    "INSERT INTO catalogue_entries (code, version, removed, changed)
+                     VALUES (?1, ?2, 0, ?3)
+                     ON CONFLICT (code) DO UPDATE SET version = excluded.version, removed = 0,
+                         changed = excluded.changed",
+                )?;
+                for (code, procedure_version, body) in &publication.puts {
+                    let procedure_version = to_i64(*procedure_version);
+                    put_version.execute(params![code, procedure_version, body, version])?;
+                    put_entry.execute(params![code, procedure_version, version])?;
+                }
+                let mut remove = tx.prepare_cached(
+                    "UPDATE catalogue_entries SET removed = 1, changed = ?2 WHERE code = ?1",
+                )?;
+                for code in &publication.removals {
+                    remove.execute(params![code, version])?;
+                }
+            }
+            tx.commit()?;
             Ok(to_u64(version))
+        })
+        .await
+    }
+
+    async fn catalogue_head(&self) -> Result<Option<CatalogueHead>> {
+        self.read(|conn| {
+            let row: Option<(i64, String, i64)> = conn
+                .prepare_cached(
+                    "SELECT version, calendar, calendar_version FROM catalogue WHERE id = 1",
+                )?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?;
+            Ok(
+                row.map(|(version, calendar, calendar_version)| CatalogueHead {
+                    version: to_u64(version),
+                    calendar,
+                    calendar_version: to_u64(calendar_version),
+                }),
+            )
+        })
+        .await
+    }
+
+    async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.changed, e.code, e.version, e.removed, v.body
+                 FROM catalogue_entries e
+                 JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                 ORDER BY e.code",
+            )?;
+            let rows = stmt
+                .query_map([], catalogue_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn catalogue_changes(
+        &self,
+        publication: u64,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let code = code.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.changed, e.code, e.version, e.removed, v.body
+                 FROM catalogue_entries e
+                 JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                 WHERE e.changed > ?1 OR (e.changed = ?1 AND e.code > ?2)
+                 ORDER BY e.changed, e.code
+                 LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        to_i64(publication),
+                        code,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    catalogue_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT code, version, body FROM procedure_versions")?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get(0)?, to_u64(row.get(1)?), row.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -1943,6 +2065,16 @@ impl ServerStorage for SqliteStorage {
         })
         .await
     }
+}
+
+fn catalogue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogueRow> {
+    Ok(CatalogueRow {
+        changed: to_u64(row.get(0)?),
+        code: row.get(1)?,
+        version: to_u64(row.get(2)?),
+        removed: row.get(3)?,
+        body: row.get(4)?,
+    })
 }
 
 #[cfg(test)]

@@ -66,6 +66,8 @@ fn application(
         dossier_number: None,
         dossier_number_fallback: false,
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
     }
 }
 

@@ -27,6 +27,8 @@ fn sample(device: DeviceId) -> Application {
             officer: "lan".into(),
         },
         attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
     }
 }
