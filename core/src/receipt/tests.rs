@@ -37,6 +37,9 @@ pub(crate) fn application(device: DeviceId, papers: usize, name: &str) -> Applic
             officer: "nguyen.van.an".into(),
         },
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
         procedure_version: 0,
         form_values: Default::default(),
     }

@@ -79,6 +79,7 @@ impl DeviceStore {
         write_calendar(&tx, overrides)?;
         tx.commit()?;
         self.calendar = WorkingCalendar::from_overrides(overrides);
+        self.recompute_deadlines()?;
         Ok(())
     }
 
@@ -439,6 +440,10 @@ impl ProcedureSource for DeviceStore {
             }
             _ => ProcedureLookup::UnknownCode,
         }
+    }
+
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        Some(&self.calendar)
     }
 }
 

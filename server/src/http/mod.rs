@@ -148,6 +148,8 @@ pub(crate) type WithdrawalRules = Arc<CatalogueRules>;
 #[derive(Default)]
 pub(crate) struct CatalogueRules {
     procedures: HashMap<String, Arc<communesync_core::catalogue::Procedure>>,
+    /// The catalogue's working calendar, which statutory time counts with.
+    calendar: communesync_core::catalogue::WorkingCalendar,
 }
 
 impl CatalogueRules {
@@ -165,6 +167,10 @@ impl communesync_core::integrity::ProcedureSource for CatalogueRules {
             Some(_) => ProcedureLookup::UnknownVersion,
             None => ProcedureLookup::UnknownCode,
         }
+    }
+
+    fn calendar(&self) -> Option<&communesync_core::catalogue::WorkingCalendar> {
+        Some(&self.calendar)
     }
 }
 
@@ -234,6 +240,7 @@ impl AppState {
         }
         let rules = match communesync_core::catalogue::CatalogueFile::parse(json) {
             Ok(catalogue) => CatalogueRules {
+                calendar: catalogue.working_calendar(),
                 procedures: catalogue
                     .procedures
                     .into_iter()
