@@ -13,7 +13,10 @@
 //!   procedures) is added to the deadline;
 //! - an extension ([`ClockEventKind::Extension`], the apology slip) replaces the due date with
 //!   its appointment date;
-//! - events apply in time order (ties by id), so two tablets' merged lists give one answer.
+//! - events apply in list order: the order they were appended, which is causal (an event
+//!   appended after another was seen comes after it) and, for events two tablets appended
+//!   concurrently, the same on every replica once merged. Not by their times: two tablets'
+//!   clocks disagree, and a resume timed a moment before its pause still ends that pause.
 //!
 //! At return the verdict ([`is_on_time`]) is recorded in the dossier with the transition; the
 //! integrity rules (`integrity::deadline`) refuse any other verdict, on the device and on the
@@ -143,9 +146,7 @@ pub fn effective_deadline(
     let mut due = calendar.deadline(received, processing);
     let mut paused_since: Option<i64> = None;
     let mut extended = false;
-    let mut events: Vec<&ClockEvent> = app.clock_events.iter().take(MAX_CLOCK_EVENTS).collect();
-    events.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
-    for event in events {
+    for event in app.clock_events.iter().take(MAX_CLOCK_EVENTS) {
         match event.kind {
             ClockEventKind::Pause => {
                 if paused_since.is_none() {

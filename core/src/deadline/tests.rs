@@ -122,10 +122,18 @@ fn a_pause_across_a_holiday_adds_only_working_days() {
     let resumed = effective_deadline(&app, days, &calendar());
     assert_eq!(resumed.due.date, d("2026-05-14"));
     assert_eq!(resumed.paused_since, None);
-    // The intake date never moves; the list order does not matter (two tablets merged).
+    // The intake date never moves.
     assert_eq!(app.due_at, d("2026-05-07"));
-    app.clock_events.reverse();
-    assert_eq!(effective_deadline(&app, days, &calendar()), resumed);
+    // Two tablets' clocks disagree: a resume timed a moment before its pause (by another
+    // tablet's clock) still ends it; what counts is the order the events were appended in.
+    let mut skewed = dossier(vn("2026-04-20", 9, 0), days);
+    skewed.clock_events = vec![
+        event(ClockEventKind::Pause, vn("2026-04-22", 10, 0)),
+        event(ClockEventKind::Resume, vn("2026-04-22", 9, 59)),
+    ];
+    let due = effective_deadline(&skewed, days, &calendar());
+    assert_eq!(due.paused_since, None);
+    assert_eq!(due.due.date, d("2026-05-07"));
 }
 
 #[test]

@@ -206,7 +206,12 @@ impl DeviceStore {
             set_catalogue_version(&tx, version)?;
         }
         tx.commit()?;
-        self.calendar = WorkingCalendar::from_overrides(&overrides);
+        let calendar = WorkingCalendar::from_overrides(&overrides);
+        if calendar != self.calendar {
+            self.calendar = calendar;
+            // Open dossiers' effective due dates follow the new calendar.
+            self.recompute_deadlines()?;
+        }
         Ok(())
     }
 

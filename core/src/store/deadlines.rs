@@ -45,7 +45,7 @@ pub struct DossierDeadline {
     pub returned_at: Option<i64>,
     /// Whether that was on time.
     pub returned_on_time: Option<bool>,
-    /// The clock's events, in time order.
+    /// The clock's events, in the order they count (appended, merged).
     pub events: Vec<ClockEvent>,
 }
 
@@ -80,8 +80,9 @@ impl DeviceStore {
         if missing.trim().is_empty() {
             return Err(Error::invalid("missing", "say what is missing"));
         }
-        let event = ClockEvent::new(ClockEventKind::Pause, self.now_ms(), officer, missing);
+        let mut event = ClockEvent::new(ClockEventKind::Pause, self.now_ms(), officer, missing);
         self.update_application(id, officer, |app| {
+            event.at = event_time(event.at, app);
             app.status = Status::SupplementRequested;
             app.clock_events.push(event);
         })
@@ -109,7 +110,10 @@ impl DeviceStore {
         }
         let mut event = ClockEvent::new(ClockEventKind::Extension, self.now_ms(), officer, reason);
         event.appointment = Some(appointment);
-        self.update_application(id, officer, |app| app.clock_events.push(event))
+        self.update_application(id, officer, |app| {
+            event.at = event_time(event.at, app);
+            app.clock_events.push(event);
+        })
     }
 
     /// Hands the result over: the dossier moves to `returned`, with the time and whether it
@@ -123,8 +127,7 @@ impl DeviceStore {
         let app = self.get_application(id)?;
         let processing = processing_of(&app, &*self, &self.calendar);
         let effective = effective_deadline(&app, processing, &self.calendar);
-        let mut events = app.clock_events.clone();
-        events.sort_by(|a, b| (a.at, &a.id).cmp(&(b.at, &b.id)));
+        let events = app.clock_events.clone();
         Ok(DossierDeadline {
             statutory_due: app.due_at,
             due_date: effective.due.date,
@@ -219,7 +222,7 @@ impl DeviceStore {
     /// `supplement_requested` and a resume when leaving it (unless the edit recorded one), the
     /// return time and its verdict with the move to `returned`.
     pub(super) fn fill_clock(&self, before: &Application, after: &mut Application, officer: &str) {
-        let now = self.now_ms().max(after.received_at);
+        let now = event_time(self.now_ms(), after);
         let added = after.clock_events.len() > before.clock_events.len();
         let entering = before.status != Status::SupplementRequested
             && after.status == Status::SupplementRequested;
@@ -243,6 +246,15 @@ impl DeviceStore {
             after.returned_on_time = Some(verdict(after, processing, &self.calendar, now));
         }
     }
+}
+
+/// A clock event's time by this device's (corrected) clock, kept within what the rules accept:
+/// a tablet whose clock is off still records its event, at the receipt at worst.
+fn event_time(now: i64, app: &Application) -> i64 {
+    now.clamp(
+        app.received_at,
+        app.received_at.saturating_add(crate::deadline::MAX_SPAN_MS),
+    )
 }
 
 /// Writes the deadline columns of application `rowid` where they changed, from the calendar and
