@@ -18,6 +18,7 @@
 //! callbacks run on their own thread behind `catch_unwind`.
 
 mod catalogue;
+mod deadlines;
 mod dossier_number;
 mod engine;
 mod error;
@@ -33,6 +34,7 @@ pub use catalogue::{
     DossierForm, FieldKind, FormEntry, FormField, FormValue, ProcedureDetails, ProcedureFee,
     ProcedureSummary, RequiredPaper, SectorCount,
 };
+pub use deadlines::{DeadlineEvent, DeadlineEventKind, DossierDeadline, ReturnedDossier};
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
 pub use logging::{EngineLogger, LogLevel, LogRecord, set_logger};
