@@ -260,7 +260,7 @@ fn event_time(now: i64, app: &Application) -> i64 {
 /// Writes the deadline columns of application `rowid` where they changed, from the calendar and
 /// the pinned procedure version on disk (in the caller's transaction).
 pub(super) fn project(tx: &Transaction<'_>, rowid: i64, app: &Application) -> Result<()> {
-    let calendar = super::catalogue::load_calendar(tx)?;
+    let calendar = calendar_on_disk(tx)?;
     let processing = processing_on_disk(tx, app, &calendar)?;
     let effective = effective_deadline(app, processing, &calendar);
     let due = match effective.paused_since {
@@ -273,6 +273,29 @@ pub(super) fn project(tx: &Transaction<'_>, rowid: i64, app: &Application) -> Re
     )?
     .execute(params![rowid, due, app.returned_on_time])?;
     Ok(())
+}
+
+/// The calendar as the transaction sees it (cached statements: this runs with every change of an
+/// application, and the two tables hold a few dozen days).
+fn calendar_on_disk(conn: &Connection) -> Result<WorkingCalendar> {
+    let mut overrides = Vec::new();
+    for (sql, working) in [
+        ("SELECT day FROM holidays", false),
+        ("SELECT day FROM compensatory_days", true),
+    ] {
+        let days = conn
+            .prepare_cached(sql)?
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for day in days {
+            overrides.push(crate::catalogue::CalendarOverride {
+                day: day.parse()?,
+                working,
+                reason: String::new(),
+            });
+        }
+    }
+    Ok(WorkingCalendar::from_overrides(&overrides))
 }
 
 /// The processing time of the procedure version `app` pinned, as this device stored it.
