@@ -106,6 +106,9 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 attachments: Vec::new(),
                 procedure_version: 0,
                 form_values: Default::default(),
+                clock_events: Vec::new(),
+                returned_at: None,
+                returned_on_time: None,
             };
             let record = Record::Application(app.clone());
             let mut doc = RecordDoc::create(&record, device, "bench", now)?;

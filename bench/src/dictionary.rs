@@ -127,6 +127,9 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
             procedure_version: 0,
             form_values: Default::default(),
             dossier_number_fallback: false,
+            clock_events: Vec::new(),
+            returned_at: None,
+            returned_on_time: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

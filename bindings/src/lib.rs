@@ -20,6 +20,7 @@
 
 pub mod attachments;
 mod catalogue;
+mod deadlines;
 mod dossier_number;
 mod engine;
 mod error;
@@ -39,6 +40,7 @@ pub use catalogue::{
     DossierForm, FieldKind, FormEntry, FormField, FormValue, ProcedureDetails, ProcedureFee,
     ProcedureSummary, RequiredPaper, SectorCount,
 };
+pub use deadlines::{DeadlineEvent, DeadlineEventKind, DossierDeadline, ReturnedDossier};
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
 pub use logging::{EngineLogger, LogLevel, LogRecord, set_logger};

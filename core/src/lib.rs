@@ -18,6 +18,7 @@ pub mod attachment;
 pub mod catalogue;
 pub mod clock;
 pub mod codec;
+pub mod deadline;
 pub mod error;
 pub mod import;
 pub mod integrity;

@@ -202,6 +202,7 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     android/src/test/kotlin/org/communesync/ReceiptStory.kt \
     android/src/test/kotlin/org/communesync/AttachmentStory.kt \
     android/src/test/kotlin/org/communesync/CatalogueStory.kt \
+    android/src/test/kotlin/org/communesync/DeadlineStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -267,6 +268,13 @@ COMMUNESYNC_WORK_DIR=$KT/catalogue-stores \
         org.communesync.CatalogueStory > "$KT/catalogue-story.log" 2>&1 \
     || { cat "$KT/catalogue-story.log" >&2; die "the Kotlin catalogue story failed"; }
 grep -E '^kotlin catalogue story:' "$KT/catalogue-story.log" >&2
+# Statutory time (issue 15): one tablet's store, no server.
+COMMUNESYNC_WORK_DIR=$KT/deadline-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.DeadlineStory > "$KT/deadline-story.log" 2>&1 \
+    || { cat "$KT/deadline-story.log" >&2; die "the Kotlin deadline story failed"; }
+grep -E '^kotlin deadline story:' "$KT/deadline-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -297,7 +305,7 @@ import Foundation
 @main
 struct StoryMain {
     static func main() async {
-        let failures = await EndToEndStory.run() + SdkStory.run() + HttpsStory.run() + DossierNumberStory.run() + ReceiptStory.run() + AttachmentStory.run() + CatalogueStory.run()
+        let failures = await EndToEndStory.run() + SdkStory.run() + HttpsStory.run() + DossierNumberStory.run() + ReceiptStory.run() + AttachmentStory.run() + CatalogueStory.run() + DeadlineStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -351,7 +359,7 @@ swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNES
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift (sdk |https |numbers |receipt |attachment |catalogue )?story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (sdk |https |numbers |receipt |attachment |catalogue |deadline )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
 # The package manifest as SwiftPM reads it (an XCFramework cannot be linked on Linux: the Mac
 # steps are in ios/README.md): the library product over the binary target and the sources.

@@ -19,7 +19,7 @@ use communesync_core::catalogue::delta::{
     CalendarUpdate, CatalogueDelta, CatalogueEntry, CatalogueHeld, CataloguePosition,
     MAX_PAGE_ENTRIES, MAX_PROCEDURE_JSON, PAGE_BODY_BYTES,
 };
-use communesync_core::catalogue::{CalendarOverride, CatalogueFile, Procedure};
+use communesync_core::catalogue::{CalendarOverride, CatalogueFile, Procedure, WorkingCalendar};
 use communesync_core::integrity::{ProcedureLookup, ProcedureSource};
 
 use crate::storage::{
@@ -200,6 +200,8 @@ pub struct CatalogueRules {
     codes: HashSet<String>,
     /// Current (not removed) procedures' withdrawal rule.
     withdrawal: HashMap<String, bool>,
+    /// The published working calendar, which statutory time counts with.
+    calendar: WorkingCalendar,
 }
 
 impl CatalogueRules {
@@ -229,7 +231,10 @@ impl CatalogueRules {
 
     /// Rules from a whole catalogue published before the delta (its procedures as current).
     pub fn from_file(file: CatalogueFile) -> Self {
-        let mut rules = CatalogueRules::default();
+        let mut rules = CatalogueRules {
+            calendar: file.working_calendar(),
+            ..CatalogueRules::default()
+        };
         for p in file.procedures {
             rules.codes.insert(p.code.clone());
             rules
@@ -240,6 +245,19 @@ impl CatalogueRules {
                 .insert((p.code.clone(), p.version), Arc::new(p));
         }
         rules
+    }
+
+    /// These rules with the published calendar's overrides (`overrides_json`, a JSON list of
+    /// [`CalendarOverride`]; empty or unreadable: the plain week, logged).
+    pub fn with_calendar(mut self, overrides_json: &str) -> Self {
+        if overrides_json.trim().is_empty() {
+            return self;
+        }
+        match serde_json::from_str::<Vec<CalendarOverride>>(overrides_json) {
+            Ok(overrides) => self.calendar = WorkingCalendar::from_overrides(&overrides),
+            Err(e) => tracing::error!(error = %e, "the stored calendar does not parse"),
+        }
+        self
     }
 
     /// Whether the procedure may be withdrawn, if the catalogue has it.
@@ -255,6 +273,10 @@ impl ProcedureSource for CatalogueRules {
             None if self.codes.contains(code) => ProcedureLookup::UnknownVersion,
             None => ProcedureLookup::UnknownCode,
         }
+    }
+
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        Some(&self.calendar)
     }
 }
 

@@ -53,6 +53,9 @@ fn base() -> (RecordId, RecordDoc) {
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

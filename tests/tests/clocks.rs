@@ -164,8 +164,9 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
             [
                 "created",
                 "status",
-                "status",
-                "status",
+                // The supplement's pause and resume go with their status changes.
+                "clock_events,status",
+                "clock_events,status",
                 "due_at,procedure_code"
             ],
             "{history:#?}"
@@ -184,9 +185,13 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
         assert_eq!(after.due_at, due);
         assert_eq!(after.status, Status::InProgress);
         // Overdue lists use the date the caller passes (the app's idea of today), and the
-        // projection agrees with the document.
+        // projection agrees with the document: its effective due date, after the supplement's
+        // pause and resume (made by two tablets whose clocks disagree).
+        let deadline = t.with(|s| s.dossier_deadline(id)).unwrap();
+        assert_eq!(deadline.paused_since, None);
+        let effective = deadline.due_date;
         let late = t
-            .with(|s| s.overdue(after.due_at.plus_days(1), 50, 0))
+            .with(|s| s.overdue(effective.plus_days(1), 50, 0))
             .unwrap();
         assert!(late.items.iter().any(|a| a.id == id));
         let early = t.with(|s| s.overdue(received, 50, 0)).unwrap();

@@ -166,6 +166,9 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
     };
     edit(&mut app);
     let id = app.id;
@@ -1742,6 +1745,9 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                 procedure_version: 0,
                 form_values: Default::default(),
                 dossier_number_fallback: false,
+                clock_events: Vec::new(),
+                returned_at: None,
+                returned_on_time: None,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };

@@ -36,6 +36,9 @@ const OFFICE_HOURS: [(i64, i64); 2] = [(7 * 60 + 30, 11 * 60 + 30), (13 * 60, 17
 pub const HOURS_PER_WORKING_DAY: u32 = 8;
 const MINUTE_MS: i64 = 60_000;
 const DAY_MINUTES: i64 = 24 * 60;
+/// Most calendar days a span of working time is counted over (ten years and more): the bound
+/// of [`WorkingCalendar::working_minutes_between`] whatever times it is given.
+pub const MAX_SPAN_DAYS: u32 = 4000;
 
 /// Working-day arithmetic with days off and compensatory working days.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -159,6 +162,70 @@ impl WorkingCalendar {
         let (mut day, mut minute) = split(start_ms);
         // Each step consumes one office period or skips one day; bounded like the days.
         for _ in 0..(u64::from(hours) * 14 + 800) {
+            if self.is_working_day(day) {
+                for (open, close) in OFFICE_HOURS {
+                    if minute >= close {
+                        continue;
+                    }
+                    let from = minute.max(open);
+                    let available = close - from;
+                    if left <= available {
+                        return join(day, from + left);
+                    }
+                    left -= available;
+                    minute = close;
+                }
+            }
+            day = day.plus_days(1);
+            minute = 0;
+        }
+        join(day, 0)
+    }
+
+    /// Working minutes (office hours of working days) from `from_ms` to `to_ms`; 0 when `to_ms`
+    /// is not later. Bounded by the span in days (callers pass times of one dossier).
+    pub fn working_minutes_between(&self, from_ms: i64, to_ms: i64) -> u64 {
+        if to_ms <= from_ms {
+            return 0;
+        }
+        let (from_day, from_minute) = split(from_ms);
+        let (to_day, to_minute) = split(to_ms);
+        let mut total: i64 = 0;
+        let mut day = from_day;
+        // One step per calendar day of the span, at most [`MAX_SPAN_DAYS`] whatever the times.
+        for _ in 0..MAX_SPAN_DAYS {
+            if day > to_day {
+                break;
+            }
+            if self.is_working_day(day) {
+                let lo = if day == from_day { from_minute } else { 0 };
+                let hi = if day == to_day {
+                    to_minute
+                } else {
+                    DAY_MINUTES
+                };
+                for (open, close) in OFFICE_HOURS {
+                    let (a, b) = (lo.max(open), hi.min(close));
+                    if b > a {
+                        total += b - a;
+                    }
+                }
+            }
+            day = day.plus_days(1);
+        }
+        u64::try_from(total).unwrap_or(0)
+    }
+
+    /// The instant `minutes` working minutes after `start_ms` (see
+    /// [`WorkingCalendar::add_working_hours`]); `start_ms` itself for 0.
+    pub fn add_working_minutes(&self, start_ms: i64, minutes: u64) -> i64 {
+        if minutes == 0 {
+            return start_ms;
+        }
+        let mut left = i64::try_from(minutes).unwrap_or(i64::MAX);
+        let (mut day, mut minute) = split(start_ms);
+        let bound = minutes / 60 * 14 + 800;
+        for _ in 0..bound {
             if self.is_working_day(day) {
                 for (open, close) in OFFICE_HOURS {
                     if minute >= close {

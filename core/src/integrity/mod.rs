@@ -16,7 +16,8 @@
 //!   that device, received, not received in the future; an edit keeps id, kind, commune,
 //!   receipt time, creator and due date (except with the procedure), follows the status
 //!   workflow, keeps the form values within the form of the procedure version the dossier
-//!   pinned ([`check_form`]), and makes no field break its rule or limit (a field already over a limit by a
+//!   pinned ([`check_form`]), keeps the statutory clock's events append-only and its return
+//!   verdict true (`deadline`, see [`crate::deadline`]), and makes no field break its rule or limit (a field already over a limit by a
 //!   merge never makes the record uneditable).
 //!
 //! A refusal ([`Refusal`]) carries a stable code ([`RefusalCode`]) and a message: the server
@@ -24,6 +25,7 @@
 //! other one flows.
 
 mod check;
+mod deadline;
 pub mod history;
 mod refusal;
 pub mod rules;

@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use crate::attachment::{AttachmentRef, is_content_address};
-use crate::catalogue::{CivilDate, Procedure};
+use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
 use crate::record::{Application, CitizenRequest, DeviceId, Record, RequestStatus, Status};
 use crate::{Error, Result};
 
@@ -60,6 +60,12 @@ pub struct RuleContext<'a> {
 pub trait ProcedureSource {
     /// The procedure `code` at `version`, as far as this catalogue knows it.
     fn lookup(&self, code: &str, version: u64) -> ProcedureLookup;
+
+    /// The working calendar this catalogue holds, which statutory time counts with
+    /// ([`crate::deadline`]); `None` when it has none (weekends off only).
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        None
+    }
 }
 
 impl<F: Fn(&str, u64) -> ProcedureLookup> ProcedureSource for F {
@@ -190,6 +196,7 @@ pub fn check_creation(
             ));
         }
         check_form(None, app, ctx)?;
+        super::deadline::check_new_dossier(app)?;
     }
     Ok(())
 }
@@ -373,6 +380,7 @@ fn check_application_edit(
             .check_transition(after.status, allowed)
             .map_err(|e| Violation::new(RefusalCode::IllegalTransition, e))?;
     }
+    super::deadline::check_clock_edit(before, after, ctx)?;
     Ok(())
 }
 

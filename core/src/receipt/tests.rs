@@ -38,6 +38,9 @@ pub(crate) fn application(device: DeviceId, papers: usize, name: &str) -> Applic
         },
         dossier_number_fallback: false,
         attachments: Vec::new(),
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
         procedure_version: 0,
         form_values: Default::default(),
     }

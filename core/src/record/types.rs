@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::workflow::{RequestStatus, Status};
 use crate::attachment::AttachmentRef;
 use crate::catalogue::{CivilDate, FormValues};
+use crate::deadline::ClockEvent;
 
 /// Identity of a record: a UUIDv7, so ids sort by creation time and never collide across tablets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -220,6 +221,20 @@ pub struct Application {
     #[autosurgeon(with = "absent_when_false")]
     #[serde(default)]
     pub dossier_number_fallback: bool,
+    /// The statutory clock's events: supplement pauses, resumes and extensions, appended and
+    /// never edited (see [`crate::deadline`]). Absent from dossiers that have none.
+    #[autosurgeon(with = "absent_when_empty")]
+    #[serde(default)]
+    pub clock_events: Vec<ClockEvent>,
+    /// When the result was handed over (ms since epoch), set with the move to `returned`.
+    #[autosurgeon(with = "absent_when_unset")]
+    #[serde(default)]
+    pub returned_at: Option<i64>,
+    /// Whether the return met the effective deadline, recorded with the move to `returned`
+    /// ([`crate::deadline::verdict`]; the integrity rules refuse any other value).
+    #[autosurgeon(with = "absent_when_unset")]
+    #[serde(default)]
+    pub returned_on_time: Option<bool>,
 }
 
 /// A request or feedback from a citizen.
@@ -414,6 +429,55 @@ mod absent_when_false {
         match doc.get(obj, &prop)? {
             None => Ok(false),
             Some(_) => bool::hydrate(doc, obj, prop),
+        }
+    }
+}
+
+/// An optional value of any type written only when set (see [`absent_when_none`]).
+mod absent_when_unset {
+    use super::*;
+    pub(super) fn reconcile<T: Reconcile, R: Reconciler>(
+        value: &Option<T>,
+        reconciler: R,
+    ) -> Result<(), R::Error> {
+        match value {
+            Some(inner) => inner.reconcile(reconciler),
+            None => Ok(()),
+        }
+    }
+    pub(super) fn hydrate<T: Hydrate, D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Option<T>, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(None),
+            Some(_) => Option::<T>::hydrate(doc, obj, prop),
+        }
+    }
+}
+
+/// A list written only once it has an entry: dossiers without clock events keep their bytes.
+mod absent_when_empty {
+    use super::*;
+    pub(super) fn reconcile<T: Reconcile, R: Reconciler>(
+        value: &Vec<T>,
+        reconciler: R,
+    ) -> Result<(), R::Error> {
+        if value.is_empty() {
+            Ok(())
+        } else {
+            value.reconcile(reconciler)
+        }
+    }
+    pub(super) fn hydrate<T: Hydrate, D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Vec<T>, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(Vec::new()),
+            Some(_) => Vec::<T>::hydrate(doc, obj, prop),
         }
     }
 }

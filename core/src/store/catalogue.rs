@@ -84,6 +84,7 @@ impl DeviceStore {
         write_calendar(&tx, overrides)?;
         tx.commit()?;
         self.calendar = WorkingCalendar::from_overrides(overrides);
+        self.recompute_deadlines()?;
         Ok(())
     }
 
@@ -319,7 +320,12 @@ impl DeviceStore {
             set_meta_number(&tx, META_CALENDAR_VERSION, version)?;
         }
         tx.commit()?;
-        self.calendar = WorkingCalendar::from_overrides(&overrides);
+        let calendar = WorkingCalendar::from_overrides(&overrides);
+        if calendar != self.calendar {
+            self.calendar = calendar;
+            // Open dossiers' effective due dates follow the new calendar.
+            self.recompute_deadlines()?;
+        }
         Ok(())
     }
 
@@ -562,6 +568,10 @@ impl ProcedureSource for DeviceStore {
             }
             _ => ProcedureLookup::UnknownCode,
         }
+    }
+
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        Some(&self.calendar)
     }
 }
 

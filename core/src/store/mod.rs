@@ -16,6 +16,7 @@
 
 mod catalogue;
 mod checkpoint;
+mod deadlines;
 mod keys;
 mod numbers;
 mod projection;
@@ -36,6 +37,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use zeroize::{Zeroize, Zeroizing};
 
 pub use catalogue::ProcedureSummary;
+pub use deadlines::{DossierDeadline, MAX_VERDICT_PAGE, ReturnedDossier};
 pub use numbers::{HeldBlock, NumberUse};
 pub use quarantine::{AuditAction, AuditEntry, Direction, QuarantinedRecord, RefusedDoc};
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
@@ -523,6 +525,9 @@ impl DeviceStore {
             procedure_version: procedure.version,
             form_values: new.form_values,
             dossier_number_fallback: number.fallback,
+            clock_events: Vec::new(),
+            returned_at: None,
+            returned_on_time: None,
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;
@@ -684,6 +689,7 @@ impl DeviceStore {
                 .date;
             after.procedure_version = procedure.version;
         }
+        self.fill_clock(&before, &mut after, officer);
         // A status change needs the procedure's withdrawal rule (an unknown procedure is an
         // error here, where the catalogue should have it).
         let withdrawal = if after.status != before.status {

@@ -44,6 +44,10 @@ pub(super) fn write(
             .execute(params_from_iter(values.iter()))?;
     }
 
+    if let Record::Application(app) = record {
+        super::deadlines::project(tx, rowid, app)?;
+    }
+
     let digest = digest(&body);
     let indexed: i64 = tx
         .prepare_cached("SELECT search_digest FROM documents WHERE rowid = ?1")?

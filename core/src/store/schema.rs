@@ -15,6 +15,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_device_keys.sql"),
     include_str!("../../migrations/0007_attachments.sql"),
     include_str!("../../migrations/0008_catalogue_v2.sql"),
+    include_str!("../../migrations/0009_statutory_time.sql"),
 ];
 
 /// The schema version this build writes.

@@ -481,12 +481,18 @@ fn overdue_and_due_soon_follow_working_days_and_status() {
         store.due_soon(day("2026-11-20"), 4, 50, 0).unwrap().total,
         1
     );
-    // A holiday on Wednesday pushes the window by one working day.
+    // A holiday on Wednesday moves the open dossier's effective due date to Friday (the store
+    // recomputes open dossiers when the calendar changes) and the window by one working day.
     store.set_holidays(&[day("2026-11-25")]).unwrap();
     assert_eq!(
         store.due_soon(day("2026-11-20"), 3, 50, 0).unwrap().total,
+        0
+    );
+    assert_eq!(
+        store.due_soon(day("2026-11-20"), 4, 50, 0).unwrap().total,
         1
     );
+    assert_eq!(store.overdue(day("2026-11-27"), 50, 0).unwrap().total, 0);
 }
 
 #[test]

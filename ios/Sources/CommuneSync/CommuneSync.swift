@@ -733,6 +733,40 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func setFormValues(officer: String, id: String, form: [FormEntry]) async throws  -> DossierForm
     
     /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+    func dossierDeadline(id: String) async throws  -> DossierDeadline
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+    func extendDeadline(officer: String, id: String, reason: String, appointment: CivilDate) async throws  -> Application
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+    func markComplete(officer: String, id: String) async throws  -> Application
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+    func requestSupplement(officer: String, id: String, missing: String) async throws  -> Application
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+    func returnDossier(officer: String, id: String) async throws  -> Application
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+    func returnedDossiers(onTime: Bool, limit: UInt32, offset: UInt32) async throws  -> [ReturnedDossier]
+    
+    /**
      * The application with this dossier number (exact, surrounding spaces ignored), taken here
      * or pulled from the server; `None` if the store has none. The number is also found by
      * [`Engine::search`].
@@ -1246,6 +1280,124 @@ open func setFormValues(officer: String, id: String, form: [FormEntry])async thr
             completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+open func dossierDeadline(id: String)async throws  -> DossierDeadline  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_deadline(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierDeadline_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+open func extendDeadline(officer: String, id: String, reason: String, appointment: CivilDate)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_extend_deadline(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterString.lower(reason),FfiConverterTypeCivilDate_lower(appointment)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+open func markComplete(officer: String, id: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_mark_complete(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+open func requestSupplement(officer: String, id: String, missing: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_request_supplement(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterString.lower(missing)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+open func returnDossier(officer: String, id: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_return_dossier(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+open func returnedDossiers(onTime: Bool, limit: UInt32, offset: UInt32)async throws  -> [ReturnedDossier]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_returned_dossiers(
+                        self.uniffiCloneHandle(),FfiConverterBool.lower(onTime),FfiConverterUInt32.lower(limit),FfiConverterUInt32.lower(offset)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeReturnedDossier.lift,
             errorHandler: FfiConverterTypeCommuneSyncError_lift
         )
 }
@@ -4614,6 +4766,105 @@ public func FfiConverterTypeConflictCandidate_lower(_ value: ConflictCandidate) 
 
 
 /**
+ * One event of a dossier's statutory clock.
+ */
+public struct DeadlineEvent: Equatable, Hashable {
+    /**
+     * What it did.
+     */
+    public var kind: DeadlineEventKind
+    /**
+     * When.
+     */
+    public var at: Date
+    /**
+     * Officer who recorded it.
+     */
+    public var officer: String
+    /**
+     * What was missing (a pause), why (an extension); empty for a resume.
+     */
+    public var reason: String
+    /**
+     * The new appointment (an extension).
+     */
+    public var appointment: CivilDate?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it did.
+         */kind: DeadlineEventKind, 
+        /**
+         * When.
+         */at: Date, 
+        /**
+         * Officer who recorded it.
+         */officer: String, 
+        /**
+         * What was missing (a pause), why (an extension); empty for a resume.
+         */reason: String, 
+        /**
+         * The new appointment (an extension).
+         */appointment: CivilDate?) {
+        self.kind = kind
+        self.at = at
+        self.officer = officer
+        self.reason = reason
+        self.appointment = appointment
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DeadlineEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeadlineEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeadlineEvent {
+        return
+            try DeadlineEvent(
+                kind: FfiConverterTypeDeadlineEventKind.read(from: &buf), 
+                at: FfiConverterTimestamp.read(from: &buf), 
+                officer: FfiConverterString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf), 
+                appointment: FfiConverterOptionTypeCivilDate.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DeadlineEvent, into buf: inout [UInt8]) {
+        FfiConverterTypeDeadlineEventKind.write(value.kind, into: &buf)
+        FfiConverterTimestamp.write(value.at, into: &buf)
+        FfiConverterString.write(value.officer, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterOptionTypeCivilDate.write(value.appointment, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEvent_lift(_ buf: RustBuffer) throws -> DeadlineEvent {
+    return try FfiConverterTypeDeadlineEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEvent_lower(_ value: DeadlineEvent) -> RustBuffer {
+    return FfiConverterTypeDeadlineEvent.lower(value)
+}
+
+
+/**
  * The device credential issued at enrollment. The token is a secret: keep the whole record in
  * the platform keystore and pass it back in [`EngineConfig::credential`] at every open.
  */
@@ -4690,6 +4941,135 @@ public func FfiConverterTypeDeviceCredential_lift(_ buf: RustBuffer) throws -> D
 #endif
 public func FfiConverterTypeDeviceCredential_lower(_ value: DeviceCredential) -> RustBuffer {
     return FfiConverterTypeDeviceCredential.lower(value)
+}
+
+
+/**
+ * A dossier's statutory time.
+ */
+public struct DossierDeadline: Equatable, Hashable {
+    /**
+     * The due date computed at intake (never changes).
+     */
+    public var statutoryDue: CivilDate
+    /**
+     * The effective due date: pauses, extensions and the current calendar counted.
+     */
+    public var dueDate: CivilDate
+    /**
+     * The effective due instant, for a procedure counted in working hours.
+     */
+    public var dueAt: Date?
+    /**
+     * Since when the clock is stopped (a supplement is awaited).
+     */
+    public var pausedSince: Date?
+    /**
+     * Whether an extension set the due date.
+     */
+    public var extended: Bool
+    /**
+     * When the result was handed over.
+     */
+    public var returnedAt: Date?
+    /**
+     * Whether that was on time (recorded with the return).
+     */
+    public var returnedOnTime: Bool?
+    /**
+     * The clock's events, in the order they count.
+     */
+    public var events: [DeadlineEvent]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The due date computed at intake (never changes).
+         */statutoryDue: CivilDate, 
+        /**
+         * The effective due date: pauses, extensions and the current calendar counted.
+         */dueDate: CivilDate, 
+        /**
+         * The effective due instant, for a procedure counted in working hours.
+         */dueAt: Date?, 
+        /**
+         * Since when the clock is stopped (a supplement is awaited).
+         */pausedSince: Date?, 
+        /**
+         * Whether an extension set the due date.
+         */extended: Bool, 
+        /**
+         * When the result was handed over.
+         */returnedAt: Date?, 
+        /**
+         * Whether that was on time (recorded with the return).
+         */returnedOnTime: Bool?, 
+        /**
+         * The clock's events, in the order they count.
+         */events: [DeadlineEvent]) {
+        self.statutoryDue = statutoryDue
+        self.dueDate = dueDate
+        self.dueAt = dueAt
+        self.pausedSince = pausedSince
+        self.extended = extended
+        self.returnedAt = returnedAt
+        self.returnedOnTime = returnedOnTime
+        self.events = events
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierDeadline: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierDeadline: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierDeadline {
+        return
+            try DossierDeadline(
+                statutoryDue: FfiConverterTypeCivilDate.read(from: &buf), 
+                dueDate: FfiConverterTypeCivilDate.read(from: &buf), 
+                dueAt: FfiConverterOptionTimestamp.read(from: &buf), 
+                pausedSince: FfiConverterOptionTimestamp.read(from: &buf), 
+                extended: FfiConverterBool.read(from: &buf), 
+                returnedAt: FfiConverterOptionTimestamp.read(from: &buf), 
+                returnedOnTime: FfiConverterOptionBool.read(from: &buf), 
+                events: FfiConverterSequenceTypeDeadlineEvent.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierDeadline, into buf: inout [UInt8]) {
+        FfiConverterTypeCivilDate.write(value.statutoryDue, into: &buf)
+        FfiConverterTypeCivilDate.write(value.dueDate, into: &buf)
+        FfiConverterOptionTimestamp.write(value.dueAt, into: &buf)
+        FfiConverterOptionTimestamp.write(value.pausedSince, into: &buf)
+        FfiConverterBool.write(value.extended, into: &buf)
+        FfiConverterOptionTimestamp.write(value.returnedAt, into: &buf)
+        FfiConverterOptionBool.write(value.returnedOnTime, into: &buf)
+        FfiConverterSequenceTypeDeadlineEvent.write(value.events, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierDeadline_lift(_ buf: RustBuffer) throws -> DossierDeadline {
+    return try FfiConverterTypeDossierDeadline.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierDeadline_lower(_ value: DossierDeadline) -> RustBuffer {
+    return FfiConverterTypeDossierDeadline.lower(value)
 }
 
 
@@ -6948,6 +7328,125 @@ public func FfiConverterTypeRequiredPaper_lower(_ value: RequiredPaper) -> RustB
 
 
 /**
+ * A returned dossier in the on-time or late list.
+ */
+public struct ReturnedDossier: Equatable, Hashable {
+    /**
+     * Record id.
+     */
+    public var id: String
+    /**
+     * Dossier number, when it has one.
+     */
+    public var dossierNumber: String?
+    /**
+     * Procedure code.
+     */
+    public var procedureCode: String
+    /**
+     * Applicant's name.
+     */
+    public var applicantName: String
+    /**
+     * When it was received.
+     */
+    public var receivedAt: Date
+    /**
+     * The effective due date it was judged by.
+     */
+    public var dueDate: CivilDate?
+    /**
+     * Whether it was returned on time.
+     */
+    public var onTime: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Record id.
+         */id: String, 
+        /**
+         * Dossier number, when it has one.
+         */dossierNumber: String?, 
+        /**
+         * Procedure code.
+         */procedureCode: String, 
+        /**
+         * Applicant's name.
+         */applicantName: String, 
+        /**
+         * When it was received.
+         */receivedAt: Date, 
+        /**
+         * The effective due date it was judged by.
+         */dueDate: CivilDate?, 
+        /**
+         * Whether it was returned on time.
+         */onTime: Bool) {
+        self.id = id
+        self.dossierNumber = dossierNumber
+        self.procedureCode = procedureCode
+        self.applicantName = applicantName
+        self.receivedAt = receivedAt
+        self.dueDate = dueDate
+        self.onTime = onTime
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReturnedDossier: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReturnedDossier: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReturnedDossier {
+        return
+            try ReturnedDossier(
+                id: FfiConverterString.read(from: &buf), 
+                dossierNumber: FfiConverterOptionString.read(from: &buf), 
+                procedureCode: FfiConverterString.read(from: &buf), 
+                applicantName: FfiConverterString.read(from: &buf), 
+                receivedAt: FfiConverterTimestamp.read(from: &buf), 
+                dueDate: FfiConverterOptionTypeCivilDate.read(from: &buf), 
+                onTime: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReturnedDossier, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterOptionString.write(value.dossierNumber, into: &buf)
+        FfiConverterString.write(value.procedureCode, into: &buf)
+        FfiConverterString.write(value.applicantName, into: &buf)
+        FfiConverterTimestamp.write(value.receivedAt, into: &buf)
+        FfiConverterOptionTypeCivilDate.write(value.dueDate, into: &buf)
+        FfiConverterBool.write(value.onTime, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReturnedDossier_lift(_ buf: RustBuffer) throws -> ReturnedDossier {
+    return try FfiConverterTypeReturnedDossier.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReturnedDossier_lower(_ value: ReturnedDossier) -> RustBuffer {
+    return FfiConverterTypeReturnedDossier.lower(value)
+}
+
+
+/**
  * A full-text search result.
  */
 public struct SearchHit: Equatable, Hashable {
@@ -8332,6 +8831,91 @@ public func FfiConverterTypeConflictValue_lower(_ value: ConflictValue) -> RustB
 
 
 /**
+ * What a clock event does.
+ */
+
+public enum DeadlineEventKind: Equatable, Hashable {
+    
+    /**
+     * A supplement was asked for: the clock stopped.
+     */
+    case pause
+    /**
+     * The dossier was complete again: the clock restarted.
+     */
+    case resume
+    /**
+     * An extension with a new appointment (the apology slip).
+     */
+    case `extension`
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension DeadlineEventKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeadlineEventKind: FfiConverterRustBuffer {
+    typealias SwiftType = DeadlineEventKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeadlineEventKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .pause
+        
+        case 2: return .resume
+        
+        case 3: return .`extension`
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: DeadlineEventKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .pause:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .resume:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .`extension`:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEventKind_lift(_ buf: RustBuffer) throws -> DeadlineEventKind {
+    return try FfiConverterTypeDeadlineEventKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEventKind_lower(_ value: DeadlineEventKind) -> RustBuffer {
+    return FfiConverterTypeDeadlineEventKind.lower(value)
+}
+
+
+
+/**
  * The case of a [`CommuneSyncError`], without its message (for status snapshots).
  */
 
@@ -9575,6 +10159,30 @@ fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionBool: FfiConverterRustBuffer {
+    typealias SwiftType = Bool?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterBool.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterBool.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -10084,6 +10692,31 @@ fileprivate struct FfiConverterSequenceTypeConflictCandidate: FfiConverterRustBu
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeDeadlineEvent: FfiConverterRustBuffer {
+    typealias SwiftType = [DeadlineEvent]
+
+    public static func write(_ value: [DeadlineEvent], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeDeadlineEvent.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [DeadlineEvent] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [DeadlineEvent]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeDeadlineEvent.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeFee: FfiConverterRustBuffer {
     typealias SwiftType = [Fee]
 
@@ -10326,6 +10959,31 @@ fileprivate struct FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeRequiredPaper.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeReturnedDossier: FfiConverterRustBuffer {
+    typealias SwiftType = [ReturnedDossier]
+
+    public static func write(_ value: [ReturnedDossier], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReturnedDossier.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReturnedDossier] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReturnedDossier]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReturnedDossier.read(from: &buf))
         }
         return seq
     }
@@ -10589,6 +11247,24 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_set_form_values() != 14947) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_deadline() != 21485) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_extend_deadline() != 12160) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_mark_complete() != 19697) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_request_supplement() != 3222) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_return_dossier() != 14817) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_returned_dossiers() != 36008) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_application_by_number() != 35798) {

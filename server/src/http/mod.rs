@@ -250,7 +250,13 @@ impl AppState {
             }
         } else {
             let rows = self.storage.catalogue_rows().await?;
-            crate::catalogue::CatalogueRules::from_storage(versions, &rows)
+            let calendar = self
+                .storage
+                .catalogue_head()
+                .await?
+                .map(|head| head.calendar)
+                .unwrap_or_default();
+            crate::catalogue::CatalogueRules::from_storage(versions, &rows).with_calendar(&calendar)
         };
         let rules = Arc::new(rules);
         *self

@@ -68,6 +68,9 @@ fn application(
         attachments: Vec::new(),
         procedure_version: 0,
         form_values: Default::default(),
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
     }
 }
 

@@ -71,6 +71,9 @@ fn base_document() -> &'static (RecordId, Vec<u8>) {
                 officer: "lan".into(),
             },
             dossier_number_fallback: false,
+            clock_events: Vec::new(),
+            returned_at: None,
+            returned_on_time: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app),

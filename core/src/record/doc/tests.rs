@@ -30,6 +30,9 @@ fn sample(device: DeviceId) -> Application {
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
     }
 }
 

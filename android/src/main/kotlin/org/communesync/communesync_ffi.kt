@@ -786,6 +786,18 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_set_form_values(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_dossier_deadline(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_extend_deadline(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_mark_complete(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_request_supplement(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_return_dossier(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_returned_dossiers(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_application_by_number(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_dossier_number_state(
@@ -928,6 +940,18 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_method_engine_search_procedures(`ptr`: Long,`query`: RustBuffer.ByValue,`limit`: Int,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_set_form_values(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_dossier_deadline(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_extend_deadline(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`reason`: RustBuffer.ByValue,`appointment`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_mark_complete(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_request_supplement(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`missing`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_return_dossier(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_returned_dossiers(`ptr`: Long,`onTime`: Byte,`limit`: Int,`offset`: Int,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_application_by_number(`ptr`: Long,`number`: RustBuffer.ByValue,
     ): Long
@@ -1205,6 +1229,24 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_set_form_values() and 0xFFFF) != 14947) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_dossier_deadline() and 0xFFFF) != 21485) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_extend_deadline() and 0xFFFF) != 12160) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_mark_complete() and 0xFFFF) != 19697) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_request_supplement() and 0xFFFF) != 3222) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_return_dossier() and 0xFFFF) != 14817) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_returned_dossiers() and 0xFFFF) != 36008) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_application_by_number() and 0xFFFF) != 35798) {
@@ -1972,6 +2014,40 @@ public interface EngineInterface {
     suspend fun `setFormValues`(`officer`: kotlin.String, `id`: kotlin.String, `form`: List<FormEntry>): DossierForm
     
     /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+    suspend fun `dossierDeadline`(`id`: kotlin.String): DossierDeadline
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+    suspend fun `extendDeadline`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String, `appointment`: CivilDate): Application
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+    suspend fun `markComplete`(`officer`: kotlin.String, `id`: kotlin.String): Application
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+    suspend fun `requestSupplement`(`officer`: kotlin.String, `id`: kotlin.String, `missing`: kotlin.String): Application
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+    suspend fun `returnDossier`(`officer`: kotlin.String, `id`: kotlin.String): Application
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+    suspend fun `returnedDossiers`(`onTime`: kotlin.Boolean, `limit`: kotlin.UInt, `offset`: kotlin.UInt): List<ReturnedDossier>
+    
+    /**
      * The application with this dossier number (exact, surrounding spaces ignored), taken here
      * or pulled from the server; `None` if the store has none. The number is also found by
      * [`Engine::search`].
@@ -2578,6 +2654,169 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeDossierForm.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dossierDeadline`(`id`: kotlin.String) : DossierDeadline {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_dossier_deadline(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierDeadline.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `extendDeadline`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String, `appointment`: CivilDate) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_extend_deadline(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterString.lower(`reason`),
+        FfiConverterTypeCivilDate.lower(`appointment`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `markComplete`(`officer`: kotlin.String, `id`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_mark_complete(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `requestSupplement`(`officer`: kotlin.String, `id`: kotlin.String, `missing`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_request_supplement(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterString.lower(`missing`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `returnDossier`(`officer`: kotlin.String, `id`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_return_dossier(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `returnedDossiers`(`onTime`: kotlin.Boolean, `limit`: kotlin.UInt, `offset`: kotlin.UInt) : List<ReturnedDossier> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_returned_dossiers(
+                uniffiHandle,
+                
+        FfiConverterBoolean.lower(`onTime`),
+        FfiConverterUInt.lower(`limit`),
+        FfiConverterUInt.lower(`offset`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeReturnedDossier.lift(it) },
         // Error FFI converter
         CommuneSyncException.ErrorHandler,
     )
@@ -6215,6 +6454,77 @@ public object FfiConverterTypeConflictCandidate: FfiConverterRustBuffer<Conflict
 
 
 /**
+ * One event of a dossier's statutory clock.
+ */
+data class DeadlineEvent (
+    /**
+     * What it did.
+     */
+    var `kind`: DeadlineEventKind
+    , 
+    /**
+     * When.
+     */
+    var `at`: java.time.Instant
+    , 
+    /**
+     * Officer who recorded it.
+     */
+    var `officer`: kotlin.String
+    , 
+    /**
+     * What was missing (a pause), why (an extension); empty for a resume.
+     */
+    var `reason`: kotlin.String
+    , 
+    /**
+     * The new appointment (an extension).
+     */
+    var `appointment`: CivilDate?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDeadlineEvent: FfiConverterRustBuffer<DeadlineEvent> {
+    override fun read(buf: ByteBuffer): DeadlineEvent {
+        return DeadlineEvent(
+            FfiConverterTypeDeadlineEventKind.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalTypeCivilDate.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DeadlineEvent) = (
+            FfiConverterTypeDeadlineEventKind.allocationSize(value.`kind`) +
+            FfiConverterTimestamp.allocationSize(value.`at`) +
+            FfiConverterString.allocationSize(value.`officer`) +
+            FfiConverterString.allocationSize(value.`reason`) +
+            FfiConverterOptionalTypeCivilDate.allocationSize(value.`appointment`)
+    )
+
+    override fun write(value: DeadlineEvent, buf: ByteBuffer) {
+            FfiConverterTypeDeadlineEventKind.write(value.`kind`, buf)
+            FfiConverterTimestamp.write(value.`at`, buf)
+            FfiConverterString.write(value.`officer`, buf)
+            FfiConverterString.write(value.`reason`, buf)
+            FfiConverterOptionalTypeCivilDate.write(value.`appointment`, buf)
+    }
+}
+
+
+
+/**
  * The device credential issued at enrollment. The token is a secret: keep the whole record in
  * the platform keystore and pass it back in [`EngineConfig::credential`] at every open.
  */
@@ -6265,6 +6575,101 @@ public object FfiConverterTypeDeviceCredential: FfiConverterRustBuffer<DeviceCre
             FfiConverterString.write(value.`deviceId`, buf)
             FfiConverterString.write(value.`token`, buf)
             FfiConverterOptionalString.write(value.`communeCode`, buf)
+    }
+}
+
+
+
+/**
+ * A dossier's statutory time.
+ */
+data class DossierDeadline (
+    /**
+     * The due date computed at intake (never changes).
+     */
+    var `statutoryDue`: CivilDate
+    , 
+    /**
+     * The effective due date: pauses, extensions and the current calendar counted.
+     */
+    var `dueDate`: CivilDate
+    , 
+    /**
+     * The effective due instant, for a procedure counted in working hours.
+     */
+    var `dueAt`: java.time.Instant?
+    , 
+    /**
+     * Since when the clock is stopped (a supplement is awaited).
+     */
+    var `pausedSince`: java.time.Instant?
+    , 
+    /**
+     * Whether an extension set the due date.
+     */
+    var `extended`: kotlin.Boolean
+    , 
+    /**
+     * When the result was handed over.
+     */
+    var `returnedAt`: java.time.Instant?
+    , 
+    /**
+     * Whether that was on time (recorded with the return).
+     */
+    var `returnedOnTime`: kotlin.Boolean?
+    , 
+    /**
+     * The clock's events, in the order they count.
+     */
+    var `events`: List<DeadlineEvent>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDossierDeadline: FfiConverterRustBuffer<DossierDeadline> {
+    override fun read(buf: ByteBuffer): DossierDeadline {
+        return DossierDeadline(
+            FfiConverterTypeCivilDate.read(buf),
+            FfiConverterTypeCivilDate.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterSequenceTypeDeadlineEvent.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DossierDeadline) = (
+            FfiConverterTypeCivilDate.allocationSize(value.`statutoryDue`) +
+            FfiConverterTypeCivilDate.allocationSize(value.`dueDate`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`dueAt`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`pausedSince`) +
+            FfiConverterBoolean.allocationSize(value.`extended`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`returnedAt`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`returnedOnTime`) +
+            FfiConverterSequenceTypeDeadlineEvent.allocationSize(value.`events`)
+    )
+
+    override fun write(value: DossierDeadline, buf: ByteBuffer) {
+            FfiConverterTypeCivilDate.write(value.`statutoryDue`, buf)
+            FfiConverterTypeCivilDate.write(value.`dueDate`, buf)
+            FfiConverterOptionalTimestamp.write(value.`dueAt`, buf)
+            FfiConverterOptionalTimestamp.write(value.`pausedSince`, buf)
+            FfiConverterBoolean.write(value.`extended`, buf)
+            FfiConverterOptionalTimestamp.write(value.`returnedAt`, buf)
+            FfiConverterOptionalBoolean.write(value.`returnedOnTime`, buf)
+            FfiConverterSequenceTypeDeadlineEvent.write(value.`events`, buf)
     }
 }
 
@@ -7893,6 +8298,93 @@ public object FfiConverterTypeRequiredPaper: FfiConverterRustBuffer<RequiredPape
 
 
 /**
+ * A returned dossier in the on-time or late list.
+ */
+data class ReturnedDossier (
+    /**
+     * Record id.
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * Dossier number, when it has one.
+     */
+    var `dossierNumber`: kotlin.String?
+    , 
+    /**
+     * Procedure code.
+     */
+    var `procedureCode`: kotlin.String
+    , 
+    /**
+     * Applicant's name.
+     */
+    var `applicantName`: kotlin.String
+    , 
+    /**
+     * When it was received.
+     */
+    var `receivedAt`: java.time.Instant
+    , 
+    /**
+     * The effective due date it was judged by.
+     */
+    var `dueDate`: CivilDate?
+    , 
+    /**
+     * Whether it was returned on time.
+     */
+    var `onTime`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReturnedDossier: FfiConverterRustBuffer<ReturnedDossier> {
+    override fun read(buf: ByteBuffer): ReturnedDossier {
+        return ReturnedDossier(
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterOptionalTypeCivilDate.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReturnedDossier) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterOptionalString.allocationSize(value.`dossierNumber`) +
+            FfiConverterString.allocationSize(value.`procedureCode`) +
+            FfiConverterString.allocationSize(value.`applicantName`) +
+            FfiConverterTimestamp.allocationSize(value.`receivedAt`) +
+            FfiConverterOptionalTypeCivilDate.allocationSize(value.`dueDate`) +
+            FfiConverterBoolean.allocationSize(value.`onTime`)
+    )
+
+    override fun write(value: ReturnedDossier, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterOptionalString.write(value.`dossierNumber`, buf)
+            FfiConverterString.write(value.`procedureCode`, buf)
+            FfiConverterString.write(value.`applicantName`, buf)
+            FfiConverterTimestamp.write(value.`receivedAt`, buf)
+            FfiConverterOptionalTypeCivilDate.write(value.`dueDate`, buf)
+            FfiConverterBoolean.write(value.`onTime`, buf)
+    }
+}
+
+
+
+/**
  * A full-text search result.
  */
 data class SearchHit (
@@ -8915,6 +9407,53 @@ public object FfiConverterTypeConflictValue : FfiConverterRustBuffer<ConflictVal
                 Unit
             }
         }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * What a clock event does.
+ */
+
+enum class DeadlineEventKind {
+    
+    /**
+     * A supplement was asked for: the clock stopped.
+     */
+    PAUSE,
+    /**
+     * The dossier was complete again: the clock restarted.
+     */
+    RESUME,
+    /**
+     * An extension with a new appointment (the apology slip).
+     */
+    EXTENSION;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDeadlineEventKind: FfiConverterRustBuffer<DeadlineEventKind> {
+    override fun read(buf: ByteBuffer) = try {
+        DeadlineEventKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: DeadlineEventKind) = 4UL
+
+    override fun write(value: DeadlineEventKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
     }
 }
 
@@ -10035,6 +10574,38 @@ public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalBoolean: FfiConverterRustBuffer<kotlin.Boolean?> {
+    override fun read(buf: ByteBuffer): kotlin.Boolean? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterBoolean.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Boolean?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterBoolean.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Boolean?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterBoolean.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
     override fun read(buf: ByteBuffer): kotlin.String? {
         if (buf.get().toInt() == 0) {
@@ -10687,6 +11258,34 @@ public object FfiConverterSequenceTypeConflictCandidate: FfiConverterRustBuffer<
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeDeadlineEvent: FfiConverterRustBuffer<List<DeadlineEvent>> {
+    override fun read(buf: ByteBuffer): List<DeadlineEvent> {
+        val len = buf.getInt()
+        return List<DeadlineEvent>(len) {
+            FfiConverterTypeDeadlineEvent.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<DeadlineEvent>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeDeadlineEvent.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<DeadlineEvent>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeDeadlineEvent.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeFee: FfiConverterRustBuffer<List<Fee>> {
     override fun read(buf: ByteBuffer): List<Fee> {
         val len = buf.getInt()
@@ -10957,6 +11556,34 @@ public object FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer<List
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeRequiredPaper.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeReturnedDossier: FfiConverterRustBuffer<List<ReturnedDossier>> {
+    override fun read(buf: ByteBuffer): List<ReturnedDossier> {
+        val len = buf.getInt()
+        return List<ReturnedDossier>(len) {
+            FfiConverterTypeReturnedDossier.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReturnedDossier>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReturnedDossier.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReturnedDossier>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReturnedDossier.write(it, buf)
         }
     }
 }
