@@ -126,6 +126,7 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
             procedure_version: 0,
             form_values: Default::default(),
             dossier_number_fallback: false,
+            imported: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

@@ -43,6 +43,7 @@ fn base_document() -> (RecordId, Vec<u8>) {
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        imported: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

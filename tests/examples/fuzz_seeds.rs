@@ -52,6 +52,7 @@ fn base() -> (RecordId, RecordDoc) {
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        imported: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

@@ -165,6 +165,7 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        imported: None,
     };
     edit(&mut app);
     let id = app.id;
@@ -1740,6 +1741,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                 procedure_version: 0,
                 form_values: Default::default(),
                 dossier_number_fallback: false,
+                imported: None,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };

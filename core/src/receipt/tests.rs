@@ -37,6 +37,7 @@ pub(crate) fn application(device: DeviceId, papers: usize, name: &str) -> Applic
             officer: "nguyen.van.an".into(),
         },
         dossier_number_fallback: false,
+        imported: None,
         procedure_version: 0,
         form_values: Default::default(),
     }

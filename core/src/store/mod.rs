@@ -21,6 +21,7 @@ mod numbers;
 mod projection;
 pub mod quarantine;
 mod query;
+mod register_import;
 mod rekey;
 pub(crate) mod schema;
 mod server_epoch;
@@ -522,6 +523,7 @@ impl DeviceStore {
             procedure_version: procedure.version,
             form_values: new.form_values,
             dossier_number_fallback: number.fallback,
+            imported: None,
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;

@@ -14,6 +14,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0005_dossier_numbers.sql"),
     include_str!("../../migrations/0006_device_keys.sql"),
     include_str!("../../migrations/0007_catalogue_v2.sql"),
+    include_str!("../../migrations/0008_register_import.sql"),
 ];
 
 /// The schema version this build writes.

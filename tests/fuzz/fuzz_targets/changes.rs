@@ -71,6 +71,7 @@ fn base_document() -> &'static (RecordId, Vec<u8>) {
                 officer: "lan".into(),
             },
             dossier_number_fallback: false,
+            imported: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app),

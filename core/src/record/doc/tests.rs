@@ -29,6 +29,7 @@ fn sample(device: DeviceId) -> Application {
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        imported: None,
     }
 }
 
