@@ -4,6 +4,7 @@
 //! embedded default, and PostgreSQL), plus the operator CLI and the demo.
 
 pub mod backup;
+pub mod external_ids;
 pub mod http;
 pub mod link;
 pub mod numbers;

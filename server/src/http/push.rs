@@ -73,7 +73,8 @@ pub(super) struct Cancelled;
 /// What the server concluded about one pushed document.
 pub(super) enum DocVerdict {
     /// Store these (new) changes; with the application when it is new here and has a dossier
-    /// number (which the handler checks against the device's blocks before storing).
+    /// number (which the handler checks against the device's blocks before storing) or an
+    /// import marker (whose external id the handler checks is its commune's only one).
     Store(IncomingDoc, Option<Box<Application>>),
     /// Nothing new: the server has every change already.
     Nothing,
@@ -279,7 +280,9 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 None => record_commune(&record).to_owned(),
             };
             let numbered = match (record.as_ref(), stored) {
-                (Record::Application(app), None) if app.dossier_number.is_some() => {
+                (Record::Application(app), None)
+                    if app.dossier_number.is_some() || app.imported.is_some() =>
+                {
                     Some(Box::new(app.clone()))
                 }
                 _ => None,

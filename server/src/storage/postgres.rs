@@ -30,13 +30,14 @@ use tokio_postgres::{IsolationLevel, Row};
 
 use super::plan::{self, FeedRowMeta};
 
+mod external_ids;
 mod numbers;
 use super::{
-    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope,
-    ServerStorage, StorageError, StoredChange, device_id, feed_limits, hash32, join_deps,
-    last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, Commune, CommuneStats, Device, DeviceInfo, ExternalIdClaim, FeedItem, FeedPage,
+    IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED,
+    MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations,
+    Result, Scope, ServerStorage, StorageError, StoredChange, device_id, feed_limits, hash32,
+    join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -47,6 +48,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_dossier_numbers.sql"),
     include_str!("../../migrations/postgres/0005_device_keys.sql"),
     include_str!("../../migrations/postgres/0006_store_identity.sql"),
+    include_str!("../../migrations/postgres/0007_external_ids.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1597,6 +1599,24 @@ impl ServerStorage for PostgresStorage {
             )
             .await?;
         Ok(epoch)
+    }
+
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>> {
+        self.claim_keys(device, claims.to_vec(), now).await
+    }
+
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_key(commune.to_owned(), external_id.to_owned())
+            .await
     }
 }
 

@@ -18,13 +18,14 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
 use super::plan::{self, FeedRowMeta};
 
+mod external_ids;
 mod numbers;
 use super::{
-    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope,
-    ServerStorage, StorageError, StoredChange, device_id, feed_limits, join_deps, last_admin_token,
-    record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, Commune, CommuneStats, Device, DeviceInfo, ExternalIdClaim, FeedItem, FeedPage,
+    IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED,
+    MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations,
+    Result, Scope, ServerStorage, StorageError, StoredChange, device_id, feed_limits, join_deps,
+    last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -35,6 +36,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_dossier_numbers.sql"),
     include_str!("../../migrations/sqlite/0005_device_keys.sql"),
     include_str!("../../migrations/sqlite/0006_store_identity.sql"),
+    include_str!("../../migrations/sqlite/0007_external_ids.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1513,6 +1515,24 @@ impl ServerStorage for SqliteStorage {
             Ok(epoch)
         })
         .await
+    }
+
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>> {
+        self.claim_keys(device, claims.to_vec(), now).await
+    }
+
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_key(commune.to_owned(), external_id.to_owned())
+            .await
     }
 }
 
