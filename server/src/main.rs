@@ -11,6 +11,7 @@ mod config_file;
 mod demo;
 mod device;
 mod device_catalogue;
+mod device_register;
 mod device_rekey;
 mod verify_receipt;
 
