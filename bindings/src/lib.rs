@@ -26,6 +26,7 @@ mod logging;
 mod observer;
 mod policy;
 pub mod receipt;
+mod register_import;
 mod status;
 pub mod types;
 
