@@ -117,3 +117,31 @@ fn an_unterminated_quote_reports_its_line_and_keeps_what_came_before() {
     assert_eq!(parsed.entries.len(), 1);
     assert_eq!(parsed.errors[0].line, 3);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    /// Whatever the text (quotes, commas, line breaks, dates, statuses mixed at random), a
+    /// register is read into entries and line errors or refused whole, never a panic; every line
+    /// that holds a record is accounted for once.
+    #[test]
+    fn any_text_is_read_or_refused_never_a_panic(
+        rows in proptest::collection::vec(
+            "[A-Za-z0-9 ,\"\n\r/:.-]{0,40}|[A-Z]-[0-9]{1,3},1.001193,Lò Văn Pọm,(returned|ready|x),(2025-03-14|14/03/2025|2025-02-30)( 09:30)?,,,,,",
+            0..24,
+        )
+    ) {
+        let text = format!("{HEADER}\n{}", rows.join("\n"));
+        if let Ok(parsed) = parse_register(text.as_bytes()) {
+            let lines = text.lines().count() as u64;
+            for line in parsed.entries.iter().map(|e| e.line).chain(parsed.errors.iter().map(|e| e.line)) {
+                proptest::prop_assert!((2..=lines.max(2)).contains(&line), "line {line} of {lines}");
+            }
+            let mut ids: Vec<&str> = parsed.entries.iter().map(|e| e.external_id.as_str()).collect();
+            ids.sort_unstable();
+            let before = ids.len();
+            ids.dedup();
+            proptest::prop_assert_eq!(ids.len(), before);
+        }
+    }
+}
