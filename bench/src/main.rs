@@ -8,7 +8,8 @@
 //! while an honest tablet syncs (the same), `-- failover` a PostgreSQL primary lost under
 //! syncing tablets and its standby promoted (the same, and PostgreSQL installed).
 //! while an honest tablet syncs (the same); `-- receipts` intake with a signed receipt and
-//! receipt verification.
+//! receipt verification; `-- register-import` a register of 10,000 dossiers with their states
+//! imported and synced.
 
 mod catalogue;
 mod dictionary;
@@ -16,6 +17,7 @@ mod failover;
 mod hostile;
 mod load;
 mod receipts;
+mod register_import;
 mod report;
 mod store;
 mod sync;
@@ -48,6 +50,9 @@ enum Suite {
     Failover(failover::FailoverArgs),
     /// Receipts: intake with a signed receipt, verification, QR payload size.
     Receipts(receipts::ReceiptArgs),
+    /// Register import: 10,000 dossiers with their states into a tablet (time, changes per
+    /// dossier, a re-run), then the first sync (bytes on the wire).
+    RegisterImport(register_import::RegisterImportArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -61,6 +66,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Hostile(args) => hostile::run(&args),
         Suite::Failover(args) => failover::run(&args),
         Suite::Receipts(args) => receipts::run(&args),
+        Suite::RegisterImport(args) => register_import::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
     }
 }
