@@ -109,6 +109,7 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 clock_events: Vec::new(),
                 returned_at: None,
                 returned_on_time: None,
+                imported: None,
             };
             let record = Record::Application(app.clone());
             let mut doc = RecordDoc::create(&record, device, "bench", now)?;

@@ -130,6 +130,7 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
             clock_events: Vec::new(),
             returned_at: None,
             returned_on_time: None,
+            imported: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

@@ -9,7 +9,8 @@
 //! syncing tablets and its standby promoted (the same, and PostgreSQL installed);
 //! `-- receipts` intake with a signed receipt and receipt verification; `-- attachments` a
 //! dossier of photos over 2G; `-- console` the read model's cost and the dashboard at province
-//! scale.
+//! scale; `-- register-import` a register of 10,000 dossiers with their states imported and
+//! synced.
 
 mod attachments;
 mod catalogue;
@@ -19,6 +20,7 @@ mod failover;
 mod hostile;
 mod load;
 mod receipts;
+mod register_import;
 mod report;
 mod store;
 mod sync;
@@ -57,6 +59,9 @@ enum Suite {
     /// Console: read-model projection cost per pushed document, dashboard page time with 45
     /// communes x 50,000 records.
     Console(console::ConsoleArgs),
+    /// Register import: 10,000 dossiers with their states into a tablet (time, changes per
+    /// dossier, a re-run), then the first sync (bytes on the wire).
+    RegisterImport(register_import::RegisterImportArgs),
     /// Train the zstd dictionary for stored documents (writes core/dict/records-v1.zdict).
     Dictionary(dictionary::DictionaryArgs),
 }
@@ -71,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Suite::Failover(args) => failover::run(&args),
         Suite::Receipts(args) => receipts::run(&args),
         Suite::Console(args) => console::run(&args),
+        Suite::RegisterImport(args) => register_import::run(&args),
         Suite::Dictionary(args) => dictionary::run(&args),
         Suite::Attachments(args) => attachments::run(&args),
     }

@@ -29,6 +29,7 @@ mod logging;
 mod observer;
 mod policy;
 pub mod receipt;
+mod register_import;
 mod status;
 pub mod types;
 

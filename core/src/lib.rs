@@ -27,6 +27,7 @@ pub mod numbering;
 pub mod protocol;
 pub mod receipt;
 pub mod record;
+pub mod register_import;
 pub mod search;
 pub mod store;
 pub mod sync;

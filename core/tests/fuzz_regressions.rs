@@ -47,6 +47,7 @@ fn base_document() -> (RecordId, Vec<u8>) {
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

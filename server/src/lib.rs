@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod catalogue;
 pub mod console;
+pub mod external_ids;
 pub mod http;
 pub mod link;
 pub mod metrics;

@@ -14,6 +14,7 @@ mod console_cli;
 mod demo;
 mod device;
 mod device_catalogue;
+mod device_register;
 mod device_rekey;
 mod read_model_cli;
 mod verify_receipt;

@@ -27,8 +27,9 @@ use communesync_server::storage::attachments::{
     AttachmentLimits, ChunkRefusal, ChunkUpload, ContentState, Referenced,
 };
 use communesync_server::storage::{
-    self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
-    MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope, ServerStorage, StorageError,
+    self, Device, ExternalIdClaim, FeedItem, IncomingChange, IncomingDoc,
+    MAX_REFUSAL_MESSAGE_BYTES, MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope,
+    ServerStorage, StorageError,
 };
 use sha2::{Digest, Sha256};
 
@@ -253,6 +254,7 @@ conformance!(
     dossier_numbers_keep_their_first_document,
     device_keys_register_replace_revoke_and_delta,
     push_signatures_are_kept_and_linked_from_each_change,
+    external_ids_keep_their_first_record_per_commune,
 );
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -2979,5 +2981,57 @@ async fn push_signatures_are_kept_and_linked_from_each_change(f: &Fixture) {
     assert_eq!(*found[&sha("y")], first);
     assert_eq!(*found[&sha("z")], second);
 }
+
 #[path = "storage_conformance/read_model.rs"]
 mod read_model;
+
+async fn external_ids_keep_their_first_record_per_commune(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (a, _) = enroll(f.s(), Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(f.s(), Scope::Commune("c1".into()), "b").await;
+    let claim = |commune: &str, key: &str, doc: RecordId| ExternalIdClaim {
+        commune: commune.into(),
+        external_id: key.into(),
+        doc,
+    };
+    let (first, second, other) = (RecordId::new(), RecordId::new(), RecordId::new());
+    assert_eq!(f.s().external_id("c1", "SK-1").await.unwrap(), None);
+    let lost = f
+        .s()
+        .claim_external_ids(
+            a.id,
+            &[claim("c1", "SK-1", first), claim("c1", "SK-2", second)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, []);
+    // Claimed again by the same records (a retried push): theirs still.
+    let again = f
+        .s()
+        .claim_external_ids(a.id, &[claim("c1", "SK-1", first)], NOW)
+        .await
+        .unwrap();
+    assert_eq!(again, []);
+    // Another record of the commune loses; the same key in another commune is another key.
+    let intruder = RecordId::new();
+    let lost = f
+        .s()
+        .claim_external_ids(
+            b.id,
+            &[claim("c1", "SK-2", intruder), claim("c2", "SK-2", other)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, [intruder]);
+    f.s().claim_external_ids(b.id, &[], NOW).await.unwrap();
+    assert_eq!(
+        f.s().external_id("c1", "SK-2").await.unwrap(),
+        Some((second, a.id))
+    );
+    assert_eq!(
+        f.replica().await.external_id("c2", "SK-2").await.unwrap(),
+        Some((other, b.id))
+    );
+}

@@ -56,6 +56,7 @@ fn base() -> (RecordId, RecordDoc) {
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

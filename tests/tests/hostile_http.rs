@@ -169,6 +169,7 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
     };
     edit(&mut app);
     let id = app.id;
@@ -1748,6 +1749,7 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                 clock_events: Vec::new(),
                 returned_at: None,
                 returned_on_time: None,
+                imported: None,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };

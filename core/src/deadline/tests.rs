@@ -51,6 +51,7 @@ fn dossier(received_at: i64, processing: ProcessingTime) -> Application {
         procedure_version: 1,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        imported: None,
         attachments: Vec::new(),
         clock_events: Vec::new(),
         returned_at: None,

@@ -34,6 +34,7 @@ fn sample(device: DeviceId, status: Status) -> Application {
         procedure_version: 0,
         form_values: Default::default(),
         dossier_number_fallback: false,
+        imported: None,
         attachments: Vec::new(),
         clock_events: Vec::new(),
         returned_at: None,

@@ -13,8 +13,9 @@
 //!   3... each building on the previous; operation counters past its dependencies'; bounded
 //!   dependencies, authors and message;
 //! - the record rules ([`rules`]): a new record is valid, in the device's commune, created by
-//!   that device, received, not received in the future; an edit keeps id, kind, commune,
-//!   receipt time, creator and due date (except with the procedure), follows the status
+//!   that device, received (unless it carries the import marker of a dossier imported from the
+//!   commune's register, received before its import); an edit keeps id, kind, commune,
+//!   receipt time, creator, due date (except with the procedure) and import marker, follows the status
 //!   workflow, keeps the form values within the form of the procedure version the dossier
 //!   pinned ([`check_form`]), keeps the statutory clock's events append-only and its return
 //!   verdict true (`deadline`, see [`crate::deadline`]), and makes no field break its rule or limit (a field already over a limit by a

@@ -14,7 +14,10 @@ use std::sync::Arc;
 
 use crate::attachment::{AttachmentRef, is_content_address};
 use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
-use crate::record::{Application, CitizenRequest, DeviceId, Record, RequestStatus, Status};
+use crate::record::{
+    Application, CitizenRequest, DeviceId, Imported, MAX_EXTERNAL_ID, MAX_ORIGINAL_REFERENCE,
+    Record, RequestStatus, Status,
+};
 use crate::{Error, Result};
 
 use super::{Refusal, RefusalCode};
@@ -159,10 +162,11 @@ pub fn check_creation(
     // sync, and an intake may be entered late): it is kept, never judged by another clock; the
     // server records its own receive time beside it.
     let (commune, creator, initial) = match record {
+        // Only a dossier imported from the commune's register is created in its final state.
         Record::Application(a) => (
             &a.commune_code,
             a.created_by.device,
-            a.status == Status::Received,
+            a.status == Status::Received || a.imported.is_some(),
         ),
         Record::CitizenRequest(r) => (
             &r.commune_code,
@@ -197,8 +201,41 @@ pub fn check_creation(
         }
         check_form(None, app, ctx)?;
         super::deadline::check_new_dossier(app)?;
+        if let Some(imported) = &app.imported {
+            check_import_marker(app, imported)?;
+        }
     }
     Ok(())
+}
+
+/// The times an import marker vouches for: the dossier was received before it was imported,
+/// and returned (only a returned dossier has a return time) between the two.
+fn check_import_marker(
+    app: &Application,
+    imported: &Imported,
+) -> std::result::Result<(), Violation> {
+    if app.received_at > imported.imported_at {
+        return Err(Violation::field(
+            RefusalCode::InvalidField,
+            "received_at",
+            "an imported dossier was received before its import",
+        ));
+    }
+    match imported.returned_at {
+        Some(_) if app.status != Status::Returned => Err(Violation::field(
+            RefusalCode::InvalidField,
+            "imported.returned_at",
+            "only a returned dossier has a return time",
+        )),
+        Some(returned) if returned < app.received_at || returned > imported.imported_at => {
+            Err(Violation::field(
+                RefusalCode::InvalidField,
+                "imported.returned_at",
+                "must be between the receipt and the import",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The form rule: a dossier's form values conform to the form of the procedure version it
@@ -372,6 +409,16 @@ fn check_application_edit(
             "follows the procedure; it cannot be set",
         ));
     }
+    // Where an imported dossier came from is written with it, once: a marker added to a
+    // dossier taken on a tablet would let it skip the workflow, one altered would break the
+    // register's key.
+    if before.imported != after.imported {
+        return Err(Violation::field(
+            RefusalCode::ImmutableField,
+            "imported",
+            "is written when the dossier is imported and never changed",
+        ));
+    }
     check_form(Some(before), after, ctx)?;
     if after.status != before.status {
         let allowed = (ctx.withdrawal_allowed)(&before.procedure_code).unwrap_or(true);
@@ -526,6 +573,22 @@ fn application_problems(app: &Application, out: &mut Vec<FieldProblem>) {
     text(out, "notes", &app.notes, MAX_NOTES, false);
     count(out, "documents", app.documents.len(), MAX_DOCUMENTS);
     count(out, "fees", app.fees.len(), MAX_FEES);
+    if let Some(imported) = &app.imported {
+        text(
+            out,
+            "imported.external_id",
+            &imported.external_id,
+            MAX_EXTERNAL_ID,
+            true,
+        );
+        text(
+            out,
+            "imported.original_reference",
+            &imported.original_reference,
+            MAX_ORIGINAL_REFERENCE,
+            false,
+        );
+    }
     for doc in &app.documents {
         text(out, "documents.name", &doc.name, 500, true);
     }

@@ -39,6 +39,7 @@ fn sample(device: DeviceId) -> Application {
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
     }
 }
 
@@ -407,6 +408,7 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::DossierNumber,
         RefusalCode::UnsignedPush,
         RefusalCode::BadSignature,
+        RefusalCode::ExternalId,
     ] {
         assert_eq!(RefusalCode::parse(code.as_str()), code);
     }
@@ -614,4 +616,147 @@ fn a_dossier_number_is_set_at_creation_and_never_changed() {
             RefusalCode::ImmutableField
         );
     }
+}
+
+fn imported(device: DeviceId, status: Status) -> Application {
+    Application {
+        status,
+        imported: Some(crate::record::Imported {
+            external_id: "SK-0001".into(),
+            original_reference: "12/HT-2025".into(),
+            imported_at: 1_795_399_200_000,
+            returned_at: None,
+        }),
+        ..sample(device)
+    }
+}
+
+fn created_as(app: Application, device: DeviceId) -> Vec<Change> {
+    let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 1).unwrap();
+    all_changes(&mut doc)
+}
+
+#[test]
+fn only_an_imported_dossier_is_created_past_received() {
+    let tablet = DeviceId::new();
+    for status in Status::ALL {
+        let accepted = verdict(
+            Vec::new(),
+            created_as(imported(tablet, status), tablet),
+            tablet,
+        );
+        assert!(
+            matches!(accepted, Verdict::Accepted { .. }),
+            "{status}: {accepted:?}"
+        );
+        if status != Status::Received {
+            let plain = Application {
+                status,
+                ..sample(tablet)
+            };
+            assert_eq!(
+                refused_code(verdict(Vec::new(), created_as(plain, tablet), tablet)),
+                RefusalCode::IllegalTransition
+            );
+        }
+    }
+    // Returned, with its return time between receipt and import.
+    let mut returned = imported(tablet, Status::Returned);
+    if let Some(marker) = &mut returned.imported {
+        marker.returned_at = Some(returned.received_at + 1);
+    }
+    assert!(matches!(
+        verdict(Vec::new(), created_as(returned.clone(), tablet), tablet),
+        Verdict::Accepted { .. }
+    ));
+    let mut bad = Vec::new();
+    // Received after its import.
+    let mut late = imported(tablet, Status::Ready);
+    late.received_at = 1_795_399_200_001;
+    bad.push(late);
+    // A return time on a dossier not returned, or outside receipt..import.
+    let mut not_returned = returned.clone();
+    not_returned.status = Status::Ready;
+    bad.push(not_returned);
+    for at in [returned.received_at - 1, 1_795_399_200_001] {
+        let mut outside = returned.clone();
+        if let Some(marker) = &mut outside.imported {
+            marker.returned_at = Some(at);
+        }
+        bad.push(outside);
+    }
+    // An empty or oversized external id.
+    for id in [
+        String::new(),
+        "x".repeat(crate::record::MAX_EXTERNAL_ID + 1),
+    ] {
+        let mut app = imported(tablet, Status::Ready);
+        if let Some(marker) = &mut app.imported {
+            marker.external_id = id;
+        }
+        bad.push(app);
+    }
+    for app in bad {
+        let code = refused_code(verdict(Vec::new(), created_as(app.clone(), tablet), tablet));
+        assert!(
+            matches!(code, RefusalCode::InvalidField | RefusalCode::TooLarge),
+            "{app:?}: {code}"
+        );
+    }
+}
+
+#[test]
+fn the_import_marker_is_never_added_changed_or_removed() {
+    let tablet = DeviceId::new();
+    let marker = imported(tablet, Status::Returned).imported;
+    // Added to a dossier taken on the tablet, to skip its workflow.
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let forged = edit(&mut doc, |a| {
+        a.imported = marker.clone();
+        a.status = Status::Returned;
+    });
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![forged], tablet)),
+        RefusalCode::ImmutableField
+    );
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let only_marker = edit(&mut doc, |a| a.imported = marker.clone());
+    assert_eq!(
+        refused_code(verdict(root, vec![only_marker], tablet)),
+        RefusalCode::ImmutableField
+    );
+    // Changed or removed on an imported dossier.
+    let app = imported(tablet, Status::InProgress);
+    let mut pristine = RecordDoc::create(&Record::Application(app), tablet, "lan", 1).unwrap();
+    let root = all_changes(&mut pristine);
+    let mut doc = as_device(&mut pristine, tablet);
+    let renamed = edit(&mut doc, |a| {
+        if let Some(m) = &mut a.imported {
+            m.external_id = "SK-0002".into();
+        }
+    });
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![renamed], tablet)),
+        RefusalCode::ImmutableField
+    );
+    // Removed: a raw deletion (the typed edit never writes an absent marker).
+    let mut raw = automerge::AutoCommit::load(&pristine.save())
+        .unwrap()
+        .with_actor(crate::record::doc::actor_for(tablet));
+    automerge::transaction::Transactable::delete(&mut raw, automerge::ROOT, "imported").unwrap();
+    raw.commit();
+    let removed = raw.get_last_local_change().unwrap().clone();
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![removed], tablet)),
+        RefusalCode::ImmutableField
+    );
+    // The workflow goes on from the imported state.
+    let mut doc = as_device(&mut pristine, tablet);
+    let ready = edit(&mut doc, |a| a.status = Status::Ready);
+    assert!(matches!(
+        verdict(root, vec![ready], tablet),
+        Verdict::Accepted { .. }
+    ));
 }

@@ -41,6 +41,7 @@ pub(crate) fn application(device: DeviceId, papers: usize, name: &str) -> Applic
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
         procedure_version: 0,
         form_values: Default::default(),
     }

@@ -235,6 +235,12 @@ pub struct Application {
     #[autosurgeon(with = "absent_when_unset")]
     #[serde(default)]
     pub returned_on_time: Option<bool>,
+    /// Set when the dossier was imported from the commune's existing register, in its first
+    /// change, and never changed (see [`super::Imported`]); `None` for a dossier taken on a
+    /// tablet.
+    #[autosurgeon(with = "super::imported::absent_when_none")]
+    #[serde(default)]
+    pub imported: Option<super::Imported>,
 }
 
 /// A request or feedback from a citizen.

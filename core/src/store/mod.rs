@@ -22,6 +22,7 @@ mod numbers;
 mod projection;
 pub mod quarantine;
 mod query;
+mod register_import;
 mod rekey;
 pub(crate) mod schema;
 mod server_epoch;
@@ -528,6 +529,7 @@ impl DeviceStore {
             clock_events: Vec::new(),
             returned_at: None,
             returned_on_time: None,
+            imported: None,
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;

@@ -17,6 +17,7 @@ pub(super) fn write(
     record: &Record,
     has_conflicts: bool,
 ) -> Result<()> {
+    super::register_import::index(tx, rowid, record)?;
     let (table, columns, values, body) = row_of(rowid, record, has_conflicts);
     let select = format!("SELECT {} FROM {table} WHERE doc = ?1", columns.join(", "));
     let current: Option<Vec<SqlValue>> = tx

@@ -16,6 +16,7 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0007_attachments.sql"),
     include_str!("../../migrations/0008_catalogue_v2.sql"),
     include_str!("../../migrations/0009_statutory_time.sql"),
+    include_str!("../../migrations/0010_register_import.sql"),
 ];
 
 /// The schema version this build writes.

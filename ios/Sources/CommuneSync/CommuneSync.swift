@@ -999,6 +999,22 @@ public protocol EngineProtocol: AnyObject, Sendable {
     func writeReceiptPdf(recordId: String, path: String) async throws 
     
     /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+    func importMarker(recordId: String) async throws  -> ImportMarker?
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+    func importRegister(officer: String, communeCode: String?, csv: Data) async throws  -> RegisterImportSummary
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+    func importedApplicationId(communeCode: String, externalId: String) async throws  -> String?
+    
+    /**
      * Delivers the sync status to `listener` now and after each change, until
      * [`ObserverHandle::stop`] (see the module's contract). For a status bar: the Kotlin
      * `engine.syncStatusFlow(scope)` and the Swift `engine.syncStatusUpdates()` wrap it.
@@ -2142,6 +2158,64 @@ open func writeReceiptPdf(recordId: String, path: String)async throws   {
             completeFunc: ffi_communesync_ffi_rust_future_complete_void,
             freeFunc: ffi_communesync_ffi_rust_future_free_void,
             liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+open func importMarker(recordId: String)async throws  -> ImportMarker?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_import_marker(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeImportMarker.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+open func importRegister(officer: String, communeCode: String?, csv: Data)async throws  -> RegisterImportSummary  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_import_register(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterOptionString.lower(communeCode),FfiConverterData.lower(csv)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeRegisterImportSummary_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+open func importedApplicationId(communeCode: String, externalId: String)async throws  -> String?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_imported_application_id(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(communeCode),FfiConverterString.lower(externalId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionString.lift,
             errorHandler: FfiConverterTypeCommuneSyncError_lift
         )
 }
@@ -5751,6 +5825,95 @@ public func FfiConverterTypeHistoryEntry_lower(_ value: HistoryEntry) -> RustBuf
 
 
 /**
+ * Where an imported dossier came from (set at its import, never changed).
+ */
+public struct ImportMarker: Equatable, Hashable {
+    /**
+     * Its key in the commune's register.
+     */
+    public var externalId: String
+    /**
+     * The register's reference number (empty when none).
+     */
+    public var originalReference: String
+    /**
+     * When it was imported.
+     */
+    public var importedAt: Date
+    /**
+     * When it was returned, for a dossier imported as returned.
+     */
+    public var returnedAt: Date?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its key in the commune's register.
+         */externalId: String, 
+        /**
+         * The register's reference number (empty when none).
+         */originalReference: String, 
+        /**
+         * When it was imported.
+         */importedAt: Date, 
+        /**
+         * When it was returned, for a dossier imported as returned.
+         */returnedAt: Date?) {
+        self.externalId = externalId
+        self.originalReference = originalReference
+        self.importedAt = importedAt
+        self.returnedAt = returnedAt
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ImportMarker: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeImportMarker: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ImportMarker {
+        return
+            try ImportMarker(
+                externalId: FfiConverterString.read(from: &buf), 
+                originalReference: FfiConverterString.read(from: &buf), 
+                importedAt: FfiConverterTimestamp.read(from: &buf), 
+                returnedAt: FfiConverterOptionTimestamp.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ImportMarker, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.externalId, into: &buf)
+        FfiConverterString.write(value.originalReference, into: &buf)
+        FfiConverterTimestamp.write(value.importedAt, into: &buf)
+        FfiConverterOptionTimestamp.write(value.returnedAt, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeImportMarker_lift(_ buf: RustBuffer) throws -> ImportMarker {
+    return try FfiConverterTypeImportMarker.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeImportMarker_lower(_ value: ImportMarker) -> RustBuffer {
+    return FfiConverterTypeImportMarker.lower(value)
+}
+
+
+/**
  * One log line.
  */
 public struct LogRecord: Equatable, Hashable {
@@ -7235,6 +7398,164 @@ public func FfiConverterTypeReceivedDocument_lift(_ buf: RustBuffer) throws -> R
 #endif
 public func FfiConverterTypeReceivedDocument_lower(_ value: ReceivedDocument) -> RustBuffer {
     return FfiConverterTypeReceivedDocument.lower(value)
+}
+
+
+/**
+ * Why one line of the register was not imported.
+ */
+public struct RegisterEntryError: Equatable, Hashable {
+    /**
+     * The line it starts on (1 is the header).
+     */
+    public var line: UInt64
+    /**
+     * Its external id, when it could be read.
+     */
+    public var externalId: String?
+    /**
+     * Why.
+     */
+    public var reason: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The line it starts on (1 is the header).
+         */line: UInt64, 
+        /**
+         * Its external id, when it could be read.
+         */externalId: String?, 
+        /**
+         * Why.
+         */reason: String) {
+        self.line = line
+        self.externalId = externalId
+        self.reason = reason
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RegisterEntryError: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRegisterEntryError: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RegisterEntryError {
+        return
+            try RegisterEntryError(
+                line: FfiConverterUInt64.read(from: &buf), 
+                externalId: FfiConverterOptionString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RegisterEntryError, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.line, into: &buf)
+        FfiConverterOptionString.write(value.externalId, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterEntryError_lift(_ buf: RustBuffer) throws -> RegisterEntryError {
+    return try FfiConverterTypeRegisterEntryError.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterEntryError_lower(_ value: RegisterEntryError) -> RustBuffer {
+    return FfiConverterTypeRegisterEntryError.lower(value)
+}
+
+
+/**
+ * What an import did.
+ */
+public struct RegisterImportSummary: Equatable, Hashable {
+    /**
+     * Entries imported now (one dossier, one change each).
+     */
+    public var imported: UInt64
+    /**
+     * Entries whose external id a dossier of the commune already has: nothing written.
+     */
+    public var alreadyPresent: UInt64
+    /**
+     * Entries refused, with their line.
+     */
+    public var errors: [RegisterEntryError]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Entries imported now (one dossier, one change each).
+         */imported: UInt64, 
+        /**
+         * Entries whose external id a dossier of the commune already has: nothing written.
+         */alreadyPresent: UInt64, 
+        /**
+         * Entries refused, with their line.
+         */errors: [RegisterEntryError]) {
+        self.imported = imported
+        self.alreadyPresent = alreadyPresent
+        self.errors = errors
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RegisterImportSummary: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRegisterImportSummary: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RegisterImportSummary {
+        return
+            try RegisterImportSummary(
+                imported: FfiConverterUInt64.read(from: &buf), 
+                alreadyPresent: FfiConverterUInt64.read(from: &buf), 
+                errors: FfiConverterSequenceTypeRegisterEntryError.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RegisterImportSummary, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.imported, into: &buf)
+        FfiConverterUInt64.write(value.alreadyPresent, into: &buf)
+        FfiConverterSequenceTypeRegisterEntryError.write(value.errors, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterImportSummary_lift(_ buf: RustBuffer) throws -> RegisterImportSummary {
+    return try FfiConverterTypeRegisterImportSummary.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterImportSummary_lower(_ value: RegisterImportSummary) -> RustBuffer {
+    return FfiConverterTypeRegisterImportSummary.lower(value)
 }
 
 
@@ -10351,6 +10672,30 @@ fileprivate struct FfiConverterOptionTypeDeviceCredential: FfiConverterRustBuffe
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeImportMarker: FfiConverterRustBuffer {
+    typealias SwiftType = ImportMarker?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeImportMarker.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeImportMarker.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeReceiptInfo: FfiConverterRustBuffer {
     typealias SwiftType = ReceiptInfo?
 
@@ -10942,6 +11287,31 @@ fileprivate struct FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeRegisterEntryError: FfiConverterRustBuffer {
+    typealias SwiftType = [RegisterEntryError]
+
+    public static func write(_ value: [RegisterEntryError], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRegisterEntryError.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RegisterEntryError] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RegisterEntryError]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRegisterEntryError.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer {
     typealias SwiftType = [RequiredPaper]
 
@@ -11379,6 +11749,15 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() != 21417) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_import_marker() != 63099) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_import_register() != 9790) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_imported_application_id() != 48212) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() != 44248) {

@@ -77,7 +77,8 @@ pub(super) struct Cancelled;
 pub(super) enum DocVerdict {
     /// Store these (new) changes; the record they leave names these attachments; with the
     /// application when it is new here and has a dossier number (which the handler checks
-    /// against the device's blocks before storing).
+    /// against the device's blocks before storing) or an import marker (whose external id the
+    /// handler checks is its commune's only one).
     Store(IncomingDoc, Vec<AttachmentRef>, Option<Box<Application>>),
     /// Nothing new: the server has every change already.
     Nothing,
@@ -293,7 +294,9 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 Record::CitizenRequest(ref r) => r.attachments.clone(),
             };
             let numbered = match (record.as_ref(), stored) {
-                (Record::Application(app), None) if app.dossier_number.is_some() => {
+                (Record::Application(app), None)
+                    if app.dossier_number.is_some() || app.imported.is_some() =>
+                {
                     Some(Box::new(app.clone()))
                 }
                 _ => None,

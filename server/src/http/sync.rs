@@ -227,6 +227,7 @@ async fn sync_inner(
             Vec<communesync_core::attachment::AttachmentRef>,
         )> = Vec::new();
         let mut numbered = numbers::NewNumbers::default();
+        let mut imports = crate::external_ids::NewImports::default();
         for (position, verdict) in verdicts {
             match verdict {
                 DocVerdict::Store(doc, attachments, app) => {
@@ -236,6 +237,15 @@ async fn sync_inner(
                             .admit(&*state.storage, &state.config.numbers, &device, &app)
                             .await?
                         {
+                            refused.push(Refused {
+                                position,
+                                code: refusal.code.as_str().to_owned(),
+                                message: refusal.message,
+                            });
+                            continue;
+                        }
+                        // An imported dossier's external id is its commune's only one.
+                        if let Err(refusal) = imports.admit(&*state.storage, &app).await? {
                             refused.push(Refused {
                                 position,
                                 code: refusal.code.as_str().to_owned(),
@@ -305,6 +315,29 @@ async fn sync_inner(
         // the retry finds its own number (same record) and stores it; a lookup of a number
         // whose record is not stored yet answers "not found".
         numbered.record(&*state.storage, device.id, now).await?;
+        // External ids are claimed likewise; one a concurrent push claimed first refuses its
+        // record here (nothing of it is stored).
+        let lost = imports.claim(&*state.storage, device.id, now).await?;
+        if !lost.is_empty() {
+            let mut rows = Vec::with_capacity(lost.len());
+            for (doc, refusal) in lost {
+                if let Some(at) = positions.iter().position(|(id, _)| *id == doc) {
+                    let (_, position) = positions.remove(at);
+                    incoming.retain(|d| d.id != doc);
+                    refused.push(Refused {
+                        position,
+                        code: refusal.code.as_str().to_owned(),
+                        message: refusal.message.clone(),
+                    });
+                    rows.push(RefusalRow {
+                        doc,
+                        code: refusal.code.as_str().to_owned(),
+                        message: refusal.message,
+                    });
+                }
+            }
+            state.storage.record_refusals(device.id, &rows, now).await?;
+        }
         if !incoming.is_empty() {
             stored_docs = incoming.len() as u64;
             stored_bytes = incoming

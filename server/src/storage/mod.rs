@@ -915,6 +915,36 @@ pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static 
         &self,
         hashes: &[[u8; 32]],
     ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>>;
+
+    /// Claims the external ids of imported dossiers accepted from `device`, each
+    /// `(commune, external id, record)`, in one transaction: a key not yet recorded goes to its
+    /// record; a key already recorded stays with its first record. Returns the records whose
+    /// key another record holds (to be refused), in the order given.
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>>;
+
+    /// The record holding `external_id` in `commune`, and the device that pushed it.
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>>;
+}
+
+/// An imported dossier's claim on its register key (see
+/// [`ServerStorage::claim_external_ids`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExternalIdClaim {
+    /// The commune whose register it is.
+    pub commune: String,
+    /// The entry's key in that register.
+    pub external_id: String,
+    /// The record that claims it.
+    pub doc: RecordId,
 }
 
 /// A push signature as stored: enough to verify it again later.

@@ -20,16 +20,17 @@ mod attachments;
 
 use super::plan::{self, FeedRowMeta};
 
+mod external_ids;
 mod numbers;
 use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
     AdminToken, AuditEntry, CatalogueHead, CataloguePublication, CatalogueRow, Commune,
-    CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession, Device, DeviceInfo, FeedItem,
-    FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED,
-    MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, RecordQuery, Refusal, RefusalRow,
-    Registrations, ReportRow, Result, Scope, ServerStorage, StorageError, StoredChange, device_id,
-    feed_limits, join_deps, last_admin_token, record_id, record_kind, refusals_to_store, to_i64,
-    to_u64,
+    CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession, Device, DeviceInfo,
+    ExternalIdClaim, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc,
+    MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, RecordQuery,
+    Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage, StorageError,
+    StoredChange, device_id, feed_limits, join_deps, last_admin_token, record_id, record_kind,
+    refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -43,6 +44,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0007_attachments.sql"),
     include_str!("../../migrations/sqlite/0008_read_model.sql"),
     include_str!("../../migrations/sqlite/0009_catalogue_delta.sql"),
+    include_str!("../../migrations/sqlite/0010_external_ids.sql"),
 ];
 
 /// The schema version this build writes.
@@ -2064,6 +2066,24 @@ impl ServerStorage for SqliteStorage {
             Ok(epoch)
         })
         .await
+    }
+
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>> {
+        self.claim_keys(device, claims.to_vec(), now).await
+    }
+
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_key(commune.to_owned(), external_id.to_owned())
+            .await
     }
 }
 

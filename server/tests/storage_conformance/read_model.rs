@@ -71,6 +71,7 @@ fn application(
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
     }
 }
 

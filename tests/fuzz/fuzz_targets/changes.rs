@@ -74,6 +74,7 @@ fn base_document() -> &'static (RecordId, Vec<u8>) {
             clock_events: Vec::new(),
             returned_at: None,
             returned_on_time: None,
+            imported: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app),

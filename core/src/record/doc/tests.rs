@@ -33,6 +33,7 @@ fn sample(device: DeviceId) -> Application {
         clock_events: Vec::new(),
         returned_at: None,
         returned_on_time: None,
+        imported: None,
     }
 }
 

@@ -874,6 +874,12 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_import_marker(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_import_register(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_imported_application_id(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_watch_sync_status(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_enginelogger_log(
@@ -1028,6 +1034,12 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_method_engine_verify_receipt(`ptr`: Long,`payload`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(`ptr`: Long,`recordId`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_import_marker(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_import_register(`ptr`: Long,`officer`: RustBuffer.ByValue,`communeCode`: RustBuffer.ByValue,`csv`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_imported_application_id(`ptr`: Long,`communeCode`: RustBuffer.ByValue,`externalId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_watch_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1361,6 +1373,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() and 0xFFFF) != 21417) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_import_marker() and 0xFFFF) != 63099) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_import_register() and 0xFFFF) != 9790) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_imported_application_id() and 0xFFFF) != 48212) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() and 0xFFFF) != 44248) {
@@ -2278,6 +2299,22 @@ public interface EngineInterface {
      * Writes the receipt PDF of application `record_id` to `path`.
      */
     suspend fun `writeReceiptPdf`(`recordId`: kotlin.String, `path`: kotlin.String)
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+    suspend fun `importMarker`(`recordId`: kotlin.String): ImportMarker?
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+    suspend fun `importRegister`(`officer`: kotlin.String, `communeCode`: kotlin.String?, `csv`: kotlin.ByteArray): RegisterImportSummary
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+    suspend fun `importedApplicationId`(`communeCode`: kotlin.String, `externalId`: kotlin.String): kotlin.String?
     
     /**
      * Delivers the sync status to `listener` now and after each change, until
@@ -3797,6 +3834,85 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         // lift function
         { },
         
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `importMarker`(`recordId`: kotlin.String) : ImportMarker? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_import_marker(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalTypeImportMarker.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `importRegister`(`officer`: kotlin.String, `communeCode`: kotlin.String?, `csv`: kotlin.ByteArray) : RegisterImportSummary {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_import_register(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterOptionalString.lower(`communeCode`),
+        FfiConverterByteArray.lower(`csv`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeRegisterImportSummary.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `importedApplicationId`(`communeCode`: kotlin.String, `externalId`: kotlin.String) : kotlin.String? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_imported_application_id(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`communeCode`),
+        FfiConverterString.lower(`externalId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalString.lift(it) },
         // Error FFI converter
         CommuneSyncException.ErrorHandler,
     )
@@ -7153,6 +7269,69 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
 
 
 /**
+ * Where an imported dossier came from (set at its import, never changed).
+ */
+data class ImportMarker (
+    /**
+     * Its key in the commune's register.
+     */
+    var `externalId`: kotlin.String
+    , 
+    /**
+     * The register's reference number (empty when none).
+     */
+    var `originalReference`: kotlin.String
+    , 
+    /**
+     * When it was imported.
+     */
+    var `importedAt`: java.time.Instant
+    , 
+    /**
+     * When it was returned, for a dossier imported as returned.
+     */
+    var `returnedAt`: java.time.Instant?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeImportMarker: FfiConverterRustBuffer<ImportMarker> {
+    override fun read(buf: ByteBuffer): ImportMarker {
+        return ImportMarker(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ImportMarker) = (
+            FfiConverterString.allocationSize(value.`externalId`) +
+            FfiConverterString.allocationSize(value.`originalReference`) +
+            FfiConverterTimestamp.allocationSize(value.`importedAt`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`returnedAt`)
+    )
+
+    override fun write(value: ImportMarker, buf: ByteBuffer) {
+            FfiConverterString.write(value.`externalId`, buf)
+            FfiConverterString.write(value.`originalReference`, buf)
+            FfiConverterTimestamp.write(value.`importedAt`, buf)
+            FfiConverterOptionalTimestamp.write(value.`returnedAt`, buf)
+    }
+}
+
+
+
+/**
  * One log line.
  */
 data class LogRecord (
@@ -8229,6 +8408,116 @@ public object FfiConverterTypeReceivedDocument: FfiConverterRustBuffer<ReceivedD
             FfiConverterString.write(value.`name`, buf)
             FfiConverterUInt.write(value.`copies`, buf)
             FfiConverterBoolean.write(value.`original`, buf)
+    }
+}
+
+
+
+/**
+ * Why one line of the register was not imported.
+ */
+data class RegisterEntryError (
+    /**
+     * The line it starts on (1 is the header).
+     */
+    var `line`: kotlin.ULong
+    , 
+    /**
+     * Its external id, when it could be read.
+     */
+    var `externalId`: kotlin.String?
+    , 
+    /**
+     * Why.
+     */
+    var `reason`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRegisterEntryError: FfiConverterRustBuffer<RegisterEntryError> {
+    override fun read(buf: ByteBuffer): RegisterEntryError {
+        return RegisterEntryError(
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RegisterEntryError) = (
+            FfiConverterULong.allocationSize(value.`line`) +
+            FfiConverterOptionalString.allocationSize(value.`externalId`) +
+            FfiConverterString.allocationSize(value.`reason`)
+    )
+
+    override fun write(value: RegisterEntryError, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`line`, buf)
+            FfiConverterOptionalString.write(value.`externalId`, buf)
+            FfiConverterString.write(value.`reason`, buf)
+    }
+}
+
+
+
+/**
+ * What an import did.
+ */
+data class RegisterImportSummary (
+    /**
+     * Entries imported now (one dossier, one change each).
+     */
+    var `imported`: kotlin.ULong
+    , 
+    /**
+     * Entries whose external id a dossier of the commune already has: nothing written.
+     */
+    var `alreadyPresent`: kotlin.ULong
+    , 
+    /**
+     * Entries refused, with their line.
+     */
+    var `errors`: List<RegisterEntryError>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRegisterImportSummary: FfiConverterRustBuffer<RegisterImportSummary> {
+    override fun read(buf: ByteBuffer): RegisterImportSummary {
+        return RegisterImportSummary(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeRegisterEntryError.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RegisterImportSummary) = (
+            FfiConverterULong.allocationSize(value.`imported`) +
+            FfiConverterULong.allocationSize(value.`alreadyPresent`) +
+            FfiConverterSequenceTypeRegisterEntryError.allocationSize(value.`errors`)
+    )
+
+    override fun write(value: RegisterImportSummary, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`imported`, buf)
+            FfiConverterULong.write(value.`alreadyPresent`, buf)
+            FfiConverterSequenceTypeRegisterEntryError.write(value.`errors`, buf)
     }
 }
 
@@ -10830,6 +11119,38 @@ public object FfiConverterOptionalTypeDeviceCredential: FfiConverterRustBuffer<D
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeImportMarker: FfiConverterRustBuffer<ImportMarker?> {
+    override fun read(buf: ByteBuffer): ImportMarker? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeImportMarker.read(buf)
+    }
+
+    override fun allocationSize(value: ImportMarker?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeImportMarker.allocationSize(value)
+        }
+    }
+
+    override fun write(value: ImportMarker?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeImportMarker.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeReceiptInfo: FfiConverterRustBuffer<ReceiptInfo?> {
     override fun read(buf: ByteBuffer): ReceiptInfo? {
         if (buf.get().toInt() == 0) {
@@ -11528,6 +11849,34 @@ public object FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer<L
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeReceivedDocument.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeRegisterEntryError: FfiConverterRustBuffer<List<RegisterEntryError>> {
+    override fun read(buf: ByteBuffer): List<RegisterEntryError> {
+        val len = buf.getInt()
+        return List<RegisterEntryError>(len) {
+            FfiConverterTypeRegisterEntryError.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RegisterEntryError>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRegisterEntryError.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RegisterEntryError>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRegisterEntryError.write(it, buf)
         }
     }
 }
