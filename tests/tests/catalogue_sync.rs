@@ -4,7 +4,8 @@
 //! catalogue); two offline tablets take dossiers with form values; a publication changes 20
 //! procedures (new versions, removals) and the calendar, and reaches both as a delta; a dossier
 //! taken under version N is accepted after N+1 is published and keeps N's rules; a dossier
-//! pinning a version that never existed is refused; the tablets converge.
+//! pinning a version that never existed is refused; the tablets converge. A tablet that joins
+//! after N+1 receives N as a pinned-only version and edits that dossier under N's rules.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
@@ -151,7 +152,7 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
     for url in test_databases(dir.path(), "catalogue").await.unwrap() {
         let server = TestServer::start(&url).await.unwrap();
         assert_eq!(server.storage.put_catalogue(&first_json).await.unwrap(), 1);
-        let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE, 4).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
 
         // Tablet A: the whole catalogue by sync, in pages.
@@ -258,7 +259,7 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
             .unwrap()
             .name
             .clone();
-        edited.insert(first_text, FormValue::Text("Lò Thị Mai Anh".into()));
+        edited.insert(first_text.clone(), FormValue::Text("Lò Thị Mai Anh".into()));
         let values = edited.clone();
         b.with(|s| {
             s.update_application(a_app.id, "hoa", |app| app.form_values = values)
@@ -279,6 +280,70 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
                 assert_eq!(theirs.procedure_version, changed_v2.version);
             });
         }
+
+        // Tablet C joins after N+1: its sync from 0 brings N as a pinned-only version, so it
+        // edits A's dossier under N's rules (N+1's new field is not asked) and the server takes
+        // the edit; search and intake only know N+1.
+        let c_store = DeviceStore::open(StoreConfig::new(sub.path().join("c.db"))).unwrap();
+        let c = Tablet::enroll(c_store, "c", &server.url(), &codes[3]).await;
+        c.sync().await;
+        c.with(|s| {
+            assert_eq!(s.catalogue_version().unwrap(), 2);
+            assert_eq!(s.procedure_count().unwrap(), 1_998, "{url}");
+            assert_eq!(
+                s.procedure_at(&changed.code, changed.version).unwrap(),
+                Some(changed.clone()),
+                "{url}"
+            );
+            assert_eq!(
+                s.procedure(&changed.code).unwrap().version,
+                changed_v2.version
+            );
+            let found = s.search_procedures(&changed_v2.name, 200).unwrap();
+            let listed: Vec<u64> = found
+                .iter()
+                .filter(|p| p.code == changed.code)
+                .map(|p| p.version)
+                .collect();
+            assert_eq!(listed, [changed_v2.version], "{url}");
+            // A removed procedure's last version is kept for its dossiers, not listed.
+            assert!(matches!(
+                s.procedure(&removed[0]),
+                Err(Error::UnknownProcedure(_))
+            ));
+            let removed_version = generated
+                .procedures
+                .iter()
+                .find(|p| p.code == removed[0])
+                .unwrap()
+                .version;
+            assert!(
+                s.procedure_at(&removed[0], removed_version)
+                    .unwrap()
+                    .is_some()
+            );
+        });
+        let mut c_edit = edited.clone();
+        c_edit.insert(first_text, FormValue::Text("Lò Thị Mai Chi".into()));
+        assert!(!c_edit.contains_key("household_book"));
+        let values = c_edit.clone();
+        let c_edited =
+            c.with(|s| s.update_application(a_app.id, "thu", |app| app.form_values = values));
+        assert!(c_edited.is_ok(), "{url}: {c_edited:?}");
+        // A new dossier on C is under N+1: N's form is not enough.
+        let c_new: Result<Application> =
+            c.with(|s| s.create_application("thu", intake(&changed, a_form.clone())));
+        assert!(
+            matches!(&c_new, Err(Error::InvalidInput { field, .. }) if field == "form.household_book"),
+            "{url}: {c_new:?}"
+        );
+        c.sync().await;
+        a.sync().await;
+        a.with(|s| {
+            let app = s.get_application(a_app.id).unwrap();
+            assert_eq!(app.form_values, c_edit, "{url}");
+            assert_eq!(app.procedure_version, changed.version);
+        });
 
         // A dossier pinning a version that never existed is refused by the server.
         let hostile = DeviceId::new();
