@@ -13,7 +13,8 @@
 use std::sync::{Arc, Mutex};
 
 use communesync_core::catalogue::delta::{
-    CalendarUpdate, CatalogueDelta, CatalogueHeld, MAX_PAGE_ENTRIES,
+    CalendarUpdate, CatalogueDelta, CatalogueEntry, CatalogueHeld, CataloguePosition,
+    MAX_PAGE_ENTRIES,
 };
 use communesync_core::catalogue::{
     CatalogueFile, CivilDate, FieldKind, FormValue, FormValues, PersonValue, Procedure,
@@ -505,6 +506,94 @@ async fn a_hostile_catalogue_position_gets_a_bounded_answer_or_none() {
             }
         }
         assert_eq!(received, 600, "{url}");
+
+        // Every procedure gets a new version: the 600 replaced ones follow the current entries
+        // as pinned-only versions, paged in the same bounds, each once, to a tablet from 0; a
+        // tablet at version 1 had them as current and gets only the new ones.
+        let mut next = generated_catalogue(600, 3);
+        for p in &mut next.procedures {
+            p.version += 1;
+        }
+        assert_eq!(
+            server
+                .storage
+                .put_catalogue(&serde_json::to_string(&next).unwrap())
+                .await
+                .unwrap(),
+            2
+        );
+        for (from, puts_expected, pinned_expected) in [(0, 600, 600), (1, 600, 0)] {
+            let mut held = CatalogueHeld {
+                version: from,
+                resume: None,
+                calendar_version: from,
+            };
+            let (mut puts, mut pinned) = (Vec::new(), Vec::new());
+            let mut pages = 0;
+            for _ in 0..100 {
+                let answer = ask(
+                    &server.url(),
+                    &token,
+                    Extensions::new().with(&held).unwrap(),
+                )
+                .await;
+                let page = delta(&answer).unwrap();
+                assert!(page.entries.len() <= MAX_PAGE_ENTRIES);
+                pages += 1;
+                for entry in page.entries {
+                    match entry {
+                        CatalogueEntry::Put(json) => puts.push(json),
+                        CatalogueEntry::Pinned(json) => {
+                            let p: Procedure = serde_json::from_str(&json).unwrap();
+                            let current = next.procedures.iter().find(|n| n.code == p.code);
+                            assert_eq!(
+                                current.map(|n| n.version),
+                                Some(p.version + 1),
+                                "{url}: only replaced versions"
+                            );
+                            pinned.push((p.code, p.version));
+                        }
+                        CatalogueEntry::Removed(code) => panic!("{url}: {code} removed"),
+                    }
+                }
+                match page.more {
+                    Some(position) => held.resume = Some(position),
+                    None => break,
+                }
+            }
+            assert_eq!(puts.len(), puts_expected, "{url} from {from}");
+            assert_eq!(pinned.len(), pinned_expected, "{url} from {from}");
+            pinned.sort();
+            pinned.dedup();
+            assert_eq!(pinned.len(), pinned_expected, "{url}: a version sent twice");
+            assert!(pages >= 2, "{url}");
+        }
+
+        // A pinned-only position past the end: a last page, empty; one the server never
+        // reached: the tablet starts again.
+        for (publication, pinned_version, starts_again) in
+            [(2, u64::MAX, false), (u64::MAX, 1, true)]
+        {
+            let position = CatalogueHeld {
+                version: 0,
+                resume: Some(CataloguePosition {
+                    publication,
+                    code: "~".repeat(400),
+                    pinned_version: Some(pinned_version),
+                }),
+                calendar_version: 2,
+            };
+            let answer = ask(
+                &server.url(),
+                &token,
+                Extensions::new().with(&position).unwrap(),
+            )
+            .await;
+            let page = delta(&answer).unwrap();
+            assert!(page.entries.len() <= MAX_PAGE_ENTRIES, "{url}");
+            assert_eq!(page.more.is_some(), starts_again, "{url}: {:?}", page.more);
+            assert_eq!(page.entries.is_empty(), !starts_again, "{url}");
+        }
         server.stop().await;
     }
 }
