@@ -138,57 +138,114 @@ pub async fn delta_page<S: ServerStorage + ?Sized>(
     } else {
         None
     };
-    // Without a page under way: everything of the publications after the tablet's version
-    // (the empty code sorts before every procedure code, which is never empty).
-    let (publication, code) = match &held.resume {
-        Some(position) => (position.publication, position.code.clone()),
-        None => (held.version.saturating_add(1), String::new()),
-    };
     if held.resume.is_none() && held.version >= head.version {
         return Ok((None, calendar));
     }
-    let rows = storage
-        .catalogue_changes(publication, &code, MAX_PAGE_ENTRIES + 1)
-        .await?;
-    let mut entries = Vec::new();
-    let mut bytes = 0usize;
-    let mut last: Option<&CatalogueRow> = None;
-    let mut cut = false;
-    for row in &rows {
-        let entry_bytes = if row.removed {
-            row.code.len()
-        } else {
-            row.body.len()
-        };
-        if entries.len() == MAX_PAGE_ENTRIES
-            || (!entries.is_empty() && bytes + entry_bytes > PAGE_BODY_BYTES)
-        {
-            cut = true;
-            break;
+    let mut page = Page::default();
+    // Pinned-only versions start after the tablet's version (the ones published before it
+    // reached this tablet as current entries then).
+    let mut pinned_from = (held.version.saturating_add(1), String::new(), 0);
+    match &held.resume {
+        Some(CataloguePosition {
+            publication,
+            code,
+            pinned_version: Some(version),
+        }) => pinned_from = (*publication, code.clone(), *version),
+        // Without a page under way: everything of the publications after the tablet's version
+        // (the empty code sorts before every procedure code, which is never empty).
+        resume => {
+            let (publication, code) = match resume {
+                Some(position) => (position.publication, position.code.clone()),
+                None => (held.version.saturating_add(1), String::new()),
+            };
+            let rows = storage
+                .catalogue_changes(publication, &code, MAX_PAGE_ENTRIES + 1)
+                .await?;
+            let start = CataloguePosition {
+                publication,
+                code,
+                pinned_version: None,
+            };
+            if let Some(more) = page.fill(&rows, start) {
+                return Ok((Some(page.into_delta(head, Some(more))), calendar));
+            }
         }
-        bytes += entry_bytes;
-        entries.push(if row.removed {
-            CatalogueEntry::Removed(row.code.clone())
-        } else {
-            CatalogueEntry::Put(row.body.clone())
-        });
-        last = Some(row);
     }
-    let more = match last {
-        Some(row) if cut => Some(CataloguePosition {
-            publication: row.changed,
-            code: row.code.clone(),
-        }),
-        _ => None,
+    let start = CataloguePosition {
+        publication: pinned_from.0,
+        code: pinned_from.1,
+        pinned_version: Some(pinned_from.2),
     };
-    Ok((
-        Some(CatalogueDelta {
+    let room = MAX_PAGE_ENTRIES.saturating_sub(page.entries.len());
+    let more = if room == 0 {
+        // The page is full of current entries: the pinned-only ones start on the next.
+        Some(start)
+    } else {
+        let rows = storage
+            .pinned_versions_after(start.publication, &start.code, pinned_from.2, room + 1)
+            .await?;
+        page.fill(&rows, start)
+    };
+    Ok((Some(page.into_delta(head, more)), calendar))
+}
+
+/// A delta page being filled, within [`MAX_PAGE_ENTRIES`] and about [`PAGE_BODY_BYTES`].
+#[derive(Default)]
+struct Page {
+    entries: Vec<CatalogueEntry>,
+    bytes: usize,
+}
+
+impl Page {
+    /// Adds `rows` (read after position `start`; pinned-only versions when `start` is among
+    /// them) in order while the page has room; where the next page starts when it filled up
+    /// before the end of `rows`.
+    fn fill(
+        &mut self,
+        rows: &[CatalogueRow],
+        start: CataloguePosition,
+    ) -> Option<CataloguePosition> {
+        let pinned = start.pinned_version.is_some();
+        let mut last: Option<&CatalogueRow> = None;
+        for row in rows {
+            let entry_bytes = if row.removed {
+                row.code.len()
+            } else {
+                row.body.len()
+            };
+            if self.entries.len() == MAX_PAGE_ENTRIES
+                || (!self.entries.is_empty() && self.bytes + entry_bytes > PAGE_BODY_BYTES)
+            {
+                // When nothing of `rows` fitted, the next page starts where these did.
+                return Some(match last {
+                    Some(row) => CataloguePosition {
+                        publication: row.changed,
+                        code: row.code.clone(),
+                        pinned_version: pinned.then_some(row.version),
+                    },
+                    None => start,
+                });
+            }
+            self.bytes += entry_bytes;
+            self.entries.push(if pinned {
+                CatalogueEntry::Pinned(row.body.clone())
+            } else if row.removed {
+                CatalogueEntry::Removed(row.code.clone())
+            } else {
+                CatalogueEntry::Put(row.body.clone())
+            });
+            last = Some(row);
+        }
+        None
+    }
+
+    fn into_delta(self, head: &CatalogueHead, more: Option<CataloguePosition>) -> CatalogueDelta {
+        CatalogueDelta {
             version: head.version,
-            entries,
+            entries: self.entries,
             more,
-        }),
-        calendar,
-    ))
+        }
+    }
 }
 
 /// What the record rules need of the catalogue: every published version of every procedure

@@ -4,7 +4,8 @@
 //! catalogue); two offline tablets take dossiers with form values; a publication changes 20
 //! procedures (new versions, removals) and the calendar, and reaches both as a delta; a dossier
 //! taken under version N is accepted after N+1 is published and keeps N's rules; a dossier
-//! pinning a version that never existed is refused; the tablets converge.
+//! pinning a version that never existed is refused; the tablets converge. A tablet that joins
+//! after N+1 receives N as a pinned-only version and edits that dossier under N's rules.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
@@ -12,7 +13,8 @@
 use std::sync::{Arc, Mutex};
 
 use communesync_core::catalogue::delta::{
-    CalendarUpdate, CatalogueDelta, CatalogueHeld, MAX_PAGE_ENTRIES,
+    CalendarUpdate, CatalogueDelta, CatalogueEntry, CatalogueHeld, CataloguePosition,
+    MAX_PAGE_ENTRIES,
 };
 use communesync_core::catalogue::{
     CatalogueFile, CivilDate, FieldKind, FormValue, FormValues, PersonValue, Procedure,
@@ -151,7 +153,7 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
     for url in test_databases(dir.path(), "catalogue").await.unwrap() {
         let server = TestServer::start(&url).await.unwrap();
         assert_eq!(server.storage.put_catalogue(&first_json).await.unwrap(), 1);
-        let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE, 4).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
 
         // Tablet A: the whole catalogue by sync, in pages.
@@ -258,7 +260,7 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
             .unwrap()
             .name
             .clone();
-        edited.insert(first_text, FormValue::Text("Lò Thị Mai Anh".into()));
+        edited.insert(first_text.clone(), FormValue::Text("Lò Thị Mai Anh".into()));
         let values = edited.clone();
         b.with(|s| {
             s.update_application(a_app.id, "hoa", |app| app.form_values = values)
@@ -279,6 +281,70 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
                 assert_eq!(theirs.procedure_version, changed_v2.version);
             });
         }
+
+        // Tablet C joins after N+1: its sync from 0 brings N as a pinned-only version, so it
+        // edits A's dossier under N's rules (N+1's new field is not asked) and the server takes
+        // the edit; search and intake only know N+1.
+        let c_store = DeviceStore::open(StoreConfig::new(sub.path().join("c.db"))).unwrap();
+        let c = Tablet::enroll(c_store, "c", &server.url(), &codes[3]).await;
+        c.sync().await;
+        c.with(|s| {
+            assert_eq!(s.catalogue_version().unwrap(), 2);
+            assert_eq!(s.procedure_count().unwrap(), 1_998, "{url}");
+            assert_eq!(
+                s.procedure_at(&changed.code, changed.version).unwrap(),
+                Some(changed.clone()),
+                "{url}"
+            );
+            assert_eq!(
+                s.procedure(&changed.code).unwrap().version,
+                changed_v2.version
+            );
+            let found = s.search_procedures(&changed_v2.name, 200).unwrap();
+            let listed: Vec<u64> = found
+                .iter()
+                .filter(|p| p.code == changed.code)
+                .map(|p| p.version)
+                .collect();
+            assert_eq!(listed, [changed_v2.version], "{url}");
+            // A removed procedure's last version is kept for its dossiers, not listed.
+            assert!(matches!(
+                s.procedure(&removed[0]),
+                Err(Error::UnknownProcedure(_))
+            ));
+            let removed_version = generated
+                .procedures
+                .iter()
+                .find(|p| p.code == removed[0])
+                .unwrap()
+                .version;
+            assert!(
+                s.procedure_at(&removed[0], removed_version)
+                    .unwrap()
+                    .is_some()
+            );
+        });
+        let mut c_edit = edited.clone();
+        c_edit.insert(first_text, FormValue::Text("Lò Thị Mai Chi".into()));
+        assert!(!c_edit.contains_key("household_book"));
+        let values = c_edit.clone();
+        let c_edited =
+            c.with(|s| s.update_application(a_app.id, "thu", |app| app.form_values = values));
+        assert!(c_edited.is_ok(), "{url}: {c_edited:?}");
+        // A new dossier on C is under N+1: N's form is not enough.
+        let c_new: Result<Application> =
+            c.with(|s| s.create_application("thu", intake(&changed, a_form.clone())));
+        assert!(
+            matches!(&c_new, Err(Error::InvalidInput { field, .. }) if field == "form.household_book"),
+            "{url}: {c_new:?}"
+        );
+        c.sync().await;
+        a.sync().await;
+        a.with(|s| {
+            let app = s.get_application(a_app.id).unwrap();
+            assert_eq!(app.form_values, c_edit, "{url}");
+            assert_eq!(app.procedure_version, changed.version);
+        });
 
         // A dossier pinning a version that never existed is refused by the server.
         let hostile = DeviceId::new();
@@ -440,6 +506,94 @@ async fn a_hostile_catalogue_position_gets_a_bounded_answer_or_none() {
             }
         }
         assert_eq!(received, 600, "{url}");
+
+        // Every procedure gets a new version: the 600 replaced ones follow the current entries
+        // as pinned-only versions, paged in the same bounds, each once, to a tablet from 0; a
+        // tablet at version 1 had them as current and gets only the new ones.
+        let mut next = generated_catalogue(600, 3);
+        for p in &mut next.procedures {
+            p.version += 1;
+        }
+        assert_eq!(
+            server
+                .storage
+                .put_catalogue(&serde_json::to_string(&next).unwrap())
+                .await
+                .unwrap(),
+            2
+        );
+        for (from, puts_expected, pinned_expected) in [(0, 600, 600), (1, 600, 0)] {
+            let mut held = CatalogueHeld {
+                version: from,
+                resume: None,
+                calendar_version: from,
+            };
+            let (mut puts, mut pinned) = (Vec::new(), Vec::new());
+            let mut pages = 0;
+            for _ in 0..100 {
+                let answer = ask(
+                    &server.url(),
+                    &token,
+                    Extensions::new().with(&held).unwrap(),
+                )
+                .await;
+                let page = delta(&answer).unwrap();
+                assert!(page.entries.len() <= MAX_PAGE_ENTRIES);
+                pages += 1;
+                for entry in page.entries {
+                    match entry {
+                        CatalogueEntry::Put(json) => puts.push(json),
+                        CatalogueEntry::Pinned(json) => {
+                            let p: Procedure = serde_json::from_str(&json).unwrap();
+                            let current = next.procedures.iter().find(|n| n.code == p.code);
+                            assert_eq!(
+                                current.map(|n| n.version),
+                                Some(p.version + 1),
+                                "{url}: only replaced versions"
+                            );
+                            pinned.push((p.code, p.version));
+                        }
+                        CatalogueEntry::Removed(code) => panic!("{url}: {code} removed"),
+                    }
+                }
+                match page.more {
+                    Some(position) => held.resume = Some(position),
+                    None => break,
+                }
+            }
+            assert_eq!(puts.len(), puts_expected, "{url} from {from}");
+            assert_eq!(pinned.len(), pinned_expected, "{url} from {from}");
+            pinned.sort();
+            pinned.dedup();
+            assert_eq!(pinned.len(), pinned_expected, "{url}: a version sent twice");
+            assert!(pages >= 2, "{url}");
+        }
+
+        // A pinned-only position past the end: a last page, empty; one the server never
+        // reached: the tablet starts again.
+        for (publication, pinned_version, starts_again) in
+            [(2, u64::MAX, false), (u64::MAX, 1, true)]
+        {
+            let position = CatalogueHeld {
+                version: 0,
+                resume: Some(CataloguePosition {
+                    publication,
+                    code: "~".repeat(400),
+                    pinned_version: Some(pinned_version),
+                }),
+                calendar_version: 2,
+            };
+            let answer = ask(
+                &server.url(),
+                &token,
+                Extensions::new().with(&position).unwrap(),
+            )
+            .await;
+            let page = delta(&answer).unwrap();
+            assert!(page.entries.len() <= MAX_PAGE_ENTRIES, "{url}");
+            assert_eq!(page.more.is_some(), starts_again, "{url}: {:?}", page.more);
+            assert_eq!(page.entries.is_empty(), !starts_again, "{url}");
+        }
         server.stop().await;
     }
 }

@@ -9,6 +9,12 @@
 //! (publication, code) order, at most [`MAX_PAGE_ENTRIES`] entries and about
 //! [`PAGE_BODY_BYTES`] of procedure JSON a page: the tablet installs a page in one transaction
 //! and asks on from `more`; it claims the catalogue version only with the last page. The
+//! current entries come first; after them, the procedure versions that are no longer current
+//! and were published after the tablet's version ([`CatalogueEntry::Pinned`], in (publication,
+//! code, version) order, in the same page bounds): a dossier another tablet took under such a
+//! version must stay editable here, so a tablet that joins late still holds every version an
+//! open dossier may pin (a tablet from 0 receives every kept version). They are pinned-only on
+//! the tablet: never offered for intake nor shown in search. The
 //! calendar travels whole when its version moved ([`CalendarUpdate`], response tag 6; at most
 //! [`crate::catalogue::procedure::MAX_OVERRIDES`] days). A tablet with no catalogue starts from
 //! version 0 and so receives every current procedure, paged. Each payload is decoded from at most
@@ -29,13 +35,19 @@ pub const PAGE_BODY_BYTES: usize = 192 * 1024;
 pub const MAX_PROCEDURE_JSON: usize = 64 * 1024;
 
 /// A position in the catalogue's change list: after the entry of `code` changed by publication
-/// `publication`.
+/// `publication` (among the current entries), or, with `pinned_version`, after that
+/// non-current version of `code` published by `publication` (among the pinned-only versions,
+/// which follow every current entry).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct CataloguePosition {
     /// Publication (catalogue version) of the last entry installed.
     pub publication: u64,
     /// Its procedure code.
     pub code: String,
+    /// The procedure version of the last pinned-only entry installed (`None`: still among the
+    /// current entries).
+    #[serde(default)]
+    pub pinned_version: Option<u64>,
 }
 
 /// What a tablet holds of the catalogue (request, tag 5).
@@ -62,6 +74,9 @@ pub enum CatalogueEntry {
     Put(String),
     /// A procedure taken out of the catalogue (its versions stay for the dossiers pinning them).
     Removed(String),
+    /// A version that is not (or no longer) the current one, published after the tablet's
+    /// version: its JSON, kept only to check the dossiers pinning it (never for intake).
+    Pinned(String),
 }
 
 /// Changes after the tablet's position (response, tag 5).
@@ -107,10 +122,12 @@ mod tests {
             entries: vec![
                 CatalogueEntry::Put(r#"{"code":"1.001193"}"#.into()),
                 CatalogueEntry::Removed("1.000894".into()),
+                CatalogueEntry::Pinned(r#"{"code":"1.001193","version":1}"#.into()),
             ],
             more: Some(CataloguePosition {
                 publication: 6,
-                code: "1.000894".into(),
+                code: "1.001193".into(),
+                pinned_version: Some(1),
             }),
         };
         let ext = Extensions::new().with(&delta).unwrap();
@@ -121,6 +138,7 @@ mod tests {
             resume: Some(CataloguePosition {
                 publication: 4,
                 code: "x".repeat(2_000),
+                pinned_version: None,
             }),
             calendar_version: 3,
         };

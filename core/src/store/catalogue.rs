@@ -228,25 +228,31 @@ impl DeviceStore {
 
     /// Installs one page of a catalogue delta from the server, in one transaction: procedures
     /// added or given a new version (each checked as a file's), removals (the procedure leaves
-    /// the list; its versions stay for the dossiers pinning them), then the position (the
+    /// the list; its versions stay for the dossiers pinning them), pinned-only versions (kept to
+    /// check the dossiers pinning them, never listed nor offered for intake), then the position (the
     /// catalogue version with the last page). A page with a bad entry changes nothing.
     /// Returns how many entries it installed.
     pub fn apply_catalogue_delta(&mut self, delta: &CatalogueDelta) -> Result<usize> {
-        let mut puts = Vec::new();
+        let mut parsed = Vec::new();
         for entry in &delta.entries {
-            if let CatalogueEntry::Put(json) = entry {
+            if let CatalogueEntry::Put(json) | CatalogueEntry::Pinned(json) = entry {
                 let p = parse_body(json)?;
                 p.validate().map_err(|e| Error::invalid("catalogue", e))?;
-                puts.push(p);
+                parsed.push(p);
             }
         }
         let tx = self.conn.transaction()?;
-        let mut puts = puts.iter();
+        let mut parsed = parsed.iter();
         for entry in &delta.entries {
             match entry {
                 CatalogueEntry::Put(_) => {
-                    if let Some(p) = puts.next() {
+                    if let Some(p) = parsed.next() {
                         upsert_procedure(&tx, p)?;
+                    }
+                }
+                CatalogueEntry::Pinned(_) => {
+                    if let Some(p) = parsed.next() {
+                        keep_pinned_version(&tx, p)?;
                     }
                 }
                 CatalogueEntry::Removed(code) => {
@@ -482,6 +488,22 @@ pub(super) fn upsert_procedure(tx: &Transaction<'_>, p: &Procedure) -> Result<()
         "INSERT OR REPLACE INTO procedure_versions(code, version, body) VALUES (?1, ?2, ?3)",
     )?
     .execute(params![p.code, version, body])?;
+    Ok(())
+}
+
+/// Keeps a version that is not the current one, for the dossiers pinning it: only among the
+/// versions (never in `procedures`, which search and intake read); a version already held stays
+/// as it is (a published version never changes).
+fn keep_pinned_version(tx: &Transaction<'_>, p: &Procedure) -> Result<()> {
+    let body = serde_json::to_string(p).map_err(|e| Error::Document(e.to_string()))?;
+    tx.prepare_cached(
+        "INSERT OR IGNORE INTO procedure_versions(code, version, body) VALUES (?1, ?2, ?3)",
+    )?
+    .execute(params![
+        p.code,
+        i64::try_from(p.version).unwrap_or(i64::MAX),
+        body
+    ])?;
     Ok(())
 }
 

@@ -7,6 +7,8 @@ CREATE TABLE procedure_versions (
     published INTEGER NOT NULL,
     PRIMARY KEY (code, version)
 );
+-- Versions that are no longer current reach tablets in (published, code, version) order.
+CREATE INDEX procedure_versions_by_publication ON procedure_versions(published, code, version);
 
 -- Per procedure code ever published: its current version (or its removal) and the publication
 -- (catalogue version) that last changed it. Tablets read it in (changed, code) order.

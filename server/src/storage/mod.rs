@@ -745,6 +745,18 @@ pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static 
         limit: usize,
     ) -> Result<Vec<CatalogueRow>>;
 
+    /// At most `limit` published procedure versions that are not a current entry's (replaced,
+    /// or of a removed procedure), after position (`publication`, `code`, `version`) in
+    /// (published, code, version) order, as rows whose `changed` is the publication that
+    /// published them: the pinned-only part of the delta.
+    async fn pinned_versions_after(
+        &self,
+        publication: u64,
+        code: &str,
+        version: u64,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>>;
+
     /// Every published version of every procedure: code, version, JSON.
     async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>>;
 

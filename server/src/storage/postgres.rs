@@ -1577,6 +1577,39 @@ impl ServerStorage for PostgresStorage {
         rows.iter().map(catalogue_row).collect()
     }
 
+    async fn pinned_versions_after(
+        &self,
+        publication: u64,
+        code: &str,
+        version: u64,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT v.published, v.code, v.version, FALSE, v.body
+                         FROM procedure_versions v
+                         WHERE (v.published, v.code, v.version) > ($1, $2, $3)
+                           AND NOT EXISTS (SELECT 1 FROM catalogue_entries e
+                                           WHERE e.code = v.code AND e.version = v.version
+                                             AND NOT e.removed)
+                         ORDER BY v.published, v.code, v.version
+                         LIMIT $4",
+                    )
+                    .await?,
+                &[
+                    &to_i64(publication),
+                    &code,
+                    &to_i64(version),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        rows.iter().map(catalogue_row).collect()
+    }
+
     async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>> {
         let client = self.client().await?;
         let rows = client

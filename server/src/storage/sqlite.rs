@@ -1439,6 +1439,41 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
+    async fn pinned_versions_after(
+        &self,
+        publication: u64,
+        code: &str,
+        version: u64,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let code = code.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT v.published, v.code, v.version, 0, v.body
+                 FROM procedure_versions v
+                 WHERE (v.published, v.code, v.version) > (?1, ?2, ?3)
+                   AND NOT EXISTS (SELECT 1 FROM catalogue_entries e
+                                   WHERE e.code = v.code AND e.version = v.version
+                                     AND e.removed = 0)
+                 ORDER BY v.published, v.code, v.version
+                 LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        to_i64(publication),
+                        code,
+                        to_i64(version),
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    catalogue_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
     async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>> {
         self.read(|conn| {
             let mut stmt =
