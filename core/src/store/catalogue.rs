@@ -316,6 +316,9 @@ impl DeviceStore {
         for p in &file.procedures {
             upsert_procedure(&tx, p)?;
         }
+        for p in &file.pinned {
+            keep_pinned_version(&tx, p)?;
+        }
         write_calendar(&tx, &overrides)?;
         if let Some(version) = version {
             set_catalogue_version(&tx, version)?;
