@@ -3,14 +3,14 @@
 //! Publishing checks the file (every procedure, codes unique, bounds), compares it with the
 //! published catalogue and records only what changed as a new catalogue version; a file that
 //! changes a published procedure version in place, or lowers one, is refused whole and changes
-//! nothing. Exporting writes the published catalogue with its version: a tablet that installs it
+//! nothing. Exporting writes the published catalogue with its version and the versions no longer
+//! current (pinned-only, for the dossiers pinning them): a tablet that installs it
 //! (`communesync device catalogue import`) then receives only what changed after it.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Subcommand;
-use communesync_core::catalogue::CatalogueFile;
 use communesync_server::storage::ServerStorage;
 
 /// What to do with the catalogue.
@@ -40,12 +40,10 @@ pub(crate) async fn run(
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
         CatalogueAdminTask::Export { file } => {
-            let (version, json) = storage
-                .catalogue()
+            let catalogue = communesync_server::catalogue::export(storage)
                 .await?
                 .context("no catalogue was published")?;
-            let mut catalogue = CatalogueFile::parse(&json)?;
-            catalogue.version = Some(version);
+            let version = catalogue.version.unwrap_or_default();
             let text = serde_json::to_string(&catalogue)?;
             std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
             println!(
@@ -53,6 +51,7 @@ pub(crate) async fn run(
                 serde_json::json!({
                     "catalogue_version": version,
                     "procedures": catalogue.procedures.len(),
+                    "pinned_versions": catalogue.pinned.len(),
                 })
             );
         }

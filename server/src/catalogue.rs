@@ -19,6 +19,7 @@ use communesync_core::catalogue::delta::{
     CalendarUpdate, CatalogueDelta, CatalogueEntry, CatalogueHeld, CataloguePosition,
     MAX_PAGE_ENTRIES, MAX_PROCEDURE_JSON, PAGE_BODY_BYTES,
 };
+use communesync_core::catalogue::procedure::MAX_PINNED_VERSIONS;
 use communesync_core::catalogue::{CalendarOverride, CatalogueFile, Procedure, WorkingCalendar};
 use communesync_core::integrity::{ProcedureLookup, ProcedureSource};
 
@@ -35,6 +36,35 @@ pub async fn publish<S: ServerStorage + ?Sized>(storage: &S, json: &str) -> Resu
     let publication =
         plan_publication(head.as_ref(), &rows, &file, json).map_err(StorageError::Conflict)?;
     storage.publish_catalogue(publication).await
+}
+
+/// The published catalogue as a file for tablets to install before their first sync: its
+/// procedures, its version, and every version no longer current that a dossier may pin (a tablet
+/// installing it holds what a sync from 0 would have brought). `None` before any publication.
+pub async fn export<S: ServerStorage + ?Sized>(storage: &S) -> Result<Option<CatalogueFile>> {
+    let Some((version, json)) = storage.catalogue().await? else {
+        return Ok(None);
+    };
+    let mut file =
+        CatalogueFile::parse(&json).map_err(|e| StorageError::Conflict(e.to_string()))?;
+    file.version = Some(version);
+    let rows = storage
+        .pinned_versions_after(0, "", 0, MAX_PINNED_VERSIONS + 1)
+        .await?;
+    if rows.len() > MAX_PINNED_VERSIONS {
+        return Err(StorageError::Conflict(format!(
+            "more than {MAX_PINNED_VERSIONS} pinned procedure versions to export"
+        )));
+    }
+    for row in rows {
+        match serde_json::from_str::<Procedure>(&row.body) {
+            Ok(p) => file.pinned.push(p),
+            Err(e) => {
+                tracing::error!(code = %row.code, version = row.version, error = %e, "a stored procedure does not parse")
+            }
+        }
+    }
+    Ok(Some(file))
 }
 
 /// What publishing `file` over the published catalogue (`head`, `rows`) records.

@@ -3,6 +3,7 @@
 //! The provincial server: an axum service over one storage trait with two backends (SQLite, the
 //! embedded default, and PostgreSQL), plus the operator CLI and the demo.
 
+pub mod attachment_sweep;
 pub mod backup;
 pub mod catalogue;
 pub mod console;

@@ -364,6 +364,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         secure_cookies,
         ..ServerConfig::default()
     };
+    // Unreferenced attachment contents go after their grace period; stops with the process.
+    let sweeper = tokio::spawn(communesync_server::attachment_sweep::run(storage.clone()));
     let state = AppState::new(storage, config);
     let listener = communesync_server::serve::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, scheme, database = %redact(&args.db.database), "communesync server listening");
@@ -374,6 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    sweeper.abort();
     Ok(())
 }
 

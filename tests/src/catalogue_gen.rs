@@ -290,6 +290,7 @@ pub fn generated_catalogue(count: usize, seed: u64) -> CatalogueFile {
         holidays: Vec::new(),
         calendar,
         version: None,
+        pinned: Vec::new(),
     }
 }
 

@@ -346,6 +346,30 @@ async fn a_catalogue_travels_by_delta_and_dossiers_keep_their_pinned_version() {
             assert_eq!(app.procedure_version, changed.version);
         });
 
+        // Tablet D is reinstalled from a file exported after N+1: it holds N too, pinned-only.
+        let exported_after = communesync_server::catalogue::export(&*server.storage)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(exported_after.version, Some(2));
+        let mut d_store = DeviceStore::open(StoreConfig::new(sub.path().join("d.db"))).unwrap();
+        d_store
+            .install_catalogue_file(&serde_json::to_string(&exported_after).unwrap())
+            .unwrap();
+        assert_eq!(d_store.procedure_count().unwrap(), 1_998, "{url}");
+        assert_eq!(
+            d_store
+                .procedure_at(&changed.code, changed.version)
+                .unwrap(),
+            Some(changed.clone()),
+            "{url}"
+        );
+        assert_eq!(
+            d_store.procedure(&changed.code).unwrap().version,
+            changed_v2.version
+        );
+        assert_eq!(d_store.catalogue_version().unwrap(), 2);
+
         // A dossier pinning a version that never existed is refused by the server.
         let hostile = DeviceId::new();
         let transport = ReqwestTransport::new(&server.url()).unwrap();

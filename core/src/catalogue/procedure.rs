@@ -290,12 +290,19 @@ pub struct CatalogueFile {
     /// file (the tablet's first sync then brings the whole catalogue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// Versions that are no longer current (replaced, or of a removed procedure) that an open
+    /// dossier may pin (a file exported by the server): the tablet keeps them only to check
+    /// those dossiers, never for search or intake. Publishing ignores them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<Procedure>,
 }
 
 /// Most procedures in one catalogue.
 pub const MAX_PROCEDURES: usize = 20_000;
 /// Most calendar overrides in one catalogue.
 pub const MAX_OVERRIDES: usize = 2_000;
+/// Most pinned-only (no longer current) procedure versions in one catalogue file.
+pub const MAX_PINNED_VERSIONS: usize = 4 * MAX_PROCEDURES;
 
 impl CatalogueFile {
     /// Reads a catalogue (either version), checking every procedure, unique codes and the bounds.
@@ -321,6 +328,14 @@ impl CatalogueFile {
             if !codes.insert(p.code.as_str()) {
                 return Err(format!("procedure {} appears twice", p.code));
             }
+        }
+        if self.pinned.len() > MAX_PINNED_VERSIONS {
+            return Err(format!(
+                "more than {MAX_PINNED_VERSIONS} pinned procedure versions"
+            ));
+        }
+        for p in &self.pinned {
+            p.validate()?;
         }
         Ok(())
     }

@@ -317,6 +317,9 @@ impl DeviceStore {
         for p in &file.procedures {
             upsert_procedure(&tx, p)?;
         }
+        for p in &file.pinned {
+            keep_pinned_version(&tx, p)?;
+        }
         write_calendar(&tx, &overrides)?;
         if let Some(version) = version {
             set_catalogue_version(&tx, version)?;
@@ -870,5 +873,69 @@ mod tests {
                 .query_row("SELECT COUNT(*) FROM applications", [], |r| r.get(0))
                 .unwrap()
         }
+    }
+
+    #[test]
+    fn a_pinned_only_version_checks_dossiers_but_is_never_listed_nor_current() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir);
+        // This tablet joined at version 2 of the procedure: it never had version 1.
+        s.apply_catalogue(2, &catalogue_json(2, true)).unwrap();
+        let v1 = CatalogueFile::parse(&catalogue_json(1, false))
+            .unwrap()
+            .procedures
+            .remove(0);
+        let v2 = s.procedure("1.001193").unwrap();
+        let mut gone = Procedure::new(
+            "9.999999",
+            "Thủ tục đã bãi bỏ",
+            ProcessingTime::WorkingDays(3),
+        );
+        gone.version = 4;
+        let pinned = |p: &Procedure| CatalogueEntry::Pinned(serde_json::to_string(p).unwrap());
+        let mut renamed_v2 = v2.clone();
+        renamed_v2.name = "Không được thay".into();
+        let installed = s
+            .apply_catalogue_delta(&CatalogueDelta {
+                version: 3,
+                entries: vec![pinned(&v1), pinned(&renamed_v2), pinned(&gone)],
+                more: None,
+            })
+            .unwrap();
+        assert_eq!(installed, 3);
+        assert_eq!(s.catalogue_version().unwrap(), 3);
+        // Kept for the dossiers pinning them...
+        assert_eq!(s.procedure_at("1.001193", 1).unwrap(), Some(v1));
+        assert_eq!(s.procedure_at("9.999999", 4).unwrap(), Some(gone));
+        // ...never current, listed or offered for intake; the current version stays as it was.
+        assert_eq!(s.procedure("1.001193").unwrap(), v2);
+        assert_eq!(s.procedure_at("1.001193", 2).unwrap(), Some(v2));
+        assert!(matches!(
+            s.procedure("9.999999"),
+            Err(Error::UnknownProcedure(_))
+        ));
+        assert!(s.search_procedures("bai bo", 10).unwrap().is_empty());
+        assert_eq!(
+            codes(&s.search_procedures("khai sinh", 10).unwrap()),
+            ["1.001193"]
+        );
+        assert!(matches!(
+            s.prefilled_application(COMMUNE, "9.999999"),
+            Err(Error::UnknownProcedure(_))
+        ));
+        assert_eq!(
+            s.create_application("lan", birth("Lò Thị Lan", 5))
+                .unwrap()
+                .procedure_version,
+            2
+        );
+        // A pinned entry that is not a procedure: the page changes nothing.
+        let bad = CatalogueDelta {
+            version: 4,
+            entries: vec![CatalogueEntry::Pinned("{}".into())],
+            more: None,
+        };
+        assert!(s.apply_catalogue_delta(&bad).is_err());
+        assert_eq!(s.catalogue_version().unwrap(), 3);
     }
 }

@@ -668,11 +668,284 @@ fileprivate struct FfiConverterTimestamp: FfiConverterRustBuffer {
 
 
 /**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+public protocol AttachmentProgressListener: AnyObject, Sendable {
+    
+    /**
+     * After each chunk of an attachment moved.
+     */
+    func onAttachmentProgress(progress: AttachmentProgress) 
+    
+}
+/**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+open class AttachmentProgressListenerImpl: AttachmentProgressListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_communesync_ffi_fn_free_attachmentprogresslistener(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * After each chunk of an attachment moved.
+     */
+open func onAttachmentProgress(progress: AttachmentProgress)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentProgress_lower(progress),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceAttachmentProgressListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceAttachmentProgressListener = UniffiVTableCallbackInterfaceAttachmentProgressListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeAttachmentProgressListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface AttachmentProgressListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeAttachmentProgressListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface AttachmentProgressListener: handle missing in uniffiClone")
+            }
+        },
+        onAttachmentProgress: { (
+            uniffiHandle: UInt64,
+            progress: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeAttachmentProgressListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onAttachmentProgress(
+                     progress: try FfiConverterTypeAttachmentProgress_lift(progress)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceAttachmentProgressListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceAttachmentProgressListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitAttachmentProgressListener() {
+    uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(UniffiCallbackInterfaceAttachmentProgressListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentProgressListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<AttachmentProgressListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = AttachmentProgressListener
+
+    public static func lift(_ handle: UInt64) throws -> AttachmentProgressListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return AttachmentProgressListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: AttachmentProgressListener) -> UInt64 {
+         if let rustImpl = value as? AttachmentProgressListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentProgressListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: AttachmentProgressListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgressListener_lift(_ handle: UInt64) throws -> AttachmentProgressListener {
+    return try FfiConverterTypeAttachmentProgressListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgressListener_lower(_ value: AttachmentProgressListener) -> UInt64 {
+    return FfiConverterTypeAttachmentProgressListener.lower(value)
+}
+
+
+
+
+
+
+/**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
  * call from any thread, and store calls are async (they run on a background pool).
  */
 public protocol EngineProtocol: AnyObject, Sendable {
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+    func attachBytes(officer: String, recordId: String, new: NewAttachment, bytes: Data) async throws  -> Attachment
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+    func attachFile(officer: String, recordId: String, new: NewAttachment, path: String) async throws  -> Attachment
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+    func attachPhoto(officer: String, recordId: String, new: NewAttachment, path: String, options: PhotoOptions) async throws  -> [Attachment]
+    
+    /**
+     * The attachment channel's settings now.
+     */
+    func attachmentSettings()  -> AttachmentSettings
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+    func attachments(recordId: String) async throws  -> [Attachment]
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+    func downloadAttachment(sha256: String) async throws  -> UInt64
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+    func openAttachment(sha256: String, path: String) async throws  -> UInt64
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+    func removeAttachment(officer: String, recordId: String, attachmentId: String) async throws 
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+    func setAttachmentSettings(settings: AttachmentSettings) throws 
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+    func watchAttachmentProgress(listener: AttachmentProgressListener) throws  -> ObserverHandle
     
     /**
      * The province catalogue version this device holds (0: none yet). A file installed before
@@ -894,7 +1167,8 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
     func policyInput(metered: Bool) async throws  -> PolicyInput
     
@@ -943,6 +1217,10 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     func syncNow() async throws  -> SyncReport
     
@@ -1101,6 +1379,189 @@ public static func `open`(config: EngineConfig)async throws  -> Engine  {
 }
     
 
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+open func attachBytes(officer: String, recordId: String, new: NewAttachment, bytes: Data)async throws  -> Attachment  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attach_bytes(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterData.lower(bytes)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeAttachment_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+open func attachFile(officer: String, recordId: String, new: NewAttachment, path: String)async throws  -> Attachment  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attach_file(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeAttachment_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+open func attachPhoto(officer: String, recordId: String, new: NewAttachment, path: String, options: PhotoOptions)async throws  -> [Attachment]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attach_photo(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterString.lower(path),FfiConverterTypePhotoOptions_lower(options)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeAttachment.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The attachment channel's settings now.
+     */
+open func attachmentSettings() -> AttachmentSettings  {
+    return try!  FfiConverterTypeAttachmentSettings_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_attachment_settings(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+open func attachments(recordId: String)async throws  -> [Attachment]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attachments(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeAttachment.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+open func downloadAttachment(sha256: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_download_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sha256)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+open func openAttachment(sha256: String, path: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_open_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sha256),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+open func removeAttachment(officer: String, recordId: String, attachmentId: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_remove_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterString.lower(attachmentId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
+            freeFunc: ffi_communesync_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+open func setAttachmentSettings(settings: AttachmentSettings)throws   {try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentSettings_lower(settings),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+open func watchAttachmentProgress(listener: AttachmentProgressListener)throws  -> ObserverHandle  {
+    return try  FfiConverterTypeObserverHandle_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentProgressListener_lower(listener),uniffiCallStatus
+    )
+})
+}
     
     /**
      * The province catalogue version this device holds (0: none yet). A file installed before
@@ -1820,7 +2281,8 @@ open func overdue(limit: UInt32, offset: UInt32)async throws  -> ApplicationPage
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
 open func policyInput(metered: Bool)async throws  -> PolicyInput  {
     return
@@ -1967,6 +2429,10 @@ open func search(text: String, limit: UInt32)async throws  -> [SearchHit]  {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
 open func syncNow()async throws  -> SyncReport  {
     return
@@ -3970,6 +4436,361 @@ public func FfiConverterTypeApplicationUpdate_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeApplicationUpdate_lower(_ value: ApplicationUpdate) -> RustBuffer {
     return FfiConverterTypeApplicationUpdate.lower(value)
+}
+
+
+/**
+ * An attachment of a record, and what this tablet holds of its content.
+ */
+public struct Attachment: Equatable, Hashable {
+    /**
+     * The reference's id (to remove it).
+     */
+    public var id: String
+    /**
+     * The content's SHA-256 (lowercase hex): to open or download it.
+     */
+    public var sha256: String
+    /**
+     * Size in bytes.
+     */
+    public var size: UInt64
+    /**
+     * MIME type.
+     */
+    public var mime: String
+    /**
+     * What it shows.
+     */
+    public var caption: String
+    /**
+     * The received paper it belongs to.
+     */
+    public var document: String?
+    /**
+     * Page within that paper.
+     */
+    public var page: UInt32
+    /**
+     * What kind of paper it is.
+     */
+    public var category: AttachmentCategory
+    /**
+     * When it was attached.
+     */
+    public var addedAt: Date
+    /**
+     * Whether the whole content is on this tablet (opening needs no network).
+     */
+    public var onDevice: Bool
+    /**
+     * Whether the server is known to hold it whole.
+     */
+    public var onServer: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The reference's id (to remove it).
+         */id: String, 
+        /**
+         * The content's SHA-256 (lowercase hex): to open or download it.
+         */sha256: String, 
+        /**
+         * Size in bytes.
+         */size: UInt64, 
+        /**
+         * MIME type.
+         */mime: String, 
+        /**
+         * What it shows.
+         */caption: String, 
+        /**
+         * The received paper it belongs to.
+         */document: String?, 
+        /**
+         * Page within that paper.
+         */page: UInt32, 
+        /**
+         * What kind of paper it is.
+         */category: AttachmentCategory, 
+        /**
+         * When it was attached.
+         */addedAt: Date, 
+        /**
+         * Whether the whole content is on this tablet (opening needs no network).
+         */onDevice: Bool, 
+        /**
+         * Whether the server is known to hold it whole.
+         */onServer: Bool) {
+        self.id = id
+        self.sha256 = sha256
+        self.size = size
+        self.mime = mime
+        self.caption = caption
+        self.document = document
+        self.page = page
+        self.category = category
+        self.addedAt = addedAt
+        self.onDevice = onDevice
+        self.onServer = onServer
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Attachment: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachment: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Attachment {
+        return
+            try Attachment(
+                id: FfiConverterString.read(from: &buf), 
+                sha256: FfiConverterString.read(from: &buf), 
+                size: FfiConverterUInt64.read(from: &buf), 
+                mime: FfiConverterString.read(from: &buf), 
+                caption: FfiConverterString.read(from: &buf), 
+                document: FfiConverterOptionString.read(from: &buf), 
+                page: FfiConverterUInt32.read(from: &buf), 
+                category: FfiConverterTypeAttachmentCategory.read(from: &buf), 
+                addedAt: FfiConverterTimestamp.read(from: &buf), 
+                onDevice: FfiConverterBool.read(from: &buf), 
+                onServer: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Attachment, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterUInt64.write(value.size, into: &buf)
+        FfiConverterString.write(value.mime, into: &buf)
+        FfiConverterString.write(value.caption, into: &buf)
+        FfiConverterOptionString.write(value.document, into: &buf)
+        FfiConverterUInt32.write(value.page, into: &buf)
+        FfiConverterTypeAttachmentCategory.write(value.category, into: &buf)
+        FfiConverterTimestamp.write(value.addedAt, into: &buf)
+        FfiConverterBool.write(value.onDevice, into: &buf)
+        FfiConverterBool.write(value.onServer, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachment_lift(_ buf: RustBuffer) throws -> Attachment {
+    return try FfiConverterTypeAttachment.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachment_lower(_ value: Attachment) -> RustBuffer {
+    return FfiConverterTypeAttachment.lower(value)
+}
+
+
+/**
+ * Bytes of one attachment moved by a sync or a download.
+ */
+public struct AttachmentProgress: Equatable, Hashable {
+    /**
+     * The content.
+     */
+    public var sha256: String
+    /**
+     * An upload (else a download).
+     */
+    public var upload: Bool
+    /**
+     * Bytes the server (upload) or this tablet (download) holds now.
+     */
+    public var doneBytes: UInt64
+    /**
+     * The content's size.
+     */
+    public var totalBytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The content.
+         */sha256: String, 
+        /**
+         * An upload (else a download).
+         */upload: Bool, 
+        /**
+         * Bytes the server (upload) or this tablet (download) holds now.
+         */doneBytes: UInt64, 
+        /**
+         * The content's size.
+         */totalBytes: UInt64) {
+        self.sha256 = sha256
+        self.upload = upload
+        self.doneBytes = doneBytes
+        self.totalBytes = totalBytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AttachmentProgress: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentProgress: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentProgress {
+        return
+            try AttachmentProgress(
+                sha256: FfiConverterString.read(from: &buf), 
+                upload: FfiConverterBool.read(from: &buf), 
+                doneBytes: FfiConverterUInt64.read(from: &buf), 
+                totalBytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AttachmentProgress, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterBool.write(value.upload, into: &buf)
+        FfiConverterUInt64.write(value.doneBytes, into: &buf)
+        FfiConverterUInt64.write(value.totalBytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgress_lift(_ buf: RustBuffer) throws -> AttachmentProgress {
+    return try FfiConverterTypeAttachmentProgress.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgress_lower(_ value: AttachmentProgress) -> RustBuffer {
+    return FfiConverterTypeAttachmentProgress.lower(value)
+}
+
+
+/**
+ * The attachment channel's settings, used by each `sync_now` and download.
+ */
+public struct AttachmentSettings: Equatable, Hashable {
+    /**
+     * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
+     * costs at most one chunk.
+     */
+    public var chunkSize: UInt32
+    /**
+     * Whether the link is metered (mobile data): attachments then get at most
+     * `metered_budget_bytes` per sync; records always go (default true).
+     */
+    public var metered: Bool
+    /**
+     * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
+     */
+    public var meteredBudgetBytes: UInt64
+    /**
+     * Whether each sync also downloads the contents the commune's records name (default
+     * false: contents come when opened).
+     */
+    public var prefetch: Bool
+    /**
+     * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
+     * uploaded are never evicted.
+     */
+    public var cacheBytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
+         * costs at most one chunk.
+         */chunkSize: UInt32, 
+        /**
+         * Whether the link is metered (mobile data): attachments then get at most
+         * `metered_budget_bytes` per sync; records always go (default true).
+         */metered: Bool, 
+        /**
+         * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
+         */meteredBudgetBytes: UInt64, 
+        /**
+         * Whether each sync also downloads the contents the commune's records name (default
+         * false: contents come when opened).
+         */prefetch: Bool, 
+        /**
+         * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
+         * uploaded are never evicted.
+         */cacheBytes: UInt64) {
+        self.chunkSize = chunkSize
+        self.metered = metered
+        self.meteredBudgetBytes = meteredBudgetBytes
+        self.prefetch = prefetch
+        self.cacheBytes = cacheBytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AttachmentSettings: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentSettings: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentSettings {
+        return
+            try AttachmentSettings(
+                chunkSize: FfiConverterUInt32.read(from: &buf), 
+                metered: FfiConverterBool.read(from: &buf), 
+                meteredBudgetBytes: FfiConverterUInt64.read(from: &buf), 
+                prefetch: FfiConverterBool.read(from: &buf), 
+                cacheBytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AttachmentSettings, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.chunkSize, into: &buf)
+        FfiConverterBool.write(value.metered, into: &buf)
+        FfiConverterUInt64.write(value.meteredBudgetBytes, into: &buf)
+        FfiConverterBool.write(value.prefetch, into: &buf)
+        FfiConverterUInt64.write(value.cacheBytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentSettings_lift(_ buf: RustBuffer) throws -> AttachmentSettings {
+    return try FfiConverterTypeAttachmentSettings.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentSettings_lower(_ value: AttachmentSettings) -> RustBuffer {
+    return FfiConverterTypeAttachmentSettings.lower(value)
 }
 
 
@@ -6132,6 +6953,107 @@ public func FfiConverterTypeNewApplication_lower(_ value: NewApplication) -> Rus
 
 
 /**
+ * What the app says about a file it attaches.
+ */
+public struct NewAttachment: Equatable, Hashable {
+    /**
+     * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
+     * `attach_photo` is always `image/jpeg`).
+     */
+    public var mime: String
+    /**
+     * What kind of paper it shows.
+     */
+    public var category: AttachmentCategory
+    /**
+     * What it shows (at most 200 characters).
+     */
+    public var caption: String
+    /**
+     * Name of the received paper of the dossier it belongs to.
+     */
+    public var document: String?
+    /**
+     * Page number within that paper (0 when not paged).
+     */
+    public var page: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
+         * `attach_photo` is always `image/jpeg`).
+         */mime: String, 
+        /**
+         * What kind of paper it shows.
+         */category: AttachmentCategory, 
+        /**
+         * What it shows (at most 200 characters).
+         */caption: String = "", 
+        /**
+         * Name of the received paper of the dossier it belongs to.
+         */document: String? = nil, 
+        /**
+         * Page number within that paper (0 when not paged).
+         */page: UInt32 = UInt32(0)) {
+        self.mime = mime
+        self.category = category
+        self.caption = caption
+        self.document = document
+        self.page = page
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NewAttachment: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNewAttachment: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NewAttachment {
+        return
+            try NewAttachment(
+                mime: FfiConverterString.read(from: &buf), 
+                category: FfiConverterTypeAttachmentCategory.read(from: &buf), 
+                caption: FfiConverterString.read(from: &buf), 
+                document: FfiConverterOptionString.read(from: &buf), 
+                page: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NewAttachment, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.mime, into: &buf)
+        FfiConverterTypeAttachmentCategory.write(value.category, into: &buf)
+        FfiConverterString.write(value.caption, into: &buf)
+        FfiConverterOptionString.write(value.document, into: &buf)
+        FfiConverterUInt32.write(value.page, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewAttachment_lift(_ buf: RustBuffer) throws -> NewAttachment {
+    return try FfiConverterTypeNewAttachment.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewAttachment_lower(_ value: NewAttachment) -> RustBuffer {
+    return FfiConverterTypeNewAttachment.lower(value)
+}
+
+
+/**
  * What an officer enters for a new citizen request.
  */
 public struct NewCitizenRequest: Equatable, Hashable {
@@ -6267,6 +7189,95 @@ public func FfiConverterTypeNewCitizenRequest_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeNewCitizenRequest_lower(_ value: NewCitizenRequest) -> RustBuffer {
     return FfiConverterTypeNewCitizenRequest.lower(value)
+}
+
+
+/**
+ * How a camera photo of a paper is prepared for 2G.
+ */
+public struct PhotoOptions: Equatable, Hashable {
+    /**
+     * Long side of the prepared image, pixels (default 1600).
+     */
+    public var longSide: UInt32
+    /**
+     * Gray levels only: smaller, for papers (default false).
+     */
+    public var grayscale: Bool
+    /**
+     * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
+     */
+    public var targetBytes: UInt64
+    /**
+     * Also attach the original file (captioned "(original)"); default false.
+     */
+    public var keepOriginal: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Long side of the prepared image, pixels (default 1600).
+         */longSide: UInt32 = UInt32(1600), 
+        /**
+         * Gray levels only: smaller, for papers (default false).
+         */grayscale: Bool = false, 
+        /**
+         * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
+         */targetBytes: UInt64 = UInt64(150000), 
+        /**
+         * Also attach the original file (captioned "(original)"); default false.
+         */keepOriginal: Bool = false) {
+        self.longSide = longSide
+        self.grayscale = grayscale
+        self.targetBytes = targetBytes
+        self.keepOriginal = keepOriginal
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PhotoOptions: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePhotoOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PhotoOptions {
+        return
+            try PhotoOptions(
+                longSide: FfiConverterUInt32.read(from: &buf), 
+                grayscale: FfiConverterBool.read(from: &buf), 
+                targetBytes: FfiConverterUInt64.read(from: &buf), 
+                keepOriginal: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PhotoOptions, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.longSide, into: &buf)
+        FfiConverterBool.write(value.grayscale, into: &buf)
+        FfiConverterUInt64.write(value.targetBytes, into: &buf)
+        FfiConverterBool.write(value.keepOriginal, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePhotoOptions_lift(_ buf: RustBuffer) throws -> PhotoOptions {
+    return try FfiConverterTypePhotoOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePhotoOptions_lower(_ value: PhotoOptions) -> RustBuffer {
+    return FfiConverterTypePhotoOptions.lower(value)
 }
 
 
@@ -8173,6 +9184,24 @@ public struct SyncReport: Equatable, Hashable {
      * Documents still waiting to be pushed.
      */
     public var pendingDocs: UInt64
+    /**
+     * Attachment contents now whole on the server (uploads) or here (prefetch), after the
+     * records.
+     */
+    public var attachmentsCompleted: UInt64
+    /**
+     * Attachment chunk bytes sent or received.
+     */
+    public var attachmentBytes: UInt64
+    /**
+     * Attachment contents left for a later sync (the metered budget was spent).
+     */
+    public var attachmentsDeferred: UInt64
+    /**
+     * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+     * resumes at the last whole chunk).
+     */
+    public var attachmentError: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -8218,7 +9247,21 @@ public struct SyncReport: Equatable, Hashable {
          */retries: UInt64, 
         /**
          * Documents still waiting to be pushed.
-         */pendingDocs: UInt64) {
+         */pendingDocs: UInt64, 
+        /**
+         * Attachment contents now whole on the server (uploads) or here (prefetch), after the
+         * records.
+         */attachmentsCompleted: UInt64 = UInt64(0), 
+        /**
+         * Attachment chunk bytes sent or received.
+         */attachmentBytes: UInt64 = UInt64(0), 
+        /**
+         * Attachment contents left for a later sync (the metered budget was spent).
+         */attachmentsDeferred: UInt64 = UInt64(0), 
+        /**
+         * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+         * resumes at the last whole chunk).
+         */attachmentError: String? = nil) {
         self.requests = requests
         self.bytesUp = bytesUp
         self.bytesDown = bytesDown
@@ -8233,6 +9276,10 @@ public struct SyncReport: Equatable, Hashable {
         self.quarantined = quarantined
         self.retries = retries
         self.pendingDocs = pendingDocs
+        self.attachmentsCompleted = attachmentsCompleted
+        self.attachmentBytes = attachmentBytes
+        self.attachmentsDeferred = attachmentsDeferred
+        self.attachmentError = attachmentError
     }
 
     
@@ -8264,7 +9311,11 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 refused: FfiConverterUInt64.read(from: &buf), 
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 retries: FfiConverterUInt64.read(from: &buf), 
-                pendingDocs: FfiConverterUInt64.read(from: &buf)
+                pendingDocs: FfiConverterUInt64.read(from: &buf), 
+                attachmentsCompleted: FfiConverterUInt64.read(from: &buf), 
+                attachmentBytes: FfiConverterUInt64.read(from: &buf), 
+                attachmentsDeferred: FfiConverterUInt64.read(from: &buf), 
+                attachmentError: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -8283,6 +9334,10 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterUInt64.write(value.retries, into: &buf)
         FfiConverterUInt64.write(value.pendingDocs, into: &buf)
+        FfiConverterUInt64.write(value.attachmentsCompleted, into: &buf)
+        FfiConverterUInt64.write(value.attachmentBytes, into: &buf)
+        FfiConverterUInt64.write(value.attachmentsDeferred, into: &buf)
+        FfiConverterOptionString.write(value.attachmentError, into: &buf)
     }
 }
 
@@ -8694,6 +9749,101 @@ public func FfiConverterTypeApplicationStatus_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeApplicationStatus_lower(_ value: ApplicationStatus) -> RustBuffer {
     return FfiConverterTypeApplicationStatus.lower(value)
+}
+
+
+
+/**
+ * What kind of paper an attachment shows; receipts and identity cards are uploaded first.
+ */
+
+public enum AttachmentCategory: Equatable, Hashable {
+    
+    /**
+     * A signed receipt or payment proof.
+     */
+    case receipt
+    /**
+     * A citizen identity card (CCCD) or other identity paper.
+     */
+    case identityCard
+    /**
+     * A form or certificate of the dossier.
+     */
+    case document
+    /**
+     * Any other photo (a land plot, a road).
+     */
+    case photo
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension AttachmentCategory: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentCategory: FfiConverterRustBuffer {
+    typealias SwiftType = AttachmentCategory
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentCategory {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .receipt
+        
+        case 2: return .identityCard
+        
+        case 3: return .document
+        
+        case 4: return .photo
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: AttachmentCategory, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .receipt:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .identityCard:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .document:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .photo:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentCategory_lift(_ buf: RustBuffer) throws -> AttachmentCategory {
+    return try FfiConverterTypeAttachmentCategory.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentCategory_lower(_ value: AttachmentCategory) -> RustBuffer {
+    return FfiConverterTypeAttachmentCategory.lower(value)
 }
 
 
@@ -10962,6 +12112,31 @@ fileprivate struct FfiConverterSequenceTypeApplicationSummary: FfiConverterRustB
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer {
+    typealias SwiftType = [Attachment]
+
+    public static func write(_ value: [Attachment], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeAttachment.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Attachment] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Attachment]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeAttachment.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeAuditEntry: FfiConverterRustBuffer {
     typealias SwiftType = [AuditEntry]
 
@@ -11589,6 +12764,39 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() != 2066) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress() != 5297) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attach_bytes() != 35714) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attach_file() != 16461) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attach_photo() != 7973) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attachment_settings() != 17712) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attachments() != 41464) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_download_attachment() != 25789) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_open_attachment() != 17424) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_remove_attachment() != 34769) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings() != 12731) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress() != 5400) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_communesync_ffi_checksum_method_engine_catalogue_version() != 19241) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -11700,7 +12908,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 43156) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 5857) {
+    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 23468) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 19772) {
@@ -11721,7 +12929,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_search() != 41045) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 13915) {
+    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 51858) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_sync_status() != 56242) {
@@ -11788,6 +12996,7 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitAttachmentProgressListener()
     uniffiCallbackInitEngineLogger()
     uniffiCallbackInitSyncObserver()
     uniffiCallbackInitSyncStatusListener()

@@ -657,6 +657,9 @@ internal open class UniffiForeignFutureResultVoid(
 internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
     fun callback(`callbackData`: Long,`result`: UniffiForeignFutureResultVoid.UniffiByValue,)
 }
+internal interface UniffiCallbackInterfaceAttachmentProgressListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`progress`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceEngineLoggerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`record`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
@@ -671,6 +674,25 @@ internal interface UniffiCallbackInterfaceSyncObserverMethod2 : com.sun.jna.Call
 }
 internal interface UniffiCallbackInterfaceSyncStatusListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onAttachmentProgress")
+internal open class UniffiVTableCallbackInterfaceAttachmentProgressListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onAttachmentProgress`: UniffiCallbackInterfaceAttachmentProgressListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onAttachmentProgress`: UniffiCallbackInterfaceAttachmentProgressListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceAttachmentProgressListener(`uniffiFree`,`uniffiClone`,`onAttachmentProgress`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceAttachmentProgressListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onAttachmentProgress` = other.`onAttachmentProgress`
+    }
+
 }
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "log")
 internal open class UniffiVTableCallbackInterfaceEngineLogger(
@@ -765,6 +787,28 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_communesync_ffi_checksum_func_next_sync_after(
     ): Int
     external fun uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attach_bytes(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attach_file(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attach_photo(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attachment_settings(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attachments(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_download_attachment(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_open_attachment(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_remove_attachment(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_catalogue_version(
     ): Int
@@ -914,6 +958,7 @@ internal object UniffiLib {
 
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "communesync_ffi"))
+        uniffiCallbackInterfaceAttachmentProgressListener.register(this)
         uniffiCallbackInterfaceEngineLogger.register(this)
         uniffiCallbackInterfaceSyncObserver.register(this)
         uniffiCallbackInterfaceSyncStatusListener.register(this)
@@ -921,11 +966,39 @@ internal object UniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_free_attachmentprogresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(`vtable`: UniffiVTableCallbackInterfaceAttachmentProgressListener,
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(`ptr`: Long,`progress`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_communesync_ffi_fn_clone_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_communesync_ffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attach_bytes(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`bytes`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attach_file(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attach_photo(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`options`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attachment_settings(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_attachments(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_download_attachment(`ptr`: Long,`sha256`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_open_attachment(`ptr`: Long,`sha256`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_remove_attachment(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`attachmentId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(`ptr`: Long,`settings`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_catalogue_version(`ptr`: Long,
     ): Long
@@ -1213,6 +1286,39 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() and 0xFFFF) != 2066) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress() and 0xFFFF) != 5297) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attach_bytes() and 0xFFFF) != 35714) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attach_file() and 0xFFFF) != 16461) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attach_photo() and 0xFFFF) != 7973) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attachment_settings() and 0xFFFF) != 17712) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attachments() and 0xFFFF) != 41464) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_download_attachment() and 0xFFFF) != 25789) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_open_attachment() and 0xFFFF) != 17424) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_remove_attachment() and 0xFFFF) != 34769) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings() and 0xFFFF) != 12731) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress() and 0xFFFF) != 5400) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_catalogue_version() and 0xFFFF) != 19241) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1324,7 +1430,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_overdue() and 0xFFFF) != 43156) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 5857) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 23468) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure() and 0xFFFF) != 19772) {
@@ -1345,7 +1451,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_search() and 0xFFFF) != 41045) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 13915) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 51858) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_status() and 0xFFFF) != 56242) {
@@ -1970,11 +2076,397 @@ public object FfiConverterTimestamp: FfiConverterRustBuffer<java.time.Instant> {
 
 
 /**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+public interface AttachmentProgressListener {
+    
+    /**
+     * After each chunk of an attachment moved.
+     */
+    fun `onAttachmentProgress`(`progress`: AttachmentProgress)
+    
+    companion object
+}
+
+/**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+open class AttachmentProgressListenerImpl: Disposable, AutoCloseable, AttachmentProgressListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_communesync_ffi_fn_free_attachmentprogresslistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(handle, status)
+        }
+    }
+
+    
+    /**
+     * After each chunk of an attachment moved.
+     */override fun `onAttachmentProgress`(`progress`: AttachmentProgress)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(
+        it,
+        
+        FfiConverterTypeAttachmentProgress.lower(`progress`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceAttachmentProgressListener {
+    internal object `onAttachmentProgress`: UniffiCallbackInterfaceAttachmentProgressListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`progress`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeAttachmentProgressListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onAttachmentProgress`(
+                    FfiConverterTypeAttachmentProgress.lift(`progress`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeAttachmentProgressListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeAttachmentProgressListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceAttachmentProgressListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onAttachmentProgress`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentProgressListener: FfiConverter<AttachmentProgressListener, Long> {
+    internal val handleMap = UniffiHandleMap<AttachmentProgressListener>()
+
+    override fun lower(value: AttachmentProgressListener): Long {
+        if (value is AttachmentProgressListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): AttachmentProgressListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return AttachmentProgressListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): AttachmentProgressListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: AttachmentProgressListener) = 8UL
+
+    override fun write(value: AttachmentProgressListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
  * call from any thread, and store calls are async (they run on a background pool).
  */
 public interface EngineInterface {
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+    suspend fun `attachBytes`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `bytes`: kotlin.ByteArray): Attachment
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+    suspend fun `attachFile`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String): Attachment
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+    suspend fun `attachPhoto`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String, `options`: PhotoOptions): List<Attachment>
+    
+    /**
+     * The attachment channel's settings now.
+     */
+    fun `attachmentSettings`(): AttachmentSettings
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+    suspend fun `attachments`(`recordId`: kotlin.String): List<Attachment>
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+    suspend fun `downloadAttachment`(`sha256`: kotlin.String): kotlin.ULong
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+    suspend fun `openAttachment`(`sha256`: kotlin.String, `path`: kotlin.String): kotlin.ULong
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+    suspend fun `removeAttachment`(`officer`: kotlin.String, `recordId`: kotlin.String, `attachmentId`: kotlin.String)
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+    fun `setAttachmentSettings`(`settings`: AttachmentSettings)
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+    fun `watchAttachmentProgress`(`listener`: AttachmentProgressListener): ObserverHandle
     
     /**
      * The province catalogue version this device holds (0: none yet). A file installed before
@@ -2196,7 +2688,8 @@ public interface EngineInterface {
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
     suspend fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput
     
@@ -2245,6 +2738,10 @@ public interface EngineInterface {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     suspend fun `syncNow`(): SyncReport
     
@@ -2431,6 +2928,259 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
             UniffiLib.uniffi_communesync_ffi_fn_clone_engine(handle, status)
         }
     }
+
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachBytes`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `bytes`: kotlin.ByteArray) : Attachment {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attach_bytes(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterTypeNewAttachment.lower(`new`),
+        FfiConverterByteArray.lower(`bytes`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachFile`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String) : Attachment {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attach_file(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterTypeNewAttachment.lower(`new`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachPhoto`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String, `options`: PhotoOptions) : List<Attachment> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attach_photo(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterTypeNewAttachment.lower(`new`),
+        FfiConverterString.lower(`path`),
+        FfiConverterTypePhotoOptions.lower(`options`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The attachment channel's settings now.
+     */override fun `attachmentSettings`(): AttachmentSettings {
+            return FfiConverterTypeAttachmentSettings.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_attachment_settings(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachments`(`recordId`: kotlin.String) : List<Attachment> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attachments(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `downloadAttachment`(`sha256`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_download_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`sha256`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `openAttachment`(`sha256`: kotlin.String, `path`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_open_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`sha256`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `removeAttachment`(`officer`: kotlin.String, `recordId`: kotlin.String, `attachmentId`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_remove_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterString.lower(`attachmentId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+    @Throws(CommuneSyncException::class)override fun `setAttachmentSettings`(`settings`: AttachmentSettings)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(
+        it,
+        
+        FfiConverterTypeAttachmentSettings.lower(`settings`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+    @Throws(CommuneSyncException::class)override fun `watchAttachmentProgress`(`listener`: AttachmentProgressListener): ObserverHandle {
+            return FfiConverterTypeObserverHandle.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(
+        it,
+        
+        FfiConverterTypeAttachmentProgressListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
 
     
     /**
@@ -3389,7 +4139,8 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
     @Throws(CommuneSyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -3581,6 +4332,10 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     @Throws(CommuneSyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -5943,6 +6698,263 @@ public object FfiConverterTypeApplicationUpdate: FfiConverterRustBuffer<Applicat
 
 
 /**
+ * An attachment of a record, and what this tablet holds of its content.
+ */
+data class Attachment (
+    /**
+     * The reference's id (to remove it).
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * The content's SHA-256 (lowercase hex): to open or download it.
+     */
+    var `sha256`: kotlin.String
+    , 
+    /**
+     * Size in bytes.
+     */
+    var `size`: kotlin.ULong
+    , 
+    /**
+     * MIME type.
+     */
+    var `mime`: kotlin.String
+    , 
+    /**
+     * What it shows.
+     */
+    var `caption`: kotlin.String
+    , 
+    /**
+     * The received paper it belongs to.
+     */
+    var `document`: kotlin.String?
+    , 
+    /**
+     * Page within that paper.
+     */
+    var `page`: kotlin.UInt
+    , 
+    /**
+     * What kind of paper it is.
+     */
+    var `category`: AttachmentCategory
+    , 
+    /**
+     * When it was attached.
+     */
+    var `addedAt`: java.time.Instant
+    , 
+    /**
+     * Whether the whole content is on this tablet (opening needs no network).
+     */
+    var `onDevice`: kotlin.Boolean
+    , 
+    /**
+     * Whether the server is known to hold it whole.
+     */
+    var `onServer`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachment: FfiConverterRustBuffer<Attachment> {
+    override fun read(buf: ByteBuffer): Attachment {
+        return Attachment(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterTypeAttachmentCategory.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Attachment) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`sha256`) +
+            FfiConverterULong.allocationSize(value.`size`) +
+            FfiConverterString.allocationSize(value.`mime`) +
+            FfiConverterString.allocationSize(value.`caption`) +
+            FfiConverterOptionalString.allocationSize(value.`document`) +
+            FfiConverterUInt.allocationSize(value.`page`) +
+            FfiConverterTypeAttachmentCategory.allocationSize(value.`category`) +
+            FfiConverterTimestamp.allocationSize(value.`addedAt`) +
+            FfiConverterBoolean.allocationSize(value.`onDevice`) +
+            FfiConverterBoolean.allocationSize(value.`onServer`)
+    )
+
+    override fun write(value: Attachment, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`sha256`, buf)
+            FfiConverterULong.write(value.`size`, buf)
+            FfiConverterString.write(value.`mime`, buf)
+            FfiConverterString.write(value.`caption`, buf)
+            FfiConverterOptionalString.write(value.`document`, buf)
+            FfiConverterUInt.write(value.`page`, buf)
+            FfiConverterTypeAttachmentCategory.write(value.`category`, buf)
+            FfiConverterTimestamp.write(value.`addedAt`, buf)
+            FfiConverterBoolean.write(value.`onDevice`, buf)
+            FfiConverterBoolean.write(value.`onServer`, buf)
+    }
+}
+
+
+
+/**
+ * Bytes of one attachment moved by a sync or a download.
+ */
+data class AttachmentProgress (
+    /**
+     * The content.
+     */
+    var `sha256`: kotlin.String
+    , 
+    /**
+     * An upload (else a download).
+     */
+    var `upload`: kotlin.Boolean
+    , 
+    /**
+     * Bytes the server (upload) or this tablet (download) holds now.
+     */
+    var `doneBytes`: kotlin.ULong
+    , 
+    /**
+     * The content's size.
+     */
+    var `totalBytes`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentProgress: FfiConverterRustBuffer<AttachmentProgress> {
+    override fun read(buf: ByteBuffer): AttachmentProgress {
+        return AttachmentProgress(
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: AttachmentProgress) = (
+            FfiConverterString.allocationSize(value.`sha256`) +
+            FfiConverterBoolean.allocationSize(value.`upload`) +
+            FfiConverterULong.allocationSize(value.`doneBytes`) +
+            FfiConverterULong.allocationSize(value.`totalBytes`)
+    )
+
+    override fun write(value: AttachmentProgress, buf: ByteBuffer) {
+            FfiConverterString.write(value.`sha256`, buf)
+            FfiConverterBoolean.write(value.`upload`, buf)
+            FfiConverterULong.write(value.`doneBytes`, buf)
+            FfiConverterULong.write(value.`totalBytes`, buf)
+    }
+}
+
+
+
+/**
+ * The attachment channel's settings, used by each `sync_now` and download.
+ */
+data class AttachmentSettings (
+    /**
+     * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
+     * costs at most one chunk.
+     */
+    var `chunkSize`: kotlin.UInt
+    , 
+    /**
+     * Whether the link is metered (mobile data): attachments then get at most
+     * `metered_budget_bytes` per sync; records always go (default true).
+     */
+    var `metered`: kotlin.Boolean
+    , 
+    /**
+     * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
+     */
+    var `meteredBudgetBytes`: kotlin.ULong
+    , 
+    /**
+     * Whether each sync also downloads the contents the commune's records name (default
+     * false: contents come when opened).
+     */
+    var `prefetch`: kotlin.Boolean
+    , 
+    /**
+     * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
+     * uploaded are never evicted.
+     */
+    var `cacheBytes`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentSettings: FfiConverterRustBuffer<AttachmentSettings> {
+    override fun read(buf: ByteBuffer): AttachmentSettings {
+        return AttachmentSettings(
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: AttachmentSettings) = (
+            FfiConverterUInt.allocationSize(value.`chunkSize`) +
+            FfiConverterBoolean.allocationSize(value.`metered`) +
+            FfiConverterULong.allocationSize(value.`meteredBudgetBytes`) +
+            FfiConverterBoolean.allocationSize(value.`prefetch`) +
+            FfiConverterULong.allocationSize(value.`cacheBytes`)
+    )
+
+    override fun write(value: AttachmentSettings, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`chunkSize`, buf)
+            FfiConverterBoolean.write(value.`metered`, buf)
+            FfiConverterULong.write(value.`meteredBudgetBytes`, buf)
+            FfiConverterBoolean.write(value.`prefetch`, buf)
+            FfiConverterULong.write(value.`cacheBytes`, buf)
+    }
+}
+
+
+
+/**
  * One entry of the audit log of quarantine decisions: who, when, what, why.
  */
 data class AuditEntry (
@@ -7490,6 +8502,78 @@ public object FfiConverterTypeNewApplication: FfiConverterRustBuffer<NewApplicat
 
 
 /**
+ * What the app says about a file it attaches.
+ */
+data class NewAttachment (
+    /**
+     * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
+     * `attach_photo` is always `image/jpeg`).
+     */
+    var `mime`: kotlin.String
+    , 
+    /**
+     * What kind of paper it shows.
+     */
+    var `category`: AttachmentCategory
+    , 
+    /**
+     * What it shows (at most 200 characters).
+     */
+    var `caption`: kotlin.String = "" 
+    , 
+    /**
+     * Name of the received paper of the dossier it belongs to.
+     */
+    var `document`: kotlin.String? = null 
+    , 
+    /**
+     * Page number within that paper (0 when not paged).
+     */
+    var `page`: kotlin.UInt = 0u 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNewAttachment: FfiConverterRustBuffer<NewAttachment> {
+    override fun read(buf: ByteBuffer): NewAttachment {
+        return NewAttachment(
+            FfiConverterString.read(buf),
+            FfiConverterTypeAttachmentCategory.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: NewAttachment) = (
+            FfiConverterString.allocationSize(value.`mime`) +
+            FfiConverterTypeAttachmentCategory.allocationSize(value.`category`) +
+            FfiConverterString.allocationSize(value.`caption`) +
+            FfiConverterOptionalString.allocationSize(value.`document`) +
+            FfiConverterUInt.allocationSize(value.`page`)
+    )
+
+    override fun write(value: NewAttachment, buf: ByteBuffer) {
+            FfiConverterString.write(value.`mime`, buf)
+            FfiConverterTypeAttachmentCategory.write(value.`category`, buf)
+            FfiConverterString.write(value.`caption`, buf)
+            FfiConverterOptionalString.write(value.`document`, buf)
+            FfiConverterUInt.write(value.`page`, buf)
+    }
+}
+
+
+
+/**
  * What an officer enters for a new citizen request.
  */
 data class NewCitizenRequest (
@@ -7587,6 +8671,69 @@ public object FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer<NewCitiz
             FfiConverterOptionalTimestamp.write(value.`receivedAt`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
             FfiConverterString.write(value.`notes`, buf)
+    }
+}
+
+
+
+/**
+ * How a camera photo of a paper is prepared for 2G.
+ */
+data class PhotoOptions (
+    /**
+     * Long side of the prepared image, pixels (default 1600).
+     */
+    var `longSide`: kotlin.UInt = 1600u 
+    , 
+    /**
+     * Gray levels only: smaller, for papers (default false).
+     */
+    var `grayscale`: kotlin.Boolean = false 
+    , 
+    /**
+     * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
+     */
+    var `targetBytes`: kotlin.ULong = 150000uL 
+    , 
+    /**
+     * Also attach the original file (captioned "(original)"); default false.
+     */
+    var `keepOriginal`: kotlin.Boolean = false 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypePhotoOptions: FfiConverterRustBuffer<PhotoOptions> {
+    override fun read(buf: ByteBuffer): PhotoOptions {
+        return PhotoOptions(
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: PhotoOptions) = (
+            FfiConverterUInt.allocationSize(value.`longSide`) +
+            FfiConverterBoolean.allocationSize(value.`grayscale`) +
+            FfiConverterULong.allocationSize(value.`targetBytes`) +
+            FfiConverterBoolean.allocationSize(value.`keepOriginal`)
+    )
+
+    override fun write(value: PhotoOptions, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`longSide`, buf)
+            FfiConverterBoolean.write(value.`grayscale`, buf)
+            FfiConverterULong.write(value.`targetBytes`, buf)
+            FfiConverterBoolean.write(value.`keepOriginal`, buf)
     }
 }
 
@@ -8990,6 +10137,28 @@ data class SyncReport (
      * Documents still waiting to be pushed.
      */
     var `pendingDocs`: kotlin.ULong
+    , 
+    /**
+     * Attachment contents now whole on the server (uploads) or here (prefetch), after the
+     * records.
+     */
+    var `attachmentsCompleted`: kotlin.ULong = 0uL 
+    , 
+    /**
+     * Attachment chunk bytes sent or received.
+     */
+    var `attachmentBytes`: kotlin.ULong = 0uL 
+    , 
+    /**
+     * Attachment contents left for a later sync (the metered budget was spent).
+     */
+    var `attachmentsDeferred`: kotlin.ULong = 0uL 
+    , 
+    /**
+     * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+     * resumes at the last whole chunk).
+     */
+    var `attachmentError`: kotlin.String? = null 
     
 ){
     
@@ -9020,6 +10189,10 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -9037,7 +10210,11 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.allocationSize(value.`refused`) +
             FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterULong.allocationSize(value.`retries`) +
-            FfiConverterULong.allocationSize(value.`pendingDocs`)
+            FfiConverterULong.allocationSize(value.`pendingDocs`) +
+            FfiConverterULong.allocationSize(value.`attachmentsCompleted`) +
+            FfiConverterULong.allocationSize(value.`attachmentBytes`) +
+            FfiConverterULong.allocationSize(value.`attachmentsDeferred`) +
+            FfiConverterOptionalString.allocationSize(value.`attachmentError`)
     )
 
     override fun write(value: SyncReport, buf: ByteBuffer) {
@@ -9055,6 +10232,10 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterULong.write(value.`retries`, buf)
             FfiConverterULong.write(value.`pendingDocs`, buf)
+            FfiConverterULong.write(value.`attachmentsCompleted`, buf)
+            FfiConverterULong.write(value.`attachmentBytes`, buf)
+            FfiConverterULong.write(value.`attachmentsDeferred`, buf)
+            FfiConverterOptionalString.write(value.`attachmentError`, buf)
     }
 }
 
@@ -9316,6 +10497,57 @@ public object FfiConverterTypeApplicationStatus: FfiConverterRustBuffer<Applicat
     override fun allocationSize(value: ApplicationStatus) = 4UL
 
     override fun write(value: ApplicationStatus, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What kind of paper an attachment shows; receipts and identity cards are uploaded first.
+ */
+
+enum class AttachmentCategory {
+    
+    /**
+     * A signed receipt or payment proof.
+     */
+    RECEIPT,
+    /**
+     * A citizen identity card (CCCD) or other identity paper.
+     */
+    IDENTITY_CARD,
+    /**
+     * A form or certificate of the dossier.
+     */
+    DOCUMENT,
+    /**
+     * Any other photo (a land plot, a road).
+     */
+    PHOTO;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentCategory: FfiConverterRustBuffer<AttachmentCategory> {
+    override fun read(buf: ByteBuffer) = try {
+        AttachmentCategory.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: AttachmentCategory) = 4UL
+
+    override fun write(value: AttachmentCategory, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -11485,6 +12717,34 @@ public object FfiConverterSequenceTypeApplicationSummary: FfiConverterRustBuffer
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeApplicationSummary.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer<List<Attachment>> {
+    override fun read(buf: ByteBuffer): List<Attachment> {
+        val len = buf.getInt()
+        return List<Attachment>(len) {
+            FfiConverterTypeAttachment.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<Attachment>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeAttachment.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<Attachment>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeAttachment.write(it, buf)
         }
     }
 }
