@@ -234,7 +234,7 @@ try:
     # Publish a catalogue.
     browser.go(f"{url}/console/catalogue")
     browser.shot("07-catalogue")
-    catalogue = ('{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":3},'
+    catalogue = ('{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":3,"version":2},'
                  '{"code":"1.000894","name":"Đăng ký kết hôn","processing_days":5}],"holidays":[]}')
     browser.type("#catalogue-json", catalogue)
     browser.click("#check")

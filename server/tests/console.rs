@@ -416,6 +416,14 @@ fn the_province_sees_its_communes_in_the_console() {
         &[("csrf", &csrf), ("json", "{\"procedures\":[{}]}")],
     );
     assert!(invalid.body.contains("id=\"invalid\""));
+    // A procedure changed without a new version is refused, with the reason, nothing published.
+    let refused = browser.post(
+        "/console/catalogue/publish",
+        &[("csrf", &csrf), ("json", json)],
+    );
+    assert!(refused.body.contains("id=\"invalid\""), "{}", refused.body);
+    assert!(refused.body.contains("1.001193"), "{}", refused.body);
+    let json = r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":3,"version":2},{"code":"1.000894","name":"Đăng ký kết hôn","processing_days":5}],"holidays":[]}"#;
     let published = browser.post(
         "/console/catalogue/publish",
         &[("csrf", &csrf), ("json", json)],

@@ -1055,7 +1055,17 @@ async fn publish_catalogue(
         let extra = format!("<p class=\"error\" id=\"invalid\">{}</p>", esc(&e.message));
         return catalogue_page(&state, &who, &extra).await;
     }
-    let version = or_fail!(who, state.storage.put_catalogue(&form.json).await);
+    let version = match state.storage.put_catalogue(&form.json).await {
+        Ok(version) => version,
+        // The file does not follow the published catalogue (a procedure changed without a new
+        // version, a version lowered): the operator's to correct, nothing was published.
+        Err(crate::storage::StorageError::Conflict(message)) => {
+            audit_action(&state, who.name(), "publish_catalogue_refused", &message).await;
+            let extra = format!("<p class=\"error\" id=\"invalid\">{}</p>", esc(&message));
+            return catalogue_page(&state, &who, &extra).await;
+        }
+        Err(error) => return storage_failure(who.lang, error.into()),
+    };
     audit_action(
         &state,
         who.name(),
