@@ -1064,7 +1064,7 @@ async fn publish_catalogue(
             let extra = format!("<p class=\"error\" id=\"invalid\">{}</p>", esc(&message));
             return catalogue_page(&state, &who, &extra).await;
         }
-        Err(error) => return storage_failure(who.lang, error.into()),
+        Err(error) => return storage_failure(who.lang, error),
     };
     audit_action(
         &state,
