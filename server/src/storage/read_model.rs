@@ -19,7 +19,9 @@
 //!
 //! Fields that other parts of the dossier work add to records (procedure version, returned time,
 //! statutory on-time flag, attachments) are nullable columns, like the dossier number that
-//! applications carry since issue 16; [`project_record`] is the one place that fills them. Until records carry a returned time, a record's result time is
+//! applications carry since issue 16; [`project_record`] is the one place that fills them. A
+//! dossier returned on a tablet carries its return time and the verdict the server checked; for
+//! an imported one the register's return time is used; otherwise a record's result time is
 //! the device time of the last change that touched its status, once the status is `returned` or
 //! `rejected`, and it is on time when that day (in Vietnam) is on or before the due date.
 
@@ -131,12 +133,26 @@ pub fn project_record(record: &Record, commune: &str, facts: &DocFacts) -> ReadM
             row.applicant_name = Some(a.applicant.name.clone());
             row.name_folded = Some(fold(&a.applicant.name));
             row.id_number = Some(a.applicant.id_number.clone()).filter(|n| !n.is_empty());
+            row.procedure_version = i64::try_from(a.procedure_version).ok().filter(|v| *v > 0);
             if result_given(a.status) {
-                row.returned_at = facts.status_changed_at;
-                row.on_time = facts
-                    .status_changed_at
-                    .and_then(|at| CivilDate::from_unix_millis(at).ok())
-                    .map(|day| day <= a.due_at);
+                if let (Some(at), Some(on_time)) = (a.returned_at, a.returned_on_time) {
+                    // The verdict recorded at return, which the server checked against the
+                    // effective deadline (pauses, extensions, the calendar).
+                    row.returned_at = Some(at);
+                    row.on_time = Some(on_time);
+                } else {
+                    // An imported dossier's return time from its register; otherwise the
+                    // device time of the status change; judged against the intake due date.
+                    row.returned_at = a
+                        .imported
+                        .as_ref()
+                        .and_then(|imported| imported.returned_at)
+                        .or(facts.status_changed_at);
+                    row.on_time = row
+                        .returned_at
+                        .and_then(|at| CivilDate::from_unix_millis(at).ok())
+                        .map(|day| day <= a.due_at);
+                }
             }
         }
         Record::CitizenRequest(r) => {
