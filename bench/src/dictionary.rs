@@ -123,7 +123,14 @@ pub fn run(args: &DictionaryArgs) -> anyhow::Result<()> {
                 device: device.0,
                 officer: officer.clone(),
             },
+            attachments: Vec::new(),
+            procedure_version: 0,
+            form_values: Default::default(),
             dossier_number_fallback: false,
+            clock_events: Vec::new(),
+            returned_at: None,
+            returned_on_time: None,
+            imported: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app.clone()),

@@ -13,7 +13,7 @@ use communesync_core::record::{DeviceId, RecordId};
 use communesync_core::store::{DeviceStore, EncryptionKey, StoreConfig};
 use communesync_core::sync::{
     ReqwestConfig, ReqwestTransport, ServerTrust, SyncClient, SyncConfig, SyncError,
-    enroll_with_key,
+    attachments::AttachmentPolicy, enroll_with_key,
 };
 use zeroize::Zeroize;
 
@@ -69,6 +69,8 @@ pub struct Engine {
     clock: SystemClock,
     pub(crate) state: Arc<Mutex<SyncState>>,
     pub(crate) observers: Arc<Observers>,
+    /// The attachment channel's settings (chunk size, budget, metered link, prefetch, cache).
+    pub(crate) attachment_policy: Mutex<AttachmentPolicy>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -136,6 +138,7 @@ impl Engine {
                 ..SyncState::default()
             })),
             observers: Arc::new(Observers::default()),
+            attachment_policy: Mutex::new(AttachmentPolicy::default()),
         }))
     }
 
@@ -218,6 +221,10 @@ impl Engine {
     /// `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
     /// accepts this version of the app, `Wiped` when the province ordered the device wiped (the
     /// engine then destroys the store and tells the observers), or `Offline` after the retries.
+    /// After the records, the attachment channel runs within the engine's attachment settings
+    /// (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+    /// prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+    /// failure is `SyncReport.attachment_error` (the records' sync stands).
     pub async fn sync_now(&self) -> Result<SyncReport> {
         self.check_open()?;
         let client = match self.client().await {
@@ -231,23 +238,42 @@ impl Engine {
         self.observers.emit(Event::Status);
         let observers = self.observers.clone();
         let pulled_seen = AtomicU64::new(0);
+        let attachment_policy = self.attachment_policy().clone();
+        let attachment_observers = self.observers.clone();
         let result = client
-            .sync(&|progress| {
-                let progress = SyncProgress::from(progress);
-                observers.emit(Event::Progress(progress));
-                let before = pulled_seen.swap(progress.pulled_docs, Ordering::Relaxed);
-                if progress.pulled_docs > before {
-                    observers.emit(Event::Changed(ChangeEvent {
-                        origin: ChangeOrigin::Sync,
-                        record_ids: Vec::new(),
-                        changed_count: progress.pulled_docs - before,
-                    }));
-                }
-            })
+            .sync_with_attachments(
+                &attachment_policy,
+                &|progress| {
+                    let progress = SyncProgress::from(progress);
+                    observers.emit(Event::Progress(progress));
+                    let before = pulled_seen.swap(progress.pulled_docs, Ordering::Relaxed);
+                    if progress.pulled_docs > before {
+                        observers.emit(Event::Changed(ChangeEvent {
+                            origin: ChangeOrigin::Sync,
+                            record_ids: Vec::new(),
+                            changed_count: progress.pulled_docs - before,
+                        }));
+                    }
+                },
+                &|progress| {
+                    attachment_observers.emit(Event::Attachment(progress.into()));
+                },
+            )
             .await;
         drop(client);
         let result = match result {
-            Ok(report) => Ok(SyncReport::from(report)),
+            Ok(full) => {
+                let mut report = SyncReport::from(full.records);
+                match full.attachments {
+                    Ok(channel) => {
+                        report.attachments_completed = channel.completed.len() as u64;
+                        report.attachment_bytes = channel.chunk_bytes;
+                        report.attachments_deferred = channel.deferred as u64;
+                    }
+                    Err(err) => report.attachment_error = Some(err.to_string()),
+                }
+                Ok(report)
+            }
             Err(SyncError::Wiped(message)) => Err(self.wipe(message).await),
             Err(err) => Err(CommuneSyncError::from(err)),
         };
@@ -279,10 +305,18 @@ impl Engine {
     /// kept in the store, brought to the device clock by the offset learnt then (a tablet whose
     /// clock is years behind would otherwise see its last sync in the future and never sync).
     /// "Upgrade required" is kept in the store for the version of the app that got it, so the
-    /// policy stops across restarts until another version opens the store.
+    /// policy stops across restarts until another version opens the store. Attachment contents
+    /// waiting for upload count as pending work, like records.
     pub async fn policy_input(&self, metered: bool) -> Result<PolicyInput> {
         let status = self.sync_status().await?;
-        let offset = self.with_store(|store| Ok(store.clock_offset_ms())).await?;
+        let (offset, pending_uploads) = self
+            .with_store(|store| {
+                Ok((
+                    store.clock_offset_ms(),
+                    store.pending_attachment_uploads(1_000)?.len() as u64,
+                ))
+            })
+            .await?;
         let (consecutive_failures, last_error) = if status.upgrade_required {
             (
                 status.consecutive_failures.max(1),
@@ -293,7 +327,8 @@ impl Engine {
         };
         let last_server_sync_ms = status.last_server_sync.map(ms_from_time);
         Ok(PolicyInput {
-            pending_changes: status.pending_changes,
+            // Contents waiting for upload are pending work as well.
+            pending_changes: status.pending_changes + pending_uploads,
             last_success_ms: status
                 .last_success
                 .map(ms_from_time)
@@ -593,7 +628,7 @@ impl Engine {
     }
 
     /// The sync client, built at the first sync from the credential; counts a running sync.
-    async fn client(&self) -> Result<Arc<SyncClient<ReqwestTransport>>> {
+    pub(crate) async fn client(&self) -> Result<Arc<SyncClient<ReqwestTransport>>> {
         let credential = {
             let mut state = self.state();
             if let Some(client) = &state.client {
@@ -664,6 +699,12 @@ impl Engine {
         *self.closed.lock().unwrap_or_else(PoisonError::into_inner) = Some(reason);
     }
 
+    pub(crate) fn attachment_policy(&self) -> MutexGuard<'_, AttachmentPolicy> {
+        self.attachment_policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn state(&self) -> MutexGuard<'_, SyncState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -674,7 +715,7 @@ impl Engine {
             .map_err(|e| CommuneSyncError::invalid(format!("server_url or trust settings: {e}")))
     }
 
-    fn changed(&self, id: RecordId) {
+    pub(crate) fn changed(&self, id: RecordId) {
         self.observers.emit(Event::Changed(ChangeEvent {
             origin: ChangeOrigin::Local,
             record_ids: vec![id.to_string()],

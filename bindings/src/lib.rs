@@ -11,12 +11,16 @@
 //! - [`SyncObserver`]: a trait the app implements to hear about sync progress and changes;
 //! - [`SyncStatusListener`]: the sync status now and after each change (`Engine::watch_sync_status`);
 //! - [`EngineLogger`] and [`set_logger`]: the engine's logs, to Logcat or `os_log`;
+//! - [`attachments`]: scans and photos of a dossier's papers, their settings and progress;
 //! - `Engine::rekey`: rotating the store key;
 //! - [`next_sync_after`]: the background-sync policy, for the WorkManager / BGTaskScheduler glue.
 //!
 //! No panic crosses the boundary: nothing here unwraps, locks survive poisoning, and observer
 //! callbacks run on their own thread behind `catch_unwind`.
 
+pub mod attachments;
+mod catalogue;
+mod deadlines;
 mod dossier_number;
 mod engine;
 mod error;
@@ -25,9 +29,19 @@ mod logging;
 mod observer;
 mod policy;
 pub mod receipt;
+mod register_import;
 mod status;
 pub mod types;
 
+pub use attachments::{
+    Attachment, AttachmentCategory, AttachmentProgress, AttachmentProgressListener,
+    AttachmentSettings, NewAttachment, PhotoOptions,
+};
+pub use catalogue::{
+    DossierForm, FieldKind, FormEntry, FormField, FormValue, ProcedureDetails, ProcedureFee,
+    ProcedureSummary, RequiredPaper, SectorCount,
+};
+pub use deadlines::{DeadlineEvent, DeadlineEventKind, DossierDeadline, ReturnedDossier};
 pub use engine::Engine;
 pub use error::{CommuneSyncError, ErrorKind};
 pub use logging::{EngineLogger, LogLevel, LogRecord, set_logger};

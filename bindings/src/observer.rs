@@ -65,6 +65,8 @@ pub(crate) enum Event {
     Wiped(WipeEvent),
     /// A sync started or ended, or the enrollment changed: for status watchers only.
     Status,
+    /// Bytes of one attachment moved: for attachment progress listeners only.
+    Attachment(crate::attachments::AttachmentProgress),
 }
 
 /// The engine's list of observers.
@@ -93,7 +95,7 @@ impl Observers {
                     Event::Progress(p) => observer.on_progress(p),
                     Event::Changed(c) => observer.on_changed(c),
                     Event::Wiped(w) => observer.on_wiped(w),
-                    Event::Status => {}
+                    Event::Status | Event::Attachment(_) => {}
                 }));
             }
         })

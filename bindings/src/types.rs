@@ -463,6 +463,7 @@ impl From<NewApplication> for core::NewApplication {
             fees: fees_to_core(n.fees),
             assignee: n.assignee,
             notes: n.notes,
+            form_values: Default::default(),
         }
     }
 }
@@ -727,7 +728,7 @@ impl From<CoreProcedure> for Procedure {
         Procedure {
             code: p.code,
             name: p.name,
-            processing_days: p.processing_days,
+            processing_days: p.processing.working_days(),
             withdrawal_allowed: p.withdrawal_allowed,
         }
     }
@@ -1242,6 +1243,20 @@ pub struct SyncReport {
     pub retries: u64,
     /// Documents still waiting to be pushed.
     pub pending_docs: u64,
+    /// Attachment contents now whole on the server (uploads) or here (prefetch), after the
+    /// records.
+    #[uniffi(default = 0)]
+    pub attachments_completed: u64,
+    /// Attachment chunk bytes sent or received.
+    #[uniffi(default = 0)]
+    pub attachment_bytes: u64,
+    /// Attachment contents left for a later sync (the metered budget was spent).
+    #[uniffi(default = 0)]
+    pub attachments_deferred: u64,
+    /// Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+    /// resumes at the last whole chunk).
+    #[uniffi(default)]
+    pub attachment_error: Option<String>,
 }
 
 impl From<sync::SyncReport> for SyncReport {
@@ -1261,6 +1276,10 @@ impl From<sync::SyncReport> for SyncReport {
             quarantined: r.quarantined,
             retries: r.retries,
             pending_docs: r.pending_docs,
+            attachments_completed: 0,
+            attachment_bytes: 0,
+            attachments_deferred: 0,
+            attachment_error: None,
         }
     }
 }

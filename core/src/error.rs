@@ -83,6 +83,10 @@ pub enum Error {
     /// Automerge refused an operation (a bug or corrupt data).
     #[error("document error: {0}")]
     Document(String),
+    /// The attachment content with this SHA-256 is not (wholly) on this device: download it
+    /// (it is on the server) or wait for it to be uploaded by the tablet that attached it.
+    #[error("attachment content {0} is not on this device")]
+    ContentMissing(String),
 }
 
 impl Error {

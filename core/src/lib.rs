@@ -7,14 +7,18 @@
 //! - [`catalogue`]: the province's procedure catalogue and the working-day calendar that gives
 //!   statutory due dates;
 //! - [`search`]: text folding for Vietnamese (diacritics and đ → d) used by full-text search;
+//! - [`attachment`]: scans and photos of the dossier's papers, content-addressed, prepared for
+//!   2G and synced on their own resumable channel;
 //! - [`store`]: the durable, encrypted device store on SQLite, with projections for queries.
 //!
 //! Nothing here starts a runtime or opens a socket: I/O sits behind the store and, later, the
 //! transport trait.
 
+pub mod attachment;
 pub mod catalogue;
 pub mod clock;
 pub mod codec;
+pub mod deadline;
 pub mod error;
 pub mod import;
 pub mod integrity;
@@ -23,6 +27,7 @@ pub mod numbering;
 pub mod protocol;
 pub mod receipt;
 pub mod record;
+pub mod register_import;
 pub mod search;
 pub mod store;
 pub mod sync;

@@ -5,7 +5,7 @@
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::catalogue::{CivilDate, Procedure};
+use crate::catalogue::{CivilDate, Procedure, ProcessingTime};
 use crate::record::{Applicant, Fee, NewApplication, NewCitizenRequest, ReceivedDocument};
 
 const FAMILY: &[&str] = &[
@@ -95,10 +95,8 @@ impl SampleData {
     pub fn catalogue() -> Vec<Procedure> {
         let p =
             |code: &str, name: &str, processing_days: u32, withdrawal_allowed: bool| Procedure {
-                code: code.into(),
-                name: name.into(),
-                processing_days,
                 withdrawal_allowed,
+                ..Procedure::new(code, name, ProcessingTime::WorkingDays(processing_days))
             };
         vec![
             p("1.001193", "Đăng ký khai sinh", 1, true),
@@ -237,6 +235,7 @@ impl SampleData {
             },
             assignee: None,
             notes: self.notes(200),
+            form_values: Default::default(),
         }
     }
 

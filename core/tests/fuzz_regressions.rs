@@ -40,7 +40,14 @@ fn base_document() -> (RecordId, Vec<u8>) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
+        imported: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

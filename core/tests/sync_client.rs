@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use communesync_core::catalogue::Procedure;
+use communesync_core::catalogue::{Procedure, ProcessingTime};
 use communesync_core::clock::ManualClock;
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
@@ -381,10 +381,12 @@ fn tablet(hub: &Hub, config: SyncConfig) -> Tablet {
             .unwrap();
     store
         .import_catalogue(&[Procedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 3,
             withdrawal_allowed: true,
+            ..Procedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                ProcessingTime::WorkingDays(3),
+            )
         }])
         .unwrap();
     let token = hub.register(store.device_id());
@@ -789,8 +791,8 @@ async fn changes_from_another_device_arrive_and_conflicts_are_counted() {
             .unwrap()
             .procedure("1.001193")
             .unwrap()
-            .processing_days,
-        5
+            .processing,
+        communesync_core::catalogue::ProcessingTime::WorkingDays(5)
     );
     assert!(b.store.lock().unwrap().last_sync_at().unwrap().is_some());
 

@@ -96,9 +96,28 @@ admin() { "$BIN" admin --database "$DB" "$@" 2>>"$WORK/admin.log"; }
 json_field() { python3 -c 'import json,sys; print(json.loads(sys.stdin.read().splitlines()[-1])[sys.argv[1]])' "$1"; }
 cat > "$WORK/catalogue.json" <<'JSON'
 {"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1},
-               {"code":"1.000894","name":"Đăng ký kết hôn","processing_days":3}],"holidays":[]}
+               {"code":"1.000894","name":"Đăng ký kết hôn","processing_days":3},
+               {"code":"1.001022","name":"Đăng ký khai tử","sector":"Hộ tịch","processing":{"working_days":1},
+                "form":{"fields":[{"name":"deceased_name","label":"Họ tên người chết","type":"text","required":true},
+                                  {"name":"death_date","label":"Ngày chết","type":"date","required":true}]}}],
+ "holidays":[]}
 JSON
 admin put-catalogue "$WORK/catalogue.json" >/dev/null
+# The catalogue stories (CatalogueStory.kt/.swift) install version 1 from its export before their
+# first sync, which then brings version 2 by delta: a new procedure, a new version of a form.
+admin catalogue export "$WORK/catalogue-v1.json" >/dev/null
+cat > "$WORK/catalogue-v2.json" <<'JSON'
+{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1},
+               {"code":"1.000894","name":"Đăng ký kết hôn","processing_days":3},
+               {"code":"1.001022","name":"Đăng ký khai tử","sector":"Hộ tịch","processing":{"working_days":1},"version":2,
+                "form":{"fields":[{"name":"deceased_name","label":"Họ tên người chết","type":"text","required":true},
+                                  {"name":"death_date","label":"Ngày chết","type":"date","required":true},
+                                  {"name":"death_place","label":"Nơi chết","type":"address"}]}},
+               {"code":"1.000656","name":"Đăng ký lại khai sinh","sector":"Hộ tịch","processing":{"working_days":5}}],
+ "holidays":[]}
+JSON
+admin catalogue publish "$WORK/catalogue-v2.json" >/dev/null
+export COMMUNESYNC_CATALOGUE_FILE=$WORK/catalogue-v1.json
 admin create-commune DB-MUONGPHANG "Xã Mường Phăng" >/dev/null
 admin create-commune DB-NATAU "Xã Nà Tấu" >/dev/null
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
@@ -181,6 +200,9 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     android/src/test/kotlin/org/communesync/https/HttpsStory.kt \
     android/src/test/kotlin/org/communesync/DossierNumberStory.kt \
     android/src/test/kotlin/org/communesync/ReceiptStory.kt \
+    android/src/test/kotlin/org/communesync/AttachmentStory.kt \
+    android/src/test/kotlin/org/communesync/CatalogueStory.kt \
+    android/src/test/kotlin/org/communesync/DeadlineStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -229,6 +251,30 @@ COMMUNESYNC_WORK_DIR=$KT/receipt-stores \
         org.communesync.receipt.ReceiptStoryKt > "$KT/receipt-story.log" 2>&1 \
     || { cat "$KT/receipt-story.log" >&2; die "the Kotlin receipt story failed"; }
 grep -E '^kotlin receipt story:' "$KT/receipt-story.log" >&2
+# Attachments (issue 17): one engine attaches and syncs, the other opens with the same bytes.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG \
+COMMUNESYNC_CODE_A=$(issue_code DB-MUONGPHANG) COMMUNESYNC_CODE_B=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/attachment-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.attachment.AttachmentStoryKt > "$KT/attachment-story.log" 2>&1 \
+    || { cat "$KT/attachment-story.log" >&2; die "the Kotlin attachment story failed"; }
+grep -E '^kotlin attachment story:' "$KT/attachment-story.log" >&2
+# The catalogue (issue 15): a file installed before the first sync, forms, a delta.
+COMMUNESYNC_COMMUNE=DB-MUONGPHANG COMMUNESYNC_CATALOGUE_CODE=$(issue_code DB-MUONGPHANG) \
+COMMUNESYNC_WORK_DIR=$KT/catalogue-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.CatalogueStory > "$KT/catalogue-story.log" 2>&1 \
+    || { cat "$KT/catalogue-story.log" >&2; die "the Kotlin catalogue story failed"; }
+grep -E '^kotlin catalogue story:' "$KT/catalogue-story.log" >&2
+# Statutory time (issue 15): one tablet's store, no server.
+COMMUNESYNC_WORK_DIR=$KT/deadline-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.DeadlineStory > "$KT/deadline-story.log" 2>&1 \
+    || { cat "$KT/deadline-story.log" >&2; die "the Kotlin deadline story failed"; }
+grep -E '^kotlin deadline story:' "$KT/deadline-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -246,6 +292,7 @@ cp "$TARGET_DIR/debug/libcommunesync_ffi.so" "$SWIFT_WORK/lib/"
 # No system certificates are lent to the chroot: the engine's trust is the web roots bundled in
 # the library plus what EngineConfig gives (core/src/sync/tls.rs), never the platform's.
 cp "$WORK/tls/ca.pem" "$WORK/tls/other-ca.pem" "$SWIFT_WORK/"
+cp "$WORK/catalogue-v1.json" "$SWIFT_WORK/"
 cp "$WORK/gen/swift/CommuneSyncFFI.h" "$WORK/gen/swift/CommuneSyncFFI.modulemap" "$SWIFT_WORK/ffi/"
 cp "$WORK/gen/swift/CommuneSync.swift" "$SWIFT_WORK/module/"
 for f in ios/Sources/CommuneSync/*.swift; do
@@ -258,7 +305,16 @@ import Foundation
 @main
 struct StoryMain {
     static func main() async {
-        let failures = await EndToEndStory.run() + SdkStory.run() + HttpsStory.run() + DossierNumberStory.run() + ReceiptStory.run()
+        // One story per statement: a long `+` chain is too much for Swift's type checker.
+        var failures: [String] = []
+        failures += await EndToEndStory.run()
+        failures += await SdkStory.run()
+        failures += await HttpsStory.run()
+        failures += await DossierNumberStory.run()
+        failures += await ReceiptStory.run()
+        failures += await AttachmentStory.run()
+        failures += await CatalogueStory.run()
+        failures += await DeadlineStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -291,6 +347,9 @@ code_a=$(issue_code DB-NATAU)
 code_b=$(issue_code DB-NATAU)
 receipt_a=$(issue_code DB-NATAU)
 receipt_b=$(issue_code DB-NATAU)
+attach_a=$(issue_code DB-NATAU)
+attach_b=$(issue_code DB-NATAU)
+catalogue_code=$(issue_code DB-NATAU)
 number_code_a=$(issue_code DB-NATAU)
 number_code_b=$(issue_code DB-NATAU)
 code_sdk=$(issue_code DB-NATAU)
@@ -302,12 +361,14 @@ swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNES
     COMMUNESYNC_CODE_A="$code_a" COMMUNESYNC_CODE_B="$code_b" COMMUNESYNC_CODE_SDK="$code_sdk" \
     COMMUNESYNC_NUMBER_CODE_A="$number_code_a" COMMUNESYNC_NUMBER_CODE_B="$number_code_b" \
     COMMUNESYNC_RECEIPT_CODE_A="$receipt_a" COMMUNESYNC_RECEIPT_CODE_B="$receipt_b" \
+    COMMUNESYNC_ATTACH_CODE_A="$attach_a" COMMUNESYNC_ATTACH_CODE_B="$attach_b" \
+    COMMUNESYNC_CATALOGUE_CODE="$catalogue_code" COMMUNESYNC_CATALOGUE_FILE="$IN/catalogue-v1.json" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
     LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift (sdk |https |numbers |receipt )?story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (sdk |https |numbers |receipt |attachment |catalogue |deadline )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
 # The package manifest as SwiftPM reads it (an XCFramework cannot be linked on Linux: the Mac
 # steps are in ios/README.md): the library product over the binary target and the sources.

@@ -82,6 +82,16 @@ enum DeviceTask {
         #[command(subcommand)]
         action: Option<QuarantineAction>,
     },
+    /// The procedure catalogue: install a file before the first sync, search, sectors.
+    Catalogue {
+        #[command(subcommand)]
+        task: super::device_catalogue::CatalogueTask,
+    },
+    /// A commune's existing register: import it with each dossier's state (CSV).
+    Register {
+        #[command(subcommand)]
+        task: super::device_register::RegisterTask,
+    },
     /// Re-encrypt the store with a new key (the current one from `COMMUNESYNC_STORE_KEY`).
     Rekey(crate::device_rekey::RekeyArgs),
     /// The signed receipt of an application (issued once, the same on every reprint): prints
@@ -236,6 +246,8 @@ pub async fn run(args: DeviceArgs) -> anyhow::Result<()> {
                 serde_json::json!({ "device_id": saved.credentials.device_id, "scope": saved.credentials.scope })
             )?;
         }
+        DeviceTask::Catalogue { task } => super::device_catalogue::run(&args.store, task)?,
+        DeviceTask::Register { task } => super::device_register::run(&args.store, task)?,
         DeviceTask::Import { file, officer } => {
             let mut store = open(&args.store)?;
             let reader: Box<dyn BufRead> = if file.as_os_str() == "-" {

@@ -2,15 +2,21 @@
 //!
 //! - `communesync serve`: the server, on an embedded SQLite file by default or PostgreSQL.
 //! - `communesync admin ...`: communes, enrollment and re-enrollment codes, devices, revocation
-//!   (with wipe), refused documents, operator tokens, stats.
+//!   (with wipe), refused documents, operator tokens, stats; the read model (records, dashboard,
+//!   report, exports, rebuild); console operators.
 //! - `communesync demo`: offline intake on tablets, queries, a concurrent edit and its resolution.
 
 mod admin_backup;
+mod admin_catalogue;
 mod admin_numbers;
 mod config_file;
+mod console_cli;
 mod demo;
 mod device;
+mod device_catalogue;
+mod device_register;
 mod device_rekey;
+mod read_model_cli;
 mod verify_receipt;
 
 use std::net::SocketAddr;
@@ -35,8 +41,18 @@ use communesync_server::tls::ServerTls;
     about = "communesync: offline-first records for commune public administration"
 )]
 struct Cli {
+    /// Log format on stderr: `json` (one object per line, for log collectors; the default of
+    /// `serve`) or `text` (the default of the other commands).
+    #[arg(long, global = true, env = "COMMUNESYNC_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
 }
 
 #[derive(Subcommand)]
@@ -117,6 +133,11 @@ struct ServeArgs {
     /// commune's code is its agency code.
     #[arg(long)]
     dossier_agency_code: Option<String>,
+    /// Mark the console's session cookie `Secure` (browsers then send it over HTTPS only). On
+    /// by itself when this server serves HTTPS (--tls-cert); give it when a TLS proxy in front
+    /// terminates HTTPS and this server speaks plain HTTP behind it.
+    #[arg(long)]
+    secure_cookies: bool,
 }
 
 /// How often `serve` looks at the certificate files for a renewal.
@@ -212,7 +233,12 @@ enum AdminTask {
         #[arg(long, default_value = "operator")]
         label: String,
     },
-    /// Publish the procedure catalogue (JSON file) to every tablet.
+    /// The procedure catalogue: publish a file (by delta to tablets), export the published one.
+    Catalogue {
+        #[command(subcommand)]
+        task: admin_catalogue::CatalogueAdminTask,
+    },
+    /// Publish the procedure catalogue (JSON file) to every tablet (same as `catalogue publish`).
     PutCatalogue {
         /// `{"procedures":[...],"holidays":[...]}`.
         file: PathBuf,
@@ -233,6 +259,10 @@ enum AdminTask {
     /// After restoring the database by other means (pg_restore, a copied file): give it a fresh
     /// store epoch so tablets re-send what it may lack and re-read the feed.
     MarkRestored,
+    #[command(flatten)]
+    ReadModel(read_model_cli::ReadModelTask),
+    #[command(flatten)]
+    Console(console_cli::ConsoleTask),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -246,13 +276,24 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(_) => "warn",
         _ => "info",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| default_level.into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let format = cli.log_format.unwrap_or(match cli.command {
+        Command::Serve(_) => LogFormat::Json,
+        _ => LogFormat::Text,
+    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| default_level.into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        // Span fields (the request id) are flattened into each line's `span` object.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .init(),
+        LogFormat::Text => logs.init(),
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
@@ -275,6 +316,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let storage = storage::open(&args.db.database)
         .await
         .with_context(|| format!("opening {}", args.db.database))?;
+    // Records stored before the read model existed (or by an older build) are projected now.
+    let lag = storage.read_model_lag().await?;
+    if lag > 0 {
+        tracing::info!(documents = lag, "building the read model");
+        let rows = storage.rebuild_read_model().await?;
+        tracing::info!(rows, "read model built");
+    }
     if !args.admin_token_file.exists() {
         let token = http::new_token();
         storage
@@ -293,6 +341,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    let secure_cookies = secure_cookies(&args);
     let serve_config = ServeConfig {
         tls,
         max_connections: args.max_connections.max(1),
@@ -312,8 +361,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             burst: args.device_burst,
             per_second: args.device_rate,
         },
+        secure_cookies,
         ..ServerConfig::default()
     };
+    // Unreferenced attachment contents go after their grace period; stops with the process.
+    let sweeper = tokio::spawn(communesync_server::attachment_sweep::run(storage.clone()));
     let state = AppState::new(storage, config);
     let listener = communesync_server::serve::bind(args.listen)?;
     tracing::info!(addr = %listener.local_addr()?, scheme, database = %redact(&args.db.database), "communesync server listening");
@@ -324,6 +376,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await?;
+    sweeper.abort();
     Ok(())
 }
 
@@ -343,6 +396,12 @@ fn reload_on_sighup(tls: Arc<ServerTls>) {
     }
 }
 
+/// Whether the console's session cookie is `Secure`: asked for (a TLS proxy in front), or this
+/// server serves HTTPS itself.
+fn secure_cookies(args: &ServeArgs) -> bool {
+    args.secure_cookies || args.tls_cert.is_some()
+}
+
 /// The settings `serve` runs with, as JSON (`--print-config`).
 fn effective_settings(args: &ServeArgs) -> serde_json::Value {
     serde_json::json!({
@@ -358,6 +417,8 @@ fn effective_settings(args: &ServeArgs) -> serde_json::Value {
         "device-rate": args.device_rate,
         "tls-cert": args.tls_cert,
         "tls-key": args.tls_key,
+        // As in force: on with --tls-cert even when not asked for.
+        "secure-cookies": secure_cookies(args),
     })
 }
 
@@ -509,13 +570,13 @@ async fn admin(args: AdminArgs) -> anyhow::Result<()> {
                 .await?;
             println!("{token}");
         }
+        AdminTask::Catalogue { task } => admin_catalogue::run(storage.as_ref(), task).await?,
         AdminTask::PutCatalogue { file } => {
-            let json = std::fs::read_to_string(&file)
-                .with_context(|| format!("reading {}", file.display()))?;
-            http::validate_catalogue(&json).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-            let version = storage.put_catalogue(&json).await?;
+            let version = admin_catalogue::publish_file(storage.as_ref(), &file).await?;
             println!("{}", serde_json::json!({ "catalogue_version": version }));
         }
+        AdminTask::ReadModel(task) => read_model_cli::run(storage.as_ref(), task, now).await?,
+        AdminTask::Console(task) => console_cli::run(storage.as_ref(), task, now).await?,
         AdminTask::MarkRestored => {
             let epoch = communesync_server::backup::mark_restored(storage.as_ref()).await?;
             println!("{}", serde_json::json!({ "store_epoch": epoch }));

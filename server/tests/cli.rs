@@ -259,6 +259,93 @@ fn operators_enroll_import_sync_and_export_with_the_cli() {
     let report = run(&["device", "--store", &b, "sync"], dir.path());
     assert_eq!(report["pulled_docs"], 1);
 
+    // The read model: records by folded name, the dashboard, the report and exports.
+    let found = json_lines(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "records",
+            "--name",
+            "nguyen van 1",
+        ],
+        dir.path(),
+    );
+    assert_eq!(found.len(), 11, "Nguyễn Văn 1 and 10..=19");
+    assert!(found.iter().all(|r| r["commune"] == "DB-MUONGPHANG"));
+    let xuan = json_lines(
+        &["admin", "--database", &db, "records", "--name", "LO THI"],
+        dir.path(),
+    );
+    assert_eq!(xuan.len(), 1);
+    assert_eq!(xuan[0]["applicant_name"], "Lò Thị Xuân");
+    let dashboard = json_lines(&["admin", "--database", &db, "dashboard"], dir.path());
+    assert_eq!(dashboard.len(), 1);
+    assert_eq!(
+        (
+            dashboard[0]["received_this_month"].as_u64(),
+            dashboard[0]["open"].as_u64()
+        ),
+        (Some(26), Some(26))
+    );
+    let today = communesync_core::catalogue::CivilDate::today().to_string();
+    let report = run(
+        &[
+            "admin",
+            "--database",
+            &db,
+            "report",
+            "--from",
+            &today,
+            "--to",
+            &today,
+            "--format",
+            "json",
+        ],
+        dir.path(),
+    );
+    assert_eq!(report["lines"][0]["procedure_code"], "1.001193");
+    assert_eq!(report["lines"][0]["received"], 26);
+    let csv = Command::new(BIN)
+        .args([
+            "admin",
+            "--database",
+            &db,
+            "export-records",
+            "--name",
+            "xuan",
+        ])
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(csv.stdout).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(csv.starts_with("id,commune,kind,status,"));
+    assert!(csv.contains(",Lò Thị Xuân,"));
+    let rebuilt = run(
+        &["admin", "--database", &db, "rebuild-read-model"],
+        dir.path(),
+    );
+    assert_eq!(rebuilt["read_model_rows"], 26);
+    let token = std::fs::read_to_string(dir.path().join("communesync-admin-token")).unwrap();
+    let answer = raw_get(
+        &listen,
+        "/v1/admin/records/search?name=lo%20thi%20xuan",
+        token.trim(),
+    );
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("Lò Thị Xuân"), "{answer}");
+    let bad = raw_get(
+        &listen,
+        "/v1/admin/report?from=2026-09-02&to=2026-09-01",
+        token.trim(),
+    );
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad}");
+    let unauthenticated = raw_get(&listen, "/v1/admin/dashboard", "not-a-token");
+    assert!(
+        unauthenticated.starts_with("HTTP/1.1 401"),
+        "{unauthenticated}"
+    );
+
     // Revocation with a wipe order.
     let device_b = devices
         .iter()
@@ -509,6 +596,71 @@ fn the_device_quarantine_is_listed_and_settled_from_the_cli() {
             .contains("no record")
     );
     assert!(refuse(&["retry", "not-an-id"]).contains("id"));
+}
+
+#[test]
+fn a_tablet_installs_a_catalogue_file_before_its_first_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("tablet.db");
+    let store = store.to_str().unwrap();
+    let file = dir.path().join("catalogue.json");
+    std::fs::write(
+        &file,
+        r#"{"procedures":[
+            {"code":"1.001193","name":"Đăng ký khai sinh","sector":"Hộ tịch","processing":{"working_days":1},
+             "form":{"fields":[{"name":"child_name","label":"Họ tên trẻ","type":"text","required":true}]},"version":4},
+            {"code":"1.000894","name":"Đăng ký kết hôn","sector":"Hộ tịch","processing_days":5},
+            {"code":"2.000908","name":"Chứng thực bản sao từ bản chính","sector":"Chứng thực","processing":{"working_hours":4}}],
+          "calendar":[{"day":"2027-02-20","working":true,"reason":"Làm bù"}]}"#,
+    )
+    .unwrap();
+    let installed = run(
+        &[
+            "device",
+            "--store",
+            store,
+            "catalogue",
+            "import",
+            file.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    assert_eq!(installed["procedures"], 3);
+    let found = run(
+        &[
+            "device",
+            "--store",
+            store,
+            "catalogue",
+            "search",
+            "khai sinh",
+        ],
+        dir.path(),
+    );
+    assert_eq!(found["code"], "1.001193");
+    assert_eq!(found["version"], 4);
+    let sectors = run(
+        &["device", "--store", store, "catalogue", "sectors"],
+        dir.path(),
+    );
+    assert_eq!(sectors["sector"], "Hộ tịch");
+    assert_eq!(sectors["procedures"], 2);
+
+    // A bad file is refused with its reason and changes nothing.
+    std::fs::write(&file, r#"{"procedures":[{"code":"1","name":"x"}]}"#).unwrap();
+    let refused = Command::new(BIN)
+        .args(["device", "--store", store, "catalogue", "import"])
+        .arg(&file)
+        .env("COMMUNESYNC_STORE_KEY", "11".repeat(32))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("no processing time"));
+    let found = run(
+        &["device", "--store", store, "catalogue", "search", "ket hon"],
+        dir.path(),
+    );
+    assert_eq!(found["code"], "1.000894");
 }
 
 #[test]

@@ -23,9 +23,13 @@ use std::time::Duration;
 
 use communesync_core::keys::{DeviceSigningKey, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
+use communesync_server::storage::attachments::{
+    AttachmentLimits, ChunkRefusal, ChunkUpload, ContentState, Referenced,
+};
 use communesync_server::storage::{
-    self, Device, FeedItem, IncomingChange, IncomingDoc, MAX_REFUSAL_MESSAGE_BYTES,
-    MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope, ServerStorage, StorageError,
+    self, Device, ExternalIdClaim, FeedItem, IncomingChange, IncomingDoc,
+    MAX_REFUSAL_MESSAGE_BYTES, MAX_REFUSALS_PER_DEVICE, PushSignatureRow, RefusalRow, Scope,
+    ServerStorage, StorageError,
 };
 use sha2::{Digest, Sha256};
 
@@ -239,11 +243,18 @@ conformance!(
     stats,
     reopen_keeps_data,
     concurrent_ingest_feed_never_skips,
+    attachments_upload_in_order_resume_and_complete,
+    attachments_scope_follows_live_references,
+    attachments_whole_hash_is_checked,
+    attachments_quotas,
+    attachments_sweep_after_grace,
+    attachments_are_kept_per_commune,
     number_blocks_never_overlap_across_replicas,
     number_usage_reports_grow_and_stay_with_their_device,
     dossier_numbers_keep_their_first_document,
     device_keys_register_replace_revoke_and_delta,
     push_signatures_are_kept_and_linked_from_each_change,
+    external_ids_keep_their_first_record_per_commune,
 );
 
 // --- helpers ----------------------------------------------------------------------------------
@@ -267,6 +278,7 @@ fn doc(id: RecordId, commune: &str, changes: Vec<IncomingChange>) -> IncomingDoc
         kind: RecordKind::Application,
         commune: commune.to_owned(),
         changes,
+        projection: None,
     }
 }
 
@@ -1698,13 +1710,81 @@ async fn province_scope(f: &Fixture) {
 async fn catalogue_versions(f: &Fixture) {
     let s = f.s();
     assert_eq!(s.catalogue().await.unwrap(), None);
+    assert_eq!(s.catalogue_head().await.unwrap(), None);
     assert_eq!(s.put_catalogue(r#"{"procedures":[]}"#).await.unwrap(), 1);
-    let v2 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh"}]}"#;
+    let v2 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh","processing_days":1},
+        {"code":"1.002","name":"Đăng ký kết hôn","processing_days":5}]}"#;
     assert_eq!(s.put_catalogue(v2).await.unwrap(), 2);
     assert_eq!(s.catalogue().await.unwrap(), Some((2, v2.to_owned())));
+    let changed: Vec<(u64, String, bool)> = s
+        .catalogue_changes(0, "", 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| (row.changed, row.code, row.removed))
+        .collect();
+    assert_eq!(
+        changed,
+        [(2, "1.001".into(), false), (2, "1.002".into(), false)]
+    );
+    // A page starts after a position.
+    let after = s.catalogue_changes(2, "1.001", 10).await.unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].code, "1.002");
+
+    // Through another connection: one procedure gets a new version, the other is removed, the
+    // calendar moves. Only those entries change.
     let replica = f.replica().await;
-    assert_eq!(replica.put_catalogue("{}").await.unwrap(), 3);
-    assert_eq!(s.catalogue().await.unwrap(), Some((3, "{}".to_owned())));
+    let v3 = r#"{"procedures":[{"code":"1.001","name":"Đăng ký khai sinh","processing_days":2,"version":2}],
+        "holidays":["2027-09-02"]}"#;
+    assert_eq!(replica.put_catalogue(v3).await.unwrap(), 3);
+    let since_2 = s.catalogue_changes(2, "", 10).await.unwrap();
+    let summary: Vec<(String, u64, bool)> = since_2
+        .iter()
+        .map(|row| (row.code.clone(), row.version, row.removed))
+        .collect();
+    assert_eq!(
+        summary,
+        [("1.001".into(), 2, false), ("1.002".into(), 1, true)]
+    );
+    let head = s.catalogue_head().await.unwrap().unwrap();
+    assert_eq!((head.version, head.calendar_version), (3, 3));
+    assert!(head.calendar.contains("2027-09-02"));
+    // Every version stays, for the dossiers that pinned them.
+    let mut versions: Vec<(String, u64)> = s
+        .procedure_versions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(code, version, _)| (code, version))
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        [
+            ("1.001".into(), 1),
+            ("1.001".into(), 2),
+            ("1.002".into(), 1)
+        ]
+    );
+    // A version changed in place is refused, and nothing changes.
+    let in_place =
+        r#"{"procedures":[{"code":"1.001","name":"Khai sinh","processing_days":2,"version":2}]}"#;
+    assert!(matches!(
+        s.put_catalogue(in_place).await,
+        Err(StorageError::Conflict(_))
+    ));
+    assert_eq!(s.catalogue_head().await.unwrap().unwrap().version, 3);
+    // A plan made against an older version loses to the publication in between.
+    let stale = communesync_server::storage::CataloguePublication {
+        base_version: 2,
+        json: "{}".into(),
+        ..Default::default()
+    };
+    assert!(matches!(
+        s.publish_catalogue(stale).await,
+        Err(StorageError::Conflict(_))
+    ));
 }
 
 async fn store_epoch_is_stable_until_renewed(f: &Fixture) {
@@ -2130,6 +2210,500 @@ async fn postgres_upgrades_from_version_2() {
     check_upgraded_from_version_2(s.as_ref()).await;
 }
 
+// --- attachments ------------------------------------------------------------------------------
+
+const CHUNK: u32 = 16 * 1024;
+
+fn content(len: usize, seed: u8) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+fn referenced(commune: &str, size: u64) -> Referenced {
+    Referenced {
+        commune: commune.into(),
+        size,
+    }
+}
+
+fn upload<'a>(data: &'a [u8], index: u32, device: &Device, commune: &'a str) -> ChunkUpload<'a> {
+    let start = index as usize * CHUNK as usize;
+    let end = (start + CHUNK as usize).min(data.len());
+    ChunkUpload {
+        sha256: sha(data),
+        size: data.len() as u64,
+        chunk_size: CHUNK,
+        index,
+        bytes: &data[start..end],
+        device: device.id,
+        commune,
+    }
+}
+
+async fn attachments_upload_in_order_resume_and_complete(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (device, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let data = content(3 * CHUNK as usize + 100, 1);
+    let hash = sha(&data);
+    let limits = AttachmentLimits::default();
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    let put = |i: u32| {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &device, "c1"), &limits, NOW)
+    };
+    let state = put(0).await.unwrap().unwrap();
+    assert_eq!((state.received, state.complete), (1, false));
+    // A chunk sent again (its answer was lost in a cut) is a no-op.
+    assert_eq!(put(0).await.unwrap().unwrap().received, 1);
+    // A gap is refused and stores nothing.
+    assert!(matches!(
+        put(2).await.unwrap(),
+        Err(ChunkRefusal::Mismatch(_))
+    ));
+    // Another chunk size for the same content is refused.
+    let mut odd = upload(&data, 1, &device, "c1");
+    odd.chunk_size = 2 * CHUNK;
+    odd.bytes = &data[..2 * CHUNK as usize];
+    assert!(matches!(
+        f.s().put_attachment_chunk(odd, &limits, NOW).await.unwrap(),
+        Err(ChunkRefusal::Mismatch(_))
+    ));
+    put(1).await.unwrap().unwrap();
+    // A stale partial upload under another size never blocks the content: an upload of
+    // another size restarts it from chunk 0, and the honest one restarts it back.
+    let mut stale = upload(&data[..CHUNK as usize + 1], 0, &device, "c1");
+    stale.sha256 = hash;
+    let restarted = f
+        .s()
+        .put_attachment_chunk(stale, &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((restarted.size, restarted.received), (CHUNK as u64 + 1, 1));
+    assert_eq!(put(0).await.unwrap().unwrap().received, 1);
+    put(1).await.unwrap().unwrap();
+    // Not complete yet: nothing is served.
+    assert_eq!(f.s().attachment_chunk("c1", hash, 0).await.unwrap(), None);
+    // Another replica resumes where the first stopped.
+    let replica = f.replica().await;
+    assert_eq!(
+        replica
+            .attachment_state("c1", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .received,
+        2
+    );
+    replica
+        .put_attachment_chunk(upload(&data, 2, &device, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = replica
+        .put_attachment_chunk(upload(&data, 3, &device, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        done,
+        ContentState {
+            size: data.len() as u64,
+            chunk_size: CHUNK,
+            received: 4,
+            complete: true
+        }
+    );
+    let mut back = Vec::new();
+    for i in 0..4 {
+        back.extend(
+            f.s()
+                .attachment_chunk("c1", hash, i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(back, data);
+    assert_eq!(f.s().attachment_chunk("c1", hash, 4).await.unwrap(), None);
+    // Complete: any chunk again is a no-op.
+    assert!(put(0).await.unwrap().unwrap().complete);
+}
+
+async fn attachments_scope_follows_live_references(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let hash = sha("the C1 identity card");
+    let doc = RecordId::new();
+    let c1 = Scope::Commune("c1".into());
+    let c2 = Scope::Commune("c2".into());
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+    f.s()
+        .reference_attachment(hash, "c1", doc, 1234, true, NOW)
+        .await
+        .unwrap();
+    assert_eq!(
+        f.s().attachment_referenced(hash, &c1).await.unwrap(),
+        Some(referenced("c1", 1234))
+    );
+    assert_eq!(f.s().attachment_referenced(hash, &c2).await.unwrap(), None);
+    assert_eq!(
+        f.s()
+            .attachment_referenced(hash, &Scope::Province)
+            .await
+            .unwrap(),
+        Some(referenced("c1", 1234))
+    );
+    // A tombstone ends the reference, and is never made live again.
+    f.s()
+        .reference_attachment(hash, "c1", doc, 1234, false, NOW + 1)
+        .await
+        .unwrap();
+    f.s()
+        .reference_attachment(hash, "c1", doc, 1234, true, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+}
+
+async fn attachments_whole_hash_is_checked(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (device, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let data = content(2 * CHUNK as usize, 2);
+    let mut forged = data.clone();
+    forged[CHUNK as usize + 5] ^= 0xff;
+    let limits = AttachmentLimits::default();
+    // Chunks of other bytes under the hash of `data`.
+    let mut first = upload(&forged, 0, &device, "c1");
+    first.sha256 = sha(&data);
+    f.s()
+        .put_attachment_chunk(first, &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut second = upload(&forged, 1, &device, "c1");
+    second.sha256 = sha(&data);
+    assert_eq!(
+        f.s()
+            .put_attachment_chunk(second, &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::HashMismatch)
+    );
+    let state = f
+        .s()
+        .attachment_state("c1", sha(&data))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((state.received, state.complete), (0, false));
+    assert_eq!(
+        f.s().attachment_chunk("c1", sha(&data), 0).await.unwrap(),
+        None
+    );
+    // The honest bytes then complete it.
+    for i in 0..2 {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &device, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        f.s()
+            .attachment_state("c1", sha(&data))
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+}
+
+async fn attachments_quotas(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (t1, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let (t2, _) = enroll(f.s(), Scope::Commune("c1".into()), "t2").await;
+    let limits = AttachmentLimits {
+        device_quota: 3 * CHUNK as u64,
+        commune_quota: 5 * CHUNK as u64,
+    };
+    let a = content(2 * CHUNK as usize, 3);
+    let b = content(2 * CHUNK as usize, 4);
+    let c = content(2 * CHUNK as usize, 5);
+    f.s()
+        .put_attachment_chunk(upload(&a, 0, &t1, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    // t1 would pass its own quota.
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&b, 0, &t1, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+    assert_eq!(f.s().attachment_state("c1", sha(&b)).await.unwrap(), None);
+    f.s()
+        .put_attachment_chunk(upload(&b, 0, &t2, "c1"), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    // The commune would pass its quota, whoever uploads.
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&c, 0, &t2, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+}
+
+async fn attachments_sweep_after_grace(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (device, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let limits = AttachmentLimits::default();
+    let kept = content(100, 6);
+    let removed = content(100, 7);
+    let orphan = content(100, 8);
+    for data in [&kept, &removed, &orphan] {
+        f.s()
+            .put_attachment_chunk(upload(data, 0, &device, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let doc = RecordId::new();
+    f.s()
+        .reference_attachment(sha(&kept), "c1", doc, 100, true, NOW)
+        .await
+        .unwrap();
+    f.s()
+        .reference_attachment(sha(&removed), "c1", doc, 100, true, NOW)
+        .await
+        .unwrap();
+    f.s()
+        .reference_attachment(sha(&removed), "c1", doc, 100, false, NOW + HOUR)
+        .await
+        .unwrap();
+    let grace = 24 * HOUR;
+    // Within the grace period nothing goes (the orphan was created at NOW).
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + grace - 1, grace)
+            .await
+            .unwrap(),
+        0
+    );
+    // The orphan's grace ended; the removed one's started an hour later.
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        f.s().attachment_state("c1", sha(&orphan)).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + HOUR + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        f.s().attachment_state("c1", sha(&removed)).await.unwrap(),
+        None
+    );
+    // A live reference keeps its content for ever.
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + 1000 * grace, grace)
+            .await
+            .unwrap(),
+        0
+    );
+    assert!(
+        f.s()
+            .attachment_state("c1", sha(&kept))
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+}
+/// Contents are kept per commune: a commune whose record names another commune's hash (and
+/// size) reaches only its own, empty content of that hash; only the matching bytes complete it,
+/// and then it is stored apart. Quotas and the sweep count each commune's own contents.
+async fn attachments_are_kept_per_commune(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (hostile, _) = enroll(f.s(), Scope::Commune("c1".into()), "t1").await;
+    let (owner, _) = enroll(f.s(), Scope::Commune("c2".into()), "t2").await;
+    let data = content(2 * CHUNK as usize + 10, 9);
+    let hash = sha(&data);
+    let size = data.len() as u64;
+    // Each commune's quota holds exactly this one content.
+    let limits = AttachmentLimits {
+        device_quota: size,
+        commune_quota: size,
+    };
+    f.s()
+        .reference_attachment(hash, "c2", RecordId::new(), size, true, NOW)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        f.s()
+            .put_attachment_chunk(upload(&data, i, &owner, "c2"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert!(
+        f.s()
+            .attachment_state("c2", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+
+    // c1's record names the hash and size it learnt.
+    let hostile_doc = RecordId::new();
+    f.s()
+        .reference_attachment(hash, "c1", hostile_doc, size, true, NOW)
+        .await
+        .unwrap();
+    let c1 = Scope::Commune("c1".into());
+    assert_eq!(
+        f.s().attachment_referenced(hash, &c1).await.unwrap(),
+        Some(referenced("c1", size))
+    );
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    for i in 0..3 {
+        assert_eq!(f.s().attachment_chunk("c1", hash, i).await.unwrap(), None);
+    }
+    // The province reads the commune that holds it whole.
+    assert_eq!(
+        f.s()
+            .attachment_referenced(hash, &Scope::Province)
+            .await
+            .unwrap(),
+        Some(referenced("c2", size))
+    );
+
+    // Other bytes under that hash: stored from chunk 0 in c1 (never answered from c2's content),
+    // refused at the last chunk by the whole hash.
+    let mut forged = data.clone();
+    forged[7] ^= 0x55;
+    let forge = |i: u32| {
+        let mut chunk = upload(&forged, i, &hostile, "c1");
+        chunk.sha256 = hash;
+        chunk
+    };
+    let first = f
+        .s()
+        .put_attachment_chunk(forge(0), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.received, first.complete), (1, false));
+    f.s()
+        .put_attachment_chunk(forge(1), &limits, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        f.s()
+            .put_attachment_chunk(forge(2), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::HashMismatch)
+    );
+    assert_eq!(f.s().attachment_chunk("c1", hash, 0).await.unwrap(), None);
+    // c2's content is untouched.
+    let mut back = Vec::new();
+    for i in 0..3 {
+        back.extend(
+            f.s()
+                .attachment_chunk("c2", hash, i)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    assert_eq!(back, data);
+
+    // c1 uploading the very bytes stores its own copy, within its own quota (c2's copy does
+    // not count against c1).
+    for i in 0..3 {
+        let state = f
+            .s()
+            .put_attachment_chunk(upload(&data, i, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(state.received, i + 1);
+    }
+    assert!(
+        f.s()
+            .attachment_state("c1", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // Within c1 the content is stored once: sending it again finds it whole.
+    assert!(
+        f.s()
+            .put_attachment_chunk(upload(&data, 0, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    // c1's quota is now full; c2's is its own.
+    let other = content(100, 10);
+    assert!(matches!(
+        f.s()
+            .put_attachment_chunk(upload(&other, 0, &hostile, "c1"), &limits, NOW)
+            .await
+            .unwrap(),
+        Err(ChunkRefusal::Quota(_))
+    ));
+
+    // c1's record drops the reference: the sweep deletes c1's copy only.
+    f.s()
+        .reference_attachment(hash, "c1", hostile_doc, size, false, NOW + HOUR)
+        .await
+        .unwrap();
+    let grace = 24 * HOUR;
+    assert_eq!(
+        f.s()
+            .sweep_attachments(NOW + HOUR + grace + 1, grace)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(f.s().attachment_state("c1", hash).await.unwrap(), None);
+    assert_eq!(f.s().attachment_referenced(hash, &c1).await.unwrap(), None);
+    assert!(
+        f.s()
+            .attachment_state("c2", hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .complete
+    );
+    assert_eq!(
+        f.s()
+            .attachment_chunk("c2", hash, 2)
+            .await
+            .unwrap()
+            .unwrap(),
+        &data[2 * CHUNK as usize..]
+    );
+}
 // --- dossier numbers --------------------------------------------------------------------------
 
 const FORMAT: &str = "{agency}-{yymmdd}-{seq:6}";
@@ -2406,4 +2980,58 @@ async fn push_signatures_are_kept_and_linked_from_each_change(f: &Fixture) {
     assert_eq!(*found[&sha("x")], first);
     assert_eq!(*found[&sha("y")], first);
     assert_eq!(*found[&sha("z")], second);
+}
+
+#[path = "storage_conformance/read_model.rs"]
+mod read_model;
+
+async fn external_ids_keep_their_first_record_per_commune(f: &Fixture) {
+    communes_c1_c2(f.s()).await;
+    let (a, _) = enroll(f.s(), Scope::Commune("c1".into()), "a").await;
+    let (b, _) = enroll(f.s(), Scope::Commune("c1".into()), "b").await;
+    let claim = |commune: &str, key: &str, doc: RecordId| ExternalIdClaim {
+        commune: commune.into(),
+        external_id: key.into(),
+        doc,
+    };
+    let (first, second, other) = (RecordId::new(), RecordId::new(), RecordId::new());
+    assert_eq!(f.s().external_id("c1", "SK-1").await.unwrap(), None);
+    let lost = f
+        .s()
+        .claim_external_ids(
+            a.id,
+            &[claim("c1", "SK-1", first), claim("c1", "SK-2", second)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, []);
+    // Claimed again by the same records (a retried push): theirs still.
+    let again = f
+        .s()
+        .claim_external_ids(a.id, &[claim("c1", "SK-1", first)], NOW)
+        .await
+        .unwrap();
+    assert_eq!(again, []);
+    // Another record of the commune loses; the same key in another commune is another key.
+    let intruder = RecordId::new();
+    let lost = f
+        .s()
+        .claim_external_ids(
+            b.id,
+            &[claim("c1", "SK-2", intruder), claim("c2", "SK-2", other)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(lost, [intruder]);
+    f.s().claim_external_ids(b.id, &[], NOW).await.unwrap();
+    assert_eq!(
+        f.s().external_id("c1", "SK-2").await.unwrap(),
+        Some((second, a.id))
+    );
+    assert_eq!(
+        f.replica().await.external_id("c2", "SK-2").await.unwrap(),
+        Some((other, b.id))
+    );
 }

@@ -49,7 +49,14 @@ fn base() -> (RecordId, RecordDoc) {
             device: uuid::Uuid::from_bytes([1; 16]),
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
+        imported: None,
     };
     let device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
     let doc = RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap();

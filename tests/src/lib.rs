@@ -3,6 +3,7 @@
 //! the PostgreSQL named by `COMMUNESYNC_TEST_DATABASE_URL`), with helpers to create communes and
 //! enrollment codes.
 
+pub mod catalogue_gen;
 pub mod failover;
 pub mod process;
 pub mod tls;

@@ -31,6 +31,9 @@ const COMMUNE_B: &str = "DB-NATAU";
 /// Every route the router serves, as (method, path). Checked against the source of the router.
 const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/health"),
+    ("GET", "/v1/health/live"),
+    ("GET", "/v1/health/ready"),
+    ("GET", "/metrics"),
     ("POST", "/v1/enroll"),
     ("POST", "/v1/sync"),
     ("POST", "/v1/device/key"),
@@ -48,8 +51,17 @@ const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/admin/records/{id}/history"),
     ("GET", "/v1/admin/records"),
     ("GET", "/v1/admin/number-blocks"),
+    ("GET", "/v1/admin/records/search"),
+    ("GET", "/v1/admin/records/{id}"),
+    ("GET", "/v1/admin/dashboard"),
+    ("GET", "/v1/admin/report"),
+    ("GET", "/v1/admin/export/records"),
+    ("POST", "/v1/admin/read-model/rebuild"),
     ("GET", "/v1/admin/stats"),
     ("PUT", "/v1/admin/catalogue"),
+    ("GET", "/v1/attachments/{sha256}"),
+    ("GET", "/v1/attachments/{sha256}/chunks/{index}"),
+    ("PUT", "/v1/attachments/{sha256}/chunks/{index}"),
 ];
 
 /// The (method, path) pairs that `router()` in `server/src/http/mod.rs` registers, read from its
@@ -301,7 +313,17 @@ impl World {
         } else {
             path.replace("{id}", &self.spare_device.to_string())
         };
-        let url = format!("{}{path}", self.server.url());
+        // A content no record names (the body of the upload below).
+        let path = path
+            .replace("{sha256}", &communesync_core::attachment::sha256_hex(b"x"))
+            .replace("{index}", "0");
+        // The report needs its range.
+        let query = if path == "/v1/admin/report" {
+            "?from=2026-01-01&to=2026-12-31"
+        } else {
+            ""
+        };
+        let url = format!("{}{path}{query}", self.server.url());
         let mut request = match method {
             "GET" => self.http.get(&url),
             "POST" => self.http.post(&url),
@@ -330,6 +352,11 @@ impl World {
             "/v1/admin/enrollment-codes" => {
                 request.json(&serde_json::json!({"scope": {"commune": COMMUNE_A}, "ttl_hours": 1}))
             }
+            upload if method == "PUT" && upload.starts_with("/v1/attachments/") => request
+                .header("x-content-size", "1")
+                .header("x-chunk-size", "16384")
+                .header("x-chunk-sha256", communesync_core::attachment::sha256_hex(b"x"))
+                .body("x"),
             "/v1/admin/catalogue" => request.body(
                 r#"{"procedures":[{"code":"1.001193","name":"Đăng ký khai sinh","processing_days":1}]}"#,
             ),
@@ -376,7 +403,8 @@ impl World {
 fn expected(caller: Caller, method: &str, path: &str) -> u16 {
     use Caller::*;
     match (method, path) {
-        ("GET", "/v1/health") => 200,
+        // Health and metrics are open (no secret in them).
+        ("GET", "/v1/health" | "/v1/health/live" | "/v1/health/ready" | "/metrics") => 200,
         // Enrollment needs no credential, and a credential does not help: a wrong code is 401
         // whoever sends it.
         ("POST", "/v1/enroll") => 401,
@@ -384,6 +412,14 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
             Nobody | WrongToken | Operator => 401,
             Revoked => 403,
             OtherCommune | OwnCommune | Province => 200,
+        },
+        // A content no record of the caller's scope names: 404, as for one that does not exist;
+        // a province account reads but does not upload.
+        (_, attachment) if attachment.starts_with("/v1/attachments/") => match caller {
+            Nobody | WrongToken | Operator => 401,
+            Revoked => 403,
+            Province if method == "PUT" => 403,
+            OtherCommune | OwnCommune | Province => 404,
         },
         // A device's own key, on first use.
         ("POST", "/v1/device/key") => match caller {
@@ -403,7 +439,7 @@ fn expected(caller: Caller, method: &str, path: &str) -> u16 {
                 ("POST", "/v1/admin/devices/{id}/revoke") => 204,
                 ("POST", "/v1/admin/tokens/{id}/revoke") => 204,
                 // The matrix names no record: an unknown one.
-                ("GET", "/v1/admin/records/{id}/history") => 404,
+                ("GET", "/v1/admin/records/{id}/history" | "/v1/admin/records/{id}") => 404,
                 // Without `?number=`: a malformed request.
                 ("GET", "/v1/admin/records") => 400,
                 _ => 200,

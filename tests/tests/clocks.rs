@@ -106,7 +106,7 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
     new.procedure_code = "1.001193".into();
     let app = ahead.with(|s| s.create_application("ahead", new)).unwrap();
     let expected_due = right.with(|s| {
-        let days = s.procedure("1.001193").unwrap().processing_days;
+        let days = s.procedure("1.001193").unwrap().processing.working_days();
         s.calendar().add_working_days(received, days)
     });
     assert_eq!(app.due_at, expected_due);
@@ -164,8 +164,9 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
             [
                 "created",
                 "status",
-                "status",
-                "status",
+                // The supplement's pause and resume go with their status changes.
+                "clock_events,status",
+                "clock_events,status",
                 "due_at,procedure_code"
             ],
             "{history:#?}"
@@ -178,15 +179,19 @@ async fn tablets_with_clocks_years_wrong_sync_and_keep_order_and_due_dates() {
         // The due date followed the procedure change from the receipt date, not a clock.
         let after = t.with(|s| s.get_application(id)).unwrap();
         let due = t.with(|s| {
-            let days = s.procedure("1.000894").unwrap().processing_days;
+            let days = s.procedure("1.000894").unwrap().processing.working_days();
             s.calendar().add_working_days(received, days)
         });
         assert_eq!(after.due_at, due);
         assert_eq!(after.status, Status::InProgress);
         // Overdue lists use the date the caller passes (the app's idea of today), and the
-        // projection agrees with the document.
+        // projection agrees with the document: its effective due date, after the supplement's
+        // pause and resume (made by two tablets whose clocks disagree).
+        let deadline = t.with(|s| s.dossier_deadline(id)).unwrap();
+        assert_eq!(deadline.paused_since, None);
+        let effective = deadline.due_date;
         let late = t
-            .with(|s| s.overdue(after.due_at.plus_days(1), 50, 0))
+            .with(|s| s.overdue(effective.plus_days(1), 50, 0))
             .unwrap();
         assert!(late.items.iter().any(|a| a.id == id));
         let early = t.with(|s| s.overdue(received, 50, 0)).unwrap();

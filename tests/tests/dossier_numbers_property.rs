@@ -97,12 +97,11 @@ impl World {
             DeviceStore::open_with_clock(StoreConfig::new(path), Arc::new(self.clock.clone()))
                 .unwrap();
         store
-            .import_catalogue(&[Procedure {
-                code: "1.001193".into(),
-                name: "Đăng ký khai sinh".into(),
-                processing_days: 3,
-                withdrawal_allowed: true,
-            }])
+            .import_catalogue(&[Procedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                communesync_core::catalogue::ProcessingTime::WorkingDays(3),
+            )])
             .unwrap();
         store
     }

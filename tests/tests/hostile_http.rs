@@ -162,7 +162,14 @@ fn forged(device: DeviceId, commune: &str, edit: impl FnOnce(&mut Application)) 
             device: device.0,
             officer: "x".into(),
         },
+        attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
+        imported: None,
     };
     edit(&mut app);
     let id = app.id;
@@ -1735,7 +1742,14 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
                     device: device.0,
                     officer: "lan".into(),
                 },
+                attachments: Vec::new(),
+                procedure_version: 0,
+                form_values: Default::default(),
                 dossier_number_fallback: false,
+                clock_events: Vec::new(),
+                returned_at: None,
+                returned_on_time: None,
+                imported: None,
             };
             RecordDoc::create(&Record::Application(app), device, "lan", 0).unwrap()
         };
@@ -1754,15 +1768,25 @@ async fn a_change_automerge_cannot_apply_is_refused_as_malformed() {
         // The fuzz input is the second change of actor [1; 16] on the base it made. Only the
         // pushing device may author what it pushes: the same change, by the enrolled device, on
         // the base that device made (its dependency and its actor rewritten in place; the
-        // checksum is the receiver's to recompute).
+        // checksum is the receiver's to recompute). The fuzz base was made before records got
+        // their `attachments` list, `procedure_version` and `form_values` at creation: the
+        // change's start op is moved past today's base too (its operations name none of those
+        // fields' operations).
         const DEP: std::ops::Range<usize> = 12..44;
         const ACTOR: std::ops::Range<usize> = 45..61;
+        const SEQ: usize = 61;
         let fuzz_device = DeviceId(uuid::Uuid::from_bytes([1; 16]));
-        assert_eq!(change[DEP], base(fuzz_device).heads()[0].0);
         assert_eq!(change[ACTOR], *fuzz_device.0.as_bytes());
+        assert_eq!(change[SEQ], 2, "the second change of its actor");
         let mut doc = base(s.device);
         change[DEP].copy_from_slice(&doc.heads()[0].0);
         change[ACTOR].copy_from_slice(s.device.0.as_bytes());
+        // Its first operation follows the base's last (one LEB128 byte after the sequence
+        // number): the base grew with the application's fields since the input was found.
+        const START_OP: usize = 62;
+        let start_op = doc.changes_since(&[]).last().unwrap().max_op() + 1;
+        assert!(start_op < 128);
+        change[START_OP] = start_op as u8;
         let creation: Vec<Vec<u8>> = doc
             .changes_since(&[])
             .into_iter()

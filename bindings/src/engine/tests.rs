@@ -2,7 +2,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use communesync_core::catalogue::CivilDate;
-use communesync_core::catalogue::Procedure as CoreProcedure;
+use communesync_core::catalogue::{Procedure as CoreProcedure, ProcessingTime};
 use communesync_core::store;
 
 use super::*;
@@ -16,10 +16,12 @@ fn config(dir: &tempfile::TempDir) -> EngineConfig {
         DeviceStore::open(StoreConfig::new(&path).encrypted(EncryptionKey::new(KEY))).unwrap();
     store
         .import_catalogue(&[CoreProcedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 1,
             withdrawal_allowed: true,
+            ..CoreProcedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                ProcessingTime::WorkingDays(1),
+            )
         }])
         .unwrap();
     drop(store);

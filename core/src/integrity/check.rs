@@ -41,6 +41,33 @@ pub fn check_pushed(
     pushed: Vec<Change>,
     ctx: &RuleContext<'_>,
 ) -> Verdict {
+    check_pushed_keeping_doc(id, kind, stored, pushed, ctx).0
+}
+
+/// [`check_pushed`], also handing back the document it built when the verdict is
+/// [`Verdict::Accepted`] with a record: the stored history and the new changes applied, so that
+/// the caller reads more from it (the server's read model: conflicts, history) without decoding
+/// the changes again. `None` with every other verdict.
+pub fn check_pushed_keeping_doc(
+    id: Option<RecordId>,
+    kind: RecordKind,
+    stored: Vec<Change>,
+    pushed: Vec<Change>,
+    ctx: &RuleContext<'_>,
+) -> (Verdict, Option<RecordDoc>) {
+    let mut kept = None;
+    let verdict = check(id, kind, stored, pushed, ctx, &mut kept);
+    (verdict, kept)
+}
+
+fn check(
+    id: Option<RecordId>,
+    kind: RecordKind,
+    stored: Vec<Change>,
+    pushed: Vec<Change>,
+    ctx: &RuleContext<'_>,
+    kept: &mut Option<RecordDoc>,
+) -> Verdict {
     let malformed =
         |message: String| Verdict::Refused(Refusal::new(RefusalCode::Malformed, message));
     if stored.is_empty() && pushed.is_empty() {
@@ -150,6 +177,7 @@ pub fn check_pushed(
         }
         last = Some((meta.hash, after));
     }
+    *kept = Some(doc);
     Verdict::Accepted {
         new,
         record: Some(Box::new(record)),

@@ -13,9 +13,12 @@
 //!   3... each building on the previous; operation counters past its dependencies'; bounded
 //!   dependencies, authors and message;
 //! - the record rules ([`rules`]): a new record is valid, in the device's commune, created by
-//!   that device, received, not received in the future; an edit keeps id, kind, commune,
-//!   receipt time, creator and due date (except with the procedure), follows the status
-//!   workflow, and makes no field break its rule or limit (a field already over a limit by a
+//!   that device, received (unless it carries the import marker of a dossier imported from the
+//!   commune's register, received before its import); an edit keeps id, kind, commune,
+//!   receipt time, creator, due date (except with the procedure) and import marker, follows the status
+//!   workflow, keeps the form values within the form of the procedure version the dossier
+//!   pinned ([`check_form`]), keeps the statutory clock's events append-only and its return
+//!   verdict true (`deadline`, see [`crate::deadline`]), and makes no field break its rule or limit (a field already over a limit by a
 //!   merge never makes the record uneditable).
 //!
 //! A refusal ([`Refusal`]) carries a stable code ([`RefusalCode`]) and a message: the server
@@ -23,14 +26,18 @@
 //! other one flows.
 
 mod check;
+mod deadline;
 pub mod history;
 mod refusal;
 pub mod rules;
 
-pub use check::{Verdict, check_pushed};
+pub use check::{Verdict, check_pushed, check_pushed_keeping_doc};
 pub use history::{Admission, ChangeMeta, HistoryIndex};
 pub use refusal::{Refusal, RefusalCode};
-pub use rules::{RuleContext, Violation, check_creation, check_edit, check_officer, check_scope};
+pub use rules::{
+    ProcedureLookup, ProcedureSource, RuleContext, Violation, check_creation, check_edit,
+    check_form, check_officer, check_scope, no_catalogue,
+};
 
 #[cfg(test)]
 mod tests;

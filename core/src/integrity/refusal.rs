@@ -44,6 +44,9 @@ pub enum RefusalCode {
     /// The push's signature is not the device's over these changes (forged, another device's
     /// key, changes swapped or a revoked key): every document of the request is refused.
     BadSignature,
+    /// A new imported dossier names an external id that another record of its commune already
+    /// has: the entry of the register was imported before (by another tablet).
+    ExternalId,
     /// A code this build does not know (sent by a newer server).
     Other(String),
 }
@@ -65,6 +68,7 @@ impl RefusalCode {
             RefusalCode::DossierNumber => "dossier_number",
             RefusalCode::UnsignedPush => "unsigned_push",
             RefusalCode::BadSignature => "bad_signature",
+            RefusalCode::ExternalId => "external_id",
             RefusalCode::Other(code) => code,
         }
     }
@@ -85,6 +89,7 @@ impl RefusalCode {
             "dossier_number" => RefusalCode::DossierNumber,
             "unsigned_push" => RefusalCode::UnsignedPush,
             "bad_signature" => RefusalCode::BadSignature,
+            "external_id" => RefusalCode::ExternalId,
             other => RefusalCode::Other(other.to_owned()),
         }
     }

@@ -10,8 +10,14 @@
 //! cap, a value written before a rule existed) never makes the record uneditable: a change that
 //! does not make it worse is accepted.
 
-use crate::catalogue::CivilDate;
-use crate::record::{Application, CitizenRequest, DeviceId, Record, RequestStatus, Status};
+use std::sync::Arc;
+
+use crate::attachment::{AttachmentRef, is_content_address};
+use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
+use crate::record::{
+    Application, CitizenRequest, DeviceId, Imported, MAX_EXTERNAL_ID, MAX_ORIGINAL_REFERENCE,
+    Record, RequestStatus, Status,
+};
 use crate::{Error, Result};
 
 use super::{Refusal, RefusalCode};
@@ -24,6 +30,18 @@ pub const MAX_NOTES: usize = 64 * 1024;
 pub const MAX_DOCUMENTS: usize = 100;
 /// Most fees an application lists.
 pub const MAX_FEES: usize = 50;
+/// Most attachment references a record holds, tombstones included (each is a few hundred bytes
+/// of the record's document).
+pub const MAX_ATTACHMENTS: usize = 200;
+/// Largest attachment content, in bytes (a prepared page is ~150 KB; a PDF of a whole dossier
+/// fits).
+pub const MAX_ATTACHMENT_BYTES: u64 = 20 * 1024 * 1024;
+/// MIME types an attachment may have: images of papers and PDFs.
+pub const ATTACHMENT_MIME_TYPES: &[&str] = &["image/jpeg", "image/png", "application/pdf"];
+/// Longest caption of an attachment.
+pub const MAX_CAPTION: usize = 500;
+/// Highest page number of an attachment.
+pub const MAX_PAGE: u32 = 10_000;
 
 /// Who makes a change, and what the checker knows.
 pub struct RuleContext<'a> {
@@ -35,6 +53,47 @@ pub struct RuleContext<'a> {
     /// Whether the procedure with this code may be withdrawn; `None` when the checker does not
     /// know the procedure (then withdrawal is not refused: the other side checked it).
     pub withdrawal_allowed: &'a dyn Fn(&str) -> Option<bool>,
+    /// A procedure at a version, as far as the checker's catalogue knows it (the form a dossier
+    /// pinned). See [`ProcedureLookup`].
+    pub procedure_at: &'a dyn ProcedureSource,
+}
+
+/// Where a checker looks procedures up: its catalogue (any `Fn(&str, u64) -> ProcedureLookup`
+/// is one).
+pub trait ProcedureSource {
+    /// The procedure `code` at `version`, as far as this catalogue knows it.
+    fn lookup(&self, code: &str, version: u64) -> ProcedureLookup;
+
+    /// The working calendar this catalogue holds, which statutory time counts with
+    /// ([`crate::deadline`]); `None` when it has none (weekends off only).
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        None
+    }
+}
+
+impl<F: Fn(&str, u64) -> ProcedureLookup> ProcedureSource for F {
+    fn lookup(&self, code: &str, version: u64) -> ProcedureLookup {
+        self(code, version)
+    }
+}
+
+/// What a checker knows of a procedure at one version.
+#[derive(Debug, Clone)]
+pub enum ProcedureLookup {
+    /// The procedure at that version.
+    Known(Arc<Procedure>),
+    /// The checker's catalogue has the procedure, but never had that version: a pin nobody
+    /// published is refused (it would escape the form's rules).
+    UnknownVersion,
+    /// The checker has no catalogue entry for the code (a server with no catalogue yet, a
+    /// procedure of another province's list): a dossier without form values passes, one with
+    /// values is refused (values nobody can check).
+    UnknownCode,
+}
+
+/// A lookup that knows no procedure (a checker without a catalogue).
+pub fn no_catalogue(_: &str, _: u64) -> ProcedureLookup {
+    ProcedureLookup::UnknownCode
 }
 
 /// A broken rule: the code the server answers and the error the device store returns.
@@ -103,10 +162,11 @@ pub fn check_creation(
     // sync, and an intake may be entered late): it is kept, never judged by another clock; the
     // server records its own receive time beside it.
     let (commune, creator, initial) = match record {
+        // Only a dossier imported from the commune's register is created in its final state.
         Record::Application(a) => (
             &a.commune_code,
             a.created_by.device,
-            a.status == Status::Received,
+            a.status == Status::Received || a.imported.is_some(),
         ),
         Record::CitizenRequest(r) => (
             &r.commune_code,
@@ -139,8 +199,116 @@ pub fn check_creation(
                 "cannot be before the receipt",
             ));
         }
+        check_form(None, app, ctx)?;
+        super::deadline::check_new_dossier(app)?;
+        if let Some(imported) = &app.imported {
+            check_import_marker(app, imported)?;
+        }
     }
     Ok(())
+}
+
+/// The times an import marker vouches for: the dossier was received before it was imported,
+/// and returned (only a returned dossier has a return time) between the two.
+fn check_import_marker(
+    app: &Application,
+    imported: &Imported,
+) -> std::result::Result<(), Violation> {
+    if app.received_at > imported.imported_at {
+        return Err(Violation::field(
+            RefusalCode::InvalidField,
+            "received_at",
+            "an imported dossier was received before its import",
+        ));
+    }
+    match imported.returned_at {
+        Some(_) if app.status != Status::Returned => Err(Violation::field(
+            RefusalCode::InvalidField,
+            "imported.returned_at",
+            "only a returned dossier has a return time",
+        )),
+        Some(returned) if returned < app.received_at || returned > imported.imported_at => {
+            Err(Violation::field(
+                RefusalCode::InvalidField,
+                "imported.returned_at",
+                "must be between the receipt and the import",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The form rule: a dossier's form values conform to the form of the procedure version it
+/// pinned. Checked at creation, and at an edit that changes the values, the pin or the
+/// procedure; an edit may leave a problem that was already there (a merge), never add one.
+/// The pin changes only with the procedure.
+pub fn check_form(
+    before: Option<&Application>,
+    after: &Application,
+    ctx: &RuleContext<'_>,
+) -> std::result::Result<(), Violation> {
+    if let Some(before) = before {
+        if before.form_values == after.form_values
+            && before.procedure_version == after.procedure_version
+            && before.procedure_code == after.procedure_code
+        {
+            return Ok(());
+        }
+        if before.procedure_version != after.procedure_version
+            && before.procedure_code == after.procedure_code
+        {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "procedure_version",
+                "a dossier keeps the procedure version it was received under",
+            ));
+        }
+    }
+    let (code, version) = (&after.procedure_code, after.procedure_version);
+    if version == 0 {
+        if after.form_values.is_empty() {
+            return Ok(());
+        }
+        return Err(Violation::field(
+            RefusalCode::InvalidField,
+            "form_values",
+            "a dossier without a pinned procedure version has no form",
+        ));
+    }
+    let procedure = match ctx.procedure_at.lookup(code, version) {
+        ProcedureLookup::Known(procedure) => procedure,
+        ProcedureLookup::UnknownVersion => {
+            return Err(Violation::field(
+                RefusalCode::InvalidField,
+                "procedure_version",
+                format!("version {version} of procedure {code} was never published"),
+            ));
+        }
+        ProcedureLookup::UnknownCode if after.form_values.is_empty() => return Ok(()),
+        ProcedureLookup::UnknownCode => {
+            return Err(Violation::field(
+                RefusalCode::InvalidField,
+                "form_values",
+                format!("procedure {code} is not in the catalogue: its form cannot be checked"),
+            ));
+        }
+    };
+    let received = CivilDate::from_unix_millis(after.received_at)
+        .map_err(|e| Violation::new(RefusalCode::InvalidField, e))?;
+    let problems = procedure.form.check(&after.form_values, received);
+    let excused = match before {
+        Some(b) if b.procedure_version == version && b.procedure_code == *code => {
+            procedure.form.check(&b.form_values, received)
+        }
+        _ => Vec::new(),
+    };
+    match problems.into_iter().find(|p| !excused.contains(p)) {
+        Some(problem) => Err(Violation::new(
+            RefusalCode::InvalidField,
+            Error::invalid(problem.field, problem.reason),
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Checks one change: `before` is the record the change was made on, `after` the record it
@@ -220,6 +388,7 @@ fn check_application_edit(
     {
         return Err(immutable("application"));
     }
+    check_attachments_edit(&before.attachments, &after.attachments)?;
     // The number the citizen was given at the desk: set once at intake, in the record's first
     // change, and never altered, cleared or added later (see `crate::numbering`).
     if before.dossier_number != after.dossier_number
@@ -240,6 +409,17 @@ fn check_application_edit(
             "follows the procedure; it cannot be set",
         ));
     }
+    // Where an imported dossier came from is written with it, once: a marker added to a
+    // dossier taken on a tablet would let it skip the workflow, one altered would break the
+    // register's key.
+    if before.imported != after.imported {
+        return Err(Violation::field(
+            RefusalCode::ImmutableField,
+            "imported",
+            "is written when the dossier is imported and never changed",
+        ));
+    }
+    check_form(Some(before), after, ctx)?;
     if after.status != before.status {
         let allowed = (ctx.withdrawal_allowed)(&before.procedure_code).unwrap_or(true);
         before
@@ -247,6 +427,7 @@ fn check_application_edit(
             .check_transition(after.status, allowed)
             .map_err(|e| Violation::new(RefusalCode::IllegalTransition, e))?;
     }
+    super::deadline::check_clock_edit(before, after, ctx)?;
     Ok(())
 }
 
@@ -261,6 +442,7 @@ fn check_request_edit(
     {
         return Err(immutable("citizen_request"));
     }
+    check_attachments_edit(&before.attachments, &after.attachments)?;
     if after.status != before.status {
         before
             .status
@@ -391,12 +573,29 @@ fn application_problems(app: &Application, out: &mut Vec<FieldProblem>) {
     text(out, "notes", &app.notes, MAX_NOTES, false);
     count(out, "documents", app.documents.len(), MAX_DOCUMENTS);
     count(out, "fees", app.fees.len(), MAX_FEES);
+    if let Some(imported) = &app.imported {
+        text(
+            out,
+            "imported.external_id",
+            &imported.external_id,
+            MAX_EXTERNAL_ID,
+            true,
+        );
+        text(
+            out,
+            "imported.original_reference",
+            &imported.original_reference,
+            MAX_ORIGINAL_REFERENCE,
+            false,
+        );
+    }
     for doc in &app.documents {
         text(out, "documents.name", &doc.name, 500, true);
     }
     for fee in &app.fees {
         text(out, "fees.name", &fee.name, 200, true);
     }
+    attachment_problems(&app.attachments, out);
 }
 
 fn request_problems(request: &CitizenRequest, out: &mut Vec<FieldProblem>) {
@@ -416,6 +615,96 @@ fn request_problems(request: &CitizenRequest, out: &mut Vec<FieldProblem>) {
         text(out, "assignee", assignee, 128, true);
     }
     text(out, "notes", &request.notes, MAX_NOTES, false);
+    attachment_problems(&request.attachments, out);
+}
+
+/// Rules of the attachment references a record holds: how many, and each one's form. The
+/// server re-checks them for every pushed change, and refuses an upload of a content no
+/// reference of the device's scope names with its size.
+fn attachment_problems(refs: &[AttachmentRef], out: &mut Vec<FieldProblem>) {
+    count(out, "attachments", refs.len(), MAX_ATTACHMENTS);
+    for (i, reference) in refs.iter().enumerate() {
+        form(
+            out,
+            "attachments.id",
+            !reference.id.is_empty()
+                && reference.id.len() <= 64
+                && refs[..i].iter().all(|other| other.id != reference.id),
+            "must be a unique id of 1 to 64 bytes",
+        );
+        form(
+            out,
+            "attachments.sha256",
+            is_content_address(&reference.sha256),
+            "must be 64 lowercase hex digits",
+        );
+        form(
+            out,
+            "attachments.size",
+            (1..=MAX_ATTACHMENT_BYTES).contains(&reference.size),
+            "must be 1 byte to 20 MiB",
+        );
+        form(
+            out,
+            "attachments.mime",
+            ATTACHMENT_MIME_TYPES.contains(&reference.mime.as_str()),
+            "must be image/jpeg, image/png or application/pdf",
+        );
+        form(
+            out,
+            "attachments.page",
+            reference.page <= MAX_PAGE,
+            "must be at most 10000",
+        );
+        text(
+            out,
+            "attachments.caption",
+            &reference.caption,
+            MAX_CAPTION,
+            false,
+        );
+        if let Some(document) = &reference.document {
+            text(out, "attachments.document", document, 500, true);
+        }
+    }
+}
+
+/// What a change may do to the references: add some, change a caption, a page or the paper,
+/// remove one (a tombstone). The content a reference names, its size, type and time are fixed;
+/// a reference is never taken out of the list and a removal is never undone (so that a removal
+/// syncs, and a content named once stays accountable).
+fn check_attachments_edit(
+    before: &[AttachmentRef],
+    after: &[AttachmentRef],
+) -> std::result::Result<(), Violation> {
+    for old in before {
+        let Some(new) = after.iter().find(|r| r.id == old.id) else {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "attachments",
+                "an attachment is removed with a tombstone, not taken out of the list",
+            ));
+        };
+        if new.sha256 != old.sha256
+            || new.size != old.size
+            || new.mime != old.mime
+            || new.added_at != old.added_at
+        {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "attachments",
+                "the content, size, type and time of an attachment cannot be changed",
+            ));
+        }
+        if old.removed && !new.removed {
+            return Err(Violation::field(
+                RefusalCode::ImmutableField,
+                "attachments.removed",
+                "a removed attachment stays removed",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a record's fields on their own (what a record arriving whole from elsewhere must

@@ -32,7 +32,14 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
+        imported: None,
     }
 }
 
@@ -48,6 +55,7 @@ fn ctx(device: DeviceId) -> RuleContext<'static> {
         device,
         commune: Some(COMMUNE),
         withdrawal_allowed: &no_withdrawal,
+        procedure_at: &no_catalogue,
     }
 }
 
@@ -400,6 +408,7 @@ fn refusal_codes_survive_the_wire_including_unknown_ones() {
         RefusalCode::DossierNumber,
         RefusalCode::UnsignedPush,
         RefusalCode::BadSignature,
+        RefusalCode::ExternalId,
     ] {
         assert_eq!(RefusalCode::parse(code.as_str()), code);
     }
@@ -468,6 +477,95 @@ fn settling_a_status_conflict_with_either_value_is_accepted_and_nothing_else() {
     );
 }
 
+/// A catalogue with procedure 1.001193 at version 2 only: a form with a required child name.
+fn birth_catalogue(code: &str, version: u64) -> ProcedureLookup {
+    use crate::catalogue::{Procedure, ProcessingTime};
+    if code != "1.001193" {
+        return ProcedureLookup::UnknownCode;
+    }
+    if version != 2 {
+        return ProcedureLookup::UnknownVersion;
+    }
+    let mut p = Procedure::new(code, "Đăng ký khai sinh", ProcessingTime::WorkingDays(1));
+    p.version = 2;
+    p.form = serde_json::from_str(
+        r#"{"fields":[{"name":"child_name","label":"Họ tên trẻ","type":"text","required":true,"max_len":50}]}"#,
+    )
+    .unwrap();
+    ProcedureLookup::Known(std::sync::Arc::new(p))
+}
+
+#[test]
+fn form_values_follow_the_pinned_version_on_both_sides() {
+    use crate::catalogue::FormValue;
+    let tablet = DeviceId::new();
+    let with_catalogue = RuleContext {
+        procedure_at: &birth_catalogue,
+        ..ctx(tablet)
+    };
+    let mut good = sample(tablet);
+    good.procedure_version = 2;
+    good.form_values
+        .insert("child_name".into(), FormValue::Text("Lò Thị Mai".into()));
+    assert!(check_creation(&Record::Application(good.clone()), &with_catalogue).is_ok());
+
+    let refused = |app: &Application, ctx: &RuleContext<'_>| {
+        let v = check_creation(&Record::Application(app.clone()), ctx).unwrap_err();
+        assert_eq!(v.code, RefusalCode::InvalidField);
+        v.error.to_string()
+    };
+    // Values that break the form: a missing required field, a wrong type, an unknown field.
+    let mut missing = good.clone();
+    missing.form_values.clear();
+    assert!(refused(&missing, &with_catalogue).contains("form.child_name"));
+    let mut wrong_type = good.clone();
+    wrong_type
+        .form_values
+        .insert("child_name".into(), FormValue::Number(7));
+    assert!(refused(&wrong_type, &with_catalogue).contains("form.child_name"));
+    let mut extra = good.clone();
+    extra
+        .form_values
+        .insert("smuggled".into(), FormValue::Text("x".into()));
+    assert!(refused(&extra, &with_catalogue).contains("form.smuggled"));
+    // A pin nobody published, to escape the form.
+    let mut invented = good.clone();
+    invented.procedure_version = 99;
+    invented.form_values.clear();
+    assert!(refused(&invented, &with_catalogue).contains("never published"));
+    // Values without a pin, or for a procedure the checker cannot see.
+    let mut unpinned = good.clone();
+    unpinned.procedure_version = 0;
+    assert!(refused(&unpinned, &with_catalogue).contains("form_values"));
+    let mut elsewhere = good.clone();
+    elsewhere.procedure_code = "9.999999".into();
+    assert!(refused(&elsewhere, &with_catalogue).contains("cannot be checked"));
+    elsewhere.form_values.clear();
+    assert!(check_creation(&Record::Application(elsewhere), &with_catalogue).is_ok());
+
+    // Edits: the pin stays; a value may not break the form; an old problem is not held
+    // against an edit that leaves it as it was.
+    let before = Record::Application(good.clone());
+    let mut repinned = good.clone();
+    repinned.procedure_version = 3;
+    let v = check_edit(&before, &Record::Application(repinned), &with_catalogue).unwrap_err();
+    assert_eq!(v.code, RefusalCode::ImmutableField);
+    let mut long = good.clone();
+    long.form_values
+        .insert("child_name".into(), FormValue::Text("a".repeat(51)));
+    assert!(check_edit(&before, &Record::Application(long.clone()), &with_catalogue).is_err());
+    let mut noted = long.clone();
+    noted.notes = "Đã gọi điện.".into();
+    assert!(
+        check_edit(
+            &Record::Application(long),
+            &Record::Application(noted),
+            &with_catalogue
+        )
+        .is_ok()
+    );
+}
+
 #[test]
 fn a_dossier_number_is_set_at_creation_and_never_changed() {
     let tablet = DeviceId::new();
@@ -518,4 +616,147 @@ fn a_dossier_number_is_set_at_creation_and_never_changed() {
             RefusalCode::ImmutableField
         );
     }
+}
+
+fn imported(device: DeviceId, status: Status) -> Application {
+    Application {
+        status,
+        imported: Some(crate::record::Imported {
+            external_id: "SK-0001".into(),
+            original_reference: "12/HT-2025".into(),
+            imported_at: 1_795_399_200_000,
+            returned_at: None,
+        }),
+        ..sample(device)
+    }
+}
+
+fn created_as(app: Application, device: DeviceId) -> Vec<Change> {
+    let mut doc = RecordDoc::create(&Record::Application(app), device, "lan", 1).unwrap();
+    all_changes(&mut doc)
+}
+
+#[test]
+fn only_an_imported_dossier_is_created_past_received() {
+    let tablet = DeviceId::new();
+    for status in Status::ALL {
+        let accepted = verdict(
+            Vec::new(),
+            created_as(imported(tablet, status), tablet),
+            tablet,
+        );
+        assert!(
+            matches!(accepted, Verdict::Accepted { .. }),
+            "{status}: {accepted:?}"
+        );
+        if status != Status::Received {
+            let plain = Application {
+                status,
+                ..sample(tablet)
+            };
+            assert_eq!(
+                refused_code(verdict(Vec::new(), created_as(plain, tablet), tablet)),
+                RefusalCode::IllegalTransition
+            );
+        }
+    }
+    // Returned, with its return time between receipt and import.
+    let mut returned = imported(tablet, Status::Returned);
+    if let Some(marker) = &mut returned.imported {
+        marker.returned_at = Some(returned.received_at + 1);
+    }
+    assert!(matches!(
+        verdict(Vec::new(), created_as(returned.clone(), tablet), tablet),
+        Verdict::Accepted { .. }
+    ));
+    let mut bad = Vec::new();
+    // Received after its import.
+    let mut late = imported(tablet, Status::Ready);
+    late.received_at = 1_795_399_200_001;
+    bad.push(late);
+    // A return time on a dossier not returned, or outside receipt..import.
+    let mut not_returned = returned.clone();
+    not_returned.status = Status::Ready;
+    bad.push(not_returned);
+    for at in [returned.received_at - 1, 1_795_399_200_001] {
+        let mut outside = returned.clone();
+        if let Some(marker) = &mut outside.imported {
+            marker.returned_at = Some(at);
+        }
+        bad.push(outside);
+    }
+    // An empty or oversized external id.
+    for id in [
+        String::new(),
+        "x".repeat(crate::record::MAX_EXTERNAL_ID + 1),
+    ] {
+        let mut app = imported(tablet, Status::Ready);
+        if let Some(marker) = &mut app.imported {
+            marker.external_id = id;
+        }
+        bad.push(app);
+    }
+    for app in bad {
+        let code = refused_code(verdict(Vec::new(), created_as(app.clone(), tablet), tablet));
+        assert!(
+            matches!(code, RefusalCode::InvalidField | RefusalCode::TooLarge),
+            "{app:?}: {code}"
+        );
+    }
+}
+
+#[test]
+fn the_import_marker_is_never_added_changed_or_removed() {
+    let tablet = DeviceId::new();
+    let marker = imported(tablet, Status::Returned).imported;
+    // Added to a dossier taken on the tablet, to skip its workflow.
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let forged = edit(&mut doc, |a| {
+        a.imported = marker.clone();
+        a.status = Status::Returned;
+    });
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![forged], tablet)),
+        RefusalCode::ImmutableField
+    );
+    let mut doc = created(tablet);
+    let root = all_changes(&mut doc);
+    let only_marker = edit(&mut doc, |a| a.imported = marker.clone());
+    assert_eq!(
+        refused_code(verdict(root, vec![only_marker], tablet)),
+        RefusalCode::ImmutableField
+    );
+    // Changed or removed on an imported dossier.
+    let app = imported(tablet, Status::InProgress);
+    let mut pristine = RecordDoc::create(&Record::Application(app), tablet, "lan", 1).unwrap();
+    let root = all_changes(&mut pristine);
+    let mut doc = as_device(&mut pristine, tablet);
+    let renamed = edit(&mut doc, |a| {
+        if let Some(m) = &mut a.imported {
+            m.external_id = "SK-0002".into();
+        }
+    });
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![renamed], tablet)),
+        RefusalCode::ImmutableField
+    );
+    // Removed: a raw deletion (the typed edit never writes an absent marker).
+    let mut raw = automerge::AutoCommit::load(&pristine.save())
+        .unwrap()
+        .with_actor(crate::record::doc::actor_for(tablet));
+    automerge::transaction::Transactable::delete(&mut raw, automerge::ROOT, "imported").unwrap();
+    raw.commit();
+    let removed = raw.get_last_local_change().unwrap().clone();
+    assert_eq!(
+        refused_code(verdict(root.clone(), vec![removed], tablet)),
+        RefusalCode::ImmutableField
+    );
+    // The workflow goes on from the imported state.
+    let mut doc = as_device(&mut pristine, tablet);
+    let ready = edit(&mut doc, |a| a.status = Status::Ready);
+    assert!(matches!(
+        verdict(root, vec![ready], tablet),
+        Verdict::Accepted { .. }
+    ));
 }

@@ -37,6 +37,13 @@ pub(crate) fn application(device: DeviceId, papers: usize, name: &str) -> Applic
             officer: "nguyen.van.an".into(),
         },
         dossier_number_fallback: false,
+        attachments: Vec::new(),
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
+        imported: None,
+        procedure_version: 0,
+        form_values: Default::default(),
     }
 }
 

@@ -171,7 +171,12 @@ impl RecordDoc {
             kind: record.kind(),
             doc,
         };
-        this.commit(officer, vec!["created".to_owned()], now_ms);
+        // An imported dossier's history starts with its import (in its final state).
+        let first = match record {
+            Record::Application(a) if a.imported.is_some() => "imported",
+            _ => "created",
+        };
+        this.commit(officer, vec![first.to_owned()], now_ms);
         Ok(this)
     }
 

@@ -7,6 +7,7 @@
 //! fields as [`Conflict`]s and lists the history of changes with who made them.
 
 pub mod doc;
+mod imported;
 mod read;
 mod types;
 mod workflow;
@@ -15,5 +16,6 @@ pub use doc::{
     Conflict, ConflictValue, HistoryEntry, RecordDoc, Source, decode_change, decode_changes,
     describe_change, record_id_of_changes,
 };
+pub use imported::{Imported, MAX_EXTERNAL_ID, MAX_ORIGINAL_REFERENCE};
 pub use types::*;
 pub use workflow::{RequestStatus, Status};

@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::workflow::{RequestStatus, Status};
-use crate::catalogue::CivilDate;
+use crate::attachment::AttachmentRef;
+use crate::catalogue::{CivilDate, FormValues};
+use crate::deadline::ClockEvent;
 
 /// Identity of a record: a UUIDv7, so ids sort by creation time and never collide across tablets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -200,11 +202,45 @@ pub struct Application {
     pub notes: String,
     /// Who created it.
     pub created_by: Author,
+    /// Scans and photos attached to it (removed ones stay as tombstones). Absent in records
+    /// written before attachments existed: read as empty.
+    #[autosurgeon(missing = "Vec::new")]
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
+    /// Version of the procedure it was received under (0: received before catalogue version 2,
+    /// no form). Its form, papers and fees are that version's, whatever the catalogue says later.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub procedure_version: u64,
+    /// Values of the procedure's form, by field name, checked against the pinned version.
+    #[autosurgeon(missing = "Default::default")]
+    #[serde(default)]
+    pub form_values: FormValues,
     /// Whether [`Application::dossier_number`] is a fallback number: the device had no number
     /// block left at intake (see [`crate::numbering`]). Set with the number, never changed.
     #[autosurgeon(with = "absent_when_false")]
     #[serde(default)]
     pub dossier_number_fallback: bool,
+    /// The statutory clock's events: supplement pauses, resumes and extensions, appended and
+    /// never edited (see [`crate::deadline`]). Absent from dossiers that have none.
+    #[autosurgeon(with = "absent_when_empty")]
+    #[serde(default)]
+    pub clock_events: Vec<ClockEvent>,
+    /// When the result was handed over (ms since epoch), set with the move to `returned`.
+    #[autosurgeon(with = "absent_when_unset")]
+    #[serde(default)]
+    pub returned_at: Option<i64>,
+    /// Whether the return met the effective deadline, recorded with the move to `returned`
+    /// ([`crate::deadline::verdict`]; the integrity rules refuse any other value).
+    #[autosurgeon(with = "absent_when_unset")]
+    #[serde(default)]
+    pub returned_on_time: Option<bool>,
+    /// Set when the dossier was imported from the commune's existing register, in its first
+    /// change, and never changed (see [`super::Imported`]); `None` for a dossier taken on a
+    /// tablet.
+    #[autosurgeon(with = "super::imported::absent_when_none")]
+    #[serde(default)]
+    pub imported: Option<super::Imported>,
 }
 
 /// A request or feedback from a citizen.
@@ -236,6 +272,11 @@ pub struct CitizenRequest {
     pub notes: String,
     /// Who created it.
     pub created_by: Author,
+    /// Scans and photos attached to it (removed ones stay as tombstones). Absent in records
+    /// written before attachments existed: read as empty.
+    #[autosurgeon(missing = "Vec::new")]
+    #[serde(default)]
+    pub attachments: Vec<AttachmentRef>,
 }
 
 /// What an officer enters to create an application; the store fills id, due date and status.
@@ -262,6 +303,10 @@ pub struct NewApplication {
     /// Initial notes.
     #[serde(default)]
     pub notes: String,
+    /// Values of the procedure's form (checked against the version in force at intake, which
+    /// the application pins).
+    #[serde(default)]
+    pub form_values: FormValues,
 }
 
 /// What an officer enters to create a citizen request.
@@ -291,6 +336,10 @@ pub struct NewCitizenRequest {
 }
 
 /// Either kind of record, as read from the store.
+// An application is larger than a citizen request (form values, attachments, clock events):
+// records are read one at a time and held briefly, and boxing the variant would cost an
+// allocation on every read and a change to every match in the bindings and the server.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Record {
@@ -390,6 +439,55 @@ mod absent_when_false {
         match doc.get(obj, &prop)? {
             None => Ok(false),
             Some(_) => bool::hydrate(doc, obj, prop),
+        }
+    }
+}
+
+/// An optional value of any type written only when set (see [`absent_when_none`]).
+mod absent_when_unset {
+    use super::*;
+    pub(super) fn reconcile<T: Reconcile, R: Reconciler>(
+        value: &Option<T>,
+        reconciler: R,
+    ) -> Result<(), R::Error> {
+        match value {
+            Some(inner) => inner.reconcile(reconciler),
+            None => Ok(()),
+        }
+    }
+    pub(super) fn hydrate<T: Hydrate, D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Option<T>, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(None),
+            Some(_) => Option::<T>::hydrate(doc, obj, prop),
+        }
+    }
+}
+
+/// A list written only once it has an entry: dossiers without clock events keep their bytes.
+mod absent_when_empty {
+    use super::*;
+    pub(super) fn reconcile<T: Reconcile, R: Reconciler>(
+        value: &Vec<T>,
+        reconciler: R,
+    ) -> Result<(), R::Error> {
+        if value.is_empty() {
+            Ok(())
+        } else {
+            value.reconcile(reconciler)
+        }
+    }
+    pub(super) fn hydrate<T: Hydrate, D: ReadDoc>(
+        doc: &D,
+        obj: &automerge::ObjId,
+        prop: Prop<'_>,
+    ) -> Result<Vec<T>, HydrateError> {
+        match doc.get(obj, &prop)? {
+            None => Ok(Vec::new()),
+            Some(_) => Vec::<T>::hydrate(doc, obj, prop),
         }
     }
 }

@@ -301,12 +301,11 @@ mod tests {
     fn store(dir: &std::path::Path, name: &str) -> DeviceStore {
         let mut store = DeviceStore::open(StoreConfig::new(dir.join(name))).unwrap();
         store
-            .import_catalogue(&[crate::catalogue::Procedure {
-                code: "1.001193".into(),
-                name: "Đăng ký khai sinh".into(),
-                processing_days: 3,
-                withdrawal_allowed: true,
-            }])
+            .import_catalogue(&[crate::catalogue::Procedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                crate::catalogue::ProcessingTime::WorkingDays(3),
+            )])
             .unwrap();
         store
     }

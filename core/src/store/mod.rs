@@ -14,12 +14,15 @@
 //! - Documents the server refuses or this build cannot read are set aside, never dropped
 //!   ([`quarantine`]).
 
+mod catalogue;
 mod checkpoint;
+mod deadlines;
 mod keys;
 mod numbers;
 mod projection;
 pub mod quarantine;
 mod query;
+mod register_import;
 mod rekey;
 pub(crate) mod schema;
 mod server_epoch;
@@ -34,13 +37,15 @@ use lru::LruCache;
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use zeroize::{Zeroize, Zeroizing};
 
+pub use catalogue::ProcedureSummary;
+pub use deadlines::{DossierDeadline, MAX_VERDICT_PAGE, ReturnedDossier};
 pub use numbers::{HeldBlock, NumberUse};
 pub use quarantine::{AuditAction, AuditEntry, Direction, QuarantinedRecord, RefusedDoc};
 pub use query::{ApplicationQuery, ApplicationSummary, Page, SearchHit, SortBy, StatusCount};
 pub use schema::SCHEMA_VERSION;
 pub use sync_state::{PendingDoc, PullDoc, PullReport};
 
-use crate::catalogue::{CivilDate, Procedure, WorkingCalendar};
+use crate::catalogue::{CivilDate, WorkingCalendar};
 use crate::clock::{Clock, SystemClock};
 use crate::codec::DocCodec;
 use crate::integrity::{RuleContext, check_creation, check_edit, check_officer};
@@ -261,7 +266,8 @@ impl DeviceStore {
                 device
             }
         };
-        let calendar = load_calendar(&conn)?;
+        catalogue::fold_legacy_names(&conn)?;
+        let calendar = catalogue::load_calendar(&conn)?;
         let clock_offset_ms: i64 = conn
             .query_row(
                 "SELECT value FROM meta WHERE key = ?1",
@@ -479,64 +485,6 @@ impl DeviceStore {
         Ok(pages.saturating_mul(pragma_number(&self.conn, "page_size")?))
     }
 
-    // ----- catalogue -------------------------------------------------------------------------
-
-    /// Adds or replaces procedures of the catalogue (reference data from the province).
-    pub fn import_catalogue(&mut self, procedures: &[Procedure]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        for p in procedures {
-            if p.code.trim().is_empty() {
-                return Err(Error::invalid("procedure.code", "must not be empty"));
-            }
-            tx.execute(
-                "INSERT OR REPLACE INTO procedures(code, name, processing_days, withdrawal_allowed)
-                 VALUES (?1, ?2, ?3, ?4)",
-                params![p.code, p.name, p.processing_days, p.withdrawal_allowed],
-            )?;
-        }
-        tx.commit()?;
-        Ok(())
-    }
-
-    /// Replaces the public holiday list.
-    pub fn set_holidays(&mut self, days: &[CivilDate]) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        tx.execute("DELETE FROM holidays", [])?;
-        for day in days {
-            tx.execute(
-                "INSERT OR IGNORE INTO holidays(day) VALUES (?1)",
-                [day.to_string()],
-            )?;
-        }
-        tx.commit()?;
-        self.calendar = WorkingCalendar::new(days.iter().copied());
-        Ok(())
-    }
-
-    /// One procedure of the catalogue.
-    pub fn procedure(&self, code: &str) -> Result<Procedure> {
-        self.conn
-            .query_row(
-                "SELECT code, name, processing_days, withdrawal_allowed FROM procedures WHERE code = ?1",
-                [code],
-                |row| {
-                    Ok(Procedure {
-                        code: row.get(0)?,
-                        name: row.get(1)?,
-                        processing_days: row.get(2)?,
-                        withdrawal_allowed: row.get(3)?,
-                    })
-                },
-            )
-            .optional()?
-            .ok_or_else(|| Error::UnknownProcedure(code.to_owned()))
-    }
-
-    /// The working-day calendar in force.
-    pub fn calendar(&self) -> &WorkingCalendar {
-        &self.calendar
-    }
-
     // ----- creating ------------------------------------------------------------------------
 
     /// Records a new application received by `officer`; its due date follows the procedure's
@@ -551,10 +499,10 @@ impl DeviceStore {
         let now = self.clock.now_ms();
         // Receipt (and so the due date) by the corrected time: the device clock may be wrong.
         let received_at = new.received_at.unwrap_or_else(|| self.now_ms());
-        let due_at = self.calendar.add_working_days(
-            CivilDate::from_unix_millis(received_at)?,
-            procedure.processing_days,
-        );
+        let due_at = self
+            .calendar
+            .deadline(received_at, procedure.processing)
+            .date;
         // The number is chosen here and taken in the transaction that inserts the record.
         let number = numbers::next_number(&self.conn, self.device, &new.commune_code, received_at)?;
         let app = Application {
@@ -574,7 +522,14 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            attachments: Vec::new(),
+            procedure_version: procedure.version,
+            form_values: new.form_values,
             dossier_number_fallback: number.fallback,
+            clock_events: Vec::new(),
+            returned_at: None,
+            returned_on_time: None,
+            imported: None,
         };
         let record = Record::Application(app);
         check_creation(&record, &self.rules(&|_| None))?;
@@ -609,6 +564,7 @@ impl DeviceStore {
                 device: self.device.0,
                 officer: officer.to_owned(),
             },
+            attachments: Vec::new(),
         };
         let record = Record::CitizenRequest(request);
         check_creation(&record, &self.rules(&|_| None))?;
@@ -727,12 +683,15 @@ impl DeviceStore {
         let mut after = before.clone();
         edit(&mut after);
         if after.procedure_code != before.procedure_code {
+            // Another procedure: its due date and its version in force now.
             let procedure = self.procedure(&after.procedure_code)?;
-            after.due_at = self.calendar.add_working_days(
-                CivilDate::from_unix_millis(after.received_at)?,
-                procedure.processing_days,
-            );
+            after.due_at = self
+                .calendar
+                .deadline(after.received_at, procedure.processing)
+                .date;
+            after.procedure_version = procedure.version;
         }
+        self.fill_clock(&before, &mut after, officer);
         // A status change needs the procedure's withdrawal rule (an unknown procedure is an
         // error here, where the catalogue should have it).
         let withdrawal = if after.status != before.status {
@@ -954,11 +913,23 @@ impl DeviceStore {
             device: self.device,
             commune: self.enrolled_commune.as_deref(),
             withdrawal_allowed: withdrawal,
+            procedure_at: self,
         }
     }
 
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The connection, for the modules that open their own transactions (attachments); the
+    /// caller reports each commit with [`DeviceStore::committed`].
+    pub(crate) fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Tells the background checkpointer a transaction was committed.
+    pub(crate) fn committed(&self) {
+        self.checkpointer.committed();
     }
 }
 
@@ -973,18 +944,6 @@ fn key_pragma(conn: &Connection, pragma: &str, key: &EncryptionKey) -> Result<()
     let sql = Zeroizing::new(format!("PRAGMA {pragma} = \"x'{}'\";", hex.as_str()));
     conn.execute_batch(&sql)?;
     Ok(())
-}
-
-fn load_calendar(conn: &Connection) -> Result<WorkingCalendar> {
-    let mut stmt = conn.prepare("SELECT day FROM holidays ORDER BY day")?;
-    let days = stmt
-        .query_map([], |row| row.get::<_, String>(0))?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let days = days
-        .iter()
-        .map(|d| d.parse())
-        .collect::<Result<Vec<CivilDate>>>()?;
-    Ok(WorkingCalendar::new(days))
 }
 
 /// The row of record `id` in `documents`, if this store has it (on a connection or inside a

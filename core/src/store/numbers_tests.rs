@@ -15,12 +15,11 @@ fn open(path: &std::path::Path) -> DeviceStore {
         DeviceStore::open_with_clock(StoreConfig::new(path), Arc::new(ManualClock::new(NOW)))
             .unwrap();
     store
-        .import_catalogue(&[Procedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 3,
-            withdrawal_allowed: true,
-        }])
+        .import_catalogue(&[Procedure::new(
+            "1.001193",
+            "Đăng ký khai sinh",
+            crate::catalogue::ProcessingTime::WorkingDays(3),
+        )])
         .unwrap();
     store
 }

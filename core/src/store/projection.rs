@@ -17,6 +17,7 @@ pub(super) fn write(
     record: &Record,
     has_conflicts: bool,
 ) -> Result<()> {
+    super::register_import::index(tx, rowid, record)?;
     let (table, columns, values, body) = row_of(rowid, record, has_conflicts);
     let select = format!("SELECT {} FROM {table} WHERE doc = ?1", columns.join(", "));
     let current: Option<Vec<SqlValue>> = tx
@@ -44,6 +45,10 @@ pub(super) fn write(
             .execute(params_from_iter(values.iter()))?;
     }
 
+    if let Record::Application(app) = record {
+        super::deadlines::project(tx, rowid, app)?;
+    }
+
     let digest = digest(&body);
     let indexed: i64 = tx
         .prepare_cached("SELECT search_digest FROM documents WHERE rowid = ?1")?
@@ -54,6 +59,7 @@ pub(super) fn write(
         tx.prepare_cached("UPDATE documents SET search_digest = ?2 WHERE rowid = ?1")?
             .execute(rusqlite::params![rowid, digest])?;
     }
+    crate::attachment::content::project_refs(tx, rowid, record)?;
     Ok(())
 }
 

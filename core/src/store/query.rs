@@ -16,7 +16,7 @@ pub enum SortBy {
     /// By receipt time.
     #[default]
     ReceivedAt,
-    /// By statutory due date.
+    /// By effective due date (see [`ApplicationQuery::due_from`]).
     DueAt,
     /// By applicant name.
     ApplicantName,
@@ -36,9 +36,10 @@ pub struct ApplicationQuery {
     pub village: Option<String>,
     /// Only this assignee.
     pub assignee: Option<String>,
-    /// Due on or after this date.
+    /// Effectively due on or after this date (pauses, extensions and the calendar counted; a
+    /// dossier whose clock is stopped has no effective due date and is not matched).
     pub due_from: Option<CivilDate>,
-    /// Due on or before this date.
+    /// Effectively due on or before this date.
     pub due_until: Option<CivilDate>,
     /// Received at or after (ms since epoch).
     pub received_from: Option<i64>,
@@ -146,10 +147,10 @@ impl DeviceStore {
             push("a.assignee = ?", SqlValue::Text(assignee.clone()));
         }
         if let Some(day) = query.due_from {
-            push("a.due_at >= ?", SqlValue::Text(day.to_string()));
+            push("a.effective_due >= ?", SqlValue::Text(day.to_string()));
         }
         if let Some(day) = query.due_until {
-            push("a.due_at <= ?", SqlValue::Text(day.to_string()));
+            push("a.effective_due <= ?", SqlValue::Text(day.to_string()));
         }
         if let Some(ms) = query.received_from {
             push("a.received_at >= ?", SqlValue::Integer(ms));
@@ -170,7 +171,7 @@ impl DeviceStore {
         };
         let column = match query.sort {
             SortBy::ReceivedAt => "a.received_at",
-            SortBy::DueAt => "a.due_at",
+            SortBy::DueAt => "a.effective_due",
             SortBy::ApplicantName => "a.applicant_name",
         };
         let direction = if query.descending { "DESC" } else { "ASC" };
@@ -178,7 +179,7 @@ impl DeviceStore {
         // and sorts tens of thousands of rows; the partial index of open applications by due
         // date answers both the count and the page directly.
         let table = if query.open_only && query.status.is_none() && query.sort == SortBy::DueAt {
-            "applications a INDEXED BY applications_open_by_due"
+            "applications a INDEXED BY applications_open_by_effective_due"
         } else {
             "applications a"
         };

@@ -13,6 +13,10 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_quarantine.sql"),
     include_str!("../../migrations/0005_dossier_numbers.sql"),
     include_str!("../../migrations/0006_device_keys.sql"),
+    include_str!("../../migrations/0007_attachments.sql"),
+    include_str!("../../migrations/0008_catalogue_v2.sql"),
+    include_str!("../../migrations/0009_statutory_time.sql"),
+    include_str!("../../migrations/0010_register_import.sql"),
 ];
 
 /// The schema version this build writes.

@@ -16,13 +16,11 @@ use rusqlite::{OptionalExtension, params};
 use rayon::prelude::*;
 
 use super::{DeviceStore, Origin, load_document, rowid_in, write_changes};
-use crate::catalogue::{CivilDate, Procedure};
 use crate::codec::DocCodec;
 use crate::record::{RecordDoc, RecordId, RecordKind, Source};
 use crate::{Error, Result};
 
 pub(super) const META_CURSOR: &str = "sync_cursor";
-const META_CATALOGUE_VERSION: &str = "catalogue_version";
 const META_LAST_SYNC: &str = "last_sync_at";
 
 /// A document with changes the server has not acknowledged.
@@ -618,40 +616,5 @@ impl DeviceStore {
         tx.commit()?;
         self.checkpointer.committed();
         Ok(report)
-    }
-
-    /// Version of the procedure catalogue this device holds (0 = none from the province yet).
-    pub fn catalogue_version(&self) -> Result<u64> {
-        Ok(self
-            .conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [META_CATALOGUE_VERSION],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()?
-            .map_or(0, |v| u64::try_from(v).unwrap_or(0)))
-    }
-
-    /// Installs the province's reference data (`{"procedures":[...],"holidays":[...]}`).
-    pub fn apply_catalogue(&mut self, version: u64, json: &str) -> Result<()> {
-        #[derive(serde::Deserialize)]
-        struct Catalogue {
-            procedures: Vec<Procedure>,
-            #[serde(default)]
-            holidays: Vec<CivilDate>,
-        }
-        let catalogue: Catalogue =
-            serde_json::from_str(json).map_err(|e| Error::invalid("catalogue", e.to_string()))?;
-        self.import_catalogue(&catalogue.procedures)?;
-        self.set_holidays(&catalogue.holidays)?;
-        self.conn.execute(
-            "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
-            params![
-                META_CATALOGUE_VERSION,
-                i64::try_from(version).unwrap_or(i64::MAX)
-            ],
-        )?;
-        Ok(())
     }
 }

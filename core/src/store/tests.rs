@@ -1,4 +1,5 @@
 use super::*;
+use crate::catalogue::{Procedure, ProcessingTime};
 use crate::clock::ManualClock;
 use crate::record::Applicant;
 
@@ -9,16 +10,20 @@ const MONDAY_9AM: i64 = 1_795_399_200_000 - 7 * 3_600_000 + 9 * 3_600_000 - 2 * 
 fn catalogue() -> Vec<Procedure> {
     vec![
         Procedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 3,
             withdrawal_allowed: true,
+            ..Procedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                ProcessingTime::WorkingDays(3),
+            )
         },
         Procedure {
-            code: "2.000908".into(),
-            name: "Chứng thực bản sao".into(),
-            processing_days: 0,
             withdrawal_allowed: false,
+            ..Procedure::new(
+                "2.000908",
+                "Chứng thực bản sao",
+                ProcessingTime::WorkingDays(0),
+            )
         },
     ]
 }
@@ -476,12 +481,18 @@ fn overdue_and_due_soon_follow_working_days_and_status() {
         store.due_soon(day("2026-11-20"), 4, 50, 0).unwrap().total,
         1
     );
-    // A holiday on Wednesday pushes the window by one working day.
+    // A holiday on Wednesday moves the open dossier's effective due date to Friday (the store
+    // recomputes open dossiers when the calendar changes) and the window by one working day.
     store.set_holidays(&[day("2026-11-25")]).unwrap();
     assert_eq!(
         store.due_soon(day("2026-11-20"), 3, 50, 0).unwrap().total,
+        0
+    );
+    assert_eq!(
+        store.due_soon(day("2026-11-20"), 4, 50, 0).unwrap().total,
         1
     );
+    assert_eq!(store.overdue(day("2026-11-27"), 50, 0).unwrap().total, 0);
 }
 
 #[test]

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::transport::{HttpRequest, HttpResponse, Transport, TransportError};
+use crate::catalogue::delta::{CalendarUpdate, CatalogueDelta, CatalogueHeld};
 use crate::codec::DocCodec;
 use crate::numbering::{NumberGrant, NumberState};
 use crate::protocol::{
@@ -451,6 +452,11 @@ impl<T: Transport> SyncClient<T> {
         &self.config
     }
 
+    /// The device credential (for the attachment channel).
+    pub(crate) fn token(&self) -> &str {
+        &self.token
+    }
+
     /// Pushes every pending change and pulls the feed until nothing is left, reporting progress
     /// after each request. A second call while one runs waits for it, then runs (cheaply).
     ///
@@ -535,6 +541,7 @@ impl<T: Transport> SyncClient<T> {
                         cursor_sent,
                         device_time_sent,
                         numbers_sent,
+                        held_sent,
                     },
                 sent_at,
                 took,
@@ -650,8 +657,15 @@ impl<T: Transport> SyncClient<T> {
             // Nothing was pushed and the feed goes on: the next page is asked for while this one
             // is applied (on a blocking thread). Pages are still applied in order, each with its
             // cursor; an exchange ahead of a failed apply is dropped unread.
-            let fetch_ahead =
-                batch_was_empty && response.more && pull_moved && rounds < self.config.max_rounds;
+            // Not while a catalogue page is installed: the next page's position depends on it.
+            let fetch_ahead = batch_was_empty
+                && response.more
+                && pull_moved
+                && rounds < self.config.max_rounds
+                && !response
+                    .extensions
+                    .tags()
+                    .any(|tag| tag == <CatalogueDelta as crate::protocol::WireExtension>::TAG);
             let acked_docs = acked.len() as u64;
             let half_trip = i64::try_from(sent_at.elapsed().as_millis() / 2).unwrap_or(0);
             let catalogue_sent = response.catalogue.as_ref().map(|c| c.version);
@@ -664,7 +678,29 @@ impl<T: Transport> SyncClient<T> {
                     tracing::warn!(%err, "device keys delta refused");
                     None
                 });
+            // The catalogue by delta (tags 5 and 6): a page or a calendar that does not decode is
+            // dropped, and the next round asks again from what the device holds.
+            let catalogue_delta =
+                response
+                    .extensions
+                    .get::<CatalogueDelta>()
+                    .unwrap_or_else(|err| {
+                        tracing::warn!(%err, "catalogue delta refused");
+                        None
+                    });
+            let calendar = response
+                .extensions
+                .get::<CalendarUpdate>()
+                .unwrap_or_else(|err| {
+                    tracing::warn!(%err, "calendar update refused");
+                    None
+                });
+            let catalogue_more = catalogue_delta
+                .as_ref()
+                .and_then(|delta| delta.more.clone());
             let answer = Answer {
+                catalogue_delta,
+                calendar,
                 acked,
                 refused,
                 resend_whole,
@@ -700,6 +736,7 @@ impl<T: Transport> SyncClient<T> {
                 pull: pull_report,
                 pending,
                 quarantined,
+                catalogue_installed,
             } = applied?;
             report.quarantined = quarantined;
 
@@ -720,7 +757,11 @@ impl<T: Transport> SyncClient<T> {
             // queue). A new edit after a pull-only round is new work too.
             let push_progress = pushed_any || refused_any || newly_whole || batch_was_empty;
             let more_push = pending > 0 && push_progress;
-            let more_pull = response.more && pull_moved;
+            // A paged catalogue goes on while its position moves (a page installed).
+            let more_catalogue = catalogue_more.is_some()
+                && catalogue_more.as_ref() != held_sent.resume.as_ref()
+                && catalogue_installed;
+            let more_pull = (response.more && pull_moved) || more_catalogue;
             let go_on = (more_push || more_pull) && rounds < self.config.max_rounds;
             if (more_push || more_pull) && !go_on {
                 tracing::warn!(rounds, "sync stopped at the round limit");
@@ -796,6 +837,9 @@ impl<T: Transport> SyncClient<T> {
             let numbers = store.number_state()?;
             let mut extensions = Extensions::new();
             extensions.insert(&numbers)?;
+            // The catalogue by delta: the server answers what changed after this (tag 5/6).
+            let held = store.catalogue_held()?;
+            extensions.insert(&held)?;
             let request = SyncRequest {
                 protocol: PROTOCOL_VERSION,
                 device_time: store.clock().now_ms(),
@@ -814,7 +858,7 @@ impl<T: Transport> SyncClient<T> {
                     cursor,
                     max_bytes: u32::try_from(pull_window).unwrap_or(u32::MAX),
                 }),
-                catalogue_version: store.catalogue_version()?,
+                catalogue_version: held.version,
                 pending_docs: store.pending_count()?.saturating_sub(batch.len() as u64),
                 extensions,
             };
@@ -849,11 +893,18 @@ impl<T: Transport> SyncClient<T> {
     }
 
     /// A round that only pulls the feed after `cursor`, to send while the page before it is
-    /// applied. `catalogue` is the version that page brings, if any (not installed yet).
+    /// applied. `catalogue` is the version that page brings, if any (not installed yet); never
+    /// while a catalogue delta page is installed (the next page's position depends on it).
     fn prepare_pull(&self, cursor: u64, catalogue: Option<u64>) -> Result<Prepared, SyncError> {
         let pull_window = self.lock_windows().1.get();
         let request = {
             let store = self.lock_store();
+            let held = store.catalogue_held()?;
+            let mut extensions = Extensions::new().with(&DeviceKeysRequest {
+                keys_version: store.device_keys_version()?,
+                push: None,
+            })?;
+            extensions.insert(&held)?;
             SyncRequest {
                 protocol: PROTOCOL_VERSION,
                 device_time: store.clock().now_ms(),
@@ -862,12 +913,9 @@ impl<T: Transport> SyncClient<T> {
                     cursor,
                     max_bytes: u32::try_from(pull_window).unwrap_or(u32::MAX),
                 }),
-                catalogue_version: store.catalogue_version()?.max(catalogue.unwrap_or(0)),
+                catalogue_version: held.version.max(catalogue.unwrap_or(0)),
                 pending_docs: store.pending_count()?,
-                extensions: Extensions::new().with(&DeviceKeysRequest {
-                    keys_version: store.device_keys_version()?,
-                    push: None,
-                })?,
+                extensions,
             }
         };
         self.encode(request, Vec::new(), Vec::new())
@@ -881,6 +929,12 @@ impl<T: Transport> SyncClient<T> {
     ) -> Result<Prepared, SyncError> {
         let cursor_sent = request.pull.map_or(0, |pull| pull.cursor);
         let device_time_sent = request.device_time;
+        let held_sent = request
+            .extensions
+            .get::<CatalogueHeld>()
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         let body = request.encode(&mut self.lock_codec())?;
         Ok(Prepared {
             round: Round {
@@ -889,6 +943,7 @@ impl<T: Transport> SyncClient<T> {
                 cursor_sent,
                 device_time_sent,
                 numbers_sent: None,
+                held_sent,
             },
             request: HttpRequest {
                 path: SYNC_PATH.to_owned(),
@@ -926,6 +981,8 @@ struct Round {
     device_time_sent: i64,
     /// The dossier number state the request reported, if it did.
     numbers_sent: Option<NumberState>,
+    /// What the request said the device holds of the catalogue.
+    held_sent: CatalogueHeld,
 }
 
 /// A round ready to send.
@@ -947,6 +1004,10 @@ struct Sent {
 
 /// What a round's answer changes in the store.
 struct Answer {
+    /// A page of the catalogue's delta (tag 5).
+    catalogue_delta: Option<CatalogueDelta>,
+    /// The province's working calendar, when it moved (tag 6).
+    calendar: Option<CalendarUpdate>,
     acked: Vec<PendingDoc>,
     /// Pushed documents the server refused: set aside, not acknowledged.
     refused: Vec<RefusedDoc>,
@@ -972,6 +1033,8 @@ struct Applied {
     pending: u64,
     /// Documents in the quarantine.
     quarantined: u64,
+    /// Whether a catalogue page was installed.
+    catalogue_installed: bool,
 }
 
 impl Answer {
@@ -995,6 +1058,27 @@ impl Answer {
                 Err(err) => return Err(err.into()),
             }
         }
+        // A bad page or calendar from the server must not stop records from syncing: what the
+        // device holds stays in force, and it asks again at the next sync.
+        let mut catalogue_installed = false;
+        if let Some(delta) = &self.catalogue_delta {
+            match store.apply_catalogue_delta(delta) {
+                Ok(_) => catalogue_installed = true,
+                Err(err @ crate::Error::InvalidInput { .. }) => {
+                    tracing::warn!(%err, version = delta.version, "catalogue page refused");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
+        if let Some(calendar) = &self.calendar {
+            match store.apply_calendar_update(calendar) {
+                Ok(()) => {}
+                Err(err @ crate::Error::InvalidInput { .. }) => {
+                    tracing::warn!(%err, version = calendar.version, "calendar refused");
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         if let Some(grant) = &self.numbers_granted {
             store.apply_number_grant(grant)?;
         }
@@ -1010,6 +1094,7 @@ impl Answer {
             pull: pull_report,
             pending: store.pending_count()?,
             quarantined: store.quarantined_count()?,
+            catalogue_installed,
         })
     }
 }

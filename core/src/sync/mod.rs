@@ -11,8 +11,10 @@
 //! - [`transport`]: one HTTP exchange, as data in and data out;
 //! - [`client`]: rounds, retries with backoff, errors, progress and the report;
 //! - [`policy`]: the background schedule, a pure function;
+//! - [`attachments`]: the attachment channel, after the records (resumable chunks).
 //! - [`tls`] (feature `http`): which servers are trusted over HTTPS.
 
+pub mod attachments;
 pub mod client;
 pub mod policy;
 #[cfg(feature = "http")]

@@ -152,6 +152,9 @@ pub fn response_head_len<'a>(
 pub use reqwest_transport::{ReqwestConfig, ReqwestTransport};
 
 #[cfg(feature = "http")]
+pub(crate) use reqwest_transport::classify;
+
+#[cfg(feature = "http")]
 mod reqwest_transport {
     use std::time::Duration;
 
@@ -255,6 +258,16 @@ mod reqwest_transport {
             })
         }
 
+        /// The HTTP client (for the attachment channel's own requests).
+        pub(crate) fn http_client(&self) -> &reqwest::Client {
+            &self.client
+        }
+
+        /// The server's base URL, without a trailing slash.
+        pub(crate) fn base_url(&self) -> &str {
+            &self.base
+        }
+
         async fn exchange(&self, req: HttpRequest) -> Result<HttpResponse, TransportError> {
             let url = format!("{}{}", self.base, req.path);
             let mut builder = self
@@ -349,7 +362,7 @@ mod reqwest_transport {
     }
 
     /// Sorts a reqwest error into what the retry policy needs to know.
-    fn classify(err: reqwest::Error) -> TransportError {
+    pub(crate) fn classify(err: reqwest::Error) -> TransportError {
         // The error chain carries the useful part ("connection reset by peer").
         let mut message = err.to_string();
         let mut source = std::error::Error::source(&err);

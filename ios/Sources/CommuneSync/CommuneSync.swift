@@ -668,11 +668,376 @@ fileprivate struct FfiConverterTimestamp: FfiConverterRustBuffer {
 
 
 /**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+public protocol AttachmentProgressListener: AnyObject, Sendable {
+    
+    /**
+     * After each chunk of an attachment moved.
+     */
+    func onAttachmentProgress(progress: AttachmentProgress) 
+    
+}
+/**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+open class AttachmentProgressListenerImpl: AttachmentProgressListener, @unchecked Sendable {
+    fileprivate let handle: UInt64
+
+    /// Used to instantiate a [FFIObject] without an actual handle, for fakes in tests, mostly.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public struct NoHandle {
+        public init() {}
+    }
+
+    // TODO: We'd like this to be `private` but for Swifty reasons,
+    // we can't implement `FfiConverter` without making this `required` and we can't
+    // make it `required` without making it `public`.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    required public init(unsafeFromHandle handle: UInt64) {
+        self.handle = handle
+    }
+
+    // This constructor can be used to instantiate a fake object.
+    // - Parameter noHandle: Placeholder value so we can have a constructor separate from the default empty one that may be implemented for classes extending [FFIObject].
+    //
+    // - Warning:
+    //     Any object instantiated with this constructor cannot be passed to an actual Rust-backed object. Since there isn't a backing handle the FFI lower functions will crash.
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public init(noHandle: NoHandle) {
+        self.handle = 0
+    }
+
+#if swift(>=5.8)
+    @_documentation(visibility: private)
+#endif
+    public func uniffiCloneHandle() -> UInt64 {
+        return try! rustCall { uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(self.handle, $0) }
+    }
+    // No primary constructor declared for this class.
+
+    deinit {
+        if handle == 0 {
+            // Mock objects have handle=0 don't try to free them
+            return
+        }
+
+        try! rustCall { uniffi_communesync_ffi_fn_free_attachmentprogresslistener(handle, $0) }
+    }
+
+    
+
+    
+    /**
+     * After each chunk of an attachment moved.
+     */
+open func onAttachmentProgress(progress: AttachmentProgress)  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentProgress_lower(progress),uniffiCallStatus
+    )
+}
+}
+    
+
+    
+}
+
+
+
+// Put the implementation in a struct so we don't pollute the top-level namespace
+fileprivate struct UniffiCallbackInterfaceAttachmentProgressListener {
+
+    // Create the VTable using a series of closures.
+    // Swift automatically converts these into C callback functions.
+    //
+    // Store the vtable directly.
+    static let vtable: UniffiVTableCallbackInterfaceAttachmentProgressListener = UniffiVTableCallbackInterfaceAttachmentProgressListener(
+        uniffiFree: { (uniffiHandle: UInt64) -> () in
+            do {
+                try FfiConverterTypeAttachmentProgressListener.handleMap.remove(handle: uniffiHandle)
+            } catch {
+                print("Uniffi callback interface AttachmentProgressListener: handle missing in uniffiFree")
+            }
+        },
+        uniffiClone: { (uniffiHandle: UInt64) -> UInt64 in
+            do {
+                return try FfiConverterTypeAttachmentProgressListener.handleMap.clone(handle: uniffiHandle)
+            } catch {
+                fatalError("Uniffi callback interface AttachmentProgressListener: handle missing in uniffiClone")
+            }
+        },
+        onAttachmentProgress: { (
+            uniffiHandle: UInt64,
+            progress: RustBuffer,
+            uniffiOutReturn: UnsafeMutableRawPointer,
+            uniffiCallStatus: UnsafeMutablePointer<RustCallStatus>
+        ) in
+            let makeCall = {
+                () throws -> () in
+                guard let uniffiObj = try? FfiConverterTypeAttachmentProgressListener.handleMap.get(handle: uniffiHandle) else {
+                    throw UniffiInternalError.unexpectedStaleHandle
+                }
+                return uniffiObj.onAttachmentProgress(
+                     progress: try FfiConverterTypeAttachmentProgress_lift(progress)
+                )
+            }
+
+            
+            let writeReturn = { () }
+            uniffiTraitInterfaceCall(
+                callStatus: uniffiCallStatus,
+                makeCall: makeCall,
+                writeReturn: writeReturn
+            )
+        }
+    )
+
+    // Rust stores this pointer for future callback invocations, so it must live
+    // for the process lifetime (not just for the init function call).
+    //
+    // `nonisolated(unsafe)` is needed under Swift 6 strict concurrency.
+    // This is safe because the pointee is initialized once during static init
+    // and never mutated by either side of the FFI.  Its fields are C function pointers.
+    nonisolated(unsafe) static let vtablePtr: UnsafePointer<UniffiVTableCallbackInterfaceAttachmentProgressListener> = {
+        let ptr = UnsafeMutablePointer<UniffiVTableCallbackInterfaceAttachmentProgressListener>.allocate(capacity: 1)
+        ptr.initialize(to: vtable)
+        return UnsafePointer(ptr)
+    }()
+}
+
+private func uniffiCallbackInitAttachmentProgressListener() {
+    uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(UniffiCallbackInterfaceAttachmentProgressListener.vtablePtr)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentProgressListener: FfiConverter {
+    fileprivate static let handleMap = UniffiHandleMap<AttachmentProgressListener>()
+
+    typealias FfiType = UInt64
+    typealias SwiftType = AttachmentProgressListener
+
+    public static func lift(_ handle: UInt64) throws -> AttachmentProgressListener {
+        if ((handle & 1) == 0) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return AttachmentProgressListenerImpl(unsafeFromHandle: handle)
+        } else {
+            // Swift-generated handle, get the object from the handle map
+            return try handleMap.remove(handle: handle)
+        }
+    }
+
+    public static func lower(_ value: AttachmentProgressListener) -> UInt64 {
+         if let rustImpl = value as? AttachmentProgressListenerImpl {
+             // Rust-implemented object.  Clone the handle and return it
+            return rustImpl.uniffiCloneHandle()
+         } else {
+            // Swift object, generate a new vtable handle and return that.
+            return handleMap.insert(obj: value)
+         }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentProgressListener {
+        let handle: UInt64 = try readInt(&buf)
+        return try lift(handle)
+    }
+
+    public static func write(_ value: AttachmentProgressListener, into buf: inout [UInt8]) {
+        writeInt(&buf, lower(value))
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgressListener_lift(_ handle: UInt64) throws -> AttachmentProgressListener {
+    return try FfiConverterTypeAttachmentProgressListener.lift(handle)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgressListener_lower(_ value: AttachmentProgressListener) -> UInt64 {
+    return FfiConverterTypeAttachmentProgressListener.lower(value)
+}
+
+
+
+
+
+
+/**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
  * call from any thread, and store calls are async (they run on a background pool).
  */
 public protocol EngineProtocol: AnyObject, Sendable {
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+    func attachBytes(officer: String, recordId: String, new: NewAttachment, bytes: Data) async throws  -> Attachment
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+    func attachFile(officer: String, recordId: String, new: NewAttachment, path: String) async throws  -> Attachment
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+    func attachPhoto(officer: String, recordId: String, new: NewAttachment, path: String, options: PhotoOptions) async throws  -> [Attachment]
+    
+    /**
+     * The attachment channel's settings now.
+     */
+    func attachmentSettings()  -> AttachmentSettings
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+    func attachments(recordId: String) async throws  -> [Attachment]
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+    func downloadAttachment(sha256: String) async throws  -> UInt64
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+    func openAttachment(sha256: String, path: String) async throws  -> UInt64
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+    func removeAttachment(officer: String, recordId: String, attachmentId: String) async throws 
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+    func setAttachmentSettings(settings: AttachmentSettings) throws 
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+    func watchAttachmentProgress(listener: AttachmentProgressListener) throws  -> ObserverHandle
+    
+    /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+    func catalogueVersion() async throws  -> UInt64
+    
+    /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+    func createDossier(officer: String, new: NewApplication, form: [FormEntry]) async throws  -> Application
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+    func dossierForm(id: String) async throws  -> DossierForm
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+    func installCatalogueFile(json: String) async throws  -> UInt64
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+    func prefilledApplication(communeCode: String, procedureCode: String) async throws  -> NewApplication
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+    func procedureDetails(code: String) async throws  -> ProcedureDetails
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+    func procedureSectors() async throws  -> [SectorCount]
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+    func proceduresBySector(sector: String, afterCode: String?, limit: UInt32) async throws  -> [ProcedureSummary]
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+    func searchProcedures(query: String, limit: UInt32) async throws  -> [ProcedureSummary]
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+    func setFormValues(officer: String, id: String, form: [FormEntry]) async throws  -> DossierForm
+    
+    /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+    func dossierDeadline(id: String) async throws  -> DossierDeadline
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+    func extendDeadline(officer: String, id: String, reason: String, appointment: CivilDate) async throws  -> Application
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+    func markComplete(officer: String, id: String) async throws  -> Application
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+    func requestSupplement(officer: String, id: String, missing: String) async throws  -> Application
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+    func returnDossier(officer: String, id: String) async throws  -> Application
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+    func returnedDossiers(onTime: Bool, limit: UInt32, offset: UInt32) async throws  -> [ReturnedDossier]
     
     /**
      * The application with this dossier number (exact, surrounding spaces ignored), taken here
@@ -802,7 +1167,8 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
     func policyInput(metered: Bool) async throws  -> PolicyInput
     
@@ -851,6 +1217,10 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     func syncNow() async throws  -> SyncReport
     
@@ -905,6 +1275,22 @@ public protocol EngineProtocol: AnyObject, Sendable {
      * Writes the receipt PDF of application `record_id` to `path`.
      */
     func writeReceiptPdf(recordId: String, path: String) async throws 
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+    func importMarker(recordId: String) async throws  -> ImportMarker?
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+    func importRegister(officer: String, communeCode: String?, csv: Data) async throws  -> RegisterImportSummary
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+    func importedApplicationId(communeCode: String, externalId: String) async throws  -> String?
     
     /**
      * Delivers the sync status to `listener` now and after each change, until
@@ -993,6 +1379,505 @@ public static func `open`(config: EngineConfig)async throws  -> Engine  {
 }
     
 
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+open func attachBytes(officer: String, recordId: String, new: NewAttachment, bytes: Data)async throws  -> Attachment  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attach_bytes(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterData.lower(bytes)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeAttachment_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+open func attachFile(officer: String, recordId: String, new: NewAttachment, path: String)async throws  -> Attachment  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attach_file(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeAttachment_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+open func attachPhoto(officer: String, recordId: String, new: NewAttachment, path: String, options: PhotoOptions)async throws  -> [Attachment]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attach_photo(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterTypeNewAttachment_lower(new),FfiConverterString.lower(path),FfiConverterTypePhotoOptions_lower(options)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeAttachment.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The attachment channel's settings now.
+     */
+open func attachmentSettings() -> AttachmentSettings  {
+    return try!  FfiConverterTypeAttachmentSettings_lift(try! rustCall() {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_attachment_settings(
+            self.uniffiCloneHandle(),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+open func attachments(recordId: String)async throws  -> [Attachment]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_attachments(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeAttachment.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+open func downloadAttachment(sha256: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_download_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sha256)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+open func openAttachment(sha256: String, path: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_open_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sha256),FfiConverterString.lower(path)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+open func removeAttachment(officer: String, recordId: String, attachmentId: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_remove_attachment(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(recordId),FfiConverterString.lower(attachmentId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_void,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_void,
+            freeFunc: ffi_communesync_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+open func setAttachmentSettings(settings: AttachmentSettings)throws   {try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentSettings_lower(settings),uniffiCallStatus
+    )
+}
+}
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+open func watchAttachmentProgress(listener: AttachmentProgressListener)throws  -> ObserverHandle  {
+    return try  FfiConverterTypeObserverHandle_lift(try rustCallWithError(FfiConverterTypeCommuneSyncError_lift) {
+        uniffiCallStatus in
+    uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(
+            self.uniffiCloneHandle(),
+        FfiConverterTypeAttachmentProgressListener_lower(listener),uniffiCallStatus
+    )
+})
+}
+    
+    /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+open func catalogueVersion()async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_catalogue_version(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+open func createDossier(officer: String, new: NewApplication, form: [FormEntry])async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_create_dossier(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterTypeNewApplication_lower(new),FfiConverterSequenceTypeFormEntry.lower(form)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+open func dossierForm(id: String)async throws  -> DossierForm  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_form(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+open func installCatalogueFile(json: String)async throws  -> UInt64  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(json)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_u64,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_u64,
+            freeFunc: ffi_communesync_ffi_rust_future_free_u64,
+            liftFunc: FfiConverterUInt64.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+open func prefilledApplication(communeCode: String, procedureCode: String)async throws  -> NewApplication  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_prefilled_application(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(communeCode),FfiConverterString.lower(procedureCode)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeNewApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+open func procedureDetails(code: String)async throws  -> ProcedureDetails  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure_details(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(code)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeProcedureDetails_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+open func procedureSectors()async throws  -> [SectorCount]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedure_sectors(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeSectorCount.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+open func proceduresBySector(sector: String, afterCode: String?, limit: UInt32)async throws  -> [ProcedureSummary]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(sector),FfiConverterOptionString.lower(afterCode),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeProcedureSummary.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+open func searchProcedures(query: String, limit: UInt32)async throws  -> [ProcedureSummary]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_search_procedures(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(query),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeProcedureSummary.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+open func setFormValues(officer: String, id: String, form: [FormEntry])async throws  -> DossierForm  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_set_form_values(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterSequenceTypeFormEntry.lower(form)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierForm_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+open func dossierDeadline(id: String)async throws  -> DossierDeadline  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_dossier_deadline(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeDossierDeadline_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+open func extendDeadline(officer: String, id: String, reason: String, appointment: CivilDate)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_extend_deadline(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterString.lower(reason),FfiConverterTypeCivilDate_lower(appointment)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+open func markComplete(officer: String, id: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_mark_complete(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+open func requestSupplement(officer: String, id: String, missing: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_request_supplement(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id),FfiConverterString.lower(missing)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+open func returnDossier(officer: String, id: String)async throws  -> Application  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_return_dossier(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterString.lower(id)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeApplication_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+open func returnedDossiers(onTime: Bool, limit: UInt32, offset: UInt32)async throws  -> [ReturnedDossier]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_returned_dossiers(
+                        self.uniffiCloneHandle(),FfiConverterBool.lower(onTime),FfiConverterUInt32.lower(limit),FfiConverterUInt32.lower(offset)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeReturnedDossier.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
     
     /**
      * The application with this dossier number (exact, surrounding spaces ignored), taken here
@@ -1396,7 +2281,8 @@ open func overdue(limit: UInt32, offset: UInt32)async throws  -> ApplicationPage
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
 open func policyInput(metered: Bool)async throws  -> PolicyInput  {
     return
@@ -1543,6 +2429,10 @@ open func search(text: String, limit: UInt32)async throws  -> [SearchHit]  {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
 open func syncNow()async throws  -> SyncReport  {
     return
@@ -1734,6 +2624,64 @@ open func writeReceiptPdf(recordId: String, path: String)async throws   {
             completeFunc: ffi_communesync_ffi_rust_future_complete_void,
             freeFunc: ffi_communesync_ffi_rust_future_free_void,
             liftFunc: { $0 },
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+open func importMarker(recordId: String)async throws  -> ImportMarker?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_import_marker(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(recordId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionTypeImportMarker.lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+open func importRegister(officer: String, communeCode: String?, csv: Data)async throws  -> RegisterImportSummary  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_import_register(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(officer),FfiConverterOptionString.lower(communeCode),FfiConverterData.lower(csv)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeRegisterImportSummary_lift,
+            errorHandler: FfiConverterTypeCommuneSyncError_lift
+        )
+}
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+open func importedApplicationId(communeCode: String, externalId: String)async throws  -> String?  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_communesync_ffi_fn_method_engine_imported_application_id(
+                        self.uniffiCloneHandle(),FfiConverterString.lower(communeCode),FfiConverterString.lower(externalId)
+                )
+            },
+            pollFunc: ffi_communesync_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_communesync_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_communesync_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterOptionString.lift,
             errorHandler: FfiConverterTypeCommuneSyncError_lift
         )
 }
@@ -3492,6 +4440,361 @@ public func FfiConverterTypeApplicationUpdate_lower(_ value: ApplicationUpdate) 
 
 
 /**
+ * An attachment of a record, and what this tablet holds of its content.
+ */
+public struct Attachment: Equatable, Hashable {
+    /**
+     * The reference's id (to remove it).
+     */
+    public var id: String
+    /**
+     * The content's SHA-256 (lowercase hex): to open or download it.
+     */
+    public var sha256: String
+    /**
+     * Size in bytes.
+     */
+    public var size: UInt64
+    /**
+     * MIME type.
+     */
+    public var mime: String
+    /**
+     * What it shows.
+     */
+    public var caption: String
+    /**
+     * The received paper it belongs to.
+     */
+    public var document: String?
+    /**
+     * Page within that paper.
+     */
+    public var page: UInt32
+    /**
+     * What kind of paper it is.
+     */
+    public var category: AttachmentCategory
+    /**
+     * When it was attached.
+     */
+    public var addedAt: Date
+    /**
+     * Whether the whole content is on this tablet (opening needs no network).
+     */
+    public var onDevice: Bool
+    /**
+     * Whether the server is known to hold it whole.
+     */
+    public var onServer: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The reference's id (to remove it).
+         */id: String, 
+        /**
+         * The content's SHA-256 (lowercase hex): to open or download it.
+         */sha256: String, 
+        /**
+         * Size in bytes.
+         */size: UInt64, 
+        /**
+         * MIME type.
+         */mime: String, 
+        /**
+         * What it shows.
+         */caption: String, 
+        /**
+         * The received paper it belongs to.
+         */document: String?, 
+        /**
+         * Page within that paper.
+         */page: UInt32, 
+        /**
+         * What kind of paper it is.
+         */category: AttachmentCategory, 
+        /**
+         * When it was attached.
+         */addedAt: Date, 
+        /**
+         * Whether the whole content is on this tablet (opening needs no network).
+         */onDevice: Bool, 
+        /**
+         * Whether the server is known to hold it whole.
+         */onServer: Bool) {
+        self.id = id
+        self.sha256 = sha256
+        self.size = size
+        self.mime = mime
+        self.caption = caption
+        self.document = document
+        self.page = page
+        self.category = category
+        self.addedAt = addedAt
+        self.onDevice = onDevice
+        self.onServer = onServer
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Attachment: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachment: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Attachment {
+        return
+            try Attachment(
+                id: FfiConverterString.read(from: &buf), 
+                sha256: FfiConverterString.read(from: &buf), 
+                size: FfiConverterUInt64.read(from: &buf), 
+                mime: FfiConverterString.read(from: &buf), 
+                caption: FfiConverterString.read(from: &buf), 
+                document: FfiConverterOptionString.read(from: &buf), 
+                page: FfiConverterUInt32.read(from: &buf), 
+                category: FfiConverterTypeAttachmentCategory.read(from: &buf), 
+                addedAt: FfiConverterTimestamp.read(from: &buf), 
+                onDevice: FfiConverterBool.read(from: &buf), 
+                onServer: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Attachment, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterUInt64.write(value.size, into: &buf)
+        FfiConverterString.write(value.mime, into: &buf)
+        FfiConverterString.write(value.caption, into: &buf)
+        FfiConverterOptionString.write(value.document, into: &buf)
+        FfiConverterUInt32.write(value.page, into: &buf)
+        FfiConverterTypeAttachmentCategory.write(value.category, into: &buf)
+        FfiConverterTimestamp.write(value.addedAt, into: &buf)
+        FfiConverterBool.write(value.onDevice, into: &buf)
+        FfiConverterBool.write(value.onServer, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachment_lift(_ buf: RustBuffer) throws -> Attachment {
+    return try FfiConverterTypeAttachment.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachment_lower(_ value: Attachment) -> RustBuffer {
+    return FfiConverterTypeAttachment.lower(value)
+}
+
+
+/**
+ * Bytes of one attachment moved by a sync or a download.
+ */
+public struct AttachmentProgress: Equatable, Hashable {
+    /**
+     * The content.
+     */
+    public var sha256: String
+    /**
+     * An upload (else a download).
+     */
+    public var upload: Bool
+    /**
+     * Bytes the server (upload) or this tablet (download) holds now.
+     */
+    public var doneBytes: UInt64
+    /**
+     * The content's size.
+     */
+    public var totalBytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The content.
+         */sha256: String, 
+        /**
+         * An upload (else a download).
+         */upload: Bool, 
+        /**
+         * Bytes the server (upload) or this tablet (download) holds now.
+         */doneBytes: UInt64, 
+        /**
+         * The content's size.
+         */totalBytes: UInt64) {
+        self.sha256 = sha256
+        self.upload = upload
+        self.doneBytes = doneBytes
+        self.totalBytes = totalBytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AttachmentProgress: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentProgress: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentProgress {
+        return
+            try AttachmentProgress(
+                sha256: FfiConverterString.read(from: &buf), 
+                upload: FfiConverterBool.read(from: &buf), 
+                doneBytes: FfiConverterUInt64.read(from: &buf), 
+                totalBytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AttachmentProgress, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sha256, into: &buf)
+        FfiConverterBool.write(value.upload, into: &buf)
+        FfiConverterUInt64.write(value.doneBytes, into: &buf)
+        FfiConverterUInt64.write(value.totalBytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgress_lift(_ buf: RustBuffer) throws -> AttachmentProgress {
+    return try FfiConverterTypeAttachmentProgress.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentProgress_lower(_ value: AttachmentProgress) -> RustBuffer {
+    return FfiConverterTypeAttachmentProgress.lower(value)
+}
+
+
+/**
+ * The attachment channel's settings, used by each `sync_now` and download.
+ */
+public struct AttachmentSettings: Equatable, Hashable {
+    /**
+     * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
+     * costs at most one chunk.
+     */
+    public var chunkSize: UInt32
+    /**
+     * Whether the link is metered (mobile data): attachments then get at most
+     * `metered_budget_bytes` per sync; records always go (default true).
+     */
+    public var metered: Bool
+    /**
+     * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
+     */
+    public var meteredBudgetBytes: UInt64
+    /**
+     * Whether each sync also downloads the contents the commune's records name (default
+     * false: contents come when opened).
+     */
+    public var prefetch: Bool
+    /**
+     * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
+     * uploaded are never evicted.
+     */
+    public var cacheBytes: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
+         * costs at most one chunk.
+         */chunkSize: UInt32, 
+        /**
+         * Whether the link is metered (mobile data): attachments then get at most
+         * `metered_budget_bytes` per sync; records always go (default true).
+         */metered: Bool, 
+        /**
+         * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
+         */meteredBudgetBytes: UInt64, 
+        /**
+         * Whether each sync also downloads the contents the commune's records name (default
+         * false: contents come when opened).
+         */prefetch: Bool, 
+        /**
+         * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
+         * uploaded are never evicted.
+         */cacheBytes: UInt64) {
+        self.chunkSize = chunkSize
+        self.metered = metered
+        self.meteredBudgetBytes = meteredBudgetBytes
+        self.prefetch = prefetch
+        self.cacheBytes = cacheBytes
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension AttachmentSettings: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentSettings: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentSettings {
+        return
+            try AttachmentSettings(
+                chunkSize: FfiConverterUInt32.read(from: &buf), 
+                metered: FfiConverterBool.read(from: &buf), 
+                meteredBudgetBytes: FfiConverterUInt64.read(from: &buf), 
+                prefetch: FfiConverterBool.read(from: &buf), 
+                cacheBytes: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: AttachmentSettings, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.chunkSize, into: &buf)
+        FfiConverterBool.write(value.metered, into: &buf)
+        FfiConverterUInt64.write(value.meteredBudgetBytes, into: &buf)
+        FfiConverterBool.write(value.prefetch, into: &buf)
+        FfiConverterUInt64.write(value.cacheBytes, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentSettings_lift(_ buf: RustBuffer) throws -> AttachmentSettings {
+    return try FfiConverterTypeAttachmentSettings.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentSettings_lower(_ value: AttachmentSettings) -> RustBuffer {
+    return FfiConverterTypeAttachmentSettings.lower(value)
+}
+
+
+/**
  * One entry of the audit log of quarantine decisions: who, when, what, why.
  */
 public struct AuditEntry: Equatable, Hashable {
@@ -4358,6 +5661,105 @@ public func FfiConverterTypeConflictCandidate_lower(_ value: ConflictCandidate) 
 
 
 /**
+ * One event of a dossier's statutory clock.
+ */
+public struct DeadlineEvent: Equatable, Hashable {
+    /**
+     * What it did.
+     */
+    public var kind: DeadlineEventKind
+    /**
+     * When.
+     */
+    public var at: Date
+    /**
+     * Officer who recorded it.
+     */
+    public var officer: String
+    /**
+     * What was missing (a pause), why (an extension); empty for a resume.
+     */
+    public var reason: String
+    /**
+     * The new appointment (an extension).
+     */
+    public var appointment: CivilDate?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it did.
+         */kind: DeadlineEventKind, 
+        /**
+         * When.
+         */at: Date, 
+        /**
+         * Officer who recorded it.
+         */officer: String, 
+        /**
+         * What was missing (a pause), why (an extension); empty for a resume.
+         */reason: String, 
+        /**
+         * The new appointment (an extension).
+         */appointment: CivilDate?) {
+        self.kind = kind
+        self.at = at
+        self.officer = officer
+        self.reason = reason
+        self.appointment = appointment
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DeadlineEvent: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeadlineEvent: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeadlineEvent {
+        return
+            try DeadlineEvent(
+                kind: FfiConverterTypeDeadlineEventKind.read(from: &buf), 
+                at: FfiConverterTimestamp.read(from: &buf), 
+                officer: FfiConverterString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf), 
+                appointment: FfiConverterOptionTypeCivilDate.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DeadlineEvent, into buf: inout [UInt8]) {
+        FfiConverterTypeDeadlineEventKind.write(value.kind, into: &buf)
+        FfiConverterTimestamp.write(value.at, into: &buf)
+        FfiConverterString.write(value.officer, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+        FfiConverterOptionTypeCivilDate.write(value.appointment, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEvent_lift(_ buf: RustBuffer) throws -> DeadlineEvent {
+    return try FfiConverterTypeDeadlineEvent.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEvent_lower(_ value: DeadlineEvent) -> RustBuffer {
+    return FfiConverterTypeDeadlineEvent.lower(value)
+}
+
+
+/**
  * The device credential issued at enrollment. The token is a secret: keep the whole record in
  * the platform keystore and pass it back in [`EngineConfig::credential`] at every open.
  */
@@ -4434,6 +5836,204 @@ public func FfiConverterTypeDeviceCredential_lift(_ buf: RustBuffer) throws -> D
 #endif
 public func FfiConverterTypeDeviceCredential_lower(_ value: DeviceCredential) -> RustBuffer {
     return FfiConverterTypeDeviceCredential.lower(value)
+}
+
+
+/**
+ * A dossier's statutory time.
+ */
+public struct DossierDeadline: Equatable, Hashable {
+    /**
+     * The due date computed at intake (never changes).
+     */
+    public var statutoryDue: CivilDate
+    /**
+     * The effective due date: pauses, extensions and the current calendar counted.
+     */
+    public var dueDate: CivilDate
+    /**
+     * The effective due instant, for a procedure counted in working hours.
+     */
+    public var dueAt: Date?
+    /**
+     * Since when the clock is stopped (a supplement is awaited).
+     */
+    public var pausedSince: Date?
+    /**
+     * Whether an extension set the due date.
+     */
+    public var extended: Bool
+    /**
+     * When the result was handed over.
+     */
+    public var returnedAt: Date?
+    /**
+     * Whether that was on time (recorded with the return).
+     */
+    public var returnedOnTime: Bool?
+    /**
+     * The clock's events, in the order they count.
+     */
+    public var events: [DeadlineEvent]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The due date computed at intake (never changes).
+         */statutoryDue: CivilDate, 
+        /**
+         * The effective due date: pauses, extensions and the current calendar counted.
+         */dueDate: CivilDate, 
+        /**
+         * The effective due instant, for a procedure counted in working hours.
+         */dueAt: Date?, 
+        /**
+         * Since when the clock is stopped (a supplement is awaited).
+         */pausedSince: Date?, 
+        /**
+         * Whether an extension set the due date.
+         */extended: Bool, 
+        /**
+         * When the result was handed over.
+         */returnedAt: Date?, 
+        /**
+         * Whether that was on time (recorded with the return).
+         */returnedOnTime: Bool?, 
+        /**
+         * The clock's events, in the order they count.
+         */events: [DeadlineEvent]) {
+        self.statutoryDue = statutoryDue
+        self.dueDate = dueDate
+        self.dueAt = dueAt
+        self.pausedSince = pausedSince
+        self.extended = extended
+        self.returnedAt = returnedAt
+        self.returnedOnTime = returnedOnTime
+        self.events = events
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierDeadline: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierDeadline: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierDeadline {
+        return
+            try DossierDeadline(
+                statutoryDue: FfiConverterTypeCivilDate.read(from: &buf), 
+                dueDate: FfiConverterTypeCivilDate.read(from: &buf), 
+                dueAt: FfiConverterOptionTimestamp.read(from: &buf), 
+                pausedSince: FfiConverterOptionTimestamp.read(from: &buf), 
+                extended: FfiConverterBool.read(from: &buf), 
+                returnedAt: FfiConverterOptionTimestamp.read(from: &buf), 
+                returnedOnTime: FfiConverterOptionBool.read(from: &buf), 
+                events: FfiConverterSequenceTypeDeadlineEvent.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierDeadline, into buf: inout [UInt8]) {
+        FfiConverterTypeCivilDate.write(value.statutoryDue, into: &buf)
+        FfiConverterTypeCivilDate.write(value.dueDate, into: &buf)
+        FfiConverterOptionTimestamp.write(value.dueAt, into: &buf)
+        FfiConverterOptionTimestamp.write(value.pausedSince, into: &buf)
+        FfiConverterBool.write(value.extended, into: &buf)
+        FfiConverterOptionTimestamp.write(value.returnedAt, into: &buf)
+        FfiConverterOptionBool.write(value.returnedOnTime, into: &buf)
+        FfiConverterSequenceTypeDeadlineEvent.write(value.events, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierDeadline_lift(_ buf: RustBuffer) throws -> DossierDeadline {
+    return try FfiConverterTypeDossierDeadline.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierDeadline_lower(_ value: DossierDeadline) -> RustBuffer {
+    return FfiConverterTypeDossierDeadline.lower(value)
+}
+
+
+/**
+ * A dossier's form: the pinned procedure version and the values.
+ */
+public struct DossierForm: Equatable, Hashable {
+    /**
+     * Version of the procedure the dossier was received under (0: before catalogue v2).
+     */
+    public var procedureVersion: UInt64
+    /**
+     * The values, by field name.
+     */
+    public var values: [FormEntry]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Version of the procedure the dossier was received under (0: before catalogue v2).
+         */procedureVersion: UInt64, 
+        /**
+         * The values, by field name.
+         */values: [FormEntry]) {
+        self.procedureVersion = procedureVersion
+        self.values = values
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension DossierForm: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDossierForm: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DossierForm {
+        return
+            try DossierForm(
+                procedureVersion: FfiConverterUInt64.read(from: &buf), 
+                values: FfiConverterSequenceTypeFormEntry.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: DossierForm, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.procedureVersion, into: &buf)
+        FfiConverterSequenceTypeFormEntry.write(value.values, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierForm_lift(_ buf: RustBuffer) throws -> DossierForm {
+    return try FfiConverterTypeDossierForm.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDossierForm_lower(_ value: DossierForm) -> RustBuffer {
+    return FfiConverterTypeDossierForm.lower(value)
 }
 
 
@@ -4757,6 +6357,174 @@ public func FfiConverterTypeFee_lower(_ value: Fee) -> RustBuffer {
 
 
 /**
+ * One value of a dossier's form.
+ */
+public struct FormEntry: Equatable, Hashable {
+    /**
+     * Field name.
+     */
+    public var name: String
+    /**
+     * Value.
+     */
+    public var value: FormValue
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Field name.
+         */name: String, 
+        /**
+         * Value.
+         */value: FormValue) {
+        self.name = name
+        self.value = value
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FormEntry: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormEntry: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormEntry {
+        return
+            try FormEntry(
+                name: FfiConverterString.read(from: &buf), 
+                value: FfiConverterTypeFormValue.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FormEntry, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterTypeFormValue.write(value.value, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormEntry_lift(_ buf: RustBuffer) throws -> FormEntry {
+    return try FfiConverterTypeFormEntry.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormEntry_lower(_ value: FormEntry) -> RustBuffer {
+    return FfiConverterTypeFormEntry.lower(value)
+}
+
+
+/**
+ * One field of a procedure's form.
+ */
+public struct FormField: Equatable, Hashable {
+    /**
+     * Key of the value.
+     */
+    public var name: String
+    /**
+     * Label.
+     */
+    public var label: String
+    /**
+     * Type and constraints.
+     */
+    public var kind: FieldKind
+    /**
+     * Whether a value is required.
+     */
+    public var required: Bool
+    /**
+     * Help text.
+     */
+    public var help: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Key of the value.
+         */name: String, 
+        /**
+         * Label.
+         */label: String, 
+        /**
+         * Type and constraints.
+         */kind: FieldKind, 
+        /**
+         * Whether a value is required.
+         */required: Bool, 
+        /**
+         * Help text.
+         */help: String) {
+        self.name = name
+        self.label = label
+        self.kind = kind
+        self.required = required
+        self.help = help
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension FormField: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormField: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormField {
+        return
+            try FormField(
+                name: FfiConverterString.read(from: &buf), 
+                label: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeFieldKind.read(from: &buf), 
+                required: FfiConverterBool.read(from: &buf), 
+                help: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: FormField, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.label, into: &buf)
+        FfiConverterTypeFieldKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.required, into: &buf)
+        FfiConverterString.write(value.help, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormField_lift(_ buf: RustBuffer) throws -> FormField {
+    return try FfiConverterTypeFormField.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormField_lower(_ value: FormField) -> RustBuffer {
+    return FfiConverterTypeFormField.lower(value)
+}
+
+
+/**
  * One change in a record's history.
  */
 public struct HistoryEntry: Equatable, Hashable {
@@ -4874,6 +6642,95 @@ public func FfiConverterTypeHistoryEntry_lift(_ buf: RustBuffer) throws -> Histo
 #endif
 public func FfiConverterTypeHistoryEntry_lower(_ value: HistoryEntry) -> RustBuffer {
     return FfiConverterTypeHistoryEntry.lower(value)
+}
+
+
+/**
+ * Where an imported dossier came from (set at its import, never changed).
+ */
+public struct ImportMarker: Equatable, Hashable {
+    /**
+     * Its key in the commune's register.
+     */
+    public var externalId: String
+    /**
+     * The register's reference number (empty when none).
+     */
+    public var originalReference: String
+    /**
+     * When it was imported.
+     */
+    public var importedAt: Date
+    /**
+     * When it was returned, for a dossier imported as returned.
+     */
+    public var returnedAt: Date?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Its key in the commune's register.
+         */externalId: String, 
+        /**
+         * The register's reference number (empty when none).
+         */originalReference: String, 
+        /**
+         * When it was imported.
+         */importedAt: Date, 
+        /**
+         * When it was returned, for a dossier imported as returned.
+         */returnedAt: Date?) {
+        self.externalId = externalId
+        self.originalReference = originalReference
+        self.importedAt = importedAt
+        self.returnedAt = returnedAt
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ImportMarker: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeImportMarker: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ImportMarker {
+        return
+            try ImportMarker(
+                externalId: FfiConverterString.read(from: &buf), 
+                originalReference: FfiConverterString.read(from: &buf), 
+                importedAt: FfiConverterTimestamp.read(from: &buf), 
+                returnedAt: FfiConverterOptionTimestamp.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ImportMarker, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.externalId, into: &buf)
+        FfiConverterString.write(value.originalReference, into: &buf)
+        FfiConverterTimestamp.write(value.importedAt, into: &buf)
+        FfiConverterOptionTimestamp.write(value.returnedAt, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeImportMarker_lift(_ buf: RustBuffer) throws -> ImportMarker {
+    return try FfiConverterTypeImportMarker.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeImportMarker_lower(_ value: ImportMarker) -> RustBuffer {
+    return FfiConverterTypeImportMarker.lower(value)
 }
 
 
@@ -5096,6 +6953,107 @@ public func FfiConverterTypeNewApplication_lower(_ value: NewApplication) -> Rus
 
 
 /**
+ * What the app says about a file it attaches.
+ */
+public struct NewAttachment: Equatable, Hashable {
+    /**
+     * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
+     * `attach_photo` is always `image/jpeg`).
+     */
+    public var mime: String
+    /**
+     * What kind of paper it shows.
+     */
+    public var category: AttachmentCategory
+    /**
+     * What it shows (at most 200 characters).
+     */
+    public var caption: String
+    /**
+     * Name of the received paper of the dossier it belongs to.
+     */
+    public var document: String?
+    /**
+     * Page number within that paper (0 when not paged).
+     */
+    public var page: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
+         * `attach_photo` is always `image/jpeg`).
+         */mime: String, 
+        /**
+         * What kind of paper it shows.
+         */category: AttachmentCategory, 
+        /**
+         * What it shows (at most 200 characters).
+         */caption: String = "", 
+        /**
+         * Name of the received paper of the dossier it belongs to.
+         */document: String? = nil, 
+        /**
+         * Page number within that paper (0 when not paged).
+         */page: UInt32 = UInt32(0)) {
+        self.mime = mime
+        self.category = category
+        self.caption = caption
+        self.document = document
+        self.page = page
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension NewAttachment: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeNewAttachment: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> NewAttachment {
+        return
+            try NewAttachment(
+                mime: FfiConverterString.read(from: &buf), 
+                category: FfiConverterTypeAttachmentCategory.read(from: &buf), 
+                caption: FfiConverterString.read(from: &buf), 
+                document: FfiConverterOptionString.read(from: &buf), 
+                page: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: NewAttachment, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.mime, into: &buf)
+        FfiConverterTypeAttachmentCategory.write(value.category, into: &buf)
+        FfiConverterString.write(value.caption, into: &buf)
+        FfiConverterOptionString.write(value.document, into: &buf)
+        FfiConverterUInt32.write(value.page, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewAttachment_lift(_ buf: RustBuffer) throws -> NewAttachment {
+    return try FfiConverterTypeNewAttachment.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeNewAttachment_lower(_ value: NewAttachment) -> RustBuffer {
+    return FfiConverterTypeNewAttachment.lower(value)
+}
+
+
+/**
  * What an officer enters for a new citizen request.
  */
 public struct NewCitizenRequest: Equatable, Hashable {
@@ -5231,6 +7189,95 @@ public func FfiConverterTypeNewCitizenRequest_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeNewCitizenRequest_lower(_ value: NewCitizenRequest) -> RustBuffer {
     return FfiConverterTypeNewCitizenRequest.lower(value)
+}
+
+
+/**
+ * How a camera photo of a paper is prepared for 2G.
+ */
+public struct PhotoOptions: Equatable, Hashable {
+    /**
+     * Long side of the prepared image, pixels (default 1600).
+     */
+    public var longSide: UInt32
+    /**
+     * Gray levels only: smaller, for papers (default false).
+     */
+    public var grayscale: Bool
+    /**
+     * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
+     */
+    public var targetBytes: UInt64
+    /**
+     * Also attach the original file (captioned "(original)"); default false.
+     */
+    public var keepOriginal: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Long side of the prepared image, pixels (default 1600).
+         */longSide: UInt32 = UInt32(1600), 
+        /**
+         * Gray levels only: smaller, for papers (default false).
+         */grayscale: Bool = false, 
+        /**
+         * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
+         */targetBytes: UInt64 = UInt64(150000), 
+        /**
+         * Also attach the original file (captioned "(original)"); default false.
+         */keepOriginal: Bool = false) {
+        self.longSide = longSide
+        self.grayscale = grayscale
+        self.targetBytes = targetBytes
+        self.keepOriginal = keepOriginal
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PhotoOptions: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePhotoOptions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PhotoOptions {
+        return
+            try PhotoOptions(
+                longSide: FfiConverterUInt32.read(from: &buf), 
+                grayscale: FfiConverterBool.read(from: &buf), 
+                targetBytes: FfiConverterUInt64.read(from: &buf), 
+                keepOriginal: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PhotoOptions, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.longSide, into: &buf)
+        FfiConverterBool.write(value.grayscale, into: &buf)
+        FfiConverterUInt64.write(value.targetBytes, into: &buf)
+        FfiConverterBool.write(value.keepOriginal, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePhotoOptions_lift(_ buf: RustBuffer) throws -> PhotoOptions {
+    return try FfiConverterTypePhotoOptions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePhotoOptions_lower(_ value: PhotoOptions) -> RustBuffer {
+    return FfiConverterTypePhotoOptions.lower(value)
 }
 
 
@@ -5430,6 +7477,343 @@ public func FfiConverterTypeProcedure_lift(_ buf: RustBuffer) throws -> Procedur
 #endif
 public func FfiConverterTypeProcedure_lower(_ value: Procedure) -> RustBuffer {
     return FfiConverterTypeProcedure.lower(value)
+}
+
+
+/**
+ * A procedure with its papers, fees and form.
+ */
+public struct ProcedureDetails: Equatable, Hashable {
+    /**
+     * National code.
+     */
+    public var code: String
+    /**
+     * Name.
+     */
+    public var name: String
+    /**
+     * Sector.
+     */
+    public var sector: String
+    /**
+     * `commune`, `district`, `province` or `central`.
+     */
+    public var level: String
+    /**
+     * Working days (hours-based procedures: their hours rounded up to days).
+     */
+    public var processingDays: UInt32
+    /**
+     * Working hours for a same-day procedure, else `None`.
+     */
+    public var processingHours: UInt32?
+    /**
+     * Fees.
+     */
+    public var fees: [ProcedureFee]
+    /**
+     * Papers.
+     */
+    public var papers: [RequiredPaper]
+    /**
+     * The form.
+     */
+    public var form: [FormField]
+    /**
+     * Whether an applicant may withdraw.
+     */
+    public var withdrawalAllowed: Bool
+    /**
+     * First day in force (`YYYY-MM-DD`).
+     */
+    public var effectiveFrom: String?
+    /**
+     * Last day in force (`YYYY-MM-DD`).
+     */
+    public var effectiveUntil: String?
+    /**
+     * Version.
+     */
+    public var version: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * National code.
+         */code: String, 
+        /**
+         * Name.
+         */name: String, 
+        /**
+         * Sector.
+         */sector: String, 
+        /**
+         * `commune`, `district`, `province` or `central`.
+         */level: String, 
+        /**
+         * Working days (hours-based procedures: their hours rounded up to days).
+         */processingDays: UInt32, 
+        /**
+         * Working hours for a same-day procedure, else `None`.
+         */processingHours: UInt32?, 
+        /**
+         * Fees.
+         */fees: [ProcedureFee], 
+        /**
+         * Papers.
+         */papers: [RequiredPaper], 
+        /**
+         * The form.
+         */form: [FormField], 
+        /**
+         * Whether an applicant may withdraw.
+         */withdrawalAllowed: Bool, 
+        /**
+         * First day in force (`YYYY-MM-DD`).
+         */effectiveFrom: String?, 
+        /**
+         * Last day in force (`YYYY-MM-DD`).
+         */effectiveUntil: String?, 
+        /**
+         * Version.
+         */version: UInt64) {
+        self.code = code
+        self.name = name
+        self.sector = sector
+        self.level = level
+        self.processingDays = processingDays
+        self.processingHours = processingHours
+        self.fees = fees
+        self.papers = papers
+        self.form = form
+        self.withdrawalAllowed = withdrawalAllowed
+        self.effectiveFrom = effectiveFrom
+        self.effectiveUntil = effectiveUntil
+        self.version = version
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureDetails: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureDetails: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureDetails {
+        return
+            try ProcedureDetails(
+                code: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                sector: FfiConverterString.read(from: &buf), 
+                level: FfiConverterString.read(from: &buf), 
+                processingDays: FfiConverterUInt32.read(from: &buf), 
+                processingHours: FfiConverterOptionUInt32.read(from: &buf), 
+                fees: FfiConverterSequenceTypeProcedureFee.read(from: &buf), 
+                papers: FfiConverterSequenceTypeRequiredPaper.read(from: &buf), 
+                form: FfiConverterSequenceTypeFormField.read(from: &buf), 
+                withdrawalAllowed: FfiConverterBool.read(from: &buf), 
+                effectiveFrom: FfiConverterOptionString.read(from: &buf), 
+                effectiveUntil: FfiConverterOptionString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureDetails, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterString.write(value.level, into: &buf)
+        FfiConverterUInt32.write(value.processingDays, into: &buf)
+        FfiConverterOptionUInt32.write(value.processingHours, into: &buf)
+        FfiConverterSequenceTypeProcedureFee.write(value.fees, into: &buf)
+        FfiConverterSequenceTypeRequiredPaper.write(value.papers, into: &buf)
+        FfiConverterSequenceTypeFormField.write(value.form, into: &buf)
+        FfiConverterBool.write(value.withdrawalAllowed, into: &buf)
+        FfiConverterOptionString.write(value.effectiveFrom, into: &buf)
+        FfiConverterOptionString.write(value.effectiveUntil, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureDetails_lift(_ buf: RustBuffer) throws -> ProcedureDetails {
+    return try FfiConverterTypeProcedureDetails.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureDetails_lower(_ value: ProcedureDetails) -> RustBuffer {
+    return FfiConverterTypeProcedureDetails.lower(value)
+}
+
+
+/**
+ * A fee of the procedure.
+ */
+public struct ProcedureFee: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Amount in đồng.
+     */
+    public var amountVnd: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Amount in đồng.
+         */amountVnd: UInt64) {
+        self.name = name
+        self.amountVnd = amountVnd
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureFee: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureFee: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureFee {
+        return
+            try ProcedureFee(
+                name: FfiConverterString.read(from: &buf), 
+                amountVnd: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureFee, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt64.write(value.amountVnd, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureFee_lift(_ buf: RustBuffer) throws -> ProcedureFee {
+    return try FfiConverterTypeProcedureFee.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureFee_lower(_ value: ProcedureFee) -> RustBuffer {
+    return FfiConverterTypeProcedureFee.lower(value)
+}
+
+
+/**
+ * A procedure as lists show it.
+ */
+public struct ProcedureSummary: Equatable, Hashable {
+    /**
+     * National code (`1.001193`).
+     */
+    public var code: String
+    /**
+     * Name ("Đăng ký khai sinh").
+     */
+    public var name: String
+    /**
+     * Sector ("Hộ tịch").
+     */
+    public var sector: String
+    /**
+     * Version in force on this tablet.
+     */
+    public var version: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * National code (`1.001193`).
+         */code: String, 
+        /**
+         * Name ("Đăng ký khai sinh").
+         */name: String, 
+        /**
+         * Sector ("Hộ tịch").
+         */sector: String, 
+        /**
+         * Version in force on this tablet.
+         */version: UInt64) {
+        self.code = code
+        self.name = name
+        self.sector = sector
+        self.version = version
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ProcedureSummary: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeProcedureSummary: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ProcedureSummary {
+        return
+            try ProcedureSummary(
+                code: FfiConverterString.read(from: &buf), 
+                name: FfiConverterString.read(from: &buf), 
+                sector: FfiConverterString.read(from: &buf), 
+                version: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ProcedureSummary, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.code, into: &buf)
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterUInt64.write(value.version, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureSummary_lift(_ buf: RustBuffer) throws -> ProcedureSummary {
+    return try FfiConverterTypeProcedureSummary.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeProcedureSummary_lower(_ value: ProcedureSummary) -> RustBuffer {
+    return FfiConverterTypeProcedureSummary.lower(value)
 }
 
 
@@ -6029,6 +8413,372 @@ public func FfiConverterTypeReceivedDocument_lower(_ value: ReceivedDocument) ->
 
 
 /**
+ * Why one line of the register was not imported.
+ */
+public struct RegisterEntryError: Equatable, Hashable {
+    /**
+     * The line it starts on (1 is the header).
+     */
+    public var line: UInt64
+    /**
+     * Its external id, when it could be read.
+     */
+    public var externalId: String?
+    /**
+     * Why.
+     */
+    public var reason: String
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The line it starts on (1 is the header).
+         */line: UInt64, 
+        /**
+         * Its external id, when it could be read.
+         */externalId: String?, 
+        /**
+         * Why.
+         */reason: String) {
+        self.line = line
+        self.externalId = externalId
+        self.reason = reason
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RegisterEntryError: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRegisterEntryError: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RegisterEntryError {
+        return
+            try RegisterEntryError(
+                line: FfiConverterUInt64.read(from: &buf), 
+                externalId: FfiConverterOptionString.read(from: &buf), 
+                reason: FfiConverterString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RegisterEntryError, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.line, into: &buf)
+        FfiConverterOptionString.write(value.externalId, into: &buf)
+        FfiConverterString.write(value.reason, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterEntryError_lift(_ buf: RustBuffer) throws -> RegisterEntryError {
+    return try FfiConverterTypeRegisterEntryError.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterEntryError_lower(_ value: RegisterEntryError) -> RustBuffer {
+    return FfiConverterTypeRegisterEntryError.lower(value)
+}
+
+
+/**
+ * What an import did.
+ */
+public struct RegisterImportSummary: Equatable, Hashable {
+    /**
+     * Entries imported now (one dossier, one change each).
+     */
+    public var imported: UInt64
+    /**
+     * Entries whose external id a dossier of the commune already has: nothing written.
+     */
+    public var alreadyPresent: UInt64
+    /**
+     * Entries refused, with their line.
+     */
+    public var errors: [RegisterEntryError]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Entries imported now (one dossier, one change each).
+         */imported: UInt64, 
+        /**
+         * Entries whose external id a dossier of the commune already has: nothing written.
+         */alreadyPresent: UInt64, 
+        /**
+         * Entries refused, with their line.
+         */errors: [RegisterEntryError]) {
+        self.imported = imported
+        self.alreadyPresent = alreadyPresent
+        self.errors = errors
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RegisterImportSummary: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRegisterImportSummary: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RegisterImportSummary {
+        return
+            try RegisterImportSummary(
+                imported: FfiConverterUInt64.read(from: &buf), 
+                alreadyPresent: FfiConverterUInt64.read(from: &buf), 
+                errors: FfiConverterSequenceTypeRegisterEntryError.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RegisterImportSummary, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.imported, into: &buf)
+        FfiConverterUInt64.write(value.alreadyPresent, into: &buf)
+        FfiConverterSequenceTypeRegisterEntryError.write(value.errors, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterImportSummary_lift(_ buf: RustBuffer) throws -> RegisterImportSummary {
+    return try FfiConverterTypeRegisterImportSummary.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRegisterImportSummary_lower(_ value: RegisterImportSummary) -> RustBuffer {
+    return FfiConverterTypeRegisterImportSummary.lower(value)
+}
+
+
+/**
+ * A paper the applicant hands in.
+ */
+public struct RequiredPaper: Equatable, Hashable {
+    /**
+     * What it is.
+     */
+    public var name: String
+    /**
+     * Copies.
+     */
+    public var copies: UInt32
+    /**
+     * Whether the original must be shown.
+     */
+    public var original: Bool
+    /**
+     * `None` when mandatory; the case that requires it when conditional.
+     */
+    public var condition: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * What it is.
+         */name: String, 
+        /**
+         * Copies.
+         */copies: UInt32, 
+        /**
+         * Whether the original must be shown.
+         */original: Bool, 
+        /**
+         * `None` when mandatory; the case that requires it when conditional.
+         */condition: String?) {
+        self.name = name
+        self.copies = copies
+        self.original = original
+        self.condition = condition
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension RequiredPaper: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeRequiredPaper: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> RequiredPaper {
+        return
+            try RequiredPaper(
+                name: FfiConverterString.read(from: &buf), 
+                copies: FfiConverterUInt32.read(from: &buf), 
+                original: FfiConverterBool.read(from: &buf), 
+                condition: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: RequiredPaper, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.name, into: &buf)
+        FfiConverterUInt32.write(value.copies, into: &buf)
+        FfiConverterBool.write(value.original, into: &buf)
+        FfiConverterOptionString.write(value.condition, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRequiredPaper_lift(_ buf: RustBuffer) throws -> RequiredPaper {
+    return try FfiConverterTypeRequiredPaper.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeRequiredPaper_lower(_ value: RequiredPaper) -> RustBuffer {
+    return FfiConverterTypeRequiredPaper.lower(value)
+}
+
+
+/**
+ * A returned dossier in the on-time or late list.
+ */
+public struct ReturnedDossier: Equatable, Hashable {
+    /**
+     * Record id.
+     */
+    public var id: String
+    /**
+     * Dossier number, when it has one.
+     */
+    public var dossierNumber: String?
+    /**
+     * Procedure code.
+     */
+    public var procedureCode: String
+    /**
+     * Applicant's name.
+     */
+    public var applicantName: String
+    /**
+     * When it was received.
+     */
+    public var receivedAt: Date
+    /**
+     * The effective due date it was judged by.
+     */
+    public var dueDate: CivilDate?
+    /**
+     * Whether it was returned on time.
+     */
+    public var onTime: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Record id.
+         */id: String, 
+        /**
+         * Dossier number, when it has one.
+         */dossierNumber: String?, 
+        /**
+         * Procedure code.
+         */procedureCode: String, 
+        /**
+         * Applicant's name.
+         */applicantName: String, 
+        /**
+         * When it was received.
+         */receivedAt: Date, 
+        /**
+         * The effective due date it was judged by.
+         */dueDate: CivilDate?, 
+        /**
+         * Whether it was returned on time.
+         */onTime: Bool) {
+        self.id = id
+        self.dossierNumber = dossierNumber
+        self.procedureCode = procedureCode
+        self.applicantName = applicantName
+        self.receivedAt = receivedAt
+        self.dueDate = dueDate
+        self.onTime = onTime
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReturnedDossier: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReturnedDossier: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReturnedDossier {
+        return
+            try ReturnedDossier(
+                id: FfiConverterString.read(from: &buf), 
+                dossierNumber: FfiConverterOptionString.read(from: &buf), 
+                procedureCode: FfiConverterString.read(from: &buf), 
+                applicantName: FfiConverterString.read(from: &buf), 
+                receivedAt: FfiConverterTimestamp.read(from: &buf), 
+                dueDate: FfiConverterOptionTypeCivilDate.read(from: &buf), 
+                onTime: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReturnedDossier, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.id, into: &buf)
+        FfiConverterOptionString.write(value.dossierNumber, into: &buf)
+        FfiConverterString.write(value.procedureCode, into: &buf)
+        FfiConverterString.write(value.applicantName, into: &buf)
+        FfiConverterTimestamp.write(value.receivedAt, into: &buf)
+        FfiConverterOptionTypeCivilDate.write(value.dueDate, into: &buf)
+        FfiConverterBool.write(value.onTime, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReturnedDossier_lift(_ buf: RustBuffer) throws -> ReturnedDossier {
+    return try FfiConverterTypeReturnedDossier.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReturnedDossier_lower(_ value: ReturnedDossier) -> RustBuffer {
+    return FfiConverterTypeReturnedDossier.lower(value)
+}
+
+
+/**
  * A full-text search result.
  */
 public struct SearchHit: Equatable, Hashable {
@@ -6114,6 +8864,75 @@ public func FfiConverterTypeSearchHit_lift(_ buf: RustBuffer) throws -> SearchHi
 #endif
 public func FfiConverterTypeSearchHit_lower(_ value: SearchHit) -> RustBuffer {
     return FfiConverterTypeSearchHit.lower(value)
+}
+
+
+/**
+ * A sector and how many procedures it has.
+ */
+public struct SectorCount: Equatable, Hashable {
+    /**
+     * Sector name.
+     */
+    public var sector: String
+    /**
+     * Procedures in it.
+     */
+    public var procedures: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Sector name.
+         */sector: String, 
+        /**
+         * Procedures in it.
+         */procedures: UInt64) {
+        self.sector = sector
+        self.procedures = procedures
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SectorCount: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSectorCount: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SectorCount {
+        return
+            try SectorCount(
+                sector: FfiConverterString.read(from: &buf), 
+                procedures: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SectorCount, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sector, into: &buf)
+        FfiConverterUInt64.write(value.procedures, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSectorCount_lift(_ buf: RustBuffer) throws -> SectorCount {
+    return try FfiConverterTypeSectorCount.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSectorCount_lower(_ value: SectorCount) -> RustBuffer {
+    return FfiConverterTypeSectorCount.lower(value)
 }
 
 
@@ -6365,6 +9184,24 @@ public struct SyncReport: Equatable, Hashable {
      * Documents still waiting to be pushed.
      */
     public var pendingDocs: UInt64
+    /**
+     * Attachment contents now whole on the server (uploads) or here (prefetch), after the
+     * records.
+     */
+    public var attachmentsCompleted: UInt64
+    /**
+     * Attachment chunk bytes sent or received.
+     */
+    public var attachmentBytes: UInt64
+    /**
+     * Attachment contents left for a later sync (the metered budget was spent).
+     */
+    public var attachmentsDeferred: UInt64
+    /**
+     * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+     * resumes at the last whole chunk).
+     */
+    public var attachmentError: String?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -6410,7 +9247,21 @@ public struct SyncReport: Equatable, Hashable {
          */retries: UInt64, 
         /**
          * Documents still waiting to be pushed.
-         */pendingDocs: UInt64) {
+         */pendingDocs: UInt64, 
+        /**
+         * Attachment contents now whole on the server (uploads) or here (prefetch), after the
+         * records.
+         */attachmentsCompleted: UInt64 = UInt64(0), 
+        /**
+         * Attachment chunk bytes sent or received.
+         */attachmentBytes: UInt64 = UInt64(0), 
+        /**
+         * Attachment contents left for a later sync (the metered budget was spent).
+         */attachmentsDeferred: UInt64 = UInt64(0), 
+        /**
+         * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+         * resumes at the last whole chunk).
+         */attachmentError: String? = nil) {
         self.requests = requests
         self.bytesUp = bytesUp
         self.bytesDown = bytesDown
@@ -6425,6 +9276,10 @@ public struct SyncReport: Equatable, Hashable {
         self.quarantined = quarantined
         self.retries = retries
         self.pendingDocs = pendingDocs
+        self.attachmentsCompleted = attachmentsCompleted
+        self.attachmentBytes = attachmentBytes
+        self.attachmentsDeferred = attachmentsDeferred
+        self.attachmentError = attachmentError
     }
 
     
@@ -6456,7 +9311,11 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
                 refused: FfiConverterUInt64.read(from: &buf), 
                 quarantined: FfiConverterUInt64.read(from: &buf), 
                 retries: FfiConverterUInt64.read(from: &buf), 
-                pendingDocs: FfiConverterUInt64.read(from: &buf)
+                pendingDocs: FfiConverterUInt64.read(from: &buf), 
+                attachmentsCompleted: FfiConverterUInt64.read(from: &buf), 
+                attachmentBytes: FfiConverterUInt64.read(from: &buf), 
+                attachmentsDeferred: FfiConverterUInt64.read(from: &buf), 
+                attachmentError: FfiConverterOptionString.read(from: &buf)
         )
     }
 
@@ -6475,6 +9334,10 @@ public struct FfiConverterTypeSyncReport: FfiConverterRustBuffer {
         FfiConverterUInt64.write(value.quarantined, into: &buf)
         FfiConverterUInt64.write(value.retries, into: &buf)
         FfiConverterUInt64.write(value.pendingDocs, into: &buf)
+        FfiConverterUInt64.write(value.attachmentsCompleted, into: &buf)
+        FfiConverterUInt64.write(value.attachmentBytes, into: &buf)
+        FfiConverterUInt64.write(value.attachmentsDeferred, into: &buf)
+        FfiConverterOptionString.write(value.attachmentError, into: &buf)
     }
 }
 
@@ -6886,6 +9749,101 @@ public func FfiConverterTypeApplicationStatus_lift(_ buf: RustBuffer) throws -> 
 #endif
 public func FfiConverterTypeApplicationStatus_lower(_ value: ApplicationStatus) -> RustBuffer {
     return FfiConverterTypeApplicationStatus.lower(value)
+}
+
+
+
+/**
+ * What kind of paper an attachment shows; receipts and identity cards are uploaded first.
+ */
+
+public enum AttachmentCategory: Equatable, Hashable {
+    
+    /**
+     * A signed receipt or payment proof.
+     */
+    case receipt
+    /**
+     * A citizen identity card (CCCD) or other identity paper.
+     */
+    case identityCard
+    /**
+     * A form or certificate of the dossier.
+     */
+    case document
+    /**
+     * Any other photo (a land plot, a road).
+     */
+    case photo
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension AttachmentCategory: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeAttachmentCategory: FfiConverterRustBuffer {
+    typealias SwiftType = AttachmentCategory
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> AttachmentCategory {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .receipt
+        
+        case 2: return .identityCard
+        
+        case 3: return .document
+        
+        case 4: return .photo
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: AttachmentCategory, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .receipt:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .identityCard:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .document:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .photo:
+            writeInt(&buf, Int32(4))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentCategory_lift(_ buf: RustBuffer) throws -> AttachmentCategory {
+    return try FfiConverterTypeAttachmentCategory.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeAttachmentCategory_lower(_ value: AttachmentCategory) -> RustBuffer {
+    return FfiConverterTypeAttachmentCategory.lower(value)
 }
 
 
@@ -7344,6 +10302,91 @@ public func FfiConverterTypeConflictValue_lower(_ value: ConflictValue) -> RustB
 
 
 /**
+ * What a clock event does.
+ */
+
+public enum DeadlineEventKind: Equatable, Hashable {
+    
+    /**
+     * A supplement was asked for: the clock stopped.
+     */
+    case pause
+    /**
+     * The dossier was complete again: the clock restarted.
+     */
+    case resume
+    /**
+     * An extension with a new appointment (the apology slip).
+     */
+    case `extension`
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension DeadlineEventKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeDeadlineEventKind: FfiConverterRustBuffer {
+    typealias SwiftType = DeadlineEventKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> DeadlineEventKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .pause
+        
+        case 2: return .resume
+        
+        case 3: return .`extension`
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: DeadlineEventKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .pause:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .resume:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .`extension`:
+            writeInt(&buf, Int32(3))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEventKind_lift(_ buf: RustBuffer) throws -> DeadlineEventKind {
+    return try FfiConverterTypeDeadlineEventKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeDeadlineEventKind_lower(_ value: DeadlineEventKind) -> RustBuffer {
+    return FfiConverterTypeDeadlineEventKind.lower(value)
+}
+
+
+
+/**
  * The case of a [`CommuneSyncError`], without its message (for status snapshots).
  */
 
@@ -7494,6 +10537,336 @@ public func FfiConverterTypeErrorKind_lift(_ buf: RustBuffer) throws -> ErrorKin
 #endif
 public func FfiConverterTypeErrorKind_lower(_ value: ErrorKind) -> RustBuffer {
     return FfiConverterTypeErrorKind.lower(value)
+}
+
+
+
+/**
+ * The type of a form field, with its constraints.
+ */
+
+public enum FieldKind: Equatable, Hashable {
+    
+    /**
+     * Free text.
+     */
+    case text(
+        /**
+         * Longest value in characters.
+         */maxLen: UInt32?
+    )
+    /**
+     * A whole number.
+     */
+    case number(
+        /**
+         * Smallest value.
+         */min: Int64?, 
+        /**
+         * Largest value.
+         */max: Int64?
+    )
+    /**
+     * A date (`YYYY-MM-DD`).
+     */
+    case date
+    /**
+     * One of the options.
+     */
+    case choice(
+        /**
+         * The options.
+         */options: [String]
+    )
+    /**
+     * A person.
+     */
+    case person
+    /**
+     * A citizen identity number (CCCD, format-checked).
+     */
+    case citizenId
+    /**
+     * An address.
+     */
+    case address
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FieldKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFieldKind: FfiConverterRustBuffer {
+    typealias SwiftType = FieldKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FieldKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text(maxLen: try FfiConverterOptionUInt32.read(from: &buf)
+        )
+        
+        case 2: return .number(min: try FfiConverterOptionInt64.read(from: &buf), max: try FfiConverterOptionInt64.read(from: &buf)
+        )
+        
+        case 3: return .date
+        
+        case 4: return .choice(options: try FfiConverterSequenceString.read(from: &buf)
+        )
+        
+        case 5: return .person
+        
+        case 6: return .citizenId
+        
+        case 7: return .address
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FieldKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .text(maxLen):
+            writeInt(&buf, Int32(1))
+            FfiConverterOptionUInt32.write(maxLen, into: &buf)
+            
+        
+        case let .number(min,max):
+            writeInt(&buf, Int32(2))
+            FfiConverterOptionInt64.write(min, into: &buf)
+            FfiConverterOptionInt64.write(max, into: &buf)
+            
+        
+        case .date:
+            writeInt(&buf, Int32(3))
+        
+        
+        case let .choice(options):
+            writeInt(&buf, Int32(4))
+            FfiConverterSequenceString.write(options, into: &buf)
+            
+        
+        case .person:
+            writeInt(&buf, Int32(5))
+        
+        
+        case .citizenId:
+            writeInt(&buf, Int32(6))
+        
+        
+        case .address:
+            writeInt(&buf, Int32(7))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFieldKind_lift(_ buf: RustBuffer) throws -> FieldKind {
+    return try FfiConverterTypeFieldKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFieldKind_lower(_ value: FieldKind) -> RustBuffer {
+    return FfiConverterTypeFieldKind.lower(value)
+}
+
+
+
+/**
+ * A typed form value.
+ */
+
+public enum FormValue: Equatable, Hashable {
+    
+    /**
+     * Text.
+     */
+    case text(
+        /**
+         * The text.
+         */value: String
+    )
+    /**
+     * A whole number.
+     */
+    case number(
+        /**
+         * The number.
+         */value: Int64
+    )
+    /**
+     * A date.
+     */
+    case date(
+        /**
+         * `YYYY-MM-DD`.
+         */value: String
+    )
+    /**
+     * An option of a choice.
+     */
+    case choice(
+        /**
+         * The option.
+         */value: String
+    )
+    /**
+     * A person.
+     */
+    case person(
+        /**
+         * Full name.
+         */name: String, 
+        /**
+         * CCCD number.
+         */citizenId: String?, 
+        /**
+         * Date of birth, `YYYY-MM-DD`.
+         */birthDate: String?
+    )
+    /**
+     * A citizen identity number.
+     */
+    case citizenId(
+        /**
+         * 12 digits.
+         */value: String
+    )
+    /**
+     * An address.
+     */
+    case address(
+        /**
+         * House, street or hamlet.
+         */detail: String, 
+        /**
+         * Commune or ward.
+         */commune: String, 
+        /**
+         * Province.
+         */province: String
+    )
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension FormValue: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeFormValue: FfiConverterRustBuffer {
+    typealias SwiftType = FormValue
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> FormValue {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 2: return .number(value: try FfiConverterInt64.read(from: &buf)
+        )
+        
+        case 3: return .date(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 4: return .choice(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 5: return .person(name: try FfiConverterString.read(from: &buf), citizenId: try FfiConverterOptionString.read(from: &buf), birthDate: try FfiConverterOptionString.read(from: &buf)
+        )
+        
+        case 6: return .citizenId(value: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 7: return .address(detail: try FfiConverterString.read(from: &buf), commune: try FfiConverterString.read(from: &buf), province: try FfiConverterString.read(from: &buf)
+        )
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: FormValue, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case let .text(value):
+            writeInt(&buf, Int32(1))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .number(value):
+            writeInt(&buf, Int32(2))
+            FfiConverterInt64.write(value, into: &buf)
+            
+        
+        case let .date(value):
+            writeInt(&buf, Int32(3))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .choice(value):
+            writeInt(&buf, Int32(4))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .person(name,citizenId,birthDate):
+            writeInt(&buf, Int32(5))
+            FfiConverterString.write(name, into: &buf)
+            FfiConverterOptionString.write(citizenId, into: &buf)
+            FfiConverterOptionString.write(birthDate, into: &buf)
+            
+        
+        case let .citizenId(value):
+            writeInt(&buf, Int32(6))
+            FfiConverterString.write(value, into: &buf)
+            
+        
+        case let .address(detail,commune,province):
+            writeInt(&buf, Int32(7))
+            FfiConverterString.write(detail, into: &buf)
+            FfiConverterString.write(commune, into: &buf)
+            FfiConverterString.write(province, into: &buf)
+            
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormValue_lift(_ buf: RustBuffer) throws -> FormValue {
+    return try FfiConverterTypeFormValue.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeFormValue_lower(_ value: FormValue) -> RustBuffer {
+    return FfiConverterTypeFormValue.lower(value)
 }
 
 
@@ -8257,6 +11630,30 @@ fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionBool: FfiConverterRustBuffer {
+    typealias SwiftType = Bool?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterBool.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterBool.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -8417,6 +11814,30 @@ fileprivate struct FfiConverterOptionTypeDeviceCredential: FfiConverterRustBuffe
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeDeviceCredential.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeImportMarker: FfiConverterRustBuffer {
+    typealias SwiftType = ImportMarker?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeImportMarker.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeImportMarker.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -8691,6 +12112,31 @@ fileprivate struct FfiConverterSequenceTypeApplicationSummary: FfiConverterRustB
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer {
+    typealias SwiftType = [Attachment]
+
+    public static func write(_ value: [Attachment], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeAttachment.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [Attachment] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [Attachment]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeAttachment.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeAuditEntry: FfiConverterRustBuffer {
     typealias SwiftType = [AuditEntry]
 
@@ -8766,6 +12212,31 @@ fileprivate struct FfiConverterSequenceTypeConflictCandidate: FfiConverterRustBu
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeDeadlineEvent: FfiConverterRustBuffer {
+    typealias SwiftType = [DeadlineEvent]
+
+    public static func write(_ value: [DeadlineEvent], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeDeadlineEvent.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [DeadlineEvent] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [DeadlineEvent]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeDeadlineEvent.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeFee: FfiConverterRustBuffer {
     typealias SwiftType = [Fee]
 
@@ -8791,6 +12262,56 @@ fileprivate struct FfiConverterSequenceTypeFee: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeFormEntry: FfiConverterRustBuffer {
+    typealias SwiftType = [FormEntry]
+
+    public static func write(_ value: [FormEntry], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFormEntry.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FormEntry] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FormEntry]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFormEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeFormField: FfiConverterRustBuffer {
+    typealias SwiftType = [FormField]
+
+    public static func write(_ value: [FormField], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeFormField.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [FormField] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [FormField]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeFormField.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer {
     typealias SwiftType = [HistoryEntry]
 
@@ -8808,6 +12329,56 @@ fileprivate struct FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer 
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeHistoryEntry.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeProcedureFee: FfiConverterRustBuffer {
+    typealias SwiftType = [ProcedureFee]
+
+    public static func write(_ value: [ProcedureFee], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeProcedureFee.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ProcedureFee] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ProcedureFee]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeProcedureFee.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeProcedureSummary: FfiConverterRustBuffer {
+    typealias SwiftType = [ProcedureSummary]
+
+    public static func write(_ value: [ProcedureSummary], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeProcedureSummary.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ProcedureSummary] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ProcedureSummary]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeProcedureSummary.read(from: &buf))
         }
         return seq
     }
@@ -8891,6 +12462,81 @@ fileprivate struct FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuf
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypeRegisterEntryError: FfiConverterRustBuffer {
+    typealias SwiftType = [RegisterEntryError]
+
+    public static func write(_ value: [RegisterEntryError], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRegisterEntryError.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RegisterEntryError] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RegisterEntryError]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRegisterEntryError.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer {
+    typealias SwiftType = [RequiredPaper]
+
+    public static func write(_ value: [RequiredPaper], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeRequiredPaper.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [RequiredPaper] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [RequiredPaper]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeRequiredPaper.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeReturnedDossier: FfiConverterRustBuffer {
+    typealias SwiftType = [ReturnedDossier]
+
+    public static func write(_ value: [ReturnedDossier], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReturnedDossier.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReturnedDossier] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReturnedDossier]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReturnedDossier.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
     typealias SwiftType = [SearchHit]
 
@@ -8908,6 +12554,31 @@ fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypeSearchHit.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSectorCount: FfiConverterRustBuffer {
+    typealias SwiftType = [SectorCount]
+
+    public static func write(_ value: [SectorCount], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSectorCount.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SectorCount] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SectorCount]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSectorCount.read(from: &buf))
         }
         return seq
     }
@@ -9093,6 +12764,87 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() != 2066) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress() != 5297) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attach_bytes() != 35714) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attach_file() != 16461) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attach_photo() != 7973) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attachment_settings() != 17712) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_attachments() != 41464) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_download_attachment() != 25789) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_open_attachment() != 17424) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_remove_attachment() != 34769) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings() != 12731) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress() != 5400) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_catalogue_version() != 19241) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_create_dossier() != 8693) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_form() != 3392) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file() != 36119) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_prefilled_application() != 53800) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure_details() != 15292) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_procedure_sectors() != 729) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector() != 55515) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_search_procedures() != 16415) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_set_form_values() != 14947) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_dossier_deadline() != 21485) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_extend_deadline() != 12160) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_mark_complete() != 19697) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_request_supplement() != 3222) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_return_dossier() != 14817) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_returned_dossiers() != 36008) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_communesync_ffi_checksum_method_engine_application_by_number() != 35798) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -9156,7 +12908,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_overdue() != 43156) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 5857) {
+    if (uniffi_communesync_ffi_checksum_method_engine_policy_input() != 23468) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_procedure() != 19772) {
@@ -9177,7 +12929,7 @@ private let initializationResult: InitializationResult = {
     if (uniffi_communesync_ffi_checksum_method_engine_search() != 41045) {
         return InitializationResult.apiChecksumMismatch
     }
-    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 13915) {
+    if (uniffi_communesync_ffi_checksum_method_engine_sync_now() != 51858) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_sync_status() != 56242) {
@@ -9205,6 +12957,15 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() != 21417) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_import_marker() != 63099) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_import_register() != 9790) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_communesync_ffi_checksum_method_engine_imported_application_id() != 48212) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() != 44248) {
@@ -9235,6 +12996,7 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
 
+    uniffiCallbackInitAttachmentProgressListener()
     uniffiCallbackInitEngineLogger()
     uniffiCallbackInitSyncObserver()
     uniffiCallbackInitSyncStatusListener()

@@ -56,6 +56,15 @@ extension Engine {
         return stream
     }
 
+    /// Bytes of each attachment uploaded by `syncNow` or downloaded (on open or prefetch): one
+    /// `AttachmentProgress` per chunk, none dropped. The watch stops when the stream terminates.
+    public func attachmentProgressUpdates() throws -> AsyncStream<AttachmentProgress> {
+        let (stream, continuation) = AsyncStream<AttachmentProgress>.makeStream(bufferingPolicy: .unbounded)
+        let handle = try watchAttachmentProgress(listener: AttachmentStreamListener(continuation))
+        continuation.onTermination = { _ in handle.stop() }
+        return stream
+    }
+
     /// Before store calls were `async`, this moved them off the caller's actor; they need no
     /// wrapper now.
     @available(*, deprecated, message: "store calls are async and run off the caller's thread: call them directly")
@@ -85,5 +94,18 @@ extension SyncDecision {
         case .after(let delayMs): return TimeInterval(delayMs) / 1000
         case .stop: return nil
         }
+    }
+}
+
+/// Forwards attachment progress (on the engine's attachment thread) into an AsyncStream.
+final class AttachmentStreamListener: AttachmentProgressListener, @unchecked Sendable {
+    private let continuation: AsyncStream<AttachmentProgress>.Continuation
+
+    init(_ continuation: AsyncStream<AttachmentProgress>.Continuation) {
+        self.continuation = continuation
+    }
+
+    func onAttachmentProgress(progress: AttachmentProgress) {
+        continuation.yield(progress)
     }
 }

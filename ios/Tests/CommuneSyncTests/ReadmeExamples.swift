@@ -93,6 +93,39 @@ func settleQuarantine(engine: Engine, officer: String) async throws {
     }
 }
 
+// Attachments: scans and photos of the dossier's papers. A camera photo is prepared for 2G
+// (upright, 1600 px, gray, about 150 KB); syncNow sends the records first, then the contents
+// (receipts and ID cards first) within the settings; another tablet opens a content by its hash
+// (downloaded on demand, the same bytes). Progress comes as an AsyncStream, one event per chunk.
+func attachIdCard(engine: Engine, officer: String, recordId: String, photoPath: String) async throws -> Attachment? {
+    try await engine.attachPhoto(
+        officer: officer, recordId: recordId,
+        new: NewAttachment(mime: "image/jpeg", category: .identityCard,
+                           caption: "CCCD mặt trước", document: "CCCD", page: 1),
+        path: photoPath, options: PhotoOptions(grayscale: true)
+    ).first
+}
+
+func onMobileData(engine: Engine, metered: Bool) throws {
+    var settings = engine.attachmentSettings()
+    settings.metered = metered
+    settings.meteredBudgetBytes = 2_000_000
+    try engine.setAttachmentSettings(settings: settings)
+}
+
+func openFirstAttachment(engine: Engine, recordId: String, cacheDir: URL) async throws -> URL? {
+    guard let attachment = try await engine.attachments(recordId: recordId).first else { return nil }
+    let file = cacheDir.appendingPathComponent(attachment.sha256)
+    _ = try await engine.openAttachment(sha256: attachment.sha256, path: file.path)
+    return file
+}
+
+func followAttachments(engine: Engine) async throws {
+    for await p in try engine.attachmentProgressUpdates() {
+        print("\(p.upload ? "sent" : "received") \(p.doneBytes) of \(p.totalBytes) bytes")
+    }
+}
+
 #if canImport(os)
 import os
 

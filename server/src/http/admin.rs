@@ -441,21 +441,16 @@ pub(super) async fn admin_put_catalogue(
 
 /// Checks that a catalogue is what tablets can install, before any tablet sees it.
 pub fn validate_catalogue(json: &str) -> Result<(), ApiError> {
+    // Version 1 or 2 (`communesync_core::catalogue::CatalogueFile`): every procedure checked,
+    // codes unique, bounds kept.
     #[derive(Deserialize)]
-    struct Catalogue {
-        procedures: Vec<communesync_core::catalogue::Procedure>,
-        #[serde(default)]
+    struct Required {
         #[allow(dead_code)]
-        holidays: Vec<communesync_core::catalogue::CivilDate>,
+        procedures: serde::de::IgnoredAny,
     }
-    let catalogue: Catalogue =
-        serde_json::from_str(json).map_err(|e| ApiError::malformed(format!("catalogue: {e}")))?;
-    if catalogue
-        .procedures
-        .iter()
-        .any(|p| p.code.trim().is_empty())
-    {
-        return Err(ApiError::malformed("catalogue: a procedure has no code"));
-    }
+    serde_json::from_str::<Required>(json)
+        .map_err(|e| ApiError::malformed(format!("catalogue: {e}")))?;
+    communesync_core::catalogue::CatalogueFile::parse(json)
+        .map_err(|e| ApiError::malformed(e.to_string()))?;
     Ok(())
 }

@@ -160,6 +160,7 @@ pub(super) async fn enroll(
             }))
         }
         Err(StorageError::InvalidEnrollmentCode) => {
+            state.metrics.enrollment_failure();
             tracing::warn!(%source, attempt, "failed enrollment attempt");
             Err(StorageError::InvalidEnrollmentCode.into())
         }

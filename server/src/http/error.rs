@@ -94,6 +94,7 @@ impl From<StorageError> for ApiError {
             }
             StorageError::Conflict(message) => Self::new(StatusCode::CONFLICT, "conflict", message),
             StorageError::Full(detail) => {
+                crate::metrics::storage_error("full");
                 tracing::error!(%detail, "storage full");
                 let mut err = Self::new(
                     StatusCode::INSUFFICIENT_STORAGE,
@@ -103,7 +104,10 @@ impl From<StorageError> for ApiError {
                 err.retry_after = Some(300);
                 err
             }
-            other => Self::internal(other),
+            other => {
+                crate::metrics::storage_error("backend");
+                Self::internal(other)
+            }
         }
     }
 }

@@ -8,7 +8,11 @@
 //! - `POST /v1/device/key`, `POST /v1/device-keys`, `POST /v1/receipts/verify` (JSON): device
 //!   keys (first-use registration, the province's key list as a delta) and the online check of a
 //!   receipt ([`keys`]).
-//! - `GET /v1/health`.
+//! - `GET /v1/admin/records?number=`, `/v1/admin/number-blocks`: dossier numbers for operators.
+//! - `/v1/admin/records/search`, `/records/{id}`, `/dashboard`, `/report`, `/export/records`,
+//!   `/read-model/rebuild`: the read model for operators (`admin_read_model`).
+//! - `/console/...`: the web console (`crate::console`).
+//! - `GET /v1/health`, `/v1/health/live`, `/v1/health/ready`, `GET /metrics` (`observe`).
 //!
 //! Everything from the network is checked before storage sees it: body size, content type,
 //! credentials, protocol version, counts, that every change decodes, that a new record is a valid
@@ -19,14 +23,17 @@
 
 mod admin;
 mod admin_numbers;
+mod admin_read_model;
 mod admin_records;
 mod admin_tokens;
+pub mod attachments;
 mod body_rate;
 pub mod client_addr;
 mod enroll;
 pub mod enroll_limit;
 mod error;
 pub mod keys;
+mod observe;
 mod push;
 mod rate;
 mod secrets;
@@ -39,6 +46,8 @@ pub use admin::{
     refusals, stats, validate_catalogue,
 };
 pub use admin_numbers::{NumberBlockOut, NumberedRecord, number_blocks, record_by_number};
+pub(crate) use admin_read_model::download;
+pub use admin_read_model::{DashboardLine, RecordFilters, dashboard, parse_range};
 pub use admin_records::{HistoryOut, record_history};
 pub use admin_tokens::{AdminTokenOut, list_admin_tokens};
 pub use body_rate::MinBodyRate;
@@ -47,7 +56,6 @@ pub use error::ApiError;
 pub use rate::DeviceRateLimit;
 pub use secrets::{hash_enrollment_code, hash_secret, new_enrollment_code, new_token};
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +67,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use communesync_core::clock::{Clock, SystemClock};
 use communesync_core::protocol::Limits;
-use serde::Deserialize;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::storage::{Device, ServerStorage};
@@ -105,6 +112,11 @@ pub struct ServerConfig {
     /// Requests each authenticated device may make; beyond it, 429 with `Retry-After`. Default
     /// a burst of 20, then 5 per second.
     pub device_rate: DeviceRateLimit,
+    /// Quotas of attachment contents.
+    pub attachments: crate::storage::attachments::AttachmentLimits,
+    /// Whether operators reach the server over HTTPS (directly or through a TLS proxy): the
+    /// console's session cookie is then `Secure`. Default false.
+    pub secure_cookies: bool,
     /// Dossier numbers: the province's format, agency codes and block sizing.
     pub numbers: crate::numbers::NumberConfig,
 }
@@ -124,6 +136,8 @@ impl Default for ServerConfig {
             body_idle_timeout: Duration::from_secs(30),
             min_body_rate: MinBodyRate::default(),
             device_rate: DeviceRateLimit::default(),
+            attachments: Default::default(),
+            secure_cookies: false,
             numbers: crate::numbers::NumberConfig::default(),
         }
     }
@@ -141,8 +155,8 @@ pub(crate) fn decode_room_mib(config: &ServerConfig) -> usize {
 /// A mebibyte: the unit of the decode budget.
 pub(crate) const MIB: usize = 1024 * 1024;
 
-/// Whether each procedure may be withdrawn, by code.
-pub(crate) type WithdrawalRules = Arc<HashMap<String, bool>>;
+/// What the record rules need of the catalogue (see [`crate::catalogue::CatalogueRules`]).
+pub(crate) type WithdrawalRules = Arc<crate::catalogue::CatalogueRules>;
 
 /// Shared state of the handlers.
 pub struct AppState {
@@ -159,6 +173,8 @@ pub struct AppState {
     pub(crate) device_limiter: rate::DeviceLimiter,
     /// Room for decoded sync bodies, in MiB ([`ServerConfig::decode_budget`]).
     pub(crate) decode_room: Arc<tokio::sync::Semaphore>,
+    /// Prometheus metrics (`GET /metrics`).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     /// The store epoch sent on sync answers, read at most every few seconds.
     store_epoch: store_epoch::EpochCache,
 }
@@ -184,8 +200,14 @@ impl AppState {
             withdrawal: std::sync::Mutex::new(None),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
             store_epoch: store_epoch::EpochCache::default(),
         })
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Syncs abandoned by their client before the answer; their remaining work was stopped.
@@ -193,39 +215,55 @@ impl AppState {
         self.abandoned.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Whether each procedure of the catalogue may be withdrawn (what the workflow rule needs),
-    /// parsed from the catalogue when its version changes.
-    pub(crate) fn withdrawal_rules(&self, catalogue: Option<&(u64, String)>) -> WithdrawalRules {
-        let Some((version, json)) = catalogue else {
-            return Arc::new(HashMap::new());
+    /// What the record rules need of the catalogue at `version` (every published procedure
+    /// version, each procedure's withdrawal rule), read from storage when the version changes.
+    pub(crate) async fn withdrawal_rules(
+        &self,
+        version: Option<u64>,
+    ) -> Result<WithdrawalRules, crate::storage::StorageError> {
+        let Some(version) = version else {
+            return Ok(Arc::default());
         };
-        let mut cached = self
-            .withdrawal
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((at, rules)) = cached.as_ref()
-            && at == version
         {
-            return rules.clone();
-        }
-        #[derive(Deserialize)]
-        struct Catalogue {
-            procedures: Vec<communesync_core::catalogue::Procedure>,
-        }
-        let rules: HashMap<String, bool> = match serde_json::from_str::<Catalogue>(json) {
-            Ok(catalogue) => catalogue
-                .procedures
-                .into_iter()
-                .map(|p| (p.code, p.withdrawal_allowed))
-                .collect(),
-            Err(e) => {
-                tracing::error!(error = %e, "the stored catalogue does not parse");
-                HashMap::new()
+            let cached = self
+                .withdrawal
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((at, rules)) = cached.as_ref()
+                && *at == version
+            {
+                return Ok(rules.clone());
             }
+        }
+        let versions = self.storage.procedure_versions().await?;
+        let rules = if versions.is_empty() {
+            // A catalogue published before the delta (server schema 6): its file is the rule.
+            match self.storage.catalogue().await? {
+                Some((_, json)) => match communesync_core::catalogue::CatalogueFile::parse(&json) {
+                    Ok(file) => crate::catalogue::CatalogueRules::from_file(file),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the stored catalogue does not parse");
+                        crate::catalogue::CatalogueRules::default()
+                    }
+                },
+                None => crate::catalogue::CatalogueRules::default(),
+            }
+        } else {
+            let rows = self.storage.catalogue_rows().await?;
+            let calendar = self
+                .storage
+                .catalogue_head()
+                .await?
+                .map(|head| head.calendar)
+                .unwrap_or_default();
+            crate::catalogue::CatalogueRules::from_storage(versions, &rows).with_calendar(&calendar)
         };
         let rules = Arc::new(rules);
-        *cached = Some((*version, rules.clone()));
-        rules
+        *self
+            .withdrawal
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((version, rules.clone()));
+        Ok(rules)
     }
 }
 
@@ -234,9 +272,22 @@ pub fn router(state: Arc<AppState>) -> Router {
     let body_limit = state.config.limits.max_compressed;
     let min_body_rate = state.config.min_body_rate;
     Router::new()
+        .merge(crate::console::routes())
         .route("/v1/health", get(|| async { "ok" }))
+        .route("/v1/health/live", get(observe::live))
+        .route("/v1/health/ready", get(observe::ready))
+        .route("/metrics", get(observe::metrics))
         .route("/v1/enroll", post(enroll::enroll))
         .route("/v1/sync", post(sync::sync))
+        .route("/v1/attachments/{sha256}", get(attachments::status))
+        .route(
+            "/v1/attachments/{sha256}/chunks/{index}",
+            get(attachments::get_chunk)
+                .put(attachments::put_chunk)
+                .layer(DefaultBodyLimit::max(
+                    crate::storage::attachments::MAX_CHUNK_SIZE as usize,
+                )),
+        )
         .route("/v1/device/key", post(keys::register_first_key))
         .route("/v1/device-keys", post(keys::device_keys))
         .route("/v1/receipts/verify", post(keys::verify))
@@ -272,6 +323,27 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/v1/admin/number-blocks",
             get(admin_numbers::admin_number_blocks),
         )
+        .route(
+            "/v1/admin/records/search",
+            get(admin_read_model::admin_records),
+        )
+        .route(
+            "/v1/admin/records/{id}",
+            get(admin_read_model::admin_record),
+        )
+        .route(
+            "/v1/admin/dashboard",
+            get(admin_read_model::admin_dashboard),
+        )
+        .route("/v1/admin/report", get(admin_read_model::admin_report))
+        .route(
+            "/v1/admin/export/records",
+            get(admin_read_model::admin_export_records),
+        )
+        .route(
+            "/v1/admin/read-model/rebuild",
+            post(admin_read_model::admin_rebuild_read_model),
+        )
         .route("/v1/admin/stats", get(admin::admin_stats))
         .route("/v1/admin/catalogue", put(admin::admin_put_catalogue))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -283,6 +355,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(middleware::from_fn(move |request, next| {
             refuse_declared_oversize(body_limit, request, next)
         }))
+        // Outermost: every request, refused early or not, gets its id, log line and latency.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            observe::observe,
+        ))
         .with_state(state)
 }
 

@@ -13,14 +13,17 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use communesync_core::integrity::{Refusal, RefusalCode, RuleContext, Verdict, check_pushed};
+use communesync_core::attachment::AttachmentRef;
+use communesync_core::integrity::{
+    Refusal, RefusalCode, RuleContext, Verdict, check_pushed_keeping_doc,
+};
 use communesync_core::protocol::PushDoc;
 use communesync_core::record::{
-    Application, DeviceId, Record, RecordId, RecordKind, decode_change,
+    Application, DeviceId, Record, RecordDoc, RecordId, RecordKind, decode_change,
 };
 use rayon::prelude::*;
 
-use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope};
+use crate::storage::{IncomingChange, IncomingDoc, KnownDoc, Scope, read_model};
 
 /// Set when the request that started the work is gone (its client disconnected): blocking work
 /// checks it between documents and stops.
@@ -72,9 +75,11 @@ pub(super) struct Cancelled;
 
 /// What the server concluded about one pushed document.
 pub(super) enum DocVerdict {
-    /// Store these (new) changes; with the application when it is new here and has a dossier
-    /// number (which the handler checks against the device's blocks before storing).
-    Store(IncomingDoc, Option<Box<Application>>),
+    /// Store these (new) changes; the record they leave names these attachments; with the
+    /// application when it is new here and has a dossier number (which the handler checks
+    /// against the device's blocks before storing) or an import marker (whose external id the
+    /// handler checks is its commune's only one).
+    Store(IncomingDoc, Vec<AttachmentRef>, Option<Box<Application>>),
     /// Nothing new: the server has every change already.
     Nothing,
     /// The server lacks changes they depend on: the tablet should send the whole history.
@@ -92,8 +97,9 @@ pub(super) struct Decoded {
     changes: Vec<IncomingChange>,
     decoded: Result<Vec<automerge::Change>, Refusal>,
     /// For a document sent whole without an id: its verdict as a new record, computed to learn
-    /// the id (reused when the server does not have the record, the usual case).
-    fresh: Option<Verdict>,
+    /// the id (reused when the server does not have the record, the usual case), with the
+    /// document it built.
+    fresh: Option<Checked>,
 }
 
 impl Decoded {
@@ -113,9 +119,13 @@ impl Decoded {
 pub(super) struct Pusher {
     pub(super) device: DeviceId,
     pub(super) scope: Scope,
-    /// Withdrawal rule by procedure code, from the province catalogue.
-    pub(super) withdrawal: Arc<HashMap<String, bool>>,
+    /// Withdrawal rule and form by procedure code, from the province catalogue.
+    pub(super) withdrawal: super::WithdrawalRules,
 }
+
+/// A verdict, with the document the checker built when it accepted a record (the stored
+/// history and the new changes applied): the read model's projection is read from it.
+type Checked = (Verdict, Option<RecordDoc>);
 
 impl Pusher {
     fn check(
@@ -124,14 +134,15 @@ impl Pusher {
         kind: RecordKind,
         stored: Vec<automerge::Change>,
         pushed: Vec<automerge::Change>,
-    ) -> Verdict {
-        let withdrawal = |code: &str| self.withdrawal.get(code).copied();
+    ) -> Checked {
+        let withdrawal = |code: &str| self.withdrawal.withdrawal_allowed(code);
         let ctx = RuleContext {
             device: self.device,
             commune: self.scope.commune(),
             withdrawal_allowed: &withdrawal,
+            procedure_at: &*self.withdrawal,
         };
-        check_pushed(id, kind, stored, pushed, &ctx)
+        check_pushed_keeping_doc(id, kind, stored, pushed, &ctx)
     }
 }
 
@@ -177,15 +188,15 @@ pub(super) fn decode_push(
                 (Some(refusal), id) => (id, None, Err(refusal)),
                 (None, Some(id)) => (Some(id), None, Ok(decoded)),
                 (None, None) => {
-                    let verdict = pusher.check(None, doc.kind, Vec::new(), decoded.clone());
-                    let id = match &verdict {
+                    let checked = pusher.check(None, doc.kind, Vec::new(), decoded.clone());
+                    let id = match &checked.0 {
                         Verdict::Accepted {
                             record: Some(record),
                             ..
                         } => Some(record.id()),
                         _ => None,
                     };
-                    (id, Some(verdict), Ok(decoded))
+                    (id, Some(checked), Ok(decoded))
                 }
             };
             Ok(Decoded {
@@ -248,7 +259,7 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
             return DocVerdict::Refused(Refusal::not_yours());
         }
     }
-    let verdict = match (doc.fresh, stored) {
+    let (verdict, checked_doc) = match (doc.fresh, stored) {
         // Sent whole, and new here: checked already to learn its id.
         (Some(fresh), None) => fresh,
         (_, stored) => {
@@ -267,6 +278,7 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
             let Some(record) = record else {
                 return DocVerdict::Nothing;
             };
+            let base_changes = stored.map_or(0, |stored| stored.changes.len());
             let mut changes: Vec<Option<IncomingChange>> =
                 doc.changes.into_iter().map(Some).collect();
             let new_changes: Vec<IncomingChange> = new
@@ -277,19 +289,39 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
                 Some(stored) => stored.commune.clone(),
                 None => record_commune(&record).to_owned(),
             };
+            let attachments = match *record {
+                Record::Application(ref a) => a.attachments.clone(),
+                Record::CitizenRequest(ref r) => r.attachments.clone(),
+            };
             let numbered = match (record.as_ref(), stored) {
-                (Record::Application(app), None) if app.dossier_number.is_some() => {
+                (Record::Application(app), None)
+                    if app.dossier_number.is_some() || app.imported.is_some() =>
+                {
                     Some(Box::new(app.clone()))
                 }
                 _ => None,
             };
+            // The row the read model will hold, read from the document just checked: storage
+            // need not decode the record's changes again.
+            let projection = checked_doc
+                .filter(|_| read_model::ENABLED)
+                .map(|mut checked| {
+                    Box::new(read_model::project_checked(
+                        &mut checked,
+                        &record,
+                        &commune,
+                        base_changes,
+                    ))
+                });
             DocVerdict::Store(
                 IncomingDoc {
                     id: record.id(),
                     kind: doc.kind,
                     commune,
                     changes: new_changes,
+                    projection,
                 },
+                attachments,
                 numbered,
             )
         }

@@ -7,6 +7,7 @@ use axum::body::Bytes;
 use axum::extract::{FromRequest, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use communesync_core::catalogue::delta::CatalogueHeld;
 use communesync_core::codec::DocCodec;
 use communesync_core::integrity::RefusalCode;
 use communesync_core::keys::wire::{DeviceKeysRequest, MAX_DELTA_ENTRIES, cut_delta};
@@ -141,18 +142,24 @@ async fn sync_inner(
         }
     };
     let keys_request = request.extensions.get::<DeviceKeysRequest>();
-    let catalogue = state.storage.catalogue().await?;
+    // The catalogue by delta (tag 5): what the tablet holds; one that does not decode gets no
+    // catalogue this time (the records go on).
+    let catalogue_held = request.extensions.get::<CatalogueHeld>();
+    let catalogue_head = state.storage.catalogue_head().await?;
 
     // Push: a verdict per document; what passes is stored in one transaction.
     let mut missing: Vec<u32> = Vec::new();
     // Records this request pushes: the device holds them (see the pull below).
     let mut pushed_ids: std::collections::HashSet<RecordId> = std::collections::HashSet::new();
     let mut refused: Vec<Refused> = Vec::new();
+    let (mut stored_docs, mut stored_bytes) = (0u64, 0u64);
     if !request.push.is_empty() {
         let pusher = Pusher {
             device: device.id,
             scope: device.scope.clone(),
-            withdrawal: state.withdrawal_rules(catalogue.as_ref()),
+            withdrawal: state
+                .withdrawal_rules(catalogue_head.as_ref().map(|head| head.version))
+                .await?,
         };
         // Decoding (and checking the documents sent whole, which name no id) runs first; then
         // one storage read for what the server holds of them all; then the checks against it.
@@ -214,10 +221,16 @@ async fn sync_inner(
         };
         let mut incoming = Vec::new();
         let mut positions: Vec<(RecordId, u32)> = Vec::new();
+        let mut references: Vec<(
+            RecordId,
+            String,
+            Vec<communesync_core::attachment::AttachmentRef>,
+        )> = Vec::new();
         let mut numbered = numbers::NewNumbers::default();
+        let mut imports = crate::external_ids::NewImports::default();
         for (position, verdict) in verdicts {
             match verdict {
-                DocVerdict::Store(doc, app) => {
+                DocVerdict::Store(doc, attachments, app) => {
                     if let Some(app) = app {
                         // A dossier number is checked against the device's blocks first.
                         if let Err(refusal) = numbered
@@ -231,8 +244,20 @@ async fn sync_inner(
                             });
                             continue;
                         }
+                        // An imported dossier's external id is its commune's only one.
+                        if let Err(refusal) = imports.admit(&*state.storage, &app).await? {
+                            refused.push(Refused {
+                                position,
+                                code: refusal.code.as_str().to_owned(),
+                                message: refusal.message,
+                            });
+                            continue;
+                        }
                     }
                     positions.push((doc.id, position));
+                    if !attachments.is_empty() {
+                        references.push((doc.id, doc.commune.clone(), attachments));
+                    }
                     incoming.push(doc);
                 }
                 DocVerdict::Nothing => {}
@@ -283,11 +308,43 @@ async fn sync_inner(
         if cancel.is_cancelled() {
             return Err(cancelled());
         }
+        for refusal in &refused {
+            state.metrics.refused(&refusal.code);
+        }
         // The admitted numbers are indexed before their records are stored: if storing fails,
         // the retry finds its own number (same record) and stores it; a lookup of a number
         // whose record is not stored yet answers "not found".
         numbered.record(&*state.storage, device.id, now).await?;
+        // External ids are claimed likewise; one a concurrent push claimed first refuses its
+        // record here (nothing of it is stored).
+        let lost = imports.claim(&*state.storage, device.id, now).await?;
+        if !lost.is_empty() {
+            let mut rows = Vec::with_capacity(lost.len());
+            for (doc, refusal) in lost {
+                if let Some(at) = positions.iter().position(|(id, _)| *id == doc) {
+                    let (_, position) = positions.remove(at);
+                    incoming.retain(|d| d.id != doc);
+                    refused.push(Refused {
+                        position,
+                        code: refusal.code.as_str().to_owned(),
+                        message: refusal.message.clone(),
+                    });
+                    rows.push(RefusalRow {
+                        doc,
+                        code: refusal.code.as_str().to_owned(),
+                        message: refusal.message,
+                    });
+                }
+            }
+            state.storage.record_refusals(device.id, &rows, now).await?;
+        }
         if !incoming.is_empty() {
+            stored_docs = incoming.len() as u64;
+            stored_bytes = incoming
+                .iter()
+                .flat_map(|doc| &doc.changes)
+                .map(|change| change.bytes.len() as u64)
+                .sum();
             let accepted: Vec<RecordId> = positions.iter().map(|(id, _)| *id).collect();
             // Before the changes: every stored change of a signed push has its signature.
             if let PushAuth::Verified(signature) = &auth {
@@ -315,6 +372,29 @@ async fn sync_inner(
                     .map(|(_, position)| *position),
             );
             state.storage.clear_refusals(device.id, &accepted).await?;
+            // The references of the stored records open their contents to the commune's
+            // devices (a crash before this is healed by the x-record-id of an upload).
+            for (doc, commune, attachments) in &references {
+                if outcome.missing_deps.contains(doc) {
+                    continue;
+                }
+                for reference in attachments {
+                    let Ok(hash) = crate::http::attachments::address(&reference.sha256) else {
+                        continue;
+                    };
+                    state
+                        .storage
+                        .reference_attachment(
+                            hash,
+                            commune,
+                            *doc,
+                            reference.size,
+                            reference.is_live(),
+                            now,
+                        )
+                        .await?;
+                }
+            }
         }
         missing.sort_unstable();
         missing.dedup();
@@ -377,11 +457,39 @@ async fn sync_inner(
             extensions.insert(&grant).map_err(ApiError::internal)?;
         }
     }
-    let catalogue = match catalogue {
-        Some((version, json)) if version > request.catalogue_version => {
-            Some(CatalogueUpdate { version, json })
+    let catalogue = match (&catalogue_head, catalogue_held) {
+        (None, _) => None,
+        // Published by delta: a page of what changed after the tablet's position, and the
+        // calendar if it moved, as extensions 5 and 6.
+        (Some(head), Ok(Some(held))) if head.calendar_version > 0 => {
+            let (delta, calendar) =
+                crate::catalogue::delta_page(state.storage.as_ref(), head, &held).await?;
+            if let Some(delta) = delta {
+                extensions.insert(&delta).map_err(ApiError::internal)?;
+            }
+            if let Some(calendar) = calendar {
+                extensions.insert(&calendar).map_err(ApiError::internal)?;
+            }
+            None
         }
-        _ => None,
+        (Some(_), Err(err)) => {
+            tracing::warn!(device = %device.id, %err, "catalogue position refused");
+            None
+        }
+        // A tablet that does not speak tag 5 (protocols 2 and 3), or a catalogue published
+        // whole before the delta: the whole catalogue when the tablet's version is older.
+        (Some(head), Ok(held)) => {
+            let held_version = held.map_or(request.catalogue_version, |held| held.version);
+            if head.version > held_version {
+                state
+                    .storage
+                    .catalogue()
+                    .await?
+                    .map(|(version, json)| CatalogueUpdate { version, json })
+            } else {
+                None
+            }
+        }
     };
     // The key list entries the tablet lacks (protocol 4; older tablets send no version).
     if let Ok(Some(held)) = &keys_request {
@@ -395,6 +503,20 @@ async fn sync_inner(
                 .map_err(ApiError::internal)?;
         }
     }
+    let commune = device.scope.commune().unwrap_or("province");
+    state.metrics.sync(commune, stored_docs, stored_bytes);
+    tracing::info!(
+        device = %device.id,
+        commune,
+        protocol,
+        stored_docs,
+        stored_bytes,
+        refused = refused.len(),
+        missing_deps = missing.len(),
+        pulled_docs = feed.len(),
+        more,
+        "sync"
+    );
     let response = SyncResponse {
         protocol,
         server_time: now,

@@ -29,10 +29,14 @@ use async_trait::async_trait;
 use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 
+pub mod attachments;
 pub mod pg_tls;
 mod plan;
 pub mod postgres;
+pub mod read_model;
 pub mod sqlite;
+
+pub use read_model::ReadModelRow;
 
 pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
@@ -222,6 +226,49 @@ pub struct CommuneStats {
     pub last_change_at: Option<i64>,
 }
 
+/// The published catalogue's head (without its whole JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueHead {
+    /// Catalogue version: the number of the last publication (1, 2, ...).
+    pub version: u64,
+    /// The working calendar's overrides (JSON list of `CalendarOverride`).
+    pub calendar: String,
+    /// The publication that last changed the calendar (0: never published one).
+    pub calendar_version: u64,
+}
+
+/// A procedure code of the published catalogue: its current version (or its last one, removed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogueRow {
+    /// The publication that last changed this code.
+    pub changed: u64,
+    /// Procedure code.
+    pub code: String,
+    /// Its current (or last) version.
+    pub version: u64,
+    /// Whether the procedure was taken out of the catalogue.
+    pub removed: bool,
+    /// That version's JSON.
+    pub body: String,
+}
+
+/// One publication of the catalogue, planned against version `base_version`
+/// (`crate::catalogue::plan_publication`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CataloguePublication {
+    /// The catalogue version the plan was made against (0: none yet); the publication is
+    /// refused ([`StorageError::Conflict`]) if another one came first.
+    pub base_version: u64,
+    /// The whole file (for tablets of protocols 2 and 3, and exports).
+    pub json: String,
+    /// The calendar's overrides (JSON), when they changed.
+    pub calendar: Option<String>,
+    /// Procedures added or given a new version: code, version, JSON.
+    pub puts: Vec<(String, u64, String)>,
+    /// Procedure codes taken out.
+    pub removals: Vec<String>,
+}
+
 /// A stored change with the server's facts about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChange {
@@ -266,6 +313,10 @@ pub struct IncomingDoc {
     pub commune: String,
     /// Changes, each after its deps.
     pub changes: Vec<IncomingChange>,
+    /// Its read-model row as the push path computed it from the checked document, if it did:
+    /// written instead of re-reading the document's changes when still current (see
+    /// [`read_model::Projected`]). `None`: storage projects from the stored changes.
+    pub projection: Option<Box<read_model::Projected>>,
 }
 
 /// What [`ServerStorage::ingest`] did with a batch.
@@ -310,6 +361,132 @@ pub struct FeedPage {
     /// Whether changes remain after `next_cursor`.
     pub more: bool,
 }
+
+/// Filters of [`ServerStorage::records`]; every filter given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordQuery {
+    /// Only this commune's records.
+    pub commune: Option<String>,
+    /// Only records of this kind.
+    pub kind: Option<RecordKind>,
+    /// Only records with this status name.
+    pub status: Option<String>,
+    /// Only records of this procedure code (or request category).
+    pub procedure_code: Option<String>,
+    /// Records whose applicant name contains this text, compared folded (without diacritics,
+    /// case-insensitive): `nguyen thi` finds "Nguyễn Thị Hương".
+    pub name: Option<String>,
+    /// Records with exactly this identity number.
+    pub id_number: Option<String>,
+    /// Records with exactly this dossier number.
+    pub dossier_number: Option<String>,
+    /// Only records overdue on this day (`YYYY-MM-DD`): still open with a due date before it.
+    pub overdue_on: Option<String>,
+    /// Records received (device time, ms) at or after this.
+    pub received_from: Option<i64>,
+    /// Records received before this.
+    pub received_until: Option<i64>,
+    /// Rows to skip (paging).
+    pub offset: usize,
+    /// Most rows returned, capped at [`MAX_RECORDS_LISTED`] (0 means the cap).
+    pub limit: usize,
+}
+
+/// Most rows [`ServerStorage::records`] returns in one call.
+pub const MAX_RECORDS_LISTED: usize = 10_000;
+
+/// Status names whose statutory clock still runs (applications) or that are still being handled
+/// (requests).
+pub const OPEN_STATUSES: [&str; 3] = ["received", "in_progress", "supplement_requested"];
+
+/// Figures of one commune for the province dashboard.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CommuneSummary {
+    /// Commune code.
+    pub commune: String,
+    /// Records by status name (records that could not be projected are not counted here).
+    pub by_status: std::collections::BTreeMap<String, u64>,
+    /// Records received (device time) at or after the dashboard's week start.
+    pub received_this_week: u64,
+    /// Records received at or after the dashboard's month start.
+    pub received_this_month: u64,
+    /// Records still open ([`OPEN_STATUSES`]).
+    pub open: u64,
+    /// Open records with a due date before the dashboard's day.
+    pub overdue: u64,
+    /// Records whose result was given on or before their due date.
+    pub on_time: u64,
+    /// Records whose result was given after their due date.
+    pub late: u64,
+    /// Records whose changes could not be read as a record.
+    pub unreadable: u64,
+}
+
+impl CommuneSummary {
+    /// Share of results given on time, when any was given.
+    pub fn on_time_rate(&self) -> Option<f64> {
+        let given = self.on_time + self.late;
+        (given > 0).then(|| self.on_time as f64 / given as f64)
+    }
+}
+
+/// One line of the periodic report: a commune and a procedure over a date range.
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct ReportRow {
+    /// Commune code.
+    pub commune: String,
+    /// Procedure code (or request category).
+    pub procedure_code: String,
+    /// Records received in the range (device time of intake).
+    pub received: u64,
+    /// Results given in the range on or before their due date.
+    pub processed_on_time: u64,
+    /// Results given in the range after their due date.
+    pub processed_late: u64,
+    /// Records received before the end of the range, still open, with a due date before the
+    /// range's last day (or before today, if the range ends later).
+    pub overdue: u64,
+}
+
+/// A console operator account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleOperator {
+    /// Login name.
+    pub username: String,
+    /// Argon2 PHC string of the password.
+    pub password_hash: String,
+    /// `viewer`, `operator` or `admin`.
+    pub role: String,
+    /// A disabled account cannot log in and its sessions stop working.
+    pub disabled: bool,
+}
+
+/// A live console session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSession {
+    /// Its operator.
+    pub operator: ConsoleOperator,
+    /// The session's CSRF token, required in every form it posts.
+    pub csrf: String,
+    /// When it expires (server ms).
+    pub expires_at: i64,
+}
+
+/// One operator action.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct AuditEntry {
+    /// When (server ms).
+    pub at: i64,
+    /// Who.
+    pub username: String,
+    /// What (`login`, `issue_code`, `revoke`, `publish_catalogue`, ...).
+    pub action: String,
+    /// On what, readable.
+    pub detail: String,
+}
+
+/// Most audit entries [`ServerStorage::audit_log`] returns.
+pub const MAX_AUDIT_LISTED: usize = 1_000;
 
 /// A block of dossier numbers granted to a device, as stored (see `communesync_core::numbering`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,7 +533,7 @@ pub const KEY_REVOKED_MESSAGE: &str =
 /// The server's storage. Implemented by [`SqliteStorage`] and [`PostgresStorage`]; every
 /// implementation passes the conformance suite.
 #[async_trait]
-pub trait ServerStorage: Send + Sync + 'static {
+pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static {
     /// Creates a commune. [`StorageError::AlreadyExists`] if the code is taken.
     async fn create_commune(&self, code: &str, name: &str) -> Result<()>;
 
@@ -539,15 +716,131 @@ pub trait ServerStorage: Send + Sync + 'static {
     /// Unknown ids are absent from the map; duplicates in `docs` are harmless.
     async fn known_docs(&self, docs: &[RecordId]) -> Result<HashMap<RecordId, KnownDoc>>;
 
-    /// Replaces the province catalogue (reference data, JSON) and returns its new version
-    /// (1, 2, ...).
-    async fn put_catalogue(&self, json: &str) -> Result<u64>;
+    /// Publishes the province catalogue (a catalogue file's JSON) and returns its new version
+    /// (1, 2, ...): what changed against the published one is recorded for the delta
+    /// ([`crate::catalogue`]). [`StorageError::Conflict`] when the file breaks the version rule
+    /// (a published version changed in place, a version going back) or does not parse.
+    async fn put_catalogue(&self, json: &str) -> Result<u64> {
+        crate::catalogue::publish(self, json).await
+    }
+
+    /// Records one publication in one transaction: the new catalogue version, the whole JSON,
+    /// the procedure versions and entries it changes, the calendar if it changed. Returns the
+    /// new version; [`StorageError::Conflict`] if the catalogue is no longer at
+    /// `base_version`.
+    async fn publish_catalogue(&self, publication: CataloguePublication) -> Result<u64>;
+
+    /// The published catalogue's head, if one was ever published.
+    async fn catalogue_head(&self) -> Result<Option<CatalogueHead>>;
+
+    /// Every procedure code ever published, with its current (or last) version's JSON.
+    async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>>;
+
+    /// At most `limit` entries changed after position (`publication`, `code`), in (changed,
+    /// code) order: a page of the delta.
+    async fn catalogue_changes(
+        &self,
+        publication: u64,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>>;
+
+    /// At most `limit` published procedure versions that are not a current entry's (replaced,
+    /// or of a removed procedure), after position (`publication`, `code`, `version`) in
+    /// (published, code, version) order, as rows whose `changed` is the publication that
+    /// published them: the pinned-only part of the delta.
+    async fn pinned_versions_after(
+        &self,
+        publication: u64,
+        code: &str,
+        version: u64,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>>;
+
+    /// Every published version of every procedure: code, version, JSON.
+    async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>>;
 
     /// The current catalogue and its version, if one was ever put.
     async fn catalogue(&self) -> Result<Option<(u64, String)>>;
 
     /// Activity of every commune, by code.
     async fn stats(&self) -> Result<Vec<CommuneStats>>;
+
+    /// The read-model row of a record, if the server stores it (see [`read_model`]).
+    async fn record_row(&self, id: RecordId) -> Result<Option<ReadModelRow>>;
+
+    /// Read-model rows matching `query`, newest received first (then by id), at most
+    /// [`MAX_RECORDS_LISTED`].
+    async fn records(&self, query: &RecordQuery) -> Result<Vec<ReadModelRow>>;
+
+    /// Dashboard figures of every commune (communes without records too), by code. `today` is
+    /// the day overdue is judged on (`YYYY-MM-DD`); `week_from` and `month_from` are the starts
+    /// of the current week and month (ms).
+    async fn commune_summaries(
+        &self,
+        today: &str,
+        week_from: i64,
+        month_from: i64,
+    ) -> Result<Vec<CommuneSummary>>;
+
+    /// The periodic report over `[from, until)` (ms), one row per commune and procedure that
+    /// has a figure, by commune then procedure; see [`ReportRow`]. `last_day` is the day overdue
+    /// is judged on (`YYYY-MM-DD`).
+    async fn report(&self, from: i64, until: i64, last_day: &str) -> Result<Vec<ReportRow>>;
+
+    /// Rebuilds the read model from the stored changes, in one transaction, and returns the
+    /// rows written. The result equals what ingesting wrote incrementally.
+    async fn rebuild_read_model(&self) -> Result<u64>;
+
+    /// Creates a console operator. [`StorageError::AlreadyExists`] if the name is taken.
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The operator with this name, if any.
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>>;
+
+    /// Stores a session (its token's hash) of `username`, valid while `now < expires_at`;
+    /// expired sessions are deleted on the way. [`StorageError::NotFound`] for an unknown
+    /// operator.
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()>;
+
+    /// The live session with this token hash: not expired at `now`, its operator not disabled.
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>>;
+
+    /// Ends a session (logout). Unknown hashes are ignored.
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()>;
+
+    /// Appends an operator action to the audit log (never changed or deleted).
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()>;
+
+    /// The newest audit entries first, at most `limit` (capped at [`MAX_AUDIT_LISTED`]).
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>>;
+
+    /// Whether the database answers and holds exactly the schema this build writes (every
+    /// migration applied, none newer): `Ok` or [`StorageError::Conflict`] saying why not.
+    async fn ready(&self) -> Result<()>;
+
+    /// Documents that have stored changes but no read-model row (0 once the read model is built:
+    /// ingest projects in the same transaction).
+    async fn read_model_lag(&self) -> Result<u64>;
 
     /// The store's epoch: a random value that only changes when the database is restored from a
     /// backup ([`ServerStorage::renew_store_epoch`]); tablets compare it between syncs.
@@ -634,6 +927,36 @@ pub trait ServerStorage: Send + Sync + 'static {
         &self,
         hashes: &[[u8; 32]],
     ) -> Result<HashMap<[u8; 32], Arc<PushSignatureRow>>>;
+
+    /// Claims the external ids of imported dossiers accepted from `device`, each
+    /// `(commune, external id, record)`, in one transaction: a key not yet recorded goes to its
+    /// record; a key already recorded stays with its first record. Returns the records whose
+    /// key another record holds (to be refused), in the order given.
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>>;
+
+    /// The record holding `external_id` in `commune`, and the device that pushed it.
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>>;
+}
+
+/// An imported dossier's claim on its register key (see
+/// [`ServerStorage::claim_external_ids`]).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ExternalIdClaim {
+    /// The commune whose register it is.
+    pub commune: String,
+    /// The entry's key in that register.
+    pub external_id: String,
+    /// The record that claims it.
+    pub doc: RecordId,
 }
 
 /// A push signature as stored: enough to verify it again later.
@@ -793,6 +1116,31 @@ pub(crate) fn refusals_to_store(refusals: &[RefusalRow]) -> Vec<(RecordId, &str,
         .into_iter()
         .map(|(doc, (code, message))| (doc, code, message))
         .collect()
+}
+
+/// `text` as a SQL `LIKE` pattern matching it anywhere, with `\\` as the escape character.
+pub(crate) fn like_contains(text: &str) -> String {
+    let mut pattern = String::with_capacity(text.len() + 2);
+    pattern.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
+}
+
+/// The readiness verdict for a schema `found` where this build writes `expected`.
+pub(crate) fn schema_verdict(found: i64, expected: i64) -> Result<()> {
+    if found == expected {
+        Ok(())
+    } else {
+        Err(StorageError::Conflict(format!(
+            "schema version {found}, this build needs {expected}"
+        )))
+    }
 }
 
 /// Registrations read from a store, by document.

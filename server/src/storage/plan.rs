@@ -53,6 +53,33 @@ pub(crate) fn hashes_named(docs: &[IncomingDoc]) -> Vec<(RecordId, [u8; 32])> {
     named.into_iter().collect()
 }
 
+/// The projections the push path computed, taken out of the batch by document (the plan then
+/// handles the changes alone).
+pub(crate) fn take_projections(
+    docs: &mut [IncomingDoc],
+) -> HashMap<RecordId, Box<super::read_model::Projected>> {
+    docs.iter_mut()
+        .filter_map(|doc| Some((doc.id, doc.projection.take()?)))
+        .collect()
+}
+
+/// The documents of `changes` in first-appearance order, each with how many of its changes
+/// are stored.
+pub(crate) fn changes_per_doc(changes: &[PlannedChange]) -> Vec<(RecordId, i64)> {
+    let mut order: Vec<(RecordId, i64)> = Vec::new();
+    let mut at: HashMap<RecordId, usize> = HashMap::new();
+    for change in changes {
+        match at.get(&change.doc) {
+            Some(&i) => order[i].1 += 1,
+            None => {
+                at.insert(change.doc, order.len());
+                order.push((change.doc, 1));
+            }
+        }
+    }
+    order
+}
+
 /// A change to store.
 pub(crate) struct PlannedChange {
     pub(crate) doc: RecordId,
@@ -281,12 +308,14 @@ mod tests {
                 kind: RecordKind::Application,
                 commune: "c1".into(),
                 changes: vec![change(1, &[]), change(1, &[]), change(2, &[1])],
+                projection: None,
             },
             IncomingDoc {
                 id: b,
                 kind: RecordKind::Application,
                 commune: "c1".into(),
                 changes: vec![change(3, &[]), change(4, &[9])],
+                projection: None,
             },
         ];
         let device = Device {

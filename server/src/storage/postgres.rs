@@ -28,15 +28,21 @@ use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::{IsolationLevel, Row};
 
+mod attachments;
+
 use super::plan::{self, FeedRowMeta};
 
+mod external_ids;
 mod numbers;
+use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope,
-    ServerStorage, StorageError, StoredChange, device_id, feed_limits, hash32, join_deps,
-    last_admin_token, record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, AuditEntry, CatalogueHead, CataloguePublication, CatalogueRow, Commune,
+    CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession, Device, DeviceInfo,
+    ExternalIdClaim, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc,
+    MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, RecordQuery,
+    Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage, StorageError,
+    StoredChange, device_id, feed_limits, hash32, join_deps, last_admin_token, record_id,
+    record_kind, refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; the version after applying `MIGRATIONS[i]` is `i + 1`.
@@ -47,6 +53,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0004_dossier_numbers.sql"),
     include_str!("../../migrations/postgres/0005_device_keys.sql"),
     include_str!("../../migrations/postgres/0006_store_identity.sql"),
+    include_str!("../../migrations/postgres/0007_attachments.sql"),
+    include_str!("../../migrations/postgres/0008_read_model.sql"),
+    include_str!("../../migrations/postgres/0009_catalogue_delta.sql"),
+    include_str!("../../migrations/postgres/0010_external_ids.sql"),
 ];
 
 /// The schema version this build writes.
@@ -286,6 +296,159 @@ const INGEST_CHANGES: &str =
      SELECT t.commune, t.seq, t.gseq, t.doc, t.hash, $1::bytea, $2::bigint, t.deps, t.bytes
      FROM UNNEST($3::text[], $4::bigint[], $5::bigint[], $6::bytea[], $7::bytea[], $8::bytea[],
                  $9::bytea[]) AS t (commune, seq, gseq, doc, hash, deps, bytes)";
+
+/// A document's registration and its stored changes with their receive times.
+type DocChanges = (RecordId, String, RecordKind, Vec<(Vec<u8>, i64)>);
+
+/// Documents projected per round trip when the read model is rebuilt.
+const REBUILD_CHUNK: usize = 500;
+
+/// Writes the read-model rows of `docs` from their stored changes, inside `tx`. Decoding runs on
+/// the blocking pool, not on a runtime thread.
+async fn project_docs(tx: &deadpool_postgres::Transaction<'_>, docs: &[RecordId]) -> Result<()> {
+    if docs.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&[u8]> = docs.iter().map(|id| id.as_bytes().as_slice()).collect();
+    let rows = tx
+        .query(
+            "SELECT c.doc, d.commune, d.kind, c.bytes, c.received_at
+             FROM changes c
+             JOIN unnest($1::bytea[]) AS ids (id) ON c.doc = ids.id
+             JOIN documents d ON d.id = c.doc
+             ORDER BY c.doc, c.seq",
+            &[&ids],
+        )
+        .await?;
+    let mut grouped: Vec<DocChanges> = Vec::new();
+    for row in &rows {
+        let id = record_id(row.try_get(0)?)?;
+        let change = (row.try_get::<_, Vec<u8>>(3)?, row.try_get::<_, i64>(4)?);
+        match grouped.last_mut() {
+            Some((last, _, _, changes)) if *last == id => changes.push(change),
+            _ => {
+                let kind: i16 = row.try_get(2)?;
+                grouped.push((id, row.try_get(1)?, record_kind(kind.into())?, vec![change]));
+            }
+        }
+    }
+    drop(rows);
+    let projected = tokio::task::spawn_blocking(move || {
+        grouped
+            .iter()
+            .map(|(id, commune, kind, changes)| {
+                read_model::project_changes(*id, commune, *kind, changes)
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(StorageError::backend)?;
+    let statement = tx.prepare_cached(&upsert_sql()).await?;
+    for row in &projected {
+        write_row(tx, &statement, row).await?;
+    }
+    Ok(())
+}
+
+/// Writes `row` with `statement` ([`upsert_sql`]).
+async fn write_row(
+    tx: &deadpool_postgres::Transaction<'_>,
+    statement: &tokio_postgres::Statement,
+    row: &ReadModelRow,
+) -> Result<()> {
+    let kind = kind_code(row.kind);
+    tx.execute(
+        statement,
+        &[
+            &row.id.as_bytes().as_slice(),
+            &row.commune,
+            &kind,
+            &row.status,
+            &row.procedure_code,
+            &row.procedure_version,
+            &row.dossier_number,
+            &row.received_at,
+            &row.due_on,
+            &row.returned_at,
+            &row.on_time,
+            &row.assignee,
+            &row.has_conflicts,
+            &row.applicant_name,
+            &row.name_folded,
+            &row.id_number,
+            &row.attachments,
+            &row.changes,
+            &row.first_received_at,
+            &row.last_received_at,
+            &row.projection_error,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// `INSERT ... ON CONFLICT (id) DO UPDATE` of every read-model column.
+fn upsert_sql() -> String {
+    let placeholders: Vec<String> = (1..=read_model::COLUMN_COUNT).map(pg_placeholder).collect();
+    let updates: Vec<String> = read_model::COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|column| *column != "id")
+        .map(|column| format!("{column} = EXCLUDED.{column}"))
+        .collect();
+    format!(
+        "INSERT INTO read_model ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        read_model::COLUMNS,
+        placeholders.join(", "),
+        updates.join(", ")
+    )
+}
+
+fn read_row(row: &Row) -> Result<ReadModelRow> {
+    let kind: i16 = row.try_get(2)?;
+    Ok(ReadModelRow {
+        id: record_id(row.try_get(0)?)?,
+        commune: row.try_get(1)?,
+        kind: record_kind(kind.into())?,
+        status: row.try_get(3)?,
+        procedure_code: row.try_get(4)?,
+        procedure_version: row.try_get(5)?,
+        dossier_number: row.try_get(6)?,
+        received_at: row.try_get(7)?,
+        due_on: row.try_get(8)?,
+        returned_at: row.try_get(9)?,
+        on_time: row.try_get(10)?,
+        assignee: row.try_get(11)?,
+        has_conflicts: row.try_get(12)?,
+        applicant_name: row.try_get(13)?,
+        name_folded: row.try_get(14)?,
+        id_number: row.try_get(15)?,
+        attachments: row.try_get(16)?,
+        changes: row.try_get(17)?,
+        first_received_at: row.try_get(18)?,
+        last_received_at: row.try_get(19)?,
+        projection_error: row.try_get(20)?,
+    })
+}
+
+fn pg_placeholder(n: usize) -> String {
+    format!("${n}")
+}
+
+fn pg_params(params: Vec<SqlParam>) -> Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> {
+    params
+        .into_iter()
+        .map(
+            |param| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match param {
+                    SqlParam::Text(text) => Box::new(text),
+                    SqlParam::Int(n) => Box::new(n),
+                    SqlParam::Kind(code) => Box::new(code),
+                }
+            },
+        )
+        .collect()
+}
 
 #[async_trait]
 impl ServerStorage for PostgresStorage {
@@ -855,11 +1018,12 @@ impl ServerStorage for PostgresStorage {
     async fn ingest(
         &self,
         device: &Device,
-        docs: Vec<IncomingDoc>,
+        mut docs: Vec<IncomingDoc>,
         now: i64,
     ) -> Result<IngestOutcome> {
         // Device scope and the batch's own consistency need no I/O.
         plan::check_scope(device, &docs, &Registrations::new())?;
+        let mut projections = plan::take_projections(&mut docs);
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
 
@@ -924,6 +1088,7 @@ impl ServerStorage for PostgresStorage {
         // 4. Register new documents, in id order. A concurrent ingest into another commune may
         //    have registered the same id meanwhile: then it is out of scope here.
         plan.register.sort_by_key(|(id, _, _)| *id);
+        let mut registered_here: HashSet<RecordId> = HashSet::new();
         if !plan.register.is_empty() {
             let ids: Vec<&[u8]> = plan
                 .register
@@ -973,6 +1138,7 @@ impl ServerStorage for PostgresStorage {
                     }
                 }
             }
+            registered_here = inserted;
         }
 
         // 5. The device: unknown or revoked by now means nothing is stored.
@@ -1043,6 +1209,47 @@ impl ServerStorage for PostgresStorage {
                 ],
             )
             .await?;
+            // 7. The read model, under the same commune locks (no concurrent ingest of these
+            //    documents can commit between our read of their rows or changes and our
+            //    commit): the push path's projection when it is current, else from the changes.
+            let mut from_changes: Vec<RecordId> = Vec::new();
+            let before_statement = tx
+                .prepare_cached(
+                    "SELECT changes, first_received_at, last_received_at
+                     FROM read_model WHERE id = $1",
+                )
+                .await?;
+            let write_statement = tx.prepare_cached(&upsert_sql()).await?;
+            let projected_docs = if read_model::ENABLED {
+                plan::changes_per_doc(&plan.changes)
+            } else {
+                Vec::new()
+            };
+            for (doc, stored_now) in projected_docs {
+                let Some(projected) = projections.remove(&doc) else {
+                    from_changes.push(doc);
+                    continue;
+                };
+                let before: read_model::StoredFacts = tx
+                    .query_opt(&before_statement, &[&doc.as_bytes().as_slice()])
+                    .await?
+                    .map(|row| -> Result<(i64, i64, i64)> {
+                        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                    })
+                    .transpose()?;
+                match read_model::complete_projected(
+                    *projected,
+                    before,
+                    registered_here.contains(&doc),
+                    stored_now,
+                    now,
+                ) {
+                    Some(row) => write_row(&tx, &write_statement, &row).await?,
+                    None => from_changes.push(doc),
+                }
+            }
+            from_changes.sort_unstable();
+            project_docs(&tx, &from_changes).await?;
         }
         tx.commit().await?;
         Ok(IngestOutcome {
@@ -1244,17 +1451,173 @@ impl ServerStorage for PostgresStorage {
         Ok(known)
     }
 
-    async fn put_catalogue(&self, json: &str) -> Result<u64> {
-        let client = self.client().await?;
-        let row = client
-            .query_one(
-                "INSERT INTO catalogue AS c (id, version, json) VALUES (1, 1, $1)
-                 ON CONFLICT (id) DO UPDATE SET version = c.version + 1, json = EXCLUDED.json
-                 RETURNING version",
-                &[&json],
+    async fn publish_catalogue(&self, publication: CataloguePublication) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // One publication at a time: the version check below then holds until commit.
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&CATALOGUE_LOCK])
+            .await?;
+        let current: i64 = match tx
+            .query_opt("SELECT version FROM catalogue WHERE id = 1", &[])
+            .await?
+        {
+            Some(row) => row.try_get(0)?,
+            None => 0,
+        };
+        if to_u64(current) != publication.base_version {
+            return Err(StorageError::Conflict(
+                "the catalogue was published meanwhile: publish again".into(),
+            ));
+        }
+        let version = current.saturating_add(1);
+        tx.execute(
+            "INSERT INTO catalogue AS c (id, version, json) VALUES (1, $1, $2)
+             ON CONFLICT (id) DO UPDATE SET version = EXCLUDED.version, json = EXCLUDED.json",
+            &[&version, &publication.json],
+        )
+        .await?;
+        if let Some(calendar) = &publication.calendar {
+            tx.execute(
+                "UPDATE catalogue SET calendar = $1, calendar_version = $2 WHERE id = 1",
+                &[calendar, &version],
             )
             .await?;
-        Ok(to_u64(row.try_get(0)?))
+        }
+        let put_version = tx
+            .prepare_cached(
+                "INSERT INTO procedure_versions (code, version, body, published)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (code, version) DO NOTHING",
+            )
+            .await?;
+        let put_entry = tx
+            .prepare_cached(
+                "INSERT INTO catalogue_entries (code, version, removed, changed)
+                 VALUES ($1, $2, FALSE, $3)
+                 ON CONFLICT (code) DO UPDATE SET version = EXCLUDED.version, removed = FALSE,
+                     changed = EXCLUDED.changed",
+            )
+            .await?;
+        for (code, procedure_version, body) in &publication.puts {
+            let procedure_version = to_i64(*procedure_version);
+            tx.execute(&put_version, &[code, &procedure_version, body, &version])
+                .await?;
+            tx.execute(&put_entry, &[code, &procedure_version, &version])
+                .await?;
+        }
+        let remove = tx
+            .prepare_cached(
+                "UPDATE catalogue_entries SET removed = TRUE, changed = $2 WHERE code = $1",
+            )
+            .await?;
+        for code in &publication.removals {
+            tx.execute(&remove, &[code, &version]).await?;
+        }
+        tx.commit().await?;
+        Ok(to_u64(version))
+    }
+
+    async fn catalogue_head(&self) -> Result<Option<CatalogueHead>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, calendar, calendar_version FROM catalogue WHERE id = 1",
+                &[],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some(CatalogueHead {
+                version: to_u64(row.try_get(0)?),
+                calendar: row.try_get(1)?,
+                calendar_version: to_u64(row.try_get(2)?),
+            })),
+        }
+    }
+
+    async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT e.changed, e.code, e.version, e.removed, v.body
+                 FROM catalogue_entries e
+                 JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                 ORDER BY e.code",
+                &[],
+            )
+            .await?;
+        rows.iter().map(catalogue_row).collect()
+    }
+
+    async fn catalogue_changes(
+        &self,
+        publication: u64,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT e.changed, e.code, e.version, e.removed, v.body
+                         FROM catalogue_entries e
+                         JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                         WHERE e.changed > $1 OR (e.changed = $1 AND e.code > $2)
+                         ORDER BY e.changed, e.code
+                         LIMIT $3",
+                    )
+                    .await?,
+                &[
+                    &to_i64(publication),
+                    &code,
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        rows.iter().map(catalogue_row).collect()
+    }
+
+    async fn pinned_versions_after(
+        &self,
+        publication: u64,
+        code: &str,
+        version: u64,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &client
+                    .prepare_cached(
+                        "SELECT v.published, v.code, v.version, FALSE, v.body
+                         FROM procedure_versions v
+                         WHERE (v.published, v.code, v.version) > ($1, $2, $3)
+                           AND NOT EXISTS (SELECT 1 FROM catalogue_entries e
+                                           WHERE e.code = v.code AND e.version = v.version
+                                             AND NOT e.removed)
+                         ORDER BY v.published, v.code, v.version
+                         LIMIT $4",
+                    )
+                    .await?,
+                &[
+                    &to_i64(publication),
+                    &code,
+                    &to_i64(version),
+                    &i64::try_from(limit).unwrap_or(i64::MAX),
+                ],
+            )
+            .await?;
+        rows.iter().map(catalogue_row).collect()
+    }
+
+    async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>> {
+        let client = self.client().await?;
+        let rows = client
+            .query("SELECT code, version, body FROM procedure_versions", &[])
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, to_u64(row.try_get(1)?), row.try_get(2)?)))
+            .collect()
     }
 
     async fn catalogue(&self) -> Result<Option<(u64, String)>> {
@@ -1551,6 +1914,298 @@ impl ServerStorage for PostgresStorage {
         Ok(out)
     }
 
+    async fn record_row(&self, id: RecordId) -> Result<Option<ReadModelRow>> {
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {} FROM read_model WHERE id = $1",
+            read_model::COLUMNS
+        );
+        let row = client.query_opt(&sql, &[&id.as_bytes().as_slice()]).await?;
+        row.as_ref().map(read_row).transpose()
+    }
+
+    async fn records(&self, query: &RecordQuery) -> Result<Vec<ReadModelRow>> {
+        let (tail, values) = read_model::records_tail(query, pg_placeholder);
+        let client = self.client().await?;
+        let sql = format!("SELECT {} FROM read_model{tail}", read_model::COLUMNS);
+        let values = pg_params(values);
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            values.iter().map(|value| value.as_ref() as _).collect();
+        let rows = client.query(&sql, &refs).await?;
+        rows.iter().map(read_row).collect()
+    }
+
+    async fn commune_summaries(
+        &self,
+        today: &str,
+        week_from: i64,
+        month_from: i64,
+    ) -> Result<Vec<CommuneSummary>> {
+        let mut client = self.client().await?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let communes = tx
+            .query("SELECT code FROM communes ORDER BY code", &[])
+            .await?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<Vec<String>, _>>()?;
+        let groups = tx
+            .query(
+                &read_model::summaries_sql(pg_placeholder),
+                &[&week_from, &month_from, &today],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(SummaryGroup {
+                    commune: row.try_get(0)?,
+                    status: row.try_get(1)?,
+                    count: row.try_get(2)?,
+                    week: row.try_get(3)?,
+                    month: row.try_get(4)?,
+                    due_before_today: row.try_get(5)?,
+                    on_time: row.try_get(6)?,
+                    late: row.try_get(7)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await?;
+        Ok(read_model::fold_summaries(communes, groups))
+    }
+
+    async fn report(&self, from: i64, until: i64, last_day: &str) -> Result<Vec<ReportRow>> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                &read_model::report_sql(pg_placeholder),
+                &[&from, &until, &last_day],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok((
+                    row.try_get(0)?,
+                    row.try_get(1)?,
+                    [
+                        row.try_get(2)?,
+                        row.try_get(3)?,
+                        row.try_get(4)?,
+                        row.try_get(5)?,
+                    ],
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(read_model::report_rows(rows))
+    }
+
+    async fn rebuild_read_model(&self) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Every commune's counter row, in code order like ingest: no ingest commits while the
+        // read model is rebuilt, so none is lost between the read of changes and the commit.
+        tx.query(
+            "SELECT 1 FROM communes ORDER BY code FOR NO KEY UPDATE",
+            &[],
+        )
+        .await?;
+        tx.execute("DELETE FROM read_model", &[]).await?;
+        let ids = tx
+            .query("SELECT id FROM documents ORDER BY id", &[])
+            .await?
+            .iter()
+            .map(|row| record_id(row.try_get(0)?))
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in ids.chunks(REBUILD_CHUNK) {
+            project_docs(&tx, chunk).await?;
+        }
+        let rows: i64 = tx
+            .query_one("SELECT count(*) FROM read_model", &[])
+            .await?
+            .try_get(0)?;
+        tx.commit().await?;
+        Ok(to_u64(rows))
+    }
+
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        let inserted = client
+            .execute(
+                "INSERT INTO console_operators (username, password_hash, role, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&username, &password_hash, &role, &now],
+            )
+            .await?;
+        if inserted == 0 {
+            return Err(StorageError::AlreadyExists);
+        }
+        Ok(())
+    }
+
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT username, password_hash, role, disabled FROM console_operators
+                 WHERE username = $1",
+                &[&username],
+            )
+            .await?
+            .map(|row| {
+                Ok(ConsoleOperator {
+                    username: row.try_get(0)?,
+                    password_hash: row.try_get(1)?,
+                    role: row.try_get(2)?,
+                    disabled: row.try_get(3)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            "DELETE FROM console_sessions WHERE expires_at <= $1",
+            &[&now],
+        )
+        .await?;
+        let known = tx
+            .query_opt(
+                "SELECT 1 FROM console_operators WHERE username = $1",
+                &[&username],
+            )
+            .await?
+            .is_some();
+        if !known {
+            return Err(StorageError::NotFound);
+        }
+        tx.execute(
+            "INSERT INTO console_sessions (token_hash, username, csrf, created_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&token_hash.as_slice(), &username, &csrf, &now, &expires_at],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>> {
+        let client = self.client().await?;
+        client
+            .query_opt(
+                "SELECT o.username, o.password_hash, o.role, o.disabled, s.csrf, s.expires_at
+                 FROM console_sessions s JOIN console_operators o ON o.username = s.username
+                 WHERE s.token_hash = $1 AND s.expires_at > $2 AND NOT o.disabled",
+                &[&token_hash.as_slice(), &now],
+            )
+            .await?
+            .map(|row| {
+                Ok(ConsoleSession {
+                    operator: ConsoleOperator {
+                        username: row.try_get(0)?,
+                        password_hash: row.try_get(1)?,
+                        role: row.try_get(2)?,
+                        disabled: row.try_get(3)?,
+                    },
+                    csrf: row.try_get(4)?,
+                    expires_at: row.try_get(5)?,
+                })
+            })
+            .transpose()
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "DELETE FROM console_sessions WHERE token_hash = $1",
+                &[&token_hash.as_slice()],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .execute(
+                "INSERT INTO console_audit (at, username, action, detail) VALUES ($1, $2, $3, $4)",
+                &[&now, &username, &action, &detail],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = limit.min(super::MAX_AUDIT_LISTED) as i64;
+        let client = self.client().await?;
+        client
+            .query(
+                "SELECT at, username, action, detail FROM console_audit ORDER BY id DESC LIMIT $1",
+                &[&limit],
+            )
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    at: row.try_get(0)?,
+                    username: row.try_get(1)?,
+                    action: row.try_get(2)?,
+                    detail: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ready(&self) -> Result<()> {
+        let client = self.client().await?;
+        let version: i64 = client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0)::bigint FROM schema_migrations",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        super::schema_verdict(version, SCHEMA_VERSION)
+    }
+
+    async fn read_model_lag(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let lag: i64 = client
+            .query_one(
+                "SELECT count(*) FROM documents d
+                 WHERE NOT EXISTS (SELECT 1 FROM read_model r WHERE r.id = d.id)",
+                &[],
+            )
+            .await?
+            .try_get(0)?;
+        Ok(to_u64(lag))
+    }
+
     async fn stats(&self) -> Result<Vec<CommuneStats>> {
         let client = self.client().await?;
         let rows = client
@@ -1598,6 +2253,37 @@ impl ServerStorage for PostgresStorage {
             .await?;
         Ok(epoch)
     }
+
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>> {
+        self.claim_keys(device, claims.to_vec(), now).await
+    }
+
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_key(commune.to_owned(), external_id.to_owned())
+            .await
+    }
+}
+
+/// Advisory lock of catalogue publications.
+const CATALOGUE_LOCK: i64 = 0x636f_6d6d_6361_7401;
+
+fn catalogue_row(row: &tokio_postgres::Row) -> Result<CatalogueRow> {
+    Ok(CatalogueRow {
+        changed: to_u64(row.try_get(0)?),
+        code: row.try_get(1)?,
+        version: to_u64(row.try_get(2)?),
+        removed: row.try_get(3)?,
+        body: row.try_get(4)?,
+    })
 }
 
 #[cfg(test)]

@@ -16,15 +16,21 @@ use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 
+mod attachments;
+
 use super::plan::{self, FeedRowMeta};
 
+mod external_ids;
 mod numbers;
+use super::read_model::{self, ReadModelRow, SqlParam, SummaryGroup};
 use super::{
-    AdminToken, Commune, CommuneStats, Device, DeviceInfo, FeedItem, FeedPage, IncomingDoc,
-    IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc, MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE,
-    NumberBlock, PushSignatureRow, Refusal, RefusalRow, Registrations, Result, Scope,
-    ServerStorage, StorageError, StoredChange, device_id, feed_limits, join_deps, last_admin_token,
-    record_id, record_kind, refusals_to_store, to_i64, to_u64,
+    AdminToken, AuditEntry, CatalogueHead, CataloguePublication, CatalogueRow, Commune,
+    CommuneStats, CommuneSummary, ConsoleOperator, ConsoleSession, Device, DeviceInfo,
+    ExternalIdClaim, FeedItem, FeedPage, IncomingDoc, IngestOutcome, KEY_REVOKED_MESSAGE, KnownDoc,
+    MAX_REFUSALS_LISTED, MAX_REFUSALS_PER_DEVICE, NumberBlock, PushSignatureRow, RecordQuery,
+    Refusal, RefusalRow, Registrations, ReportRow, Result, Scope, ServerStorage, StorageError,
+    StoredChange, device_id, feed_limits, join_deps, last_admin_token, record_id, record_kind,
+    refusals_to_store, to_i64, to_u64,
 };
 
 /// Every migration in order; applying `MIGRATIONS[i]` brings `user_version` to `i + 1`.
@@ -35,6 +41,10 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0004_dossier_numbers.sql"),
     include_str!("../../migrations/sqlite/0005_device_keys.sql"),
     include_str!("../../migrations/sqlite/0006_store_identity.sql"),
+    include_str!("../../migrations/sqlite/0007_attachments.sql"),
+    include_str!("../../migrations/sqlite/0008_read_model.sql"),
+    include_str!("../../migrations/sqlite/0009_catalogue_delta.sql"),
+    include_str!("../../migrations/sqlite/0010_external_ids.sql"),
 ];
 
 /// The schema version this build writes.
@@ -384,11 +394,12 @@ fn refusal_from_row(row: &rusqlite::Row<'_>) -> Result<Refusal> {
 fn ingest_blocking(
     conn: &mut Connection,
     device: &Device,
-    docs: Vec<IncomingDoc>,
+    mut docs: Vec<IncomingDoc>,
     now: i64,
 ) -> Result<IngestOutcome> {
     // Device scope and the batch's own consistency need no I/O.
     plan::check_scope(device, &docs, &Registrations::new())?;
+    let mut projections = plan::take_projections(&mut docs);
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
 
     let mut communes_checked = HashSet::new();
@@ -488,6 +499,45 @@ fn ingest_blocking(
         }
     }
 
+    let registered_here: HashSet<RecordId> = plan.register.iter().map(|(id, _, _)| *id).collect();
+    let projected_docs = if read_model::ENABLED {
+        plan::changes_per_doc(&plan.changes)
+    } else {
+        Vec::new()
+    };
+    for (doc, stored_now) in projected_docs {
+        let written = match projections.remove(&doc) {
+            Some(projected) => {
+                let before: read_model::StoredFacts = tx
+                    .prepare_cached(
+                        "SELECT changes, first_received_at, last_received_at
+                         FROM read_model WHERE id = ?1",
+                    )?
+                    .query_row(params![doc.as_bytes()], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                    })
+                    .optional()?;
+                match read_model::complete_projected(
+                    *projected,
+                    before,
+                    registered_here.contains(&doc),
+                    stored_now,
+                    now,
+                ) {
+                    Some(row) => {
+                        write_row(&tx, &row)?;
+                        true
+                    }
+                    None => false,
+                }
+            }
+            None => false,
+        };
+        if !written {
+            project_doc(&tx, doc)?;
+        }
+    }
+
     let updated = tx.execute(
         "UPDATE devices SET last_sync_at = ?2, changes_pushed = changes_pushed + ?3
          WHERE id = ?1 AND revoked = 0",
@@ -502,6 +552,127 @@ fn ingest_blocking(
         duplicates: plan.duplicates,
         missing_deps: plan.missing_deps,
     })
+}
+
+/// Writes the read-model row of `doc` from its stored changes (inside the caller's transaction).
+fn project_doc(conn: &Connection, doc: RecordId) -> Result<()> {
+    let (commune, kind): (String, i64) = conn
+        .prepare_cached("SELECT commune, kind FROM documents WHERE id = ?1")?
+        .query_row(params![doc.as_bytes()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?;
+    let changes = conn
+        .prepare_cached("SELECT bytes, received_at FROM changes WHERE doc = ?1 ORDER BY seq")?
+        .query_map(params![doc.as_bytes()], |row| {
+            Ok((row.get(0)?, row.get(1)?))
+        })?
+        .collect::<rusqlite::Result<Vec<(Vec<u8>, i64)>>>()?;
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let row = read_model::project_changes(doc, &commune, record_kind(kind)?, &changes);
+    write_row(conn, &row)
+}
+
+fn write_row(conn: &Connection, row: &ReadModelRow) -> Result<()> {
+    let placeholders: Vec<String> = (1..=read_model::COLUMN_COUNT)
+        .map(|n| format!("?{n}"))
+        .collect();
+    // An upsert, not INSERT OR REPLACE: a replaced row would not fire the delete trigger that
+    // keeps `read_model_counts` (migration 7).
+    let updates: Vec<String> = read_model::COLUMNS
+        .split(',')
+        .map(str::trim)
+        .filter(|column| *column != "id")
+        .map(|column| format!("{column} = excluded.{column}"))
+        .collect();
+    let sql = format!(
+        "INSERT INTO read_model ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        read_model::COLUMNS,
+        placeholders.join(", "),
+        updates.join(", ")
+    );
+    conn.prepare_cached(&sql)?.execute(params![
+        row.id.as_bytes(),
+        row.commune,
+        row.kind.code(),
+        row.status,
+        row.procedure_code,
+        row.procedure_version,
+        row.dossier_number,
+        row.received_at,
+        row.due_on,
+        row.returned_at,
+        row.on_time,
+        row.assignee,
+        row.has_conflicts,
+        row.applicant_name,
+        row.name_folded,
+        row.id_number,
+        row.attachments,
+        row.changes,
+        row.first_received_at,
+        row.last_received_at,
+        row.projection_error,
+    ])?;
+    Ok(())
+}
+
+fn read_row(row: &rusqlite::Row<'_>) -> Result<ReadModelRow> {
+    let id: Vec<u8> = row.get(0)?;
+    Ok(ReadModelRow {
+        id: record_id(&id)?,
+        commune: row.get(1)?,
+        kind: record_kind(row.get(2)?)?,
+        status: row.get(3)?,
+        procedure_code: row.get(4)?,
+        procedure_version: row.get(5)?,
+        dossier_number: row.get(6)?,
+        received_at: row.get(7)?,
+        due_on: row.get(8)?,
+        returned_at: row.get(9)?,
+        on_time: row.get(10)?,
+        assignee: row.get(11)?,
+        has_conflicts: row.get(12)?,
+        applicant_name: row.get(13)?,
+        name_folded: row.get(14)?,
+        id_number: row.get(15)?,
+        attachments: row.get(16)?,
+        changes: row.get(17)?,
+        first_received_at: row.get(18)?,
+        last_received_at: row.get(19)?,
+        projection_error: row.get(20)?,
+    })
+}
+
+fn sqlite_placeholder(n: usize) -> String {
+    format!("?{n}")
+}
+
+fn sqlite_params(params: Vec<SqlParam>) -> Vec<rusqlite::types::Value> {
+    params
+        .into_iter()
+        .map(|param| match param {
+            SqlParam::Text(text) => rusqlite::types::Value::Text(text),
+            SqlParam::Int(n) => rusqlite::types::Value::Integer(n),
+            SqlParam::Kind(code) => rusqlite::types::Value::Integer(code.into()),
+        })
+        .collect()
+}
+
+fn rebuild_blocking(conn: &mut Connection) -> Result<u64> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM read_model", [])?;
+    let docs = tx
+        .prepare("SELECT id FROM documents ORDER BY id")?
+        .query_map([], |row| row.get::<_, Vec<u8>>(0))?
+        .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+    for id in &docs {
+        project_doc(&tx, record_id(id)?)?;
+    }
+    let rows: i64 = tx.query_row("SELECT COUNT(*) FROM read_model", [], |row| row.get(0))?;
+    tx.commit()?;
+    Ok(to_u64(rows))
 }
 
 fn feed_blocking(
@@ -1147,17 +1318,172 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
-    async fn put_catalogue(&self, json: &str) -> Result<u64> {
-        let json = json.to_owned();
+    async fn publish_catalogue(&self, publication: CataloguePublication) -> Result<u64> {
         self.write(move |conn| {
-            let version: i64 = conn.query_row(
-                "INSERT INTO catalogue (id, version, json) VALUES (1, 1, ?1)
-                 ON CONFLICT (id) DO UPDATE SET version = version + 1, json = excluded.json
-                 RETURNING version",
-                params![json],
-                |row| row.get(0),
+            let tx = conn.transaction()?;
+            let current: i64 = tx
+                .query_row("SELECT version FROM catalogue WHERE id = 1", [], |row| {
+                    row.get(0)
+                })
+                .optional()?
+                .unwrap_or(0);
+            if to_u64(current) != publication.base_version {
+                return Err(StorageError::Conflict(
+                    "the catalogue was published meanwhile: publish again".into(),
+                ));
+            }
+            let version = current.saturating_add(1);
+            tx.execute(
+                "INSERT INTO catalogue (id, version, json) VALUES (1, ?1, ?2)
+                 ON CONFLICT (id) DO UPDATE SET version = excluded.version, json = excluded.json",
+                params![version, publication.json],
             )?;
+            if let Some(calendar) = &publication.calendar {
+                tx.execute(
+                    "UPDATE catalogue SET calendar = ?1, calendar_version = ?2 WHERE id = 1",
+                    params![calendar, version],
+                )?;
+            }
+            {
+                let mut put_version = tx.prepare_cached(
+                    "INSERT INTO procedure_versions (code, version, body, published)
+                     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (code, version) DO NOTHING",
+                )?;
+                let mut put_entry = tx.prepare_cached(
+                    "INSERT INTO catalogue_entries (code, version, removed, changed)
+                     VALUES (?1, ?2, 0, ?3)
+                     ON CONFLICT (code) DO UPDATE SET version = excluded.version, removed = 0,
+                         changed = excluded.changed",
+                )?;
+                for (code, procedure_version, body) in &publication.puts {
+                    let procedure_version = to_i64(*procedure_version);
+                    put_version.execute(params![code, procedure_version, body, version])?;
+                    put_entry.execute(params![code, procedure_version, version])?;
+                }
+                let mut remove = tx.prepare_cached(
+                    "UPDATE catalogue_entries SET removed = 1, changed = ?2 WHERE code = ?1",
+                )?;
+                for code in &publication.removals {
+                    remove.execute(params![code, version])?;
+                }
+            }
+            tx.commit()?;
             Ok(to_u64(version))
+        })
+        .await
+    }
+
+    async fn catalogue_head(&self) -> Result<Option<CatalogueHead>> {
+        self.read(|conn| {
+            let row: Option<(i64, String, i64)> = conn
+                .prepare_cached(
+                    "SELECT version, calendar, calendar_version FROM catalogue WHERE id = 1",
+                )?
+                .query_row([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+                .optional()?;
+            Ok(
+                row.map(|(version, calendar, calendar_version)| CatalogueHead {
+                    version: to_u64(version),
+                    calendar,
+                    calendar_version: to_u64(calendar_version),
+                }),
+            )
+        })
+        .await
+    }
+
+    async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.changed, e.code, e.version, e.removed, v.body
+                 FROM catalogue_entries e
+                 JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                 ORDER BY e.code",
+            )?;
+            let rows = stmt
+                .query_map([], catalogue_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn catalogue_changes(
+        &self,
+        publication: u64,
+        code: &str,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let code = code.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT e.changed, e.code, e.version, e.removed, v.body
+                 FROM catalogue_entries e
+                 JOIN procedure_versions v ON v.code = e.code AND v.version = e.version
+                 WHERE e.changed > ?1 OR (e.changed = ?1 AND e.code > ?2)
+                 ORDER BY e.changed, e.code
+                 LIMIT ?3",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        to_i64(publication),
+                        code,
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    catalogue_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn pinned_versions_after(
+        &self,
+        publication: u64,
+        code: &str,
+        version: u64,
+        limit: usize,
+    ) -> Result<Vec<CatalogueRow>> {
+        let code = code.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT v.published, v.code, v.version, 0, v.body
+                 FROM procedure_versions v
+                 WHERE (v.published, v.code, v.version) > (?1, ?2, ?3)
+                   AND NOT EXISTS (SELECT 1 FROM catalogue_entries e
+                                   WHERE e.code = v.code AND e.version = v.version
+                                     AND e.removed = 0)
+                 ORDER BY v.published, v.code, v.version
+                 LIMIT ?4",
+            )?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        to_i64(publication),
+                        code,
+                        to_i64(version),
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                    catalogue_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+
+    async fn procedure_versions(&self) -> Result<Vec<(String, u64, String)>> {
+        self.read(|conn| {
+            let mut stmt =
+                conn.prepare_cached("SELECT code, version, body FROM procedure_versions")?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get(0)?, to_u64(row.get(1)?), row.get(2)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
         .await
     }
@@ -1463,6 +1789,268 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
+    async fn record_row(&self, id: RecordId) -> Result<Option<ReadModelRow>> {
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {} FROM read_model WHERE id = ?1",
+                read_model::COLUMNS
+            );
+            let mut statement = conn.prepare_cached(&sql)?;
+            let mut rows = statement.query(params![id.as_bytes()])?;
+            match rows.next()? {
+                Some(row) => Ok(Some(read_row(row)?)),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn records(&self, query: &RecordQuery) -> Result<Vec<ReadModelRow>> {
+        let (tail, values) = read_model::records_tail(query, sqlite_placeholder);
+        self.read(move |conn| {
+            let sql = format!("SELECT {} FROM read_model{tail}", read_model::COLUMNS);
+            let mut statement = conn.prepare_cached(&sql)?;
+            let mut rows = statement.query(rusqlite::params_from_iter(sqlite_params(values)))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(read_row(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn commune_summaries(
+        &self,
+        today: &str,
+        week_from: i64,
+        month_from: i64,
+    ) -> Result<Vec<CommuneSummary>> {
+        let today = today.to_owned();
+        self.read(move |conn| {
+            let tx = conn.transaction()?;
+            let communes = tx
+                .prepare_cached("SELECT code FROM communes ORDER BY code")?
+                .query_map([], |row| row.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            let groups = tx
+                .prepare_cached(&read_model::summaries_sql(sqlite_placeholder))?
+                .query_map(params![week_from, month_from, today], |row| {
+                    Ok(SummaryGroup {
+                        commune: row.get(0)?,
+                        status: row.get(1)?,
+                        count: row.get(2)?,
+                        week: row.get(3)?,
+                        month: row.get(4)?,
+                        due_before_today: row.get(5)?,
+                        on_time: row.get(6)?,
+                        late: row.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(read_model::fold_summaries(communes, groups))
+        })
+        .await
+    }
+
+    async fn report(&self, from: i64, until: i64, last_day: &str) -> Result<Vec<ReportRow>> {
+        let last_day = last_day.to_owned();
+        self.read(move |conn| {
+            let rows = conn
+                .prepare_cached(&read_model::report_sql(sqlite_placeholder))?
+                .query_map(params![from, until, last_day], |row| {
+                    Ok((
+                        row.get(0)?,
+                        row.get(1)?,
+                        [row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?],
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(read_model::report_rows(rows))
+        })
+        .await
+    }
+
+    async fn rebuild_read_model(&self) -> Result<u64> {
+        self.write(rebuild_blocking).await
+    }
+
+    async fn create_operator(
+        &self,
+        username: &str,
+        password_hash: &str,
+        role: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (username, password_hash, role) = (
+            username.to_owned(),
+            password_hash.to_owned(),
+            role.to_owned(),
+        );
+        self.write(move |conn| {
+            let inserted = conn.execute(
+                "INSERT INTO console_operators (username, password_hash, role, created_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+                params![username, password_hash, role, now],
+            )?;
+            if inserted == 0 {
+                return Err(StorageError::AlreadyExists);
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn operator(&self, username: &str) -> Result<Option<ConsoleOperator>> {
+        let username = username.to_owned();
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT username, password_hash, role, disabled FROM console_operators
+                     WHERE username = ?1",
+                )?
+                .query_row(params![username], |row| {
+                    Ok(ConsoleOperator {
+                        username: row.get(0)?,
+                        password_hash: row.get(1)?,
+                        role: row.get(2)?,
+                        disabled: row.get(3)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: [u8; 32],
+        username: &str,
+        csrf: &str,
+        now: i64,
+        expires_at: i64,
+    ) -> Result<()> {
+        let (username, csrf) = (username.to_owned(), csrf.to_owned());
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM console_sessions WHERE expires_at <= ?1",
+                params![now],
+            )?;
+            let known = tx
+                .prepare_cached("SELECT 1 FROM console_operators WHERE username = ?1")?
+                .exists(params![username])?;
+            if !known {
+                return Err(StorageError::NotFound);
+            }
+            tx.execute(
+                "INSERT INTO console_sessions (token_hash, username, csrf, created_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![token_hash, username, csrf, now, expires_at],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: [u8; 32], now: i64) -> Result<Option<ConsoleSession>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT o.username, o.password_hash, o.role, o.disabled, s.csrf, s.expires_at
+                     FROM console_sessions s JOIN console_operators o ON o.username = s.username
+                     WHERE s.token_hash = ?1 AND s.expires_at > ?2 AND o.disabled = 0",
+                )?
+                .query_row(params![token_hash, now], |row| {
+                    Ok(ConsoleSession {
+                        operator: ConsoleOperator {
+                            username: row.get(0)?,
+                            password_hash: row.get(1)?,
+                            role: row.get(2)?,
+                            disabled: row.get(3)?,
+                        },
+                        csrf: row.get(4)?,
+                        expires_at: row.get(5)?,
+                    })
+                })
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<()> {
+        self.write(move |conn| {
+            conn.execute(
+                "DELETE FROM console_sessions WHERE token_hash = ?1",
+                params![token_hash],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append_audit(
+        &self,
+        username: &str,
+        action: &str,
+        detail: &str,
+        now: i64,
+    ) -> Result<()> {
+        let (username, action, detail) =
+            (username.to_owned(), action.to_owned(), detail.to_owned());
+        self.write(move |conn| {
+            conn.execute(
+                "INSERT INTO console_audit (at, username, action, detail) VALUES (?1, ?2, ?3, ?4)",
+                params![now, username, action, detail],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(&self, limit: usize) -> Result<Vec<AuditEntry>> {
+        let limit = limit.min(super::MAX_AUDIT_LISTED) as i64;
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(
+                    "SELECT at, username, action, detail FROM console_audit
+                     ORDER BY id DESC LIMIT ?1",
+                )?
+                .query_map(params![limit], |row| {
+                    Ok(AuditEntry {
+                        at: row.get(0)?,
+                        username: row.get(1)?,
+                        action: row.get(2)?,
+                        detail: row.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn ready(&self) -> Result<()> {
+        self.read(|conn| {
+            let version: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            super::schema_verdict(version, SCHEMA_VERSION)
+        })
+        .await
+    }
+
+    async fn read_model_lag(&self) -> Result<u64> {
+        self.read(|conn| {
+            let lag: i64 = conn.query_row(
+                "SELECT COUNT(*) FROM documents d
+                 WHERE NOT EXISTS (SELECT 1 FROM read_model r WHERE r.id = d.id)",
+                [],
+                |row| row.get(0),
+            )?;
+            Ok(to_u64(lag))
+        })
+        .await
+    }
+
     async fn stats(&self) -> Result<Vec<CommuneStats>> {
         self.read(|conn| {
             let tx = conn.transaction()?;
@@ -1514,6 +2102,34 @@ impl ServerStorage for SqliteStorage {
         })
         .await
     }
+
+    async fn claim_external_ids(
+        &self,
+        device: DeviceId,
+        claims: &[ExternalIdClaim],
+        now: i64,
+    ) -> Result<Vec<RecordId>> {
+        self.claim_keys(device, claims.to_vec(), now).await
+    }
+
+    async fn external_id(
+        &self,
+        commune: &str,
+        external_id: &str,
+    ) -> Result<Option<(RecordId, DeviceId)>> {
+        self.lookup_key(commune.to_owned(), external_id.to_owned())
+            .await
+    }
+}
+
+fn catalogue_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<CatalogueRow> {
+    Ok(CatalogueRow {
+        changed: to_u64(row.get(0)?),
+        code: row.get(1)?,
+        version: to_u64(row.get(2)?),
+        removed: row.get(3)?,
+        body: row.get(4)?,
+    })
 }
 
 #[cfg(test)]

@@ -71,6 +71,13 @@ fn base_document() -> &'static (RecordId, Vec<u8>) {
                 officer: "lan".into(),
             },
             dossier_number_fallback: false,
+            attachments: Vec::new(),
+            procedure_version: 0,
+            form_values: Default::default(),
+            clock_events: Vec::new(),
+            returned_at: None,
+            returned_on_time: None,
+            imported: None,
         };
         let mut doc = RecordDoc::create(
             &Record::Application(app),

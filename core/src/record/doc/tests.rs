@@ -26,7 +26,14 @@ fn sample(device: DeviceId) -> Application {
             device: device.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
+        procedure_version: 0,
+        form_values: Default::default(),
         dossier_number_fallback: false,
+        clock_events: Vec::new(),
+        returned_at: None,
+        returned_on_time: None,
+        imported: None,
     }
 }
 
@@ -291,6 +298,7 @@ fn the_cached_reader_reads_what_the_document_holds() {
             device: a_dev.0,
             officer: "lan".into(),
         },
+        attachments: Vec::new(),
     };
     let request = RecordDoc::create(&Record::CitizenRequest(request), a_dev, "lan", 4).unwrap();
     let plain: CitizenRequest = hydrate(&request.doc).unwrap();

@@ -312,6 +312,7 @@ impl DeviceStore {
                         fees: app.fees,
                         assignee: app.assignee,
                         notes: app.notes,
+                        form_values: app.form_values,
                     },
                 )?;
                 for status in path {

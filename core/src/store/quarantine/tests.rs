@@ -5,7 +5,7 @@ use automerge::transaction::Transactable;
 
 use super::decisions::{application_path, request_path};
 use super::*;
-use crate::catalogue::Procedure;
+use crate::catalogue::{Procedure, ProcessingTime};
 use crate::clock::ManualClock;
 use crate::record::{Applicant, NewApplication, NewCitizenRequest, Record, RequestStatus, Status};
 use crate::store::{PendingDoc, PullDoc, PullReport, StoreConfig};
@@ -22,10 +22,12 @@ fn open_at(dir: &tempfile::TempDir, name: &str, app_version: Option<&str>) -> De
         DeviceStore::open_with_clock(config, Arc::new(ManualClock::new(MONDAY_9AM))).unwrap();
     store
         .import_catalogue(&[Procedure {
-            code: "1.001193".into(),
-            name: "Đăng ký khai sinh".into(),
-            processing_days: 3,
             withdrawal_allowed: true,
+            ..Procedure::new(
+                "1.001193",
+                "Đăng ký khai sinh",
+                ProcessingTime::WorkingDays(3),
+            )
         }])
         .unwrap();
     store

@@ -74,6 +74,24 @@ fun Engine.syncStatusUpdates(): Flow<SyncStatus> = callbackFlow {
 }.conflate()
 
 /**
+ * Bytes of each attachment uploaded by `syncNow` or downloaded (on open or prefetch), as a cold
+ * [Flow]: one [AttachmentProgress] per chunk. Collecting starts a watch
+ * ([Engine.watchAttachmentProgress]); cancelling the collector stops it. Never dropped (one
+ * event per 64 KiB chunk is few).
+ */
+fun Engine.attachmentProgressFlow(): Flow<AttachmentProgress> = callbackFlow {
+    val handle = watchAttachmentProgress(object : AttachmentProgressListener {
+        override fun onAttachmentProgress(progress: AttachmentProgress) {
+            trySend(progress)
+        }
+    })
+    awaitClose {
+        handle.stop()
+        handle.close()
+    }
+}.buffer(Channel.UNLIMITED)
+
+/**
  * The sync status as a [StateFlow] for a status bar, alive while [scope] is (e.g.
  * `viewModelScope`): suspends until the first status is read, then stays current.
  */

@@ -28,13 +28,15 @@ class SyncWorker(context: Context, params: WorkerParameters) : CoroutineWorker(c
     override suspend fun doWork(): Result {
         val engine = (applicationContext as? CommuneSyncEngineProvider)?.communeSyncEngine()
             ?: return Result.success() // locked: the app schedules again when it opens the engine
+        val connectivity = applicationContext.getSystemService(ConnectivityManager::class.java)
+        val metered = connectivity?.isActiveNetworkMetered ?: true
         try {
+            // Records always go; attachments within the byte budget on mobile data.
+            engine.setAttachmentSettings(engine.attachmentSettings().copy(metered = metered))
             engine.syncNow()
         } catch (e: CommuneSyncException) {
             // Recorded by the engine (syncStatus, policy); the policy decides the retry.
         }
-        val connectivity = applicationContext.getSystemService(ConnectivityManager::class.java)
-        val metered = connectivity?.isActiveNetworkMetered ?: true
         schedule(applicationContext, engine.nextSyncAfter(metered))
         return Result.success()
     }

@@ -657,6 +657,9 @@ internal open class UniffiForeignFutureResultVoid(
 internal interface UniffiForeignFutureCompleteVoid : com.sun.jna.Callback {
     fun callback(`callbackData`: Long,`result`: UniffiForeignFutureResultVoid.UniffiByValue,)
 }
+internal interface UniffiCallbackInterfaceAttachmentProgressListenerMethod0 : com.sun.jna.Callback {
+    fun callback(`uniffiHandle`: Long,`progress`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
 internal interface UniffiCallbackInterfaceEngineLoggerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`record`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
 }
@@ -671,6 +674,25 @@ internal interface UniffiCallbackInterfaceSyncObserverMethod2 : com.sun.jna.Call
 }
 internal interface UniffiCallbackInterfaceSyncStatusListenerMethod0 : com.sun.jna.Callback {
     fun callback(`uniffiHandle`: Long,`status`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,)
+}
+@Structure.FieldOrder("uniffiFree", "uniffiClone", "onAttachmentProgress")
+internal open class UniffiVTableCallbackInterfaceAttachmentProgressListener(
+    @JvmField internal var `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+    @JvmField internal var `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+    @JvmField internal var `onAttachmentProgress`: UniffiCallbackInterfaceAttachmentProgressListenerMethod0? = null,
+) : Structure() {
+    class UniffiByValue(
+        `uniffiFree`: UniffiCallbackInterfaceFree? = null,
+        `uniffiClone`: UniffiCallbackInterfaceClone? = null,
+        `onAttachmentProgress`: UniffiCallbackInterfaceAttachmentProgressListenerMethod0? = null,
+    ): UniffiVTableCallbackInterfaceAttachmentProgressListener(`uniffiFree`,`uniffiClone`,`onAttachmentProgress`,), Structure.ByValue
+
+   internal fun uniffiSetValue(other: UniffiVTableCallbackInterfaceAttachmentProgressListener) {
+        `uniffiFree` = other.`uniffiFree`
+        `uniffiClone` = other.`uniffiClone`
+        `onAttachmentProgress` = other.`onAttachmentProgress`
+    }
+
 }
 @Structure.FieldOrder("uniffiFree", "uniffiClone", "log")
 internal open class UniffiVTableCallbackInterfaceEngineLogger(
@@ -766,6 +788,60 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attach_bytes(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attach_file(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attach_photo(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attachment_settings(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_attachments(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_download_attachment(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_open_attachment(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_remove_attachment(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_catalogue_version(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_create_dossier(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_dossier_form(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_prefilled_application(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_procedure_details(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_procedure_sectors(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_search_procedures(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_set_form_values(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_dossier_deadline(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_extend_deadline(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_mark_complete(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_request_supplement(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_return_dossier(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_returned_dossiers(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_application_by_number(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_dossier_number_state(
@@ -842,6 +918,12 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf(
     ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_import_marker(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_import_register(
+    ): Int
+    external fun uniffi_communesync_ffi_checksum_method_engine_imported_application_id(
+    ): Int
     external fun uniffi_communesync_ffi_checksum_method_engine_watch_sync_status(
     ): Int
     external fun uniffi_communesync_ffi_checksum_method_enginelogger_log(
@@ -876,6 +958,7 @@ internal object UniffiLib {
 
     init {
         Native.register(UniffiLib::class.java, findLibraryName(componentName = "communesync_ffi"))
+        uniffiCallbackInterfaceAttachmentProgressListener.register(this)
         uniffiCallbackInterfaceEngineLogger.register(this)
         uniffiCallbackInterfaceSyncObserver.register(this)
         uniffiCallbackInterfaceSyncStatusListener.register(this)
@@ -883,11 +966,71 @@ internal object UniffiLib {
     }
 
     internal fun ensureInitialized() = Unit
+    external fun uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_free_attachmentprogresslistener(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(`vtable`: UniffiVTableCallbackInterfaceAttachmentProgressListener,
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(`ptr`: Long,`progress`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_communesync_ffi_fn_clone_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_communesync_ffi_fn_free_engine(`handle`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
     external fun uniffi_communesync_ffi_fn_constructor_engine_open(`config`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attach_bytes(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`bytes`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attach_file(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attach_photo(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,`options`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_attachment_settings(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): RustBuffer.ByValue
+    external fun uniffi_communesync_ffi_fn_method_engine_attachments(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_download_attachment(`ptr`: Long,`sha256`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_open_attachment(`ptr`: Long,`sha256`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_remove_attachment(`ptr`: Long,`officer`: RustBuffer.ByValue,`recordId`: RustBuffer.ByValue,`attachmentId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(`ptr`: Long,`settings`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
+    external fun uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_catalogue_version(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_create_dossier(`ptr`: Long,`officer`: RustBuffer.ByValue,`new`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_dossier_form(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(`ptr`: Long,`json`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_prefilled_application(`ptr`: Long,`communeCode`: RustBuffer.ByValue,`procedureCode`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedure_details(`ptr`: Long,`code`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedure_sectors(`ptr`: Long,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(`ptr`: Long,`sector`: RustBuffer.ByValue,`afterCode`: RustBuffer.ByValue,`limit`: Int,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_search_procedures(`ptr`: Long,`query`: RustBuffer.ByValue,`limit`: Int,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_set_form_values(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`form`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_dossier_deadline(`ptr`: Long,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_extend_deadline(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`reason`: RustBuffer.ByValue,`appointment`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_mark_complete(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_request_supplement(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,`missing`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_return_dossier(`ptr`: Long,`officer`: RustBuffer.ByValue,`id`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_returned_dossiers(`ptr`: Long,`onTime`: Byte,`limit`: Int,`offset`: Int,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_application_by_number(`ptr`: Long,`number`: RustBuffer.ByValue,
     ): Long
@@ -964,6 +1107,12 @@ internal object UniffiLib {
     external fun uniffi_communesync_ffi_fn_method_engine_verify_receipt(`ptr`: Long,`payload`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_write_receipt_pdf(`ptr`: Long,`recordId`: RustBuffer.ByValue,`path`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_import_marker(`ptr`: Long,`recordId`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_import_register(`ptr`: Long,`officer`: RustBuffer.ByValue,`communeCode`: RustBuffer.ByValue,`csv`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_communesync_ffi_fn_method_engine_imported_application_id(`ptr`: Long,`communeCode`: RustBuffer.ByValue,`externalId`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_communesync_ffi_fn_method_engine_watch_sync_status(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
@@ -1137,6 +1286,87 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_func_receipt_payload_max_chars() and 0xFFFF) != 2066) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_communesync_ffi_checksum_method_attachmentprogresslistener_on_attachment_progress() and 0xFFFF) != 5297) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attach_bytes() and 0xFFFF) != 35714) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attach_file() and 0xFFFF) != 16461) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attach_photo() and 0xFFFF) != 7973) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attachment_settings() and 0xFFFF) != 17712) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_attachments() and 0xFFFF) != 41464) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_download_attachment() and 0xFFFF) != 25789) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_open_attachment() and 0xFFFF) != 17424) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_remove_attachment() and 0xFFFF) != 34769) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_set_attachment_settings() and 0xFFFF) != 12731) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_attachment_progress() and 0xFFFF) != 5400) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_catalogue_version() and 0xFFFF) != 19241) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_create_dossier() and 0xFFFF) != 8693) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_dossier_form() and 0xFFFF) != 3392) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_install_catalogue_file() and 0xFFFF) != 36119) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_prefilled_application() and 0xFFFF) != 53800) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure_details() and 0xFFFF) != 15292) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure_sectors() and 0xFFFF) != 729) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedures_by_sector() and 0xFFFF) != 55515) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_search_procedures() and 0xFFFF) != 16415) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_set_form_values() and 0xFFFF) != 14947) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_dossier_deadline() and 0xFFFF) != 21485) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_extend_deadline() and 0xFFFF) != 12160) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_mark_complete() and 0xFFFF) != 19697) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_request_supplement() and 0xFFFF) != 3222) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_return_dossier() and 0xFFFF) != 14817) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_returned_dossiers() and 0xFFFF) != 36008) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_application_by_number() and 0xFFFF) != 35798) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1200,7 +1430,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_overdue() and 0xFFFF) != 43156) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 5857) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_policy_input() and 0xFFFF) != 23468) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_procedure() and 0xFFFF) != 19772) {
@@ -1221,7 +1451,7 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_search() and 0xFFFF) != 41045) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
-    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 13915) {
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_now() and 0xFFFF) != 51858) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_sync_status() and 0xFFFF) != 56242) {
@@ -1249,6 +1479,15 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_write_receipt_pdf() and 0xFFFF) != 21417) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_import_marker() and 0xFFFF) != 63099) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_import_register() and 0xFFFF) != 9790) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_communesync_ffi_checksum_method_engine_imported_application_id() and 0xFFFF) != 48212) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_communesync_ffi_checksum_method_engine_watch_sync_status() and 0xFFFF) != 44248) {
@@ -1837,11 +2076,489 @@ public object FfiConverterTimestamp: FfiConverterRustBuffer<java.time.Instant> {
 
 
 /**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+public interface AttachmentProgressListener {
+    
+    /**
+     * After each chunk of an attachment moved.
+     */
+    fun `onAttachmentProgress`(`progress`: AttachmentProgress)
+    
+    companion object
+}
+
+/**
+ * Implemented by the app to show upload and download progress per attachment.
+ */
+open class AttachmentProgressListenerImpl: Disposable, AutoCloseable, AttachmentProgressListener
+{
+
+    @Suppress("UNUSED_PARAMETER")
+    /**
+     * @suppress
+     */
+    constructor(withHandle: UniffiWithHandle, handle: Long) {
+        this.handle = handle
+        this.cleanable = UniffiLib.CLEANER.register(this, UniffiCleanAction(handle))
+    }
+
+    /**
+     * @suppress
+     *
+     * This constructor can be used to instantiate a fake object. Only used for tests. Any
+     * attempt to actually use an object constructed this way will fail as there is no
+     * connected Rust object.
+     */
+    @Suppress("UNUSED_PARAMETER")
+    constructor(noHandle: NoHandle) {
+        this.handle = 0
+        this.cleanable = null
+    }
+
+    protected val handle: Long
+    protected val cleanable: UniffiCleaner.Cleanable?
+
+    private val wasDestroyed = AtomicBoolean(false)
+    private val callCounter = AtomicLong(1)
+
+    /**
+     * Whether the current object has been destroyed and its reference is gone in the Rust side.
+     */
+    val uniffiIsDestroyed: Boolean get() = wasDestroyed.get()
+
+    override fun destroy() {
+        // Only allow a single call to this method.
+        // TODO: maybe we should log a warning if called more than once?
+        if (this.wasDestroyed.compareAndSet(false, true)) {
+            // This decrement always matches the initial count of 1 given at creation time.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    @Synchronized
+    override fun close() {
+        this.destroy()
+    }
+
+    internal inline fun <R> callWithHandle(block: (handle: Long) -> R): R {
+        // Check and increment the call counter, to keep the object alive.
+        // This needs a compare-and-set retry loop in case of concurrent updates.
+        do {
+            val c = this.callCounter.get()
+            if (c == 0L) {
+                throw IllegalStateException("${this.javaClass.simpleName} object has already been destroyed")
+            }
+            if (c == Long.MAX_VALUE) {
+                throw IllegalStateException("${this.javaClass.simpleName} call counter would overflow")
+            }
+        } while (! this.callCounter.compareAndSet(c, c + 1L))
+        // Now we can safely do the method call without the handle being freed concurrently.
+        try {
+            return block(this.uniffiCloneHandle())
+        } finally {
+            // This decrement always matches the increment we performed above.
+            if (this.callCounter.decrementAndGet() == 0L) {
+                cleanable?.clean()
+            }
+        }
+    }
+
+    // Use a static inner class instead of a closure so as not to accidentally
+    // capture `this` as part of the cleanable's action.
+    private class UniffiCleanAction(private val handle: Long) : Runnable {
+        override fun run() {
+            if (handle == 0.toLong()) {
+                // Fake object created with `NoHandle`, don't try to free.
+                return;
+            }
+            uniffiRustCall { status ->
+                UniffiLib.uniffi_communesync_ffi_fn_free_attachmentprogresslistener(handle, status)
+            }
+        }
+    }
+
+    /**
+     * @suppress
+     */
+    fun uniffiCloneHandle(): Long {
+        if (handle == 0.toLong()) {
+            throw InternalException("uniffiCloneHandle() called on NoHandle object");
+        }
+        return uniffiRustCall() { status ->
+            UniffiLib.uniffi_communesync_ffi_fn_clone_attachmentprogresslistener(handle, status)
+        }
+    }
+
+    
+    /**
+     * After each chunk of an attachment moved.
+     */override fun `onAttachmentProgress`(`progress`: AttachmentProgress)
+        = 
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_attachmentprogresslistener_on_attachment_progress(
+        it,
+        
+        FfiConverterTypeAttachmentProgress.lower(`progress`),_status)
+}
+    }
+    
+    
+
+    
+
+    
+
+
+    
+    
+    /**
+     * @suppress
+     */
+    companion object
+    
+}
+
+
+
+// Put the implementation in an object so we don't pollute the top-level namespace
+internal object uniffiCallbackInterfaceAttachmentProgressListener {
+    internal object `onAttachmentProgress`: UniffiCallbackInterfaceAttachmentProgressListenerMethod0 {
+        override fun callback(`uniffiHandle`: Long,`progress`: RustBuffer.ByValue,`uniffiOutReturn`: Pointer,uniffiCallStatus: UniffiRustCallStatus,) {
+            val uniffiObj = FfiConverterTypeAttachmentProgressListener.handleMap.get(uniffiHandle)
+            val makeCall = { ->
+                uniffiObj.`onAttachmentProgress`(
+                    FfiConverterTypeAttachmentProgress.lift(`progress`),
+                )
+            }
+            val writeReturn = { _: Unit -> Unit }
+            uniffiTraitInterfaceCall(uniffiCallStatus, makeCall, writeReturn)
+        }
+    }
+
+    internal object uniffiFree: UniffiCallbackInterfaceFree {
+        override fun callback(handle: Long) {
+            FfiConverterTypeAttachmentProgressListener.handleMap.remove(handle)
+        }
+    }
+
+    internal object uniffiClone: UniffiCallbackInterfaceClone {
+        override fun callback(handle: Long): Long {
+            return FfiConverterTypeAttachmentProgressListener.handleMap.clone(handle)
+        }
+    }
+
+    internal var vtable = UniffiVTableCallbackInterfaceAttachmentProgressListener.UniffiByValue(
+        uniffiFree,
+        uniffiClone,
+        `onAttachmentProgress`,
+    )
+
+    // Registers the foreign callback with the Rust side.
+    // This method is generated for each callback interface.
+    internal fun register(lib: UniffiLib) {
+        lib.uniffi_communesync_ffi_fn_init_callback_vtable_attachmentprogresslistener(vtable)
+    }
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentProgressListener: FfiConverter<AttachmentProgressListener, Long> {
+    internal val handleMap = UniffiHandleMap<AttachmentProgressListener>()
+
+    override fun lower(value: AttachmentProgressListener): Long {
+        if (value is AttachmentProgressListenerImpl) {
+             // Rust-implemented object.  Clone the handle and return it
+            return value.uniffiCloneHandle()
+         } else {
+            // Kotlin object, generate a new vtable handle and return that.
+            return handleMap.insert(value)
+         }
+    }
+
+    override fun lift(value: Long): AttachmentProgressListener {
+        if ((value and 1.toLong()) == 0.toLong()) {
+            // Rust-generated handle, construct a new class that uses the handle to implement the
+            // interface
+            return AttachmentProgressListenerImpl(UniffiWithHandle, value)
+        } else {
+            // Kotlin-generated handle, get the object from the handle map
+            return handleMap.remove(value)
+        }
+    }
+
+    override fun read(buf: ByteBuffer): AttachmentProgressListener {
+        return lift(buf.getLong())
+    }
+
+    override fun allocationSize(value: AttachmentProgressListener) = 8UL
+
+    override fun write(value: AttachmentProgressListener, buf: ByteBuffer) {
+        buf.putLong(lower(value))
+    }
+}
+
+
+// This template implements a class for working with a Rust struct via a handle
+// to the live Rust struct on the other side of the FFI.
+//
+// There's some subtlety here, because we have to be careful not to operate on a Rust
+// struct after it has been dropped, and because we must expose a public API for freeing
+// theq Kotlin wrapper object in lieu of reliable finalizers. The core requirements are:
+//
+//   * Each instance holds an opaque handle to the underlying Rust struct.
+//     Method calls need to read this handle from the object's state and pass it in to
+//     the Rust FFI.
+//
+//   * When an instance is no longer needed, its handle should be passed to a
+//     special destructor function provided by the Rust FFI, which will drop the
+//     underlying Rust struct.
+//
+//   * Given an instance, calling code is expected to call the special
+//     `destroy` method in order to free it after use, either by calling it explicitly
+//     or by using a higher-level helper like the `use` method. Failing to do so risks
+//     leaking the underlying Rust struct.
+//
+//   * We can't assume that calling code will do the right thing, and must be prepared
+//     to handle Kotlin method calls executing concurrently with or even after a call to
+//     `destroy`, and to handle multiple (possibly concurrent!) calls to `destroy`.
+//
+//   * We must never allow Rust code to operate on the underlying Rust struct after
+//     the destructor has been called, and must never call the destructor more than once.
+//     Doing so may trigger memory unsafety.
+//
+//   * To mitigate many of the risks of leaking memory and use-after-free unsafety, a `Cleaner`
+//     is implemented to call the destructor when the Kotlin object becomes unreachable.
+//     This is done in a background thread. This is not a panacea, and client code should be aware that
+//      1. the thread may starve if some there are objects that have poorly performing
+//     `drop` methods or do significant work in their `drop` methods.
+//      2. the thread is shared across the whole library. This can be tuned by using `android_cleaner = true`,
+//         or `android = true` in the [`kotlin` section of the `uniffi.toml` file](https://mozilla.github.io/uniffi-rs/kotlin/configuration.html).
+//
+// If we try to implement this with mutual exclusion on access to the handle, there is the
+// possibility of a race between a method call and a concurrent call to `destroy`:
+//
+//    * Thread A starts a method call, reads the value of the handle, but is interrupted
+//      before it can pass the handle over the FFI to Rust.
+//    * Thread B calls `destroy` and frees the underlying Rust struct.
+//    * Thread A resumes, passing the already-read handle value to Rust and triggering
+//      a use-after-free.
+//
+// One possible solution would be to use a `ReadWriteLock`, with each method call taking
+// a read lock (and thus allowed to run concurrently) and the special `destroy` method
+// taking a write lock (and thus blocking on live method calls). However, we aim not to
+// generate methods with any hidden blocking semantics, and a `destroy` method that might
+// block if called incorrectly seems to meet that bar.
+//
+// So, we achieve our goals by giving each instance an associated `AtomicLong` counter to track
+// the number of in-flight method calls, and an `AtomicBoolean` flag to indicate whether `destroy`
+// has been called. These are updated according to the following rules:
+//
+//    * The initial value of the counter is 1, indicating a live object with no in-flight calls.
+//      The initial value for the flag is false.
+//
+//    * At the start of each method call, we atomically check the counter.
+//      If it is 0 then the underlying Rust struct has already been destroyed and the call is aborted.
+//      If it is nonzero them we atomically increment it by 1 and proceed with the method call.
+//
+//    * At the end of each method call, we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+//    * When `destroy` is called, we atomically flip the flag from false to true.
+//      If the flag was already true we silently fail.
+//      Otherwise we atomically decrement and check the counter.
+//      If it has reached zero then we destroy the underlying Rust struct.
+//
+// Astute readers may observe that this all sounds very similar to the way that Rust's `Arc<T>` works,
+// and indeed it is, with the addition of a flag to guard against multiple calls to `destroy`.
+//
+// The overall effect is that the underlying Rust struct is destroyed only when `destroy` has been
+// called *and* all in-flight method calls have completed, avoiding violating any of the expectations
+// of the underlying Rust code.
+//
+// This makes a cleaner a better alternative to _not_ calling `destroy()` as
+// and when the object is finished with, but the abstraction is not perfect: if the Rust object's `drop`
+// method is slow, and/or there are many objects to cleanup, and it's on a low end Android device, then the cleaner
+// thread may be starved, and the app will leak memory.
+//
+// In this case, `destroy`ing manually may be a better solution.
+//
+// The cleaner can live side by side with the manual calling of `destroy`. In the order of responsiveness, uniffi objects
+// with Rust peers are reclaimed:
+//
+// 1. By calling the `destroy` method of the object, which calls `rustObject.free()`. If that doesn't happen:
+// 2. When the object becomes unreachable, AND the Cleaner thread gets to call `rustObject.free()`. If the thread is starved then:
+// 3. The memory is reclaimed when the process terminates.
+//
+// [1] https://stackoverflow.com/questions/24376768/can-java-finalize-an-object-when-it-is-still-in-scope/24380219
+//
+
+
+/**
  * The communesync engine of one tablet: the encrypted store, edits, queries, conflicts,
  * history, enrollment and sync. Open one per store file and share it; every method is safe to
  * call from any thread, and store calls are async (they run on a background pool).
  */
 public interface EngineInterface {
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+    suspend fun `attachBytes`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `bytes`: kotlin.ByteArray): Attachment
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+    suspend fun `attachFile`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String): Attachment
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+    suspend fun `attachPhoto`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String, `options`: PhotoOptions): List<Attachment>
+    
+    /**
+     * The attachment channel's settings now.
+     */
+    fun `attachmentSettings`(): AttachmentSettings
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+    suspend fun `attachments`(`recordId`: kotlin.String): List<Attachment>
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+    suspend fun `downloadAttachment`(`sha256`: kotlin.String): kotlin.ULong
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+    suspend fun `openAttachment`(`sha256`: kotlin.String, `path`: kotlin.String): kotlin.ULong
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+    suspend fun `removeAttachment`(`officer`: kotlin.String, `recordId`: kotlin.String, `attachmentId`: kotlin.String)
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+    fun `setAttachmentSettings`(`settings`: AttachmentSettings)
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+    fun `watchAttachmentProgress`(`listener`: AttachmentProgressListener): ObserverHandle
+    
+    /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+    suspend fun `catalogueVersion`(): kotlin.ULong
+    
+    /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+    suspend fun `createDossier`(`officer`: kotlin.String, `new`: NewApplication, `form`: List<FormEntry>): Application
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+    suspend fun `dossierForm`(`id`: kotlin.String): DossierForm
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+    suspend fun `installCatalogueFile`(`json`: kotlin.String): kotlin.ULong
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+    suspend fun `prefilledApplication`(`communeCode`: kotlin.String, `procedureCode`: kotlin.String): NewApplication
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+    suspend fun `procedureDetails`(`code`: kotlin.String): ProcedureDetails
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+    suspend fun `procedureSectors`(): List<SectorCount>
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+    suspend fun `proceduresBySector`(`sector`: kotlin.String, `afterCode`: kotlin.String?, `limit`: kotlin.UInt): List<ProcedureSummary>
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+    suspend fun `searchProcedures`(`query`: kotlin.String, `limit`: kotlin.UInt): List<ProcedureSummary>
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+    suspend fun `setFormValues`(`officer`: kotlin.String, `id`: kotlin.String, `form`: List<FormEntry>): DossierForm
+    
+    /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+    suspend fun `dossierDeadline`(`id`: kotlin.String): DossierDeadline
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+    suspend fun `extendDeadline`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String, `appointment`: CivilDate): Application
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+    suspend fun `markComplete`(`officer`: kotlin.String, `id`: kotlin.String): Application
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+    suspend fun `requestSupplement`(`officer`: kotlin.String, `id`: kotlin.String, `missing`: kotlin.String): Application
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+    suspend fun `returnDossier`(`officer`: kotlin.String, `id`: kotlin.String): Application
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+    suspend fun `returnedDossiers`(`onTime`: kotlin.Boolean, `limit`: kotlin.UInt, `offset`: kotlin.UInt): List<ReturnedDossier>
     
     /**
      * The application with this dossier number (exact, surrounding spaces ignored), taken here
@@ -1971,7 +2688,8 @@ public interface EngineInterface {
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
     suspend fun `policyInput`(`metered`: kotlin.Boolean): PolicyInput
     
@@ -2020,6 +2738,10 @@ public interface EngineInterface {
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     suspend fun `syncNow`(): SyncReport
     
@@ -2074,6 +2796,22 @@ public interface EngineInterface {
      * Writes the receipt PDF of application `record_id` to `path`.
      */
     suspend fun `writeReceiptPdf`(`recordId`: kotlin.String, `path`: kotlin.String)
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+    suspend fun `importMarker`(`recordId`: kotlin.String): ImportMarker?
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+    suspend fun `importRegister`(`officer`: kotlin.String, `communeCode`: kotlin.String?, `csv`: kotlin.ByteArray): RegisterImportSummary
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+    suspend fun `importedApplicationId`(`communeCode`: kotlin.String, `externalId`: kotlin.String): kotlin.String?
     
     /**
      * Delivers the sync status to `listener` now and after each change, until
@@ -2189,6 +2927,686 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         return uniffiRustCall() { status ->
             UniffiLib.uniffi_communesync_ffi_fn_clone_engine(handle, status)
         }
+    }
+
+    
+    /**
+     * Attaches bytes (a scan, a PDF) to an application or citizen request, as one change by
+     * `officer`. Same content twice (on two dossiers) is stored and sent once.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachBytes`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `bytes`: kotlin.ByteArray) : Attachment {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attach_bytes(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterTypeNewAttachment.lower(`new`),
+        FfiConverterByteArray.lower(`bytes`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Attaches a file, read in pieces (never whole in memory).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachFile`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String) : Attachment {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attach_file(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterTypeNewAttachment.lower(`new`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Attaches a camera photo (JPEG or PNG file) prepared for 2G: turned upright, reduced to
+     * `options.long_side`, gray if asked, re-encoded as JPEG near `options.target_bytes`.
+     * Returns the prepared attachment, then the original when `options.keep_original`.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachPhoto`(`officer`: kotlin.String, `recordId`: kotlin.String, `new`: NewAttachment, `path`: kotlin.String, `options`: PhotoOptions) : List<Attachment> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attach_photo(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterTypeNewAttachment.lower(`new`),
+        FfiConverterString.lower(`path`),
+        FfiConverterTypePhotoOptions.lower(`options`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The attachment channel's settings now.
+     */override fun `attachmentSettings`(): AttachmentSettings {
+            return FfiConverterTypeAttachmentSettings.lift(
+    callWithHandle {
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_attachment_settings(
+        it,
+        _status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The attachments of a record that are not removed, in the order they were added.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `attachments`(`recordId`: kotlin.String) : List<Attachment> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_attachments(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeAttachment.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Downloads the content `sha256` now (resuming at the last whole chunk); returns the
+     * bytes received. `NotFound` when the server does not hold it whole (not uploaded yet by
+     * the tablet that attached it) or it is not of this device's commune.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `downloadAttachment`(`sha256`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_download_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`sha256`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Writes the content `sha256` to the file `path` (streamed, its hash checked; the file is
+     * whole or absent). A content this tablet does not hold is downloaded first (the device
+     * must be enrolled and online); returns the bytes written.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `openAttachment`(`sha256`: kotlin.String, `path`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_open_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`sha256`),
+        FfiConverterString.lower(`path`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Removes an attachment (a removal that syncs, never undone); the content is dropped from
+     * this tablet once nothing names it.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `removeAttachment`(`officer`: kotlin.String, `recordId`: kotlin.String, `attachmentId`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_remove_attachment(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`recordId`),
+        FfiConverterString.lower(`attachmentId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Changes the attachment channel's settings (for the next syncs and downloads): say
+     * `metered` when the link changes. `InvalidInput` for a chunk size that is not a multiple
+     * of 16 KiB between 16 KiB and 1 MiB.
+     */
+    @Throws(CommuneSyncException::class)override fun `setAttachmentSettings`(`settings`: AttachmentSettings)
+        = 
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_set_attachment_settings(
+        it,
+        
+        FfiConverterTypeAttachmentSettings.lower(`settings`),_status)
+}
+    }
+    
+    
+
+    
+    /**
+     * Delivers the progress of every attachment upload and download to `listener`, on a
+     * thread of its own, until [`ObserverHandle::stop`]. The Kotlin
+     * `engine.attachmentProgressFlow()` and the Swift `engine.attachmentProgressUpdates()`
+     * wrap it.
+     */
+    @Throws(CommuneSyncException::class)override fun `watchAttachmentProgress`(`listener`: AttachmentProgressListener): ObserverHandle {
+            return FfiConverterTypeObserverHandle.lift(
+    callWithHandle {
+    uniffiRustCallWithError(CommuneSyncException) { _status ->
+    UniffiLib.uniffi_communesync_ffi_fn_method_engine_watch_attachment_progress(
+        it,
+        
+        FfiConverterTypeAttachmentProgressListener.lower(`listener`),_status)
+}
+    }
+    )
+    }
+    
+
+    
+    /**
+     * The province catalogue version this device holds (0: none yet). A file installed before
+     * the first sync may set it (an exported file carries its version); each sync then brings
+     * only what changed after it.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `catalogueVersion`() : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_catalogue_version(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Records a new dossier with its form values, checked against the procedure version in
+     * force (which the dossier pins). A form that breaks its schema is `InvalidInput` naming
+     * the field (`form.child_name`), and nothing is written.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `createDossier`(`officer`: kotlin.String, `new`: NewApplication, `form`: List<FormEntry>) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_create_dossier(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterTypeNewApplication.lower(`new`),
+        FfiConverterSequenceTypeFormEntry.lower(`form`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A dossier's pinned procedure version and form values.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dossierForm`(`id`: kotlin.String) : DossierForm {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_dossier_form(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierForm.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Installs a catalogue file (JSON, version 1 or 2) before the first sync; returns how many
+     * procedures it holds. A bad file (`InvalidInput`) changes nothing.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `installCatalogueFile`(`json`: kotlin.String) : kotlin.ULong {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_install_catalogue_file(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`json`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_u64(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_u64(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_u64(future) },
+        // lift function
+        { FfiConverterULong.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A new application for the procedure, with the catalogue's mandatory papers and its fees
+     * (unpaid) filled in, for the officer to edit.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `prefilledApplication`(`communeCode`: kotlin.String, `procedureCode`: kotlin.String) : NewApplication {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_prefilled_application(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`communeCode`),
+        FfiConverterString.lower(`procedureCode`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeNewApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A procedure's papers, fees and form (`InvalidInput` when unknown).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `procedureDetails`(`code`: kotlin.String) : ProcedureDetails {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedure_details(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`code`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeProcedureDetails.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The sectors, with how many procedures each has.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `procedureSectors`() : List<SectorCount> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedure_sectors(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeSectorCount.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The procedures of a sector in Vietnamese order; the next page starts after the code
+     * `after_code` (the last of the previous page).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `proceduresBySector`(`sector`: kotlin.String, `afterCode`: kotlin.String?, `limit`: kotlin.UInt) : List<ProcedureSummary> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_procedures_by_sector(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`sector`),
+        FfiConverterOptionalString.lower(`afterCode`),
+        FfiConverterUInt.lower(`limit`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeProcedureSummary.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Procedures whose name contains every word typed, without diacritics ("khai sinh" finds
+     * "Đăng ký khai sinh"), or whose code starts with it; at most `limit` (≤ 200).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `searchProcedures`(`query`: kotlin.String, `limit`: kotlin.UInt) : List<ProcedureSummary> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_search_procedures(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`query`),
+        FfiConverterUInt.lower(`limit`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeProcedureSummary.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Replaces a dossier's form values, checked against its pinned procedure version.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setFormValues`(`officer`: kotlin.String, `id`: kotlin.String, `form`: List<FormEntry>) : DossierForm {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_set_form_values(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterSequenceTypeFormEntry.lower(`form`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierForm.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A dossier's statutory time: intake due date, effective deadline, pause, verdict, events.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `dossierDeadline`(`id`: kotlin.String) : DossierDeadline {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_dossier_deadline(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeDossierDeadline.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Extends the deadline (the apology slip) with a reason and a new appointment, which must
+     * be after the current effective due date (`InvalidInput` otherwise).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `extendDeadline`(`officer`: kotlin.String, `id`: kotlin.String, `reason`: kotlin.String, `appointment`: CivilDate) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_extend_deadline(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterString.lower(`reason`),
+        FfiConverterTypeCivilDate.lower(`appointment`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The dossier is complete again: back to `InProgress`, and the clock restarts.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `markComplete`(`officer`: kotlin.String, `id`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_mark_complete(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Asks the applicant for a supplement: the dossier moves to `SupplementRequested` and the
+     * statutory clock stops, recording what is `missing` (`InvalidInput` when empty).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `requestSupplement`(`officer`: kotlin.String, `id`: kotlin.String, `missing`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_request_supplement(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+        FfiConverterString.lower(`missing`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Hands the result over: the dossier moves from `Ready` to `Returned`, recording the time
+     * and whether it was on time.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `returnDossier`(`officer`: kotlin.String, `id`: kotlin.String) : Application {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_return_dossier(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterString.lower(`id`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeApplication.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Returned dossiers judged on time (`on_time` true) or late, most recently received first;
+     * at most `limit` (≤ 500) from `offset`.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `returnedDossiers`(`onTime`: kotlin.Boolean, `limit`: kotlin.UInt, `offset`: kotlin.UInt) : List<ReturnedDossier> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_returned_dossiers(
+                uniffiHandle,
+                
+        FfiConverterBoolean.lower(`onTime`),
+        FfiConverterUInt.lower(`limit`),
+        FfiConverterUInt.lower(`offset`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeReturnedDossier.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
     }
 
     
@@ -2721,7 +4139,8 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * kept in the store, brought to the device clock by the offset learnt then (a tablet whose
      * clock is years behind would otherwise see its last sync in the future and never sync).
      * "Upgrade required" is kept in the store for the version of the app that got it, so the
-     * policy stops across restarts until another version opens the store.
+     * policy stops across restarts until another version opens the store. Attachment contents
+     * waiting for upload count as pending work, like records.
      */
     @Throws(CommuneSyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -2913,6 +4332,10 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
      * `Unauthorized` when not enrolled, `Revoked`, `UpgradeRequired` when the server no longer
      * accepts this version of the app, `Wiped` when the province ordered the device wiped (the
      * engine then destroys the store and tells the observers), or `Offline` after the retries.
+     * After the records, the attachment channel runs within the engine's attachment settings
+     * (`setAttachmentSettings`): pending uploads, receipts and identity cards first, then the
+     * prefetch if asked; its progress goes to `watchAttachmentProgress` listeners, and its
+     * failure is `SyncReport.attachment_error` (the records' sync stands).
      */
     @Throws(CommuneSyncException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
@@ -3166,6 +4589,85 @@ open class Engine: Disposable, AutoCloseable, EngineInterface
         // lift function
         { },
         
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The import marker of application `record_id`: `None` for a dossier taken on a tablet.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `importMarker`(`recordId`: kotlin.String) : ImportMarker? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_import_marker(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`recordId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalTypeImportMarker.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Imports a register (CSV bytes with a header row) as `officer`, into `commune_code` (the
+     * commune this tablet enrolled in when `None`).
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `importRegister`(`officer`: kotlin.String, `communeCode`: kotlin.String?, `csv`: kotlin.ByteArray) : RegisterImportSummary {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_import_register(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`officer`),
+        FfiConverterOptionalString.lower(`communeCode`),
+        FfiConverterByteArray.lower(`csv`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeRegisterImportSummary.lift(it) },
+        // Error FFI converter
+        CommuneSyncException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The id of the dossier of `commune_code` imported with `external_id`, if this tablet has it.
+     */
+    @Throws(CommuneSyncException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `importedApplicationId`(`communeCode`: kotlin.String, `externalId`: kotlin.String) : kotlin.String? {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_communesync_ffi_fn_method_engine_imported_application_id(
+                uniffiHandle,
+                
+        FfiConverterString.lower(`communeCode`),
+        FfiConverterString.lower(`externalId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_communesync_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_communesync_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterOptionalString.lift(it) },
         // Error FFI converter
         CommuneSyncException.ErrorHandler,
     )
@@ -5196,6 +6698,263 @@ public object FfiConverterTypeApplicationUpdate: FfiConverterRustBuffer<Applicat
 
 
 /**
+ * An attachment of a record, and what this tablet holds of its content.
+ */
+data class Attachment (
+    /**
+     * The reference's id (to remove it).
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * The content's SHA-256 (lowercase hex): to open or download it.
+     */
+    var `sha256`: kotlin.String
+    , 
+    /**
+     * Size in bytes.
+     */
+    var `size`: kotlin.ULong
+    , 
+    /**
+     * MIME type.
+     */
+    var `mime`: kotlin.String
+    , 
+    /**
+     * What it shows.
+     */
+    var `caption`: kotlin.String
+    , 
+    /**
+     * The received paper it belongs to.
+     */
+    var `document`: kotlin.String?
+    , 
+    /**
+     * Page within that paper.
+     */
+    var `page`: kotlin.UInt
+    , 
+    /**
+     * What kind of paper it is.
+     */
+    var `category`: AttachmentCategory
+    , 
+    /**
+     * When it was attached.
+     */
+    var `addedAt`: java.time.Instant
+    , 
+    /**
+     * Whether the whole content is on this tablet (opening needs no network).
+     */
+    var `onDevice`: kotlin.Boolean
+    , 
+    /**
+     * Whether the server is known to hold it whole.
+     */
+    var `onServer`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachment: FfiConverterRustBuffer<Attachment> {
+    override fun read(buf: ByteBuffer): Attachment {
+        return Attachment(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterTypeAttachmentCategory.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Attachment) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterString.allocationSize(value.`sha256`) +
+            FfiConverterULong.allocationSize(value.`size`) +
+            FfiConverterString.allocationSize(value.`mime`) +
+            FfiConverterString.allocationSize(value.`caption`) +
+            FfiConverterOptionalString.allocationSize(value.`document`) +
+            FfiConverterUInt.allocationSize(value.`page`) +
+            FfiConverterTypeAttachmentCategory.allocationSize(value.`category`) +
+            FfiConverterTimestamp.allocationSize(value.`addedAt`) +
+            FfiConverterBoolean.allocationSize(value.`onDevice`) +
+            FfiConverterBoolean.allocationSize(value.`onServer`)
+    )
+
+    override fun write(value: Attachment, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterString.write(value.`sha256`, buf)
+            FfiConverterULong.write(value.`size`, buf)
+            FfiConverterString.write(value.`mime`, buf)
+            FfiConverterString.write(value.`caption`, buf)
+            FfiConverterOptionalString.write(value.`document`, buf)
+            FfiConverterUInt.write(value.`page`, buf)
+            FfiConverterTypeAttachmentCategory.write(value.`category`, buf)
+            FfiConverterTimestamp.write(value.`addedAt`, buf)
+            FfiConverterBoolean.write(value.`onDevice`, buf)
+            FfiConverterBoolean.write(value.`onServer`, buf)
+    }
+}
+
+
+
+/**
+ * Bytes of one attachment moved by a sync or a download.
+ */
+data class AttachmentProgress (
+    /**
+     * The content.
+     */
+    var `sha256`: kotlin.String
+    , 
+    /**
+     * An upload (else a download).
+     */
+    var `upload`: kotlin.Boolean
+    , 
+    /**
+     * Bytes the server (upload) or this tablet (download) holds now.
+     */
+    var `doneBytes`: kotlin.ULong
+    , 
+    /**
+     * The content's size.
+     */
+    var `totalBytes`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentProgress: FfiConverterRustBuffer<AttachmentProgress> {
+    override fun read(buf: ByteBuffer): AttachmentProgress {
+        return AttachmentProgress(
+            FfiConverterString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: AttachmentProgress) = (
+            FfiConverterString.allocationSize(value.`sha256`) +
+            FfiConverterBoolean.allocationSize(value.`upload`) +
+            FfiConverterULong.allocationSize(value.`doneBytes`) +
+            FfiConverterULong.allocationSize(value.`totalBytes`)
+    )
+
+    override fun write(value: AttachmentProgress, buf: ByteBuffer) {
+            FfiConverterString.write(value.`sha256`, buf)
+            FfiConverterBoolean.write(value.`upload`, buf)
+            FfiConverterULong.write(value.`doneBytes`, buf)
+            FfiConverterULong.write(value.`totalBytes`, buf)
+    }
+}
+
+
+
+/**
+ * The attachment channel's settings, used by each `sync_now` and download.
+ */
+data class AttachmentSettings (
+    /**
+     * Chunk size of new uploads: a multiple of 16 KiB, at most 1 MiB (default 64 KiB). A cut
+     * costs at most one chunk.
+     */
+    var `chunkSize`: kotlin.UInt
+    , 
+    /**
+     * Whether the link is metered (mobile data): attachments then get at most
+     * `metered_budget_bytes` per sync; records always go (default true).
+     */
+    var `metered`: kotlin.Boolean
+    , 
+    /**
+     * Bytes of attachment chunks per sync on a metered link (default 2 MiB).
+     */
+    var `meteredBudgetBytes`: kotlin.ULong
+    , 
+    /**
+     * Whether each sync also downloads the contents the commune's records name (default
+     * false: contents come when opened).
+     */
+    var `prefetch`: kotlin.Boolean
+    , 
+    /**
+     * Bytes of downloaded contents kept on the tablet (default 200 MiB); contents not yet
+     * uploaded are never evicted.
+     */
+    var `cacheBytes`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentSettings: FfiConverterRustBuffer<AttachmentSettings> {
+    override fun read(buf: ByteBuffer): AttachmentSettings {
+        return AttachmentSettings(
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: AttachmentSettings) = (
+            FfiConverterUInt.allocationSize(value.`chunkSize`) +
+            FfiConverterBoolean.allocationSize(value.`metered`) +
+            FfiConverterULong.allocationSize(value.`meteredBudgetBytes`) +
+            FfiConverterBoolean.allocationSize(value.`prefetch`) +
+            FfiConverterULong.allocationSize(value.`cacheBytes`)
+    )
+
+    override fun write(value: AttachmentSettings, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`chunkSize`, buf)
+            FfiConverterBoolean.write(value.`metered`, buf)
+            FfiConverterULong.write(value.`meteredBudgetBytes`, buf)
+            FfiConverterBoolean.write(value.`prefetch`, buf)
+            FfiConverterULong.write(value.`cacheBytes`, buf)
+    }
+}
+
+
+
+/**
  * One entry of the audit log of quarantine decisions: who, when, what, why.
  */
 data class AuditEntry (
@@ -5823,6 +7582,77 @@ public object FfiConverterTypeConflictCandidate: FfiConverterRustBuffer<Conflict
 
 
 /**
+ * One event of a dossier's statutory clock.
+ */
+data class DeadlineEvent (
+    /**
+     * What it did.
+     */
+    var `kind`: DeadlineEventKind
+    , 
+    /**
+     * When.
+     */
+    var `at`: java.time.Instant
+    , 
+    /**
+     * Officer who recorded it.
+     */
+    var `officer`: kotlin.String
+    , 
+    /**
+     * What was missing (a pause), why (an extension); empty for a resume.
+     */
+    var `reason`: kotlin.String
+    , 
+    /**
+     * The new appointment (an extension).
+     */
+    var `appointment`: CivilDate?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDeadlineEvent: FfiConverterRustBuffer<DeadlineEvent> {
+    override fun read(buf: ByteBuffer): DeadlineEvent {
+        return DeadlineEvent(
+            FfiConverterTypeDeadlineEventKind.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalTypeCivilDate.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DeadlineEvent) = (
+            FfiConverterTypeDeadlineEventKind.allocationSize(value.`kind`) +
+            FfiConverterTimestamp.allocationSize(value.`at`) +
+            FfiConverterString.allocationSize(value.`officer`) +
+            FfiConverterString.allocationSize(value.`reason`) +
+            FfiConverterOptionalTypeCivilDate.allocationSize(value.`appointment`)
+    )
+
+    override fun write(value: DeadlineEvent, buf: ByteBuffer) {
+            FfiConverterTypeDeadlineEventKind.write(value.`kind`, buf)
+            FfiConverterTimestamp.write(value.`at`, buf)
+            FfiConverterString.write(value.`officer`, buf)
+            FfiConverterString.write(value.`reason`, buf)
+            FfiConverterOptionalTypeCivilDate.write(value.`appointment`, buf)
+    }
+}
+
+
+
+/**
  * The device credential issued at enrollment. The token is a secret: keep the whole record in
  * the platform keystore and pass it back in [`EngineConfig::credential`] at every open.
  */
@@ -5873,6 +7703,148 @@ public object FfiConverterTypeDeviceCredential: FfiConverterRustBuffer<DeviceCre
             FfiConverterString.write(value.`deviceId`, buf)
             FfiConverterString.write(value.`token`, buf)
             FfiConverterOptionalString.write(value.`communeCode`, buf)
+    }
+}
+
+
+
+/**
+ * A dossier's statutory time.
+ */
+data class DossierDeadline (
+    /**
+     * The due date computed at intake (never changes).
+     */
+    var `statutoryDue`: CivilDate
+    , 
+    /**
+     * The effective due date: pauses, extensions and the current calendar counted.
+     */
+    var `dueDate`: CivilDate
+    , 
+    /**
+     * The effective due instant, for a procedure counted in working hours.
+     */
+    var `dueAt`: java.time.Instant?
+    , 
+    /**
+     * Since when the clock is stopped (a supplement is awaited).
+     */
+    var `pausedSince`: java.time.Instant?
+    , 
+    /**
+     * Whether an extension set the due date.
+     */
+    var `extended`: kotlin.Boolean
+    , 
+    /**
+     * When the result was handed over.
+     */
+    var `returnedAt`: java.time.Instant?
+    , 
+    /**
+     * Whether that was on time (recorded with the return).
+     */
+    var `returnedOnTime`: kotlin.Boolean?
+    , 
+    /**
+     * The clock's events, in the order they count.
+     */
+    var `events`: List<DeadlineEvent>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDossierDeadline: FfiConverterRustBuffer<DossierDeadline> {
+    override fun read(buf: ByteBuffer): DossierDeadline {
+        return DossierDeadline(
+            FfiConverterTypeCivilDate.read(buf),
+            FfiConverterTypeCivilDate.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterSequenceTypeDeadlineEvent.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DossierDeadline) = (
+            FfiConverterTypeCivilDate.allocationSize(value.`statutoryDue`) +
+            FfiConverterTypeCivilDate.allocationSize(value.`dueDate`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`dueAt`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`pausedSince`) +
+            FfiConverterBoolean.allocationSize(value.`extended`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`returnedAt`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`returnedOnTime`) +
+            FfiConverterSequenceTypeDeadlineEvent.allocationSize(value.`events`)
+    )
+
+    override fun write(value: DossierDeadline, buf: ByteBuffer) {
+            FfiConverterTypeCivilDate.write(value.`statutoryDue`, buf)
+            FfiConverterTypeCivilDate.write(value.`dueDate`, buf)
+            FfiConverterOptionalTimestamp.write(value.`dueAt`, buf)
+            FfiConverterOptionalTimestamp.write(value.`pausedSince`, buf)
+            FfiConverterBoolean.write(value.`extended`, buf)
+            FfiConverterOptionalTimestamp.write(value.`returnedAt`, buf)
+            FfiConverterOptionalBoolean.write(value.`returnedOnTime`, buf)
+            FfiConverterSequenceTypeDeadlineEvent.write(value.`events`, buf)
+    }
+}
+
+
+
+/**
+ * A dossier's form: the pinned procedure version and the values.
+ */
+data class DossierForm (
+    /**
+     * Version of the procedure the dossier was received under (0: before catalogue v2).
+     */
+    var `procedureVersion`: kotlin.ULong
+    , 
+    /**
+     * The values, by field name.
+     */
+    var `values`: List<FormEntry>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDossierForm: FfiConverterRustBuffer<DossierForm> {
+    override fun read(buf: ByteBuffer): DossierForm {
+        return DossierForm(
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeFormEntry.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: DossierForm) = (
+            FfiConverterULong.allocationSize(value.`procedureVersion`) +
+            FfiConverterSequenceTypeFormEntry.allocationSize(value.`values`)
+    )
+
+    override fun write(value: DossierForm, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`procedureVersion`, buf)
+            FfiConverterSequenceTypeFormEntry.write(value.`values`, buf)
     }
 }
 
@@ -6103,6 +8075,124 @@ public object FfiConverterTypeFee: FfiConverterRustBuffer<Fee> {
 
 
 /**
+ * One value of a dossier's form.
+ */
+data class FormEntry (
+    /**
+     * Field name.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Value.
+     */
+    var `value`: FormValue
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFormEntry: FfiConverterRustBuffer<FormEntry> {
+    override fun read(buf: ByteBuffer): FormEntry {
+        return FormEntry(
+            FfiConverterString.read(buf),
+            FfiConverterTypeFormValue.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FormEntry) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterTypeFormValue.allocationSize(value.`value`)
+    )
+
+    override fun write(value: FormEntry, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterTypeFormValue.write(value.`value`, buf)
+    }
+}
+
+
+
+/**
+ * One field of a procedure's form.
+ */
+data class FormField (
+    /**
+     * Key of the value.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Label.
+     */
+    var `label`: kotlin.String
+    , 
+    /**
+     * Type and constraints.
+     */
+    var `kind`: FieldKind
+    , 
+    /**
+     * Whether a value is required.
+     */
+    var `required`: kotlin.Boolean
+    , 
+    /**
+     * Help text.
+     */
+    var `help`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFormField: FfiConverterRustBuffer<FormField> {
+    override fun read(buf: ByteBuffer): FormField {
+        return FormField(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeFieldKind.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: FormField) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`label`) +
+            FfiConverterTypeFieldKind.allocationSize(value.`kind`) +
+            FfiConverterBoolean.allocationSize(value.`required`) +
+            FfiConverterString.allocationSize(value.`help`)
+    )
+
+    override fun write(value: FormField, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`label`, buf)
+            FfiConverterTypeFieldKind.write(value.`kind`, buf)
+            FfiConverterBoolean.write(value.`required`, buf)
+            FfiConverterString.write(value.`help`, buf)
+    }
+}
+
+
+
+/**
  * One change in a record's history.
  */
 data class HistoryEntry (
@@ -6185,6 +8275,69 @@ public object FfiConverterTypeHistoryEntry: FfiConverterRustBuffer<HistoryEntry>
             FfiConverterSequenceString.write(value.`fields`, buf)
             FfiConverterOptionalTimestamp.write(value.`serverReceivedAt`, buf)
             FfiConverterBoolean.write(value.`signedByThisDevice`, buf)
+    }
+}
+
+
+
+/**
+ * Where an imported dossier came from (set at its import, never changed).
+ */
+data class ImportMarker (
+    /**
+     * Its key in the commune's register.
+     */
+    var `externalId`: kotlin.String
+    , 
+    /**
+     * The register's reference number (empty when none).
+     */
+    var `originalReference`: kotlin.String
+    , 
+    /**
+     * When it was imported.
+     */
+    var `importedAt`: java.time.Instant
+    , 
+    /**
+     * When it was returned, for a dossier imported as returned.
+     */
+    var `returnedAt`: java.time.Instant?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeImportMarker: FfiConverterRustBuffer<ImportMarker> {
+    override fun read(buf: ByteBuffer): ImportMarker {
+        return ImportMarker(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterOptionalTimestamp.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ImportMarker) = (
+            FfiConverterString.allocationSize(value.`externalId`) +
+            FfiConverterString.allocationSize(value.`originalReference`) +
+            FfiConverterTimestamp.allocationSize(value.`importedAt`) +
+            FfiConverterOptionalTimestamp.allocationSize(value.`returnedAt`)
+    )
+
+    override fun write(value: ImportMarker, buf: ByteBuffer) {
+            FfiConverterString.write(value.`externalId`, buf)
+            FfiConverterString.write(value.`originalReference`, buf)
+            FfiConverterTimestamp.write(value.`importedAt`, buf)
+            FfiConverterOptionalTimestamp.write(value.`returnedAt`, buf)
     }
 }
 
@@ -6349,6 +8502,78 @@ public object FfiConverterTypeNewApplication: FfiConverterRustBuffer<NewApplicat
 
 
 /**
+ * What the app says about a file it attaches.
+ */
+data class NewAttachment (
+    /**
+     * MIME type: `image/jpeg`, `image/png` or `application/pdf` (a photo attached with
+     * `attach_photo` is always `image/jpeg`).
+     */
+    var `mime`: kotlin.String
+    , 
+    /**
+     * What kind of paper it shows.
+     */
+    var `category`: AttachmentCategory
+    , 
+    /**
+     * What it shows (at most 200 characters).
+     */
+    var `caption`: kotlin.String = "" 
+    , 
+    /**
+     * Name of the received paper of the dossier it belongs to.
+     */
+    var `document`: kotlin.String? = null 
+    , 
+    /**
+     * Page number within that paper (0 when not paged).
+     */
+    var `page`: kotlin.UInt = 0u 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeNewAttachment: FfiConverterRustBuffer<NewAttachment> {
+    override fun read(buf: ByteBuffer): NewAttachment {
+        return NewAttachment(
+            FfiConverterString.read(buf),
+            FfiConverterTypeAttachmentCategory.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: NewAttachment) = (
+            FfiConverterString.allocationSize(value.`mime`) +
+            FfiConverterTypeAttachmentCategory.allocationSize(value.`category`) +
+            FfiConverterString.allocationSize(value.`caption`) +
+            FfiConverterOptionalString.allocationSize(value.`document`) +
+            FfiConverterUInt.allocationSize(value.`page`)
+    )
+
+    override fun write(value: NewAttachment, buf: ByteBuffer) {
+            FfiConverterString.write(value.`mime`, buf)
+            FfiConverterTypeAttachmentCategory.write(value.`category`, buf)
+            FfiConverterString.write(value.`caption`, buf)
+            FfiConverterOptionalString.write(value.`document`, buf)
+            FfiConverterUInt.write(value.`page`, buf)
+    }
+}
+
+
+
+/**
  * What an officer enters for a new citizen request.
  */
 data class NewCitizenRequest (
@@ -6446,6 +8671,69 @@ public object FfiConverterTypeNewCitizenRequest: FfiConverterRustBuffer<NewCitiz
             FfiConverterOptionalTimestamp.write(value.`receivedAt`, buf)
             FfiConverterOptionalString.write(value.`assignee`, buf)
             FfiConverterString.write(value.`notes`, buf)
+    }
+}
+
+
+
+/**
+ * How a camera photo of a paper is prepared for 2G.
+ */
+data class PhotoOptions (
+    /**
+     * Long side of the prepared image, pixels (default 1600).
+     */
+    var `longSide`: kotlin.UInt = 1600u 
+    , 
+    /**
+     * Gray levels only: smaller, for papers (default false).
+     */
+    var `grayscale`: kotlin.Boolean = false 
+    , 
+    /**
+     * Bytes to aim at (default 150,000): the JPEG quality is searched to fit.
+     */
+    var `targetBytes`: kotlin.ULong = 150000uL 
+    , 
+    /**
+     * Also attach the original file (captioned "(original)"); default false.
+     */
+    var `keepOriginal`: kotlin.Boolean = false 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypePhotoOptions: FfiConverterRustBuffer<PhotoOptions> {
+    override fun read(buf: ByteBuffer): PhotoOptions {
+        return PhotoOptions(
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: PhotoOptions) = (
+            FfiConverterUInt.allocationSize(value.`longSide`) +
+            FfiConverterBoolean.allocationSize(value.`grayscale`) +
+            FfiConverterULong.allocationSize(value.`targetBytes`) +
+            FfiConverterBoolean.allocationSize(value.`keepOriginal`)
+    )
+
+    override fun write(value: PhotoOptions, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`longSide`, buf)
+            FfiConverterBoolean.write(value.`grayscale`, buf)
+            FfiConverterULong.write(value.`targetBytes`, buf)
+            FfiConverterBoolean.write(value.`keepOriginal`, buf)
     }
 }
 
@@ -6589,6 +8877,251 @@ public object FfiConverterTypeProcedure: FfiConverterRustBuffer<Procedure> {
             FfiConverterString.write(value.`name`, buf)
             FfiConverterUInt.write(value.`processingDays`, buf)
             FfiConverterBoolean.write(value.`withdrawalAllowed`, buf)
+    }
+}
+
+
+
+/**
+ * A procedure with its papers, fees and form.
+ */
+data class ProcedureDetails (
+    /**
+     * National code.
+     */
+    var `code`: kotlin.String
+    , 
+    /**
+     * Name.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Sector.
+     */
+    var `sector`: kotlin.String
+    , 
+    /**
+     * `commune`, `district`, `province` or `central`.
+     */
+    var `level`: kotlin.String
+    , 
+    /**
+     * Working days (hours-based procedures: their hours rounded up to days).
+     */
+    var `processingDays`: kotlin.UInt
+    , 
+    /**
+     * Working hours for a same-day procedure, else `None`.
+     */
+    var `processingHours`: kotlin.UInt?
+    , 
+    /**
+     * Fees.
+     */
+    var `fees`: List<ProcedureFee>
+    , 
+    /**
+     * Papers.
+     */
+    var `papers`: List<RequiredPaper>
+    , 
+    /**
+     * The form.
+     */
+    var `form`: List<FormField>
+    , 
+    /**
+     * Whether an applicant may withdraw.
+     */
+    var `withdrawalAllowed`: kotlin.Boolean
+    , 
+    /**
+     * First day in force (`YYYY-MM-DD`).
+     */
+    var `effectiveFrom`: kotlin.String?
+    , 
+    /**
+     * Last day in force (`YYYY-MM-DD`).
+     */
+    var `effectiveUntil`: kotlin.String?
+    , 
+    /**
+     * Version.
+     */
+    var `version`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProcedureDetails: FfiConverterRustBuffer<ProcedureDetails> {
+    override fun read(buf: ByteBuffer): ProcedureDetails {
+        return ProcedureDetails(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalUInt.read(buf),
+            FfiConverterSequenceTypeProcedureFee.read(buf),
+            FfiConverterSequenceTypeRequiredPaper.read(buf),
+            FfiConverterSequenceTypeFormField.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ProcedureDetails) = (
+            FfiConverterString.allocationSize(value.`code`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`sector`) +
+            FfiConverterString.allocationSize(value.`level`) +
+            FfiConverterUInt.allocationSize(value.`processingDays`) +
+            FfiConverterOptionalUInt.allocationSize(value.`processingHours`) +
+            FfiConverterSequenceTypeProcedureFee.allocationSize(value.`fees`) +
+            FfiConverterSequenceTypeRequiredPaper.allocationSize(value.`papers`) +
+            FfiConverterSequenceTypeFormField.allocationSize(value.`form`) +
+            FfiConverterBoolean.allocationSize(value.`withdrawalAllowed`) +
+            FfiConverterOptionalString.allocationSize(value.`effectiveFrom`) +
+            FfiConverterOptionalString.allocationSize(value.`effectiveUntil`) +
+            FfiConverterULong.allocationSize(value.`version`)
+    )
+
+    override fun write(value: ProcedureDetails, buf: ByteBuffer) {
+            FfiConverterString.write(value.`code`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`sector`, buf)
+            FfiConverterString.write(value.`level`, buf)
+            FfiConverterUInt.write(value.`processingDays`, buf)
+            FfiConverterOptionalUInt.write(value.`processingHours`, buf)
+            FfiConverterSequenceTypeProcedureFee.write(value.`fees`, buf)
+            FfiConverterSequenceTypeRequiredPaper.write(value.`papers`, buf)
+            FfiConverterSequenceTypeFormField.write(value.`form`, buf)
+            FfiConverterBoolean.write(value.`withdrawalAllowed`, buf)
+            FfiConverterOptionalString.write(value.`effectiveFrom`, buf)
+            FfiConverterOptionalString.write(value.`effectiveUntil`, buf)
+            FfiConverterULong.write(value.`version`, buf)
+    }
+}
+
+
+
+/**
+ * A fee of the procedure.
+ */
+data class ProcedureFee (
+    /**
+     * What it is.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Amount in đồng.
+     */
+    var `amountVnd`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProcedureFee: FfiConverterRustBuffer<ProcedureFee> {
+    override fun read(buf: ByteBuffer): ProcedureFee {
+        return ProcedureFee(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ProcedureFee) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterULong.allocationSize(value.`amountVnd`)
+    )
+
+    override fun write(value: ProcedureFee, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterULong.write(value.`amountVnd`, buf)
+    }
+}
+
+
+
+/**
+ * A procedure as lists show it.
+ */
+data class ProcedureSummary (
+    /**
+     * National code (`1.001193`).
+     */
+    var `code`: kotlin.String
+    , 
+    /**
+     * Name ("Đăng ký khai sinh").
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Sector ("Hộ tịch").
+     */
+    var `sector`: kotlin.String
+    , 
+    /**
+     * Version in force on this tablet.
+     */
+    var `version`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeProcedureSummary: FfiConverterRustBuffer<ProcedureSummary> {
+    override fun read(buf: ByteBuffer): ProcedureSummary {
+        return ProcedureSummary(
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ProcedureSummary) = (
+            FfiConverterString.allocationSize(value.`code`) +
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterString.allocationSize(value.`sector`) +
+            FfiConverterULong.allocationSize(value.`version`)
+    )
+
+    override fun write(value: ProcedureSummary, buf: ByteBuffer) {
+            FfiConverterString.write(value.`code`, buf)
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterString.write(value.`sector`, buf)
+            FfiConverterULong.write(value.`version`, buf)
     }
 }
 
@@ -7028,6 +9561,266 @@ public object FfiConverterTypeReceivedDocument: FfiConverterRustBuffer<ReceivedD
 
 
 /**
+ * Why one line of the register was not imported.
+ */
+data class RegisterEntryError (
+    /**
+     * The line it starts on (1 is the header).
+     */
+    var `line`: kotlin.ULong
+    , 
+    /**
+     * Its external id, when it could be read.
+     */
+    var `externalId`: kotlin.String?
+    , 
+    /**
+     * Why.
+     */
+    var `reason`: kotlin.String
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRegisterEntryError: FfiConverterRustBuffer<RegisterEntryError> {
+    override fun read(buf: ByteBuffer): RegisterEntryError {
+        return RegisterEntryError(
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RegisterEntryError) = (
+            FfiConverterULong.allocationSize(value.`line`) +
+            FfiConverterOptionalString.allocationSize(value.`externalId`) +
+            FfiConverterString.allocationSize(value.`reason`)
+    )
+
+    override fun write(value: RegisterEntryError, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`line`, buf)
+            FfiConverterOptionalString.write(value.`externalId`, buf)
+            FfiConverterString.write(value.`reason`, buf)
+    }
+}
+
+
+
+/**
+ * What an import did.
+ */
+data class RegisterImportSummary (
+    /**
+     * Entries imported now (one dossier, one change each).
+     */
+    var `imported`: kotlin.ULong
+    , 
+    /**
+     * Entries whose external id a dossier of the commune already has: nothing written.
+     */
+    var `alreadyPresent`: kotlin.ULong
+    , 
+    /**
+     * Entries refused, with their line.
+     */
+    var `errors`: List<RegisterEntryError>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRegisterImportSummary: FfiConverterRustBuffer<RegisterImportSummary> {
+    override fun read(buf: ByteBuffer): RegisterImportSummary {
+        return RegisterImportSummary(
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterSequenceTypeRegisterEntryError.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RegisterImportSummary) = (
+            FfiConverterULong.allocationSize(value.`imported`) +
+            FfiConverterULong.allocationSize(value.`alreadyPresent`) +
+            FfiConverterSequenceTypeRegisterEntryError.allocationSize(value.`errors`)
+    )
+
+    override fun write(value: RegisterImportSummary, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`imported`, buf)
+            FfiConverterULong.write(value.`alreadyPresent`, buf)
+            FfiConverterSequenceTypeRegisterEntryError.write(value.`errors`, buf)
+    }
+}
+
+
+
+/**
+ * A paper the applicant hands in.
+ */
+data class RequiredPaper (
+    /**
+     * What it is.
+     */
+    var `name`: kotlin.String
+    , 
+    /**
+     * Copies.
+     */
+    var `copies`: kotlin.UInt
+    , 
+    /**
+     * Whether the original must be shown.
+     */
+    var `original`: kotlin.Boolean
+    , 
+    /**
+     * `None` when mandatory; the case that requires it when conditional.
+     */
+    var `condition`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeRequiredPaper: FfiConverterRustBuffer<RequiredPaper> {
+    override fun read(buf: ByteBuffer): RequiredPaper {
+        return RequiredPaper(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: RequiredPaper) = (
+            FfiConverterString.allocationSize(value.`name`) +
+            FfiConverterUInt.allocationSize(value.`copies`) +
+            FfiConverterBoolean.allocationSize(value.`original`) +
+            FfiConverterOptionalString.allocationSize(value.`condition`)
+    )
+
+    override fun write(value: RequiredPaper, buf: ByteBuffer) {
+            FfiConverterString.write(value.`name`, buf)
+            FfiConverterUInt.write(value.`copies`, buf)
+            FfiConverterBoolean.write(value.`original`, buf)
+            FfiConverterOptionalString.write(value.`condition`, buf)
+    }
+}
+
+
+
+/**
+ * A returned dossier in the on-time or late list.
+ */
+data class ReturnedDossier (
+    /**
+     * Record id.
+     */
+    var `id`: kotlin.String
+    , 
+    /**
+     * Dossier number, when it has one.
+     */
+    var `dossierNumber`: kotlin.String?
+    , 
+    /**
+     * Procedure code.
+     */
+    var `procedureCode`: kotlin.String
+    , 
+    /**
+     * Applicant's name.
+     */
+    var `applicantName`: kotlin.String
+    , 
+    /**
+     * When it was received.
+     */
+    var `receivedAt`: java.time.Instant
+    , 
+    /**
+     * The effective due date it was judged by.
+     */
+    var `dueDate`: CivilDate?
+    , 
+    /**
+     * Whether it was returned on time.
+     */
+    var `onTime`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReturnedDossier: FfiConverterRustBuffer<ReturnedDossier> {
+    override fun read(buf: ByteBuffer): ReturnedDossier {
+        return ReturnedDossier(
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTimestamp.read(buf),
+            FfiConverterOptionalTypeCivilDate.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReturnedDossier) = (
+            FfiConverterString.allocationSize(value.`id`) +
+            FfiConverterOptionalString.allocationSize(value.`dossierNumber`) +
+            FfiConverterString.allocationSize(value.`procedureCode`) +
+            FfiConverterString.allocationSize(value.`applicantName`) +
+            FfiConverterTimestamp.allocationSize(value.`receivedAt`) +
+            FfiConverterOptionalTypeCivilDate.allocationSize(value.`dueDate`) +
+            FfiConverterBoolean.allocationSize(value.`onTime`)
+    )
+
+    override fun write(value: ReturnedDossier, buf: ByteBuffer) {
+            FfiConverterString.write(value.`id`, buf)
+            FfiConverterOptionalString.write(value.`dossierNumber`, buf)
+            FfiConverterString.write(value.`procedureCode`, buf)
+            FfiConverterString.write(value.`applicantName`, buf)
+            FfiConverterTimestamp.write(value.`receivedAt`, buf)
+            FfiConverterOptionalTypeCivilDate.write(value.`dueDate`, buf)
+            FfiConverterBoolean.write(value.`onTime`, buf)
+    }
+}
+
+
+
+/**
  * A full-text search result.
  */
 data class SearchHit (
@@ -7085,6 +9878,53 @@ public object FfiConverterTypeSearchHit: FfiConverterRustBuffer<SearchHit> {
             FfiConverterTypeRecordKind.write(value.`kind`, buf)
             FfiConverterString.write(value.`title`, buf)
             FfiConverterString.write(value.`status`, buf)
+    }
+}
+
+
+
+/**
+ * A sector and how many procedures it has.
+ */
+data class SectorCount (
+    /**
+     * Sector name.
+     */
+    var `sector`: kotlin.String
+    , 
+    /**
+     * Procedures in it.
+     */
+    var `procedures`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSectorCount: FfiConverterRustBuffer<SectorCount> {
+    override fun read(buf: ByteBuffer): SectorCount {
+        return SectorCount(
+            FfiConverterString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SectorCount) = (
+            FfiConverterString.allocationSize(value.`sector`) +
+            FfiConverterULong.allocationSize(value.`procedures`)
+    )
+
+    override fun write(value: SectorCount, buf: ByteBuffer) {
+            FfiConverterString.write(value.`sector`, buf)
+            FfiConverterULong.write(value.`procedures`, buf)
     }
 }
 
@@ -7297,6 +10137,28 @@ data class SyncReport (
      * Documents still waiting to be pushed.
      */
     var `pendingDocs`: kotlin.ULong
+    , 
+    /**
+     * Attachment contents now whole on the server (uploads) or here (prefetch), after the
+     * records.
+     */
+    var `attachmentsCompleted`: kotlin.ULong = 0uL 
+    , 
+    /**
+     * Attachment chunk bytes sent or received.
+     */
+    var `attachmentBytes`: kotlin.ULong = 0uL 
+    , 
+    /**
+     * Attachment contents left for a later sync (the metered budget was spent).
+     */
+    var `attachmentsDeferred`: kotlin.ULong = 0uL 
+    , 
+    /**
+     * Why the attachment channel stopped, if it did (the records' sync stands; the next sync
+     * resumes at the last whole chunk).
+     */
+    var `attachmentError`: kotlin.String? = null 
     
 ){
     
@@ -7327,6 +10189,10 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
         )
     }
 
@@ -7344,7 +10210,11 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.allocationSize(value.`refused`) +
             FfiConverterULong.allocationSize(value.`quarantined`) +
             FfiConverterULong.allocationSize(value.`retries`) +
-            FfiConverterULong.allocationSize(value.`pendingDocs`)
+            FfiConverterULong.allocationSize(value.`pendingDocs`) +
+            FfiConverterULong.allocationSize(value.`attachmentsCompleted`) +
+            FfiConverterULong.allocationSize(value.`attachmentBytes`) +
+            FfiConverterULong.allocationSize(value.`attachmentsDeferred`) +
+            FfiConverterOptionalString.allocationSize(value.`attachmentError`)
     )
 
     override fun write(value: SyncReport, buf: ByteBuffer) {
@@ -7362,6 +10232,10 @@ public object FfiConverterTypeSyncReport: FfiConverterRustBuffer<SyncReport> {
             FfiConverterULong.write(value.`quarantined`, buf)
             FfiConverterULong.write(value.`retries`, buf)
             FfiConverterULong.write(value.`pendingDocs`, buf)
+            FfiConverterULong.write(value.`attachmentsCompleted`, buf)
+            FfiConverterULong.write(value.`attachmentBytes`, buf)
+            FfiConverterULong.write(value.`attachmentsDeferred`, buf)
+            FfiConverterOptionalString.write(value.`attachmentError`, buf)
     }
 }
 
@@ -7623,6 +10497,57 @@ public object FfiConverterTypeApplicationStatus: FfiConverterRustBuffer<Applicat
     override fun allocationSize(value: ApplicationStatus) = 4UL
 
     override fun write(value: ApplicationStatus, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * What kind of paper an attachment shows; receipts and identity cards are uploaded first.
+ */
+
+enum class AttachmentCategory {
+    
+    /**
+     * A signed receipt or payment proof.
+     */
+    RECEIPT,
+    /**
+     * A citizen identity card (CCCD) or other identity paper.
+     */
+    IDENTITY_CARD,
+    /**
+     * A form or certificate of the dossier.
+     */
+    DOCUMENT,
+    /**
+     * Any other photo (a land plot, a road).
+     */
+    PHOTO;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeAttachmentCategory: FfiConverterRustBuffer<AttachmentCategory> {
+    override fun read(buf: ByteBuffer) = try {
+        AttachmentCategory.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: AttachmentCategory) = 4UL
+
+    override fun write(value: AttachmentCategory, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
     }
 }
@@ -8011,6 +10936,53 @@ public object FfiConverterTypeConflictValue : FfiConverterRustBuffer<ConflictVal
 
 
 /**
+ * What a clock event does.
+ */
+
+enum class DeadlineEventKind {
+    
+    /**
+     * A supplement was asked for: the clock stopped.
+     */
+    PAUSE,
+    /**
+     * The dossier was complete again: the clock restarted.
+     */
+    RESUME,
+    /**
+     * An extension with a new appointment (the apology slip).
+     */
+    EXTENSION;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeDeadlineEventKind: FfiConverterRustBuffer<DeadlineEventKind> {
+    override fun read(buf: ByteBuffer) = try {
+        DeadlineEventKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: DeadlineEventKind) = 4UL
+
+    override fun write(value: DeadlineEventKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
  * The case of a [`CommuneSyncError`], without its message (for status snapshots).
  */
 
@@ -8078,6 +11050,485 @@ public object FfiConverterTypeErrorKind: FfiConverterRustBuffer<ErrorKind> {
 
     override fun write(value: ErrorKind, buf: ByteBuffer) {
         buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * The type of a form field, with its constraints.
+ */
+sealed class FieldKind {
+    
+    /**
+     * Free text.
+     */
+    data class Text(
+        /**
+         * Longest value in characters.
+         */
+        val `maxLen`: kotlin.UInt?) : FieldKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A whole number.
+     */
+    data class Number(
+        /**
+         * Smallest value.
+         */
+        val `min`: kotlin.Long?, 
+        /**
+         * Largest value.
+         */
+        val `max`: kotlin.Long?) : FieldKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A date (`YYYY-MM-DD`).
+     */
+    object Date : FieldKind()
+    
+    
+    /**
+     * One of the options.
+     */
+    data class Choice(
+        /**
+         * The options.
+         */
+        val `options`: List<kotlin.String>) : FieldKind()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A person.
+     */
+    object Person : FieldKind()
+    
+    
+    /**
+     * A citizen identity number (CCCD, format-checked).
+     */
+    object CitizenId : FieldKind()
+    
+    
+    /**
+     * An address.
+     */
+    object Address : FieldKind()
+    
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFieldKind : FfiConverterRustBuffer<FieldKind>{
+    override fun read(buf: ByteBuffer): FieldKind {
+        return when(buf.getInt()) {
+            1 -> FieldKind.Text(
+                FfiConverterOptionalUInt.read(buf),
+                )
+            2 -> FieldKind.Number(
+                FfiConverterOptionalLong.read(buf),
+                FfiConverterOptionalLong.read(buf),
+                )
+            3 -> FieldKind.Date
+            4 -> FieldKind.Choice(
+                FfiConverterSequenceString.read(buf),
+                )
+            5 -> FieldKind.Person
+            6 -> FieldKind.CitizenId
+            7 -> FieldKind.Address
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: FieldKind): ULong = when(value) {
+        is FieldKind.Text -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterOptionalUInt.allocationSize(value.`maxLen`)
+            )
+        }
+        is FieldKind.Number -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterOptionalLong.allocationSize(value.`min`)
+                + FfiConverterOptionalLong.allocationSize(value.`max`)
+            )
+        }
+        is FieldKind.Date -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is FieldKind.Choice -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterSequenceString.allocationSize(value.`options`)
+            )
+        }
+        is FieldKind.Person -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is FieldKind.CitizenId -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+        is FieldKind.Address -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+            )
+        }
+    }
+
+    override fun write(value: FieldKind, buf: ByteBuffer) {
+        when(value) {
+            is FieldKind.Text -> {
+                buf.putInt(1)
+                FfiConverterOptionalUInt.write(value.`maxLen`, buf)
+                Unit
+            }
+            is FieldKind.Number -> {
+                buf.putInt(2)
+                FfiConverterOptionalLong.write(value.`min`, buf)
+                FfiConverterOptionalLong.write(value.`max`, buf)
+                Unit
+            }
+            is FieldKind.Date -> {
+                buf.putInt(3)
+                Unit
+            }
+            is FieldKind.Choice -> {
+                buf.putInt(4)
+                FfiConverterSequenceString.write(value.`options`, buf)
+                Unit
+            }
+            is FieldKind.Person -> {
+                buf.putInt(5)
+                Unit
+            }
+            is FieldKind.CitizenId -> {
+                buf.putInt(6)
+                Unit
+            }
+            is FieldKind.Address -> {
+                buf.putInt(7)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
+    }
+}
+
+
+
+
+
+/**
+ * A typed form value.
+ */
+sealed class FormValue {
+    
+    /**
+     * Text.
+     */
+    data class Text(
+        /**
+         * The text.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A whole number.
+     */
+    data class Number(
+        /**
+         * The number.
+         */
+        val `value`: kotlin.Long) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A date.
+     */
+    data class Date(
+        /**
+         * `YYYY-MM-DD`.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * An option of a choice.
+     */
+    data class Choice(
+        /**
+         * The option.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A person.
+     */
+    data class Person(
+        /**
+         * Full name.
+         */
+        val `name`: kotlin.String, 
+        /**
+         * CCCD number.
+         */
+        val `citizenId`: kotlin.String?, 
+        /**
+         * Date of birth, `YYYY-MM-DD`.
+         */
+        val `birthDate`: kotlin.String?) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A citizen identity number.
+     */
+    data class CitizenId(
+        /**
+         * 12 digits.
+         */
+        val `value`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * An address.
+     */
+    data class Address(
+        /**
+         * House, street or hamlet.
+         */
+        val `detail`: kotlin.String, 
+        /**
+         * Commune or ward.
+         */
+        val `commune`: kotlin.String, 
+        /**
+         * Province.
+         */
+        val `province`: kotlin.String) : FormValue()
+        
+    {
+        
+
+        companion object
+    }
+    
+
+    
+
+    
+    
+
+
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeFormValue : FfiConverterRustBuffer<FormValue>{
+    override fun read(buf: ByteBuffer): FormValue {
+        return when(buf.getInt()) {
+            1 -> FormValue.Text(
+                FfiConverterString.read(buf),
+                )
+            2 -> FormValue.Number(
+                FfiConverterLong.read(buf),
+                )
+            3 -> FormValue.Date(
+                FfiConverterString.read(buf),
+                )
+            4 -> FormValue.Choice(
+                FfiConverterString.read(buf),
+                )
+            5 -> FormValue.Person(
+                FfiConverterString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                FfiConverterOptionalString.read(buf),
+                )
+            6 -> FormValue.CitizenId(
+                FfiConverterString.read(buf),
+                )
+            7 -> FormValue.Address(
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                )
+            else -> throw RuntimeException("invalid enum value, something is very wrong!!")
+        }
+    }
+
+    override fun allocationSize(value: FormValue): ULong = when(value) {
+        is FormValue.Text -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Number -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterLong.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Date -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Choice -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Person -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`name`)
+                + FfiConverterOptionalString.allocationSize(value.`citizenId`)
+                + FfiConverterOptionalString.allocationSize(value.`birthDate`)
+            )
+        }
+        is FormValue.CitizenId -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`value`)
+            )
+        }
+        is FormValue.Address -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterString.allocationSize(value.`detail`)
+                + FfiConverterString.allocationSize(value.`commune`)
+                + FfiConverterString.allocationSize(value.`province`)
+            )
+        }
+    }
+
+    override fun write(value: FormValue, buf: ByteBuffer) {
+        when(value) {
+            is FormValue.Text -> {
+                buf.putInt(1)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Number -> {
+                buf.putInt(2)
+                FfiConverterLong.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Date -> {
+                buf.putInt(3)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Choice -> {
+                buf.putInt(4)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Person -> {
+                buf.putInt(5)
+                FfiConverterString.write(value.`name`, buf)
+                FfiConverterOptionalString.write(value.`citizenId`, buf)
+                FfiConverterOptionalString.write(value.`birthDate`, buf)
+                Unit
+            }
+            is FormValue.CitizenId -> {
+                buf.putInt(6)
+                FfiConverterString.write(value.`value`, buf)
+                Unit
+            }
+            is FormValue.Address -> {
+                buf.putInt(7)
+                FfiConverterString.write(value.`detail`, buf)
+                FfiConverterString.write(value.`commune`, buf)
+                FfiConverterString.write(value.`province`, buf)
+                Unit
+            }
+        }.let { /* this makes the `when` an expression, which ensures it is exhaustive */ }
     }
 }
 
@@ -8644,6 +12095,38 @@ public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalBoolean: FfiConverterRustBuffer<kotlin.Boolean?> {
+    override fun read(buf: ByteBuffer): kotlin.Boolean? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterBoolean.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Boolean?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterBoolean.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Boolean?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterBoolean.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
     override fun read(buf: ByteBuffer): kotlin.String? {
         if (buf.get().toInt() == 0) {
@@ -8858,6 +12341,38 @@ public object FfiConverterOptionalTypeDeviceCredential: FfiConverterRustBuffer<D
         } else {
             buf.put(1)
             FfiConverterTypeDeviceCredential.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeImportMarker: FfiConverterRustBuffer<ImportMarker?> {
+    override fun read(buf: ByteBuffer): ImportMarker? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeImportMarker.read(buf)
+    }
+
+    override fun allocationSize(value: ImportMarker?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeImportMarker.allocationSize(value)
+        }
+    }
+
+    override fun write(value: ImportMarker?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeImportMarker.write(value, buf)
         }
     }
 }
@@ -9212,6 +12727,34 @@ public object FfiConverterSequenceTypeApplicationSummary: FfiConverterRustBuffer
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeAttachment: FfiConverterRustBuffer<List<Attachment>> {
+    override fun read(buf: ByteBuffer): List<Attachment> {
+        val len = buf.getInt()
+        return List<Attachment>(len) {
+            FfiConverterTypeAttachment.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<Attachment>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeAttachment.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<Attachment>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeAttachment.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeAuditEntry: FfiConverterRustBuffer<List<AuditEntry>> {
     override fun read(buf: ByteBuffer): List<AuditEntry> {
         val len = buf.getInt()
@@ -9296,6 +12839,34 @@ public object FfiConverterSequenceTypeConflictCandidate: FfiConverterRustBuffer<
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeDeadlineEvent: FfiConverterRustBuffer<List<DeadlineEvent>> {
+    override fun read(buf: ByteBuffer): List<DeadlineEvent> {
+        val len = buf.getInt()
+        return List<DeadlineEvent>(len) {
+            FfiConverterTypeDeadlineEvent.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<DeadlineEvent>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeDeadlineEvent.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<DeadlineEvent>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeDeadlineEvent.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeFee: FfiConverterRustBuffer<List<Fee>> {
     override fun read(buf: ByteBuffer): List<Fee> {
         val len = buf.getInt()
@@ -9324,6 +12895,62 @@ public object FfiConverterSequenceTypeFee: FfiConverterRustBuffer<List<Fee>> {
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeFormEntry: FfiConverterRustBuffer<List<FormEntry>> {
+    override fun read(buf: ByteBuffer): List<FormEntry> {
+        val len = buf.getInt()
+        return List<FormEntry>(len) {
+            FfiConverterTypeFormEntry.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<FormEntry>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeFormEntry.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<FormEntry>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeFormEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeFormField: FfiConverterRustBuffer<List<FormField>> {
+    override fun read(buf: ByteBuffer): List<FormField> {
+        val len = buf.getInt()
+        return List<FormField>(len) {
+            FfiConverterTypeFormField.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<FormField>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeFormField.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<FormField>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeFormField.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer<List<HistoryEntry>> {
     override fun read(buf: ByteBuffer): List<HistoryEntry> {
         val len = buf.getInt()
@@ -9342,6 +12969,62 @@ public object FfiConverterSequenceTypeHistoryEntry: FfiConverterRustBuffer<List<
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeHistoryEntry.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeProcedureFee: FfiConverterRustBuffer<List<ProcedureFee>> {
+    override fun read(buf: ByteBuffer): List<ProcedureFee> {
+        val len = buf.getInt()
+        return List<ProcedureFee>(len) {
+            FfiConverterTypeProcedureFee.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ProcedureFee>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeProcedureFee.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ProcedureFee>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeProcedureFee.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeProcedureSummary: FfiConverterRustBuffer<List<ProcedureSummary>> {
+    override fun read(buf: ByteBuffer): List<ProcedureSummary> {
+        val len = buf.getInt()
+        return List<ProcedureSummary>(len) {
+            FfiConverterTypeProcedureSummary.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ProcedureSummary>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeProcedureSummary.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ProcedureSummary>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeProcedureSummary.write(it, buf)
         }
     }
 }
@@ -9436,6 +13119,90 @@ public object FfiConverterSequenceTypeReceivedDocument: FfiConverterRustBuffer<L
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypeRegisterEntryError: FfiConverterRustBuffer<List<RegisterEntryError>> {
+    override fun read(buf: ByteBuffer): List<RegisterEntryError> {
+        val len = buf.getInt()
+        return List<RegisterEntryError>(len) {
+            FfiConverterTypeRegisterEntryError.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RegisterEntryError>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRegisterEntryError.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RegisterEntryError>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRegisterEntryError.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeRequiredPaper: FfiConverterRustBuffer<List<RequiredPaper>> {
+    override fun read(buf: ByteBuffer): List<RequiredPaper> {
+        val len = buf.getInt()
+        return List<RequiredPaper>(len) {
+            FfiConverterTypeRequiredPaper.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<RequiredPaper>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeRequiredPaper.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<RequiredPaper>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeRequiredPaper.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeReturnedDossier: FfiConverterRustBuffer<List<ReturnedDossier>> {
+    override fun read(buf: ByteBuffer): List<ReturnedDossier> {
+        val len = buf.getInt()
+        return List<ReturnedDossier>(len) {
+            FfiConverterTypeReturnedDossier.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReturnedDossier>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReturnedDossier.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReturnedDossier>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReturnedDossier.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer<List<SearchHit>> {
     override fun read(buf: ByteBuffer): List<SearchHit> {
         val len = buf.getInt()
@@ -9454,6 +13221,34 @@ public object FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer<List<Sea
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypeSearchHit.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSectorCount: FfiConverterRustBuffer<List<SectorCount>> {
+    override fun read(buf: ByteBuffer): List<SectorCount> {
+        val len = buf.getInt()
+        return List<SectorCount>(len) {
+            FfiConverterTypeSectorCount.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SectorCount>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSectorCount.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SectorCount>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSectorCount.write(it, buf)
         }
     }
 }
