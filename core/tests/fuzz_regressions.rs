@@ -285,3 +285,85 @@ fn a_store_never_keeps_a_record_it_cannot_read_back() {
     let mut store = DeviceStore::open(StoreConfig::new(&path)).unwrap();
     assert_eq!(store.get(id).unwrap(), base.record().unwrap());
 }
+
+/// A change by another device on top of `base` that adds a field holding `depth` maps nested in
+/// each other.
+fn nested_maps(base: &[u8], depth: usize) -> Vec<u8> {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::AutoCommit::load(base)
+        .unwrap()
+        .with_actor(automerge::ActorId::from(&[9u8; 16][..]));
+    let heads = doc.get_heads();
+    let mut obj = doc
+        .put_object(automerge::ROOT, "x", automerge::ObjType::Map)
+        .unwrap();
+    for _ in 1..depth {
+        obj = doc.put_object(&obj, "x", automerge::ObjType::Map).unwrap();
+    }
+    doc.commit();
+    let changes = doc.get_changes(&heads);
+    assert_eq!(changes.len(), 1);
+    changes[0].raw_bytes().to_vec()
+}
+
+/// FINDING (fixed), `changes` target, CI run of 2026-12-06 (`deadly signal` without a message:
+/// a stack overflow, which libFuzzer reports as a signal): a record reads only the fields it
+/// knows, so a change could add a field holding maps nested thousands deep (2 KB for a
+/// thousand), and `RecordDoc::conflicts`, which walks the whole document, recursed into them
+/// until the stack overflowed. On the server the read model calls it for every push: one
+/// crafted push aborted the whole server. A record's document shape is now bounded
+/// (`integrity::shape`, checked when untrusted changes apply), and the walk stops at that depth.
+#[test]
+fn objects_nested_past_the_records_shape_are_refused() {
+    use communesync_core::integrity::shape::MAX_DEPTH;
+    let (id, saved) = base_document();
+    let device = DeviceId(uuid::Uuid::from_bytes([9; 16]));
+    for depth in [MAX_DEPTH + 1, 1_000, 20_000] {
+        let crafted = nested_maps(&saved, depth);
+        let mut doc = RecordDoc::load(id, RecordKind::Application, &saved, device).unwrap();
+        let before = doc.record().unwrap();
+        let heads = doc.heads();
+        let err = doc
+            .apply_changes(std::slice::from_ref(&crafted), Source::Untrusted)
+            .unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{depth}: {err}");
+        assert_eq!(doc.heads(), heads);
+        assert_eq!(doc.record().unwrap(), before);
+        assert!(doc.conflicts().is_empty());
+    }
+    // Up to the bound, an unknown field is kept (a newer app's), and the document walks.
+    let within = nested_maps(&saved, MAX_DEPTH);
+    let mut doc = RecordDoc::load(id, RecordKind::Application, &saved, device).unwrap();
+    doc.apply_changes(std::slice::from_ref(&within), Source::Untrusted)
+        .unwrap();
+    assert!(doc.conflicts().is_empty());
+    // The same change from the server's feed (trusted: the server checked it) still cannot make
+    // the walk recurse without bound.
+    let deep = nested_maps(&saved, 20_000);
+    let mut doc = RecordDoc::load(id, RecordKind::Application, &saved, device).unwrap();
+    doc.apply_changes(std::slice::from_ref(&deep), Source::Server)
+        .unwrap();
+    assert!(doc.conflicts().is_empty());
+
+    // Through a device store, as a pull would bring it: refused, the record stays as it was.
+    use communesync_core::store::{DeviceStore, StoreConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = DeviceStore::open(StoreConfig::new(dir.path().join("store.db"))).unwrap();
+    let mut base = RecordDoc::load(id, RecordKind::Application, &saved, device).unwrap();
+    let all: Vec<Vec<u8>> = base
+        .changes_since(&[])
+        .into_iter()
+        .map(|c| c.raw_bytes().to_vec())
+        .collect();
+    store
+        .apply_remote_changes(id, RecordKind::Application, &all)
+        .unwrap();
+    let crafted = nested_maps(&saved, 1_000);
+    assert!(
+        store
+            .apply_remote_changes(id, RecordKind::Application, &[crafted])
+            .is_err()
+    );
+    assert_eq!(store.get(id).unwrap(), base.record().unwrap());
+    assert!(store.conflicts(id).unwrap().is_empty());
+}

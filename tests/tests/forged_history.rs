@@ -193,6 +193,35 @@ fn counters_off_by(doc: &mut RecordDoc, actor: DeviceId, skip: u64) -> PushDoc {
     }
 }
 
+/// A change by `actor` on top of the record as the server holds it that adds a field holding
+/// `depth` maps nested in each other (a few bytes each).
+async fn nested_junk(server: &TestServer, id: RecordId, actor: DeviceId, depth: usize) -> PushDoc {
+    use automerge::transaction::Transactable;
+    let mut doc = automerge::AutoCommit::new()
+        .with_actor(automerge::ActorId::from(actor.0.as_bytes().as_slice()));
+    for bytes in server.storage.doc_changes(id).await.unwrap() {
+        doc.apply_changes([automerge::Change::from_bytes(bytes).unwrap()])
+            .unwrap();
+    }
+    let heads = doc.get_heads();
+    let mut obj = doc
+        .put_object(automerge::ROOT, "x", automerge::ObjType::Map)
+        .unwrap();
+    for _ in 1..depth {
+        obj = doc.put_object(&obj, "x", automerge::ObjType::Map).unwrap();
+    }
+    doc.commit();
+    PushDoc {
+        id: Some(id),
+        kind: RecordKind::Application,
+        changes: doc
+            .get_changes(&heads)
+            .iter()
+            .map(|c| c.raw_bytes().to_vec())
+            .collect(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
     let dir = tempfile::tempdir().unwrap();
@@ -271,6 +300,14 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
                 "sequence",
             ));
         }
+        // Maps nested 20,000 deep (60 KB): the server's conflict finder recursed into them and
+        // overflowed its worker's stack, aborting the whole server (found by the `changes`
+        // fuzz target as a tablet's crash). The record's shape is bounded (`integrity::shape`).
+        cases.push((
+            "maps nested 20,000 deep",
+            nested_junk(&server, app.id, hostile.device, 20_000).await,
+            "malformed",
+        ));
         // A second root inside the existing record.
         let mut rooted = app.clone();
         rooted.status = Status::Received;

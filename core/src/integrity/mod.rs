@@ -12,6 +12,8 @@
 //! - shape: exactly one root change per record (its first); each author's changes numbered 1, 2,
 //!   3... each building on the previous; operation counters past its dependencies'; bounded
 //!   dependencies, authors and message;
+//! - the document's shape ([`shape`]): objects at most 8 levels deep, at most 4,096 of them
+//!   (checked when the changes apply, so also on every tablet);
 //! - the record rules ([`rules`]): a new record is valid, in the device's commune, created by
 //!   that device, received (unless it carries the import marker of a dossier imported from the
 //!   commune's register, received before its import); an edit keeps id, kind, commune,
@@ -30,6 +32,7 @@ mod deadline;
 pub mod history;
 mod refusal;
 pub mod rules;
+pub mod shape;
 
 pub use check::{Verdict, check_pushed, check_pushed_keeping_doc};
 pub use history::{Admission, ChangeMeta, HistoryIndex};

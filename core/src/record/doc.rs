@@ -313,7 +313,7 @@ impl RecordDoc {
     pub fn conflicts(&mut self) -> Vec<Conflict> {
         let mut found = Vec::new();
         let mut paths = Vec::new();
-        collect_conflict_paths(&self.doc, &ROOT, String::new(), &mut paths);
+        collect_conflict_paths(&self.doc, &ROOT, String::new(), 0, &mut paths);
         for (field, values) in paths {
             let mut candidates: Vec<ConflictCandidate> = values
                 .into_iter()
@@ -473,6 +473,11 @@ impl RecordDoc {
                     .all(|change| sent.contains(&change.hash()))
             }))
             .unwrap_or(false);
+        // Checked before anything walks the whole document (the conflict finder, the read
+        // model): see `integrity::shape`.
+        let misshapen = (source == Source::Untrusted && matches!(applied, Ok(Ok(()))))
+            .then(|| crate::integrity::shape::check(&self.doc).err())
+            .flatten();
         let check = match applied {
             Ok(Ok(())) if missing_deps => Err(Error::invalid(
                 "changes",
@@ -482,6 +487,10 @@ impl RecordDoc {
                 id: self.id,
                 reason: "changes that do not read back as they were sent".to_owned(),
             }),
+            Ok(Ok(())) if misshapen.is_some() => Err(Error::invalid(
+                "document",
+                misshapen.map(|v| v.to_string()).unwrap_or_default(),
+            )),
             Ok(Ok(())) => self.record(),
             Ok(Err(e)) => Err(e.into()),
             Err(_) => Err(Error::Corrupt {
@@ -651,12 +660,18 @@ fn changed_fields<T: Serialize>(before: &T, after: &T) -> Result<Vec<String>> {
     Ok(fields)
 }
 
+/// Recursion is bounded by [`crate::integrity::shape::MAX_DEPTH`]: an untrusted document deeper
+/// than that is refused when it applies, and one kept from before that rule is walked no deeper.
 fn collect_conflict_paths(
     doc: &AutoCommit,
     obj: &ObjId,
     prefix: String,
+    depth: usize,
     out: &mut Vec<(String, Vec<(ConflictValue, ObjId)>)>,
 ) {
+    if depth > crate::integrity::shape::MAX_DEPTH {
+        return;
+    }
     let Some(obj_type) = doc.object_type(obj).ok() else {
         return;
     };
@@ -668,13 +683,13 @@ fn collect_conflict_paths(
                 } else {
                     format!("{prefix}.{key}")
                 };
-                visit(doc, obj, automerge::Prop::Map(key), path, out);
+                visit(doc, obj, automerge::Prop::Map(key), path, depth, out);
             }
         }
         ObjType::List => {
             for index in 0..doc.length(obj) {
                 let path = format!("{prefix}[{index}]");
-                visit(doc, obj, automerge::Prop::Seq(index), path, out);
+                visit(doc, obj, automerge::Prop::Seq(index), path, depth, out);
             }
         }
         // Text merges character by character: never a conflict.
@@ -687,6 +702,7 @@ fn visit(
     obj: &ObjId,
     prop: automerge::Prop,
     path: String,
+    depth: usize,
     out: &mut Vec<(String, Vec<(ConflictValue, ObjId)>)>,
 ) {
     let Ok(values) = doc.get_all(obj, prop) else {
@@ -713,7 +729,7 @@ fn visit(
     }
     // Descend into the winning object, if the winner is one.
     if let Some((Value::Object(_), child)) = values.last() {
-        collect_conflict_paths(doc, child, path, out);
+        collect_conflict_paths(doc, child, path, depth + 1, out);
     }
 }
 

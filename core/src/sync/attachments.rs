@@ -163,6 +163,7 @@ pub trait AttachmentTransport: Send + Sync {
     ) -> impl Future<Output = Result<Option<(Vec<u8>, String)>, AttachmentError>> + Send;
 }
 
+#[cfg(feature = "http")]
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
@@ -171,6 +172,7 @@ struct ErrorBody {
     message: String,
 }
 
+#[cfg(feature = "http")]
 fn refused(status: u16, body: &[u8]) -> AttachmentError {
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     let (code, message) = parsed.map_or_else(
@@ -185,6 +187,7 @@ fn refused(status: u16, body: &[u8]) -> AttachmentError {
 }
 
 /// Largest answer read from the channel (a chunk of 1 MiB and its head).
+#[cfg(feature = "http")]
 const MAX_ANSWER: usize = 1024 * 1024 + 4096;
 
 #[cfg(feature = "http")]

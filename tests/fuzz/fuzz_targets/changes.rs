@@ -112,6 +112,13 @@ fn let_core_catch_automerge_panics() {
     std::panic::set_hook(Box::new(move |info| {
         if let Some(at) = info.location().filter(|l| l.file().contains("/automerge-")) {
             let message = info.payload_as_str().unwrap_or("");
+            // Kept so that a panic core does not catch is named before the abort.
+            *LAST_AUTOMERGE_PANIC
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((
+                format!("{at}: {message}"),
+                std::backtrace::Backtrace::force_capture(),
+            ));
             if std::env::var_os("FUZZ_BACKTRACE").is_some() {
                 eprintln!("automerge panicked at {at}: {message}");
                 eprintln!("{}", std::backtrace::Backtrace::force_capture());
@@ -122,8 +129,21 @@ fn let_core_catch_automerge_panics() {
     }));
 }
 
+/// The last Automerge panic the hook let unwind, with its backtrace.
+static LAST_AUTOMERGE_PANIC: Mutex<Option<(String, std::backtrace::Backtrace)>> = Mutex::new(None);
+
 fuzz_target!(init: let_core_catch_automerge_panics(), |data: &[u8]| {
+    *LAST_AUTOMERGE_PANIC
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     if std::panic::catch_unwind(|| run(data)).is_err() {
+        if let Some((at, backtrace)) = LAST_AUTOMERGE_PANIC
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            eprintln!("an Automerge panic escaped core: {at}\n{backtrace}");
+        }
         std::process::abort();
     }
 });
