@@ -128,7 +128,11 @@ fn documents(n: usize) -> anyhow::Result<Vec<IncomingDoc>> {
                 commune: COMMUNE.into(),
                 changes,
                 projection: Some(Box::new(read_model::project_checked(
-                    &mut doc, &record, COMMUNE, 0,
+                    &mut doc,
+                    &record,
+                    COMMUNE,
+                    0,
+                    &read_model::no_deadline_rules(),
                 ))),
             })
         })
@@ -198,9 +202,10 @@ async fn projection(
             )
         })
         .collect::<Result<_, _>>()?;
+    let rules = read_model::no_deadline_rules();
     let started = Instant::now();
     for (doc, record) in &mut checked {
-        std::hint::black_box(read_model::project_checked(doc, record, COMMUNE, 0));
+        std::hint::black_box(read_model::project_checked(doc, record, COMMUNE, 0, &rules));
     }
     report.add(
         &format!("{prefix}.project_checked_ms_per_doc"),

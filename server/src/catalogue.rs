@@ -35,7 +35,29 @@ pub async fn publish<S: ServerStorage + ?Sized>(storage: &S, json: &str) -> Resu
     let rows = storage.catalogue_rows().await?;
     let publication =
         plan_publication(head.as_ref(), &rows, &file, json).map_err(StorageError::Conflict)?;
-    storage.publish_catalogue(publication).await
+    let calendar_changed = publication.calendar.is_some();
+    let version = storage.publish_catalogue(publication).await?;
+    // A new calendar moves open dossiers' effective deadlines: their read-model rows follow
+    // (pinned procedure versions never change, so a publication without a calendar moves none).
+    // The publication stands whatever happens here; a row left behind is corrected by its next
+    // push or by `communesync admin rebuild-read-model`.
+    if calendar_changed && crate::storage::read_model::ENABLED {
+        let reprojected = match CatalogueRules::load_deadline_rules(storage).await {
+            Ok(rules) => storage.reproject_open(rules).await,
+            Err(e) => Err(e),
+        };
+        match reprojected {
+            Ok(rows) => tracing::info!(
+                version,
+                rows,
+                "open dossiers re-projected for the new calendar"
+            ),
+            Err(e) => {
+                tracing::error!(version, error = %e, "open dossiers not re-projected for the new calendar")
+            }
+        }
+    }
+    Ok(version)
 }
 
 /// The published catalogue as a file for tablets to install before their first sync: its
@@ -350,6 +372,42 @@ impl CatalogueRules {
     /// Whether the procedure may be withdrawn, if the catalogue has it.
     pub fn withdrawal_allowed(&self, code: &str) -> Option<bool> {
         self.withdrawal.get(code).copied()
+    }
+}
+
+impl CatalogueRules {
+    /// The rules of the catalogue storage holds: every published procedure version, withdrawal
+    /// rules, the working calendar.
+    pub async fn load<S: ServerStorage + ?Sized>(storage: &S) -> Result<Self> {
+        let versions = storage.procedure_versions().await?;
+        Ok(if versions.is_empty() {
+            // A catalogue published before the delta (server schema 6): its file is the rule.
+            match storage.catalogue().await? {
+                Some((_, json)) => match communesync_core::catalogue::CatalogueFile::parse(&json) {
+                    Ok(file) => CatalogueRules::from_file(file),
+                    Err(e) => {
+                        tracing::error!(error = %e, "the stored catalogue does not parse");
+                        CatalogueRules::default()
+                    }
+                },
+                None => CatalogueRules::default(),
+            }
+        } else {
+            let rows = storage.catalogue_rows().await?;
+            let calendar = storage
+                .catalogue_head()
+                .await?
+                .map(|head| head.calendar)
+                .unwrap_or_default();
+            CatalogueRules::from_storage(versions, &rows).with_calendar(&calendar)
+        })
+    }
+
+    /// [`CatalogueRules::load`], as the read model's [`DeadlineRules`](crate::storage::read_model::DeadlineRules).
+    pub async fn load_deadline_rules<S: ServerStorage + ?Sized>(
+        storage: &S,
+    ) -> Result<crate::storage::read_model::DeadlineRules> {
+        Ok(Arc::new(Self::load(storage).await?))
     }
 }
 

@@ -320,7 +320,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let lag = storage.read_model_lag().await?;
     if lag > 0 {
         tracing::info!(documents = lag, "building the read model");
-        let rows = storage.rebuild_read_model().await?;
+        let rules =
+            communesync_server::catalogue::CatalogueRules::load_deadline_rules(storage.as_ref())
+                .await?;
+        let rows = storage.rebuild_read_model(rules).await?;
         tracing::info!(rows, "read model built");
     }
     if !args.admin_token_file.exists() {

@@ -92,7 +92,9 @@ impl Filters {
 pub async fn run(storage: &dyn ServerStorage, task: ReadModelTask, now: i64) -> anyhow::Result<()> {
     match task {
         ReadModelTask::RebuildReadModel => {
-            let rows = storage.rebuild_read_model().await?;
+            let rules =
+                communesync_server::catalogue::CatalogueRules::load_deadline_rules(storage).await?;
+            let rows = storage.rebuild_read_model(rules).await?;
             println!("{}", serde_json::json!({ "read_model_rows": rows }));
         }
         ReadModelTask::Records(filters) => {

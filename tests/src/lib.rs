@@ -6,6 +6,7 @@
 pub mod catalogue_gen;
 pub mod failover;
 pub mod process;
+pub mod tablet;
 pub mod tls;
 
 use std::net::SocketAddr;

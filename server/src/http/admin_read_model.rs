@@ -245,7 +245,9 @@ pub(super) async fn admin_rebuild_read_model(
     headers: HeaderMap,
 ) -> Result<Json<Rebuilt>, ApiError> {
     authenticate_admin(&state, &headers).await?;
-    let rows = state.storage.rebuild_read_model().await?;
+    let rules =
+        crate::catalogue::CatalogueRules::load_deadline_rules(state.storage.as_ref()).await?;
+    let rows = state.storage.rebuild_read_model(rules).await?;
     tracing::info!(rows, "read model rebuilt");
     Ok(Json(Rebuilt { rows }))
 }

@@ -235,29 +235,7 @@ impl AppState {
                 return Ok(rules.clone());
             }
         }
-        let versions = self.storage.procedure_versions().await?;
-        let rules = if versions.is_empty() {
-            // A catalogue published before the delta (server schema 6): its file is the rule.
-            match self.storage.catalogue().await? {
-                Some((_, json)) => match communesync_core::catalogue::CatalogueFile::parse(&json) {
-                    Ok(file) => crate::catalogue::CatalogueRules::from_file(file),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the stored catalogue does not parse");
-                        crate::catalogue::CatalogueRules::default()
-                    }
-                },
-                None => crate::catalogue::CatalogueRules::default(),
-            }
-        } else {
-            let rows = self.storage.catalogue_rows().await?;
-            let calendar = self
-                .storage
-                .catalogue_head()
-                .await?
-                .map(|head| head.calendar)
-                .unwrap_or_default();
-            crate::catalogue::CatalogueRules::from_storage(versions, &rows).with_calendar(&calendar)
-        };
+        let rules = crate::catalogue::CatalogueRules::load(self.storage.as_ref()).await?;
         let rules = Arc::new(rules);
         *self
             .withdrawal

@@ -306,11 +306,13 @@ fn judge_one(doc: Decoded, known: &HashMap<RecordId, KnownDoc>, pusher: &Pusher)
             let projection = checked_doc
                 .filter(|_| read_model::ENABLED)
                 .map(|mut checked| {
+                    let rules: read_model::DeadlineRules = pusher.withdrawal.clone();
                     Box::new(read_model::project_checked(
                         &mut checked,
                         &record,
                         &commune,
                         base_changes,
+                        &rules,
                     ))
                 });
             DocVerdict::Store(

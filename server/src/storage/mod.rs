@@ -788,9 +788,16 @@ pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static 
     /// is judged on (`YYYY-MM-DD`).
     async fn report(&self, from: i64, until: i64, last_day: &str) -> Result<Vec<ReportRow>>;
 
-    /// Rebuilds the read model from the stored changes, in one transaction, and returns the
-    /// rows written. The result equals what ingesting wrote incrementally.
-    async fn rebuild_read_model(&self) -> Result<u64>;
+    /// Rebuilds the read model from the stored changes, in one transaction, counting statutory
+    /// time with `rules` (the server's catalogue), and returns the rows written. The result
+    /// equals what ingesting wrote incrementally under the same rules.
+    async fn rebuild_read_model(&self, rules: read_model::DeadlineRules) -> Result<u64>;
+
+    /// Projects again, with `rules`, the rows of records still open ([`OPEN_STATUSES`]): what a
+    /// new working calendar moves. In transactions of a few hundred records, so that pushes go
+    /// on meanwhile (a row a push rewrites in between is projected by that push, under the rules
+    /// it checked with). Returns the rows written.
+    async fn reproject_open(&self, rules: read_model::DeadlineRules) -> Result<u64>;
 
     /// Creates a console operator. [`StorageError::AlreadyExists`] if the name is taken.
     async fn create_operator(

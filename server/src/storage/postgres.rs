@@ -305,7 +305,11 @@ const REBUILD_CHUNK: usize = 500;
 
 /// Writes the read-model rows of `docs` from their stored changes, inside `tx`. Decoding runs on
 /// the blocking pool, not on a runtime thread.
-async fn project_docs(tx: &deadpool_postgres::Transaction<'_>, docs: &[RecordId]) -> Result<()> {
+async fn project_docs(
+    tx: &deadpool_postgres::Transaction<'_>,
+    docs: &[RecordId],
+    rules: &read_model::DeadlineRules,
+) -> Result<()> {
     if docs.is_empty() {
         return Ok(());
     }
@@ -333,11 +337,12 @@ async fn project_docs(tx: &deadpool_postgres::Transaction<'_>, docs: &[RecordId]
         }
     }
     drop(rows);
+    let rules = rules.clone();
     let projected = tokio::task::spawn_blocking(move || {
         grouped
             .iter()
             .map(|(id, commune, kind, changes)| {
-                read_model::project_changes(*id, commune, *kind, changes)
+                read_model::project_changes(*id, commune, *kind, changes, rules.as_ref())
             })
             .collect::<Vec<_>>()
     })
@@ -1225,6 +1230,12 @@ impl ServerStorage for PostgresStorage {
             } else {
                 Vec::new()
             };
+            // A stale projection is projected again from the stored changes, under the rules
+            // the push checked with (one push, one set of rules).
+            let rules = projections
+                .values()
+                .next()
+                .map_or_else(read_model::no_deadline_rules, |p| p.rules.0.clone());
             for (doc, stored_now) in projected_docs {
                 let Some(projected) = projections.remove(&doc) else {
                     from_changes.push(doc);
@@ -1249,7 +1260,7 @@ impl ServerStorage for PostgresStorage {
                 }
             }
             from_changes.sort_unstable();
-            project_docs(&tx, &from_changes).await?;
+            project_docs(&tx, &from_changes, &rules).await?;
         }
         tx.commit().await?;
         Ok(IngestOutcome {
@@ -2003,7 +2014,7 @@ impl ServerStorage for PostgresStorage {
         Ok(read_model::report_rows(rows))
     }
 
-    async fn rebuild_read_model(&self) -> Result<u64> {
+    async fn rebuild_read_model(&self, rules: read_model::DeadlineRules) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Every commune's counter row, in code order like ingest: no ingest commits while the
@@ -2021,7 +2032,7 @@ impl ServerStorage for PostgresStorage {
             .map(|row| record_id(row.try_get(0)?))
             .collect::<Result<Vec<_>>>()?;
         for chunk in ids.chunks(REBUILD_CHUNK) {
-            project_docs(&tx, chunk).await?;
+            project_docs(&tx, chunk, &rules).await?;
         }
         let rows: i64 = tx
             .query_one("SELECT count(*) FROM read_model", &[])
@@ -2029,6 +2040,35 @@ impl ServerStorage for PostgresStorage {
             .try_get(0)?;
         tx.commit().await?;
         Ok(to_u64(rows))
+    }
+
+    async fn reproject_open(&self, rules: read_model::DeadlineRules) -> Result<u64> {
+        // Pages by id, each in its own transaction.
+        let sql = format!(
+            "SELECT id FROM read_model WHERE {} AND id > $1 ORDER BY id LIMIT $2",
+            read_model::open_clause()
+        );
+        let mut after: Vec<u8> = Vec::new();
+        let mut written = 0u64;
+        loop {
+            let mut client = self.client().await?;
+            let tx = client.transaction().await?;
+            let ids = tx
+                .query(&sql, &[&after, &(read_model::REPROJECT_PAGE as i64)])
+                .await?
+                .iter()
+                .map(|row| record_id(row.try_get(0)?))
+                .collect::<Result<Vec<_>>>()?;
+            project_docs(&tx, &ids, &rules).await?;
+            tx.commit().await?;
+            written += ids.len() as u64;
+            match ids.last() {
+                Some(last) if ids.len() == read_model::REPROJECT_PAGE => {
+                    after = last.as_bytes().to_vec();
+                }
+                _ => return Ok(written),
+            }
+        }
     }
 
     async fn create_operator(

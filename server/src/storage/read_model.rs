@@ -4,11 +4,19 @@
 //! The contract. Every document that has stored changes has exactly one row, written by
 //! [`super::ServerStorage::ingest`] **in the same transaction** as the changes: a reader never
 //! sees a change without its projection, nor a projection ahead of its changes. A row is a pure
-//! function of the document's stored changes (and their server receive times): [`project_changes`]
-//! builds the record from every stored change, in feed order, with core's document reading, and
-//! [`project_record`] maps the record to a [`ReadModelRow`]. Because it is a function of the
-//! changes, [`super::ServerStorage::rebuild_read_model`] (the `communesync admin
-//! rebuild-read-model` command) rebuilds the same rows from the changes alone. A document whose
+//! function of the document's stored changes (and their server receive times) and of the
+//! catalogue's rules for statutory time ([`DeadlineRules`]: the pinned procedure versions and the
+//! working calendar): [`project_changes`] builds the record from every stored change, in feed
+//! order, with core's document reading, and [`project_record`] maps the record to a
+//! [`ReadModelRow`]. Because it is a function of those, [`super::ServerStorage::rebuild_read_model`]
+//! (the `communesync admin rebuild-read-model` command) rebuilds the same rows from the changes
+//! and the catalogue alone, and a new calendar re-projects the open dossiers
+//! ([`super::ServerStorage::reproject_open`]).
+//!
+//! `due_on` is a dossier's effective deadline, as on the tablets (`core::deadline`): the pinned
+//! procedure's processing time counted with the calendar from receipt, moved by supplement
+//! pauses and set by extensions; empty while the clock is stopped (a supplement awaited), so a
+//! paused dossier is never overdue. A document whose
 //! changes do not read as a record of its kind (a record from a newer build, or a corrupt row)
 //! still gets a row, with its registration, server facts and [`ReadModelRow::projection_error`]:
 //! nothing is stuck, and what could not be projected is visible with its reason.
@@ -25,8 +33,14 @@
 //! the device time of the last change that touched its status, once the status is `returned` or
 //! `rejected`, and it is on time when that day (in Vietnam) is on or before the due date.
 
-use communesync_core::catalogue::CivilDate;
-use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, Status};
+use std::sync::Arc;
+
+use communesync_core::catalogue::{CivilDate, WorkingCalendar};
+use communesync_core::deadline::{effective_deadline, processing_of};
+use communesync_core::integrity::{ProcedureSource, no_catalogue};
+use communesync_core::record::{
+    Application, DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, Status,
+};
 use communesync_core::search::fold;
 
 /// One record as operators see it.
@@ -76,6 +90,34 @@ pub struct ReadModelRow {
     pub projection_error: Option<String>,
 }
 
+/// What a row counts statutory time with: the server's catalogue rules (procedure versions and
+/// the working calendar), shared by every projection of one push or rebuild.
+pub type DeadlineRules = Arc<dyn ProcedureSource + Send + Sync>;
+
+/// Rules that know no procedure and a calendar with weekends off only: a dossier counts the
+/// working days from receipt to its intake due date (for tests and tools without a catalogue).
+pub fn no_deadline_rules() -> DeadlineRules {
+    Arc::new(no_catalogue)
+}
+
+/// The effective deadline of `app` as a `due_on` value: `None` while its clock is stopped.
+fn effective_due_on(app: &Application, rules: &dyn ProcedureSource) -> Option<String> {
+    let weekends_only;
+    let calendar = match rules.calendar() {
+        Some(calendar) => calendar,
+        None => {
+            weekends_only = WorkingCalendar::default();
+            &weekends_only
+        }
+    };
+    let processing = processing_of(app, rules, calendar);
+    let effective = effective_deadline(app, processing, calendar);
+    match effective.paused_since {
+        Some(_) => None,
+        None => Some(effective.due.date.to_string()),
+    }
+}
+
 /// Statuses whose result has been given to the applicant.
 fn result_given(status: Status) -> bool {
     matches!(status, Status::Returned | Status::Rejected)
@@ -98,7 +140,12 @@ pub struct DocFacts {
 
 /// The row of `record`, registered to `commune`, with the facts of its history. The one place
 /// that maps a record's fields to read-model columns.
-pub fn project_record(record: &Record, commune: &str, facts: &DocFacts) -> ReadModelRow {
+pub fn project_record(
+    record: &Record,
+    commune: &str,
+    facts: &DocFacts,
+    rules: &dyn ProcedureSource,
+) -> ReadModelRow {
     let mut row = ReadModelRow {
         id: record.id(),
         commune: commune.to_owned(),
@@ -128,7 +175,7 @@ pub fn project_record(record: &Record, commune: &str, facts: &DocFacts) -> ReadM
             row.procedure_code = Some(a.procedure_code.clone());
             row.dossier_number = a.dossier_number.clone();
             row.received_at = Some(a.received_at);
-            row.due_on = Some(a.due_at.to_string());
+            row.due_on = effective_due_on(a, rules);
             row.assignee = a.assignee.clone();
             row.applicant_name = Some(a.applicant.name.clone());
             row.name_folded = Some(fold(&a.applicant.name));
@@ -175,6 +222,7 @@ pub fn project_changes(
     commune: &str,
     kind: RecordKind,
     changes: &[(Vec<u8>, i64)],
+    rules: &dyn ProcedureSource,
 ) -> ReadModelRow {
     let mut facts = DocFacts {
         changes: changes.len() as i64,
@@ -187,7 +235,7 @@ pub fn project_changes(
     match RecordDoc::from_changes(id, kind, &bytes, DeviceId::default(), Source::Server) {
         Ok((mut doc, record)) => {
             read_doc_facts(&mut doc, &record, &mut facts);
-            project_record(&record, commune, &facts)
+            project_record(&record, commune, &facts, rules)
         }
         Err(error) => unreadable(id, commune, kind, &facts, error.to_string()),
     }
@@ -229,7 +277,27 @@ pub struct Projected {
     pub row: ReadModelRow,
     /// Stored changes of the document the checker built on (0 for a record new to it).
     pub base_changes: i64,
+    /// The rules the row was computed with: storage projects with them when the row is stale.
+    pub rules: ProjectionRules,
 }
+
+/// [`DeadlineRules`] inside a [`Projected`] (compared by identity).
+#[derive(Clone)]
+pub struct ProjectionRules(pub DeadlineRules);
+
+impl std::fmt::Debug for ProjectionRules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProjectionRules(..)")
+    }
+}
+
+impl PartialEq for ProjectionRules {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ProjectionRules {}
 
 /// What storage holds of a document's row before an ingest: `(changes, first_received_at,
 /// last_received_at)` if it has a row.
@@ -267,11 +335,13 @@ pub fn project_checked(
     record: &Record,
     commune: &str,
     base_changes: usize,
+    rules: &DeadlineRules,
 ) -> Projected {
     let mut facts = DocFacts::default();
     read_doc_facts(doc, record, &mut facts);
     Projected {
-        row: project_record(record, commune, &facts),
+        row: project_record(record, commune, &facts, rules.as_ref()),
+        rules: ProjectionRules(rules.clone()),
         base_changes: i64::try_from(base_changes).unwrap_or(i64::MAX),
     }
 }
@@ -413,6 +483,9 @@ pub(crate) fn records_tail(
 }
 
 /// `status IN (<open statuses>)`.
+/// Open records re-projected per transaction by [`super::ServerStorage::reproject_open`].
+pub(crate) const REPROJECT_PAGE: usize = 500;
+
 pub(crate) fn open_clause() -> String {
     let names: Vec<String> = super::OPEN_STATUSES
         .iter()

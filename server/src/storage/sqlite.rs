@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use communesync_core::integrity::ProcedureSource;
 use communesync_core::keys::{DeviceKeyEntry, PublicKey};
 use communesync_core::record::{DeviceId, RecordId, RecordKind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
@@ -505,6 +506,12 @@ fn ingest_blocking(
     } else {
         Vec::new()
     };
+    // A stale projection is projected again from the stored changes, under the rules the push
+    // checked with (one push, one set of rules).
+    let rules = projections
+        .values()
+        .next()
+        .map_or_else(read_model::no_deadline_rules, |p| p.rules.0.clone());
     for (doc, stored_now) in projected_docs {
         let written = match projections.remove(&doc) {
             Some(projected) => {
@@ -534,7 +541,7 @@ fn ingest_blocking(
             None => false,
         };
         if !written {
-            project_doc(&tx, doc)?;
+            project_doc(&tx, doc, rules.as_ref())?;
         }
     }
 
@@ -555,7 +562,7 @@ fn ingest_blocking(
 }
 
 /// Writes the read-model row of `doc` from its stored changes (inside the caller's transaction).
-fn project_doc(conn: &Connection, doc: RecordId) -> Result<()> {
+fn project_doc(conn: &Connection, doc: RecordId, rules: &dyn ProcedureSource) -> Result<()> {
     let (commune, kind): (String, i64) = conn
         .prepare_cached("SELECT commune, kind FROM documents WHERE id = ?1")?
         .query_row(params![doc.as_bytes()], |row| {
@@ -570,7 +577,7 @@ fn project_doc(conn: &Connection, doc: RecordId) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    let row = read_model::project_changes(doc, &commune, record_kind(kind)?, &changes);
+    let row = read_model::project_changes(doc, &commune, record_kind(kind)?, &changes, rules);
     write_row(conn, &row)
 }
 
@@ -660,7 +667,7 @@ fn sqlite_params(params: Vec<SqlParam>) -> Vec<rusqlite::types::Value> {
         .collect()
 }
 
-fn rebuild_blocking(conn: &mut Connection) -> Result<u64> {
+fn rebuild_blocking(conn: &mut Connection, rules: &dyn ProcedureSource) -> Result<u64> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute("DELETE FROM read_model", [])?;
     let docs = tx
@@ -668,7 +675,7 @@ fn rebuild_blocking(conn: &mut Connection) -> Result<u64> {
         .query_map([], |row| row.get::<_, Vec<u8>>(0))?
         .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
     for id in &docs {
-        project_doc(&tx, record_id(id)?)?;
+        project_doc(&tx, record_id(id)?, rules)?;
     }
     let rows: i64 = tx.query_row("SELECT COUNT(*) FROM read_model", [], |row| row.get(0))?;
     tx.commit()?;
@@ -1871,8 +1878,43 @@ impl ServerStorage for SqliteStorage {
         .await
     }
 
-    async fn rebuild_read_model(&self) -> Result<u64> {
-        self.write(rebuild_blocking).await
+    async fn rebuild_read_model(&self, rules: read_model::DeadlineRules) -> Result<u64> {
+        self.write(move |conn| rebuild_blocking(conn, rules.as_ref()))
+            .await
+    }
+
+    async fn reproject_open(&self, rules: read_model::DeadlineRules) -> Result<u64> {
+        // Pages by id, each in its own short write transaction.
+        let mut after: Vec<u8> = Vec::new();
+        let mut written = 0u64;
+        loop {
+            let rules = rules.clone();
+            let from = after.clone();
+            let (page, last) = self
+                .write(move |conn| {
+                    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+                    let ids = tx
+                        .prepare_cached(&format!(
+                            "SELECT id FROM read_model WHERE {} AND id > ?1 ORDER BY id LIMIT ?2",
+                            read_model::open_clause()
+                        ))?
+                        .query_map(params![from, read_model::REPROJECT_PAGE as i64], |row| {
+                            row.get::<_, Vec<u8>>(0)
+                        })?
+                        .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+                    for id in &ids {
+                        project_doc(&tx, record_id(id)?, rules.as_ref())?;
+                    }
+                    tx.commit()?;
+                    Ok((ids.len() as u64, ids.last().cloned()))
+                })
+                .await?;
+            written += page;
+            match last {
+                Some(last) if page == read_model::REPROJECT_PAGE as u64 => after = last,
+                _ => return Ok(written),
+            }
+        }
     }
 
     async fn create_operator(

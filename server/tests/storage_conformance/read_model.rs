@@ -191,6 +191,7 @@ impl Tablet {
                 &record,
                 &doc.commune,
                 stored.len(),
+                &read_model::no_deadline_rules(),
             )));
         }
         outbox
@@ -379,7 +380,9 @@ async fn read_model_writes_the_push_path_projection_only_when_current(f: &Fixtur
 
     // Every row equals the projection from the stored changes.
     let incremental = all_rows(s).await;
-    s.rebuild_read_model().await.unwrap();
+    s.rebuild_read_model(read_model::no_deadline_rules())
+        .await
+        .unwrap();
     assert_eq!(all_rows(s).await, incremental);
 }
 
@@ -827,7 +830,10 @@ async fn read_model_rebuild_equals_incremental_after_a_random_run(f: &Fixture) {
             .any(|line| line.overdue > 0 && line.on_time + line.late > 0),
         "{summaries:?}"
     );
-    let rebuilt = s.rebuild_read_model().await.unwrap();
+    let rebuilt = s
+        .rebuild_read_model(read_model::no_deadline_rules())
+        .await
+        .unwrap();
     assert_eq!(rebuilt, incremental.len() as u64);
     assert_eq!(all_rows(s).await, incremental);
     assert_eq!(figures().await, summaries);
