@@ -120,6 +120,10 @@ admin catalogue publish "$WORK/catalogue-v2.json" >/dev/null
 export COMMUNESYNC_CATALOGUE_FILE=$WORK/catalogue-v1.json
 admin create-commune DB-MUONGPHANG "Xã Mường Phăng" >/dev/null
 admin create-commune DB-NATAU "Xã Nà Tấu" >/dev/null
+# The register import stories (RegisterImportStory.kt/.swift) count a commune's dossiers exactly:
+# each language imports into a commune of its own.
+admin create-commune DB-THANHMINH "Xã Thanh Minh" >/dev/null
+admin create-commune DB-TAPHINH "Xã Tà Phình" >/dev/null
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$BIN" serve --database "$DB" --listen "127.0.0.1:$PORT" --admin-token-file "$WORK/admin-token" \
     2>"$WORK/server.log" &
@@ -203,6 +207,7 @@ scripts/toolchains/kotlinc.sh -d "$KT/classes" \
     android/src/test/kotlin/org/communesync/AttachmentStory.kt \
     android/src/test/kotlin/org/communesync/CatalogueStory.kt \
     android/src/test/kotlin/org/communesync/DeadlineStory.kt \
+    android/src/test/kotlin/org/communesync/RegisterImportStory.kt \
     "$KT/readme/ReadmeExamples.kt" 2> >(grep -v '^warning:' >&2) \
     || die "Kotlin compilation failed"
 KOTLIN_COMPILE_S=$((SECONDS - t0))
@@ -275,6 +280,15 @@ COMMUNESYNC_WORK_DIR=$KT/deadline-stores \
         org.communesync.DeadlineStory > "$KT/deadline-story.log" 2>&1 \
     || { cat "$KT/deadline-story.log" >&2; die "the Kotlin deadline story failed"; }
 grep -E '^kotlin deadline story:' "$KT/deadline-story.log" >&2
+# The register import (issue 15): one tablet imports, a second pulls.
+COMMUNESYNC_IMPORT_COMMUNE=DB-THANHMINH \
+COMMUNESYNC_IMPORT_CODE_A=$(issue_code DB-THANHMINH) COMMUNESYNC_IMPORT_CODE_B=$(issue_code DB-THANHMINH) \
+COMMUNESYNC_WORK_DIR=$KT/import-stores \
+    timeout 120 java -Djna.library.path="$TARGET_DIR/debug" \
+        -cp "$KT/classes:$KOTLIN_STDLIB_JAR:$KOTLIN_COROUTINES_JAR:$JNA_JAR" \
+        org.communesync.RegisterImportStory > "$KT/import-story.log" 2>&1 \
+    || { cat "$KT/import-story.log" >&2; die "the Kotlin register import story failed"; }
+grep -E '^kotlin register import story:' "$KT/import-story.log" >&2
 fi
 
 # --- Swift on Linux (in the trixie chroot) -----------------------------------------------------------
@@ -315,6 +329,7 @@ struct StoryMain {
         failures += await AttachmentStory.run()
         failures += await CatalogueStory.run()
         failures += await DeadlineStory.run()
+        failures += await RegisterImportStory.run()
         for failure in failures { print("  - \(failure)") }
         exit(failures.isEmpty ? 0 : 1)
     }
@@ -353,6 +368,8 @@ catalogue_code=$(issue_code DB-NATAU)
 number_code_a=$(issue_code DB-NATAU)
 number_code_b=$(issue_code DB-NATAU)
 code_sdk=$(issue_code DB-NATAU)
+import_a=$(issue_code DB-TAPHINH)
+import_b=$(issue_code DB-TAPHINH)
 # The chroot shares the host's network namespace: 127.0.0.1 is the same server.
 swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNESYNC_COMMUNE=DB-NATAU \
     COMMUNESYNC_SCRIPTED_URL="$COMMUNESYNC_SCRIPTED_URL" \
@@ -363,12 +380,13 @@ swift_run /usr/bin/env COMMUNESYNC_SERVER_URL="$COMMUNESYNC_SERVER_URL" COMMUNES
     COMMUNESYNC_RECEIPT_CODE_A="$receipt_a" COMMUNESYNC_RECEIPT_CODE_B="$receipt_b" \
     COMMUNESYNC_ATTACH_CODE_A="$attach_a" COMMUNESYNC_ATTACH_CODE_B="$attach_b" \
     COMMUNESYNC_CATALOGUE_CODE="$catalogue_code" COMMUNESYNC_CATALOGUE_FILE="$IN/catalogue-v1.json" \
+    COMMUNESYNC_IMPORT_COMMUNE=DB-TAPHINH COMMUNESYNC_IMPORT_CODE_A="$import_a" COMMUNESYNC_IMPORT_CODE_B="$import_b" \
     COMMUNESYNC_WORK_DIR="$IN/stores" COMMUNESYNC_HOOK_DIR="$IN/hooks" \
     LD_LIBRARY_PATH="/usr/libexec/swift/lib/swift/linux:$IN/lib" \
     timeout 300 "$IN/run-story" > "$WORK/swift-story.log" 2>&1 \
     || { cat "$WORK/swift-story.log" >&2; die "the Swift story failed"; }
 stop_revoke_watcher
-grep -E '^swift (sdk |https |numbers |receipt |attachment |catalogue |deadline )?story:' "$WORK/swift-story.log" >&2
+grep -E '^swift (sdk |https |numbers |receipt |attachment |catalogue |deadline |register import )?story:' "$WORK/swift-story.log" >&2
 stamp "Swift story ran in $((SECONDS - t0)) s"
 # The package manifest as SwiftPM reads it (an XCFramework cannot be linked on Linux: the Mac
 # steps are in ios/README.md): the library product over the binary target and the sources.

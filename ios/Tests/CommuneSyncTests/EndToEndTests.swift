@@ -25,5 +25,12 @@ final class EndToEndTests: XCTestCase {
         let failures = await HttpsStory.run()
         XCTAssertEqual(failures, [])
     }
+
+    func testRegisterImportStory() async throws {
+        try XCTSkipIf(ProcessInfo.processInfo.environment["COMMUNESYNC_IMPORT_CODE_A"] == nil,
+                      "no test server configured")
+        let failures = await RegisterImportStory.run()
+        XCTAssertEqual(failures, [])
+    }
 }
 #endif

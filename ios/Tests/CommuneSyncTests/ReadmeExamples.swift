@@ -126,6 +126,23 @@ func followAttachments(engine: Engine) async throws {
     }
 }
 
+// The commune's existing register (CSV saved from its spreadsheet), imported once with each
+// dossier's state; the next sync sends them. A re-run imports nothing twice (the external id is
+// the key); a bad line is listed with its number, the rest imported.
+func importRegister(engine: Engine, officer: String, csv: URL) async throws -> String {
+    let summary = try await engine.importRegister(officer: officer, communeCode: nil, csv: try Data(contentsOf: csv))
+    let errors = summary.errors.map { "line \($0.line): \($0.reason)" }
+    return (["\(summary.imported) imported, \(summary.alreadyPresent) already present"] + errors)
+        .joined(separator: "\n")
+}
+
+// Where an imported dossier came from: its number in the commune's register (from its marker).
+func registerReference(engine: Engine, commune: String, externalId: String) async throws -> String? {
+    guard let id = try await engine.importedApplicationId(communeCode: commune, externalId: externalId),
+          let marker = try await engine.importMarker(recordId: id) else { return nil }
+    return marker.originalReference
+}
+
 #if canImport(os)
 import os
 
