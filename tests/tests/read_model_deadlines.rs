@@ -108,7 +108,11 @@ async fn overdue_lists_follow_pauses_extensions_and_a_new_calendar_on_both_backe
         assert_eq!(due_on(plain).await.as_deref(), Some("2026-02-26"), "{url}");
         // The clock is stopped while the supplement is awaited: no due date, never overdue.
         assert_eq!(due_on(paused).await, None, "{url}");
-        assert_eq!(due_on(extended).await.as_deref(), Some("2026-03-20"), "{url}");
+        assert_eq!(
+            due_on(extended).await.as_deref(),
+            Some("2026-03-20"),
+            "{url}"
+        );
         let overdue = |day: &str| {
             let storage = server.storage.clone();
             let query = RecordQuery {
@@ -138,7 +142,11 @@ async fn overdue_lists_follow_pauses_extensions_and_a_new_calendar_on_both_backe
             .await
             .unwrap();
         assert_eq!(due_on(plain).await.as_deref(), Some("2026-02-27"), "{url}");
-        assert_eq!(due_on(extended).await.as_deref(), Some("2026-03-20"), "{url}");
+        assert_eq!(
+            due_on(extended).await.as_deref(),
+            Some("2026-03-20"),
+            "{url}"
+        );
         assert_eq!(due_on(paused).await, None, "{url}");
         assert!(overdue("2026-02-27").await.is_empty(), "{url}");
         assert_eq!(overdue("2026-02-28").await, vec![plain], "{url}");
@@ -152,11 +160,7 @@ async fn overdue_lists_follow_pauses_extensions_and_a_new_calendar_on_both_backe
             s.dossier_deadline(paused).unwrap().due_date
         });
         assert_eq!(tablet.client.sync(&|_| {}).await.unwrap().refused, 0);
-        assert_eq!(
-            due_on(paused).await,
-            Some(resumed_due.to_string()),
-            "{url}"
-        );
+        assert_eq!(due_on(paused).await, Some(resumed_due.to_string()), "{url}");
         assert_eq!(resumed_due, d("2026-02-27"), "{url}");
         assert_eq!(overdue("2026-03-02").await.len(), 2, "{url}");
 

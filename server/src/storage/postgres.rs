@@ -1241,13 +1241,17 @@ impl ServerStorage for PostgresStorage {
                     from_changes.push(doc);
                     continue;
                 };
-                let before: read_model::StoredFacts = tx
-                    .query_opt(&before_statement, &[&doc.as_bytes().as_slice()])
-                    .await?
-                    .map(|row| -> Result<(i64, i64, i64)> {
-                        Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-                    })
-                    .transpose()?;
+                // A document this ingest registers has no row yet: nothing to read.
+                let before: read_model::StoredFacts = if registered_here.contains(&doc) {
+                    None
+                } else {
+                    tx.query_opt(&before_statement, &[&doc.as_bytes().as_slice()])
+                        .await?
+                        .map(|row| -> Result<(i64, i64, i64)> {
+                            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
+                        })
+                        .transpose()?
+                };
                 match read_model::complete_projected(
                     *projected,
                     before,

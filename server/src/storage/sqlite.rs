@@ -515,15 +515,19 @@ fn ingest_blocking(
     for (doc, stored_now) in projected_docs {
         let written = match projections.remove(&doc) {
             Some(projected) => {
-                let before: read_model::StoredFacts = tx
-                    .prepare_cached(
+                // A document this ingest registers has no row yet: nothing to read.
+                let before: read_model::StoredFacts = if registered_here.contains(&doc) {
+                    None
+                } else {
+                    tx.prepare_cached(
                         "SELECT changes, first_received_at, last_received_at
                          FROM read_model WHERE id = ?1",
                     )?
                     .query_row(params![doc.as_bytes()], |row| {
                         Ok((row.get(0)?, row.get(1)?, row.get(2)?))
                     })
-                    .optional()?;
+                    .optional()?
+                };
                 match read_model::complete_projected(
                     *projected,
                     before,
