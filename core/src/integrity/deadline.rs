@@ -35,6 +35,16 @@ fn calendar_of<'a>(ctx: &'a RuleContext<'_>, fallback: &'a WorkingCalendar) -> &
     ctx.procedure_at.calendar().unwrap_or(fallback)
 }
 
+/// The calendars a verdict or an appointment may hold under: the checker's, then the one the
+/// device declared it holds (see [`crate::integrity::ProcedureSource::declared_calendar`]), at
+/// most two whatever the device sent.
+fn candidate_calendars<'a>(
+    ctx: &'a RuleContext<'_>,
+    own: &'a WorkingCalendar,
+) -> impl Iterator<Item = &'a WorkingCalendar> {
+    std::iter::once(own).chain(ctx.procedure_at.declared_calendar().filter(|c| *c != own))
+}
+
 /// A new dossier (received): no clock event, no return yet.
 pub(super) fn check_new_dossier(app: &Application) -> Result<(), Violation> {
     if app.status == Status::Received
@@ -225,8 +235,15 @@ fn check_event(
                     "an extension gives the new appointment date",
                 ));
             };
-            let processing = processing_of(before, ctx.procedure_at, calendar);
-            let current = effective_deadline(before, processing, calendar).due.date;
+            // After the due date as the checker counts it, or as the device declared it
+            // counted (its calendar may be older): the earliest of the two is the bar.
+            let current = candidate_calendars(ctx, calendar)
+                .map(|calendar| {
+                    let processing = processing_of(before, ctx.procedure_at, calendar);
+                    effective_deadline(before, processing, calendar).due.date
+                })
+                .min()
+                .unwrap_or(before.due_at);
             if appointment <= current {
                 return Err(refuse(
                     RefusalCode::InvalidField,
@@ -288,10 +305,16 @@ fn check_return(
                     "cannot be before the receipt",
                 ));
             }
-            let processing = processing_of(after, ctx.procedure_at, calendar);
-            let due = effective_deadline(after, processing, calendar).due;
-            let expected = verdict(after, processing, calendar, at);
-            if on_time != expected {
+            // The verdict stands if it is the one the checker's calendar gives, or the one the
+            // calendar the device declared it holds gives (both published; ADR 0009).
+            let holds = candidate_calendars(ctx, calendar).any(|calendar| {
+                let processing = processing_of(after, ctx.procedure_at, calendar);
+                verdict(after, processing, calendar, at) == on_time
+            });
+            if !holds {
+                let processing = processing_of(after, ctx.procedure_at, calendar);
+                let due = effective_deadline(after, processing, calendar).due;
+                let expected = !on_time;
                 return Err(refuse(
                     RefusalCode::InvalidField,
                     "returned_on_time",
