@@ -357,3 +357,53 @@ fn a_verdict_holds_under_the_checkers_or_the_declared_calendar_only() {
         violation.error
     );
 }
+
+#[test]
+fn an_imported_return_carries_the_registers_time_and_verdict_or_neither() {
+    use crate::record::Imported;
+    let device = DeviceId::new();
+    let ctx = RuleContext {
+        device,
+        commune: Some("X"),
+        withdrawal_allowed: &yes,
+        procedure_at: &no_catalogue,
+    };
+    // Due Thursday 26 November; the register says returned Friday 27: late.
+    let friday = RECEIVED + 4 * DAY;
+    let mut imported = sample(device, Status::Returned);
+    imported.imported = Some(Imported {
+        external_id: "SK-1".into(),
+        original_reference: String::new(),
+        imported_at: RECEIVED + 30 * DAY,
+        returned_at: Some(friday),
+    });
+    let with = |at: Option<i64>, on_time: Option<bool>| {
+        let mut app = imported.clone();
+        app.returned_at = at;
+        app.returned_on_time = on_time;
+        check_creation(&Record::Application(app), &ctx)
+    };
+    with(Some(friday), Some(false)).unwrap();
+    // An import by an older build: neither field (the read model judges it the same way).
+    with(None, None).unwrap();
+    let forged = with(Some(friday), Some(true)).unwrap_err();
+    assert_eq!(forged.code, RefusalCode::InvalidField);
+    assert!(
+        forged
+            .error
+            .to_string()
+            .contains("late by the due date 2026-11-26"),
+        "{}",
+        forged.error
+    );
+    // Another time than the register's, or one field without the other.
+    assert!(with(Some(RECEIVED + DAY), Some(true)).is_err());
+    assert!(with(Some(friday), None).is_err());
+    assert!(with(None, Some(false)).is_err());
+    // No clock history comes with an import.
+    let mut events = imported.clone();
+    events.returned_at = Some(friday);
+    events.returned_on_time = Some(false);
+    events.clock_events.push(pause(RECEIVED + HOUR));
+    assert!(check_creation(&Record::Application(events), &ctx).is_err());
+}

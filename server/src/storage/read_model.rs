@@ -25,7 +25,6 @@
 //! the device time of the last change that touched its status, once the status is `returned` or
 //! `rejected`, and it is on time when that day (in Vietnam) is on or before the due date.
 
-use communesync_core::catalogue::CivilDate;
 use communesync_core::record::{DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, Status};
 use communesync_core::search::fold;
 
@@ -141,8 +140,10 @@ pub fn project_record(record: &Record, commune: &str, facts: &DocFacts) -> ReadM
                     row.returned_at = Some(at);
                     row.on_time = Some(on_time);
                 } else {
-                    // An imported dossier's return time from its register; otherwise the
-                    // device time of the status change; judged against the intake due date.
+                    // Imported by an older build: the register's return time, judged as an
+                    // import judges it now; otherwise (a rejection, a return from before
+                    // verdicts) the device time of the status change against the intake due
+                    // date, the same day comparison.
                     row.returned_at = a
                         .imported
                         .as_ref()
@@ -150,8 +151,7 @@ pub fn project_record(record: &Record, commune: &str, facts: &DocFacts) -> ReadM
                         .or(facts.status_changed_at);
                     row.on_time = row
                         .returned_at
-                        .and_then(|at| CivilDate::from_unix_millis(at).ok())
-                        .map(|day| day <= a.due_at);
+                        .map(|at| communesync_core::deadline::imported_verdict(a.due_at, at));
                 }
             }
         }
