@@ -53,18 +53,22 @@ struct Tablet {
 
 impl Tablet {
     async fn enroll(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Self {
+        Self::enroll_with(dir, name, url, code, SyncConfig::default()).await
+    }
+
+    async fn enroll_with(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        code: &str,
+        config: SyncConfig,
+    ) -> Self {
         let store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db")))).unwrap();
         let device = store.device_id();
         let transport = ReqwestTransport::new(url).unwrap();
         let credentials = enroll(&transport, code, device, name).await.unwrap();
         let store = Arc::new(Mutex::new(store));
-        let client = SyncClient::new(
-            transport,
-            store.clone(),
-            credentials.token,
-            SyncConfig::default(),
-        )
-        .unwrap();
+        let client = SyncClient::new(transport, store.clone(), credentials.token, config).unwrap();
         Tablet { client, store }
     }
 
@@ -365,10 +369,18 @@ async fn a_tablet_with_an_older_calendar_returns_with_its_verdict_and_no_other()
     for url in test_databases(dir.path(), "dossier_skew").await.unwrap() {
         let server = TestServer::start(&url).await.unwrap();
         server.storage.put_catalogue(&catalogue()).await.unwrap();
-        let codes = server.commune_with_codes(COMMUNE, 2).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
         let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0]).await;
         a.client.sync(&|_| {}).await.unwrap();
+        // A tablet on a poor link: one document a request.
+        let one_by_one = SyncConfig {
+            push_batch_bytes: 1,
+            max_push_batch_bytes: 1,
+            ..SyncConfig::default()
+        };
+        let c = Tablet::enroll_with(sub.path(), "c", &server.url(), &codes[2], one_by_one).await;
+        c.client.sync(&|_| {}).await.unwrap();
 
         // Received three weeks ago (5 working days: late today by the calendar the tablet
         // holds), and two months ago (late by any calendar).
@@ -384,8 +396,22 @@ async fn a_tablet_with_an_older_calendar_returns_with_its_verdict_and_no_other()
             }
             (ids[0], ids[1], ids[2])
         });
-        let report = a.client.sync(&|_| {}).await.unwrap();
-        assert_eq!(report.refused, 0, "{url}");
+        let (c_edited, c_returned) = c.with(|s| {
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let app = s
+                    .create_application("mai", intake(nine_on(recent)))
+                    .unwrap();
+                s.transition(app.id, "mai", Status::InProgress).unwrap();
+                ids.push(app.id);
+            }
+            s.transition(ids[1], "mai", Status::Ready).unwrap();
+            (ids[0], ids[1])
+        });
+        for t in [&a, &c] {
+            let report = t.client.sync(&|_| {}).await.unwrap();
+            assert_eq!(report.refused, 0, "{url}");
+        }
         let held = server.storage.catalogue_head().await.unwrap().unwrap();
         assert_eq!(held.calendar_version, 1, "{url}");
 
@@ -471,6 +497,20 @@ async fn a_tablet_with_an_older_calendar_returns_with_its_verdict_and_no_other()
         assert_eq!(twin, Some(true), "{url}");
         let report = a.client.sync(&|_| {}).await.unwrap();
         assert_eq!(report.refused, 0, "{url}");
+
+        // The tablet on a poor link edits one dossier, then returns another (late by its
+        // calendar), both offline. Its first request carries the edit only and is answered with
+        // the new calendar; the tablet installs it only once nothing is left to push, so the
+        // return reaches the server declaring the calendar it was judged with.
+        c.with(|s| {
+            s.transition(c_edited, "mai", Status::Ready).unwrap();
+            let returned = s.return_dossier(c_returned, "mai").unwrap();
+            assert_eq!(returned.returned_on_time, Some(false));
+        });
+        let report = c.client.sync(&|_| {}).await.unwrap();
+        assert!(report.requests >= 2, "{url}: {report:?}");
+        assert_eq!(report.refused, 0, "{url}: {report:?}");
+        assert_eq!(c.with(|s| s.catalogue_held().unwrap().calendar_version), 2);
 
         // The read model keeps the verdict each return recorded.
         let rows = server
