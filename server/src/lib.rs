@@ -5,6 +5,7 @@
 
 pub mod attachment_sweep;
 pub mod backup;
+pub mod calendar_history;
 pub mod catalogue;
 pub mod console;
 pub mod external_ids;

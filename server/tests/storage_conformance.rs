@@ -1750,6 +1750,16 @@ async fn catalogue_versions(f: &Fixture) {
     let head = s.catalogue_head().await.unwrap().unwrap();
     assert_eq!((head.version, head.calendar_version), (3, 3));
     assert!(head.calendar.contains("2027-09-02"));
+    // Every published calendar stays, found by any catalogue position at or after it.
+    assert_eq!(s.calendar_at(0).await.unwrap(), None);
+    let first = s.calendar_at(2).await.unwrap().unwrap();
+    assert_eq!(first, (1, "[]".to_owned()));
+    assert_eq!(s.calendar_at(1).await.unwrap(), Some(first));
+    for position in [3, 4, u64::MAX] {
+        let (version, calendar) = s.calendar_at(position).await.unwrap().unwrap();
+        assert_eq!(version, 3);
+        assert!(calendar.contains("2027-09-02"));
+    }
     // Every version stays, for the dossiers that pinned them.
     let mut versions: Vec<(String, u64)> = s
         .procedure_versions()

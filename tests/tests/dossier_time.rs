@@ -7,17 +7,23 @@
 //! crafted Automerge changes that its store would refuse (an event removed, an event edited, a
 //! forged on-time flag, a pause without the move to `supplement_requested`, the move without a
 //! pause): each is refused for its own document and the server stores nothing of it.
+//!
+//! Calendar skew: a tablet that still holds an older published calendar returns a dossier with
+//! the verdict its calendar gives and is accepted; a verdict no published calendar gives, or
+//! one leaning on a calendar position never published, is refused.
 
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
 
 use std::sync::{Arc, Mutex};
 
+use communesync_core::catalogue::delta::CatalogueHeld;
 use communesync_core::catalogue::{CivilDate, VIETNAM_OFFSET};
 use communesync_core::codec::DocCodec;
 use communesync_core::deadline::{ClockEvent, ClockEventKind};
 use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
+    CONTENT_TYPE, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
+    SyncResponse,
 };
 use communesync_core::record::{
     Applicant, Application, DeviceId, NewApplication, RecordDoc, RecordId, RecordKind, Source,
@@ -47,18 +53,22 @@ struct Tablet {
 
 impl Tablet {
     async fn enroll(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Self {
+        Self::enroll_with(dir, name, url, code, SyncConfig::default()).await
+    }
+
+    async fn enroll_with(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        code: &str,
+        config: SyncConfig,
+    ) -> Self {
         let store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db")))).unwrap();
         let device = store.device_id();
         let transport = ReqwestTransport::new(url).unwrap();
         let credentials = enroll(&transport, code, device, name).await.unwrap();
         let store = Arc::new(Mutex::new(store));
-        let client = SyncClient::new(
-            transport,
-            store.clone(),
-            credentials.token,
-            SyncConfig::default(),
-        )
-        .unwrap();
+        let client = SyncClient::new(transport, store.clone(), credentials.token, config).unwrap();
         Tablet { client, store }
     }
 
@@ -95,7 +105,27 @@ fn intake(received_at: i64) -> NewApplication {
 }
 
 async fn push(url: &str, token: &str, push: Vec<PushDoc>) -> SyncResponse {
+    push_declaring(url, token, push, None).await
+}
+
+/// A push that declares, in tag 5, the calendar version the tablet holds.
+async fn push_declaring(
+    url: &str,
+    token: &str,
+    push: Vec<PushDoc>,
+    calendar_version: Option<u64>,
+) -> SyncResponse {
     let mut codec = DocCodec::new().unwrap();
+    let mut extensions = Extensions::default();
+    if let Some(calendar_version) = calendar_version {
+        extensions
+            .insert(&CatalogueHeld {
+                version: calendar_version,
+                resume: None,
+                calendar_version,
+            })
+            .unwrap();
+    }
     let body = SyncRequest {
         protocol: PROTOCOL_VERSION,
         device_time: 0,
@@ -106,7 +136,7 @@ async fn push(url: &str, token: &str, push: Vec<PushDoc>) -> SyncResponse {
         }),
         catalogue_version: u64::MAX,
         pending_docs: 0,
-        extensions: Default::default(),
+        extensions,
     }
     .encode(&mut codec)
     .unwrap();
@@ -321,5 +351,179 @@ async fn pauses_extensions_and_the_return_verdict_hold_on_both_backends() {
         let late_list = b.with(|s| s.returned_by_verdict(false, 10, 0).unwrap());
         assert_eq!(late_list.len(), 1, "{url}");
         assert_eq!(late_list[0].id, late);
+    }
+}
+
+/// Nine in the morning in Vietnam on `day`.
+fn nine_on(day: CivilDate) -> i64 {
+    day.0
+        .with_time(time::Time::from_hms(9, 0, 0).unwrap())
+        .assume_offset(VIETNAM_OFFSET)
+        .unix_timestamp()
+        * 1000
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tablet_with_an_older_calendar_returns_with_its_verdict_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in test_databases(dir.path(), "dossier_skew").await.unwrap() {
+        let server = TestServer::start(&url).await.unwrap();
+        server.storage.put_catalogue(&catalogue()).await.unwrap();
+        let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
+        let sub = tempfile::tempdir().unwrap();
+        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0]).await;
+        a.client.sync(&|_| {}).await.unwrap();
+        // A tablet on a poor link: one document a request.
+        let one_by_one = SyncConfig {
+            push_batch_bytes: 1,
+            max_push_batch_bytes: 1,
+            ..SyncConfig::default()
+        };
+        let c = Tablet::enroll_with(sub.path(), "c", &server.url(), &codes[2], one_by_one).await;
+        c.client.sync(&|_| {}).await.unwrap();
+
+        // Received three weeks ago (5 working days: late today by the calendar the tablet
+        // holds), and two months ago (late by any calendar).
+        let today = CivilDate::today();
+        let recent = today.plus_days(-21);
+        let (honest, forged, old) = a.with(|s| {
+            let mut ids = Vec::new();
+            for day in [recent, recent, today.plus_days(-60)] {
+                let app = s.create_application("lan", intake(nine_on(day))).unwrap();
+                s.transition(app.id, "lan", Status::InProgress).unwrap();
+                s.transition(app.id, "lan", Status::Ready).unwrap();
+                ids.push(app.id);
+            }
+            (ids[0], ids[1], ids[2])
+        });
+        let (c_edited, c_returned) = c.with(|s| {
+            let mut ids = Vec::new();
+            for _ in 0..2 {
+                let app = s
+                    .create_application("mai", intake(nine_on(recent)))
+                    .unwrap();
+                s.transition(app.id, "mai", Status::InProgress).unwrap();
+                ids.push(app.id);
+            }
+            s.transition(ids[1], "mai", Status::Ready).unwrap();
+            (ids[0], ids[1])
+        });
+        for t in [&a, &c] {
+            let report = t.client.sync(&|_| {}).await.unwrap();
+            assert_eq!(report.refused, 0, "{url}");
+        }
+        let held = server.storage.catalogue_head().await.unwrap().unwrap();
+        assert_eq!(held.calendar_version, 1, "{url}");
+
+        // The province then closes the offices from the day after that receipt to today (a
+        // storm): by the new calendar those dossiers are not due yet.
+        let mut file: serde_json::Value = serde_json::from_str(&catalogue()).unwrap();
+        file["calendar"] = (1..=21)
+            .map(|n| {
+                serde_json::json!({
+                    "day": recent.plus_days(n).to_string(), "working": false, "reason": "Bão"
+                })
+            })
+            .collect();
+        assert_eq!(
+            server
+                .storage
+                .put_catalogue(&file.to_string())
+                .await
+                .unwrap(),
+            2
+        );
+
+        // A modified tablet: verdicts by a calendar nobody published, or by none.
+        let hostile = DeviceId::new();
+        let transport = ReqwestTransport::new(&server.url()).unwrap();
+        let token = enroll(&transport, &codes[1], hostile, "hostile")
+            .await
+            .unwrap()
+            .token;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp() * 1000;
+        let stored_forged = server.storage.doc_changes(forged).await.unwrap();
+        let stored_old = server.storage.doc_changes(old).await.unwrap();
+        let returned = |id: RecordId, stored: &[Vec<u8>], on_time: bool| {
+            crafted_edit(id, stored, hostile, |a| {
+                a.status = Status::Returned;
+                a.returned_at = Some(now);
+                a.returned_on_time = Some(on_time);
+            })
+        };
+        for (name, doc, declared) in [
+            // Late only by calendar 1, leaning on a position never published.
+            (
+                "a calendar position never published",
+                returned(forged, &stored_forged, false),
+                Some(99),
+            ),
+            // The same without tag 5 (the request's catalogue version is past the head).
+            ("no position", returned(forged, &stored_forged, false), None),
+            // On time by no calendar ever published, whatever the position declared.
+            (
+                "on time by no calendar",
+                returned(old, &stored_old, true),
+                Some(1),
+            ),
+            ("and position 0", returned(old, &stored_old, true), Some(0)),
+        ] {
+            let response = push_declaring(&server.url(), &token, vec![doc], declared).await;
+            assert_eq!(response.refused.len(), 1, "{url}: {name}");
+            assert_eq!(response.refused[0].code, "invalid_field", "{url}: {name}");
+            assert!(
+                response.refused[0].message.contains("returned_on_time"),
+                "{url}: {name}: {}",
+                response.refused[0].message
+            );
+        }
+        for (id, stored) in [(forged, &stored_forged), (old, &stored_old)] {
+            assert_eq!(
+                server.storage.doc_changes(id).await.unwrap().len(),
+                stored.len(),
+                "{url}: nothing of a refused return is stored"
+            );
+        }
+
+        // The honest tablet, still on calendar 1, returns offline: late by its calendar. Its
+        // sync declares calendar 1, the return is accepted, then it receives calendar 2.
+        let verdict = a.with(|s| s.return_dossier(honest, "lan").unwrap().returned_on_time);
+        assert_eq!(verdict, Some(false), "{url}");
+        let report = a.client.sync(&|_| {}).await.unwrap();
+        assert_eq!(report.refused, 0, "{url}");
+        assert_eq!(a.with(|s| s.quarantined_count().unwrap()), 0, "{url}");
+        // Now on calendar 2, the same tablet's verdict for the twin is on time, also accepted.
+        let twin = a.with(|s| s.return_dossier(forged, "lan").unwrap().returned_on_time);
+        assert_eq!(twin, Some(true), "{url}");
+        let report = a.client.sync(&|_| {}).await.unwrap();
+        assert_eq!(report.refused, 0, "{url}");
+
+        // The tablet on a poor link edits one dossier, then returns another (late by its
+        // calendar), both offline. Its first request carries the edit only and is answered with
+        // the new calendar; the tablet installs it only once nothing is left to push, so the
+        // return reaches the server declaring the calendar it was judged with.
+        c.with(|s| {
+            s.transition(c_edited, "mai", Status::Ready).unwrap();
+            let returned = s.return_dossier(c_returned, "mai").unwrap();
+            assert_eq!(returned.returned_on_time, Some(false));
+        });
+        let report = c.client.sync(&|_| {}).await.unwrap();
+        assert!(report.requests >= 2, "{url}: {report:?}");
+        assert_eq!(report.refused, 0, "{url}: {report:?}");
+        assert_eq!(c.with(|s| s.catalogue_held().unwrap().calendar_version), 2);
+
+        // The read model keeps the verdict each return recorded.
+        let rows = server
+            .storage
+            .records(&communesync_server::storage::RecordQuery {
+                commune: Some(COMMUNE.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let on_time = |id: RecordId| rows.iter().find(|r| r.id == id).unwrap().on_time;
+        assert_eq!(on_time(honest), Some(false), "{url}");
+        assert_eq!(on_time(forged), Some(true), "{url}");
+        assert_eq!(on_time(old), None, "{url}");
     }
 }

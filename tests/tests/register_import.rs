@@ -215,8 +215,29 @@ async fn a_register_reaches_the_server_and_a_second_tablet_in_its_state_once() {
         let marker = app.imported.clone().unwrap();
         assert_eq!(marker.external_id, "SK-2025-0001");
         assert_eq!(marker.original_reference, "12/HT-2025");
-        // 2025-03-17 15:00 in Vietnam.
+        // 2025-03-17 15:00 in Vietnam, on its due date: on time, recorded like any return.
         assert_eq!(marker.returned_at, Some(1_742_198_400_000));
+        assert_eq!(app.returned_at, marker.returned_at);
+        assert_eq!(app.returned_on_time, Some(true));
+        let listed = b.with(|s| s.returned_by_verdict(true, 10, 0)).unwrap();
+        assert_eq!(
+            listed.iter().map(|a| a.id).collect::<Vec<_>>(),
+            [returned],
+            "{url}"
+        );
+        let rows = server
+            .storage
+            .records(&communesync_server::storage::RecordQuery {
+                commune: Some(COMMUNE.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let row = rows.iter().find(|r| r.id == returned).unwrap();
+        assert_eq!(
+            (row.returned_at, row.on_time),
+            (app.returned_at, Some(true))
+        );
         let history = b.with(|s| s.history(returned)).unwrap();
         assert_eq!(history.len(), 1);
         assert_eq!(history[0].fields, ["imported"]);
@@ -318,6 +339,27 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
         }
         let mut twin2 = twin.clone();
         twin2.id = RecordId::new();
+        // 6. A returned dossier imported with a forged verdict (the register's return is on
+        //    its due date: on time, not late).
+        let mut forged_verdict = a
+            .with(|s| s.get_application(imported_id(s, "SK-2025-0001")))
+            .unwrap();
+        assert_eq!(forged_verdict.returned_on_time, Some(true));
+        forged_verdict.id = RecordId::new();
+        forged_verdict.created_by.device = hostile.device.0;
+        if let Some(m) = &mut forged_verdict.imported {
+            m.external_id = "SK-2025-8888".into();
+        }
+        forged_verdict.returned_on_time = Some(false);
+        // 7. The same as an older build imported it: neither return field, accepted; the read
+        //    model judges the register's time the same way.
+        let mut legacy = forged_verdict.clone();
+        legacy.id = RecordId::new();
+        if let Some(m) = &mut legacy.imported {
+            m.external_id = "SK-2025-6666".into();
+        }
+        legacy.returned_at = None;
+        legacy.returned_on_time = None;
         let response = hostile
             .push(vec![
                 skip,
@@ -326,6 +368,8 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
                 final_push,
                 crafted_record(&twin, hostile.device),
                 crafted_record(&twin2, hostile.device),
+                crafted_record(&forged_verdict, hostile.device),
+                crafted_record(&legacy, hostile.device),
             ])
             .await;
         let mut codes: Vec<(u32, String)> = response
@@ -342,6 +386,7 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
                 (2, "external_id".to_owned()),
                 (3, "illegal_transition".to_owned()),
                 (5, "external_id".to_owned()),
+                (6, "invalid_field".to_owned()),
             ],
             "{:?}",
             response.refused
@@ -354,10 +399,31 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
             ),
             stored_before
         );
-        for id in [duplicate.id, final_state.id, twin2.id] {
+        for id in [duplicate.id, final_state.id, twin2.id, forged_verdict.id] {
             assert_eq!(server.storage.doc_changes(id).await.unwrap().len(), 0);
         }
         assert_eq!(server.storage.doc_changes(twin.id).await.unwrap().len(), 1);
+        assert!(
+            response
+                .refused
+                .iter()
+                .any(|r| r.position == 6 && r.message.contains("on time by the due date")),
+            "{:?}",
+            response.refused
+        );
+        let rows = server
+            .storage
+            .records(&communesync_server::storage::RecordQuery {
+                commune: Some(COMMUNE.into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let row = rows.iter().find(|r| r.id == legacy.id).unwrap();
+        assert_eq!(
+            (row.returned_at, row.on_time),
+            (Some(1_742_198_400_000), Some(true))
+        );
         assert_eq!(
             server
                 .storage

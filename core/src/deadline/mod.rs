@@ -18,6 +18,9 @@
 //!   concurrently, the same on every replica once merged. Not by their times: two tablets'
 //!   clocks disagree, and a resume timed a moment before its pause still ends that pause.
 //!
+//! A dossier imported already returned carries the register's return time and the verdict
+//! [`imported_verdict`] gives (its due date against that time), set by the import.
+//!
 //! At return the verdict ([`is_on_time`]) is recorded in the dossier with the transition; the
 //! integrity rules (`integrity::deadline`) refuse any other verdict, on the device and on the
 //! server. Every loop is bounded: event times count only within [`MAX_SPAN_MS`] after the
@@ -220,6 +223,20 @@ pub fn verdict(
 ) -> bool {
     is_on_time(
         &effective_deadline(app, processing, calendar).due,
+        returned_at,
+    )
+}
+
+/// The verdict of a dossier imported already returned: the register's return time against the
+/// dossier's `due_at` (the register's due date, or the one the import computed), by the civil
+/// day. The register's clock history (pauses, extensions) is not imported: its due date stands
+/// for the effective deadline, whatever calendar the checker holds.
+pub fn imported_verdict(due_at: CivilDate, returned_at: i64) -> bool {
+    is_on_time(
+        &Deadline {
+            date: due_at,
+            at_ms: None,
+        },
         returned_at,
     )
 }

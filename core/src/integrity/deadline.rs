@@ -7,6 +7,9 @@
 //!   the dossier leaves it; an extension only while the dossier is open, with a reason and an
 //!   appointment after the current effective due date.
 //! - No event is timed before the receipt, nor past [`MAX_SPAN_MS`] after it.
+//! - An imported dossier is created without clock events; returned, it carries the register's
+//!   return time and the verdict [`crate::deadline::imported_verdict`] gives (or, from older
+//!   builds, neither field).
 //! - `returned_at` and `returned_on_time` are set with the move to `returned` and never
 //!   changed; the verdict is the one [`crate::deadline::verdict`] gives with the checker's
 //!   calendar and the processing time of the pinned procedure version.
@@ -16,9 +19,9 @@ use std::collections::HashMap;
 use crate::catalogue::WorkingCalendar;
 use crate::deadline::{
     ClockEvent, ClockEventKind, MAX_CLOCK_EVENTS, MAX_CLOCK_TEXT, MAX_SPAN_MS, effective_deadline,
-    processing_of, verdict,
+    imported_verdict, processing_of, verdict,
 };
-use crate::record::{Application, Status};
+use crate::record::{Application, Imported, Status};
 
 use super::RefusalCode;
 use super::rules::{MAX_OFFICER, RuleContext, Violation};
@@ -35,8 +38,22 @@ fn calendar_of<'a>(ctx: &'a RuleContext<'_>, fallback: &'a WorkingCalendar) -> &
     ctx.procedure_at.calendar().unwrap_or(fallback)
 }
 
-/// A new dossier (received): no clock event, no return yet.
+/// The calendars a verdict or an appointment may hold under: the checker's, then the one the
+/// device declared it holds (see [`crate::integrity::ProcedureSource::declared_calendar`]), at
+/// most two whatever the device sent.
+fn candidate_calendars<'a>(
+    ctx: &'a RuleContext<'_>,
+    own: &'a WorkingCalendar,
+) -> impl Iterator<Item = &'a WorkingCalendar> {
+    std::iter::once(own).chain(ctx.procedure_at.declared_calendar().filter(|c| *c != own))
+}
+
+/// A new dossier: received, no clock event and no return yet; or imported, without clock
+/// events, its return (if any) the register's with the verdict [`imported_verdict`] gives.
 pub(super) fn check_new_dossier(app: &Application) -> Result<(), Violation> {
+    if let Some(imported) = &app.imported {
+        return check_imported_return(app, imported);
+    }
     if app.status == Status::Received
         && (!app.clock_events.is_empty()
             || app.returned_at.is_some()
@@ -49,6 +66,49 @@ pub(super) fn check_new_dossier(app: &Application) -> Result<(), Violation> {
         ));
     }
     Ok(())
+}
+
+/// An imported dossier's clock and return. Both return fields absent is accepted too: imports
+/// made by builds that kept the register's return time in the marker only (the read model
+/// judges those with the same function).
+fn check_imported_return(app: &Application, imported: &Imported) -> Result<(), Violation> {
+    if !app.clock_events.is_empty() {
+        return Err(refuse(
+            RefusalCode::InvalidField,
+            "clock_events",
+            "an imported dossier has no clock event (the register's due date stands for them)",
+        ));
+    }
+    match (app.returned_at, app.returned_on_time) {
+        (None, None) => Ok(()),
+        (Some(at), Some(on_time)) => {
+            if imported.returned_at != Some(at) {
+                return Err(refuse(
+                    RefusalCode::InvalidField,
+                    "returned_at",
+                    "an imported dossier's return time is the register's",
+                ));
+            }
+            let expected = imported_verdict(app.due_at, at);
+            if on_time != expected {
+                return Err(refuse(
+                    RefusalCode::InvalidField,
+                    "returned_on_time",
+                    format!(
+                        "the return is {} by the due date {}",
+                        if expected { "on time" } else { "late" },
+                        app.due_at
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        _ => Err(refuse(
+            RefusalCode::InvalidField,
+            "returned_at",
+            "the return time and its verdict are recorded together",
+        )),
+    }
 }
 
 /// One change's effect on the statutory clock.
@@ -225,8 +285,15 @@ fn check_event(
                     "an extension gives the new appointment date",
                 ));
             };
-            let processing = processing_of(before, ctx.procedure_at, calendar);
-            let current = effective_deadline(before, processing, calendar).due.date;
+            // After the due date as the checker counts it, or as the device declared it
+            // counted (its calendar may be older): the earliest of the two is the bar.
+            let current = candidate_calendars(ctx, calendar)
+                .map(|calendar| {
+                    let processing = processing_of(before, ctx.procedure_at, calendar);
+                    effective_deadline(before, processing, calendar).due.date
+                })
+                .min()
+                .unwrap_or(before.due_at);
             if appointment <= current {
                 return Err(refuse(
                     RefusalCode::InvalidField,
@@ -288,10 +355,16 @@ fn check_return(
                     "cannot be before the receipt",
                 ));
             }
-            let processing = processing_of(after, ctx.procedure_at, calendar);
-            let due = effective_deadline(after, processing, calendar).due;
-            let expected = verdict(after, processing, calendar, at);
-            if on_time != expected {
+            // The verdict stands if it is the one the checker's calendar gives, or the one the
+            // calendar the device declared it holds gives (both published; ADR 0009).
+            let holds = candidate_calendars(ctx, calendar).any(|calendar| {
+                let processing = processing_of(after, ctx.procedure_at, calendar);
+                verdict(after, processing, calendar, at) == on_time
+            });
+            if !holds {
+                let processing = processing_of(after, ctx.procedure_at, calendar);
+                let due = effective_deadline(after, processing, calendar).due;
+                let expected = !on_time;
                 return Err(refuse(
                     RefusalCode::InvalidField,
                     "returned_on_time",

@@ -257,3 +257,153 @@ fn the_verdict_is_the_one_the_function_gives() {
         "returned_at",
     );
 }
+
+/// A checker with a 3-working-day procedure, its own calendar and, maybe, the calendar the
+/// pushing device declared (the server's view of an old tablet).
+struct Calendars {
+    own: WorkingCalendar,
+    declared: Option<WorkingCalendar>,
+}
+
+impl crate::integrity::ProcedureSource for Calendars {
+    fn lookup(&self, code: &str, _: u64) -> crate::integrity::ProcedureLookup {
+        use crate::catalogue::{Procedure, ProcessingTime};
+        let p = Procedure::new(code, "Đăng ký khai sinh", ProcessingTime::WorkingDays(3));
+        crate::integrity::ProcedureLookup::Known(std::sync::Arc::new(p))
+    }
+
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        Some(&self.own)
+    }
+
+    fn declared_calendar(&self) -> Option<&WorkingCalendar> {
+        self.declared.as_ref()
+    }
+}
+
+#[test]
+fn a_verdict_holds_under_the_checkers_or_the_declared_calendar_only() {
+    use crate::catalogue::CalendarOverride;
+    let device = DeviceId::new();
+    let mut ready = sample(device, Status::Ready);
+    ready.procedure_version = 1;
+    // Old calendar: the plain week, due Thursday 26 November. New calendar: Wednesday 25 is a
+    // day off, due Friday 27. A return on Friday is late by the old, on time by the new.
+    let old = WorkingCalendar::default();
+    let new = WorkingCalendar::from_overrides(&[CalendarOverride {
+        day: "2026-11-25".parse().unwrap(),
+        working: false,
+        reason: "Nghỉ".into(),
+    }]);
+    let friday = RECEIVED + 4 * DAY;
+    let mut returned = ready.clone();
+    returned.status = Status::Returned;
+    returned.returned_at = Some(friday);
+    let verdict_under = |own: &WorkingCalendar, declared: Option<&WorkingCalendar>, v: bool| {
+        let source = Calendars {
+            own: own.clone(),
+            declared: declared.cloned(),
+        };
+        let ctx = RuleContext {
+            device,
+            commune: Some("X"),
+            withdrawal_allowed: &yes,
+            procedure_at: &source,
+        };
+        let mut after = returned.clone();
+        after.returned_on_time = Some(v);
+        check_edit(
+            &Record::Application(ready.clone()),
+            &Record::Application(after),
+            &ctx,
+        )
+    };
+    // The device counts with its own calendar only.
+    verdict_under(&old, None, false).unwrap();
+    assert!(verdict_under(&old, None, true).is_err());
+    verdict_under(&new, None, true).unwrap();
+    assert!(verdict_under(&new, None, false).is_err());
+    // The server (new calendar) accepts the old tablet's late verdict it declared, and its own.
+    verdict_under(&new, Some(&old), false).unwrap();
+    verdict_under(&new, Some(&old), true).unwrap();
+    // A verdict no candidate calendar gives is refused, naming the checker's due date.
+    let saturday = RECEIVED + 5 * DAY;
+    let source = Calendars {
+        own: new.clone(),
+        declared: Some(old.clone()),
+    };
+    let ctx = RuleContext {
+        device,
+        commune: Some("X"),
+        withdrawal_allowed: &yes,
+        procedure_at: &source,
+    };
+    let mut forged = returned.clone();
+    forged.returned_at = Some(saturday);
+    forged.returned_on_time = Some(true);
+    let violation = check_edit(
+        &Record::Application(ready.clone()),
+        &Record::Application(forged),
+        &ctx,
+    )
+    .unwrap_err();
+    assert_eq!(violation.code, RefusalCode::InvalidField);
+    assert!(
+        violation
+            .error
+            .to_string()
+            .contains("late by the effective due date 2026-11-27"),
+        "{}",
+        violation.error
+    );
+}
+
+#[test]
+fn an_imported_return_carries_the_registers_time_and_verdict_or_neither() {
+    use crate::record::Imported;
+    let device = DeviceId::new();
+    let ctx = RuleContext {
+        device,
+        commune: Some("X"),
+        withdrawal_allowed: &yes,
+        procedure_at: &no_catalogue,
+    };
+    // Due Thursday 26 November; the register says returned Friday 27: late.
+    let friday = RECEIVED + 4 * DAY;
+    let mut imported = sample(device, Status::Returned);
+    imported.imported = Some(Imported {
+        external_id: "SK-1".into(),
+        original_reference: String::new(),
+        imported_at: RECEIVED + 30 * DAY,
+        returned_at: Some(friday),
+    });
+    let with = |at: Option<i64>, on_time: Option<bool>| {
+        let mut app = imported.clone();
+        app.returned_at = at;
+        app.returned_on_time = on_time;
+        check_creation(&Record::Application(app), &ctx)
+    };
+    with(Some(friday), Some(false)).unwrap();
+    // An import by an older build: neither field (the read model judges it the same way).
+    with(None, None).unwrap();
+    let forged = with(Some(friday), Some(true)).unwrap_err();
+    assert_eq!(forged.code, RefusalCode::InvalidField);
+    assert!(
+        forged
+            .error
+            .to_string()
+            .contains("late by the due date 2026-11-26"),
+        "{}",
+        forged.error
+    );
+    // Another time than the register's, or one field without the other.
+    assert!(with(Some(RECEIVED + DAY), Some(true)).is_err());
+    assert!(with(Some(friday), None).is_err());
+    assert!(with(None, Some(false)).is_err());
+    // No clock history comes with an import.
+    let mut events = imported.clone();
+    events.returned_at = Some(friday);
+    events.returned_on_time = Some(false);
+    events.clock_events.push(pause(RECEIVED + HOUR));
+    assert!(check_creation(&Record::Application(events), &ctx).is_err());
+}

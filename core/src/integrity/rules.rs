@@ -69,6 +69,16 @@ pub trait ProcedureSource {
     fn calendar(&self) -> Option<&WorkingCalendar> {
         None
     }
+
+    /// The published calendar the device making the change declared it holds, when the
+    /// checker knows it and it is not [`ProcedureSource::calendar`] (the server: the calendar
+    /// in effect at the tablet's catalogue position). A return verdict or an extension's
+    /// appointment that holds under it is accepted as well as one that holds under the
+    /// checker's own calendar (ADR 0009): an honest tablet whose calendar is older than the
+    /// server's is never stuck. `None` on a device (it counts with its own calendar only).
+    fn declared_calendar(&self) -> Option<&WorkingCalendar> {
+        None
+    }
 }
 
 impl<F: Fn(&str, u64) -> ProcedureLookup> ProcedureSource for F {

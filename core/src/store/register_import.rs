@@ -207,11 +207,14 @@ impl DeviceStore {
             form_values: Default::default(),
             dossier_number_fallback: false,
             attachments: Vec::new(),
-            // The register's return time stays in the import marker: the statutory clock's
-            // fields are for returns made on a tablet, with their verdict.
+            // The register's clock history is not imported (its due date stands for it); a
+            // returned entry carries the register's return time and its verdict, like a return
+            // made on a tablet, so that lists and exports treat both alike.
             clock_events: Vec::new(),
-            returned_at: None,
-            returned_on_time: None,
+            returned_at: entry.returned_at,
+            returned_on_time: entry
+                .returned_at
+                .map(|at| crate::deadline::imported_verdict(due_at, at)),
             imported: Some(Imported {
                 external_id: entry.external_id,
                 original_reference: entry.original_reference,

@@ -1070,7 +1070,11 @@ impl Answer {
                 Err(err) => return Err(err.into()),
             }
         }
-        if let Some(calendar) = &self.calendar {
+        // A new calendar waits until nothing is left to push: every change made with the old
+        // one (a return's verdict) reaches the server declaring the old one, under which the
+        // server accepts it (ADR 0009). The server sends the calendar again until it is held.
+        let drained = self.calendar.is_some() && store.pending_count()? == 0;
+        if let Some(calendar) = self.calendar.as_ref().filter(|_| drained) {
             match store.apply_calendar_update(calendar) {
                 Ok(()) => {}
                 Err(err @ crate::Error::InvalidInput { .. }) => {

@@ -165,6 +165,8 @@ pub struct AppState {
     pub(crate) clock: Arc<dyn Clock>,
     /// The catalogue's withdrawal rule per procedure, parsed once per catalogue version.
     withdrawal: std::sync::Mutex<Option<(u64, WithdrawalRules)>>,
+    /// Published calendars by the catalogue position tablets declare (statutory time).
+    pub(crate) calendars: crate::calendar_history::CalendarCache,
     /// Syncs whose client went away before the answer (their work was stopped).
     pub(crate) abandoned: Arc<std::sync::atomic::AtomicU64>,
     /// Lanes of throttled enrollment sources.
@@ -198,6 +200,7 @@ impl AppState {
             config,
             clock,
             withdrawal: std::sync::Mutex::new(None),
+            calendars: crate::calendar_history::CalendarCache::default(),
             abandoned: Arc::default(),
             enroll_throttle: enroll_limit::Throttle::default(),
             metrics: Arc::new(crate::metrics::Metrics::new()),

@@ -14,8 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use communesync_core::attachment::AttachmentRef;
+use communesync_core::catalogue::WorkingCalendar;
 use communesync_core::integrity::{
-    Refusal, RefusalCode, RuleContext, Verdict, check_pushed_keeping_doc,
+    ProcedureLookup, ProcedureSource, Refusal, RefusalCode, RuleContext, Verdict,
+    check_pushed_keeping_doc,
 };
 use communesync_core::protocol::PushDoc;
 use communesync_core::record::{
@@ -121,6 +123,28 @@ pub(super) struct Pusher {
     pub(super) scope: Scope,
     /// Withdrawal rule and form by procedure code, from the province catalogue.
     pub(super) withdrawal: super::WithdrawalRules,
+    /// The published calendar the tablet declared it holds, when not the current one.
+    pub(super) declared_calendar: Option<Arc<WorkingCalendar>>,
+}
+
+/// The catalogue's rules with the calendar the pushing tablet declared.
+struct PushRules<'a> {
+    rules: &'a crate::catalogue::CatalogueRules,
+    declared: Option<&'a WorkingCalendar>,
+}
+
+impl ProcedureSource for PushRules<'_> {
+    fn lookup(&self, code: &str, version: u64) -> ProcedureLookup {
+        self.rules.lookup(code, version)
+    }
+
+    fn calendar(&self) -> Option<&WorkingCalendar> {
+        self.rules.calendar()
+    }
+
+    fn declared_calendar(&self) -> Option<&WorkingCalendar> {
+        self.declared
+    }
 }
 
 /// A verdict, with the document the checker built when it accepted a record (the stored
@@ -140,7 +164,10 @@ impl Pusher {
             device: self.device,
             commune: self.scope.commune(),
             withdrawal_allowed: &withdrawal,
-            procedure_at: &*self.withdrawal,
+            procedure_at: &PushRules {
+                rules: &self.withdrawal,
+                declared: self.declared_calendar.as_deref(),
+            },
         };
         check_pushed_keeping_doc(id, kind, stored, pushed, &ctx)
     }

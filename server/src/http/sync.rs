@@ -154,12 +154,32 @@ async fn sync_inner(
     let mut refused: Vec<Refused> = Vec::new();
     let (mut stored_docs, mut stored_bytes) = (0u64, 0u64);
     if !request.push.is_empty() {
+        // The calendar the tablet declared it counts with (tag 5, else the request's catalogue
+        // version): a return verdict true under it is accepted too (ADR 0009).
+        let declared_position = match &catalogue_held {
+            Ok(Some(held)) => Some(held.calendar_version),
+            Ok(None) => Some(request.catalogue_version),
+            Err(_) => None,
+        };
+        let declared_calendar = match (&catalogue_head, declared_position) {
+            (Some(head), Some(position)) => {
+                crate::calendar_history::declared_calendar(
+                    state.storage.as_ref(),
+                    &state.calendars,
+                    head,
+                    position,
+                )
+                .await?
+            }
+            _ => None,
+        };
         let pusher = Pusher {
             device: device.id,
             scope: device.scope.clone(),
             withdrawal: state
                 .withdrawal_rules(catalogue_head.as_ref().map(|head| head.version))
                 .await?,
+            declared_calendar,
         };
         // Decoding (and checking the documents sent whole, which name no id) runs first; then
         // one storage read for what the server holds of them all; then the checks against it.

@@ -733,6 +733,12 @@ pub trait ServerStorage: attachments::AttachmentStorage + Send + Sync + 'static 
     /// The published catalogue's head, if one was ever published.
     async fn catalogue_head(&self) -> Result<Option<CatalogueHead>>;
 
+    /// The working calendar in effect at catalogue version `version`: the last publication at
+    /// or before it that changed the calendar (its version, and the overrides' JSON); `None`
+    /// when none did (weekends off only). Calendars published before schema 11 are not kept,
+    /// except the one in effect at the migration.
+    async fn calendar_at(&self, version: u64) -> Result<Option<(u64, String)>>;
+
     /// Every procedure code ever published, with its current (or last) version's JSON.
     async fn catalogue_rows(&self) -> Result<Vec<CatalogueRow>>;
 

@@ -57,6 +57,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/postgres/0008_read_model.sql"),
     include_str!("../../migrations/postgres/0009_catalogue_delta.sql"),
     include_str!("../../migrations/postgres/0010_external_ids.sql"),
+    include_str!("../../migrations/postgres/0011_calendar_history.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1497,6 +1498,11 @@ impl ServerStorage for PostgresStorage {
                 &[calendar, &version],
             )
             .await?;
+            tx.execute(
+                "INSERT INTO calendar_versions (version, calendar) VALUES ($1, $2)",
+                &[&version, calendar],
+            )
+            .await?;
         }
         let put_version = tx
             .prepare_cached(
@@ -1546,6 +1552,21 @@ impl ServerStorage for PostgresStorage {
                 calendar: row.try_get(1)?,
                 calendar_version: to_u64(row.try_get(2)?),
             })),
+        }
+    }
+
+    async fn calendar_at(&self, version: u64) -> Result<Option<(u64, String)>> {
+        let client = self.client().await?;
+        let row = client
+            .query_opt(
+                "SELECT version, calendar FROM calendar_versions WHERE version <= $1
+                 ORDER BY version DESC LIMIT 1",
+                &[&to_i64(version)],
+            )
+            .await?;
+        match row {
+            None => Ok(None),
+            Some(row) => Ok(Some((to_u64(row.try_get(0)?), row.try_get(1)?))),
         }
     }
 

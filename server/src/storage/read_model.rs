@@ -35,7 +35,7 @@
 
 use std::sync::Arc;
 
-use communesync_core::catalogue::{CivilDate, WorkingCalendar};
+use communesync_core::catalogue::WorkingCalendar;
 use communesync_core::deadline::{effective_deadline, processing_of};
 use communesync_core::integrity::{ProcedureSource, no_catalogue};
 use communesync_core::record::{
@@ -188,8 +188,10 @@ pub fn project_record(
                     row.returned_at = Some(at);
                     row.on_time = Some(on_time);
                 } else {
-                    // An imported dossier's return time from its register; otherwise the
-                    // device time of the status change; judged against the intake due date.
+                    // Imported by an older build: the register's return time, judged as an
+                    // import judges it now; otherwise (a rejection, a return from before
+                    // verdicts) the device time of the status change against the intake due
+                    // date, the same day comparison.
                     row.returned_at = a
                         .imported
                         .as_ref()
@@ -197,8 +199,7 @@ pub fn project_record(
                         .or(facts.status_changed_at);
                     row.on_time = row
                         .returned_at
-                        .and_then(|at| CivilDate::from_unix_millis(at).ok())
-                        .map(|day| day <= a.due_at);
+                        .map(|at| communesync_core::deadline::imported_verdict(a.due_at, at));
                 }
             }
         }

@@ -46,6 +46,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_read_model.sql"),
     include_str!("../../migrations/sqlite/0009_catalogue_delta.sql"),
     include_str!("../../migrations/sqlite/0010_external_ids.sql"),
+    include_str!("../../migrations/sqlite/0011_calendar_history.sql"),
 ];
 
 /// The schema version this build writes.
@@ -1354,6 +1355,10 @@ impl ServerStorage for SqliteStorage {
                     "UPDATE catalogue SET calendar = ?1, calendar_version = ?2 WHERE id = 1",
                     params![calendar, version],
                 )?;
+                tx.execute(
+                    "INSERT INTO calendar_versions (version, calendar) VALUES (?1, ?2)",
+                    params![version, calendar],
+                )?;
             }
             {
                 let mut put_version = tx.prepare_cached(
@@ -1399,6 +1404,21 @@ impl ServerStorage for SqliteStorage {
                     calendar_version: to_u64(calendar_version),
                 }),
             )
+        })
+        .await
+    }
+
+    async fn calendar_at(&self, version: u64) -> Result<Option<(u64, String)>> {
+        let version = to_i64(version);
+        self.read(move |conn| {
+            let row: Option<(i64, String)> = conn
+                .prepare_cached(
+                    "SELECT version, calendar FROM calendar_versions WHERE version <= ?1
+                     ORDER BY version DESC LIMIT 1",
+                )?
+                .query_row(params![version], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(row.map(|(version, calendar)| (to_u64(version), calendar)))
         })
         .await
     }

@@ -207,3 +207,47 @@ fn an_enrolled_device_imports_into_its_commune_only() {
             .is_err()
     );
 }
+
+#[test]
+fn a_returned_entry_carries_its_verdict_like_a_return_made_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(&dir);
+    let register = "\
+external_id,procedure_code,applicant_name,status,received_at,due_date,original_reference,returned_at
+SK-0101,1.001193,Lò Văn Pọm,returned,2025-03-14 09:30,2025-03-17,,2025-03-17 15:00
+SK-0102,1.001193,Lò Thị Xuân,returned,2025-04-01 08:00,2025-04-04,,2025-04-07 10:00
+SK-0103,1.001193,Quàng Văn Ún,returned,2025-05-05 08:00,2025-05-08,,
+";
+    let summary = store
+        .import_register_file(OFFICER, Some(COMMUNE), register.as_bytes())
+        .unwrap();
+    assert_eq!(summary.imported, 3, "{:?}", summary.errors);
+    let mut app = |key: &str| {
+        let id = store.imported_record(COMMUNE, key).unwrap().unwrap();
+        store.get_application(id).unwrap()
+    };
+    // Returned on its due date: on time; three days after it: late; no return time: no verdict.
+    let on_time = app("SK-0101");
+    assert_eq!(on_time.returned_at, Some(1_742_198_400_000));
+    assert_eq!(on_time.returned_on_time, Some(true));
+    let late = app("SK-0102");
+    // 2025-04-07 10:00 in Vietnam.
+    assert_eq!(late.returned_at, Some(1_743_994_800_000));
+    assert_eq!(late.returned_on_time, Some(false));
+    let unknown = app("SK-0103");
+    assert_eq!(
+        (unknown.returned_at, unknown.returned_on_time),
+        (None, None)
+    );
+    // The verdict lists find them with the returns made on a tablet.
+    let listed = |verdict: bool| -> Vec<_> {
+        store
+            .returned_by_verdict(verdict, 10, 0)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.id)
+            .collect()
+    };
+    assert_eq!(listed(true), [on_time.id]);
+    assert_eq!(listed(false), [late.id]);
+}
