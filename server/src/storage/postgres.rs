@@ -349,53 +349,85 @@ async fn project_docs(
     })
     .await
     .map_err(StorageError::backend)?;
-    let statement = tx.prepare_cached(&upsert_sql()).await?;
-    for row in &projected {
-        write_row(tx, &statement, row).await?;
-    }
-    Ok(())
+    write_rows(tx, &projected).await
 }
 
-/// Writes `row` with `statement` ([`upsert_sql`]).
-async fn write_row(
-    tx: &deadpool_postgres::Transaction<'_>,
-    statement: &tokio_postgres::Statement,
-    row: &ReadModelRow,
-) -> Result<()> {
-    let kind = kind_code(row.kind);
+/// Writes `rows` (each document once) in one statement: one round trip however many documents a
+/// push or a rebuild page holds.
+async fn write_rows(tx: &deadpool_postgres::Transaction<'_>, rows: &[ReadModelRow]) -> Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&[u8]> = rows.iter().map(|r| r.id.as_bytes().as_slice()).collect();
+    let communes: Vec<&str> = rows.iter().map(|r| r.commune.as_str()).collect();
+    let kinds: Vec<i16> = rows.iter().map(|r| kind_code(r.kind)).collect();
+    let text = |f: fn(&ReadModelRow) -> &Option<String>| -> Vec<Option<&str>> {
+        rows.iter().map(|r| f(r).as_deref()).collect()
+    };
+    let int =
+        |f: fn(&ReadModelRow) -> Option<i64>| -> Vec<Option<i64>> { rows.iter().map(f).collect() };
+    let status = text(|r| &r.status);
+    let procedure_code = text(|r| &r.procedure_code);
+    let procedure_version = int(|r| r.procedure_version);
+    let dossier_number = text(|r| &r.dossier_number);
+    let received_at = int(|r| r.received_at);
+    let due_on = text(|r| &r.due_on);
+    let returned_at = int(|r| r.returned_at);
+    let on_time: Vec<Option<bool>> = rows.iter().map(|r| r.on_time).collect();
+    let assignee = text(|r| &r.assignee);
+    let has_conflicts: Vec<bool> = rows.iter().map(|r| r.has_conflicts).collect();
+    let applicant_name = text(|r| &r.applicant_name);
+    let name_folded = text(|r| &r.name_folded);
+    let id_number = text(|r| &r.id_number);
+    let attachments = int(|r| r.attachments);
+    let changes: Vec<i64> = rows.iter().map(|r| r.changes).collect();
+    let first: Vec<i64> = rows.iter().map(|r| r.first_received_at).collect();
+    let last: Vec<i64> = rows.iter().map(|r| r.last_received_at).collect();
+    let projection_error = text(|r| &r.projection_error);
+    let statement = tx.prepare_cached(&upsert_rows_sql()).await?;
     tx.execute(
-        statement,
+        &statement,
         &[
-            &row.id.as_bytes().as_slice(),
-            &row.commune,
-            &kind,
-            &row.status,
-            &row.procedure_code,
-            &row.procedure_version,
-            &row.dossier_number,
-            &row.received_at,
-            &row.due_on,
-            &row.returned_at,
-            &row.on_time,
-            &row.assignee,
-            &row.has_conflicts,
-            &row.applicant_name,
-            &row.name_folded,
-            &row.id_number,
-            &row.attachments,
-            &row.changes,
-            &row.first_received_at,
-            &row.last_received_at,
-            &row.projection_error,
+            &ids,
+            &communes,
+            &kinds,
+            &status,
+            &procedure_code,
+            &procedure_version,
+            &dossier_number,
+            &received_at,
+            &due_on,
+            &returned_at,
+            &on_time,
+            &assignee,
+            &has_conflicts,
+            &applicant_name,
+            &name_folded,
+            &id_number,
+            &attachments,
+            &changes,
+            &first,
+            &last,
+            &projection_error,
         ],
     )
     .await?;
     Ok(())
 }
 
-/// `INSERT ... ON CONFLICT (id) DO UPDATE` of every read-model column.
-fn upsert_sql() -> String {
-    let placeholders: Vec<String> = (1..=read_model::COLUMN_COUNT).map(pg_placeholder).collect();
+/// `INSERT ... SELECT FROM UNNEST(...) ON CONFLICT (id) DO UPDATE` of every read-model column,
+/// one array parameter per column, in [`read_model::COLUMNS`] order.
+fn upsert_rows_sql() -> String {
+    const TYPES: [&str; read_model::COLUMN_COUNT] = [
+        "bytea", "text", "smallint", "text", "text", "bigint", "text", "bigint", "text", "bigint",
+        "boolean", "text", "boolean", "text", "text", "text", "bigint", "bigint", "bigint",
+        "bigint", "text",
+    ];
+    let arrays: Vec<String> = TYPES
+        .iter()
+        .enumerate()
+        .map(|(i, ty)| format!("{}::{ty}[]", pg_placeholder(i + 1)))
+        .collect();
     let updates: Vec<String> = read_model::COLUMNS
         .split(',')
         .map(str::trim)
@@ -403,9 +435,9 @@ fn upsert_sql() -> String {
         .map(|column| format!("{column} = EXCLUDED.{column}"))
         .collect();
     format!(
-        "INSERT INTO read_model ({}) VALUES ({}) ON CONFLICT (id) DO UPDATE SET {}",
+        "INSERT INTO read_model ({}) SELECT * FROM UNNEST({}) ON CONFLICT (id) DO UPDATE SET {}",
         read_model::COLUMNS,
-        placeholders.join(", "),
+        arrays.join(", "),
         updates.join(", ")
     )
 }
@@ -1219,13 +1251,6 @@ impl ServerStorage for PostgresStorage {
             //    documents can commit between our read of their rows or changes and our
             //    commit): the push path's projection when it is current, else from the changes.
             let mut from_changes: Vec<RecordId> = Vec::new();
-            let before_statement = tx
-                .prepare_cached(
-                    "SELECT changes, first_received_at, last_received_at
-                     FROM read_model WHERE id = $1",
-                )
-                .await?;
-            let write_statement = tx.prepare_cached(&upsert_sql()).await?;
             let projected_docs = if read_model::ENABLED {
                 plan::changes_per_doc(&plan.changes)
             } else {
@@ -1237,33 +1262,47 @@ impl ServerStorage for PostgresStorage {
                 .values()
                 .next()
                 .map_or_else(read_model::no_deadline_rules, |p| p.rules.0.clone());
+            // The rows storage holds of the projected documents it did not register here (a
+            // document this ingest registers has none), in one round trip.
+            let known: Vec<&[u8]> = projected_docs
+                .iter()
+                .filter(|(doc, _)| projections.contains_key(doc) && !registered_here.contains(doc))
+                .map(|(doc, _)| doc.as_bytes().as_slice())
+                .collect();
+            let mut stored_facts: HashMap<RecordId, (i64, i64, i64)> = HashMap::new();
+            if !known.is_empty() {
+                for row in tx
+                    .query(
+                        "SELECT id, changes, first_received_at, last_received_at
+                         FROM read_model WHERE id = ANY($1::bytea[])",
+                        &[&known],
+                    )
+                    .await?
+                {
+                    stored_facts.insert(
+                        record_id(row.try_get(0)?)?,
+                        (row.try_get(1)?, row.try_get(2)?, row.try_get(3)?),
+                    );
+                }
+            }
+            let mut rows = Vec::with_capacity(projected_docs.len());
             for (doc, stored_now) in projected_docs {
                 let Some(projected) = projections.remove(&doc) else {
                     from_changes.push(doc);
                     continue;
                 };
-                // A document this ingest registers has no row yet: nothing to read.
-                let before: read_model::StoredFacts = if registered_here.contains(&doc) {
-                    None
-                } else {
-                    tx.query_opt(&before_statement, &[&doc.as_bytes().as_slice()])
-                        .await?
-                        .map(|row| -> Result<(i64, i64, i64)> {
-                            Ok((row.try_get(0)?, row.try_get(1)?, row.try_get(2)?))
-                        })
-                        .transpose()?
-                };
                 match read_model::complete_projected(
                     *projected,
-                    before,
+                    stored_facts.get(&doc).copied(),
                     registered_here.contains(&doc),
                     stored_now,
                     now,
                 ) {
-                    Some(row) => write_row(&tx, &write_statement, &row).await?,
+                    Some(row) => rows.push(row),
                     None => from_changes.push(doc),
                 }
             }
+            write_rows(&tx, &rows).await?;
             from_changes.sort_unstable();
             project_docs(&tx, &from_changes, &rules).await?;
         }
