@@ -3,6 +3,7 @@
 #if canImport(BackgroundTasks)
 import BackgroundTasks
 import Foundation
+import Network
 
 /// Background sync with `BGTaskScheduler`. Add `identifier` to `BGTaskSchedulerPermittedIdentifiers`
 /// in Info.plist, call `register(engine:)` before the app finishes launching, then
@@ -19,12 +20,45 @@ public enum BackgroundSync {
                 return
             }
             let work = Task {
+                // Records always go; attachments within the byte budget on a metered link
+                // (cellular, a hotspot, Low Data Mode), as on Android.
+                let metered = await currentPathIsMetered()
+                var settings = current.attachmentSettings()
+                settings.metered = metered
+                try? current.setAttachmentSettings(settings: settings)
                 _ = try? await current.syncNow()
-                await schedule(engine: current)
+                await schedule(engine: current, metered: metered)
                 task.setTaskCompleted(success: !Task.isCancelled)
             }
             task.expirationHandler = { work.cancel() }
         }
+    }
+
+    /// Whether the current network path costs the user (expensive or constrained), read once from
+    /// `NWPathMonitor`; `true` when no path is reported within two seconds.
+    static func currentPathIsMetered() async -> Bool {
+        final class Once: @unchecked Sendable {
+            private let lock = NSLock()
+            private var continuation: CheckedContinuation<Bool, Never>?
+            init(_ continuation: CheckedContinuation<Bool, Never>) { self.continuation = continuation }
+            func resume(_ value: Bool) {
+                lock.lock()
+                let pending = continuation
+                continuation = nil
+                lock.unlock()
+                pending?.resume(returning: value)
+            }
+        }
+        let monitor = NWPathMonitor()
+        let queue = DispatchQueue(label: "org.communesync.path")
+        let metered = await withCheckedContinuation { (continuation: CheckedContinuation<Bool, Never>) in
+            let once = Once(continuation)
+            monitor.pathUpdateHandler = { path in once.resume(path.isExpensive || path.isConstrained) }
+            monitor.start(queue: queue)
+            queue.asyncAfter(deadline: .now() + 2) { once.resume(true) }
+        }
+        monitor.cancel()
+        return metered
     }
 
     /// Schedules the next background sync where the engine's policy says (or cancels it).
