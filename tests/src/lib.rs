@@ -5,6 +5,7 @@
 
 pub mod catalogue_gen;
 pub mod failover;
+pub mod hostile;
 pub mod process;
 pub mod tablet;
 pub mod tls;

@@ -25,17 +25,23 @@ impl Tablet {
         url: &str,
         code: &str,
     ) -> anyhow::Result<Self> {
+        Self::enroll_with(dir, name, url, code, SyncConfig::default()).await
+    }
+
+    /// [`Tablet::enroll`] with a sync configuration of its own.
+    pub async fn enroll_with(
+        dir: &std::path::Path,
+        name: &str,
+        url: &str,
+        code: &str,
+        config: SyncConfig,
+    ) -> anyhow::Result<Self> {
         let store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db"))))?;
         let device = store.device_id();
         let transport = ReqwestTransport::new(url)?;
         let credentials = enroll(&transport, code, device, name).await?;
         let store = Arc::new(Mutex::new(store));
-        let client = SyncClient::new(
-            transport,
-            store.clone(),
-            credentials.token,
-            SyncConfig::default(),
-        )?;
+        let client = SyncClient::new(transport, store.clone(), credentials.token, config)?;
         Ok(Tablet {
             client,
             store,

@@ -19,11 +19,7 @@ use communesync_core::catalogue::delta::{
 use communesync_core::catalogue::{
     CatalogueFile, CivilDate, FieldKind, FormValue, FormValues, PersonValue, Procedure,
 };
-use communesync_core::codec::DocCodec;
-use communesync_core::protocol::{
-    CONTENT_TYPE, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
-    SyncResponse,
-};
+use communesync_core::protocol::{Extensions, PullRequest, PushDoc, SyncResponse};
 use communesync_core::record::{
     Applicant, Application, DeviceId, NewApplication, Record, RecordDoc, RecordKind,
 };
@@ -31,6 +27,7 @@ use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, SyncReport, enroll};
 use communesync_core::{Error, Result};
 use communesync_tests::catalogue_gen::{generated_catalogue, twenty_changes};
+use communesync_tests::hostile::RawSync;
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -108,35 +105,15 @@ fn intake(p: &Procedure, form: FormValues) -> NewApplication {
 }
 
 async fn raw_push(url: &str, token: &str, push: Vec<PushDoc>) -> SyncResponse {
-    let mut codec = DocCodec::new().unwrap();
-    let body = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        device_time: 0,
-        push,
+    RawSync {
         pull: Some(PullRequest {
             cursor: 0,
             max_bytes: 1 << 16,
         }),
-        catalogue_version: u64::MAX,
-        pending_docs: 0,
-        extensions: Default::default(),
+        ..RawSync::push(push)
     }
-    .encode(&mut codec)
-    .unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/sync"))
-        .bearer_auth(token)
-        .header("content-type", CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    SyncResponse::decode(
-        &mut codec,
-        &response.bytes().await.unwrap(),
-        &Limits::default(),
-    )
+    .answer(url, token)
+    .await
     .unwrap()
 }
 
@@ -423,32 +400,14 @@ impl communesync_core::protocol::WireExtension for NotAPosition {
 }
 
 async fn ask(url: &str, token: &str, extensions: Extensions) -> SyncResponse {
-    let mut codec = DocCodec::new().unwrap();
-    let body = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        device_time: 0,
-        push: Vec::new(),
+    RawSync {
         pull: None,
         catalogue_version: 0,
-        pending_docs: 0,
         extensions,
+        ..RawSync::push(Vec::new())
     }
-    .encode(&mut codec)
-    .unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/sync"))
-        .bearer_auth(token)
-        .header("content-type", CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    SyncResponse::decode(
-        &mut codec,
-        &response.bytes().await.unwrap(),
-        &Limits::default(),
-    )
+    .answer(url, token)
+    .await
     .unwrap()
 }
 

@@ -7,19 +7,15 @@
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
-
 use communesync_core::catalogue::{FormValue, FormValues, PersonValue};
-use communesync_core::codec::DocCodec;
-use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
-};
+use communesync_core::protocol::{PushDoc, SyncResponse};
 use communesync_core::record::{
     Applicant, Application, DeviceId, NewApplication, Record, RecordDoc, RecordKind, Source,
 };
-use communesync_core::store::{DeviceStore, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::sync::{ReqwestTransport, enroll};
 use communesync_core::{Error, Result};
+use communesync_tests::hostile::RawSync;
+use communesync_tests::tablet::Tablet;
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -33,33 +29,6 @@ const CATALOGUE: &str = r#"{"procedures":[
         {"name":"sex","label":"Giới tính","type":"choice","options":["Nam","Nữ"]}]},
      "version":2}],
   "holidays":["2026-09-02"]}"#;
-
-struct Tablet {
-    client: SyncClient<ReqwestTransport>,
-    store: Arc<Mutex<DeviceStore>>,
-}
-
-impl Tablet {
-    async fn enroll(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Self {
-        let store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db")))).unwrap();
-        let device = store.device_id();
-        let transport = ReqwestTransport::new(url).unwrap();
-        let credentials = enroll(&transport, code, device, name).await.unwrap();
-        let store = Arc::new(Mutex::new(store));
-        let client = SyncClient::new(
-            transport,
-            store.clone(),
-            credentials.token,
-            SyncConfig::default(),
-        )
-        .unwrap();
-        Tablet { client, store }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut DeviceStore) -> T) -> T {
-        f(&mut self.store.lock().unwrap())
-    }
-}
 
 fn good_form() -> FormValues {
     let mut form = FormValues::new();
@@ -90,36 +59,7 @@ fn intake(form: FormValues) -> NewApplication {
 }
 
 async fn push(url: &str, token: &str, push: Vec<PushDoc>) -> SyncResponse {
-    let mut codec = DocCodec::new().unwrap();
-    let body = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        device_time: 0,
-        push,
-        pull: Some(PullRequest {
-            cursor: 0,
-            max_bytes: 1 << 20,
-        }),
-        catalogue_version: u64::MAX,
-        pending_docs: 0,
-        extensions: Default::default(),
-    }
-    .encode(&mut codec)
-    .unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/sync"))
-        .bearer_auth(token)
-        .header("content-type", CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    SyncResponse::decode(
-        &mut codec,
-        &response.bytes().await.unwrap(),
-        &Limits::default(),
-    )
-    .unwrap()
+    RawSync::push(push).answer(url, token).await.unwrap()
 }
 
 fn whole(app: &Application, actor: DeviceId) -> PushDoc {
@@ -144,8 +84,12 @@ async fn a_form_that_breaks_its_schema_is_refused_on_the_device_and_on_the_serve
         server.storage.put_catalogue(CATALOGUE).await.unwrap();
         let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
-        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0]).await;
-        let b = Tablet::enroll(sub.path(), "b", &server.url(), &codes[1]).await;
+        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0])
+            .await
+            .unwrap();
+        let b = Tablet::enroll(sub.path(), "b", &server.url(), &codes[1])
+            .await
+            .unwrap();
         a.client.sync(&|_| {}).await.unwrap();
         b.client.sync(&|_| {}).await.unwrap();
 

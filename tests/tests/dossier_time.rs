@@ -15,22 +15,17 @@
 // Test code: a failed step should stop the test where it happened.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::{Arc, Mutex};
-
 use communesync_core::catalogue::delta::CatalogueHeld;
 use communesync_core::catalogue::{CivilDate, VIETNAM_OFFSET};
-use communesync_core::codec::DocCodec;
 use communesync_core::deadline::{ClockEvent, ClockEventKind};
-use communesync_core::protocol::{
-    CONTENT_TYPE, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
-    SyncResponse,
-};
+use communesync_core::protocol::{Extensions, PushDoc, SyncResponse};
 use communesync_core::record::{
     Applicant, Application, DeviceId, NewApplication, RecordDoc, RecordId, RecordKind, Source,
     Status,
 };
-use communesync_core::store::{DeviceStore, StoreConfig};
-use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_core::sync::{ReqwestTransport, SyncConfig, enroll};
+use communesync_tests::hostile::RawSync;
+use communesync_tests::tablet::Tablet;
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -44,37 +39,6 @@ fn catalogue() -> String {
         "processing": {"working_days": 5}, "version": 1
     }]);
     file.to_string()
-}
-
-struct Tablet {
-    client: SyncClient<ReqwestTransport>,
-    store: Arc<Mutex<DeviceStore>>,
-}
-
-impl Tablet {
-    async fn enroll(dir: &std::path::Path, name: &str, url: &str, code: &str) -> Self {
-        Self::enroll_with(dir, name, url, code, SyncConfig::default()).await
-    }
-
-    async fn enroll_with(
-        dir: &std::path::Path,
-        name: &str,
-        url: &str,
-        code: &str,
-        config: SyncConfig,
-    ) -> Self {
-        let store = DeviceStore::open(StoreConfig::new(dir.join(format!("{name}.db")))).unwrap();
-        let device = store.device_id();
-        let transport = ReqwestTransport::new(url).unwrap();
-        let credentials = enroll(&transport, code, device, name).await.unwrap();
-        let store = Arc::new(Mutex::new(store));
-        let client = SyncClient::new(transport, store.clone(), credentials.token, config).unwrap();
-        Tablet { client, store }
-    }
-
-    fn with<T>(&self, f: impl FnOnce(&mut DeviceStore) -> T) -> T {
-        f(&mut self.store.lock().unwrap())
-    }
 }
 
 fn d(s: &str) -> CivilDate {
@@ -115,7 +79,6 @@ async fn push_declaring(
     push: Vec<PushDoc>,
     calendar_version: Option<u64>,
 ) -> SyncResponse {
-    let mut codec = DocCodec::new().unwrap();
     let mut extensions = Extensions::default();
     if let Some(calendar_version) = calendar_version {
         extensions
@@ -126,34 +89,12 @@ async fn push_declaring(
             })
             .unwrap();
     }
-    let body = SyncRequest {
-        protocol: PROTOCOL_VERSION,
-        device_time: 0,
-        push,
-        pull: Some(PullRequest {
-            cursor: 0,
-            max_bytes: 1 << 20,
-        }),
-        catalogue_version: u64::MAX,
-        pending_docs: 0,
+    RawSync {
         extensions,
+        ..RawSync::push(push)
     }
-    .encode(&mut codec)
-    .unwrap();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/sync"))
-        .bearer_auth(token)
-        .header("content-type", CONTENT_TYPE)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
-    SyncResponse::decode(
-        &mut codec,
-        &response.bytes().await.unwrap(),
-        &Limits::default(),
-    )
+    .answer(url, token)
+    .await
     .unwrap()
 }
 
@@ -192,8 +133,12 @@ async fn pauses_extensions_and_the_return_verdict_hold_on_both_backends() {
         server.storage.put_catalogue(&catalogue()).await.unwrap();
         let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
-        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0]).await;
-        let b = Tablet::enroll(sub.path(), "b", &server.url(), &codes[1]).await;
+        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0])
+            .await
+            .unwrap();
+        let b = Tablet::enroll(sub.path(), "b", &server.url(), &codes[1])
+            .await
+            .unwrap();
         a.client.sync(&|_| {}).await.unwrap();
         b.client.sync(&|_| {}).await.unwrap();
 
@@ -371,7 +316,9 @@ async fn a_tablet_with_an_older_calendar_returns_with_its_verdict_and_no_other()
         server.storage.put_catalogue(&catalogue()).await.unwrap();
         let codes = server.commune_with_codes(COMMUNE, 3).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
-        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0]).await;
+        let a = Tablet::enroll(sub.path(), "a", &server.url(), &codes[0])
+            .await
+            .unwrap();
         a.client.sync(&|_| {}).await.unwrap();
         // A tablet on a poor link: one document a request.
         let one_by_one = SyncConfig {
@@ -379,7 +326,9 @@ async fn a_tablet_with_an_older_calendar_returns_with_its_verdict_and_no_other()
             max_push_batch_bytes: 1,
             ..SyncConfig::default()
         };
-        let c = Tablet::enroll_with(sub.path(), "c", &server.url(), &codes[2], one_by_one).await;
+        let c = Tablet::enroll_with(sub.path(), "c", &server.url(), &codes[2], one_by_one)
+            .await
+            .unwrap();
         c.client.sync(&|_| {}).await.unwrap();
 
         // Received three weeks ago (5 working days: late today by the calendar the tablet

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use communesync_core::catalogue::CivilDate;
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
+    CONTENT_TYPE, PROTOCOL_VERSION, PushDoc, SyncRequest, SyncResponse,
 };
 use communesync_core::record::{
     Application, DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, Status,
@@ -20,6 +20,7 @@ use communesync_core::record::{
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_tests::hostile::RawSync;
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -63,7 +64,6 @@ struct Hostile {
     device: DeviceId,
     token: String,
     url: String,
-    http: reqwest::Client,
 }
 
 impl Hostile {
@@ -78,43 +78,15 @@ impl Hostile {
             device,
             token,
             url: url.to_owned(),
-            http: reqwest::Client::new(),
         }
     }
 
     async fn push(&self, push: Vec<PushDoc>) -> (u16, Option<SyncResponse>, String) {
-        let mut codec = DocCodec::new().unwrap();
-        let body = SyncRequest {
-            protocol: PROTOCOL_VERSION,
-            device_time: 0,
-            push,
-            pull: Some(PullRequest {
-                cursor: 0,
-                max_bytes: 1 << 20,
-            }),
-            catalogue_version: u64::MAX,
-            pending_docs: 0,
-            extensions: Default::default(),
-        }
-        .encode(&mut codec)
-        .unwrap();
-        let response = self
-            .http
-            .post(format!("{}/v1/sync", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", CONTENT_TYPE)
-            .body(body)
-            .send()
+        let answer = RawSync::push(push)
+            .send(&self.url, &self.token)
             .await
             .unwrap();
-        let status = response.status().as_u16();
-        let bytes = response.bytes().await.unwrap();
-        let decoded = SyncResponse::decode(&mut codec, &bytes, &Limits::default()).ok();
-        (
-            status,
-            decoded,
-            String::from_utf8_lossy(&bytes).into_owned(),
-        )
+        (answer.status, answer.response, answer.text)
     }
 }
 

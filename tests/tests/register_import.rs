@@ -10,16 +10,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use communesync_core::codec::DocCodec;
-use communesync_core::protocol::{
-    CONTENT_TYPE, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest, SyncResponse,
-};
+use communesync_core::protocol::{PushDoc, SyncResponse};
 use communesync_core::record::{
     Application, DeviceId, Imported, Record, RecordDoc, RecordId, RecordKind, Source, Status,
 };
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
+use communesync_tests::hostile::RawSync;
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -68,7 +66,6 @@ struct Hostile {
     device: DeviceId,
     token: String,
     url: String,
-    http: reqwest::Client,
 }
 
 impl Hostile {
@@ -83,38 +80,14 @@ impl Hostile {
             device,
             token,
             url: url.to_owned(),
-            http: reqwest::Client::new(),
         }
     }
 
     async fn push(&self, push: Vec<PushDoc>) -> SyncResponse {
-        let mut codec = DocCodec::new().unwrap();
-        let body = SyncRequest {
-            protocol: PROTOCOL_VERSION,
-            device_time: 0,
-            push,
-            pull: Some(PullRequest {
-                cursor: 0,
-                max_bytes: 1 << 20,
-            }),
-            catalogue_version: u64::MAX,
-            pending_docs: 0,
-            extensions: Default::default(),
-        }
-        .encode(&mut codec)
-        .unwrap();
-        let response = self
-            .http
-            .post(format!("{}/v1/sync", self.url))
-            .bearer_auth(&self.token)
-            .header("content-type", CONTENT_TYPE)
-            .body(body)
-            .send()
+        RawSync::push(push)
+            .answer(&self.url, &self.token)
             .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 200);
-        let bytes = response.bytes().await.unwrap();
-        SyncResponse::decode(&mut codec, &bytes, &Limits::default()).unwrap()
+            .unwrap()
     }
 }
 

@@ -35,6 +35,9 @@ pub enum ShapeViolation {
     /// More than [`MAX_OBJECTS`] visible objects.
     #[error("more than {MAX_OBJECTS} objects in one record")]
     TooManyObjects,
+    /// The document could not be walked (Automerge failed reading what the changes made).
+    #[error("objects that cannot be read")]
+    Unreadable,
 }
 
 /// Checks that every visible object of `doc` is within [`MAX_DEPTH`] of the root and that there

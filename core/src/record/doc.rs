@@ -494,8 +494,15 @@ impl RecordDoc {
             .unwrap_or(false);
         // Checked before anything walks the whole document (the conflict finder, the read
         // model): see `integrity::shape`.
+        // Under `catch_unwind` like the apply: the walk reads what the changes just made.
         let misshapen = (source == Source::Untrusted && matches!(applied, Ok(Ok(()))))
-            .then(|| crate::integrity::shape::check(&self.doc).err())
+            .then(|| {
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    crate::integrity::shape::check(&self.doc)
+                }))
+                .unwrap_or(Err(crate::integrity::shape::ShapeViolation::Unreadable))
+                .err()
+            })
             .flatten();
         let check = match applied {
             Ok(Ok(())) if missing_deps => Err(Error::invalid(

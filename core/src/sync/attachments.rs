@@ -295,10 +295,29 @@ impl AttachmentTransport for super::ReqwestTransport {
     }
 }
 
-fn lock(store: &Arc<Mutex<DeviceStore>>) -> std::sync::MutexGuard<'_, DeviceStore> {
-    store
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// Runs `work` on the store on the blocking pool: reading or writing a chunk (up to 1 MiB of
+/// SQLCipher pages) or listing contents must not hold a runtime thread, nor wait for the store's
+/// lock on one.
+async fn with_store<T, F>(store: &Arc<Mutex<DeviceStore>>, work: F) -> Result<T, AttachmentError>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut DeviceStore) -> crate::Result<T> + Send + 'static,
+{
+    let store = Arc::clone(store);
+    tokio::task::spawn_blocking(move || {
+        work(
+            &mut store
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        )
+    })
+    .await
+    .map_err(|err| {
+        AttachmentError::Store(crate::Error::Document(format!(
+            "attachment store work: {err}"
+        )))
+    })?
+    .map_err(AttachmentError::Store)
 }
 
 /// Uploads the contents only this device holds, first first, within the policy's budget.
@@ -312,7 +331,7 @@ pub async fn upload_pending<A: AttachmentTransport>(
     let mut report = AttachmentReport::default();
     let budget = policy.budget();
     // Bounded: one pass over at most this many contents per run.
-    let pending = lock(store).pending_attachment_uploads(1_000)?;
+    let pending = with_store(store, |s| s.pending_attachment_uploads(1_000)).await?;
     for (sha256, size) in pending {
         if report.chunk_bytes >= budget {
             report.deferred += 1;
@@ -331,7 +350,8 @@ pub async fn upload_pending<A: AttachmentTransport>(
                 done_bytes: size,
                 total_bytes: size,
             });
-            lock(store).mark_attachment_on_server(&sha256)?;
+            let hash = sha256.clone();
+            with_store(store, move |s| s.mark_attachment_on_server(&hash)).await?;
             report.completed.push(sha256);
             continue;
         }
@@ -351,7 +371,11 @@ pub async fn upload_pending<A: AttachmentTransport>(
                 break;
             }
             let offset = u64::from(index) * u64::from(chunk_size);
-            let bytes = lock(store).attachment_range(&sha256, offset, chunk_size as usize)?;
+            let hash = sha256.clone();
+            let bytes = with_store(store, move |s| {
+                s.attachment_range(&hash, offset, chunk_size as usize)
+            })
+            .await?;
             if report.chunk_bytes + bytes.len() as u64 > budget {
                 deferred = true;
                 break;
@@ -374,7 +398,8 @@ pub async fn upload_pending<A: AttachmentTransport>(
             index = answer.received;
         }
         if complete {
-            lock(store).mark_attachment_on_server(&sha256)?;
+            let hash = sha256.clone();
+            with_store(store, move |s| s.mark_attachment_on_server(&hash)).await?;
             report.completed.push(sha256);
         } else if deferred {
             report.deferred += 1;
@@ -400,7 +425,11 @@ pub async fn download<A: AttachmentTransport>(
     }
     let chunk_size = remote.chunk_size;
     let count = remote.size.div_ceil(u64::from(chunk_size));
-    let start = lock(store).attachment_resume_offset(sha256, chunk_size as usize)?;
+    let hash = sha256.to_owned();
+    let start = with_store(store, move |s| {
+        s.attachment_resume_offset(&hash, chunk_size as usize)
+    })
+    .await?;
     let mut index = u32::try_from(start / u64::from(chunk_size)).unwrap_or(u32::MAX);
     let mut received = 0;
     while u64::from(index) < count {
@@ -412,16 +441,22 @@ pub async fn download<A: AttachmentTransport>(
         }
         received += bytes.len() as u64;
         let offset = u64::from(index) * u64::from(chunk_size);
-        lock(store).store_attachment_range(sha256, remote.size, offset, &bytes)?;
+        let length = bytes.len() as u64;
+        let (hash, size) = (sha256.to_owned(), remote.size);
+        with_store(store, move |s| {
+            s.store_attachment_range(&hash, size, offset, &bytes)
+        })
+        .await?;
         progress(AttachmentProgress {
             sha256: sha256.to_owned(),
             upload: false,
-            done_bytes: (offset + bytes.len() as u64).min(remote.size),
+            done_bytes: (offset + length).min(remote.size),
             total_bytes: remote.size,
         });
         index += 1;
     }
-    lock(store).mark_attachment_on_server(sha256)?;
+    let hash = sha256.to_owned();
+    with_store(store, move |s| s.mark_attachment_on_server(&hash)).await?;
     Ok(received)
 }
 
@@ -436,7 +471,7 @@ pub async fn prefetch<A: AttachmentTransport>(
 ) -> Result<AttachmentReport, AttachmentError> {
     let mut report = AttachmentReport::default();
     let budget = policy.budget().min(policy.cache_bytes);
-    let missing = lock(store).missing_attachments(1_000)?;
+    let missing = with_store(store, |s| s.missing_attachments(1_000)).await?;
     for (sha256, size) in missing {
         if report.chunk_bytes.saturating_add(size) > budget {
             report.deferred += 1;
@@ -452,7 +487,8 @@ pub async fn prefetch<A: AttachmentTransport>(
             Err(other) => return Err(other),
         }
     }
-    lock(store).evict_attachments(policy.cache_bytes)?;
+    let cache_bytes = policy.cache_bytes;
+    with_store(store, move |s| s.evict_attachments(cache_bytes)).await?;
     Ok(report)
 }
 
