@@ -1,12 +1,17 @@
 //! A tablet that speaks the protocol by hand, for the tests written as the attacker: a sync
 //! request built field by field (any pushed changes, any extensions, any cursor), posted over
-//! real HTTP, and the answer decoded.
+//! real HTTP, and the answer decoded; an enrolled device that sends them ([`Hostile`]); the
+//! server's copy of a record to craft changes on ([`server_copy`]).
 
 use communesync_core::codec::DocCodec;
 use communesync_core::protocol::{
     CONTENT_TYPE, Extensions, Limits, PROTOCOL_VERSION, PullRequest, PushDoc, SyncRequest,
     SyncResponse,
 };
+use communesync_core::record::{DeviceId, RecordDoc, RecordId, RecordKind, Source};
+use communesync_core::sync::{ReqwestTransport, enroll};
+
+use crate::TestServer;
 
 /// The answer to a hand-made sync request.
 pub struct Answer {
@@ -82,4 +87,48 @@ impl RawSync {
             (status, _) => anyhow::bail!("HTTP {status}: {}", answer.text),
         }
     }
+}
+
+/// A device enrolled like any tablet that then speaks the protocol by hand.
+pub struct Hostile {
+    /// Its device id (the actor an attributed change must carry).
+    pub device: DeviceId,
+    /// Its bearer token.
+    pub token: String,
+    /// The server's base URL.
+    pub url: String,
+}
+
+impl Hostile {
+    /// A new device enrolled at `url` with enrollment code `code`.
+    pub async fn enroll(url: &str, code: &str) -> anyhow::Result<Self> {
+        let device = DeviceId::new();
+        let transport = ReqwestTransport::new(url)?;
+        let token = enroll(&transport, code, device, "hostile").await?.token;
+        Ok(Hostile {
+            device,
+            token,
+            url: url.to_owned(),
+        })
+    }
+
+    /// Pushes `push` (with a pull from 0): whatever the server answers.
+    pub async fn send(&self, push: Vec<PushDoc>) -> anyhow::Result<Answer> {
+        RawSync::push(push).send(&self.url, &self.token).await
+    }
+
+    /// Pushes `push`, expecting a sync response.
+    pub async fn answer(&self, push: Vec<PushDoc>) -> anyhow::Result<SyncResponse> {
+        RawSync::push(push).answer(&self.url, &self.token).await
+    }
+}
+
+/// Record `id` as `server` holds it, opened as `actor` would to edit it (to craft changes on top).
+pub async fn server_copy(
+    server: &TestServer,
+    id: RecordId,
+    actor: DeviceId,
+) -> anyhow::Result<RecordDoc> {
+    let changes = server.storage.doc_changes(id).await?;
+    Ok(RecordDoc::from_changes(id, RecordKind::Application, &changes, actor, Source::Server)?.0)
 }

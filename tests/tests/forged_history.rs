@@ -11,16 +11,14 @@ use std::sync::{Arc, Mutex};
 
 use communesync_core::catalogue::CivilDate;
 use communesync_core::codec::DocCodec;
-use communesync_core::protocol::{
-    CONTENT_TYPE, PROTOCOL_VERSION, PushDoc, SyncRequest, SyncResponse,
-};
+use communesync_core::protocol::{CONTENT_TYPE, PROTOCOL_VERSION, PushDoc, SyncRequest};
 use communesync_core::record::{
-    Application, DeviceId, Record, RecordDoc, RecordId, RecordKind, Source, Status,
+    Application, DeviceId, Record, RecordDoc, RecordId, RecordKind, Status,
 };
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
-use communesync_tests::hostile::RawSync;
+use communesync_tests::hostile::{Answer, Hostile, server_copy};
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -59,47 +57,8 @@ impl Tablet {
     }
 }
 
-/// A device that speaks the protocol by hand.
-struct Hostile {
-    device: DeviceId,
-    token: String,
-    url: String,
-}
-
-impl Hostile {
-    async fn enroll(url: &str, code: &str) -> Self {
-        let device = DeviceId::new();
-        let transport = ReqwestTransport::new(url).unwrap();
-        let token = enroll(&transport, code, device, "hostile")
-            .await
-            .unwrap()
-            .token;
-        Hostile {
-            device,
-            token,
-            url: url.to_owned(),
-        }
-    }
-
-    async fn push(&self, push: Vec<PushDoc>) -> (u16, Option<SyncResponse>, String) {
-        let answer = RawSync::push(push)
-            .send(&self.url, &self.token)
-            .await
-            .unwrap();
-        (answer.status, answer.response, answer.text)
-    }
-}
-
 /// An edit of a record, as a test case holds it.
 type Edit = Box<dyn FnOnce(&mut Application)>;
-
-/// The record as the server holds it, opened as `actor` would to edit it.
-async fn server_copy(server: &TestServer, id: RecordId, actor: DeviceId) -> RecordDoc {
-    let changes = server.storage.doc_changes(id).await.unwrap();
-    RecordDoc::from_changes(id, RecordKind::Application, &changes, actor, Source::Server)
-        .unwrap()
-        .0
-}
 
 /// One crafted edit of `doc`: the change it makes, as a push of that record.
 fn crafted_edit(doc: &mut RecordDoc, edit: impl FnOnce(&mut Application)) -> PushDoc {
@@ -204,7 +163,7 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
         let sub = tempfile::tempdir().unwrap();
         let colleague = tablet(sub.path(), "colleague", &server.url(), &codes[0]).await;
         let elsewhere = tablet(sub.path(), "elsewhere", &server.url(), &other_codes[0]).await;
-        let hostile = Hostile::enroll(&server.url(), &codes[1]).await;
+        let hostile = Hostile::enroll(&server.url(), &codes[1]).await.unwrap();
         let mut sample = SampleData::new(14);
 
         // The colleague's record, synced; and one of another commune.
@@ -223,7 +182,9 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
         let stored_before = server.storage.doc_changes(app.id).await.unwrap();
 
         // Crafted pushes, each about the colleague's record unless said otherwise.
-        let mut as_colleague = server_copy(&server, app.id, colleague.device).await;
+        let mut as_colleague = server_copy(&server, app.id, colleague.device)
+            .await
+            .unwrap();
         let under_colleagues_name = crafted_edit(&mut as_colleague, |a| {
             a.notes = "sửa dưới tên đồng nghiệp".into()
         });
@@ -255,7 +216,7 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
             ),
         ];
         for (name, edit, code) in own_edits {
-            let mut copy = server_copy(&server, app.id, hostile.device).await;
+            let mut copy = server_copy(&server, app.id, hostile.device).await.unwrap();
             cases.push((name, crafted_edit(&mut copy, edit), code));
         }
         // Changes whose operation counters do not start right after their dependencies':
@@ -265,7 +226,7 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
             ("operation counters that skip ahead", 2),
             ("operation counters that start over", 0),
         ] {
-            let mut copy = server_copy(&server, app.id, hostile.device).await;
+            let mut copy = server_copy(&server, app.id, hostile.device).await.unwrap();
             cases.push((
                 name,
                 counters_off_by(&mut copy, hostile.device, skip),
@@ -317,10 +278,14 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
         ));
         // Another commune's record, named with its kind and with the wrong kind: one answer,
         // which leaks neither the kind nor anything else.
-        let mut as_elsewhere = server_copy(&server, foreign.id, hostile.device).await;
+        let mut as_elsewhere = server_copy(&server, foreign.id, hostile.device)
+            .await
+            .unwrap();
         let right_kind = crafted_edit(&mut as_elsewhere, |a| a.notes = "y".into());
         cases.push(("another commune's record", right_kind, "not_yours"));
-        let mut as_elsewhere = server_copy(&server, foreign.id, hostile.device).await;
+        let mut as_elsewhere = server_copy(&server, foreign.id, hostile.device)
+            .await
+            .unwrap();
         let mut wrong_kind = crafted_edit(&mut as_elsewhere, |a| a.notes = "x".into());
         wrong_kind.kind = RecordKind::CitizenRequest;
         cases.push((
@@ -345,9 +310,14 @@ async fn forged_histories_are_refused_per_document_and_honest_tablets_agree() {
             good.dossier_number = None;
             good.dossier_number_fallback = false;
             good.created_by.device = hostile.device.0;
-            let (status, response, text) = hostile
-                .push(vec![doc.clone(), crafted_record(&good, hostile.device)])
-                .await;
+            let Answer {
+                status,
+                response,
+                text,
+            } = hostile
+                .send(vec![doc.clone(), crafted_record(&good, hostile.device)])
+                .await
+                .unwrap();
             assert_eq!(status, 200, "{url}: {name}: {text}");
             let response = response.unwrap();
             assert!(response.missing_deps.is_empty(), "{url}: {name}");
@@ -453,7 +423,7 @@ async fn a_change_in_a_colleagues_name_cannot_brick_the_colleague() {
         let codes = server.commune_with_codes(COMMUNE, 2).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
         let victim = tablet(sub.path(), "victim", &server.url(), &codes[0]).await;
-        let hostile = Hostile::enroll(&server.url(), &codes[1]).await;
+        let hostile = Hostile::enroll(&server.url(), &codes[1]).await.unwrap();
         let mut sample = SampleData::new(3);
         let app = victim.with(|s| {
             s.create_application("lan", sample.application(COMMUNE, None))
@@ -461,9 +431,13 @@ async fn a_change_in_a_colleagues_name_cannot_brick_the_colleague() {
         });
         victim.client.sync(&|_| {}).await.unwrap();
         // The victim's next sequence number, taken first by the hostile device.
-        let mut as_victim = server_copy(&server, app.id, victim.device).await;
+        let mut as_victim = server_copy(&server, app.id, victim.device).await.unwrap();
         let squatted = crafted_edit(&mut as_victim, |a| a.notes = "chiếm chỗ".into());
-        let (status, response, text) = hostile.push(vec![squatted]).await;
+        let Answer {
+            status,
+            response,
+            text,
+        } = hostile.send(vec![squatted]).await.unwrap();
         assert_eq!(status, 200, "{url}: {text}");
         assert_eq!(response.unwrap().refused[0].code, "not_attributed");
         // The victim's own next change (same sequence number) goes through, again and again.
@@ -483,7 +457,7 @@ async fn one_record_named_thousands_of_times_is_refused_before_any_work() {
         let codes = server.commune_with_codes(COMMUNE, 2).await.unwrap();
         let sub = tempfile::tempdir().unwrap();
         let honest = tablet(sub.path(), "honest", &server.url(), &codes[0]).await;
-        let hostile = Hostile::enroll(&server.url(), &codes[1]).await;
+        let hostile = Hostile::enroll(&server.url(), &codes[1]).await.unwrap();
         let app = honest.with(|s| {
             s.create_application("lan", SampleData::new(5).application(COMMUNE, None))
                 .unwrap()
@@ -496,7 +470,7 @@ async fn one_record_named_thousands_of_times_is_refused_before_any_work() {
             kind: RecordKind::Application,
             changes: Vec::new(),
         };
-        let (status, _, text) = hostile.push(vec![one; 20_000]).await;
+        let Answer { status, text, .. } = hostile.send(vec![one; 20_000]).await.unwrap();
         assert_eq!(status, 400, "{url}: {text}");
         assert!(text.contains("more than once"), "{url}: {text}");
     }
@@ -535,7 +509,9 @@ async fn the_work_of_a_push_stops_when_its_client_goes_away() {
         communesync_server::serve::ServeConfig::default(),
         std::future::pending(),
     ));
-    let hostile = Hostile::enroll(&format!("http://{addr}"), &code).await;
+    let hostile = Hostile::enroll(&format!("http://{addr}"), &code)
+        .await
+        .unwrap();
 
     // A push that takes the server a while: thousands of valid new records.
     let mut sample = SampleData::new(9);

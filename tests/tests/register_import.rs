@@ -10,14 +10,14 @@
 
 use std::sync::{Arc, Mutex};
 
-use communesync_core::protocol::{PushDoc, SyncResponse};
+use communesync_core::protocol::PushDoc;
 use communesync_core::record::{
-    Application, DeviceId, Imported, Record, RecordDoc, RecordId, RecordKind, Source, Status,
+    Application, DeviceId, Imported, Record, RecordDoc, RecordId, RecordKind, Status,
 };
 use communesync_core::sample::SampleData;
 use communesync_core::store::{DeviceStore, StoreConfig};
 use communesync_core::sync::{ReqwestTransport, SyncClient, SyncConfig, enroll};
-use communesync_tests::hostile::RawSync;
+use communesync_tests::hostile::{Hostile, server_copy};
 use communesync_tests::{TestServer, test_databases};
 
 const COMMUNE: &str = "DB-MUONGPHANG";
@@ -59,44 +59,6 @@ impl Tablet {
     fn with<T>(&self, f: impl FnOnce(&mut DeviceStore) -> T) -> T {
         f(&mut self.store.lock().unwrap())
     }
-}
-
-/// A device that speaks the protocol by hand.
-struct Hostile {
-    device: DeviceId,
-    token: String,
-    url: String,
-}
-
-impl Hostile {
-    async fn enroll(url: &str, code: &str) -> Self {
-        let device = DeviceId::new();
-        let transport = ReqwestTransport::new(url).unwrap();
-        let token = enroll(&transport, code, device, "hostile")
-            .await
-            .unwrap()
-            .token;
-        Hostile {
-            device,
-            token,
-            url: url.to_owned(),
-        }
-    }
-
-    async fn push(&self, push: Vec<PushDoc>) -> SyncResponse {
-        RawSync::push(push)
-            .answer(&self.url, &self.token)
-            .await
-            .unwrap()
-    }
-}
-
-/// The record as the server holds it, opened as `actor` would to edit it.
-async fn server_copy(server: &TestServer, id: RecordId, actor: DeviceId) -> RecordDoc {
-    let changes = server.storage.doc_changes(id).await.unwrap();
-    RecordDoc::from_changes(id, RecordKind::Application, &changes, actor, Source::Server)
-        .unwrap()
-        .0
 }
 
 /// One crafted edit of `doc`, as a push of that record.
@@ -254,7 +216,7 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
         let sub = tempfile::tempdir().unwrap();
         let a = tablet(sub.path(), "a", &server.url(), &codes[0]).await;
         let late = tablet(sub.path(), "late", &server.url(), &codes[1]).await;
-        let hostile = Hostile::enroll(&server.url(), &codes[2]).await;
+        let hostile = Hostile::enroll(&server.url(), &codes[2]).await.unwrap();
         let mut sample = SampleData::new(15);
 
         // An ordinary dossier and the imported register, synced.
@@ -276,7 +238,9 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
 
         // 1. A forged import on the existing ordinary dossier: the marker added with the final
         //    status, to skip the workflow.
-        let mut copy = server_copy(&server, ordinary.id, hostile.device).await;
+        let mut copy = server_copy(&server, ordinary.id, hostile.device)
+            .await
+            .unwrap();
         let skip = crafted_edit(&mut copy, |app| {
             app.imported = Some(Imported {
                 external_id: "SK-FORGED".into(),
@@ -287,7 +251,7 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
             app.status = Status::Returned;
         });
         // 2. The marker of an imported dossier edited later (its key moved).
-        let mut copy = server_copy(&server, open, hostile.device).await;
+        let mut copy = server_copy(&server, open, hostile.device).await.unwrap();
         let rekeyed = crafted_edit(&mut copy, |app| {
             if let Some(m) = &mut app.imported {
                 m.external_id = "SK-2025-9999".into();
@@ -334,7 +298,7 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
         legacy.returned_at = None;
         legacy.returned_on_time = None;
         let response = hostile
-            .push(vec![
+            .answer(vec![
                 skip,
                 rekeyed,
                 duplicate_push,
@@ -344,7 +308,8 @@ async fn forged_imports_are_refused_per_document_and_nothing_is_stored() {
                 crafted_record(&forged_verdict, hostile.device),
                 crafted_record(&legacy, hostile.device),
             ])
-            .await;
+            .await
+            .unwrap();
         let mut codes: Vec<(u32, String)> = response
             .refused
             .iter()
